@@ -1,0 +1,148 @@
+--- galley.cli: subcommand dispatch for the galley binary.
+-- main.c handles `-e CODE` and plain scripts itself; everything else arrives here.
+local runtime = require("galley.core.runtime")
+
+local M = {}
+
+local EXIT_USAGE = 2
+
+M.commands = {}
+M.order = {}
+
+--- Registers a subcommand.
+---@param name string
+---@param spec {summary: string, usage: string, help?: string, run: fun(args: string[]): integer}
+function M.command(name, spec)
+  M.commands[name] = spec
+  M.order[#M.order + 1] = name
+end
+
+local function usage_error(fmt, ...)
+  io.stderr:write("galley: ", fmt:format(...), "\nTry 'galley help' for usage.\n")
+  return EXIT_USAGE
+end
+
+function M.usage()
+  local lines = {
+    "usage: galley [options] COMMAND [args...]",
+    "       galley [options] SCRIPT.lua [args...]   run a plain Lua script (like `lua`)",
+    "       galley -e CODE                          run Lua code",
+    "",
+    "commands:",
+  }
+  for _, name in ipairs(M.order) do
+    lines[#lines + 1] = ("  %-10s %s"):format(name, M.commands[name].summary)
+  end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "options (before the command):"
+  lines[#lines + 1] = "  -v, --verbose      more output; tracebacks on failure"
+  lines[#lines + 1] = "  -q, --quiet        only errors"
+  lines[#lines + 1] = "  --json             subcommands print data only, as JSON"
+  lines[#lines + 1] = "  --no-color         no colour (also when NO_COLOR is set)"
+  lines[#lines + 1] = "  --lua-dir DIR      load galley's Lua modules from DIR (or GALLEY_LUA_DIR)"
+  lines[#lines + 1] = "  -i                 enter the REPL after -e or a script"
+  lines[#lines + 1] = "  -h, --help         this help;  --version  versions and module source"
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "exit codes: 0 ok, 1 failed, 2 usage/missing file/syntax error, 130 Ctrl-C"
+  return table.concat(lines, "\n")
+end
+
+M.command("run", {
+  summary = "run a recipe: galley run FILE|NAME [args...]",
+  usage = "galley run FILE|NAME [args...]",
+  help = "Runs a recipe file in its own environment (assigning an undeclared global is an error).\n"
+    .. "NAME may be a recipe shipped with galley, e.g. `galley run boot-and-run --help`.\n"
+    .. "The recipe sees its arguments in `arg` and `...`.",
+  run = function(args)
+    if not args[1] then return usage_error("'run' needs a recipe file") end
+    local rest = table.move(args, 2, #args, 1, {})
+    local code = require("galley.runner").run(args[1], rest)
+    if code == 0 and (runtime.options().interactive or 0) > 0 then
+      return require("galley.repl").run()
+    end
+    return code
+  end,
+})
+
+M.command("repl", {
+  summary = "interactive Lua prompt with galley loaded",
+  usage = "galley repl",
+  run = function() return require("galley.repl").run() end,
+})
+
+M.command("test", {
+  summary = "run busted specs inside galley: galley test [busted args...]",
+  usage = "galley test [busted args...]",
+  help = "Runs busted (from the system's lua-busted package) inside this binary, so specs see\n"
+    .. "exactly the modules galley ships. Arguments go to busted unchanged.",
+  run = function(args)
+    local argv = { [0] = "galley-test", "--ignore-lua" }
+    for _, a in ipairs(args) do argv[#argv + 1] = a end
+    _G.arg = argv
+    local ok, runner = pcall(require, "busted.runner")
+    if not ok then
+      io.stderr:write("galley: TEST_NO_BUSTED: busted is not installed (", tostring(runner), ")\n",
+        "  hint: apt-get install lua-busted\n")
+      return 1
+    end
+    runner({ standalone = false })
+    return 0
+  end,
+})
+
+M.command("version", {
+  summary = "print versions and where the Lua modules come from",
+  usage = "galley version",
+  run = function()
+    local v = runtime.versions()
+    if (runtime.options().json or 0) > 0 then
+      io.stdout:write(require("cjson").encode(v), "\n")
+    else
+      io.stdout:write(("galley %s\nLua %s, libcurl %s, libsodium %s\nmodules: %s\n"):format(
+        v.galley, v.lua:gsub("^Lua ", ""), v.curl, v.sodium, v.source))
+    end
+    return 0
+  end,
+})
+
+M.command("help", {
+  summary = "help for galley or one command: galley help [COMMAND]",
+  usage = "galley help [COMMAND]",
+  run = function(args)
+    local name = args[1]
+    if not name then
+      io.stdout:write(M.usage(), "\n")
+      return 0
+    end
+    local cmd = M.commands[name]
+    if not cmd then return usage_error("no command '%s'", name) end
+    io.stdout:write("usage: ", cmd.usage, "\n\n", cmd.summary, "\n")
+    if cmd.help then io.stdout:write("\n", cmd.help, "\n") end
+    return 0
+  end,
+})
+
+--- Entry point from main.c.
+---@param args string[]
+---@return integer exit_code
+function M.main(args)
+  local name = args[1]
+  if name == nil then
+    if runtime.isatty(0) then return M.commands.repl.run({}) end
+    io.stderr:write(M.usage(), "\n")
+    return EXIT_USAGE
+  end
+  if name == "--help" or name == "-h" then name = "help" end
+  if name == "--version" then name = "version" end
+  local cmd = M.commands[name]
+  if not cmd then
+    return usage_error("unknown command '%s' (to run a file, give its path, e.g. ./%s)", name, name)
+  end
+  local rest = table.move(args, 2, #args, 1, {})
+  if (rest[1] == "--help" or rest[1] == "-h") and name ~= "test" and name ~= "run" then
+    return M.commands.help.run({ name })
+  end
+  return cmd.run(rest)
+end
+
+return M

@@ -1,0 +1,110 @@
+--- galley.runner: loads and runs recipes in their own strict environment.
+-- Exit codes: 0 success; 1 the recipe failed; 2 usage error, missing file or syntax error;
+-- 130 interrupted by Ctrl-C; 143 terminated by SIGTERM.
+local errors = require("galley.errors")
+local runtime = require("galley.core.runtime")
+
+local M = {}
+
+M.EXIT_OK, M.EXIT_FAILED, M.EXIT_USAGE = 0, 1, 2
+
+--- A fresh environment whose reads fall through to `_G` and where assigning an undeclared
+-- global is an error naming the variable and line. `declare(name, value)` makes a real one.
+---@return table env
+function M.new_env()
+  local env = {}
+  env.declare = function(name, value) rawset(env, name, value) end
+  return setmetatable(env, {
+    __index = _G,
+    __newindex = function(_, name, _)
+      local info = debug.getinfo(2, "Sl")
+      local where = info and info.currentline and info.currentline > 0
+        and (" at %s:%d"):format(info.short_src, info.currentline) or ""
+      errors.raise("RECIPE_GLOBAL", ("assignment to undeclared global '%s'%s"):format(tostring(name), where), {
+        hint = ("write `local %s = ...`, or `declare(%q, value)` for a global"):format(tostring(name), tostring(name)),
+      }, 2)
+    end,
+  })
+end
+
+--- Finds a recipe: a file path, or the name of a recipe shipped inside galley ("boot-and-run").
+---@param name string
+---@return function|nil chunk, string|table source_or_err, string|nil chunkname
+function M.load(name, env)
+  local f = io.open(name, "rb")
+  if f then
+    f:close()
+    local chunk, err = loadfile(name, "t", env)
+    if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
+    return chunk, name
+  end
+  for _, candidate in ipairs({ name, "recipes/" .. name, "recipes/" .. name .. ".lua" }) do
+    local src = runtime.resource(candidate)
+    if src then
+      local chunk, err = load(src, "@" .. candidate, "t", env)
+      if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
+      return chunk, candidate
+    end
+  end
+  return nil, errors.new("RECIPE_NOT_FOUND", ("no recipe file '%s'"):format(name), {
+    hint = "give a path to a .lua file, or the name of a shipped recipe (see `galley help run`)",
+  })
+end
+
+local function recipe_location(source)
+  for level = 3, 200 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if info.source == source and info.currentline and info.currentline > 0 then
+      return ("%s:%d"):format(info.short_src, info.currentline)
+    end
+  end
+end
+
+--- Runs a loaded chunk; returns the exit code and prints failures to stderr.
+---@param chunk function
+---@param path string  the recipe's path (for locations)
+---@param args string[]
+---@return integer exit_code
+function M.call(chunk, path, args)
+  local verbose = (runtime.options().verbose or 0) > 0
+  local source = "@" .. path
+  local failure
+  local ok = xpcall(chunk, function(e)
+    local err = e
+    if not errors.is(err) then
+      local msg = tostring(e)
+      -- "file:line: text" from error("text") gets its location from the stack walk instead.
+      local stripped = type(e) == "string" and msg:match("^[^\n]-:%d+: (.*)$") or msg
+      err = errors.new(type(e) == "table" and e.code or "RECIPE_ERROR", stripped)
+    end
+    failure = { err = err, where = recipe_location(source), traceback = debug.traceback("", 2) }
+    return err
+  end, table.unpack(args, 1, args.n or #args))
+  if ok then return M.EXIT_OK end
+  local err = failure.err
+  local text = errors.format(err)
+  io.stderr:write("galley: ", failure.where and (failure.where .. ": ") or "", text, "\n")
+  if verbose then io.stderr:write(failure.traceback:gsub("^\n", ""), "\n") end
+  if err.code == "INTERRUPTED" then return err.signal == 15 and 143 or 130 end
+  return M.EXIT_FAILED
+end
+
+--- Loads and runs a recipe by path or name.
+---@param name string
+---@param args string[]
+---@return integer exit_code
+function M.run(name, args)
+  local env = M.new_env()
+  local chunk, path_or_err = M.load(name, env)
+  if not chunk then
+    io.stderr:write("galley: ", errors.format(path_or_err), "\n")
+    return M.EXIT_USAGE
+  end
+  local argt = { [0] = path_or_err }
+  for i, a in ipairs(args) do argt[i] = a end
+  rawset(env, "arg", argt)
+  return M.call(chunk, path_or_err, args)
+end
+
+return M

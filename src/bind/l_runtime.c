@@ -1,0 +1,142 @@
+/* galley.core.runtime: facts about this process (version, module source, embedded files),
+ * the interrupt flag, clocks and terminals. */
+#include <string.h>
+#include <unistd.h>
+#include <curl/curl.h>
+#include <sodium.h>
+#include "bind.h"
+#include "embedded.h"
+#include "loader.h"
+#include "sig.h"
+
+
+/* runtime.versions() -> {galley=, lua=, curl=, sodium=, source=} */
+static int l_runtime_versions(lua_State *L) {
+  lua_createtable(L, 0, 5);
+  lua_pushstring(L, GALLEY_VERSION);
+  lua_setfield(L, -2, "galley");
+  lua_pushstring(L, LUA_RELEASE);
+  lua_setfield(L, -2, "lua");
+  lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
+  lua_setfield(L, -2, "curl");
+  lua_pushstring(L, sodium_version_string());
+  lua_setfield(L, -2, "sodium");
+  lua_pushstring(L, galley_loader_mode());
+  lua_setfield(L, -2, "source");
+  return 1;
+}
+
+
+/* runtime.resource(path) -> string | nil   (an embedded file such as "recipes/gc.lua") */
+static int l_runtime_resource(lua_State *L) {
+  size_t len;
+  const char *data = galley_loader_resource(luaL_checkstring(L, 1), &len);
+  if (!data) return 0;
+  lua_pushlstring(L, data, len);
+  return 1;
+}
+
+
+/* runtime.resources() -> {path, ...}   (every embedded file) */
+static int l_runtime_resources(lua_State *L) {
+  lua_newtable(L);
+  lua_Integer n = 0;
+  for (const struct galley_embedded *e = galley_embedded; e->path; e++) {
+    lua_pushstring(L, e->path);
+    lua_rawseti(L, -2, ++n);
+  }
+  return 1;
+}
+
+
+/* runtime.pending_signal() -> integer (0 when none) */
+static int l_runtime_pending_signal(lua_State *L) {
+  lua_pushinteger(L, galley_sig_pending());
+  return 1;
+}
+
+
+/* runtime.clear_signal() */
+static int l_runtime_clear_signal(lua_State *L) {
+  galley_sig_clear();
+  return 0;
+}
+
+
+/* runtime.defer_signals(on)   while on, Ctrl-C is counted, not acted on; the third one exits */
+static int l_runtime_defer_signals(lua_State *L) {
+  galley_sig_defer(lua_toboolean(L, 1));
+  return 0;
+}
+
+
+/* runtime.now_ms() -> integer (monotonic) */
+static int l_runtime_now_ms(lua_State *L) {
+  lua_pushinteger(L, galley_now_ms());
+  return 1;
+}
+
+
+/* runtime.sleep_ms(ms) -> true | nil, err(INTERRUPTED) */
+static int l_runtime_sleep_ms(lua_State *L) {
+  lua_Integer ms = luaL_checkinteger(L, 1);
+  if (galley_sleep_ms(ms) != 0)
+    return galley_fail(L, "INTERRUPTED", "sleep interrupted by signal %d", galley_sig_pending());
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+
+/* runtime.isatty(fd) -> boolean */
+static int l_runtime_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+
+/* runtime.getpid() -> integer */
+static int l_runtime_getpid(lua_State *L) {
+  lua_pushinteger(L, getpid());
+  return 1;
+}
+
+
+/* runtime.options() -> table   (global command-line options: verbose, quiet, json, color) */
+static int l_runtime_options(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "galley.options") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "galley.options");
+  }
+  return 1;
+}
+
+
+/* runtime.error_metatable() -> the metatable shared by every galley error table */
+static int l_runtime_error_metatable(lua_State *L) {
+  galley_error_metatable(L);
+  return 1;
+}
+
+
+static const luaL_Reg runtime_funcs[] = {
+  { "versions",        l_runtime_versions        },
+  { "resource",        l_runtime_resource        },
+  { "resources",       l_runtime_resources       },
+  { "pending_signal",  l_runtime_pending_signal  },
+  { "clear_signal",    l_runtime_clear_signal    },
+  { "defer_signals",   l_runtime_defer_signals   },
+  { "now_ms",          l_runtime_now_ms          },
+  { "sleep_ms",        l_runtime_sleep_ms        },
+  { "isatty",          l_runtime_isatty          },
+  { "getpid",          l_runtime_getpid          },
+  { "options",         l_runtime_options         },
+  { "error_metatable", l_runtime_error_metatable },
+  { NULL,              NULL                      }
+};
+
+int luaopen_galley_core_runtime(lua_State *L) {
+  luaL_newlib(L, runtime_funcs);
+  return 1;
+}

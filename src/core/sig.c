@@ -1,0 +1,66 @@
+/* Interrupt flag shared by every blocking call; see sig.h. */
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include "sig.h"
+
+static volatile sig_atomic_t pending_sig;
+static volatile sig_atomic_t deferred;
+static volatile sig_atomic_t deferred_count;
+static void (*notify_fn)(int);
+
+
+static void on_signal(int sig) {
+  if (deferred) {
+    if (++deferred_count >= 3) _exit(128 + sig);
+    return;
+  }
+  pending_sig = sig;
+  if (notify_fn) notify_fn(sig);
+}
+
+
+void galley_sig_install(void (*notify)(int sig)) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  notify_fn = notify;
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  /* A peer that closes its end (curl, a child's pipe) must not kill the whole run. */
+  signal(SIGPIPE, SIG_IGN);
+}
+
+
+int galley_sig_pending(void) { return pending_sig; }
+
+
+void galley_sig_clear(void) { pending_sig = 0; }
+
+
+void galley_sig_defer(int on) {
+  deferred_count = 0;
+  deferred = on;
+}
+
+
+int64_t galley_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+
+int galley_sleep_ms(int64_t ms) {
+  int64_t end = galley_now_ms() + ms;
+  for (;;) {
+    if (pending_sig) return -1;
+    int64_t left = end - galley_now_ms();
+    if (left <= 0) return 0;
+    if (left > 50) left = 50; /* wake regularly to notice signals */
+    struct timespec ts = {left / 1000, (left % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+  }
+}

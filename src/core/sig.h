@@ -1,0 +1,27 @@
+/* Process-wide interrupt state: SIGINT/SIGTERM set a flag that blocking calls (HTTP transfers,
+ * child process waits, sleeps) poll so they can give up promptly with an INTERRUPTED result. */
+#ifndef GALLEY_SIG_H
+#define GALLEY_SIG_H
+
+#include <stdint.h>
+
+/* Installs SIGINT/SIGTERM handlers. `notify` (may be NULL) runs inside the handler after the
+ * flag is set; it must be async-signal-safe (main.c uses it to set a Lua hook). */
+void galley_sig_install(void (*notify)(int sig));
+
+/* The signal number waiting to be handled, or 0. */
+int galley_sig_pending(void);
+
+/* Forgets a pending signal (after the runner has started its cleanup). */
+void galley_sig_clear(void);
+
+/* While deferred, signals are counted but not made pending; the third one exits at once. */
+void galley_sig_defer(int on);
+
+/* Monotonic clock in milliseconds. */
+int64_t galley_now_ms(void);
+
+/* Sleeps up to ms milliseconds; returns early (-1) when a signal becomes pending. */
+int galley_sleep_ms(int64_t ms);
+
+#endif

@@ -1,0 +1,244 @@
+/* galley: the binary. Parses global options, sets up one Lua state exactly the same way for
+ * every mode, then runs `-e CODE`, a plain Lua script (lua-compatible, so busted can use galley
+ * as its interpreter), or hands a subcommand to lua/galley/cli.lua. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <curl/curl.h>
+#include <sodium.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include "bind.h"
+#include "loader.h"
+#include "sig.h"
+
+#define EXIT_USAGE 2
+
+static lua_State *globalL;
+
+
+/* Count hook set from the signal handler: raises {code="INTERRUPTED", signal=N} in Lua. */
+static void lstop(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  int sig = galley_sig_pending();
+  if (!sig) return; /* handled (cleared) in the meantime */
+  galley_push_error(L, "INTERRUPTED", "interrupted by %s", sig == SIGINT ? "Ctrl-C (SIGINT)" : "SIGTERM");
+  galley_error_set_integer(L, "signal", sig);
+  lua_error(L);
+}
+
+
+static void on_signal(int sig) {
+  (void)sig;
+  if (globalL) lua_sethook(globalL, lstop, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+
+/* Message handler: error tables print through __tostring; a traceback follows. */
+static int msghandler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) msg = lua_tostring(L, -1);
+    else msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+
+/* Calls the function below `narg` arguments; on error prints "galley: <msg>" and returns it. */
+static int docall(lua_State *L, int narg, int nres) {
+  int base = lua_gettop(L) - narg;
+  lua_pushcfunction(L, msghandler);
+  lua_insert(L, base);
+  int status = lua_pcall(L, narg, nres, base);
+  lua_remove(L, base);
+  if (status != LUA_OK) {
+    fprintf(stderr, "galley: %s\n", lua_tostring(L, -1));
+    fflush(stderr);
+    lua_pop(L, 1);
+  }
+  return status;
+}
+
+
+static int usage_error(const char *fmt, const char *arg) {
+  fprintf(stderr, "galley: ");
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, "\nTry 'galley help' for usage.\n");
+  return EXIT_USAGE;
+}
+
+
+/* arg table as lua.c builds it: arg[0] = script, negative indices for what came before. */
+static void create_arg_table(lua_State *L, char **argv, int argc, int script) {
+  lua_createtable(L, argc - script - 1, script + 1);
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - script);
+  }
+  lua_setglobal(L, "arg");
+}
+
+
+/* Runs a plain Lua script file (or "-" for stdin) with _G as its environment. */
+static int run_script(lua_State *L, char **argv, int argc, int script) {
+  const char *fname = strcmp(argv[script], "-") == 0 ? NULL : argv[script];
+  create_arg_table(L, argv, argc, script);
+  int status = luaL_loadfile(L, fname);
+  if (status != LUA_OK) {
+    fprintf(stderr, "galley: %s\n", lua_tostring(L, -1));
+    return EXIT_USAGE;
+  }
+  int n = argc - script - 1;
+  luaL_checkstack(L, n + 3, "too many arguments to script");
+  for (int i = script + 1; i < argc; i++) lua_pushstring(L, argv[i]);
+  return docall(L, n, 0) == LUA_OK ? 0 : 1;
+}
+
+
+/* Hands argv[first..] to require("galley.cli").main(args) and returns its exit code. */
+static int run_cli(lua_State *L, char **argv, int argc, int first) {
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "galley.cli");
+  if (docall(L, 1, 1) != LUA_OK) return 1;
+  lua_getfield(L, -1, "main");
+  lua_createtable(L, argc - first, 0);
+  for (int i = first; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - first + 1);
+  }
+  if (docall(L, 1, 1) != LUA_OK) return 1;
+  int code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : 0;
+  lua_pop(L, 2);
+  return code;
+}
+
+
+/* A first argument that names a file (has a '/', ends in .lua, or is "-") is a plain script,
+ * as with `lua FILE`; anything else is a subcommand for galley.cli. */
+static int is_script(const char *a) {
+  size_t n = strlen(a);
+  return strcmp(a, "-") == 0 || strchr(a, '/') != NULL || (n > 4 && strcmp(a + n - 4, ".lua") == 0);
+}
+
+
+static void set_option(lua_State *L, const char *key, int value) {
+  lua_pushinteger(L, value);
+  lua_setfield(L, -2, key);
+}
+
+
+static int pmain(lua_State *L) {
+  int argc = (int)lua_tointeger(L, 1);
+  char **argv = (char **)lua_touserdata(L, 2);
+  const char *lua_dir = getenv("GALLEY_LUA_DIR");
+  const char *code = NULL;
+  int verbose = 0, quiet = 0, json = 0, color = -1, interactive = 0;
+  int i = 1;
+  if (lua_dir && !*lua_dir) lua_dir = NULL;
+
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--lua-dir") == 0) {
+      if (i + 1 >= argc) return lua_pushinteger(L, usage_error("'%s' needs a directory", a)), 1;
+      lua_dir = argv[++i];
+    } else if (strncmp(a, "--lua-dir=", 10) == 0) {
+      lua_dir = a + 10;
+    } else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
+      verbose++;
+    } else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
+      quiet = 1;
+    } else if (strcmp(a, "--json") == 0) {
+      json = 1;
+    } else if (strcmp(a, "--no-color") == 0) {
+      color = 0;
+    } else if (strcmp(a, "--color") == 0) {
+      color = 1;
+    } else if (strcmp(a, "-i") == 0) {
+      interactive = 1;
+    } else if (strcmp(a, "-e") == 0) {
+      if (i + 1 >= argc) return lua_pushinteger(L, usage_error("'%s' needs code to run", a)), 1;
+      code = argv[++i];
+    } else if (strcmp(a, "--") == 0) {
+      i++;
+      break;
+    } else if (a[0] == '-' && a[1] != '\0' && strcmp(a, "--version") != 0 && strcmp(a, "--help") != 0 &&
+               strcmp(a, "-h") != 0) {
+      return lua_pushinteger(L, usage_error("unknown option '%s'", a)), 1;
+    } else {
+      break;
+    }
+  }
+  if (lua_dir && access(lua_dir, R_OK) != 0) {
+    return lua_pushinteger(L, usage_error("--lua-dir '%s' is not a readable directory", lua_dir)), 1;
+  }
+
+  luaL_openlibs(L);
+  galley_loader_init(L, lua_dir);
+  lua_getglobal(L, "require");  /* the registry options table lives in galley.core.runtime */
+  lua_pushstring(L, "galley.core.runtime");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "options");
+  lua_call(L, 0, 1);                                                  /* [runtime, options] */
+  set_option(L, "verbose", verbose);
+  set_option(L, "quiet", quiet);
+  set_option(L, "json", json);
+  set_option(L, "color", color < 0 ? (isatty(2) && !getenv("NO_COLOR")) : color && !getenv("NO_COLOR"));
+  set_option(L, "interactive", interactive);
+  lua_pop(L, 2);
+
+  int status = 0;
+  if (code) {
+    create_arg_table(L, argv, argc, 0);
+    if (luaL_loadbuffer(L, code, strlen(code), "=(command line)") != LUA_OK) {
+      fprintf(stderr, "galley: %s\n", lua_tostring(L, -1));
+      lua_pushinteger(L, EXIT_USAGE);
+      return 1;
+    }
+    status = docall(L, 0, 0) == LUA_OK ? 0 : 1;
+    if (status == 0 && interactive) {
+      char *repl[] = {"repl"};
+      status = run_cli(L, repl, 1, 0);
+    }
+  } else if (i < argc && is_script(argv[i])) {
+    status = run_script(L, argv, argc, i);
+    if (status == 0 && interactive) {
+      char *repl[] = {"repl"};
+      status = run_cli(L, repl, 1, 0);
+    }
+  } else {
+    status = run_cli(L, argv, argc, i);
+  }
+  lua_pushinteger(L, status);
+  return 1;
+}
+
+
+int main(int argc, char **argv) {
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0 || sodium_init() < 0) {
+    fprintf(stderr, "galley: cannot initialise libcurl/libsodium\n");
+    return 1;
+  }
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    fprintf(stderr, "galley: cannot create Lua state: not enough memory\n");
+    return 1;
+  }
+  globalL = L;
+  galley_sig_install(on_signal);
+  lua_pushcfunction(L, pmain);
+  lua_pushinteger(L, argc);
+  lua_pushlightuserdata(L, argv);
+  int status = lua_pcall(L, 2, 1, 0);
+  int code = status == LUA_OK ? (int)lua_tointeger(L, -1) : 1;
+  if (status != LUA_OK) fprintf(stderr, "galley: %s\n", lua_tostring(L, -1));
+  globalL = NULL;
+  lua_close(L);
+  curl_global_cleanup();
+  return code;
+}

@@ -1,0 +1,51 @@
+--- Helpers shared by the specs (on busted's lpath via .busted: `require("support")`).
+local M = {}
+
+--- Absolute path of the galley binary under test (ctest sets GALLEY_BIN).
+M.bin = os.getenv("GALLEY_BIN") or "build/galley"
+M.source_dir = os.getenv("GALLEY_SOURCE_DIR") or "."
+
+--- POSIX single-quoting for the few places a spec builds a shell line itself.
+function M.q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+--- Runs the galley binary with a shell redirect; returns exit code, stdout, stderr.
+---@param args string   already-quoted argument string
+---@param stdin? string
+function M.galley(args, stdin)
+  local tmp = os.tmpname()
+  local errf = os.tmpname()
+  local inf
+  local cmd = M.q(M.bin) .. " " .. args .. " >" .. tmp .. " 2>" .. errf
+  if stdin then
+    inf = os.tmpname()
+    local f = assert(io.open(inf, "wb"))
+    f:write(stdin)
+    f:close()
+    cmd = cmd .. " <" .. inf
+  else
+    cmd = cmd .. " </dev/null"
+  end
+  local _, _, code = os.execute(cmd)
+  local function slurp(p)
+    local f = io.open(p, "rb")
+    local s = f and f:read("a") or ""
+    if f then f:close() end
+    os.remove(p)
+    return s
+  end
+  if inf then os.remove(inf) end
+  return code, slurp(tmp), slurp(errf)
+end
+
+--- Writes `text` to a fresh temporary .lua file and returns its path.
+function M.script(text)
+  local path = os.tmpname() .. ".lua"
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+return M
