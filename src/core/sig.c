@@ -3,6 +3,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "gil.h"
 #include "sig.h"
 
 static volatile sig_atomic_t pending_sig;
@@ -55,12 +56,19 @@ int64_t galley_now_ms(void) {
 
 int galley_sleep_ms(int64_t ms) {
   int64_t end = galley_now_ms() + ms;
+  int rc = 0;
+  galley_gil_release();
   for (;;) {
-    if (pending_sig) return -1;
+    if (pending_sig) {
+      rc = -1;
+      break;
+    }
     int64_t left = end - galley_now_ms();
-    if (left <= 0) return 0;
+    if (left <= 0) break;
     if (left > 50) left = 50; /* wake regularly to notice signals */
     struct timespec ts = {left / 1000, (left % 1000) * 1000000};
     nanosleep(&ts, NULL);
   }
+  galley_gil_acquire();
+  return rc;
 }
