@@ -31,7 +31,8 @@ function M.usage()
     "commands:",
   }
   for _, name in ipairs(M.order) do
-    lines[#lines + 1] = ("  %-10s %s"):format(name, M.commands[name].summary)
+    local cmd = M.commands[name]
+    lines[#lines + 1] = ("  %-10s %s"):format(name, cmd and cmd.summary or M.lazy[name])
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "options (before the command):"
@@ -114,13 +115,34 @@ M.command("help", {
       io.stdout:write(M.usage(), "\n")
       return 0
     end
-    local cmd = M.commands[name]
+    local cmd = find(name)
     if not cmd then return usage_error("no command '%s'", name) end
     io.stdout:write("usage: ", cmd.usage, "\n\n", cmd.summary, "\n")
     if cmd.help then io.stdout:write("\n", cmd.help, "\n") end
     return 0
   end,
 })
+
+-- Commands that live in their own module, `galley.commands.<name>`, loaded on first use. The
+-- module returns {summary, usage, help?, run = fun(args): integer}.
+M.lazy = {
+  emulate = "serve the Morph API on 127.0.0.1 with instances that really run",
+  gc = "stop instances left by finished or expired galley runs",
+}
+for _, name in ipairs({ "emulate", "gc" }) do M.order[#M.order + 1] = name end
+
+local function find(name)
+  if M.commands[name] then return M.commands[name] end
+  if M.lazy[name] then
+    local ok, mod = pcall(require, "galley.commands." .. name)
+    if not ok then
+      io.stderr:write("galley: COMMAND_UNAVAILABLE: '", name, "' failed to load: ", tostring(mod), "\n")
+      return nil
+    end
+    M.commands[name] = mod
+    return mod
+  end
+end
 
 --- Entry point from main.c.
 ---@param args string[]
@@ -134,8 +156,9 @@ function M.main(args)
   end
   if name == "--help" or name == "-h" then name = "help" end
   if name == "--version" then name = "version" end
-  local cmd = M.commands[name]
+  local cmd = find(name)
   if not cmd then
+    if M.lazy[name] then return 1 end
     return usage_error("unknown command '%s' (to run a file, give its path, e.g. ./%s)", name, name)
   end
   local rest = table.move(args, 2, #args, 1, {})
