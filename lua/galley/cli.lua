@@ -5,6 +5,7 @@ local runtime = require("galley.core.runtime")
 local M = {}
 
 local EXIT_USAGE = 2
+local find -- resolves a command name, loading lazy ones (defined below)
 
 M.commands = {}
 M.order = {}
@@ -131,7 +132,7 @@ M.lazy = {
 }
 for _, name in ipairs({ "emulate", "gc" }) do M.order[#M.order + 1] = name end
 
-local function find(name)
+function find(name)
   if M.commands[name] then return M.commands[name] end
   if M.lazy[name] then
     local ok, mod = pcall(require, "galley.commands." .. name)
