@@ -2,6 +2,7 @@
 -- Exit codes: 0 success; 1 the recipe failed; 2 usage error, missing file or syntax error;
 -- 130 interrupted by Ctrl-C; 143 terminated by SIGTERM.
 local errors = require("galley.errors")
+local run = require("galley.run")
 local runtime = require("galley.core.runtime")
 
 local M = {}
@@ -81,13 +82,50 @@ function M.call(chunk, path, args)
     failure = { err = err, where = recipe_location(source), traceback = debug.traceback("", 2) }
     return err
   end, table.unpack(args, 1, args.n or #args))
-  if ok then return M.EXIT_OK end
-  local err = failure.err
-  local text = errors.format(err)
-  io.stderr:write("galley: ", failure.where and (failure.where .. ": ") or "", text, "\n")
-  if verbose then io.stderr:write(failure.traceback:gsub("^\n", ""), "\n") end
-  if err.code == "INTERRUPTED" then return err.signal == 15 and 143 or 130 end
-  return M.EXIT_FAILED
+  local code = M.EXIT_OK
+  if not ok then
+    local err = failure.err
+    if err.code == "RECIPE_EXIT" then
+      code = err.exit_code or 0 -- recipe.exit(): --help and friends, nothing to print
+    else
+      local text = errors.format(err)
+      io.stderr:write("galley: ", failure.where and (failure.where .. ": ") or "", text, "\n")
+      if verbose and err.code ~= "RECIPE_USAGE" then io.stderr:write(failure.traceback:gsub("^\n", ""), "\n") end
+      if err.code == "INTERRUPTED" then
+        code = err.signal == 15 and 143 or 130
+      elseif err.code == "RECIPE_USAGE" then
+        code = M.EXIT_USAGE
+      else
+        code = M.EXIT_FAILED
+      end
+    end
+  end
+  return M.finish_run(code)
+end
+
+--- Ends the active run: cleanup hooks, stop what it left, leak report. Ctrl-C is deferred
+-- meanwhile (a third one exits at once). Returns the final exit code.
+---@param code integer the recipe's own exit code
+---@return integer
+function M.finish_run(code)
+  if not run.current() then return code end
+  runtime.clear_signal()
+  runtime.defer_signals(true)
+  local report = run.finish({ log = function(msg) io.stderr:write("galley: ", msg, "\n") end })
+  runtime.defer_signals(false)
+  for _, id in ipairs(report.stopped) do
+    io.stderr:write("galley: stopped instance ", id, " left by this run\n")
+  end
+  for _, id in ipairs(report.kept) do
+    io.stderr:write("galley: kept instance ", id, " (--keep)\n")
+  end
+  if #report.leaks > 0 then
+    io.stderr:write("galley: RUN_LEAK: instances of this run are still there: ", table.concat(report.leaks, ", "),
+      "\n  hint: stop them with `galley gc` or your provider's console\n")
+    if code == M.EXIT_OK then code = M.EXIT_FAILED end
+  end
+  if #report.hook_errors > 0 and code == M.EXIT_OK then code = M.EXIT_FAILED end
+  return code
 end
 
 --- Loads and runs a recipe by path or name.
@@ -104,6 +142,7 @@ function M.run(name, args)
   local argt = { [0] = path_or_err }
   for i, a in ipairs(args) do argt[i] = a end
   rawset(env, "arg", argt)
+  run.begin({ recipe = (path_or_err:match("([^/]+)%.lua$") or path_or_err) })
   return M.call(chunk, path_or_err, args)
 end
 

@@ -1,0 +1,56 @@
+--- galley.progress: what people see on stderr while a recipe works.
+-- On a terminal a spinner with elapsed time runs during each step (drawn by a C thread, so it
+-- moves during blocking calls); when stderr is not a terminal, one plain line per step. Nothing
+-- at all with -q or --json. Colour only on a terminal and never with NO_COLOR.
+local runtime = require("galley.core.runtime")
+local term = require("galley.core.term")
+
+local M = {}
+
+local function opts() return runtime.options() end
+
+--- Whether progress output is shown at all (not -q, not --json).
+---@return boolean
+function M.enabled()
+  local o = opts()
+  return (o.quiet or 0) == 0 and (o.json or 0) == 0
+end
+
+local function paint(code, text)
+  if (opts().color or 0) == 1 then return ("\27[%sm%s\27[0m"):format(code, text) end
+  return text
+end
+
+--- Writes a line to stderr without garbling a running spinner.
+---@param text string
+function M.say(text)
+  if not M.enabled() then return end
+  term.write_err(text .. "\n")
+end
+
+--- Runs fn(...) as a named step: a spinner meanwhile, then a ✓/✗ line with the elapsed time.
+-- Errors propagate unchanged after the ✗ line.
+---@param label string
+---@param fn function
+---@return any ... whatever fn returns
+function M.step(label, fn, ...)
+  local show = M.enabled()
+  local tty = show and term.stderr_is_tty()
+  local t0 = runtime.now_ms()
+  if tty then
+    term.spinner_start(label)
+  elseif show then
+    io.stderr:write("- ", label, " ...\n")
+  end
+  local res = table.pack(pcall(fn, ...))
+  local secs = (runtime.now_ms() - t0) / 1000
+  if tty then term.spinner_stop() end
+  if show then
+    local mark = res[1] and paint("32", tty and "✓" or "ok") or paint("31", tty and "✗" or "FAILED")
+    io.stderr:write(("%s %s (%.1fs)\n"):format(mark, label, secs))
+  end
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+return M

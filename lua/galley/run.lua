@@ -1,0 +1,171 @@
+--- galley.run: the context of one recipe run (or REPL session), for self-cleaning runs.
+-- Every instance a provider boots while a run is active is tagged in metadata with the run's id
+-- and the recipe's name and gets a TTL unless the caller says otherwise. When the run ends
+-- (success, error, Ctrl-C or SIGTERM) its cleanup hooks run (last registered first), the
+-- instances it booted are stopped unless kept, and any instance still tagged with the run id is
+-- reported as a leak.
+local M = {}
+
+--- Metadata keys galley stamps on instances it boots.
+M.TAG_RUN, M.TAG_RECIPE, M.TAG_KEEP = "galley_run", "galley_recipe", "galley_keep"
+M.DEFAULT_TTL_SECONDS = 3600
+
+local current
+
+local function random_id()
+  local f = io.open("/dev/urandom", "rb")
+  local bytes = f and f:read(6) or tostring(os.time())
+  if f then f:close() end
+  return "run-" .. bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+end
+
+---@class galley.RunContext
+---@field id string
+---@field recipe string
+---@field keep boolean instances survive the run (no stop, no leak report)
+---@field ttl_seconds integer|false default TTL for booted instances (false: none)
+---@field hooks {fn: function, label: string}[]
+---@field providers table[] providers used during the run
+---@field instances {provider: table, id: string}[] instances booted during the run
+
+--- Starts a run; the runner calls this before a recipe's first line.
+---@param opts {recipe: string, keep?: boolean, ttl_seconds?: integer|false, id?: string}
+---@return galley.RunContext
+function M.begin(opts)
+  current = {
+    id = opts.id or random_id(),
+    recipe = opts.recipe or "recipe",
+    keep = opts.keep or false,
+    ttl_seconds = opts.ttl_seconds == nil and M.DEFAULT_TTL_SECONDS or opts.ttl_seconds,
+    hooks = {},
+    providers = {},
+    instances = {},
+    started_ms = os.time() * 1000,
+  }
+  return current
+end
+
+--- The active run, or nil outside recipes.
+---@return galley.RunContext|nil
+function M.current() return current end
+
+--- Registers a cleanup hook (runs at the end of the run, last registered first, even on error).
+---@param fn fun()
+---@param label? string shown when the hook fails
+function M.defer(fn, label)
+  assert(type(fn) == "function", "run.defer: expected a function")
+  if not current then return false end
+  current.hooks[#current.hooks + 1] = { fn = fn, label = label or "cleanup" }
+  return true
+end
+
+--- Keeps (or stops keeping) the run's instances when it ends.
+---@param on boolean
+function M.set_keep(on)
+  if current then current.keep = on and true or false end
+end
+
+--- Providers call this from `new`: the run checks their instances for leaks at the end.
+---@param provider table
+function M.register_provider(provider)
+  if not current then return end
+  for _, p in ipairs(current.providers) do
+    if p == provider then return end
+  end
+  current.providers[#current.providers + 1] = provider
+end
+
+--- Providers call this in `instances.boot`/`fork`: returns opts with the run's tags and default
+-- TTL added (a copy; the caller's table is not changed). `opts.ttl_seconds = false` means none.
+---@param opts? table
+---@return table
+function M.boot_options(opts)
+  local out = {}
+  for k, v in pairs(opts or {}) do out[k] = v end
+  local meta = {}
+  for k, v in pairs(out.metadata or {}) do meta[k] = v end
+  out.metadata = meta
+  if not current then return out end
+  meta[M.TAG_RUN] = current.id
+  meta[M.TAG_RECIPE] = current.recipe
+  if current.keep then meta[M.TAG_KEEP] = "1" end
+  if out.ttl_seconds == nil and current.ttl_seconds then
+    out.ttl_seconds = current.ttl_seconds
+    out.ttl_action = out.ttl_action or "stop"
+  elseif out.ttl_seconds == false then
+    out.ttl_seconds = nil
+  end
+  return out
+end
+
+--- Providers call this after a successful boot/fork.
+---@param provider table
+---@param instance_id string
+function M.track_instance(provider, instance_id)
+  if not current then return end
+  M.register_provider(provider)
+  current.instances[#current.instances + 1] = { provider = provider, id = instance_id }
+end
+
+--- Instances still tagged with this run's id, per provider: {{provider, instance}...}.
+---@param ctx? galley.RunContext
+function M.tagged_instances(ctx)
+  ctx = ctx or current
+  local found = {}
+  if not ctx then return found end
+  for _, p in ipairs(ctx.providers) do
+    local ok, list = pcall(p.instances.list, { [M.TAG_RUN] = ctx.id })
+    if ok and type(list) == "table" then
+      for _, inst in ipairs(list) do
+        if (inst.metadata or {})[M.TAG_RUN] == ctx.id then
+          found[#found + 1] = { provider = p, instance = inst }
+        end
+      end
+    end
+  end
+  return found
+end
+
+--- Ends the run: hooks, then (unless kept) stops every instance still tagged with the run, then
+-- the leak check: a leak is a tagged, unkept instance that still exists after that.
+-- Returns a report {hook_errors = {...}, stopped = {ids}, leaks = {ids}, kept = {ids}}.
+---@param opts? {stop_instances?: boolean, log?: fun(msg: string)}
+---@return table report
+function M.finish(opts)
+  opts = opts or {}
+  local ctx = current
+  local report = { hook_errors = {}, stopped = {}, leaks = {}, kept = {} }
+  if not ctx then return report end
+  local say = opts.log or function() end
+  for i = #ctx.hooks, 1, -1 do
+    local h = ctx.hooks[i]
+    local ok, err = pcall(h.fn)
+    if not ok then
+      report.hook_errors[#report.hook_errors + 1] = { label = h.label, err = err }
+      say(("cleanup '%s' failed: %s"):format(h.label, tostring(err)))
+    end
+  end
+  ctx.hooks = {}
+  local leftovers = M.tagged_instances(ctx)
+  for _, item in ipairs(leftovers) do
+    local inst, p = item.instance, item.provider
+    if ctx.keep or (inst.metadata or {})[M.TAG_KEEP] == "1" then
+      report.kept[#report.kept + 1] = inst.id
+    elseif opts.stop_instances ~= false then
+      local ok = pcall(p.instances.terminate or p.instances.stop, inst.id)
+      report.stopped[#report.stopped + 1] = inst.id
+      if not ok then say(("could not stop instance %s"):format(inst.id)) end
+    end
+  end
+  -- Whatever is still tagged and not kept after that is a leak.
+  for _, item in ipairs(M.tagged_instances(ctx)) do
+    local inst = item.instance
+    if not (ctx.keep or (inst.metadata or {})[M.TAG_KEEP] == "1") then
+      report.leaks[#report.leaks + 1] = inst.id
+    end
+  end
+  current = nil
+  return report
+end
+
+return M
