@@ -1,19 +1,152 @@
 --- galley.repl: the interactive prompt (`galley repl`).
--- Runs each input in one recipe environment: bare expressions print their values, `=expr`
--- works, incomplete input continues on the next line.
+-- Bare expressions print their values (tables pretty-printed, instances and snapshots one line
+-- each); `=expr` works; incomplete input continues on the next line; `_` holds the last result;
+-- history is saved; Tab completes globals and the fields and methods of live values; Ctrl-C
+-- cancels the current line or call without leaving. Globals ready to use: `galley` (every
+-- galley module, loaded on first use), `morph` (a Morph provider from MORPH_API_KEY /
+-- MORPH_BASE_URL), `sandbox` (the local provider), `pretty`. On exit, instances booted during
+-- the session that still exist are listed, with an offer to stop them.
 local errors = require("galley.errors")
+local pretty = require("galley.pretty")
+local run = require("galley.run")
 local runner = require("galley.runner")
 local runtime = require("galley.core.runtime")
 
 local M = {}
 
+local KEYWORDS = { "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if",
+  "in", "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while" }
+
+--- A lazily loading view of the galley.* modules: `galley.providers.morph` requires on use.
+local function namespace(prefix)
+  return setmetatable({}, {
+    __index = function(self, k)
+      local name = prefix .. "." .. k
+      local ok, mod = pcall(require, name)
+      if not ok then
+        if type(mod) == "string" and not mod:find("module '" .. name .. "' not found", 1, true) then error(mod, 2) end
+        mod = namespace(name) -- a folder of modules (galley.providers)
+      end
+      rawset(self, k, mod)
+      return mod
+    end,
+    __tostring = function() return "<modules " .. prefix .. ".*>" end,
+  })
+end
+
+local function module_children(prefix)
+  local out = {}
+  for name in pairs(package.preload) do
+    local rest = name:sub(#prefix + 2)
+    if name:sub(1, #prefix + 1) == prefix .. "." and rest ~= "" then out[rest:match("^[^.]+")] = true end
+  end
+  return out
+end
+
+--- Builds the REPL's environment: a recipe environment plus conveniences.
+---@return table env
+function M.new_env()
+  local env = runner.new_env()
+  rawset(env, "galley", namespace("galley"))
+  rawset(env, "pretty", pretty)
+  local lazy = {
+    morph = function() return require("galley.providers.morph").new() end,
+    sandbox = function() return require("galley.providers.local").new() end,
+  }
+  local mt = getmetatable(env)
+  local base_index = mt.__index
+  mt.__index = function(t, k)
+    local make = lazy[k]
+    if make then
+      local ok, v = pcall(make)
+      if not ok then error(v, 2) end
+      rawset(t, k, v)
+      return v
+    end
+    return base_index[k]
+  end
+  mt.__lazy = lazy
+  return env
+end
+
+local function keys_of(v, methods_only)
+  local out, seen = {}, {}
+  local function add(k, val)
+    if type(k) == "string" and k:match("^[%a_][%w_]*$") and not seen[k] then
+      if not methods_only or type(val) == "function" then
+        seen[k] = true
+        out[#out + 1] = k
+      end
+    end
+  end
+  local depth = 0
+  while v ~= nil and depth < 5 do
+    depth = depth + 1
+    if type(v) == "table" then
+      for k, val in pairs(v) do add(k, val) end
+      local mt = getmetatable(v)
+      if mt and mt.__lazy then
+        for k in pairs(mt.__lazy) do add(k, function() end) end
+      end
+      if mt and type(mt.__index) == "table" then
+        v = mt.__index
+      else
+        break
+      end
+    else
+      local mt = getmetatable(v)
+      v = mt and type(mt.__index) == "table" and mt.__index or nil
+    end
+  end
+  return out
+end
+
+--- Completion candidates for `word` (e.g. "string.fo", "client:ins", "pri").
+---@param env table
+---@param word string
+---@return string[]
+function M.complete(env, word)
+  local path, sep, partial = word:match("^(.*)([.:])([%w_]*)$")
+  local candidates = {}
+  if not path then
+    partial = word
+    for _, k in ipairs(keys_of(env)) do candidates[#candidates + 1] = k end
+    for _, k in ipairs(KEYWORDS) do candidates[#candidates + 1] = k end
+  else
+    local v = env
+    for name in path:gmatch("[^.]+") do
+      if not name:match("^[%a_][%w_]*$") then return {} end
+      local ok, nv = pcall(function() return v[name] end)
+      if not ok or nv == nil then return {} end
+      v = nv
+    end
+    local names = keys_of(v, sep == ":")
+    if type(v) == "table" and getmetatable(v) and getmetatable(v).__tostring
+      and tostring(v):match("^<modules ") then
+      local prefix = tostring(v):match("^<modules (.-)%.%*>$")
+      for k in pairs(module_children(prefix)) do names[#names + 1] = k end
+    end
+    for _, k in ipairs(names) do candidates[#candidates + 1] = path .. sep .. k end
+  end
+  local out, seen = {}, {}
+  local full_prefix = path and (path .. sep .. partial) or partial
+  for _, c in ipairs(candidates) do
+    if c:sub(1, #full_prefix) == full_prefix and not seen[c] then
+      seen[c] = true
+      out[#out + 1] = c
+    end
+  end
+  table.sort(out)
+  return out
+end
 
 --- Compiles one input: `return <text>` first (so expressions print), then the text itself.
 -- Returns chunk, or nil + "incomplete" when more lines are needed, or nil + error message.
 ---@param text string
 ---@param env table
+---@return function|nil chunk, string|nil err
 function M.compile(text, env)
-  local src = text:gsub("^=", "return ")
+  local src = text:gsub("^%s*=", "return ")
   local chunk = load("return " .. src, "=stdin", "t", env)
   if chunk then return chunk end
   local err
@@ -23,50 +156,94 @@ function M.compile(text, env)
   return nil, err
 end
 
+local function history_path()
+  local base = os.getenv("XDG_STATE_HOME")
+  if not base or base == "" then base = (os.getenv("HOME") or "/tmp") .. "/.local/state" end
+  return base .. "/galley/repl_history"
+end
+
+local function report_instances(out, tty, readline)
+  local items = run.tagged_instances()
+  if #items == 0 then
+    run.finish({ stop_instances = false })
+    return
+  end
+  out:write(("%d instance(s) booted in this session still exist:\n"):format(#items))
+  for _, item in ipairs(items) do out:write("  ", pretty.record_line(item.instance), "\n") end
+  local answer = "n"
+  if tty then answer = readline("Stop them now? [y/N] ") or "n" end
+  if answer:match("^%s*[yY]") then
+    local report = run.finish({})
+    out:write(("stopped %d instance(s)\n"):format(#report.stopped))
+  else
+    run.finish({ stop_instances = false })
+    out:write("left running; they stop when their TTL runs out (or run `galley gc`)\n")
+  end
+end
+
 --- Runs the REPL until end of input; returns an exit code.
 ---@param opts? {input?: file*, output?: file*}
 ---@return integer
 function M.run(opts)
   opts = opts or {}
-  local env = runner.new_env()
+  local env = M.new_env()
   local tty = runtime.isatty(0) and not opts.input
   local line = tty and require("galley.core.line") or nil
   local input = opts.input or io.stdin
   local out = opts.output or io.stdout
+  local hist = history_path()
+  run.begin({ recipe = "repl" })
   local function readline(prompt)
     if tty then return line.readline(prompt) end
     return input:read("l")
   end
-  if tty then out:write(("galley %s (Lua %s) - Ctrl-D to leave\n"):format(
-    runtime.versions().galley, _VERSION:match("%d.%d"))) end
+  if tty then
+    os.execute("mkdir -p '" .. hist:match("^(.*)/[^/]*$"):gsub("'", "'\\''") .. "' 2>/dev/null")
+    line.load_history(hist)
+    line.set_completer(function(word) return M.complete(env, word) end)
+    out:write(("galley %s (%s) - Tab completes, Ctrl-C cancels, Ctrl-D leaves\n"):format(
+      runtime.versions().galley, _VERSION))
+  end
   local buffer
   while true do
-    local text = readline(buffer and ">> " or "> ")
+    local text, why = readline(buffer and ">> " or "> ")
+    if why == "interrupted" then
+      buffer = nil
+      out:write("^C\n")
+      goto continue
+    end
     if not text then break end
     buffer = buffer and (buffer .. "\n" .. text) or text
-    local chunk, err = M.compile(buffer, env)
-    if err == "incomplete" then goto continue end
-    if tty and buffer:match("%S") then line.add_history(buffer) end
-    if not chunk then
-      io.stderr:write(err, "\n")
-    else
+    do
+      local chunk, err = M.compile(buffer, env)
+      if err == "incomplete" then goto continue end
+      if tty and buffer:match("%S") then line.add_history(buffer) end
+      buffer = nil
+      if not chunk then
+        io.stderr:write(err, "\n")
+        goto continue
+      end
       local res = table.pack(xpcall(chunk, function(e)
-        return errors.is(e) and errors.format(e) or debug.traceback(tostring(e), 2)
+        if errors.is(e) then return errors.format(e) end
+        return debug.traceback(tostring(e), 2)
       end))
+      runtime.clear_signal()
       if not res[1] then
         io.stderr:write(tostring(res[2]), "\n")
-        runtime.clear_signal()
       elseif res.n > 1 then
         local parts = {}
-        for i = 2, res.n do parts[#parts + 1] = tostring(res[i]) end
+        for i = 2, res.n do parts[#parts + 1] = pretty.format(res[i]) end
         out:write(table.concat(parts, "\t"), "\n")
         rawset(env, "_", res[2])
       end
     end
-    buffer = nil
     ::continue::
   end
-  if tty then out:write("\n") end
+  if tty then
+    out:write("\n")
+    line.save_history(hist)
+  end
+  report_instances(out, tty, readline)
   return 0
 end
 

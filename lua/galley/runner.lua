@@ -71,7 +71,7 @@ function M.call(chunk, path, args)
   local verbose = (runtime.options().verbose or 0) > 0
   local source = "@" .. path
   local failure
-  local ok = xpcall(chunk, function(e)
+  local ok, herr = xpcall(chunk, function(e)
     local err = e
     if not errors.is(err) then
       local msg = tostring(e)
@@ -83,6 +83,11 @@ function M.call(chunk, path, args)
     return err
   end, table.unpack(args, 1, args.n or #args))
   local code = M.EXIT_OK
+  if not ok and not failure then
+    -- The message handler itself failed (e.g. a broken module): report what we have.
+    failure = { err = setmetatable({ code = "INTERNAL_ERROR", message = tostring(herr) }, errors.metatable),
+      traceback = "" }
+  end
   if not ok then
     local err = failure.err
     if err.code == "RECIPE_EXIT" then

@@ -1,0 +1,108 @@
+-- The REPL on a real terminal: tmux runs `galley repl`, send-keys types, capture-pane reads.
+local support = require("support")
+local q = support.q
+
+local session = "galley-repl-spec-" .. tostring(os.time()) .. tostring(math.random(1000, 9999))
+local state_dir
+
+local function tmux(args)
+  local p = io.popen("tmux " .. args .. " 2>&1")
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+local function screen()
+  return tmux("capture-pane -p -t " .. session)
+end
+
+local function wait_for(pattern, plain)
+  for _ = 1, 100 do
+    local s = screen()
+    if s:find(pattern, 1, plain) then return s end
+    os.execute("sleep 0.05")
+  end
+  error("timed out waiting for " .. pattern .. "\n--- screen ---\n" .. screen())
+end
+
+local function type_line(text)
+  tmux("send-keys -t " .. session .. " -l " .. q(text))
+  tmux("send-keys -t " .. session .. " Enter")
+end
+
+describe("galley repl on a terminal #repl", function()
+  setup(function()
+    state_dir = os.tmpname()
+    os.remove(state_dir)
+    os.execute("mkdir -p " .. q(state_dir))
+    local cmd = ("env XDG_STATE_HOME=%s GALLEY_STATE_DIR=%s/galley-state %s repl"):format(q(state_dir), q(state_dir),
+      q(support.bin))
+    tmux(("new-session -d -s %s -x 120 -y 40 %s"):format(session, q(cmd)))
+    wait_for("Ctrl-D leaves", true)
+  end)
+
+  teardown(function()
+    tmux("kill-session -t " .. session)
+    os.execute("rm -rf " .. q(state_dir))
+  end)
+
+  it("prints bare expressions, =expr, _ and pretty tables", function()
+    type_line("40 + 2")
+    wait_for("\n42\n", true)
+    type_line("=_ * 2")
+    wait_for("\n84\n", true)
+    type_line("{ name = 'x', list = { 1, 2 } }")
+    wait_for('{ list = { 1, 2 }, name = "x" }', true)
+  end)
+
+  it("continues incomplete input on the next line", function()
+    type_line("local function sq(x)")
+    wait_for(">>", true)
+    type_line("return x * x end print(sq(12))")
+    wait_for("\n144\n", true)
+  end)
+
+  it("completes globals and fields with Tab", function()
+    tmux("send-keys -t " .. session .. " -l " .. q("string.for"))
+    tmux("send-keys -t " .. session .. " Tab")
+    wait_for("string.format", true)
+    tmux("send-keys -t " .. session .. " -l " .. q('("%03d", 7)'))
+    tmux("send-keys -t " .. session .. " Enter")
+    wait_for('"007"', true)
+  end)
+
+  it("cancels the current line with Ctrl-C and stays alive", function()
+    tmux("send-keys -t " .. session .. " -l " .. q("this is not lua"))
+    tmux("send-keys -t " .. session .. " C-c")
+    wait_for("^C", true)
+    type_line("1 + 2")
+    wait_for("\n3\n", true)
+  end)
+
+  it("interrupts a running call with Ctrl-C and stays alive", function()
+    type_line("while true do end")
+    os.execute("sleep 0.3")
+    tmux("send-keys -t " .. session .. " C-c")
+    wait_for("INTERRUPTED", true)
+    type_line("'still here'")
+    wait_for('"still here"', true)
+  end)
+
+  it("saves history on exit", function()
+    type_line("'remember me'")
+    wait_for('"remember me"', true)
+    tmux("send-keys -t " .. session .. " C-d")
+    local hist
+    for _ = 1, 100 do
+      local f = io.open(state_dir .. "/galley/repl_history")
+      if f then
+        hist = f:read("a")
+        f:close()
+        break
+      end
+      os.execute("sleep 0.05")
+    end
+    -- libedit stores spaces as \040
+    assert.truthy(hist and hist:find("remember", 1, true), hist)
+  end)
+end)
