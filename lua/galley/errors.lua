@@ -2,9 +2,52 @@
 -- An error is a table `{code, message, details?, operation?, resource?, attempt?, max_attempts?,
 -- hint?, kind?}` sharing one metatable with the C core, whose `__tostring` gives "CODE: message".
 -- Compare `err.code`, never the message text.
+--
+-- Messages and context built here pass through `galley.log.redact`, so a registered secret or a
+-- token-looking value never survives into an error (C errors are redacted when formatted).
 local runtime = require("galley.core.runtime")
 
 local M = {}
+
+--- The seeds' error codes (Lua layers above the C core). `retryable` marks the transient ones.
+---@type {code: string, description: string, retryable: boolean}[]
+M.code_list = {
+  { code = "AUTHENTICATION_ERROR", description = "credentials missing or rejected (HTTP 401/403)", retryable = false },
+  { code = "VALIDATION_ERROR", description = "bad input: a spec, an option or HTTP 400/422", retryable = false },
+  { code = "NOT_FOUND", description = "the resource does not exist (HTTP 404/410)", retryable = false },
+  { code = "CONFLICT", description = "the resource is in a state that forbids this (HTTP 409)", retryable = false },
+  { code = "RATE_LIMIT", description = "too many requests (HTTP 429); see retry_after_ms", retryable = true },
+  { code = "SERVER_ERROR", description = "the remote side failed (HTTP 5xx)", retryable = true },
+  { code = "NETWORK_ERROR", description = "could not connect, or the connection broke", retryable = true },
+  { code = "TIMEOUT", description = "no answer in time", retryable = true },
+  { code = "PROTOCOL_ERROR", description = "an answer we cannot parse (bad JSON, missing field)", retryable = false },
+  { code = "PROCESS_ERROR", description = "a remote or local process failed to start, stop or run", retryable = false },
+  { code = "FILE_IO_ERROR", description = "reading or writing a file failed", retryable = false },
+  { code = "PROVIDER_ERROR", description = "a VM provider failure with no more specific code", retryable = false },
+  { code = "CREDENTIALS_ERROR", description = "installing or reading credentials failed", retryable = false },
+  { code = "AGENT_ERROR", description = "an agent could not build its process", retryable = false },
+  { code = "ORCHESTRATION_ERROR", description = "a step of boot/prepare/start failed", retryable = false },
+  { code = "INTERRUPTED", description = "stopped by Ctrl-C or SIGTERM", retryable = false },
+  { code = "INTERNAL_ERROR", description = "a bug in galley (an unexpected Lua error)", retryable = false },
+}
+
+--- The same codes by name: `errors.codes.NOT_FOUND == "NOT_FOUND"`; `errors.codes[1]` is the first
+-- code in `code_list` order, so `ipairs(errors.codes)` enumerates them.
+---@type table<string|integer, string>
+M.codes = {}
+local code_info = {}
+for i, c in ipairs(M.code_list) do
+  M.codes[i] = c.code
+  M.codes[c.code] = c.code
+  code_info[c.code] = c
+end
+
+--- The error kinds (the seeds' error classes), each with a constructor of the same name below.
+M.kinds = { "ProviderError", "ProcessError", "AgentError", "CredentialsError", "OrchestrationError" }
+
+local function redact(v)
+  return require("galley.log").redact(v)
+end
 
 ---@class galley.Error
 ---@field code string UPPER_SNAKE code, e.g. "NOT_FOUND", "PROCESS_ERROR"
@@ -26,10 +69,10 @@ M.metatable = runtime.error_metatable()
 ---@return galley.Error
 function M.new(code, message, fields)
   assert(type(code) == "string", "errors.new: code must be a string")
-  local err = { code = code, message = tostring(message or code) }
+  local err = { code = code, message = redact(tostring(message or code)) }
   if fields then
     for k, v in pairs(fields) do
-      if err[k] == nil then err[k] = v end
+      if err[k] == nil then err[k] = redact(v) end
     end
   end
   return setmetatable(err, M.metatable)
@@ -61,11 +104,14 @@ end
 function M.wrap(err, fields, default_code)
   if not M.is(err) then
     local msg = type(err) == "table" and (err.message or tostring(err)) or tostring(err)
-    err = M.new(type(err) == "table" and err.code or default_code or "INTERNAL_ERROR", msg)
+    local code = type(err) == "table" and type(err.code) == "string" and err.code
+    err = M.new(code or default_code or "INTERNAL_ERROR", msg)
+  elseif type(err.message) == "string" then
+    err.message = redact(err.message)
   end
   if fields then
     for k, v in pairs(fields) do
-      if err[k] == nil then err[k] = v end
+      if err[k] == nil then err[k] = redact(v) end
     end
   end
   return err
@@ -101,7 +147,45 @@ function M.format(err)
     lines[#lines + 1] = ("  attempt: %s%s"):format(err.attempt, err.max_attempts and ("/" .. err.max_attempts) or "")
   end
   if err.hint then lines[#lines + 1] = "  hint: " .. tostring(err.hint) end
-  return table.concat(lines, "\n")
+  return redact(table.concat(lines, "\n"))
+end
+
+
+--- What a code means and whether retrying can help; nil for codes not in `code_list`.
+---@param code string
+---@return {code: string, description: string, retryable: boolean}|nil
+function M.describe(code)
+  return code_info[code]
+end
+
+
+--- True when `err` carries a transient code (RATE_LIMIT, SERVER_ERROR, NETWORK_ERROR, TIMEOUT,
+-- and the C core's HTTP_TIMEOUT/HTTP_CONNECT), or sets `retryable = true` itself.
+---@param err any
+---@return boolean
+function M.is_retryable(err)
+  if type(err) ~= "table" then return false end
+  if err.retryable ~= nil then return err.retryable == true end
+  local info = code_info[err.code]
+  if info then return info.retryable end
+  return err.code == "HTTP_TIMEOUT" or err.code == "HTTP_CONNECT"
+end
+
+
+--- The seeds' code for an HTTP status: 400/422 VALIDATION_ERROR, 401/403 AUTHENTICATION_ERROR,
+-- 404/410 NOT_FOUND, 408 TIMEOUT, 409 CONFLICT, 429 RATE_LIMIT, other 4xx VALIDATION_ERROR,
+-- 5xx SERVER_ERROR; nil below 400 (not an error).
+---@param status integer
+---@return string|nil code
+function M.code_for_http_status(status)
+  if type(status) ~= "number" or status < 400 then return nil end
+  if status == 401 or status == 403 then return "AUTHENTICATION_ERROR" end
+  if status == 404 or status == 410 then return "NOT_FOUND" end
+  if status == 408 then return "TIMEOUT" end
+  if status == 409 then return "CONFLICT" end
+  if status == 429 then return "RATE_LIMIT" end
+  if status >= 500 then return "SERVER_ERROR" end
+  return "VALIDATION_ERROR"
 end
 
 return M

@@ -1,0 +1,319 @@
+--- galley.contracts: the shapes passed between agents, process managers and providers, and their
+-- checks. A check returns a normalized copy of a valid spec, or raises VALIDATION_ERROR whose
+-- message starts with the field path (`command.args[3]: expected string, got table`) and whose
+-- `details = {path=, expected=, got=}`. Unknown fields are errors, so typos never pass silently.
+--
+-- CommandSpec, two forms (no other fields):
+--   argv:  {kind="argv", command=string, args?=string[], cwd?=path, env?={NAME=string}, name?=string}
+--   shell: {kind="shell", script=string, cwd?=path, env?={NAME=string}, name?=string}
+--   - `cwd` and file paths are absolute or start with "~" (providers expand "~" to their home dir).
+--   - env names are shell identifiers; numbers as env values are turned into strings.
+--   - no string may contain a NUL byte (it cannot cross argv).
+--   - normalized: argv specs always have `args` (possibly empty).
+--
+-- ProcessSpec:
+--   {command=CommandSpec, restart?="never"|{max_restarts?=int>=0, min_uptime_ms?=int>=0},
+--    instances?=int>=1, max_memory?="<n>[K|M|G]" (an integer is taken as bytes), logs?={out?=path, err?=path},
+--    files?={{path=path, content=string, mode?="600"}, ...}}
+--   - restart nil means the process manager's default (restart when the process exits).
+--   - `files`: files the process needs before it starts. Whoever starts the process (a process
+--     manager, or any caller) MUST write every entry first, atomically, creating parent
+--     directories, with the given octal mode (default "600"), and fail the start if a write fails.
+--     Agents use it for payloads too large for one argv element (a long prompt). Contents are
+--     data, not secrets, unless the caller put secrets there.
+local errors = require("galley.errors")
+local util = require("galley.util")
+
+local M = {}
+
+---@class galley.CommandSpec
+---@field kind "argv"|"shell"
+---@field command? string argv form: the program
+---@field args? string[] argv form: its arguments
+---@field script? string shell form: a bash script
+---@field cwd? string absolute or "~"-prefixed directory
+---@field env? table<string, string> exported before the command runs
+---@field name? string a label (process managers use it as the process name)
+
+---@class galley.FileSpec
+---@field path string absolute or "~"-prefixed
+---@field content string raw bytes
+---@field mode string octal, e.g. "600"
+
+---@class galley.ProcessSpec
+---@field command galley.CommandSpec
+---@field restart? "never"|{max_restarts?: integer, min_uptime_ms?: integer}
+---@field instances? integer
+---@field max_memory? string e.g. "512M"
+---@field logs? {out?: string, err?: string}
+---@field files? galley.FileSpec[] to be written before the process starts (see the header)
+
+---@class galley.Agent
+---@field name string
+---@field to_process_spec fun(input: table): galley.ProcessSpec raises VALIDATION_ERROR on bad input
+
+
+local function describe(v)
+  if v == nil then return "nil" end
+  if math.type(v) == "float" then return "number" end
+  return type(v)
+end
+
+
+local function fail(path, message, expected, got)
+  errors.raise("VALIDATION_ERROR", ("%s: %s"):format(path, message),
+    { details = { path = path, expected = expected, got = got } }, 0)
+end
+
+
+local function expect(path, value, expected)
+  fail(path, ("expected %s, got %s"):format(expected, describe(value)), expected, describe(value))
+end
+
+
+local function join(path, key)
+  if type(key) == "number" then return ("%s[%d]"):format(path, key) end
+  if path == "" then return key end
+  return path .. "." .. key
+end
+
+
+local function check_string(path, v, opts)
+  opts = opts or {}
+  if type(v) ~= "string" then expect(path, v, "string") end
+  if not opts.allow_empty and v == "" then fail(path, "must not be empty", "non-empty string", "empty string") end
+  if v:find("\0", 1, true) then fail(path, "must not contain a NUL byte", "string without NUL", "NUL byte") end
+  return v
+end
+
+
+local function check_path(path, v)
+  check_string(path, v)
+  if not (v:sub(1, 1) == "/" or v == "~" or v:sub(1, 2) == "~/") then
+    fail(path, ("expected an absolute or ~-prefixed path, got %q"):format(v), "absolute path", "relative path")
+  end
+  return v
+end
+
+
+local function check_table(path, v, allowed)
+  if type(v) ~= "table" then expect(path, v, "table") end
+  if allowed then
+    for _, k in ipairs(util.sorted_keys(v)) do
+      if not allowed[k] then
+        local where = type(k) == "string" and join(path, k) or ("%s[%s]"):format(path, tostring(k))
+        fail(where, "unknown field", "no such field", describe(v[k]))
+      end
+    end
+  end
+  return v
+end
+
+
+local function check_array(path, v)
+  check_table(path, v)
+  if #v == 0 and next(v) ~= nil then
+    fail(path, "expected an array, got a table with named fields", "array", "table")
+  end
+  if not util.is_array(v) then
+    for _, k in ipairs(util.sorted_keys(v)) do
+      if math.type(k) ~= "integer" or k < 1 or k > #v then
+        fail(("%s[%s]"):format(path, type(k) == "string" and ("%q"):format(k) or tostring(k)),
+          "unexpected key in an array", "array index 1.." .. #v, describe(k))
+      end
+    end
+  end
+  return v
+end
+
+
+local function check_integer(path, v, min)
+  local i = math.type(v) == "integer" and v or (type(v) == "number" and math.tointeger(v))
+  if not i then expect(path, v, "integer") end
+  if i < min then fail(path, ("must be at least %d, got %d"):format(min, i), ">= " .. min, tostring(i)) end
+  return i
+end
+
+
+local function check_env(path, env)
+  check_table(path, env)
+  local out = {}
+  for _, k in ipairs(util.sorted_keys(env)) do
+    local v = env[k]
+    if type(k) ~= "string" or not k:match("^[A-Za-z_][A-Za-z0-9_]*$") then
+      fail(("%s[%s]"):format(path, type(k) == "string" and ("%q"):format(k) or tostring(k)),
+        "env names must be shell identifiers ([A-Za-z_][A-Za-z0-9_]*)", "identifier", describe(k))
+    end
+    local p = join(path, k)
+    if type(v) == "number" then
+      v = math.type(v) == "integer" and tostring(v) or ("%.17g"):format(v)
+    end
+    out[k] = check_string(p, v, { allow_empty = true })
+  end
+  return out
+end
+
+
+local COMMAND_FIELDS = {
+  argv = { kind = true, command = true, args = true, cwd = true, env = true, name = true },
+  shell = { kind = true, script = true, cwd = true, env = true, name = true },
+}
+
+local function command(path, spec)
+  check_table(path, spec)
+  local kind = spec.kind
+  if kind ~= "argv" and kind ~= "shell" then
+    fail(join(path, "kind"), ('expected "argv" or "shell", got %s'):format(
+      type(kind) == "string" and ("%q"):format(kind) or describe(kind)), '"argv" or "shell"', describe(kind))
+  end
+  check_table(path, spec, COMMAND_FIELDS[kind])
+  local out = { kind = kind }
+  if kind == "argv" then
+    out.command = check_string(join(path, "command"), spec.command)
+    out.args = {}
+    if spec.args ~= nil then
+      local args_path = join(path, "args")
+      check_array(args_path, spec.args)
+      for i = 1, #spec.args do
+        out.args[i] = check_string(join(args_path, i), spec.args[i], { allow_empty = true })
+      end
+    end
+  else
+    out.script = check_string(join(path, "script"), spec.script)
+  end
+  if spec.cwd ~= nil then out.cwd = check_path(join(path, "cwd"), spec.cwd) end
+  if spec.env ~= nil then out.env = check_env(join(path, "env"), spec.env) end
+  if spec.name ~= nil then out.name = check_string(join(path, "name"), spec.name) end
+  return out
+end
+
+
+local function restart(path, r)
+  if r == "never" then return r end
+  if type(r) ~= "table" then
+    fail(path, ('expected "never" or a table {max_restarts, min_uptime_ms}, got %s'):format(
+      type(r) == "string" and ("%q"):format(r) or describe(r)), '"never" or table', describe(r))
+  end
+  check_table(path, r, { max_restarts = true, min_uptime_ms = true })
+  local out = {}
+  if r.max_restarts ~= nil then out.max_restarts = check_integer(join(path, "max_restarts"), r.max_restarts, 0) end
+  if r.min_uptime_ms ~= nil then out.min_uptime_ms = check_integer(join(path, "min_uptime_ms"), r.min_uptime_ms, 0) end
+  return out
+end
+
+
+local function max_memory(path, v)
+  if math.type(v) == "integer" then
+    if v < 1 then fail(path, "must be positive", "positive size", tostring(v)) end
+    return tostring(v)
+  end
+  if type(v) ~= "string" then expect(path, v, 'string like "512M"') end
+  local n, unit = v:match("^(%d+)([KMGkmg]?)$")
+  if not n or tonumber(n) < 1 then
+    fail(path, ('expected a size like "512M" (digits, then K, M or G), got %q'):format(v), "size", "string")
+  end
+  return n .. unit:upper()
+end
+
+
+local function files(path, list)
+  check_array(path, list)
+  local out, seen = {}, {}
+  for i, f in ipairs(list) do
+    local p = join(path, i)
+    check_table(p, f, { path = true, content = true, mode = true })
+    local fp = check_path(join(p, "path"), f.path)
+    if seen[fp] then fail(join(p, "path"), ("duplicate file path %q"):format(fp), "unique path", "duplicate") end
+    seen[fp] = true
+    local content = f.content
+    if type(content) ~= "string" then expect(join(p, "content"), content, "string") end
+    local mode = f.mode == nil and "600" or f.mode
+    if type(mode) ~= "string" or not mode:match("^[0-7]?[0-7][0-7][0-7]$") then
+      fail(join(p, "mode"), ('expected an octal mode string like "600", got %s'):format(
+        type(mode) == "string" and ("%q"):format(mode) or describe(mode)), "octal string", describe(mode))
+    end
+    out[i] = { path = fp, content = content, mode = mode }
+  end
+  return out
+end
+
+
+local PROCESS_FIELDS = { command = true, restart = true, instances = true, max_memory = true, logs = true,
+  files = true }
+
+--- Checks a CommandSpec.
+---@param spec any
+---@param path? string field path prefix for messages (default "command")
+---@return galley.CommandSpec normalized copy
+---@raise VALIDATION_ERROR naming the offending field
+function M.check_command(spec, path)
+  return command(path or "command", spec)
+end
+
+
+--- Checks a ProcessSpec (its command included).
+---@param spec any
+---@return galley.ProcessSpec normalized copy
+---@raise VALIDATION_ERROR naming the offending field
+function M.check_process(spec)
+  if type(spec) ~= "table" then expect("process", spec, "table") end
+  check_table("", spec, PROCESS_FIELDS)
+  if spec.command == nil then expect("command", nil, "CommandSpec table") end
+  local out = { command = command("command", spec.command) }
+  if spec.restart ~= nil then out.restart = restart("restart", spec.restart) end
+  if spec.instances ~= nil then out.instances = check_integer("instances", spec.instances, 1) end
+  if spec.max_memory ~= nil then out.max_memory = max_memory("max_memory", spec.max_memory) end
+  if spec.logs ~= nil then
+    check_table("logs", spec.logs, { out = true, err = true })
+    out.logs = {}
+    if spec.logs.out ~= nil then out.logs.out = check_path("logs.out", spec.logs.out) end
+    if spec.logs.err ~= nil then out.logs.err = check_path("logs.err", spec.logs.err) end
+  end
+  if spec.files ~= nil then out.files = files("files", spec.files) end
+  return out
+end
+
+
+--- Checks an Agent: `{name = string, to_process_spec = function}`.
+---@param agent any
+---@return galley.Agent agent the same table
+---@raise VALIDATION_ERROR
+function M.check_agent(agent)
+  if type(agent) ~= "table" then expect("agent", agent, "table") end
+  check_string("agent.name", agent.name)
+  if type(agent.to_process_spec) ~= "function" then
+    expect("agent.to_process_spec", agent.to_process_spec, "function")
+  end
+  return agent
+end
+
+
+local OPTS = { cwd = true, env = true, name = true }
+
+--- Builds a checked argv CommandSpec: `contracts.argv("ls", {"-la"}, {cwd = "~"})`.
+---@param command_name string the program
+---@param args? string[]
+---@param opts? {cwd?: string, env?: table<string, string>, name?: string}
+---@return galley.CommandSpec
+---@raise VALIDATION_ERROR
+function M.argv(command_name, args, opts)
+  if opts ~= nil then check_table("opts", opts, OPTS) end
+  opts = opts or {}
+  return command("command", { kind = "argv", command = command_name, args = args, cwd = opts.cwd, env = opts.env,
+    name = opts.name })
+end
+
+
+--- Builds a checked shell CommandSpec: `contracts.shell("echo hi >&2", {env = {A = "1"}})`.
+---@param script string
+---@param opts? {cwd?: string, env?: table<string, string>, name?: string}
+---@return galley.CommandSpec
+---@raise VALIDATION_ERROR
+function M.shell(script, opts)
+  if opts ~= nil then check_table("opts", opts, OPTS) end
+  opts = opts or {}
+  return command("command", { kind = "shell", script = script, cwd = opts.cwd, env = opts.env, name = opts.name })
+end
+
+
+return M

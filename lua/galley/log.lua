@@ -1,0 +1,524 @@
+--- galley.log: leveled, structured logging with redaction built in.
+--
+--   local log = require("galley.log")
+--   local logger = log.new{prefix = "morph", context = {instance = id}}
+--   logger.info("booted", {ms = 5120})           -- 12:00:01 INFO  [morph] booted instance=... ms=5120
+--   local pm2 = logger.child{prefix = "pm2"}      -- prefix "morph.pm2", same context
+--   pm2.with{process = "cc-demo"}.debug("start")  -- extra context for one call chain
+--
+-- Levels: trace < debug < info < warn < error < fatal (and "off"). The default level comes from
+-- GALLEY_LOG (e.g. GALLEY_LOG=debug), else from -v (debug), -vv (trace), -q (error), else info.
+-- Human output goes to stderr (coloured only when `runtime.options().color == 1`); format "json"
+-- (or GALLEY_LOG_FORMAT=json) writes one object per line: {ts, level, prefix, msg, fields}.
+--
+-- Redaction happens here, for every record, so no caller can forget it: values registered with
+-- `log.register_secret`, token-looking text (sk-ant-..., morph_..., Bearer ..., JWTs, GitHub
+-- tokens), `name=value` pairs with a secret-sounding name, and field values under secret-sounding
+-- keys (password, secret, authorization, cookie, credential(s), api_key, *token*; *key* when the
+-- value looks like a random blob) become "[REDACTED]" / "[REDACTED len=N]". `log.redact` exposes
+-- the same rules to other modules (galley.errors runs every message through it).
+local runtime = require("galley.core.runtime")
+local util = require("galley.util")
+local cjson = require("cjson").new()
+
+local M = {}
+
+--- Level numbers by name.
+M.levels = { trace = 10, debug = 20, info = 30, warn = 40, error = 50, fatal = 60, off = 1000 }
+
+--- The level names in order (without "off").
+M.level_names = { "trace", "debug", "info", "warn", "error", "fatal" }
+
+local COLORS = {
+  trace = "\27[90m", debug = "\27[36m", info = "\27[32m", warn = "\27[33m", error = "\27[31m",
+  fatal = "\27[1;31m",
+}
+local RESET, DIM = "\27[0m", "\27[2m"
+
+local MIN_SECRET_LEN = 4
+local MAX_DEPTH = 12
+
+-- ---------------------------------------------------------------------------------------------
+-- Redaction
+-- ---------------------------------------------------------------------------------------------
+
+local secrets = {}      -- registered values (and their base64 forms), longest first
+local secret_set = {}
+
+local function add_secret(s)
+  if #s < MIN_SECRET_LEN or secret_set[s] then return end
+  secret_set[s] = true
+  secrets[#secrets + 1] = s
+  table.sort(secrets, function(a, b) return #a > #b end)
+end
+
+
+--- Registers a secret for the whole process: from now on it is redacted from every log record,
+-- error message and `log.redact` result, together with its base64 forms (so an encoded upload
+-- of a file holding it is covered too). Values shorter than 4 bytes are ignored.
+---@param value string|nil
+---@return boolean registered false for nil, non-strings and too-short values
+function M.register_secret(value)
+  if type(value) ~= "string" or #value < MIN_SECRET_LEN then return false end
+  add_secret(value)
+  local ok, codec = pcall(require, "galley.core.codec")
+  if ok and type(codec) == "table" and codec.base64_encode then
+    -- Inside a longer base64 text the secret starts at one of three byte alignments; the chars
+    -- that depend on the secret alone are the encoding of a 3-byte-aligned core of it.
+    for skip = 0, 2 do
+      local core = value:sub(1 + skip)
+      core = core:sub(1, #core - #core % 3)
+      if #core >= 9 then
+        for _, variant in ipairs({ "standard", "urlsafe" }) do
+          local enc = codec.base64_encode(core, variant):gsub("=+$", "")
+          add_secret(enc)
+        end
+      end
+    end
+  end
+  return true
+end
+
+
+--- The masked form of a secret value: "[REDACTED len=N]".
+---@param value string
+---@return string
+function M.mask(value)
+  return ("[REDACTED len=%d]"):format(#value)
+end
+
+
+-- Normalised key name: lower case without "_", "-" and ".".
+local function norm(name)
+  return (name:lower():gsub("[_%-%.]", ""))
+end
+
+local ALWAYS = { "password", "passwd", "secret", "authorization", "cookie", "credential", "apikey",
+  "privatekey", "token" }
+local BLOB = { "key", "auth", "signature" }
+local EXEMPT_SUFFIX = { "path", "file", "filename", "dir", "name", "id", "count", "length", "len", "size",
+  "type", "mode", "expiresat", "expires", "expiry", "url", "ttl", "format", "kind", "bytes", "ms" }
+
+-- "always" when any string under the key is secret, "blob" when only blob-looking strings are,
+-- nil for ordinary keys.
+local function sensitivity(key)
+  if type(key) ~= "string" then return nil end
+  local n = norm(key)
+  local found
+  for _, w in ipairs(ALWAYS) do
+    if n:find(w, 1, true) then found = "always" break end
+  end
+  if not found then
+    for _, w in ipairs(BLOB) do
+      if n:find(w, 1, true) then found = "blob" break end
+    end
+  end
+  if not found then return nil end
+  for _, suffix in ipairs(EXEMPT_SUFFIX) do
+    if #n > #suffix and util.ends_with(n, suffix) then return nil end
+  end
+  return found
+end
+
+
+-- A random-looking token: 16+ chars from the base64/hex/url alphabet with letters and digits.
+local function looks_like_blob(s)
+  return #s >= 16 and s:match("^[%w%+/=_%-%.~]+$") ~= nil and s:find("%d") ~= nil and s:find("%a") ~= nil
+end
+
+
+local function ci(word) -- a case-insensitive Lua pattern for a plain word
+  return (word:gsub("%a", function(c) return "[" .. c:upper() .. c:lower() .. "]" end))
+end
+
+local AUTH_PAT = "(" .. ci("authorization") .. "[\"']?%s*[:=]%s*[\"']?)([^\"'\r\n]+)"
+local BEARER_PAT = "(" .. ci("bearer") .. "%s+)([%w%-%._~%+/]+=*)"
+local PAIR_PAT = "([%w_%-%.]+)([\"']?%s*[:=]%s*[\"']?)([^%s\"',;&}%]%)]+)"
+
+local function redact_text(s)
+  for _, secret in ipairs(secrets) do
+    if s:find(secret, 1, true) then s = util.replace_plain(s, secret, "[REDACTED]") end
+  end
+  s = s:gsub(AUTH_PAT, "%1[REDACTED]")
+  s = s:gsub(BEARER_PAT, function(lead, tok)
+    if #tok >= 20 or (#tok >= 8 and tok:find("%d")) then return lead .. "[REDACTED]" end
+  end)
+  s = s:gsub("sk%-ant%-[%w%-_]+", "sk-ant-[REDACTED]")
+  s = s:gsub("%f[%w]sk%-[%w%-_]+", function(tok)
+    if #tok >= 23 then return "sk-[REDACTED]" end
+  end)
+  s = s:gsub("%f[%w]morph_([%w%-_]+)", function(rest)
+    if #rest >= 16 then return "morph_[REDACTED]" end
+  end)
+  s = s:gsub("%f[%w]gh[pousr]_[%w]+", function(tok)
+    if #tok >= 24 then return tok:sub(1, 4) .. "[REDACTED]" end
+  end)
+  s = s:gsub("%f[%w]github_pat_[%w_]+", "github_pat_[REDACTED]")
+  s = s:gsub("eyJ[%w%-_]+%.eyJ[%w%-_]+%.[%w%-_]*", "[REDACTED]")
+  s = s:gsub(PAIR_PAT, function(name, sep, value)
+    local mode = sensitivity(name)
+    -- "name: text" is often prose ("field token: expected string"); only `name=value` and quoted
+    -- JSON-style keys get the full rules, a bare "name:" only hides blob-looking values.
+    if mode == "always" and not (sep:find("=", 1, true) or sep:find("^[\"']")) then mode = "blob" end
+    if mode == "always" or (mode == "blob" and looks_like_blob(value)) then
+      if value:find("^%[REDACTED") then return nil end
+      return name .. sep .. "[REDACTED]"
+    end
+  end)
+  return s
+end
+
+
+local function redact_value(v, mode, seen, depth)
+  local t = type(v)
+  if t == "string" then
+    if v ~= "" and (mode == "always" or (mode == "blob" and looks_like_blob(v))) then return M.mask(v) end
+    return redact_text(v)
+  elseif t ~= "table" then
+    return v
+  end
+  if seen[v] then return seen[v] end
+  if depth > MAX_DEPTH then return "[...]" end
+  local out = {}
+  seen[v] = out
+  for k, x in pairs(v) do
+    local child_mode = mode == "always" and "always" or sensitivity(k)
+    out[k] = redact_value(x, child_mode, seen, depth + 1)
+  end
+  return setmetatable(out, getmetatable(v))
+end
+
+
+--- Redacts secrets from a value. Strings: registered secrets and token-looking text are replaced.
+-- Tables: a deep copy (metatables kept, so galley errors stay errors) where, in addition, values
+-- under secret-sounding keys are masked. Other values are returned unchanged.
+---@generic T
+---@param value T
+---@return T
+function M.redact(value)
+  if type(value) == "string" then return redact_text(value) end
+  if type(value) == "table" then return redact_value(value, nil, {}, 0) end
+  return value
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- Formatting
+-- ---------------------------------------------------------------------------------------------
+
+local errors_mt -- the shared error metatable, looked up lazily
+
+local function is_error(v)
+  errors_mt = errors_mt or runtime.error_metatable()
+  return type(v) == "table" and getmetatable(v) == errors_mt
+end
+
+
+-- JSON-safe plain data: no metatables, functions or cycles; keys of non-arrays become strings.
+local function to_plain(v, seen, depth)
+  local t = type(v)
+  if t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return tostring(v) end
+    return v
+  elseif t == "string" or t == "boolean" then
+    return v
+  elseif t ~= "table" then
+    return tostring(v)
+  end
+  if seen[v] then return "[cycle]" end
+  if depth > MAX_DEPTH then return "[...]" end
+  seen[v] = true
+  local out = {}
+  if next(v) ~= nil and util.is_array(v) then
+    for i = 1, #v do out[i] = to_plain(v[i], seen, depth + 1) end
+  else
+    for k, x in pairs(v) do out[tostring(k)] = to_plain(x, seen, depth + 1) end
+  end
+  seen[v] = nil
+  return out
+end
+
+
+local function json_encode(v)
+  local ok, s = pcall(cjson.encode, v)
+  if not ok then s = cjson.encode(tostring(v)) end
+  return (s:gsub("\\/", "/"))
+end
+
+
+local function render_value(v)
+  if type(v) == "string" then
+    if v ~= "" and v:match("^[%w%._/:@%+%-,%[%]=]+$") then return v end
+    return json_encode(v)
+  elseif is_error(v) then
+    return json_encode(tostring(v))
+  elseif type(v) == "table" then
+    return json_encode(to_plain(v, {}, 0))
+  end
+  return tostring(v)
+end
+
+
+local function iso_ts(t)
+  local secs = math.floor(t)
+  local ms = math.floor((t - secs) * 1000 + 0.5)
+  if ms >= 1000 then secs, ms = secs + 1, 0 end
+  return os.date("!%Y-%m-%dT%H:%M:%S", secs) .. (ms > 0 and (".%03d"):format(ms) or "") .. "Z"
+end
+
+
+local function format_json(rec)
+  local fields = to_plain(rec.fields, {}, 0)
+  return ('{"ts":%s,"level":%s,"prefix":%s,"msg":%s,"fields":%s}'):format(
+    json_encode(iso_ts(rec.time)), json_encode(rec.level),
+    rec.prefix and json_encode(rec.prefix) or "null", json_encode(rec.msg),
+    next(fields) == nil and "{}" or json_encode(fields))
+end
+
+
+local function format_human(rec, color)
+  local parts = {}
+  local lvl = ("%-5s"):format(rec.level:upper())
+  if color then lvl = COLORS[rec.level] .. lvl .. RESET end
+  parts[1] = os.date("%H:%M:%S", math.floor(rec.time))
+  parts[2] = lvl
+  if rec.prefix then
+    parts[#parts + 1] = color and (DIM .. "[" .. rec.prefix .. "]" .. RESET) or ("[" .. rec.prefix .. "]")
+  end
+  parts[#parts + 1] = rec.msg
+  for _, k in ipairs(util.sorted_keys(rec.fields)) do
+    local key = tostring(k)
+    if color then key = DIM .. key .. "=" .. RESET else key = key .. "=" end
+    parts[#parts + 1] = key .. render_value(rec.fields[k])
+  end
+  return table.concat(parts, " ")
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- Loggers
+-- ---------------------------------------------------------------------------------------------
+
+local function validation_error(message, path)
+  local errors = require("galley.errors")
+  errors.raise("VALIDATION_ERROR", message, { details = { path = path } }, 3)
+end
+
+
+local function parse_level(name)
+  if type(name) ~= "string" then return nil end
+  name = name:lower()
+  if name == "silent" or name == "none" then name = "off" end
+  if name == "warning" then name = "warn" end
+  return M.levels[name] and name or nil
+end
+
+
+--- The default level name: GALLEY_LOG when it names a level (trace..fatal, off), else -vv
+-- "trace", -v "debug", -q "error", else "info". Both inputs can be given for tests.
+---@param env_value? string defaults to os.getenv("GALLEY_LOG")
+---@param options? {verbose?: integer, quiet?: integer} defaults to runtime.options()
+---@return string level
+function M.default_level(env_value, options)
+  if env_value == nil then env_value = os.getenv("GALLEY_LOG") end
+  local from_env = parse_level(env_value)
+  if from_env then return from_env end
+  options = options or runtime.options()
+  if (options.quiet or 0) > 0 then return "error" end
+  local v = options.verbose or 0
+  if v >= 2 then return "trace" end
+  if v == 1 then return "debug" end
+  return "info"
+end
+
+
+local function make_writer(sink)
+  if sink == nil then sink = io.stderr end
+  if type(sink) == "function" then return sink end
+  if type(sink) == "string" then
+    local f, why = io.open(sink, "a")
+    if not f then
+      require("galley.errors").raise("FILE_IO_ERROR", "cannot open log file: " .. tostring(why),
+        { resource = "file:" .. sink, operation = "log.new" }, 3)
+    end
+    f:setvbuf("line")
+    sink = f
+  end
+  if io.type(sink) == "file" or (type(sink) == "table" and sink.write) then
+    return function(line)
+      pcall(function()
+        sink:write(line, "\n")
+        if sink.flush then sink:flush() end
+      end)
+    end
+  end
+  validation_error("log sink: expected a function, a file or a path, got " .. type(sink), "sink")
+end
+
+
+local OPTION_KEYS = { level = true, format = true, sink = true, prefix = true, context = true, color = true,
+  clock = true }
+
+---@class galley.Logger
+---@field trace fun(msg: any, fields?: table)
+---@field debug fun(msg: any, fields?: table)
+---@field info fun(msg: any, fields?: table)
+---@field warn fun(msg: any, fields?: table)
+---@field error fun(msg: any, fields?: table)
+---@field fatal fun(msg: any, fields?: table) logs at fatal level; does not exit
+---@field child fun(opts: {prefix?: string, context?: table, level?: string}): galley.Logger
+---@field with fun(fields: table): galley.Logger same prefix, more context
+---@field enabled fun(level: string): boolean whether a record at `level` would be written
+---@field level fun(): string the current level name
+---@field set_level fun(level: string) changes this logger's level (not its children's)
+
+---@class galley.LogRecord
+---@field time number epoch seconds
+---@field level string
+---@field prefix string|nil
+---@field msg string redacted
+---@field fields table redacted; context merged with the call's fields
+
+local function build(state)
+  local logger = {}
+
+  local function emit(level, msg, fields)
+    if M.levels[level] < state.level then return end
+    if fields ~= nil and type(fields) ~= "table" then fields = { value = fields } end
+    local merged = util.merge(state.context, fields)
+    local text = is_error(msg) and tostring(msg) or (type(msg) == "string" and msg or tostring(msg))
+    local rec = {
+      time = state.clock(),
+      level = level,
+      prefix = state.prefix,
+      msg = redact_text(text),
+      fields = redact_value(merged, nil, {}, 0),
+    }
+    local line = state.format == "json" and format_json(rec) or format_human(rec, state.color)
+    state.write(line, rec)
+  end
+
+  for _, level in ipairs(M.level_names) do
+    logger[level] = function(msg, fields, extra)
+      if msg == logger then return emit(level, fields, extra) end -- tolerate logger:info("x")
+      return emit(level, msg, fields)
+    end
+  end
+
+  function logger.child(opts)
+    if opts == logger then error("logger.child: call it with a dot, logger.child{...}", 2) end
+    opts = opts or {}
+    for k in pairs(opts) do
+      if k ~= "prefix" and k ~= "context" and k ~= "level" then
+        validation_error(("logger.child: unknown option '%s'"):format(tostring(k)), tostring(k))
+      end
+    end
+    local s = util.merge(state)
+    if opts.prefix then s.prefix = state.prefix and (state.prefix .. "." .. opts.prefix) or opts.prefix end
+    if opts.context then s.context = util.merge(state.context, opts.context) end
+    if opts.level then
+      local l = parse_level(opts.level)
+      if not l then validation_error("unknown log level: " .. tostring(opts.level), "level") end
+      s.level = M.levels[l]
+    end
+    return build(s)
+  end
+
+  function logger.with(fields)
+    if fields == logger then error("logger.with: call it with a dot, logger.with{...}", 2) end
+    return logger.child({ context = fields })
+  end
+
+  function logger.enabled(level)
+    local l = parse_level(level)
+    return l ~= nil and M.levels[l] >= state.level and state.level < M.levels.off
+  end
+
+  function logger.level()
+    for name, n in pairs(M.levels) do
+      if n == state.level then return name end
+    end
+  end
+
+  function logger.set_level(level)
+    local l = parse_level(level)
+    if not l then validation_error("unknown log level: " .. tostring(level), "level") end
+    state.level = M.levels[l]
+  end
+
+  return logger
+end
+
+
+--- Creates a logger.
+---@param opts? {level?: string, format?: "human"|"json", sink?: function|file*|string, prefix?: string,
+---  context?: table, color?: boolean, clock?: fun(): number}
+--- `sink` is a function `(line, record)` (line without newline, record redacted), an open file
+--- (default io.stderr) or a path opened for appending. `color` defaults to
+--- `runtime.options().color == 1` for human output; `clock` returns epoch seconds (default os.time).
+---@return galley.Logger
+---@raise VALIDATION_ERROR for an unknown option, level or format; FILE_IO_ERROR when a sink path cannot be opened
+function M.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then validation_error("log.new: expected an options table, got " .. type(opts)) end
+  for k in pairs(opts) do
+    if not OPTION_KEYS[k] then
+      validation_error(("log.new: unknown option '%s'"):format(tostring(k)), tostring(k))
+    end
+  end
+  local level = parse_level(opts.level or M.default_level())
+  if not level then
+    validation_error("unknown log level: " .. tostring(opts.level), "level")
+  end
+  local format = opts.format or (os.getenv("GALLEY_LOG_FORMAT") == "json" and "json") or "human"
+  if format ~= "human" and format ~= "json" then
+    validation_error("log format: expected \"human\" or \"json\", got " .. tostring(format), "format")
+  end
+  local color = opts.color
+  if color == nil then color = format == "human" and opts.sink == nil and runtime.options().color == 1 end
+  if opts.context ~= nil and type(opts.context) ~= "table" then
+    validation_error("log context: expected a table, got " .. type(opts.context), "context")
+  end
+  return build({
+    level = M.levels[level],
+    format = format,
+    write = make_writer(opts.sink),
+    prefix = opts.prefix,
+    context = opts.context and util.merge(opts.context) or {},
+    color = color and true or false,
+    clock = opts.clock or os.time,
+  })
+end
+
+
+--- A logger that writes nothing (level "off"); `child`, `with` and the level methods all work.
+---@return galley.Logger
+function M.silent()
+  return M.new({ level = "off", sink = function() end, color = false })
+end
+
+
+--- A logger that keeps its records in memory, for tests: returns the logger and the list that
+-- receives each written record (with `line` set to its formatted text).
+---@param opts? {level?: string, format?: "human"|"json", prefix?: string, context?: table, clock?: fun(): number}
+---@return galley.Logger logger, galley.LogRecord[] records
+function M.capture(opts)
+  local records = {}
+  local o = util.merge({ level = "trace", color = false }, opts)
+  o.sink = function(line, rec)
+    rec.line = line
+    records[#records + 1] = rec
+  end
+  return M.new(o), records
+end
+
+
+local default_logger
+
+--- The process-wide logger (created on first use with the default level and format).
+---@return galley.Logger
+function M.default()
+  default_logger = default_logger or M.new()
+  return default_logger
+end
+
+
+return M
