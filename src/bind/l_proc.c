@@ -1,0 +1,430 @@
+/* galley.core.proc: run local programs from an argv table (never a shell string).
+ * The work happens in src/core/proc.c; this file turns option tables into a galley_proc_spec and
+ * results into tables. Hazard: argv/env/cwd/stdin are borrowed Lua strings, so every one of them
+ * is anchored in a table on our stack for as long as the core may read them (the GIL is released
+ * meanwhile and another thread could change the caller's table). A started child is always owned
+ * by a "galley.proc.Process" userdata, so an error raised while building the result cannot leak
+ * it: __gc kills and reaps. */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <string.h>
+#include "bind.h"
+#include "proc.h"
+#include "sig.h"
+
+#define PROCESS_MT "galley.proc.Process"
+
+typedef struct {
+  galley_proc *p;   /* NULL once closed (and before the child exists) */
+  int busy;         /* a method is waiting with the GIL released */
+} lprocess;
+
+
+/* Raises a misuse error about options field `field`. */
+static int bad_option(lua_State *L, const char *field, const char *what) {
+  return luaL_error(L, "bad field '%s' in options (%s)", field, what);
+}
+
+
+/* Returns the string at the top of the stack, converting a number; raises on other types or
+ * embedded NULs (which C could not pass on). */
+static const char *checked_cstring(lua_State *L, const char *field) {
+  size_t len;
+  int t = lua_type(L, -1);
+  if (t != LUA_TSTRING && t != LUA_TNUMBER) bad_option(L, field, "string expected");
+  const char *s = lua_tolstring(L, -1, &len);
+  if (strlen(s) != len) bad_option(L, field, "string contains a NUL byte");
+  return s;
+}
+
+
+/* Reads opts.argv into a NULL-terminated array kept in the anchor table at `anchor`. */
+static const char *const *read_argv(lua_State *L, int opts, int anchor) {
+  if (lua_getfield(L, opts, "argv") != LUA_TTABLE) bad_option(L, "argv", "table of strings expected");
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+  if (n < 1) bad_option(L, "argv", "at least the program name expected");
+  if (n > INT_MAX / 2) bad_option(L, "argv", "too many entries");
+  const char **argv = lua_newuserdatauv(L, ((size_t)n + 1) * sizeof *argv, 0);   // [argv, arr]
+  lua_setfield(L, anchor, "argv");
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);                                                       // [argv, s]
+    argv[i - 1] = checked_cstring(L, "argv");
+    lua_rawseti(L, anchor, i);              /* the anchor keeps the (converted) string alive */
+  }
+  argv[n] = NULL;
+  lua_pop(L, 1);
+  return argv;
+}
+
+
+/* Reads opts.env ({KEY = value}) into a NULL-terminated "KEY=value" array, or NULL when absent. */
+static const char *const *read_env(lua_State *L, int opts, int anchor) {
+  int t = lua_getfield(L, opts, "env");                                          // [env]
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (t != LUA_TTABLE) bad_option(L, "env", "table expected");
+  size_t n = 0;
+  for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1)) n++;
+  const char **env = lua_newuserdatauv(L, (n + 1) * sizeof *env, 0);            // [env, arr]
+  lua_setfield(L, anchor, "env");
+  size_t k = 0;
+  for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1)) {                         // [env, key, value]
+    size_t klen;
+    if (lua_type(L, -2) != LUA_TSTRING) bad_option(L, "env", "string keys expected");
+    const char *key = lua_tolstring(L, -2, &klen);
+    if (klen == 0 || strlen(key) != klen || strchr(key, '=')) bad_option(L, "env", "keys must be names without '='");
+    lua_pushvalue(L, -1);                                                        // [env, key, value, value]
+    const char *value = checked_cstring(L, "env");
+    env[k] = lua_pushfstring(L, "%s=%s", key, value);                            // [..., value, "K=V"]
+    lua_rawsetp(L, anchor, env + k);        /* anchored under a unique light-userdata key */
+    lua_pop(L, 1);
+    k++;
+  }
+  env[k] = NULL;
+  lua_pop(L, 1);
+  return env;
+}
+
+
+/* Fills spec from the options table at `opts`; pushes one anchor table that owns every string
+ * spec points to. `spawn` selects how stdin is read ("pipe" | "null" | bytes, versus bytes). */
+static void read_spec(lua_State *L, int opts, galley_proc_spec *spec, int spawn) {
+  memset(spec, 0, sizeof *spec);
+  luaL_checktype(L, opts, LUA_TTABLE);
+  lua_newtable(L);                                                               // [anchor]
+  int anchor = lua_gettop(L);
+  spec->argv = read_argv(L, opts, anchor);
+  spec->env = read_env(L, opts, anchor);
+
+  const char *mode = galley_opt_string(L, opts, "env_mode", "extend", NULL);
+  if (strcmp(mode, "replace") == 0) spec->env_replace = 1;
+  else if (strcmp(mode, "extend") != 0) bad_option(L, "env_mode", "\"extend\" or \"replace\" expected");
+
+  if (lua_getfield(L, opts, "cwd") != LUA_TNIL) {
+    spec->cwd = checked_cstring(L, "cwd");
+    lua_setfield(L, anchor, "cwd");
+  } else {
+    lua_pop(L, 1);
+  }
+
+  spec->stdin_mode = GALLEY_PROC_STDIN_NULL;
+  int t = lua_getfield(L, opts, "stdin");
+  if (t != LUA_TNIL && t != LUA_TSTRING) bad_option(L, "stdin", spawn ? "\"pipe\", \"null\" or bytes expected" : "bytes expected");
+  if (t == LUA_TSTRING) {
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    if (spawn && strcmp(s, "pipe") == 0) {
+      spec->stdin_mode = GALLEY_PROC_STDIN_PIPE;
+    } else if (!(spawn && strcmp(s, "null") == 0)) {
+      spec->stdin_mode = GALLEY_PROC_STDIN_DATA;
+      spec->stdin_data = s;
+      spec->stdin_len = len;
+    }
+  }
+  lua_setfield(L, anchor, "stdin");
+}
+
+
+/* A non-negative integer option, or def when absent. */
+static lua_Integer opt_count(lua_State *L, int opts, const char *field, lua_Integer def) {
+  lua_Integer v = galley_opt_integer(L, opts, field, def);
+  if (v < 0) bad_option(L, field, "must not be negative");
+  return v;
+}
+
+
+/* Pushes a new, closed process userdata. */
+static lprocess *new_process(lua_State *L) {
+  lprocess *lp = lua_newuserdatauv(L, sizeof *lp, 0);
+  lp->p = NULL;
+  lp->busy = 0;
+  luaL_setmetatable(L, PROCESS_MT);
+  return lp;
+}
+
+
+static int spawn_failed(lua_State *L, const galley_proc_spec *spec, int rc, int err_no) {
+  if (rc == GALLEY_PROC_ENOMEM) err_no = ENOMEM;
+  if (spec->cwd)
+    galley_fail(L, "PROC_SPAWN", "cannot run %s in %s: %s", spec->argv[0], spec->cwd, strerror(err_no));
+  else
+    galley_fail(L, "PROC_SPAWN", "cannot run %s: %s", spec->argv[0], strerror(err_no));
+  galley_error_set_string(L, "argv0", spec->argv[0]);
+  galley_error_set_string(L, "cwd", spec->cwd);
+  galley_error_set_integer(L, "errno", err_no);
+  return 2;
+}
+
+
+static int interrupted(lua_State *L) {
+  int sig = galley_sig_pending();
+  galley_fail(L, "INTERRUPTED", "interrupted by signal %d while waiting for a child process", sig);
+  galley_error_set_integer(L, "signal", sig);
+  return 2;
+}
+
+
+/* Pushes {exit_code, signal, stdout, stderr, timed_out, truncated, stdout_dropped,
+ * stderr_dropped} from p. May raise (memory): p stays owned by its userdata. */
+static void push_result(lua_State *L, galley_proc *p) {
+  galley_proc_status st;
+  galley_proc_get_status(p, &st);
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, st.exit_code);
+  lua_setfield(L, -2, "exit_code");
+  if (st.signal) {
+    lua_pushinteger(L, st.signal);
+    lua_setfield(L, -2, "signal");
+  }
+  int truncated = 0;
+  static const char *const names[2][2] = {{"stdout", "stdout_dropped"}, {"stderr", "stderr_dropped"}};
+  for (int s = 1; s <= 2; s++) {
+    size_t len;
+    uint64_t dropped;
+    const char *data = galley_proc_output(p, s, &len, &dropped);
+    lua_pushlstring(L, data, len);
+    lua_setfield(L, -2, names[s - 1][0]);
+    lua_pushinteger(L, (lua_Integer)dropped);
+    lua_setfield(L, -2, names[s - 1][1]);
+    truncated |= dropped > 0;
+  }
+  lua_pushboolean(L, st.timed_out);
+  lua_setfield(L, -2, "timed_out");
+  lua_pushboolean(L, truncated);
+  lua_setfield(L, -2, "truncated");
+}
+
+
+/* proc.run{argv, cwd?, env?, env_mode?, stdin?, timeout_ms?, max_output?, kill_grace_ms?}
+ *   -> {exit_code, signal?, stdout, stderr, timed_out, truncated, stdout_dropped, stderr_dropped}
+ *    | nil, err(PROC_SPAWN | INTERRUPTED) */
+static int l_proc_run(lua_State *L) {
+  galley_proc_spec spec;
+  read_spec(L, 1, &spec, 0);                                                     // [opts, anchor]
+  galley_proc_limits lim;
+  int has_timeout = lua_getfield(L, 1, "timeout_ms") != LUA_TNIL;
+  lua_pop(L, 1);
+  lim.timeout_ms = has_timeout ? opt_count(L, 1, "timeout_ms", 0) : -1;
+  lim.kill_grace_ms = opt_count(L, 1, "kill_grace_ms", GALLEY_PROC_DEFAULT_GRACE_MS);
+  lim.max_output = (size_t)opt_count(L, 1, "max_output", (lua_Integer)GALLEY_PROC_DEFAULT_MAX_OUTPUT);
+  lprocess *lp = new_process(L);                                                 // [opts, anchor, proc]
+  int err_no = 0;
+  int rc = galley_proc_run(&spec, &lim, &lp->p, &err_no);   /* releases the GIL while it waits */
+  if (rc == GALLEY_PROC_EINTR) {
+    galley_proc_close(lp->p);
+    lp->p = NULL;
+    return interrupted(L);
+  }
+  if (rc != GALLEY_PROC_OK) return spawn_failed(L, &spec, rc, err_no);
+  push_result(L, lp->p);
+  galley_proc_close(lp->p);
+  lp->p = NULL;
+  return 1;
+}
+
+
+/* proc.spawn{argv, cwd?, env?, env_mode?, stdin? = "null" | "pipe" | bytes}
+ *   -> Process | nil, err(PROC_SPAWN) */
+static int l_proc_spawn(lua_State *L) {
+  galley_proc_spec spec;
+  read_spec(L, 1, &spec, 1);                                                     // [opts, anchor]
+  lprocess *lp = new_process(L);                                                 // [opts, anchor, proc]
+  int err_no = 0;
+  int rc = galley_proc_spawn(&spec, &lp->p, &err_no);        /* stdin bytes are copied */
+  if (rc != GALLEY_PROC_OK) return spawn_failed(L, &spec, rc, err_no);
+  return 1;
+}
+
+
+/* proc.which(name) -> absolute path | nil */
+static int l_proc_which(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  char path[PATH_MAX];
+  if (galley_proc_which(name, path, sizeof path) != 0) return 0;
+  lua_pushstring(L, path);
+  return 1;
+}
+
+
+/* --- Process methods --------------------------------------------------------------------------- */
+
+/* The open process at argument 1; raises when closed or in use by another thread. */
+static lprocess *check_process(lua_State *L) {
+  lprocess *lp = luaL_checkudata(L, 1, PROCESS_MT);
+  if (!lp->p) luaL_error(L, "attempt to use a closed process");
+  if (lp->busy) luaL_error(L, "process is in use by another thread");
+  return lp;
+}
+
+
+/* An optional timeout argument: nil -> -1 (no limit). */
+static int64_t opt_timeout(lua_State *L, int arg) {
+  if (lua_isnoneornil(L, arg)) return -1;
+  lua_Integer ms = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, ms >= 0, arg, "timeout must not be negative");
+  return ms;
+}
+
+
+/* Process:read([timeout_ms]) -> "stdout", data | "stderr", data | "exit", exit_code, signal?
+ *                             | nil (timeout) | nil, err(INTERRUPTED) */
+static int l_process_read(lua_State *L) {
+  lprocess *lp = check_process(L);
+  int64_t timeout = opt_timeout(L, 2);
+  const char *data = NULL;
+  size_t len = 0;
+  lp->busy = 1;
+  int ev = galley_proc_next(lp->p, timeout, &data, &len);   /* releases the GIL while it waits */
+  lp->busy = 0;
+  switch (ev) {
+    case GALLEY_PROC_EV_STDOUT:
+    case GALLEY_PROC_EV_STDERR:
+      lua_pushstring(L, ev == GALLEY_PROC_EV_STDOUT ? "stdout" : "stderr");
+      lua_pushlstring(L, data, len);          /* data points into the process: copied now */
+      return 2;
+    case GALLEY_PROC_EV_EXIT: {
+      galley_proc_status st;
+      galley_proc_get_status(lp->p, &st);
+      lua_pushliteral(L, "exit");
+      lua_pushinteger(L, st.exit_code);
+      if (st.signal) lua_pushinteger(L, st.signal);
+      else lua_pushnil(L);
+      return 3;
+    }
+    case GALLEY_PROC_EINTR:
+      return interrupted(L);
+    default:
+      lua_pushnil(L);
+      return 1;
+  }
+}
+
+
+/* Process:write(data) -> true | nil, err(PROC_STDIN_CLOSED) */
+static int l_process_write(lua_State *L) {
+  lprocess *lp = check_process(L);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  int rc = galley_proc_write(lp->p, data, len);
+  if (rc == GALLEY_PROC_ENOMEM) return galley_fail(L, "PROC_NOMEM", "out of memory queueing stdin");
+  if (rc != GALLEY_PROC_OK) return galley_fail(L, "PROC_STDIN_CLOSED", "the child's stdin is closed");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+
+/* Process:close_stdin()   (after the queued bytes are written) */
+static int l_process_close_stdin(lua_State *L) {
+  lprocess *lp = check_process(L);
+  galley_proc_close_stdin(lp->p);
+  return 0;
+}
+
+
+/* Process:kill([signal = "TERM"]) -> true | nil, err(PROC_KILL)   (the whole process group) */
+static int l_process_kill(lua_State *L) {
+  lprocess *lp = check_process(L);
+  int sig = SIGTERM;
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    sig = galley_proc_signal_number(lua_tostring(L, 2));
+    luaL_argcheck(L, sig != 0, 2, "unknown signal name");
+  } else if (!lua_isnoneornil(L, 2)) {
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n >= 0 && n < 65, 2, "signal number out of range");
+    sig = (int)n;
+  }
+  if (galley_proc_kill(lp->p, sig) != 0) {
+    int e = errno;
+    galley_fail(L, "PROC_KILL", "cannot signal process group %d: %s", (int)galley_proc_pid(lp->p), strerror(e));
+    galley_error_set_integer(L, "errno", e);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+
+/* Process:wait([timeout_ms]) -> result (as proc.run) | nil (timeout) | nil, err(INTERRUPTED)
+ * Closes stdin first; output not yet returned by :read is collected (64 MiB cap per stream). */
+static int l_process_wait(lua_State *L) {
+  lprocess *lp = check_process(L);
+  int64_t timeout = opt_timeout(L, 2);
+  lp->busy = 1;
+  int rc = galley_proc_wait(lp->p, timeout, GALLEY_PROC_DEFAULT_MAX_OUTPUT);
+  lp->busy = 0;
+  if (rc == GALLEY_PROC_EINTR) return interrupted(L);
+  if (rc != GALLEY_PROC_OK) {
+    lua_pushnil(L);
+    return 1;
+  }
+  push_result(L, lp->p);
+  galley_proc_clear_output(lp->p);
+  return 1;
+}
+
+
+/* Process:pid() -> integer */
+static int l_process_pid(lua_State *L) {
+  lprocess *lp = check_process(L);
+  lua_pushinteger(L, galley_proc_pid(lp->p));
+  return 1;
+}
+
+
+/* Process:close()   also __gc and __close: kills the group unless finished, reaps; idempotent */
+static int l_process_close(lua_State *L) {
+  lprocess *lp = luaL_checkudata(L, 1, PROCESS_MT);
+  if (lp->busy) return luaL_error(L, "process is in use by another thread");
+  galley_proc_close(lp->p);
+  lp->p = NULL;
+  return 0;
+}
+
+
+/* tostring(Process) -> "galley.proc.Process (pid N)" | "galley.proc.Process (closed)" */
+static int l_process_tostring(lua_State *L) {
+  lprocess *lp = luaL_checkudata(L, 1, PROCESS_MT);
+  if (lp->p) lua_pushfstring(L, "%s (pid %d)", PROCESS_MT, (int)galley_proc_pid(lp->p));
+  else lua_pushfstring(L, "%s (closed)", PROCESS_MT);
+  return 1;
+}
+
+
+static const luaL_Reg process_methods[] = {
+  { "read",        l_process_read        },
+  { "write",       l_process_write       },
+  { "close_stdin", l_process_close_stdin },
+  { "kill",        l_process_kill        },
+  { "wait",        l_process_wait        },
+  { "pid",         l_process_pid         },
+  { "close",       l_process_close       },
+  { NULL,          NULL                  }
+};
+
+static const luaL_Reg process_meta[] = {
+  { "__gc",        l_process_close       },
+  { "__close",     l_process_close       },
+  { "__tostring",  l_process_tostring    },
+  { "__index",     NULL                  },
+  { NULL,          NULL                  }
+};
+
+static const luaL_Reg proc_funcs[] = {
+  { "run",         l_proc_run            },
+  { "spawn",       l_proc_spawn          },
+  { "which",       l_proc_which          },
+  { NULL,          NULL                  }
+};
+
+int luaopen_galley_core_proc(lua_State *L) {
+  luaL_newmetatable(L, PROCESS_MT);                                              // [mt]
+  luaL_setfuncs(L, process_meta, 0);
+  luaL_newlib(L, process_methods);                                               // [mt, methods]
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_newlib(L, proc_funcs);
+  return 1;
+}

@@ -1,0 +1,229 @@
+local proc = require("galley.core.proc")
+local support = require("support")
+
+--- "1\n2\n...n\n" as seq prints it.
+local function seq_text(n)
+  local t = {}
+  for i = 1, n do t[i] = tostring(i) end
+  return table.concat(t, "\n") .. "\n"
+end
+
+--- Collects :read events until "exit"; returns the events as "O:data" / "E:data" strings.
+local function read_all(p, on_event)
+  local events = {}
+  while true do
+    local kind, a, b = p:read(10000)
+    assert.is_not_nil(kind, "read timed out")
+    if kind == "exit" then return events, a, b end
+    events[#events + 1] = (kind == "stdout" and "O:" or "E:") .. a
+    if on_event then on_event(kind, a) end
+  end
+end
+
+describe("galley.core.proc #proc", function()
+  describe("run", function()
+    it("returns exit codes of true, false and sh -c as results", function()
+      assert.are.equal(0, proc.run{ argv = { "true" } }.exit_code)
+      assert.are.equal(1, proc.run{ argv = { "false" } }.exit_code)
+      assert.are.equal(42, proc.run{ argv = { "sh", "-c", "exit 42" } }.exit_code)
+    end)
+
+    it("returns the whole result table for echo", function()
+      local r = assert(proc.run{ argv = { "echo", "hello", "two words" } })
+      assert.are.same({
+        exit_code = 0, stdout = "hello two words\n", stderr = "", timed_out = false, truncated = false,
+        stdout_dropped = 0, stderr_dropped = 0,
+      }, r)
+    end)
+
+    it("keeps stdout and stderr apart and passes argv without a shell", function()
+      local r = assert(proc.run{ argv = { "sh", "-c", 'printf "%s" "$1"; printf err >&2', "sh", "$HOME; `x` 'q'" } })
+      assert.are.equal("$HOME; `x` 'q'", r.stdout)
+      assert.are.equal("err", r.stderr)
+    end)
+
+    it("reports the signal that killed the child", function()
+      local r = assert(proc.run{ argv = { "sh", "-c", "kill -KILL $$" } })
+      assert.are.equal(9, r.signal)
+      assert.are.equal(128 + 9, r.exit_code)
+      assert.is_false(r.timed_out)
+    end)
+
+    it("terminates the group after timeout_ms and says so", function()
+      local r = assert(proc.run{ argv = { "sh", "-c", "echo started; sleep 30" }, timeout_ms = 100 })
+      assert.is_true(r.timed_out)
+      assert.are.equal(15, r.signal)
+      assert.are.equal("started\n", r.stdout)
+    end)
+
+    it("escalates to SIGKILL after kill_grace_ms when SIGTERM is ignored", function()
+      local r = assert(proc.run{ argv = { "sh", "-c", "trap '' TERM; sleep 30" }, timeout_ms = 50, kill_grace_ms = 50 })
+      assert.is_true(r.timed_out)
+      assert.are.equal(9, r.signal)
+    end)
+
+    it("keeps the head and the tail of output beyond max_output", function()
+      local full = seq_text(50000)
+      local r = assert(proc.run{ argv = { "seq", "50000" }, max_output = 100 })
+      assert.is_true(r.truncated)
+      assert.are.equal(100, #r.stdout)
+      assert.are.equal(#full - 100, r.stdout_dropped)
+      assert.are.equal(full:sub(1, 50), r.stdout:sub(1, 50))
+      assert.are.equal(full:sub(-50), r.stdout:sub(51))
+      assert.are.equal(0, r.stderr_dropped)
+    end)
+
+    it("extends the environment by default and replaces it on request", function()
+      local home = os.getenv("HOME")
+      local r = assert(proc.run{ argv = { "env" }, env = { GALLEY_SPEC_VAR = "x y" } })
+      assert.truthy(r.stdout:find("\nGALLEY_SPEC_VAR=x y\n", 1, true) or r.stdout:find("^GALLEY_SPEC_VAR=x y\n"))
+      if home then assert.truthy(r.stdout:find("HOME=" .. home, 1, true)) end
+      r = assert(proc.run{ argv = { "env" }, env = { ONLY = "1" }, env_mode = "replace" })
+      assert.are.equal("ONLY=1\n", r.stdout)
+      r = assert(proc.run{ argv = { "env" }, env = {}, env_mode = "replace" })
+      assert.are.equal("", r.stdout)
+    end)
+
+    it("runs in cwd", function()
+      local r = assert(proc.run{ argv = { "pwd", "-P" }, cwd = "/" })
+      assert.are.equal("/\n", r.stdout)
+    end)
+
+    it("feeds binary stdin and returns binary output unchanged", function()
+      local bytes = {}
+      for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+      local data = table.concat(bytes):rep(4096) -- 1 MiB with NULs
+      local r = assert(proc.run{ argv = { "cat" }, stdin = data })
+      assert.are.equal(#data, #r.stdout)
+      assert.is_true(r.stdout == data)
+    end)
+
+    it("fails with PROC_SPAWN for a missing program or directory, naming the program", function()
+      local r, err = proc.run{ argv = { "galley-no-such-program" } }
+      assert.is_nil(r)
+      assert.are.equal("PROC_SPAWN", err.code)
+      assert.are.equal("galley-no-such-program", err.argv0)
+      r, err = proc.run{ argv = { "true" }, cwd = "/nonexistent/dir" }
+      assert.is_nil(r)
+      assert.are.equal("PROC_SPAWN", err.code)
+      assert.are.equal("true", err.argv0)
+      assert.are.equal("PROC_SPAWN: ", tostring(err):sub(1, 12))
+    end)
+
+    it("raises on misuse", function()
+      assert.has_error(function() proc.run() end)
+      assert.has_error(function() proc.run{} end)
+      assert.has_error(function() proc.run{ argv = {} } end)
+      assert.has_error(function() proc.run{ argv = { "echo", {} } } end)
+      assert.has_error(function() proc.run{ argv = { "echo", "a\0b" } } end)
+      assert.has_error(function() proc.run{ argv = { "true" }, env_mode = "merge" } end)
+      assert.has_error(function() proc.run{ argv = { "true" }, env = { ["A=B"] = "1" } } end)
+      assert.has_error(function() proc.run{ argv = { "true" }, stdin = {} } end)
+      assert.has_error(function() proc.run{ argv = { "true" }, timeout_ms = -5 } end)
+      assert.has_error(function() proc.run{ argv = { "true" }, max_output = "big" } end)
+    end)
+
+    it("gives up with INTERRUPTED and kills the child on Ctrl-C", function()
+      local pidfile = os.tmpname()
+      local script = ([[
+local proc = require("galley.core.proc")
+local ok, r, err = pcall(proc.run, { argv = { "sh", "-c", "echo $$ > %s; kill -INT $PPID; exec sleep 60" } })
+io.stdout:write(ok and (err and err.code or "no error") or (type(r) == "table" and r.code or tostring(r)))
+]]):format(pidfile)
+      local r = assert(proc.run{ argv = { support.bin, "-e", script }, timeout_ms = 30000 })
+      assert.is_false(r.timed_out)
+      assert.are.equal("INTERRUPTED", r.stdout)
+      local f = assert(io.open(pidfile))
+      local pid = f:read("l")
+      f:close()
+      os.remove(pidfile)
+      assert.are.equal(1, proc.run{ argv = { "kill", "-0", pid } }.exit_code)
+    end)
+  end)
+
+  describe("spawn", function()
+    it("streams stdout and stderr in the order they are written, then the exit", function()
+      local p = assert(proc.spawn{
+        argv = { "sh", "-c", "read a; echo one; read a; echo two >&2; read a; echo three; exit 5" },
+        stdin = "pipe",
+      })
+      assert.is_true(p:write("go\n"))
+      local events, code, sig = read_all(p, function() p:write("go\n") end)
+      assert.are.same({ "O:one\n", "E:two\n", "O:three\n" }, events)
+      assert.are.equal(5, code)
+      assert.is_nil(sig)
+      assert.are.equal("exit", p:read(0))
+      p:close()
+    end)
+
+    it("feeds stdin bytes and collects the rest on wait", function()
+      local p = assert(proc.spawn{ argv = { "cat" }, stdin = "abc\0def" })
+      local r = assert(p:wait())
+      assert.are.equal("abc\0def", r.stdout)
+      assert.are.equal(0, r.exit_code)
+      assert.is_false(r.timed_out)
+      p:close()
+    end)
+
+    it("returns nil from read and wait on timeout, and a signal after kill", function()
+      local p <close> = assert(proc.spawn{ argv = { "sleep", "30" } })
+      assert.is_nil(p:read(10))
+      assert.is_nil(p:wait(10))
+      assert.is_true(p:kill())
+      local r = assert(p:wait())
+      assert.are.equal(15, r.signal)
+      assert.has_error(function() p:kill("NOSUCHSIG") end)
+    end)
+
+    it("sends the named signal to the group", function()
+      local p <close> = assert(proc.spawn{ argv = { "sh", "-c", "sleep 30; sleep 30" } })
+      assert.is_true(p:kill("KILL"))
+      local _, code, sig = read_all(p)
+      assert.are.equal(9, sig)
+      assert.are.equal(137, code)
+    end)
+
+    it("reports a closed stdin as PROC_STDIN_CLOSED", function()
+      local p <close> = assert(proc.spawn{ argv = { "cat" }, stdin = "pipe" })
+      assert.is_true(p:write("x"))
+      p:close_stdin()
+      local ok, err = p:write("y")
+      assert.is_nil(ok)
+      assert.are.equal("PROC_STDIN_CLOSED", err.code)
+      local events = read_all(p)
+      assert.are.same({ "O:x" }, events)
+      local q <close> = assert(proc.spawn{ argv = { "true" } }) -- stdin is /dev/null
+      assert.are.equal("PROC_STDIN_CLOSED", select(2, q:write("z")).code)
+    end)
+
+    it("kills the child when the handle is closed, and closes idempotently", function()
+      local pid
+      do
+        local p <close> = assert(proc.spawn{ argv = { "sleep", "30" } })
+        pid = p:pid()
+        assert.matches("^galley%.proc%.Process %(pid %d+%)$", tostring(p))
+      end
+      assert.are.equal(1, proc.run{ argv = { "kill", "-0", tostring(pid) } }.exit_code)
+      local p = assert(proc.spawn{ argv = { "true" } })
+      p:close()
+      p:close()
+      assert.matches("closed", tostring(p))
+      assert.has_error(function() p:read(0) end)
+      assert.has_error(function() p:pid() end)
+    end)
+
+    it("fails with PROC_SPAWN like run", function()
+      local p, err = proc.spawn{ argv = { "/nonexistent/program" } }
+      assert.is_nil(p)
+      assert.are.equal("PROC_SPAWN", err.code)
+      assert.are.equal("/nonexistent/program", err.argv0)
+    end)
+  end)
+
+  describe("which", function()
+    it("finds programs in PATH as absolute paths", function()
+      assert.matches("^/.*/sh$", proc.which("sh"))
+      assert.is_nil(proc.which("galley-no-such-program"))
+    end)
+  end)
+end)
