@@ -1,7 +1,8 @@
 --- galley.contracts: the shapes passed between agents, process managers and providers, and their
 -- checks. A check returns a normalized copy of a valid spec, or raises VALIDATION_ERROR whose
--- message starts with the field path (`command.args[3]: expected string, got table`) and whose
--- `details = {path=, expected=, got=}`. Unknown fields are errors, so typos never pass silently.
+-- message starts with the field path (`command.args[3]: expected string, got table`), with
+-- `field = path` (as galley.core.shell/pm2 errors have) and `details = {path=, expected=, got=}`.
+-- Unknown fields are errors, so typos never pass silently.
 --
 -- CommandSpec, two forms (no other fields):
 --   argv:  {kind="argv", command=string, args?=string[], cwd?=path, env?={NAME=string}, name?=string}
@@ -14,8 +15,10 @@
 -- ProcessSpec:
 --   {command=CommandSpec, restart?="never"|{max_restarts?=int>=0, min_uptime_ms?=int>=0},
 --    instances?=int>=1, max_memory?="<n>[K|M|G]" (an integer is taken as bytes), logs?={out?=path, err?=path},
---    files?={{path=path, content=string, mode?="600"}, ...}}
---   - restart nil means the process manager's default (restart when the process exits).
+--    files?={{path=path, content=string, mode?="600"}, ...}, stdin?="null"|"inherit"}
+--   - restart nil is the same as "never" (galley.core.pm2 only auto-restarts given a table).
+--   - stdin: what the command reads; "null" (/dev/null, the default: PM2's own stdin pipe never
+--     reaches EOF) or "inherit".
 --   - `files`: files the process needs before it starts. Whoever starts the process (a process
 --     manager, or any caller) MUST write every entry first, atomically, creating parent
 --     directories, with the given octal mode (default "600"), and fail the start if a write fails.
@@ -47,6 +50,7 @@ local M = {}
 ---@field max_memory? string e.g. "512M"
 ---@field logs? {out?: string, err?: string}
 ---@field files? galley.FileSpec[] to be written before the process starts (see the header)
+---@field stdin? "null"|"inherit"
 
 ---@class galley.Agent
 ---@field name string
@@ -62,7 +66,7 @@ end
 
 local function fail(path, message, expected, got)
   errors.raise("VALIDATION_ERROR", ("%s: %s"):format(path, message),
-    { details = { path = path, expected = expected, got = got } }, 0)
+    { field = path, details = { path = path, expected = expected, got = got } }, 0)
 end
 
 
@@ -208,8 +212,8 @@ local function max_memory(path, v)
     return tostring(v)
   end
   if type(v) ~= "string" then expect(path, v, 'string like "512M"') end
-  local n, unit = v:match("^(%d+)([KMGkmg]?)$")
-  if not n or tonumber(n) < 1 then
+  local n, unit = v:match("^([1-9]%d*)([KMGkmg]?)$")
+  if not n then
     fail(path, ('expected a size like "512M" (digits, then K, M or G), got %q'):format(v), "size", "string")
   end
   return n .. unit:upper()
@@ -239,7 +243,7 @@ end
 
 
 local PROCESS_FIELDS = { command = true, restart = true, instances = true, max_memory = true, logs = true,
-  files = true }
+  files = true, stdin = true }
 
 --- Checks a CommandSpec.
 ---@param spec any
@@ -270,6 +274,14 @@ function M.check_process(spec)
     if spec.logs.err ~= nil then out.logs.err = check_path("logs.err", spec.logs.err) end
   end
   if spec.files ~= nil then out.files = files("files", spec.files) end
+  if spec.stdin ~= nil then
+    if spec.stdin ~= "null" and spec.stdin ~= "inherit" then
+      fail("stdin", ('expected "null" or "inherit", got %s'):format(
+        type(spec.stdin) == "string" and ("%q"):format(spec.stdin) or describe(spec.stdin)), '"null" or "inherit"',
+        describe(spec.stdin))
+    end
+    out.stdin = spec.stdin
+  end
   return out
 end
 

@@ -11,6 +11,7 @@ local function assert_invalid(path, f, ...)
   local err = raised(f, ...)
   assert.are.equal("VALIDATION_ERROR", err.code, tostring(err))
   assert.are.equal(path, err.details.path, tostring(err))
+  assert.are.equal(path, err.field, tostring(err))
   return err
 end
 
@@ -96,7 +97,9 @@ describe("galley.contracts #contracts", function()
         max_memory = "512m",
         logs = { out = "~/out.log", err = "/var/log/err.log" },
         files = { { path = "~/.galley/p", content = "x" }, { path = "/etc/y", content = "", mode = "0644" } },
+        stdin = "inherit",
       }))
+      assert.are.equal("inherit", spec.stdin)
       assert.are.same({ max_restarts = 3, min_uptime_ms = 1000 }, spec.restart)
       assert.are.equal(2, spec.instances)
       assert.are.equal("512M", spec.max_memory)
@@ -125,6 +128,8 @@ describe("galley.contracts #contracts", function()
         { "instances", process(cmd, { instances = 0 }) },
         { "max_memory", process(cmd, { max_memory = "lots" }) },
         { "max_memory", process(cmd, { max_memory = "512MB" }) },
+        { "max_memory", process(cmd, { max_memory = "0512M" }) },
+        { "stdin", process(cmd, { stdin = "pipe" }) },
         { "logs.out", process(cmd, { logs = { out = "out.log" } }) },
         { "logs.stdout", process(cmd, { logs = { stdout = "/x" } }) },
         { "files", process(cmd, { files = { path = "/x", content = "y" } }) },

@@ -20,7 +20,7 @@ local INPUT_KEYS = { session_name = true, command = true, cwd = true, env = true
 
 
 local function bad(path, message)
-  error(errors.AgentError("VALIDATION_ERROR", ("%s: %s"):format(path, message), { details = { path = path } }), 0)
+  error(errors.AgentError("VALIDATION_ERROR", ("%s: %s"):format(path, message), { field = path, details = { path = path } }), 0)
 end
 
 
@@ -42,7 +42,7 @@ local function checked(fn, rename, ...)
   local path = rename(old)
   local message = res.message
   if old ~= "" and message:sub(1, #old) == old then message = path .. message:sub(#old + 1) end
-  error(errors.AgentError(res.code, message, { details = { path = path } }), 0)
+  error(errors.AgentError(res.code, message, { field = path, details = { path = path } }), 0)
 end
 
 
