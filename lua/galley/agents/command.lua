@@ -20,7 +20,8 @@ local INPUT_KEYS = { session_name = true, command = true, cwd = true, env = true
 
 
 local function bad(path, message)
-  error(errors.AgentError("VALIDATION_ERROR", ("%s: %s"):format(path, message), { field = path, details = { path = path } }), 0)
+  error(errors.AgentError("VALIDATION_ERROR", ("%s: %s"):format(path, message),
+    { field = path, details = { path = path } }), 0)
 end
 
 
