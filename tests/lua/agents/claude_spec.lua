@@ -1,0 +1,301 @@
+local claude = require("galley.agents.claude")
+local codec = require("galley.core.codec")
+local shell = require("galley.core.shell")
+local support = require("support")
+local q = support.q
+
+local FAKE = support.source_dir .. "/tests/lua/fixtures/fake-claude"
+
+local function raised(f, ...)
+  local ok, err = pcall(f, ...)
+  assert.is_false(ok, "expected an error")
+  return err
+end
+
+local function assert_invalid(path, f, ...)
+  local err = raised(f, ...)
+  assert.are.equal("VALIDATION_ERROR", err.code, tostring(err))
+  assert.are.equal("AgentError", err.kind, tostring(err))
+  assert.are.equal(path, err.details.path, tostring(err))
+end
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("a")
+  p:close()
+  return (out:gsub("\n$", ""))
+end
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write(path, content)
+  local f = assert(io.open(path, "wb"))
+  f:write(content)
+  f:close()
+end
+
+-- A scratch area: home/ (the remote $HOME), work/ (cwd), bin/ (claude = fake-claude), rec/.
+local function sandbox()
+  local root = sh("mktemp -d")
+  for _, d in ipairs({ "home", "work", "bin", "rec" }) do os.execute("mkdir -p " .. q(root .. "/" .. d)) end
+  os.execute(("ln -s \"$(realpath %s)\" %s"):format(q(FAKE), q(root .. "/bin/claude")))
+  return {
+    root = root, home = root .. "/home", cwd = root .. "/work", bin = root .. "/bin", rec = root .. "/rec",
+    cleanup = function() os.execute("rm -rf " .. q(root)) end,
+  }
+end
+
+-- Runs a ProcessSpec the way a process manager does: writes spec.files first (mode as given),
+-- turns the command into one bash payload with galley.core.shell.plan, and runs `bash -c <payload>`
+-- with the fake claude first on PATH, CLAUDECODE and ANTHROPIC_API_KEY set in the caller's env.
+local function run(box, spec, env)
+  os.execute("rm -f " .. q(box.rec) .. "/*")
+  for _, f in ipairs(spec.files or {}) do
+    local path = shell.expand_home(f.path, box.home)
+    os.execute("mkdir -p " .. q(path:match("^(.*)/[^/]*$")))
+    write(path, f.content)
+    os.execute(("chmod %s %s"):format(f.mode, q(path)))
+  end
+  local plan = shell.plan(spec.command, { home = box.home })
+  local payload = assert(plan.script, "expected a script plan")
+  assert.is_true(#payload < 128 * 1024, "the payload must fit in one argv element")
+  local vars = {
+    ("PATH=%s:%s"):format(box.bin, os.getenv("PATH")), "HOME=" .. box.home, "FAKE_CLAUDE_DIR=" .. box.rec,
+    "CLAUDECODE=1", "ANTHROPIC_API_KEY=sk-ant-from-the-callers-env",
+  }
+  for _, v in ipairs(env or {}) do vars[#vars + 1] = v end
+  local words = {}
+  for i, v in ipairs(vars) do words[i] = q(v) end
+  local cmd = ("env -u IS_SANDBOX -u FAKE_CLAUDE_EXIT %s bash -c %s </dev/null >%s 2>%s"):format(
+    table.concat(words, " "), q(payload), q(box.root .. "/out"), q(box.root .. "/err"))
+  local _, _, status = os.execute(cmd)
+  local argv = {}
+  for a in (read(box.rec .. "/argv") or ""):gmatch("([^%z]*)%z") do argv[#argv + 1] = a end
+  local envs = {}
+  for line in (read(box.rec .. "/env") or ""):gmatch("[^\n]+") do
+    local name, value = line:match("^([%w_]+)=(.*)$")
+    if name then envs[name] = value else envs[line:match("^[%w_]+")] = false end
+  end
+  return {
+    status = status, argv = argv, stdin = read(box.rec .. "/stdin"), env = envs,
+    cwd = read(box.rec .. "/cwd"), stderr = read(box.root .. "/err"), stdout = read(box.root .. "/out"),
+    system_prompt_file = read(box.rec .. "/system_prompt_file"),
+  }
+end
+
+local function index_of(list, value)
+  for i, v in ipairs(list) do
+    if v == value then return i end
+  end
+end
+
+local function flag_value(argv, flag)
+  local i = index_of(argv, flag)
+  return i and argv[i + 1]
+end
+
+-- Every byte value, quotes, $, backticks, backslashes, newlines, non-ASCII and a leading dash.
+local NASTY = "-p 'single' \"double\" $HOME ${X:-y} $(echo no) `echo no` \\n \\ \n\ttab\r\n"
+  .. "ünïcödé 日本語 🚀 %s %% !! \n\n"
+local ALL_BYTES = {}
+for b = 0, 255 do ALL_BYTES[#ALL_BYTES + 1] = string.char(b) end
+ALL_BYTES = table.concat(ALL_BYTES)
+
+describe("the Claude agent #agents", function()
+  describe("builds a ProcessSpec", function()
+    it("with the documented defaults", function()
+      local agent = claude.new()
+      assert.are.equal("claude", agent.name)
+      local spec = agent.to_process_spec({ session_name = "Fix bug #12!", prompt = "Say hi" })
+      assert.are.equal("shell", spec.command.kind)
+      assert.are.equal("cc-Fix-bug-12", spec.command.name)
+      assert.are.equal("never", spec.restart)
+      assert.are.equal("/root/operator/sw-compose", spec.command.cwd)
+      assert.are.same({ IS_SANDBOX = "1" }, spec.command.env)
+      assert.is_nil(spec.files)
+      local script = spec.command.script
+      assert.truthy(script:find("^set %-o pipefail\n"))
+      assert.truthy(script:find("unset CLAUDECODE ANTHROPIC_API_KEY\n", 1, true))
+      assert.truthy(script:find("printf %s '" .. codec.base64_encode("Say hi") .. "' | base64 -d | claude -p", 1, true))
+      assert.truthy(script:find("--model sonnet --output-format text --dangerously-skip-permissions", 1, true))
+      assert.falsy(script:find("Say hi", 1, true))
+      assert.falsy(script:find("--verbose", 1, true))
+    end)
+
+    it("takes model, format and cwd from the options, and the input over them", function()
+      local agent = claude.new({ model = "opus", output_format = "json", cwd = "~/proj", claude_bin = "/opt/claude" })
+      local spec = agent.to_process_spec({ session_name = "a", prompt = "x" })
+      assert.truthy(spec.command.script:find("/opt/claude -p --model opus --output-format json", 1, true))
+      assert.are.equal("~/proj", spec.command.cwd)
+      spec = agent.to_process_spec({ session_name = "a", prompt = "x", model = "haiku", output_format = "stream-json",
+        cwd = "/srv" })
+      assert.truthy(spec.command.script:find("--model haiku --output-format stream-json --verbose", 1, true))
+      assert.are.equal("/srv", spec.command.cwd)
+    end)
+
+    it("sets IS_SANDBOX only for root with skipped permissions", function()
+      local spec = claude.new({ skip_permissions = false }).to_process_spec({ session_name = "a", prompt = "x" })
+      assert.is_nil(spec.command.env)
+      assert.falsy(spec.command.script:find("--dangerously-skip-permissions", 1, true))
+      spec = claude.new({ run_as_root = false }).to_process_spec({ session_name = "a", prompt = "x" })
+      assert.is_nil(spec.command.env)
+      assert.truthy(spec.command.script:find("--dangerously-skip-permissions", 1, true))
+    end)
+
+    it("puts no secret in the spec unless the caller passes it in input.env", function()
+      local spec = claude.new().to_process_spec({ session_name = "a", prompt = "x", system_prompt = "y" })
+      local text = require("cjson").encode(spec)
+      assert.falsy(text:find("sk-ant", 1, true))
+      assert.falsy(text:find("TOKEN", 1, true))
+      spec = claude.new().to_process_spec({ session_name = "a", prompt = "x",
+        env = { ANTHROPIC_API_KEY = "sk-ant-given", CLAUDECODE = "1" } })
+      assert.are.equal("sk-ant-given", spec.command.env.ANTHROPIC_API_KEY)
+      assert.falsy(spec.command.script:find("unset", 1, true))
+    end)
+
+    it("rejects bad options and input, naming the field", function()
+      assert_invalid("opts.modle", claude.new, { modle = "opus" })
+      assert_invalid("opts.output_format", claude.new, { output_format = "yaml" })
+      assert_invalid("opts.skip_permissions", claude.new, { skip_permissions = "yes" })
+      assert_invalid("opts.cwd", claude.new, { cwd = "relative" })
+      local agent = claude.new()
+      assert_invalid("input", agent.to_process_spec, "prompt")
+      assert_invalid("input.session_name", agent.to_process_spec, { prompt = "x" })
+      assert_invalid("input.session_name", agent.to_process_spec, { session_name = "#!", prompt = "x" })
+      assert_invalid("input.prompt", agent.to_process_spec, { session_name = "a" })
+      assert_invalid("input.prompt", agent.to_process_spec, { session_name = "a", prompt = "" })
+      assert_invalid("input.prompt", agent.to_process_spec, { session_name = "a", prompt = ("x"):rep(10000001) })
+      assert_invalid("input.promt", agent.to_process_spec, { session_name = "a", prompt = "x", promt = "y" })
+      assert_invalid("input.system_prompt", agent.to_process_spec, { session_name = "a", prompt = "x",
+        system_prompt = "a\0b" })
+      assert_invalid("input.output_format", agent.to_process_spec, { session_name = "a", prompt = "x",
+        output_format = "xml" })
+      assert_invalid("input.extra_args", agent.to_process_spec, { session_name = "a", prompt = "x",
+        extra_args = "--max-turns 3" })
+      assert_invalid("input.extra_args", agent.to_process_spec, { session_name = "a", prompt = "x",
+        extra_args = { max_turns = 3 } })
+      assert_invalid("input.extra_args[2]", agent.to_process_spec, { session_name = "a", prompt = "x",
+        extra_args = { "--max-turns", 3 } })
+      assert_invalid("input.cwd", agent.to_process_spec, { session_name = "a", prompt = "x", cwd = "rel" })
+      assert_invalid('input.env["BAD NAME"]', agent.to_process_spec, { session_name = "a", prompt = "x",
+        env = { ["BAD NAME"] = "1" } })
+    end)
+  end)
+
+  describe("run through real bash with a stand-in claude #bash", function()
+    local box
+    before_each(function() box = sandbox() end)
+    after_each(function() box.cleanup() end)
+
+    it("delivers prompt, system prompt and extra args byte for byte", function()
+      local system_prompt = "Be terse.\n" .. NASTY .. "'\n\n"
+      local extra = { "--max-turns", "3", "--allowedTools", "Bash(git diff *) Read", "it's $HOME `x`" }
+      local spec = claude.new({ cwd = box.cwd }).to_process_spec({ session_name = "nasty", prompt = NASTY .. ALL_BYTES,
+        system_prompt = system_prompt, extra_args = extra })
+      local r = run(box, spec)
+      assert.are.equal(0, r.status, r.stderr)
+      assert.are.equal(NASTY .. ALL_BYTES, r.stdin)
+      assert.are.equal(system_prompt, flag_value(r.argv, "--append-system-prompt"))
+      assert.are.equal("sonnet", flag_value(r.argv, "--model"))
+      assert.are.equal("text", flag_value(r.argv, "--output-format"))
+      assert.are.equal("-p", r.argv[1])
+      local first = index_of(r.argv, "--max-turns")
+      assert.are.same(extra, { table.unpack(r.argv, first, first + #extra - 1) })
+      assert.are.equal(box.cwd, (r.cwd:gsub("\n$", "")))
+    end)
+
+    it("unsets CLAUDECODE and ANTHROPIC_API_KEY and sets IS_SANDBOX", function()
+      local r = run(box, claude.new({ cwd = box.cwd }).to_process_spec({ session_name = "env", prompt = "hi" }))
+      assert.are.equal(0, r.status, r.stderr)
+      assert.is_false(r.env.CLAUDECODE)
+      assert.is_false(r.env.ANTHROPIC_API_KEY)
+      assert.are.equal("1", r.env.IS_SANDBOX)
+      assert.is_nil(index_of(r.argv, "--verbose"))
+    end)
+
+    it("passes ANTHROPIC_API_KEY when the caller gives it explicitly", function()
+      local spec = claude.new({ cwd = box.cwd }).to_process_spec({ session_name = "key", prompt = "hi",
+        env = { ANTHROPIC_API_KEY = "sk-ant-explicit" } })
+      local r = run(box, spec)
+      assert.are.equal("sk-ant-explicit", r.env.ANTHROPIC_API_KEY)
+      assert.is_false(r.env.CLAUDECODE)
+    end)
+
+    it("adds --verbose for stream-json and drops the skip flag when asked", function()
+      local spec = claude.new({ cwd = box.cwd, skip_permissions = false }).to_process_spec({ session_name = "s",
+        prompt = "hi", output_format = "stream-json" })
+      local r = run(box, spec)
+      assert.are.equal("stream-json", flag_value(r.argv, "--output-format"))
+      assert.truthy(index_of(r.argv, "--verbose"))
+      assert.is_nil(index_of(r.argv, "--dangerously-skip-permissions"))
+      assert.is_false(r.env.IS_SANDBOX)
+    end)
+
+    it("ends with claude's exit status", function()
+      local spec = claude.new({ cwd = box.cwd }).to_process_spec({ session_name = "fail", prompt = "hi",
+        system_prompt = "s" })
+      assert.are.equal(3, run(box, spec, { "FAKE_CLAUDE_EXIT=3" }).status)
+      assert.are.equal(0, run(box, spec, { "FAKE_CLAUDE_EXIT=0" }).status)
+    end)
+
+    it("fails when decoding fails even though claude succeeds (pipefail)", function()
+      write(box.bin .. "/base64", "#!/bin/sh\ncat >/dev/null\nexit 1\n")
+      os.execute("chmod +x " .. q(box.bin .. "/base64"))
+      local spec = claude.new({ cwd = box.cwd }).to_process_spec({ session_name = "dec", prompt = "hi" })
+      assert.are_not.equal(0, run(box, spec).status)
+      spec = claude.new({ cwd = box.cwd }).to_process_spec({ session_name = "dec", prompt = "hi", system_prompt = "s" })
+      local r = run(box, spec)
+      assert.are_not.equal(0, r.status)
+      assert.is_nil(r.stdin, "claude must not run without its system prompt")
+    end)
+
+    it("moves a 200 KiB prompt into an uploaded file and reads it from there", function()
+      local chunk = NASTY .. ALL_BYTES
+      local prompt = chunk:rep(math.ceil(200 * 1024 / #chunk))
+      local spec = claude.new({ cwd = box.cwd }).to_process_spec({ session_name = "big", prompt = prompt,
+        system_prompt = "small" })
+      assert.are.equal(1, #spec.files)
+      assert.are.same({ path = "~/.galley/sessions/cc-big/prompt.txt", content = prompt, mode = "600" }, spec.files[1])
+      assert.is_true(#spec.command.script < 4096)
+      local r = run(box, spec)
+      assert.are.equal(0, r.status, r.stderr)
+      assert.are.equal(prompt, r.stdin)
+      assert.are.equal("small", flag_value(r.argv, "--append-system-prompt"))
+      assert.are.equal("600", sh("stat -c %a " .. q(box.home .. "/.galley/sessions/cc-big/prompt.txt")))
+    end)
+
+    it("moves a large system prompt into a file passed with --append-system-prompt-file", function()
+      local system_prompt = (NASTY .. "rules\n"):rep(3000)
+      local spec = claude.new({ cwd = box.cwd }).to_process_spec({ session_name = "bigsys", prompt = "short",
+        system_prompt = system_prompt })
+      assert.are.equal(1, #spec.files)
+      assert.are.equal("~/.galley/sessions/cc-bigsys/system-prompt.txt", spec.files[1].path)
+      local r = run(box, spec)
+      assert.are.equal(0, r.status, r.stderr)
+      assert.are.equal("short", r.stdin)
+      assert.is_nil(index_of(r.argv, "--append-system-prompt"))
+      assert.are.equal(system_prompt, r.system_prompt_file)
+    end)
+
+    it("moves the larger payload first, then both, under a custom limit and directory", function()
+      local agent = claude.new({ cwd = box.cwd, inline_limit = 200, prompt_dir = box.root .. "/prompts/" })
+      local spec = agent.to_process_spec({ session_name = "mix", prompt = ("p"):rep(60),
+        system_prompt = ("s"):rep(120) })
+      assert.are.equal(1, #spec.files)
+      assert.are.equal(box.root .. "/prompts/cc-mix/system-prompt.txt", spec.files[1].path)
+      spec = agent.to_process_spec({ session_name = "mix", prompt = ("p"):rep(180), system_prompt = ("s"):rep(160) })
+      assert.are.equal(2, #spec.files)
+      assert.are.equal(box.root .. "/prompts/cc-mix/prompt.txt", spec.files[1].path)
+      local r = run(box, spec)
+      assert.are.equal(0, r.status, r.stderr)
+      assert.are.equal(("p"):rep(180), r.stdin)
+      assert.are.equal(("s"):rep(160), r.system_prompt_file)
+    end)
+  end)
+end)
