@@ -14,6 +14,7 @@
  * logs_argv uses --raw: no "<id>|<name> | " prefixes, out lines on stdout and err lines on
  * stderr. PM2 still prints a "[TAILING]" line and "<path> last N lines:" headers on stdout;
  * parse_logs removes them. For exact content read the out_log/err_log paths from parse_jlist. */
+#include <ctype.h>
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
@@ -126,8 +127,8 @@ static struct galley_str opt_field_string(lua_State *L, int t, const char *key, 
 }
 
 
-/* `max_memory`: bytes as an integer, or PM2's own "<n>", "<n>K", "<n>M", "<n>G". Pushes the flag
- * value. */
+/* `max_memory`: bytes as an integer, or PM2's own "<n>", "<n>K", "<n>M", "<n>G" (unit in either
+ * case, passed upper-case). Pushes the flag value. */
 static void push_max_memory(lua_State *L) {
   if (lua_type(L, -1) == LUA_TNUMBER) {
     lua_Integer v = top_integer(L, "max_memory", 1);
@@ -138,10 +139,14 @@ static void push_max_memory(lua_State *L) {
   const char *s = top_string(L, "max_memory", &n);
   size_t digits = 0;
   while (digits < n && s[digits] >= '0' && s[digits] <= '9') digits++;
-  bool ok = digits > 0 && s[0] != '0' &&
-            (digits == n || (digits + 1 == n && strchr("KMG", s[digits]) && s[digits]));
+  char unit = digits + 1 == n ? (char)toupper((unsigned char)s[digits]) : 0;
+  bool ok = digits > 0 && digits <= 18 && s[0] != '0' && (digits == n || (unit && strchr("KMG", unit)));
   if (!ok) galley_shell_raise_field(L, BAD, "max_memory", "expected bytes or \"<n>K|M|G\"");
-  lua_pushvalue(L, -1);
+  lua_pushlstring(L, s, digits);
+  if (unit) {
+    lua_pushlstring(L, &unit, 1);
+    lua_concat(L, 2);
+  }
 }
 
 

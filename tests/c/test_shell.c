@@ -217,11 +217,17 @@ static void shell_should_round_trip_hostile_words_through_bash(void) {
   ssize_t n = run_bash(text, got, sizeof got, &status);
   CHECK(status == 0);
   size_t pos = 0;
-  for (size_t i = 0; i < count && n >= 0; i++) {
+  CHECK(n >= 0);
+  size_t i = 0;
+  for (; i < count && n >= 0; i++) {
     size_t want = strlen(hostile[i]);
-    CHECK(pos + want < (size_t)n + 1 && memcmp(got + pos, hostile[i], want) == 0 && got[pos + want] == '\0');
+    if (pos + want >= (size_t)n || memcmp(got + pos, hostile[i], want) != 0 || got[pos + want] != '\0') {
+      fprintf(stderr, "word %zu (\"%s\") did not come back\n", i, hostile[i]);
+      break;
+    }
     pos += want + 1;
   }
+  CHECK(i == count);
   CHECK(pos == (size_t)n);
 }
 
