@@ -1,0 +1,215 @@
+--- galley.providers.common: pieces every VM provider shares.
+-- Status mapping, `~` expansion and path checks, metadata filters, TTL tables, option checks and
+-- the provider error constructor. Pure Lua, no IO: the Morph and local providers both use it.
+local errors = require("galley.errors")
+
+local M = {}
+
+--- The provider-agnostic instance statuses.
+M.STATUSES = { "booting", "ready", "stopping", "stopped", "error" }
+
+--- Morph instance status → provider status (seeds: pending→booting, paused→stopped, saving→stopping).
+M.MORPH_STATUS = { pending = "booting", ready = "ready", paused = "stopped", saving = "stopping", error = "error" }
+
+--- TTL actions callers may ask for. "stop" and "terminate" both delete the instance at expiry
+-- (Morph's "stop" is a delete); "pause" leaves it paused (status "stopped").
+M.TTL_ACTIONS = { stop = "stop", terminate = "stop", pause = "pause" }
+
+--- A ProviderError table (the seeds' error class) with the given code.
+---@param code string e.g. "NOT_FOUND", "VALIDATION_ERROR", "FILE_IO_ERROR"
+---@param message string
+---@param fields? table operation, resource, details, hint, ...
+---@return galley.Error
+function M.error(code, message, fields)
+  return errors.ProviderError(code, message, fields)
+end
+
+--- Raises a ProviderError (level: the caller of the function that calls raise).
+---@param code string
+---@param message string
+---@param fields? table
+function M.raise(code, message, fields)
+  error(M.error(code, message, fields), 3)
+end
+
+--- Maps a raw status through `map`; anything unknown becomes "error".
+---@param map table<string, string>
+---@param raw string|nil
+---@return string status one of M.STATUSES
+function M.map_status(map, raw)
+  return map[raw or ""] or "error"
+end
+
+--- Expands a leading `~` (alone or followed by `/`) to `home`; other paths come back unchanged.
+-- `~user` forms are not expanded.
+---@param path string
+---@param home string
+---@return string
+function M.expand_home(path, home)
+  if path == "~" then return home end
+  if path:sub(1, 2) == "~/" then
+    return (home:gsub("/+$", "")) .. path:sub(2)
+  end
+  return path
+end
+
+--- Checks and normalises a remote path: expands `~`, requires an absolute result, rejects NUL
+-- bytes, collapses repeated slashes and drops a trailing slash ("/" stays "/").
+-- Raises VALIDATION_ERROR (field = `field`) otherwise.
+---@param path any
+---@param home string|nil home directory for `~`
+---@param field? string the option name reported in the error (default "path")
+---@return string absolute
+function M.remote_path(path, home, field)
+  field = field or "path"
+  if type(path) ~= "string" or path == "" then
+    M.raise("VALIDATION_ERROR", ("%s must be a non-empty string"):format(field), { field = field })
+  end
+  if path:find("\0", 1, true) then
+    M.raise("VALIDATION_ERROR", ("%s contains a NUL byte"):format(field), { field = field })
+  end
+  if path:sub(1, 1) == "~" then
+    if path ~= "~" and path:sub(1, 2) ~= "~/" then
+      M.raise("VALIDATION_ERROR", ("%s: only ~ and ~/ are expanded, not ~user"):format(field), { field = field })
+    end
+    if not home then
+      M.raise("VALIDATION_ERROR", ("%s uses ~ but the home directory is unknown"):format(field), { field = field })
+    end
+    path = M.expand_home(path, home)
+  end
+  if path:sub(1, 1) ~= "/" then
+    M.raise("VALIDATION_ERROR", ("%s must be absolute or start with ~/ (got a relative path)"):format(field),
+      { field = field, hint = "write ~/" .. path .. " for a path in the home directory" })
+  end
+  path = path:gsub("//+", "/")
+  if #path > 1 then path = path:gsub("/$", "") end
+  return path
+end
+
+--- Parent directory and last component of a normalised absolute path.
+---@param path string
+---@return string dir, string base
+function M.split_path(path)
+  local dir, base = path:match("^(.*)/([^/]*)$")
+  if dir == "" then dir = "/" end
+  return dir, base
+end
+
+--- True when every key/value of `filter` is present in `metadata` (strings compared as strings).
+---@param metadata table|nil
+---@param filter table|nil
+---@return boolean
+function M.match_metadata(metadata, filter)
+  if not filter then return true end
+  metadata = metadata or {}
+  for k, v in pairs(filter) do
+    if metadata[k] == nil or tostring(metadata[k]) ~= tostring(v) then return false end
+  end
+  return true
+end
+
+--- The metadata filter of a list call: `list{metadata = {k = v}}` or the plain map `list{k = v}`.
+---@param filter table|nil
+---@return table|nil
+function M.metadata_filter(filter)
+  if filter == nil then return nil end
+  if type(filter) ~= "table" then
+    M.raise("VALIDATION_ERROR", "list filter must be a table", { field = "filter" })
+  end
+  if type(filter.metadata) == "table" then return filter.metadata end
+  return filter
+end
+
+--- Checks a metadata map (string keys, string/number/boolean values) and returns a copy with
+-- string values. Raises VALIDATION_ERROR naming the offending key.
+---@param metadata table|nil
+---@param field? string
+---@return table
+function M.check_metadata(metadata, field)
+  field = field or "metadata"
+  local out = {}
+  if metadata == nil then return out end
+  if type(metadata) ~= "table" then
+    M.raise("VALIDATION_ERROR", field .. " must be a table of strings", { field = field })
+  end
+  for k, v in pairs(metadata) do
+    local tv = type(v)
+    if type(k) ~= "string" or not (tv == "string" or tv == "number" or tv == "boolean") then
+      M.raise("VALIDATION_ERROR", ("%s.%s must be a string"):format(field, tostring(k)),
+        { field = field .. "." .. tostring(k) })
+    end
+    out[k] = tostring(v)
+  end
+  return out
+end
+
+--- Checks boot/fork TTL options; returns seconds (or nil) and the normalised action.
+---@param opts table `{ttl_seconds?, ttl_action?}`
+---@return integer|nil seconds, string action "stop"|"pause"
+function M.check_ttl(opts)
+  local seconds, action = opts.ttl_seconds, opts.ttl_action
+  if seconds ~= nil and seconds ~= false then
+    if math.type(seconds) ~= "integer" and not (type(seconds) == "number" and seconds == math.floor(seconds)) then
+      M.raise("VALIDATION_ERROR", "ttl_seconds must be a positive integer", { field = "ttl_seconds" })
+    end
+    seconds = math.tointeger(seconds)
+    if not seconds or seconds <= 0 then
+      M.raise("VALIDATION_ERROR", "ttl_seconds must be a positive integer", { field = "ttl_seconds" })
+    end
+  else
+    seconds = nil
+  end
+  if action ~= nil and not M.TTL_ACTIONS[action] then
+    M.raise("VALIDATION_ERROR", "ttl_action must be \"stop\", \"terminate\" or \"pause\"", { field = "ttl_action" })
+  end
+  return seconds, M.TTL_ACTIONS[action or "stop"]
+end
+
+--- The public TTL table `{seconds, action, expires_at}` (Unix seconds); `{}` when there is none.
+---@param seconds integer|nil
+---@param action string|nil
+---@param expires_at integer|nil
+---@return table
+function M.ttl_table(seconds, action, expires_at)
+  if not seconds then return {} end
+  return { seconds = seconds, action = action or "stop", expires_at = expires_at }
+end
+
+--- Checks a file mode option: an octal string such as "600" or "0755". Returns the string
+-- without a leading 0 beyond four digits, or nil when absent. Raises VALIDATION_ERROR.
+---@param mode any
+---@return string|nil
+function M.check_mode(mode)
+  if mode == nil then return nil end
+  if type(mode) ~= "string" or not mode:match("^[0-7][0-7][0-7][0-7]?$") then
+    M.raise("VALIDATION_ERROR", "mode must be an octal string such as \"600\" or \"0755\"", {
+      field = "mode", hint = "numbers are ambiguous in Lua (no octal literals): write mode = \"600\"" })
+  end
+  return mode
+end
+
+--- Checks an owner/group name or numeric id; returns it as a string or nil. Raises VALIDATION_ERROR.
+---@param v any
+---@param field string
+---@return string|nil
+function M.check_account(v, field)
+  if v == nil then return nil end
+  if math.type(v) == "integer" and v >= 0 then return tostring(v) end
+  if type(v) ~= "string" or not v:match("^[%w_.][%w_.%-]*%$?$") then
+    M.raise("VALIDATION_ERROR", field .. " must be a user/group name or a numeric id", { field = field })
+  end
+  return v
+end
+
+--- The last `n` bytes of `s` (for stderr tails in error details).
+---@param s string|nil
+---@param n? integer default 2048
+---@return string
+function M.tail(s, n)
+  s = s or ""
+  n = n or 2048
+  if #s <= n then return s end
+  return s:sub(-n)
+end
+
+return M

@@ -1,0 +1,698 @@
+--- galley.providers.execfiles: the provider `files` API over nothing but exec of an argv.
+-- Morph has no file channel, and the local provider runs its instances in a sandbox, so both
+-- move file contents as base64 in argv elements and run small remote programs (python3 when the
+-- instance has it, else POSIX sh with GNU coreutils) that decode, verify and rename.
+--
+--   local files = execfiles.new{exec_argv = function(id, argv) ... return {stdout=, stderr=, exit_code=} end,
+--                               home_dir = "/root"}
+--   files.write_file_atomic(id, "~/.config/x.json", json, {mode = "600", create_dirs = true})
+--   files.write_file_atomic(id, "/root/big.tar", {from_file = "/tmp/big.tar"})   -- streamed from disk
+--   local text = files.read_file(id, "~/.config/x.json")
+--   files.read_file(id, "/root/big.tar", {to_file = "/tmp/copy.tar"})            -- streamed to disk
+--
+-- Transfer rules:
+-- - Each exec carries at most `max_request_bytes` of base64 (default 1.5 MiB), split into argv
+--   elements of at most `max_arg_bytes` (default 120 KiB; Linux refuses elements over 128 KiB).
+-- - A write whose content fits one exec is ONE exec: create the parent directories (create_dirs),
+--   write a temporary file beside the target (mode 600 while it is written), chmod/chown, check
+--   size and sha256, fsync, rename over the target. Larger contents append one chunk per exec;
+--   the last exec verifies and renames. On any failure the old target is untouched and the
+--   temporary file is removed.
+-- - Reads fetch `size sha256` first, then the content in chunks of the same size, and check the
+--   sha256 of what arrived.
+-- - Contents are strings or `{from_file = "/local/path"}`; `read_file(..., {to_file = path})`
+--   writes to a local file instead of returning a string. With these, memory is bounded by the
+--   chunk size, not the file size.
+-- - Files above `size_limit` (default 256 MiB) fail with FILE_TOO_LARGE before anything moves.
+-- - The decoder is detected once per instance (python3, else coreutils `base64 -d`); pass
+--   `decoder = "python"|"coreutils"` to force one.
+-- - Without a mode, a replaced file keeps the old file's mode; a new file gets 0666 & ~umask.
+--   Owner and group change only when asked (a replaced file otherwise belongs to the exec user).
+--
+-- Errors (ProviderError tables): VALIDATION_ERROR (bad path or option), NOT_FOUND (missing
+-- file or directory), FILE_TOO_LARGE, FILE_IO_ERROR (`resource = "file:<path>"`,
+-- `details = {exit_code, stderr}` with the tail of the remote stderr). Errors raised by
+-- `exec_argv` itself (a missing instance, a network failure) pass through unchanged.
+local codec = require("galley.core.codec")
+local common = require("galley.providers.common")
+
+local M = {}
+
+M.DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
+M.DEFAULT_MAX_ARG_BYTES = 120 * 1024
+M.DEFAULT_SIZE_LIMIT = 256 * 1024 * 1024
+
+-- Exit codes the remote programs use to say what went wrong.
+-- (43: the path is of the wrong kind, a directory where a file was expected or the reverse.)
+local EXIT_NOT_FOUND, EXIT_TOO_LARGE, EXIT_VERIFY = 40, 41, 42
+
+local TMP_MARK = ".galley-tmp-"
+M.TMP_MARK = TMP_MARK
+
+-- argv after the script: target tmp dir create_dirs first last mode owner group size sha256 chunk...
+local PY_WRITE = [[
+import os, sys, stat, shutil, hashlib, base64
+target, tmp, d, mkdirs, first, last, mode, owner, group, size, digest = sys.argv[1:12]
+def fail(code, msg):
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    sys.stderr.write(msg + "\n")
+    sys.exit(code)
+try:
+    data = base64.b64decode("".join(sys.argv[12:]), validate=True)
+    if first == "1":
+        if mkdirs == "1":
+            os.makedirs(d, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    else:
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if last == "1":
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if last == "1":
+        if mode:
+            m = int(mode, 8)
+        else:
+            try:
+                m = stat.S_IMODE(os.stat(target).st_mode)
+            except FileNotFoundError:
+                u = os.umask(0)
+                os.umask(u)
+                m = 0o666 & ~u
+        os.chmod(tmp, m)
+        if owner or group:
+            shutil.chown(tmp, owner or None, group or None)
+        h, n = hashlib.sha256(), 0
+        with open(tmp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+                n += len(block)
+        if n != int(size) or h.hexdigest() != digest:
+            fail(42, "verification failed: %d bytes written, %s expected" % (n, size))
+        os.rename(tmp, target)
+except Exception as e:
+    fail(1, "%s: %s" % (type(e).__name__, e))
+]]
+
+local SH_WRITE = [[
+target=$1 tmp=$2 d=$3 mkdirs=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11}
+shift 11
+fail() { rm -f -- "$tmp"; printf '%s\n' "$2" >&2; exit "$1"; }
+if [ "$first" = 1 ]; then
+  if [ "$mkdirs" = 1 ]; then mkdir -p -- "$d" || fail 1 "cannot create the directory"; fi
+  (set -C; umask 077; : > "$tmp") || fail 1 "cannot create the temporary file"
+fi
+if [ $# -gt 0 ]; then
+  printf %s "$@" | base64 -d >> "$tmp" || fail 1 "base64 -d failed"
+fi
+if [ "$last" = 1 ]; then
+  sync -- "$tmp" 2>/dev/null
+  if [ -n "$mode" ]; then chmod -- "$mode" "$tmp" || fail 1 "chmod failed"
+  elif [ -e "$target" ]; then chmod --reference="$target" -- "$tmp" || fail 1 "chmod failed"
+  else chmod =rw -- "$tmp" || fail 1 "chmod failed"; fi
+  if [ -n "$owner$group" ]; then chown -- "$owner${group:+:$group}" "$tmp" || fail 1 "chown failed"; fi
+  n=$(wc -c < "$tmp") || fail 1 "cannot measure the temporary file"
+  h=$(sha256sum < "$tmp") || fail 1 "sha256sum failed"
+  if [ "$n" -ne "$size" ] || [ "${h%% *}" != "$digest" ]; then
+    fail 42 "verification failed: $n bytes written, $size expected"
+  fi
+  mv -f -T -- "$tmp" "$target" || fail 1 "rename failed"
+fi
+exit 0
+]]
+
+-- argv after the script: path what offset length limit. what = "head" prints "size sha256\n" and
+-- base64 of the first `length` bytes; "range" prints base64 of [offset, offset + length).
+local PY_READ = [[
+import os, sys, stat, hashlib, base64
+p, what, off, length, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+out = sys.stdout.buffer
+try:
+    fd = os.open(p, os.O_RDONLY)
+except FileNotFoundError:
+    sys.exit(40)
+except Exception as e:
+    sys.stderr.write("%s: %s\n" % (type(e).__name__, e))
+    sys.exit(1)
+try:
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        sys.stderr.write("is a directory\n")
+        sys.exit(43)
+    with os.fdopen(fd, "rb", closefd=False) as f:
+        if what == "head":
+            if st.st_size > limit:
+                out.write(b"%d\n" % st.st_size)
+                sys.exit(41)
+            h, n, keep = hashlib.sha256(), 0, []
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+                n += len(block)
+                if n - len(block) < length:
+                    keep.append(block)
+            if n > limit:
+                out.write(b"%d\n" % n)
+                sys.exit(41)
+            out.write(b"%d %s\n" % (n, h.hexdigest().encode()))
+            out.write(base64.b64encode(b"".join(keep)[:length]))
+        else:
+            f.seek(off)
+            out.write(base64.b64encode(f.read(length)))
+    out.flush()
+except SystemExit:
+    raise
+except Exception as e:
+    sys.stderr.write("%s: %s\n" % (type(e).__name__, e))
+    sys.exit(1)
+]]
+
+local SH_READ = [[
+p=$1 what=$2 off=$3 len=$4 limit=$5
+[ -e "$p" ] || exit 40
+if [ -d "$p" ]; then echo "is a directory" >&2; exit 43; fi
+if [ "$what" = head ]; then
+  n=$(wc -c < "$p") || exit 1
+  if [ "$n" -gt "$limit" ]; then echo "$n"; exit 41; fi
+  h=$(sha256sum < "$p") || exit 1
+  printf '%s %s\n' "$n" "${h%% *}"
+  head -c "$len" < "$p" | base64 || exit 1
+else
+  tail -c +"$((off + 1))" -- "$p" | head -c "$len" | base64 || exit 1
+fi
+]]
+
+local SH_PROBE = "if command -v python3 >/dev/null 2>&1 && python3 -I -S -c 'import base64, hashlib, shutil'"
+  .. " >/dev/null 2>&1; then echo python; else echo coreutils; fi"
+
+local SH_TEST = [[if [ "$1" "$2" ] || { [ "$1" = -e ] && [ -L "$2" ]; }; then echo yes; else echo no; fi]]
+
+local SH_MKDIR = [[
+p=$1 rec=$2 mode=$3 parent=$4
+if [ "$rec" = 1 ]; then
+  mkdir -p -- "$p" || exit 1
+else
+  [ -d "$parent" ] || exit 40
+  mkdir -- "$p" || exit 1
+fi
+if [ -n "$mode" ]; then chmod -- "$mode" "$p" || exit 1; fi
+]]
+
+local SH_LIST = [[
+[ -e "$1" ] || exit 40
+if [ ! -d "$1" ]; then echo "not a directory" >&2; exit 43; fi
+find "$1" -mindepth 1 -maxdepth 1 -printf '%y%Y/%s/%T@/%f\0'
+]]
+
+-- copy/move: src dst dst_dir create_dirs
+local SH_COPY = [[
+s=$1 t=$2 d=$3 mk=$4
+[ -e "$s" ] || exit 40
+if [ -d "$s" ]; then echo "source is a directory" >&2; exit 43; fi
+if [ "$mk" = 1 ]; then mkdir -p -- "$d" || exit 1; fi
+cp -p -T -- "$s" "$t"
+]]
+
+local SH_MOVE = [[
+s=$1 t=$2 d=$3 mk=$4
+[ -e "$s" ] || [ -L "$s" ] || exit 40
+if [ "$mk" = 1 ]; then mkdir -p -- "$d" || exit 1; fi
+mv -f -T -- "$s" "$t"
+]]
+
+local SH_DELETE_FILE = [[
+if [ -d "$1" ] && [ ! -L "$1" ]; then echo "is a directory (use delete_directory)" >&2; exit 43; fi
+rm -f -- "$1"
+]]
+
+local SH_DELETE_DIR = [[
+[ -e "$1" ] || [ -L "$1" ] || exit 0
+if [ ! -d "$1" ] || [ -L "$1" ]; then echo "not a directory (use delete_file)" >&2; exit 43; fi
+rm -rf -- "$1"
+]]
+
+
+local function sh(script, ...)
+  return { "/bin/sh", "-c", script, "sh", ... }
+end
+
+
+local function py(script, ...)
+  return { "python3", "-I", "-S", "-c", script, ... }
+end
+
+
+local function random_suffix()
+  return codec.random_hex(6)
+end
+
+
+local function strip_b64(s)
+  return (s:gsub("[\r\n]", ""))
+end
+
+
+---@class galley.ExecFilesOptions
+---@field exec_argv fun(instance_id: string, argv: string[]): {stdout: string, stderr: string, exit_code: integer}
+---@field home_dir? string|fun(instance_id: string): string what `~` expands to
+---@field max_request_bytes? integer base64 bytes per exec (default 1.5 MiB)
+---@field max_arg_bytes? integer bytes per argv element (default 120 KiB, must be < 128 KiB)
+---@field max_response_bytes? integer base64 bytes per read exec (default max_request_bytes)
+---@field size_limit? integer largest file moved (default 256 MiB)
+---@field decoder? "python"|"coreutils" skip detection
+---@field log? galley.Logger
+
+--- Creates a files API bound to one exec function. The table has read_file, write_file,
+--- write_file_atomic, file_exists, is_directory, create_directory, list_directory, copy_file,
+--- move_file, delete_file, delete_directory (all `(instance_id, path, ...)`), plus
+--- forget_instance(id) and stats().
+---@param opts galley.ExecFilesOptions
+---@return table files
+function M.new(opts)
+  assert(type(opts) == "table" and type(opts.exec_argv) == "function", "execfiles.new: exec_argv is required")
+  local exec_argv = opts.exec_argv
+  local max_request = opts.max_request_bytes or M.DEFAULT_MAX_REQUEST_BYTES
+  local max_arg = opts.max_arg_bytes or M.DEFAULT_MAX_ARG_BYTES
+  local max_response = opts.max_response_bytes or max_request
+  local size_limit = opts.size_limit or M.DEFAULT_SIZE_LIMIT
+  assert(max_arg >= 4 and max_arg < 128 * 1024, "execfiles.new: max_arg_bytes must be below 128 KiB")
+  assert(max_request >= max_arg, "execfiles.new: max_request_bytes must be at least max_arg_bytes")
+  assert(opts.decoder == nil or opts.decoder == "python" or opts.decoder == "coreutils",
+    "execfiles.new: decoder must be \"python\" or \"coreutils\"")
+  local raw_per_exec = 3 * (max_request // 4)
+  local raw_per_read = 3 * (max_response // 4)
+  local log = opts.log
+  local decoders = {}
+  local counters = { execs = 0 }
+
+  local files = {}
+
+  local function home_of(id)
+    local h = opts.home_dir
+    if type(h) == "function" then return h(id) end
+    return h
+  end
+
+  local function check_id(id)
+    if type(id) ~= "string" or id == "" then
+      common.raise("VALIDATION_ERROR", "instance_id must be a non-empty string", { field = "instance_id" })
+    end
+  end
+
+  local function path_of(id, path, field)
+    check_id(id)
+    return common.remote_path(path, home_of(id), field)
+  end
+
+  local function run(id, argv)
+    counters.execs = counters.execs + 1
+    local res, err = exec_argv(id, argv)
+    if not res then error(err, 0) end
+    return res
+  end
+
+  local function io_error(res, operation, path, message, extra)
+    local code = "FILE_IO_ERROR"
+    if res.exit_code == EXIT_NOT_FOUND then
+      code = "NOT_FOUND"
+      message = message or "no such file or directory"
+    end
+    local fields = {
+      operation = "files." .. operation,
+      resource = "file:" .. path,
+      details = { exit_code = res.exit_code, stderr = common.tail(res.stderr) },
+    }
+    for k, v in pairs(extra or {}) do fields[k] = v end
+    local detail = common.tail((res.stderr or ""):gsub("%s+$", ""), 200)
+    message = message or (detail ~= "" and detail or ("exit code " .. tostring(res.exit_code)))
+    return common.error(code, ("%s %s: %s"):format(operation, path, message), fields)
+  end
+
+  local function decoder_for(id)
+    if opts.decoder then return opts.decoder end
+    local d = decoders[id]
+    if d then return d end
+    local res = run(id, sh(SH_PROBE))
+    d = res.exit_code == 0 and res.stdout:match("python") and "python" or "coreutils"
+    decoders[id] = d
+    if log then log.debug("file transfer decoder", { instance = id, decoder = d }) end
+    return d
+  end
+
+  -- Splits base64 text into argv elements of at most max_arg bytes.
+  local function pieces(b64, into)
+    for i = 1, #b64, max_arg do into[#into + 1] = b64:sub(i, i + max_arg - 1) end
+    return into
+  end
+
+  local function too_large(operation, path, size)
+    return common.error("FILE_TOO_LARGE", ("%s %s: %d bytes is over the limit of %d bytes"):format(
+      operation, path, size, size_limit), {
+      operation = "files." .. operation, resource = "file:" .. path,
+      details = { size = size, limit = size_limit },
+      hint = "raise size_limit when creating the provider, or move the file another way",
+    })
+  end
+
+  -- A source of content: a string, or {from_file = path}. Returns size and next_chunk(n).
+  local function open_source(content, operation, path)
+    if type(content) == "string" then
+      local pos = 1
+      return #content, function(n)
+        local s = content:sub(pos, pos + n - 1)
+        pos = pos + n
+        return s
+      end, function() end
+    end
+    if type(content) == "table" and type(content.from_file) == "string" then
+      local f, ferr = io.open(content.from_file, "rb")
+      if not f then
+        common.raise("FILE_IO_ERROR", ("%s %s: cannot open the local source: %s"):format(operation, path, ferr),
+          { operation = "files." .. operation, resource = "file:" .. content.from_file })
+      end
+      local size = f:seek("end")
+      f:seek("set", 0)
+      return size, function(n) return f:read(n) or "" end, function() f:close() end
+    end
+    common.raise("VALIDATION_ERROR", "content must be a string or {from_file = \"/local/path\"}", { field = "content" })
+  end
+
+  --- Writes `content` to `path` atomically: the target has the old content or the new, never a mix.
+  ---@param instance_id string
+  ---@param path string absolute or ~-prefixed
+  ---@param content string|{from_file: string}
+  ---@param wopts? {mode?: string, create_dirs?: boolean, owner?: string, group?: string}
+  ---@return true
+  ---@raise VALIDATION_ERROR | FILE_TOO_LARGE | FILE_IO_ERROR | NOT_FOUND (instance)
+  function files.write_file_atomic(instance_id, path, content, wopts)
+    local op = "write_file_atomic"
+    path = path_of(instance_id, path)
+    wopts = wopts or {}
+    if type(wopts) ~= "table" then
+      common.raise("VALIDATION_ERROR", "options must be a table", { field = "options" })
+    end
+    local mode = common.check_mode(wopts.mode) or ""
+    local owner = common.check_account(wopts.owner, "owner") or ""
+    local group = common.check_account(wopts.group, "group") or ""
+    if path == "/" then common.raise("VALIDATION_ERROR", "cannot write to /", { field = "path" }) end
+    local size, next_chunk, close = open_source(content, op, path)
+    if size > size_limit then
+      close()
+      error(too_large(op, path, size), 0)
+    end
+    local dir, base = common.split_path(path)
+    local tmp = (dir == "/" and "" or dir) .. "/." .. base:sub(1, 120) .. TMP_MARK .. random_suffix()
+    local remote_cleaned = false
+    local ok, err = pcall(function()
+      local decoder = decoder_for(instance_id)
+      local hasher = codec.sha256_hasher()
+      local sent, first = 0, true
+      repeat
+        local raw = next_chunk(raw_per_exec)
+        sent = sent + #raw
+        hasher:update(raw)
+        local last = sent >= size or #raw == 0
+        if last and sent ~= size then
+          common.raise("FILE_IO_ERROR", ("%s %s: the local source changed while it was read"):format(op, path),
+            { operation = "files." .. op, resource = "file:" .. path })
+        end
+        local args = { path, tmp, dir, wopts.create_dirs and "1" or "0", first and "1" or "0", last and "1" or "0",
+          mode, owner, group, tostring(size), last and hasher:hex() or "" }
+        local argv = decoder == "python" and py(PY_WRITE, table.unpack(args)) or sh(SH_WRITE, table.unpack(args))
+        pieces(codec.base64_encode(raw), argv)
+        local res = run(instance_id, argv)
+        if res.exit_code ~= 0 then
+          local extra
+          if res.exit_code == EXIT_VERIFY then extra = { hint = "the content arrived damaged; try again" } end
+          if not wopts.create_dirs and (res.stderr or ""):find("No such file", 1, true) then
+            extra = { hint = "pass create_dirs = true to create the parent directories" }
+          end
+          remote_cleaned = true
+          error(io_error(res, op, path, nil, extra), 0)
+        end
+        first = false
+      until last
+    end)
+    close()
+    if not ok then
+      -- The remote programs remove the temporary file when they fail; if the exec itself failed
+      -- (or the local side did), remove it here, best effort.
+      if not remote_cleaned then pcall(exec_argv, instance_id, { "rm", "-f", "--", tmp }) end
+      error(err, 0)
+    end
+    if log then log.debug("wrote file", { instance = instance_id, path = path, bytes = size }) end
+    return true
+  end
+
+  --- Same as write_file_atomic (every write is atomic and verified).
+  ---@param instance_id string
+  ---@param path string
+  ---@param content string|{from_file: string}
+  ---@param wopts? {mode?: string, create_dirs?: boolean, owner?: string, group?: string}
+  ---@return true
+  function files.write_file(instance_id, path, content, wopts)
+    return files.write_file_atomic(instance_id, path, content, wopts)
+  end
+
+  --- Reads a file. Returns its content, or with `{to_file = p}` streams it into the local file p
+  --- (written beside p, then renamed) and returns `{path, size, sha256}`.
+  ---@param instance_id string
+  ---@param path string
+  ---@param ropts? {to_file?: string}
+  ---@return string|{path: string, size: integer, sha256: string}
+  ---@raise NOT_FOUND | FILE_TOO_LARGE | FILE_IO_ERROR | VALIDATION_ERROR
+  function files.read_file(instance_id, path, ropts)
+    local op = "read_file"
+    path = path_of(instance_id, path)
+    ropts = ropts or {}
+    local decoder = decoder_for(instance_id)
+    local function fetch(what, off)
+      local args = { path, what, tostring(off), tostring(raw_per_read), tostring(size_limit) }
+      local argv = decoder == "python" and py(PY_READ, table.unpack(args)) or sh(SH_READ, table.unpack(args))
+      local res = run(instance_id, argv)
+      if res.exit_code == EXIT_TOO_LARGE then
+        error(too_large(op, path, tonumber(res.stdout:match("^(%d+)")) or -1), 0)
+      elseif res.exit_code ~= 0 then
+        error(io_error(res, op, path), 0)
+      end
+      return res.stdout
+    end
+    local function decode(b64)
+      local raw, derr = codec.base64_decode(strip_b64(b64))
+      if not raw then
+        common.raise("FILE_IO_ERROR", ("%s %s: bad base64 from the instance"):format(op, path),
+          { operation = "files." .. op, resource = "file:" .. path, details = { cause = derr and derr.code } })
+      end
+      return raw
+    end
+    local out = fetch("head", 0)
+    local size, digest, rest = out:match("^(%d+) (%x+)\n(.*)$")
+    if not size then
+      common.raise("FILE_IO_ERROR", ("%s %s: unexpected answer from the instance"):format(op, path),
+        { operation = "files." .. op, resource = "file:" .. path })
+    end
+    size = tonumber(size)
+    local sink, finish, parts
+    local part_path
+    if ropts.to_file then
+      part_path = ropts.to_file .. ".part-" .. random_suffix()
+      local f, ferr = io.open(part_path, "wb")
+      if not f then
+        common.raise("FILE_IO_ERROR", ("%s: cannot create %s: %s"):format(op, ropts.to_file, ferr),
+          { operation = "files." .. op, resource = "file:" .. ropts.to_file })
+      end
+      sink = function(s) assert(f:write(s)) end
+      finish = function(good)
+        f:close()
+        if good then
+          local ok, rerr = os.rename(part_path, ropts.to_file)
+          if not ok then
+            os.remove(part_path)
+            common.raise("FILE_IO_ERROR", ("%s: cannot rename to %s: %s"):format(op, ropts.to_file, rerr),
+              { operation = "files." .. op, resource = "file:" .. ropts.to_file })
+          end
+        else
+          os.remove(part_path)
+        end
+      end
+    else
+      parts = {}
+      sink = function(s) parts[#parts + 1] = s end
+      finish = function() end
+    end
+    local hasher = codec.sha256_hasher()
+    local ok, err = pcall(function()
+      local got = 0
+      local b64 = rest
+      while true do
+        local raw = decode(b64)
+        if #raw ~= math.min(raw_per_read, size - got) then
+          common.raise("FILE_IO_ERROR", ("%s %s: the file changed while it was read"):format(op, path),
+            { operation = "files." .. op, resource = "file:" .. path })
+        end
+        hasher:update(raw)
+        sink(raw)
+        got = got + #raw
+        if got >= size then break end
+        b64 = fetch("range", got)
+      end
+      if got ~= size or hasher:hex() ~= digest then
+        common.raise("FILE_IO_ERROR", ("%s %s: content does not match the remote sha256"):format(op, path), {
+          operation = "files." .. op, resource = "file:" .. path, hint = "the file may have changed while it was read",
+        })
+      end
+    end)
+    if not ok then
+      pcall(finish, false)
+      error(err, 0)
+    end
+    finish(true)
+    if ropts.to_file then return { path = ropts.to_file, size = size, sha256 = digest } end
+    return table.concat(parts)
+  end
+
+  local function test(instance_id, path, flag)
+    path = path_of(instance_id, path)
+    local res = run(instance_id, sh(SH_TEST, flag, path))
+    if res.exit_code ~= 0 then error(io_error(res, flag == "-d" and "is_directory" or "file_exists", path), 0) end
+    return res.stdout:sub(1, 3) == "yes"
+  end
+
+  --- True when something exists at path (file, directory or symlink).
+  ---@param instance_id string
+  ---@param path string
+  ---@return boolean
+  function files.file_exists(instance_id, path) return test(instance_id, path, "-e") end
+
+  --- True when path is a directory (or a symlink to one).
+  ---@param instance_id string
+  ---@param path string
+  ---@return boolean
+  function files.is_directory(instance_id, path) return test(instance_id, path, "-d") end
+
+  local function simple(op, instance_id, path, argv_of)
+    local res = run(instance_id, argv_of(path))
+    if res.exit_code ~= 0 then error(io_error(res, op, path), 0) end
+    return res
+  end
+
+  --- Creates a directory. `recursive` (default true) works like `mkdir -p`.
+  ---@param instance_id string
+  ---@param path string
+  ---@param dopts? boolean|{recursive?: boolean, mode?: string} a boolean is `recursive`
+  ---@return true
+  ---@raise NOT_FOUND (parent missing, not recursive) | FILE_IO_ERROR | VALIDATION_ERROR
+  function files.create_directory(instance_id, path, dopts)
+    path = path_of(instance_id, path)
+    if type(dopts) == "boolean" then dopts = { recursive = dopts } end
+    dopts = dopts or {}
+    local mode = common.check_mode(dopts.mode) or ""
+    local parent = common.split_path(path)
+    simple("create_directory", instance_id, path, function(p)
+      return sh(SH_MKDIR, p, dopts.recursive == false and "0" or "1", mode, parent)
+    end)
+    return true
+  end
+
+  --- Lists a directory, sorted by name: `{name, path, type, is_directory, size, modified}`
+  --- (`type` is "file", "directory", "symlink" or "other"; `modified` in Unix seconds).
+  ---@param instance_id string
+  ---@param path string
+  ---@return {name: string, path: string, type: string, is_directory: boolean, size: integer, modified: integer}[]
+  ---@raise NOT_FOUND | FILE_IO_ERROR (not a directory)
+  function files.list_directory(instance_id, path)
+    path = path_of(instance_id, path)
+    local res = simple("list_directory", instance_id, path, function(p) return sh(SH_LIST, p) end)
+    local kinds = { f = "file", d = "directory", l = "symlink" }
+    local entries = {}
+    for rec in res.stdout:gmatch("([^%z]+)%z") do
+      local y, yy, size, mtime, name = rec:match("^(.)(.)/(%d+)/([%d.]+)/(.*)$")
+      if y then
+        entries[#entries + 1] = {
+          name = name,
+          path = (path == "/" and "" or path) .. "/" .. name,
+          type = kinds[y] or "other",
+          is_directory = yy == "d",
+          size = tonumber(size),
+          modified = math.floor(tonumber(mtime)),
+        }
+      end
+    end
+    table.sort(entries, function(a, b) return a.name < b.name end)
+    return entries
+  end
+
+  local function two_paths(op, script, instance_id, src, dst, copts)
+    src = path_of(instance_id, src, "source")
+    dst = path_of(instance_id, dst, "destination")
+    copts = copts or {}
+    local res = run(instance_id, sh(script, src, dst, (common.split_path(dst)), copts.create_dirs and "1" or "0"))
+    if res.exit_code ~= 0 then
+      error(io_error(res, op, res.exit_code == EXIT_NOT_FOUND and src or dst), 0)
+    end
+    return true
+  end
+
+  --- Copies a file (mode, owner and times kept), replacing dst.
+  ---@param instance_id string
+  ---@param src string
+  ---@param dst string
+  ---@param copts? {create_dirs?: boolean}
+  ---@return true
+  ---@raise NOT_FOUND (src) | FILE_IO_ERROR
+  function files.copy_file(instance_id, src, dst, copts)
+    return two_paths("copy_file", SH_COPY, instance_id, src, dst, copts)
+  end
+
+  --- Renames src to dst (a file or directory), replacing a file at dst.
+  ---@param instance_id string
+  ---@param src string
+  ---@param dst string
+  ---@param mopts? {create_dirs?: boolean}
+  ---@return true
+  ---@raise NOT_FOUND (src) | FILE_IO_ERROR
+  function files.move_file(instance_id, src, dst, mopts)
+    return two_paths("move_file", SH_MOVE, instance_id, src, dst, mopts)
+  end
+
+  --- Deletes a file or symlink; a missing path is not an error.
+  ---@param instance_id string
+  ---@param path string
+  ---@return true
+  ---@raise FILE_IO_ERROR (a directory, or rm failed)
+  function files.delete_file(instance_id, path)
+    path = path_of(instance_id, path)
+    simple("delete_file", instance_id, path, function(p) return sh(SH_DELETE_FILE, p) end)
+    return true
+  end
+
+  --- Deletes a directory and everything in it; a missing path is not an error.
+  ---@param instance_id string
+  ---@param path string
+  ---@return true
+  ---@raise FILE_IO_ERROR (not a directory) | VALIDATION_ERROR ("/")
+  function files.delete_directory(instance_id, path)
+    path = path_of(instance_id, path)
+    if path == "/" then common.raise("VALIDATION_ERROR", "refusing to delete /", { field = "path" }) end
+    simple("delete_directory", instance_id, path, function(p) return sh(SH_DELETE_DIR, p) end)
+    return true
+  end
+
+  --- Forgets what was learnt about an instance (its decoder); providers call it on terminate.
+  ---@param instance_id string
+  function files.forget_instance(instance_id) decoders[instance_id] = nil end
+
+  --- Counters for tests and benchmarks: `{execs = n}` (exec_argv calls so far).
+  ---@return {execs: integer}
+  function files.stats() return { execs = counters.execs } end
+
+  return files
+end
+
+return M

@@ -1,0 +1,420 @@
+--- The provider conformance suite: one set of specs every VM provider must pass.
+--
+--   require("providers.conformance").run("local", function()
+--     return {provider = p, snapshot_id = "snapshot_empty", cleanup = function() ... end}
+--   end)
+--
+-- The factory runs once (in setup). The suite boots its own instances, tags them with
+-- `conformance = <random>` and terminates every one of them in teardown, then calls cleanup.
+-- Optional factory fields: `size_limit` (the provider's file size limit, default
+-- capabilities.max_file_bytes or 256 MiB), `big_file_mib` (default 50).
+-- Instances need /bin/sh, coreutils and the user "nobody"; files are checked through the
+-- provider's own exec.
+local busted = require("busted")
+local assert = require("luassert")
+local codec = require("galley.core.codec")
+
+local describe, it, setup, teardown = busted.describe, busted.it, busted.setup, busted.teardown
+
+local M = {}
+
+local MIB = 1024 * 1024
+
+--- Calls fn and returns the error it raises (fails the spec when it does not raise).
+---@param fn function
+---@return table err
+function M.raises(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error")
+  assert.is_table(err, "expected an error table, got " .. tostring(err))
+  return err
+end
+
+--- `code` raised by fn.
+---@param code string
+---@param fn function
+---@return table err
+function M.raises_code(code, fn, ...)
+  local err = M.raises(fn, ...)
+  assert.are.equal(code, err.code, tostring(err.code) .. ": " .. tostring(err.message))
+  return err
+end
+
+-- Every byte value, twice, then a tail of high bytes.
+local function all_bytes()
+  local t = {}
+  for i = 0, 255 do t[#t + 1] = string.char(i) end
+  local s = table.concat(t)
+  return s .. s .. "\255\254\0\0\r\n"
+end
+
+-- `n` MiB of binary content where each MiB is different (so reordered chunks would show).
+local function binary_mib(n)
+  local block = all_bytes():rep(4096):sub(1, MIB - 16)
+  local parts = {}
+  for i = 1, n do parts[i] = ("%015d\n"):format(i) .. block end
+  return table.concat(parts)
+end
+
+local function sh(script, ...)
+  return { kind = "argv", command = "/bin/sh", args = { "-c", script, "sh", ... } }
+end
+
+--- Runs the suite against a provider.
+---@param label string
+---@param factory fun(): table `{provider, snapshot_id, cleanup?, size_limit?, big_file_mib?}`
+function M.run(label, factory)
+  describe(label .. " provider conformance #conformance", function()
+    local env, p, inst, home
+    local tag = codec.random_hex(6)
+    local tmpfiles = {}
+
+    local function boot(opts)
+      opts = opts or {}
+      opts.metadata = opts.metadata or {}
+      opts.metadata.conformance = tag
+      return p.instances.boot(env.snapshot_id, opts)
+    end
+
+    local function run(spec, id)
+      return p.exec(id or inst.id, spec)
+    end
+
+    local function out(script, ...)
+      local r = run(sh(script, ...))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      return r.stdout
+    end
+
+    local function local_tmp()
+      local path = os.tmpname()
+      tmpfiles[#tmpfiles + 1] = path
+      return path
+    end
+
+    local function names(dir)
+      local list = {}
+      for _, e in ipairs(p.files.list_directory(inst.id, dir)) do list[#list + 1] = e.name end
+      table.sort(list)
+      return list
+    end
+
+    setup(function()
+      env = factory()
+      p = env.provider
+      inst = boot({ ttl_seconds = 3600, ttl_action = "stop" })
+      home = p.exec(inst.id, sh('printf %s "$HOME"')).stdout
+    end)
+
+    teardown(function()
+      if p then
+        for _, i in ipairs(p.instances.list({ metadata = { conformance = tag } })) do
+          pcall(p.instances.terminate, i.id)
+        end
+      end
+      for _, f in ipairs(tmpfiles) do os.remove(f) end
+      if env and env.cleanup then env.cleanup() end
+    end)
+
+    describe("instances", function()
+      it("boots a ready instance that get and list agree on", function()
+        assert.are.equal("ready", inst.status)
+        assert.is_string(inst.id)
+        assert.is_number(inst.created_at)
+        assert.are.equal(tag, inst.metadata.conformance)
+        assert.are.equal(3600, inst.ttl.seconds)
+        assert.are.equal("stop", inst.ttl.action)
+        assert.is_number(inst.ttl.expires_at)
+        local got = p.instances.get(inst.id)
+        assert.are.equal(inst.id, got.id)
+        assert.are.equal("ready", got.status)
+        assert.are.equal(tag, got.metadata.conformance)
+      end)
+
+      it("reports the home directory it expands ~ to", function()
+        assert.matches("^/", home)
+        if p.capabilities.home_dir then assert.are.equal(p.capabilities.home_dir, home) end
+      end)
+
+      it("lists instances by metadata", function()
+        local found = p.instances.list({ metadata = { conformance = tag } })
+        local ids = {}
+        for _, i in ipairs(found) do ids[i.id] = i end
+        assert.is_truthy(ids[inst.id])
+        assert.are.same({}, p.instances.list({ metadata = { conformance = tag .. "-other" } }))
+      end)
+
+      it("pauses to stopped and resumes to ready, keeping files", function()
+        local i = boot()
+        p.files.write_file_atomic(i.id, "~/kept.txt", "still here")
+        assert.are.equal("stopped", p.instances.pause(i.id).status)
+        assert.are.equal("stopped", p.instances.get(i.id).status)
+        assert.are.equal("ready", p.instances.resume(i.id).status)
+        assert.are.equal("still here", p.exec(i.id, sh("cat ~/kept.txt")).stdout)
+        p.instances.terminate(i.id)
+      end)
+
+      it("snapshots an instance and boots and forks copies with its files", function()
+        local i = boot()
+        p.files.write_file_atomic(i.id, "~/work/state.txt", "v1", { create_dirs = true })
+        local snap = p.instances.snapshot(i.id, { metadata = { conformance = tag } })
+        assert.is_string(snap.id)
+        assert.are.equal(snap.id, p.snapshots.get(snap.id).id)
+        local listed = false
+        for _, s in ipairs(p.snapshots.list({ metadata = { conformance = tag } })) do
+          listed = listed or s.id == snap.id
+        end
+        assert.is_true(listed)
+        local from_snap = p.instances.boot(snap.id, { metadata = { conformance = tag } })
+        assert.are.equal("ready", from_snap.status)
+        assert.are.equal("v1", p.files.read_file(from_snap.id, "~/work/state.txt"))
+        local forks = p.instances.fork(i.id, 2)
+        assert.are.equal(2, #forks)
+        for _, f in ipairs(forks) do
+          assert.are.equal("ready", f.status)
+          assert.are.equal("v1", p.files.read_file(f.id, "~/work/state.txt"))
+        end
+        p.files.write_file_atomic(forks[1].id, "~/work/state.txt", "fork")
+        assert.are.equal("v1", p.files.read_file(i.id, "~/work/state.txt"))
+        assert.are.equal("v1", p.files.read_file(forks[2].id, "~/work/state.txt"))
+        for _, x in ipairs({ from_snap, forks[1], forks[2], i }) do p.instances.terminate(x.id) end
+        p.snapshots.delete(snap.id)
+        M.raises_code("NOT_FOUND", p.snapshots.get, snap.id)
+      end)
+
+      it("terminates an instance, after which it is NOT_FOUND", function()
+        local i = boot()
+        p.instances.terminate(i.id)
+        M.raises_code("NOT_FOUND", p.instances.get, i.id)
+        M.raises_code("NOT_FOUND", p.exec, i.id, sh("true"))
+        M.raises_code("NOT_FOUND", p.files.read_file, i.id, "/etc/hostname")
+        M.raises_code("NOT_FOUND", p.instances.terminate, i.id)
+        for _, x in ipairs(p.instances.list()) do assert.are_not.equal(i.id, x.id) end
+      end)
+
+      it("lists at least one image", function()
+        local images = p.images.list()
+        assert.is_true(#images >= 1)
+        assert.is_string(images[1].id)
+      end)
+    end)
+
+    describe("exec", function()
+      it("returns exit codes and stderr as results", function()
+        local r = run(sh("echo out; echo err >&2; exit 7"))
+        assert.are.same({ 7, "out\n", "err\n" }, { r.exit_code, r.stdout, r.stderr })
+        assert.are.equal(0, run({ kind = "argv", command = "true" }).exit_code)
+        assert.are_not.equal(0, run({ kind = "argv", command = "galley-no-such-program" }).exit_code)
+      end)
+
+      it("returns several MiB of output whole", function()
+        local r = run(sh("yes 0123456789abcdef | head -c 6291456; yes e | head -c 100000 >&2"))
+        assert.are.equal(0, r.exit_code)
+        assert.are.equal(6291456, #r.stdout)
+        assert.are.equal(("0123456789abcdef\n"):rep(4):sub(1, 68), r.stdout:sub(1, 68))
+        assert.are.equal(100000, #r.stderr)
+      end)
+
+      it("sets env and cwd, with ~ expanded in cwd", function()
+        local r = run({ kind = "argv", command = "/bin/sh", args = { "-c", 'printf "%s|%s" "$GREETING" "$(pwd)"' },
+          env = { GREETING = "hello 'world' $HOME" }, cwd = "/tmp" })
+        assert.are.equal("hello 'world' $HOME|/tmp", r.stdout)
+        r = run({ kind = "argv", command = "pwd", cwd = "~" })
+        assert.are.equal(home .. "\n", r.stdout)
+      end)
+
+      it("passes hostile strings through argv untouched", function()
+        local args = { "it's", 'say "hi"', "$HOME", "`id`", "$(id)", "a\nb", "--leading", "-n", "-e", "ünïcødé ✓",
+          "", "  spaces  ", "back\\slash", "*", "semi; colon && | pipe > out", "\t\r", "%s%d%%" }
+        local r = run({ kind = "argv", command = "/bin/sh",
+          args = { "-c", 'for a in "$@"; do printf "%s<END>" "$a"; done', "sh", table.unpack(args) } })
+        assert.are.equal(0, r.exit_code, r.stderr)
+        assert.are.equal(table.concat(args, "<END>") .. "<END>", r.stdout)
+      end)
+
+      it("runs the shell form as a bash script with env and cwd", function()
+        local r = run({ kind = "shell", cwd = "/tmp", env = { NAME = "a \"quoted\" `value`" },
+          script = 'set -e\nx=$((6 * 7))\nprintf "%s %s %s\\n" "$x" "$NAME" "$(pwd)"\n'
+            .. '[[ -n "$BASH_VERSION" ]] && echo bash' })
+        assert.are.equal(0, r.exit_code, r.stderr)
+        assert.are.equal("42 a \"quoted\" `value` /tmp\nbash\n", r.stdout)
+        r = run({ kind = "shell", script = "echo before; exit 3" })
+        assert.are.same({ 3, "before\n" }, { r.exit_code, r.stdout })
+      end)
+    end)
+
+    describe("files", function()
+      it("round-trips every byte value and an empty file", function()
+        local data = all_bytes()
+        p.files.write_file_atomic(inst.id, "/tmp/bytes.bin", data)
+        assert.are.equal(data, p.files.read_file(inst.id, "/tmp/bytes.bin"))
+        assert.are.equal(tostring(#data) .. "\n", out("wc -c < /tmp/bytes.bin"))
+        p.files.write_file_atomic(inst.id, "/tmp/empty", "")
+        assert.are.equal("", p.files.read_file(inst.id, "/tmp/empty"))
+        assert.is_true(p.files.file_exists(inst.id, "/tmp/empty"))
+      end)
+
+      it("round-trips 5 MiB", function()
+        local data = binary_mib(5)
+        p.files.write_file_atomic(inst.id, "~/five.bin", data)
+        assert.are.equal(codec.sha256(data) .. "\n", out("sha256sum < ~/five.bin | cut -d' ' -f1"))
+        assert.are.equal(data, p.files.read_file(inst.id, "~/five.bin"))
+        p.files.delete_file(inst.id, "~/five.bin")
+      end)
+
+      it("streams a big file from a local file and back to one", function()
+        local mib = env.big_file_mib or 50
+        local src, dst = local_tmp(), local_tmp()
+        local f = assert(io.open(src, "wb"))
+        local hasher = codec.sha256_hasher()
+        local block = binary_mib(1)
+        for i = 1, mib do
+          local b = ("%015d\n"):format(i) .. block:sub(17)
+          hasher:update(b)
+          f:write(b)
+        end
+        f:close()
+        local digest = hasher:hex()
+        p.files.write_file_atomic(inst.id, "/tmp/big.bin", { from_file = src }, { create_dirs = true })
+        assert.are.equal(digest .. "\n", out("sha256sum < /tmp/big.bin | cut -d' ' -f1"))
+        local got = p.files.read_file(inst.id, "/tmp/big.bin", { to_file = dst })
+        assert.are.equal(mib * MIB, got.size)
+        assert.are.equal(digest, got.sha256)
+        local g = assert(io.open(dst, "rb"))
+        local check = codec.sha256_hasher()
+        for chunk in function() return g:read(MIB) end do check:update(chunk) end
+        g:close()
+        assert.are.equal(digest, check:hex())
+        p.files.delete_file(inst.id, "/tmp/big.bin")
+      end)
+
+      it("handles paths with spaces, quotes, newlines and non-ASCII", function()
+        local dir = "~/we ird/it's \"q\" $x `y`\nline/ünï"
+        local path = dir .. "/fi le ✓.txt"
+        p.files.write_file_atomic(inst.id, path, "odd path", { create_dirs = true })
+        assert.are.equal("odd path", p.files.read_file(inst.id, path))
+        assert.is_true(p.files.is_directory(inst.id, dir))
+        assert.are.same({ "fi le ✓.txt" }, names(dir))
+        local abs = home .. path:sub(2)
+        assert.are.equal("odd path", out('cat -- "$1"', abs))
+        p.files.delete_directory(inst.id, "~/we ird")
+        assert.is_false(p.files.file_exists(inst.id, path))
+      end)
+
+      it("expands ~ to the home directory", function()
+        p.files.write_file_atomic(inst.id, "~/tilde.txt", "home")
+        assert.are.equal("home", out('cat "$1/tilde.txt"', home))
+        assert.are.equal("home", p.files.read_file(inst.id, home .. "/tilde.txt"))
+        assert.is_true(p.files.is_directory(inst.id, "~"))
+      end)
+
+      it("applies modes and owners, and keeps the mode of a replaced file", function()
+        p.files.write_file_atomic(inst.id, "~/.secrets/token", "s3cret", { mode = "600", create_dirs = true })
+        assert.are.equal("600\n", out("stat -c %a ~/.secrets/token"))
+        p.files.write_file_atomic(inst.id, "~/.secrets/token", "s3cret2")
+        assert.are.equal("600\n", out("stat -c %a ~/.secrets/token"))
+        p.files.write_file_atomic(inst.id, "/tmp/owned", "x", { mode = "0640", owner = "nobody" })
+        assert.are.equal("640 nobody\n", out("stat -c '%a %U' /tmp/owned"))
+        p.files.create_directory(inst.id, "/tmp/modedir/sub", { mode = "700" })
+        assert.are.equal("700\n", out("stat -c %a /tmp/modedir/sub"))
+      end)
+
+      it("leaves the old content and no temporary file when an atomic write fails", function()
+        p.files.write_file_atomic(inst.id, "~/atomic/target.txt", "old", { create_dirs = true })
+        local before = names("~/atomic")
+        -- chown fails after the content is written, before the rename
+        local err = M.raises_code("FILE_IO_ERROR", p.files.write_file_atomic, inst.id, "~/atomic/target.txt", "new",
+          { owner = "galley_no_such_user" })
+        assert.matches("target%.txt", err.resource)
+        assert.are.equal("old", p.files.read_file(inst.id, "~/atomic/target.txt"))
+        assert.are.same(before, names("~/atomic"))
+        -- the rename target is a directory, after a multi-exec upload
+        p.files.create_directory(inst.id, "~/atomic/adir")
+        p.files.write_file_atomic(inst.id, "~/atomic/adir/inside", "kept")
+        before = names("~/atomic")
+        M.raises_code("FILE_IO_ERROR", p.files.write_file_atomic, inst.id, "~/atomic/adir", binary_mib(3))
+        assert.are.equal("kept", p.files.read_file(inst.id, "~/atomic/adir/inside"))
+        assert.are.same(before, names("~/atomic"))
+        -- a missing parent without create_dirs
+        M.raises_code("FILE_IO_ERROR", p.files.write_file_atomic, inst.id, "~/atomic/missing/x", "x")
+        assert.are.same(before, names("~/atomic"))
+      end)
+
+      it("refuses files over the size limit with FILE_TOO_LARGE", function()
+        local limit = env.size_limit or p.capabilities.max_file_bytes or 256 * MIB
+        local sparse = local_tmp()
+        local f = assert(io.open(sparse, "wb"))
+        f:seek("set", limit)
+        f:write("x")
+        f:close()
+        local err = M.raises_code("FILE_TOO_LARGE", p.files.write_file_atomic, inst.id, "/tmp/huge",
+          { from_file = sparse })
+        assert.matches("huge", err.resource)
+        assert.is_false(p.files.file_exists(inst.id, "/tmp/huge"))
+        out('truncate -s "$1" /tmp/huge-remote', tostring(limit + 1))
+        M.raises_code("FILE_TOO_LARGE", p.files.read_file, inst.id, "/tmp/huge-remote")
+        p.files.delete_file(inst.id, "/tmp/huge-remote")
+      end)
+
+      it("creates, lists, copies, moves and deletes", function()
+        p.files.create_directory(inst.id, "~/ops/a/b")
+        assert.is_true(p.files.is_directory(inst.id, "~/ops/a/b"))
+        assert.is_false(p.files.is_directory(inst.id, "~/ops/nope"))
+        p.files.write_file_atomic(inst.id, "~/ops/a/one.txt", "1", { mode = "640" })
+        p.files.copy_file(inst.id, "~/ops/a/one.txt", "~/ops/two.txt")
+        assert.are.equal("1", p.files.read_file(inst.id, "~/ops/two.txt"))
+        assert.are.equal("640\n", out("stat -c %a ~/ops/two.txt"))
+        p.files.move_file(inst.id, "~/ops/two.txt", "~/ops/a/three.txt")
+        assert.is_false(p.files.file_exists(inst.id, "~/ops/two.txt"))
+        local entries = p.files.list_directory(inst.id, "~/ops/a")
+        local by = {}
+        for _, e in ipairs(entries) do by[e.name] = e end
+        assert.are.same({ "b", "one.txt", "three.txt" }, names("~/ops/a"))
+        assert.is_true(by.b.is_directory)
+        assert.is_false(by["one.txt"].is_directory)
+        assert.are.equal(1, by["three.txt"].size)
+        p.files.delete_file(inst.id, "~/ops/a/one.txt")
+        p.files.delete_file(inst.id, "~/ops/a/one.txt") -- already gone: fine
+        assert.is_false(p.files.file_exists(inst.id, "~/ops/a/one.txt"))
+        M.raises_code("FILE_IO_ERROR", p.files.delete_file, inst.id, "~/ops/a/b")
+        M.raises_code("FILE_IO_ERROR", p.files.delete_directory, inst.id, "~/ops/a/three.txt")
+        p.files.delete_directory(inst.id, "~/ops")
+        assert.is_false(p.files.file_exists(inst.id, "~/ops"))
+      end)
+
+      it("says NOT_FOUND for missing files and directories", function()
+        local err = M.raises_code("NOT_FOUND", p.files.read_file, inst.id, "~/no/such/file")
+        assert.are.equal("file:" .. home .. "/no/such/file", err.resource)
+        M.raises_code("NOT_FOUND", p.files.list_directory, inst.id, "~/no/such/dir")
+        M.raises_code("NOT_FOUND", p.files.copy_file, inst.id, "~/no/such/file", "~/x")
+        M.raises_code("NOT_FOUND", p.files.move_file, inst.id, "~/no/such/file", "~/x")
+        M.raises_code("NOT_FOUND", p.files.create_directory, inst.id, "~/no/such/dir", { recursive = false })
+        assert.is_false(p.files.file_exists(inst.id, "~/no/such/file"))
+      end)
+    end)
+
+    describe("errors", function()
+      it("maps a missing instance to NOT_FOUND", function()
+        local ghost = "morphvm_nosuch00"
+        M.raises_code("NOT_FOUND", p.instances.get, ghost)
+        M.raises_code("NOT_FOUND", p.exec, ghost, sh("true"))
+        M.raises_code("NOT_FOUND", p.files.write_file_atomic, ghost, "/tmp/x", "x")
+        M.raises_code("NOT_FOUND", p.instances.pause, ghost)
+        M.raises_code("NOT_FOUND", p.instances.boot, "snapshot_nosuch00")
+      end)
+
+      it("maps bad specs and paths to VALIDATION_ERROR", function()
+        M.raises_code("VALIDATION_ERROR", p.exec, inst.id, { kind = "nope" })
+        M.raises_code("VALIDATION_ERROR", p.exec, inst.id, { kind = "argv" })
+        M.raises_code("VALIDATION_ERROR", p.exec, inst.id, { kind = "argv", command = "ls", args = { 1, {} } })
+        M.raises_code("VALIDATION_ERROR", p.exec, inst.id, { kind = "shell", script = "true", cwd = "relative" })
+        M.raises_code("VALIDATION_ERROR", p.files.read_file, inst.id, "relative/path")
+        M.raises_code("VALIDATION_ERROR", p.files.write_file_atomic, inst.id, "/tmp/x", "x", { mode = 600 })
+        M.raises_code("VALIDATION_ERROR", p.files.write_file_atomic, inst.id, "/tmp/x", 42)
+        M.raises_code("VALIDATION_ERROR", p.instances.boot, env.snapshot_id, { ttl_seconds = -1 })
+      end)
+    end)
+  end)
+end
+
+return M

@@ -1,0 +1,249 @@
+-- galley.providers.execfiles against real local processes: exec_argv runs each argv on this
+-- machine (no sandbox), with a temporary directory as the "instance" home.
+local codec = require("galley.core.codec")
+local execfiles = require("galley.providers.execfiles")
+local proc = require("galley.core.proc")
+local conformance = require("providers.conformance")
+
+local raises_code = conformance.raises_code
+
+local function mktemp_dir()
+  return (assert(proc.run({ argv = { "mktemp", "-d", "/tmp/galley-xf-XXXXXX" } })).stdout:gsub("%s+$", ""))
+end
+
+local function sh_out(script, ...)
+  local r = assert(proc.run({ argv = { "/bin/sh", "-c", script, "sh", ... } }))
+  assert.are.equal(0, r.exit_code, r.stderr)
+  return r.stdout
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function spit(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local function ls(dir)
+  return sh_out('ls -A -- "$1"', dir)
+end
+
+-- A test "instance": exec_argv runs argv locally with PATH = path (nil: ours) and records calls.
+local function harness(opts)
+  opts = opts or {}
+  local h = { calls = {}, root = mktemp_dir() }
+  h.exec_argv = function(id, argv)
+    if id ~= "inst-1" then
+      error(setmetatable({ code = "NOT_FOUND", message = "no instance " .. id }, require("galley.errors").metatable), 0)
+    end
+    h.calls[#h.calls + 1] = argv
+    if h.before then h.before(#h.calls, argv) end
+    local env = opts.path and { PATH = opts.path } or nil
+    local r = assert(proc.run({ argv = argv, env = env, env_mode = "extend" }))
+    if h.after then h.after(#h.calls, argv, r) end
+    return { stdout = r.stdout, stderr = r.stderr, exit_code = r.exit_code }
+  end
+  local fopts = { exec_argv = h.exec_argv, home_dir = h.root }
+  for k, v in pairs(opts.files or {}) do fopts[k] = v end
+  h.files = execfiles.new(fopts)
+  h.cleanup = function() proc.run({ argv = { "rm", "-rf", "--", h.root } }) end
+  return h
+end
+
+local function binary(n)
+  local t = {}
+  for i = 0, 255 do t[#t + 1] = string.char(i) end
+  local s = table.concat(t):rep(n // 256 + 1)
+  return s:sub(1, n)
+end
+
+describe("execfiles #files", function()
+  local cleanups = {}
+  local function new_harness(opts)
+    local h = harness(opts)
+    cleanups[#cleanups + 1] = h.cleanup
+    return h
+  end
+  teardown(function()
+    for _, c in ipairs(cleanups) do c() end
+  end)
+
+  for _, decoder in ipairs({ "python", "coreutils" }) do
+    describe("with the " .. decoder .. " decoder", function()
+      local h
+      setup(function()
+        h = new_harness({ files = { decoder = decoder, max_request_bytes = 64 * 1024, max_arg_bytes = 16 * 1024 } })
+      end)
+      before_each(function()
+        h.before, h.after = nil, nil
+      end)
+
+      it("writes a small file in exactly one exec", function()
+        h.calls = {}
+        h.files.write_file_atomic("inst-1", "~/a/b/small.txt", "hello", { create_dirs = true, mode = "640" })
+        assert.are.equal(1, #h.calls)
+        assert.are.equal("hello", slurp(h.root .. "/a/b/small.txt"))
+        assert.are.equal("640\n", sh_out('stat -c %a "$1"', h.root .. "/a/b/small.txt"))
+      end)
+
+      it("splits big contents into argv elements and execs below the limits", function()
+        local data = binary(300 * 1024 + 7)
+        h.calls = {}
+        h.files.write_file_atomic("inst-1", "~/big.bin", data)
+        local expected_execs = math.ceil(#data / (3 * (64 * 1024 // 4)))
+        assert.are.equal(expected_execs, #h.calls)
+        for _, argv in ipairs(h.calls) do
+          local payload = 0
+          for _, a in ipairs(argv) do
+            assert.is_true(#a <= 16 * 1024, "element too long")
+            if a:match("^[A-Za-z0-9+/=]+$") and #a > 100 then payload = payload + #a end
+          end
+          assert.is_true(payload <= 64 * 1024)
+        end
+        assert.are.equal(data, slurp(h.root .. "/big.bin"))
+        h.calls = {}
+        assert.are.equal(data, h.files.read_file("inst-1", "~/big.bin"))
+        assert.are.equal(math.ceil(#data / (3 * (64 * 1024 // 4))), #h.calls)
+      end)
+
+      it("reads a small file in one exec and checks every byte value", function()
+        local data = binary(512) .. "\0\r\n"
+        spit(h.root .. "/bytes", data)
+        h.calls = {}
+        assert.are.equal(data, h.files.read_file("inst-1", h.root .. "/bytes"))
+        assert.are.equal(1, #h.calls)
+      end)
+
+      it("fails verification when the content is damaged on the way, keeping the old file", function()
+        spit(h.root .. "/victim", "old")
+        h.before = function(_, argv)
+          local last = argv[#argv]
+          argv[#argv] = (last:sub(1, 1) == "A" and "B" or "A") .. last:sub(2)
+        end
+        local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/victim", binary(200 * 1024))
+        h.before = nil
+        assert.are.equal(42, err.details.exit_code)
+        assert.are.equal("file:" .. h.root .. "/victim", err.resource)
+        assert.are.equal("old", slurp(h.root .. "/victim"))
+        assert.is_nil(ls(h.root):find("galley-tmp", 1, true))
+      end)
+
+      it("removes the temporary file when an exec fails half-way", function()
+        spit(h.root .. "/half", "old")
+        local n = 0
+        h.before = function()
+          n = n + 1
+          if n == 2 then
+            error(setmetatable({ code = "NETWORK_ERROR", message = "connection reset" },
+              require("galley.errors").metatable), 0)
+          end
+        end
+        raises_code("NETWORK_ERROR", h.files.write_file_atomic, "inst-1", "~/half", binary(200 * 1024))
+        h.before = nil
+        assert.are.equal("old", slurp(h.root .. "/half"))
+        assert.is_nil(ls(h.root):find("galley-tmp", 1, true))
+      end)
+
+      it("notices a file that changes while it is read", function()
+        spit(h.root .. "/moving", binary(200 * 1024))
+        h.calls = {}
+        h.after = function(n)
+          if n == 1 then spit(h.root .. "/moving", ("x"):rep(200 * 1024)) end
+        end
+        raises_code("FILE_IO_ERROR", h.files.read_file, "inst-1", "~/moving")
+        h.after = nil
+      end)
+
+      it("streams from and to local files", function()
+        local src, dst = os.tmpname(), os.tmpname()
+        local data = binary(250 * 1024)
+        spit(src, data)
+        h.files.write_file_atomic("inst-1", "/" .. h.root:sub(2) .. "/streamed", { from_file = src })
+        assert.are.equal(data, slurp(h.root .. "/streamed"))
+        local info = h.files.read_file("inst-1", "~/streamed", { to_file = dst })
+        assert.are.same({ dst, #data, codec.sha256(data) }, { info.path, info.size, info.sha256 })
+        assert.are.equal(data, slurp(dst))
+        os.remove(src)
+        os.remove(dst)
+      end)
+    end)
+  end
+
+  describe("decoder detection", function()
+    local tools = { "sh", "base64", "sha256sum", "wc", "mkdir", "mv", "rm", "chmod", "chown", "sync", "cat", "tail",
+      "head", "cut", "find", "cp", "ls" }
+
+    it("uses coreutils when python3 is missing, once per instance", function()
+      local bin = mktemp_dir()
+      cleanups[#cleanups + 1] = function() proc.run({ argv = { "rm", "-rf", "--", bin } }) end
+      for _, t in ipairs(tools) do
+        local path = proc.which(t)
+        if path then sh_out('ln -s "$1" "$2"', path, bin .. "/" .. t) end
+      end
+      local h = new_harness({ path = bin })
+      h.files.write_file_atomic("inst-1", "~/x", "via coreutils")
+      assert.are.equal("/bin/sh", h.calls[1][1])
+      assert.are.equal("/bin/sh", h.calls[2][1])
+      assert.are.equal("via coreutils", h.files.read_file("inst-1", "~/x"))
+      assert.are.equal(3, #h.calls)
+      assert.are.equal("via coreutils", slurp(h.root .. "/x"))
+    end)
+
+    it("uses python3 when the instance has it", function()
+      local h = new_harness()
+      h.files.write_file_atomic("inst-1", "~/x", "via python")
+      assert.are.equal("python3", h.calls[2][1])
+      h.files.write_file_atomic("inst-1", "~/y", "again")
+      assert.are.equal(3, #h.calls)
+    end)
+  end)
+
+  describe("limits and errors", function()
+    local h
+    setup(function() h = new_harness({ files = { size_limit = 1000 } }) end)
+
+    it("refuses contents over the size limit before any exec", function()
+      h.calls = {}
+      local err = raises_code("FILE_TOO_LARGE", h.files.write_file_atomic, "inst-1", "~/big", ("x"):rep(1001))
+      assert.are.equal(0, #h.calls)
+      assert.are.equal(1001, err.details.size)
+      spit(h.root .. "/remote-big", ("y"):rep(1001))
+      raises_code("FILE_TOO_LARGE", h.files.read_file, "inst-1", "~/remote-big")
+      h.files.write_file_atomic("inst-1", "~/fits", ("x"):rep(1000))
+    end)
+
+    it("says NOT_FOUND with the path and the stderr tail", function()
+      local err = raises_code("NOT_FOUND", h.files.read_file, "inst-1", "~/missing")
+      assert.are.equal("file:" .. h.root .. "/missing", err.resource)
+      assert.are.equal("files.read_file", err.operation)
+      assert.is_table(err.details)
+      raises_code("NOT_FOUND", h.files.list_directory, "inst-1", "~/missing")
+    end)
+
+    it("passes exec errors through unchanged", function()
+      raises_code("NOT_FOUND", h.files.read_file, "other-instance", "/etc/hostname")
+    end)
+
+    it("rejects relative paths, NUL bytes, ~user and bad modes", function()
+      raises_code("VALIDATION_ERROR", h.files.read_file, "inst-1", "relative")
+      raises_code("VALIDATION_ERROR", h.files.read_file, "inst-1", "/a\0b")
+      raises_code("VALIDATION_ERROR", h.files.read_file, "inst-1", "~root/x")
+      raises_code("VALIDATION_ERROR", h.files.write_file_atomic, "inst-1", "~/m", "x", { mode = "999" })
+      raises_code("VALIDATION_ERROR", h.files.write_file_atomic, "inst-1", "~/m", "x", { owner = "a b" })
+      raises_code("VALIDATION_ERROR", h.files.delete_directory, "inst-1", "/")
+    end)
+
+    it("expands ~ through a per-instance home function", function()
+      local root = h.root
+      local files = execfiles.new({ exec_argv = h.exec_argv, home_dir = function(id) return root .. "/" .. id end })
+      files.write_file_atomic("inst-1", "~/f", "per instance", { create_dirs = true })
+      assert.are.equal("per instance", slurp(root .. "/inst-1/f"))
+    end)
+  end)
+end)
