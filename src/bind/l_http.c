@@ -1,5 +1,6 @@
 /* galley.core.http: HTTP requests on libcurl (src/core/http.c).
- *   http.request{method=, url=, headers=?{K=V}, body=?, timeout_ms=?, connect_timeout_ms=?}
+ *   http.request{method=, url=, headers=?{K=V}, body=?, timeout_ms=?, connect_timeout_ms=?,
+ *                no_resend=?}   (no_resend: never let libcurl resend it on a fresh connection)
  *     -> {status, headers={lowercased name=value}, body, http_version, reused, ms} | nil, err
  *   http.session{timeout_ms=?, connect_timeout_ms=?} -> session; session:request{...} keeps one
  *     connection alive across calls (HTTP/2 over TLS when offered).
@@ -49,6 +50,7 @@ static void check_request(lua_State *L, int arg, galley_http_request *req, long 
   req->body = galley_opt_string(L, arg, "body", NULL, &req->body_len);
   req->timeout_ms = (long)galley_opt_integer(L, arg, "timeout_ms", def_timeout);
   req->connect_timeout_ms = (long)galley_opt_integer(L, arg, "connect_timeout_ms", def_connect);
+  req->no_resend = galley_opt_boolean(L, arg, "no_resend", false);
 
   lua_newtable(L);  // [..., lines]
   int lines = lua_gettop(L);

@@ -28,6 +28,8 @@ struct galley_http_xfer {
   galley_http_header *headers;
   size_t nheaders, header_bytes;
   bool done, aborted, oom;
+  bool no_resend, resend_blocked;
+  int prereqs;          /* times the request was about to be sent */
   CURLcode result;
   char errbuf[CURL_ERROR_SIZE];
 };
@@ -177,6 +179,19 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
 }
 
 
+/* Called right before the request goes out, each time: a second call is libcurl resending it on
+ * a fresh connection after a reused one died. */
+static int on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
+                     int conn_local_port) {
+  galley_http_xfer *x = ud;
+  if (++x->prereqs > 1 && x->no_resend) {
+    x->resend_blocked = true;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  return CURL_PREREQFUNC_OK;
+}
+
+
 static void xfer_free(galley_http_xfer *x) {
   if (!x) return;
   if (x->easy) {
@@ -230,6 +245,7 @@ galley_http_xfer *galley_http_prepare(galley_http_session *s, const galley_http_
   x->s = s;
   x->sink = req->sink;
   x->sink_ud = req->sink_ud;
+  x->no_resend = req->no_resend;
   if (s->idle) {
     x->easy = s->idle;
     s->idle = NULL;
@@ -263,6 +279,8 @@ galley_http_xfer *galley_http_prepare(galley_http_session *s, const galley_http_
   ok &= curl_easy_setopt(e, CURLOPT_HEADERDATA, x) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_PRIVATE, x) == CURLE_OK;
+  ok &= curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq) == CURLE_OK;
+  ok &= curl_easy_setopt(e, CURLOPT_PREREQDATA, x) == CURLE_OK;
   if (req->timeout_ms > 0) ok &= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms) == CURLE_OK;
   if (req->connect_timeout_ms > 0)
     ok &= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms) == CURLE_OK;
@@ -381,6 +399,9 @@ int galley_http_finish(galley_http_xfer *x, galley_http_response *resp, galley_h
   if (!x->done) {
     set_error(err, "INTERRUPTED", 0, request_sent(x->easy, CURLE_OK),
               "interrupted by a signal", NULL);
+  } else if (x->resend_blocked) {
+    set_error(err, "HTTP_NETWORK", x->result, true,
+              "the connection closed before any reply (request not resent)", NULL);
   } else if (x->aborted) {
     set_error(err, "HTTP_ABORTED", x->result, true, "aborted by the body sink", NULL);
   } else if (x->oom) {

@@ -47,6 +47,9 @@ typedef struct {
   long connect_timeout_ms;         /* <= 0: curl's default */
   galley_http_sink sink;           /* NULL: collect the body */
   void *sink_ud;
+  bool no_resend;                  /* libcurl resends a request on its own when a reused
+                                    * connection dies before any reply: forbid that (the
+                                    * transfer then fails with HTTP_NETWORK, sent=true) */
 } galley_http_request;
 
 typedef struct {

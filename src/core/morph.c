@@ -444,6 +444,7 @@ int galley_morph_perform(galley_morph_client *c, const galley_morph_call *call,
     .timeout_ms = call->timeout_ms == 0 ? c->timeout_ms : call->timeout_ms < 0 ? 0 : call->timeout_ms,
     .connect_timeout_ms = c->connect_timeout_ms,
     .sink = call->sink, .sink_ud = call->sink_ud,
+    .no_resend = !ep->idempotent,
   };
   err->max_attempts = c->retry.max_attempts;
   int64_t start = galley_now_ms();

@@ -8,7 +8,7 @@ local cjson = require("cjson")
 --   /status/N    status N, body "status N"
 --   /slow?ms=N   waits N ms, then 200
 --   /truncate    promises 100 bytes, sends 10, closes
---   /reset       closes the connection without answering
+--   /reset       closes the connection without answering (/resets: how many times so far)
 --   /multi       two X-Multi headers
 local SERVER = [[
 import http.server, json, os, socket, sys, time, urllib.parse
@@ -40,11 +40,15 @@ class H(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"0123456789"); self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR); self.close_connection = True
         elif u.path == "/reset":
+            H.resets += 1
             self.connection.shutdown(socket.SHUT_RDWR); self.close_connection = True
+        elif u.path == "/resets":
+            self.reply(200, str(H.resets))
         elif u.path == "/multi":
             self.reply(200, "multi", [("X-Multi", "a"), ("X-Multi", "b")])
         else:
             self.reply(404, "no such path")
+    resets = 0
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = handle_any
 s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
 s.daemon_threads = True
@@ -178,6 +182,16 @@ describe("galley.core.http #http", function()
     local _, err = s:request{ url = server.base .. "/reset" }
     assert.are.equal("HTTP_NETWORK", err.code)
     assert.are.equal(200, assert(s:request{ url = server.base .. "/echo" }).status)
+  end)
+
+  it("does not let libcurl resend a no_resend request when a reused connection dies", function()
+    local s <close> = http.session()
+    local function resets() return tonumber(assert(s:request{ url = server.base .. "/resets" }).body) end
+    local before = resets()
+    local _, err = s:request{ method = "POST", url = server.base .. "/reset", body = "x", no_resend = true }
+    assert.are.equal("HTTP_NETWORK", err.code)
+    assert.is_true(err.sent)
+    assert.are.equal(before + 1, resets())
   end)
 
   it("gives up with INTERRUPTED when a signal arrives during a transfer #error", function()
