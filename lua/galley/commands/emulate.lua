@@ -1,0 +1,134 @@
+--- `galley emulate`: serve the Morph API on 127.0.0.1 until Ctrl-C, SIGTERM or
+-- POST /_emulator/shutdown.
+local emulator = require("galley.emulator")
+local faults = require("galley.emulator.faults")
+local proc = require("galley.core.proc")
+local runtime = require("galley.core.runtime")
+
+local M = {}
+
+local EXIT_USAGE = 2
+
+M.summary = "serve the Morph API on 127.0.0.1 with instances that really run"
+M.usage = "galley emulate [--port N] [--state-dir D] [--api-key K] [--latency-ms N] "
+  .. "[--boot-delay-ms N] [--fault SPEC]... [--snapshot ID[=DIR]]..."
+M.help = ([[
+Prints `listening on http://127.0.0.1:PORT/api` once ready; point MORPH_BASE_URL there.
+Only 127.0.0.1 is ever bound.
+
+  --port N           port to listen on (default 0: a free one)
+  --state-dir D      instance and snapshot files (default: a temporary directory, removed on exit)
+  --api-key K        bearer key clients must send (default: $MORPH_API_KEY, else the
+                     development key %s). Prefer the environment: argv is visible to others.
+  --latency-ms N     wait N ms before answering each /api request
+  --boot-delay-ms N  instances stay `pending` this long before `ready` (default 50)
+  --fault SPEC       inject a fault, e.g. method=POST,path=/instance/*/exec,action=status,status=503,
+                     retry_after=1,count=2 (actions: status delay reset malformed truncate;
+                     fields: method path count status retry_after delay_ms bytes)
+  --snapshot ID[=DIR]  another ready snapshot, empty or with DIR's files; %s always exists
+
+Instances are directories under the state dir: exec runs the command there with HOME set to it
+(a one-element command through /bin/sh -c, longer argv directly). Snapshots copy the files.
+Control routes (same bearer key, not logged): GET/DELETE /_emulator/log, GET /_emulator/state,
+GET/POST/DELETE /_emulator/faults, POST /_emulator/shutdown.]]):format(emulator.DEV_API_KEY, emulator.DEFAULT_SNAPSHOT)
+
+local function usage_error(fmt, ...)
+  io.stderr:write("galley emulate: ", fmt:format(...), "\nTry 'galley help emulate' for usage.\n")
+  return nil
+end
+
+--- Parses the command line into emulator options (nil after printing a usage error).
+---@param args string[]
+---@return table|nil opts
+function M.parse(args)
+  local opts = { faults = {}, snapshots = {}, port = 0, boot_delay_ms = 50, latency_ms = 0 }
+  local ints = { ["--port"] = "port", ["--latency-ms"] = "latency_ms", ["--boot-delay-ms"] = "boot_delay_ms" }
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
+    name = name or a
+    local function value()
+      if inline then return inline end
+      i = i + 1
+      return args[i]
+    end
+    if ints[name] then
+      local v = value()
+      local n = v and v:match("^%d+$") and math.tointeger(tonumber(v))
+      if not n then return usage_error("'%s' needs a non-negative integer", name) end
+      if name == "--port" and n > 65535 then return usage_error("port %d out of range", n) end
+      opts[ints[name]] = n
+    elseif name == "--state-dir" or name == "--api-key" then
+      local v = value()
+      if not v or v == "" then return usage_error("'%s' needs a value", name) end
+      opts[name == "--state-dir" and "state_dir" or "api_key"] = v
+    elseif name == "--fault" then
+      local v = value()
+      if not v then return usage_error("'--fault' needs a spec") end
+      local f, problem = faults.parse(v)
+      if not f then return usage_error("bad --fault '%s': %s", v, problem) end
+      opts.faults[#opts.faults + 1] = f
+    elseif name == "--snapshot" then
+      local v = value()
+      local id, dir = (v or ""):match("^([%w_%-]+)=(.+)$")
+      id = id or (v or ""):match("^[%w_%-]+$")
+      if not id then return usage_error("'--snapshot' needs ID or ID=DIR") end
+      opts.snapshots[#opts.snapshots + 1] = { id = id, dir = dir }
+    else
+      return usage_error("unknown option '%s'", a)
+    end
+    i = i + 1
+  end
+  if not opts.api_key then
+    local env = os.getenv("MORPH_API_KEY")
+    opts.api_key = (env and env ~= "") and env or emulator.DEV_API_KEY
+  end
+  return opts
+end
+
+local function fail(err)
+  io.stderr:write("galley emulate: ", tostring(err), "\n")
+  return 1
+end
+
+function M.run(args)
+  local opts = M.parse(args)
+  if not opts then return EXIT_USAGE end
+  local temp_dir
+  if not opts.state_dir then
+    local r, err = proc.run({ argv = { "mktemp", "-d", "-t", "galley-emulate.XXXXXX" }, timeout_ms = 10000 })
+    if not r or r.exit_code ~= 0 then return fail(err or r.stderr) end
+    temp_dir = r.stdout:gsub("%s+$", "")
+    opts.state_dir = temp_dir
+  end
+  opts.verbose = (runtime.options().verbose or 0) > 0
+  local function cleanup()
+    runtime.clear_signal() -- a pending Ctrl-C would cut the removal short
+    if temp_dir then proc.run({ argv = { "rm", "-rf", "--", temp_dir }, timeout_ms = 60000 }) end
+  end
+
+  local emu, err = emulator.new(opts)
+  if not emu then
+    cleanup()
+    return fail(err)
+  end
+  local port
+  port, err = emu:start()
+  if not port then
+    cleanup()
+    return fail(err)
+  end
+  io.stdout:write(("listening on http://127.0.0.1:%d/api\n"):format(port))
+  io.stdout:flush()
+  if not opts.verbose then io.stderr:write("galley emulate: state in ", opts.state_dir, "\n") end
+
+  -- Ctrl-C raises INTERRUPTED through the signal hook, or ends the sleep: both stop the loop.
+  pcall(emu.wait, emu)
+  runtime.clear_signal()
+  emu:stop()
+  cleanup()
+  return 0
+end
+
+return M

@@ -1,0 +1,290 @@
+--- galley.emulator: the Morph Cloud API served on 127.0.0.1, with instances that really run.
+-- `/api/...` is the Morph API (galley.emulator.api) behind a bearer key, with optional latency
+-- and injected faults (galley.emulator.faults). `/_emulator/...` are control routes, behind the
+-- same key, never logged:
+--   GET    /_emulator/log       {"object":"list","data":[{method, path, status, ms, conn, fault?}]}
+--   DELETE /_emulator/log       204
+--   GET    /_emulator/state     {instances, snapshots, images, faults, options} (no API key)
+--   GET    /_emulator/faults    {"object":"list","data":[fault]}
+--   POST   /_emulator/faults    body: a fault or an array of them -> the list
+--   DELETE /_emulator/faults    204
+--   POST   /_emulator/shutdown  200; the server stops after answering
+-- Log and fault paths are relative to /api and carry no query string.
+local api_mod = require("galley.emulator.api")
+local backend_mod = require("galley.emulator.backend")
+local faults_mod = require("galley.emulator.faults")
+local json = require("galley.emulator.json")
+local errors = require("galley.errors")
+local httpd = require("galley.core.httpd")
+local runtime = require("galley.core.runtime")
+
+local M = {}
+
+--- The key used when neither --api-key nor MORPH_API_KEY is given.
+M.DEV_API_KEY = "morph_galley_emulator_dev_key"
+
+--- The snapshot every emulator starts with (what the recipes boot by default).
+M.DEFAULT_SNAPSHOT = "snapshot_galleydev"
+
+--- Most request records kept by the log.
+M.LOG_LIMIT = 10000
+
+---@class galley.emulator.Options
+---@field state_dir string        where instance and snapshot files live (created if missing)
+---@field api_key string
+---@field port? integer           0 (default) picks a free port
+---@field latency_ms? integer     added before every /api request
+---@field boot_delay_ms? integer  pending -> ready (default 50)
+---@field faults? (table|string)[] faults to install at start (tables or key=value specs)
+---@field snapshots? {id: string, dir?: string}[] extra ready snapshots (files copied from dir)
+---@field verbose? boolean        one stderr line per request
+
+---@class galley.emulator.Emulator
+---@field opts galley.emulator.Options
+---@field api galley.emulator.Api
+---@field faults galley.emulator.FaultList
+---@field log table[]
+---@field server any
+---@field stop_requested boolean
+local Emulator = {}
+Emulator.__index = Emulator
+
+local reply, detail = api_mod.reply, api_mod.detail
+
+--- Creates an emulator (not yet listening).
+---@param opts galley.emulator.Options
+---@return galley.emulator.Emulator|nil
+---@return galley.Error|nil err
+function M.new(opts)
+  assert(type(opts.state_dir) == "string", "emulator.new: state_dir required")
+  assert(type(opts.api_key) == "string" and opts.api_key ~= "", "emulator.new: api_key required")
+  local backend, err = backend_mod.new({ root = opts.state_dir })
+  if not backend then return nil, err end
+  local self = setmetatable({
+    opts = opts,
+    api = api_mod.new({ backend = backend, boot_delay_ms = opts.boot_delay_ms or 50 }),
+    faults = faults_mod.list(),
+    log = {},
+    stop_requested = false,
+  }, Emulator)
+  for _, spec in ipairs(opts.faults or {}) do
+    local f, problem
+    if type(spec) == "string" then f, problem = faults_mod.parse(spec) else f, problem = faults_mod.validate(spec) end
+    if not f then return nil, errors.new("EMULATOR_BAD_FAULT", "bad fault: " .. problem) end
+    self.faults:add(f)
+  end
+  local seeds = { { id = M.DEFAULT_SNAPSHOT } }
+  for _, s in ipairs(opts.snapshots or {}) do seeds[#seeds + 1] = s end
+  for _, s in ipairs(seeds) do
+    local ok
+    ok, err = self.api:seed_snapshot(s.id, s.dir)
+    if not ok then return nil, err end
+  end
+  return self
+end
+
+local function bearer(req)
+  local h = req.headers.authorization
+  return h and h:match("^[Bb]earer%s+(.-)%s*$")
+end
+
+function Emulator:authorized(req)
+  return bearer(req) == self.opts.api_key
+end
+
+local function unauthorized(req)
+  local resp = detail(401, bearer(req) and "Invalid API key" or "Not authenticated")
+  resp.headers["WWW-Authenticate"] = "Bearer"
+  return resp
+end
+
+function Emulator:record(entry)
+  local log = self.log
+  log[#log + 1] = entry
+  if #log > M.LOG_LIMIT then table.remove(log, 1) end
+  if self.opts.verbose then
+    io.stderr:write(("emulate: %s %s -> %d (%d ms, conn %d%s)\n"):format(entry.method, entry.path,
+      entry.status, entry.ms, entry.conn, entry.fault and (", fault " .. entry.fault) or ""))
+  end
+end
+
+--- Wraps a streamed response so the fault applies to it.
+local function fault_stream(resp, fault)
+  local inner = resp.stream
+  if fault.action == "truncate" then
+    local budget = fault.bytes
+    local first = true
+    resp.stream = function()
+      if budget == nil and not first then return false end
+      if budget ~= nil and budget <= 0 then return false end
+      first = false
+      local chunk = inner()
+      if chunk == nil or chunk == false then return chunk end
+      if budget then
+        chunk = chunk:sub(1, budget)
+        budget = budget - #chunk
+      end
+      return chunk
+    end
+  elseif fault.action == "malformed" then
+    local sent = false
+    resp.stream = function()
+      if not sent then
+        sent = true
+        return 'data: {"type": "stdout", "content": \n\n'
+      end
+      return inner()
+    end
+  end
+end
+
+--- Applies a fault that lets the request be handled first.
+local function fault_after(resp, fault)
+  if fault.action == "delay" then
+    runtime.sleep_ms(fault.delay_ms)
+  elseif resp.stream then
+    fault_stream(resp, fault)
+  elseif fault.action == "malformed" then
+    resp.status = 200
+    resp.body = "{malformed" .. (resp.body or "")
+  elseif fault.action == "truncate" then
+    local body = resp.body or ""
+    resp.truncate = fault.bytes or #body // 2
+  end
+end
+
+--- Answers one /api request (path relative to /api).
+function Emulator:handle_api(req, path)
+  local t0 = runtime.now_ms()
+  local latency = self.opts.latency_ms or 0
+  if latency > 0 then runtime.sleep_ms(latency) end
+  local fault = self.faults:take(req.method, path)
+  local resp
+  if fault and fault.action == "status" then
+    resp = detail(fault.status, "injected fault: status " .. fault.status)
+    if fault.retry_after then resp.headers["Retry-After"] = tostring(fault.retry_after) end
+  elseif fault and fault.action == "reset" then
+    resp = { reset = true }
+  else
+    if not self:authorized(req) then
+      resp = unauthorized(req)
+    else
+      self.api:tick()
+      resp = self.api:handle(req, path)
+    end
+    if fault then fault_after(resp, fault) end
+  end
+  self:record({
+    method = req.method, path = path, status = resp.reset and 0 or resp.status,
+    ms = runtime.now_ms() - t0, conn = req.conn, fault = fault and fault.action or nil,
+  })
+  return resp
+end
+
+function Emulator:state()
+  local s = self.api:dump()
+  s.faults = json.array(self.faults:describe())
+  s.options = {
+    port = self.server and self.server:port() or self.opts.port or 0,
+    state_dir = self.opts.state_dir,
+    latency_ms = self.opts.latency_ms or 0,
+    boot_delay_ms = self.opts.boot_delay_ms or 50,
+  }
+  return s
+end
+
+--- Control routes under /_emulator.
+function Emulator:handle_control(req, path)
+  if not self:authorized(req) then return unauthorized(req) end
+  local m = req.method
+  if path == "/log" then
+    if m == "GET" then
+      return reply(200, { object = "list", data = json.array(table.move(self.log, 1, #self.log, 1, {})) })
+    end
+    if m == "DELETE" then
+      self.log = {}
+      return { status = 204, headers = {}, body = "" }
+    end
+  elseif path == "/state" and m == "GET" then
+    self.api:tick()
+    return reply(200, self:state())
+  elseif path == "/faults" then
+    if m == "GET" then return reply(200, { object = "list", data = json.array(self.faults:describe()) }) end
+    if m == "DELETE" then
+      self.faults:clear()
+      return { status = 204, headers = {}, body = "" }
+    end
+    if m == "POST" then
+      local body = json.decode(req.body)
+      if type(body) ~= "table" then return detail(422, "body must be a fault object or an array of them") end
+      local list = body[1] ~= nil and body or { body }
+      local valid = {}
+      for _, spec in ipairs(list) do
+        local f, problem = faults_mod.validate(spec)
+        if not f then return detail(422, problem) end
+        valid[#valid + 1] = f
+      end
+      for _, f in ipairs(valid) do self.faults:add(f) end
+      return reply(200, { object = "list", data = json.array(self.faults:describe()) })
+    end
+  elseif path == "/shutdown" and m == "POST" then
+    self.stop_requested = true
+    return reply(200, { detail = "shutting down" })
+  else
+    return detail(404, "Not Found")
+  end
+  return detail(405, "Method Not Allowed")
+end
+
+--- The request handler given to galley.core.httpd.
+---@param req table
+---@return table response
+function Emulator:handle(req)
+  local path = req.path
+  if path:sub(1, 11) == "/_emulator/" then return self:handle_control(req, path:sub(11)) end
+  if path == "/api" or path:sub(1, 5) == "/api/" then
+    local rel = path:sub(5)
+    if #rel > 1 then rel = rel:gsub("/+$", "") end
+    if rel == "" then rel = "/" end
+    return self:handle_api(req, rel)
+  end
+  return detail(404, "Not Found")
+end
+
+--- Starts listening on 127.0.0.1.
+---@return integer|nil port
+---@return galley.Error|nil err
+function Emulator:start()
+  local server, err = httpd.serve({
+    port = self.opts.port or 0,
+    handler = function(req) return self:handle(req) end,
+  })
+  if not server then return nil, err end
+  self.server = server
+  return server:port()
+end
+
+--- Applies TTLs and boot delays until shutdown is requested or a signal arrives.
+---@param tick_ms? integer
+---@return true|nil
+---@return galley.Error|nil err  (INTERRUPTED on Ctrl-C/SIGTERM)
+function Emulator:wait(tick_ms)
+  while not self.stop_requested do
+    local ok, err = runtime.sleep_ms(tick_ms or 50)
+    if not ok then return nil, err end
+    self.api:tick()
+  end
+  return true
+end
+
+--- Kills every instance process and stops the server (waiting for running requests).
+function Emulator:stop()
+  self.stop_requested = true
+  self.api:shutdown()
+  if self.server then
+    self.server:stop()
+    self.server = nil
+  end
+end
+
+return M
