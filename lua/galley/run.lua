@@ -7,10 +7,60 @@
 local M = {}
 
 --- Metadata keys galley stamps on instances it boots.
-M.TAG_RUN, M.TAG_RECIPE, M.TAG_KEEP = "galley_run", "galley_recipe", "galley_keep"
+M.TAG_RUN, M.TAG_RECIPE, M.TAG_KEEP, M.TAG_HOST = "galley_run", "galley_recipe", "galley_keep", "galley_host"
 M.DEFAULT_TTL_SECONDS = 3600
 
 local current
+
+--- Where live runs record themselves (`<state>/runs/<run-id>`), so `galley gc` can tell a
+-- finished run's instances from a live one's.
+---@return string
+function M.state_dir()
+  local d = os.getenv("GALLEY_STATE_DIR")
+  if d and d ~= "" then return d end
+  return (os.getenv("HOME") or "/tmp") .. "/.local/state/galley"
+end
+
+local hostname_cache
+--- This machine's name (instances carry it in metadata `galley_host`).
+---@return string
+function M.hostname()
+  if not hostname_cache then
+    local f = io.open("/proc/sys/kernel/hostname")
+    hostname_cache = f and f:read("l") or "unknown"
+    if f then f:close() end
+  end
+  return hostname_cache
+end
+
+local function runs_dir() return M.state_dir() .. "/runs" end
+
+local function write_run_file(ctx)
+  os.execute("mkdir -p '" .. runs_dir():gsub("'", "'\\''") .. "' 2>/dev/null")
+  local path = runs_dir() .. "/" .. ctx.id
+  local f = io.open(path .. ".tmp", "w")
+  if not f then return end
+  f:write(("pid=%d\nrecipe=%s\nstarted=%d\n"):format(require("galley.core.runtime").getpid(), ctx.recipe, os.time()))
+  f:close()
+  os.rename(path .. ".tmp", path)
+end
+
+--- Whether a run with this id is alive on this machine (its run file names a live process).
+---@param id string
+---@return boolean
+function M.is_live(id)
+  if type(id) ~= "string" or not id:match("^[%w%-_]+$") then return false end
+  local f = io.open(runs_dir() .. "/" .. id)
+  if not f then return false end
+  local text = f:read("a")
+  f:close()
+  local pid = tonumber(text:match("pid=(%d+)"))
+  if not pid then return false end
+  local stat = io.open("/proc/" .. pid .. "/stat")
+  if not stat then return false end
+  stat:close()
+  return true
+end
 
 local function random_id()
   local f = io.open("/dev/urandom", "rb")
@@ -29,7 +79,7 @@ end
 ---@field instances {provider: table, id: string}[] instances booted during the run
 
 --- Starts a run; the runner calls this before a recipe's first line.
----@param opts {recipe: string, keep?: boolean, ttl_seconds?: integer|false, id?: string}
+---@param opts {recipe: string, keep?: boolean, ttl_seconds?: integer|false, id?: string, record?: boolean}
 ---@return galley.RunContext
 function M.begin(opts)
   current = {
@@ -42,6 +92,7 @@ function M.begin(opts)
     instances = {},
     started_ms = os.time() * 1000,
   }
+  if opts.record ~= false then write_run_file(current) end
   return current
 end
 
@@ -88,6 +139,7 @@ function M.boot_options(opts)
   if not current then return out end
   meta[M.TAG_RUN] = current.id
   meta[M.TAG_RECIPE] = current.recipe
+  meta[M.TAG_HOST] = M.hostname()
   if current.keep then meta[M.TAG_KEEP] = "1" end
   if out.ttl_seconds == nil and current.ttl_seconds then
     out.ttl_seconds = current.ttl_seconds
@@ -164,6 +216,7 @@ function M.finish(opts)
       report.leaks[#report.leaks + 1] = inst.id
     end
   end
+  os.remove(runs_dir() .. "/" .. ctx.id)
   current = nil
   return report
 end

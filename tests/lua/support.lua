@@ -13,11 +13,14 @@ end
 --- Runs the galley binary with a shell redirect; returns exit code, stdout, stderr.
 ---@param args string   already-quoted argument string
 ---@param stdin? string
-function M.galley(args, stdin)
+---@param env? table<string,string> extra environment variables
+function M.galley(args, stdin, env)
   local tmp = os.tmpname()
   local errf = os.tmpname()
   local inf
-  local cmd = M.q(M.bin) .. " " .. args .. " >" .. tmp .. " 2>" .. errf
+  local prefix = ""
+  for k, v in pairs(env or {}) do prefix = prefix .. k .. "=" .. M.q(v) .. " " end
+  local cmd = prefix .. M.q(M.bin) .. " " .. args .. " >" .. tmp .. " 2>" .. errf
   if stdin then
     inf = os.tmpname()
     local f = assert(io.open(inf, "wb"))

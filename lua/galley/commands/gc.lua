@@ -1,0 +1,86 @@
+--- `galley gc`: stop instances left by finished or expired galley runs (see galley.gc).
+local gc = require("galley.gc")
+local runtime = require("galley.core.runtime")
+
+local HELP = [[
+Finds instances that galley runs created (metadata galley_run) and stops those whose run has
+finished on this machine or whose TTL has passed. Sweeps the local provider, and Morph when
+MORPH_API_KEY is set.
+
+options:
+  --dry-run            list what would be stopped; stop nothing
+  --provider NAME      morph, local or all (default: local, plus morph with MORPH_API_KEY)
+  --all-hosts          also judge runs started on other machines as finished
+  --include-kept       also stop instances booted with --keep
+  --json               print the result as JSON on stdout (global option, also accepted here)
+
+exit status: 0 when everything found was stopped (or --dry-run), 1 when a stop failed,
+2 on a usage error.]]
+
+local function usage(msg)
+  io.stderr:write("galley gc: ", msg, "\nTry 'galley gc --help'.\n")
+  return 2
+end
+
+return {
+  summary = "stop instances left by finished or expired galley runs",
+  usage = "galley gc [--dry-run] [--provider morph|local|all] [--all-hosts] [--include-kept] [--json]",
+  help = HELP,
+  run = function(args)
+    local opts = { json = (runtime.options().json or 0) > 0 }
+    local i = 1
+    while args[i] do
+      local a = args[i]
+      if a == "--dry-run" then
+        opts.dry_run = true
+      elseif a == "--all-hosts" then
+        opts.all_hosts = true
+      elseif a == "--include-kept" then
+        opts.include_kept = true
+      elseif a == "--json" then
+        opts.json = true
+      elseif a == "--provider" or a:match("^%-%-provider=") then
+        local v = a:match("^%-%-provider=(.*)$")
+        if not v then
+          i = i + 1
+          v = args[i]
+        end
+        if v ~= "morph" and v ~= "local" and v ~= "all" then return usage("--provider takes morph, local or all") end
+        opts.provider = v
+      elseif a == "--help" or a == "-h" then
+        io.stdout:write(HELP, "\n")
+        return 0
+      else
+        return usage(("unknown argument '%s'"):format(a))
+      end
+      i = i + 1
+    end
+    local providers, notes = gc.default_providers(opts.provider)
+    for _, n in ipairs(notes) do io.stderr:write("galley gc: ", n, "\n") end
+    local all, failed = {}, false
+    for _, p in ipairs(providers) do
+      local ok, found = pcall(gc.collect, p, opts)
+      if not ok then
+        io.stderr:write(("galley gc: %s: %s\n"):format(p.name, tostring(found)))
+        failed = true
+      else
+        for _, c in ipairs(found) do
+          all[#all + 1] = c
+          if c.action == "failed" then failed = true end
+        end
+      end
+    end
+    if opts.json then
+      -- lua-cjson 2.1.0 encodes an empty table as {}; the result is always a list.
+      io.stdout:write(#all == 0 and "[]" or require("cjson").encode(all), "\n")
+    elseif #all == 0 then
+      io.stderr:write("galley gc: nothing to collect\n")
+    else
+      for _, c in ipairs(all) do
+        io.stdout:write(("%-10s %-8s %-22s %-12s %s (run %s, %s)%s\n"):format(c.action, c.provider, c.id,
+          c.status or "?", c.reason, c.run or "?", c.recipe or "?", c.error and (": " .. c.error) or ""))
+      end
+    end
+    return failed and 1 or 0
+  end,
+}

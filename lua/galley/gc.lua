@@ -1,0 +1,98 @@
+--- galley.gc: finds instances created by galley runs that are finished or past their TTL and
+-- stops them. An instance is galley's when its metadata carries `galley_run`. It is collected
+-- when its TTL has passed, or when its run was started on this machine (`galley_host`) and is
+-- no longer alive (no live process behind `<state>/runs/<run-id>`). Instances marked
+-- `galley_keep` (booted with --keep) are left alone unless `include_kept` is set; runs from
+-- other machines are judged by TTL only unless `all_hosts` is set.
+local run = require("galley.run")
+
+local M = {}
+
+---@class galley.GcCandidate
+---@field provider string provider name
+---@field id string instance id
+---@field status string
+---@field run string|nil run id
+---@field recipe string|nil
+---@field reason string why it is collected
+---@field action string "stopped" | "would stop" | "failed"
+---@field error? string
+
+local function expired(inst, now)
+  local ttl = inst.ttl
+  local at = type(ttl) == "table" and (ttl.expires_at or ttl.ttl_expire_at) or nil
+  if type(at) ~= "number" then return false end
+  if at > 1e12 then at = at / 1000 end
+  return at <= now
+end
+
+--- Decides which of a provider's instances to collect.
+---@param provider table a galley provider
+---@param opts? {all_hosts?: boolean, include_kept?: boolean, now?: integer}
+---@return galley.GcCandidate[]
+function M.find(provider, opts)
+  opts = opts or {}
+  local now = opts.now or os.time()
+  local host = run.hostname()
+  local out = {}
+  for _, inst in ipairs(provider.instances.list({}) or {}) do
+    local meta = inst.metadata or {}
+    local run_id = meta[run.TAG_RUN]
+    if run_id and (opts.include_kept or meta[run.TAG_KEEP] ~= "1") then
+      local reason
+      if expired(inst, now) then
+        reason = "past its TTL"
+      elseif (opts.all_hosts or meta[run.TAG_HOST] == host) and not run.is_live(run_id) then
+        reason = meta[run.TAG_HOST] == host and "its run has finished" or "its run is not live on this machine"
+      end
+      if reason then
+        out[#out + 1] = { provider = provider.name, id = inst.id, status = inst.status, run = run_id,
+          recipe = meta[run.TAG_RECIPE], reason = reason, action = "would stop" }
+      end
+    end
+  end
+  return out
+end
+
+--- Finds and (unless dry_run) stops collectable instances.
+---@param provider table
+---@param opts? {dry_run?: boolean, all_hosts?: boolean, include_kept?: boolean}
+---@return galley.GcCandidate[]
+function M.collect(provider, opts)
+  opts = opts or {}
+  local found = M.find(provider, opts)
+  if opts.dry_run then return found end
+  for _, c in ipairs(found) do
+    local ok, err = pcall(provider.instances.terminate, c.id)
+    if ok then
+      c.action = "stopped"
+    elseif type(err) == "table" and err.code == "NOT_FOUND" then
+      c.action = "stopped" -- gone meanwhile (its TTL or another gc)
+    else
+      c.action, c.error = "failed", tostring(err)
+    end
+  end
+  return found
+end
+
+--- The providers `galley gc` sweeps by default: local always, Morph when MORPH_API_KEY is set.
+---@param which? "morph"|"local"|"all"
+---@return table[] providers, string[] notes
+function M.default_providers(which)
+  local list, notes = {}, {}
+  local function add(name)
+    local ok, p = pcall(function() return require("galley.providers." .. name).new({}) end)
+    if ok then
+      list[#list + 1] = p
+    else
+      notes[#notes + 1] = ("%s provider unavailable: %s"):format(name, tostring(p))
+    end
+  end
+  if which == nil or which == "all" or which == "local" then add("local") end
+  if which == "morph" or ((which == nil or which == "all") and (os.getenv("MORPH_API_KEY") or "") ~= "") then
+    add("morph")
+  end
+  return list, notes
+end
+
+return M
