@@ -150,7 +150,7 @@ static void push_max_memory(lua_State *L) {
 }
 
 
-/* pm2.start_argv(spec, opts?) -> argv | nil, err(PM2_PAYLOAD_TOO_LARGE)
+/* pm2.start_argv(spec, opts?) -> argv | nil, err(PM2_PAYLOAD_TOO_LARGE | PM2_UNSUPPORTED_OPTION)
  * opts: {name=?, home=?, env_clean=?{PATH=, HOME=, PM2_HOME=}} */
 static int l_pm2_start_argv(lua_State *L) {
   if (lua_type(L, 1) != LUA_TTABLE)
@@ -238,7 +238,16 @@ static int l_pm2_start_argv(lua_State *L) {
   }
   lua_pop(L, 1);
 
-  /* --- everything checked: size, then build ---------------------------------------------- */
+  /* --- everything checked: what pm2's CLI cannot express, size, then build ---------------- */
+  if (min_uptime >= 0) {
+    /* pm2 7.0.4's `start` has --max-restarts but no --min-uptime (unknown option): min_uptime
+     * exists only in ecosystem files. Say so rather than drop it; callers may fall back to one. */
+    galley_fail(L, "PM2_UNSUPPORTED_OPTION", "pm2 start has no --min-uptime flag");
+    galley_error_set_string(L, "field", "restart.min_uptime_ms");
+    galley_error_set_string(L, "hint", "leave min_uptime_ms out (pm2 then uses 1000 ms) or start "
+                            "the process from an ecosystem file");
+    return 2;
+  }
   size_t len = galley_shell_payload(NULL, &spec, stdin_inherit);
   if (len > GALLEY_PM2_PAYLOAD_MAX) {
     galley_fail(L, "PM2_PAYLOAD_TOO_LARGE", "bash payload is %I bytes, over the %d-byte limit",
@@ -275,11 +284,6 @@ static int l_pm2_start_argv(lua_State *L) {
   if (max_restarts >= 0) {
     append(L, argv, "--max-restarts");
     lua_pushfstring(L, "%I", max_restarts);
-    append_top(L, argv);
-  }
-  if (min_uptime >= 0) {
-    append(L, argv, "--min-uptime");
-    lua_pushfstring(L, "%I", min_uptime);
     append_top(L, argv);
   }
   if (instances > 0) {
@@ -323,7 +327,8 @@ static int l_pm2_argv(lua_State *L) {
   if (!known)
     galley_shell_raise_field(L, BAD, "action", "expected stop|restart|delete|flush|describe, got %s",
                              action ? action : luaL_typename(L, 1));
-  push_target(L, 2, "name");          // [.., target]
+  lua_settop(L, 2);
+  push_target(L, 2, "name");          // [action, name, target]
   lua_createtable(L, 3, 0);
   int argv = lua_gettop(L);
   append(L, argv, "pm2");
@@ -336,13 +341,14 @@ static int l_pm2_argv(lua_State *L) {
 
 /* pm2.logs_argv(name_or_id, lines?) -> {"pm2","logs",name,"--nostream","--lines",N,"--raw"} */
 static int l_pm2_logs_argv(lua_State *L) {
-  push_target(L, 1, "name");          // [.., target]
   lua_Integer lines = 15;             // pm2's own default
   if (!lua_isnoneornil(L, 2)) {
     lua_pushvalue(L, 2);
     lines = top_integer(L, "lines", 1);
     lua_pop(L, 1);
   }
+  lua_settop(L, 2);
+  push_target(L, 1, "name");          // [name, lines, target]
   lua_createtable(L, 7, 0);
   int argv = lua_gettop(L);
   append(L, argv, "pm2");
