@@ -68,7 +68,7 @@ function M.parse(args)
       if not v then return usage_error("'--fault' needs a spec") end
       local f, problem = faults.parse(v)
       if not f then return usage_error("bad --fault '%s': %s", v, problem) end
-      opts.faults[#opts.faults + 1] = f
+      opts.faults[#opts.faults + 1] = v
     elseif name == "--snapshot" then
       local v = value()
       local id, dir = (v or ""):match("^([%w_%-]+)=(.+)$")

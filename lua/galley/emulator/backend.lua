@@ -2,9 +2,13 @@
 -- This one uses plain directories under the state dir and runs commands on this machine:
 --   <root>/instances/<id>/   an instance's files; commands run there with HOME set to it
 --   <root>/snapshots/<id>/   a snapshot's files, copied into each instance started from it
+-- Commands get a fresh environment (PATH, HOME, PWD, USER, LOGNAME, SHELL, LANG, TZ from the
+-- emulator's, nothing else: no API key) plus GALLEY_EMULATOR_INSTANCE=<token>:<id>, which marks
+-- every process of the instance, including daemons left running after an exec returns. Stop,
+-- pause and resume find the instance's processes by that mark (in /proc) and signal them.
 -- The `local` provider (bubblewrap sandboxes) will bring another implementation with the same
 -- methods: create_instance, remove_instance, snapshot_instance, create_snapshot,
--- remove_snapshot, exec, spawn, kill, pause, resume, shutdown.
+-- remove_snapshot, exec, spawn, release, kill, pause, resume, pids, shutdown.
 local errors = require("galley.errors")
 local proc = require("galley.core.proc")
 
@@ -13,9 +17,15 @@ local M = {}
 --- How long a file operation (mkdir, cp, rm) may take.
 local FS_TIMEOUT_MS = 10 * 60 * 1000
 
+--- The environment variable marking an instance's processes.
+M.MARK = "GALLEY_EMULATOR_INSTANCE"
+
+local INHERITED = { "PATH", "USER", "LOGNAME", "LANG", "TZ" }
+
 ---@class galley.emulator.Backend
 ---@field root string
----@field running table<string, table<table, boolean>>  instance id -> set of live process handles
+---@field token string  distinguishes this emulator's processes from another's
+---@field running table<string, table<table, integer>>  instance id -> {live handle = its pgid}
 ---@field paused table<string, boolean>
 local Backend = {}
 Backend.__index = Backend
@@ -43,7 +53,9 @@ end
 ---@return galley.emulator.Backend|nil
 ---@return galley.Error|nil err
 function M.new(opts)
-  local self = setmetatable({ root = opts.root, running = {}, paused = {} }, Backend)
+  local token = {}
+  for i = 1, 16 do token[i] = ("%x"):format(math.random(0, 15)) end
+  local self = setmetatable({ root = opts.root, token = table.concat(token), running = {}, paused = {} }, Backend)
   local ok, err = fs({ "mkdir", "-p", self.root .. "/instances", self.root .. "/snapshots" })
   if not ok then return nil, err end
   return self
@@ -114,8 +126,19 @@ function Backend:remove_snapshot(snapshot_id)
   return fs({ "rm", "-rf", "--", self:snapshot_dir(snapshot_id) })
 end
 
+--- The environment an instance's commands get.
+---@param id string
+---@return table<string, string>
+function Backend:environment(id)
+  local dir = self:instance_dir(id)
+  local env = { HOME = dir, PWD = dir, SHELL = "/bin/sh", [M.MARK] = self.token .. ":" .. id }
+  for _, k in ipairs(INHERITED) do env[k] = os.getenv(k) end
+  env.PATH = env.PATH or "/usr/local/bin:/usr/bin:/bin"
+  return env
+end
+
 --- Starts `command` (see command_argv) in the instance's directory. The handle is tracked until
--- `release(id, handle)`; kill/pause/resume/remove_instance signal every tracked process group.
+-- `release(id, handle)`.
 ---@param id string
 ---@param command string[]
 ---@return table|nil handle  galley.core.proc process: read(timeout_ms), kill(sig), close()
@@ -125,8 +148,8 @@ function Backend:spawn(id, command)
   local h, err = proc.spawn({
     argv = M.command_argv(command),
     cwd = dir,
-    env = { HOME = dir, PWD = dir },
-    env_mode = "extend",
+    env = self:environment(id),
+    env_mode = "replace",
   })
   if not h then return nil, err end
   local set = self.running[id] or {}
@@ -179,46 +202,63 @@ function Backend:exec(id, command)
   return { exit_code = code, stdout = table.concat(out), stderr = table.concat(errs) }
 end
 
---- Sends `sig` to one tracked process group. A handle that another request is reading cannot
--- be used meanwhile (galley.core.proc refuses), so then the group, whose id is the pid recorded
--- at spawn, is signalled with kill(1).
-local function signal_one(h, pgid, sig)
-  if not pcall(h.kill, h, sig) then
-    proc.run({ argv = { "kill", "-s", sig, "--", "-" .. tostring(pgid) }, timeout_ms = 10000 })
+--- Pids of the instance's processes (every instance's when `id` is nil), found by their mark.
+---@param id? string
+---@return integer[]
+function Backend:pids(id)
+  local mark = "\0" .. M.MARK .. "=" .. self.token .. ":" .. (id and (id .. "\0") or "")
+  local r = proc.run({ argv = { "ls", "-1", "/proc" }, timeout_ms = 10000 })
+  local pids = {}
+  for pid in (r and r.stdout or ""):gmatch("%d+") do
+    local f = io.open("/proc/" .. pid .. "/environ", "rb")
+    if f then
+      local env = f:read("a")
+      f:close()
+      if env and ("\0" .. env):find(mark, 1, true) then pids[#pids + 1] = math.tointeger(tonumber(pid)) end
+    end
+  end
+  return pids
+end
+
+--- Sends `sig` ("KILL", "STOP", "CONT") to the instance's processes (every instance's when `id`
+-- is nil): the tracked ones through their handles where free, the rest found by their mark.
+local function signal_instance(self, id, sig)
+  local ids = {}
+  if id then ids[1] = id else for i in pairs(self.running) do ids[#ids + 1] = i end end
+  for _, i in ipairs(ids) do
+    for h in pairs(self.running[i] or {}) do pcall(h.kill, h, sig) end -- busy handles refuse
+  end
+  local pids = self:pids(id)
+  if #pids > 0 then
+    local argv = { "kill", "-s", sig, "--" }
+    for _, pid in ipairs(pids) do argv[#argv + 1] = tostring(pid) end
+    proc.run({ argv = argv, timeout_ms = 10000 })
   end
 end
 
-local function signal_all(self, id, sig)
-  local list = {}
-  for h, pgid in pairs(self.running[id] or {}) do list[#list + 1] = { h, pgid } end
-  for _, e in ipairs(list) do signal_one(e[1], e[2], sig) end
-end
-
---- Kills every process the instance is running (their readers then see them exit).
+--- Kills every process the instance is running (readers of its commands then see them exit).
 ---@param id string
 function Backend:kill(id)
-  signal_all(self, id, "KILL")
+  signal_instance(self, id, "KILL")
 end
 
 --- Freezes the instance's processes (SIGSTOP to each process group).
 ---@param id string
 function Backend:pause(id)
   self.paused[id] = true
-  signal_all(self, id, "STOP")
+  signal_instance(self, id, "STOP")
 end
 
 --- Lets the instance's processes run again.
 ---@param id string
 function Backend:resume(id)
   self.paused[id] = nil
-  signal_all(self, id, "CONT")
+  signal_instance(self, id, "CONT")
 end
 
 --- Kills every process of every instance (the emulator is stopping).
 function Backend:shutdown()
-  local ids = {}
-  for id in pairs(self.running) do ids[#ids + 1] = id end
-  for _, id in ipairs(ids) do self:kill(id) end
+  signal_instance(self, nil, "KILL")
 end
 
 return M
