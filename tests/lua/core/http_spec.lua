@@ -52,24 +52,40 @@ class H(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = handle_any
 s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
 s.daemon_threads = True
+if len(sys.argv) == 3:  # certificate and key: serve HTTPS
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+    s.socket = ctx.wrap_socket(s.socket, server_side=True)
 print(s.server_address[1], os.getpid(), flush=True)
 s.serve_forever()
 ]]
 
-local function start_server()
+--- Starts the server; with `tls`, over HTTPS with a fresh self-signed certificate.
+local function start_server(tls)
   local path = os.tmpname() .. ".py"
   local f = assert(io.open(path, "w"))
   f:write(SERVER)
   f:close()
-  local pipe = assert(io.popen("exec python3 " .. support.q(path), "r"))
+  local args = ""
+  if tls then
+    local cert, key = path .. ".crt", path .. ".key"
+    assert(os.execute("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -keyout "
+      .. support.q(key) .. " -out " .. support.q(cert) .. " >/dev/null 2>&1"))
+    args = " " .. support.q(cert) .. " " .. support.q(key)
+  end
+  local pipe = assert(io.popen("exec python3 " .. support.q(path) .. args, "r"))
   local port, pid = pipe:read("n", "n")
   assert(port and pid, "test server did not start")
   return {
-    base = "http://127.0.0.1:" .. math.tointeger(port),
+    port = math.tointeger(port),
+    base = (tls and "https" or "http") .. "://127.0.0.1:" .. math.tointeger(port),
     stop = function()
       os.execute("kill " .. math.tointeger(pid))
       pipe:close()
       os.remove(path)
+      os.remove(path .. ".crt")
+      os.remove(path .. ".key")
     end,
   }
 end
@@ -149,6 +165,21 @@ describe("galley.core.http #http", function()
     local _, err = http.request{ url = "file:///etc/passwd" }
     assert.are.equal("HTTP_CONNECT", err.code)
     assert.is_false(err.sent)
+  end)
+
+  it("fails with HTTP_TLS when https meets a plain HTTP server #error", function()
+    local _, err = http.request{ url = "https://127.0.0.1:" .. server.port .. "/echo", timeout_ms = 5000 }
+    assert.are.equal("HTTP_TLS", err.code)
+  end)
+
+  it("verifies certificates: a self-signed one fails with HTTP_TLS #error", function()
+    local tls = start_server(true)
+    local ok, e = pcall(function()
+      local _, err = http.request{ url = tls.base .. "/echo", timeout_ms = 5000 }
+      assert.are.equal("HTTP_TLS", err.code)
+    end)
+    tls.stop()
+    assert(ok, e)
   end)
 
   it("raises on misuse: missing url, bad header text, wrong types", function()

@@ -389,6 +389,16 @@ describe("galley.core.morph #morph", function()
       c:close()
     end)
 
+    it("fails with NETWORK_ERROR without retrying when TLS fails", function()
+      local c, records = client(em, { base_url = em.base_url:gsub("^http:", "https:") })
+      local _, err = c:images_list()
+      assert.are.equal("NETWORK_ERROR", err.code)
+      assert.are.equal(1, err.attempt)
+      assert.are.equal(1, #records)
+      assert.are.equal("HTTP_TLS", records[1].error)
+      c:close()
+    end)
+
     it("refuses a plain-http remote base URL unless insecure=true #offline", function()
       local c, err = morph.new{ api_key = "k", base_url = "http://192.0.2.1/api" }
       assert.is_nil(c)
