@@ -1,0 +1,36 @@
+--- galley.providers: pick a provider by name, or the default for this environment.
+--   local providers = require("galley.providers")
+--   local p = providers.new("local", { ... })       -- or "morph"
+--   local p, why = providers.default()              -- morph with MORPH_API_KEY, else local
+local M = {}
+
+--- The provider names galley ships.
+M.names = { "morph", "local" }
+
+--- Creates a provider by name.
+---@param name "morph"|"local"
+---@param opts? table passed to the provider's `new`
+---@return table provider
+function M.new(name, opts)
+  if name ~= "morph" and name ~= "local" then
+    require("galley.errors").raise("VALIDATION_ERROR", ("unknown provider '%s'"):format(tostring(name)), {
+      field = "provider", hint = "use morph or local",
+    })
+  end
+  return require("galley.providers." .. name).new(opts or {})
+end
+
+--- The provider this environment implies: `morph` when MORPH_API_KEY is set, else `local`.
+-- Returns the provider and a sentence saying which and why (recipes print it).
+---@param name? "morph"|"local" an explicit choice wins
+---@param opts? table
+---@return table provider, string why
+function M.default(name, opts)
+  if name then return M.new(name, opts), ("provider %s (chosen)"):format(name) end
+  if (os.getenv("MORPH_API_KEY") or "") ~= "" then
+    return M.new("morph", opts), "provider morph (MORPH_API_KEY is set)"
+  end
+  return M.new("local", opts), "provider local (MORPH_API_KEY is not set)"
+end
+
+return M
