@@ -28,9 +28,25 @@ Only 127.0.0.1 is ever bound.
   --snapshot ID[=DIR]  another ready snapshot, empty or with DIR's files; %s always exists
 
 Instances are directories under the state dir: exec runs the command there with HOME set to it
-(a one-element command through /bin/sh -c, longer argv directly). Snapshots copy the files.
-Control routes (same bearer key, not logged): GET/DELETE /_emulator/log, GET /_emulator/state,
-GET/POST/DELETE /_emulator/faults, POST /_emulator/shutdown.]]):format(emulator.DEV_API_KEY, emulator.DEFAULT_SNAPSHOT)
+(a one-element command through /bin/sh -c, longer argv directly) and a clean environment (PATH,
+USER, LANG...; never the API key). Snapshots and branches copy the files. Stopping an instance
+or the emulator kills its processes, daemons included; pause stops them (SIGSTOP).
+
+Where the Morph service is not documented, the emulator decides:
+  * POST /instance/ID/metadata replaces the metadata, like the snapshot endpoint;
+  * exec on an instance that is not `ready` is 409; so are pause/resume/snapshot/branch of a
+    `pending` one and start/boot from a `pending` snapshot;
+  * a TTL keeps running while an instance is paused; resume re-arms it;
+  * POST /snapshot answers `pending` (ready after the boot delay); instance snapshots are
+    ready at once; a known `digest` returns the existing snapshot;
+  * HTTP service URLs are https://NAME-ID.http.localhost (nothing serves them); SSH keys are
+    random placeholders;
+  * a missing or wrong key is 401 {"detail": ...}.
+
+Control routes need the same bearer key and are not logged: GET/DELETE /_emulator/log
+(records {method, path, status, ms, conn, fault}; paths relative to /api, no query),
+GET /_emulator/state, GET/POST/DELETE /_emulator/faults (fault = the --fault fields as JSON),
+POST /_emulator/shutdown.]]):format(emulator.DEV_API_KEY, emulator.DEFAULT_SNAPSHOT)
 
 local function usage_error(fmt, ...)
   io.stderr:write("galley emulate: ", fmt:format(...), "\nTry 'galley help emulate' for usage.\n")

@@ -785,6 +785,9 @@ local function split_utf8(s)
   return s, ""
 end
 
+--- How long an SSE stream may stay silent before a keep-alive comment is sent.
+local SSE_KEEPALIVE_MS = 5000
+
 local function sse(event)
   return "data: " .. json.encode(event) .. "\n\n"
 end
@@ -817,8 +820,12 @@ function H.exec_sse(self, req, p)
   local function stream()
     if finished then return nil end
     while true do
-      local kind, a, b = h:read(1000)
-      if kind == "stdout" or kind == "stderr" then
+      local kind, a = h:read(SSE_KEEPALIVE_MS)
+      if kind == nil and a == nil then
+        -- Silence: a comment line (clients skip it) finds out whether the client is still
+        -- there; if it is gone, the write fails and close() ends the command.
+        return ": keep-alive\n\n"
+      elseif kind == "stdout" or kind == "stderr" then
         local text
         text, carry[kind] = split_utf8(carry[kind] .. a)
         if text ~= "" then return sse({ type = kind, content = text }) end
@@ -835,7 +842,6 @@ function H.exec_sse(self, req, p)
       elseif kind == nil and a ~= nil then
         return false -- interrupted: cut the stream
       end
-      local _ = b
     end
   end
   local function close() -- the response is done with (or the client went away)

@@ -231,6 +231,28 @@ describe("galley emulate: exec #emulator", function()
       assert.are.equal("é\n", out)
     end)
 
+    it("ends the command when the client goes away", function()
+      local curl = assert(proc.spawn({ argv = {
+        "curl", "-s", "-N", "-X", "POST", "-H", "Content-Type: application/json", "-H", "@-",
+        "-d", '{"command": ["echo started; sleep 600"]}', em.base_url .. "/instance/" .. id .. "/exec/sse",
+      }, stdin = "Authorization: Bearer " .. em.api_key .. "\n" }))
+      local kind = curl:read(30000)
+      assert.are.equal("stdout", kind)
+      curl:kill("KILL")
+      curl:close()
+      -- noticed when writes fail: keep-alive comments go out after 5 s of silence
+      local deadline = runtime.now_ms() + 40000
+      local running
+      repeat
+        running = 0
+        for _, i in ipairs(em:state().instances) do
+          if i.id == id then running = i.processes end
+        end
+        if running > 0 then runtime.sleep_ms(100) end
+      until running == 0 or runtime.now_ms() > deadline
+      assert.are.equal(0, running)
+    end)
+
     it("validates the body like exec", function()
       local r = assert(em:request("POST", "/instance/" .. id .. "/exec/sse", { command = "nope" }))
       assert.are.equal(422, r.status)
