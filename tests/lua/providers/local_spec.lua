@@ -1,0 +1,285 @@
+-- The local provider beyond the conformance suite: the sandbox, process tracking (cgroups and
+-- the environment fallback, with real PM2), TTLs, persistence across providers and processes.
+local proc = require("galley.core.proc")
+local support = require("support")
+local conformance = require("providers.conformance")
+local lp = require("galley.providers.local")
+
+local raises_code = conformance.raises_code
+
+local function sh(script, ...)
+  return { kind = "argv", command = "/bin/sh", args = { "-c", script, "sh", ... } }
+end
+
+local function host(script, ...)
+  local r = assert(proc.run({ argv = { "/bin/sh", "-c", script, "sh", ... } }))
+  assert.are.equal(0, r.exit_code, r.stderr)
+  return r.stdout
+end
+
+local function exists(path)
+  return host('[ -e "$1" ] && echo yes || echo no', path) == "yes\n"
+end
+
+-- Host pids of processes whose environment marks them as part of instance `id`.
+local function instance_pids(id)
+  local out = host([[
+for p in /proc/[0-9]*; do
+  if tr '\0' '\n' < "$p/environ" 2>/dev/null | grep -qx "GALLEY_INSTANCE_ID=$1"; then echo "${p#/proc/}"; fi
+done]], id)
+  local pids = {}
+  for pid in out:gmatch("%d+") do pids[#pids + 1] = pid end
+  return pids
+end
+
+local function proc_state(pid)
+  local stat = host('cat "/proc/$1/stat" 2>/dev/null || true', pid)
+  return stat:match("^%d+ %b() (%a)")
+end
+
+-- Running or stopped; a zombie waiting for init to reap it is dead.
+local function alive(pid)
+  local st = proc_state(pid)
+  return st ~= nil and st ~= "Z" and st ~= "X"
+end
+
+local function cgroup_frozen(pid)
+  local rel = host('cat "/proc/$1/cgroup"', pid):match("0::(%S+)")
+  local mount = host("awk '$3 == \"cgroup2\" {print $2; exit}' /proc/self/mounts"):gsub("%s+$", "")
+  return host('cat "$1/cgroup.events"', mount .. rel):match("frozen (%d)") == "1"
+end
+
+-- Starts a detached sleeper in the instance and returns its host pid.
+local function start_sleeper(p, id)
+  local r = p.exec(id, sh("setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!"))
+  assert.are.equal(0, r.exit_code, r.stderr)
+  return r.stdout:match("%d+")
+end
+
+describe("the local provider #local", function()
+  local state, p
+  local providers = {}
+
+  local function provider(opts)
+    opts = opts or {}
+    opts.state_dir = opts.state_dir or state
+    local x = lp.new(opts)
+    providers[#providers + 1] = x
+    return x
+  end
+
+  setup(function()
+    state = host("mktemp -d /tmp/galley-local-XXXXXX"):gsub("%s+$", "")
+    p = provider()
+  end)
+
+  teardown(function()
+    -- every instance any test booted, whatever provider flavour booted it
+    for _, x in ipairs(providers) do
+      for _, i in ipairs(x.instances.list()) do pcall(x.instances.terminate, i.id) end
+    end
+    host('rm -rf -- "$1"', state)
+  end)
+
+  describe("sandbox", function()
+    it("is on, with the home at /root", function()
+      assert.is_true(p.capabilities.sandbox)
+      assert.are.equal("/root", p.capabilities.home_dir)
+      assert.are.equal("cgroup", p.capabilities.process_tracking)
+    end)
+
+    it("mounts the host read-only, the home at /root and a /tmp that persists", function()
+      local i = p.instances.boot()
+      local r = p.exec(i.id, sh("touch /usr/galley-should-fail"))
+      assert.are_not.equal(0, r.exit_code)
+      assert.is_false(exists("/usr/galley-should-fail"))
+      r = p.exec(i.id, sh('printf %s "$HOME"; echo data > ~/in-home; echo t > /tmp/kept'))
+      assert.are.equal("/root", r.stdout)
+      assert.are.equal("data\n", host('cat "$1/home/in-home"', i.host_dir))
+      assert.are.equal("t\n", p.exec(i.id, sh("cat /tmp/kept")).stdout)
+      assert.are.equal("t\n", host('cat "$1/tmp/kept"', i.host_dir))
+      assert.are.equal(i.id .. "\n", p.exec(i.id, sh('echo "$GALLEY_INSTANCE_ID"')).stdout)
+      p.instances.terminate(i.id)
+      assert.is_false(exists(i.host_dir))
+    end)
+
+    it("removes the script of a shell-form exec", function()
+      local i = p.instances.boot()
+      local r = p.exec(i.id, { kind = "shell", script = "ls -A /tmp; echo secret-ish" })
+      assert.matches("%.galley%-script", r.stdout)
+      assert.are.equal("", host('ls -A "$1/tmp"', i.host_dir))
+      p.instances.terminate(i.id)
+    end)
+
+    it("gives exit code 127 for a missing program", function()
+      local i = p.instances.boot()
+      assert.are.equal(127, p.exec(i.id, { kind = "argv", command = "galley-no-such-program" }).exit_code)
+      p.instances.terminate(i.id)
+    end)
+  end)
+
+  describe("without the sandbox", function()
+    it("runs on the host with HOME and ~ in the instance directory", function()
+      local u = provider({ sandbox = false })
+      assert.is_false(u.capabilities.sandbox)
+      assert.is_nil(u.capabilities.home_dir)
+      local i = u.instances.boot()
+      local home = i.host_dir .. "/home"
+      assert.are.equal(home, u.exec(i.id, sh('printf %s "$HOME"')).stdout)
+      assert.are.equal(home .. "\n", u.exec(i.id, { kind = "argv", command = "pwd", cwd = "~" }).stdout)
+      u.files.write_file_atomic(i.id, "~/note", "unsandboxed")
+      assert.are.equal("unsandboxed", host('cat "$1/note"', home))
+      assert.are.equal(127, u.exec(i.id, { kind = "argv", command = "galley-no-such-program" }).exit_code)
+      u.instances.terminate(i.id)
+    end)
+  end)
+
+  describe("process tracking with cgroups", function()
+    it("freezes on pause, thaws on resume and kills everything on terminate", function()
+      local i = p.instances.boot()
+      local pid = start_sleeper(p, i.id)
+      assert.is_true(alive(pid))
+      assert.is_false(cgroup_frozen(pid))
+      p.instances.pause(i.id)
+      assert.is_true(cgroup_frozen(pid))
+      raises_code("CONFLICT", p.exec, i.id, sh("true"))
+      p.instances.resume(i.id)
+      assert.is_false(cgroup_frozen(pid))
+      p.instances.terminate(i.id)
+      assert.is_false(alive(pid))
+      assert.are.same({}, instance_pids(i.id))
+    end)
+
+    it("kills a paused instance's processes on terminate", function()
+      local i = p.instances.boot()
+      local pid = start_sleeper(p, i.id)
+      p.instances.pause(i.id)
+      p.instances.stop(i.id)
+      assert.is_false(alive(pid))
+      raises_code("NOT_FOUND", p.instances.get, i.id)
+    end)
+
+    it("leaves no PM2 daemon behind #pm2", function()
+      local i = p.instances.boot()
+      local r = p.exec(i.id, { kind = "argv", command = "pm2", args = { "start", "sleep", "--name", "napper",
+        "--no-autorestart", "--", "1000" } })
+      assert.are.equal(0, r.exit_code, r.stderr .. r.stdout)
+      local god = {}
+      for _, pid in ipairs(instance_pids(i.id)) do
+        local cmdline = host('tr "\\0" " " < "/proc/$1/cmdline" 2>/dev/null || true', pid)
+        if cmdline:find("God Daemon", 1, true) then god[#god + 1] = pid end
+      end
+      assert.are.equal(1, #god)
+      assert.is_true(exists(i.host_dir .. "/home/.pm2/pm2.pid"))
+      p.instances.terminate(i.id)
+      assert.is_false(alive(god[1]))
+      assert.are.same({}, instance_pids(i.id))
+    end)
+  end)
+
+  describe("process tracking by environment (no cgroups)", function()
+    it("stops, continues and kills processes found through /proc/*/environ", function()
+      local e = provider({ cgroups = false })
+      assert.are.equal("environ", e.capabilities.process_tracking)
+      local i = e.instances.boot()
+      local pid = start_sleeper(e, i.id)
+      e.instances.pause(i.id)
+      assert.are.equal("T", proc_state(pid))
+      e.instances.resume(i.id)
+      assert.are_not.equal("T", proc_state(pid))
+      e.instances.terminate(i.id)
+      assert.is_false(alive(pid))
+      assert.are.same({}, instance_pids(i.id))
+    end)
+  end)
+
+  describe("TTL", function()
+    it("terminates an expired instance with action stop on the next call", function()
+      local i = p.instances.boot(nil, { ttl_seconds = 60, ttl_action = "stop" })
+      local pid = start_sleeper(p, i.id)
+      local later = provider({ clock = function() return os.time() + 120 end })
+      for _, x in ipairs(later.instances.list()) do assert.are_not.equal(i.id, x.id) end
+      raises_code("NOT_FOUND", p.instances.get, i.id)
+      assert.is_false(alive(pid))
+      assert.is_false(exists(i.host_dir))
+    end)
+
+    it("pauses an expired instance with action pause, and resume re-arms it", function()
+      local t = os.time()
+      local i = p.instances.boot(nil, { ttl_seconds = 60, ttl_action = "pause" })
+      local later = provider({ clock = function() return t + 120 end })
+      local got = later.instances.get(i.id)
+      assert.are.equal("stopped", got.status)
+      assert.are.equal("stopped", p.instances.get(i.id).status)
+      got = later.instances.resume(i.id)
+      assert.are.equal("ready", got.status)
+      assert.are.equal(t + 180, got.ttl.expires_at)
+      p.instances.terminate(i.id)
+    end)
+
+    it("rejects a bad TTL action", function()
+      raises_code("VALIDATION_ERROR", p.instances.boot, nil, { ttl_seconds = 5, ttl_action = "explode" })
+    end)
+  end)
+
+  describe("persistence", function()
+    it("shows the same instances to another provider and another galley process", function()
+      local i = p.instances.boot(nil, { metadata = { who = "persist" } })
+      local other = provider()
+      assert.are.equal("persist", other.instances.get(i.id).metadata.who)
+      local script = support.script(([[
+local p = require("galley.providers.local").new({state_dir = %q})
+for _, x in ipairs(p.instances.list({who = "persist"})) do print(x.id, x.status) end
+]]):format(state))
+      local code, out, err = support.galley("run " .. support.q(script))
+      os.remove(script)
+      assert.are.equal(0, code, err)
+      assert.are.equal(i.id .. "\tready\n", out)
+      other.instances.terminate(i.id)
+      raises_code("NOT_FOUND", p.instances.get, i.id)
+    end)
+  end)
+
+  describe("snapshots", function()
+    it("has a default empty snapshot that cannot be deleted", function()
+      local s = p.snapshots.get(lp.DEFAULT_SNAPSHOT)
+      assert.are.equal("ready", s.status)
+      local ids = {}
+      for _, x in ipairs(p.snapshots.list()) do ids[x.id] = true end
+      assert.is_true(ids[lp.DEFAULT_SNAPSHOT])
+      raises_code("VALIDATION_ERROR", p.snapshots.delete, lp.DEFAULT_SNAPSHOT)
+      local i = p.instances.boot(lp.DEFAULT_SNAPSHOT)
+      assert.are.equal(lp.DEFAULT_SNAPSHOT, i.snapshot_id)
+      assert.are.same({}, p.files.list_directory(i.id, "~"))
+      p.instances.terminate(i.id)
+    end)
+
+    it("keeps /tmp and file owners, and copies a running instance consistently", function()
+      local i = p.instances.boot()
+      p.files.write_file_atomic(i.id, "/tmp/owned", "x", { owner = "nobody" })
+      local pid = start_sleeper(p, i.id)
+      local snap = p.snapshots.create(i.id)
+      assert.is_false(cgroup_frozen(pid))
+      local j = p.instances.boot(snap.id)
+      assert.are.equal("nobody\n", p.exec(j.id, sh("stat -c %U /tmp/owned")).stdout)
+      p.instances.terminate(i.id)
+      p.instances.terminate(j.id)
+      p.snapshots.delete(snap.id)
+      assert.is_false(exists(snap.host_dir))
+    end)
+  end)
+
+  describe("runs", function()
+    it("tags instances booted during a run and stops them when it ends", function()
+      local run = require("galley.run")
+      run.begin({ recipe = "local-spec", ttl_seconds = 600 })
+      local i = p.instances.boot()
+      assert.are.equal("local-spec", i.metadata.galley_recipe)
+      assert.are.equal(600, i.ttl.seconds)
+      local report = run.finish()
+      assert.are.same({ i.id }, report.stopped)
+      assert.are.same({}, report.leaks)
+      raises_code("NOT_FOUND", p.instances.get, i.id)
+    end)
+  end)
+end)
