@@ -30,6 +30,7 @@
 local cjson = require("cjson").new()
 local codec = require("galley.core.codec")
 local errors = require("galley.errors")
+local fs = require("galley.core.fs")
 local http = require("galley.core.http")
 local logmod = require("galley.log")
 local util = require("galley.util")
@@ -53,6 +54,8 @@ M.TOKEN_URLS = {
 --- The scopes the current CLI asks for.
 M.SCOPES = { "org:create_api_key", "user:profile", "user:inference", "user:sessions:claude_code",
   "user:mcp_servers", "user:file_upload" }
+--- Where claude-login keeps credentials on this machine.
+M.DEFAULT_CREDENTIALS_PATH = "~/.config/galley/claude-credentials.json"
 --- Default margin for is_expired: refresh when less than this is left.
 M.DEFAULT_MARGIN_MS = 5 * 60 * 1000
 M.DEFAULT_TIMEOUT_MS = 30000
@@ -451,6 +454,80 @@ function M.new(opts)
   end
 
   return client
+end
+
+
+local function expand_local(path)
+  if path == "~" or path:sub(1, 2) == "~/" then
+    local home = os.getenv("HOME")
+    if not home or home == "" then
+      raise("VALIDATION_ERROR", "cannot expand ~: HOME is not set", { field = "path" })
+    end
+    return home:gsub("/+$", "") .. path:sub(2)
+  end
+  return path
+end
+
+
+local STORED_FIELDS = { "access_token", "refresh_token", "expires_at_ms", "expires_in", "token_type", "scopes",
+  "account", "organization", "obtained_at_ms", "subscription_type" }
+
+--- Writes credentials to a local file, atomically (temporary file, fsync, rename) with mode
+-- 0600; creates a missing parent directory with mode 0700. `~` is $HOME.
+---@param path string
+---@param creds galley.ClaudeCredentials
+---@return string path the expanded path
+---@raise VALIDATION_ERROR (no access_token) | FILE_IO_ERROR (resource "file:<path>")
+function M.save_credentials(path, creds)
+  if type(creds) ~= "table" or type(creds.access_token) ~= "string" then
+    raise("VALIDATION_ERROR", "credentials need an access_token", { field = "access_token" })
+  end
+  path = expand_local(path)
+  local out = {}
+  for _, k in ipairs(STORED_FIELDS) do out[k] = creds[k] end
+  local dir = path:match("^(.*)/[^/]*$")
+  if dir and dir ~= "" and not fs.exists(dir) then
+    local ok, err = fs.mkdir_p(dir, "700")
+    if not ok then
+      raise("FILE_IO_ERROR", ("cannot create %s: %s"):format(dir, tostring(err and err.message)),
+        { resource = "file:" .. dir, operation = "oauth.save_credentials" })
+    end
+  end
+  local ok, err = fs.write_atomic(path, cjson.encode(out):gsub("\\/", "/") .. "\n", { mode = "600" })
+  if not ok then
+    raise("FILE_IO_ERROR", ("cannot write %s: %s"):format(path, tostring(err and err.message)),
+      { resource = "file:" .. path, operation = "oauth.save_credentials" })
+  end
+  return path
+end
+
+
+--- Reads credentials saved by save_credentials (or any JSON file with the same fields).
+-- The tokens are registered with galley.log as secrets.
+---@param path string
+---@return galley.ClaudeCredentials
+---@raise NOT_FOUND (no file) | FILE_IO_ERROR | PROTOCOL_ERROR (not JSON, no access_token)
+function M.load_credentials(path)
+  path = expand_local(path)
+  local text, err = fs.read(path)
+  if not text then
+    local code = err and err.code == "FS_NOT_FOUND" and "NOT_FOUND" or "FILE_IO_ERROR"
+    raise(code, ("cannot read %s: %s"):format(path, tostring(err and err.message)), {
+      resource = "file:" .. path, operation = "oauth.load_credentials",
+      hint = code == "NOT_FOUND" and "log in first: galley run claude-login" or nil })
+  end
+  local ok, t = pcall(cjson.decode, text)
+  if not ok or type(t) ~= "table" or type(t.access_token) ~= "string" or t.access_token == "" then
+    raise("PROTOCOL_ERROR", path .. " does not hold Claude credentials (JSON with access_token)",
+      { resource = "file:" .. path, operation = "oauth.load_credentials" })
+  end
+  logmod.register_secret(t.access_token)
+  if type(t.refresh_token) == "string" then logmod.register_secret(t.refresh_token) end
+  for _, k in ipairs({ "expires_at_ms", "expires_in", "obtained_at_ms" }) do
+    if type(t[k]) == "number" then t[k] = math.tointeger(t[k]) or math.floor(t[k]) end
+  end
+  if type(t.scopes) ~= "table" then t.scopes = nil end
+  return t
 end
 
 return M

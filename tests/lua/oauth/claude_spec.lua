@@ -3,6 +3,10 @@
 -- token endpoint cannot be reached from tests.
 local oauth = require("galley.oauth.claude")
 local log = require("galley.log")
+local cjson = require("cjson")
+local fs = require("galley.core.fs")
+local proc = require("galley.core.proc")
+local support = require("support")
 local fake_server = require("support.fake_token_server")
 
 local function raised(f, ...)
@@ -230,6 +234,107 @@ describe("galley.oauth.claude #oauth", function()
       assert.is_true(c.is_expired({ expires_at_ms = now + 4 * 60 * 1000 }, 5 * 60 * 1000))
       assert.is_false(c.is_expired({ expires_at_ms = now + 4 * 60 * 1000 }, 0))
       assert.is_true(c.is_expired({}))
+    end)
+  end)
+
+  describe("recipes/claude-login.lua", function()
+    local fake, dir
+    before_each(function()
+      fake = fake_server.start()
+      dir = assert(fs.mkdtemp("galley-login-"))
+    end)
+    after_each(function()
+      fake.stop()
+      fs.remove_tree(dir)
+    end)
+
+    -- Runs the recipe; `answer(stdout_so_far)` returns what to type once the URL is printed.
+    -- The spec's process serves the fake while it waits (proc releases the GIL).
+    local function run_recipe(args, answer)
+      local argv = { support.bin, "run", support.source_dir .. "/recipes/claude-login.lua" }
+      for _, a in ipairs(args) do argv[#argv + 1] = a end
+      local p = assert(proc.spawn({ argv = argv, stdin = "pipe" }))
+      local out, err, sent = {}, {}, answer == nil
+      if answer == nil then p:close_stdin() end
+      while true do
+        local what, data = p:read(30000)
+        assert.is_not_nil(what, "the recipe did not finish")
+        if what == "exit" then
+          return data, table.concat(out), table.concat(err)
+        end
+        if what == "stdout" then out[#out + 1] = data else err[#err + 1] = data end
+        local so_far = table.concat(out)
+        if not sent and so_far:find("\n", 1, true) then
+          sent = true
+          p:write(answer(so_far))
+          p:close_stdin()
+        end
+      end
+    end
+
+    it("walks through a login and saves the credentials with mode 600", function()
+      local path = dir .. "/sub/creds.json"
+      local code, out, err = run_recipe({ "--token-urls", fake.url("cf") .. "," .. fake.url("ok"), "--output", path },
+        function(stdout)
+          local url = stdout:match("^(%S+)")
+          local state = url:match("[?&]state=([^&]+)")
+          local challenge = url:match("[?&]code_challenge=([^&]+)")
+          fake.add_code("pasted-code", challenge)
+          return "pasted-code#" .. state .. "\n"
+        end)
+      assert.are.equal(0, code, err)
+      local issued = fake.issued[1]
+      local saved = cjson.decode((assert(fs.read(path))))
+      assert.are.equal(issued.access_token, saved.access_token)
+      assert.are.equal(issued.refresh_token, saved.refresh_token)
+      assert.are.equal(tonumber("600", 8), fs.stat(path).mode & tonumber("777", 8))
+      assert.are.equal(tonumber("700", 8), fs.stat(dir .. "/sub").mode & tonumber("777", 8))
+      for _, text in ipairs({ out, err }) do
+        assert.is_nil(text:find(issued.access_token, 1, true))
+        assert.is_nil(text:find(issued.refresh_token, 1, true))
+      end
+      assert.is_truthy(err:find("access token 108 chars", 1, true))
+    end)
+
+    it("rejects a code pasted with another login's state #failure", function()
+      local path = dir .. "/creds.json"
+      local code, _, err = run_recipe({ "--token-urls", fake.url("ok"), "--output", path }, function()
+        return "some-code#not-the-state\n"
+      end)
+      assert.are.equal(1, code)
+      assert.is_truthy(err:find("VALIDATION_ERROR", 1, true))
+      assert.is_false(fs.exists(path))
+      assert.are.equal(0, #fake.requests)
+    end)
+
+    it("refreshes saved credentials and stores the rotated refresh token", function()
+      local path = dir .. "/creds.json"
+      local rt = fake.add_refresh_token()
+      oauth.save_credentials(path, { access_token = "sk-ant-oat01-old", refresh_token = rt, expires_at_ms = 1,
+        scopes = { "user:inference" } })
+      local code, _, err = run_recipe({ "--refresh", "--token-urls", fake.url("gone") .. "," .. fake.url("ok"),
+        "--output", path })
+      assert.are.equal(0, code, err)
+      local saved = oauth.load_credentials(path)
+      assert.are.equal(fake.issued[1].access_token, saved.access_token)
+      assert.are_not.equal(rt, saved.refresh_token)
+      assert.is_true(fake.is_live_refresh_token(saved.refresh_token))
+      assert.are.equal(tonumber("600", 8), fs.stat(path).mode & tonumber("777", 8))
+      -- --if-needed leaves fresh credentials alone.
+      code = run_recipe({ "--refresh", "--if-needed", "--token-urls", fake.url("ok"), "--output", path })
+      assert.are.equal(0, code)
+      assert.are.equal(saved.refresh_token, oauth.load_credentials(path).refresh_token)
+    end)
+
+    it("keeps the saved file when the refresh token is refused #failure", function()
+      local path = dir .. "/creds.json"
+      oauth.save_credentials(path, { access_token = "sk-ant-oat01-old", refresh_token = "sk-ant-ort01-spent",
+        expires_at_ms = 1 })
+      local before = fs.read(path)
+      local code, _, err = run_recipe({ "--refresh", "--token-urls", fake.url("ok"), "--output", path })
+      assert.are.equal(1, code)
+      assert.is_truthy(err:find("AUTHENTICATION_ERROR", 1, true))
+      assert.are.equal(before, fs.read(path))
     end)
   end)
 end)
