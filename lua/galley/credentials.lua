@@ -29,9 +29,13 @@
 -- directories (then chmods them), and writes each file to a temporary file beside it (0600
 -- while written), chmods/chowns it, checks its size, fsyncs and renames it over the target
 -- (merges read the current file first). It prints a JSON report on stdout. Payloads above
--- `max_exec_bytes` (1 MiB) are split across several execs in order; a single plain file larger
+-- `max_exec_bytes` (768 KiB) are split across several execs in order; a single plain file larger
 -- than that goes through `provider.files.write_file_atomic` instead. Post-install commands run
 -- afterwards, one exec each. The instance needs python3 (the seeds assume it on snapshots).
+-- Where the environment travels is the provider's business: the local provider hands it to the
+-- process (never argv); Morph's exec API has only a command array, so the Morph provider puts
+-- the exports in the script its single exec carries. Either way nothing here logs it, and no
+-- token appears in plain text (it is base64 inside base64 JSON).
 --
 -- Logging: paths, byte counts and modes only, never contents. Secret file contents are
 -- registered with galley.log so that no record can show them.
@@ -48,7 +52,8 @@ local util = require("galley.util")
 
 local M = {}
 
-M.DEFAULT_MAX_EXEC_BYTES = 1024 * 1024
+-- Below the Morph provider's 1 MiB inline-script limit, so a batch stays one request there.
+M.DEFAULT_MAX_EXEC_BYTES = 768 * 1024
 M.DEFAULT_ENV_CHUNK_BYTES = 100000
 M.CLAUDE_DEFAULT_SCOPES = { "user:inference", "user:profile" }
 
@@ -588,7 +593,7 @@ end
 ---@field log? galley.Logger
 ---@field home_dir? string what `~` means (default provider.capabilities.home_dir, else the remote $HOME)
 ---@field python? string the remote interpreter (default "python3")
----@field max_exec_bytes? integer payload per exec (default 1 MiB)
+---@field max_exec_bytes? integer payload per exec (default 768 KiB)
 ---@field env_chunk_bytes? integer bytes per environment variable (default 100 000)
 
 ---@param opts galley.CredentialsOptions
