@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <curl/curl.h>
 #include <sodium.h>
 #include <lua.h>
 #include <lauxlib.h>
@@ -220,8 +219,9 @@ static int pmain(lua_State *L) {
 
 
 int main(int argc, char **argv) {
-  if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0 || sodium_init() < 0) {
-    fprintf(stderr, "galley: cannot initialise libcurl/libsodium\n");
+  /* libcurl, libedit and libmicrohttpd are loaded on first use (src/core/dyn_*.c). */
+  if (sodium_init() < 0) {
+    fprintf(stderr, "galley: cannot initialise libsodium\n");
     return 1;
   }
   lua_State *L = luaL_newstate();
@@ -239,6 +239,5 @@ int main(int argc, char **argv) {
   if (status != LUA_OK) fprintf(stderr, "galley: %s\n", lua_tostring(L, -1));
   globalL = NULL;
   lua_close(L);
-  curl_global_cleanup();
   return code;
 }

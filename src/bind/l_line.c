@@ -7,12 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <editline/readline.h>
 #include "bind.h"
+#include "dyn_edit.h"
 #include "sig.h"
 
 #define COMPLETER_KEY "galley.line.completer"
 
+static const struct galley_edit_api *ed;  /* set by luaopen */
 static lua_State *completion_L;  /* set only while readline() runs, on the calling thread */
 static int line_interrupted;
 
@@ -24,7 +25,7 @@ static int getc_interruptible(FILE *in) {
     if (galley_sig_pending() == SIGINT) {
       galley_sig_clear();
       line_interrupted = 1;
-      rl_replace_line("", 0);
+      ed->replace_line("", 0);
       return '\n';
     }
     struct pollfd p = {fileno(in), POLLIN, 0};
@@ -43,14 +44,14 @@ static int getc_interruptible(FILE *in) {
 static char **complete(const char *text, int start, int end) {
   (void)start;
   (void)end;
-  rl_attempted_completion_over = 1;  /* never fall back to file names */
+  *ed->attempted_completion_over = 1;  /* never fall back to file names */
   lua_State *L = completion_L;
   if (!L || lua_getfield(L, LUA_REGISTRYINDEX, COMPLETER_KEY) != LUA_TFUNCTION) {
     if (L) lua_pop(L, 1);
     return NULL;
   }
   lua_pushstring(L, text);
-  lua_pushstring(L, rl_line_buffer ? rl_line_buffer : "");
+  lua_pushstring(L, *ed->line_buffer ? *ed->line_buffer : "");
   if (lua_pcall(L, 2, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
     lua_pop(L, 1);
     return NULL;
@@ -84,7 +85,7 @@ static char **complete(const char *text, int start, int end) {
     common = j;
   }
   matches[0] = strndup(matches[1], common);
-  if (k == 2) rl_completion_append_character = '\0';
+  if (k == 2) *ed->completion_append_character = '\0';
   return matches;
 }
 
@@ -94,7 +95,7 @@ static int l_line_readline(lua_State *L) {
   const char *prompt = luaL_optstring(L, 1, "> ");
   line_interrupted = 0;
   completion_L = L;
-  char *s = readline(prompt);
+  char *s = ed->readline(prompt);
   completion_L = NULL;
   if (line_interrupted) {
     free(s);
@@ -120,7 +121,7 @@ static int l_line_set_completer(lua_State *L) {
 
 /* line.add_history(text) */
 static int l_line_add_history(lua_State *L) {
-  add_history(luaL_checkstring(L, 1));
+  ed->add_history(luaL_checkstring(L, 1));
   return 0;
 }
 
@@ -128,7 +129,7 @@ static int l_line_add_history(lua_State *L) {
 /* line.load_history(path) -> true | nil, err */
 static int l_line_load_history(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  if (read_history(path) != 0) return galley_fail(L, "LINE_HISTORY", "cannot read history file %s", path);
+  if (ed->read_history(path) != 0) return galley_fail(L, "LINE_HISTORY", "cannot read history file %s", path);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -138,8 +139,8 @@ static int l_line_load_history(lua_State *L) {
 static int l_line_save_history(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   int max = (int)luaL_optinteger(L, 2, 1000);
-  stifle_history(max);
-  if (write_history(path) != 0) return galley_fail(L, "LINE_HISTORY", "cannot write history file %s", path);
+  ed->stifle_history(max);
+  if (ed->write_history(path) != 0) return galley_fail(L, "LINE_HISTORY", "cannot write history file %s", path);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -155,11 +156,14 @@ static const luaL_Reg line_funcs[] = {
 };
 
 int luaopen_galley_core_line(lua_State *L) {
-  rl_catch_signals = 0;
-  rl_getc_function = getc_interruptible;
-  rl_attempted_completion_function = complete;
-  rl_basic_word_break_characters = " \t\n\"\\'`@$><=;|&{(,+-*/%^~#[]";
-  using_history();
+  char err[300];
+  ed = galley_edit(err, sizeof err);
+  if (!ed) return galley_raise(L, "LINE_UNAVAILABLE", "%s (apt-get install libedit2)", err);
+  *ed->catch_signals = 0;
+  *ed->getc_function = getc_interruptible;
+  *ed->attempted_completion_function = complete;
+  *ed->basic_word_break_characters = " \t\n\"\\'`@$><=;|&{(,+-*/%^~#[]";
+  ed->using_history();
   luaL_newlib(L, line_funcs);
   return 1;
 }

@@ -2,7 +2,7 @@
  * the interrupt flag, clocks and terminals. */
 #include <string.h>
 #include <unistd.h>
-#include <curl/curl.h>
+#include "dyn_curl.h"
 #include <sodium.h>
 #include "bind.h"
 #include "embedded.h"

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <curl/curl.h>
+#include "dyn_curl.h"
 #include "gil.h"
 #include "http.h"
 #include "sig.h"

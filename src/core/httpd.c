@@ -9,7 +9,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <microhttpd.h>
+#include "dyn_mhd.h"
 #include "httpd.h"
 
 /* Seconds an idle keep-alive connection may stay open. */
@@ -445,6 +445,12 @@ static int listen_loopback(int port, char *code, size_t code_len, char *msg, siz
 
 struct galley_httpd *galley_httpd_start(int port, galley_httpd_handler handler, void *ud,
                                         char *code, size_t code_len, char *msg, size_t msg_len) {
+  char load_err[300];
+  if (!galley_mhd(load_err, sizeof load_err)) {
+    snprintf(code, code_len, "HTTPD_UNAVAILABLE");
+    snprintf(msg, msg_len, "%s (apt-get install libmicrohttpd12)", load_err);
+    return NULL;
+  }
   if (port < 0 || port > 65535) {
     snprintf(code, code_len, "HTTPD_BIND");
     snprintf(msg, msg_len, "port %d out of range", port);

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-#include <curl/curl.h>
+#include "dyn_curl.h"
 #include <sodium.h>
 #include "morph.h"
 #include "sig.h"
