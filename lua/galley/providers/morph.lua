@@ -1,0 +1,717 @@
+--- galley.providers.morph: the VM provider for Morph Cloud, over galley.core.morph.
+--
+--   local provider = require("galley.providers.morph").new{}      -- MORPH_API_KEY, MORPH_BASE_URL
+--   local inst = provider.instances.boot("snapshot_abc", {ttl_seconds = 1800})  -- returns when ready
+--   provider.exec(inst.id, {kind = "argv", command = "uname", args = {"-a"}})
+--   provider.files.write_file_atomic(inst.id, "~/.config/app.json", "{}", {mode = "600", create_dirs = true})
+--   provider.instances.terminate(inst.id)
+--
+-- Instances: boot is POST /snapshot/{id}/boot. The provider owns readiness: a `ready` answer
+-- returns at once (one request); otherwise it polls GET /instance/{id} (client:wait_ready) up to
+-- `boot_timeout_ms`, and if the instance fails or the wait ends, it deletes the instance before
+-- raising (the error names it: resource "instance:<id>", instance_id). fork is POST .../branch
+-- (its snapshot is kept and reported as `fork_snapshot_id`), then TTLs, then a wait for each
+-- clone (all clones are deleted if one fails). stop and terminate are both DELETE: Morph has no
+-- stopped state besides pause. pause/resume keep the files; status "paused" reads "stopped".
+--
+-- Exec: an argv runs as given (a one-element argv is sent shell-quoted, since the service runs a
+-- one-element command through a shell). A shell-form spec, or an argv spec with cwd/env, becomes
+-- a bash script (galley.core.shell.plan) that ONE exec writes to /tmp/.galley-script-<random>.sh,
+-- runs as `/bin/bash <path>` and removes; scripts over 1 MiB are uploaded first (files API).
+-- Files: galley.providers.execfiles over the same exec (no file API exists on Morph).
+--
+-- Home directory: `home_dir` (default "/root") is what `~` means. `home_dir = false` asks each
+-- instance for its $HOME the first time a `~` path is used (one exec, cached); `galley emulate`
+-- needs that, as its instances live in directories on this machine.
+--
+-- Errors are the client's error tables (code NOT_FOUND, VALIDATION_ERROR, AUTHENTICATION_ERROR,
+-- RATE_LIMIT, SERVER_ERROR, NETWORK_ERROR, TIMEOUT, PROTOCOL_ERROR, INTERRUPTED) with
+-- kind = "ProviderError", operation = the provider call ("instances.boot"; the endpoint in
+-- `endpoint`) and resource; HTTP 409 (not ready, paused) becomes CONFLICT. Bad arguments raise
+-- VALIDATION_ERROR (with `field`) before any request. The API key is registered with galley.log
+-- as a secret and never appears in logs or errors.
+local cjson = require("cjson")
+local codec = require("galley.core.codec")
+local common = require("galley.providers.common")
+local contracts = require("galley.contracts")
+local errors = require("galley.errors")
+local execfiles = require("galley.providers.execfiles")
+local logmod = require("galley.log")
+local morph = require("galley.core.morph")
+local run = require("galley.run")
+local runtime = require("galley.core.runtime")
+local shell = require("galley.core.shell")
+
+local M = {}
+
+M.NAME = "morph"
+M.VERSION = "0.1.0"
+M.DEFAULT_HOME = "/root"
+M.DEFAULT_BOOT_TIMEOUT_MS = 300000
+M.DEFAULT_SNAPSHOT_TIMEOUT_MS = 600000
+
+--- Morph instance status → provider status.
+M.STATUS = common.MORPH_STATUS
+
+--- Morph snapshot status → provider snapshot status (creating|ready|deleting|error).
+M.SNAPSHOT_STATUS = { pending = "creating", ready = "ready", failed = "error", deleting = "deleting",
+  deleted = "deleting" }
+
+--- The metadata key galley.core.morph stamps on created instances (hidden from `metadata`).
+M.TOKEN_KEY = "galley_request_token"
+
+--- Largest script sent inside the exec that runs it; longer ones are uploaded first.
+M.INLINE_SCRIPT_BYTES = 1024 * 1024
+
+local SCRIPT_PIECE_BYTES = 120 * 1024
+
+-- argv after it: path write piece...; write = 1: the pieces are the script, written to path
+-- (mode 600, never over an existing file); 0: path already holds it. Runs it with bash and
+-- removes it whatever happens.
+local RUNNER = [[
+p=$1 w=$2
+shift 2
+trap 'rm -f -- "$p"' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+if [ "$w" = 1 ]; then
+  (umask 077 && set -C && printf %s "$@" > "$p") || { echo "galley: cannot write the script $p" >&2; exit 127; }
+fi
+/bin/bash "$p"
+]]
+
+local HOME_PROBE = 'printf %s "$HOME"'
+
+-- Paths (argument positions) of the files API, for `~` with a per-instance home.
+local PATH_ARGS = {
+  write_file_atomic = { 2 }, write_file = { 2 }, read_file = { 2 }, file_exists = { 2 }, is_directory = { 2 },
+  create_directory = { 2 }, list_directory = { 2 }, delete_file = { 2 }, delete_directory = { 2 },
+  copy_file = { 2, 3 }, move_file = { 2, 3 },
+}
+
+
+local function value(v)
+  if v == cjson.null then return nil end
+  return v
+end
+
+
+local function int(v)
+  v = value(v)
+  if type(v) == "number" then return math.tointeger(v) or v end
+  return v
+end
+
+
+local function fail(code, message, fields)
+  error(common.error(code, message, fields), 0)
+end
+
+
+---@class galley.MorphInstance
+---@field id string
+---@field status "booting"|"ready"|"stopping"|"stopped"|"error"
+---@field metadata table<string, string> (without galley.core.morph's request token)
+---@field created_at integer Unix seconds
+---@field ttl {seconds?: integer, action?: "stop"|"pause", expires_at?: integer}
+---@field snapshot_id string
+---@field image_id string
+---@field raw table the Morph body
+
+---@class galley.MorphBootOptions
+---@field metadata? table<string, string>
+---@field ttl_seconds? integer|false false: no TTL even inside a run
+---@field ttl_action? "stop"|"terminate"|"pause" stop and terminate both delete at expiry
+---@field vcpus? integer
+---@field memory? integer MB
+---@field disk_size? integer MB
+---@field timeout_ms? integer how long to wait for `ready` (default: the provider's boot_timeout_ms)
+
+--- Maps a Morph instance status to the provider's (unknown → "error").
+---@param raw string|nil
+---@return string status booting|ready|stopping|stopped|error
+function M.map_status(raw)
+  return common.map_status(M.STATUS, raw)
+end
+
+
+--- The provider's instance table for a Morph instance body.
+---@param raw table the decoded Instance
+---@return galley.MorphInstance
+function M.instance(raw)
+  local ttl = type(raw.ttl) == "table" and raw.ttl or {}
+  local refs = type(raw.refs) == "table" and raw.refs or {}
+  local metadata = {}
+  for k, v in pairs(type(raw.metadata) == "table" and raw.metadata or {}) do
+    if k ~= M.TOKEN_KEY then metadata[k] = value(v) end
+  end
+  return {
+    object = "instance",
+    id = raw.id,
+    status = M.map_status(value(raw.status)),
+    metadata = metadata,
+    created_at = int(raw.created),
+    ttl = common.ttl_table(int(ttl.ttl_seconds), value(ttl.ttl_action), int(ttl.ttl_expire_at)),
+    snapshot_id = value(refs.snapshot_id),
+    image_id = value(refs.image_id),
+    raw = raw,
+  }
+end
+
+
+--- The provider's snapshot table for a Morph snapshot body.
+---@param raw table the decoded Snapshot
+---@return table `{id, status, metadata, created_at, digest, image_id, ttl, raw}`
+function M.snapshot(raw)
+  local ttl = type(raw.ttl) == "table" and raw.ttl or {}
+  local metadata = {}
+  for k, v in pairs(type(raw.metadata) == "table" and raw.metadata or {}) do metadata[k] = value(v) end
+  local seconds = int(ttl.ttl_seconds)
+  return {
+    object = "snapshot",
+    id = raw.id,
+    status = M.SNAPSHOT_STATUS[value(raw.status) or ""] or "error",
+    metadata = metadata,
+    created_at = int(raw.created),
+    digest = value(raw.digest),
+    image_id = type(raw.refs) == "table" and value(raw.refs.image_id) or nil,
+    ttl = seconds and { seconds = seconds, expires_at = int(ttl.ttl_expire_at) } or {},
+    raw = raw,
+  }
+end
+
+
+--- Turns a client error into the provider's: kind ProviderError, the provider operation (the
+-- endpoint kept in `endpoint`), a resource, and 409 as CONFLICT.
+---@param err any
+---@param operation string
+---@param resource? string
+---@return galley.Error
+function M.wrap_error(err, operation, resource)
+  if not errors.is(err) then err = errors.wrap(err, nil, "PROVIDER_ERROR") end
+  if err.code == "VALIDATION_ERROR" and err.status == 409 then
+    err.code = "CONFLICT"
+    err.hint = "the instance is not in a state that allows this (not ready, or paused?)"
+  end
+  if err.operation and err.operation ~= operation and err.endpoint == nil then err.endpoint = err.operation end
+  err.operation = operation
+  if err.resource == nil then err.resource = resource end
+  if err.kind == nil then err.kind = "ProviderError" end
+  return err
+end
+
+
+local function check_id(id, field)
+  if type(id) ~= "string" or id == "" or id:find("[%c/%s?#%%]") then
+    fail("VALIDATION_ERROR", ("%s must be a non-empty id string"):format(field), { field = field })
+  end
+  return id
+end
+
+
+local function check_table(t, field)
+  if t ~= nil and type(t) ~= "table" then
+    fail("VALIDATION_ERROR", field .. " must be a table", { field = field })
+  end
+  return t or {}
+end
+
+
+local function check_count(n, field, min)
+  if n == nil then return nil end
+  if math.type(n) ~= "integer" and not (type(n) == "number" and n == math.floor(n)) then
+    fail("VALIDATION_ERROR", field .. " must be an integer", { field = field })
+  end
+  n = math.tointeger(n)
+  if not n or n < (min or 1) then
+    fail("VALIDATION_ERROR", ("%s must be at least %d"):format(field, min or 1), { field = field })
+  end
+  return n
+end
+
+
+---@class galley.MorphProviderOptions
+---@field api_key? string default MORPH_API_KEY
+---@field base_url? string default MORPH_BASE_URL, else https://cloud.morph.so/api
+---@field client? userdata an existing galley.core.morph client (api_key/base_url/timeouts ignored)
+---@field home_dir? string|false what `~` expands to (default "/root"); false: each instance's $HOME
+---@field log? galley.Logger
+---@field timeout_ms? integer per request (client default 120 s); exec has none unless exec_timeout_ms
+---@field connect_timeout_ms? integer
+---@field retry? {max_attempts?: integer, base_delay_ms?: integer, max_delay_ms?: integer, max_elapsed_ms?: integer}
+---@field boot_timeout_ms? integer how long boot/fork/resume wait for `ready` (default 300 s)
+---@field snapshot_timeout_ms? integer how long snapshot waits for `ready` (default 600 s)
+---@field exec_timeout_ms? integer time limit of one exec (default none)
+---@field size_limit? integer largest file the files API moves (default 256 MiB)
+---@field max_request_bytes? integer base64 bytes per file-transfer exec (execfiles default 1.5 MiB)
+---@field max_arg_bytes? integer bytes per argv element of a transfer (execfiles default 120 KiB)
+---@field decoder? "python"|"coreutils" skip execfiles' decoder detection
+
+--- Creates a Morph provider.
+---@param opts? galley.MorphProviderOptions
+---@return table provider `{name, version, capabilities, client, instances, snapshots, images, files, exec, close}`
+---@raise AUTHENTICATION_ERROR (no API key) | VALIDATION_ERROR (bad option or base URL)
+function M.new(opts)
+  opts = check_table(opts, "options")
+  local log = opts.log or logmod.new({ prefix = "morph" })
+  local home_fixed = opts.home_dir
+  if home_fixed == nil then home_fixed = M.DEFAULT_HOME end
+  if home_fixed ~= false and (type(home_fixed) ~= "string" or home_fixed:sub(1, 1) ~= "/") then
+    fail("VALIDATION_ERROR", "home_dir must be an absolute path or false", { field = "home_dir" })
+  end
+  local boot_timeout_ms = check_count(opts.boot_timeout_ms, "boot_timeout_ms", 0) or M.DEFAULT_BOOT_TIMEOUT_MS
+  local snapshot_timeout_ms = check_count(opts.snapshot_timeout_ms, "snapshot_timeout_ms", 0)
+    or M.DEFAULT_SNAPSHOT_TIMEOUT_MS
+  local exec_timeout_ms = check_count(opts.exec_timeout_ms, "exec_timeout_ms", 1)
+
+  local client = opts.client
+  local own_client = false
+  if client == nil then
+    local key = opts.api_key or os.getenv("MORPH_API_KEY")
+    if type(key) == "string" and key ~= "" then logmod.register_secret(key) end
+    local err
+    client, err = morph.new({
+      api_key = opts.api_key,
+      base_url = opts.base_url,
+      timeout_ms = opts.timeout_ms,
+      connect_timeout_ms = opts.connect_timeout_ms,
+      retry = opts.retry,
+      log = function(r)
+        log.trace("request", { method = r.method, path = r.path, status = r.status, ms = r.ms, attempt = r.attempt,
+          error = r.error })
+      end,
+    })
+    if not client then error(M.wrap_error(err, "morph.new"), 0) end
+    own_client = true
+  end
+
+  local provider = {
+    name = M.NAME,
+    version = M.VERSION,
+    client = client,
+    capabilities = {
+      home_dir = home_fixed or nil,
+      home_dir_per_instance = home_fixed == false,
+      pause = true,
+      snapshots = true,
+      fork = true,
+      exec_stream = true,
+      max_file_bytes = opts.size_limit or execfiles.DEFAULT_SIZE_LIMIT,
+    },
+    instances = {},
+    snapshots = {},
+    images = {},
+  }
+
+  -- Calls client:<method>(...) and returns its result, or raises the provider's error.
+  local function call(operation, resource, method, ...)
+    local res, err = client[method](client, ...)
+    if res == nil then error(M.wrap_error(err, operation, resource), 0) end
+    return res
+  end
+
+  -- Deletes an instance, best effort (boot/fork cleanup); true when it is gone.
+  local function discard(id, why)
+    local ok, err = client:instances_stop(id)
+    if ok or errors.is(err, "NOT_FOUND") then
+      log.warn("deleted an instance that did not become ready", { instance = id, reason = why })
+      return true
+    end
+    log.error("could not delete an instance that did not become ready", { instance = id, error = tostring(err) })
+    return false
+  end
+
+  -- Waits until `raw` (a just-created instance) is ready; on failure deletes it and raises an
+  -- error naming it.
+  local function await_new(raw, timeout_ms, operation)
+    if value(raw.status) == "ready" then return raw end
+    local id = raw.id
+    local res, err
+    if value(raw.status) == "error" then
+      err = common.error("SERVER_ERROR", ("instance %s entered status 'error'"):format(id),
+        { instance_status = "error" })
+    else
+      res, err = client:wait_ready(id, { timeout_ms = timeout_ms })
+      if res then return res end
+    end
+    err = M.wrap_error(err, operation, "instance:" .. id)
+    err.resource = "instance:" .. id
+    err.instance_id = id
+    err.terminated = discard(id, err.code)
+    err.message = ("instance %s did not become ready (%s)%s"):format(id, tostring(err.message),
+      err.terminated and "; it was deleted" or "; deleting it failed too")
+    error(err, 0)
+  end
+
+  -- Polls a snapshot until it is ready (failed → PROVIDER_ERROR, too long → TIMEOUT).
+  local function await_snapshot(raw, operation)
+    local start = runtime.now_ms()
+    local delay = 250
+    while value(raw.status) ~= "ready" do
+      local status = value(raw.status)
+      if status == "failed" or status == "deleting" or status == "deleted" then
+        fail("PROVIDER_ERROR", ("snapshot %s is %s"):format(raw.id, tostring(status)),
+          { operation = operation, resource = "snapshot:" .. raw.id })
+      end
+      if runtime.now_ms() - start >= snapshot_timeout_ms then
+        fail("TIMEOUT", ("snapshot %s not ready after %d ms"):format(raw.id, snapshot_timeout_ms),
+          { operation = operation, resource = "snapshot:" .. raw.id })
+      end
+      local ok, err = runtime.sleep_ms(delay)
+      if not ok then error(err, 0) end
+      delay = math.min(delay * 2, 2000)
+      raw = call(operation, "snapshot:" .. raw.id, "snapshots_get", raw.id)
+    end
+    return raw
+  end
+
+  -- Exec -----------------------------------------------------------------------------------
+  local homes = {}
+
+  -- Runs an argv as given: {stdout, stderr, exit_code}.
+  local function exec_argv(id, argv, eopts, operation)
+    if #argv == 1 then argv = { shell.quote(argv[1]) } end
+    eopts = eopts or {}
+    local res = call(operation or "exec", "instance:" .. id, "instances_exec", id, argv, {
+      timeout_ms = eopts.timeout_ms or exec_timeout_ms, on_stdout = eopts.on_stdout, on_stderr = eopts.on_stderr,
+    })
+    return { stdout = res.stdout or "", stderr = res.stderr or "", exit_code = int(res.exit_code) }
+  end
+
+  -- The home directory of an instance (asked once per instance with home_dir = false).
+  local function home_of(id)
+    if home_fixed then return home_fixed end
+    local h = homes[id]
+    if h then return h end
+    local r = exec_argv(id, { "/bin/sh", "-c", HOME_PROBE }, nil, "exec")
+    if r.exit_code ~= 0 or r.stdout:sub(1, 1) ~= "/" then
+      fail("PROVIDER_ERROR", ("cannot tell the home directory of instance %s"):format(id),
+        { operation = "exec", resource = "instance:" .. id, details = { exit_code = r.exit_code } })
+    end
+    homes[id] = r.stdout
+    return r.stdout
+  end
+
+  local inner_files = execfiles.new({
+    exec_argv = function(id, argv) return exec_argv(id, argv, nil, "exec") end,
+    home_dir = home_fixed or function(id) return homes[id] end,
+    size_limit = opts.size_limit,
+    max_request_bytes = opts.max_request_bytes,
+    max_arg_bytes = opts.max_arg_bytes,
+    decoder = opts.decoder,
+    log = log,
+  })
+  if home_fixed then
+    provider.files = inner_files
+  else
+    -- Learn the instance's home before execfiles expands a `~` path.
+    provider.files = {}
+    for name, fn in pairs(inner_files) do
+      local positions = PATH_ARGS[name]
+      provider.files[name] = positions and function(...)
+        local args = table.pack(...)
+        for _, i in ipairs(positions) do
+          if type(args[i]) == "string" and args[i]:sub(1, 1) == "~" then
+            home_of(check_id(args[1], "instance_id"))
+            break
+          end
+        end
+        return fn(table.unpack(args, 1, args.n))
+      end or fn
+    end
+  end
+
+  local function forget(id)
+    homes[id] = nil
+    inner_files.forget_instance(id)
+  end
+
+  --- Runs a CommandSpec in an instance. Non-zero exits are results. With `eopts.on_stdout` /
+  --- `on_stderr`, output also streams to those functions as it arrives (SSE).
+  ---@param instance_id string
+  ---@param spec galley.CommandSpec
+  ---@param eopts? {timeout_ms?: integer, on_stdout?: fun(s: string), on_stderr?: fun(s: string)}
+  ---@return {stdout: string, stderr: string, exit_code: integer}
+  ---@raise VALIDATION_ERROR (bad spec, before any request) | NOT_FOUND | CONFLICT (not ready) | TIMEOUT | ...
+  function provider.exec(instance_id, spec, eopts)
+    check_id(instance_id, "instance_id")
+    spec = contracts.check_command(spec)
+    eopts = check_table(eopts, "exec options")
+    local ok, plan = pcall(shell.plan, spec, { home = home_fixed or nil })
+    if not ok then
+      error(errors.wrap(plan, { operation = "exec", kind = "ProviderError" }, "VALIDATION_ERROR"), 0)
+    end
+    if plan.argv then return exec_argv(instance_id, plan.argv, eopts) end
+    local script = plan.script
+    local path = "/tmp/.galley-script-" .. codec.random_hex(8) .. ".sh"
+    local argv = { "/bin/sh", "-c", RUNNER, "galley-script", path }
+    if #script <= M.INLINE_SCRIPT_BYTES then
+      argv[#argv + 1] = "1"
+      for i = 1, #script, SCRIPT_PIECE_BYTES do argv[#argv + 1] = script:sub(i, i + SCRIPT_PIECE_BYTES - 1) end
+    else
+      provider.files.write_file_atomic(instance_id, path, script, { mode = "600" })
+      argv[#argv + 1] = "0"
+    end
+    local r = exec_argv(instance_id, argv, eopts)
+    log.trace("exec", { instance = instance_id, kind = spec.kind, exit_code = r.exit_code, stderr_bytes = #r.stderr })
+    return r
+  end
+
+  -- instances ------------------------------------------------------------------------------
+  local I = provider.instances
+  I.exec = provider.exec
+
+  --- Boots an instance from a snapshot and returns when it is ready. Inside a recipe run the
+  --- instance is tagged with the run and gets its default TTL (galley.run).
+  ---@param snapshot_id string
+  ---@param bopts? galley.MorphBootOptions
+  ---@return table instance (status "ready")
+  ---@raise VALIDATION_ERROR | NOT_FOUND (snapshot) | TIMEOUT | SERVER_ERROR (not ready: deleted, err.instance_id)
+  function I.boot(snapshot_id, bopts)
+    check_id(snapshot_id, "snapshot_id")
+    bopts = run.boot_options(check_table(bopts, "options"))
+    local seconds, action = common.check_ttl(bopts)
+    local body = { metadata = common.check_metadata(bopts.metadata) }
+    if seconds then
+      body.ttl_seconds, body.ttl_action = seconds, action
+    end
+    for _, k in ipairs({ "vcpus", "memory", "disk_size" }) do body[k] = check_count(bopts[k], k) end
+    local wait_ms = check_count(bopts.timeout_ms, "timeout_ms", 0) or boot_timeout_ms
+    local raw = call("instances.boot", "snapshot:" .. snapshot_id, "snapshots_boot", snapshot_id, body)
+    raw = await_new(raw, wait_ms, "instances.boot")
+    run.track_instance(provider, raw.id)
+    log.debug("instance ready", { instance = raw.id, snapshot = snapshot_id })
+    return M.instance(raw)
+  end
+
+  --- The instance, or NOT_FOUND.
+  ---@param instance_id string
+  ---@return table instance
+  ---@raise NOT_FOUND | VALIDATION_ERROR | ...
+  function I.get(instance_id)
+    check_id(instance_id, "instance_id")
+    return M.instance(call("instances.get", "instance:" .. instance_id, "instances_get", instance_id))
+  end
+
+  --- Instances whose metadata matches every key of the filter (`{metadata = {...}}` or a plain map).
+  ---@param filter? table
+  ---@return table[] instances
+  ---@raise VALIDATION_ERROR | ...
+  function I.list(filter)
+    local want = common.metadata_filter(filter)
+    local query = want and { metadata = common.check_metadata(want, "filter") } or nil
+    local res = call("instances.list", nil, "instances_list", query)
+    local out = {}
+    for _, raw in ipairs(type(res.data) == "table" and res.data or {}) do
+      local inst = M.instance(raw)
+      if common.match_metadata(inst.metadata, want) then out[#out + 1] = inst end
+    end
+    return out
+  end
+
+  --- Deletes the instance (Morph's DELETE /instance/{id}; nothing of it is kept).
+  ---@param instance_id string
+  ---@return true
+  ---@raise NOT_FOUND | VALIDATION_ERROR | ...
+  function I.terminate(instance_id)
+    check_id(instance_id, "instance_id")
+    call("instances.terminate", "instance:" .. instance_id, "instances_stop", instance_id)
+    forget(instance_id)
+    return true
+  end
+
+  --- Same as terminate: Morph's stop deletes the instance (pause keeps it).
+  ---@param instance_id string
+  ---@return true
+  function I.stop(instance_id)
+    check_id(instance_id, "instance_id")
+    call("instances.stop", "instance:" .. instance_id, "instances_stop", instance_id)
+    forget(instance_id)
+    return true
+  end
+
+  --- Pauses the instance (memory and files kept); status "stopped".
+  ---@param instance_id string
+  ---@return table instance
+  ---@raise NOT_FOUND | CONFLICT (still booting) | ...
+  function I.pause(instance_id)
+    check_id(instance_id, "instance_id")
+    return M.instance(call("instances.pause", "instance:" .. instance_id, "instances_pause", instance_id))
+  end
+
+  --- Resumes a paused instance and returns when it is ready (its TTL restarts).
+  ---@param instance_id string
+  ---@return table instance
+  ---@raise NOT_FOUND | CONFLICT | TIMEOUT | ...
+  function I.resume(instance_id)
+    check_id(instance_id, "instance_id")
+    local raw = call("instances.resume", "instance:" .. instance_id, "instances_resume", instance_id)
+    if value(raw.status) ~= "ready" then
+      raw = call("instances.resume", "instance:" .. instance_id, "wait_ready", instance_id,
+        { timeout_ms = boot_timeout_ms })
+    end
+    return M.instance(raw)
+  end
+
+  local function take_snapshot(instance_id, sopts, operation)
+    check_id(instance_id, "instance_id")
+    sopts = check_table(sopts, "options")
+    local body = { metadata = common.check_metadata(sopts.metadata), ttl_seconds = check_count(sopts.ttl_seconds,
+      "ttl_seconds") }
+    local query
+    if sopts.digest ~= nil then
+      if type(sopts.digest) ~= "string" then
+        fail("VALIDATION_ERROR", "digest must be a string", { field = "digest" })
+      end
+      query = { digest = sopts.digest }
+    end
+    local raw = call(operation, "instance:" .. instance_id, "instances_snapshot", instance_id, body, query)
+    return M.snapshot(await_snapshot(raw, operation))
+  end
+
+  --- Snapshots a running instance; returns when the snapshot is ready.
+  ---@param instance_id string
+  ---@param sopts? {metadata?: table<string, string>, digest?: string, ttl_seconds?: integer}
+  ---@return table snapshot
+  ---@raise NOT_FOUND | CONFLICT | TIMEOUT | ...
+  function I.snapshot(instance_id, sopts)
+    return take_snapshot(instance_id, sopts, "instances.snapshot")
+  end
+
+  --- Makes `count` copies of a running instance (Morph's branch) and returns when all are
+  --- ready. Metadata defaults to the parent's; run tags and TTL as in boot.
+  ---@param instance_id string
+  ---@param count? integer default 1
+  ---@param fopts? galley.MorphBootOptions metadata, ttl_seconds, ttl_action, timeout_ms
+  ---@return table[] instances (with forked_from and fork_snapshot_id)
+  ---@raise VALIDATION_ERROR | NOT_FOUND | CONFLICT | TIMEOUT (every clone deleted) | ...
+  function I.fork(instance_id, count, fopts)
+    check_id(instance_id, "instance_id")
+    count = check_count(count == nil and 1 or count, "count")
+    fopts = check_table(fopts, "options")
+    local metadata = fopts.metadata
+    if metadata == nil then metadata = I.get(instance_id).metadata end
+    local bopts = run.boot_options({ metadata = metadata, ttl_seconds = fopts.ttl_seconds,
+      ttl_action = fopts.ttl_action })
+    local seconds, action = common.check_ttl(bopts)
+    local md = common.check_metadata(bopts.metadata)
+    local wait_ms = check_count(fopts.timeout_ms, "timeout_ms", 0) or boot_timeout_ms
+    local res = call("instances.fork", "instance:" .. instance_id, "instances_branch", instance_id,
+      { instance_metadata = md, snapshot_metadata = md }, { count = count })
+    local raws = type(res.instances) == "table" and res.instances or {}
+    local snap_id = type(res.snapshot) == "table" and res.snapshot.id or nil
+    local ok, err = pcall(function()
+      if #raws ~= count then
+        fail("PROTOCOL_ERROR", ("branch returned %d instances, %d asked"):format(#raws, count),
+          { operation = "instances.fork", resource = "instance:" .. instance_id })
+      end
+      if seconds then
+        for i, raw in ipairs(raws) do
+          raws[i] = call("instances.fork", "instance:" .. raw.id, "instances_ttl", raw.id,
+            { ttl_seconds = seconds, ttl_action = action })
+        end
+      end
+      for i, raw in ipairs(raws) do
+        if value(raw.status) ~= "ready" then
+          local r, werr = client:wait_ready(raw.id, { timeout_ms = wait_ms })
+          if not r then
+            werr = M.wrap_error(werr, "instances.fork", "instance:" .. raw.id)
+            werr.instance_id = raw.id
+            error(werr, 0)
+          end
+          raws[i] = r
+        end
+      end
+    end)
+    if not ok then
+      local all = true
+      for _, raw in ipairs(raws) do all = discard(raw.id, "fork failed") and all end
+      if type(err) == "table" then err.terminated = all end
+      error(err, 0)
+    end
+    local out = {}
+    for i, raw in ipairs(raws) do
+      run.track_instance(provider, raw.id)
+      out[i] = M.instance(raw)
+      out[i].forked_from = instance_id
+      out[i].fork_snapshot_id = snap_id
+    end
+    return out
+  end
+
+  --- Alias of fork (Morph calls it branch).
+  I.branch = I.fork
+
+  -- snapshots ------------------------------------------------------------------------------
+  local S = provider.snapshots
+
+  --- The snapshot, or NOT_FOUND.
+  ---@param snapshot_id string
+  ---@return table snapshot
+  ---@raise NOT_FOUND | VALIDATION_ERROR | ...
+  function S.get(snapshot_id)
+    check_id(snapshot_id, "snapshot_id")
+    return M.snapshot(call("snapshots.get", "snapshot:" .. snapshot_id, "snapshots_get", snapshot_id))
+  end
+
+  --- Snapshots matching a metadata filter (`{metadata = {...}, digest = ?}` or a plain map).
+  ---@param filter? table
+  ---@return table[]
+  function S.list(filter)
+    local want = common.metadata_filter(filter)
+    local query = {}
+    if type(filter) == "table" and type(filter.metadata) == "table" and type(filter.digest) == "string" then
+      query.digest = filter.digest
+    end
+    if want then query.metadata = common.check_metadata(want, "filter") end
+    local res = call("snapshots.list", nil, "snapshots_list", query)
+    local out = {}
+    for _, raw in ipairs(type(res.data) == "table" and res.data or {}) do
+      local s = M.snapshot(raw)
+      if common.match_metadata(s.metadata, want) then out[#out + 1] = s end
+    end
+    return out
+  end
+
+  --- Same as instances.snapshot (a snapshot of an instance).
+  ---@param instance_id string
+  ---@param sopts? {metadata?: table<string, string>, digest?: string, ttl_seconds?: integer}
+  ---@return table snapshot
+  function S.create(instance_id, sopts)
+    return take_snapshot(instance_id, sopts, "snapshots.create")
+  end
+
+  --- Deletes a snapshot.
+  ---@param snapshot_id string
+  ---@return true
+  ---@raise NOT_FOUND | VALIDATION_ERROR | ...
+  function S.delete(snapshot_id)
+    check_id(snapshot_id, "snapshot_id")
+    call("snapshots.delete", "snapshot:" .. snapshot_id, "snapshots_delete", snapshot_id)
+    return true
+  end
+
+  -- images ---------------------------------------------------------------------------------
+  --- The base images.
+  ---@return table[] `{id, name, description, disk_size, created_at, raw}`
+  function provider.images.list()
+    local res = call("images.list", nil, "images_list")
+    local out = {}
+    for _, raw in ipairs(type(res.data) == "table" and res.data or {}) do
+      out[#out + 1] = { object = "image", id = raw.id, name = value(raw.name), description = value(raw.description),
+        disk_size = int(raw.disk_size), created_at = int(raw.created), raw = raw }
+    end
+    return out
+  end
+
+  --- Closes the HTTP connection of a client this provider created (safe twice).
+  function provider.close()
+    if own_client then client:close() end
+  end
+
+  run.register_provider(provider)
+  return provider
+end
+
+return M

@@ -1,0 +1,33 @@
+-- The provider conformance suite against the Morph provider on `galley emulate` (loopback),
+-- started with a boot delay so that boot, fork and resume go through readiness polling.
+-- Emulated instances are directories on this machine with HOME set to them, so the provider
+-- learns each instance's home (home_dir = false) instead of assuming /root.
+local conformance = require("providers.conformance")
+local emulator = require("support.emulator")
+
+local SIZE_LIMIT = 64 * 1024 * 1024
+
+conformance.run("morph (galley emulate)", function()
+  local em = emulator.start({ boot_delay_ms = 40 })
+  local ok, provider = pcall(require("galley.providers.morph").new, {
+    api_key = em.api_key,
+    base_url = em.base_url,
+    home_dir = false,
+    size_limit = SIZE_LIMIT,
+    retry = { max_attempts = 3, base_delay_ms = 10, max_delay_ms = 100 },
+    boot_timeout_ms = 30000,
+  })
+  if not ok then
+    em:stop()
+    error(provider, 0)
+  end
+  return {
+    provider = provider,
+    snapshot_id = emulator.SNAPSHOT,
+    size_limit = SIZE_LIMIT,
+    cleanup = function()
+      provider.close()
+      em:stop()
+    end,
+  }
+end)
