@@ -292,5 +292,29 @@ describe("galley.orchestrator #orchestrator", function()
       local info = provider.files.read_file(m.instance_id, home.stdout .. "/.machine.json")
       assert.are.equal("count", cjson.decode(info).purpose)
     end)
+
+    it("says cleanup = failed when terminating after a failed install fails too #failure", function()
+      local emulator = require("support.emulator")
+      local em = emulator.start({ boot_delay_ms = 0, latency_ms = 0 })
+      finally(function() em:stop() end)
+      local provider = require("galley.providers.morph").new({ api_key = em.api_key, base_url = em.base_url,
+        home_dir = false, log = log.silent() })
+      local events = {}
+      local orch = orchestrator.new({ provider = provider, log = log.silent(),
+        events = function(e) events[#events + 1] = e end })
+      -- A real refusal of the delete (the emulator answers it 401 once).
+      em:fault({ method = "DELETE", path = "/instance/*", action = "status", status = 401, count = 1 })
+      local err = raised(orch.boot_and_prepare, emulator.SNAPSHOT, { ttl_seconds = 600,
+        credential_profiles = { { name = "clash", directories = { { path = "~/clash" } },
+          files = { { path = "~/clash", content = "x" } } } } })
+      local id = err.details.instance_id
+      finally(function() pcall(provider.instances.terminate, id) end)
+      assert.are.equal("CREDENTIALS_ERROR", err.code)
+      assert.are.equal("install", err.details.step)
+      assert.are.equal("failed", err.details.cleanup)
+      assert.are.equal("AUTHENTICATION_ERROR", err.details.cleanup_error.code)
+      assert.are.equal("failed", events[#events].action)
+      assert.is_true(provider.instances.get(id) ~= nil)
+    end)
   end)
 end)
