@@ -251,6 +251,18 @@ describe("galley.core.pm2 against the real pm2 #pm2 #slow", function()
     return s
   end
 
+  -- pm2 may mark an app stopped before its log stream reaches the file: poll until the file
+  -- ends with `last` (not a timing assertion).
+  local function wait_log(path, last)
+    local text
+    for _ = 1, 300 do
+      text = slurp(path)
+      if text:sub(-#last) == last then break end
+      runtime.sleep_ms(100)
+    end
+    return text
+  end
+
   local function start(spec, opts)
     opts.env_clean = { PATH = os.getenv("PATH"), HOME = home, PM2_HOME = home }
     local r = pm2run(assert(pm2.start_argv(spec, opts)))
@@ -289,8 +301,8 @@ describe("galley.core.pm2 against the real pm2 #pm2 #slow", function()
     assert.are.equal(0, item.exit_code)
     assert.are.equal(0, item.pid)
     local expected = table.concat({ weird, "x'y $z", "unset", tostring(#hostile), table.concat(hostile, "\n"), "done" }, "\n") .. "\n"
-    assert.are.equal(expected, slurp(item.out_log))
-    assert.are.equal("oops\n", slurp(item.err_log))
+    assert.are.equal(expected, wait_log(item.out_log, "done\n"))
+    assert.are.equal("oops\n", wait_log(item.err_log, "oops\n"))
 
     local r = pm2run(pm2.logs_argv("galley-t1", 50))
     assert.are.equal(0, r.exit_code)

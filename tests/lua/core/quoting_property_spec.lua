@@ -8,8 +8,7 @@
 -- how many strings are drawn. Failures print the offending string in hex.
 local shell = require("galley.core.shell")
 local pm2 = require("galley.core.pm2")
-local support = require("support")
-local q = support.q
+local proc = require("galley.core.proc")
 
 local SEED = tonumber(os.getenv("GALLEY_QUOTING_SEED") or "") or 20261121
 local COUNT = tonumber(os.getenv("GALLEY_QUOTING_COUNT") or "") or 10000
@@ -44,13 +43,6 @@ local function hex(s)
   return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
 end
 
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 local function spit(path, text)
   local f = assert(io.open(path, "wb"))
   f:write(text)
@@ -71,16 +63,19 @@ local function split_nul(s)
   return out
 end
 
--- Runs a driver script with bash (HOME=root so `bash -l` reads no personal profile and a bare ~
--- means root); returns exit code and stdout.
+-- Runs a driver script with /bin/bash (HOME=root so `bash -l` reads no personal profile and a
+-- bare ~ means root); returns exit code and stdout.
 local root
+local function bash(argv)
+  local r = assert(proc.run { argv = argv, cwd = root, env = { HOME = root, LC_ALL = "C.UTF-8" },
+    timeout_ms = 300000 })
+  return r.exit_code, r.stdout, r.stderr
+end
+
 local function run_driver(text)
-  local path, out = root .. "/driver.sh", root .. "/driver.out"
+  local path = root .. "/driver.sh"
   spit(path, text)
-  local cmd = ("cd %s && env HOME=%s LC_ALL=C.UTF-8 /bin/bash %s >%s 2>%s"):format(
-    q(root), q(root), q(path), q(out), q(root .. "/driver.err"))
-  local _, _, code = os.execute(cmd)
-  return code, slurp(out)
+  return bash { "/bin/bash", path }
 end
 
 -- Compares what bash printed with what went in; names the builder and the string on failure.
@@ -109,46 +104,36 @@ local function chunks(list, size)
   return out
 end
 
--- Writes each text to its own file and returns a driver line that runs them with /bin/bash.
+-- Writes each text to its own file; returns a driver that runs them one by one with /bin/bash,
+-- the way shell.plan's callers do.
 local function file_runner(texts, tag)
   local lines = {}
   for i, text in ipairs(texts) do
-    local path = ("%s/%s-%d.sh"):format(root, tag, i)
-    spit(path, text)
-    lines[#lines + 1] = "/bin/bash " .. q(path)
+    local path = ("%s-%d.sh"):format(tag, i)
+    spit(root .. "/" .. path, text)
+    lines[#lines + 1] = "/bin/bash " .. path
   end
   return table.concat(lines, "\n") .. "\n"
-end
-
--- A driver that runs `bash -lc PAYLOAD` for every payload: xargs -0 passes each NUL-terminated
--- payload as one argv element, so nothing of ours sits between the payload and bash. (Not bash's
--- `read -d ''`: bash 5.2's read drops a \1 byte after some invalid UTF-8 sequences.)
-local function payload_runner(payloads, tag)
-  local path = ("%s/%s.payloads"):format(root, tag)
-  spit(path, table.concat(payloads, "\0") .. "\0")
-  return ("xargs -0 -n 1 bash -lc < %s\n"):format(q(path))
 end
 
 describe("quoting through real bash #property", function()
   local strings, dirs
 
   setup(function()
-    local p = io.popen("mktemp -d /tmp/galley-quoting.XXXXXX")
-    root = p:read("l")
-    p:close()
+    root = assert(proc.run { argv = { "mktemp", "-d", "/tmp/galley-quoting.XXXXXX" } }).stdout:gsub("\n$", "")
     math.randomseed(SEED)
     strings, dirs = {}, {}
     for i = 1, COUNT do strings[i] = random_string() end
     for i = 1, COUNT do dirs[i] = dir_name(strings[(i * 7919) % COUNT + 1]) end
     print(("# quoting property: seed %d, %d strings (GALLEY_QUOTING_SEED to reproduce)"):format(SEED, COUNT))
-    -- Directories for the cwd cases, created without any quoting of ours.
-    spit(root .. "/dirs.list", table.concat(dirs, "\0") .. "\0")
-    local code = run_driver("mkdir -p w && cd w && mapfile -d '' names < ../dirs.list && mkdir -p -- \"${names[@]}\"\n")
-    assert.are.equal(0, code)
+    -- Directories for the cwd cases, created from an argv (no quoting of ours involved).
+    local mkdir = { "mkdir", "-p", "--", root .. "/w" }
+    for i, d in ipairs(dirs) do mkdir[i + 4] = root .. "/w/" .. d end
+    assert.are.equal(0, (bash(mkdir)))
   end)
 
   teardown(function()
-    if root and root:match("^/tmp/galley%-quoting%.") then os.execute("rm -rf " .. q(root)) end
+    if root and root:match("^/tmp/galley%-quoting%.") then proc.run { argv = { "rm", "-rf", root } } end
   end)
 
   it("shell.quote and shell.join give back every string", function()
@@ -234,8 +219,13 @@ describe("quoting through real bash #property", function()
       expected[#expected + 1] = root .. "/w/" .. dirs[c]
       table.move(chunk, 1, #chunk, #expected + 1, expected)
     end
-    local code, out = run_driver(payload_runner(payloads, "pm2"))
-    assert.are.equal(0, code)
-    expect_same("pm2 payload", expected, out)
+    -- Each payload is one argv element of `bash -lc`, as pm2 passes it: nothing in between.
+    local outs = {}
+    for i, payload in ipairs(payloads) do
+      local code, out, err = bash { "bash", "-lc", payload }
+      assert.are.equal(0, code, err)
+      outs[i] = out
+    end
+    expect_same("pm2 payload", expected, table.concat(outs))
   end)
 end)

@@ -1,14 +1,12 @@
 -- galley.core.shell: quoting, ~ expansion and CommandSpec plans. Scripts run through real bash
 -- the way callers run them: the text in a file, then `/bin/bash <file>`.
 local shell = require("galley.core.shell")
+local proc = require("galley.core.proc")
 local support = require("support")
 local q = support.q
 
 local function tmpdir()
-  local p = io.popen("mktemp -d /tmp/galley-shell.XXXXXX")
-  local d = p:read("l")
-  p:close()
-  return d
+  return (assert(proc.run { argv = { "mktemp", "-d", "/tmp/galley-shell.XXXXXX" } }).stdout:gsub("\n$", ""))
 end
 
 local function slurp(path)
@@ -21,13 +19,16 @@ end
 
 -- Writes text to a file and runs `/bin/bash file` with HOME set; returns exit code, stdout.
 local function run_script(dir, text, home)
-  local path, out = dir .. "/script.sh", dir .. "/script.out"
+  local path = dir .. "/script.sh"
   local f = assert(io.open(path, "wb"))
   f:write(text)
   f:close()
-  local _, _, code = os.execute(("env HOME=%s /bin/bash %s >%s 2>/dev/null </dev/null"):format(
-    q(home or dir), q(path), q(out)))
-  return code, slurp(out)
+  local r = assert(proc.run { argv = { "/bin/bash", path }, env = { HOME = home or dir }, timeout_ms = 60000 })
+  return r.exit_code, r.stdout
+end
+
+local function mkdir(path)
+  assert.are.equal(0, proc.run({ argv = { "mkdir", "-p", path } }).exit_code)
 end
 
 local function raises(code, field, fn, ...)
@@ -42,7 +43,7 @@ describe("galley.core.shell #shell", function()
   local dir
 
   before_each(function() dir = tmpdir() end)
-  after_each(function() os.execute("rm -rf " .. q(dir)) end)
+  after_each(function() proc.run { argv = { "rm", "-rf", dir } } end)
 
   describe("quote", function()
     it("leaves safe words bare and single-quotes the rest", function()
@@ -117,7 +118,7 @@ describe("galley.core.shell #shell", function()
 
     it("runs an argv spec in its cwd with its env, values kept exactly", function()
       local value = "it's $HOME `x` \\n\n\t\255"
-      os.execute("mkdir -p " .. q(dir .. "/a b"))
+      mkdir(dir .. "/a b")
       local plan = shell.plan { kind = "argv", command = "bash",
         args = { "-c", 'printf "%s|%s" "$PWD" "$V"' }, cwd = dir .. "/a b", env = { V = value } }
       local code, out = run_script(dir, plan.script)
@@ -155,7 +156,7 @@ describe("galley.core.shell #shell", function()
     end)
 
     it("expands ~ in cwd to the given home, or leaves it to bash's $HOME", function()
-      os.execute("mkdir -p " .. q(dir .. "/h/p q"))
+      mkdir(dir .. "/h/p q")
       local with = shell.plan({ kind = "shell", script = 'printf %s "$PWD"', cwd = "~/p q" }, { home = dir .. "/h" })
       assert.truthy(with.script:find(q(dir .. "/h/p q"), 1, true))
       local code, out = run_script(dir, with.script, "/nonexistent")
@@ -169,8 +170,11 @@ describe("galley.core.shell #shell", function()
     end)
 
     it("needs a script for a ~ command when no home is given", function()
-      os.execute("mkdir -p " .. q(dir .. "/bin") .. " && printf '#!/bin/sh\\necho tool \"$1\"\\n' >" .. q(dir .. "/bin/tool")
-        .. " && chmod +x " .. q(dir .. "/bin/tool"))
+      mkdir(dir .. "/bin")
+      local f = assert(io.open(dir .. "/bin/tool", "wb"))
+      f:write('#!/bin/sh\necho tool "$1"\n')
+      f:close()
+      assert.are.equal(0, proc.run({ argv = { "chmod", "+x", dir .. "/bin/tool" } }).exit_code)
       local plan = shell.plan { kind = "argv", command = "~/bin/tool", args = { "a b" } }
       assert.is_nil(plan.argv)
       local code, out = run_script(dir, plan.script, dir)
