@@ -326,7 +326,7 @@ static int l_process_close_stdin(lua_State *L) {
 
 /* Process:kill([signal = "TERM"]) -> true | nil, err(PROC_KILL)   (the whole process group) */
 static int l_process_kill(lua_State *L) {
-  lprocess *lp = check_process(L);
+  lprocess *lp = check_open_process(L);
   int sig = SIGTERM;
   if (lua_type(L, 2) == LUA_TSTRING) {
     sig = galley_proc_signal_number(lua_tostring(L, 2));
@@ -367,8 +367,17 @@ static int l_process_wait(lua_State *L) {
 
 
 /* Process:pid() -> integer */
+/* The open process at argument 1, even while another thread reads it: pid and kill only signal
+ * the group, which is safe concurrently with a read (the group id is fixed at spawn). */
+static lprocess *check_open_process(lua_State *L) {
+  lprocess *lp = luaL_checkudata(L, 1, PROCESS_MT);
+  if (!lp->p) luaL_error(L, "attempt to use a closed process");
+  return lp;
+}
+
+
 static int l_process_pid(lua_State *L) {
-  lprocess *lp = check_process(L);
+  lprocess *lp = check_open_process(L);
   lua_pushinteger(L, galley_proc_pid(lp->p));
   return 1;
 }

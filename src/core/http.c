@@ -224,7 +224,8 @@ static bool set_method_and_body(CURL *e, const galley_http_request *req) {
                            (curl_off_t)(req->body ? req->body_len : 0)) == CURLE_OK;
     ok &= curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, req->body ? req->body : "") == CURLE_OK;
   }
-  if (strcmp(m, "GET") != 0 && strcmp(m, "POST") != 0 && strcmp(m, "HEAD") != 0)
+  /* A body makes curl send POST; any other method (a GET with a body too) is named explicitly. */
+  if (strcmp(m, "POST") != 0 && strcmp(m, "HEAD") != 0 && !(strcmp(m, "GET") == 0 && !req->body))
     ok &= curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m) == CURLE_OK;
   return ok;
 }
