@@ -260,6 +260,15 @@ static lprocess *check_process(lua_State *L) {
 }
 
 
+/* The open process at argument 1, even while another thread reads it: pid and kill only signal
+ * the group, which is safe concurrently with a read (the group id is fixed at spawn). */
+static lprocess *check_open_process(lua_State *L) {
+  lprocess *lp = luaL_checkudata(L, 1, PROCESS_MT);
+  if (!lp->p) luaL_error(L, "attempt to use a closed process");
+  return lp;
+}
+
+
 /* An optional timeout argument: nil -> -1 (no limit). */
 static int64_t opt_timeout(lua_State *L, int arg) {
   if (lua_isnoneornil(L, arg)) return -1;
@@ -367,15 +376,6 @@ static int l_process_wait(lua_State *L) {
 
 
 /* Process:pid() -> integer */
-/* The open process at argument 1, even while another thread reads it: pid and kill only signal
- * the group, which is safe concurrently with a read (the group id is fixed at spawn). */
-static lprocess *check_open_process(lua_State *L) {
-  lprocess *lp = luaL_checkudata(L, 1, PROCESS_MT);
-  if (!lp->p) luaL_error(L, "attempt to use a closed process");
-  return lp;
-}
-
-
 static int l_process_pid(lua_State *L) {
   lprocess *lp = check_open_process(L);
   lua_pushinteger(L, galley_proc_pid(lp->p));
