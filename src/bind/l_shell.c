@@ -205,9 +205,10 @@ void galley_shell_read_spec(lua_State *L, int idx, const char *prefix, const cha
     lua_pop(L, 1);
     lua_pushnil(L);        // [args ud, nil]
   } else {
-    const char *path = lua_pushfstring(L, "%senv", prefix);
-    spec->env = galley_shell_read_env(L, -2, path, code, &spec->nenv);
-    lua_replace(L, -3);    // [args ud, env ud]
+    const char *path = lua_pushfstring(L, "%senv", prefix);          // [args ud, env, path]
+    spec->env = galley_shell_read_env(L, -2, path, code, &spec->nenv);  // [args ud, env, path, env ud]
+    lua_replace(L, -3);    // [args ud, env ud, path]
+    lua_pop(L, 1);         // [args ud, env ud]
   }
 }
 
