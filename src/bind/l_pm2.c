@@ -3,6 +3,9 @@
  * ProcessSpec: {command=CommandSpec, restart=?"never"|{max_restarts=?, min_uptime_ms=?},
  *               instances=?, max_memory=?, logs=?{out=?, err=?}, stdin=?"null"|"inherit"}
  * Misuse raises a PM2_BAD_OPTION error table whose `field` names the path ("command.args[3]").
+ * restart nil or "never" -> --no-autorestart; a table -> pm2's autorestart with --max-restarts.
+ * min_uptime_ms gives nil, PM2_UNSUPPORTED_OPTION: pm2 7.0.4's CLI has no --min-uptime. Other
+ * ProcessSpec fields (e.g. `files`) are the caller's business and are ignored here.
  *
  * start_argv builds `pm2 start bash [--name N] <restart flags> ... -- -lc <payload>`; the payload
  * (src/core/shell.c, galley_shell_payload) does cd/export itself, never PM2's --cwd or env
