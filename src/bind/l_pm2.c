@@ -22,17 +22,10 @@
 #include <string.h>
 #include <time.h>
 #include "bind.h"
+#include "l_shell.h"
 #include "pm2.h"
-#include "shell.h"
 
 #define BAD "PM2_BAD_OPTION"
-
-/* Defined in l_shell.c (no shared header for them yet). */
-void galley_shell_read_spec(lua_State *L, int idx, const char *prefix, const char *code,
-                            struct galley_shell_spec *spec);
-const struct galley_shell_env *galley_shell_read_env(lua_State *L, int idx, const char *path,
-                                                     const char *code, size_t *count);
-void galley_shell_raise_field(lua_State *L, const char *code, const char *path, const char *fmt, ...);
 
 
 /* Raw t[key] (no metamethods); pushes the value, returns its type. */

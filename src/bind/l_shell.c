@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "bind.h"
-#include "shell.h"
+#include "l_shell.h"
 
 /* Shared with l_pm2.c (declared there; bind.h belongs to another engineer). */
 void galley_shell_read_spec(lua_State *L, int idx, const char *prefix, const char *code,
