@@ -24,8 +24,12 @@
 --   writes to a local file instead of returning a string. With these, memory is bounded by the
 --   chunk size, not the file size.
 -- - Files above `size_limit` (default 256 MiB) fail with FILE_TOO_LARGE before anything moves.
--- - The decoder is detected once per instance (python3, else coreutils `base64 -d`); pass
---   `decoder = "python"|"coreutils"` to force one.
+-- - The tools are detected once per instance. With python3, writes decode and verify in python
+--   (the base64 reaches it through a pipe from the shell's printf builtin: python is slow to take
+--   megabytes of argv) and it hashes files for reads; without it, coreutils `base64 -d` and
+--   `sha256sum` do. Chunks after the first are read with `tail | head | base64` when those
+--   exist (much faster to start than python). Pass `decoder = "python"` (python3 + coreutils),
+--   "python-only" or "coreutils" to skip detection.
 -- - Without a mode, a replaced file keeps the old file's mode; a new file gets 0666 & ~umask.
 --   Owner and group change only when asked (a replaced file otherwise belongs to the exec user).
 --
@@ -49,7 +53,8 @@ local EXIT_NOT_FOUND, EXIT_TOO_LARGE, EXIT_VERIFY = 40, 41, 42
 local TMP_MARK = ".galley-tmp-"
 M.TMP_MARK = TMP_MARK
 
--- argv after the script: target tmp dir create_dirs first last mode owner group size sha256 chunk...
+-- argv after the script: target tmp dir create_dirs first last mode owner group size sha256; the
+-- base64 content arrives on stdin.
 local PY_WRITE = [[
 import os, sys, stat, shutil, hashlib, base64
 target, tmp, d, mkdirs, first, last, mode, owner, group, size, digest = sys.argv[1:12]
@@ -61,7 +66,7 @@ def fail(code, msg):
     sys.stderr.write(msg + "\n")
     sys.exit(code)
 try:
-    data = base64.b64decode("".join(sys.argv[12:]), validate=True)
+    data = base64.b64decode(sys.stdin.buffer.read(), validate=True)
     if first == "1":
         if mkdirs == "1":
             os.makedirs(d, exist_ok=True)
@@ -99,6 +104,16 @@ try:
         os.rename(tmp, target)
 except Exception as e:
     fail(1, "%s: %s" % (type(e).__name__, e))
+]]
+
+-- Feeds the chunks after the 11 write arguments to PY_WRITE's stdin (printf is a shell builtin,
+-- so megabytes of argv cost nothing here).
+local SH_PIPE_PY_WRITE = [[
+py=$1; shift
+t=$1 tmp=$2 d=$3 mk=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11}
+shift 11
+printf %s "$@" |
+  python3 -I -S -c "$py" "$t" "$tmp" "$d" "$mk" "$first" "$last" "$mode" "$owner" "$group" "$size" "$digest"
 ]]
 
 local SH_WRITE = [[
@@ -177,6 +192,7 @@ local SH_READ = [[
 p=$1 what=$2 off=$3 len=$4 limit=$5
 [ -e "$p" ] || exit 40
 if [ -d "$p" ]; then echo "is a directory" >&2; exit 43; fi
+[ -r "$p" ] || { echo "permission denied" >&2; exit 1; }
 if [ "$what" = head ]; then
   n=$(wc -c < "$p") || exit 1
   if [ "$n" -gt "$limit" ]; then echo "$n"; exit 41; fi
@@ -188,8 +204,17 @@ else
 fi
 ]]
 
-local SH_PROBE = "if command -v python3 >/dev/null 2>&1 && python3 -I -S -c 'import base64, hashlib, shutil'"
-  .. " >/dev/null 2>&1; then echo python; else echo coreutils; fi"
+local SH_PROBE = [[
+p=no c=no
+if command -v python3 >/dev/null 2>&1 && python3 -I -S -c 'import base64, hashlib, shutil' >/dev/null 2>&1; then
+  p=yes
+fi
+if command -v base64 >/dev/null 2>&1 && command -v sha256sum >/dev/null 2>&1 && command -v head >/dev/null 2>&1 &&
+  command -v tail >/dev/null 2>&1; then c=yes; fi
+echo "python=$p coreutils=$c"
+]]
+
+local PROFILES = { python = true, ["python-only"] = true, coreutils = true }
 
 local SH_TEST = [[if [ "$1" "$2" ] || { [ "$1" = -e ] && [ -L "$2" ]; }; then echo yes; else echo no; fi]]
 
@@ -265,7 +290,7 @@ end
 ---@field max_arg_bytes? integer bytes per argv element (default 120 KiB, must be < 128 KiB)
 ---@field max_response_bytes? integer base64 bytes per read exec (default max_request_bytes)
 ---@field size_limit? integer largest file moved (default 256 MiB)
----@field decoder? "python"|"coreutils" skip detection
+---@field decoder? "python"|"python-only"|"coreutils" skip detection (see the header)
 ---@field log? galley.Logger
 
 --- Creates a files API bound to one exec function. The table has read_file, write_file,
@@ -283,8 +308,8 @@ function M.new(opts)
   local size_limit = opts.size_limit or M.DEFAULT_SIZE_LIMIT
   assert(max_arg >= 4 and max_arg < 128 * 1024, "execfiles.new: max_arg_bytes must be below 128 KiB")
   assert(max_request >= max_arg, "execfiles.new: max_request_bytes must be at least max_arg_bytes")
-  assert(opts.decoder == nil or opts.decoder == "python" or opts.decoder == "coreutils",
-    "execfiles.new: decoder must be \"python\" or \"coreutils\"")
+  assert(opts.decoder == nil or PROFILES[opts.decoder],
+    "execfiles.new: decoder must be \"python\", \"python-only\" or \"coreutils\"")
   local raw_per_exec = 3 * (max_request // 4)
   local raw_per_read = 3 * (max_response // 4)
   local log = opts.log
@@ -339,7 +364,9 @@ function M.new(opts)
     local d = decoders[id]
     if d then return d end
     local res = run(id, sh(SH_PROBE))
-    d = res.exit_code == 0 and res.stdout:match("python") and "python" or "coreutils"
+    local has_py = res.exit_code == 0 and res.stdout:find("python=yes", 1, true) ~= nil
+    local has_cu = res.exit_code == 0 and res.stdout:find("coreutils=yes", 1, true) ~= nil
+    d = has_py and (has_cu and "python" or "python-only") or "coreutils"
     decoders[id] = d
     if log then log.debug("file transfer decoder", { instance = id, decoder = d }) end
     return d
@@ -424,7 +451,8 @@ function M.new(opts)
         end
         local args = { path, tmp, dir, wopts.create_dirs and "1" or "0", first and "1" or "0", last and "1" or "0",
           mode, owner, group, tostring(size), last and hasher:hex() or "" }
-        local argv = decoder == "python" and py(PY_WRITE, table.unpack(args)) or sh(SH_WRITE, table.unpack(args))
+        local argv = decoder == "coreutils" and sh(SH_WRITE, table.unpack(args))
+          or sh(SH_PIPE_PY_WRITE, PY_WRITE, table.unpack(args))
         pieces(codec.base64_encode(raw), argv)
         local res = run(instance_id, argv)
         if res.exit_code ~= 0 then
@@ -437,6 +465,9 @@ function M.new(opts)
           error(io_error(res, op, path, nil, extra), 0)
         end
         first = false
+        -- Chunks are megabytes each: collect them now so memory stays near one chunk's worth
+        -- (a full cycle costs little next to an exec; strings are not traversed).
+        if not last then collectgarbage() end
       until last
     end)
     close()
@@ -474,7 +505,8 @@ function M.new(opts)
     local decoder = decoder_for(instance_id)
     local function fetch(what, off)
       local args = { path, what, tostring(off), tostring(raw_per_read), tostring(size_limit) }
-      local argv = decoder == "python" and py(PY_READ, table.unpack(args)) or sh(SH_READ, table.unpack(args))
+      local python = decoder == "python-only" or (decoder == "python" and what == "head")
+      local argv = python and py(PY_READ, table.unpack(args)) or sh(SH_READ, table.unpack(args))
       local res = run(instance_id, argv)
       if res.exit_code == EXIT_TOO_LARGE then
         error(too_large(op, path, tonumber(res.stdout:match("^(%d+)")) or -1), 0)
@@ -491,8 +523,7 @@ function M.new(opts)
       end
       return raw
     end
-    local out = fetch("head", 0)
-    local size, digest, rest = out:match("^(%d+) (%x+)\n(.*)$")
+    local size, digest, first_b64 = fetch("head", 0):match("^(%d+) (%x+)\n(.*)$")
     if not size then
       common.raise("FILE_IO_ERROR", ("%s %s: unexpected answer from the instance"):format(op, path),
         { operation = "files." .. op, resource = "file:" .. path })
@@ -529,8 +560,7 @@ function M.new(opts)
     local hasher = codec.sha256_hasher()
     local ok, err = pcall(function()
       local got = 0
-      local b64 = rest
-      while true do
+      local function consume(b64)
         local raw = decode(b64)
         if #raw ~= math.min(raw_per_read, size - got) then
           common.raise("FILE_IO_ERROR", ("%s %s: the file changed while it was read"):format(op, path),
@@ -539,8 +569,12 @@ function M.new(opts)
         hasher:update(raw)
         sink(raw)
         got = got + #raw
-        if got >= size then break end
-        b64 = fetch("range", got)
+      end
+      consume(first_b64)
+      first_b64 = nil
+      while got < size do
+        collectgarbage() -- keep memory near one chunk (see write_file_atomic)
+        consume(fetch("range", got))
       end
       if got ~= size or hasher:hex() ~= digest then
         common.raise("FILE_IO_ERROR", ("%s %s: content does not match the remote sha256"):format(op, path), {

@@ -102,6 +102,16 @@ local function list_names(dir)
 end
 
 
+-- rmdir of a cgroup and of the child cgroups an instance may have made inside it (bottom-up).
+local function remove_cgroup(dir)
+  for _, name in ipairs(list_names(dir)) do
+    local st = fs.stat(dir .. "/" .. name)
+    if st and st.type == "directory" then remove_cgroup(dir .. "/" .. name) end
+  end
+  return os.remove(dir)
+end
+
+
 -- The mount point of a writable cgroup2 hierarchy where instance cgroups can be made, or nil.
 local function detect_cgroup_root(explicit)
   local mount = explicit
@@ -197,12 +207,6 @@ function M.new(opts)
     cgroup_base, cg_why = detect_cgroup_root(opts.cgroup_root)
     if not cgroup_base then
       log.warn("cgroup v2 unavailable; tracking instance processes by environment", { reason = cg_why })
-    else
-      -- Empty cgroups left by instances whose processes were slow to be reaped: rmdir only
-      -- succeeds on a cgroup without processes (a live instance's is recreated on its next exec).
-      for _, name in ipairs(list_names(cgroup_base)) do
-        if name:match("^localvm_") then os.remove(cgroup_base .. "/" .. name) end
-      end
     end
   end
 
@@ -227,6 +231,16 @@ function M.new(opts)
   }
 
   local function inst_dir(id) return instances_dir .. "/" .. id end
+  -- Instance cgroups are <base>/<state tag>_<id>: the tag keeps state dirs apart.
+  local cgroup_tag = codec.sha256(state_dir):sub(1, 8)
+  if cgroup_base then
+    -- Empty cgroups left behind when killed processes were slow to be reaped (rmdir fails on a
+    -- cgroup that still has processes), for instances of this state dir that no longer exist.
+    for _, name in ipairs(list_names(cgroup_base)) do
+      local id = name:match("^" .. cgroup_tag .. "_(.+)$")
+      if id and not fs.exists(inst_dir(id)) then remove_cgroup(cgroup_base .. "/" .. name) end
+    end
+  end
   local function snap_dir(id) return snapshots_dir .. "/" .. id end
 
   local function valid_id(id, field)
@@ -385,7 +399,7 @@ function M.new(opts)
         end, KILL_WAIT_MS, "killing the instance's processes")
         -- Killed processes stay "populated" until their parent (often init) reaps them.
         pcall(wait_for, function() return not cgroup_events(dir).populated end, REAP_WAIT_MS, "reaping")
-        local ok, err = os.remove(dir)
+        local ok, err = remove_cgroup(dir)
         if not ok and fs.exists(dir) then
           log.warn("could not remove the cgroup (removed later)", { cgroup = dir, error = tostring(err) })
         end
@@ -497,7 +511,7 @@ function M.new(opts)
       ttl_action = ttl_seconds and ttl_action or nil,
       expires_at = ttl_seconds and (t + ttl_seconds) or nil,
       sandbox = sandbox,
-      cgroup = cgroup_base and (cgroup_base .. "/" .. id) or nil,
+      cgroup = cgroup_base and (cgroup_base .. "/" .. cgroup_tag .. "_" .. id) or nil,
       paused = false,
     }
     for k, v in pairs(extra or {}) do meta[k] = v end
@@ -545,25 +559,26 @@ function M.new(opts)
     }
     for k, v in pairs(env or {}) do full_env[k] = v end
     cwd = cwd and common.expand_home(cwd, home) or home
-    -- A missing program gives exit code 127 (as a shell on a VM would): the command is exec'd
-    -- by a small sh, either the cgroup wrapper or EXEC_SHIM.
+    -- One small sh joins the instance's cgroup (CGROUP_ENTER) or just execs (EXEC_SHIM) the
+    -- command, so a missing program gives exit code 127 as a shell on a VM would. In the sandbox
+    -- it runs inside bwrap, with the instance's own cgroup directory bound writable (the rest of
+    -- the cgroup tree stays read-only, so nothing can leave it).
+    if meta.cgroup then ensure_cgroup(meta) end
     local cmd, run_cwd = {}, nil
     if sandbox then
       local dir = inst_dir(meta.id)
       cmd = { bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-        "--bind", dir .. "/home", home_dir, "--bind", dir .. "/tmp", "/tmp", "--chdir", cwd, "--",
-        "/bin/sh", "-c", EXEC_SHIM, "sh" }
+        "--bind", dir .. "/home", home_dir, "--bind", dir .. "/tmp", "/tmp" }
+      if meta.cgroup then
+        for _, a in ipairs({ "--bind", meta.cgroup, meta.cgroup }) do cmd[#cmd + 1] = a end
+      end
+      for _, a in ipairs({ "--chdir", cwd, "--" }) do cmd[#cmd + 1] = a end
     else
       run_cwd = cwd
-      if not meta.cgroup then cmd = { "/bin/sh", "-c", EXEC_SHIM, "sh" } end
     end
+    for _, a in ipairs({ "/bin/sh", "-c", meta.cgroup and CGROUP_ENTER or EXEC_SHIM, "sh" }) do cmd[#cmd + 1] = a end
+    if meta.cgroup then cmd[#cmd + 1] = meta.cgroup end
     for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
-    if meta.cgroup then
-      ensure_cgroup(meta)
-      local wrapped = { "/bin/sh", "-c", CGROUP_ENTER, "sh", meta.cgroup }
-      for _, a in ipairs(cmd) do wrapped[#wrapped + 1] = a end
-      cmd = wrapped
-    end
     local r, err = proc.run({
       argv = cmd, cwd = run_cwd, env = full_env, env_mode = "replace",
       timeout_ms = opts.exec_timeout_ms, max_output = opts.max_output,

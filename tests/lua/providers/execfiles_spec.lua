@@ -74,7 +74,7 @@ describe("execfiles #files", function()
     for _, c in ipairs(cleanups) do c() end
   end)
 
-  for _, decoder in ipairs({ "python", "coreutils" }) do
+  for _, decoder in ipairs({ "python", "python-only", "coreutils" }) do
     describe("with the " .. decoder .. " decoder", function()
       local h
       setup(function()
@@ -195,12 +195,23 @@ describe("execfiles #files", function()
       assert.are.equal("via coreutils", slurp(h.root .. "/x"))
     end)
 
-    it("uses python3 when the instance has it", function()
-      local h = new_harness()
+    it("uses python3 when the instance has it, and coreutils for later read chunks", function()
+      local h = new_harness({ files = { max_request_bytes = 4096, max_arg_bytes = 1024 } })
+      local function uses_python(argv)
+        for _, a in ipairs(argv) do
+          if a:find("import os", 1, true) or a == "python3" then return true end
+        end
+        return false
+      end
       h.files.write_file_atomic("inst-1", "~/x", "via python")
-      assert.are.equal("python3", h.calls[2][1])
-      h.files.write_file_atomic("inst-1", "~/y", "again")
-      assert.are.equal(3, #h.calls)
+      assert.is_true(uses_python(h.calls[2]))
+      h.files.write_file_atomic("inst-1", "~/y", binary(10000))
+      assert.are.equal(2 + 4, #h.calls)
+      h.calls = {}
+      assert.are.equal(binary(10000), h.files.read_file("inst-1", "~/y"))
+      assert.are.equal(4, #h.calls)
+      assert.is_true(uses_python(h.calls[1]))
+      for i = 2, 4 do assert.is_false(uses_python(h.calls[i])) end
     end)
   end)
 
