@@ -56,9 +56,11 @@ local KILL_WAIT_MS = 15000
 local FREEZE_WAIT_MS = 5000
 local REAP_WAIT_MS = 5000
 
--- The sh wrapper that moves itself into the instance's cgroup before exec'ing the command.
-local CGROUP_ENTER = 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"'
-local EXEC_SHIM = 'exec "$@"'
+-- The sh that starts every command: joins the instance's cgroup ($1, "" for none), changes to
+-- the working directory ($2; 127 when it is missing, as galley.core.shell's scripts do) and
+-- execs the command (127 when it does not exist, as a shell on a VM would).
+local ENTER = 'if [ -n "$1" ]; then echo $$ > "$1/cgroup.procs" || exit 125; fi; cd -- "$2" || exit 127; '
+  .. 'shift 2; exec "$@"'
 
 
 local function read_all(path)
@@ -559,12 +561,11 @@ function M.new(opts)
     }
     for k, v in pairs(env or {}) do full_env[k] = v end
     cwd = cwd and common.expand_home(cwd, home) or home
-    -- One small sh joins the instance's cgroup (CGROUP_ENTER) or just execs (EXEC_SHIM) the
-    -- command, so a missing program gives exit code 127 as a shell on a VM would. In the sandbox
-    -- it runs inside bwrap, with the instance's own cgroup directory bound writable (the rest of
-    -- the cgroup tree stays read-only, so nothing can leave it).
+    -- One small sh (ENTER) joins the instance's cgroup, changes directory and execs the
+    -- command. In the sandbox it runs inside bwrap, with the instance's own cgroup directory bound
+    -- writable (the rest of the cgroup tree stays read-only, so nothing can leave it).
     if meta.cgroup then ensure_cgroup(meta) end
-    local cmd, run_cwd = {}, nil
+    local cmd = {}
     if sandbox then
       local dir = inst_dir(meta.id)
       cmd = { bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
@@ -572,15 +573,12 @@ function M.new(opts)
       if meta.cgroup then
         for _, a in ipairs({ "--bind", meta.cgroup, meta.cgroup }) do cmd[#cmd + 1] = a end
       end
-      for _, a in ipairs({ "--chdir", cwd, "--" }) do cmd[#cmd + 1] = a end
-    else
-      run_cwd = cwd
+      for _, a in ipairs({ "--chdir", "/", "--" }) do cmd[#cmd + 1] = a end
     end
-    for _, a in ipairs({ "/bin/sh", "-c", meta.cgroup and CGROUP_ENTER or EXEC_SHIM, "sh" }) do cmd[#cmd + 1] = a end
-    if meta.cgroup then cmd[#cmd + 1] = meta.cgroup end
+    for _, a in ipairs({ "/bin/sh", "-c", ENTER, "sh", meta.cgroup or "", cwd }) do cmd[#cmd + 1] = a end
     for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
     local r, err = proc.run({
-      argv = cmd, cwd = run_cwd, env = full_env, env_mode = "replace",
+      argv = cmd, env = full_env, env_mode = "replace",
       timeout_ms = opts.exec_timeout_ms, max_output = opts.max_output,
     })
     if not r then

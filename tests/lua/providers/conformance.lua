@@ -221,6 +221,8 @@ function M.run(label, factory)
         assert.are.equal("hello 'world' $HOME|/tmp", r.stdout)
         r = run({ kind = "argv", command = "pwd", cwd = "~" })
         assert.are.equal(home .. "\n", r.stdout)
+        assert.are.equal(127, run({ kind = "argv", command = "true", cwd = "/galley/no/such/dir" }).exit_code)
+        assert.are.equal(127, run({ kind = "shell", script = "true", cwd = "/galley/no/such/dir" }).exit_code)
       end)
 
       it("passes hostile strings through argv untouched", function()
