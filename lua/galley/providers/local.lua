@@ -199,8 +199,9 @@ function M.new(opts)
   elseif opts.sandbox == true then
     common.raise("VALIDATION_ERROR", "sandbox = true but bwrap is not installed", { field = "sandbox" })
   end
-  if not sandbox and opts.sandbox ~= false and not bwrap then
-    log.warn("bubblewrap (bwrap) not found; instances run unsandboxed with HOME in their directory")
+  if not sandbox and not bwrap then
+    log.warn(opts.sandbox == false and "sandbox = false: instances run unsandboxed with HOME in their directory"
+      or "bubblewrap (bwrap) not found; instances run unsandboxed with HOME in their directory")
   end
 
   -- Process tracking.
@@ -549,7 +550,10 @@ function M.new(opts)
 
   -- Runs argv in the instance: {stdout, stderr, exit_code}. `env` adds variables, `cwd` is the
   -- directory as the instance sees it (default: its home).
-  local function run_in(meta, argv, env, cwd, operation)
+  -- The process options (argv wrapped in the sandbox and the cgroup, environment) that run
+  -- argv in the instance. `env` adds variables; `cwd` is the directory as the instance sees it
+  -- (default: its home).
+  local function process_options(meta, argv, env, cwd, operation)
     if meta.status ~= "ready" or meta.paused then
       common.raise("CONFLICT", ("instance %s is %s, not ready"):format(meta.id, meta.status),
         { operation = operation, resource = "instance:" .. meta.id, hint = "resume it first" })
@@ -577,10 +581,13 @@ function M.new(opts)
     end
     for _, a in ipairs({ "/bin/sh", "-c", ENTER, "sh", meta.cgroup or "", cwd }) do cmd[#cmd + 1] = a end
     for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
-    local r, err = proc.run({
-      argv = cmd, env = full_env, env_mode = "replace",
-      timeout_ms = opts.exec_timeout_ms, max_output = opts.max_output,
-    })
+    return { argv = cmd, env = full_env, env_mode = "replace" }
+  end
+
+  local function run_in(meta, argv, env, cwd, operation)
+    local popts = process_options(meta, argv, env, cwd, operation)
+    popts.timeout_ms, popts.max_output = opts.exec_timeout_ms, opts.max_output
+    local r, err = proc.run(popts)
     if not r then
       if errors.is(err, "INTERRUPTED") then error(err, 0) end
       common.raise("PROCESS_ERROR", ("could not run a command in %s: %s"):format(meta.id, tostring(err)),
@@ -633,6 +640,45 @@ function M.new(opts)
     os.remove(host_path)
     if not rok then error(res, 0) end
     return res
+  end
+
+  --- Starts a command in an instance without waiting: a galley.core.proc Process handle
+  --- (`read`, `write`, `kill`, `wait`, `close`), for streaming output. Takes a CommandSpec (argv
+  --- form) or a plain argv array; the process joins the instance (sandbox, cgroup) like exec.
+  ---@param instance_id string
+  ---@param command galley.CommandSpec|string[]
+  ---@param sopts? {stdin?: "null"|"pipe"|string}
+  ---@return table process
+  ---@raise NOT_FOUND | VALIDATION_ERROR | CONFLICT (paused) | PROCESS_ERROR (could not start)
+  function provider.spawn(instance_id, command, sopts)
+    expire()
+    local meta = must_instance(instance_id, "spawn")
+    local argv, env, cwd = command, nil, nil
+    if type(command) == "table" and command.kind ~= nil then
+      local spec = contracts.check_command(command)
+      if spec.kind ~= "argv" then
+        common.raise("VALIDATION_ERROR", "spawn takes the argv form (or a plain argv array)",
+          { field = "command.kind" })
+      end
+      argv = { spec.command, table.unpack(spec.args) }
+      env, cwd = spec.env, spec.cwd
+    elseif type(command) ~= "table" or #command == 0 then
+      common.raise("VALIDATION_ERROR", "spawn needs a CommandSpec or a non-empty argv array", { field = "command" })
+    end
+    for i, a in ipairs(argv) do
+      if type(a) ~= "string" or a:find("\0", 1, true) then
+        common.raise("VALIDATION_ERROR", ("command[%d] must be a string without NUL bytes"):format(i),
+          { field = ("command[%d]"):format(i) })
+      end
+    end
+    local popts = process_options(meta, argv, env, cwd, "spawn")
+    popts.stdin = sopts and sopts.stdin or "null"
+    local h, err = proc.spawn(popts)
+    if not h then
+      common.raise("PROCESS_ERROR", ("could not start a command in %s: %s"):format(meta.id, tostring(err)),
+        { operation = "spawn", resource = "instance:" .. meta.id, cause = err })
+    end
+    return h
   end
 
   -- instances ------------------------------------------------------------------------------
@@ -693,6 +739,22 @@ function M.new(opts)
     expire()
     destroy(must_instance(instance_id, "instances.terminate"))
     return true
+  end
+
+  --- Kills every process of the instance and keeps its files; status "ready" (a paused
+  --- instance is thawed first). Re-arms the TTL like resume.
+  ---@param instance_id string
+  ---@return table instance
+  ---@raise NOT_FOUND
+  function I.reboot(instance_id)
+    expire()
+    local meta = must_instance(instance_id, "instances.reboot")
+    kill_all(meta)
+    if meta.paused then
+      meta.paused = false
+      if meta.cgroup then ensure_cgroup(meta) end
+    end
+    return public_instance(do_resume(meta))
   end
 
   --- Same as terminate (Morph's "stop" deletes the instance).

@@ -177,6 +177,43 @@ describe("the local provider #local", function()
     end)
   end)
 
+  describe("spawn and reboot", function()
+    it("streams a spawned command's output from inside the instance", function()
+      local i = p.instances.boot()
+      local h = p.spawn(i.id, { "/bin/sh", "-c", 'echo "$HOME $GALLEY_INSTANCE_ID"; echo err >&2; exit 3' })
+      local out, err, code = {}, {}, nil
+      while code == nil do
+        local kind, a = h:read(5000)
+        if kind == "stdout" then out[#out + 1] = a
+        elseif kind == "stderr" then err[#err + 1] = a
+        elseif kind == "exit" then code = a
+        else error("read failed: " .. tostring(a)) end
+      end
+      h:close()
+      assert.are.same({ 3, "/root " .. i.id .. "\n", "err\n" }, { code, table.concat(out), table.concat(err) })
+      local h2 = p.spawn(i.id, { kind = "argv", command = "pwd", cwd = "/tmp" })
+      assert.are.equal("/tmp\n", h2:wait(5000).stdout)
+      h2:close()
+      raises_code("VALIDATION_ERROR", p.spawn, i.id, {})
+      raises_code("NOT_FOUND", p.spawn, "localvm_nosuch00", { "true" })
+      p.instances.terminate(i.id)
+    end)
+
+    it("reboots: every process dies, the files stay, the instance is ready", function()
+      local i = p.instances.boot()
+      p.files.write_file_atomic(i.id, "~/kept", "yes")
+      local pid = start_sleeper(p, i.id)
+      p.instances.pause(i.id)
+      assert.are.equal("ready", p.instances.reboot(i.id).status)
+      assert.is_false(alive(pid))
+      assert.are.equal("yes", p.files.read_file(i.id, "~/kept"))
+      local pid2 = start_sleeper(p, i.id)
+      assert.is_false(cgroup_frozen(pid2))
+      p.instances.terminate(i.id)
+      assert.is_false(alive(pid2))
+    end)
+  end)
+
   describe("process tracking by environment (no cgroups)", function()
     it("stops, continues and kills processes found through /proc/*/environ", function()
       local e = provider({ cgroups = false })
