@@ -268,10 +268,9 @@ describe("galley.orchestrator #orchestrator", function()
       local emulator = require("support.emulator")
       local em = emulator.start({ boot_delay_ms = 0, latency_ms = 0 })
       finally(function() em:stop() end)
-      -- home_dir = false: `~` is each instance's $HOME (emulator instances are directories on
-      -- this machine; the default "/root" would be this machine's /root).
+      -- Emulator instances are sandboxes whose /root is their own home, as on a Morph VM.
       local provider = require("galley.providers.morph").new({ api_key = em.api_key, base_url = em.base_url,
-        home_dir = false, log = log.silent() })
+        log = log.silent() })
       local orch = orchestrator.new({ provider = provider, log = log.silent() })
       local before = #em:log()
       local m = orch.boot_and_prepare(emulator.SNAPSHOT, { ttl_seconds = 600,
@@ -286,11 +285,15 @@ describe("galley.orchestrator #orchestrator", function()
       assert.are.equal(2, #requests)
       assert.are.equal("POST", requests[1].method)
       assert.is_truthy(requests[2].path:find("/exec", 1, true))
-      -- The files are in the instance's home.
-      local home = provider.exec(m.instance_id, { kind = "argv", command = "sh", args = { "-c", 'printf %s "$HOME"' } })
-      assert.are_not.equal("/root", home.stdout)
-      local info = provider.files.read_file(m.instance_id, home.stdout .. "/.machine.json")
+      -- The files are in the instance's home (/root inside its sandbox), not this machine's.
+      local info = provider.files.read_file(m.instance_id, "/root/.machine.json")
       assert.are.equal("count", cjson.decode(info).purpose)
+      local host = io.open("/root/.machine.json")
+      if host then
+        local text = host:read("a")
+        host:close()
+        assert.falsy(text:find('"count"', 1, true), "this machine's /root/.machine.json was written")
+      end
     end)
 
     it("says cleanup = failed when terminating after a failed install fails too #failure", function()

@@ -11,7 +11,7 @@ local EXIT_USAGE = 2
 
 M.summary = "serve the Morph API on 127.0.0.1 with instances that really run"
 M.usage = "galley emulate [--port N] [--state-dir D] [--api-key K] [--latency-ms N] "
-  .. "[--boot-delay-ms N] [--fault SPEC]... [--snapshot ID[=DIR]]..."
+  .. "[--boot-delay-ms N] [--fault SPEC]... [--snapshot ID[=DIR]]... [--no-sandbox]"
 M.help = ([[
 Prints `listening on http://127.0.0.1:PORT/api` once ready; point MORPH_BASE_URL there.
 Only 127.0.0.1 is ever bound.
@@ -25,6 +25,9 @@ Only 127.0.0.1 is ever bound.
   --fault SPEC       inject a fault, e.g. method=POST,path=/instance/*/exec,action=status,status=503,
                      retry_after=1,count=2 (actions: status delay reset malformed truncate;
                      fields: method path count status retry_after delay_ms bytes)
+  --no-sandbox       run instance commands directly on this machine (HOME = the instance's
+                     directory) instead of in bubblewrap sandboxes; absolute paths such as
+                     /root/... then touch this machine
   --snapshot ID[=DIR]  another ready snapshot, empty or with DIR's files; %s always exists
 
 Instances are directories under the state dir: exec runs the command there with HOME set to it
@@ -85,6 +88,9 @@ function M.parse(args)
       local f, problem = faults.parse(v)
       if not f then return usage_error("bad --fault '%s': %s", v, problem) end
       opts.faults[#opts.faults + 1] = v
+    elseif name == "--no-sandbox" then
+      if inline then return usage_error("'--no-sandbox' takes no value") end
+      opts.sandbox = false
     elseif name == "--snapshot" then
       local v = value()
       local id, dir = (v or ""):match("^([%w_%-]+)=(.+)$")

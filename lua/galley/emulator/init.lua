@@ -12,6 +12,7 @@
 -- Log and fault paths are relative to /api and carry no query string.
 local api_mod = require("galley.emulator.api")
 local backend_mod = require("galley.emulator.backend")
+local sandbox_mod = require("galley.emulator.sandbox")
 local faults_mod = require("galley.emulator.faults")
 local json = require("galley.emulator.json")
 local errors = require("galley.errors")
@@ -38,6 +39,7 @@ M.LOG_LIMIT = 10000
 ---@field faults? (table|string)[] faults to install at start (tables or key=value specs)
 ---@field snapshots? {id: string, dir?: string}[] extra ready snapshots (files copied from dir)
 ---@field verbose? boolean        one stderr line per request
+---@field sandbox? boolean        false: run instance commands on the host (default: bubblewrap)
 
 ---@class galley.emulator.Emulator
 ---@field opts galley.emulator.Options
@@ -58,8 +60,23 @@ local reply, detail = api_mod.reply, api_mod.detail
 function M.new(opts)
   assert(type(opts.state_dir) == "string", "emulator.new: state_dir required")
   assert(type(opts.api_key) == "string" and opts.api_key ~= "", "emulator.new: api_key required")
-  local backend, err = backend_mod.new({ root = opts.state_dir })
-  if not backend then return nil, err end
+  -- Instances are local-provider sandboxes (host read-only, home at /root) unless bubblewrap is
+  -- missing or the caller opts out; the plain-directory backend then runs commands on the host.
+  local backend, err
+  if opts.sandbox ~= false then
+    backend, err = sandbox_mod.new({ root = opts.state_dir })
+    if backend and not sandbox_mod.available(backend.provider) then
+      io.stderr:write("galley emulate: WARNING: bubblewrap is not available; instance commands run on this",
+        " machine and absolute paths (/root/...) touch it. Install bubblewrap.\n")
+      backend = nil
+    elseif not backend then
+      return nil, err
+    end
+  end
+  if not backend then
+    backend, err = backend_mod.new({ root = opts.state_dir })
+    if not backend then return nil, err end
+  end
   local self = setmetatable({
     opts = opts,
     api = api_mod.new({ backend = backend, boot_delay_ms = opts.boot_delay_ms or 50 }),

@@ -73,13 +73,24 @@ describe("galley emulate: exec #emulator", function()
     assert.are.equal("[two words][it's \"quoted\"][$HOME][*]", r.stdout)
   end)
 
-  it("runs in the instance's own directory with HOME there, and keeps files between calls", function()
+  it("runs in the instance's sandbox with HOME at /root, and keeps files between calls", function()
     local r = exec({ 'pwd; echo "$HOME"; echo data > kept.txt' })
-    local dir = r.stdout:match("^([^\n]+)\n")
-    assert.are.equal(dir .. "\n" .. dir .. "\n", r.stdout)
-    assert.truthy(dir:find(em.state_dir, 1, true))
-    assert.truthy(dir:find(id, 1, true))
+    assert.are.equal("/root\n/root\n", r.stdout)
     assert.are.equal("data\n", exec({ "cat", "kept.txt" }).stdout)
+    assert.are.equal("data\n", exec({ "cat", "/root/kept.txt" }).stdout)
+  end)
+
+  it("keeps writes to absolute paths inside the instance, never on this machine", function()
+    local name = ("galley-sandbox-probe-%d-%d"):format(os.time(), math.random(1, 1e9))
+    for _, dir in ipairs({ "/root", "/tmp" }) do
+      local r = exec({ "sh", "-c", 'echo inside > "$1/$2" && cat "$1/$2"', "sh", dir, name })
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.are.equal("inside\n", r.stdout)
+      assert.is_nil(io.open(dir .. "/" .. name), dir .. " on the host was written")
+    end
+    -- The rest of the host is read-only.
+    local r = exec({ "sh", "-c", "echo x > /etc/" .. name })
+    assert.are_not.equal(0, r.exit_code)
   end)
 
   it("does not pass the emulator's API key into instances", function()
@@ -167,17 +178,29 @@ describe("galley emulate: exec #emulator", function()
     eventually(function()
       return assert(em:request("GET", "/instance/" .. inst)).json.status == "ready"
     end, "ready")
-    local pid = math.tointeger(tonumber(exec({ "sleep 600 >/dev/null 2>&1 & echo $!" }, inst).stdout))
-    local function state_of()
-      local f = io.open("/proc/" .. pid .. "/stat", "r")
-      local s = f and f:read("a") or ""
+    -- A background counter ticks into a file every 20 ms; paused, it must stop ticking.
+    exec({ "i=0; while true; do i=$((i+1)); echo $i > /root/ticks; sleep 0.02; done >/dev/null 2>&1 &" }, inst)
+    local function ticks() return tonumber(exec({ "cat", "/root/ticks" }, inst).stdout) or 0 end
+    eventually(function() return ticks() > 2 end, "the counter to start")
+    -- While paused exec is refused, so read the counter from this side: the state dump names
+    -- the instance's directory, whose home/ is the instance's /root.
+    local dir
+    for _, i in ipairs(assert(em:request("GET", "/_emulator/state")).json.instances) do
+      if i.id == inst then dir = i.dir end
+    end
+    local function host_ticks()
+      local f = io.open(dir .. "/home/ticks")
+      local v = f and tonumber(f:read("a")) or 0
       if f then f:close() end
-      return s:match("^%d+ %b() (%a)")
+      return v
     end
     assert(em:request("POST", "/instance/" .. inst .. "/pause"))
-    eventually(function() return state_of() == "T" end, "the process to stop")
+    local frozen = host_ticks()
+    os.execute("sleep 0.3")
+    assert.are.equal(frozen, host_ticks())
     assert(em:request("POST", "/instance/" .. inst .. "/resume"))
-    eventually(function() return state_of() == "S" end, "the process to continue")
+    local after_resume = ticks()
+    eventually(function() return ticks() > after_resume end, "the counter to continue")
     assert(em:request("DELETE", "/instance/" .. inst))
   end)
 
