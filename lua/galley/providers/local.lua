@@ -175,9 +175,9 @@ function M.new(opts)
   local now = opts.clock or os.time
   local host_home = os.getenv("HOME") or "/root"
   local state_dir = opts.state_dir or os.getenv("GALLEY_STATE_DIR") or (host_home .. "/.local/state/galley")
-  state_dir = state_dir:gsub("/+$", "")
+  tool({ "mkdir", "-p", state_dir .. "/instances", state_dir .. "/snapshots" }, "create the state directory")
+  state_dir = fs.realpath(state_dir) or state_dir:gsub("/+$", "")
   local instances_dir, snapshots_dir = state_dir .. "/instances", state_dir .. "/snapshots"
-  tool({ "mkdir", "-p", instances_dir, snapshots_dir }, "create the state directory")
 
   -- Sandbox.
   local bwrap = opts.sandbox ~= false and proc.which("bwrap") or nil
@@ -897,12 +897,16 @@ function M.new(opts)
   --- The one image: this machine's filesystem.
   ---@return table[]
   function provider.images.list()
+    expire()
     return { {
       object = "image", id = M.IMAGE_ID, name = "host",
       description = sandbox and "this machine's filesystem, read-only in bubblewrap" or "this machine (no sandbox)",
       created_at = 0,
     } }
   end
+
+  --- Nothing to release (instances live on in the state directory); here for parity with Morph.
+  function provider.close() end
 
   run.register_provider(provider)
   return provider
