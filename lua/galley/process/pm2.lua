@@ -1,0 +1,423 @@
+--- galley.process.pm2: long-running processes under PM2 on an instance, through the provider's
+-- exec (every call is an argv; fixed `sh -c` helper scripts take user data only as positional
+-- arguments).
+--
+--   local pm2 = require("galley.process.pm2").new{provider = p}
+--   local spec = pm2.process("web").command("python3", {"-m", "http.server", "8000"})
+--     .cwd("~/site").env({PORT = "8000"}).restart({max_restarts = 5}).build()
+--   local info = pm2.start(inst.id, spec)   -- {name = "web", pm_id, pid, status, ...}
+--   pm2.logs(inst.id, "web", 50)            -- {out = "...", err = "..."}
+--   pm2.stop(inst.id, "web"); pm2.delete(inst.id, "web")
+--
+-- start(instance_id, spec, {name?}):
+--   1. writes every spec.files entry (galley.process.shell.upload_files; a failed write is a
+--      PROCESS_ERROR naming the path);
+--   2. `pm2 ping` (starts the daemon with the instance's own environment) and reads $HOME, $PATH
+--      and $PM2_HOME;
+--   3. `pm2 flush NAME`, `pm2 delete NAME` (PM2 would otherwise add a second process of the same
+--      name and append to its logs), truncates the log files the new process will use, then
+--      `env -i PATH=.. HOME=.. [PM2_HOME=..] pm2 start bash --name NAME --no-autorestart -- -lc
+--      <payload>` (galley.core.pm2.start_argv with env_clean) and `pm2 jlist`.
+--   cwd and env are set inside the payload (never PM2's --cwd or env flags); the app's stdin is
+--   /dev/null unless spec.stdin = "inherit". Because the CLI runs under `env -i`, the app's
+--   environment holds only PATH and HOME, what the spec exports, what a login shell's profile
+--   sets, and PM2's own bookkeeping variables: nothing else of the caller's. Do not put secrets in
+--   spec.command.env (PM2 shows the payload in jlist and keeps it in dump.pm2); have the command
+--   read them from a file. A payload over galley.core.pm2.PAYLOAD_MAX (one argv element) is
+--   written to ~/.galley/pm2/<name>.sh (mode 700) and started as `bash <file>`.
+--
+-- Names: every name goes through galley.core.pm2.sanitize_name (letters, digits, '-', under 50
+-- characters, never all digits or "all"); pass the same name to stop/logs as to start. A
+-- ProcessSpec without a name (spec.command.name or opts.name) is a VALIDATION_ERROR.
+--
+-- list() runs `pm2 ping` then `pm2 jlist` and returns {name, pm_id, pid, status, restarts,
+-- uptime_ms, memory, cpu, exit_code?, out_log?, err_log?, cwd?} per process (nothing of the
+-- processes' environments); output it cannot parse gives {} and a warning in the log.
+-- logs() reads the tails of the out/err files named by jlist: exact text, no prefixes.
+--
+-- Errors are ProcessError tables with `operation` ("pm2.start", "pm2.stop", ...) and `resource`
+-- ("process:<name>"): NOT_FOUND for a name PM2 does not know (stop, restart, delete, logs);
+-- PROCESS_ERROR for anything else, with `hint = M.INSTALL_HINT` when pm2 is not installed, and
+-- `details = {exit_code, stderr}`; VALIDATION_ERROR for a bad spec or name.
+local contracts = require("galley.contracts")
+local core = require("galley.core.pm2")
+local errors = require("galley.errors")
+local logmod = require("galley.log")
+local shellcore = require("galley.core.shell")
+local shell_pm = require("galley.process.shell")
+
+local M = {}
+
+M.NAME = "pm2"
+M.INSTALL_HINT = "install pm2 (npm install -g pm2)"
+M.DEFAULT_LOG_LINES = 100
+M.STDERR_TAIL = 2000
+
+-- Exit code of the helper scripts when pm2 is not on PATH, and the line they print.
+local MISSING_EXIT = 127
+local MISSING_LINE = "galley: pm2 is not on PATH"
+
+local GUARD = "command -v pm2 >/dev/null 2>&1 || { echo '" .. MISSING_LINE .. "' >&2; exit 127; }\n"
+
+-- Starts the daemon (with the instance's own environment), then prints HOME, PATH, PM2_HOME.
+local PROBE = GUARD .. [[
+pm2 ping >&2 || exit $?
+printf '%s\0' "$HOME" "$PATH" "${PM2_HOME-}"
+]]
+
+-- $1 name, $2 out log, $3 err log, then the `env -i ... pm2 start ...` argv.
+local START = GUARD .. [[
+name=$1 out=$2 err=$3
+shift 3
+pm2 flush "$name" >/dev/null 2>&1
+pm2 delete "$name" >/dev/null 2>&1
+: >"$out" 2>/dev/null
+: >"$err" 2>/dev/null
+"$@" >&2 || exit $?
+exec pm2 jlist
+]]
+
+local RUN = GUARD .. 'exec "$@"\n'
+
+-- restart through a clean environment too (PM2 may take the caller's on restart).
+local RUN_CLEAN = GUARD .. 'exec env -i PATH="$PATH" HOME="$HOME" ${PM2_HOME:+"PM2_HOME=$PM2_HOME"} "$@"\n'
+
+local JLIST = GUARD .. [[
+pm2 ping >&2 || exit $?
+exec pm2 jlist
+]]
+
+-- $1 lines, $2 out file, $3 err file: out tail on stdout, err tail on stderr.
+local TAILS = [[
+tail -n "$1" -- "$2" 2>/dev/null
+{ tail -n "$1" -- "$3" 2>/dev/null; } >&2
+exit 0
+]]
+
+
+local function copy(t)
+  local out = {}
+  for k, v in pairs(t or {}) do out[k] = v end
+  return out
+end
+
+
+--- The name PM2 will use for `s` (galley.core.pm2.sanitize_name).
+---@param s string
+---@return string
+function M.sanitize_name(s)
+  return core.sanitize_name(s)
+end
+
+
+--- A ProcessSpec builder with dot-called, chainable setters (no `self`):
+--   pm2.process("web").command("node", {"server.js"}).cwd("/srv").env({A = "1"})
+--     .restart({max_restarts = 3, min_uptime_ms = 1000}).instances(1).max_memory("512M")
+--     .logs({out = "/var/log/web.out"}).file("~/cfg.json", "{}", "600").stdin("null").build()
+-- `command(program, args?)` gives the argv form, `script(text)` the shell form (the last one
+-- wins); `env` merges into earlier calls. build() checks the result (contracts.check_process)
+-- and returns a normalized ProcessSpec whose command.name is the sanitized name.
+---@param name string
+---@return table builder
+---@raise VALIDATION_ERROR from build() for a bad field
+function M.process(name)
+  if type(name) ~= "string" or name == "" then
+    error(errors.ProcessError("VALIDATION_ERROR", "process name must be a non-empty string", { field = "name" }), 0)
+  end
+  local state = { env = nil, files = {} }
+  local b = {}
+  function b.command(program, args)
+    state.kind, state.program, state.args, state.script = "argv", program, args, nil
+    return b
+  end
+  function b.script(text)
+    state.kind, state.script, state.program, state.args = "shell", text, nil, nil
+    return b
+  end
+  function b.cwd(dir) state.cwd = dir return b end
+  function b.env(vars)
+    state.env = state.env or {}
+    for k, v in pairs(vars) do state.env[k] = v end
+    return b
+  end
+  function b.restart(policy) state.restart = policy return b end
+  function b.instances(n) state.instances = n return b end
+  function b.max_memory(size) state.max_memory = size return b end
+  function b.logs(paths) state.logs = paths return b end
+  function b.stdin(mode) state.stdin = mode return b end
+  function b.file(path, content, mode)
+    state.files[#state.files + 1] = { path = path, content = content, mode = mode }
+    return b
+  end
+  function b.build()
+    local command = { kind = state.kind or "argv", cwd = state.cwd, env = state.env, name = core.sanitize_name(name) }
+    if command.kind == "argv" then
+      command.command, command.args = state.program, state.args
+    else
+      command.script = state.script
+    end
+    return contracts.check_process({
+      command = command, restart = state.restart, instances = state.instances, max_memory = state.max_memory,
+      logs = state.logs, stdin = state.stdin, files = #state.files > 0 and state.files or nil,
+    })
+  end
+  return b
+end
+
+
+--- Creates a PM2 process manager.
+---@param opts {provider: table, log?: galley.Logger}
+---@return table manager `{name, process, start, stop, restart, delete, list, logs, stop_all, delete_all, kill}`
+---@raise VALIDATION_ERROR when opts.provider is missing
+function M.new(opts)
+  if type(opts) ~= "table" or type(opts.provider) ~= "table" then
+    errors.raise("VALIDATION_ERROR", "galley.process.pm2.new: opts.provider is required", { field = "provider" })
+  end
+  local provider = opts.provider
+  local log = opts.log or logmod.default().child({ prefix = "pm2" })
+  local pm = { name = M.NAME, process = M.process, sanitize_name = M.sanitize_name }
+
+  local function fail(code, message, context, fields)
+    local f = copy(fields)
+    f.operation, f.resource = context.operation, context.resource
+    error(errors.ProcessError(code, message, f), 0)
+  end
+
+  -- Runs `sh -c script sh args...` on the instance; raises when pm2 is missing.
+  local function sh(instance_id, context, script, args)
+    local argv = { "-c", script, "sh" }
+    for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+    local r = provider.exec(instance_id, { kind = "argv", command = "sh", args = argv })
+    r.stdout, r.stderr = r.stdout or "", r.stderr or ""
+    if r.exit_code == MISSING_EXIT and r.stderr:find(MISSING_LINE, 1, true) then
+      fail("PROCESS_ERROR", "pm2 is not installed on instance " .. tostring(instance_id), context,
+        { hint = M.INSTALL_HINT, details = { exit_code = r.exit_code } })
+    end
+    return r
+  end
+
+  local function failed(r, what, context)
+    local tail = shell_pm.tail(r.stderr, M.STDERR_TAIL)
+    local last = tail:gsub("%s+$", ""):match("([^\n]*)$")
+    fail("PROCESS_ERROR", ("%s failed (exit %d)%s"):format(what, r.exit_code,
+      last ~= "" and (": " .. shell_pm.tail(last, 300)) or ""), context,
+      { details = { exit_code = r.exit_code, stderr = tail } })
+  end
+
+  -- A name (sanitized) or a pm_id (integer >= 0) for stop/restart/delete/logs.
+  local function target(name_or_id, operation)
+    if math.type(name_or_id) == "integer" and name_or_id >= 0 then return name_or_id, tostring(name_or_id) end
+    if type(name_or_id) ~= "string" or name_or_id == "" then
+      error(errors.ProcessError("VALIDATION_ERROR", "expected a process name or pm_id", {
+        field = "name", operation = operation }), 0)
+    end
+    local name = core.sanitize_name(name_or_id)
+    return name, name
+  end
+
+  local function parse_list(stdout, context)
+    local list, warning = core.parse_jlist(stdout)
+    if warning then
+      log.warn("could not read all of pm2 jlist", { warning = warning, operation = context.operation })
+    end
+    return list
+  end
+
+  -- Runs `pm2 <action> <target>`; a name PM2 does not know is NOT_FOUND.
+  local function act(action, instance_id, name_or_id, script)
+    local operation = "pm2." .. action
+    local t, label = target(name_or_id, operation)
+    local context = { operation = operation, resource = "process:" .. label }
+    local r = sh(instance_id, context, script or RUN, core.argv(action, t))
+    if r.exit_code ~= 0 then
+      if r.stderr:find("not found", 1, true) or r.stderr:find("id unknown", 1, true) then
+        fail("NOT_FOUND", ("no PM2 process %s on %s"):format(label, tostring(instance_id)), context,
+          { details = { exit_code = r.exit_code } })
+      end
+      failed(r, "pm2 " .. action .. " " .. label, context)
+    end
+    log.debug(action, { process = label, instance = instance_id })
+    return true
+  end
+
+  --- Starts (or replaces) a process. See the module header for the steps.
+  ---@param instance_id string
+  ---@param spec galley.ProcessSpec
+  ---@param sopts? {name?: string} overrides spec.command.name
+  ---@return table info the process as list() shows it right after the start
+  ---@raise VALIDATION_ERROR (bad spec, no name) | PROCESS_ERROR (pm2 missing: hint; upload failed:
+  --- details.path; pm2 start failed: details.exit_code/stderr) | the provider's errors
+  function pm.start(instance_id, spec, sopts)
+    spec = contracts.check_process(spec)
+    local raw = sopts and sopts.name or spec.command.name
+    if type(raw) ~= "string" or raw == "" then
+      error(errors.ProcessError("VALIDATION_ERROR", "a PM2 process needs a name (spec.command.name or opts.name)", {
+        field = "name", operation = "pm2.start" }), 0)
+    end
+    local name = core.sanitize_name(raw)
+    local context = { operation = "pm2.start", resource = "process:" .. name }
+
+    shell_pm.upload_files(provider, instance_id, spec.files, context)
+
+    local probe = sh(instance_id, context, PROBE)
+    if probe.exit_code ~= 0 then failed(probe, "pm2 ping", context) end
+    local home, path, pm2_home = probe.stdout:match("^([^%z]*)%z([^%z]*)%z([^%z]*)%z")
+    if not home or home == "" or path == "" then
+      fail("PROCESS_ERROR", "could not read HOME and PATH on the instance", context, {})
+    end
+    local env_clean = { PATH = path, HOME = home }
+    if pm2_home ~= "" then env_clean.PM2_HOME = pm2_home end
+    local logs_dir = (pm2_home ~= "" and pm2_home or (home .. "/.pm2")) .. "/logs"
+
+    local run_spec = copy(spec)
+    run_spec.files = nil
+    local out_log, err_log = logs_dir .. "/" .. name .. "-out.log", logs_dir .. "/" .. name .. "-error.log"
+    if spec.logs then
+      run_spec.logs = {}
+      if spec.logs.out then
+        out_log = shellcore.expand_home(spec.logs.out, home)
+        run_spec.logs.out = out_log
+      end
+      if spec.logs.err then
+        err_log = shellcore.expand_home(spec.logs.err, home)
+        run_spec.logs.err = err_log
+      end
+    end
+
+    local argv, err = core.start_argv(run_spec, { name = name, home = home, env_clean = env_clean })
+    if not argv and errors.is(err, "PM2_PAYLOAD_TOO_LARGE") then
+      -- Too big for one argv element: run the same script from a file.
+      local plan = shellcore.plan(spec.command, { home = home })
+      local script = plan.script or ("exec -- " .. shellcore.join(plan.argv) .. "\n")
+      local file = home .. "/.galley/pm2/" .. name .. ".sh"
+      shell_pm.upload_files(provider, instance_id, { { path = file, content = script, mode = "700" } }, context)
+      run_spec.command = { kind = "argv", command = "/bin/bash", args = { file }, name = name }
+      argv, err = core.start_argv(run_spec, { name = name, home = home, env_clean = env_clean })
+      log.debug("payload moved to a file", { process = name, bytes = #script })
+    end
+    if not argv then
+      fail("VALIDATION_ERROR", tostring(err and err.message or err), context, { hint = err and err.hint })
+    end
+
+    local args = { name, out_log, err_log }
+    for _, a in ipairs(argv) do args[#args + 1] = a end
+    local r = sh(instance_id, context, START, args)
+    if r.exit_code ~= 0 then failed(r, "pm2 start " .. name, context) end
+    local info
+    for _, item in ipairs(parse_list(r.stdout, context)) do
+      if item.name == name and (not info or (item.pm_id or -1) > (info.pm_id or -1)) then info = item end
+    end
+    if not info then fail("PROCESS_ERROR", "pm2 start did not register " .. name, context, {}) end
+    log.info("process started", { process = name, instance = instance_id, pm_id = info.pm_id, status = info.status })
+    return info
+  end
+
+  --- Stops a process (SIGINT to its tree, SIGKILL after PM2's kill timeout); it stays listed.
+  ---@param instance_id string
+  ---@param name string|integer a name (sanitized like start's) or a pm_id
+  ---@return true
+  ---@raise NOT_FOUND | PROCESS_ERROR | VALIDATION_ERROR
+  function pm.stop(instance_id, name)
+    return act("stop", instance_id, name)
+  end
+
+  --- Restarts a process with the command and environment it was started with.
+  ---@param instance_id string
+  ---@param name string|integer
+  ---@return true
+  ---@raise NOT_FOUND | PROCESS_ERROR | VALIDATION_ERROR
+  function pm.restart(instance_id, name)
+    return act("restart", instance_id, name, RUN_CLEAN)
+  end
+
+  --- Stops and removes a process (every process of that name). Its log files stay.
+  ---@param instance_id string
+  ---@param name string|integer
+  ---@return true
+  ---@raise NOT_FOUND | PROCESS_ERROR | VALIDATION_ERROR
+  function pm.delete(instance_id, name)
+    return act("delete", instance_id, name)
+  end
+
+  local function all(action, instance_id)
+    local context = { operation = "pm2." .. action .. "_all", resource = "process:all" }
+    local r = sh(instance_id, context, RUN, { "pm2", action, "all" })
+    if r.exit_code ~= 0 and not r.stderr:find("No process found", 1, true) then
+      failed(r, "pm2 " .. action .. " all", context)
+    end
+    return true
+  end
+
+  --- Stops every process (none is fine).
+  ---@param instance_id string
+  ---@return true
+  ---@raise PROCESS_ERROR
+  function pm.stop_all(instance_id)
+    return all("stop", instance_id)
+  end
+
+  --- Removes every process (none is fine).
+  ---@param instance_id string
+  ---@return true
+  ---@raise PROCESS_ERROR
+  function pm.delete_all(instance_id)
+    return all("delete", instance_id)
+  end
+
+  --- Stops the PM2 daemon and every process (`pm2 kill`).
+  ---@param instance_id string
+  ---@return true
+  ---@raise PROCESS_ERROR
+  function pm.kill(instance_id)
+    local context = { operation = "pm2.kill", resource = "process:all" }
+    local r = sh(instance_id, context, RUN, core.kill_argv())
+    if r.exit_code ~= 0 then failed(r, "pm2 kill", context) end
+    return true
+  end
+
+  --- The processes PM2 knows, in pm_id order.
+  ---@param instance_id string
+  ---@return {name: string, pm_id: integer, pid: integer, status: string, restarts: integer, uptime_ms: integer,
+  ---  memory: integer, cpu: number, exit_code?: integer, out_log?: string, err_log?: string, cwd?: string}[]
+  ---@raise PROCESS_ERROR (pm2 missing or failing)
+  function pm.list(instance_id)
+    local context = { operation = "pm2.list", resource = "process:all" }
+    local r = sh(instance_id, context, JLIST)
+    if r.exit_code ~= 0 then failed(r, "pm2 jlist", context) end
+    return parse_list(r.stdout, context)
+  end
+
+  --- The last `lines` lines of a process's out and err logs, as stored (no prefixes).
+  ---@param instance_id string
+  ---@param name string|integer
+  ---@param lines? integer default M.DEFAULT_LOG_LINES
+  ---@return {out: string, err: string}
+  ---@raise NOT_FOUND (no such process) | PROCESS_ERROR | VALIDATION_ERROR (lines)
+  function pm.logs(instance_id, name, lines)
+    local t, label = target(name, "pm2.logs")
+    local context = { operation = "pm2.logs", resource = "process:" .. label }
+    lines = lines or M.DEFAULT_LOG_LINES
+    if math.type(lines) ~= "integer" or lines < 1 then
+      fail("VALIDATION_ERROR", "lines must be a positive integer", context, { field = "lines" })
+    end
+    local r = sh(instance_id, context, JLIST)
+    if r.exit_code ~= 0 then failed(r, "pm2 jlist", context) end
+    local info
+    for _, item in ipairs(parse_list(r.stdout, context)) do
+      if (item.name == t or item.pm_id == t) and (not info or (item.pm_id or -1) > (info.pm_id or -1)) then
+        info = item
+      end
+    end
+    if not info then
+      fail("NOT_FOUND", ("no PM2 process %s on %s"):format(label, tostring(instance_id)), context, {})
+    end
+    local tails = provider.exec(instance_id, { kind = "argv", command = "sh",
+      args = { "-c", TAILS, "sh", tostring(lines), info.out_log or "/dev/null", info.err_log or "/dev/null" } })
+    return { out = tails.stdout or "", err = tails.stderr or "" }
+  end
+
+  return pm
+end
+
+
+return M
