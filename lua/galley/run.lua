@@ -90,6 +90,7 @@ function M.begin(opts)
     hooks = {},
     providers = {},
     instances = {},
+    pending = {},
     started_ms = os.time() * 1000,
   }
   if opts.record ~= false then write_run_file(current) end
@@ -159,6 +160,18 @@ function M.track_instance(provider, instance_id)
   current.instances[#current.instances + 1] = { provider = provider, id = instance_id }
 end
 
+--- Providers call this when a create (boot, fork) was cut off after it may have reached the
+-- service (interrupted, timed out, connection lost): `filter` is the metadata that finds the
+-- instance it may have created (its request token). The run's end waits for it to appear, up to
+-- `finish{pending_wait_ms}`, and stops it.
+---@param provider table
+---@param filter table<string,string>
+function M.note_pending(provider, filter)
+  if not current then return end
+  M.register_provider(provider)
+  current.pending[#current.pending + 1] = { provider = provider, filter = filter }
+end
+
 --- Instances still tagged with this run's id, per provider: {{provider, instance}...}.
 ---@param ctx? galley.RunContext
 function M.tagged_instances(ctx)
@@ -208,6 +221,29 @@ function M.finish(opts)
       report.stopped[#report.stopped + 1] = inst.id
       if not ok then say(("could not stop instance %s"):format(inst.id)) end
     end
+  end
+  -- Creates cut off in flight may land after the list above: wait for each, then stop it.
+  if #ctx.pending > 0 and not ctx.keep and opts.stop_instances ~= false then
+    local runtime = require("galley.core.runtime")
+    local deadline = runtime.now_ms() + (opts.pending_wait_ms or 15000)
+    local waiting = ctx.pending
+    while #waiting > 0 and runtime.now_ms() < deadline do
+      local still = {}
+      for _, pend in ipairs(waiting) do
+        local ok, list = pcall(pend.provider.instances.list, pend.filter)
+        if ok and type(list) == "table" and #list > 0 then
+          for _, inst in ipairs(list) do
+            pcall(pend.provider.instances.terminate or pend.provider.instances.stop, inst.id)
+            report.stopped[#report.stopped + 1] = inst.id
+          end
+        else
+          still[#still + 1] = pend
+        end
+      end
+      waiting = still
+      if #waiting > 0 then runtime.sleep_ms(250) end
+    end
+    report.unresolved = #waiting
   end
   -- Whatever is still tagged and not kept after that is a leak.
   for _, item in ipairs(M.tagged_instances(ctx)) do

@@ -301,7 +301,7 @@ describe("galley.orchestrator #orchestrator", function()
       local em = emulator.start({ boot_delay_ms = 0, latency_ms = 0 })
       finally(function() em:stop() end)
       local provider = require("galley.providers.morph").new({ api_key = em.api_key, base_url = em.base_url,
-        home_dir = false, log = log.silent() })
+        log = log.silent() })
       local events = {}
       local orch = orchestrator.new({ provider = provider, log = log.silent(),
         events = function(e) events[#events + 1] = e end })

@@ -24,7 +24,10 @@
 --   writes to a local file instead of returning a string. With these, memory is bounded by the
 --   chunk size, not the file size.
 -- - Files above `size_limit` (default 256 MiB) fail with FILE_TOO_LARGE before anything moves.
--- - The tools are detected once per instance. With python3, writes decode and verify in python
+-- - Writes pick their tools on the instance inside the same exec (python3 when present, else
+--   coreutils), so a small write is one exec even on a fresh instance; reads detect the tools
+--   once per instance. With python3 (the system /usr/bin/python3 when it exists, to skip slow
+--   PATH shims such as pyenv's), writes decode and verify in python
 --   (the base64 reaches it through a pipe from the shell's printf builtin: python is slow to take
 --   megabytes of argv) and it hashes files for reads; without it, coreutils `base64 -d` and
 --   `sha256sum` do. Chunks after the first are read with `tail | head | base64` when those
@@ -108,13 +111,17 @@ except Exception as e:
 
 -- Feeds the chunks after the 11 write arguments to PY_WRITE's stdin (printf is a shell builtin,
 -- so megabytes of argv cost nothing here).
-local SH_PIPE_PY_WRITE = [[
-py=$1; shift
+-- The system python (/usr/bin/python3) when there is one: version-manager shims on PATH (pyenv)
+-- cost 100+ ms per start, and the program needs nothing but the standard library.
+local SH_PY_BODY = [[
+P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3
 t=$1 tmp=$2 d=$3 mk=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11}
 shift 11
 printf %s "$@" |
-  python3 -I -S -c "$py" "$t" "$tmp" "$d" "$mk" "$first" "$last" "$mode" "$owner" "$group" "$size" "$digest"
+  "$P" -I -S -c "$py" "$t" "$tmp" "$d" "$mk" "$first" "$last" "$mode" "$owner" "$group" "$size" "$digest"
 ]]
+
+local SH_PIPE_PY_WRITE = "py=$1; shift\n" .. SH_PY_BODY
 
 local SH_WRITE = [[
 target=$1 tmp=$2 d=$3 mkdirs=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11}
@@ -145,6 +152,11 @@ exit 0
 
 -- argv after the script: path what offset length limit. what = "head" prints "size sha256\n" and
 -- base64 of the first `length` bytes; "range" prints base64 of [offset, offset + length).
+-- Writes pick their tools on the instance, in the same exec (no probe round trip): python3
+-- when present, else coreutils. argv: py_program, then SH_WRITE's arguments.
+local SH_AUTO_WRITE = "py=$1; shift\nif command -v python3 >/dev/null 2>&1; then\n" .. SH_PY_BODY
+  .. "else\n" .. SH_WRITE .. "fi\n"
+
 local PY_READ = [[
 import os, sys, stat, hashlib, base64
 p, what, off, length, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -437,7 +449,8 @@ function M.new(opts)
     local tmp = (dir == "/" and "" or dir) .. "/." .. base:sub(1, 120) .. TMP_MARK .. random_suffix()
     local remote_cleaned = false
     local ok, err = pcall(function()
-      local decoder = decoder_for(instance_id)
+      -- Writes need no probe: unless told, the remote program picks python3 or coreutils itself.
+      local decoder = opts.decoder or decoders[instance_id] or "auto"
       local hasher = codec.sha256_hasher()
       local sent, first = 0, true
       repeat
@@ -451,8 +464,14 @@ function M.new(opts)
         end
         local args = { path, tmp, dir, wopts.create_dirs and "1" or "0", first and "1" or "0", last and "1" or "0",
           mode, owner, group, tostring(size), last and hasher:hex() or "" }
-        local argv = decoder == "coreutils" and sh(SH_WRITE, table.unpack(args))
-          or sh(SH_PIPE_PY_WRITE, PY_WRITE, table.unpack(args))
+        local argv
+        if decoder == "coreutils" then
+          argv = sh(SH_WRITE, table.unpack(args))
+        elseif decoder == "auto" then
+          argv = sh(SH_AUTO_WRITE, PY_WRITE, table.unpack(args))
+        else
+          argv = sh(SH_PIPE_PY_WRITE, PY_WRITE, table.unpack(args))
+        end
         pieces(codec.base64_encode(raw), argv)
         local res = run(instance_id, argv)
         if res.exit_code ~= 0 then

@@ -458,6 +458,15 @@ function M.new(opts)
     return r
   end
 
+  -- A create whose answer was lost may still have created an instance: tell the run, which
+  -- finds it by the request token at its end and stops it.
+  local function note_cut_off(err)
+    if type(err) == "table" and err.request_token and (err.code == "INTERRUPTED" or err.code == "TIMEOUT"
+        or err.code == "NETWORK_ERROR" or err.code == "PROTOCOL_ERROR") then
+      run.note_pending(provider, { [M.TOKEN_KEY] = err.request_token })
+    end
+  end
+
   -- instances ------------------------------------------------------------------------------
   local I = provider.instances
   I.exec = provider.exec
@@ -478,7 +487,11 @@ function M.new(opts)
     end
     for _, k in ipairs({ "vcpus", "memory", "disk_size" }) do body[k] = check_count(bopts[k], k) end
     local wait_ms = check_count(bopts.timeout_ms, "timeout_ms", 0) or boot_timeout_ms
-    local raw = call("instances.boot", "snapshot:" .. snapshot_id, "snapshots_boot", snapshot_id, body)
+    local ok, raw = pcall(call, "instances.boot", "snapshot:" .. snapshot_id, "snapshots_boot", snapshot_id, body)
+    if not ok then
+      note_cut_off(raw)
+      error(raw, 0)
+    end
     raw = await_new(raw, wait_ms, "instances.boot")
     run.track_instance(provider, raw.id)
     log.debug("instance ready", { instance = raw.id, snapshot = snapshot_id })
@@ -597,8 +610,12 @@ function M.new(opts)
     local seconds, action = common.check_ttl(bopts)
     local md = common.check_metadata(bopts.metadata)
     local wait_ms = check_count(fopts.timeout_ms, "timeout_ms", 0) or boot_timeout_ms
-    local res = call("instances.fork", "instance:" .. instance_id, "instances_branch", instance_id,
+    local called, res = pcall(call, "instances.fork", "instance:" .. instance_id, "instances_branch", instance_id,
       { instance_metadata = md, snapshot_metadata = md }, { count = count })
+    if not called then
+      note_cut_off(res)
+      error(res, 0)
+    end
     local raws = type(res.instances) == "table" and res.instances or {}
     local snap_id = type(res.snapshot) == "table" and res.snapshot.id or nil
     local ok, err = pcall(function()

@@ -1,7 +1,7 @@
 -- The provider conformance suite against the Morph provider on `galley emulate` (loopback),
 -- started with a boot delay so that boot, fork and resume go through readiness polling.
--- Emulated instances are directories on this machine with HOME set to them, so the provider
--- learns each instance's home (home_dir = false) instead of assuming /root.
+-- Emulated instances are sandboxes whose home is /root, as on a Morph VM, so the provider's
+-- default home_dir applies.
 local conformance = require("providers.conformance")
 local emulator = require("support.emulator")
 
@@ -12,7 +12,6 @@ conformance.run("morph (galley emulate)", function()
   local ok, provider = pcall(require("galley.providers.morph").new, {
     api_key = em.api_key,
     base_url = em.base_url,
-    home_dir = false,
     size_limit = SIZE_LIMIT,
     retry = { max_attempts = 3, base_delay_ms = 10, max_delay_ms = 100 },
     boot_timeout_ms = 30000,

@@ -55,7 +55,7 @@ local function mentions(v, needle)
 end
 
 local function provider_on(em, opts)
-  local o = { api_key = em.api_key, base_url = em.base_url, home_dir = false, retry = FAST,
+  local o = { api_key = em.api_key, base_url = em.base_url, retry = FAST,
     boot_timeout_ms = 30000, log = logmod.silent() }
   for k, v in pairs(opts or {}) do o[k] = v end
   return morphp.new(o)
@@ -375,28 +375,28 @@ describe("galley.providers.morph #morph", function()
       named.close()
     end)
 
-    -- Fails today with 2 requests: execfiles detects the instance's tools with an exec of its
-    -- own on first use. Turn `pending` back into `it` when that detection moves into the write.
-    pending("writes a file of up to 1 MiB with mode and create_dirs in exactly one request", function()
+    it("writes a file of up to 1 MiB with mode and create_dirs in exactly one request", function()
       one_request_write(p0)
     end)
 
     it("expands ~ to the instance's $HOME (asked once) or to a fixed home_dir", function()
-      local inst = boot(p0)
-      local home = p0.exec(inst.id, argv("/bin/sh", "-c", 'printf %s "$HOME"')).stdout
-      p0.files.write_file_atomic(inst.id, "~/h.txt", "h")
+      local asking = provider_on(em0, { home_dir = false })
+      local inst = boot(asking)
+      local home = asking.exec(inst.id, argv("/bin/sh", "-c", 'printf %s "$HOME"')).stdout
+      asking.files.write_file_atomic(inst.id, "~/h.txt", "h")
       em0:clear_log()
-      p0.files.write_file_atomic(inst.id, "~/h2.txt", "h2")
+      asking.files.write_file_atomic(inst.id, "~/h2.txt", "h2")
       assert.are.equal(1, #em0:log()) -- the home is known now: no second probe
-      assert.are.equal("h", p0.files.read_file(inst.id, home .. "/h.txt"))
+      assert.are.equal("h", asking.files.read_file(inst.id, home .. "/h.txt"))
       local fixed = provider_on(em0, { home_dir = home })
       assert.are.equal(home, fixed.capabilities.home_dir)
-      assert.is_nil(p0.capabilities.home_dir)
+      assert.is_nil(asking.capabilities.home_dir)
       assert.are.equal("h2", fixed.files.read_file(inst.id, "~/h2.txt"))
       fixed.close()
       assert.are.equal("/root", morphp.DEFAULT_HOME)
       raises("VALIDATION_ERROR", provider_on, em0, { home_dir = "relative" })
-      p0.instances.terminate(inst.id)
+      asking.instances.terminate(inst.id)
+      asking.close()
     end)
   end)
 
@@ -418,7 +418,7 @@ describe("galley.providers.morph #morph", function()
     end
 
     local RECIPE = [[
-local p = require("galley.providers.morph").new({ home_dir = false })
+local p = require("galley.providers.morph").new({})
 local inst = p.instances.boot(arg[1], { metadata = { spec = arg[2] } })
 io.write(require("cjson").encode({ id = inst.id, metadata = inst.metadata, ttl = inst.ttl }), "\n")
 io.stdout:flush()

@@ -220,12 +220,28 @@ function M.new(opts)
 end
 
 
---- The providers the process-manager specs run on: `{{label, new = fun(): target}, ...}` where a
--- target is `{provider, home, boot = fun(): instance, cleanup = fun()}`.
--- - "host": this double, always (env carries GALLEY_TEST_SECRET, a secret in the caller's env).
--- - "local": galley.providers.local (bubblewrap sandboxes) when it loads and can sandbox here.
--- - "morph-emulator": hook for `galley emulate` (GALLEY_TEST_EMULATOR=1 and the morph provider
---   present); not wired yet, see the TODO below.
+--- opts for a manager's new() on a target: `base` plus the target's manager_opts.
+---@param target table from providers()[i].new()
+---@param base table
+---@return table
+function M.manager_opts(target, base)
+  local out = {}
+  for k, v in pairs(base) do out[k] = v end
+  for k, v in pairs(target.manager_opts or {}) do out[k] = v end
+  return out
+end
+
+
+--- The providers the process-manager specs run on: `{{label, secret_env?, new = fun(): target}, ...}`
+-- where a target is `{provider, boot = fun(): instance, cleanup = fun(), manager_opts = table}`;
+-- specs pass manager_opts to the managers' new() (keep_env for providers that find an
+-- instance's processes by an environment marker, a private tmux socket where instances share
+-- the machine's /tmp).
+-- - "host": this double, always (every exec's environment carries GALLEY_TEST_SECRET, a secret in
+--   the caller's environment).
+-- - "local": galley.providers.local (bubblewrap sandboxes) when bwrap is installed.
+-- - "emulator": galley.providers.morph on `galley emulate` (support.emulator); its instances
+--   are directories on this machine marked by GALLEY_EMULATOR_INSTANCE.
 -- GALLEY_PROCESS_PROVIDERS="host,local" restricts the list.
 ---@return table[]
 function M.providers()
@@ -234,13 +250,15 @@ function M.providers()
     return not wanted or ("," .. wanted .. ","):find("," .. label .. ",", 1, true) ~= nil
   end
   local list = {}
+  local secret = { GALLEY_TEST_SECRET = "sk-ant-host-secret-0123456789" }
   if want("host") then
     list[#list + 1] = {
       label = "host",
-      secret_env = { GALLEY_TEST_SECRET = "sk-ant-host-secret-0123456789" },
+      secret_env = secret,
       new = function()
-        local p = M.new({ env = { GALLEY_TEST_SECRET = "sk-ant-host-secret-0123456789" } })
-        return { provider = p, home = nil, boot = function() return p.instances.boot() end, cleanup = function() end }
+        local p = M.new({ env = secret })
+        return { provider = p, boot = function() return p.instances.boot() end, cleanup = function() end,
+          manager_opts = {} }
       end,
     }
   end
@@ -251,17 +269,42 @@ function M.providers()
       new = function()
         local state = sh({ "mktemp", "-d", "/tmp/galley-pm-local-XXXXXX" }).stdout:gsub("%s+$", "")
         local p = local_mod.new({ state_dir = state, sandbox = true })
+        local environ = p.capabilities.process_tracking == "environ"
         return {
           provider = p,
-          home = p.capabilities.home_dir,
           boot = function() return p.instances.boot(p.DEFAULT_SNAPSHOT) end,
           cleanup = function() sh({ "rm", "-rf", "--", state }) end,
+          manager_opts = { keep_env = environ and { "GALLEY_INSTANCE_ID" } or nil },
         }
       end,
     }
   end
-  -- TODO(emulator): when galley.providers.morph lands, add a "morph-emulator" entry that starts
-  -- support.emulator and returns the morph provider pointed at em.base_url.
+  local ok_morph, morph_mod = pcall(require, "galley.providers.morph")
+  if want("emulator") and ok_morph then
+    list[#list + 1] = {
+      label = "emulator",
+      new = function()
+        local emulator = require("support.emulator")
+        local em = emulator.start({ boot_delay_ms = 0 })
+        local ok, p = pcall(morph_mod.new, { api_key = em.api_key, base_url = em.base_url, home_dir = false,
+          retry = { max_attempts = 3, base_delay_ms = 10, max_delay_ms = 100 }, boot_timeout_ms = 30000 })
+        if not ok then
+          em:stop()
+          error(p, 0)
+        end
+        return {
+          provider = p,
+          boot = function() return p.instances.boot(emulator.SNAPSHOT) end,
+          cleanup = function()
+            p.close()
+            em:stop()
+          end,
+          manager_opts = { keep_env = { "GALLEY_EMULATOR_INSTANCE" },
+            socket = "galley-test-" .. tostring(require("galley.core.runtime").getpid()) },
+        }
+      end,
+    }
+  end
   return list
 end
 
