@@ -95,7 +95,9 @@ local function format_table(t, indent, depth, seen, opts)
   if array and n > 0 and M.record_kind(t[1]) then
     local lines = {}
     for i = 1, math.min(n, opts.max_items) do
-      lines[#lines + 1] = indent .. "  " .. (M.record_kind(t[i]) and M.record_line(t[i]) or format_value(t[i], indent .. "  ", depth + 1, seen, opts))
+      local item = M.record_kind(t[i]) and M.record_line(t[i])
+        or format_value(t[i], indent .. "  ", depth + 1, seen, opts)
+      lines[#lines + 1] = indent .. "  " .. item
     end
     if n > opts.max_items then lines[#lines + 1] = indent .. ("  ... %d more"):format(n - opts.max_items) end
     seen[t] = nil

@@ -142,7 +142,7 @@ describe("galley.core.fs #fs", function()
         assert.are.equal(before + 1, open_fds())
       end
       assert.are.equal(before, open_fds())
-      for _ in assert(fs.chunks(root .. "/c", 10)) do break end
+      for _ in assert(fs.chunks(root .. "/c", 10)) do break end -- luacheck: ignore 512
       assert.are.equal(before, open_fds())
       do
         local iter = assert(fs.chunks(root .. "/c", 10))

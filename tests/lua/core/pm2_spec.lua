@@ -12,10 +12,6 @@ local function raises(code, field, fn, ...)
   if field then assert.are.equal(field, err.field) end
 end
 
-local function tail(argv, n)
-  return table.move(argv, #argv - n + 1, #argv, 1, {})
-end
-
 describe("galley.core.pm2 builders #pm2", function()
   it("sanitizes names into something pm2 reads as one process name", function()
     assert.are.equal("cc-demo", pm2.sanitize_name("cc demo!"))
@@ -92,6 +88,7 @@ describe("galley.core.pm2 builders #pm2", function()
     assert.are.equal(pm2.PAYLOAD_MAX, err.limit)
     assert.is_string(err.hint)
     argv, err = pm2.start_argv { command = { kind = "argv", command = "echo", args = { ("'"):rep(40 * 1024) } } }
+    assert.is_nil(argv)
     assert.are.equal("PM2_PAYLOAD_TOO_LARGE", err.code)   -- each ' costs 4 bytes quoted
   end)
 
