@@ -1,4 +1,4 @@
 -- hello.lua: the smallest recipe. Run it with `galley run examples/hello.lua [name]`.
-local codec = require("galley.core.runtime")
+local runtime = require("galley.core.runtime")
 local who = ... or "world"
-print(("hello, %s, from galley %s"):format(who, codec.versions().galley))
+print(("hello, %s, from galley %s"):format(who, runtime.versions().galley))
