@@ -2,7 +2,8 @@
 -- Bare expressions print their values (tables pretty-printed, instances and snapshots one line
 -- each); `=expr` works; incomplete input continues on the next line; `_` holds the last result;
 -- history is saved; Tab completes globals and the fields and methods of live values; Ctrl-C
--- cancels the current line or call without leaving. Globals ready to use: `galley` (every
+-- cancels the current line or call without leaving. `x = 1` defines a session variable (kept
+-- in the session's own table, not in _G). Globals ready to use: `galley` (every
 -- galley module, loaded on first use), `morph` (a Morph provider from MORPH_API_KEY /
 -- MORPH_BASE_URL), `sandbox` (the local provider), `pretty`. On exit, instances booted during
 -- the session that still exist are listed, with an offer to stop them.
@@ -66,6 +67,9 @@ function M.new_env()
     return base_index[k]
   end
   mt.__lazy = lazy
+  -- Unlike a recipe, the REPL lets `x = 1` define a session variable (each line is its own
+  -- chunk, so locals do not outlive it); it lands in the session table, never in _G.
+  mt.__newindex = rawset
   return env
 end
 

@@ -5,8 +5,11 @@ local q = support.q
 local session = "galley-repl-spec-" .. tostring(os.time()) .. tostring(math.random(1000, 9999))
 local state_dir
 
+-- A private tmux server (its own socket): never touches the user's sessions.
+local socket = "galley-repl-spec-" .. tostring(os.time()) .. "-" .. tostring(math.random(1000, 9999))
+
 local function tmux(args)
-  local p = io.popen("tmux " .. args .. " 2>&1")
+  local p = io.popen("tmux -L " .. socket .. " " .. args .. " 2>&1")
   local out = p:read("a")
   p:close()
   return out
@@ -42,7 +45,7 @@ describe("galley repl on a terminal #repl", function()
   end)
 
   teardown(function()
-    tmux("kill-session -t " .. session)
+    tmux("kill-server")
     os.execute("rm -rf " .. q(state_dir))
   end)
 
@@ -104,5 +107,36 @@ describe("galley repl on a terminal #repl", function()
     end
     -- libedit stores spaces as \040
     assert.truthy(hist and hist:find("remember", 1, true), hist)
+  end)
+
+  it("lists instances booted in the session on exit and stops them when asked", function()
+    local s2 = session .. "-exit"
+    local cmd = ("env XDG_STATE_HOME=%s GALLEY_STATE_DIR=%s/galley-state %s repl; sleep 30"):format(
+      q(state_dir), q(state_dir), q(support.bin))
+    tmux(("new-session -d -s %s -x 160 -y 40 %s"):format(s2, q(cmd)))
+    local function screen2() return tmux("capture-pane -p -t " .. s2) end
+    local function wait2(pattern)
+      for _ = 1, 300 do
+        if screen2():find(pattern, 1, true) then return end
+        os.execute("sleep 0.05")
+      end
+      error("timed out waiting for " .. pattern .. "\n" .. screen2())
+    end
+    wait2("Ctrl-D leaves")
+    tmux("send-keys -t " .. s2 .. " -l " .. q("inst = sandbox.instances.boot()"))
+    tmux("send-keys -t " .. s2 .. " Enter")
+    tmux("send-keys -t " .. s2 .. " -l " .. q("inst.id"))
+    tmux("send-keys -t " .. s2 .. " Enter")
+    wait2('"localvm_')
+    local id = screen2():match('"(localvm_%x+)"')
+    tmux("send-keys -t " .. s2 .. " C-d")
+    wait2("Stop them now?")
+    assert.truthy(screen2():find(id, 1, true))
+    tmux("send-keys -t " .. s2 .. " y Enter")
+    wait2("stopped 1 instance")
+    tmux("kill-session -t " .. s2)
+    local f = io.open(state_dir .. "/galley-state/instances/" .. id .. "/meta.json")
+    if f then f:close() end
+    assert.is_nil(f, "the instance is still there")
   end)
 end)
