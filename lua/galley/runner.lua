@@ -32,9 +32,8 @@ end
 ---@param name string
 ---@return function|nil chunk, string|table source_or_err, string|nil chunkname
 function M.load(name, env)
-  local f = io.open(name, "rb")
-  if f then
-    f:close()
+  local st = require("galley.core.fs").stat(name)
+  if st and st.type == "file" then
     local chunk, err = loadfile(name, "t", env)
     if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
     return chunk, name

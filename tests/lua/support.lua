@@ -14,13 +14,16 @@ end
 ---@param args string   already-quoted argument string
 ---@param stdin? string
 ---@param env? table<string,string> extra environment variables
-function M.galley(args, stdin, env)
+---@param cwd? string directory to run in
+function M.galley(args, stdin, env, cwd)
   local tmp = os.tmpname()
   local errf = os.tmpname()
   local inf
   local prefix = ""
   for k, v in pairs(env or {}) do prefix = prefix .. k .. "=" .. M.q(v) .. " " end
-  local cmd = prefix .. M.q(M.bin) .. " " .. args .. " >" .. tmp .. " 2>" .. errf
+  local bin = M.bin:sub(1, 1) == "/" and M.bin or (M.source_dir .. "/" .. M.bin)
+  local cmd = prefix .. M.q(bin) .. " " .. args .. " >" .. tmp .. " 2>" .. errf
+  if cwd then cmd = "cd " .. M.q(cwd) .. " && " .. cmd end
   if stdin then
     inf = os.tmpname()
     local f = assert(io.open(inf, "wb"))
