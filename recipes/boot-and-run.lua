@@ -1,0 +1,316 @@
+-- boot-and-run.lua: boot an instance, prepare it, run one agent session under PM2, print the
+-- agent's output as it arrives, clean up.
+--
+--   galley run boot-and-run                                   # local sandbox + a small demo command
+--   galley run boot-and-run --prompt "Say hi"                 # morph + claude when MORPH_API_KEY is set
+--   galley run boot-and-run --agent command --command 'make test' --timeout 900
+--   galley run boot-and-run --json > events.jsonl             # machine-readable events on stdout
+--
+-- Defaults: provider morph when MORPH_API_KEY is set, else local (stderr says which); agent
+-- claude on morph, command on local (a demo that prints facts about the sandbox, the prompt and
+-- a few progress lines over about three seconds). Claude credentials, when given, are installed
+-- before the session: the CLAUDE_ACCESS_TOKEN environment variable (an OAuth access token, an
+-- Anthropic API key `sk-ant-api…`, or the path of a credentials JSON file), or --credentials FILE
+-- (default: the file `galley run claude-login` writes, when it exists). Tokens never reach argv,
+-- the PM2 environment or any output: they travel in the installer's one exec and land in 0600
+-- files. The instance is terminated at the end unless --keep; the exit status is the session's
+-- (a session that fails makes the recipe exit 1).
+local recipe = require("galley.recipe")
+local providers = require("galley.providers")
+local orchestrator = require("galley.orchestrator")
+local credentials = require("galley.credentials")
+local errors = require("galley.errors")
+local json = require("galley.emulator.json")
+local logmod = require("galley.log")
+local oauth = require("galley.oauth.claude")
+local pm2 = require("galley.process.pm2")
+
+local MORPH_SNAPSHOT = "snapshot_c1p8b6c2"
+local DEFAULT_PROMPT = "Say hi in one short sentence."
+local API_KEY_FILE = "~/.claude/anthropic-api-key"
+local ONE_YEAR_MS = 365 * 24 * 3600 * 1000
+
+local opts = recipe.options({
+  name = "boot-and-run",
+  summary = "Boot an instance, install credentials, run an agent session under PM2, follow its output, clean up.",
+  options = {
+    { "provider", choices = providers.names, help = "where to boot (default: morph with MORPH_API_KEY, else local)" },
+    { "snapshot", metavar = "ID", env = "GALLEY_SNAPSHOT",
+      help = "snapshot to boot (default: $TESTING_SNAPSHOT_ID or " .. MORPH_SNAPSHOT
+        .. " on morph, an empty one on local)" },
+    { "agent", choices = { "claude", "command" }, help = "what runs (default: claude on morph, command on local)" },
+    { "prompt", metavar = "TEXT", default = DEFAULT_PROMPT,
+      help = "the prompt ($GALLEY_PROMPT for the command agent)" },
+    { "prompt-file", metavar = "PATH", help = "read the prompt from a local file instead" },
+    { "system-prompt", metavar = "TEXT", help = "claude: text appended to the system prompt" },
+    { "model", metavar = "NAME", default = "sonnet", help = "claude: model alias or name" },
+    { "output-format", choices = { "text", "json", "stream-json" }, default = "text", help = "claude: output format" },
+    { "claude-bin", metavar = "PATH", default = "claude", help = "claude: the CLI on the instance" },
+    { "command", metavar = "SCRIPT", help = "command agent: a bash script to run (default: the demo)" },
+    { "cwd", metavar = "DIR", help = "working directory, created if missing (default: ~, or the claude agent's)" },
+    { "session", metavar = "NAME", help = "session name (PM2 process cmd-NAME / cc-NAME; default demo or session)" },
+    { "credentials", metavar = "PATH", env = "GALLEY_CLAUDE_CREDENTIALS",
+      help = "Claude credentials JSON from `galley run claude-login` (default: " .. oauth.DEFAULT_CREDENTIALS_PATH
+        .. " when it exists)" },
+    { "no-credentials", type = "flag", help = "install no Claude credentials even when some are available" },
+    { "ttl", type = "integer", default = 1800, help = "instance TTL in seconds (0: none)" },
+    { "timeout", type = "integer", default = 900, help = "give up on the session after SECONDS (0: never)" },
+    { "poll-ms", type = "integer", default = 1000, help = "how often to read the session's log" },
+    { "events", metavar = "PATH", help = "append orchestrator events to this JSON-lines file" },
+    { "json", type = "flag", help = "stdout: JSON lines (events, output lines, the result) instead of plain output" },
+    { "keep", type = "flag", help = "keep the instance afterwards (stop it later with `galley gc --include-kept`)" },
+  },
+  epilog = [[
+environment: MORPH_API_KEY (and MORPH_BASE_URL) for morph; TESTING_SNAPSHOT_ID; CLAUDE_ACCESS_TOKEN
+(a token, or a credentials file path) and CLAUDE_TOKEN_EXPIRES_AT_MS (default: a year from now).
+exit status: 0 when the session exited 0; 1 when it failed, timed out or anything else went wrong.]],
+}, arg)
+
+local function say(text) io.stderr:write(text, "\n") end
+
+local function usage(msg) recipe.usage_error(msg) end
+
+if opts.ttl < 0 then usage("--ttl must be 0 or more") end
+if opts.timeout < 0 then usage("--timeout must be 0 or more") end
+if opts.poll_ms < 50 then usage("--poll-ms must be at least 50") end
+
+-- ---------------------------------------------------------------------------------------------
+-- Output: plain text, or JSON lines with --json
+-- ---------------------------------------------------------------------------------------------
+
+local function now_iso() return os.date("!%Y-%m-%dT%H:%M:%SZ") end
+
+local function emit_json(t)
+  io.stdout:write(json.encode(t), "\n")
+  io.stdout:flush()
+end
+
+local function on_line(line, stream)
+  if opts.json then
+    emit_json({ ts = now_iso(), event = "output", stream = stream, line = line })
+  elseif stream == "err" then
+    io.stderr:write(line, "\n")
+  else
+    io.stdout:write(line, "\n")
+    io.stdout:flush()
+  end
+end
+
+local events_sink
+if opts.json or opts.events then
+  events_sink = function(ev)
+    if opts.json then emit_json(ev) end
+    if opts.events then
+      local f = io.open(opts.events, "a")
+      if f then
+        f:write(json.encode(ev), "\n")
+        f:close()
+      end
+    end
+  end
+end
+
+-- Orchestrator and provider chatter stays at warn unless asked for (GALLEY_LOG, -v).
+local level = logmod.default_level()
+if level == "info" and not os.getenv("GALLEY_LOG") then level = "warn" end
+local log = logmod.new({ level = level, prefix = "boot-and-run" })
+
+-- ---------------------------------------------------------------------------------------------
+-- Provider, agent, snapshot
+-- ---------------------------------------------------------------------------------------------
+
+local provider, why = providers.default(opts.provider, { log = log.child({ prefix = opts.provider }) })
+local provider_name = provider.name or opts.provider or (why:match("provider (%S+)"))
+local agent_name = opts.agent or ((opts.command or provider_name ~= "morph") and "command" or "claude")
+if opts.command and agent_name ~= "command" then usage("--command needs --agent command") end
+say(("galley: %s; agent %s%s"):format(why, agent_name, opts.agent and "" or " (default for " .. provider_name .. ")"))
+
+local snapshot = opts.snapshot
+if not snapshot and provider_name == "morph" then
+  local env = os.getenv("TESTING_SNAPSHOT_ID")
+  snapshot = (env and env ~= "") and env or MORPH_SNAPSHOT
+end
+
+local prompt = opts.prompt
+if opts.prompt_file then
+  local f, ferr = io.open(opts.prompt_file, "rb")
+  if not f then usage("--prompt-file: " .. tostring(ferr)) end
+  prompt = f:read("a")
+  f:close()
+end
+if prompt == "" then usage("the prompt is empty") end
+
+-- ---------------------------------------------------------------------------------------------
+-- Claude credentials (never printed: lengths and expiry only)
+-- ---------------------------------------------------------------------------------------------
+
+local function file_exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function expand_local(path)
+  if path:sub(1, 2) == "~/" then return (os.getenv("HOME") or "") .. path:sub(2) end
+  return path
+end
+
+-- Loads credentials saved by claude-login; refreshes (and saves) them when they are about to expire.
+local function load_file(path)
+  local creds = oauth.load_credentials(path)
+  if creds.refresh_token and creds.expires_at_ms then
+    local client = oauth.new({})
+    if client.is_expired(creds, 10 * 60 * 1000) then
+      local fresh = recipe.step("refresh the Claude credentials", client.refresh, creds)
+      oauth.save_credentials(path, fresh)
+      creds = fresh
+    end
+  end
+  return creds, "file " .. path
+end
+
+-- {kind = "oauth", creds} | {kind = "api_key", key} | nil, and a description for stderr.
+local function find_claude_secret()
+  if opts.no_credentials then return nil, "none (--no-credentials)" end
+  if opts.credentials then
+    return { kind = "oauth", creds = (load_file(opts.credentials)) }, "file " .. opts.credentials
+  end
+  local token = os.getenv("CLAUDE_ACCESS_TOKEN")
+  if token and token ~= "" then
+    token = token:gsub("^%s+", ""):gsub("%s+$", "")
+    if token:sub(1, 1) == "/" or token:sub(1, 2) == "~/" then
+      if not file_exists(expand_local(token)) then
+        errors.raise("VALIDATION_ERROR", "CLAUDE_ACCESS_TOKEN names a file that does not exist",
+          { field = "CLAUDE_ACCESS_TOKEN" })
+      end
+      return { kind = "oauth", creds = (load_file(token)) }, "file named by CLAUDE_ACCESS_TOKEN"
+    end
+    logmod.register_secret(token)
+    if token:match("^sk%-ant%-api") then return { kind = "api_key", key = token }, "API key in CLAUDE_ACCESS_TOKEN" end
+    local exp = tonumber(os.getenv("CLAUDE_TOKEN_EXPIRES_AT_MS") or "")
+    exp = exp and math.tointeger(exp) or (os.time() * 1000 + ONE_YEAR_MS)
+    return { kind = "oauth", creds = { access_token = token, expires_at_ms = exp } }, "CLAUDE_ACCESS_TOKEN"
+  end
+  if file_exists(expand_local(oauth.DEFAULT_CREDENTIALS_PATH)) then
+    return { kind = "oauth", creds = (load_file(oauth.DEFAULT_CREDENTIALS_PATH)) }, oauth.DEFAULT_CREDENTIALS_PATH
+  end
+  return nil, "none"
+end
+
+local secret, secret_from = find_claude_secret()
+
+-- ---------------------------------------------------------------------------------------------
+-- The session's process spec
+-- ---------------------------------------------------------------------------------------------
+
+-- The demo the command agent runs by default: facts about where it runs, the prompt, progress.
+local DEMO = [=[
+echo "== galley demo agent =="
+echo "host:    $(hostname 2>/dev/null || cat /proc/sys/kernel/hostname) ($(uname -srm))"
+echo "user:    $(id -un 2>/dev/null || echo "?") (uid $(id -u)), home $HOME, cwd $(pwd)"
+if [ -w / ]; then echo "root fs: writable"
+else echo "root fs: read-only (a sandbox: only ~ and /tmp are the instance's)"; fi
+echo "tools:   pm2 $(pm2 -v 2>/dev/null | tail -n 1 || echo missing), $(python3 --version 2>&1 || echo 'no python3')"
+if [ -r "$HOME/.machine.json" ]; then echo "machine: $(cat "$HOME/.machine.json")"; fi
+echo "prompt:  $GALLEY_PROMPT"
+for i in 1 2 3; do
+  sleep 1
+  echo "working: step $i/3 ($(date -u +%H:%M:%S) UTC)"
+done
+echo "words in the prompt: $(printf '%s' "$GALLEY_PROMPT" | wc -w | tr -d ' ')"
+echo "done."
+]=]
+
+local session = opts.session or (agent_name == "command" and "demo" or "session")
+local cwd = opts.cwd
+local agent, input
+if agent_name == "command" then
+  cwd = cwd or "~"
+  agent = require("galley.agents.command").new({})
+  input = { session_name = session, command = opts.command or DEMO, cwd = cwd, env = { GALLEY_PROMPT = prompt } }
+else
+  local claude = require("galley.agents.claude")
+  cwd = cwd or claude.DEFAULTS.cwd
+  agent = claude.new({ model = opts.model, output_format = opts.output_format, claude_bin = opts.claude_bin })
+  input = { session_name = session, prompt = prompt, system_prompt = opts.system_prompt, cwd = cwd }
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- Run
+-- ---------------------------------------------------------------------------------------------
+
+local pm = pm2.new({ provider = provider, log = log.child({ prefix = "pm2" }) })
+-- The orchestrator's session_error warning would repeat what this recipe says at the end.
+local orch_log = logmod.new({ level = level == "warn" and "error" or level, prefix = "boot-and-run.orch" })
+local orch = orchestrator.new({ provider = provider, process_manager = pm, agent = agent, log = orch_log,
+  events = events_sink })
+
+local profiles = { { name = "workspace", directories = { { path = cwd } }, files = {} } }
+if secret and secret.kind == "oauth" then
+  local c = secret.creds
+  profiles[#profiles + 1] = credentials.claude_profile({ access_token = c.access_token, refresh_token = c.refresh_token,
+    expires_at_ms = c.expires_at_ms, scopes = c.scopes, subscription_type = c.subscription_type, trust_dirs = { cwd } })
+elseif secret and secret.kind == "api_key" then
+  -- claude asks apiKeyHelper for the key: the key itself stays in a 0600 file, out of every environment.
+  profiles[#profiles + 1] = { name = "claude-api-key", directories = { { path = "~/.claude", mode = "700" } }, files = {
+    { path = API_KEY_FILE, content = secret.key, mode = "600", secret = true },
+    { path = "~/.claude/settings.json", json = { apiKeyHelper = "cat " .. API_KEY_FILE }, merge = "shallow",
+      mode = "600" },
+    { path = "~/.claude.json", json = { hasCompletedOnboarding = true }, merge = "deep", mode = "600" },
+  } }
+end
+if secret then say("galley: Claude credentials from " .. secret_from) end
+if agent_name == "claude" and not secret then
+  say("galley: warning: no Claude credentials given (CLAUDE_ACCESS_TOKEN, --credentials); claude uses what the "
+    .. "snapshot has")
+end
+
+if opts.ttl == 0 then recipe.ttl(false) end
+local machine = recipe.step("boot " .. (snapshot or "an empty instance") .. " and prepare", orch.boot_and_prepare,
+  snapshot, {
+    ttl_seconds = opts.ttl > 0 and opts.ttl or nil,
+    ttl_action = opts.ttl > 0 and "stop" or nil,
+    credential_profiles = profiles,
+    machine_info = { purpose = "galley boot-and-run", provider = provider_name, agent = agent_name,
+      session = session, run_id = recipe.run_id() },
+  })
+local id = machine.instance_id
+if opts.keep then
+  say(("galley: keeping instance %s (stop it with `galley gc --include-kept`)"):format(id))
+else
+  recipe.defer(function()
+    local ok, err = pcall(provider.instances.terminate, id)
+    if not ok and not errors.is(err, "NOT_FOUND") then error(err, 0) end
+  end, "terminate " .. id)
+end
+say("galley: instance " .. id)
+
+local started = recipe.step("start the " .. agent_name .. " session", orch.start_session, id, input)
+local name = started.process_name
+say(("galley: following %s (PM2 process on %s)"):format(name, id))
+
+local t0 = os.time()
+local ok, res = pcall(orch.follow, id, name, { interval_ms = opts.poll_ms, on_line = on_line,
+  timeout_ms = opts.timeout > 0 and opts.timeout * 1000 or nil })
+if not ok then
+  if errors.is(res, "TIMEOUT") then
+    pcall(pm.stop, id, name)
+    if opts.json then emit_json({ ts = now_iso(), event = "result", instance_id = id, process_name = name,
+      status = "timeout", ok = false }) end
+    say(("galley: session %s still running after %d s (--timeout); stopped it"):format(name, opts.timeout))
+    recipe.exit(1)
+  end
+  error(res, 0)
+end
+
+local failed = res.status == "errored" or res.exit_code ~= 0
+if opts.json then
+  emit_json({ ts = now_iso(), event = "result", instance_id = id, process_name = name, status = res.status,
+    exit_code = res.exit_code, lines = res.lines, ok = not failed })
+end
+if failed then
+  say(("galley: session %s failed: status %s, exit code %s (%d lines of output)"):format(name, tostring(res.status),
+    res.exit_code and tostring(res.exit_code) or "unknown", res.lines or 0))
+  recipe.exit(1)
+end
+say(("galley: session %s exited 0 after about %d s"):format(name, os.time() - t0))

@@ -1,0 +1,208 @@
+-- The boot-and-run recipe through the galley binary: the plain run on the local provider (real
+-- bubblewrap sandbox, real PM2), a failing session, --json, --help and usage errors, and a run
+-- against `galley emulate` with the claude agent played by the fake claude fixture and a fake
+-- token that must never show in output, argv, environments or PM2's process list.
+local cjson = require("cjson")
+local codec = require("galley.core.codec")
+local fs = require("galley.core.fs")
+local proc = require("galley.core.proc")
+local support = require("support")
+local emulator = require("support.emulator")
+
+local function mktemp_dir(tag)
+  local r = assert(proc.run({ argv = { "mktemp", "-d", "-t", "galley-" .. tag .. ".XXXXXX" }, timeout_ms = 10000 }))
+  return (r.stdout:gsub("%s+$", ""))
+end
+
+local state, home
+
+-- Runs galley with a clean environment (nothing of MORPH_*, CLAUDE_* or HOME from the caller)
+-- plus `env`: the environment travels in execve's envp, never in argv.
+local function galley(args, env)
+  local e = { PATH = os.getenv("PATH"), LANG = "C.UTF-8", GALLEY_LOG = "error", HOME = home,
+    GALLEY_STATE_DIR = state }
+  for k, v in pairs(env or {}) do e[k] = v end
+  local argv = { support.bin }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  local r = assert(proc.run({ argv = argv, env = e, env_mode = "replace", timeout_ms = 180000 }))
+  return r.exit_code, r.stdout, r.stderr
+end
+
+-- Live processes on this machine whose cgroup names the instance (the local provider's cgroups);
+-- a zombie waiting for init to reap it is dead.
+local function processes_of(instance_id)
+  local r = assert(proc.run({ argv = { "sh", "-c", [=[
+for f in $(grep -l -- "$1" /proc/[0-9]*/cgroup 2>/dev/null); do
+  d=${f%/cgroup}
+  grep -q '^State:[[:space:]]*Z' "$d/status" 2>/dev/null || [ ! -e "$d/status" ] || echo "${d#/proc/}"
+done]=], "sh", instance_id } }))
+  return r.stdout
+end
+
+-- Nothing of the run is left: gc finds nothing, no instance directory, no process.
+local function assert_nothing_left(stderr)
+  local code, out = galley({ "--json", "gc", "--dry-run", "--provider", "local" })
+  assert.are.equal(0, code)
+  assert.are.same({}, cjson.decode(out))
+  assert.are.same({}, fs.list(state .. "/instances") or {})
+  local id = stderr:match("galley: instance (%S+)")
+  assert.truthy(id, stderr)
+  assert.are.equal("", processes_of(id))
+end
+
+describe("recipe boot-and-run #recipes", function()
+  before_each(function()
+    state, home = mktemp_dir("bar-state"), mktemp_dir("bar-home")
+  end)
+
+  after_each(function()
+    galley({ "gc", "--include-kept", "--all-hosts", "--provider", "local" })
+    proc.run({ argv = { "rm", "-rf", "--", state, home }, timeout_ms = 60000 })
+  end)
+
+  it("prints its options with --help and exits 0", function()
+    local code, out = galley({ "run", "boot-and-run", "--help" })
+    assert.are.equal(0, code)
+    for _, opt in ipairs({ "--provider", "--snapshot", "--agent", "--prompt", "--command", "--model", "--ttl",
+      "--timeout", "--keep", "--json" }) do
+      assert.truthy(out:find(opt, 1, true), opt)
+    end
+  end)
+
+  it("exits 2 on a bad option value, booting nothing", function()
+    local code, _, err = galley({ "run", "boot-and-run", "--agent", "robot" })
+    assert.are.equal(2, code)
+    assert.truthy(err:find("RECIPE_USAGE", 1, true), err)
+    assert.are.same({}, fs.list(state .. "/instances") or {})
+  end)
+
+  it("runs the demo on the local provider with no options and cleans up", function()
+    local code, out, err = galley({ "run", "boot-and-run" })
+    assert.are.equal(0, code, err)
+    assert.truthy(err:find("provider local", 1, true), err)
+    assert.truthy(err:find("agent command", 1, true), err)
+    assert.truthy(out:find("== galley demo agent ==", 1, true), out)
+    assert.truthy(out:find("prompt:  Say hi in one short sentence.", 1, true), out)
+    assert.truthy(out:find("working: step 3/3", 1, true), out)
+    assert.truthy(out:find('"purpose":"galley boot-and-run"', 1, true), out) -- ~/.machine.json was written
+    assert.truthy(out:find("\ndone.\n", 1, true), out)
+    assert_nothing_left(err)
+  end)
+
+  it("exits 1 when the session fails, after printing its output, and cleans up", function()
+    local code, out, err = galley({ "run", "boot-and-run", "--command", "echo before-failing; echo to-stderr >&2; exit 3",
+      "--poll-ms", "200" })
+    assert.are.equal(1, code)
+    assert.truthy(out:find("before-failing", 1, true), out)
+    assert.truthy(err:find("to-stderr", 1, true), err)
+    assert.truthy(err:find("session cmd-demo failed: status stopped, exit code 3", 1, true), err)
+    assert_nothing_left(err)
+  end)
+
+  it("writes JSON lines with --json: events, output lines and the result", function()
+    local code, out, err = galley({ "run", "boot-and-run", "--json", "--session", "js", "--prompt", "P r o m p t",
+      "--command", 'printf "%s\\n" "$GALLEY_PROMPT"', "--poll-ms", "200" })
+    assert.are.equal(0, code, err)
+    local events, lines, result = {}, {}, nil
+    for line in out:gmatch("[^\n]+") do
+      local ev = cjson.decode(line)
+      events[#events + 1] = ev.event
+      if ev.event == "output" then lines[#lines + 1] = ev.line end
+      if ev.event == "result" then result = ev end
+    end
+    for _, want in ipairs({ "boot_started", "boot_ready", "creds_installed", "session_started", "session_exited" }) do
+      assert.truthy(table.concat(events, " "):find(want, 1, true), want)
+    end
+    assert.are.same({ "P r o m p t" }, lines)
+    assert.are.equal("cmd-js", result.process_name)
+    assert.are.equal(0, result.exit_code)
+    assert.is_true(result.ok)
+    assert_nothing_left(err)
+  end)
+
+  describe("against galley emulate with the fake claude", function()
+    local em, snapdir
+
+    -- An instance home with ~/.local/bin on PATH (~/.profile, read by PM2's bash -lc) holding the
+    -- fake claude fixture behind a wrapper that reports what arrived, and whether the token is in
+    -- any process's argv, in the environment of any process of the instance, or in pm2 jlist.
+    local WRAPPER = [=[#!/bin/bash
+export FAKE_CLAUDE_DIR=$HOME/.fake-claude
+mkdir -p "$FAKE_CLAUDE_DIR"
+"$HOME/.local/bin/fake-claude" "$@"
+rc=$?
+echo "argv: $(tr '\0' ' ' < "$FAKE_CLAUDE_DIR/argv")"
+echo "prompt received: $(cat "$FAKE_CLAUDE_DIR/stdin")"
+python3 - <<'EOF'
+import glob, hashlib, json, os, subprocess
+path = os.path.expanduser("~/.claude/.credentials.json")
+tok = json.load(open(path))["claudeAiOauth"]["accessToken"].encode()
+mine = open("/proc/self/cgroup").read()
+argv = env = False
+for p in glob.glob("/proc/[0-9]*"):
+    try:
+        if tok in open(p + "/cmdline", "rb").read(): argv = True
+        if open(p + "/cgroup").read() == mine and tok in open(p + "/environ", "rb").read(): env = True
+    except OSError:
+        pass
+jlist = subprocess.run(["pm2", "jlist"], capture_output=True).stdout
+print("token sha256:", hashlib.sha256(tok).hexdigest())
+print("credentials mode: %o" % (os.stat(path).st_mode & 0o777))
+print("token in argv:", "yes" if argv else "no")
+print("token in instance environments:", "yes" if env else "no")
+print("token in pm2 jlist:", "yes" if tok in jlist else "no")
+EOF
+exit $rc
+]=]
+
+    setup(function()
+      snapdir = mktemp_dir("bar-snap")
+      assert(fs.mkdir_p(snapdir .. "/.local/bin", "755"))
+      assert(fs.write_atomic(snapdir .. "/.profile", 'PATH="$HOME/.local/bin:$PATH"\n', { mode = "644" }))
+      assert(fs.write_atomic(snapdir .. "/.local/bin/claude", WRAPPER, { mode = "755" }))
+      local fake = assert(fs.read(support.source_dir .. "/tests/lua/fixtures/fake-claude"))
+      assert(fs.write_atomic(snapdir .. "/.local/bin/fake-claude", fake, { mode = "755" }))
+      em = emulator.start({ boot_delay_ms = 0, snapshots = { "snapshot_fakeclaude=" .. snapdir } })
+    end)
+
+    teardown(function()
+      if em then em:stop() end
+      proc.run({ argv = { "rm", "-rf", "--", snapdir } })
+    end)
+
+    it("installs the token, pipes the prompt to claude, and never shows the token", function()
+      local token = "sk-ant-oat01-" .. codec.base64_encode(codec.random_bytes(60), "urlsafe"):gsub("=", "")
+      local prompt = [[Say "hi" to $HOME and `whoami` it's ünïcödé]]
+      local code, out, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot", "snapshot_fakeclaude",
+        "--prompt", prompt, "--model", "haiku", "--poll-ms", "200" },
+        { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key, CLAUDE_ACCESS_TOKEN = token })
+      assert.are.equal(0, code, err)
+      assert.truthy(err:find("provider morph (chosen)", 1, true), err)
+      assert.truthy(err:find("agent claude", 1, true), err)
+      assert.truthy(out:find("prompt received: " .. prompt .. "\n", 1, true), out)
+      assert.truthy(out:find("argv: -p --model haiku --output-format text --dangerously-skip-permissions", 1, true), out)
+      assert.truthy(out:find("token sha256: " .. codec.sha256(token) .. "\n", 1, true), out)
+      assert.truthy(out:find("credentials mode: 600\n", 1, true), out)
+      assert.truthy(out:find("token in argv: no\n", 1, true), out)
+      assert.truthy(out:find("token in instance environments: no\n", 1, true), out)
+      assert.truthy(out:find("token in pm2 jlist: no\n", 1, true), out)
+      assert.falsy(out:find(token, 1, true))
+      assert.falsy(err:find(token, 1, true))
+      assert.falsy(em:drain():find(token, 1, true))
+      -- The instance is gone from the emulator.
+      local id = err:match("galley: instance (%S+)")
+      for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
+    end)
+
+    it("exits 1 when claude fails, and deletes the instance", function()
+      local code, _, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot", "snapshot_fakeclaude",
+        "--claude-bin", "/nonexistent/claude", "--no-credentials", "--poll-ms", "200" },
+        { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key })
+      assert.are.equal(1, code)
+      assert.truthy(err:find("session cc-session failed", 1, true), err)
+      local id = err:match("galley: instance (%S+)")
+      assert.truthy(id, err)
+      for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
+    end)
+  end)
+end)
