@@ -1,0 +1,101 @@
+-- The e2e-smoke recipe through the galley binary, against the `galley emulate` it starts itself
+-- (no RUN_E2E): TAP with every check ok, the FAKE claude stand-in labelled, the emulator gone
+-- afterwards; and a failing boot: not ok, the rest skipped, exit 1.
+local http = require("galley.core.http")
+local proc = require("galley.core.proc")
+local support = require("support")
+
+local function mktemp_dir(tag)
+  local r = assert(proc.run({ argv = { "mktemp", "-d", "-t", "galley-" .. tag .. ".XXXXXX" }, timeout_ms = 10000 }))
+  return (r.stdout:gsub("%s+$", ""))
+end
+
+local state, home
+
+local function galley(args, env)
+  local e = { PATH = os.getenv("PATH"), LANG = "C.UTF-8", GALLEY_LOG = "error", HOME = home,
+    GALLEY_STATE_DIR = state }
+  for k, v in pairs(env or {}) do e[k] = v end
+  local argv = { support.bin }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  local r = assert(proc.run({ argv = argv, env = e, env_mode = "replace", timeout_ms = 180000 }))
+  return r.exit_code, r.stdout, r.stderr
+end
+
+-- {plan = n, ok = {...}, not_ok = {...}, skip = {...}} from TAP text.
+local function parse_tap(text)
+  local t = { ok = {}, not_ok = {}, skip = {}, lines = {} }
+  for line in text:gmatch("[^\n]+") do
+    local n = line:match("^1%.%.(%d+)$")
+    if n then t.plan = tonumber(n) end
+    local num, desc = line:match("^ok (%d+) %- (.*)$")
+    if num then
+      t.ok[#t.ok + 1] = tonumber(num)
+      if desc:find("# SKIP", 1, true) then t.skip[#t.skip + 1] = desc end
+      t.lines[tonumber(num)] = line
+    end
+    num = line:match("^not ok (%d+) %- ")
+    if num then
+      t.not_ok[#t.not_ok + 1] = tonumber(num)
+      t.lines[tonumber(num)] = line
+    end
+  end
+  return t
+end
+
+-- The emulator the smoke started no longer answers.
+local function assert_emulator_gone(out)
+  local url = out:match("# target: galley emulate at (http://127%.0%.0%.1:%d+/api)")
+  assert.truthy(url, out)
+  local s = http.session({ timeout_ms = 5000 })
+  local resp, err = s:request({ method = "GET", url = url .. "/instance" })
+  s:close()
+  assert.is_nil(resp)
+  assert.truthy(err and err.code, "expected a transport error")
+end
+
+describe("recipe e2e-smoke #recipes", function()
+  before_each(function()
+    state, home = mktemp_dir("e2e-state"), mktemp_dir("e2e-home")
+  end)
+
+  after_each(function()
+    proc.run({ argv = { "rm", "-rf", "--", state, home }, timeout_ms = 60000 })
+  end)
+
+  it("passes every check on the emulator it starts, with a FAKE claude stand-in, and stops it", function()
+    local code, out, err = galley({ "run", "e2e-smoke" })
+    assert.are.equal(0, code, out .. err)
+    local tap = parse_tap(out)
+    assert.are.equal(15, tap.plan)
+    assert.are.equal(15, #tap.ok, out)
+    assert.are.same({}, tap.not_ok)
+    assert.truthy(out:find("^1%.%.15\n"), "the plan comes first")
+    -- claude is missing on the emulator: skipped with a warning, and the stand-in says FAKE.
+    assert.matches("^ok 5 %- preflight: claude %-%-version # SKIP claude is not installed", tap.lines[5])
+    assert.matches("FAKE", tap.lines[6])
+    assert.matches("FAKE", tap.lines[11])
+    assert.truthy(out:find("# out| FAKE claude stand-in: prompt (6 bytes): Say hi", 1, true), out)
+    assert.truthy(out:find('"accessToken": "sk-ant-oat01-…', 1, true), out) -- masked read-back
+    assert.truthy(err:find("WARNING: claude is not installed", 1, true), err)
+    assert.truthy(err:find("all 15 checks passed", 1, true), err)
+    assert_emulator_gone(out)
+  end)
+
+  it("reports a failed boot as not ok, skips what needs it, exits 1 and stops the emulator", function()
+    local code, out = galley({ "run", "e2e-smoke", "--snapshot", "snapshot_does_not_exist" })
+    assert.are.equal(1, code)
+    local tap = parse_tap(out)
+    assert.are.equal(15, tap.plan)
+    assert.are.same({ 1 }, tap.not_ok)
+    assert.are.equal(14, #tap.skip)
+    assert.truthy(out:find("\n# NOT_FOUND: ", 1, true), out)
+    assert_emulator_gone(out)
+  end)
+
+  it("exits 2 when --target morph has no MORPH_API_KEY", function()
+    local code, _, err = galley({ "run", "e2e-smoke", "--target", "morph" })
+    assert.are.equal(2, code)
+    assert.truthy(err:find("MORPH_API_KEY", 1, true), err)
+  end)
+end)
