@@ -1,0 +1,70 @@
+-- The file-io-smoke recipe through the galley binary on the local provider (real bubblewrap
+-- sandbox): every check ok, nothing left; usage errors exit 2.
+local cjson = require("cjson")
+local fs = require("galley.core.fs")
+local proc = require("galley.core.proc")
+local support = require("support")
+
+local function mktemp_dir(tag)
+  local r = assert(proc.run({ argv = { "mktemp", "-d", "-t", "galley-" .. tag .. ".XXXXXX" }, timeout_ms = 10000 }))
+  return (r.stdout:gsub("%s+$", ""))
+end
+
+local state, home
+
+local function galley(args, env)
+  local e = { PATH = os.getenv("PATH"), LANG = "C.UTF-8", GALLEY_LOG = "error", HOME = home,
+    GALLEY_STATE_DIR = state }
+  for k, v in pairs(env or {}) do e[k] = v end
+  local argv = { support.bin }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  local r = assert(proc.run({ argv = argv, env = e, env_mode = "replace", timeout_ms = 180000 }))
+  return r.exit_code, r.stdout, r.stderr
+end
+
+describe("recipe file-io-smoke #recipes", function()
+  before_each(function()
+    state, home = mktemp_dir("fio-state"), mktemp_dir("fio-home")
+  end)
+
+  after_each(function()
+    galley({ "gc", "--include-kept", "--all-hosts", "--provider", "local" })
+    proc.run({ argv = { "rm", "-rf", "--", state, home }, timeout_ms = 60000 })
+  end)
+
+  it("passes every check on the local provider and leaves no instance", function()
+    local code, out, err = galley({ "run", "file-io-smoke", "--large-mib", "4" })
+    assert.are.equal(0, code, out .. err)
+    assert.truthy(out:find("^1%.%.14\n"), out)
+    local oks, not_oks = 0, 0
+    for line in out:gmatch("[^\n]+") do
+      if line:match("^ok %d+ ") then oks = oks + 1 end
+      if line:match("^not ok ") then not_oks = not_oks + 1 end
+    end
+    assert.are.equal(14, oks, out)
+    assert.are.equal(0, not_oks, out)
+    assert.truthy(out:find("on local, home /root, uid ", 1, true), out)
+    assert.truthy(out:find("(4 MiB, sha256 ", 1, true), out)
+    assert.truthy(out:find("mode 640 kept", 1, true), out)
+    assert.truthy(out:find("old content intact", 1, true), out)
+    local gc_code, gc_out = galley({ "--json", "gc", "--dry-run", "--provider", "local" })
+    assert.are.equal(0, gc_code)
+    assert.are.same({}, cjson.decode(gc_out))
+    assert.are.same({}, fs.list(state .. "/instances") or {})
+  end)
+
+  it("reports a failed boot as not ok, skips the rest and exits 1", function()
+    local code, out = galley({ "run", "file-io-smoke", "--snapshot", "snapshot_does_not_exist" })
+    assert.are.equal(1, code)
+    assert.truthy(out:find("\nnot ok 1 - boot an instance\n# NOT_FOUND: ", 1, true), out)
+    local skips = 0
+    for _ in out:gmatch("\nok %d+ %- [^\n]*# SKIP needs '") do skips = skips + 1 end
+    assert.are.equal(13, skips, out)
+  end)
+
+  it("exits 2 on a negative --large-mib and on an unknown provider, booting nothing", function()
+    assert.are.equal(2, (galley({ "run", "file-io-smoke", "--large-mib", "-1" })))
+    assert.are.equal(2, (galley({ "run", "file-io-smoke", "--provider", "docker" })))
+    assert.are.same({}, fs.list(state .. "/instances") or {})
+  end)
+end)
