@@ -66,7 +66,9 @@ environment: MORPH_API_KEY (and MORPH_BASE_URL) for morph; TESTING_SNAPSHOT_ID; 
 exit status: 0 when the session exited 0; 1 when it failed, timed out or anything else went wrong.]],
 }, arg)
 
+-- Warnings and failures always reach stderr; information lines follow -q like progress.
 local function say(text) io.stderr:write(text, "\n") end
+local function info(text) recipe.say(text) end
 
 local function usage(msg) recipe.usage_error(msg) end
 
@@ -123,7 +125,7 @@ local provider, why = providers.default(opts.provider, { log = log.child({ prefi
 local provider_name = provider.name or opts.provider or (why:match("provider (%S+)"))
 local agent_name = opts.agent or ((opts.command or provider_name ~= "morph") and "command" or "claude")
 if opts.command and agent_name ~= "command" then usage("--command needs --agent command") end
-say(("galley: %s; agent %s%s"):format(why, agent_name, opts.agent and "" or " (default for " .. provider_name .. ")"))
+info(("galley: %s; agent %s%s"):format(why, agent_name, opts.agent and "" or " (default for " .. provider_name .. ")"))
 
 local snapshot = opts.snapshot
 if not snapshot and provider_name == "morph" then
@@ -259,7 +261,7 @@ elseif secret and secret.kind == "api_key" then
     { path = "~/.claude.json", json = { hasCompletedOnboarding = true }, merge = "deep", mode = "600" },
   } }
 end
-if secret then say("galley: Claude credentials from " .. secret_from) end
+if secret then info("galley: Claude credentials from " .. secret_from) end
 if agent_name == "claude" and not secret then
   say("galley: warning: no Claude credentials given (CLAUDE_ACCESS_TOKEN, --credentials); claude uses what the "
     .. "snapshot has")
@@ -283,11 +285,11 @@ else
     if not ok and not errors.is(err, "NOT_FOUND") then error(err, 0) end
   end, "terminate " .. id)
 end
-say("galley: instance " .. id)
+info("galley: instance " .. id)
 
 local started = recipe.step("start the " .. agent_name .. " session", orch.start_session, id, input)
 local name = started.process_name
-say(("galley: following %s (PM2 process on %s)"):format(name, id))
+info(("galley: following %s (PM2 process on %s)"):format(name, id))
 
 local t0 = os.time()
 local ok, res = pcall(orch.follow, id, name, { interval_ms = opts.poll_ms, on_line = on_line,
@@ -313,4 +315,4 @@ if failed then
     res.exit_code and tostring(res.exit_code) or "unknown", res.lines or 0))
   recipe.exit(1)
 end
-say(("galley: session %s exited 0 after about %d s"):format(name, os.time() - t0))
+info(("galley: session %s exited 0 after about %d s"):format(name, os.time() - t0))

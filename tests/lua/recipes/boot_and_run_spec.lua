@@ -99,6 +99,14 @@ describe("recipe boot-and-run #recipes", function()
     assert_nothing_left(err)
   end)
 
+  it("stops a session that outlives --timeout and exits 1", function()
+    local code, _, err = galley({ "run", "boot-and-run", "--command", "echo started; sleep 60", "--timeout", "1",
+      "--poll-ms", "200" })
+    assert.are.equal(1, code)
+    assert.truthy(err:find("still running after 1 s (--timeout); stopped it", 1, true), err)
+    assert_nothing_left(err)
+  end)
+
   it("writes JSON lines with --json: events, output lines and the result", function()
     local code, out, err = galley({ "run", "boot-and-run", "--json", "--session", "js", "--prompt", "P r o m p t",
       "--command", 'printf "%s\\n" "$GALLEY_PROMPT"', "--poll-ms", "200" })
@@ -136,7 +144,14 @@ echo "prompt received: $(cat "$FAKE_CLAUDE_DIR/stdin")"
 python3 - <<'EOF'
 import glob, hashlib, json, os, subprocess
 path = os.path.expanduser("~/.claude/.credentials.json")
-tok = json.load(open(path))["claudeAiOauth"]["accessToken"].encode()
+if os.path.exists(path):
+    tok = json.load(open(path))["claudeAiOauth"]["accessToken"].encode()
+    print("token source: credentials file")
+else:
+    helper = json.load(open(os.path.expanduser("~/.claude/settings.json")))["apiKeyHelper"]
+    tok = subprocess.run(["bash", "-c", helper], capture_output=True).stdout
+    path = os.path.expanduser("~/.claude/anthropic-api-key")
+    print("token source: apiKeyHelper")
 mine = open("/proc/self/cgroup").read()
 argv = env = False
 for p in glob.glob("/proc/[0-9]*"):
@@ -192,6 +207,20 @@ exit $rc
       -- The instance is gone from the emulator.
       local id = err:match("galley: instance (%S+)")
       for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
+    end)
+
+    it("gives claude an Anthropic API key through apiKeyHelper and a 0600 file, never its environment", function()
+      local key = "sk-ant-api03-" .. codec.base64_encode(codec.random_bytes(60), "urlsafe"):gsub("=", "")
+      local code, out, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot", "snapshot_fakeclaude",
+        "--poll-ms", "200" }, { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key, CLAUDE_ACCESS_TOKEN = key })
+      assert.are.equal(0, code, err)
+      assert.truthy(out:find("token source: apiKeyHelper\n", 1, true), out)
+      assert.truthy(out:find("token sha256: " .. codec.sha256(key) .. "\n", 1, true), out)
+      assert.truthy(out:find("credentials mode: 600\n", 1, true), out)
+      assert.truthy(out:find("token in argv: no\n", 1, true), out)
+      assert.truthy(out:find("token in instance environments: no\n", 1, true), out)
+      assert.truthy(out:find("token in pm2 jlist: no\n", 1, true), out)
+      assert.falsy((out .. err):find(key, 1, true))
     end)
 
     it("exits 1 when claude fails, and deletes the instance", function()
