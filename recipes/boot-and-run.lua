@@ -313,6 +313,10 @@ end
 if failed then
   say(("galley: session %s failed: status %s, exit code %s (%d lines of output)"):format(name, tostring(res.status),
     res.exit_code and tostring(res.exit_code) or "unknown", res.lines or 0))
+  if res.exit_code == 127 then
+    say(("galley: hint: exit 127 means a command was not found on the instance%s"):format(agent_name == "claude"
+      and (" (is `%s` installed there? see --claude-bin)"):format(opts.claude_bin) or ""))
+  end
   recipe.exit(1)
 end
 info(("galley: session %s exited 0 after about %d s"):format(name, os.time() - t0))

@@ -43,7 +43,7 @@ local opts = recipe.options({
     { "keep", type = "flag", help = "keep the instance (and the emulator's is gone anyway)" },
   },
   epilog = "environment: RUN_E2E, MORPH_API_KEY, MORPH_BASE_URL, TESTING_SNAPSHOT_ID, CLAUDE_ACCESS_TOKEN "
-    .. "(a token or a credentials JSON file).",
+    .. "(a token or a credentials JSON file), CLAUDE_TOKEN_EXPIRES_AT_MS (default: a year from now).",
 }, arg)
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
@@ -212,7 +212,9 @@ do
     creds, creds_from = oauth.load_credentials(token), "the file named by CLAUDE_ACCESS_TOKEN"
   elseif token then
     logmod.register_secret(token)
-    creds, creds_from = { access_token = token, expires_at_ms = (os.time() + 8 * 3600) * 1000 }, "CLAUDE_ACCESS_TOKEN"
+    local exp = math.tointeger(tonumber(env("CLAUDE_TOKEN_EXPIRES_AT_MS") or "") or 0)
+    if not exp or exp <= 0 then exp = (os.time() + 365 * 24 * 3600) * 1000 end
+    creds, creds_from = { access_token = token, expires_at_ms = exp }, "CLAUDE_ACCESS_TOKEN"
   elseif target == "emulator" then
     local rf = assert(io.open("/dev/urandom", "rb"))
     local fake = "sk-ant-oat01-FAKE-" .. rf:read(32):gsub(".", function(c) return ("%02x"):format(c:byte()) end)

@@ -228,7 +228,8 @@ exit $rc
         "--claude-bin", "/nonexistent/claude", "--no-credentials", "--poll-ms", "200" },
         { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key })
       assert.are.equal(1, code)
-      assert.truthy(err:find("session cc-session failed", 1, true), err)
+      assert.truthy(err:find("session cc-session failed: status stopped, exit code 127", 1, true), err)
+      assert.truthy(err:find("is `/nonexistent/claude` installed there?", 1, true), err)
       local id = err:match("galley: instance (%S+)")
       assert.truthy(id, err)
       for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
