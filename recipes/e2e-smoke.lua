@@ -18,7 +18,8 @@ local providers = require("galley.providers")
 local orchestrator = require("galley.orchestrator")
 local credentials = require("galley.credentials")
 local errors = require("galley.errors")
-local json = require("galley.emulator.json")
+local json = require("galley.json")
+local util = require("galley.util")
 local logmod = require("galley.log")
 local oauth = require("galley.oauth.claude")
 local pm2 = require("galley.process.pm2")
@@ -46,7 +47,6 @@ local opts = recipe.options({
     .. "(a token or a credentials JSON file), CLAUDE_TOKEN_EXPIRES_AT_MS (default: a year from now).",
 }, arg)
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 local function say(text) io.stderr:write(text, "\n") end
 
@@ -137,47 +137,12 @@ if target == "morph" and not env("MORPH_API_KEY") then recipe.usage_error("--tar
 io.stdout:write("1..", #CHECKS, "\n")
 io.stdout:flush()
 
-local function shell_read(cmd)
-  local h = assert(io.popen(cmd, "r"))
-  local out = h:read("a")
-  h:close()
-  return out
-end
-
 -- Starts `galley emulate` (this same binary) with a random API key passed through the
 -- environment (never argv); returns {base_url, api_key, stop}.
 local function start_emulator()
-  local dir = shell_read("mktemp -d -t galley-e2e-smoke.XXXXXX"):gsub("%s+$", "")
-  if dir == "" then error("mktemp failed") end
-  local rf = assert(io.open("/dev/urandom", "rb"))
-  local key = "morph_e2e_" .. rf:read(16):gsub(".", function(c) return ("%02x"):format(c:byte()) end)
-  rf:close()
-  logmod.register_secret(key)
-  local kf = assert(io.open(dir .. "/key", "w")) -- the directory is 0700
-  kf:write(key)
-  kf:close()
-  local cmd = ("echo $$; MORPH_API_KEY=$(cat %s) exec \"$(readlink /proc/$PPID/exe)\" emulate --port 0 "
-    .. "--boot-delay-ms 0 2>%s"):format(q(dir .. "/key"), q(dir .. "/emulate.log"))
-  local h = assert(io.popen(cmd, "r"))
-  local pid = tonumber(h:read("l") or "")
-  local first = h:read("l") or ""
-  local stopped = false
-  local function stop()
-    if stopped then return end
-    stopped = true
-    if pid then os.execute("kill -TERM " .. math.tointeger(pid) .. " 2>/dev/null") end
-    h:close()
-    os.execute("rm -rf " .. q(dir))
-  end
-  local port = first:match("^listening on http://127%.0%.0%.1:(%d+)/api")
-  if not port then
-    local lf = io.open(dir .. "/emulate.log")
-    local text = lf and lf:read("a") or ""
-    if lf then lf:close() end
-    stop()
-    error("galley emulate did not start: " .. text)
-  end
-  return { base_url = "http://127.0.0.1:" .. port .. "/api", api_key = key, stop = stop }
+  local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0 })
+  logmod.register_secret(emu.api_key)
+  return emu
 end
 
 local provider, snapshot
@@ -370,12 +335,7 @@ check("binary_io", { "exec" }, function()
   local back = provider.files.read_file(id, path)
   if back ~= data then return false, ("content differs: wrote %d bytes, read %d"):format(#data, #back) end
   local remote = first_line(exec({ "sha256sum", path }).stdout):match("^(%x+)")
-  local tmp = os.tmpname()
-  local f = assert(io.open(tmp, "wb"))
-  f:write(data)
-  f:close()
-  local here = shell_read("sha256sum " .. q(tmp)):match("^(%x+)")
-  os.remove(tmp)
+  local here = util.sha256(data)
   if remote ~= here then return false, ("sha256 here %s, on the instance %s"):format(here, tostring(remote)) end
   local mode = stat_mode(path)
   if mode ~= "600" then return false, "mode " .. mode .. ", want 600" end

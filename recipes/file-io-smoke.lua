@@ -11,7 +11,8 @@
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
 local errors = require("galley.errors")
-local json = require("galley.emulator.json")
+local json = require("galley.json")
+local util = require("galley.util")
 local logmod = require("galley.log")
 
 local MORPH_SNAPSHOT = "snapshot_c1p8b6c2"
@@ -101,13 +102,6 @@ end
 -- Helpers
 -- ---------------------------------------------------------------------------------------------
 
-local function shell_read(cmd)
-  local h = assert(io.popen(cmd, "r"))
-  local out = h:read("a")
-  h:close()
-  return out
-end
-
 local function random_bytes(n)
   local f = assert(io.open("/dev/urandom", "rb"))
   local s = f:read(n)
@@ -127,15 +121,9 @@ recipe.defer(function()
   for _, p in ipairs(tmpfiles) do os.remove(p) end
 end, "remove local temporary files")
 
-local function sha256_file(path) return (shell_read("sha256sum " .. q(path)):match("^(%x+)")) end
+local function sha256_file(path) return (util.sha256_file(path)) end
 
-local function sha256(data)
-  local p = local_tmp()
-  local f = assert(io.open(p, "wb"))
-  f:write(data)
-  f:close()
-  return sha256_file(p)
-end
+local function sha256(data) return util.sha256(data) end
 
 local provider, why = providers.default(opts.provider, { log = log })
 local provider_name = provider.name or opts.provider

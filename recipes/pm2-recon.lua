@@ -19,7 +19,7 @@
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
 local errors = require("galley.errors")
-local json = require("galley.emulator.json")
+local json = require("galley.json")
 local logmod = require("galley.log")
 
 local MORPH_SNAPSHOT = "snapshot_c1p8b6c2"

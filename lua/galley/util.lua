@@ -131,4 +131,23 @@ function M.replace_plain(s, needle, replacement)
 end
 
 
+--- SHA-256 of a string, as lowercase hex.
+---@param s string
+---@return string
+function M.sha256(s)
+  return require("galley.core.codec").sha256(s)
+end
+
+--- SHA-256 of a local file, read in 1 MiB pieces (memory stays bounded), as lowercase hex.
+---@param path string
+---@return string|nil hex
+---@return table|nil err FS_NOT_FOUND and friends
+function M.sha256_file(path)
+  local chunks, err = require("galley.core.fs").chunks(path, 1024 * 1024)
+  if not chunks then return nil, err end
+  local h = require("galley.core.codec").sha256_hasher()
+  for piece in chunks do h:update(piece) end
+  return h:hex()
+end
+
 return M

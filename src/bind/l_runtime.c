@@ -101,6 +101,16 @@ static int l_runtime_getpid(lua_State *L) {
 }
 
 
+/* runtime.executable() -> string   absolute path of the running galley binary */
+static int l_runtime_executable(lua_State *L) {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return galley_fail(L, "RUNTIME_EXE", "cannot read /proc/self/exe");
+  lua_pushlstring(L, buf, (size_t)n);
+  return 1;
+}
+
+
 /* runtime.options() -> table   (global command-line options: verbose, quiet, json, color) */
 static int l_runtime_options(lua_State *L) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, "galley.options") != LUA_TTABLE) {
@@ -131,6 +141,7 @@ static const luaL_Reg runtime_funcs[] = {
   { "sleep_ms",        l_runtime_sleep_ms        },
   { "isatty",          l_runtime_isatty          },
   { "getpid",          l_runtime_getpid          },
+  { "executable",      l_runtime_executable      },
   { "options",         l_runtime_options         },
   { "error_metatable", l_runtime_error_metatable },
   { NULL,              NULL                      }

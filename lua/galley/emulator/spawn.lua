@@ -1,0 +1,85 @@
+--- galley.emulator.spawn: start `galley emulate` as a child process and talk to it.
+--   local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0 })
+--   -- emu.base_url ("http://127.0.0.1:PORT/api"), emu.api_key (random; passed through the
+--   -- child's environment, never argv), emu.state_dir
+--   emu.stop()   -- SIGTERM, wait, remove the state directory (also runs at the run's end)
+-- Recipes use it to run against an offline Morph API (e2e-smoke without MORPH_API_KEY).
+local codec = require("galley.core.codec")
+local errors = require("galley.errors")
+local fs = require("galley.core.fs")
+local proc = require("galley.core.proc")
+local runtime = require("galley.core.runtime")
+
+local M = {}
+
+local START_TIMEOUT_MS = 30000
+
+---@class galley.EmulatorChild
+---@field base_url string
+---@field api_key string
+---@field port integer
+---@field state_dir string
+---@field stop fun() stops the emulator and removes its state (idempotent)
+
+--- Starts an emulator on a free loopback port and waits until it listens.
+---@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: string[], snapshots?: string[],
+---  sandbox?: boolean}
+---@return galley.EmulatorChild
+---@raise EMULATOR_START (could not start; err.stderr holds its output)
+function M.start(opts)
+  opts = opts or {}
+  local exe = assert(runtime.executable())
+  local dir = assert(fs.mkdtemp("/tmp/galley-emulator."))
+  local key = "morph_emulator_" .. codec.random_hex(16)
+  local argv = { exe, "-q", "emulate", "--port", "0", "--state-dir", dir }
+  local function add(flag, v)
+    argv[#argv + 1] = flag
+    argv[#argv + 1] = tostring(v)
+  end
+  if opts.boot_delay_ms then add("--boot-delay-ms", opts.boot_delay_ms) end
+  if opts.latency_ms then add("--latency-ms", opts.latency_ms) end
+  for _, f in ipairs(opts.faults or {}) do add("--fault", f) end
+  for _, s in ipairs(opts.snapshots or {}) do add("--snapshot", s) end
+  if opts.sandbox == false then argv[#argv + 1] = "--no-sandbox" end
+  local h, err = proc.spawn({ argv = argv, env = { MORPH_API_KEY = key }, env_mode = "extend", stdin = "null" })
+  if not h then
+    fs.remove_tree(dir)
+    errors.raise("EMULATOR_START", "cannot start galley emulate: " .. tostring(err))
+  end
+  local out, errtext = "", ""
+  local deadline = runtime.now_ms() + START_TIMEOUT_MS
+  local stopped = false
+  local child = { api_key = key, state_dir = dir }
+  function child.stop()
+    if stopped then return end
+    stopped = true
+    pcall(h.kill, h, "TERM")
+    pcall(h.wait, h, 20000)
+    pcall(h.close, h)
+    fs.remove_tree(dir)
+  end
+  while not out:find("\n", 1, true) do
+    local left = deadline - runtime.now_ms()
+    local kind, data = nil, nil
+    if left > 0 then kind, data = h:read(left) end
+    if kind == "stdout" then
+      out = out .. data
+    elseif kind == "stderr" then
+      errtext = errtext .. data
+    else
+      child.stop()
+      errors.raise("EMULATOR_START", "galley emulate did not start", { stderr = errtext })
+    end
+  end
+  local port = out:match("^listening on http://127%.0%.0%.1:(%d+)/api\n")
+  if not port then
+    child.stop()
+    errors.raise("EMULATOR_START", "unexpected first line from galley emulate: " .. out, { stderr = errtext })
+  end
+  child.port = math.tointeger(tonumber(port))
+  child.base_url = "http://127.0.0.1:" .. port .. "/api"
+  require("galley.run").defer(child.stop, "stop the emulator")
+  return child
+end
+
+return M
