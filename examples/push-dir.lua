@@ -15,7 +15,7 @@
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
 local fs = require("galley.core.fs")
-local codec = require("galley.core.codec")
+local util = require("galley.util")
 
 local opts = recipe.options({
   name = "push-dir",
@@ -102,7 +102,7 @@ for _, e in ipairs(entries) do
   elseif r.type ~= e.type or r.mode ~= e.mode then
     problems[#problems + 1] = ("%s: %s %s, expected %s %s"):format(e.rel, r.type, r.mode, e.type, e.mode)
   elseif e.type == "f" then
-    local sum = codec.sha256(assert(fs.read(e.path)))
+    local sum = assert(util.sha256_file(e.path))       -- read in pieces, like the upload
     if r.size ~= e.size or sums[e.rel] ~= sum then problems[#problems + 1] = e.rel .. ": content differs" end
   end
   print(("%s %s %s %s"):format(e.type, e.mode, e.type == "f" and tostring(e.size) or "-", e.rel))
