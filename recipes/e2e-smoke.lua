@@ -81,47 +81,8 @@ local CHECKS = {
   { "pm2_env", "agent: no token in pm2 jlist (environment, args)" },
   { "cleanup", "cleanup: pm2 delete, terminate, instance gone" },
 }
-local passed, failures, number = {}, 0, 0
-
-local function diag(text)
-  for line in (tostring(text) .. "\n"):gmatch("(.-)\n") do io.stdout:write("# ", line, "\n") end
-end
-
-local function describe_error(err)
-  if type(err) == "table" then
-    local parts = { tostring(err.code or "ERROR") .. ": " .. tostring(err.message or err) }
-    if err.hint then parts[#parts + 1] = "hint: " .. tostring(err.hint) end
-    return table.concat(parts, "\n")
-  end
-  return tostring(err)
-end
-
--- Runs one check: fn returns true/nil (ok), false + why (not ok), or "skip" + reason.
-local function check(key, needs, fn)
-  number = number + 1
-  local desc = CHECKS[number][2]
-  assert(CHECKS[number][1] == key, "check order")
-  for _, n in ipairs(needs or {}) do
-    if not passed[n] then
-      io.stdout:write(("ok %d - %s # SKIP needs '%s', which did not pass\n"):format(number, desc, n))
-      io.stdout:flush()
-      return
-    end
-  end
-  local ok, res, why = pcall(fn)
-  if ok and res == "skip" then
-    io.stdout:write(("ok %d - %s # SKIP %s\n"):format(number, desc, why))
-    passed[key] = "skipped"
-  elseif ok and res ~= false then
-    io.stdout:write(("ok %d - %s%s\n"):format(number, desc, type(res) == "string" and (" (" .. res .. ")") or ""))
-    passed[key] = true
-  else
-    failures = failures + 1
-    io.stdout:write(("not ok %d - %s\n"):format(number, desc))
-    diag(ok and (why or "check failed") or describe_error(res))
-  end
-  io.stdout:flush()
-end
+local tap = require("galley.tap").new(CHECKS)
+local check, diag = tap.check, tap.diag
 
 -- ---------------------------------------------------------------------------------------------
 -- Target: real Morph, or an emulator we start as a child process
@@ -134,8 +95,7 @@ end
 
 local target = opts.target or ((env("RUN_E2E") == "1" and env("MORPH_API_KEY")) and "morph" or "emulator")
 if target == "morph" and not env("MORPH_API_KEY") then recipe.usage_error("--target morph needs MORPH_API_KEY") end
-io.stdout:write("1..", #CHECKS, "\n")
-io.stdout:flush()
+tap.plan()
 
 -- Starts `galley emulate` (this same binary) with a random API key passed through the
 -- environment (never argv); returns {base_url, api_key, stop}.
@@ -417,8 +377,8 @@ check("cleanup", { "boot" }, function()
 end)
 
 if opts.keep then recipe.keep() end
-if failures > 0 then
-  say(("e2e-smoke: %d of %d checks failed"):format(failures, #CHECKS))
+if tap.failures() > 0 then
+  say(("e2e-smoke: %d of %d checks failed"):format(tap.failures(), #CHECKS))
   recipe.exit(1)
 end
 say(("e2e-smoke: all %d checks passed%s"):format(#CHECKS, fake_installed and " (agent: FAKE claude stand-in)" or ""))

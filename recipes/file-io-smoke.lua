@@ -57,46 +57,10 @@ local CHECKS = {
   { "failed_replace", "a failed replace leaves the old content" },
   { "delete", "delete_file, file_exists, delete_directory" },
 }
-io.stdout:write("1..", #CHECKS, "\n")
-io.stdout:flush()
 
-local passed, failures, number = {}, 0, 0
-
-local function diag(text)
-  for line in (tostring(text) .. "\n"):gmatch("(.-)\n") do io.stdout:write("# ", line, "\n") end
-end
-
-local function check(key, needs, fn)
-  number = number + 1
-  local desc = CHECKS[number][2]
-  assert(CHECKS[number][1] == key, "check order")
-  for _, n in ipairs(needs or {}) do
-    if not passed[n] then
-      io.stdout:write(("ok %d - %s # SKIP needs '%s', which did not pass\n"):format(number, desc, n))
-      io.stdout:flush()
-      return
-    end
-  end
-  local ok, res, why = pcall(fn)
-  if ok and res == "skip" then
-    io.stdout:write(("ok %d - %s # SKIP %s\n"):format(number, desc, why))
-    passed[key] = "skipped"
-  elseif ok and res ~= false then
-    io.stdout:write(("ok %d - %s%s\n"):format(number, desc, type(res) == "string" and (" (" .. res .. ")") or ""))
-    passed[key] = true
-  else
-    failures = failures + 1
-    io.stdout:write(("not ok %d - %s\n"):format(number, desc))
-    if ok then
-      diag(why or "check failed")
-    elseif type(res) == "table" then
-      diag(tostring(res.code) .. ": " .. tostring(res.message))
-    else
-      diag(tostring(res))
-    end
-  end
-  io.stdout:flush()
-end
+local tap = require("galley.tap").new(CHECKS)
+local check = tap.check
+tap.plan()
 
 -- ---------------------------------------------------------------------------------------------
 -- Helpers
@@ -323,8 +287,8 @@ check("delete", { "boot" }, function()
   return "all gone"
 end)
 
-if failures > 0 then
-  say(("file-io-smoke: %d of %d checks failed"):format(failures, #CHECKS))
+if tap.failures() > 0 then
+  say(("file-io-smoke: %d of %d checks failed"):format(tap.failures(), #CHECKS))
   recipe.exit(1)
 end
 say(("file-io-smoke: all %d checks passed"):format(#CHECKS))
