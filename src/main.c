@@ -150,6 +150,8 @@ static int pmain(lua_State *L) {
       lua_dir = a + 10;
     } else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
       verbose++;
+    } else if (a[0] == '-' && a[1] == 'v' && strspn(a + 1, "v") == strlen(a + 1)) {
+      verbose += (int)strlen(a + 1); /* -vv: trace */
     } else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
       quiet = 1;
     } else if (strcmp(a, "--json") == 0) {

@@ -115,6 +115,7 @@ function M.complete(env, word)
   if not path then
     partial = word
     for _, k in ipairs(keys_of(env)) do candidates[#candidates + 1] = k end
+    for _, k in ipairs(keys_of(_G)) do candidates[#candidates + 1] = k end -- print, string, ...
     for _, k in ipairs(KEYWORDS) do candidates[#candidates + 1] = k end
   else
     local v = env

@@ -73,7 +73,8 @@ function M.call(chunk, path, args)
   local ok, herr = xpcall(chunk, function(e)
     local err = e
     if not errors.is(err) then
-      local msg = tostring(e)
+      -- A plain table with a code (made without galley.errors) keeps its code and message.
+      local msg = type(e) == "table" and e.message ~= nil and tostring(e.message) or tostring(e)
       -- "file:line: text" from error("text") gets its location from the stack walk instead.
       local stripped = type(e) == "string" and msg:match("^[^\n]-:%d+: (.*)$") or msg
       err = errors.new(type(e) == "table" and e.code or "RECIPE_ERROR", stripped)

@@ -957,7 +957,9 @@ static int l_morph_new(lua_State *L) {
   if (!cl->c) {
     galley_fail(L, e.code, "%s", e.message);
     galley_error_set_string(L, "operation", "morph.new");
-    galley_error_set_string(L, "hint", galley_morph_hint(e.code));
+    /* No request was made: the generic "the server refused it" hint would mislead. */
+    galley_error_set_string(L, "hint", strcmp(e.code, "AUTHENTICATION_ERROR") == 0
+      ? "set MORPH_API_KEY in the environment, or pass api_key" : galley_morph_hint(e.code));
     return 2;
   }
   if (cfg.insecure)

@@ -163,7 +163,9 @@ size_t galley_morph_build_path(const char *tmpl, const galley_morph_kv *params, 
 const char *galley_morph_status_code(long status) {
   if (status >= 200 && status < 300) return NULL;
   if (status == 401 || status == 403) return "AUTHENTICATION_ERROR";
-  if (status == 404) return "NOT_FOUND";
+  if (status == 404 || status == 410) return "NOT_FOUND";
+  if (status == 408) return "TIMEOUT";
+  if (status == 409) return "CONFLICT";
   if (status == 429) return "RATE_LIMIT";
   if (status >= 400 && status < 500) return "VALIDATION_ERROR";
   if (status >= 500 && status < 600) return "SERVER_ERROR";

@@ -88,7 +88,10 @@ static void morph_should_classify_statuses_and_transport_failures(void) {
   CHECK(galley_morph_status_code(204) == NULL);
   CHECK_STR(galley_morph_status_code(400), "VALIDATION_ERROR");
   CHECK_STR(galley_morph_status_code(422), "VALIDATION_ERROR");
-  CHECK_STR(galley_morph_status_code(409), "VALIDATION_ERROR");
+  CHECK_STR(galley_morph_status_code(409), "CONFLICT");
+  CHECK_STR(galley_morph_status_code(410), "NOT_FOUND");
+  CHECK_STR(galley_morph_status_code(408), "TIMEOUT");
+  CHECK_STR(galley_morph_status_code(418), "VALIDATION_ERROR");
   CHECK_STR(galley_morph_status_code(401), "AUTHENTICATION_ERROR");
   CHECK_STR(galley_morph_status_code(403), "AUTHENTICATION_ERROR");
   CHECK_STR(galley_morph_status_code(404), "NOT_FOUND");
