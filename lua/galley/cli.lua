@@ -23,6 +23,8 @@ local function usage_error(fmt, ...)
   return EXIT_USAGE
 end
 
+--- The top-level usage text.
+---@return string
 function M.usage()
   local lines = {
     "usage: galley [options] COMMAND [args...]",

@@ -104,6 +104,7 @@ function M.current() return current end
 --- Registers a cleanup hook (runs at the end of the run, last registered first, even on error).
 ---@param fn fun()
 ---@param label? string shown when the hook fails
+---@return boolean registered false outside a run
 function M.defer(fn, label)
   assert(type(fn) == "function", "run.defer: expected a function")
   if not current then return false end
@@ -173,7 +174,8 @@ function M.note_pending(provider, filter)
 end
 
 --- Instances still tagged with this run's id, per provider: {{provider, instance}...}.
----@param ctx? galley.RunContext
+---@param ctx? galley.RunContext default: the active run
+---@return {provider: table, instance: table}[]
 function M.tagged_instances(ctx)
   ctx = ctx or current
   local found = {}

@@ -30,6 +30,7 @@ end
 
 --- Finds a recipe: a file path, or the name of a recipe shipped inside galley ("boot-and-run").
 ---@param name string
+---@param env table the environment the chunk gets (see new_env)
 ---@return function|nil chunk, string|table source_or_err, string|nil chunkname
 function M.load(name, env)
   local st = require("galley.core.fs").stat(name)

@@ -101,7 +101,7 @@ static int l_runtime_getpid(lua_State *L) {
 }
 
 
-/* runtime.executable() -> string   absolute path of the running galley binary */
+/* runtime.executable() -> path | nil, err   absolute path of the running galley binary */
 static int l_runtime_executable(lua_State *L) {
   char buf[4096];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);

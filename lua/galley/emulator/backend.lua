@@ -1,5 +1,6 @@
---- galley.emulator.backend: where emulated instances keep their files and run their commands.
--- This one uses plain directories under the state dir and runs commands on this machine:
+--- galley.emulator.backend: the fallback instance store, used only when bubblewrap is missing
+-- or `--no-sandbox` is given (the default is galley.emulator.sandbox: local-provider sandboxes).
+-- It uses plain directories under the state dir and runs commands on this machine:
 --   <root>/instances/<id>/   an instance's files; commands run there with HOME set to it
 --   <root>/snapshots/<id>/   a snapshot's files, copied into each instance started from it
 -- Commands get a fresh environment (PATH, HOME, PWD, USER, LOGNAME, SHELL, LANG, TZ from the

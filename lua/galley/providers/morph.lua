@@ -21,8 +21,8 @@
 -- Files: galley.providers.execfiles over the same exec (no file API exists on Morph).
 --
 -- Home directory: `home_dir` (default "/root") is what `~` means. `home_dir = false` asks each
--- instance for its $HOME the first time a `~` path is used (one exec, cached); `galley emulate`
--- needs that, as its instances live in directories on this machine.
+-- instance for its $HOME the first time a `~` path is used (one exec, cached), for images whose
+-- user is not root (and for `galley emulate --no-sandbox`, whose instances are plain directories).
 --
 -- Errors are the client's error tables (code NOT_FOUND, VALIDATION_ERROR, AUTHENTICATION_ERROR,
 -- RATE_LIMIT, SERVER_ERROR, NETWORK_ERROR, TIMEOUT, PROTOCOL_ERROR, INTERRUPTED) with
