@@ -21,10 +21,17 @@
 --   cwd and env are set inside the payload (never PM2's --cwd or env flags); the app's stdin is
 --   /dev/null unless spec.stdin = "inherit". Because the CLI runs under `env -i`, the app's
 --   environment holds only PATH and HOME, what the spec exports, what a login shell's profile
---   sets, and PM2's own bookkeeping variables: nothing else of the caller's. Do not put secrets in
+--   sets, PM2's own bookkeeping variables, and the variables named by opts.keep_env or the
+--   provider's capabilities.keep_env (process markers): nothing else of the caller's. Do not put secrets in
 --   spec.command.env (PM2 shows the payload in jlist and keeps it in dump.pm2); have the command
 --   read them from a file. A payload over galley.core.pm2.PAYLOAD_MAX (one argv element) is
 --   written to ~/.galley/pm2/<name>.sh (mode 700) and started as `bash <file>`.
+--
+-- Logs: PM2 pipes an app's output to its log files and loses the tail of a process that exits
+-- quickly (seen here for 4 of 40 one-shot runs: "line 1" of 22). So by default the payload
+-- starts with `exec >>'<out log>' 2>>'<err log>'` and the command writes the files itself
+-- (appending, beside PM2, to the files jlist names); only a login profile's output still goes
+-- through PM2. opts.direct_logs = false leaves it all to PM2.
 --
 -- Names: every name goes through galley.core.pm2.sanitize_name (letters, digits, '-', under 50
 -- characters, never all digits or "all"); pass the same name to stop/logs as to start. A
@@ -59,10 +66,12 @@ local MISSING_LINE = "galley: pm2 is not on PATH"
 
 local GUARD = "command -v pm2 >/dev/null 2>&1 || { echo '" .. MISSING_LINE .. "' >&2; exit 127; }\n"
 
--- Starts the daemon (with the instance's own environment), then prints HOME, PATH, PM2_HOME.
+-- Starts the daemon (with the instance's own environment), then prints HOME, PATH, PM2_HOME
+-- and, for each variable named in "$@" (checked identifiers), whether it is set and its value.
 local PROBE = GUARD .. [[
 pm2 ping >&2 || exit $?
 printf '%s\0' "$HOME" "$PATH" "${PM2_HOME-}"
+for n in "$@"; do eval "s=\${$n+1} v=\${$n-}"; printf '%s\0%s\0' "$s" "$v"; done
 ]]
 
 -- $1 name, $2 out log, $3 err log, then the `env -i ... pm2 start ...` argv.
@@ -79,8 +88,13 @@ exec pm2 jlist
 
 local RUN = GUARD .. 'exec "$@"\n'
 
--- restart through a clean environment too (PM2 may take the caller's on restart).
-local RUN_CLEAN = GUARD .. 'exec env -i PATH="$PATH" HOME="$HOME" ${PM2_HOME:+"PM2_HOME=$PM2_HOME"} "$@"\n'
+-- restart through a clean environment too (PM2 may take the caller's on restart); `keep` names
+-- (checked identifiers) are kept as well.
+local function run_clean(keep)
+  local words = { 'PATH="$PATH"', 'HOME="$HOME"', '${PM2_HOME:+"PM2_HOME=$PM2_HOME"}' }
+  for _, n in ipairs(keep) do words[#words + 1] = ('${%s+"%s=$%s"}'):format(n, n, n) end
+  return GUARD .. "exec env -i " .. table.concat(words, " ") .. ' "$@"\n'
+end
 
 local JLIST = GUARD .. [[
 pm2 ping >&2 || exit $?
@@ -165,8 +179,47 @@ function M.process(name)
 end
 
 
+--- The variable names a manager keeps when it cleans an environment: opts.keep_env plus the
+-- provider's capabilities.keep_env (variables that mark an instance's processes, e.g. for a
+-- provider that finds them by environment). Raises VALIDATION_ERROR for a bad name.
+---@param opts table
+---@return string[]
+function M.keep_env(opts)
+  local out, seen = {}, {}
+  local caps = type(opts.provider) == "table" and type(opts.provider.capabilities) == "table"
+    and opts.provider.capabilities or {}
+  for _, list in ipairs({ opts.keep_env or {}, caps.keep_env or {} }) do
+    for _, n in ipairs(list) do
+      if type(n) ~= "string" or not n:match("^[A-Za-z_][A-Za-z0-9_]*$") then
+        errors.raise("VALIDATION_ERROR", "keep_env: names must be shell identifiers", { field = "keep_env" })
+      end
+      if not seen[n] then
+        seen[n] = true
+        out[#out + 1] = n
+      end
+    end
+  end
+  return out
+end
+
+
+-- The command as a shell-form script that first sends its own stdout/stderr to the log files
+-- (appending, like PM2 does).
+local function with_direct_logs(command, home, out_log, err_log)
+  local body = command.script
+  if command.kind == "argv" then
+    local plan = shellcore.plan({ kind = "argv", command = command.command, args = command.args }, { home = home })
+    body = plan.script or ("exec -- " .. shellcore.join(plan.argv) .. "\n")
+  end
+  return { kind = "shell", name = command.name, cwd = command.cwd, env = command.env,
+    script = ("exec >>%s 2>>%s\n%s"):format(shellcore.quote(out_log), shellcore.quote(err_log), body) }
+end
+
+
 --- Creates a PM2 process manager.
----@param opts {provider: table, log?: galley.Logger}
+---@param opts {provider: table, log?: galley.Logger, keep_env?: string[], direct_logs?: boolean}
+--- keep_env: variables of the caller's environment the app keeps besides PATH and HOME (see
+--- M.keep_env); direct_logs (default true): the command writes its own log files (see the header)
 ---@return table manager `{name, process, start, stop, restart, delete, list, logs, stop_all, delete_all, kill}`
 ---@raise VALIDATION_ERROR when opts.provider is missing
 function M.new(opts)
@@ -175,6 +228,9 @@ function M.new(opts)
   end
   local provider = opts.provider
   local log = opts.log or logmod.default().child({ prefix = "pm2" })
+  local keep = M.keep_env(opts)
+  local direct_logs = opts.direct_logs ~= false
+  local RUN_CLEAN = run_clean(keep)
   local pm = { name = M.NAME, process = M.process, sanitize_name = M.sanitize_name }
 
   local function fail(code, message, context, fields)
@@ -259,14 +315,19 @@ function M.new(opts)
 
     shell_pm.upload_files(provider, instance_id, spec.files, context)
 
-    local probe = sh(instance_id, context, PROBE)
+    local probe = sh(instance_id, context, PROBE, keep)
     if probe.exit_code ~= 0 then failed(probe, "pm2 ping", context) end
-    local home, path, pm2_home = probe.stdout:match("^([^%z]*)%z([^%z]*)%z([^%z]*)%z")
-    if not home or home == "" or path == "" then
+    local fields = {}
+    for v in probe.stdout:gmatch("([^%z]*)%z") do fields[#fields + 1] = v end
+    local home, path, pm2_home = fields[1], fields[2], fields[3]
+    if not home or home == "" or path == "" or #fields ~= 3 + 2 * #keep then
       fail("PROCESS_ERROR", "could not read HOME and PATH on the instance", context, {})
     end
     local env_clean = { PATH = path, HOME = home }
     if pm2_home ~= "" then env_clean.PM2_HOME = pm2_home end
+    for i, n in ipairs(keep) do
+      if fields[2 + 2 * i] == "1" then env_clean[n] = fields[3 + 2 * i] end
+    end
     local logs_dir = (pm2_home ~= "" and pm2_home or (home .. "/.pm2")) .. "/logs"
 
     local run_spec = copy(spec)
@@ -284,10 +345,12 @@ function M.new(opts)
       end
     end
 
+    if direct_logs then run_spec.command = with_direct_logs(spec.command, home, out_log, err_log) end
+
     local argv, err = core.start_argv(run_spec, { name = name, home = home, env_clean = env_clean })
     if not argv and errors.is(err, "PM2_PAYLOAD_TOO_LARGE") then
       -- Too big for one argv element: run the same script from a file.
-      local plan = shellcore.plan(spec.command, { home = home })
+      local plan = shellcore.plan(run_spec.command, { home = home })
       local script = plan.script or ("exec -- " .. shellcore.join(plan.argv) .. "\n")
       local file = home .. "/.galley/pm2/" .. name .. ".sh"
       shell_pm.upload_files(provider, instance_id, { { path = file, content = script, mode = "700" } }, context)

@@ -15,12 +15,13 @@
 -- start: the session runs `exec env -i <KEEP_ENV> bash -lc '<script>'`, where the script is
 -- galley.core.shell.plan's (cd + export + the command; "~" is the remote $HOME). The command's
 -- environment is therefore only what the spec exports, a login shell's profile, and KEEP_ENV
--- taken from the tmux server (TERM, HOME, PATH, locale, user and shell names, TMUX): nothing
--- else of the caller's. A command string over INLINE_MAX bytes (tmux limits one command's size)
--- is written to ~/.galley/tmux/<name>.sh (mode 700) and run from there. spec.files are written
--- first. remain-on-exit is on, so when the command exits the session stays with its last
--- screen (status "exited" with exit_code or signal; briefly "exiting" while tmux reaps it) until
--- stop or delete. A same-named session is killed first (start always gives a fresh session).
+-- taken from the tmux server (TERM, HOME, PATH, locale, user and shell names, TMUX) plus
+-- opts.keep_env and the provider's capabilities.keep_env: nothing else of the caller's. A
+-- command string over INLINE_MAX bytes (tmux limits one command's size) is written to
+-- ~/.galley/tmux/<name>.sh (mode 700) and run from there. spec.files are written first.
+-- remain-on-exit is on, so when the command exits the session stays with its last screen
+-- (status "exited" with exit_code or signal; briefly "exiting" while tmux reaps it) until stop
+-- or delete. A same-named session is killed first (start always gives a fresh session).
 -- The PM2-only fields (restart, instances, max_memory, logs, stdin) are ignored: the pane is the
 -- terminal.
 --
@@ -212,7 +213,8 @@ end
 
 
 --- Creates a tmux session manager.
----@param opts {provider: table, log?: galley.Logger, socket?: string}
+---@param opts {provider: table, log?: galley.Logger, socket?: string, keep_env?: string[]} keep_env: more
+--- variables the command keeps besides KEEP_ENV (see galley.process.pm2.keep_env)
 ---@return table manager `{name, start, send_keys, capture, resize, stop, delete, list, logs, stop_all, delete_all}`
 ---@raise VALIDATION_ERROR when opts.provider is missing or socket is not [A-Za-z0-9_-]+
 function M.new(opts)
@@ -225,6 +227,9 @@ function M.new(opts)
   local provider = opts.provider
   local log = opts.log or logmod.default().child({ prefix = "tmux" })
   local pre = prelude(opts.socket)
+  local keep_names = {}
+  for _, n in ipairs(M.KEEP_ENV) do keep_names[#keep_names + 1] = n end
+  for _, n in ipairs(require("galley.process.pm2").keep_env(opts)) do keep_names[#keep_names + 1] = n end
   local pm = { name = M.NAME, sanitize_name = pm2core.sanitize_name }
 
   local function fail(code, message, context, fields)
@@ -295,7 +300,7 @@ function M.new(opts)
     local plan = shellcore.plan(spec.command)
     local script = plan.script or ("exec -- " .. shellcore.join(plan.argv) .. "\n")
     local keep = {}
-    for _, var in ipairs(M.KEEP_ENV) do keep[#keep + 1] = ('${%s+"%s=$%s"}'):format(var, var, var) end
+    for _, var in ipairs(keep_names) do keep[#keep + 1] = ('${%s+"%s=$%s"}'):format(var, var, var) end
     local env = "exec env -i " .. table.concat(keep, " ") .. " bash -l"
     local command = env .. "c " .. shellcore.quote(script)
     if #command > M.INLINE_MAX then

@@ -38,7 +38,7 @@ for _, target in ipairs(host.providers()) do
         t = target.new()
         p = t.provider
         inst = t.boot()
-        pm = pm2mod.new({ provider = p, log = logmod.silent() })
+        pm = pm2mod.new(host.manager_opts(t, { provider = p, log = logmod.silent() }))
         f = fake.install(p, inst.id)
       end)
 
@@ -85,8 +85,13 @@ for _, target in ipairs(host.providers()) do
         assert.are.same(extra, { table.unpack(r.argv, first, first + #extra - 1) })
         assert.are.equal(f.cwd, r.cwd)
         assert.are.same({ CLAUDECODE = false, ANTHROPIC_API_KEY = false, IS_SANDBOX = "1" }, r.env)
-        local logs = pm.logs(inst.id, r.name)
-        assert.truthy(logs.out:find("fake claude: ", 1, true))
+        -- PM2 writes the log a moment after the exit it reports.
+        local logs
+        pcall(wait_for, function()
+          logs = pm.logs(inst.id, r.name)
+          return logs.out:find("fake claude: ", 1, true)
+        end, "claude's output", 15000)
+        assert.truthy(logs.out:find("fake claude: ", 1, true), logs.out .. logs.err)
         pm.delete(inst.id, r.name)
       end)
 

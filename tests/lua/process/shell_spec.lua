@@ -26,7 +26,7 @@ for _, target in ipairs(host.providers()) do
       t = target.new()
       p = t.provider
       inst = t.boot()
-      pm = shellmod.new({ provider = p, log = logmod.silent() })
+      pm = shellmod.new(host.manager_opts(t, { provider = p, log = logmod.silent() }))
     end)
 
     teardown(function()

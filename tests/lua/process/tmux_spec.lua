@@ -55,7 +55,7 @@ for _, target in ipairs(host.providers()) do
       t = target.new()
       p = t.provider
       inst = t.boot()
-      tm = tmuxmod.new({ provider = p, log = logmod.silent() })
+      tm = tmuxmod.new(host.manager_opts(t, { provider = p, log = logmod.silent() }))
     end)
 
     teardown(function()
@@ -136,7 +136,7 @@ for _, target in ipairs(host.providers()) do
       local saved = tmuxmod.SEND_CHUNK
       tmuxmod.SEND_CHUNK = 5 -- splits inside multi-byte characters unless chunking respects them
       local ok, err = pcall(function()
-        local small = tmuxmod.new({ provider = p, log = logmod.silent() })
+        local small = tmuxmod.new(host.manager_opts(t, { provider = p, log = logmod.silent() }))
         small.send_keys(inst.id, "typist", TYPED, { enter = true })
       end)
       tmuxmod.SEND_CHUNK = saved

@@ -10,6 +10,7 @@
 -- install writes the fake as ~/bin/claude (mode 755) and a ~/.bash_profile that puts ~/bin first
 -- on PATH, so a login shell (`bash -lc`, as PM2 runs the payload) finds `claude` by name, the
 -- way the native installer's ~/.local/bin is found on a real machine.
+local codec = require("galley.core.codec")
 local support = require("support")
 
 local M = {}
@@ -64,9 +65,10 @@ end
 ---@param f table from install
 ---@return {argv: string[]|nil, stdin: string|nil, cwd: string|nil, env: table|nil, system_prompt_file: string|nil}
 function M.record(provider, id, f)
+  -- base64 on the way back: an exec API may carry output as text (Morph's JSON does).
   local function get(name)
-    local r = exec_sh(provider, id, 'cat -- "$1"', f.record_dir .. "/" .. name)
-    return r.exit_code == 0 and r.stdout or nil
+    local r = exec_sh(provider, id, 'base64 -w0 -- "$1"', f.record_dir .. "/" .. name)
+    return r.exit_code == 0 and assert(codec.base64_decode(r.stdout)) or nil
   end
   local out = { stdin = get("stdin"), system_prompt_file = get("system_prompt_file") }
   local argv = get("argv")

@@ -240,8 +240,8 @@ end
 -- - "host": this double, always (every exec's environment carries GALLEY_TEST_SECRET, a secret in
 --   the caller's environment).
 -- - "local": galley.providers.local (bubblewrap sandboxes) when bwrap is installed.
--- - "emulator": galley.providers.morph on `galley emulate` (support.emulator); its instances
---   are directories on this machine marked by GALLEY_EMULATOR_INSTANCE.
+-- - "emulator": galley.providers.morph on `galley emulate` (support.emulator), when the morph
+--   provider loads: the whole Morph path (HTTP exec, execfiles over exec).
 -- GALLEY_PROCESS_PROVIDERS="host,local" restricts the list.
 ---@return table[]
 function M.providers()
@@ -299,8 +299,8 @@ function M.providers()
             p.close()
             em:stop()
           end,
-          manager_opts = { keep_env = { "GALLEY_EMULATOR_INSTANCE" },
-            socket = "galley-test-" .. tostring(require("galley.core.runtime").getpid()) },
+          -- A tmux server of its own in case the emulator's instances share this machine's /tmp.
+          manager_opts = { socket = "galley-test-" .. tostring(require("galley.core.runtime").getpid()) },
         }
       end,
     }
