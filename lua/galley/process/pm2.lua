@@ -80,6 +80,7 @@ name=$1 out=$2 err=$3
 shift 3
 pm2 flush "$name" >/dev/null 2>&1
 pm2 delete "$name" >/dev/null 2>&1
+mkdir -p -- "$(dirname -- "$out")" "$(dirname -- "$err")" 2>/dev/null
 : >"$out" 2>/dev/null
 : >"$err" 2>/dev/null
 "$@" >&2 || exit $?

@@ -300,6 +300,18 @@ for _, target in ipairs(host.providers()) do
       raises_code("VALIDATION_ERROR", pm.start, inst.id, { command = { kind = "shell", script = "true" } })
     end)
 
+    it("writes logs where spec.logs says, creating the directories", function()
+      local info = pm.start(inst.id, shell_spec("custom-logs", "echo to-out; echo to-err >&2", {
+        logs = { out = "~/my logs/app.out", err = "~/my logs/err/app.err" } }))
+      local home = sh('printf %s "$HOME"').stdout
+      assert.are.equal(home .. "/my logs/app.out", info.out_log)
+      assert.are.equal(home .. "/my logs/err/app.err", info.err_log)
+      wait_stopped("custom-logs")
+      wait_logs("custom-logs", "to-out\n", "to-err\n")
+      assert.are.equal("to-out\n", sh('cat "$HOME/my logs/app.out"').stdout)
+      pm.delete(inst.id, "custom-logs")
+    end)
+
     it("uploads spec.files before starting, with their modes", function()
       pm.start(inst.id, shell_spec("files", "stat -c %a ~/.galley/t/in.txt; cat ~/.galley/t/in.txt", {
         files = { { path = "~/.galley/t/in.txt", content = "uploaded\n", mode = "640" } } }))
