@@ -223,6 +223,9 @@ function M.new(opts)
       home_dir_per_instance = not sandbox,
       sandbox = sandbox,
       process_tracking = cgroup_base and "cgroup" or "environ",
+      -- Without cgroups the instance's processes are found by this variable: process managers
+      -- that clean an environment (PM2's app env) must keep it, or their daemons escape terminate.
+      keep_env = (not cgroup_base) and { "GALLEY_INSTANCE_ID" } or nil,
       pause = true,
       snapshots = true,
       fork = true,

@@ -228,6 +228,21 @@ describe("the local provider #local", function()
       assert.is_false(alive(pid))
       assert.are.same({}, instance_pids(i.id))
     end)
+
+    it("names its marker in capabilities.keep_env, so PM2 apps and daemons die with the instance", function()
+      local e = provider({ cgroups = false })
+      local i = e.instances.boot()
+      local pm = require("galley.process.pm2").new({ provider = e, log = require("galley.log").silent() })
+      pm.start(i.id, { command = { kind = "argv", command = "sleep", args = { "600" } } }, { name = "marked" })
+      local app = pm.list(i.id)[1]
+      assert.is_truthy(app and app.pid and app.pid > 0)
+      local marked = instance_pids(i.id)
+      assert.is_true(#marked >= 2) -- the PM2 daemon and the app at least
+      e.instances.terminate(i.id)
+      assert.is_false(alive(app.pid))
+      assert.are.same({}, instance_pids(i.id))
+      assert.are.same({ "GALLEY_INSTANCE_ID" }, e.capabilities.keep_env)
+    end)
   end)
 
   describe("TTL", function()
