@@ -203,6 +203,9 @@ function Backend:exec(id, command)
   return { exit_code = code, stdout = table.concat(out), stderr = table.concat(errs) }
 end
 
+--- The exec loop over any backend's spawn/release (the sandbox backend uses it too).
+M.exec = Backend.exec
+
 --- Pids of the instance's processes (every instance's when `id` is nil), found by their mark.
 ---@param id? string
 ---@return integer[]

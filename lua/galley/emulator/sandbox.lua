@@ -137,27 +137,9 @@ function Sandbox:release(id, h)
   pcall(h.close, h)
 end
 
---- Runs `command` to completion: `{exit_code, stdout, stderr}` (127 when it cannot start).
-function Sandbox:exec(id, command)
-  local h, err = self:spawn(id, command)
-  if not h then return nil, err end
-  local out, errs, code = {}, {}, nil
-  while not code do
-    local kind, a = h:read(1000)
-    if kind == "stdout" then
-      out[#out + 1] = a
-    elseif kind == "stderr" then
-      errs[#errs + 1] = a
-    elseif kind == "exit" then
-      code = a
-    elseif kind == nil and a ~= nil then
-      self:release(id, h)
-      return nil, a
-    end
-  end
-  self:release(id, h)
-  return { exit_code = code, stdout = table.concat(out), stderr = table.concat(errs) }
-end
+--- Runs `command` to completion: `{exit_code, stdout, stderr}` (the same loop as the plain
+-- backend's, over this backend's spawn/release).
+Sandbox.exec = require("galley.emulator.backend").exec
 
 --- Kills every process of the instance, keeping its files (reboot).
 function Sandbox:kill(id)

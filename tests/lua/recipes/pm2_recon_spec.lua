@@ -4,25 +4,14 @@
 local cjson = require("cjson")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
-local support = require("support")
 local emulator = require("support.emulator")
 
-local function mktemp_dir(tag)
-  local r = assert(proc.run({ argv = { "mktemp", "-d", "-t", "galley-" .. tag .. ".XXXXXX" }, timeout_ms = 10000 }))
-  return (r.stdout:gsub("%s+$", ""))
-end
+local recipes = require("support.recipes")
+local mktemp_dir = recipes.mktemp_dir
 
 local state, home
 
-local function galley(args, env)
-  local e = { PATH = os.getenv("PATH"), LANG = "C.UTF-8", GALLEY_LOG = "error", HOME = home,
-    GALLEY_STATE_DIR = state }
-  for k, v in pairs(env or {}) do e[k] = v end
-  local argv = { support.bin }
-  for _, a in ipairs(args) do argv[#argv + 1] = a end
-  local r = assert(proc.run({ argv = argv, env = e, env_mode = "replace", timeout_ms = 180000 }))
-  return r.exit_code, r.stdout, r.stderr
-end
+local galley = recipes.runner(function() return state, home end)
 
 describe("recipe pm2-recon #recipes", function()
   before_each(function()
