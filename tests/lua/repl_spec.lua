@@ -110,11 +110,19 @@ describe("galley repl on a terminal #repl", function()
   end)
 
   it("lists instances booted in the session on exit and stops them when asked", function()
+    -- Its own tmux server: the previous test's Ctrl-D may be shutting the shared one down.
+    local socket2 = socket .. "-exit"
+    local function tmux2(args)
+      local p = io.popen("tmux -L " .. socket2 .. " " .. args .. " 2>&1")
+      local out = p:read("a")
+      p:close()
+      return out
+    end
     local s2 = session .. "-exit"
     local cmd = ("env XDG_STATE_HOME=%s GALLEY_STATE_DIR=%s/galley-state %s repl; sleep 30"):format(
       q(state_dir), q(state_dir), q(support.bin))
-    tmux(("new-session -d -s %s -x 160 -y 40 %s"):format(s2, q(cmd)))
-    local function screen2() return tmux("capture-pane -p -t " .. s2) end
+    tmux2(("new-session -d -s %s -x 160 -y 40 %s"):format(s2, q(cmd)))
+    local function screen2() return tmux2("capture-pane -p -t " .. s2) end
     local function wait2(pattern)
       for _ = 1, 300 do
         if screen2():find(pattern, 1, true) then return end
@@ -123,18 +131,18 @@ describe("galley repl on a terminal #repl", function()
       error("timed out waiting for " .. pattern .. "\n" .. screen2())
     end
     wait2("Ctrl-D leaves")
-    tmux("send-keys -t " .. s2 .. " -l " .. q("inst = sandbox.instances.boot()"))
-    tmux("send-keys -t " .. s2 .. " Enter")
-    tmux("send-keys -t " .. s2 .. " -l " .. q("inst.id"))
-    tmux("send-keys -t " .. s2 .. " Enter")
+    tmux2("send-keys -t " .. s2 .. " -l " .. q("inst = sandbox.instances.boot()"))
+    tmux2("send-keys -t " .. s2 .. " Enter")
+    tmux2("send-keys -t " .. s2 .. " -l " .. q("inst.id"))
+    tmux2("send-keys -t " .. s2 .. " Enter")
     wait2('"localvm_')
     local id = screen2():match('"(localvm_%x+)"')
-    tmux("send-keys -t " .. s2 .. " C-d")
+    tmux2("send-keys -t " .. s2 .. " C-d")
     wait2("Stop them now?")
     assert.truthy(screen2():find(id, 1, true))
-    tmux("send-keys -t " .. s2 .. " y Enter")
+    tmux2("send-keys -t " .. s2 .. " y Enter")
     wait2("stopped 1 instance")
-    tmux("kill-session -t " .. s2)
+    tmux2("kill-session -t " .. s2)
     local f = io.open(state_dir .. "/galley-state/instances/" .. id .. "/meta.json")
     if f then f:close() end
     assert.is_nil(f, "the instance is still there")

@@ -288,7 +288,9 @@ describe("galley.core.pm2 against the real pm2 #pm2 #slow", function()
   end)
 
   it("starts a payload with cwd, env and hostile args, stdin at EOF, no leaked env", function()
-    local script = 'printf "%s\\n" "$PWD" "$VALUE" "${GALLEY_PM2_SENTINEL-unset}" "$#" "$@"; cat; echo done; echo oops >&2'
+    -- The pause before exiting: PM2 can drop the tail of a process that exits right after
+    -- printing (reference: PM2 pipes output to its log files; seen under load).
+    local script = 'printf "%s\\n" "$PWD" "$VALUE" "${GALLEY_PM2_SENTINEL-unset}" "$#" "$@"; cat; echo done; echo oops >&2; sleep 1'
     local args = { "-c", script, "arg0" }
     table.move(hostile, 1, #hostile, #args + 1, args)
     start({ command = { kind = "argv", command = "bash", args = args, cwd = weird,
