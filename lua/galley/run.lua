@@ -167,10 +167,11 @@ end
 -- `finish{pending_wait_ms}`, and stops it.
 ---@param provider table
 ---@param filter table<string,string>
-function M.note_pending(provider, filter)
+---@param request_token? string the create's token (instances carry it as `request_token`)
+function M.note_pending(provider, filter, request_token)
   if not current then return end
   M.register_provider(provider)
-  current.pending[#current.pending + 1] = { provider = provider, filter = filter }
+  current.pending[#current.pending + 1] = { provider = provider, filter = filter, token = request_token }
 end
 
 --- Instances still tagged with this run's id, per provider: {{provider, instance}...}.
@@ -214,8 +215,10 @@ function M.finish(opts)
   end
   ctx.hooks = {}
   local leftovers = M.tagged_instances(ctx)
+  local stopped_tokens = {}
   for _, item in ipairs(leftovers) do
     local inst, p = item.instance, item.provider
+    if inst.request_token then stopped_tokens[inst.request_token] = true end
     if ctx.keep or (inst.metadata or {})[M.TAG_KEEP] == "1" then
       report.kept[#report.kept + 1] = inst.id
     elseif opts.stop_instances ~= false then
@@ -228,7 +231,11 @@ function M.finish(opts)
   if #ctx.pending > 0 and not ctx.keep and opts.stop_instances ~= false then
     local runtime = require("galley.core.runtime")
     local deadline = runtime.now_ms() + (opts.pending_wait_ms or 15000)
-    local waiting = ctx.pending
+    local waiting = {}
+    for _, pend in ipairs(ctx.pending) do
+      -- Already stopped above (it landed before the tagged list): nothing to wait for.
+      if not (pend.token and stopped_tokens[pend.token]) then waiting[#waiting + 1] = pend end
+    end
     while #waiting > 0 and runtime.now_ms() < deadline do
       local still = {}
       for _, pend in ipairs(waiting) do

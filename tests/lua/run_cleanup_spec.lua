@@ -100,4 +100,26 @@ describe("self-cleaning runs on the emulator #run", function()
     os.execute("rm -rf '" .. state .. "'")
     env.GALLEY_STATE_DIR = nil
   end)
+
+  it("stops an instance whose boot was cut off in flight and lands after the run's first list", function()
+    -- The boot stalls 2 s before the service handles it: Ctrl-C arrives while it is in flight,
+    -- the run's first list finds nothing, and the instance appears afterwards; the run finds it
+    -- by its request token and stops it.
+    local slow = emulator.start({ boot_delay_ms = 0, faults = {
+      { method = "POST", path = "/snapshot/*/boot", action = "stall", delay_ms = 2000 } } })
+    finally(function() slow:stop() end)
+    local full = { MORPH_API_KEY = slow.api_key, MORPH_BASE_URL = slow.base_url, GALLEY_LOG = "error" }
+    local h = assert(proc.spawn({ argv = { support.bin, "-q", "run", path }, env = full, stdin = "null" }))
+    assert.is_nil(h:wait(300))
+    h:kill("INT")
+    local r = h:wait(60000)
+    h:close()
+    assert.are.equal(130, r.exit_code, r.stderr)
+    assert.are.equal(0, alive(slow), r.stderr)
+    local booted = 0
+    for _, rec in ipairs(slow:log()) do
+      if rec.method == "POST" and rec.path:find("/boot", 1, true) then booted = booted + 1 end
+    end
+    assert.are.equal(1, booted) -- the cut-off boot did reach the service
+  end)
 end)

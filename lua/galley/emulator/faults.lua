@@ -7,6 +7,8 @@
 --   action       "status"    answer `status` (default 503) at once, nothing is done;
 --                             `retry_after` (seconds) adds a Retry-After header
 --                "delay"     handle the request, then wait `delay_ms` before answering
+--                "stall"     wait `delay_ms`, then handle the request and answer (the work
+--                             happens late: a client that gave up meanwhile never sees it)
 --                "reset"     close the connection without an answer; nothing is done
 --                "malformed" handle it, answer its status with a body that is not JSON
 --                "truncate"  handle it, announce the full Content-Length, send only `bytes`
@@ -15,7 +17,7 @@
 --   --fault method=POST,path=/instance/*/exec,action=status,status=503,retry_after=1,count=2
 local M = {}
 
-M.actions = { status = true, delay = true, reset = true, malformed = true, truncate = true }
+M.actions = { status = true, delay = true, stall = true, reset = true, malformed = true, truncate = true }
 
 local INTEGER_FIELDS = { count = true, status = true, retry_after = true, delay_ms = true, bytes = true }
 
@@ -76,14 +78,16 @@ function M.validate(t)
   if type(t.path) ~= "string" or t.path == "" then return nil, "field 'path' is required" end
   f.path = t.path
   f.action = t.action or "status"
-  if not M.actions[f.action] then return nil, "field 'action' must be status|delay|reset|malformed|truncate" end
+  if not M.actions[f.action] then
+    return nil, "field 'action' must be status|delay|stall|reset|malformed|truncate"
+  end
   f.count = f.count or 1
   if f.count < 1 then return nil, "field 'count' must be at least 1" end
   if f.action == "status" then
     f.status = f.status or 503
     if f.status < 100 or f.status > 599 then return nil, "field 'status' must be 100..599" end
   end
-  if f.action == "delay" then
+  if f.action == "delay" or f.action == "stall" then
     f.delay_ms = f.delay_ms or 1000
     if f.delay_ms < 0 then return nil, "field 'delay_ms' must not be negative" end
   end

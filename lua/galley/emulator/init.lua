@@ -177,6 +177,7 @@ function Emulator:handle_api(req, path)
   if latency > 0 then runtime.sleep_ms(latency) end
   local fault = self.faults:take(req.method, path)
   local resp
+  if fault and fault.action == "stall" then runtime.sleep_ms(fault.delay_ms) end
   if fault and fault.action == "status" then
     resp = detail(fault.status, "injected fault: status " .. fault.status)
     if fault.retry_after then resp.headers["Retry-After"] = tostring(fault.retry_after) end

@@ -155,6 +155,8 @@ function M.instance(raw)
     ttl = common.ttl_table(int(ttl.ttl_seconds), value(ttl.ttl_action), int(ttl.ttl_expire_at)),
     snapshot_id = value(refs.snapshot_id),
     image_id = value(refs.image_id),
+    -- The client's request token for the create that made it (hidden from `metadata`).
+    request_token = type(raw.metadata) == "table" and value(raw.metadata[M.TOKEN_KEY]) or nil,
     raw = raw,
   }
 end
@@ -463,7 +465,7 @@ function M.new(opts)
   local function note_cut_off(err)
     if type(err) == "table" and err.request_token and (err.code == "INTERRUPTED" or err.code == "TIMEOUT"
         or err.code == "NETWORK_ERROR" or err.code == "PROTOCOL_ERROR") then
-      run.note_pending(provider, { [M.TOKEN_KEY] = err.request_token })
+      run.note_pending(provider, { [M.TOKEN_KEY] = err.request_token }, err.request_token)
     end
   end
 
@@ -518,7 +520,10 @@ function M.new(opts)
     local out = {}
     for _, raw in ipairs(type(res.data) == "table" and res.data or {}) do
       local inst = M.instance(raw)
-      if common.match_metadata(inst.metadata, want) then out[#out + 1] = inst end
+      -- Match the raw metadata: the public copy hides the request token, which is a valid filter.
+      if common.match_metadata(type(raw.metadata) == "table" and raw.metadata or {}, want) then
+        out[#out + 1] = inst
+      end
     end
     return out
   end
