@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "bind.h"
-#include "http.h"
+#include "l_http.h"
 
 #define SESSION_MT  "galley.http.Session"
 #define RESPONSE_MT "galley.http.Response"
@@ -90,8 +90,7 @@ static int response_gc(lua_State *L) {
 }
 
 
-/* Pushes an empty response box whose __gc frees whatever the transfer puts in it. */
-static galley_http_response *push_response_box(lua_State *L) {
+galley_http_response *galley_push_http_response_box(lua_State *L) {
   galley_http_response *r = lua_newuserdatauv(L, sizeof *r, 0);
   memset(r, 0, sizeof *r);
   if (luaL_newmetatable(L, RESPONSE_MT)) {
@@ -139,7 +138,7 @@ static int push_failure(lua_State *L, const galley_http_error *err, const char *
 static int do_request(lua_State *L, galley_http_session *s, int arg, long def_timeout, long def_connect) {
   galley_http_request req;
   check_request(L, arg, &req, def_timeout, def_connect);  // [..., lines, ptrs]
-  galley_http_response *r = push_response_box(L);         // [..., lines, ptrs, box]
+  galley_http_response *r = galley_push_http_response_box(L);         // [..., lines, ptrs, box]
   galley_http_error err;
   /* No Lua call between here and the end of perform: the GIL may be released meanwhile. */
   if (galley_http_perform(s, &req, r, &err) != 0) return push_failure(L, &err, req.url);

@@ -21,11 +21,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include "bind.h"
+#include "l_http.h"
 #include "morph.h"
 #include "sig.h"
 
 #define CLIENT_MT   "galley.morph.Client"
-#define RESPONSE_MT "galley.morph.Response"
 #define SSE_MT      "galley.morph.Stream"
 #define CJSON_KEY   "galley.morph.cjson"
 
@@ -97,24 +97,6 @@ static const char *anchor(lua_State *L, int anchors) {
   const char *s = lua_tostring(L, -1);
   lua_rawseti(L, anchors, (lua_Integer)lua_rawlen(L, anchors) + 1);
   return s;
-}
-
-
-static int gc_response(lua_State *L) {
-  galley_http_response_free(luaL_checkudata(L, 1, RESPONSE_MT));
-  return 0;
-}
-
-
-static galley_http_response *push_response_box(lua_State *L) {
-  galley_http_response *r = lua_newuserdatauv(L, sizeof *r, 0);
-  memset(r, 0, sizeof *r);
-  if (luaL_newmetatable(L, RESPONSE_MT)) {
-    lua_pushcfunction(L, gc_response);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
-  return r;
 }
 
 
@@ -634,7 +616,7 @@ static int do_call(lua_State *L, int client, const galley_morph_endpoint *ep, in
   luaL_pushresultsize(&pb, plen);
   const char *path = anchor(L, anchors);
 
-  galley_http_response *r = push_response_box(L);
+  galley_http_response *r = galley_push_http_response_box(L);
   log_ctx lx = {L, lua_absindex(L, client)};
   galley_morph_call call = {ep, path, json, json_len, (long)timeout_ms,
                             sx ? sse_sink : NULL, sx, on_log, &lx};
