@@ -104,21 +104,8 @@ for _, target in ipairs(host.providers()) do
   describe(("the PM2 process manager on the %s provider #pm2 #%s"):format(target.label, target.label), function()
     local t, p, inst, pm
 
-    setup(function()
-      t = target.new()
-      p = t.provider
-      inst = t.boot()
-      pm = pm2mod.new(host.manager_opts(t, { provider = p, log = logmod.silent() }))
-    end)
-
-    teardown(function()
-      if inst then
-        local home = inst.home
-        p.instances.terminate(inst.id)
-        if home then assert.are.same({}, host.pids_with_env("HOME=" .. home), "processes left behind") end
-      end
-      if t then t.cleanup() end
-    end)
+    setup(function() t, p, inst, pm = host.start_target(target, pm2mod) end)
+    teardown(function() host.stop_target(t, inst) end)
 
     local function status_of(name)
       local item = find(pm.list(inst.id), name)

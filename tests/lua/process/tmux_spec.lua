@@ -51,21 +51,8 @@ for _, target in ipairs(host.providers()) do
   describe(("the tmux session manager on the %s provider #tmux #%s"):format(target.label, target.label), function()
     local t, p, inst, tm
 
-    setup(function()
-      t = target.new()
-      p = t.provider
-      inst = t.boot()
-      tm = tmuxmod.new(host.manager_opts(t, { provider = p, log = logmod.silent() }))
-    end)
-
-    teardown(function()
-      if inst then
-        local home = inst.home
-        p.instances.terminate(inst.id)
-        if home then assert.are.same({}, host.pids_with_env("HOME=" .. home), "processes left behind") end
-      end
-      if t then t.cleanup() end
-    end)
+    setup(function() t, p, inst, tm = host.start_target(target, tmuxmod) end)
+    teardown(function() host.stop_target(t, inst) end)
 
     local function sh(script)
       return p.exec(inst.id, { kind = "argv", command = "bash", args = { "-c", script } })

@@ -309,4 +309,24 @@ function M.providers()
 end
 
 
+--- Starts a target for a process-manager spec: its provider, one booted instance and a manager
+-- made by `manager_mod.new` (silent log). Returns target, provider, instance, manager.
+function M.start_target(target, manager_mod)
+  local t = target.new()
+  local p = t.provider
+  local inst = t.boot()
+  local mgr = manager_mod.new(M.manager_opts(t, { provider = p, log = require("galley.log").silent() }))
+  return t, p, inst, mgr
+end
+
+--- Terminates the instance, checks that none of its processes survived, cleans the target up.
+function M.stop_target(t, inst)
+  if inst then
+    local home = inst.home
+    t.provider.instances.terminate(inst.id)
+    if home then require("luassert").are.same({}, M.pids_with_env("HOME=" .. home), "processes left behind") end
+  end
+  if t then t.cleanup() end
+end
+
 return M
