@@ -10,8 +10,10 @@
 #include <lua.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include "await.h"
 #include "bind.h"
 #include "loader.h"
+#include "loop.h"
 #include "sig.h"
 
 #define EXIT_USAGE 2
@@ -31,9 +33,17 @@ static void lstop(lua_State *L, lua_Debug *ar) {
 }
 
 
+/* Signal handler hook (async-signal-safe: lua_sethook may be called from a signal handler).
+ * The interrupt is raised in the Lua code actually running: the task coroutine the scheduler
+ * resumed, else the main thread unless it is inside the scheduler, which checks signals itself
+ * (lua/galley/task.lua). The loop is woken so that a blocking turn notices at once. */
 static void on_signal(int sig) {
   (void)sig;
-  if (globalL) lua_sethook(globalL, lstop, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  int mask = LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT;
+  lua_State *co = galley_running_thread;
+  if (co) lua_sethook(co, lstop, mask, 1);
+  else if (globalL && !galley_scheduling) lua_sethook(globalL, lstop, mask, 1);
+  galley_loop_wake();
 }
 
 

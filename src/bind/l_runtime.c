@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include "dyn_curl.h"
 #include <sodium.h>
+#include "await.h"
 #include "bind.h"
 #include "embedded.h"
 #include "loader.h"
@@ -77,16 +78,6 @@ static int l_runtime_now_ms(lua_State *L) {
 }
 
 
-/* runtime.sleep_ms(ms) -> true | nil, err(INTERRUPTED) */
-static int l_runtime_sleep_ms(lua_State *L) {
-  lua_Integer ms = luaL_checkinteger(L, 1);
-  if (galley_sleep_ms(ms) != 0)
-    return galley_fail(L, "INTERRUPTED", "sleep interrupted by signal %d", galley_sig_pending());
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-
 /* runtime.isatty(fd) -> boolean */
 static int l_runtime_isatty(lua_State *L) {
   lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
@@ -138,7 +129,7 @@ static const luaL_Reg runtime_funcs[] = {
   { "clear_signal",    l_runtime_clear_signal    },
   { "defer_signals",   l_runtime_defer_signals   },
   { "now_ms",          l_runtime_now_ms          },
-  { "sleep_ms",        l_runtime_sleep_ms        },
+  { "sleep_ms",        galley_loop_sleep_lua     },
   { "isatty",          l_runtime_isatty          },
   { "getpid",          l_runtime_getpid          },
   { "executable",      l_runtime_executable      },
