@@ -6,12 +6,9 @@
 --   galley run examples/fan-out.lua --count 5 --top 10 FILE  # your own text
 --   MORPH_API_KEY=... galley run examples/fan-out.lua --provider morph --snapshot snapshot_abc
 --
--- With the local provider the commands really run in parallel: `provider.spawn` starts each one
--- and returns a process handle at once, and the handles are waited for afterwards. A provider
--- without `spawn` (Morph: exec answers when the command has finished) runs them one after the
--- other through `provider.exec`; the results are the same.
--- Every instance gets a cleanup hook as soon as it exists, so a failure (or Ctrl-C) halfway
--- through still terminates all of them; the run's leak check would report any survivor.
+-- The shards run in parallel on every provider: recipe.parallel runs one task per instance, and
+-- every wait (boot, upload, exec) lets the others go on, so N instances take about the time of
+-- one.
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
 
@@ -56,42 +53,26 @@ recipe.say(why)
 local snapshot = opts.snapshot or provider.DEFAULT_SNAPSHOT
 if not snapshot then recipe.usage_error("--snapshot is required for provider " .. provider.name) end
 
-local instances = {}
-recipe.step(("boot %d instances"):format(opts.count), function()
-  for i = 1, opts.count do
-    local inst = provider.instances.boot(snapshot, { ttl_seconds = 900, metadata = { shard = tostring(i) } })
-    recipe.defer(function() provider.instances.terminate(inst.id) end, "terminate " .. inst.id)
-    instances[i] = inst
-  end
-end)
-
-recipe.step("upload the shards", function()
-  for i, inst in ipairs(instances) do
-    provider.files.write_file_atomic(inst.id, "~/shard.txt", table.concat(shards[i], "\n") .. "\n", { mode = "600" })
-  end
-end)
-
+-- Each instance is one item of recipe.parallel: boot, upload its shard, count, all at the same
+-- time. Every instance the run boots is tagged with it, so a failure (or Ctrl-C) halfway through
+-- still stops all of them at the end (concurrently); the run's leak check reports any survivor.
 -- Lower-case words, one per line, counted: "   3 fox".
 local COUNT = [[tr -cs 'A-Za-z' '\n' < "$HOME/shard.txt" | tr 'A-Z' 'a-z' | grep . | sort | uniq -c]]
 
+local shard_ids = {}
+for i = 1, opts.count do shard_ids[i] = i end
+
 local outputs = {}
-recipe.step("count the words", function()
-  if provider.spawn then
-    local handles = {}
-    for i, inst in ipairs(instances) do handles[i] = provider.spawn(inst.id, { "/bin/sh", "-c", COUNT }) end
-    for i, h in ipairs(handles) do
-      local r = h:wait()
-      h:close()
-      if not r or r.exit_code ~= 0 then error(("shard %d failed: %s"):format(i, r and r.stderr or "?")) end
-      outputs[i] = r.stdout
-    end
-  else
-    for i, inst in ipairs(instances) do
-      local r = provider.exec(inst.id, { kind = "shell", script = COUNT })
-      if r.exit_code ~= 0 then error(("shard %d failed: %s"):format(i, r.stderr)) end
-      outputs[i] = r.stdout
-    end
-  end
+recipe.step(("count the words on %d instances"):format(opts.count), function()
+  local results = recipe.parallel(shard_ids, function(i)
+    local inst = provider.instances.boot(snapshot, { ttl_seconds = 900, metadata = { shard = tostring(i) } })
+    provider.files.write_file_atomic(inst.id, "~/shard.txt", table.concat(shards[i], "\n") .. "\n", { mode = "600" })
+    local r = provider.exec(inst.id, { kind = "shell", script = COUNT })
+    provider.instances.terminate(inst.id)
+    if r.exit_code ~= 0 then error(("shard %d failed: %s"):format(i, r.stderr)) end
+    return r.stdout
+  end, { fail_fast = true })
+  for i, rec in ipairs(results) do outputs[i] = rec.value end
 end)
 
 -- Merge.

@@ -28,6 +28,7 @@ M.code_list = {
   { code = "AGENT_ERROR", description = "an agent could not build its process", retryable = false },
   { code = "ORCHESTRATION_ERROR", description = "a step of boot/prepare/start failed", retryable = false },
   { code = "INTERRUPTED", description = "stopped by Ctrl-C or SIGTERM", retryable = false },
+  { code = "PARALLEL_FAILED", description = "recipe.parallel: every item failed, or one did with fail_fast", retryable = false },
   { code = "INTERNAL_ERROR", description = "a bug in galley (an unexpected Lua error)", retryable = false },
 }
 

@@ -33,10 +33,14 @@ end
 ---@param label string
 ---@param fn function
 ---@return any ... whatever fn returns
+local current_label -- the label of the step whose spinner runs, if any
+
 function M.step(label, fn, ...)
   local show = M.enabled()
   local tty = show and term.stderr_is_tty()
   local t0 = runtime.now_ms()
+  local outer = current_label
+  if tty then current_label = label end
   if tty then
     term.spinner_start(label)
   elseif show then
@@ -44,13 +48,24 @@ function M.step(label, fn, ...)
   end
   local res = table.pack(pcall(fn, ...))
   local secs = (runtime.now_ms() - t0) / 1000
-  if tty then term.spinner_stop() end
+  if tty then
+    current_label = outer
+    if outer then term.spinner_start(outer) else term.spinner_stop() end
+  end
   if show then
     local mark = res[1] and paint("32", tty and "✓" or "ok") or paint("31", tty and "✗" or "FAILED")
     io.stderr:write(("%s %s (%.1fs)\n"):format(mark, label, secs))
   end
   if not res[1] then error(res[2], 0) end
   return table.unpack(res, 2, res.n)
+end
+
+--- Shows how far a step has got (e.g. "7/16 done") next to its spinner label on a terminal;
+-- elsewhere nothing (the step's own lines say when it starts and ends).
+---@param detail string|nil nil clears it
+function M.detail(detail)
+  if not current_label or not M.enabled() then return end
+  term.spinner_label(detail and (current_label .. " · " .. detail) or current_label)
 end
 
 return M

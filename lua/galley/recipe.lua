@@ -11,6 +11,8 @@
 local errors = require("galley.errors")
 local progress = require("galley.progress")
 local run = require("galley.run")
+local runtime = require("galley.core.runtime")
+local task = require("galley.task")
 
 local M = {}
 
@@ -177,6 +179,123 @@ end
 function M.run_id()
   local ctx = run.current()
   return ctx and ctx.id
+end
+
+--- Waits `ms` milliseconds; other tasks (recipe.parallel items) go on meanwhile. Raises
+-- INTERRUPTED on Ctrl-C/SIGTERM.
+---@param ms integer
+function M.sleep(ms)
+  if math.type(ms) ~= "integer" or ms < 0 then
+    errors.raise("VALIDATION_ERROR", "recipe.sleep: ms must be a non-negative integer", { field = "ms" })
+  end
+  task.sleep(ms)
+end
+
+local function interrupted_by_signal(err)
+  return errors.is(err, "INTERRUPTED") and err.signal ~= nil
+end
+
+--- Runs fn(item, index) for every item at the same time, each in a task of its own, at most
+-- `max` at once (default: all). Every wait inside fn (boots, execs, HTTP, sleeps) lets the
+-- others run, so N instances take about the time of one.
+--
+-- Returns one record per item, in order: `{ok = true, value = v}` (v: fn's first result) or
+-- `{ok = false, err = e}`. A failing item does not stop the others. It raises PARALLEL_FAILED
+-- (with `failures = {{index, err}...}` and `results`, the records) when every item failed, or —
+-- with `fail_fast = true` — at the first failure, after cancelling the items still running
+-- (their records hold INTERRUPTED) and skipping those not started. Ctrl-C/SIGTERM cancels every
+-- item and raises INTERRUPTED; the run's cleanup then stops the instances they booted.
+-- On a terminal the enclosing recipe.step's spinner shows "done/total".
+---@param items any[]
+---@param fn fun(item: any, index: integer): any
+---@param popts? {max?: integer, fail_fast?: boolean}
+---@return {ok: boolean, value?: any, err?: any}[]
+function M.parallel(items, fn, popts)
+  popts = popts or {}
+  if type(items) ~= "table" then
+    errors.raise("VALIDATION_ERROR", "recipe.parallel: items must be a list", { field = "items" })
+  end
+  if type(fn) ~= "function" then
+    errors.raise("VALIDATION_ERROR", "recipe.parallel: fn must be a function", { field = "fn" })
+  end
+  local n = #items
+  local max = popts.max or math.max(n, 1)
+  if math.type(max) ~= "integer" or max < 1 then
+    errors.raise("VALIDATION_ERROR", "recipe.parallel: max must be a positive integer", { field = "max" })
+  end
+  local results, failures = {}, {}
+  local next_index, finished, stopped, cancelled = 1, 0, nil, nil
+  local running = {} -- index -> task
+
+  local function note_progress()
+    progress.detail(("%d/%d done%s"):format(finished, n, #failures > 0 and (", %d failed"):format(#failures) or ""))
+  end
+
+  local function worker()
+    while not stopped and next_index <= n and runtime.pending_signal() == 0 do
+      local i = next_index
+      next_index = i + 1
+      local t = task.spawn(fn, items[i], i)
+      running[i] = t
+      local ok, err = pcall(t.wait, t)
+      running[i] = nil
+      if not t.done then error(err, 0) end -- this worker's own wait was interrupted
+      finished = finished + 1
+      if t.ok then
+        results[i] = { ok = true, value = t.results[1] }
+      else
+        results[i] = { ok = false, err = t.err }
+        if t.err ~= cancelled then failures[#failures + 1] = { index = i, err = t.err } end
+        if t.err == cancelled then
+          local _ = cancelled -- cancelled by fail_fast: recorded, not a failure of its own
+        elseif interrupted_by_signal(t.err) then
+          stopped = stopped or t.err
+        elseif popts.fail_fast and not stopped then
+          stopped = t.err
+          cancelled = errors.new("INTERRUPTED", ("cancelled: item %d failed (fail_fast)"):format(i),
+            { hint = "see the failure of item " .. i })
+          for _, other in pairs(running) do other:cancel(cancelled) end
+        end
+      end
+      note_progress()
+      local _ = ok
+    end
+  end
+
+  local workers = {}
+  for w = 1, math.min(max, n) do workers[w] = task.spawn(worker) end
+  local joined = task.join(workers)
+  for _, rec in ipairs(joined) do
+    if not rec.ok then error(rec.err, 0) end -- a worker broke: a signal or a bug
+  end
+  progress.detail(nil)
+  if interrupted_by_signal(stopped) then error(stopped, 0) end
+  local sig = runtime.pending_signal()
+  if sig ~= 0 then
+    error(errors.new("INTERRUPTED", "interrupted during recipe.parallel", { signal = sig }), 0)
+  end
+  for i = 1, n do
+    if not results[i] then
+      results[i] = { ok = false, err = errors.new("INTERRUPTED", "not started: an earlier item failed (fail_fast)") }
+    end
+  end
+  if n > 0 and (#failures == n or (popts.fail_fast and #failures > 0)) then
+    table.sort(failures, function(a, b) return a.index < b.index end)
+    local parts = {}
+    for k, f in ipairs(failures) do
+      if k > 5 then
+        parts[#parts + 1] = ("... %d more"):format(#failures - 5)
+        break
+      end
+      parts[#parts + 1] = ("item %d: %s"):format(f.index, tostring(f.err))
+    end
+    local err = errors.new("PARALLEL_FAILED",
+      ("%d of %d items failed: %s"):format(#failures, n, table.concat(parts, "; ")),
+      { hint = "err.failures lists each failure; err.results has every item's record" })
+    err.failures, err.results = failures, results -- already redacted errors: kept as they are
+    error(err, 0)
+  end
+  return results
 end
 
 --- Prints a progress line on stderr (nothing with -q/--json).

@@ -214,45 +214,55 @@ function M.finish(opts)
     end
   end
   ctx.hooks = {}
+  local task = require("galley.task")
   local leftovers = M.tagged_instances(ctx)
   local stopped_tokens = {}
+  local stops = {}
   for _, item in ipairs(leftovers) do
     local inst, p = item.instance, item.provider
     if inst.request_token then stopped_tokens[inst.request_token] = true end
     if ctx.keep or (inst.metadata or {})[M.TAG_KEEP] == "1" then
       report.kept[#report.kept + 1] = inst.id
     elseif opts.stop_instances ~= false then
-      local ok = pcall(p.instances.terminate or p.instances.stop, inst.id)
       report.stopped[#report.stopped + 1] = inst.id
-      if not ok then say(("could not stop instance %s"):format(inst.id)) end
+      stops[#stops + 1] = task.spawn(function()
+        local ok = pcall(p.instances.terminate or p.instances.stop, inst.id)
+        if not ok then say(("could not stop instance %s"):format(inst.id)) end
+      end)
     end
   end
-  -- Creates cut off in flight may land after the list above: wait for each, then stop it.
+  task.join(stops) -- every instance is stopped at the same time
+  -- Creates cut off in flight may land after the list above: wait for each (all at once), then
+  -- stop it.
   if #ctx.pending > 0 and not ctx.keep and opts.stop_instances ~= false then
     local runtime = require("galley.core.runtime")
     local deadline = runtime.now_ms() + (opts.pending_wait_ms or 15000)
-    local waiting = {}
+    local waits, unresolved = {}, 0
     for _, pend in ipairs(ctx.pending) do
       -- Already stopped above (it landed before the tagged list): nothing to wait for.
-      if not (pend.token and stopped_tokens[pend.token]) then waiting[#waiting + 1] = pend end
-    end
-    while #waiting > 0 and runtime.now_ms() < deadline do
-      local still = {}
-      for _, pend in ipairs(waiting) do
-        local ok, list = pcall(pend.provider.instances.list, pend.filter)
-        if ok and type(list) == "table" and #list > 0 then
-          for _, inst in ipairs(list) do
-            pcall(pend.provider.instances.terminate or pend.provider.instances.stop, inst.id)
-            report.stopped[#report.stopped + 1] = inst.id
+      -- A create that provably never reached the service (pend.sent == false) is not waited for.
+      if not (pend.token and stopped_tokens[pend.token]) and pend.sent ~= false then
+        waits[#waits + 1] = task.spawn(function()
+          while true do
+            local ok, list = pcall(pend.provider.instances.list, pend.filter)
+            if ok and type(list) == "table" and #list > 0 then
+              for _, inst in ipairs(list) do
+                pcall(pend.provider.instances.terminate or pend.provider.instances.stop, inst.id)
+                report.stopped[#report.stopped + 1] = inst.id
+              end
+              return
+            end
+            if runtime.now_ms() >= deadline then
+              unresolved = unresolved + 1
+              return
+            end
+            task.sleep(250)
           end
-        else
-          still[#still + 1] = pend
-        end
+        end)
       end
-      waiting = still
-      if #waiting > 0 then runtime.sleep_ms(250) end
     end
-    report.unresolved = #waiting
+    task.join(waits)
+    report.unresolved = unresolved
   end
   -- Whatever is still tagged and not kept after that is a leak.
   for _, item in ipairs(M.tagged_instances(ctx)) do

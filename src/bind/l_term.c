@@ -12,6 +12,13 @@ static int l_term_spinner_start(lua_State *L) {
 }
 
 
+/* term.spinner_label(label)   relabels a running spinner without resetting its clock */
+static int l_term_spinner_label(lua_State *L) {
+  galley_spinner_label(luaL_checkstring(L, 1));
+  return 0;
+}
+
+
 /* term.spinner_stop() */
 static int l_term_spinner_stop(lua_State *L) {
   galley_spinner_stop();
@@ -37,6 +44,7 @@ static int l_term_stderr_is_tty(lua_State *L) {
 
 static const luaL_Reg term_funcs[] = {
   { "spinner_start",  l_term_spinner_start  },
+  { "spinner_label",  l_term_spinner_label  },
   { "spinner_stop",   l_term_spinner_stop   },
   { "write_err",      l_term_write_err      },
   { "stderr_is_tty",  l_term_stderr_is_tty  },

@@ -66,6 +66,13 @@ void galley_spinner_start(const char *text) {
 }
 
 
+void galley_spinner_label(const char *text) {
+  pthread_mutex_lock(&mu);
+  snprintf(label, sizeof label, "%s", text);
+  pthread_mutex_unlock(&mu);
+}
+
+
 void galley_spinner_stop(void) {
   pthread_mutex_lock(&mu);
   if (!running) {

@@ -6,6 +6,9 @@
 /* Starts (or relabels) the spinner: "<frame> <label> <elapsed>s", redrawn every 100 ms. */
 void galley_spinner_start(const char *label);
 
+/* Changes the label of a running spinner (its clock goes on). */
+void galley_spinner_label(const char *label);
+
 /* Stops the spinner and clears its line. Safe to call when none is running. */
 void galley_spinner_stop(void);
 
