@@ -38,6 +38,7 @@ local errors = require("galley.errors")
 local logmod = require("galley.log")
 local run = require("galley.run")
 local runtime = require("galley.core.runtime")
+local task = require("galley.task")
 local util = require("galley.util")
 
 local M = {}
@@ -133,6 +134,7 @@ function M.new(opts)
     bad("provider", "expected a provider")
   end
   local log = opts.log or logmod.new({ prefix = "orch" })
+  local sessions = {} -- "<instance>\0<process name>" -> the session name that started it
   local installer = opts.installer
     or require("galley.credentials").new({ provider = provider, log = log.child({ prefix = "credentials" }) })
   local pm, agent = opts.process_manager, opts.agent
@@ -326,6 +328,17 @@ function M.new(opts)
       error(step_error("agent", spec, { instance_id = instance_id, operation = "start_session" }), 0)
     end
     local name = spec.command and spec.command.name
+    local who = input and (input.session_name or input.name) or name
+    local key = tostring(instance_id) .. "\0" .. tostring(name)
+    if name and sessions[key] ~= nil and sessions[key] ~= who then
+      local err = errors.OrchestrationError("CONFLICT", ("session %q and session %q both map to process %s on %s")
+        :format(tostring(sessions[key]), tostring(who), name, tostring(instance_id)), {
+        operation = "start_session", resource = "process:" .. name, field = "session_name",
+        hint = "give the sessions names that differ in letters or digits (other characters become '-')",
+        details = { instance_id = instance_id, process_name = name, step = "agent" } })
+      orch.emit("session_error", { instance_id = instance_id, step = "agent", code = "CONFLICT" })
+      error(err, 0)
+    end
     local sok, res = pcall(p.start, instance_id, spec, { name = name })
     if not sok then
       orch.emit("session_error", { instance_id = instance_id, step = "start", process_name = name,
@@ -334,6 +347,7 @@ function M.new(opts)
         { instance_id = instance_id, process_name = name, operation = "start_session" }), 0)
     end
     local process_name = type(res) == "table" and res.name or name
+    if name then sessions[key] = who end
     orch.emit("session_started", { instance_id = instance_id, process_name = process_name, agent = a.name })
     return { process_name = process_name, process = res }
   end
@@ -382,26 +396,62 @@ function M.new(opts)
     local interval = fopts.interval_ms or M.DEFAULT_FOLLOW_INTERVAL_MS
     local nlines = fopts.lines or M.DEFAULT_FOLLOW_LINES
     local on_line = fopts.on_line or function(line) io.stdout:write(line, "\n") end
-    local started = runtime.now_ms()
-    local seen = { out = {}, err = {} }
     local count = 0
+    local p_mgr = need("process_manager", pm)
 
-    local function pump(missing)
-      local ok, l = pcall(orch.logs, instance_id, name, nlines)
-      if not ok then
-        -- A process that is gone from the list may have no logs to show any more.
-        if missing and errors.is(l, "NOT_FOUND") then return 0 end
-        error(l, 0)
+    -- Byte offsets when the process manager can read from one (PM2): every byte once, in
+    -- order, however often a line repeats. Otherwise the last `lines` lines of each poll are
+    -- matched against the previous poll's (tmux panes).
+    local offsets, partial = { out = 0, err = 0 }, { out = "", err = "" }
+    local seen = { out = {}, err = {} }
+
+    local function emit_text(stream, text, final)
+      local buf = partial[stream] .. text
+      local fresh, pos = 0, 1
+      while true do
+        local nl = buf:find("\n", pos, true)
+        if not nl then break end
+        on_line((buf:sub(pos, nl - 1):gsub("\r$", "")), stream)
+        fresh = fresh + 1
+        pos = nl + 1
       end
-      l = l or {}
+      partial[stream] = buf:sub(pos)
+      if final and partial[stream] ~= "" then
+        on_line(partial[stream], stream)
+        partial[stream] = ""
+        fresh = fresh + 1
+      end
+      return fresh
+    end
+
+    local function pump(missing, final)
       local fresh = 0
-      for _, stream in ipairs({ "out", "err" }) do
-        local cur = split_lines(l[stream])
-        for _, line in ipairs(M.new_lines(seen[stream], cur)) do
-          on_line(line, stream)
-          fresh = fresh + 1
+      if p_mgr.read_logs then
+        local ok, chunk = pcall(p_mgr.read_logs, instance_id, name, offsets)
+        if not ok then
+          if missing and errors.is(chunk, "NOT_FOUND") then return 0 end
+          error(step_error("logs", chunk, { instance_id = instance_id, process_name = name }), 0)
         end
-        seen[stream] = cur
+        for _, stream in ipairs({ "out", "err" }) do
+          if chunk.reset and chunk.reset[stream] then partial[stream] = "" end
+          fresh = fresh + emit_text(stream, chunk[stream] or "", final)
+        end
+        offsets = chunk.offsets
+      else
+        local ok, l = pcall(orch.logs, instance_id, name, nlines)
+        if not ok then
+          if missing and errors.is(l, "NOT_FOUND") then return 0 end
+          error(l, 0)
+        end
+        l = l or {}
+        for _, stream in ipairs({ "out", "err" }) do
+          local cur = split_lines(l[stream])
+          for _, line in ipairs(M.new_lines(seen[stream], cur)) do
+            on_line(line, stream)
+            fresh = fresh + 1
+          end
+          seen[stream] = cur
+        end
       end
       count = count + fresh
       return fresh
@@ -413,36 +463,55 @@ function M.new(opts)
     end
 
     if not until_exit then
-      pump(false)
+      pump(false, false)
       local p = find_process(instance_id, name)
       return { status = p and p.status or "missing", exit_code = p and p.exit_code, lines = count }
     end
-    while true do
-      local p = find_process(instance_id, name)
-      local status = p and p.status or "missing"
-      pump(p == nil)
-      if not M.RUNNING_STATUSES[status] then
-        -- Log files may trail the exit a little: read until nothing new arrives (twice at most).
-        for _ = 1, 2 do
-          sleep(math.min(interval, 200))
-          if pump(p == nil) == 0 then break end
+
+    local function follow_to_exit()
+      while true do
+        local p = find_process(instance_id, name)
+        local status = p and p.status or "missing"
+        pump(p == nil, false)
+        if not M.RUNNING_STATUSES[status] then
+          -- Log files may trail the exit a little: read until nothing new arrives (twice at most).
+          for _ = 1, 2 do
+            sleep(math.min(interval, 200))
+            if pump(p == nil, false) == 0 then break end
+          end
+          pump(p == nil, true)
+          local exit_code = p and math.tointeger(p.exit_code) or nil
+          orch.emit("session_exited", { instance_id = instance_id, process_name = name, status = status,
+            exit_code = exit_code, lines = count })
+          if status == "errored" or (exit_code and exit_code ~= 0) then
+            orch.emit("session_error", { instance_id = instance_id, process_name = name, step = "run",
+              status = status, exit_code = exit_code })
+          end
+          return { status = status, exit_code = exit_code, lines = count }
         end
-        local exit_code = p and math.tointeger(p.exit_code) or nil
-        orch.emit("session_exited", { instance_id = instance_id, process_name = name, status = status,
-          exit_code = exit_code, lines = count })
-        if status == "errored" or (exit_code and exit_code ~= 0) then
-          orch.emit("session_error", { instance_id = instance_id, process_name = name, step = "run",
-            status = status, exit_code = exit_code })
-        end
-        return { status = status, exit_code = exit_code, lines = count }
+        sleep(interval)
       end
-      if fopts.timeout_ms and runtime.now_ms() - started >= fopts.timeout_ms then
-        error(errors.OrchestrationError("TIMEOUT", ("%s still running after %d ms"):format(name, fopts.timeout_ms), {
-          operation = "orchestrator.follow", resource = "process:" .. name,
-          details = { instance_id = instance_id, process_name = name, step = "follow" } }), 0)
-      end
-      sleep(interval)
     end
+
+    if not fopts.timeout_ms then return follow_to_exit() end
+    -- The whole wait is bounded, not just the sleeps: a log read or list that hangs is
+    -- cancelled with the rest when the time is up.
+    local timed_out = false
+    local worker = task.spawn(follow_to_exit)
+    local timer = task.spawn(function()
+      task.sleep(fopts.timeout_ms)
+      timed_out = true
+      worker:cancel()
+    end)
+    local ok, res = worker:result()
+    timer:cancel()
+    if timed_out then
+      error(errors.OrchestrationError("TIMEOUT", ("%s still running after %d ms"):format(name, fopts.timeout_ms), {
+        operation = "orchestrator.follow", resource = "process:" .. name,
+        details = { instance_id = instance_id, process_name = name, step = "follow" } }), 0)
+    end
+    if not ok then error(res, 0) end
+    return res
   end
 
   return orch

@@ -210,6 +210,14 @@ function M.run(opts)
       runtime.versions().galley, _VERSION))
   end
   local buffer
+  -- os.exit() on a line ends the session like Ctrl-D, so the exit report below still runs (and
+  -- asks about the instances still running) before galley exits with that code.
+  local exit_code
+  local real_exit = os.exit
+  os.exit = function(code) -- luacheck: ignore 122
+    error(setmetatable({ code = "REPL_EXIT", message = "os.exit",
+      exit_code = require("galley.runner").exit_code(code) }, errors.metatable), 0)
+  end
   while true do
     local text, why = readline(buffer and ">> " or "> ")
     if why == "interrupted" then
@@ -229,11 +237,15 @@ function M.run(opts)
         goto continue
       end
       local res = table.pack(xpcall(chunk, function(e)
+        if errors.is(e, "REPL_EXIT") then return e end
         if errors.is(e) then return errors.format(e) end
         return debug.traceback(tostring(e), 2)
       end))
       runtime.clear_signal()
-      if not res[1] then
+      if not res[1] and errors.is(res[2], "REPL_EXIT") then
+        exit_code = res[2].exit_code
+        break
+      elseif not res[1] then
         io.stderr:write(tostring(res[2]), "\n")
       elseif res.n > 1 then
         local parts = {}
@@ -248,8 +260,9 @@ function M.run(opts)
     out:write("\n")
     line.save_history(hist)
   end
+  os.exit = real_exit -- luacheck: ignore 122
   report_instances(out, tty, readline)
-  return 0
+  return exit_code or 0
 end
 
 return M

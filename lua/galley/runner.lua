@@ -67,10 +67,25 @@ end
 ---@param path string  the recipe's path (for locations)
 ---@param args string[]
 ---@return integer exit_code
+--- os.exit(code) as a recipe sees it while it runs: it ends the recipe like recipe.exit, so the
+-- run's cleanup still stops its instances (the real os.exit would skip it and leak them).
+---@param code? boolean|integer
+function M.exit_code(code)
+  if code == nil or code == true then return 0 end
+  if code == false then return 1 end
+  return math.tointeger(code) or 1
+end
+
+local function guarded_exit(code)
+  error(errors.new("RECIPE_EXIT", "os.exit", { exit_code = M.exit_code(code) }), 0)
+end
+
 function M.call(chunk, path, args)
   local verbose = (runtime.options().verbose or 0) > 0
   local source = "@" .. path
   local failure
+  local real_exit = os.exit
+  os.exit = guarded_exit -- luacheck: ignore 122
   local ok, herr = xpcall(chunk, function(e)
     local err = e
     if not errors.is(err) then
@@ -83,6 +98,7 @@ function M.call(chunk, path, args)
     failure = { err = err, where = recipe_location(source), traceback = debug.traceback("", 2) }
     return err
   end, table.unpack(args, 1, args.n or #args))
+  os.exit = real_exit -- luacheck: ignore 122
   local code = M.EXIT_OK
   if not ok and not failure then
     -- The message handler itself failed (e.g. a broken module): report what we have.

@@ -233,6 +233,41 @@ describe("galley.orchestrator #orchestrator", function()
         assert.are.same({ "session_error" }, event_names(events))
       end)
 
+      it("follows by byte offset: a log longer than `lines` with repeated lines loses nothing", function()
+        local s = orch.start_session(m.instance_id, { session_name = "repeat",
+          command = "for i in $(seq 1 30); do echo same; [ $((i % 10)) = 0 ] && sleep 0.3; done; printf tail" })
+        local got = {}
+        local res = orch.follow(m.instance_id, s.process_name, { interval_ms = 100, lines = 5,
+          on_line = function(line, stream) if stream == "out" then got[#got + 1] = line end end })
+        assert.are.equal(0, res.exit_code)
+        assert.are.equal(31, #got)
+        for i = 1, 30 do assert.are.equal("same", got[i]) end
+        assert.are.equal("tail", got[31]) -- the last line without a newline still arrives
+      end)
+
+      it("refuses a second session whose name maps to the same process #failure", function()
+        orch.start_session(m.instance_id, { session_name = "a b", command = "sleep 1" })
+        local err = raised(orch.start_session, m.instance_id, { session_name = "a-b", command = "echo other" })
+        assert.are.equal("CONFLICT", err.code)
+        -- The same session name again replaces its own process, as before.
+        local again = orch.start_session(m.instance_id, { session_name = "a b", command = "echo again" })
+        assert.are.equal("cmd-a-b", again.process_name)
+      end)
+
+      it("reads the logs of a process with 2 instances (PM2 names them -0/-1 otherwise)", function()
+        local pm = require("galley.process.pm2").new({ provider = provider, log = log.silent() })
+        pm.start(m.instance_id, { command = { kind = "shell", script = "echo hello-from-multi; sleep 30",
+          name = "multi" }, instances = 2 })
+        finally(function() pcall(pm.delete, m.instance_id, "multi") end)
+        local out = ""
+        for _ = 1, 50 do
+          out = pm.logs(m.instance_id, "multi", 10).out
+          if out:find("hello-from-multi", 1, true) then break end
+          require("galley.core.runtime").sleep_ms(100)
+        end
+        assert.is_truthy(out:find("hello-from-multi", 1, true), out)
+      end)
+
       it("reports an unknown process's logs as NOT_FOUND #failure", function()
         local err = raised(orch.logs, m.instance_id, "no-such-process", 10)
         assert.are.equal("NOT_FOUND", err.code)
@@ -250,6 +285,20 @@ describe("galley.orchestrator #orchestrator", function()
       assert.are.equal("hello\n", s.process.stdout)
       local res = orch.follow(m.instance_id, s.process_name, { interval_ms = 10, on_line = function() end })
       assert.are.equal("missing", res.status)
+    end)
+
+    it("bounds the whole follow with timeout_ms, a hanging log read included #failure", function()
+      local runtime = require("galley.core.runtime")
+      local hanging = {
+        list = function() return { { name = "stuck", status = "online" } } end,
+        read_logs = function() runtime.sleep_ms(30000); return { out = "", err = "", offsets = { out = 0, err = 0 } } end,
+        logs = function() return { out = "", err = "" } end,
+      }
+      local orch = orchestrator.new({ provider = provider, process_manager = hanging, log = log.silent() })
+      local t0 = runtime.now_ms()
+      local err = raised(orch.follow, "localvm_none", "stuck", { timeout_ms = 300, on_line = function() end })
+      assert.are.equal("TIMEOUT", err.code)
+      assert.is_true(runtime.now_ms() - t0 < 10000)
     end)
 
     it("needs a process manager for sessions #failure", function()

@@ -117,6 +117,31 @@ local function copy(t)
 end
 
 
+--- Time limit of every command the manager runs on an instance (pm2 ping/start/jlist, log
+-- reads): a PM2 daemon that died inside an instance must not hang a run (opts.exec_timeout_ms).
+M.DEFAULT_EXEC_TIMEOUT_MS = 120000
+
+--- Largest chunk of a log that one read_logs call returns per stream.
+M.READ_LOGS_MAX = 1024 * 1024
+
+-- $1 out log, $2 err log, $3 out offset, $4 err offset, $5 max bytes: prints
+-- "<out size> <err size>\n", then each file's bytes from its offset (0 when the file shrank:
+-- it was truncated by a restart), at most $5 bytes each; the Lua side slices by the sizes.
+local READ_FROM = [[
+size() { s=$(wc -c < "$1" 2>/dev/null) || s=0; echo "${s:-0}"; }
+o=$(size "$1"); e=$(size "$2")
+oo=$3; eo=$4
+[ "$o" -lt "$oo" ] && oo=0
+[ "$e" -lt "$eo" ] && eo=0
+ol=$((o - oo)); el=$((e - eo))
+[ "$ol" -gt "$5" ] && ol=$5
+[ "$el" -gt "$5" ] && el=$5
+printf '%s %s %s %s\n' "$oo" "$ol" "$eo" "$el"
+[ "$ol" -gt 0 ] && tail -c +$((oo + 1)) -- "$1" 2>/dev/null | head -c "$ol"
+[ "$el" -gt 0 ] && tail -c +$((eo + 1)) -- "$2" 2>/dev/null | head -c "$el"
+exit 0
+]]
+
 --- The name PM2 will use for `s` (galley.core.pm2.sanitize_name).
 ---@param s string
 ---@return string
@@ -231,6 +256,7 @@ function M.new(opts)
   local log = opts.log or logmod.default().child({ prefix = "pm2" })
   local keep = M.keep_env(opts)
   local direct_logs = opts.direct_logs ~= false
+  local exec_opts = { timeout_ms = opts.exec_timeout_ms or M.DEFAULT_EXEC_TIMEOUT_MS }
   local RUN_CLEAN = run_clean(keep)
   local pm = { name = M.NAME, process = M.process, sanitize_name = M.sanitize_name }
 
@@ -244,7 +270,7 @@ function M.new(opts)
   local function sh(instance_id, context, script, args)
     local argv = { "-c", script, "sh" }
     for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
-    local r = provider.exec(instance_id, { kind = "argv", command = "sh", args = argv })
+    local r = provider.exec(instance_id, { kind = "argv", command = "sh", args = argv }, exec_opts)
     r.stdout, r.stderr = r.stdout or "", r.stderr or ""
     if r.exit_code == MISSING_EXIT and r.stderr:find(MISSING_LINE, 1, true) then
       fail("PROCESS_ERROR", "pm2 is not installed on instance " .. tostring(instance_id), context,
@@ -346,7 +372,12 @@ function M.new(opts)
       end
     end
 
-    if direct_logs then run_spec.command = with_direct_logs(spec.command, home, out_log, err_log) end
+    if direct_logs then
+      run_spec.command = with_direct_logs(spec.command, home, out_log, err_log)
+      -- PM2 is told the same paths, so jlist names the files the command really writes; with
+      -- several instances --merge-logs stops it from adding "-<n>" to them.
+      run_spec.logs = { out = out_log, err = err_log }
+    end
 
     local argv, err = core.start_argv(run_spec, { name = name, home = home, env_clean = env_clean })
     if not argv and errors.is(err, "PM2_PAYLOAD_TOO_LARGE") then
@@ -361,6 +392,14 @@ function M.new(opts)
     end
     if not argv then
       fail("VALIDATION_ERROR", tostring(err and err.message or err), context, { hint = err and err.hint })
+    end
+    if (spec.instances or 1) > 1 then
+      for i, a in ipairs(argv) do
+        if a == "-o" or a == "-e" or a == "--" then
+          table.insert(argv, i, "--merge-logs")
+          break
+        end
+      end
     end
 
     local args = { name, out_log, err_log }
@@ -451,6 +490,21 @@ function M.new(opts)
     return parse_list(r.stdout, context)
   end
 
+  local function find_info(instance_id, t, label, context)
+    local r = sh(instance_id, context, JLIST)
+    if r.exit_code ~= 0 then failed(r, "pm2 jlist", context) end
+    local info
+    for _, item in ipairs(parse_list(r.stdout, context)) do
+      if (item.name == t or item.pm_id == t) and (not info or (item.pm_id or -1) > (info.pm_id or -1)) then
+        info = item
+      end
+    end
+    if not info then
+      fail("NOT_FOUND", ("no PM2 process %s on %s"):format(label, tostring(instance_id)), context, {})
+    end
+    return info
+  end
+
   --- The last `lines` lines of a process's out and err logs, as stored (no prefixes).
   ---@param instance_id string
   ---@param name string|integer
@@ -464,20 +518,47 @@ function M.new(opts)
     if math.type(lines) ~= "integer" or lines < 1 then
       fail("VALIDATION_ERROR", "lines must be a positive integer", context, { field = "lines" })
     end
-    local r = sh(instance_id, context, JLIST)
-    if r.exit_code ~= 0 then failed(r, "pm2 jlist", context) end
-    local info
-    for _, item in ipairs(parse_list(r.stdout, context)) do
-      if (item.name == t or item.pm_id == t) and (not info or (item.pm_id or -1) > (info.pm_id or -1)) then
-        info = item
-      end
-    end
-    if not info then
-      fail("NOT_FOUND", ("no PM2 process %s on %s"):format(label, tostring(instance_id)), context, {})
-    end
+    local info = find_info(instance_id, t, label, context)
     local tails = provider.exec(instance_id, { kind = "argv", command = "sh",
-      args = { "-c", TAILS, "sh", tostring(lines), info.out_log or "/dev/null", info.err_log or "/dev/null" } })
+      args = { "-c", TAILS, "sh", tostring(lines), info.out_log or "/dev/null", info.err_log or "/dev/null" } },
+      exec_opts)
     return { out = tails.stdout or "", err = tails.stderr or "" }
+  end
+
+  --- The bytes a process wrote to its out and err logs since the byte offsets given (what
+  --- orchestrator.follow uses: nothing is shown twice, repeated lines are not lost). A log that
+  --- shrank (truncated by a restart) is read from 0 again, with `reset.out`/`reset.err` set.
+  ---@param instance_id string
+  ---@param name string|integer
+  ---@param offsets? {out?: integer, err?: integer} default 0, 0
+  ---@return {out: string, err: string, offsets: {out: integer, err: integer}, reset: {out: boolean, err: boolean}}
+  ---@raise NOT_FOUND (no such process) | PROCESS_ERROR
+  function pm.read_logs(instance_id, name, offsets)
+    local t, label = target(name, "pm2.read_logs")
+    local context = { operation = "pm2.read_logs", resource = "process:" .. label }
+    offsets = offsets or {}
+    local oo, eo = math.tointeger(offsets.out or 0), math.tointeger(offsets.err or 0)
+    if not oo or oo < 0 or not eo or eo < 0 then
+      fail("VALIDATION_ERROR", "offsets must be non-negative integers", context, { field = "offsets" })
+    end
+    local info = find_info(instance_id, t, label, context)
+    local r = provider.exec(instance_id, { kind = "argv", command = "sh", args = { "-c", READ_FROM, "sh",
+      info.out_log or "/dev/null", info.err_log or "/dev/null", tostring(oo), tostring(eo),
+      tostring(M.READ_LOGS_MAX) } }, exec_opts)
+    local stdout = r.stdout or ""
+    local o_from, o_len, e_from, e_len, rest = stdout:match("^(%d+) (%d+) (%d+) (%d+)\n()")
+    if not o_from then
+      fail("PROCESS_ERROR", "could not read the logs of " .. label, context,
+        { details = { exit_code = r.exit_code, stderr = shell_pm.tail(r.stderr or "", 500) } })
+    end
+    o_from, o_len, e_from, e_len = tonumber(o_from), tonumber(o_len), tonumber(e_from), tonumber(e_len)
+    local out = stdout:sub(rest, rest + o_len - 1)
+    local err = stdout:sub(rest + #out, rest + #out + e_len - 1)
+    return {
+      out = out, err = err,
+      offsets = { out = o_from + #out, err = e_from + #err },
+      reset = { out = o_from < oo, err = e_from < eo },
+    }
   end
 
   return pm
