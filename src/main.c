@@ -94,10 +94,29 @@ static void create_arg_table(lua_State *L, char **argv, int argc, int script) {
 }
 
 
+/* Puts the script's own directory first on package.path, so a script split into files can
+ * require its neighbours (`require("helper")` finds helper.lua beside it). galley's own modules
+ * are preloaded, so nothing there can shadow them. */
+static void prepend_script_dir(lua_State *L, const char *fname) {
+  const char *slash = strrchr(fname, '/');
+  int dirlen = slash ? (int)(slash - fname) : 1;
+  const char *dir = slash ? fname : ".";
+  if (slash && dirlen == 0) dirlen = 1; /* "/x.lua": the root */
+  lua_getglobal(L, "package");                                        /* [package] */
+  lua_pushlstring(L, dir, (size_t)dirlen);                            /* [package, dir] */
+  const char *d = lua_tostring(L, -1);
+  lua_getfield(L, -2, "path");                                        /* [package, dir, path] */
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", d, d, lua_tostring(L, -1));
+  lua_setfield(L, -4, "path");
+  lua_pop(L, 3);                                                      /* [] */
+}
+
+
 /* Runs a plain Lua script file (or "-" for stdin) with _G as its environment. */
 static int run_script(lua_State *L, char **argv, int argc, int script) {
   const char *fname = strcmp(argv[script], "-") == 0 ? NULL : argv[script];
   create_arg_table(L, argv, argc, script);
+  if (fname) prepend_script_dir(L, fname);
   int status = luaL_loadfile(L, fname);
   if (status != LUA_OK) {
     fprintf(stderr, "galley: %s\n", lua_tostring(L, -1));

@@ -331,7 +331,12 @@ end
 
 
 local function make_writer(sink)
-  if sink == nil then sink = io.stderr end
+  if sink == nil then
+    -- stderr through the spinner's writer: a running spinner line is cleared first, so a log
+    -- line never lands in the middle of it.
+    local term = require("galley.core.term")
+    return function(line) pcall(term.write_err, line .. "\n") end
+  end
   if type(sink) == "function" then return sink end
   if type(sink) == "string" then
     local f, why = io.open(sink, "a")

@@ -52,8 +52,12 @@ function M.step(label, fn, ...)
     current_label = outer
     if outer then term.spinner_start(outer) else term.spinner_stop() end
   end
+  -- recipe.exit(0) inside a step ends the recipe successfully: not a failed step.
+  local ended_ok = not res[1] and type(res[2]) == "table" and res[2].code == "RECIPE_EXIT"
+    and (res[2].exit_code or 0) == 0
   if show then
-    local mark = res[1] and paint("32", tty and "✓" or "ok") or paint("31", tty and "✗" or "FAILED")
+    local good = res[1] or ended_ok
+    local mark = good and paint("32", tty and "✓" or "ok") or paint("31", tty and "✗" or "FAILED")
     io.stderr:write(("%s %s (%.1fs)\n"):format(mark, label, secs))
   end
   if not res[1] then error(res[2], 0) end

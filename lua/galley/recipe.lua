@@ -64,15 +64,34 @@ function M.help_text(spec)
   return table.concat(lines, "\n")
 end
 
+local TYPES = { string = true, integer = true, number = true, flag = true, choice = true }
+
+-- Decimal only: "0x10", "1e1" and " 7" are not integers here (tonumber would take them).
+local function parse_integer(raw)
+  if type(raw) ~= "string" or not raw:match("^[+-]?%d+$") then return nil end
+  return math.tointeger(tonumber(raw))
+end
+
+local function parse_number(raw)
+  if type(raw) ~= "string" or not (raw:match("^[+-]?%d+%.?%d*$") or raw:match("^[+-]?%.%d+$")) then return nil end
+  return tonumber(raw)
+end
+
+local function short(v)
+  local s = tostring(v)
+  if #s > 40 then s = s:sub(1, 40) .. "…" end
+  return s
+end
+
 local function convert(o, raw)
   local t = opt_type(o)
   if t == "integer" then
-    local n = math.tointeger(tonumber(raw))
-    if not n then M.usage_error(("--%s: expected an integer, got '%s'"):format(o[1], raw)) end
+    local n = parse_integer(raw)
+    if not n then M.usage_error(("--%s: expected a decimal integer, got '%s'"):format(o[1], short(raw))) end
     return n
   elseif t == "number" then
-    local n = tonumber(raw)
-    if not n then M.usage_error(("--%s: expected a number, got '%s'"):format(o[1], raw)) end
+    local n = parse_number(raw)
+    if not n then M.usage_error(("--%s: expected a decimal number, got '%s'"):format(o[1], short(raw))) end
     return n
   elseif t == "choice" then
     for _, c in ipairs(o.choices) do
@@ -89,7 +108,52 @@ end
 ---@param spec {name: string, summary?: string, usage?: string, options?: galley.RecipeOption[], epilog?: string}
 ---@param args? table the recipe's `arg`
 ---@return table values
+-- The option spec is the recipe author's code: a mistake there is reported as such
+-- (VALIDATION_ERROR naming options[i] and the field), before any argument is looked at.
+local function check_spec(spec)
+  local function bad(i, field, message)
+    errors.raise("VALIDATION_ERROR", ("recipe.options: options[%d]%s %s"):format(i, field and ("." .. field) or "",
+      message), { field = ("options[%d]%s"):format(i, field and ("." .. field) or ""),
+      hint = "fix the option table given to recipe.options" }, 3)
+  end
+  if type(spec) ~= "table" then
+    errors.raise("VALIDATION_ERROR", "recipe.options: spec must be a table", { field = "spec" }, 3)
+  end
+  local seen = {}
+  for i, o in ipairs(spec.options or {}) do
+    if type(o) ~= "table" or type(o[1]) ~= "string" or not o[1]:match("^[%w][%w%-]*$") then
+      bad(i, nil, "needs a name like \"count\" as its first element")
+    end
+    local name = o[1]
+    if name == "help" or name == "h" then bad(i, nil, "is named --" .. name .. ", which every recipe has already") end
+    if seen[name] then bad(i, nil, ("repeats the name --%s (options[%d])"):format(name, seen[name])) end
+    seen[name] = i
+    if o.type ~= nil and not TYPES[o.type] then
+      bad(i, "type", ("is %q: expected string, integer, number, flag or choice"):format(tostring(o.type)))
+    end
+    local t = opt_type(o)
+    if t == "choice" and (type(o.choices) ~= "table" or #o.choices == 0) then
+      bad(i, "choices", "must be a non-empty list for a choice option")
+    end
+    local d = o.default
+    if d ~= nil then
+      local ok = (t == "string" and type(d) == "string") or (t == "integer" and math.type(d) == "integer")
+        or (t == "number" and type(d) == "number") or (t == "flag" and type(d) == "boolean")
+      if t == "choice" then
+        for _, c in ipairs(o.choices) do
+          if c == d then ok = true end
+        end
+      end
+      if not ok then
+        bad(i, "default", ("%s does not fit a %s option%s"):format(short(d), t,
+          t == "choice" and (" (choices: " .. table.concat(o.choices, ", ") .. ")") or ""))
+      end
+    end
+  end
+end
+
 function M.options(spec, args)
+  check_spec(spec)
   args = args or {}
   local byname, values = {}, {}
   for _, o in ipairs(spec.options or {}) do
@@ -135,6 +199,15 @@ function M.options(spec, args)
         end
         values[key] = convert(o, raw)
       end
+    elseif a:match("^%-[^%-%d.]") then
+      -- `-c 2` is not a file named "-c": single-dash options are not ours.
+      local near = {}
+      for oname in pairs(byname) do
+        if oname:sub(1, 1) == a:sub(2, 2) then near[#near + 1] = "--" .. oname end
+      end
+      table.sort(near)
+      local hint = #near > 0 and ("did you mean %s? (see --help)"):format(table.concat(near, " or ")) or "see --help"
+      error(errors.new("RECIPE_USAGE", ("unknown option '%s'"):format(short(a)), { hint = hint }), 0)
     else
       values[#values + 1] = a
     end

@@ -276,4 +276,6 @@ function M.finish(opts)
   return report
 end
 
+require("galley.tracker").set(M)
+
 return M

@@ -31,20 +31,20 @@ end
 --- Finds a recipe: a file path, or the name of a recipe shipped inside galley ("boot-and-run").
 ---@param name string
 ---@param env table the environment the chunk gets (see new_env)
----@return function|nil chunk, string|table source_or_err, string|nil chunkname
+---@return function|nil chunk, string|table source_or_err, "file"|"embedded"|nil kind
 function M.load(name, env)
   local st = require("galley.core.fs").stat(name)
   if st and st.type == "file" then
     local chunk, err = loadfile(name, "t", env)
     if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
-    return chunk, name
+    return chunk, name, "file"
   end
   for _, candidate in ipairs({ name, "recipes/" .. name, "recipes/" .. name .. ".lua" }) do
     local src = runtime.resource(candidate)
     if src then
       local chunk, err = load(src, "@" .. candidate, "t", env)
       if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
-      return chunk, candidate
+      return chunk, candidate, "embedded"
     end
   end
   return nil, errors.new("RECIPE_NOT_FOUND", ("no recipe file '%s'"):format(name), {
@@ -156,10 +156,17 @@ end
 ---@return integer exit_code
 function M.run(name, args)
   local env = M.new_env()
-  local chunk, path_or_err = M.load(name, env)
+  local chunk, path_or_err, kind = M.load(name, env)
   if not chunk then
     io.stderr:write("galley: ", errors.format(path_or_err), "\n")
     return M.EXIT_USAGE
+  end
+  if kind == "file" then
+    -- A recipe file's own directory comes first on the module path: recipes can be split into
+    -- files (`require("helper")` loads helper.lua beside it). Embedded recipes have none.
+    local dir = path_or_err:match("^(.*)/[^/]*$") or "."
+    if dir == "" then dir = "/" end
+    package.path = ("%s/?.lua;%s/?/init.lua;%s"):format(dir, dir, package.path)
   end
   local argt = { [0] = path_or_err }
   for i, a in ipairs(args) do argt[i] = a end

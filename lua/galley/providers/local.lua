@@ -41,7 +41,7 @@ local execfiles = require("galley.providers.execfiles")
 local fs = require("galley.core.fs")
 local logmod = require("galley.log")
 local proc = require("galley.core.proc")
-local run = require("galley.run")
+local run = require("galley.tracker")
 local runtime = require("galley.core.runtime")
 
 local M = {}

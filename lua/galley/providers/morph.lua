@@ -38,7 +38,7 @@ local errors = require("galley.errors")
 local execfiles = require("galley.providers.execfiles")
 local logmod = require("galley.log")
 local morph = require("galley.core.morph")
-local run = require("galley.run")
+local run = require("galley.tracker")
 local runtime = require("galley.core.runtime")
 local shell = require("galley.core.shell")
 

@@ -1,0 +1,60 @@
+--- galley.tracker: what providers and the orchestrator tell the active run (a foundation module:
+-- it requires nothing). galley.run (the user-level run context) plugs itself in when loaded;
+-- with no run, providers still work and nothing is tracked.
+--
+--   local tracker = require("galley.tracker")
+--   bopts = tracker.boot_options(bopts)        -- the run's tags and default TTL added
+--   tracker.track_instance(provider, inst.id)  -- stopped at the end of the run unless kept
+local M = {}
+
+local run -- the plugged-in run module (galley.run), or nil
+
+--- Plugs in the run module (galley.run does this itself).
+---@param r table `{register_provider, boot_options, track_instance, note_pending, current}`
+function M.set(r)
+  run = r
+end
+
+--- Providers call this from `new`: the run checks their instances for leaks at the end.
+---@param provider table
+function M.register_provider(provider)
+  if run then run.register_provider(provider) end
+end
+
+--- Providers call this in `instances.boot`/`fork`: opts with the run's tags and default TTL
+--- added (a copy; the caller's table is not changed).
+---@param opts? table
+---@return table
+function M.boot_options(opts)
+  if run then return run.boot_options(opts) end
+  local out = {}
+  for k, v in pairs(opts or {}) do out[k] = v end
+  local meta = {}
+  for k, v in pairs(out.metadata or {}) do meta[k] = v end
+  out.metadata = meta
+  if out.ttl_seconds == false then out.ttl_seconds = nil end
+  return out
+end
+
+--- Providers call this after a successful boot/fork.
+---@param provider table
+---@param instance_id string
+function M.track_instance(provider, instance_id)
+  if run then run.track_instance(provider, instance_id) end
+end
+
+--- Providers call this when a create was cut off after it may have reached the service.
+---@param provider table
+---@param filter table<string, string>
+---@param request_token? string
+function M.note_pending(provider, filter, request_token)
+  if run then run.note_pending(provider, filter, request_token) end
+end
+
+--- The active run's context (keep, id, ...), or nil.
+---@return table|nil
+function M.current()
+  return run and run.current() or nil
+end
+
+return M
