@@ -3,8 +3,11 @@
 -- hint?, kind?}` sharing one metatable with the C core, whose `__tostring` gives "CODE: message".
 -- Compare `err.code`, never the message text.
 --
--- Messages and context built here pass through `galley.log.redact`, so a registered secret or a
--- token-looking value never survives into an error (C errors are redacted when formatted).
+-- Messages and context built here pass through galley.secrets (the rules `galley.log.redact`
+-- applies), all through: message, hint, details, fields, nested tables and causes. `errors.wrap`
+-- redacts an error made elsewhere (the C core's) in place, and `errors.format` redacts again.
+-- Redaction is linear, so an error about a huge value costs milliseconds; still, messages should
+-- quote a bad value with `errors.quote` (a short prefix and the size), never whole.
 local runtime = require("galley.core.runtime")
 
 local M = {}
@@ -45,8 +48,38 @@ end
 --- The error kinds (the seeds' error classes), each with a constructor of the same name below.
 M.kinds = { "ProviderError", "ProcessError", "AgentError", "CredentialsError", "OrchestrationError" }
 
+local secrets = require("galley.secrets")
+
 local function redact(v)
-  return require("galley.log").redact(v)
+  return secrets.redact(v)
+end
+
+--- How long a quoted value may get in a message before it is cut (`errors.quote`).
+M.QUOTE_MAX = 64
+
+--- A value for a message: a string quoted with %q, cut after `max` bytes (default 64, at a UTF-8
+-- character boundary) with the full size appended, `"aaaa…"…(200000 bytes)`; other values
+-- through tostring (cut the same way).
+---@param v any
+---@param max? integer
+---@return string
+function M.quote(v, max)
+  max = max or M.QUOTE_MAX
+  local s = type(v) == "string" and v or tostring(v)
+  if #s <= max then return type(v) == "string" and ("%q"):format(s) or s end
+  local cut = max
+  while cut > 0 and ((s:byte(cut + 1) or 0) & 0xC0) == 0x80 do cut = cut - 1 end
+  local head = s:sub(1, cut)
+  if type(v) == "string" then head = ("%q"):format(head) end
+  return ("%s…(%d bytes)"):format(head, #s)
+end
+
+-- Redacts every field of an error but its code, in place (nested tables are redacted copies).
+local function redact_fields(err)
+  for k, v in pairs(err) do
+    if k ~= "code" then err[k] = redact(v) end
+  end
+  return err
 end
 
 ---@class galley.Error
@@ -62,7 +95,7 @@ end
 
 M.metatable = runtime.error_metatable()
 
---- Creates an error table.
+--- Creates an error table. The message and every field are redacted (galley.secrets).
 ---@param code string
 ---@param message string
 ---@param fields? table extra fields copied into the error
@@ -96,7 +129,8 @@ function M.raise(code, message, fields, level)
 end
 
 --- Turns anything thrown into a galley error, adding context fields that are not already set.
--- Strings become `{code = default_code or "INTERNAL_ERROR"}`.
+-- Strings become `{code = default_code or "INTERNAL_ERROR"}`. An error made elsewhere (the C
+-- core's, with server-echoed `details`/`fields`) is kept and redacted all through, in place.
 ---@param err any
 ---@param fields? table context: operation, resource, hint, kind, ...
 ---@param default_code? string
@@ -106,8 +140,8 @@ function M.wrap(err, fields, default_code)
     local msg = type(err) == "table" and (err.message or tostring(err)) or tostring(err)
     local code = type(err) == "table" and type(err.code) == "string" and err.code
     err = M.new(code or default_code or "INTERNAL_ERROR", msg)
-  elseif type(err.message) == "string" then
-    err.message = redact(err.message)
+  else
+    redact_fields(err)
   end
   if fields then
     for k, v in pairs(fields) do

@@ -249,12 +249,10 @@ function M.new(opts)
   end
   local function snap_dir(id) return snapshots_dir .. "/" .. id end
 
+  -- Ids name directories: common.check_id refuses anything else (".", "..", "/") up front.
   local function valid_id(id, field)
-    if type(id) ~= "string" then
-      field = field or "instance_id"
-      common.raise("VALIDATION_ERROR", field .. " must be a string", { field = field })
-    end
-    return id:match("^[%w][%w_%-]*$") ~= nil
+    common.check_id(id, field or "instance_id")
+    return true
   end
 
   -- meta.json ------------------------------------------------------------------------------
