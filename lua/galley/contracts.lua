@@ -11,7 +11,8 @@
 --   - env names are shell identifiers; numbers as env values are turned into strings.
 --   - no string may contain a NUL byte (it cannot cross argv), and every string is valid UTF-8
 --     (it travels as JSON; binary data belongs in files, which carry any bytes).
---   - one argv element (command, each arg, the shell script, each `NAME=value`) is at most
+--   - one argv element (command, each arg, each `NAME=value`; not the shell script, which
+--     providers pass in a file when it is long) is at most
 --     `MAX_ARG_BYTES` (128 KiB with its terminating NUL, Linux's MAX_ARG_STRLEN), and all of them
 --     together at most `MAX_ARGV_ENV_BYTES` (2 MiB, Linux's ARG_MAX with an 8 MiB stack; the
 --     provider's own environment comes on top, so keep well below).
@@ -225,7 +226,7 @@ local function command(path, spec)
     end
   else
     out.script = check_string(join(path, "script"), spec.script)
-    bytes = check_arg_size(join(path, "script"), #out.script)
+    bytes = 0 -- providers and managers pass a long script in a file, not in argv
   end
   if spec.cwd ~= nil then out.cwd = check_path(join(path, "cwd"), spec.cwd) end
   if spec.env ~= nil then

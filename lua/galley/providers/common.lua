@@ -192,7 +192,8 @@ function M.check_metadata(metadata, field)
   local url_bytes = 0
   for k, v in pairs(metadata) do
     local tv = type(v)
-    local where = field .. "." .. (type(k) == "string" and #k <= errors.QUOTE_MAX and k or errors.quote(k))
+    local plain = type(k) == "string" and #k <= errors.QUOTE_MAX and k:find("^[%w_%-%.:/]+$")
+    local where = field .. "." .. (plain and k or errors.quote(k))
     if type(k) ~= "string" or k == "" then
       M.raise("VALIDATION_ERROR", ("%s: keys must be non-empty strings, got %s"):format(field,
         type(k) == "string" and "an empty string" or type(k)), { field = field })
