@@ -720,6 +720,7 @@ function M.new(opts)
   function I.list(filter)
     expire()
     local want = common.metadata_filter(filter)
+    if want then want = common.check_metadata(want, "filter") end -- the same checks as Morph's list
     local out = {}
     for _, id in ipairs(list_names(instances_dir)) do
       local meta = load_meta(inst_dir(id))
@@ -860,6 +861,7 @@ function M.new(opts)
   function S.list(filter)
     expire()
     local want = common.metadata_filter(filter)
+    if want then want = common.check_metadata(want, "filter") end -- the same checks as Morph's list
     local out = {}
     if common.match_metadata(default_snapshot.metadata, want) then out[1] = public_snapshot(default_snapshot) end
     for _, id in ipairs(list_names(snapshots_dir)) do
