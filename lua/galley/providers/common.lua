@@ -164,8 +164,9 @@ function M.metadata_filter(filter)
 end
 
 --- Most bytes a metadata map may take in a list URL (`metadata[key]=value` pairs joined by "&",
--- percent-encoded): Morph's list filter is a query string, and servers refuse URLs over 8 KiB.
-M.MAX_METADATA_URL_BYTES = 4096
+-- percent-encoded): Morph's list filter is a query string, galley.core.morph builds URLs of at
+-- most 4 KiB (base URL and path included) and many servers refuse more than 8 KiB.
+M.MAX_METADATA_URL_BYTES = 3072
 
 -- Percent-encoded length of s (RFC 3986 unreserved characters stay as they are).
 local function encoded_len(s)
@@ -208,7 +209,7 @@ function M.check_metadata(metadata, field)
       end
       check_utf8(part[1], where)
     end
-    url_bytes = url_bytes + encoded_len(k) + encoded_len(v) + #"&metadata[]="
+    url_bytes = url_bytes + encoded_len(k) + encoded_len(v) + #"&metadata%5B%5D="
     if url_bytes > M.MAX_METADATA_URL_BYTES then
       M.raise("VALIDATION_ERROR", ("%s: too long for a list URL (more than %d bytes encoded)"):format(field,
         M.MAX_METADATA_URL_BYTES), { field = field, hint = "keep metadata to a few short labels" })
