@@ -252,8 +252,13 @@ function M.redact_text(s)
     s = s:gsub("%f[%w]github_pat_[%w_]+", "github_pat_" .. REDACTED)
   end
   if s:find("eyJ", 1, true) then s = s:gsub(JWT_PAT, REDACTED) end
+  -- Names are compared without "_", "-" and "." (sensitivity's rule): "TO_KEN=x" is a token.
   for _, w in ipairs(NAME_WORDS) do
     if has(w) then return redact_pairs(s) end
+  end
+  local squeezed = low:gsub("[_%-%.]", "")
+  for _, w in ipairs(NAME_WORDS) do
+    if squeezed:find(w, 1, true) then return redact_pairs(s) end
   end
   return s
 end

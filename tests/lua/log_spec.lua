@@ -327,6 +327,7 @@ describe("galley.log #log", function()
       assert.are.equal("token=[REDACTED]", log.redact("token=sk-ant-oat01-" .. ("aB3_"):rep(20)))
       assert.are.equal("x token=[REDACTED] y", log.redact("x token=sk-ant-oat01-" .. ("aB3_"):rep(20) .. " y"))
       assert.are.equal("key: token=[REDACTED]", log.redact("key: token=abc"))
+      assert.are.equal("TO_KEN=[REDACTED]", log.redact("TO_KEN=abc"))
       assert.are.equal('{"cfg": "a", "password": "[REDACTED]"}', log.redact('{"cfg": "a", "password": "pw1"}'))
     end)
 
