@@ -138,7 +138,7 @@ end
 local AUTH_PAT = "(" .. ci("authorization") .. "[\"']?%s*[:=]%s*[\"']?)([^\"'\r\n]+)"
 local BEARER_PAT = "(" .. ci("bearer") .. "%s+)([%w%-%._~%+/]+=*)"
 local JWT_PAT = "%f[%w%-_]eyJ[%w%-_]+%.eyJ[%w%-_]+%.[%w%-_]*"
--- `name<sep>` where name is a whole word: the value is read separately (VALUE_PAT).
+-- `name<sep>` where name is a whole word; its value runs to the next TERM_PAT character.
 local PAIR_PAT = "%f[%w_%-%.]([%w_%-%.]+)([\"']?%s*[:=]%s*[\"']?)"
 local TERM_PAT = "[%s\"',;&}%]%)]"
 
