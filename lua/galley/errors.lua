@@ -74,11 +74,23 @@ function M.quote(v, max)
   return ("%s…(%d bytes)"):format(head, #s)
 end
 
+--- Longest message an error keeps: a longer one is cut (after redaction, so no half secret is
+-- left behind) with its size appended. The full text belongs in `details`.
+M.MAX_MESSAGE = 8192
+
+local function bounded(message)
+  if #message <= M.MAX_MESSAGE then return message end
+  local cut = M.MAX_MESSAGE
+  while cut > 0 and ((message:byte(cut + 1) or 0) & 0xC0) == 0x80 do cut = cut - 1 end
+  return ("%s…(%d bytes)"):format(message:sub(1, cut), #message)
+end
+
 -- Redacts every field of an error but its code, in place (nested tables are redacted copies).
 local function redact_fields(err)
   for k, v in pairs(err) do
     if k ~= "code" then err[k] = redact(v) end
   end
+  if type(err.message) == "string" then err.message = bounded(err.message) end
   return err
 end
 
@@ -95,14 +107,15 @@ end
 
 M.metatable = runtime.error_metatable()
 
---- Creates an error table. The message and every field are redacted (galley.secrets).
+--- Creates an error table. The message and every field are redacted (galley.secrets); a message
+-- over `MAX_MESSAGE` bytes is cut.
 ---@param code string
 ---@param message string
 ---@param fields? table extra fields copied into the error
 ---@return galley.Error
 function M.new(code, message, fields)
   assert(type(code) == "string", "errors.new: code must be a string")
-  local err = { code = code, message = redact(tostring(message or code)) }
+  local err = { code = code, message = bounded(redact(tostring(message or code))) }
   if fields then
     for k, v in pairs(fields) do
       if err[k] == nil then err[k] = redact(v) end
