@@ -9,14 +9,22 @@
 --   shell: {kind="shell", script=string, cwd?=path, env?={NAME=string}, name?=string}
 --   - `cwd` and file paths are absolute or start with "~" (providers expand "~" to their home dir).
 --   - env names are shell identifiers; numbers as env values are turned into strings.
---   - no string may contain a NUL byte (it cannot cross argv).
+--   - no string may contain a NUL byte (it cannot cross argv), and every string is valid UTF-8
+--     (it travels as JSON; binary data belongs in files, which carry any bytes).
+--   - one argv element (command, each arg, each `NAME=value`; not the shell script, which
+--     providers pass in a file when it is long) is at most
+--     `MAX_ARG_BYTES` (128 KiB with its terminating NUL, Linux's MAX_ARG_STRLEN), and all of them
+--     together at most `MAX_ARGV_ENV_BYTES` (2 MiB, Linux's ARG_MAX with an 8 MiB stack; the
+--     provider's own environment comes on top, so keep well below).
 --   - normalized: argv specs always have `args` (possibly empty).
 --
 -- ProcessSpec:
---   {command=CommandSpec, restart?="never"|{max_restarts?=int>=0, min_uptime_ms?=int>=0},
+--   {command=CommandSpec, restart?="never"|{max_restarts?=int>=0},
 --    instances?=int>=1, max_memory?="<n>[K|M|G]" (an integer is taken as bytes), logs?={out?=path, err?=path},
 --    files?={{path=path, content=string, mode?="600"}, ...}, stdin?="null"|"inherit"}
 --   - restart nil is the same as "never" (galley.core.pm2 only auto-restarts given a table).
+--   - restart.min_uptime_ms is refused: no process manager can honour it (PM2 7's CLI has no
+--     --min-uptime; PM2 then uses 1000 ms).
 --   - stdin: what the command reads; "null" (/dev/null, the default: PM2's own stdin pipe never
 --     reaches EOF) or "inherit".
 --   - `files`: files the process needs before it starts. Whoever starts the process (a process
@@ -28,6 +36,13 @@ local errors = require("galley.errors")
 local util = require("galley.util")
 
 local M = {}
+
+--- Most bytes of one argv element, its terminating NUL included (Linux MAX_ARG_STRLEN).
+M.MAX_ARG_BYTES = 128 * 1024
+
+--- Most bytes of all argv elements and `NAME=value` strings of a command together, NULs included
+-- (Linux ARG_MAX is a quarter of the 8 MiB stack limit).
+M.MAX_ARGV_ENV_BYTES = 2 * 1024 * 1024
 
 ---@class galley.CommandSpec
 ---@field kind "argv"|"shell"
@@ -45,7 +60,7 @@ local M = {}
 
 ---@class galley.ProcessSpec
 ---@field command galley.CommandSpec
----@field restart? "never"|{max_restarts?: integer, min_uptime_ms?: integer}
+---@field restart? "never"|{max_restarts?: integer}
 ---@field instances? integer
 ---@field max_memory? string e.g. "512M"
 ---@field logs? {out?: string, err?: string}
@@ -87,14 +102,35 @@ local function check_string(path, v, opts)
   if type(v) ~= "string" then expect(path, v, "string") end
   if not opts.allow_empty and v == "" then fail(path, "must not be empty", "non-empty string", "empty string") end
   if v:find("\0", 1, true) then fail(path, "must not contain a NUL byte", "string without NUL", "NUL byte") end
+  if not opts.binary then
+    local n, bad = utf8.len(v)
+    if not n then
+      errors.raise("VALIDATION_ERROR", ("%s: not valid UTF-8 (bad byte at offset %d)"):format(path, bad),
+        { field = path, details = { path = path, expected = "UTF-8 text", got = "invalid UTF-8", offset = bad },
+          hint = "binary data belongs in files (spec.files or files.write_file), which carry any bytes" }, 0)
+    end
+  end
   return v
+end
+
+
+-- One argv element of `bytes` bytes (without its NUL).
+local function check_arg_size(path, bytes)
+  if bytes + 1 > M.MAX_ARG_BYTES then
+    errors.raise("VALIDATION_ERROR", ("%s: %d bytes is over the %d-byte limit of one argv element"):format(
+      path, bytes, M.MAX_ARG_BYTES - 1),
+      { field = path, details = { path = path, expected = "at most " .. (M.MAX_ARG_BYTES - 1) .. " bytes",
+        got = bytes .. " bytes" }, hint = "put large data in a file (spec.files) and pass its path" }, 0)
+  end
+  return bytes + 1
 end
 
 
 local function check_path(path, v)
   check_string(path, v)
   if not (v:sub(1, 1) == "/" or v == "~" or v:sub(1, 2) == "~/") then
-    fail(path, ("expected an absolute or ~-prefixed path, got %q"):format(v), "absolute path", "relative path")
+    fail(path, ("expected an absolute or ~-prefixed path, got %s"):format(errors.quote(v)), "absolute path",
+      "relative path")
   end
   return v
 end
@@ -105,7 +141,8 @@ local function check_table(path, v, allowed)
   if allowed then
     for _, k in ipairs(util.sorted_keys(v)) do
       if not allowed[k] then
-        local where = type(k) == "string" and join(path, k) or ("%s[%s]"):format(path, tostring(k))
+        local where = type(k) == "string" and #k <= errors.QUOTE_MAX and join(path, k)
+          or ("%s[%s]"):format(path, errors.quote(k))
         fail(where, "unknown field", "no such field", describe(v[k]))
       end
     end
@@ -122,8 +159,8 @@ local function check_array(path, v)
   if not util.is_array(v) then
     for _, k in ipairs(util.sorted_keys(v)) do
       if math.type(k) ~= "integer" or k < 1 or k > #v then
-        fail(("%s[%s]"):format(path, type(k) == "string" and ("%q"):format(k) or tostring(k)),
-          "unexpected key in an array", "array index 1.." .. #v, describe(k))
+        fail(("%s[%s]"):format(path, errors.quote(k)), "unexpected key in an array", "array index 1.." .. #v,
+          describe(k))
       end
     end
   end
@@ -139,13 +176,14 @@ local function check_integer(path, v, min)
 end
 
 
+-- Returns the checked env and the argv bytes its NAME=value strings take.
 local function check_env(path, env)
   check_table(path, env)
-  local out = {}
+  local out, bytes = {}, 0
   for _, k in ipairs(util.sorted_keys(env)) do
     local v = env[k]
     if type(k) ~= "string" or not k:match("^[A-Za-z_][A-Za-z0-9_]*$") then
-      fail(("%s[%s]"):format(path, type(k) == "string" and ("%q"):format(k) or tostring(k)),
+      fail(("%s[%s]"):format(path, errors.quote(k)),
         "env names must be shell identifiers ([A-Za-z_][A-Za-z0-9_]*)", "identifier", describe(k))
     end
     local p = join(path, k)
@@ -153,8 +191,9 @@ local function check_env(path, env)
       v = math.type(v) == "integer" and tostring(v) or ("%.17g"):format(v)
     end
     out[k] = check_string(p, v, { allow_empty = true })
+    bytes = bytes + check_arg_size(p, #k + 1 + #v)
   end
-  return out
+  return out, bytes
 end
 
 
@@ -168,26 +207,40 @@ local function command(path, spec)
   local kind = spec.kind
   if kind ~= "argv" and kind ~= "shell" then
     fail(join(path, "kind"), ('expected "argv" or "shell", got %s'):format(
-      type(kind) == "string" and ("%q"):format(kind) or describe(kind)), '"argv" or "shell"', describe(kind))
+      type(kind) == "string" and errors.quote(kind) or describe(kind)), '"argv" or "shell"', describe(kind))
   end
   check_table(path, spec, COMMAND_FIELDS[kind])
   local out = { kind = kind }
+  local bytes
   if kind == "argv" then
     out.command = check_string(join(path, "command"), spec.command)
+    bytes = check_arg_size(join(path, "command"), #out.command)
     out.args = {}
     if spec.args ~= nil then
       local args_path = join(path, "args")
       check_array(args_path, spec.args)
       for i = 1, #spec.args do
         out.args[i] = check_string(join(args_path, i), spec.args[i], { allow_empty = true })
+        bytes = bytes + check_arg_size(join(args_path, i), #out.args[i])
       end
     end
   else
     out.script = check_string(join(path, "script"), spec.script)
+    bytes = 0 -- providers and managers pass a long script in a file, not in argv
   end
   if spec.cwd ~= nil then out.cwd = check_path(join(path, "cwd"), spec.cwd) end
-  if spec.env ~= nil then out.env = check_env(join(path, "env"), spec.env) end
+  if spec.env ~= nil then
+    local env_bytes
+    out.env, env_bytes = check_env(join(path, "env"), spec.env)
+    bytes = bytes + env_bytes
+  end
   if spec.name ~= nil then out.name = check_string(join(path, "name"), spec.name) end
+  if bytes > M.MAX_ARGV_ENV_BYTES then
+    errors.raise("VALIDATION_ERROR", ("%s: arguments and environment take %d bytes, over the %d-byte limit "
+      .. "of one exec"):format(path, bytes, M.MAX_ARGV_ENV_BYTES),
+      { field = path, details = { path = path, expected = "at most " .. M.MAX_ARGV_ENV_BYTES .. " bytes",
+        got = bytes .. " bytes" }, hint = "put large data in files (spec.files) and pass their paths" }, 0)
+  end
   return out
 end
 
@@ -196,12 +249,17 @@ local function restart(path, r)
   if r == "never" then return r end
   if type(r) ~= "table" then
     fail(path, ('expected "never" or a table {max_restarts, min_uptime_ms}, got %s'):format(
-      type(r) == "string" and ("%q"):format(r) or describe(r)), '"never" or table', describe(r))
+      type(r) == "string" and errors.quote(r) or describe(r)), '"never" or table', describe(r))
   end
   check_table(path, r, { max_restarts = true, min_uptime_ms = true })
   local out = {}
   if r.max_restarts ~= nil then out.max_restarts = check_integer(join(path, "max_restarts"), r.max_restarts, 0) end
-  if r.min_uptime_ms ~= nil then out.min_uptime_ms = check_integer(join(path, "min_uptime_ms"), r.min_uptime_ms, 0) end
+  if r.min_uptime_ms ~= nil then
+    local p = join(path, "min_uptime_ms")
+    errors.raise("VALIDATION_ERROR", p .. ": not supported by any process manager (PM2 7 has no --min-uptime)",
+      { field = p, details = { path = p, expected = "no min_uptime_ms", got = describe(r.min_uptime_ms) },
+        hint = "leave min_uptime_ms out: PM2 counts a restart within 1000 ms as unstable" }, 0)
+  end
   return out
 end
 
@@ -214,7 +272,8 @@ local function max_memory(path, v)
   if type(v) ~= "string" then expect(path, v, 'string like "512M"') end
   local n, unit = v:match("^([1-9]%d*)([KMGkmg]?)$")
   if not n then
-    fail(path, ('expected a size like "512M" (digits, then K, M or G), got %q'):format(v), "size", "string")
+    fail(path, ('expected a size like "512M" (digits, then K, M or G), got %s'):format(errors.quote(v)), "size",
+      "string")
   end
   return n .. unit:upper()
 end
@@ -227,14 +286,16 @@ local function files(path, list)
     local p = join(path, i)
     check_table(p, f, { path = true, content = true, mode = true })
     local fp = check_path(join(p, "path"), f.path)
-    if seen[fp] then fail(join(p, "path"), ("duplicate file path %q"):format(fp), "unique path", "duplicate") end
+    if seen[fp] then
+      fail(join(p, "path"), ("duplicate file path %s"):format(errors.quote(fp)), "unique path", "duplicate")
+    end
     seen[fp] = true
     local content = f.content
     if type(content) ~= "string" then expect(join(p, "content"), content, "string") end
     local mode = f.mode == nil and "600" or f.mode
     if type(mode) ~= "string" or not mode:match("^[0-7]?[0-7][0-7][0-7]$") then
       fail(join(p, "mode"), ('expected an octal mode string like "600", got %s'):format(
-        type(mode) == "string" and ("%q"):format(mode) or describe(mode)), "octal string", describe(mode))
+        type(mode) == "string" and errors.quote(mode) or describe(mode)), "octal string", describe(mode))
     end
     out[i] = { path = fp, content = content, mode = mode }
   end
@@ -277,7 +338,7 @@ function M.check_process(spec)
   if spec.stdin ~= nil then
     if spec.stdin ~= "null" and spec.stdin ~= "inherit" then
       fail("stdin", ('expected "null" or "inherit", got %s'):format(
-        type(spec.stdin) == "string" and ("%q"):format(spec.stdin) or describe(spec.stdin)), '"null" or "inherit"',
+        type(spec.stdin) == "string" and errors.quote(spec.stdin) or describe(spec.stdin)), '"null" or "inherit"',
         describe(spec.stdin))
     end
     out.stdin = spec.stdin

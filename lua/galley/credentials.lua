@@ -48,6 +48,7 @@ local codec = require("galley.core.codec")
 local contracts = require("galley.contracts")
 local errors = require("galley.errors")
 local logmod = require("galley.log")
+local secrets = require("galley.secrets")
 local util = require("galley.util")
 
 local M = {}
@@ -427,28 +428,6 @@ end
 -- Masked read-back
 -- ---------------------------------------------------------------------------------------------
 
-local SECRET_WORDS = { "token", "secret", "password", "passwd", "apikey", "credential", "authorization",
-  "privatekey", "cookie" }
-
-local function secret_key(k)
-  if type(k) ~= "string" then return false end
-  local n = k:lower():gsub("[_%-%.]", "")
-  for _, suffix in ipairs({ "expiresat", "expires", "type", "path", "url", "name", "id" }) do
-    if #n > #suffix and n:sub(-#suffix) == suffix then return false end
-  end
-  for _, w in ipairs(SECRET_WORDS) do
-    if n:find(w, 1, true) then return true end
-  end
-  return n:sub(-3) == "key"
-end
-
-
-local function looks_secret(s)
-  if s:match("^sk%-") or s:match("^morph_") then return true end
-  return #s >= 32 and s:match("^[%w%+/=_%-%.~]+$") ~= nil and s:find("%d") ~= nil and s:find("%a") ~= nil
-end
-
-
 --- The masked form of a token: its `sk-ant-xxx01-` style prefix (when it has one), then
 -- `…(N chars)`, e.g. `sk-ant-oat01-…(108 chars)`.
 ---@param s string
@@ -459,13 +438,16 @@ function M.mask(s)
 end
 
 
-local function mask_tree(v, under_secret)
+-- Masks what galley.secrets calls a secret: values under secret-sounding keys (everything below
+-- an "always" key), and values that look like tokens wherever they are.
+local function mask_tree(v, key, under_secret)
   if type(v) == "string" then
-    if under_secret or looks_secret(v) then return M.mask(v) end
+    if under_secret or secrets.is_secret_value(key, v) then return M.mask(v) end
     return v
   elseif type(v) == "table" then
     local out = {}
-    for k, x in pairs(v) do out[k] = mask_tree(x, under_secret or secret_key(k)) end
+    local below = under_secret or secrets.sensitivity(key) == "always"
+    for k, x in pairs(v) do out[k] = mask_tree(x, k, below) end
     return setmetatable(out, getmetatable(v))
   end
   return v
@@ -519,7 +501,7 @@ function M.read_back_masked(provider, instance_id, path)
   if not dok or type(decoded) ~= "table" then
     return encode_sorted({ unparsed = M.mask(text) })
   end
-  return encode_sorted(mask_tree(decoded, false))
+  return encode_sorted(mask_tree(decoded, nil, false))
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -530,11 +512,12 @@ local function b64(s) return codec.base64_encode(s, "standard") end
 
 
 -- Registers the string values under secret-sounding keys of a JSON entry as log secrets.
-local function register_leaves(v, under_secret)
+local function register_leaves(v, key, under_secret)
   if type(v) == "string" then
-    if under_secret then logmod.register_secret(v) end
+    if under_secret or secrets.is_secret_value(key, v) then logmod.register_secret(v) end
   elseif type(v) == "table" then
-    for k, x in pairs(v) do register_leaves(x, under_secret or secret_key(k)) end
+    local below = under_secret or secrets.sensitivity(key) == "always"
+    for k, x in pairs(v) do register_leaves(x, k, below) end
   end
 end
 
@@ -556,7 +539,7 @@ local function operations(profiles)
         op.sha256 = codec.sha256(f.content)
         if f.secret then logmod.register_secret(f.content) end
       else
-        if f.secret then register_leaves(f.json, false) end
+        if f.secret then register_leaves(f.json, nil, false) end
         op.op = "merge"
         op.content = f.json_text
         op.depth = f.merge == "shallow" and 1 or nil

@@ -3,8 +3,11 @@
 -- hint?, kind?}` sharing one metatable with the C core, whose `__tostring` gives "CODE: message".
 -- Compare `err.code`, never the message text.
 --
--- Messages and context built here pass through `galley.log.redact`, so a registered secret or a
--- token-looking value never survives into an error (C errors are redacted when formatted).
+-- Messages and context built here pass through galley.secrets (the rules `galley.log.redact`
+-- applies), all through: message, hint, details, fields, nested tables and causes. `errors.wrap`
+-- redacts an error made elsewhere (the C core's) in place, and `errors.format` redacts again.
+-- Redaction is linear, so an error about a huge value costs milliseconds; still, messages should
+-- quote a bad value with `errors.quote` (a short prefix and the size), never whole.
 local runtime = require("galley.core.runtime")
 
 local M = {}
@@ -46,8 +49,50 @@ end
 --- The error kinds (the seeds' error classes), each with a constructor of the same name below.
 M.kinds = { "ProviderError", "ProcessError", "AgentError", "CredentialsError", "OrchestrationError" }
 
+local secrets = require("galley.secrets")
+
 local function redact(v)
-  return require("galley.log").redact(v)
+  return secrets.redact(v)
+end
+
+--- How long a quoted value may get in a message before it is cut (`errors.quote`).
+M.QUOTE_MAX = 64
+
+--- A value for a message: a string quoted with %q, cut after `max` bytes (default 64, at a UTF-8
+-- character boundary) with the full size appended, `"aaaa…"…(200000 bytes)`; other values
+-- through tostring (cut the same way).
+---@param v any
+---@param max? integer
+---@return string
+function M.quote(v, max)
+  max = max or M.QUOTE_MAX
+  local s = type(v) == "string" and v or tostring(v)
+  if #s <= max then return type(v) == "string" and ("%q"):format(s) or s end
+  local cut = max
+  while cut > 0 and ((s:byte(cut + 1) or 0) & 0xC0) == 0x80 do cut = cut - 1 end
+  local head = s:sub(1, cut)
+  if type(v) == "string" then head = ("%q"):format(head) end
+  return ("%s…(%d bytes)"):format(head, #s)
+end
+
+--- Longest message an error keeps: a longer one is cut (after redaction, so no half secret is
+-- left behind) with its size appended. The full text belongs in `details`.
+M.MAX_MESSAGE = 8192
+
+local function bounded(message)
+  if #message <= M.MAX_MESSAGE then return message end
+  local cut = M.MAX_MESSAGE
+  while cut > 0 and ((message:byte(cut + 1) or 0) & 0xC0) == 0x80 do cut = cut - 1 end
+  return ("%s…(%d bytes)"):format(message:sub(1, cut), #message)
+end
+
+-- Redacts every field of an error but its code, in place (nested tables are redacted copies).
+local function redact_fields(err)
+  for k, v in pairs(err) do
+    if k ~= "code" then err[k] = redact(v) end
+  end
+  if type(err.message) == "string" then err.message = bounded(err.message) end
+  return err
 end
 
 ---@class galley.Error
@@ -63,14 +108,15 @@ end
 
 M.metatable = runtime.error_metatable()
 
---- Creates an error table.
+--- Creates an error table. The message and every field are redacted (galley.secrets); a message
+-- over `MAX_MESSAGE` bytes is cut.
 ---@param code string
 ---@param message string
 ---@param fields? table extra fields copied into the error
 ---@return galley.Error
 function M.new(code, message, fields)
   assert(type(code) == "string", "errors.new: code must be a string")
-  local err = { code = code, message = redact(tostring(message or code)) }
+  local err = { code = code, message = bounded(redact(tostring(message or code))) }
   if fields then
     for k, v in pairs(fields) do
       if err[k] == nil then err[k] = redact(v) end
@@ -97,7 +143,8 @@ function M.raise(code, message, fields, level)
 end
 
 --- Turns anything thrown into a galley error, adding context fields that are not already set.
--- Strings become `{code = default_code or "INTERNAL_ERROR"}`.
+-- Strings become `{code = default_code or "INTERNAL_ERROR"}`. An error made elsewhere (the C
+-- core's, with server-echoed `details`/`fields`) is kept and redacted all through, in place.
 ---@param err any
 ---@param fields? table context: operation, resource, hint, kind, ...
 ---@param default_code? string
@@ -107,8 +154,8 @@ function M.wrap(err, fields, default_code)
     local msg = type(err) == "table" and (err.message or tostring(err)) or tostring(err)
     local code = type(err) == "table" and type(err.code) == "string" and err.code
     err = M.new(code or default_code or "INTERNAL_ERROR", msg)
-  elseif type(err.message) == "string" then
-    err.message = redact(err.message)
+  else
+    redact_fields(err)
   end
   if fields then
     for k, v in pairs(fields) do

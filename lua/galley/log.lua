@@ -11,15 +11,16 @@
 -- Human output goes to stderr (coloured only when `runtime.options().color == 1`); format "json"
 -- (or GALLEY_LOG_FORMAT=json) writes one object per line: {ts, level, prefix, msg, fields}.
 --
--- Redaction happens here, for every record, so no caller can forget it: values registered with
--- `log.register_secret`, token-looking text (sk-ant-..., morph_..., Bearer ..., JWTs, GitHub
--- tokens), `name=value` pairs with a secret-sounding name, and field values under secret-sounding
--- keys (password, secret, authorization, cookie, credential(s), api_key, *token*; *key* when the
--- value looks like a random blob) become "[REDACTED]" / "[REDACTED len=N]". `log.redact` exposes
--- the same rules to other modules (galley.errors runs every message through it).
+-- Redaction happens here, for every record, so no caller can forget it, with galley.secrets' rules:
+-- values registered with `log.register_secret`, token-looking text (sk-ant-..., morph_..., Bearer
+-- ..., JWTs, GitHub tokens), `name=value` pairs with a secret-sounding name anywhere in a text, and
+-- field values under secret-sounding keys (password, secret, authorization, cookie, credential(s),
+-- api_key, *token*; *key* when the value looks like a random blob) become "[REDACTED]" /
+-- "[REDACTED len=N]". `log.redact` exposes the same rules to other modules.
 local runtime = require("galley.core.runtime")
 local util = require("galley.util")
 local cjson = require("cjson").new()
+local secrets = require("galley.secrets")
 
 local M = {}
 
@@ -35,23 +36,11 @@ local COLORS = {
 }
 local RESET, DIM = "\27[0m", "\27[2m"
 
-local MIN_SECRET_LEN = 4
 local MAX_DEPTH = 12
 
 -- ---------------------------------------------------------------------------------------------
--- Redaction
+-- Redaction (the rules live in galley.secrets)
 -- ---------------------------------------------------------------------------------------------
-
-local secrets = {}      -- registered values (and their base64 forms), longest first
-local secret_set = {}
-
-local function add_secret(s)
-  if #s < MIN_SECRET_LEN or secret_set[s] then return end
-  secret_set[s] = true
-  secrets[#secrets + 1] = s
-  table.sort(secrets, function(a, b) return #a > #b end)
-end
-
 
 --- Registers a secret for the whole process: from now on it is redacted from every log record,
 -- error message and `log.redact` result, together with its base64 forms (so an encoded upload
@@ -59,24 +48,7 @@ end
 ---@param value string|nil
 ---@return boolean registered false for nil, non-strings and too-short values
 function M.register_secret(value)
-  if type(value) ~= "string" or #value < MIN_SECRET_LEN then return false end
-  add_secret(value)
-  local ok, codec = pcall(require, "galley.core.codec")
-  if ok and type(codec) == "table" and codec.base64_encode then
-    -- Inside a longer base64 text the secret starts at one of three byte alignments; the chars
-    -- that depend on the secret alone are the encoding of a 3-byte-aligned core of it.
-    for skip = 0, 2 do
-      local core = value:sub(1 + skip)
-      core = core:sub(1, #core - #core % 3)
-      if #core >= 9 then
-        for _, variant in ipairs({ "standard", "urlsafe" }) do
-          local enc = codec.base64_encode(core, variant):gsub("=+$", "")
-          add_secret(enc)
-        end
-      end
-    end
-  end
-  return true
+  return secrets.register(value)
 end
 
 
@@ -84,121 +56,21 @@ end
 ---@param value string
 ---@return string
 function M.mask(value)
-  return ("[REDACTED len=%d]"):format(#value)
+  return secrets.mask(value)
 end
 
 
--- Normalised key name: lower case without "_", "-" and ".".
-local function norm(name)
-  return (name:lower():gsub("[_%-%.]", ""))
-end
+local redact_text = secrets.redact_text
 
-local ALWAYS = { "password", "passwd", "secret", "authorization", "cookie", "credential", "apikey",
-  "privatekey", "token" }
-local BLOB = { "key", "auth", "signature" }
-local EXEMPT_SUFFIX = { "path", "file", "filename", "dir", "name", "id", "count", "length", "len", "size",
-  "type", "mode", "expiresat", "expires", "expiry", "url", "ttl", "format", "kind", "bytes", "ms" }
-
--- "always" when any string under the key is secret, "blob" when only blob-looking strings are,
--- nil for ordinary keys.
-local function sensitivity(key)
-  if type(key) ~= "string" then return nil end
-  local n = norm(key)
-  local found
-  for _, w in ipairs(ALWAYS) do
-    if n:find(w, 1, true) then found = "always" break end
-  end
-  if not found then
-    for _, w in ipairs(BLOB) do
-      if n:find(w, 1, true) then found = "blob" break end
-    end
-  end
-  if not found then return nil end
-  for _, suffix in ipairs(EXEMPT_SUFFIX) do
-    if #n > #suffix and util.ends_with(n, suffix) then return nil end
-  end
-  return found
-end
-
-
--- A random-looking token: 16+ chars from the base64/hex/url alphabet with letters and digits.
-local function looks_like_blob(s)
-  return #s >= 16 and s:match("^[%w%+/=_%-%.~]+$") ~= nil and s:find("%d") ~= nil and s:find("%a") ~= nil
-end
-
-
-local function ci(word) -- a case-insensitive Lua pattern for a plain word
-  return (word:gsub("%a", function(c) return "[" .. c:upper() .. c:lower() .. "]" end))
-end
-
-local AUTH_PAT = "(" .. ci("authorization") .. "[\"']?%s*[:=]%s*[\"']?)([^\"'\r\n]+)"
-local BEARER_PAT = "(" .. ci("bearer") .. "%s+)([%w%-%._~%+/]+=*)"
-local PAIR_PAT = "([%w_%-%.]+)([\"']?%s*[:=]%s*[\"']?)([^%s\"',;&}%]%)]+)"
-
-local function redact_text(s)
-  for _, secret in ipairs(secrets) do
-    if s:find(secret, 1, true) then s = util.replace_plain(s, secret, "[REDACTED]") end
-  end
-  s = s:gsub(AUTH_PAT, "%1[REDACTED]")
-  s = s:gsub(BEARER_PAT, function(lead, tok)
-    if #tok >= 20 or (#tok >= 8 and tok:find("%d")) then return lead .. "[REDACTED]" end
-  end)
-  s = s:gsub("sk%-ant%-[%w%-_]+", "sk-ant-[REDACTED]")
-  s = s:gsub("%f[%w]sk%-[%w%-_]+", function(tok)
-    if #tok >= 23 then return "sk-[REDACTED]" end
-  end)
-  s = s:gsub("%f[%w]morph_([%w%-_]+)", function(rest)
-    if #rest >= 16 then return "morph_[REDACTED]" end
-  end)
-  s = s:gsub("%f[%w]gh[pousr]_[%w]+", function(tok)
-    if #tok >= 24 then return tok:sub(1, 4) .. "[REDACTED]" end
-  end)
-  s = s:gsub("%f[%w]github_pat_[%w_]+", "github_pat_[REDACTED]")
-  s = s:gsub("eyJ[%w%-_]+%.eyJ[%w%-_]+%.[%w%-_]*", "[REDACTED]")
-  s = s:gsub(PAIR_PAT, function(name, sep, value)
-    local mode = sensitivity(name)
-    -- "name: text" is often prose ("field token: expected string"); only `name=value` and quoted
-    -- JSON-style keys get the full rules, a bare "name:" only hides blob-looking values.
-    if mode == "always" and not (sep:find("=", 1, true) or sep:find("^[\"']")) then mode = "blob" end
-    if mode == "always" or (mode == "blob" and looks_like_blob(value)) then
-      if value:find("^%[REDACTED") then return nil end
-      return name .. sep .. "[REDACTED]"
-    end
-  end)
-  return s
-end
-
-
-local function redact_value(v, mode, seen, depth)
-  local t = type(v)
-  if t == "string" then
-    if v ~= "" and (mode == "always" or (mode == "blob" and looks_like_blob(v))) then return M.mask(v) end
-    return redact_text(v)
-  elseif t ~= "table" then
-    return v
-  end
-  if seen[v] then return seen[v] end
-  if depth > MAX_DEPTH then return "[...]" end
-  local out = {}
-  seen[v] = out
-  for k, x in pairs(v) do
-    local child_mode = mode == "always" and "always" or sensitivity(k)
-    out[k] = redact_value(x, child_mode, seen, depth + 1)
-  end
-  return setmetatable(out, getmetatable(v))
-end
-
-
---- Redacts secrets from a value. Strings: registered secrets and token-looking text are replaced.
--- Tables: a deep copy (metatables kept, so galley errors stay errors) where, in addition, values
--- under secret-sounding keys are masked. Other values are returned unchanged.
+--- Redacts secrets from a value (galley.secrets.redact). Strings: registered secrets and
+-- token-looking text are replaced. Tables: a deep copy (metatables kept, so galley errors stay
+-- errors) where, in addition, values under secret-sounding keys are masked. Other values are
+-- returned unchanged. Linear in the size of the input.
 ---@generic T
 ---@param value T
 ---@return T
 function M.redact(value)
-  if type(value) == "string" then return redact_text(value) end
-  if type(value) == "table" then return redact_value(value, nil, {}, 0) end
-  return value
+  return secrets.redact(value)
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -395,7 +267,7 @@ local function build(state)
       level = level,
       prefix = state.prefix,
       msg = redact_text(text),
-      fields = redact_value(merged, nil, {}, 0),
+      fields = secrets.redact(merged),
     }
     local line = state.format == "json" and format_json(rec) or format_human(rec, state.color)
     state.write(line, rec)

@@ -27,6 +27,11 @@ size_t galley_b64_decoded_max(size_t n) { return n / 4 * 3 + 3; }
 int galley_b64_decode(void *out, size_t out_size, const char *in, size_t n, int variant, size_t *out_len) {
   const char *end = NULL;
   *out_len = 0;
+  /* libsodium's constant-time character lookup maps bytes 0x80-0xFF to the value 63 instead of
+   * rejecting them: refuse any non-ASCII byte first. */
+  for (size_t i = 0; i < n; i++) {
+    if ((unsigned char)in[i] >= 0x80) return -1;
+  }
   /* No characters are ignored and the whole input must be consumed. libsodium rejects missing
    * or extra padding and non-zero unused bits. */
   if (sodium_base642bin(out, out_size, in, n, NULL, out_len, &end, sodium_variant(variant)) != 0) return -1;

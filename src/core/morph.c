@@ -212,7 +212,10 @@ long galley_morph_parse_retry_after(const char *value, int64_t now) {
   }
   time_t t = curl_getdate(value, NULL);
   if (t == (time_t)-1) return -1;
+  /* Same one-year cap as delta-seconds, applied before multiplying (a date in the year 20115
+   * gave more than a year, and d * 1000 could overflow). */
   int64_t d = (int64_t)t - now;
+  if (d > 86400 * 365) d = 86400 * 365;
   return d <= 0 ? 0 : (long)(d * 1000);
 }
 

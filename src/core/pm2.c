@@ -88,8 +88,13 @@ static bool is_file_header(const char *s, size_t n, long lines) {
   while (start > 0 && buf[start - 1] >= '0' && buf[start - 1] <= '9') start--;
   if (start == end || start < 6 || memcmp(buf + start - 6, " last ", 6) != 0) return false;
   if (lines <= 0) return true;
+  /* v * 10 + d <= lines, checked before it is computed: a header's digits never overflow. */
   long v = 0;
-  for (size_t i = start; i < end && v <= lines; i++) v = v * 10 + (buf[i] - '0');
+  for (size_t i = start; i < end; i++) {
+    long d = buf[i] - '0';
+    if (v > (lines - d) / 10) return false;
+    v = v * 10 + d;
+  }
   return v == lines;
 }
 

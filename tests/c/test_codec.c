@@ -94,6 +94,12 @@ static void codec_should_reject_invalid_base64(void) {
     if (r) fprintf(stderr, "accepted urlsafe %s\n", bad_urlsafe[i]);
     CHECK(r == NULL);
   }
+  /* Bytes 0x80-0xFF are not base64 (libsodium alone takes them as the value 63). */
+  static const char *const high[] = {"s\xbd\xbd-", "Zm9\xff", "\x80\x80\x80\x80", "Zm9v\xbf\xbf\xbf\xbf"};
+  for (size_t i = 0; i < sizeof high / sizeof high[0]; i++) {
+    CHECK(decode(high[i], GALLEY_B64_URLSAFE, &len) == NULL);
+    CHECK(decode(high[i], GALLEY_B64_STANDARD, &len) == NULL);
+  }
   /* An embedded NUL is an invalid character, not the end of the input. */
   char out[8];
   CHECK(galley_b64_decode(out, sizeof out, "Zm9v\0AAA", 8, GALLEY_B64_STANDARD, &len) == -1);

@@ -121,6 +121,9 @@ static void morph_should_parse_retry_after_seconds_and_dates(void) {
   /* Wed, 21 Oct 2015 07:28:00 GMT is 1445412480 */
   CHECK(galley_morph_parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412475) == 5000);
   CHECK(galley_morph_parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412490) == 0);
+  /* Far-future dates are capped at a year, like delta-seconds (found by tests/fuzz). */
+  CHECK(galley_morph_parse_retry_after("Wed, 21 Oct 20115r", 1700000000) == 86400L * 365 * 1000);
+  CHECK(galley_morph_parse_retry_after("99999999999999999999", 0) == 86400L * 365 * 1000);
 }
 
 

@@ -1,4 +1,5 @@
 /* Unit tests for src/core/pm2.c: safe process names and cleaning `pm2 logs --raw` output. */
+#include <limits.h>
 #include "check.h"
 #include "pm2.h"
 
@@ -100,6 +101,19 @@ static void pm2_should_keep_a_trailing_blank_log_line(void) {
 }
 
 
+/* Header digits past LONG_MAX must not overflow (UBSan) nor wrap around to `lines`:
+ * 27670116110564327423 is LONG_MAX + 2^64. */
+static void pm2_should_read_huge_line_counts_without_overflow(void) {
+  CHECK_STR(logs("/h/a-out.log last 27670116110564327423 lines:\nx\n", LONG_MAX), "/h/a-out.log last "
+    "27670116110564327423 lines:\nx\n");
+  CHECK_STR(logs("/h/a-out.log last 99999999999999999999 lines:\nx\n", LONG_MAX), "/h/a-out.log last "
+    "99999999999999999999 lines:\nx\n");
+  CHECK_STR(logs("/h/a-out.log last 9223372036854775807 lines:\nx\n", LONG_MAX), "x\n");
+  CHECK_STR(logs("/h/a-out.log last 922337203685477580 lines:\nx\n", LONG_MAX / 10), "x\n");
+  CHECK_STR(logs("/h/a-out.log last 7 lines:\nx\n", 3), "/h/a-out.log last 7 lines:\nx\n");
+}
+
+
 int main(void) {
   RUN(pm2_should_keep_letters_digits_and_dashes);
   RUN(pm2_should_never_give_an_id_all_or_empty);
@@ -107,5 +121,6 @@ int main(void) {
   RUN(pm2_should_tell_safe_names);
   RUN(pm2_should_strip_tailing_headers_and_separators);
   RUN(pm2_should_keep_a_trailing_blank_log_line);
+  RUN(pm2_should_read_huge_line_counts_without_overflow);
   return CHECK_DONE();
 }

@@ -82,6 +82,58 @@ describe("galley.contracts #contracts", function()
       assert.are.equal("command.args[3]: expected string, got table", err.message)
     end)
 
+    it("refuses invalid UTF-8 in every text field, naming it #hardening", function()
+      local bad = "caf\xe9 \xff"
+      local cases = {
+        { "command.command", { kind = "argv", command = bad } },
+        { "command.args[2]", { kind = "argv", command = "ls", args = { "ok", bad } } },
+        { "command.script", { kind = "shell", script = "echo " .. bad } },
+        { "command.cwd", { kind = "shell", script = "x", cwd = "/tmp/" .. bad } },
+        { "command.env.A", { kind = "shell", script = "x", env = { A = bad } } },
+        { "command.name", { kind = "shell", script = "x", name = bad } },
+        { "command.args[1]", { kind = "argv", command = "ls", args = { "\xed\xa0\x80" } } }, -- a surrogate
+        { "command.args[1]", { kind = "argv", command = "ls", args = { "\xc0\xaf" } } },      -- overlong "/"
+      }
+      for _, case in ipairs(cases) do
+        local err = assert_invalid(case[1], contracts.check_command, case[2])
+        assert.is_string(err.hint)
+      end
+      assert.are.equal("é ✓ 日本", contracts.check_command({ kind = "argv", command = "echo", args = { "é ✓ 日本" } })
+        .args[1])
+    end)
+
+    it("refuses an argv element or env value over 128 KiB, and a total over 2 MiB #hardening", function()
+      local limit = contracts.MAX_ARG_BYTES - 1 -- bytes of one element, without its NUL
+      assert.are.equal(128 * 1024, contracts.MAX_ARG_BYTES)
+      local ok_arg = ("a"):rep(limit)
+      contracts.check_command({ kind = "argv", command = "echo", args = { ok_arg } })
+      assert_invalid("command.args[2]", contracts.check_command,
+        { kind = "argv", command = "echo", args = { "x", ok_arg .. "a" } })
+      -- A script is not an argv element (providers pass a long one in a file).
+      contracts.check_command({ kind = "shell", script = ok_arg .. ok_arg })
+      -- NAME=value is one element: "V=" takes 2 of the bytes.
+      contracts.check_command({ kind = "shell", script = "x", env = { V = ("v"):rep(limit - 2) } })
+      assert_invalid("command.env.V", contracts.check_command,
+        { kind = "shell", script = "x", env = { V = ("v"):rep(limit - 1) } })
+      local args = {}
+      for i = 1, 16 do args[i] = ("b"):rep(limit) end -- 16 x 128 KiB = 2 MiB, plus the command
+      local err = assert_invalid("command", contracts.check_command, { kind = "argv", command = "echo", args = args })
+      assert.is_truthy(#err.message < 300, "the message names sizes, not contents")
+      args[16] = nil
+      contracts.check_command({ kind = "argv", command = "echo", args = args })
+    end)
+
+    it("quotes at most a short prefix of a huge bad value #hardening", function()
+      local name = ("A"):rep(20 * 1024) .. "-"
+      local err = raised(contracts.check_command, { kind = "shell", script = "x", env = { [name] = "1" } })
+      assert.are.equal("VALIDATION_ERROR", err.code)
+      assert.is_truthy(#err.message < 400, #err.message)
+      assert.is_truthy(#err.field < 200, #err.field)
+      assert.is_truthy(err.message:find("(20481 bytes)", 1, true), err.message)
+      err = raised(contracts.check_command, { kind = "shell", script = "x", cwd = ("r"):rep(100000) })
+      assert.is_truthy(#err.message < 400, #err.message)
+    end)
+
     it("uses a caller-given path prefix", function()
       assert_invalid("input.command.script", contracts.check_command, { kind = "shell" }, "input.command")
     end)
@@ -92,7 +144,7 @@ describe("galley.contracts #contracts", function()
 
     it("accepts every documented field", function()
       local spec = contracts.check_process(process(cmd, {
-        restart = { max_restarts = 3, min_uptime_ms = 1000 },
+        restart = { max_restarts = 3 },
         instances = 2,
         max_memory = "512m",
         logs = { out = "~/out.log", err = "/var/log/err.log" },
@@ -100,7 +152,7 @@ describe("galley.contracts #contracts", function()
         stdin = "inherit",
       }))
       assert.are.equal("inherit", spec.stdin)
-      assert.are.same({ max_restarts = 3, min_uptime_ms = 1000 }, spec.restart)
+      assert.are.same({ max_restarts = 3 }, spec.restart)
       assert.are.equal(2, spec.instances)
       assert.are.equal("512M", spec.max_memory)
       assert.are.same({ out = "~/out.log", err = "/var/log/err.log" }, spec.logs)
@@ -124,6 +176,8 @@ describe("galley.contracts #contracts", function()
         { "restart", process(cmd, { restart = "always" }) },
         { "restart.max_restarts", process(cmd, { restart = { max_restarts = -1 } }) },
         { "restart.min_uptime_ms", process(cmd, { restart = { min_uptime_ms = 1.5 } }) },
+        { "restart.min_uptime_ms", process(cmd, { restart = { min_uptime_ms = 1000 } }) }, -- no manager can
+        { "command.args[1]", process({ kind = "argv", command = "ls", args = { "\xff" } }) },
         { "restart.max_restart", process(cmd, { restart = { max_restart = 1 } }) },
         { "instances", process(cmd, { instances = 0 }) },
         { "max_memory", process(cmd, { max_memory = "lots" }) },

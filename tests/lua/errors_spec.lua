@@ -135,6 +135,49 @@ describe("galley.errors #errors", function()
       assert.falsy(wrapped.message:find("abcdef0123456789abcdef", 1, true))
     end)
 
+    it("redacts an error made elsewhere all through when wrapped: details, fields, causes #hardening", function()
+      local key = "morph_" .. ("Zk7"):rep(8)
+      local raw = setmetatable({ code = "VALIDATION_ERROR", message = "rejected",
+        fields = { "header.Authorization.Bearer " .. key },
+        details = { { loc = { "header", "Authorization", "Bearer " .. key }, msg = "bad" } },
+        cause = setmetatable({ code = "X", message = "inner", details = { body = "api_key=" .. key } },
+          errors.metatable) }, errors.metatable)
+      local err = errors.wrap(raw, { operation = "instances.get" })
+      assert.are.equal(raw, err) -- the same table, redacted in place
+      assert.are.equal("VALIDATION_ERROR", err.code)
+      assert.is_nil(err.fields[1]:find(key, 1, true), err.fields[1])
+      assert.is_nil(err.details[1].loc[3]:find(key, 1, true))
+      assert.is_nil(err.cause.details.body:find(key, 1, true))
+      assert.is_true(errors.is(err.cause))
+    end)
+
+    it("redacts nested tables and cause chains given to new", function()
+      local token = "sk-ant-oat01-" .. ("Qw3_"):rep(10)
+      local cause = errors.new("X", "inner")
+      cause.details = { stderr = "DB_PASSWORD=" .. token }
+      local err = errors.new("PROCESS_ERROR", "failed", { cause = cause, details = { a = { b = { c = token } } } })
+      assert.is_nil(err.cause.details.stderr:find(token, 1, true))
+      assert.is_nil(err.details.a.b.c:find(token, 1, true))
+      assert.is_nil(errors.format(err):find(token, 1, true))
+    end)
+
+    it("raises promptly on a huge message and quotes values by a short prefix #hardening", function()
+      local ok, err = pcall(errors.raise, "VALIDATION_ERROR", "bad " .. ("Q"):rep(1024 * 1024) .. " password=x")
+      assert.is_false(ok)
+      assert.are.equal("VALIDATION_ERROR", err.code)
+      assert.is_true(#err.message <= errors.MAX_MESSAGE + 30, #err.message)
+      assert.is_truthy(err.message:find("…%(%d+ bytes%)$"), err.message:sub(-40))
+      local wrapped = errors.wrap(setmetatable({ code = "X", message = ("é"):rep(10000) }, errors.metatable))
+      assert.is_true(#wrapped.message <= errors.MAX_MESSAGE + 30)
+      assert.is_truthy(utf8.len(wrapped.message), "cut at a character boundary")
+      assert.are.equal('"abc"', errors.quote("abc"))
+      local q = errors.quote(("é"):rep(100))
+      assert.is_truthy(q:find("…(200 bytes)", 1, true), q)
+      assert.is_truthy(#q < 64 + 30)
+      assert.is_truthy(utf8.len(q), "cut at a character boundary")
+      assert.are.equal("12", errors.quote(12))
+    end)
+
     it("redacts errors made elsewhere when they are formatted", function()
       local secret = "fmtsecret-" .. tostring(os.clock()):gsub("%D", "") .. "-Yy"
       log.register_secret(secret)

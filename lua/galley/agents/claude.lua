@@ -117,7 +117,8 @@ function M.new(opts)
   check_fields("opts", opts, OPTION_TYPES)
   local cfg = util.merge(M.DEFAULTS, opts)
   if not M.OUTPUT_FORMATS[cfg.output_format] then
-    bad("opts.output_format", ('expected "text", "json" or "stream-json", got %q'):format(cfg.output_format))
+    bad("opts.output_format",
+      ('expected "text", "json" or "stream-json", got %s'):format(errors.quote(cfg.output_format)))
   end
   check_text("opts.model", cfg.model)
   check_text("opts.claude_bin", cfg.claude_bin)
@@ -125,7 +126,7 @@ function M.new(opts)
   cfg.inline_limit = math.tointeger(cfg.inline_limit)
   if cfg.inline_limit < 0 then bad("opts.inline_limit", "must not be negative") end
   if opts.cwd and not pcall(contracts.check_command, { kind = "shell", script = ":", cwd = opts.cwd }) then
-    bad("opts.cwd", ("expected an absolute or ~-prefixed path, got %q"):format(opts.cwd))
+    bad("opts.cwd", ("expected an absolute or ~-prefixed path, got %s"):format(errors.quote(opts.cwd)))
   end
 
   local agent = { name = "claude" }
@@ -153,7 +154,7 @@ function M.new(opts)
     check_text("input.model", model)
     local format = input.output_format or cfg.output_format
     if not M.OUTPUT_FORMATS[format] then
-      bad("input.output_format", ('expected "text", "json" or "stream-json", got %q'):format(format))
+      bad("input.output_format", ('expected "text", "json" or "stream-json", got %s'):format(errors.quote(format)))
     end
     local extra = input.extra_args or {}
     if not util.is_array(extra) then bad("input.extra_args", "expected an array of strings") end

@@ -9,6 +9,7 @@
 --   * POST /snapshot answers `pending`, ready after the boot delay; snapshots of instances are
 --     `ready` at once (their files are copied before the answer);
 --   * a `digest` that an existing snapshot has returns that snapshot instead of a new one.
+local common = require("galley.providers.common")
 local json = require("galley.emulator.json")
 local runtime = require("galley.core.runtime")
 
@@ -395,13 +396,22 @@ end
 
 local H = {}
 
+-- Ids that common.check_id would refuse (".", "..", "a/b", invalid UTF-8 ...) never reach the
+-- model: 422 naming the path parameter, as FastAPI answers for a path that fails its pattern.
+local function bad_id(name, where)
+  return invalid({ verr({ where or "path", name }, "String should match pattern '^[A-Za-z0-9][A-Za-z0-9_.-]*$'",
+    "string_pattern_mismatch") })
+end
+
 local function find_instance(self, id)
+  if not common.valid_id(id) then return nil, bad_id("instance_id") end
   local inst = self.instances[id]
   if not inst then return nil, detail(404, "Instance " .. id .. " not found") end
   return inst
 end
 
-local function find_snapshot(self, id)
+local function find_snapshot(self, id, where)
+  if not common.valid_id(id) then return nil, bad_id("snapshot_id", where) end
   local snap = self.snapshots[id]
   if not snap then return nil, detail(404, "Snapshot " .. id .. " not found") end
   return snap
@@ -579,7 +589,7 @@ function H.start_instance(self, req)
   bad = c:response()
   if bad then return bad end
   local snap
-  snap, bad = find_snapshot(self, snapshot_id)
+  snap, bad = find_snapshot(self, snapshot_id, "query")
   if not snap then return bad end
   return start_from(self, snap, opts)
 end

@@ -152,7 +152,7 @@ end
 
 --- A ProcessSpec builder with dot-called, chainable setters (no `self`):
 --   pm2.process("web").command("node", {"server.js"}).cwd("/srv").env({A = "1"})
---     .restart({max_restarts = 3, min_uptime_ms = 1000}).instances(1).max_memory("512M")
+--     .restart({max_restarts = 3}).instances(1).max_memory("512M")
 --     .logs({out = "/var/log/web.out"}).file("~/cfg.json", "{}", "600").stdin("null").build()
 -- `command(program, args?)` gives the argv form, `script(text)` the shell form (the last one
 -- wins); `env` merges into earlier calls. build() checks the result (contracts.check_process)

@@ -53,6 +53,47 @@ function M.expand_home(path, home)
   return path
 end
 
+--- Longest id `check_id` accepts.
+M.MAX_ID_BYTES = 128
+
+--- True for a safe instance/snapshot id: 1 to 128 bytes of ASCII letters, digits, "_", "-" and
+-- ".", starting with a letter or a digit (so never "", "." or "..": curl would remove dot
+-- segments from the URL, and the local provider uses ids as directory names).
+---@param id any
+---@return boolean
+function M.valid_id(id)
+  return type(id) == "string" and #id <= M.MAX_ID_BYTES and id:find("^[%w][%w_%-%.]*$") ~= nil
+end
+
+
+--- The one id check of every provider (Morph, local) and the emulator: returns `id`, or raises
+-- VALIDATION_ERROR with `field` (default "instance_id") before any request is made.
+---@param id any
+---@param field? string
+---@return string id
+function M.check_id(id, field)
+  field = field or "instance_id"
+  if not M.valid_id(id) then
+    local got = type(id) == "string" and errors.quote(id) or type(id)
+    M.raise("VALIDATION_ERROR", ("%s: expected an id (1 to %d letters, digits, _, - or ., starting with a "
+      .. "letter or digit), got %s"):format(field, M.MAX_ID_BYTES, got), { field = field,
+      hint = "pass the id galley returned (inst.id), not a name or a path" })
+  end
+  return id
+end
+
+
+-- Raises VALIDATION_ERROR when `s` is not valid UTF-8 (text that would become invalid JSON).
+local function check_utf8(s, field)
+  local n, bad = utf8.len(s)
+  if not n then
+    M.raise("VALIDATION_ERROR", ("%s: not valid UTF-8 (bad byte at offset %d)"):format(field, bad),
+      { field = field, details = { offset = bad },
+        hint = "text fields must be UTF-8; binary data belongs in files (files.write_file)" })
+  end
+end
+M.check_utf8 = check_utf8
+
 --- Checks and normalises a remote path: expands `~`, requires an absolute result, rejects NUL
 -- bytes, collapses repeated slashes and drops a trailing slash ("/" stays "/").
 -- Raises VALIDATION_ERROR (field = `field`) otherwise.
@@ -68,6 +109,7 @@ function M.remote_path(path, home, field)
   if path:find("\0", 1, true) then
     M.raise("VALIDATION_ERROR", ("%s contains a NUL byte"):format(field), { field = field })
   end
+  check_utf8(path, field)
   if path:sub(1, 1) == "~" then
     if path ~= "~" and path:sub(1, 2) ~= "~/" then
       M.raise("VALIDATION_ERROR", ("%s: only ~ and ~/ are expanded, not ~user"):format(field), { field = field })
@@ -79,7 +121,8 @@ function M.remote_path(path, home, field)
   end
   if path:sub(1, 1) ~= "/" then
     M.raise("VALIDATION_ERROR", ("%s must be absolute or start with ~/ (got a relative path)"):format(field),
-      { field = field, hint = "write ~/" .. path .. " for a path in the home directory" })
+      { field = field, hint = "write ~/" .. (#path <= errors.QUOTE_MAX and path or "<path>")
+        .. " for a path in the home directory" })
   end
   path = path:gsub("//+", "/")
   if #path > 1 then path = path:gsub("/$", "") end
@@ -120,8 +163,23 @@ function M.metadata_filter(filter)
   return filter
 end
 
+--- Most bytes a metadata map may take in a list URL (`metadata[key]=value` pairs joined by "&",
+-- percent-encoded): Morph's list filter is a query string, galley.core.morph builds URLs of at
+-- most 4 KiB (base URL and path included) and many servers refuse more than 8 KiB.
+M.MAX_METADATA_URL_BYTES = 3072
+
+-- Percent-encoded length of s (RFC 3986 unreserved characters stay as they are).
+local function encoded_len(s)
+  local _, kept = s:gsub("[%w%-%._~]", "")
+  return kept + 3 * (#s - kept)
+end
+
+
 --- Checks a metadata map (string keys, string/number/boolean values) and returns a copy with
--- string values. Raises VALIDATION_ERROR naming the offending key.
+-- string values. Keys must be non-empty; keys and values valid UTF-8 without NUL bytes (the list
+-- filter's query builder stops at a NUL, and JSON cannot carry invalid UTF-8); all of it at most
+-- `MAX_METADATA_URL_BYTES` once encoded in a list URL. Raises VALIDATION_ERROR naming the
+-- offending key.
 ---@param metadata table|nil
 ---@param field? string
 ---@return table
@@ -132,13 +190,31 @@ function M.check_metadata(metadata, field)
   if type(metadata) ~= "table" then
     M.raise("VALIDATION_ERROR", field .. " must be a table of strings", { field = field })
   end
+  local url_bytes = 0
   for k, v in pairs(metadata) do
     local tv = type(v)
-    if type(k) ~= "string" or not (tv == "string" or tv == "number" or tv == "boolean") then
-      M.raise("VALIDATION_ERROR", ("%s.%s must be a string"):format(field, tostring(k)),
-        { field = field .. "." .. tostring(k) })
+    local plain = type(k) == "string" and #k <= errors.QUOTE_MAX and k:find("^[%w_%-%.:/]+$")
+    local where = field .. "." .. (plain and k or errors.quote(k))
+    if type(k) ~= "string" or k == "" then
+      M.raise("VALIDATION_ERROR", ("%s: keys must be non-empty strings, got %s"):format(field,
+        type(k) == "string" and "an empty string" or type(k)), { field = field })
     end
-    out[k] = tostring(v)
+    if not (tv == "string" or tv == "number" or tv == "boolean") then
+      M.raise("VALIDATION_ERROR", ("%s must be a string"):format(where), { field = where })
+    end
+    v = tostring(v)
+    for _, part in ipairs({ { k, "key" }, { v, "value" } }) do
+      if part[1]:find("\0", 1, true) then
+        M.raise("VALIDATION_ERROR", ("%s: the %s contains a NUL byte"):format(where, part[2]), { field = where })
+      end
+      check_utf8(part[1], where)
+    end
+    url_bytes = url_bytes + encoded_len(k) + encoded_len(v) + #"&metadata%5B%5D="
+    if url_bytes > M.MAX_METADATA_URL_BYTES then
+      M.raise("VALIDATION_ERROR", ("%s: too long for a list URL (more than %d bytes encoded)"):format(field,
+        M.MAX_METADATA_URL_BYTES), { field = field, hint = "keep metadata to a few short labels" })
+    end
+    out[k] = v
   end
   return out
 end

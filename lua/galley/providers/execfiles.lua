@@ -337,9 +337,7 @@ function M.new(opts)
   end
 
   local function check_id(id)
-    if type(id) ~= "string" or id == "" then
-      common.raise("VALIDATION_ERROR", "instance_id must be a non-empty string", { field = "instance_id" })
-    end
+    common.check_id(id, "instance_id")
   end
 
   local function path_of(id, path, field)

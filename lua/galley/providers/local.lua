@@ -249,12 +249,10 @@ function M.new(opts)
   end
   local function snap_dir(id) return snapshots_dir .. "/" .. id end
 
+  -- Ids name directories: common.check_id refuses anything else (".", "..", "/") up front.
   local function valid_id(id, field)
-    if type(id) ~= "string" then
-      field = field or "instance_id"
-      common.raise("VALIDATION_ERROR", field .. " must be a string", { field = field })
-    end
-    return id:match("^[%w][%w_%-]*$") ~= nil
+    common.check_id(id, field or "instance_id")
+    return true
   end
 
   -- meta.json ------------------------------------------------------------------------------
@@ -722,6 +720,7 @@ function M.new(opts)
   function I.list(filter)
     expire()
     local want = common.metadata_filter(filter)
+    if want then want = common.check_metadata(want, "filter") end -- the same checks as Morph's list
     local out = {}
     for _, id in ipairs(list_names(instances_dir)) do
       local meta = load_meta(inst_dir(id))
@@ -862,6 +861,7 @@ function M.new(opts)
   function S.list(filter)
     expire()
     local want = common.metadata_filter(filter)
+    if want then want = common.check_metadata(want, "filter") end -- the same checks as Morph's list
     local out = {}
     if common.match_metadata(default_snapshot.metadata, want) then out[1] = public_snapshot(default_snapshot) end
     for _, id in ipairs(list_names(snapshots_dir)) do

@@ -191,7 +191,7 @@ end
 ---@param resource? string
 ---@return galley.Error
 function M.wrap_error(err, operation, resource)
-  if not errors.is(err) then err = errors.wrap(err, nil, "PROVIDER_ERROR") end
+  err = errors.wrap(err, nil, "PROVIDER_ERROR") -- redacts the C error's details/fields too
   if err.code == "VALIDATION_ERROR" and err.status == 409 then
     err.code = "CONFLICT"
     err.hint = "the instance is not in a state that allows this (not ready, or paused?)"
@@ -204,12 +204,7 @@ function M.wrap_error(err, operation, resource)
 end
 
 
-local function check_id(id, field)
-  if type(id) ~= "string" or id == "" or id:find("[%c/%s?#%%]") then
-    fail("VALIDATION_ERROR", ("%s must be a non-empty id string"):format(field), { field = field })
-  end
-  return id
-end
+local check_id = common.check_id
 
 
 local function check_table(t, field)

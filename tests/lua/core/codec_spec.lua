@@ -44,8 +44,9 @@ describe("galley.core.codec #codec", function()
 
     it("rejects invalid input with B64_INVALID instead of returning garbage", function()
       local bad = {
-        standard = { "Zg", "Zg=", "Zg===", "Z", "Zm9vY", "Zm9v\n", " Zm9v", "Zh==", "-_8=", "Zg==Zg==", "Zm9v\0" },
-        urlsafe = { "Zg==", "+/8", "Zh", "Z", "Zm9v\n", "Zm9v=" },
+        standard = { "Zg", "Zg=", "Zg===", "Z", "Zm9vY", "Zm9v\n", " Zm9v", "Zh==", "-_8=", "Zg==Zg==", "Zm9v\0",
+          "Zm9\xbd", "\x80\x80\x80\x80" },
+        urlsafe = { "Zg==", "+/8", "Zh", "Z", "Zm9v\n", "Zm9v=", "s\xbd\xbd-", "\xff\xff\xff\xff" },
       }
       for variant, inputs in pairs(bad) do
         for _, s in ipairs(inputs) do

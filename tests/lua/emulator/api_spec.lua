@@ -189,6 +189,18 @@ describe("galley emulate: the Morph API #emulator", function()
       assert.are.equal(422, r.status)
       assert.are.same({ "body", "vcpus" }, r.json.detail[1].loc)
     end)
+
+    it("answers 422 naming the path parameter for ids the shared id check refuses #hardening", function()
+      for _, id in ipairs({ ".hidden", "-x", "a%20b", ("i"):rep(129) }) do
+        local r = assert(em:request("GET", "/instance/" .. id))
+        assert.are.equal(422, r.status, id)
+        assert.are.same({ "path", "instance_id" }, r.json.detail[1].loc)
+        r = assert(em:request("DELETE", "/snapshot/" .. id))
+        assert.are.equal(422, r.status, id)
+        assert.are.same({ "path", "snapshot_id" }, r.json.detail[1].loc)
+      end
+      assert.are.equal(404, assert(em:request("GET", "/instance/morphvm_nosuch00")).status)
+    end)
   end)
 
   describe("instance lifecycle", function()

@@ -415,6 +415,37 @@ function M.run(label, factory)
         M.raises_code("VALIDATION_ERROR", p.files.write_file_atomic, inst.id, "/tmp/x", 42)
         M.raises_code("VALIDATION_ERROR", p.instances.boot, env.snapshot_id, { ttl_seconds = -1 })
       end)
+
+      it("refuses unsafe ids with the one shared id check #hardening", function()
+        for _, id in ipairs({ ".", "..", "", "a/b", "../x", "-x", "id\xff", "a b", ("i"):rep(129) }) do
+          local err = M.raises_code("VALIDATION_ERROR", p.instances.get, id)
+          assert.are.equal("instance_id", err.field)
+          M.raises_code("VALIDATION_ERROR", p.instances.terminate, id)
+          M.raises_code("VALIDATION_ERROR", p.exec, id, sh("true"))
+          M.raises_code("VALIDATION_ERROR", p.files.read_file, id, "/etc/hostname")
+          err = M.raises_code("VALIDATION_ERROR", p.instances.boot, id)
+          assert.are.equal("snapshot_id", err.field)
+        end
+        assert.are.equal("ready", p.instances.get(inst.id).status)
+      end)
+
+      it("refuses invalid UTF-8 and NUL in text fields, and oversized argv, naming the field #hardening", function()
+        local err = M.raises_code("VALIDATION_ERROR", p.exec, inst.id,
+          { kind = "argv", command = "echo", args = { "\xff" } })
+        assert.are.equal("command.args[1]", err.field)
+        err = M.raises_code("VALIDATION_ERROR", p.exec, inst.id, { kind = "shell", script = "true", cwd = "/tmp/\xc3" })
+        assert.are.equal("command.cwd", err.field)
+        err = M.raises_code("VALIDATION_ERROR", p.exec, inst.id,
+          { kind = "argv", command = "echo", args = { ("a"):rep(128 * 1024) } })
+        assert.are.equal("command.args[1]", err.field)
+        err = M.raises_code("VALIDATION_ERROR", p.files.write_file_atomic, inst.id, "/tmp/\xff", "x")
+        assert.are.equal("path", err.field)
+        err = M.raises_code("VALIDATION_ERROR", boot, { metadata = { k = "v\0" } })
+        assert.are.equal("metadata.k", err.field)
+        err = M.raises_code("VALIDATION_ERROR", boot, { metadata = { k = "\xe9" } })
+        assert.are.equal("metadata.k", err.field)
+        M.raises_code("VALIDATION_ERROR", p.instances.list, { metadata = { k = ("v"):rep(5000) } })
+      end)
     end)
   end)
 end

@@ -455,6 +455,57 @@ if arg[3] == "fail" then error("recipe failed on purpose") end
     end)
   end)
 
+  describe("input checks #hardening", function()
+    it("refuses ids that are not safe before any request (no DELETE /api/ for '..')", function()
+      for _, id in ipairs({ "..", ".", "", "a/b", "morphvm_x?y", ".hidden", "id\xff", ("i"):rep(129) }) do
+        local err = raises("VALIDATION_ERROR", p0.instances.terminate, id)
+        assert.are.equal("instance_id", err.field)
+        err = raises("VALIDATION_ERROR", p0.snapshots.get, id)
+        assert.are.equal("snapshot_id", err.field)
+      end
+      raises("VALIDATION_ERROR", p0.exec, "..", argv("true"))
+      raises("VALIDATION_ERROR", p0.files.read_file, "..", "/etc/hostname")
+      assert.are.equal(0, #em0:log())
+    end)
+
+    it("refuses metadata with NUL, invalid UTF-8 or too long for a list URL, naming the key", function()
+      local cases = {
+        { "metadata.k", { k = "a\0b" } },
+        { "metadata.k", { ["k"] = "caf\xe9" } },
+        { "metadata", { [""] = "v" } },
+        { "metadata", { big = ("v"):rep(5000) } },
+      }
+      for _, case in ipairs(cases) do
+        local err = raises("VALIDATION_ERROR", p0.instances.boot, SNAP, { metadata = case[2] })
+        assert.are.equal(case[1], err.field, tostring(err))
+      end
+      local err = raises("VALIDATION_ERROR", p0.instances.boot, SNAP, { metadata = { ["k\0"] = "v" } })
+      assert.is_nil(err.field:find("\0", 1, true))
+      err = raises("VALIDATION_ERROR", p0.instances.list, { metadata = { spec = "x\0y" } })
+      assert.are.equal("filter.spec", err.field)
+      raises("VALIDATION_ERROR", p0.instances.list, { spec = ("%"):rep(2000) }) -- 6000 bytes encoded
+      assert.are.equal(0, #em0:log())
+      -- Within the bound: accepted.
+      assert.are.same({}, p0.instances.list({ spec = ("x"):rep(3000) }))
+    end)
+
+    it("refuses invalid UTF-8 and oversized arguments in exec before any request", function()
+      local inst = boot(p0)
+      em0:clear_log()
+      local err = raises("VALIDATION_ERROR", p0.exec, inst.id, argv("echo", "ok", "\xff\xfe"))
+      assert.are.equal("command.args[2]", err.field)
+      err = raises("VALIDATION_ERROR", p0.exec, inst.id, argv("echo", ("a"):rep(128 * 1024)))
+      assert.are.equal("command.args[1]", err.field)
+      err = raises("VALIDATION_ERROR", p0.exec, inst.id,
+        { kind = "shell", script = "true", env = { BIG = ("e"):rep(128 * 1024) } })
+      assert.are.equal("command.env.BIG", err.field)
+      err = raises("VALIDATION_ERROR", p0.files.write_file, inst.id, "~/caf\xe9", "x")
+      assert.are.equal("path", err.field)
+      assert.are.equal(0, #em0:log())
+      p0.instances.terminate(inst.id)
+    end)
+  end)
+
   describe("secrets", function()
     it("keeps the API key out of logs, errors and the client's string form", function()
       local logger, records = logmod.capture({ level = "trace" })
@@ -484,6 +535,27 @@ if arg[3] == "fail" then error("recipe failed on purpose") end
         for _, e in ipairs(errs) do assert.is_nil(tostring(e):find(key, 1, true)) end
         assert.is_nil(tostring(lp.client):find(key, 1, true))
       end
+    end)
+
+    it("redacts a key the server echoes into err.details and err.fields #hardening", function()
+      local httpd = require("galley.core.httpd")
+      local key = "morph_echo_" .. codec.random_hex(12)
+      local server = assert(httpd.serve({ port = 0, handler = function(req)
+        local auth = ""
+        for k, v in pairs(req.headers or {}) do
+          if tostring(k):lower() == "authorization" then auth = v end
+        end
+        return { status = 422, headers = { ["Content-Type"] = "application/json" }, body = cjson.encode({
+          detail = { { loc = { "header", "Authorization", auth }, msg = "bad key " .. auth, type = "value_error" } } }) }
+      end }))
+      local hp = provider_on({ api_key = key, base_url = ("http://127.0.0.1:%d/api"):format(server:port()) })
+      local err = raises("VALIDATION_ERROR", hp.instances.get, "morphvm_echo0001")
+      hp.close()
+      server:stop()
+      assert.is_table(err.fields, tostring(err))
+      assert.is_table(err.details, tostring(err))
+      assert.is_false(mentions(err, key))
+      assert.is_false(mentions(err, key:sub(7)), "no part of the key survives")
     end)
 
     it("needs a key: AUTHENTICATION_ERROR without one", function()
