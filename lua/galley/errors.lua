@@ -23,6 +23,8 @@ M.code_list = {
   { code = "PROTOCOL_ERROR", description = "an answer we cannot parse (bad JSON, missing field)", retryable = false },
   { code = "PROCESS_ERROR", description = "a remote or local process failed to start, stop or run", retryable = false },
   { code = "FILE_IO_ERROR", description = "reading or writing a file failed", retryable = false },
+  { code = "UNSAFE_PATH", description = "a directory for galley's state or secrets is a symlink, not yours,"
+    .. " or writable by others", retryable = false },
   { code = "PROVIDER_ERROR", description = "a VM provider failure with no more specific code", retryable = false },
   { code = "CREDENTIALS_ERROR", description = "installing or reading credentials failed", retryable = false },
   { code = "AGENT_ERROR", description = "an agent could not build its process", retryable = false },
