@@ -141,10 +141,13 @@ end
 -- not owned by the effective user or writable by group/others; or when an existing parent
 -- belongs to another user (not root) or is writable by others without the sticky bit.
 -- An existing directory of mode 0755 is accepted (not widened, not narrowed).
+-- `opts.shared_ok`: an existing `path` (not one galley creates) only needs what a parent needs:
+-- root's or the user's, and sticky when others may write it (a file of one's own in /tmp).
 ---@param path string
+---@param opts? {shared_ok?: boolean}
 ---@return string path the cleaned path
 ---@raise UNSAFE_PATH | FILE_IO_ERROR (cannot create)
-function M.private_dir(path)
+function M.private_dir(path, opts)
   assert(type(path) == "string" and path ~= "", "paths.private_dir: path must be a non-empty string")
   path = clean(path)
   local _, euid = runtime.getuid()
@@ -172,6 +175,10 @@ function M.private_dir(path)
         { resource = "file:" .. prefixes[i], operation = "paths.private_dir" }, 2)
     end
     assert(check_own(prefixes[i], euid))
+  end
+  if first_missing > #prefixes and opts and opts.shared_ok then
+    check_ancestors(path, euid)
+    return path
   end
   local ok, err = check_own(path, euid)
   if not ok then

@@ -79,6 +79,23 @@ describe("galley's files on this machine #host_files", function()
       assert.are.equal("writable", err.details.reason)
       assert.are.same({}, fs.list(dir))
     end)
+
+    it("may go in a sticky shared directory such as /tmp, but not into a shared galley config directory", function()
+      local sticky = tmp .. "/sticky"
+      sh("mkdir -m 1777 " .. support.q(sticky))
+      local oauth = require("galley.oauth.claude")
+      assert.are.equal(sticky .. "/c.json", oauth.save_credentials(sticky .. "/c.json", { access_token = "a" }))
+      assert.are.equal("600", octal(sticky .. "/c.json"))
+      local home = tmp .. "/home"
+      sh(("mkdir -p -m 700 %s && mkdir -m 1777 %s"):format(support.q(home .. "/.config"),
+        support.q(home .. "/.config/galley")))
+      local r = assert(proc.run({ argv = { host.bin, "-e", [[
+local ok, err = pcall(require("galley.oauth.claude").save_credentials, "~/.config/galley/c.json", { access_token = "a" })
+io.write(tostring(ok), " ", tostring(err and err.code))
+]] }, env = { HOME = home }, timeout_ms = 60000 }))
+      assert.are.equal("false UNSAFE_PATH", r.stdout, r.stderr)
+      assert.are.same({}, fs.list(home .. "/.config/galley"))
+    end)
   end)
 
   describe("with HOME unset #root", function()

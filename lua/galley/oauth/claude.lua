@@ -467,8 +467,10 @@ local STORED_FIELDS = { "access_token", "refresh_token", "expires_at_ms", "expir
   "account", "organization", "obtained_at_ms", "subscription_type" }
 
 --- Writes credentials to a local file, atomically (a temporary file created 0600, fsync, rename):
--- the tokens are never in a file others can read. The parent directory is created with mode 0700
--- when missing and must be the user's alone (galley.paths.private_dir). `~` is galley.paths.home().
+-- the tokens are never in a file others can read. Missing parent directories are created with
+-- mode 0700; galley's config directory must be the user's alone, another existing directory must
+-- belong to the user or root and be sticky if others can write it (galley.paths.private_dir).
+-- `~` is galley.paths.home().
 ---@param path string
 ---@param creds galley.ClaudeCredentials
 ---@return string path the expanded path
@@ -482,7 +484,11 @@ function M.save_credentials(path, creds)
   for _, k in ipairs(STORED_FIELDS) do out[k] = creds[k] end
   local dir = path:match("^(.*)/[^/]*$")
   if dir and dir ~= "" then
-    local ok, err = pcall(paths.private_dir, dir)
+    -- galley's own config directory must be the user's alone; a directory the caller chose
+    -- may be shared if it is sticky (/tmp): the file itself is theirs, 0600, from its creation.
+    local has_cfg, cfg = pcall(paths.config_dir)
+    local own = has_cfg and (dir == cfg or dir:sub(1, #cfg + 1) == cfg .. "/")
+    local ok, err = pcall(paths.private_dir, dir, { shared_ok = not own })
     if not ok then
       err = errors.wrap(err, { operation = "oauth.save_credentials" }, "FILE_IO_ERROR")
       error(err, 0)
