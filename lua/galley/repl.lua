@@ -203,6 +203,7 @@ function M.run(opts)
     run.begin({ recipe = "repl" })
   end)
   if not began then
+    if errors.is(begin_err, "INTERRUPTED") then return begin_err.signal == 15 and 143 or 130 end
     io.stderr:write("galley: ", errors.format(begin_err), "\n")
     return 1
   end

@@ -150,6 +150,7 @@ function M.run(name, args)
   rawset(env, "arg", argt)
   local ok, err = pcall(run.begin, { recipe = (path_or_err:match("([^/]+)%.lua$") or path_or_err) })
   if not ok then
+    if errors.is(err, "INTERRUPTED") then return err.signal == 15 and 143 or 130 end -- nothing began yet
     io.stderr:write("galley: ", errors.format(err), "\n")
     return M.EXIT_FAILED
   end

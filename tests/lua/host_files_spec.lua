@@ -137,6 +137,32 @@ end
       assert.are.equal(home .. "/.local/state/galley", r.stdout)
     end)
 
+    it("writes that user's token file at mode 0600 from its first moment, with a umask of 000", function()
+      if uid ~= 0 then return pending("needs root to create a throwaway user") end
+      if not host.have_inotify() then return pending("inotifywait (inotify-tools) is not installed") end
+      sh("chmod 711 " .. support.q(tmp))
+      local home = tmp .. "/home"
+      local name = host.throwaway_user(home)
+      user = name
+      local dir = home .. "/.config/galley"
+      sh(("mkdir -p -m 700 %s && chown -R %s %s"):format(support.q(dir), name, support.q(home .. "/.config")))
+      local events, r = host.observe(dir, { "runuser", "-u", name, "--", "env", "-i", "PATH=" .. os.getenv("PATH"),
+        "bash", "-c", 'umask 000; exec "$0" -e "$1"', host.bin, 'require("galley.oauth.claude").save_credentials('
+          .. '"~/.config/galley/claude-credentials.json", { access_token = string.rep("t", 16 * 1024 * 1024) })' })
+      assert.are.equal(0, r.exit_code, r.stderr)
+      local looked = 0
+      for _, e in ipairs(events) do
+        if e.mode then
+          looked = looked + 1
+          assert.are.equal(0, e.mode & 63, ("%s %s had mode %o"):format(e.event, e.name, e.mode))
+        end
+      end
+      assert.is_true(looked >= 1, "the observer never saw the file")
+      local st = fs.stat(dir .. "/claude-credentials.json")
+      assert.are.equal("600", ("%o"):format(st.mode))
+      assert.are_not.equal(0, st.uid)
+    end)
+
     it("refuses, as that user, a state directory that belongs to someone else", function()
       if uid ~= 0 then return pending("needs root to create a throwaway user") end
       sh("chmod 711 " .. support.q(tmp))
