@@ -23,6 +23,7 @@ local errors = require("galley.errors")
 local json = require("galley.json")
 local logmod = require("galley.log")
 local oauth = require("galley.oauth.claude")
+local paths = require("galley.paths")
 local pm2 = require("galley.process.pm2")
 
 local MORPH_SNAPSHOT = "snapshot_c1p8b6c2"
@@ -153,8 +154,7 @@ local function file_exists(path)
 end
 
 local function expand_local(path)
-  if path:sub(1, 2) == "~/" then return (os.getenv("HOME") or "") .. path:sub(2) end
-  return path
+  return paths.expand(path)
 end
 
 -- Loads credentials saved by claude-login; refreshes (and saves) them when they are about to expire.

@@ -26,12 +26,15 @@ M.code_list = {
   { code = "PROTOCOL_ERROR", description = "an answer we cannot parse (bad JSON, missing field)", retryable = false },
   { code = "PROCESS_ERROR", description = "a remote or local process failed to start, stop or run", retryable = false },
   { code = "FILE_IO_ERROR", description = "reading or writing a file failed", retryable = false },
+  { code = "UNSAFE_PATH", description = "a directory for galley's state or secrets is a symlink, not yours,"
+    .. " or writable by others", retryable = false },
   { code = "PROVIDER_ERROR", description = "a VM provider failure with no more specific code", retryable = false },
   { code = "CREDENTIALS_ERROR", description = "installing or reading credentials failed", retryable = false },
   { code = "AGENT_ERROR", description = "an agent could not build its process", retryable = false },
   { code = "ORCHESTRATION_ERROR", description = "a step of boot/prepare/start failed", retryable = false },
   { code = "INTERRUPTED", description = "stopped by Ctrl-C or SIGTERM", retryable = false },
-  { code = "PARALLEL_FAILED", description = "recipe.parallel: every item failed, or one did with fail_fast", retryable = false },
+  { code = "PARALLEL_FAILED", description = "recipe.parallel: every item failed, or one did with fail_fast",
+    retryable = false },
   { code = "INTERNAL_ERROR", description = "a bug in galley (an unexpected Lua error)", retryable = false },
 }
 

@@ -34,6 +34,7 @@ function M.find(provider, opts)
   opts = opts or {}
   local now = opts.now or os.time()
   local host = run.hostname()
+  run.check_runs_dir() -- run files in a directory others control are never believed: UNSAFE_PATH
   local out = {}
   for _, inst in ipairs(provider.instances.list({}) or {}) do
     local meta = inst.metadata or {}

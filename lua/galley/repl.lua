@@ -8,6 +8,7 @@
 -- MORPH_BASE_URL), `sandbox` (the local provider), `pretty`. On exit, instances booted during
 -- the session that still exist are listed, with an offer to stop them.
 local errors = require("galley.errors")
+local paths = require("galley.paths")
 local pretty = require("galley.pretty")
 local run = require("galley.run")
 local runner = require("galley.runner")
@@ -162,9 +163,7 @@ function M.compile(text, env)
 end
 
 local function history_path()
-  local base = os.getenv("XDG_STATE_HOME")
-  if not base or base == "" then base = (os.getenv("HOME") or "/tmp") .. "/.local/state" end
-  return base .. "/galley/repl_history"
+  return paths.state_home() .. "/galley/repl_history"
 end
 
 local function report_instances(out, tty, readline)
@@ -196,14 +195,23 @@ function M.run(opts)
   local line = tty and require("galley.core.line") or nil
   local input = opts.input or io.stdin
   local out = opts.output or io.stdout
-  local hist = history_path()
-  run.begin({ recipe = "repl" })
+  local hist
+  local began, begin_err = pcall(function()
+    hist = history_path()
+    -- The history holds whatever was typed (tokens too): a directory of this user's alone.
+    if tty then paths.private_dir(hist:match("^(.*)/[^/]*$")) end
+    run.begin({ recipe = "repl" })
+  end)
+  if not began then
+    if errors.is(begin_err, "INTERRUPTED") then return begin_err.signal == 15 and 143 or 130 end
+    io.stderr:write("galley: ", errors.format(begin_err), "\n")
+    return 1
+  end
   local function readline(prompt)
     if tty then return line.readline(prompt) end
     return input:read("l")
   end
   if tty then
-    os.execute("mkdir -p '" .. hist:match("^(.*)/[^/]*$"):gsub("'", "'\\''") .. "' 2>/dev/null")
     line.load_history(hist)
     line.set_completer(function(word) return M.complete(env, word) end)
     out:write(("galley %s (%s) - Tab completes, Ctrl-C cancels, Ctrl-D leaves\n"):format(

@@ -4,6 +4,10 @@
 -- (success, error, Ctrl-C or SIGTERM) its cleanup hooks run (last registered first), the
 -- instances it booted are stopped unless kept, and any instance still tagged with the run id is
 -- reported as a leak.
+local errors = require("galley.errors")
+local fs = require("galley.core.fs")
+local paths = require("galley.paths")
+
 local M = {}
 
 --- Metadata keys galley stamps on instances it boots.
@@ -13,12 +17,11 @@ M.DEFAULT_TTL_SECONDS = 3600
 local current
 
 --- Where live runs record themselves (`<state>/runs/<run-id>`), so `galley gc` can tell a
--- finished run's instances from a live one's.
+-- finished run's instances from a live one's: galley.paths.state_dir() (GALLEY_STATE_DIR, else
+-- ~/.local/state/galley, the home coming from the password database when HOME is unset).
 ---@return string
 function M.state_dir()
-  local d = os.getenv("GALLEY_STATE_DIR")
-  if d and d ~= "" then return d end
-  return (os.getenv("HOME") or "/tmp") .. "/.local/state/galley"
+  return paths.state_dir()
 end
 
 local hostname_cache
@@ -35,14 +38,28 @@ end
 
 local function runs_dir() return M.state_dir() .. "/runs" end
 
+--- Checks the runs directory without creating it: raises UNSAFE_PATH when it (or the state
+-- directory) is a symlink, another user's or writable by others, so planted run files are never
+-- believed. Returns whether it exists.
+---@return boolean
+function M.check_runs_dir()
+  paths.check_private_dir(M.state_dir())
+  return paths.check_private_dir(runs_dir())
+end
+
 local function write_run_file(ctx)
-  os.execute("mkdir -p '" .. runs_dir():gsub("'", "'\\''") .. "' 2>/dev/null")
-  local path = runs_dir() .. "/" .. ctx.id
-  local f = io.open(path .. ".tmp", "w")
-  if not f then return end
-  f:write(("pid=%d\nrecipe=%s\nstarted=%d\n"):format(require("galley.core.runtime").getpid(), ctx.recipe, os.time()))
-  f:close()
-  os.rename(path .. ".tmp", path)
+  local ok, err = pcall(function()
+    paths.private_dir(M.state_dir())
+    paths.private_dir(runs_dir())
+  end)
+  if not ok then
+    -- An unsafe directory is refused; one that cannot be created (a read-only home) only means
+    -- `galley gc` cannot tell this run is live.
+    if errors.is(err, "UNSAFE_PATH") then error(err, 0) end
+    return
+  end
+  fs.write_atomic(runs_dir() .. "/" .. ctx.id, ("pid=%d\nrecipe=%s\nstarted=%d\n"):format(
+    require("galley.core.runtime").getpid(), ctx.recipe, os.time()), { mode = "600" })
 end
 
 --- Whether a run with this id is alive on this machine (its run file names a live process).
@@ -78,9 +95,11 @@ end
 ---@field providers table[] providers used during the run
 ---@field instances {provider: table, id: string}[] instances booted during the run
 
---- Starts a run; the runner calls this before a recipe's first line.
+--- Starts a run; the runner calls this before a recipe's first line. Records the run in
+-- `<state>/runs/` unless `record = false`.
 ---@param opts {recipe: string, keep?: boolean, ttl_seconds?: integer|false, id?: string, record?: boolean}
 ---@return galley.RunContext
+---@raise UNSAFE_PATH (the state or runs directory is a symlink, another user's or writable by others)
 function M.begin(opts)
   current = {
     id = opts.id or random_id(),
@@ -93,7 +112,13 @@ function M.begin(opts)
     pending = {},
     started_ms = os.time() * 1000,
   }
-  if opts.record ~= false then write_run_file(current) end
+  if opts.record ~= false then
+    local ok, err = pcall(write_run_file, current)
+    if not ok then
+      current = nil
+      error(err, 0)
+    end
+  end
   return current
 end
 

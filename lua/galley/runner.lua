@@ -171,7 +171,12 @@ function M.run(name, args)
   local argt = { [0] = path_or_err }
   for i, a in ipairs(args) do argt[i] = a end
   rawset(env, "arg", argt)
-  run.begin({ recipe = (path_or_err:match("([^/]+)%.lua$") or path_or_err) })
+  local ok, err = pcall(run.begin, { recipe = (path_or_err:match("([^/]+)%.lua$") or path_or_err) })
+  if not ok then
+    if errors.is(err, "INTERRUPTED") then return err.signal == 15 and 143 or 130 end -- nothing began yet
+    io.stderr:write("galley: ", errors.format(err), "\n")
+    return M.EXIT_FAILED
+  end
   return M.call(chunk, path_or_err, args)
 end
 

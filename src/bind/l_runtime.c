@@ -1,5 +1,8 @@
 /* galley.core.runtime: facts about this process (version, module source, embedded files),
  * the interrupt flag, clocks and terminals. */
+#include <errno.h>
+#include <pwd.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include "dyn_curl.h"
@@ -92,6 +95,42 @@ static int l_runtime_getpid(lua_State *L) {
 }
 
 
+/* runtime.getuid() -> uid, euid */
+static int l_runtime_getuid(lua_State *L) {
+  lua_pushinteger(L, getuid());
+  lua_pushinteger(L, geteuid());
+  return 2;
+}
+
+
+/* runtime.home() -> path | nil, err(RUNTIME_NO_HOME)
+ * The home directory of the real user id in the password database (never $HOME). */
+static int l_runtime_home(lua_State *L) {
+  char stackbuf[4096];
+  struct passwd pw, *found = NULL;
+  int rc = getpwuid_r(getuid(), &pw, stackbuf, sizeof stackbuf, &found);
+  char *heap = NULL;
+  /* A long entry (many groups in NSS) does not fit: retry with a heap buffer. */
+  for (size_t cap = 16384; rc == ERANGE && cap <= (1u << 20); cap *= 4) {
+    free(heap);
+    heap = malloc(cap);
+    if (!heap) break;
+    rc = getpwuid_r(getuid(), &pw, heap, cap, &found);
+  }
+  if (rc != 0 || !found || !pw.pw_dir || pw.pw_dir[0] != '/') {
+    free(heap);
+    return galley_fail(L, "RUNTIME_NO_HOME", "user id %d has no absolute home directory in the password database%s%s",
+                       (int)getuid(), rc ? ": " : "", rc ? strerror(rc) : "");
+  }
+  /* Copy before anything that can raise: heap must be freed first. */
+  char home[4096];
+  snprintf(home, sizeof home, "%s", pw.pw_dir);
+  free(heap);
+  lua_pushstring(L, home);
+  return 1;
+}
+
+
 /* runtime.executable() -> path | nil, err   absolute path of the running galley binary */
 static int l_runtime_executable(lua_State *L) {
   char buf[4096];
@@ -132,6 +171,8 @@ static const luaL_Reg runtime_funcs[] = {
   { "sleep_ms",        galley_loop_sleep_lua     },
   { "isatty",          l_runtime_isatty          },
   { "getpid",          l_runtime_getpid          },
+  { "getuid",          l_runtime_getuid          },
+  { "home",            l_runtime_home            },
   { "executable",      l_runtime_executable      },
   { "options",         l_runtime_options         },
   { "error_metatable", l_runtime_error_metatable },

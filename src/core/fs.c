@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -132,30 +133,45 @@ static int fsync_dir(const char *dir) {
 }
 
 
+/* An unpredictable temporary name beside the target: "<dir>/.<base>.tmp-<16 hex digits>". */
+static int temp_name(char *tmp, size_t cap, const char *dir, const char *base) {
+  unsigned char r[8];
+  if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) return -1;
+  int w = snprintf(tmp, cap, "%s/.%s.tmp-%02x%02x%02x%02x%02x%02x%02x%02x", dir, base,
+                   r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
+  if (w < 0 || (size_t)w >= cap) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  return 0;
+}
+
+
 int galley_fs_write_atomic(const char *path, const void *data, size_t len, int mode, galley_fs_error *e) {
-  static unsigned counter;
   char dir[PATH_MAX], tmp[PATH_MAX];
   const char *slash = strrchr(path, '/');
   const char *base = slash ? slash + 1 : path;
   if (!*base) return fail(e, path, EISDIR);
   dir_of(path, dir, sizeof dir);
 
+  /* The final mode is decided before the file exists: the one asked for, else the old target's,
+   * else 0666 minus the umask (what open gives a new file). */
+  struct stat old;
+  int final = mode;
+  if (final < 0 && stat(path, &old) == 0 && S_ISREG(old.st_mode)) final = (int)(old.st_mode & 07777);
+
+  /* Created 0600 (or the plain default) so no other user can open it at any moment, then set to
+   * exactly the final mode, whatever the umask, before a byte is written. */
   int fd = -1;
   for (int attempt = 0; fd < 0 && attempt < 100; attempt++) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    unsigned n = __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED);
-    int w = snprintf(tmp, sizeof tmp, "%s/.%s.tmp-%ld-%u-%ld", dir, base, (long)getpid(), n, (long)ts.tv_nsec);
-    if (w < 0 || (size_t)w >= sizeof tmp) return fail(e, path, ENAMETOOLONG);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (temp_name(tmp, sizeof tmp, dir, base) != 0) return fail(e, path, 0);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, final >= 0 ? 0600 : 0666);
     if (fd < 0 && errno != EEXIST) return fail(e, path, 0);
   }
   if (fd < 0) return fail(e, path, EEXIST);
 
-  struct stat old;
-  int rc = write_all(fd, data, len);
-  if (rc == 0 && mode >= 0) rc = fchmod(fd, (mode_t)mode);
-  else if (rc == 0 && stat(path, &old) == 0 && S_ISREG(old.st_mode)) rc = fchmod(fd, old.st_mode & 07777);
+  int rc = final >= 0 ? fchmod(fd, (mode_t)final) : 0;
+  if (rc == 0) rc = write_all(fd, data, len);
   if (rc == 0) rc = fsync(fd);
   int err = errno;
   if (close(fd) != 0 && rc == 0) {

@@ -33,9 +33,12 @@ int galley_fs_read(const char *path, char **data, size_t *len, galley_fs_error *
  * unchanged for an existing one; otherwise the file gets exactly that mode. */
 int galley_fs_write(const char *path, const void *data, size_t len, int mode, galley_fs_error *e);
 
-/* Writes a temporary file beside path, fsyncs it, sets its mode (mode < 0: the old target's
- * mode, or 0666 minus the umask), renames it over path and fsyncs the directory. On failure the
- * old target is untouched and the temporary file is gone. */
+/* Writes a temporary file beside path (an unpredictable name, opened O_CREAT|O_EXCL|O_NOFOLLOW
+ * with mode 0600), sets it to its final mode before writing a byte (mode >= 0: exactly that,
+ * whatever the umask; mode < 0: the old target's mode, or 0666 minus the umask for a new file),
+ * writes and fsyncs it, renames it over path and fsyncs the directory. So the data is never in a
+ * file with more permissions than the final one. On failure the old target is untouched and the
+ * temporary file is gone. */
 int galley_fs_write_atomic(const char *path, const void *data, size_t len, int mode, galley_fs_error *e);
 
 /* lstat: a symlink is reported as GALLEY_FS_LINK. */

@@ -11,6 +11,7 @@
 -- methods: create_instance, remove_instance, snapshot_instance, create_snapshot,
 -- remove_snapshot, exec, spawn, release, kill, pause, resume, pids, shutdown.
 local errors = require("galley.errors")
+local paths = require("galley.paths")
 local proc = require("galley.core.proc")
 
 local M = {}
@@ -57,8 +58,10 @@ function M.new(opts)
   local token = {}
   for i = 1, 16 do token[i] = ("%x"):format(math.random(0, 15)) end
   local self = setmetatable({ root = opts.root, token = table.concat(token), running = {}, paused = {} }, Backend)
-  local ok, err = fs({ "mkdir", "-p", self.root .. "/instances", self.root .. "/snapshots" })
-  if not ok then return nil, err end
+  local ok, err = pcall(function()
+    for _, d in ipairs({ self.root, self.root .. "/instances", self.root .. "/snapshots" }) do paths.private_dir(d) end
+  end)
+  if not ok then return nil, errors.wrap(err, nil, "EMULATOR_FS") end
   return self
 end
 

@@ -16,6 +16,7 @@ local sandbox_mod = require("galley.emulator.sandbox")
 local faults_mod = require("galley.emulator.faults")
 local json = require("galley.emulator.json")
 local errors = require("galley.errors")
+local paths = require("galley.paths")
 local httpd = require("galley.core.httpd")
 local runtime = require("galley.core.runtime")
 
@@ -60,6 +61,9 @@ local reply, detail = api_mod.reply, api_mod.detail
 function M.new(opts)
   assert(type(opts.state_dir) == "string", "emulator.new: state_dir required")
   assert(type(opts.api_key) == "string" and opts.api_key ~= "", "emulator.new: api_key required")
+  -- The state directory holds every instance's files: this user's alone (0700, no symlink).
+  local dir_ok, dir_err = pcall(paths.private_dir, opts.state_dir)
+  if not dir_ok then return nil, errors.wrap(dir_err, nil, "FILE_IO_ERROR") end
   -- Instances are local-provider sandboxes (host read-only, home at /root) unless bubblewrap is
   -- missing or the caller opts out; the plain-directory backend then runs commands on the host.
   local backend, err

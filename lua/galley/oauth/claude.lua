@@ -33,6 +33,7 @@ local errors = require("galley.errors")
 local fs = require("galley.core.fs")
 local http = require("galley.core.http")
 local logmod = require("galley.log")
+local paths = require("galley.paths")
 local util = require("galley.util")
 
 local M = {}
@@ -458,26 +459,22 @@ end
 
 
 local function expand_local(path)
-  if path == "~" or path:sub(1, 2) == "~/" then
-    local home = os.getenv("HOME")
-    if not home or home == "" then
-      raise("VALIDATION_ERROR", "cannot expand ~: HOME is not set", { field = "path" })
-    end
-    return home:gsub("/+$", "") .. path:sub(2)
-  end
-  return path
+  return paths.expand(path)
 end
 
 
 local STORED_FIELDS = { "access_token", "refresh_token", "expires_at_ms", "expires_in", "token_type", "scopes",
   "account", "organization", "obtained_at_ms", "subscription_type" }
 
---- Writes credentials to a local file, atomically (temporary file, fsync, rename) with mode
--- 0600; creates a missing parent directory with mode 0700. `~` is $HOME.
+--- Writes credentials to a local file, atomically (a temporary file created 0600, fsync, rename):
+-- the tokens are never in a file others can read. Missing parent directories are created with
+-- mode 0700; galley's config directory must be the user's alone, another existing directory must
+-- belong to the user or root and be sticky if others can write it (galley.paths.private_dir).
+-- `~` is galley.paths.home().
 ---@param path string
 ---@param creds galley.ClaudeCredentials
 ---@return string path the expanded path
----@raise VALIDATION_ERROR (no access_token) | FILE_IO_ERROR (resource "file:<path>")
+---@raise VALIDATION_ERROR (no access_token) | FILE_IO_ERROR (resource "file:<path>") | UNSAFE_PATH (the directory)
 function M.save_credentials(path, creds)
   if type(creds) ~= "table" or type(creds.access_token) ~= "string" then
     raise("VALIDATION_ERROR", "credentials need an access_token", { field = "access_token" })
@@ -486,11 +483,15 @@ function M.save_credentials(path, creds)
   local out = {}
   for _, k in ipairs(STORED_FIELDS) do out[k] = creds[k] end
   local dir = path:match("^(.*)/[^/]*$")
-  if dir and dir ~= "" and not fs.exists(dir) then
-    local ok, err = fs.mkdir_p(dir, "700")
+  if dir and dir ~= "" then
+    -- galley's own config directory must be the user's alone; a directory the caller chose
+    -- may be shared if it is sticky (/tmp): the file itself is theirs, 0600, from its creation.
+    local has_cfg, cfg = pcall(paths.config_dir)
+    local own = has_cfg and (dir == cfg or dir:sub(1, #cfg + 1) == cfg .. "/")
+    local ok, err = pcall(paths.private_dir, dir, { shared_ok = not own })
     if not ok then
-      raise("FILE_IO_ERROR", ("cannot create %s: %s"):format(dir, tostring(err and err.message)),
-        { resource = "file:" .. dir, operation = "oauth.save_credentials" })
+      err = errors.wrap(err, { operation = "oauth.save_credentials" }, "FILE_IO_ERROR")
+      error(err, 0)
     end
   end
   local ok, err = fs.write_atomic(path, cjson.encode(out):gsub("\\/", "/") .. "\n", { mode = "600" })

@@ -6,7 +6,8 @@
 --   provider.files.write_file_atomic(inst.id, "~/.config/app.json", "{}", {create_dirs = true})
 --   provider.instances.terminate(inst.id)
 --
--- Layout (state dir: opts.state_dir, else GALLEY_STATE_DIR, else ~/.local/state/galley):
+-- Layout (state dir: opts.state_dir, else GALLEY_STATE_DIR, else ~/.local/state/galley; mode 0700,
+-- refused when it is a symlink, another user's or writable by others; see galley.paths):
 --   instances/<id>/meta.json   id, status, metadata, TTL, snapshot, cgroup (written atomically,
 --                              so every galley process sees the same instances)
 --   instances/<id>/home/       the instance's home directory
@@ -40,6 +41,7 @@ local errors = require("galley.errors")
 local execfiles = require("galley.providers.execfiles")
 local fs = require("galley.core.fs")
 local logmod = require("galley.log")
+local paths = require("galley.paths")
 local proc = require("galley.core.proc")
 local run = require("galley.tracker")
 local runtime = require("galley.core.runtime")
@@ -168,14 +170,17 @@ end
 --- Creates a local provider.
 ---@param opts? galley.LocalProviderOptions
 ---@return table provider `{name, version, capabilities, instances, snapshots, images, files, exec}`
----@raise VALIDATION_ERROR (home_dir missing on the host) | PROCESS_ERROR (state dir not writable)
+---@raise VALIDATION_ERROR (home_dir missing on the host) | UNSAFE_PATH (state dir a symlink, another user's or
+--- writable by others) | FILE_IO_ERROR (state dir cannot be created)
 function M.new(opts)
   opts = opts or {}
   local log = opts.log or logmod.new({ prefix = "local" })
   local now = opts.clock or os.time
-  local host_home = os.getenv("HOME") or "/root"
-  local state_dir = opts.state_dir or os.getenv("GALLEY_STATE_DIR") or (host_home .. "/.local/state/galley")
-  tool({ "mkdir", "-p", state_dir .. "/instances", state_dir .. "/snapshots" }, "create the state directory")
+  -- The state directory and its instances/ and snapshots/ are this user's alone (0700; a
+  -- symlink, another user's or a group/other-writable directory is refused with UNSAFE_PATH).
+  local state_dir = paths.private_dir(opts.state_dir or paths.state_dir())
+  paths.private_dir(state_dir .. "/instances")
+  paths.private_dir(state_dir .. "/snapshots")
   state_dir = fs.realpath(state_dir) or state_dir:gsub("/+$", "")
   local instances_dir, snapshots_dir = state_dir .. "/instances", state_dir .. "/snapshots"
 

@@ -92,6 +92,67 @@ describe("galley.core.fs #fs", function()
       assert.are.same({ "target" }, fs.list(root))
       assert.are.equal("FS_NOT_FOUND", select(2, fs.write_atomic(root .. "/nodir/x", "x")).code)
     end)
+
+    -- A real observer (inotifywait) stats each file the moment it appears, is written or is
+    -- chmodded, while another galley process with a umask of 000 writes 32 MiB.
+    describe("seen by another process while it writes", function()
+      local observer = require("support.host_files")
+      local big = 'string.rep("s", 32 * 1024 * 1024)'
+
+      local function observe(code)
+        local dir = root .. "/watched"
+        assert(fs.mkdir_p(dir, "755"))
+        local events, r = observer.observe(dir, observer.galley_umask0(code), { TARGET = dir .. "/token" })
+        assert.are.equal(0, r.exit_code, r.stderr)
+        local created = {}
+        for _, e in ipairs(events) do
+          if e.event:match("CREATE") then created[#created + 1] = e end
+        end
+        assert.is_true(#created >= 1, "the observer saw no file created")
+        return events, created, dir
+      end
+
+      it("never shows the data with more permissions than the final mode, whatever the umask", function()
+        if not observer.have_inotify() then return pending("inotifywait (inotify-tools) is not installed") end
+        local events, created, dir = observe(('assert(require("galley.core.fs").write_atomic(os.getenv("TARGET"), %s, '
+          .. '{ mode = "600" }))'):format(big))
+        assert.is_not_nil(created[1].mode, "the temporary file was gone before the observer looked")
+        for _, e in ipairs(events) do
+          if e.mode then
+            assert.are.equal(0, e.mode & 63, ("%s %s had mode %o"):format(e.event, e.name, e.mode))
+          end
+        end
+        assert.are.equal(384, fs.stat(dir .. "/token").mode)
+      end)
+
+      it("keeps an existing target's mode from the first moment when no mode is given", function()
+        if not observer.have_inotify() then return pending("inotifywait (inotify-tools) is not installed") end
+        local events, _, dir = observe(('local fs = require("galley.core.fs"); local p = os.getenv("TARGET"); '
+          .. 'assert(fs.write(p, "old", { mode = "600" })); assert(fs.write_atomic(p, %s))'):format(big))
+        local seen_temp = false
+        for _, e in ipairs(events) do
+          if e.name ~= "token" and e.mode then
+            seen_temp = true
+            assert.are.equal(384, e.mode, ("%s %s had mode %o"):format(e.event, e.name, e.mode))
+          end
+        end
+        assert.is_true(seen_temp, "the observer never saw the temporary file")
+        assert.are.equal(384, fs.stat(dir .. "/token").mode)
+      end)
+
+      it("uses an unpredictable temporary name beside the target", function()
+        if not observer.have_inotify() then return pending("inotifywait (inotify-tools) is not installed") end
+        local _, created = observe('local fs = require("galley.core.fs"); for _ = 1, 3 do '
+          .. 'assert(fs.write_atomic(os.getenv("TARGET"), "x", { mode = "600" })) end')
+        local names = {}
+        for _, e in ipairs(created) do
+          assert.matches("^%.token%.tmp%-" .. ("%x"):rep(16) .. "$", e.name)
+          assert.is_nil(names[e.name], "a temporary name was used twice")
+          names[e.name] = true
+        end
+        assert.are.equal(3, #created)
+      end)
+    end)
   end)
 
   describe("stat and exists", function()
