@@ -35,8 +35,8 @@
 -- - anything else: 404 with the API's error envelope ({"type":"error","error":{...}}).
 -- A request without credentials (no `Authorization: Bearer …`, no `x-api-key`) gets 401
 -- authentication_error, as from the real API. Setting fake.fail = {status = 400, type =
--- "invalid_request_error"} makes /v1/messages answer that error (the CLI does not retry a 400). opts.reply_fn(req) may return the reply text for a
--- request (default: opts.reply).
+-- "invalid_request_error"} makes /v1/messages answer that error (the CLI does not retry a 400).
+-- opts.reply_fn(req) may return the reply text for a request (default: opts.reply).
 local cjson = require("cjson").new()
 local httpd = require("galley.core.httpd")
 
@@ -146,7 +146,9 @@ function M.start(opts)
     end
     if not rec.json then return api_error(400, "invalid_request_error", "the body is not a JSON object") end
     if req.path == "/v1/messages/count_tokens" then return json(200, { input_tokens = math.max(1, #req.body // 4) }) end
-    if self.fail then return api_error(self.fail.status or 400, self.fail.type or "invalid_request_error", "FAKE failure") end
+    if self.fail then
+      return api_error(self.fail.status or 400, self.fail.type or "invalid_request_error", "FAKE failure")
+    end
     return message(req, rec.json)
   end
 
