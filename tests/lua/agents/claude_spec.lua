@@ -426,6 +426,40 @@ describe("the Claude agent #agents", function()
       assert.are.equal(("rules\n"):rep(20000), last_system_text(req):sub(-120000))
     end)
 
+    -- No proxy here: the raw network. strace records every connect() of the CLI and its children.
+    local it_strace = require("galley.core.proc").which("strace") and it or pending
+    it_strace("connects to nothing but the loopback FAKE: no other address, no DNS (strace)", function()
+      local raw = {}
+      for k, v in pairs(fake.env) do
+        if not k:lower():find("proxy", 1, true) then raw[k] = v end
+      end
+      local trace = inst.root .. "/connect.trace"
+      p.exec(inst.id, { kind = "argv", command = "mkdir", args = { "-p", inst.home .. "/work" } })
+      for _, install in ipairs({ function() install_oauth({ "user:inference" }) end, install_api_key }) do
+        install()
+        fake.reset()
+        local spec = agent().to_process_spec({ session_name = "net", prompt = "network check" })
+        local env = { IS_SANDBOX = "1" }
+        for k, v in pairs(raw) do env[k] = v end
+        local r = p.exec(inst.id, { kind = "argv", command = "strace", cwd = "~/work", env = env,
+          args = { "-f", "-qq", "-e", "trace=connect", "-o", trace, "/bin/bash", "-c", spec.command.script } })
+        assert.are.equal(0, r.exit_code, r.stderr)
+        assert.truthy(fake.find_prompt("network check"))
+        local f = assert(io.open(trace, "rb"))
+        local text = f:read("a")
+        f:close()
+        local inet = 0
+        for line in text:gmatch("[^\n]+") do
+          if line:find("AF_INET", 1, true) then
+            inet = inet + 1
+            local port = tonumber(line:match("htons%((%d+)%)"))
+            assert.truthy(line:find('inet_addr("127.0.0.1")', 1, true) and port == fake.port, line)
+          end
+        end
+        assert.is_true(inet > 0, "strace saw no connection at all")
+      end
+    end)
+
     it("exits non-zero when the API refuses the request", function()
       install_oauth({ "user:inference" })
       fake.fail = { status = 400 }
