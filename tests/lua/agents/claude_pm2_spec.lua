@@ -42,7 +42,7 @@ end
 local TEXT = NASTY .. "end 'q'\n"
 
 local function real_cli_specs(target)
-  describe(("the real Claude CLI under PM2 on the %s provider #agents #pm2 #claude_cli #%s"):format(target.label,
+  describe(("the real Claude CLI under PM2 on the %s provider #agents #pm2 #claude_cli #slow #%s"):format(target.label,
     target.label), function()
     local t, p, inst, pm, api, installer
     local TOKEN = "sk-ant-oat01-galley-pm2-" .. ("T"):rep(80)
