@@ -405,6 +405,18 @@ describe("the Claude agent #agents", function()
       assert.are.same({}, fake.outside())
     end)
 
+    it("streams JSON lines with stream-json (--verbose added), extra args passed", function()
+      install_oauth({ "user:inference" })
+      local r = run_real(agent().to_process_spec({ session_name = "stream", prompt = "stream it",
+        output_format = "stream-json", extra_args = { "--max-turns", "3" } }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      local last
+      for line in r.stdout:gmatch("[^\n]+") do last = require("cjson").decode(line) end
+      assert.are.equal("result", last.type)
+      assert.are.equal("FAKE reply: hi from the loopback API", last.result)
+      assert.truthy(fake.find_prompt("stream it"))
+    end)
+
     it("runs --dangerously-skip-permissions as root only with IS_SANDBOX=1", function()
       install_oauth({ "user:inference" })
       local r = run_real(agent({ run_as_root = false }).to_process_spec({ session_name = "root", prompt = "refused" }))
