@@ -108,7 +108,13 @@ local function real_cli_specs(target)
 
     it("accepts galley's OAuth credentials; prompt, model and token reach the API; the reply is logged", function()
       install_oauth()
-      local r = run({ session_name = "oauth", prompt = TEXT, model = "claude-galley-pm2", system_prompt = "sys 'x'" })
+      local running -- where the token shows while the CLI waits for the API's answer
+      api.on_message = function() running = cli.leaks(TOKEN) end
+      local ok, r = pcall(run, { session_name = "oauth", prompt = TEXT, model = "claude-galley-pm2",
+        system_prompt = "sys 'x'" })
+      api.on_message = nil
+      assert.is_true(ok, tostring(r))
+      assert.are.same({}, running, "the token is in some process's argv while the session runs")
       assert.are.equal(0, r.exit_code, r.err)
       assert.truthy(r.out:find("FAKE reply under PM2: hello", 1, true), r.out .. r.err)
       local req = assert(api.find_prompt(TEXT), "the FAKE never saw the prompt byte for byte")
@@ -117,7 +123,7 @@ local function real_cli_specs(target)
       local sys = req.json.system
       assert.are.equal("sys 'x'", sys[#sys].text:sub(-7))
       assert.are.same({}, api.outside(), "the CLI tried to reach another host")
-      assert.are.same({}, cli.leaks(TOKEN), "the token is in some process's argv")
+      assert.are.same({}, cli.leaks(TOKEN), "the token is in some process's argv after the session")
       assert.falsy((r.out .. r.err):find(TOKEN, 1, true), "the token is in the session's log")
       assert.falsy(r.jlist:find(TOKEN, 1, true), "the token is in pm2 jlist")
       assert.truthy(r.jlist:find("IS_SANDBOX", 1, true), "expected pm2 jlist to show the session's environment")

@@ -7,7 +7,7 @@
 --
 --   local cli = require("support.claude_cli")
 --   if cli.real() then ... cli.path, cli.version ... else cli.warn("claude_pm2_spec") ... end
---   cli.leaks(secret, {pm2_home = ...})  -> {"ps", "pm2 jlist", ...}: where a secret shows
+--   cli.leaks(secret)   -> {"ps"} when some process's argv holds the secret, else {}
 local proc = require("galley.core.proc")
 
 local M = {}
@@ -43,40 +43,19 @@ function M.warn(who)
     :format(who))
 end
 
---- Where `secret` shows on this machine: "ps" (any process's argv), "environ" (any process's
--- environment, except those listed in opts.skip_pids), the files in opts.files, "pm2 jlist"
--- (with opts.pm2_env: the environment to run `pm2 jlist` in).
+--- Where `secret` shows in this machine's process table: {"ps"} when any process's argv
+-- (/proc/*/cmdline, what `ps` prints) holds it, else {}.
 ---@param secret string
----@param opts? {files?: string[], pm2_env?: table<string, string>}
 ---@return string[]
-function M.leaks(secret, opts)
-  opts = opts or {}
-  local out = {}
-  local function read(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local s = f:read("a")
-    f:close()
-    return s
-  end
+function M.leaks(secret)
   local r = assert(proc.run({ argv = { "ls", "/proc" } }))
   for pid in r.stdout:gmatch("%d+") do
-    local cmdline = read("/proc/" .. pid .. "/cmdline")
-    if cmdline and cmdline:find(secret, 1, true) then
-      out[#out + 1] = "ps"
-      break
-    end
+    local f = io.open("/proc/" .. pid .. "/cmdline", "rb")
+    local cmdline = f and f:read("a")
+    if f then f:close() end
+    if cmdline and cmdline:find(secret, 1, true) then return { "ps" } end
   end
-  for _, path in ipairs(opts.files or {}) do
-    local s = read(path)
-    if s and s:find(secret, 1, true) then out[#out + 1] = path end
-  end
-  if opts.pm2_env then
-    local j = assert(proc.run({ argv = { "pm2", "jlist" }, env = opts.pm2_env, env_mode = "replace",
-      timeout_ms = 60000 }))
-    if (j.stdout .. j.stderr):find(secret, 1, true) then out[#out + 1] = "pm2 jlist" end
-  end
-  return out
+  return {}
 end
 
 return M

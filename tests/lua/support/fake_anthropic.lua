@@ -37,6 +37,8 @@
 -- authentication_error, as from the real API. Setting fake.fail = {status = 400, type =
 -- "invalid_request_error"} makes /v1/messages answer that error (the CLI does not retry a 400).
 -- opts.reply_fn(req) may return the reply text for a request (default: opts.reply).
+-- fake.on_message(req), when set, is called before each /v1/messages answer: the CLI is then
+-- alive and waiting, so a spec can look at the running session (e.g. every process's argv).
 local cjson = require("cjson").new()
 local httpd = require("galley.core.httpd")
 
@@ -146,6 +148,7 @@ function M.start(opts)
     end
     if not rec.json then return api_error(400, "invalid_request_error", "the body is not a JSON object") end
     if req.path == "/v1/messages/count_tokens" then return json(200, { input_tokens = math.max(1, #req.body // 4) }) end
+    if req.path == "/v1/messages" and self.on_message then self.on_message(rec) end
     if self.fail then
       return api_error(self.fail.status or 400, self.fail.type or "invalid_request_error", "FAKE failure")
     end
