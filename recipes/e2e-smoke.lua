@@ -11,7 +11,12 @@
 -- terminate, instance gone).
 -- When the instance has no `claude`, a FAKE stand-in (a bash script that echoes the prompt) is
 -- installed at ~/.local/bin/claude so the PM2 + agent path still runs; TAP says so plainly. On
--- the emulator without CLAUDE_ACCESS_TOKEN a generated FAKE token is installed.
+-- the emulator without CLAUDE_ACCESS_TOKEN a generated FAKE token is installed (inference scope
+-- only, like a `claude setup-token` token). The real CLI given that FAKE token needs an API that
+-- accepts it: --anthropic-base-url (tests pass a loopback FAKE of the Anthropic API; the session
+-- then gets ANTHROPIC_BASE_URL, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 and
+-- DISABLE_AUTOUPDATER=1). Without it the stand-in runs instead, with a warning, rather than
+-- sending a FAKE token to Anthropic.
 -- Exit status 1 when any check failed. stdout is TAP only; progress goes to stderr.
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
@@ -40,6 +45,8 @@ local opts = recipe.options({
     { "model", metavar = "NAME", default = "sonnet", help = "claude model" },
     { "credentials", metavar = "PATH", env = "GALLEY_CLAUDE_CREDENTIALS",
       help = "Claude credentials JSON (claude-login)" },
+    { "anthropic-base-url", metavar = "URL",
+      help = "claude talks to this Anthropic API (tests: a loopback FAKE); also disables its nonessential traffic" },
     { "session-timeout", type = "integer", default = 300, help = "seconds to wait for the agent session" },
     { "keep", type = "flag", help = "keep the instance (and the emulator's is gone anyway)" },
   },
@@ -128,7 +135,7 @@ diag("snapshot: " .. snapshot)
 -- Claude credentials: CLAUDE_ACCESS_TOKEN (token or file), --credentials, or a FAKE one on the emulator
 -- ---------------------------------------------------------------------------------------------
 
-local creds, creds_from
+local creds, creds_from, fake_token
 do
   local token = env("CLAUDE_ACCESS_TOKEN")
   if opts.credentials then
@@ -145,7 +152,9 @@ do
     local fake = "sk-ant-oat01-FAKE-" .. rf:read(32):gsub(".", function(c) return ("%02x"):format(c:byte()) end)
     rf:close()
     logmod.register_secret(fake)
-    creds, creds_from = { access_token = fake, expires_at_ms = (os.time() + 3600) * 1000 }, "a generated FAKE token"
+    creds, creds_from = { access_token = fake, expires_at_ms = (os.time() + 3600) * 1000,
+      scopes = { "user:inference" } }, "a generated FAKE token"
+    fake_token = true
   end
 end
 
@@ -209,6 +218,12 @@ check("claude_version", { "exec" }, function()
     return "skip", "claude is not installed on the instance (WARNING: the agent checks use a FAKE stand-in)"
   end
   if r.exit_code ~= 0 then return false, ("claude --version: exit %d: %s"):format(r.exit_code, r.stderr) end
+  if fake_token and not opts.anthropic_base_url then
+    say("e2e-smoke: WARNING: the real claude would send a generated FAKE token to Anthropic; the agent checks use "
+      .. "a FAKE stand-in (give CLAUDE_ACCESS_TOKEN, or --anthropic-base-url for a FAKE API)")
+    return "skip", first_line(r.stdout) .. " installed, but no API accepts the generated FAKE token "
+      .. "(WARNING: the agent checks use a FAKE stand-in; see --anthropic-base-url)"
+  end
   claude_bin = "claude"
   return first_line(r.stdout)
 end)
@@ -309,8 +324,13 @@ check("session_start", { "exec", "which_pm2" }, function()
   local agent = require("galley.agents.claude").new({ model = opts.model, claude_bin = claude_bin })
   orch = orchestrator.new({ provider = provider, process_manager = pm, agent = agent, log = log })
   provider.files.create_directory(id, home .. "/galley-smoke")
+  local session_env
+  if opts.anthropic_base_url then
+    session_env = { ANTHROPIC_BASE_URL = opts.anthropic_base_url, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1",
+      DISABLE_AUTOUPDATER = "1" }
+  end
   local s = step("start the claude session", orch.start_session, id,
-    { session_name = "e2e-smoke", prompt = opts.prompt, cwd = cwd })
+    { session_name = "e2e-smoke", prompt = opts.prompt, cwd = cwd, env = session_env })
   session_name = s.process_name
   return session_name .. (fake_installed and " (FAKE claude stand-in)" or "")
 end)

@@ -1,10 +1,17 @@
 -- galley.credentials: profile checks, the Claude profile, the one-exec plan, and real installs on
--- an instance of the local provider (bubblewrap sandbox when available).
+-- an instance of the local provider (bubblewrap sandbox when available), read by the real Claude
+-- Code CLI (which talks to the loopback FAKE Anthropic API).
 local credentials = require("galley.credentials")
 local codec = require("galley.core.codec")
 local cjson = require("cjson")
 local log = require("galley.log")
 local proc = require("galley.core.proc")
+local cli = require("support.claude_cli")
+local fake_api = require("support.fake_anthropic")
+local support = require("support")
+
+local shell_q = support.q
+local api_env = {}
 
 local function raised(f, ...)
   local ok, err = pcall(f, ...)
@@ -217,6 +224,59 @@ describe("galley.credentials #credentials", function()
         if r.msg == "credential file written" then assert.is_number(r.fields.bytes) end
       end
       assert.is_truthy(table.concat(paths, " "):find(home .. "/.claude/.credentials.json", 1, true))
+    end)
+
+    -- The REAL Claude Code CLI (support.claude_cli) reads what was installed, and a turn against
+    -- the loopback FAKE Anthropic API carries the installed token or key.
+    local it_real = cli.real() and it or pending
+    if not cli.real() then cli.warn("credentials_spec") end
+
+    local function claude_in_instance(args, stdin_text)
+      local env = { IS_SANDBOX = "1" }
+      for k, v in pairs(api_env) do env[k] = v end
+      local script = ("printf %%s %s | claude %s"):format(shell_q(stdin_text or ""), args)
+      return provider.exec(inst.id, { kind = "shell", script = script, env = env })
+    end
+
+    it_real("is accepted by the real claude CLI: the OAuth profile and the apiKeyHelper profile", function()
+      local api = fake_api.start({ reply = "FAKE reply for credentials_spec" })
+      api_env = api.env
+      local ok, err = pcall(function()
+        sh("rm -rf ~/.claude ~/.claude.json")
+        local input = claude_input({ expires_at_ms = (os.time() + 3600) * 1000, scopes = { "user:inference" },
+          subscription_type = "max" })
+        installer.install(inst.id, credentials.claude_profile(input))
+        local r = claude_in_instance("auth status")
+        assert.are.equal(0, r.exit_code, r.stdout .. r.stderr)
+        local status = cjson.decode(r.stdout)
+        assert.is_true(status.loggedIn)
+        assert.are.equal("claude.ai", status.authMethod)
+        assert.are.equal("max", status.subscriptionType)
+        r = claude_in_instance("-p --dangerously-skip-permissions", "hello from credentials_spec")
+        assert.are.equal(0, r.exit_code, r.stderr)
+        assert.are.equal("FAKE reply for credentials_spec\n", r.stdout)
+        local req = assert(api.find_prompt("hello from credentials_spec"))
+        assert.are.same({ "bearer", input.access_token }, { fake_api.credential(req) })
+
+        sh("rm -rf ~/.claude ~/.claude.json")
+        local key = fake_token("sk-ant-api03-")
+        installer.install(inst.id, { name = "claude-api-key", directories = { { path = "~/.claude", mode = "700" } },
+          files = {
+            { path = "~/.claude/anthropic-api-key", content = key, mode = "600", secret = true },
+            { path = "~/.claude/settings.json", json = { apiKeyHelper = "cat ~/.claude/anthropic-api-key" },
+              merge = "shallow", mode = "600" },
+            { path = "~/.claude.json", json = { hasCompletedOnboarding = true }, merge = "deep", mode = "600" },
+          } })
+        r = claude_in_instance("auth status")
+        assert.are.equal(0, r.exit_code, r.stdout .. r.stderr)
+        assert.are.equal("api_key_helper", cjson.decode(r.stdout).authMethod)
+        r = claude_in_instance("-p --dangerously-skip-permissions", "key from credentials_spec")
+        assert.are.equal(0, r.exit_code, r.stderr)
+        assert.are.equal(key, assert(api.find_prompt("key from credentials_spec")).headers["x-api-key"])
+        assert.are.same({}, api.outside())
+      end)
+      api.stop()
+      if not ok then error(err, 0) end
     end)
 
     it("writes plain files with their modes and runs post_install", function()

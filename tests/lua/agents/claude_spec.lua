@@ -298,4 +298,188 @@ describe("the Claude agent #agents", function()
       assert.are.equal(("s"):rep(160), r.system_prompt_file)
     end)
   end)
+
+  -- The REAL Claude Code CLI (support.claude_cli) against the loopback FAKE Anthropic API, on the
+  -- host provider double (an instance is a scratch HOME on this machine), with credentials put
+  -- there by galley.credentials. Falls back to nothing: the stand-in runs above.
+  local cli = require("support.claude_cli")
+  local describe_real = cli.real() and describe or pending
+  if not cli.real() then cli.warn("claude_spec") end
+  describe_real("run by the real Claude Code CLI against the FAKE Anthropic API #claude_cli", function()
+    local credentials = require("galley.credentials")
+    local fake_api = require("support.fake_anthropic")
+    local host = require("support.host_provider")
+    local logmod = require("galley.log")
+    local fake, p, inst, installer
+    local TOKEN = "sk-ant-oat01-galley-spec-" .. ("A"):rep(70)
+    local KEY = "sk-ant-api03-galley-spec-" .. ("B"):rep(70)
+    -- Valid UTF-8 (the API carries JSON text): quotes, $, backticks, backslashes, CR, newlines.
+    local PROMPT = NASTY .. "end 'q'\n"
+
+    setup(function()
+      fake = fake_api.start({ reply = "FAKE reply: hi from the loopback API" })
+      p = host.new()
+      inst = p.instances.boot()
+      installer = credentials.new({ provider = p, log = logmod.silent() })
+    end)
+
+    teardown(function()
+      if inst then p.instances.terminate(inst.id) end
+      if fake then fake.stop() end
+    end)
+
+    local function install_oauth(scopes)
+      p.exec(inst.id, { kind = "argv", command = "rm", args = { "-rf", inst.home .. "/.claude", inst.home .. "/.claude.json" } })
+      installer.install(inst.id, credentials.claude_profile({ access_token = TOKEN, refresh_token = "sk-ant-ort01-r",
+        expires_at_ms = (os.time() + 3600) * 1000, scopes = scopes, trust_dirs = { "~/work" } }))
+    end
+
+    -- The profile boot-and-run installs for an API key: the key in a 0600 file, read by apiKeyHelper.
+    local function install_api_key()
+      p.exec(inst.id, { kind = "argv", command = "rm", args = { "-rf", inst.home .. "/.claude", inst.home .. "/.claude.json" } })
+      installer.install(inst.id, { name = "claude-api-key", directories = { { path = "~/.claude", mode = "700" } },
+        files = {
+          { path = "~/.claude/anthropic-api-key", content = KEY, mode = "600", secret = true },
+          { path = "~/.claude/settings.json", json = { apiKeyHelper = "cat ~/.claude/anthropic-api-key" },
+            merge = "shallow", mode = "600" },
+          { path = "~/.claude.json", json = { hasCompletedOnboarding = true }, merge = "deep", mode = "600" },
+        } })
+    end
+
+    -- Runs the agent's ProcessSpec on the instance (files first), claude pointed at the FAKE.
+    local function run_real(spec)
+      fake.reset()
+      for _, f in ipairs(spec.files or {}) do
+        p.files.write_file_atomic(inst.id, f.path, f.content, { mode = f.mode, create_dirs = true })
+      end
+      local env = {}
+      for k, v in pairs(fake.env) do env[k] = v end
+      for k, v in pairs(spec.command.env or {}) do env[k] = v end
+      p.exec(inst.id, { kind = "argv", command = "mkdir", args = { "-p", inst.home .. "/work" } })
+      return p.exec(inst.id, { kind = "shell", script = spec.command.script, cwd = spec.command.cwd, env = env })
+    end
+
+    local function agent(opts)
+      opts = opts or {}
+      opts.cwd = "~/work"
+      return claude.new(opts)
+    end
+
+    local function last_system_text(req)
+      local sys = req.json.system
+      if type(sys) == "string" then return sys end
+      return sys[#sys].text
+    end
+
+    it("accepts galley's .credentials.json: the prompt, model, system prompt and token reach the API", function()
+      install_oauth({ "user:inference" })
+      local spec = agent().to_process_spec({ session_name = "real", prompt = PROMPT, model = "claude-galley-test-1",
+        system_prompt = "Be terse. 'sys' $HOME\n" })
+      local r = run_real(spec)
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.are.equal("FAKE reply: hi from the loopback API\n", r.stdout)
+      local req = fake.find_prompt(PROMPT)
+      assert.truthy(req, "the FAKE never saw the prompt byte for byte")
+      assert.are.equal("claude-galley-test-1", req.json.model)
+      assert.are.same({ "bearer", TOKEN }, { fake_api.credential(req) })
+      assert.are.equal("Be terse. 'sys' $HOME\n", last_system_text(req):sub(-#"Be terse. 'sys' $HOME\n"))
+      assert.are.same({}, fake.outside(), "the CLI tried to reach another host")
+    end)
+
+    it("with the user:profile scope also asks api.anthropic.com for the OAuth profile (trapped, refused)", function()
+      install_oauth(nil) -- galley's default scopes: user:inference user:profile
+      local r = run_real(agent().to_process_spec({ session_name = "profile", prompt = "hi there" }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.are.same({ "bearer", TOKEN }, { fake_api.credential(assert(fake.find_prompt("hi there"))) })
+      assert.are.same({ "CONNECT api.anthropic.com:443" }, fake.outside())
+    end)
+
+    it("accepts the apiKeyHelper profile: the key from the 0600 file reaches the API", function()
+      install_api_key()
+      local r = run_real(agent().to_process_spec({ session_name = "key", prompt = "with a key", output_format = "json" }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      local out = require("cjson").decode(r.stdout)
+      assert.are.equal("FAKE reply: hi from the loopback API", out.result)
+      local req = assert(fake.find_prompt("with a key"))
+      assert.are.equal(KEY, req.headers["x-api-key"])
+      assert.are.same({}, fake.outside())
+    end)
+
+    it("streams JSON lines with stream-json (--verbose added), extra args passed", function()
+      install_oauth({ "user:inference" })
+      local r = run_real(agent().to_process_spec({ session_name = "stream", prompt = "stream it",
+        output_format = "stream-json", extra_args = { "--max-turns", "3" } }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      local last
+      for line in r.stdout:gmatch("[^\n]+") do last = require("cjson").decode(line) end
+      assert.are.equal("result", last.type)
+      assert.are.equal("FAKE reply: hi from the loopback API", last.result)
+      assert.truthy(fake.find_prompt("stream it"))
+    end)
+
+    it("runs --dangerously-skip-permissions as root only with IS_SANDBOX=1", function()
+      install_oauth({ "user:inference" })
+      local r = run_real(agent({ run_as_root = false }).to_process_spec({ session_name = "root", prompt = "refused" }))
+      assert.are.equal(1, r.exit_code)
+      assert.are.same({}, fake.messages())
+      r = run_real(agent().to_process_spec({ session_name = "root", prompt = "allowed" }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.truthy(fake.find_prompt("allowed"))
+    end)
+
+    it("feeds a 200 KiB prompt from the uploaded file byte for byte", function()
+      install_oauth({ "user:inference" })
+      local prompt = (PROMPT .. "ünïcödé 日本語\n"):rep(math.ceil(200 * 1024 / #PROMPT))
+      local spec = agent().to_process_spec({ session_name = "big", prompt = prompt, system_prompt = ("rules\n"):rep(20000) })
+      assert.are.equal(2, #spec.files)
+      local r = run_real(spec)
+      assert.are.equal(0, r.exit_code, r.stderr)
+      local req = assert(fake.find_prompt(prompt), "the FAKE never saw the big prompt")
+      assert.are.equal(("rules\n"):rep(20000), last_system_text(req):sub(-120000))
+    end)
+
+    -- No proxy here: the raw network. strace records every connect() of the CLI and its children.
+    local it_strace = require("galley.core.proc").which("strace") and it or pending
+    it_strace("connects to nothing but the loopback FAKE: no other address, no DNS (strace)", function()
+      local raw = {}
+      for k, v in pairs(fake.env) do
+        if not k:lower():find("proxy", 1, true) then raw[k] = v end
+      end
+      local trace = inst.root .. "/connect.trace"
+      p.exec(inst.id, { kind = "argv", command = "mkdir", args = { "-p", inst.home .. "/work" } })
+      for _, install in ipairs({ function() install_oauth({ "user:inference" }) end, install_api_key }) do
+        install()
+        fake.reset()
+        local spec = agent().to_process_spec({ session_name = "net", prompt = "network check" })
+        local env = { IS_SANDBOX = "1" }
+        for k, v in pairs(raw) do env[k] = v end
+        local r = p.exec(inst.id, { kind = "argv", command = "strace", cwd = "~/work", env = env,
+          args = { "-f", "-qq", "-e", "trace=connect", "-o", trace, "/bin/bash", "-c", spec.command.script } })
+        assert.are.equal(0, r.exit_code, r.stderr)
+        assert.truthy(fake.find_prompt("network check"))
+        local f = assert(io.open(trace, "rb"))
+        local text = f:read("a")
+        f:close()
+        local inet = 0
+        for line in text:gmatch("[^\n]+") do
+          if line:find("AF_INET", 1, true) then
+            inet = inet + 1
+            local port = tonumber(line:match("htons%((%d+)%)"))
+            assert.truthy(line:find('inet_addr("127.0.0.1")', 1, true) and port == fake.port, line)
+          end
+        end
+        assert.is_true(inet > 0, "strace saw no connection at all")
+      end
+    end)
+
+    it("exits non-zero when the API refuses the request", function()
+      install_oauth({ "user:inference" })
+      fake.fail = { status = 400 }
+      local ok, r = pcall(run_real, agent().to_process_spec({ session_name = "fail", prompt = "fails" }))
+      fake.fail = nil
+      assert.is_true(ok, tostring(r))
+      assert.are_not.equal(0, r.exit_code)
+      assert.truthy(fake.find_prompt("fails"))
+    end)
+  end)
 end)

@@ -1,13 +1,18 @@
 -- The boot-and-run recipe through the galley binary: the plain run on the local provider (real
 -- bubblewrap sandbox, real PM2), a failing session, --json, --help and usage errors, and a run
--- against `galley emulate` with the claude agent played by the fake claude fixture and a fake
--- token that must never show in output, argv, environments or PM2's process list.
+-- against `galley emulate` with the REAL Claude Code CLI (support.claude_cli) talking to the
+-- loopback FAKE Anthropic API (support.fake_anthropic; the stand-in fixture only where the CLI is
+-- absent, with a warning), and a fake token that must never show in output, argv, environments or
+-- PM2's process list.
 local cjson = require("cjson")
 local codec = require("galley.core.codec")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
+local util = require("galley.util")
 local support = require("support")
+local cli = require("support.claude_cli")
 local emulator = require("support.emulator")
+local fake_api = require("support.fake_anthropic")
 
 local recipes = require("support.recipes")
 local mktemp_dir = recipes.mktemp_dir
@@ -116,19 +121,24 @@ describe("recipe boot-and-run #recipes", function()
     assert_nothing_left(err)
   end)
 
-  describe("against galley emulate with the fake claude", function()
-    local em, snapdir
+  describe("against galley emulate with the " .. (cli.real() and "real" or "stand-in") .. " claude", function()
+    local em, snapdir, api
+    local real = cli.real()
+    if not real then cli.warn("boot_and_run_spec") end
 
-    -- An instance home with ~/.local/bin on PATH (~/.profile, read by PM2's bash -lc) holding the
-    -- fake claude fixture behind a wrapper that reports what arrived, and whether the token is in
-    -- any process's argv, in the environment of any process of the instance, or in pm2 jlist.
+    -- An instance home with ~/.local/bin on PATH (~/.profile, read by PM2's bash -lc; it also
+    -- points claude at the FAKE API) holding a wrapper around the real CLI (or the stand-in
+    -- fixture) that reports whether the token is in any process's argv, in the environment of any
+    -- process of the instance, or in pm2 jlist; with the stand-in, also what arrived.
     local WRAPPER = [=[#!/bin/bash
 export FAKE_CLAUDE_DIR=$HOME/.fake-claude
 mkdir -p "$FAKE_CLAUDE_DIR"
-"$HOME/.local/bin/fake-claude" "$@"
+@CLAUDE@ "$@"
 rc=$?
-echo "argv: $(tr '\0' ' ' < "$FAKE_CLAUDE_DIR/argv")"
-echo "prompt received: $(cat "$FAKE_CLAUDE_DIR/stdin")"
+if [ -f "$FAKE_CLAUDE_DIR/argv" ]; then
+  echo "argv: $(tr '\0' ' ' < "$FAKE_CLAUDE_DIR/argv")"
+  echo "prompt received: $(cat "$FAKE_CLAUDE_DIR/stdin")"
+fi
 python3 - <<'EOF'
 import glob, hashlib, json, os, subprocess
 path = os.path.expanduser("~/.claude/.credentials.json")
@@ -159,10 +169,14 @@ exit $rc
 ]=]
 
     setup(function()
+      api = fake_api.start({ reply = "FAKE reply: hi from boot-and-run" })
       snapdir = mktemp_dir("bar-snap")
       assert(fs.mkdir_p(snapdir .. "/.local/bin", "755"))
-      assert(fs.write_atomic(snapdir .. "/.profile", 'PATH="$HOME/.local/bin:$PATH"\n', { mode = "644" }))
-      assert(fs.write_atomic(snapdir .. "/.local/bin/claude", WRAPPER, { mode = "755" }))
+      local profile = { 'PATH="$HOME/.local/bin:$PATH"' }
+      for _, k in ipairs(util.sorted_keys(api.env)) do profile[#profile + 1] = ("export %s=%s"):format(k, api.env[k]) end
+      assert(fs.write_atomic(snapdir .. "/.profile", table.concat(profile, "\n") .. "\n", { mode = "644" }))
+      local target = real and support.q(cli.path) or '"$HOME/.local/bin/fake-claude"'
+      assert(fs.write_atomic(snapdir .. "/.local/bin/claude", (WRAPPER:gsub("@CLAUDE@", target)), { mode = "755" }))
       local fake = assert(fs.read(support.source_dir .. "/tests/lua/fixtures/fake-claude"))
       assert(fs.write_atomic(snapdir .. "/.local/bin/fake-claude", fake, { mode = "755" }))
       em = emulator.start({ boot_delay_ms = 0, snapshots = { "snapshot_fakeclaude=" .. snapdir } })
@@ -170,20 +184,34 @@ exit $rc
 
     teardown(function()
       if em then em:stop() end
+      if api then api.stop() end
       proc.run({ argv = { "rm", "-rf", "--", snapdir } })
     end)
 
     it("installs the token, pipes the prompt to claude, and never shows the token", function()
       local token = "sk-ant-oat01-" .. codec.base64_encode(codec.random_bytes(60), "urlsafe"):gsub("=", "")
       local prompt = [[Say "hi" to $HOME and `whoami` it's ünïcödé]]
+      api.reset()
       local code, out, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot", "snapshot_fakeclaude",
-        "--prompt", prompt, "--model", "haiku", "--poll-ms", "200" },
+        "--prompt", prompt, "--model", "claude-galley-bar", "--poll-ms", "200" },
         { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key, CLAUDE_ACCESS_TOKEN = token })
       assert.are.equal(0, code, err)
       assert.truthy(err:find("provider morph (chosen)", 1, true), err)
       assert.truthy(err:find("agent claude", 1, true), err)
-      assert.truthy(out:find("prompt received: " .. prompt .. "\n", 1, true), out)
-      assert.truthy(out:find("argv: -p --model haiku --output-format text --dangerously-skip-permissions", 1, true), out)
+      if real then
+        -- The real CLI: the FAKE saw the prompt byte for byte, the model and the installed token;
+        -- its reply is the session's output. With galley's default scopes (user:profile) the CLI
+        -- also tries api.anthropic.com for the account profile: trapped and refused.
+        local req = assert(api.find_prompt(prompt), "the FAKE API never saw the prompt byte for byte")
+        assert.are.equal("claude-galley-bar", req.json.model)
+        assert.are.same({ "bearer", token }, { fake_api.credential(req) })
+        assert.truthy(out:find("FAKE reply: hi from boot-and-run\n", 1, true), out)
+        assert.are.same({ "CONNECT api.anthropic.com:443" }, api.outside())
+      else
+        assert.truthy(out:find("prompt received: " .. prompt .. "\n", 1, true), out)
+        assert.truthy(out:find("argv: -p --model claude-galley-bar --output-format text --dangerously-skip-permissions",
+          1, true), out)
+      end
       assert.truthy(out:find("token sha256: " .. codec.sha256(token) .. "\n", 1, true), out)
       assert.truthy(out:find("credentials mode: 600\n", 1, true), out)
       assert.truthy(out:find("token in argv: no\n", 1, true), out)
@@ -199,9 +227,16 @@ exit $rc
 
     it("gives claude an Anthropic API key through apiKeyHelper and a 0600 file, never its environment", function()
       local key = "sk-ant-api03-" .. codec.base64_encode(codec.random_bytes(60), "urlsafe"):gsub("=", "")
+      api.reset()
       local code, out, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot", "snapshot_fakeclaude",
         "--poll-ms", "200" }, { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key, CLAUDE_ACCESS_TOKEN = key })
       assert.are.equal(0, code, err)
+      if real then
+        local req = assert(api.find_prompt("Say hi in one short sentence."))
+        assert.are.equal(key, req.headers["x-api-key"])
+        assert.truthy(out:find("FAKE reply: hi from boot-and-run\n", 1, true), out)
+        assert.are.same({}, api.outside())
+      end
       assert.truthy(out:find("token source: apiKeyHelper\n", 1, true), out)
       assert.truthy(out:find("token sha256: " .. codec.sha256(key) .. "\n", 1, true), out)
       assert.truthy(out:find("credentials mode: 600\n", 1, true), out)
