@@ -1,0 +1,1215 @@
+--- galley.workspace: trees in and out of an instance, and the agent's commits back as a git branch.
+--
+--   local workspace = require("galley.workspace")
+--   local r = workspace.push(provider, id, "./app", "~/app")             -- honours .gitignore
+--   -- r = {sent = 12, bytes = 34567, unchanged = 980, deleted = 0, execs = 3, files = {...}}
+--   workspace.pull(provider, id, "~/app/out", "./out", { delete = true })
+--   workspace.push_repo(provider, id, ".", "~/work", { branch = "galley/fix-tests", dirty = true })
+--   -- ... the agent works and commits (or not) in ~/work ...
+--   local b = workspace.pull_repo(provider, id, "~/work", ".", { branch = "galley/fix-tests" })
+--   -- b = {branch = "galley/fix-tests", base = sha, head = sha, commits = {sha, ...}}
+--
+-- How trees travel (only provider.exec of an argv is used, so it works on every provider):
+-- - One exec returns the remote manifest (type, mode, size, sha256 or symlink target of every
+--   file and symlink below the remote directory, base64 so any byte survives). The local one
+--   comes from the same program run here, over the files git would see
+--   (`git ls-files --cached --others --exclude-standard`) when the tree is in a repository.
+-- - What differs travels as ONE tar stream, written here in Lua while the files are read (so a
+--   file that changes while it is sent is noticed: its sha256 no longer matches the manifest).
+--   The stream is cut into chunks of what one exec can carry (base64 in argv, sized to
+--   `capabilities.max_command_bytes` when the provider sends each exec as one line), and up to
+--   `parallel` chunk execs are in flight at once (galley.task), each writing at its offset of a
+--   temporary file on the instance. The last exec checks the size and sha256 of the whole
+--   stream, unpacks it into a staging directory beside the files and renames each file into
+--   place: every file lands whole or not at all. A stream that fits one exec is one exec.
+-- - Pull is the mirror image: one exec packs what differs into a temporary tar on the instance,
+--   chunk reads run in parallel and are written at their offsets of a local temporary file,
+--   whose sha256 is checked; it is unpacked (GNU tar) into a staging directory and each file is
+--   renamed into place after its type, size, sha256 and symlink target were checked against
+--   the remote manifest.
+-- - Paths leaving the destination (`..`, absolute paths, an absolute symlink target or one that
+--   climbs out, on pull) are VALIDATION_ERROR before anything is written.
+-- Remote needs: sh, find, xargs, sha256sum, base64, dd, tar (GNU coreutils/findutils/tar);
+-- python3 makes the final renames fast (without it a shell loop does them). Git for *_repo.
+local codec = require("galley.core.codec")
+local fs = require("galley.core.fs")
+local proc = require("galley.core.proc")
+local errors = require("galley.errors")
+local task = require("galley.task")
+
+local M = {}
+
+M.DEFAULT_PARALLEL = 4
+M.DEFAULT_REQUEST_BYTES = 1536 * 1024 -- base64 per exec without max_command_bytes
+M.DEFAULT_RESPONSE_BYTES = 1536 * 1024 -- base64 per chunk read
+M.MAX_ARG_BYTES = 120 * 1024
+M.DEFAULT_AUTHOR = { name = "galley agent", email = "agent@galley.invalid" }
+
+local TMP = ".galley-tmp-"
+local EXIT_NO_GIT, EXIT_NOT_EMPTY, EXIT_NOT_PUSHED = 44, 45, 46
+
+-- ---------------------------------------------------------------------------------------------
+-- Remote (and local) programs
+-- ---------------------------------------------------------------------------------------------
+
+-- $1 is a directory that may start with ~ (expanded with $HOME); sets d.
+local PRELUDE = [[
+d=$1; shift
+case $d in "~") d=$HOME ;; "~/"*) d=$HOME/${d#"~/"} ;; esac
+]]
+
+-- Manifest of $d: base64 of NUL-separated records "<f|l> <mode> <size> ./path", "<symlink
+-- target>", then "SUMS", then sha256sum -z lines. $1 = "all" or "git" (prune .git), $2 = a list
+-- file of NUL-separated ./paths (local use) or "". Prints NONE when $d does not exist.
+local SH_MANIFEST = PRELUDE .. [[
+prune=$1 list=$2
+if [ ! -e "$d" ] && [ ! -L "$d" ]; then echo NONE; exit 0; fi
+[ -d "$d" ] || { echo "not a directory: $d" >&2; exit 43; }
+cd -- "$d" || exit 1
+{
+  if [ -n "$list" ]; then
+    xargs -0 -r -a "$list" sh -c 'find "$@" -maxdepth 0 \( -type f -o -type l \) -printf "%y %m %s %p\0%l\0"' sh
+    printf 'SUMS\0'
+    xargs -0 -r -a "$list" sh -c 'find "$@" -maxdepth 0 -type f -print0' sh | xargs -0 -r sha256sum -z --
+  else
+    if [ "$prune" = all ]; then set -- -name "]] .. TMP .. [[*"; else set -- \( -name "]] .. TMP
+  .. [[*" -o -name .git \); fi
+    find . -mindepth 1 "$@" -prune -o \( -type f -o -type l \) -printf '%y %m %s %p\0%l\0'
+    printf 'SUMS\0'
+    find . -mindepth 1 "$@" -prune -o -type f -print0 | xargs -0 -r sha256sum -z --
+  fi
+} | base64 -w0
+]]
+
+-- Writes base64 chunk ($3...) at byte offset $2 of file $1 (relative to $d, created with $d).
+local SH_CHUNK = PRELUDE .. [[
+f=$1 off=$2; shift 2
+mkdir -p -- "$d" && cd -- "$d" || exit 1
+printf %s "$@" | base64 -d | dd of="$f" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none
+]]
+
+-- Python: renames every staged file into place (skipping .galley-tmp-ctl/skip entries), then
+-- deletes what .galley-tmp-ctl/delete lists. argv: dest stage.
+local PY_APPLY = [[
+import os, sys, shutil
+dest, stage = sys.argv[1], sys.argv[2]
+ctl = os.path.join(stage, ".galley-tmp-ctl")
+def names(p):
+    try:
+        with open(os.path.join(ctl, p), "rb") as f:
+            return [x.decode("utf-8", "surrogateescape") for x in f.read().split(b"\0") if x]
+    except FileNotFoundError:
+        return []
+skip = set(names("skip"))
+for root, dirs, files in os.walk(stage):
+    rel = os.path.relpath(root, stage)
+    if rel == ".galley-tmp-ctl":
+        dirs[:] = []
+        continue
+    for n in files + [x for x in dirs if os.path.islink(os.path.join(root, x))]:
+        r = os.path.normpath(os.path.join(rel, n))
+        if r in skip or r.startswith(".galley-tmp-ctl"):
+            continue
+        t = os.path.join(dest, r)
+        os.makedirs(os.path.dirname(t), exist_ok=True)
+        if os.path.isdir(t) and not os.path.islink(t):
+            shutil.rmtree(t)
+        os.replace(os.path.join(root, n), t)
+for r in names("delete"):
+    t = os.path.join(dest, r)
+    if os.path.islink(t) or os.path.isfile(t):
+        os.unlink(t)
+]]
+
+-- Unpacks the uploaded stream $1 (size $2, sha256 $3; base64 data may follow to append first)
+-- into a staging directory and renames the files into place.
+local SH_APPLY = PRELUDE .. [[
+blob=$1 size=$2 sum=$3 off=$4 py=$5; shift 5
+mkdir -p -- "$d" && cd -- "$d" || exit 1
+if [ $# -gt 0 ]; then
+  printf %s "$@" | base64 -d | dd of="$blob" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
+fi
+stage=]] .. TMP .. [[stage-$$
+fail() { rm -rf -- "$blob" "$stage"; echo "$2" >&2; exit "$1"; }
+n=$(wc -c < "$blob") || fail 1 "the stream is missing"
+h=$(sha256sum < "$blob")
+[ "$n" = "$size" ] && [ "${h%% *}" = "$sum" ] || fail 42 "the stream arrived damaged ($n bytes, $size expected)"
+mkdir -- "$stage" && tar -x -p --no-same-owner -f "$blob" -C "$stage" || fail 1 "tar -x failed"
+rm -f -- "$blob"
+if command -v python3 >/dev/null 2>&1; then
+  python3 -I -S -c "$py" "$PWD" "$stage" || fail 1 "renaming into place failed"
+else
+  ctl=$stage/.galley-tmp-ctl
+  if [ -s "$ctl/skip" ]; then (cd -- "$stage" && xargs -0 -r -a "$ctl/skip" rm -f --); fi
+  (cd -- "$stage" && find . -mindepth 1 -path ./.galley-tmp-ctl -prune -o -type d -print0) | xargs -0 -r mkdir -p --
+  (cd -- "$stage" && find . -mindepth 1 -path ./.galley-tmp-ctl -prune -o ! -type d -print0) |
+    xargs -0 -r sh -c 'for f; do mv -f -T -- "$0/$f" "$f" || exit 1; done' "$stage" || fail 1 "mv failed"
+  if [ -s "$ctl/delete" ]; then xargs -0 -r -a "$ctl/delete" rm -f --; fi
+fi
+rm -rf -- "$stage"
+]]
+
+-- Packs the ./paths listed (NUL-separated) in file $1 (base64 data may follow to write at $2
+-- first) into a temporary tar; prints "size sha256 name".
+local SH_PACK = PRELUDE .. [[
+lst=$1 off=$2; shift 2
+cd -- "$d" || exit 40
+if [ $# -gt 0 ]; then
+  printf %s "$@" | base64 -d | dd of="$lst" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
+fi
+t=]] .. TMP .. [[pack-$$.tar
+tar -c -f "$t" --null --no-recursion -T "$lst" || { rm -f -- "$t" "$lst"; exit 1; }
+rm -f -- "$lst"
+h=$(sha256sum < "$t")
+printf '%s %s %s\n' "$(wc -c < "$t")" "${h%% *}" "$t"
+]]
+
+-- Prints base64 of [off, off + len) of file $1 under $d; removes it when $4 = 1.
+local SH_RANGE = PRELUDE .. [[
+cd -- "$d" || exit 40
+tail -c +"$(($2 + 1))" -- "$1" | head -c "$3" | base64 -w0 || exit 1
+if [ "$4" = 1 ]; then rm -f -- "$1"; fi
+]]
+
+local SH_RM = PRELUDE .. [[
+cd -- "$d" 2>/dev/null || exit 0
+rm -rf -- "$@"
+]]
+
+-- push_repo, on the instance: $d is the parent of the target; argv: the uploaded bundle (size,
+-- sha256), its ref, branch, base commit, target (a name in $d, missing or an empty directory).
+local SH_CLONE = PRELUDE .. [[
+blob=$1 size=$2 sum=$3 ref=$4 branch=$5 base=$6 target=$7
+cd -- "$d" || exit 1
+tmp=
+cleanup() { rm -rf -- "$blob" ${tmp:+"$tmp"}; }
+command -v git >/dev/null 2>&1 || { cleanup; exit 44; }
+if [ -L "$target" ] || { [ -e "$target" ] && { [ ! -d "$target" ] || [ -n "$(ls -A -- "$target")" ]; }; }; then
+  cleanup; exit 45
+fi
+n=$(wc -c < "$blob"); h=$(sha256sum < "$blob")
+[ "$n" = "$size" ] && [ "${h%% *}" = "$sum" ] || { cleanup; echo "the bundle arrived damaged" >&2; exit 42; }
+tmp=]] .. TMP .. [[clone-$$
+{ git init -q -- "$tmp" &&
+  git -C "$tmp" fetch -q --no-tags "$PWD/$blob" "$ref:refs/heads/$branch" &&
+  git -C "$tmp" symbolic-ref HEAD "refs/heads/$branch" &&
+  git -C "$tmp" reset -q --hard &&
+  git -C "$tmp" update-ref refs/galley/base "$base"; } >&2 || { cleanup; echo "git failed" >&2; exit 1; }
+rm -f -- "$blob"
+if [ -d "$target" ]; then rmdir -- "$target" || { cleanup; exit 45; }; fi
+mv -T -- "$tmp" "$target" || { cleanup; exit 1; }
+]]
+
+-- pull_repo, on the instance: commits uncommitted work on the branch, bundles base..branch.
+-- argv after $d: branch name email message. Prints "base head [size sha file]".
+local SH_BUNDLE = PRELUDE .. [[
+branch=$1 name=$2 email=$3 msg=$4
+command -v git >/dev/null 2>&1 || exit 44
+cd -- "$d" 2>/dev/null || exit 40
+base=$(git rev-parse -q --verify refs/galley/base) || exit 46
+cur=$(git symbolic-ref -q --short HEAD || true)
+if [ "$cur" != "$branch" ]; then
+  git checkout -q -B "$branch" >&2 || exit 1
+fi
+git add -A >&2 || exit 1
+if ! git diff --cached --quiet; then
+  GIT_AUTHOR_NAME=$name GIT_AUTHOR_EMAIL=$email GIT_COMMITTER_NAME=$name GIT_COMMITTER_EMAIL=$email \
+    git -c commit.gpgsign=false commit -q --no-verify -m "$msg" >&2 || exit 1
+fi
+head=$(git rev-parse HEAD) || exit 1
+if [ "$head" = "$base" ]; then echo "$base $head"; exit 0; fi
+t=]] .. TMP .. [[bundle-$$
+git bundle create -q "$t" "refs/heads/$branch" "^$base" >&2 || exit 1
+h=$(sha256sum < "$t")
+printf '%s %s %s %s %s\n' "$base" "$head" "$(wc -c < "$t")" "${h%% *}" "$t"
+]]
+
+-- ---------------------------------------------------------------------------------------------
+-- Small helpers
+-- ---------------------------------------------------------------------------------------------
+
+local function raise(code, message, fields)
+  errors.raise(code, message, fields, 3)
+end
+
+
+local function check_opts(opts, name)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then raise("VALIDATION_ERROR", name .. ": options must be a table", { field = "opts" }) end
+  return opts
+end
+
+
+local function check_string(v, field)
+  if type(v) ~= "string" or v == "" then
+    raise("VALIDATION_ERROR", ("%s must be a non-empty string"):format(field), { field = field })
+  end
+  return v
+end
+
+
+local function sh_argv(script, ...)
+  return { "-c", script, "sh", ... }
+end
+
+
+-- Runs a local program; returns the result table (exit codes are results).
+local function run_local(argv, o)
+  o = o or {}
+  local res, err = proc.run({ argv = argv, cwd = o.cwd, stdin = o.stdin, env = o.env, timeout_ms = o.timeout_ms })
+  if not res then error(err, 0) end
+  return res
+end
+
+
+local function git(repo, args, o)
+  local argv = { "git", "-C", repo }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return run_local(argv, o)
+end
+
+
+local function git_ok(repo, args, what, o)
+  local res = git(repo, args, o)
+  if res.exit_code ~= 0 then
+    raise("PROCESS_ERROR", ("git %s in %s failed: %s"):format(what or args[1], repo, (res.stderr or ""):gsub("%s+$", "")),
+      { operation = "workspace.git", resource = "file:" .. repo,
+        details = { exit_code = res.exit_code, stderr = (res.stderr or ""):sub(-2000) } })
+  end
+  return (res.stdout:gsub("%s+$", ""))
+end
+
+
+local function random_name() return codec.random_hex(6) end
+
+
+-- A remote session: counts execs, raises on transport failures.
+local function remote(provider, id, stats)
+  local r = {}
+  function r.run(script, ...)
+    stats.execs = stats.execs + 1
+    return provider.exec(id, { kind = "argv", command = "/bin/sh", args = sh_argv(script, ...) })
+  end
+  function r.fail(res, op, path, fields)
+    local code = res.exit_code == 40 and "NOT_FOUND" or "FILE_IO_ERROR"
+    local detail = (res.stderr or ""):gsub("%s+$", ""):sub(-300)
+    fields = fields or {}
+    fields.operation = fields.operation or ("workspace." .. op)
+    fields.resource = fields.resource or ("file:" .. path)
+    fields.details = fields.details or { exit_code = res.exit_code, stderr = (res.stderr or ""):sub(-2000) }
+    raise(code, ("%s %s on %s: %s"):format(op, path, id, detail ~= "" and detail or ("exit code " .. res.exit_code)),
+      fields)
+  end
+  return r
+end
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Paths and ignore patterns
+-- ---------------------------------------------------------------------------------------------
+
+-- A relative path that stays inside its root: no "..", no absolute path, no empty components.
+local function safe_rel(p)
+  if p == "" or p:sub(1, 1) == "/" or p:find("%z") then return false end
+  for part in (p .. "/"):gmatch("([^/]*)/") do
+    if part == "" or part == "." or part == ".." then return false end
+  end
+  return true
+end
+M.safe_rel = safe_rel
+
+
+-- A symlink target that resolves inside the root from the link at rel.
+local function safe_link(rel, target)
+  if target == "" or target:sub(1, 1) == "/" then return false end
+  local depth = 0
+  for _ in rel:gmatch("/") do depth = depth + 1 end
+  for part in (target .. "/"):gmatch("([^/]*)/") do
+    if part == ".." then
+      depth = depth - 1
+      if depth < 0 then return false end
+    elseif part ~= "" and part ~= "." then
+      depth = depth + 1
+    end
+  end
+  return true
+end
+M.safe_link = safe_link
+
+
+-- gitignore-like glob: * and ? stay within a component, ** crosses them.
+local function glob(p, s)
+  local function m(pi, si)
+    while pi <= #p do
+      local c = p:sub(pi, pi)
+      if c == "*" then
+        if p:sub(pi + 1, pi + 1) == "*" then
+          local rest = pi + 2
+          if p:sub(rest, rest) == "/" then
+            for k = si, #s + 1 do
+              if (k == si or s:sub(k - 1, k - 1) == "/") and m(rest + 1, k) then return true end
+            end
+            return false
+          end
+          for k = si, #s + 1 do if m(rest, k) then return true end end
+          return false
+        end
+        for k = si, #s + 1 do
+          if m(pi + 1, k) then return true end
+          if s:sub(k, k) == "/" then return false end
+        end
+        return false
+      elseif c == "?" then
+        if si > #s or s:sub(si, si) == "/" then return false end
+      elseif c ~= s:sub(si, si) then
+        return false
+      end
+      pi, si = pi + 1, si + 1
+    end
+    return si == #s + 1
+  end
+  return m(1, 1)
+end
+
+
+-- Compiles opts.ignore (a list of gitignore-style patterns; no "!") into a predicate on
+-- relative paths: a pattern without "/" matches any component, one with "/" the path from the
+-- root, a trailing "/" only directories.
+local function ignore_matcher(patterns)
+  if patterns == nil then return function() return false end end
+  if type(patterns) == "string" then patterns = { patterns } end
+  if type(patterns) ~= "table" then
+    raise("VALIDATION_ERROR", "ignore must be a list of patterns", { field = "ignore" })
+  end
+  local compiled = {}
+  for i, pat in ipairs(patterns) do
+    if type(pat) ~= "string" or pat == "" or pat:sub(1, 1) == "!" then
+      raise("VALIDATION_ERROR", ("ignore[%d]: expected a pattern (negation with ! is not supported)"):format(i),
+        { field = ("ignore[%d]"):format(i) })
+    end
+    local dir_only = pat:sub(-1) == "/"
+    if dir_only then pat = pat:sub(1, -2) end
+    local anchored = pat:find("/", 1, true) ~= nil
+    compiled[#compiled + 1] = { pat = pat:gsub("^/", ""), dir_only = dir_only, anchored = anchored }
+  end
+  return function(rel)
+    local prefix, parts = nil, {}
+    for part in rel:gmatch("[^/]+") do parts[#parts + 1] = part end
+    for i, part in ipairs(parts) do
+      prefix = prefix and (prefix .. "/" .. part) or part
+      local is_dir = i < #parts
+      for _, c in ipairs(compiled) do
+        if (is_dir or not c.dir_only) and glob(c.pat, c.anchored and prefix or part) then return true end
+      end
+    end
+    return false
+  end
+end
+M.ignore_matcher = ignore_matcher
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Manifests
+-- ---------------------------------------------------------------------------------------------
+
+-- Parses SH_MANIFEST's output: nil when the directory is missing, else {rel = entry}.
+local function parse_manifest(out, where)
+  out = out:gsub("%s+$", "")
+  if out == "NONE" then return nil end
+  local raw = codec.base64_decode(out)
+  if not raw then raise("PROTOCOL_ERROR", "unreadable manifest from " .. where, { operation = "workspace.manifest" }) end
+  local entries = {}
+  local pos = 1
+  while pos <= #raw do
+    local z = raw:find("\0", pos, true)
+    if not z then break end
+    local rec = raw:sub(pos, z - 1)
+    pos = z + 1
+    if rec == "SUMS" then break end
+    local z2 = raw:find("\0", pos, true)
+    if not z2 then break end
+    local target = raw:sub(pos, z2 - 1)
+    pos = z2 + 1
+    local y, mode, size, path = rec:match("^([fl]) (%d+) (%d+) %./(.*)$")
+    if y then
+      entries[path] = { type = y == "f" and "file" or "symlink", mode = tonumber(mode, 8) & 4095,
+        size = tonumber(size), target = y == "l" and target or nil }
+    end
+  end
+  while pos <= #raw do
+    local z = raw:find("\0", pos, true) or (#raw + 1)
+    local rec = raw:sub(pos, z - 1)
+    pos = z + 1
+    local sum, path = rec:match("^(%x+)  %./(.*)$")
+    if sum and entries[path] then entries[path].sha256 = sum end
+  end
+  return entries
+end
+
+
+local function remote_manifest(rem, dir, prune)
+  local res = rem.run(SH_MANIFEST, dir, prune, "")
+  if res.exit_code ~= 0 then rem.fail(res, "manifest", dir) end
+  return parse_manifest(res.stdout, dir)
+end
+
+
+local function write_list(paths)
+  local dir = assert(fs.mkdtemp("/tmp/galley-ws-XXXXXX"))
+  local f = assert(io.open(dir .. "/list", "wb"))
+  for _, p in ipairs(paths) do f:write("./", p, "\0") end
+  f:close()
+  return dir, dir .. "/list"
+end
+
+
+-- The local manifest of `dir` over `paths` (a list of relative paths) or the whole tree.
+local function local_manifest(dir, paths, prune)
+  local tmpdir, list = nil, ""
+  if paths then tmpdir, list = write_list(paths) end
+  local res = run_local({ "/bin/sh", "-c", SH_MANIFEST, "sh", dir, prune or "git", list })
+  if tmpdir then fs.remove_tree(tmpdir) end
+  if res.exit_code ~= 0 then
+    raise("FILE_IO_ERROR", ("cannot list %s: %s"):format(dir, (res.stderr or ""):gsub("%s+$", "")),
+      { operation = "workspace.manifest", resource = "file:" .. dir })
+  end
+  return parse_manifest(res.stdout, dir) or {}
+end
+
+
+-- The git work tree containing dir, or nil.
+local function git_toplevel(dir)
+  local ok, res = pcall(git, dir, { "rev-parse", "--show-toplevel" })
+  if ok and res.exit_code == 0 then return (res.stdout:gsub("%s+$", "")) end
+  return nil
+end
+
+
+-- The files to consider below local `dir`: {rel = entry}.
+local function local_tree(dir, opts)
+  local ignored = ignore_matcher(opts.ignore)
+  local entries
+  if not opts.all and git_toplevel(dir) then
+    local res = git(dir, { "ls-files", "--cached", "--others", "--exclude-standard", "-z" })
+    if res.exit_code ~= 0 then
+      raise("PROCESS_ERROR", "git ls-files failed in " .. dir, { resource = "file:" .. dir })
+    end
+    local paths, seen = {}, {}
+    for p in res.stdout:gmatch("([^%z]+)%z") do
+      if not seen[p] and not ignored(p) then
+        seen[p] = true
+        local st = fs.stat(dir .. "/" .. p)
+        if st and (st.type == "file" or st.type == "link") then paths[#paths + 1] = p end
+      end
+    end
+    entries = #paths > 0 and local_manifest(dir, paths) or {}
+  else
+    entries = local_manifest(dir, nil, opts.all and "all" or "git")
+    for p in pairs(entries) do if ignored(p) then entries[p] = nil end end
+  end
+  return entries
+end
+
+
+local function same(a, b)
+  return a and b and a.type == b.type and a.mode == b.mode and a.size == b.size and a.sha256 == b.sha256
+    and a.target == b.target
+end
+
+
+local function sorted(t)
+  local out = {}
+  for k in pairs(t) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Tar, written here (ustar + GNU long names)
+-- ---------------------------------------------------------------------------------------------
+
+local function octal(n, width)
+  return ("%0" .. (width - 1) .. "o"):format(n) .. "\0"
+end
+
+
+local function tar_header(name, size, mode, typeflag, linkname, mtime)
+  local function field(s, n) return s:sub(1, n) .. ("\0"):rep(n - math.min(#s, n)) end
+  local h = field(name, 100) .. octal(mode, 8) .. octal(0, 8) .. octal(0, 8) .. octal(size, 12) .. octal(mtime, 12)
+    .. "        " .. typeflag .. field(linkname or "", 100) .. "ustar  \0" .. field("root", 32) .. field("root", 32)
+    .. ("\0"):rep(183)
+  local sum = 0
+  for i = 1, #h do sum = sum + h:byte(i) end
+  return h:sub(1, 148) .. ("%06o\0 "):format(sum) .. h:sub(157)
+end
+
+
+local function pad(n) return ("\0"):rep((512 - n % 512) % 512) end
+
+
+-- Header blocks for one entry (a GNU 'L'/'K' record first when a name is over 100 bytes).
+local function tar_entry(name, size, mode, typeflag, linkname)
+  local out = {}
+  if #name > 100 then
+    out[#out + 1] = tar_header("././@LongLink", #name + 1, 0, "L", nil, 0) .. name .. "\0" .. pad(#name + 1)
+  end
+  if linkname and #linkname > 100 then
+    out[#out + 1] = tar_header("././@LongLink", #linkname + 1, 0, "K", nil, 0) .. linkname .. "\0" .. pad(#linkname + 1)
+  end
+  out[#out + 1] = tar_header(name, size, mode, typeflag, linkname, os.time())
+  return table.concat(out)
+end
+
+
+-- A tar stream of `items` ({rel, entry}) read from `root`, with control files appended:
+-- returns next(n) -> up to n bytes ("" at the end) and changed() -> the rels whose content
+-- differed from their entry while read.
+local function tar_stream(root, items, control)
+  local i, buf, cur, cur_left, hasher, cur_item = 0, {}, nil, 0, nil, nil
+  local buffered = 0
+  local changed, done = {}, false
+  local function push(s)
+    if #s > 0 then buf[#buf + 1] = s; buffered = buffered + #s end
+  end
+  local function finish_file()
+    local extra = cur:read(1)
+    cur:close()
+    cur = nil
+    if extra or hasher:hex() ~= cur_item.entry.sha256 then changed[#changed + 1] = cur_item.rel end
+  end
+  local function refill(n)
+    while buffered < n and not done do
+      if cur then
+        local want = math.min(cur_left, math.max(n - buffered, 65536))
+        local s = cur:read(want) or ""
+        if #s < want then s = s .. ("\0"):rep(want - #s); hasher:update("\1") end -- shrank: sha differs
+        hasher:update(s)
+        push(s)
+        cur_left = cur_left - want
+        if cur_left == 0 then
+          push(pad(cur_item.entry.size))
+          finish_file()
+        end
+      else
+        i = i + 1
+        local it = items[i]
+        if it then
+          local e = it.entry
+          if e.type == "symlink" then
+            push(tar_entry(it.rel, 0, e.mode, "2", e.target))
+          else
+            local f, ferr = io.open(root .. "/" .. it.rel, "rb")
+            if not f then
+              raise("FILE_IO_ERROR", ("cannot read %s: %s"):format(it.rel, ferr),
+                { operation = "workspace.push", resource = "file:" .. root .. "/" .. it.rel })
+            end
+            push(tar_entry(it.rel, e.size, e.mode, "0"))
+            cur, cur_left, hasher, cur_item = f, e.size, codec.sha256_hasher(), it
+            if e.size == 0 then finish_file() end
+          end
+        else
+          for _, c in ipairs(control or {}) do
+            local body = c.body()
+            push(tar_entry(c.name, #body, 420, "0") .. body .. pad(#body))
+          end
+          push(("\0"):rep(1024))
+          done = true
+        end
+      end
+    end
+  end
+  local function next_bytes(n)
+    refill(n)
+    local all = table.concat(buf)
+    buf, buffered = {}, 0
+    if #all > n then
+      push(all:sub(n + 1))
+      all = all:sub(1, n)
+    end
+    return all
+  end
+  return next_bytes, function() return changed end
+end
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Moving bytes: chunks in parallel
+-- ---------------------------------------------------------------------------------------------
+
+-- How many raw bytes one upload exec carries next to `overhead` bytes of script and arguments.
+local function upload_raw_per_exec(provider, overhead, opts)
+  if opts.chunk_bytes then return opts.chunk_bytes end
+  local caps = provider.capabilities or {}
+  local room = M.DEFAULT_REQUEST_BYTES
+  if caps.max_command_bytes then
+    room = caps.max_command_bytes - overhead - 512
+    room = room - 3 * ((room + M.MAX_ARG_BYTES - 1) // M.MAX_ARG_BYTES)
+  end
+  return 3 * (room // 4)
+end
+
+
+local function pieces(b64, argv)
+  local step = M.MAX_ARG_BYTES
+  for i = 1, #b64, step do argv[#argv + 1] = b64:sub(i, i + step - 1) end
+  return argv
+end
+
+
+-- Quoted size of arguments, as a one-line exec would send them (single quotes around each,
+-- '\'' for a quote inside).
+local function quoted_size(list)
+  local n = 0
+  for _, a in ipairs(list) do
+    local _, q = a:gsub("'", "")
+    n = n + #a + 3 + 3 * q
+  end
+  return n
+end
+
+
+-- A pool of at most `max` tasks; add(fn) waits for room; finish() waits for all. The first
+-- failure cancels the rest and is raised (by add or finish).
+local function pool(max)
+  local running, failed = {}, nil
+  local p = {}
+  local function reap(t)
+    local ok, err = t:result()
+    if not ok and not failed then failed = err end
+  end
+  local function check()
+    if failed then
+      for _, t in ipairs(running) do t:cancel() end
+      for _, t in ipairs(running) do pcall(t.wait, t) end
+      running = {}
+      error(failed, 0)
+    end
+  end
+  function p.add(fn)
+    check()
+    if #running >= max then
+      reap(table.remove(running, 1))
+      check()
+    end
+    running[#running + 1] = task.spawn(fn)
+  end
+  function p.finish()
+    while #running > 0 do
+      reap(table.remove(running, 1))
+      check()
+    end
+  end
+  function p.abort()
+    for _, t in ipairs(running) do t:cancel() end
+    for _, t in ipairs(running) do pcall(t.wait, t) end
+    running = {}
+  end
+  return p
+end
+
+
+-- Uploads the stream next_bytes into `name` under remote dir `dir`; the last exec runs
+-- `final(args_so_far)` (see SH_APPLY / SH_CLONE). Returns {size, sha256, execs}.
+-- `final` is {script = S, args = fun(size, sha, off) -> list, inline = bool}.
+local function upload(provider, rem, dir, name, next_bytes, final, opts)
+  local per = upload_raw_per_exec(provider, quoted_size({ SH_CHUNK, dir, name, "18446744073709551615" }), opts)
+  local per_final = upload_raw_per_exec(provider, quoted_size({ final.script, dir, name,
+    ("0"):rep(20), ("0"):rep(64), ("0"):rep(20), table.unpack(final.extra or {}) }), opts)
+  local hasher = codec.sha256_hasher()
+  local offset = 0
+  local p = pool(opts.parallel or M.DEFAULT_PARALLEL)
+  local ok, err = pcall(function()
+    local chunk = next_bytes(per)
+    while true do
+      hasher:update(chunk)
+      local nxt = #chunk == per and next_bytes(per) or ""
+      if nxt == "" and final.inline and #chunk <= per_final then
+        -- the last chunk rides with the final exec
+        p.finish()
+        local size = offset + #chunk
+        local args = final.args(size, hasher:hex(), offset)
+        local res = rem.run(final.script, dir, table.unpack(pieces(codec.base64_encode(chunk), args)))
+        return res, size
+      end
+      if #chunk > 0 then
+        local off, data = offset, chunk
+        p.add(function()
+          local res = rem.run(SH_CHUNK, dir, name, tostring(off), table.unpack(pieces(codec.base64_encode(data), {})))
+          if res.exit_code ~= 0 then rem.fail(res, "upload", name) end
+        end)
+        offset = offset + #chunk
+      end
+      chunk = nxt
+      if chunk == "" then break end
+    end
+    p.finish()
+    local args = final.args(offset, hasher:hex(), offset)
+    return rem.run(final.script, dir, table.unpack(args)), offset
+  end)
+  if not ok then
+    p.abort()
+    pcall(rem.run, SH_RM, dir, name)
+    error(err, 0)
+  end
+  return err, hasher:hex()
+end
+
+
+-- Downloads remote file `name` under `dir` (size, sha256) into local path `to`, chunks in
+-- parallel; the remote file is removed by the last read.
+local function download(rem, dir, name, size, sha, to, opts)
+  local per = opts.read_chunk_bytes or 3 * (M.DEFAULT_RESPONSE_BYTES // 4)
+  local f = assert(io.open(to, "wb"))
+  local p = pool(opts.parallel or M.DEFAULT_PARALLEL)
+  local ok, err = pcall(function()
+    local n = math.max(1, (size + per - 1) // per)
+    for k = 0, n - 1 do
+      local off = k * per
+      local len = math.min(per, size - off)
+      p.add(function()
+        local res = rem.run(SH_RANGE, dir, name, tostring(off), tostring(len), n == 1 and "1" or "0")
+        if res.exit_code ~= 0 then rem.fail(res, "download", name) end
+        local raw = codec.base64_decode((res.stdout:gsub("%s", "")))
+        if not raw or #raw ~= len then
+          raise("FILE_IO_ERROR", ("download %s: chunk at %d came back damaged"):format(name, off),
+            { operation = "workspace.pull", resource = "file:" .. name })
+        end
+        f:seek("set", off)
+        assert(f:write(raw))
+      end)
+    end
+    p.finish()
+  end)
+  f:close()
+  if not ok or size > per then pcall(rem.run, SH_RM, dir, name) end
+  if not ok then
+    p.abort()
+    os.remove(to)
+    error(err, 0)
+  end
+  local got = require("galley.util").sha256_file(to)
+  if got ~= sha then
+    os.remove(to)
+    raise("FILE_IO_ERROR", ("download %s: content does not match the remote sha256"):format(name),
+      { operation = "workspace.pull", resource = "file:" .. name })
+  end
+end
+
+
+-- ---------------------------------------------------------------------------------------------
+-- push / pull
+-- ---------------------------------------------------------------------------------------------
+
+local function check_local_dir(dir, field)
+  check_string(dir, field)
+  local st = fs.stat(dir)
+  if not st or st.type ~= "directory" then
+    raise(st and "VALIDATION_ERROR" or "NOT_FOUND", ("%s: %s is not a directory"):format(field, dir),
+      { field = field, resource = "file:" .. dir })
+  end
+  return (dir:gsub("(.)/+$", "%1"))
+end
+
+
+local function check_remote_dir(dir, field)
+  check_string(dir, field)
+  if dir:sub(1, 1) ~= "/" and dir ~= "~" and dir:sub(1, 2) ~= "~/" then
+    raise("VALIDATION_ERROR", ("%s must be absolute or start with ~/, got %s"):format(field, errors.quote(dir)),
+      { field = field })
+  end
+  if dir:find("%z") then raise("VALIDATION_ERROR", field .. " contains a NUL byte", { field = field }) end
+  return (dir:gsub("(.)/+$", "%1"))
+end
+
+
+local function list_control(name, rels)
+  return { name = TMP .. "ctl/" .. name, body = function()
+    local t = {}
+    for _, r in ipairs(rels()) do t[#t + 1] = r .. "\0" end
+    return table.concat(t)
+  end }
+end
+
+
+--- Pushes the local tree `local_dir` into `remote_dir` on the instance (created if missing).
+---@param provider table
+---@param id string instance id
+---@param local_dir string
+---@param remote_dir string absolute or ~/...
+---@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer}
+---@return {sent: integer, bytes: integer, unchanged: integer, deleted: integer, execs: integer, files: string[], deletes: string[]}
+function M.push(provider, id, local_dir, remote_dir, opts)
+  opts = check_opts(opts, "workspace.push")
+  local_dir = check_local_dir(local_dir, "local_dir")
+  remote_dir = check_remote_dir(remote_dir, "remote_dir")
+  local stats = { execs = 0 }
+  local rem = remote(provider, id, stats)
+  local ignored = ignore_matcher(opts.ignore)
+  local mine = local_tree(local_dir, opts)
+  for rel, e in pairs(mine) do
+    if not safe_rel(rel) then
+      raise("VALIDATION_ERROR", "a local path leaves the tree: " .. rel, { field = "local_dir", resource = "file:" .. rel })
+    end
+    local _ = e
+  end
+  local theirs = remote_manifest(rem, remote_dir, opts.all and "all" or "git") or {}
+  local send, unchanged, deletes = {}, 0, {}
+  for _, rel in ipairs(sorted(mine)) do
+    if same(mine[rel], theirs[rel]) then unchanged = unchanged + 1 else send[#send + 1] = rel end
+  end
+  if opts.delete then
+    local toplevel = not opts.all and git_toplevel(local_dir)
+    for _, rel in ipairs(sorted(theirs)) do
+      if not mine[rel] and not ignored(rel) then deletes[#deletes + 1] = rel end
+    end
+    if toplevel and #deletes > 0 then
+      -- files git would ignore here stay on the instance
+      local res = git(local_dir, { "check-ignore", "--no-index", "--stdin", "-z" },
+        { stdin = table.concat(deletes, "\0") .. "\0" })
+      local skip = {}
+      for p in (res.stdout or ""):gmatch("([^%z]+)%z") do skip[p] = true end
+      local kept = {}
+      for _, rel in ipairs(deletes) do if not skip[rel] then kept[#kept + 1] = rel end end
+      deletes = kept
+    end
+  end
+  local bytes = 0
+  for _, rel in ipairs(send) do bytes = bytes + (mine[rel].size or 0) end
+  local result = { sent = #send, bytes = bytes, unchanged = unchanged, deleted = #deletes, execs = stats.execs,
+    files = send, deletes = deletes, dry_run = opts.dry_run or nil }
+  if opts.dry_run or (#send == 0 and #deletes == 0) then return result end
+
+  local attempt = 0
+  local todo = send
+  while true do
+    attempt = attempt + 1
+    local items = {}
+    for _, rel in ipairs(todo) do items[#items + 1] = { rel = rel, entry = mine[rel] } end
+    local next_bytes, changed
+    next_bytes, changed = tar_stream(local_dir, items, {
+      list_control("skip", function() return changed() end),
+      list_control("delete", function() return attempt == 1 and deletes or {} end),
+    })
+    local name = TMP .. "push-" .. random_name() .. ".tar"
+    local res = upload(provider, rem, remote_dir, name, next_bytes, {
+      script = SH_APPLY, inline = true, extra = { PY_APPLY },
+      args = function(size, sha, off) return { name, tostring(size), sha, tostring(off), PY_APPLY } end,
+    }, opts)
+    if res.exit_code ~= 0 then rem.fail(res, "push", remote_dir) end
+    local again = changed()
+    if #again == 0 then break end
+    if attempt >= 2 then
+      raise("FILE_IO_ERROR", ("%s changed while it was sent (twice)"):format(local_dir .. "/" .. again[1]), {
+        operation = "workspace.push", resource = "file:" .. local_dir .. "/" .. again[1],
+        details = { paths = again }, hint = "stop whatever writes to it, then push again",
+      })
+    end
+    local fresh = local_manifest(local_dir, again)
+    todo = {}
+    for _, rel in ipairs(again) do
+      if fresh[rel] then mine[rel] = fresh[rel]; todo[#todo + 1] = rel end
+    end
+    if #todo == 0 then break end
+  end
+  result.execs = stats.execs
+  return result
+end
+
+
+--- Pulls `remote_dir` on the instance into the local `local_dir` (created if missing).
+---@param provider table
+---@param id string
+---@param remote_dir string
+---@param local_dir string
+---@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer}
+---@return {sent: integer, bytes: integer, unchanged: integer, deleted: integer, execs: integer, files: string[], deletes: string[]}
+function M.pull(provider, id, remote_dir, local_dir, opts)
+  opts = check_opts(opts, "workspace.pull")
+  remote_dir = check_remote_dir(remote_dir, "remote_dir")
+  check_string(local_dir, "local_dir")
+  local_dir = local_dir:gsub("(.)/+$", "%1")
+  local stats = { execs = 0 }
+  local rem = remote(provider, id, stats)
+  local ignored = ignore_matcher(opts.ignore)
+  local theirs = remote_manifest(rem, remote_dir, opts.all and "all" or "git")
+  if not theirs then
+    raise("NOT_FOUND", ("pull: %s does not exist on %s"):format(remote_dir, id),
+      { operation = "workspace.pull", resource = "file:" .. remote_dir })
+  end
+  for rel, e in pairs(theirs) do
+    if ignored(rel) then
+      theirs[rel] = nil
+    elseif not safe_rel(rel) then
+      raise("VALIDATION_ERROR", "a remote path leaves the destination: " .. rel,
+        { field = "remote_dir", resource = "file:" .. rel })
+    elseif e.type == "symlink" and not safe_link(rel, e.target) then
+      raise("VALIDATION_ERROR", ("the remote symlink %s points outside the destination (%s)"):format(rel, e.target),
+        { field = "remote_dir", resource = "file:" .. rel, hint = "pass ignore = {\"" .. rel .. "\"} to leave it" })
+    elseif e.type == "file" and not e.sha256 then
+      raise("FILE_IO_ERROR", ("pull: cannot read %s on %s"):format(rel, id), { resource = "file:" .. rel })
+    end
+  end
+  local st = fs.stat(local_dir)
+  if st and st.type ~= "directory" then
+    raise("VALIDATION_ERROR", "local_dir is not a directory: " .. local_dir, { field = "local_dir" })
+  end
+  local mine = st and local_manifest(local_dir, nil, opts.all and "all" or "git") or {}
+  local fetch, unchanged, deletes, bytes = {}, 0, {}, 0
+  for _, rel in ipairs(sorted(theirs)) do
+    if same(theirs[rel], mine[rel]) then
+      unchanged = unchanged + 1
+    else
+      fetch[#fetch + 1] = rel
+      bytes = bytes + (theirs[rel].size or 0)
+    end
+  end
+  if opts.delete then
+    local toplevel = st and not opts.all and git_toplevel(local_dir)
+    for _, rel in ipairs(sorted(mine)) do
+      if not theirs[rel] and not ignored(rel) then deletes[#deletes + 1] = rel end
+    end
+    if toplevel and #deletes > 0 then
+      local res = git(local_dir, { "check-ignore", "--stdin", "-z" }, { stdin = table.concat(deletes, "\0") .. "\0" })
+      local skip = {}
+      for p in (res.stdout or ""):gmatch("([^%z]+)%z") do skip[p] = true end
+      local kept = {}
+      for _, rel in ipairs(deletes) do if not skip[rel] then kept[#kept + 1] = rel end end
+      deletes = kept
+    end
+  end
+  local result = { sent = #fetch, bytes = bytes, unchanged = unchanged, deleted = #deletes, execs = stats.execs,
+    files = fetch, deletes = deletes, dry_run = opts.dry_run or nil }
+  if opts.dry_run then return result end
+  if #fetch > 0 then
+    assert(fs.mkdir_p(local_dir))
+    local list = {}
+    for _, rel in ipairs(fetch) do list[#list + 1] = "./" .. rel .. "\0" end
+    list = table.concat(list)
+    local pos = 1
+    local lname = TMP .. "list-" .. random_name()
+    local res = upload(provider, rem, remote_dir, lname, function(n)
+      local s = list:sub(pos, pos + n - 1)
+      pos = pos + n
+      return s
+    end, { script = SH_PACK, inline = true,
+      args = function(_, _, off) return { lname, tostring(off) } end }, opts)
+    if res.exit_code ~= 0 then rem.fail(res, "pull", remote_dir) end
+    local size, sha, name = res.stdout:match("^(%d+) (%x+) (%S+)")
+    if not size then raise("PROTOCOL_ERROR", "pull: unexpected answer from " .. id, { operation = "workspace.pull" }) end
+    local stage = local_dir .. "/" .. TMP .. "stage-" .. random_name()
+    assert(fs.mkdir_p(stage))
+    local ok, err = pcall(function()
+      local tarfile = stage .. ".tar"
+      download(rem, remote_dir, name, tonumber(size), sha, tarfile, opts)
+      local x = run_local({ "tar", "-x", "-p", "--no-same-owner", "-f", tarfile, "-C", stage })
+      os.remove(tarfile)
+      if x.exit_code ~= 0 then
+        raise("FILE_IO_ERROR", "pull: tar -x failed: " .. (x.stderr or ""):sub(1, 300), { resource = "file:" .. stage })
+      end
+      local got = local_manifest(stage, fetch)
+      for _, rel in ipairs(fetch) do
+        local want, have = theirs[rel], got[rel]
+        if not same(want, have) and not (have and want.type == "symlink" and have.target == want.target) then
+          raise("FILE_IO_ERROR", ("pull: %s changed on %s while it was read"):format(rel, id),
+            { operation = "workspace.pull", resource = "file:" .. remote_dir .. "/" .. rel,
+              hint = "pull again once the instance stops writing it" })
+        end
+      end
+      for _, rel in ipairs(fetch) do
+        local target = local_dir .. "/" .. rel
+        local parent = target:match("^(.*)/[^/]*$")
+        assert(fs.mkdir_p(parent))
+        local tst = fs.stat(target)
+        if tst and tst.type == "directory" then assert(fs.remove_tree(target)) end
+        local renamed, rerr = os.rename(stage .. "/" .. rel, target)
+        if not renamed then
+          raise("FILE_IO_ERROR", ("pull: cannot rename into %s: %s"):format(target, rerr), { resource = "file:" .. target })
+        end
+      end
+    end)
+    fs.remove_tree(stage)
+    os.remove(stage .. ".tar")
+    if not ok then error(err, 0) end
+  end
+  for _, rel in ipairs(deletes) do os.remove(local_dir .. "/" .. rel) end
+  result.execs = stats.execs
+  return result
+end
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Repositories
+-- ---------------------------------------------------------------------------------------------
+
+local function check_branch(branch, repo)
+  check_string(branch, "branch")
+  local res = run_local({ "git", "check-ref-format", "--branch", branch }, { cwd = repo })
+  if res.exit_code ~= 0 then
+    raise("VALIDATION_ERROR", ("branch: %s is not a valid branch name"):format(errors.quote(branch)),
+      { field = "branch" })
+  end
+  return branch
+end
+
+
+local function default_branch(opts)
+  return "galley/" .. (opts.name or os.date("!work-%Y%m%d-%H%M%S"))
+end
+
+
+local function no_git(id, op)
+  raise("PROCESS_ERROR", ("%s: git is not installed on instance %s"):format(op, id), {
+    operation = "workspace." .. op, resource = "instance:" .. id, details = { reason = "no_git" },
+    hint = "install git in the instance's image (apt-get install git), then try again",
+  })
+end
+
+
+local function repo_root(repo_dir)
+  local top = check_string(repo_dir, "repo_dir") and git_toplevel(repo_dir)
+  if not top then
+    raise("VALIDATION_ERROR", ("repo_dir: %s is not in a git repository"):format(repo_dir),
+      { field = "repo_dir", resource = "file:" .. repo_dir })
+  end
+  return top
+end
+
+
+--- Sends a commit of the local repository (a git bundle) and clones it into remote_dir, on a
+--- new branch. remote_dir must be missing or empty.
+---@param provider table
+---@param id string
+---@param repo_dir string
+---@param remote_dir string
+---@param opts? {ref?: string, dirty?: boolean, branch?: string, name?: string, parallel?: integer}
+---@return {branch: string, base: string, bytes: integer, execs: integer}
+function M.push_repo(provider, id, repo_dir, remote_dir, opts)
+  opts = check_opts(opts, "workspace.push_repo")
+  remote_dir = check_remote_dir(remote_dir, "remote_dir")
+  local top = repo_root(repo_dir)
+  local branch = check_branch(opts.branch or default_branch(opts), top)
+  local ref = opts.ref or "HEAD"
+  local base = git_ok(top, { "rev-parse", "--verify", "--end-of-options", ref .. "^{commit}" }, "rev-parse " .. ref)
+  local tmpdir = assert(fs.mkdtemp("/tmp/galley-repo-XXXXXX"))
+  local tmpref = "refs/galley/push-" .. random_name()
+  local stats = { execs = 0 }
+  local ok, res = pcall(function()
+    if opts.dirty then
+      -- a commit of the work tree as it is, through a temporary index: the user's index,
+      -- work tree and branches are not touched
+      local env = { GIT_INDEX_FILE = tmpdir .. "/index" }
+      git_ok(top, { "read-tree", base }, "read-tree", { env = env })
+      git_ok(top, { "add", "-A" }, "add -A", { env = env })
+      local tree = git_ok(top, { "write-tree" }, "write-tree", { env = env })
+      local base_tree = git_ok(top, { "rev-parse", base .. "^{tree}" })
+      if tree ~= base_tree then
+        base = git_ok(top, { "-c", "user.name=galley", "-c", "user.email=galley@galley.invalid", "commit-tree", tree,
+          "-p", base, "-m", "galley: uncommitted changes" }, "commit-tree")
+      end
+    end
+    git_ok(top, { "update-ref", tmpref, base }, "update-ref")
+    local bundle = tmpdir .. "/repo.bundle"
+    git_ok(top, { "bundle", "create", "-q", bundle, tmpref }, "bundle create")
+    local f = assert(io.open(bundle, "rb"))
+    local rem = remote(provider, id, stats)
+    local parent = remote_dir:match("^(.*)/[^/]*$")
+    if parent == "" then parent = "/" end
+    if remote_dir == "~" then raise("VALIDATION_ERROR", "remote_dir: not ~ itself", { field = "remote_dir" }) end
+    local name = TMP .. "repo-" .. random_name() .. ".bundle"
+    local target = remote_dir:match("([^/]*)$")
+    local r = upload(provider, rem, parent, name, function(n) return f:read(n) or "" end, {
+      script = SH_CLONE, inline = false,
+      args = function(size, sha) return { name, tostring(size), sha, tmpref, branch, base, target } end,
+      extra = { tmpref, branch, base, target },
+    }, { parallel = opts.parallel, chunk_bytes = opts.chunk_bytes })
+    f:close()
+    return r
+  end)
+  git(top, { "update-ref", "-d", tmpref })
+  fs.remove_tree(tmpdir)
+  if not ok then error(res, 0) end
+  if res.exit_code == EXIT_NO_GIT then no_git(id, "push_repo") end
+  if res.exit_code == EXIT_NOT_EMPTY then
+    raise("CONFLICT", ("push_repo: %s on %s exists and is not empty"):format(remote_dir, id), {
+      operation = "workspace.push_repo", resource = "file:" .. remote_dir,
+      hint = "push into a new directory, or delete it first",
+    })
+  end
+  if res.exit_code ~= 0 then remote(provider, id, stats).fail(res, "push_repo", remote_dir) end
+  return { branch = branch, base = base, execs = stats.execs }
+end
+
+
+--- Brings the agent's work in remote_dir back as branch `branch` of the local repository:
+--- uncommitted changes there are committed first; the local work tree, index and checked-out
+--- branch are never touched.
+---@param provider table
+---@param id string
+---@param remote_dir string
+---@param repo_dir string
+---@param opts? {branch?: string, name?: string, force?: boolean, author?: {name: string, email: string}, message?: string}
+---@return {branch: string, base: string, head: string, commits: string[], execs: integer}
+function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
+  opts = check_opts(opts, "workspace.pull_repo")
+  remote_dir = check_remote_dir(remote_dir, "remote_dir")
+  local top = repo_root(repo_dir)
+  local branch = check_branch(opts.branch or default_branch(opts), top)
+  local author = opts.author or M.DEFAULT_AUTHOR
+  if type(author) ~= "table" or type(author.name) ~= "string" or type(author.email) ~= "string" then
+    raise("VALIDATION_ERROR", "author must be {name = ..., email = ...}", { field = "author" })
+  end
+  local current = git(top, { "symbolic-ref", "-q", "--short", "HEAD" }).stdout:gsub("%s+$", "")
+  if current == branch then
+    raise("CONFLICT", ("pull_repo: %s is the branch checked out in %s"):format(branch, top), {
+      operation = "workspace.pull_repo", resource = "file:" .. top,
+      hint = "pull into another branch name (opts.branch), or check out another branch first" })
+  end
+  local exists = git(top, { "rev-parse", "-q", "--verify", "refs/heads/" .. branch }).exit_code == 0
+  if exists and not opts.force then
+    raise("CONFLICT", ("pull_repo: branch %s already exists in %s"):format(branch, top), {
+      operation = "workspace.pull_repo", resource = "file:" .. top, field = "branch",
+      hint = "pass force = true to replace it, or another branch name" })
+  end
+  local stats = { execs = 0 }
+  local rem = remote(provider, id, stats)
+  local res = rem.run(SH_BUNDLE, remote_dir, branch, author.name, author.email,
+    opts.message or "galley: the agent's uncommitted work")
+  if res.exit_code == EXIT_NO_GIT then no_git(id, "pull_repo") end
+  if res.exit_code == EXIT_NOT_PUSHED then
+    raise("VALIDATION_ERROR", ("pull_repo: %s on %s was not made by push_repo"):format(remote_dir, id),
+      { field = "remote_dir", resource = "file:" .. remote_dir, hint = "push_repo it first" })
+  end
+  if res.exit_code ~= 0 then rem.fail(res, "pull_repo", remote_dir) end
+  local base, head, size, sha, name = res.stdout:match("^(%x+) (%x+) ?(%d*) ?(%x*) ?(%S*)")
+  if not base then raise("PROTOCOL_ERROR", "pull_repo: unexpected answer from " .. id, {}) end
+  local function set_branch(target)
+    local args = { "update-ref", "refs/heads/" .. branch, target }
+    git_ok(top, args, "update-ref")
+  end
+  if size ~= "" then
+    local tmpdir = assert(fs.mkdtemp("/tmp/galley-repo-XXXXXX"))
+    local ok, err = pcall(function()
+      local bundle = tmpdir .. "/back.bundle"
+      download(rem, remote_dir, name, tonumber(size), sha, bundle, opts)
+      git_ok(top, { "bundle", "verify", "-q", bundle }, "bundle verify")
+      local tmpref = "refs/galley/pull-" .. random_name()
+      git_ok(top, { "fetch", "-q", "--no-tags", bundle, "refs/heads/" .. branch .. ":" .. tmpref }, "fetch")
+      local got = git_ok(top, { "rev-parse", tmpref })
+      git(top, { "update-ref", "-d", tmpref })
+      if got ~= head then raise("FILE_IO_ERROR", "pull_repo: the bundle's head is not the instance's", {}) end
+      set_branch(head)
+    end)
+    fs.remove_tree(tmpdir)
+    if not ok then error(err, 0) end
+  else
+    git_ok(top, { "cat-file", "-e", base .. "^{commit}" }, "cat-file")
+    set_branch(head)
+  end
+  local commits = {}
+  local list = git_ok(top, { "rev-list", "--reverse", base .. ".." .. head })
+  for c in list:gmatch("%x+") do commits[#commits + 1] = c end
+  return { branch = branch, base = base, head = head, commits = commits, execs = stats.execs }
+end
+
+return M
