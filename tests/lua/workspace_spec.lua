@@ -1,0 +1,312 @@
+-- galley.workspace on the local provider (a real bubblewrap sandbox) and on the Morph provider
+-- against `galley emulate` (every argv mode it has): trees with odd names, modes, symlinks and an
+-- ignored directory both ways; incremental pushes; unsafe remote paths; a Ctrl-C in the middle
+-- of a push; the repo round trip (push_repo, commits on the instance, pull_repo) with real git.
+local codec = require("galley.core.codec")
+local fs = require("galley.core.fs")
+local proc = require("galley.core.proc")
+local runtime = require("galley.core.runtime")
+local workspace = require("galley.workspace")
+local support = require("support")
+local emulator = require("support.emulator")
+
+local function sh(script, ...)
+  local r = assert(proc.run({ argv = { "sh", "-c", script, "sh", ... }, timeout_ms = 60000 }))
+  assert(r.exit_code == 0, r.stderr)
+  return r.stdout
+end
+
+local function mktemp()
+  return (sh("mktemp -d -t galley-ws-spec.XXXXXX"):gsub("%s+$", ""))
+end
+
+local function rexec(p, id, script, ...)
+  local r = p.exec(id, { kind = "argv", command = "/bin/sh", args = { "-c", script, "sh", ... } })
+  assert(r.exit_code == 0, r.stderr)
+  return r.stdout
+end
+
+-- "<type> <mode> <path> -> <target> <sha>" for every entry below dir, sorted (NUL-safe: names are
+-- shown base64-encoded).
+local LISTING = [[
+cd -- "$1" && find . -mindepth 1 \( -name .git -o -name '.galley-tmp-*' \) -prune -o -printf '%y %m %P\0%l\0' |
+  while IFS= read -r -d '' a && IFS= read -r -d '' l; do
+    p=${a#* * }
+    s=-; [ -f "$p" ] && [ ! -L "$p" ] && s=$(sha256sum < "$p" | cut -c1-16)
+    m=${a#* }; m=${m%% *}
+    printf '%s %s %s %s\n' "${a%% *}" "$m" "$(printf %s "$p" | base64 -w0)" "$(printf %s "$l" | base64 -w0) $s"
+  done | sort
+]]
+
+local function local_listing(dir) return sh("bash -c " .. support.q(LISTING) .. " bash " .. support.q(dir)) end
+
+-- dir: relative to the instance's home
+local function remote_listing(p, id, dir)
+  return rexec(p, id, 'cd && exec bash -c "$1" bash "$2"', LISTING, dir)
+end
+
+-- The odd tree: spaces, quotes, a newline, unicode, an executable, a symlink, an ignored dir.
+local function make_tree(root)
+  sh([[
+cd "$1" && mkdir -p 'sub dir/deep' node_modules/pkg && git init -q .
+echo hello > a.txt
+printf 'with space' > 'with space.txt'
+printf 'quote' > "it's \"quoted\""
+printf 'newline' > 'new
+line'
+printf 'unicode' > 'üñí cødé ✓'
+printf '#!/bin/sh\necho run\n' > 'sub dir/deep/run.sh' && chmod 750 'sub dir/deep/run.sh'
+chmod 600 a.txt
+ln -s a.txt link-to-a
+ln -s 'sub dir/deep' link-to-dir
+echo junk > node_modules/pkg/index.js
+printf 'node_modules/\n*.log\n' > .gitignore
+echo log > build.log
+head -c 300000 /dev/urandom > big.bin
+git add -A && git -c user.name=t -c user.email=t@t commit -qm init
+]], root)
+end
+
+local function suite(label, setup)
+  describe("galley.workspace on " .. label, function()
+    local env, p, id, work
+
+    lazy_setup(function()
+      env = setup()
+      p = env.provider
+      id = p.instances.boot(env.snapshot).id
+    end)
+
+    lazy_teardown(function()
+      if id then pcall(p.instances.terminate, id) end
+      if env then env.cleanup() end
+    end)
+
+    before_each(function() work = mktemp() end)
+    after_each(function() sh('rm -rf -- "$1"', work) end)
+
+    it("pushes a tree with odd names, modes and symlinks, honouring .gitignore", function()
+      local src = work .. "/src"
+      fs.mkdir_p(src)
+      make_tree(src)
+      local r = workspace.push(p, id, src, "~/t1")
+      assert.are.equal(10, r.sent)
+      assert.are.equal(0, r.unchanged)
+      local want = local_listing(src):gsub("[^\n]*\n", function(line)
+        local b64 = line:match("^%S+ %S+ (%S+)")
+        local name = codec.base64_decode(b64)
+        if name:find("^node_modules") or name == "build.log" then return "" end
+        return line
+      end)
+      -- directories are created by need: compare files and links
+      local function no_dirs(s) return (s:gsub("d [^\n]*\n", "")) end
+      assert.are.equal(no_dirs(want), no_dirs(remote_listing(p, id, "t1")))
+      assert.are.equal("run\n", rexec(p, id, '"$HOME/t1/sub dir/deep/run.sh"'))
+    end)
+
+    it("re-pushes an unchanged tree in one exec and sends only what changed", function()
+      local src = work .. "/src"
+      fs.mkdir_p(src)
+      make_tree(src)
+      workspace.push(p, id, src, "~/t2")
+      local again = workspace.push(p, id, src, "~/t2")
+      assert.are.same({ 0, 10, 1 }, { again.sent, again.unchanged, again.execs })
+      sh('cd "$1" && echo changed > a.txt && chmod 604 "with space.txt"', src)
+      assert(os.remove(src .. "/it's \"quoted\""))
+      local dry = workspace.push(p, id, src, "~/t2", { dry_run = true, delete = true })
+      assert.are.same({ "a.txt", "with space.txt" }, dry.files)
+      assert.are.same({ "it's \"quoted\"" }, dry.deletes)
+      assert.are.equal(1, dry.execs)
+      local r = workspace.push(p, id, src, "~/t2", { delete = true })
+      assert.are.same({ 2, 1 }, { r.sent, r.deleted })
+      assert.are.equal("changed\n", rexec(p, id, 'cat ~/t2/a.txt'))
+      assert.are.equal("604\n", rexec(p, id, 'stat -c %a ~/t2/"with space.txt"'))
+      assert.are.equal("no\n", rexec(p, id, '[ -e "$HOME/t2/$1" ] && echo yes || echo no', "it's \"quoted\""))
+    end)
+
+    it("honours opts.ignore and sends everything with opts.all", function()
+      local src = work .. "/src"
+      fs.mkdir_p(src)
+      make_tree(src)
+      local r = workspace.push(p, id, src, "~/t3", { ignore = { "*.bin", "sub dir/" } })
+      assert.are.equal(8, r.sent)
+      local all = workspace.push(p, id, src, "~/t4", { all = true, dry_run = true })
+      local names = {}
+      for _, f in ipairs(all.files) do names[f] = true end
+      assert.is_true(names["node_modules/pkg/index.js"] and names["build.log"] and names[".git/HEAD"])
+    end)
+
+    it("pulls a tree back with the same names, modes, contents and symlinks", function()
+      local src = work .. "/src"
+      fs.mkdir_p(src)
+      make_tree(src)
+      workspace.push(p, id, src, "~/t5")
+      rexec(p, id, 'cd ~/t5 && echo agent > "new file ✓" && chmod 700 a.txt')
+      local back = work .. "/back"
+      local r = workspace.pull(p, id, "~/t5", back)
+      assert.are.equal(11, r.sent)
+      local function no_dirs(s) return (s:gsub("d [^\n]*\n", "")) end
+      assert.are.equal(no_dirs(remote_listing(p, id, "t5")), no_dirs(local_listing(back)))
+      local again = workspace.pull(p, id, "~/t5", back)
+      assert.are.same({ 0, 1 }, { again.sent, again.execs })
+      -- the remote side changes: only that comes back; delete removes what is gone there
+      rexec(p, id, 'cd ~/t5 && echo v2 > a.txt && rm "new file ✓"')
+      local r2 = workspace.pull(p, id, "~/t5", back, { delete = true })
+      assert.are.same({ 1, 1 }, { r2.sent, r2.deleted })
+      assert.are.equal("v2\n", sh('cat "$1/a.txt"', back))
+    end)
+
+    it("refuses remote paths that leave the destination (VALIDATION_ERROR)", function()
+      rexec(p, id, 'mkdir -p ~/t6 && echo x > ~/t6/ok && ln -s /etc/passwd ~/t6/abs')
+      local ok, err = pcall(workspace.pull, p, id, "~/t6", work .. "/b1")
+      assert.is_false(ok)
+      assert.are.equal("VALIDATION_ERROR", err.code)
+      assert.is_nil(fs.stat(work .. "/b1/ok"))
+      rexec(p, id, 'rm ~/t6/abs && ln -s ../../x ~/t6/up')
+      ok, err = pcall(workspace.pull, p, id, "~/t6", work .. "/b2")
+      assert.is_false(ok)
+      assert.are.equal("VALIDATION_ERROR", err.code)
+      -- the same tree minus the bad link comes back
+      local r = workspace.pull(p, id, "~/t6", work .. "/b3", { ignore = { "up" } })
+      assert.are.equal(1, r.sent)
+      ok, err = pcall(workspace.push, p, id, work, "relative/dir")
+      assert.is_false(ok)
+      assert.are.equal("VALIDATION_ERROR", err.code)
+      ok, err = pcall(workspace.pull, p, id, "~/no-such-dir", work .. "/b4")
+      assert.is_false(ok)
+      assert.are.equal("NOT_FOUND", err.code)
+    end)
+
+    it("leaves old or new files only when Ctrl-C stops a push", function()
+      local src = work .. "/src"
+      fs.mkdir_p(src)
+      sh([[cd "$1" && for i in $(seq 1 24); do head -c 60000 /dev/zero | tr '\0' a > f$i; done]], src)
+      workspace.push(p, id, src, "~/t7", { all = true })
+      sh([[cd "$1" && for i in $(seq 1 24); do head -c 90000 /dev/zero | tr '\0' b > f$i; done]], src)
+      local child = support.script(([[
+local ws = require("galley.workspace")
+local p = %s
+io.stdout:write("go\n"); io.stdout:flush()
+ws.push(p, %q, %q, "~/t7", { all = true, chunk_bytes = 3000, parallel = 2 })
+io.stdout:write("finished\n")
+]]):format(env.child_provider, id, src))
+      local h = assert(proc.spawn({ argv = { support.bin, child }, env = env.child_env, env_mode = "extend" }))
+      local out = ""
+      local deadline = runtime.now_ms() + 20000
+      while not out:find("go\n", 1, true) and runtime.now_ms() < deadline do
+        local kind, data = h:read(1000)
+        if kind == "stdout" then out = out .. data elseif kind == "exit" then break end
+      end
+      runtime.sleep_ms(1500)
+      h:kill("INT")
+      local res = h:wait()
+      h:close()
+      os.remove(child)
+      assert.is_nil(res.stdout:find("finished", 1, true))
+      local sums = rexec(p, id, 'cd ~/t7 && for f in f*; do printf "%s %s\n" "$f" "$(wc -c < "$f")"; done')
+      local n = 0
+      for name, size in sums:gmatch("(%S+) (%d+)\n") do
+        n = n + 1
+        assert.is_true(size == "60000" or size == "90000", name .. " has " .. size .. " bytes")
+      end
+      assert.are.equal(24, n)
+      local r = workspace.push(p, id, src, "~/t7", { all = true })
+      assert.are.equal(24, r.sent)
+      assert.are.equal("90000\n", rexec(p, id, 'wc -c < ~/t7/f24'))
+    end)
+
+    it("brings the agent's commits back as a branch, leaving the user's tree alone", function()
+      local repo = work .. "/repo"
+      fs.mkdir_p(repo)
+      make_tree(repo)
+      sh('cd "$1" && echo wip >> a.txt && echo untracked > notes.txt', repo)
+      local before = sh('cd "$1" && git status --porcelain && git rev-parse HEAD && git branch --show-current'
+        .. ' && git diff && git ls-files -s | sha256sum', repo)
+      local pushed = workspace.push_repo(p, id, repo, "~/proj", { branch = "galley/t8", dirty = true })
+      assert.are.equal("galley/t8", pushed.branch)
+      -- the dirty work rode along: it is on the instance, committed
+      assert.are.equal("galley/t8\n", rexec(p, id, 'cd ~/proj && git branch --show-current'))
+      assert.are.equal("", rexec(p, id, 'cd ~/proj && git status --porcelain'))
+      assert.is_truthy(rexec(p, id, 'cat ~/proj/a.txt'):find("wip"))
+      -- the agent: one commit, then uncommitted work
+      rexec(p, id, [[cd ~/proj && echo fix > fix.txt && git add fix.txt &&
+        git -c user.name=agent -c user.email=agent@x commit -qm "agent: fix" && echo later > later.txt]])
+      local back = workspace.pull_repo(p, id, "~/proj", repo, { branch = "galley/t8",
+        author = { name = "Agent Smith", email = "smith@example.invalid" } })
+      assert.are.equal(2, #back.commits)
+      assert.are.equal(pushed.base, back.base)
+      assert.are.equal(before, sh('cd "$1" && git status --porcelain && git rev-parse HEAD && git branch --show-current'
+        .. ' && git diff && git ls-files -s | sha256sum', repo))
+      assert.are.equal("agent: fix\ngalley: the agent's uncommitted work\n",
+        sh('cd "$1" && git log --reverse --format=%s "$2..galley/t8"', repo, back.base))
+      assert.are.equal("fix.txt\nlater.txt\n", sh('cd "$1" && git diff --name-only "$2" galley/t8', repo, back.base))
+      assert.are.equal("Agent Smith\n", sh('cd "$1" && git log -1 --format=%an galley/t8', repo))
+      -- an existing branch is kept unless forced; the checked-out branch never moves
+      local ok, err = pcall(workspace.pull_repo, p, id, "~/proj", repo, { branch = "galley/t8" })
+      assert.is_false(ok)
+      assert.are.equal("CONFLICT", err.code)
+      local again = workspace.pull_repo(p, id, "~/proj", repo, { branch = "galley/t8", force = true })
+      assert.are.equal(back.head, again.head)
+      local current = sh('cd "$1" && git branch --show-current', repo):gsub("%s+$", "")
+      ok, err = pcall(workspace.pull_repo, p, id, "~/proj", repo, { branch = current, force = true })
+      assert.is_false(ok)
+      assert.are.equal("CONFLICT", err.code)
+      -- a second push into the same directory is refused, nothing half-made
+      ok, err = pcall(workspace.push_repo, p, id, repo, "~/proj", { branch = "galley/t8b" })
+      assert.is_false(ok)
+      assert.are.equal("CONFLICT", err.code)
+    end)
+
+    it("says which instance lacks git, and leaves nothing behind", function()
+      local repo = work .. "/repo"
+      fs.mkdir_p(repo)
+      sh('cd "$1" && git init -q . && echo x > x && git add x && git -c user.name=t -c user.email=t@t commit -qm x',
+        repo)
+      local noexec = function(iid, spec, o)
+        if spec.kind == "argv" and spec.args and spec.args[2] then
+          spec = { kind = spec.kind, command = spec.command, cwd = spec.cwd,
+            args = { spec.args[1], (spec.args[2]:gsub("command %-v git", "false")),
+              table.unpack(spec.args, 3) } }
+        end
+        return p.exec(iid, spec, o)
+      end
+      local fake = setmetatable({ exec = noexec }, { __index = p })
+      local ok, err = pcall(workspace.push_repo, fake, id, repo, "~/nogit", { branch = "galley/x" })
+      assert.is_false(ok)
+      assert.are.equal("PROCESS_ERROR", err.code)
+      assert.are.equal("no_git", err.details.reason)
+      assert.are.equal("instance:" .. id, err.resource)
+      assert.are.equal("no\n", rexec(p, id, '[ -e ~/nogit ] && echo yes || echo no'))
+      assert.are.equal("", rexec(p, id, 'ls -A ~ | grep galley-tmp || true'))
+    end)
+  end)
+end
+
+suite("the local provider", function()
+  local state = mktemp()
+  local provider = require("galley.providers.local").new({ state_dir = state })
+  return {
+    provider = provider,
+    snapshot = provider.DEFAULT_SNAPSHOT,
+    child_provider = ("require('galley.providers.local').new({ state_dir = %q })"):format(state),
+    child_env = { GALLEY_LUA_DIR = support.source_dir .. "/lua" },
+    cleanup = function() sh('rm -rf -- "$1"', state) end,
+  }
+end)
+
+for _, mode in ipairs(emulator.ARGV_MODES or { "exec" }) do
+  suite("galley emulate (argv mode " .. mode .. ")", function()
+    local em = emulator.start({ argv_mode = emulator.ARGV_MODES and mode or nil })
+    local provider = require("galley.providers.morph").new({ api_key = em.api_key, base_url = em.base_url })
+    return {
+      provider = provider,
+      snapshot = emulator.SNAPSHOT,
+      child_provider = "require('galley.providers.morph').new({})",
+      child_env = { MORPH_API_KEY = em.api_key, MORPH_BASE_URL = em.base_url },
+      cleanup = function()
+        provider.close()
+        em:stop()
+      end,
+    }
+  end)
+end
