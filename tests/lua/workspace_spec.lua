@@ -215,6 +215,35 @@ io.stdout:write("finished\n")
       assert.are.equal("90000\n", rexec(p, id, 'wc -c < ~/t7/f24'))
     end)
 
+    it("sends a file again once when it changed while sent, then FILE_IO_ERROR naming it", function()
+      local src = work .. "/src"
+      fs.mkdir_p(src)
+      sh('cd "$1" && echo one > a.txt && echo keep > b.txt', src)
+      -- the file changes right after the remote manifest is taken (before its content is read)
+      local calls = 0
+      local hooked = setmetatable({ exec = function(iid, spec, o)
+        local r = p.exec(iid, spec, o)
+        calls = calls + 1
+        if calls == 1 then sh('echo "two, longer" > "$1/a.txt"', src) end
+        return r
+      end }, { __index = p })
+      local r = workspace.push(hooked, id, src, "~/t9")
+      assert.are.equal(2, r.sent)
+      assert.are.equal("two, longer\n", rexec(p, id, 'cat ~/t9/a.txt'))
+      -- a file that never stops changing
+      sh('head -c 30000000 /dev/zero > "$1/grow.bin"', src)
+      local writer = assert(proc.spawn({ argv = { "sh", "-c", 'while :; do echo x >> "$1"; done', "sh",
+        src .. "/grow.bin" } }))
+      local ok, err = pcall(workspace.push, p, id, src, "~/t9")
+      writer:kill("KILL")
+      writer:wait()
+      writer:close()
+      assert.is_false(ok)
+      assert.are.equal("FILE_IO_ERROR", err.code)
+      assert.are.equal("file:" .. src .. "/grow.bin", err.resource)
+      assert.are.equal("no\n", rexec(p, id, '[ -e ~/t9/grow.bin ] && echo yes || echo no'))
+    end)
+
     it("brings the agent's commits back as a branch, leaving the user's tree alone", function()
       local repo = work .. "/repo"
       fs.mkdir_p(repo)
