@@ -127,7 +127,8 @@ local SH_APPLY = PRELUDE .. [[
 blob=$1 size=$2 sum=$3 off=$4 py=$5; shift 5
 mkdir -p -- "$d" && cd -- "$d" || exit 1
 if [ $# -gt 0 ]; then
-  printf %s "$@" | base64 -d | dd of="$blob" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
+  printf %s "$@" | base64 -d |
+    dd of="$blob" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
 fi
 stage=]] .. TMP .. [[stage-$$
 fail() { rm -rf -- "$blob" "$stage"; echo "$2" >&2; exit "$1"; }
@@ -155,7 +156,8 @@ local SH_PACK = PRELUDE .. [[
 lst=$1 off=$2; shift 2
 cd -- "$d" || exit 40
 if [ $# -gt 0 ]; then
-  printf %s "$@" | base64 -d | dd of="$lst" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
+  printf %s "$@" | base64 -d |
+    dd of="$lst" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
 fi
 t=]] .. TMP .. [[pack-$$.tar
 tar -c -f "$t" --null --no-recursion -T "$lst" || { rm -f -- "$t" "$lst"; exit 1; }
@@ -272,7 +274,8 @@ end
 local function git_ok(repo, args, what, o)
   local res = git(repo, args, o)
   if res.exit_code ~= 0 then
-    raise("PROCESS_ERROR", ("git %s in %s failed: %s"):format(what or args[1], repo, (res.stderr or ""):gsub("%s+$", "")),
+    local why = (res.stderr or ""):gsub("%s+$", "")
+    raise("PROCESS_ERROR", ("git %s in %s failed: %s"):format(what or args[1], repo, why),
       { operation = "workspace.git", resource = "file:" .. repo,
         details = { exit_code = res.exit_code, stderr = (res.stderr or ""):sub(-2000) } })
   end
@@ -417,7 +420,9 @@ local function parse_manifest(out, where)
   out = out:gsub("%s+$", "")
   if out == "NONE" then return nil end
   local raw = codec.base64_decode(out)
-  if not raw then raise("PROTOCOL_ERROR", "unreadable manifest from " .. where, { operation = "workspace.manifest" }) end
+  if not raw then
+    raise("PROTOCOL_ERROR", "unreadable manifest from " .. where, { operation = "workspace.manifest" })
+  end
   local entries = {}
   local pos = 1
   while pos <= #raw do
@@ -823,6 +828,15 @@ local function check_remote_dir(dir, field)
 end
 
 
+---@class galley.WorkspaceResult
+---@field sent integer files sent (pull: fetched)
+---@field bytes integer their size
+---@field unchanged integer files already the same on the other side
+---@field deleted integer files removed (opts.delete)
+---@field execs integer provider execs used
+---@field files string[] the paths sent
+---@field deletes string[] the paths deleted
+
 local function list_control(name, rels)
   return { name = TMP .. "ctl/" .. name, body = function()
     local t = {}
@@ -838,7 +852,7 @@ end
 ---@param local_dir string
 ---@param remote_dir string absolute or ~/...
 ---@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer}
----@return {sent: integer, bytes: integer, unchanged: integer, deleted: integer, execs: integer, files: string[], deletes: string[]}
+---@return galley.WorkspaceResult
 function M.push(provider, id, local_dir, remote_dir, opts)
   opts = check_opts(opts, "workspace.push")
   local_dir = check_local_dir(local_dir, "local_dir")
@@ -849,7 +863,8 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   local mine = local_tree(local_dir, opts)
   for rel, e in pairs(mine) do
     if not safe_rel(rel) then
-      raise("VALIDATION_ERROR", "a local path leaves the tree: " .. rel, { field = "local_dir", resource = "file:" .. rel })
+      raise("VALIDATION_ERROR", "a local path leaves the tree: " .. rel,
+        { field = "local_dir", resource = "file:" .. rel })
     end
     local _ = e
   end
@@ -923,7 +938,7 @@ end
 ---@param remote_dir string
 ---@param local_dir string
 ---@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer}
----@return {sent: integer, bytes: integer, unchanged: integer, deleted: integer, execs: integer, files: string[], deletes: string[]}
+---@return galley.WorkspaceResult
 function M.pull(provider, id, remote_dir, local_dir, opts)
   opts = check_opts(opts, "workspace.pull")
   remote_dir = check_remote_dir(remote_dir, "remote_dir")
@@ -996,7 +1011,9 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       args = function(_, _, off) return { lname, tostring(off) } end }, opts)
     if res.exit_code ~= 0 then rem.fail(res, "pull", remote_dir) end
     local size, sha, name = res.stdout:match("^(%d+) (%x+) (%S+)")
-    if not size then raise("PROTOCOL_ERROR", "pull: unexpected answer from " .. id, { operation = "workspace.pull" }) end
+    if not size then
+      raise("PROTOCOL_ERROR", "pull: unexpected answer from " .. id, { operation = "workspace.pull" })
+    end
     local stage = local_dir .. "/" .. TMP .. "stage-" .. random_name()
     assert(fs.mkdir_p(stage))
     local ok, err = pcall(function()
@@ -1024,7 +1041,8 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
         if tst and tst.type == "directory" then assert(fs.remove_tree(target)) end
         local renamed, rerr = os.rename(stage .. "/" .. rel, target)
         if not renamed then
-          raise("FILE_IO_ERROR", ("pull: cannot rename into %s: %s"):format(target, rerr), { resource = "file:" .. target })
+          raise("FILE_IO_ERROR", ("pull: cannot rename into %s: %s"):format(target, rerr),
+            { resource = "file:" .. target })
         end
       end
     end)
@@ -1148,7 +1166,8 @@ end
 ---@param id string
 ---@param remote_dir string
 ---@param repo_dir string
----@param opts? {branch?: string, name?: string, force?: boolean, author?: {name: string, email: string}, message?: string}
+---@param opts? {branch?: string, name?: string, force?: boolean, author?: {name: string, email: string},
+---  message?: string, parallel?: integer}
 ---@return {branch: string, base: string, head: string, commits: string[], execs: integer}
 function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
   opts = check_opts(opts, "workspace.pull_repo")
