@@ -60,6 +60,10 @@ local opts = recipe.options({
     { "events", metavar = "PATH", help = "append orchestrator events to this JSON-lines file" },
     { "json", type = "flag", help = "stdout: JSON lines (events, output lines, the result) instead of plain output" },
     { "keep", type = "flag", help = "keep the instance afterwards (stop it later with `galley gc --include-kept`)" },
+    { "repo", metavar = "PATH", help = "push this git repository (HEAD) into the working directory (default ~/NAME) "
+      .. "first; afterwards bring the agent's commits back as a branch of it" },
+    { "branch", metavar = "NAME", help = "--repo: the branch made on the instance and brought back "
+      .. "(default galley/SESSION)" },
   },
   epilog = [[
 environment: MORPH_API_KEY (and MORPH_BASE_URL) for morph; TESTING_SNAPSHOT_ID; CLAUDE_ACCESS_TOKEN
@@ -224,7 +228,9 @@ echo "done."
 ]=]
 
 local session = opts.session or (agent_name == "command" and "demo" or "session")
-local cwd = opts.cwd
+local cwd = opts.cwd or (opts.repo and ("~/" .. (paths.expand(opts.repo):gsub("/+$", ""):match("[^/]+$") or "repo")))
+local workspace = require("galley.workspace")
+if opts.branch and not opts.repo then usage("--branch needs --repo") end
 local agent, input
 if agent_name == "command" then
   cwd = cwd or "~"
@@ -287,6 +293,11 @@ else
 end
 info("galley: instance " .. id)
 
+local branch = opts.branch or ("galley/" .. session)
+if opts.repo then
+  recipe.step(("push %s into %s"):format(opts.repo, cwd), workspace.push_repo, provider, id, paths.expand(opts.repo),
+    cwd, { branch = branch })
+end
 local started = recipe.step("start the " .. agent_name .. " session", orch.start_session, id, input)
 local name = started.process_name
 info(("galley: following %s (PM2 process on %s)"):format(name, id))
@@ -303,6 +314,16 @@ if not ok then
     recipe.exit(1)
   end
   error(res, 0)
+end
+if opts.repo then
+  local back = recipe.step("bring " .. branch .. " back", workspace.pull_repo, provider, id, cwd,
+    paths.expand(opts.repo), { branch = branch })
+  if opts.json then
+    emit_json({ ts = now_iso(), event = "branch", branch = branch, base = back.base, head = back.head,
+      commits = back.commits })
+  else
+    io.stdout:write(("galley: branch %s (%d new commits)\n%s"):format(branch, #back.commits, back.log))
+  end
 end
 
 local failed = res.status == "errored" or res.exit_code ~= 0

@@ -1168,7 +1168,7 @@ end
 ---@param repo_dir string
 ---@param opts? {branch?: string, name?: string, force?: boolean, author?: {name: string, email: string},
 ---  message?: string, parallel?: integer}
----@return {branch: string, base: string, head: string, commits: string[], execs: integer}
+---@return {branch: string, base: string, head: string, commits: string[], log: string, execs: integer}
 function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
   opts = check_opts(opts, "workspace.pull_repo")
   remote_dir = check_remote_dir(remote_dir, "remote_dir")
@@ -1228,7 +1228,8 @@ function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
   local commits = {}
   local list = git_ok(top, { "rev-list", "--reverse", base .. ".." .. head })
   for c in list:gmatch("%x+") do commits[#commits + 1] = c end
-  return { branch = branch, base = base, head = head, commits = commits, execs = stats.execs }
+  local log = #commits > 0 and git_ok(top, { "log", "--oneline", base .. ".." .. head }) .. "\n" or ""
+  return { branch = branch, base = base, head = head, commits = commits, log = log, execs = stats.execs }
 end
 
 return M
