@@ -344,7 +344,8 @@ function Client:call(name, args)
         local code = M.code_for_status(status)
         local suffix, details, fields = parse_detail(resp.body)
         info.status = status
-        local err = self:_error(code, ("%s: HTTP %d from %s %s%s"):format(ep.name, status, ep.method, plain, suffix), info)
+        local message = ("%s: HTTP %d from %s %s%s"):format(ep.name, status, ep.method, plain, suffix)
+        local err = self:_error(code, message, info)
         err.details, err.fields = details, fields
         return nil, err
       end
@@ -535,7 +536,16 @@ end
 
 
 --- Creates a client.
----@param opts? {api_key?: string, base_url?: string, connect_timeout_ms?: integer, timeout_ms?: integer, retry?: table, log?: fun(rec: table), insecure?: boolean}
+---@class galley.MorphClientOptions
+---@field api_key? string default MORPH_API_KEY
+---@field base_url? string default MORPH_BASE_URL, else https://cloud.morph.so/api
+---@field connect_timeout_ms? integer
+---@field timeout_ms? integer per request (default 120 s)
+---@field retry? {max_attempts?: integer, base_delay_ms?: integer, max_delay_ms?: integer, max_elapsed_ms?: integer}
+---@field log? fun(rec: {method: string, path: string, status: integer, ms: number, attempt: integer, error?: string})
+---@field insecure? boolean allow plain http:// to a remote host
+
+---@param opts? galley.MorphClientOptions
 ---@return galley.MorphClient|nil
 ---@return galley.Error|nil err AUTHENTICATION_ERROR (no key) | VALIDATION_ERROR (bad base URL)
 function M.new(opts)

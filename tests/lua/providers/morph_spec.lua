@@ -10,6 +10,7 @@ local cjson = require("cjson")
 local logmod = require("galley.log")
 local morphp = require("galley.providers.morph")
 local proc = require("galley.core.proc")
+local runtime = require("galley.core.runtime")
 local run = require("galley.run")
 
 local FAST = { max_attempts = 2, base_delay_ms = 5, max_delay_ms = 20, max_elapsed_ms = 10000 }
@@ -424,6 +425,20 @@ io.write(require("cjson").encode({ id = inst.id, metadata = inst.metadata, ttl =
 io.stdout:flush()
 if arg[3] == "fail" then error("recipe failed on purpose") end
 ]]
+
+    it("ends a run at once when its boot was refused before reaching the service (no pending wait)", function()
+      -- Nothing listens on port 1: the create provably never reached a server, so the run has no
+      -- instance to look for (it used to wait its whole 15 s pending window).
+      local path = support.script(RECIPE)
+      local t0 = runtime.now_ms()
+      local r = assert(proc.run({ argv = { support.bin, "run", path, SNAP, tag }, timeout_ms = 120000,
+        env_mode = "extend", env = { MORPH_API_KEY = em0.api_key, MORPH_BASE_URL = "http://127.0.0.1:1/api",
+          GALLEY_STATE_DIR = state } }))
+      os.remove(path)
+      assert.are.equal(1, r.exit_code, r.stderr)
+      assert.truthy(r.stderr:find("NETWORK_ERROR", 1, true), r.stderr)
+      assert.is_true(runtime.now_ms() - t0 < 12000, "the run waited for a create that never happened")
+    end)
 
     it("tags the instances a recipe boots and stops them when the run ends", function()
       local r = run_recipe(RECIPE, SNAP, tag)
