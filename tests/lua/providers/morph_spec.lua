@@ -524,6 +524,29 @@ if arg[3] == "fail" then error("recipe failed on purpose") end
       assert(ok, err)
     end)
 
+    it("exits 143 when SIGTERM lands in an HTTP call of a run, leaving no instance", function()
+      local slow = emulator.start({ boot_delay_ms = 0, faults = {
+        { method = "POST", path = "/snapshot/*/boot", action = "stall", delay_ms = 1500 } } })
+      finally(function() slow:stop() end)
+      local path = support.script([[
+local p = require("galley.providers.morph").new({})
+p.instances.boot("]] .. SNAP .. [[")
+]])
+      local h = assert(proc.spawn({ argv = { support.bin, "-q", "run", path }, stdin = "null", env_mode = "extend",
+        env = { MORPH_API_KEY = slow.api_key, MORPH_BASE_URL = slow.base_url, GALLEY_LOG = "error" } }))
+      assert.is_nil(h:wait(400))
+      h:kill("TERM")
+      local r = h:wait(60000)
+      h:close()
+      os.remove(path)
+      assert.are.equal(143, r.exit_code, r.stderr)
+      local left = 0
+      for _, inst in ipairs(slow:state().instances or {}) do
+        if inst.status ~= "deleted" then left = left + 1 end
+      end
+      assert.are.equal(0, left)
+    end)
+
     it("stops and terminates idempotently: a retried DELETE that meets 404 succeeded", function()
       local sp = provider_on(em, { timeout_ms = 800 })
       local inst = boot(sp)
