@@ -38,6 +38,7 @@ local errors = require("galley.errors")
 local execfiles = require("galley.providers.execfiles")
 local logmod = require("galley.log")
 local morph_client = require("galley.morph_client")
+local morph_process = require("galley.providers.morph_process")
 local run = require("galley.run")
 local runtime = require("galley.core.runtime")
 local shell = require("galley.core.shell")
@@ -454,6 +455,35 @@ function M.new(opts)
     local r = exec_argv(instance_id, argv, eopts)
     log.trace("exec", { instance = instance_id, kind = spec.kind, exit_code = r.exit_code, stderr_bytes = #r.stderr })
     return r
+  end
+
+  --- Starts a command without waiting: a process handle over SSE exec (`read`, `wait`, `kill`,
+  --- `close`, as galley.core.proc's Process; see galley.providers.morph_process). Takes a
+  --- CommandSpec (argv form, no cwd/env) or a plain argv array.
+  ---@param instance_id string
+  ---@param command galley.CommandSpec|string[]
+  ---@return galley.MorphProcess
+  ---@raise VALIDATION_ERROR (bad command, before any request)
+  function provider.spawn(instance_id, command)
+    check_id(instance_id, "instance_id")
+    local argv = command
+    if type(command) == "table" and command.kind ~= nil then
+      local spec = contracts.check_command(command)
+      if spec.kind ~= "argv" or spec.cwd or spec.env then
+        fail("VALIDATION_ERROR", "spawn takes the argv form without cwd/env (or a plain argv array)",
+          { field = "command.kind" })
+      end
+      argv = { spec.command, table.unpack(spec.args or {}) }
+    end
+    if type(argv) ~= "table" or #argv == 0 then
+      fail("VALIDATION_ERROR", "spawn needs a CommandSpec or a non-empty argv array", { field = "command" })
+    end
+    for i, a in ipairs(argv) do
+      if type(a) ~= "string" then
+        fail("VALIDATION_ERROR", ("command[%d] must be a string"):format(i), { field = ("command[%d]"):format(i) })
+      end
+    end
+    return morph_process.spawn(client, instance_id, argv, { timeout_ms = exec_timeout_ms })
   end
 
   -- A create whose answer was lost may still have created an instance: tell the run, which

@@ -507,6 +507,57 @@ if arg[3] == "fail" then error("recipe failed on purpose") end
     end)
   end)
 
+  describe("spawn", function()
+    it("starts a command at once and hands its output over as it arrives, then the exit", function()
+      local inst = boot(p)
+      local h = p.spawn(inst.id, { "/bin/sh", "-c", "echo one; sleep 0.3; echo two >&2; exit 3" })
+      local seen = {}
+      while true do
+        local kind, data = h:read(20000)
+        assert.is_not_nil(kind)
+        seen[#seen + 1] = kind .. ":" .. tostring(data)
+        if kind == "exit" then break end
+      end
+      assert.are.same({ "stdout:one\n", "stderr:two\n", "exit:3" }, seen)
+      assert.is_nil(h:read())
+      h:close()
+      h:close()
+      p.instances.terminate(inst.id)
+    end)
+
+    it("runs the commands of several handles at once, like the local provider", function()
+      local insts = { boot(p), boot(p), boot(p) }
+      local t0 = runtime.now_ms()
+      local hs = {}
+      for i, inst in ipairs(insts) do
+        hs[i] = p.spawn(inst.id, { kind = "argv", command = "sh", args = { "-c", "sleep 1; echo ok" } })
+      end
+      for _, h in ipairs(hs) do
+        local r = assert(h:wait())
+        assert.are.equal(0, r.exit_code)
+        assert.are.equal("ok\n", r.stdout)
+        h:close()
+      end
+      -- one after the other would take 3 s at least
+      assert.is_true(runtime.now_ms() - t0 < 2800, tostring(runtime.now_ms() - t0))
+      for _, inst in ipairs(insts) do p.instances.terminate(inst.id) end
+    end)
+
+    it("kills a running command, times out a wait, and refuses bad commands before any request", function()
+      local inst = boot(p)
+      local h = p.spawn(inst.id, { "sleep", "30" })
+      assert.is_nil(h:wait(300))
+      assert.is_true(h:kill("TERM"))
+      local r = assert(h:wait(20000))
+      assert.are_not.equal(0, r.exit_code)
+      h:close()
+      assert.are.equal("VALIDATION_ERROR", raises("VALIDATION_ERROR", p.spawn, inst.id, {}).code)
+      assert.are.equal("VALIDATION_ERROR",
+        raises("VALIDATION_ERROR", p.spawn, inst.id, { kind = "shell", script = "true" }).code)
+      p.instances.terminate(inst.id)
+    end)
+  end)
+
   describe("faults #fault", function()
     it("boots through a 500 and a malformed answer during the readiness poll, deleting nothing", function()
       local slowish = emulator.start({ boot_delay_ms = 1500 })
