@@ -9,6 +9,8 @@
 
 /* The longest header block we keep; anything beyond it is dropped (the body still arrives). */
 #define MAX_HEADER_BYTES (64 * 1024)
+/* Idle connections kept open for reuse (each holds one file descriptor). */
+#define MAX_IDLE_CONNECTIONS 256
 /* Spare easy handles kept for reuse (their TLS session and DNS caches survive). */
 #define MAX_IDLE 8
 
@@ -166,6 +168,9 @@ static CURLM *get_multi(void) {
   curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
   /* Many transfers to one host share one HTTP/2 connection when the server allows it. */
   curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  /* Keep idle connections for reuse: curl's default cache (4 x the transfers in flight at that
+   * moment) closes them whenever most tasks sit between requests (sleeps, readiness polls). */
+  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)MAX_IDLE_CONNECTIONS);
   return multi;
 }
 
