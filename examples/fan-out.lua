@@ -6,10 +6,10 @@
 --   galley run examples/fan-out.lua --count 5 --top 10 FILE  # your own text
 --   MORPH_API_KEY=... galley run examples/fan-out.lua --provider morph --snapshot snapshot_abc
 --
--- With the local provider the commands really run in parallel: `provider.spawn` starts each one
--- and returns a process handle at once, and the handles are waited for afterwards. A provider
--- without `spawn` (Morph: exec answers when the command has finished) runs them one after the
--- other through `provider.exec`; the results are the same.
+-- The commands really run in parallel: `provider.spawn` starts each one and returns a process
+-- handle at once (a sandboxed process on local, an SSE exec stream on Morph), and the handles
+-- are waited for afterwards. A provider without `spawn` runs them one after the other through
+-- `provider.exec`; the results are the same.
 -- Every instance gets a cleanup hook as soon as it exists, so a failure (or Ctrl-C) halfway
 -- through still terminates all of them; the run's leak check would report any survivor.
 local recipe = require("galley.recipe")
