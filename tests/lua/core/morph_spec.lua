@@ -723,5 +723,23 @@ s.serve_forever()']], "r"))
       assert.is_true(runtime.now_ms() - t0 < 2500, tostring(runtime.now_ms() - t0))
       c:close()
     end)
+
+    it("uses no more TCP connections than calls in flight, and reuses them", function()
+      local task = require("galley.task")
+      local c = client(em)
+      for _ = 1, 3 do
+        em:fault{ method = "GET", path = "/image", action = "delay", delay_ms = 300, count = 4 }
+        local list = {}
+        for i = 1, 4 do list[i] = task.spawn(function() return assert(c:images_list()) end) end
+        for _, r in ipairs(task.join(list)) do assert.is_true(r.ok, tostring(r.err)) end
+      end
+      local conns, n = {}, 0
+      for _, r in ipairs(em:log()) do
+        if not conns[r.conn] then conns[r.conn], n = true, n + 1 end
+      end
+      assert.are.equal(12, #em:log())
+      assert.is_true(n <= 4, tostring(n) .. " connections for 4 calls in flight")
+      c:close()
+    end)
   end)
 end)
