@@ -80,9 +80,9 @@ recipe.step("count the words", function()
     local handles = {}
     for i, inst in ipairs(instances) do handles[i] = provider.spawn(inst.id, { "/bin/sh", "-c", COUNT }) end
     for i, h in ipairs(handles) do
-      local r = h:wait()
+      local r, err = h:wait()
       h:close()
-      if not r or r.exit_code ~= 0 then error(("shard %d failed: %s"):format(i, r and r.stderr or "?")) end
+      if not r or r.exit_code ~= 0 then error(("shard %d failed: %s"):format(i, r and r.stderr or tostring(err))) end
       outputs[i] = r.stdout
     end
   else

@@ -6,9 +6,10 @@
  *     with stream=true -> stream: stream:read() -> next piece of a 2xx body | nil at the end
  *       (| nil, err when the wait was cancelled); stream:result() -> resp | nil, err (waits for
  *       the end; resp.body holds what was not read, e.g. a 4xx body); stream:close() aborts.
+ *   http.request uses a fresh connection and closes it afterwards.
  *   http.session{timeout_ms=?, connect_timeout_ms=?} -> session; session:request{...} with those
- *     defaults. Every transfer of the process shares one connection cache (keep-alive, HTTP/2
- *     over TLS when offered), sessions or not.
+ *     defaults, from the process's one pool of keep-alive connections (HTTP/2 over TLS when
+ *     offered), shared by every session and by galley.core.morph.
  *   http.inflight() -> transfers in flight (for tests).
  * A 404 is a result. Errors: HTTP_CONNECT, HTTP_TIMEOUT, HTTP_NETWORK, HTTP_TLS, and the wait's
  * own cancellation error (INTERRUPTED with .signal on Ctrl-C/SIGTERM, a task's cancel error);
@@ -170,12 +171,15 @@ static int xfer_gc(lua_State *L) {
 }
 
 
+static void push_stream_mt(lua_State *L);
+
 /* Pushes a closed transfer userdata (uservalue 1: the request URL, for errors). */
 static l_xfer *push_xfer(lua_State *L, const char *url) {
   l_xfer *ux = lua_newuserdatauv(L, sizeof *ux, 1);
   ux->x = NULL;
   ux->ended = false;
-  luaL_setmetatable(L, XFER_MT);
+  push_stream_mt(L);  /* galley.core.morph may start transfers before this module is loaded */
+  lua_setmetatable(L, -2);
   lua_pushstring(L, url);
   lua_setiuservalue(L, -2, 1);
   return ux;
@@ -228,9 +232,10 @@ int galley_http_request_lua(lua_State *L, const galley_http_request *req) {
 
 
 /* Starts one request (opts at `arg`) and waits for it, or returns a stream. */
-static int do_request(lua_State *L, int arg, long def_timeout, long def_connect) {
+static int do_request(lua_State *L, int arg, long def_timeout, long def_connect, bool fresh) {
   galley_http_request req;
   check_request(L, arg, &req, def_timeout, def_connect);  // [..., lines, ptrs]
+  req.fresh = fresh;
   return galley_http_request_lua(L, &req);
 }
 
@@ -331,10 +336,10 @@ static int l_stream_close(lua_State *L) {
 }
 
 
-/* http.request(opts) -> resp | nil, err */
+/* http.request(opts) -> resp | nil, err   (a fresh connection, closed afterwards) */
 static int l_http_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  return do_request(L, 1, DEFAULT_TIMEOUT_MS, DEFAULT_CONNECT_TIMEOUT_MS);
+  return do_request(L, 1, DEFAULT_TIMEOUT_MS, DEFAULT_CONNECT_TIMEOUT_MS, true);
 }
 
 
@@ -362,7 +367,7 @@ static int l_http_session(lua_State *L) {
 /* session:request(opts) -> resp | nil, err */
 static int l_session_request(lua_State *L) {
   l_session *box = check_session(L);
-  return do_request(L, 2, box->timeout_ms, box->connect_timeout_ms);
+  return do_request(L, 2, box->timeout_ms, box->connect_timeout_ms, false);
 }
 
 
@@ -426,16 +431,23 @@ static const luaL_Reg http_funcs[] = {
   { NULL,       NULL            }
 };
 
+/* Pushes the stream metatable, creating it on first use. */
+static void push_stream_mt(lua_State *L) {
+  if (luaL_newmetatable(L, XFER_MT)) {   // [mt]
+    luaL_setfuncs(L, stream_meta, 0);
+    luaL_newlib(L, stream_methods);      // [mt, methods]
+    lua_setfield(L, -2, "__index");      // [mt]
+  }
+}
+
+
 int luaopen_galley_core_http(lua_State *L) {
   luaL_newmetatable(L, SESSION_MT);      // [mt]
   luaL_setfuncs(L, session_meta, 0);
   luaL_newlib(L, session_methods);       // [mt, methods]
   lua_setfield(L, -2, "__index");        // [mt]
   lua_pop(L, 1);
-  luaL_newmetatable(L, XFER_MT);
-  luaL_setfuncs(L, stream_meta, 0);
-  luaL_newlib(L, stream_methods);
-  lua_setfield(L, -2, "__index");
+  push_stream_mt(L);
   lua_pop(L, 1);
   luaL_newlib(L, http_funcs);
   return 1;

@@ -366,6 +366,10 @@ galley_http_xfer *galley_http_start(const galley_http_request *req, galley_http_
   ok &= curl_easy_setopt(e, CURLOPT_PRIVATE, x) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_PREREQDATA, x) == CURLE_OK;
+  if (req->fresh) {
+    ok &= curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L) == CURLE_OK;
+    ok &= curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L) == CURLE_OK;
+  }
   if (req->timeout_ms > 0) ok &= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms) == CURLE_OK;
   if (req->connect_timeout_ms > 0)
     ok &= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms) == CURLE_OK;

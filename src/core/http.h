@@ -45,7 +45,8 @@ typedef struct {
   size_t body_len;
   long timeout_ms;                 /* whole transfer; <= 0: no limit */
   long connect_timeout_ms;         /* <= 0: curl's default */
-  bool stream;                     /* a 2xx body is handed over in pieces (galley_http_stream_take) */
+  bool stream;                     /* a 2xx body is handed over in pieces (galley_http_stream_peek) */
+  bool fresh;                      /* a new connection, closed afterwards (not from the pool) */
   bool no_resend;                  /* libcurl resends a request on its own when a reused
                                     * connection dies before any reply: forbid that (the
                                     * transfer then fails with HTTP_NETWORK, sent=true) */

@@ -86,11 +86,12 @@ function M.spawn(client, instance_id, argv, opts)
     wake(self)
   end
   self.task = task.spawn(function()
-    local res, err = client:instances_exec(instance_id, cmd, {
+    local ok, res, err = pcall(client.instances_exec, client, instance_id, cmd, {
       timeout_ms = opts.timeout_ms,
       on_stdout = function(s) push("stdout", s) end,
       on_stderr = function(s) push("stderr", s) end,
     })
+    if not ok then res, err = nil, errors.wrap(res, { operation = "spawn", resource = "instance:" .. instance_id }) end
     self.finished = true
     if res then
       self.exit_code = math.tointeger(res.exit_code) or res.exit_code
