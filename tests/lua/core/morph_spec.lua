@@ -724,6 +724,27 @@ s.serve_forever()']], "r"))
       c:close()
     end)
 
+    it("retries under parallel load: each task's 503 is retried, every call succeeds once", function()
+      local task = require("galley.task")
+      local c = client(em)
+      local insts = {}
+      for i = 1, 4 do insts[i] = ready_instance(c) end
+      em:clear_log()
+      em:fault{ method = "GET", path = "/instance/*", action = "status", status = 503, count = 4 }
+      local list = {}
+      for i = 1, 4 do list[i] = task.spawn(function() return assert(c:instances_get(insts[i].id)).id end) end
+      for i, r in ipairs(task.join(list)) do
+        assert.is_true(r.ok, tostring(r.err))
+        assert.are.equal(insts[i].id, r.value)
+      end
+      local statuses = {}
+      for _, rec in ipairs(em:log()) do statuses[rec.status] = (statuses[rec.status] or 0) + 1 end
+      assert.are.equal(4, statuses[503])
+      assert.are.equal(4, statuses[200])
+      for _, inst in ipairs(insts) do c:instances_stop(inst.id) end
+      c:close()
+    end)
+
     it("uses no more TCP connections than calls in flight, and reuses them", function()
       local task = require("galley.task")
       local c = client(em)
