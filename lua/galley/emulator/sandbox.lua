@@ -102,6 +102,7 @@ function Sandbox:create_snapshot(snapshot_id, from_dir)
       if not done then
         errors.raise("EMULATOR_BACKEND", ("cannot copy %s into a snapshot: %s"):format(from_dir, tostring(cerr)))
       end
+      if p.adopt_files then p.adopt_files(inst.id) end
       self.snapshots[snapshot_id] = p.instances.snapshot(inst.id, {}).id
     end)
     p.instances.terminate(inst.id)
