@@ -21,11 +21,12 @@
 -- meta.json as `holder`): its own user namespace with a full id range (root inside is the
 -- caller's subordinate id 100000.. for a root caller, the caller's own uid otherwise; ids
 -- 1..65535 are subordinate ids, mapped with newuidmap/newgidmap), no nested user namespaces
--- (user.max_user_namespaces = 0 in it, and no CAP_SYS_RESOURCE to raise it), pid, ipc, uts
--- (and net with network = false) namespaces. Every exec joins them (nsenter, bwrap --pidns) in
--- a fresh mount namespace that shows only: the system directories read-only (/usr, /bin, /sbin,
--- /lib*, /etc, /opt, /var with its own /var/tmp), a /proc of the instance's pid namespace, a
--- minimal /dev, /sys read-only, a tmpfs /run, the instance's home at `home_dir` (default /root)
+-- (user.max_user_namespaces = 0 in it, and no CAP_SYS_RESOURCE to raise it; no CAP_SYS_ADMIN
+-- either, so no mounts), pid, ipc, uts, cgroup (and net with network = false) namespaces and a
+-- mount namespace, all entered by every exec (nsenter). The holder's filesystem shows only:
+-- the system directories read-only (/usr, /bin, /sbin, /lib*, /etc, /opt, /var with its own
+-- /var/tmp), a /proc of the instance's pid namespace, a minimal /dev, /sys read-only, a tmpfs
+-- /run, the instance's home at `home_dir` (default /root)
 -- and its tmp at /tmp. PATH is the system's plus the directories of node, npm, pm2 and the agent
 -- CLIs when they live elsewhere (those install prefixes are mounted read-only). The holder outlives
 -- the galley process; when it is gone (host reboot) the next exec starts new namespaces (logged).
@@ -98,11 +99,16 @@ local INNER = 'exec 3<&- 4<&- 5<&- 6<&- 7<&- 8<&- 9<&-; cd -- "$1" || exit 127; 
 -- maps are written directly) or "newuidmap", $4 uid map, $5 gid map, $6 "stage" (root: the
 -- holder runs as a subordinate id that cannot enter the state directory, so the instance's home
 -- and tmp are first bound at /tmp/.galley-home and /tmp/.galley-tmp of a private mount
--- namespace), then the holder's argv (bwrap with --userns-block-fd 3 --info-fd 4; its command
+-- namespace, where the directories listed next are also made read-only, so that inside the
+-- instance their read-only flag is locked), the read-only directories (paths without spaces),
+-- "--", then the holder's argv (bwrap with --userns-block-fd 3 --info-fd 4; its command
 -- writes "ready" to fd 6 once the sandbox is set up). The holder waits until its user namespace
 -- is mapped and nested user namespaces are disabled in it; prints the holder's pid once ready.
 local LAUNCH = [[
 d=$1 cg=$2 mode=$3 um=$4 gm=$5 stage=$6; shift 6
+ro=""
+while [ "$1" != -- ]; do ro="$ro $1"; shift; done
+shift
 if [ -n "$cg" ]; then echo $$ > "$cg/cgroup.procs" || exit 125; fi
 b="$d/.ns-block" i="$d/.ns-info" r="$d/.ns-ready"
 rm -f "$b" "$i" "$r"
@@ -111,12 +117,17 @@ if [ "$stage" = stage ]; then
   set -- unshare --mount --propagation private -- /bin/sh -c '
     exec 8<"$1/home" 9<"$1/tmp" || exit 1
     shift
+    while [ "$1" != -- ]; do
+      mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 1
+      shift
+    done
+    shift
     mount -t tmpfs -o mode=0755,size=1m galley-stage /tmp || exit 1
     mkdir /tmp/.galley-home /tmp/.galley-tmp || exit 1
     mount -c --bind /proc/self/fd/8 /tmp/.galley-home || exit 1
     mount -c --bind /proc/self/fd/9 /tmp/.galley-tmp || exit 1
     exec 8<&- 9<&-
-    exec "$@"' stage "$d" "$@"
+    exec "$@"' stage "$d" $ro -- "$@"
 fi
 exec 7<>"$r"
 setsid "$@" 3<"$b" 4>"$i" 6>"$r" 7<&- </dev/null >/dev/null 2>"$d/holder.log" &
@@ -383,6 +394,10 @@ end
 local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_dir, env)
   local argv = { "/bin/sh", "-c", LAUNCH, "launch", dir, cgroup or "", ident.map_mode, ident.uid_map, ident.gid_map,
     ident.root and "stage" or "" }
+  for i = 1, #mounts - 2 do
+    if mounts[i] == "--ro-bind" and not mounts[i + 1]:find("%s") then argv[#argv + 1] = mounts[i + 1] end
+  end
+  argv[#argv + 1] = "--"
   for _, a in ipairs(ident.prefix) do argv[#argv + 1] = a end
   for _, a in ipairs({ bwrap, "--unshare-user", "--userns-block-fd", "3", "--info-fd", "4", "--unshare-pid",
     "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--new-session" }) do argv[#argv + 1] = a end
@@ -420,14 +435,16 @@ end
 
 -- The host-side part of an exec in the instance's namespaces: ENTER_NS, then nsenter into
 -- all of them (uid 0 inside) and setpriv: no new privileges, no CAP_SYS_RESOURCE (so
--- user.max_user_namespaces stays 0). Append INNER's argv.
+-- user.max_user_namespaces stays 0) and no CAP_SYS_ADMIN (no mounts: the read-only system
+-- directories stay read-only even where the flag is not locked, as for a caller other than
+-- root). Append INNER's argv.
 local function ns_exec_prefix(holder, cgroup, network)
   local argv = { "/bin/sh", "-c", ENTER_NS, "sh", cgroup or "", tostring(holder.pid), holder.start,
     network and "" or "net",
     "nsenter", "--user=/proc/self/fd/3", "--pid=/proc/self/fd/4", "--mount=/proc/self/fd/5",
     "--ipc=/proc/self/fd/6", "--uts=/proc/self/fd/7", "--cgroup=/proc/self/fd/8" }
   if not network then argv[#argv + 1] = "--net=/proc/self/fd/9" end
-  for _, a in ipairs({ "--", "setpriv", "--no-new-privs", "--bounding-set=-sys_resource", "--" }) do
+  for _, a in ipairs({ "--", "setpriv", "--no-new-privs", "--bounding-set=-sys_resource,-sys_admin", "--" }) do
     argv[#argv + 1] = a
   end
   return argv
