@@ -437,14 +437,17 @@ end
 -- all of them (uid 0 inside) and setpriv: no new privileges, no CAP_SYS_RESOURCE (so
 -- user.max_user_namespaces stays 0) and no CAP_SYS_ADMIN (no mounts: the read-only system
 -- directories stay read-only even where the flag is not locked, as for a caller other than
--- root). Append INNER's argv.
+-- root). The command gets a session of its own (setsid: galley's terminal, if any, is not its
+-- controlling terminal, so it cannot inject input there) and dies with the host-side nsenter
+-- (pdeathsig), which a timeout or kill of the exec reaches. Append INNER's argv.
 local function ns_exec_prefix(holder, cgroup, network)
   local argv = { "/bin/sh", "-c", ENTER_NS, "sh", cgroup or "", tostring(holder.pid), holder.start,
     network and "" or "net",
     "nsenter", "--user=/proc/self/fd/3", "--pid=/proc/self/fd/4", "--mount=/proc/self/fd/5",
     "--ipc=/proc/self/fd/6", "--uts=/proc/self/fd/7", "--cgroup=/proc/self/fd/8" }
   if not network then argv[#argv + 1] = "--net=/proc/self/fd/9" end
-  for _, a in ipairs({ "--", "setpriv", "--no-new-privs", "--bounding-set=-sys_resource,-sys_admin", "--" }) do
+  for _, a in ipairs({ "--", "setpriv", "--no-new-privs", "--bounding-set=-sys_resource,-sys_admin",
+    "--pdeathsig=KILL", "--", "setsid", "--wait", "--" }) do
     argv[#argv + 1] = a
   end
   return argv
@@ -778,7 +781,9 @@ function M.new(opts)
 
   -- The instance's holder (isolation "userns"): the recorded one while it lives, else a new
   -- one (after a reboot of the instance or of this machine: the namespaces, and every process
-  -- in them, were gone). Saves it in meta.json.
+  -- in them, were gone). Saves it in meta.json. Two galley processes that find the holder gone
+  -- at the same moment may each start one; the one not recorded dies with the instance's cgroup
+  -- (or lives on as an idle sleep without cgroups).
   local function ensure_holder(meta)
     local h = meta.holder
     if h and proc_start(h.pid) == h.start then return h end
