@@ -116,13 +116,35 @@ describe("local instances cannot touch the host #isolation", function()
 
   after_each(function()
     -- instances the attack left (a failed run) die with their holders; files go with the dir
-    host('for d in "$1"/home/.local/state/galley/instances/*/; do [ -d "$d" ] || continue; '
-      .. 'p=$(sed -n \'s/.*"pid":\\([0-9]*\\).*/\\1/p\' "$d/meta.json"); '
+    host('find "$1" -path "*/instances/*/meta.json" | while read -r m; do '
+      .. 'p=$(sed -n \'s/.*"pid":\\([0-9]*\\).*/\\1/p\' "$m"); '
       .. '[ -n "$p" ] && kill -9 "$p" 2>/dev/null; done; sleep 0.2; rm -rf -- "$1" || true', dir)
   end)
 
   it("as the caller running galley (root in CI)", function()
     judge((attack(dir, nil)))
+  end)
+
+  it("starts new namespaces when the holder is gone (a rebooted machine), keeping the files", function()
+    local lp = require("galley.providers.local")
+    local p = lp.new({ state_dir = dir .. "/state", log = require("galley.log").silent() })
+    assert.are.equal("userns", p.capabilities.isolation)
+    local i = p.instances.boot()
+    local function holder()
+      return cjson.decode(host('cat "$1/instances/$2/meta.json"', p.state_dir, i.id)).holder
+    end
+    local before = holder()
+    assert.is_truthy(before and before.pid)
+    p.files.write_file_atomic(i.id, "~/kept", "yes")
+    local r = p.exec(i.id, { kind = "argv", command = "sh", args = { "-c", "setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $!" } })
+    assert.are.equal(0, r.exit_code, r.stderr)
+    host("kill -9 " .. math.tointeger(before.pid) .. "; sleep 0.3")
+    -- the next exec works, in new namespaces where the old processes are gone
+    r = p.exec(i.id, { kind = "argv", command = "sh", args = { "-c", "cat ~/kept; echo; ps -e -o comm= | grep -c sleep" } })
+    assert.are.equal(0, r.exit_code, r.stderr)
+    assert.are.equal("yes\n1\n", r.stdout) -- only the holder's own sleep
+    assert.are_not.equal(before.pid, holder().pid)
+    p.instances.terminate(i.id)
   end)
 
   it("as an unprivileged user", function()
