@@ -96,12 +96,12 @@ exec "$@"]]
 local INNER = 'exec 3<&- 4<&- 5<&- 6<&- 7<&- 8<&- 9<&-; cd -- "$1" || exit 127; shift; exec "$@"'
 
 -- Starts an instance's holder: $1 instance dir, $2 cgroup ("" for none), $3 "write" (root: the
--- maps are written directly) or "newuidmap", $4 uid map, $5 gid map, $6 "stage" (root: the
--- holder runs as a subordinate id that cannot enter the state directory, so the instance's home
--- and tmp are first bound at /tmp/.galley-home and /tmp/.galley-tmp of a private mount
--- namespace, where the directories listed next are also made read-only, so that inside the
--- instance their read-only flag is locked), the read-only directories (paths without spaces),
--- "--", then the holder's argv (bwrap with --userns-block-fd 3 --info-fd 4; its command
+-- maps are written directly) or "newuidmap", $4 uid map, $5 gid map, $6 a staging directory
+-- or "" (root: the holder runs as a subordinate id that cannot enter the state directory, so
+-- the instance's home and tmp are first bound at STAGE/home and STAGE/tmp, on a tmpfs over STAGE
+-- in a private mount namespace, where the directories listed next are also made read-only, so
+-- that inside the instance their read-only flag is locked), the read-only directories (paths
+-- without spaces), "--", then the holder's argv (bwrap with --userns-block-fd 3 --info-fd 4; its command
 -- writes "ready" to fd 6 once the sandbox is set up). The holder waits until its user namespace
 -- is mapped and nested user namespaces are disabled in it; prints the holder's pid once ready.
 local LAUNCH = [[
@@ -113,21 +113,22 @@ if [ -n "$cg" ]; then echo $$ > "$cg/cgroup.procs" || exit 125; fi
 b="$d/.ns-block" i="$d/.ns-info" r="$d/.ns-ready"
 rm -f "$b" "$i" "$r"
 mkfifo -m 600 "$b" "$i" "$r" || exit 125
-if [ "$stage" = stage ]; then
+if [ -n "$stage" ]; then
   set -- unshare --mount --propagation private -- /bin/sh -c '
-    exec 8<"$1/home" 9<"$1/tmp" || exit 1
-    shift
+    s=$1
+    exec 8<"$2/home" 9<"$2/tmp" || exit 1
+    shift 2
     while [ "$1" != -- ]; do
       mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 1
       shift
     done
     shift
-    mount -t tmpfs -o mode=0755,size=1m galley-stage /tmp || exit 1
-    mkdir /tmp/.galley-home /tmp/.galley-tmp || exit 1
-    mount -c --bind /proc/self/fd/8 /tmp/.galley-home || exit 1
-    mount -c --bind /proc/self/fd/9 /tmp/.galley-tmp || exit 1
+    mount -t tmpfs -o mode=0755,size=1m galley-stage "$s" || exit 1
+    mkdir "$s/home" "$s/tmp" || exit 1
+    mount -c --bind /proc/self/fd/8 "$s/home" || exit 1
+    mount -c --bind /proc/self/fd/9 "$s/tmp" || exit 1
     exec 8<&- 9<&-
-    exec "$@"' stage "$d" $ro -- "$@"
+    exec "$@"' stage "$stage" "$d" $ro -- "$@"
 fi
 exec 7<>"$r"
 setsid "$@" 3<"$b" 4>"$i" 6>"$r" 7<&- </dev/null >/dev/null 2>"$d/holder.log" &
@@ -319,11 +320,12 @@ local function under(path, root)
 end
 
 
--- The read-only host part of every sandbox: bwrap arguments and the PATH inside.
+-- The read-only host part of every sandbox: bwrap arguments, the PATH inside and the agent
+-- programs left out (installed where the holder cannot enter).
 -- `private` lists host directories that must never show (state, config, the caller's home):
 -- any of them below a mounted directory is covered by an empty tmpfs.
-local function system_mounts(private)
-  local args = {}
+local function system_mounts(private, reachable)
+  local args, skipped = {}, {}
   local function add(...)
     for _, a in ipairs({ ... }) do args[#args + 1] = a end
   end
@@ -351,8 +353,20 @@ local function system_mounts(private)
   local resolv = fs.realpath("/etc/resolv.conf")
   if resolv and under(resolv, "/run") then add("--ro-bind", resolv, resolv) end
   local path = SYSTEM_PATH
-  -- node, npm, pm2 and agent CLIs installed elsewhere (nvm, ~/.local): their prefix, read-only.
+  -- node, npm, pm2 and agent CLIs installed elsewhere (nvm, ~/.local): read-only, their npm
+  -- prefix (bin/ and lib/node_modules/) when the program lives there, else its directory and
+  -- the file it links to. `reachable(path)` says whether the holder can enter it (a root
+  -- caller's holder runs as a subordinate id: not below /root, for instance).
   local extra = {}
+  local function mount_ro(src)
+    if not extra[src] and reachable(src) then
+      extra[src] = true
+      add("--ro-bind", src, src)
+      roots[#roots + 1] = src
+      return true
+    end
+    return extra[src] == true
+  end
   for _, tool_name in ipairs(AGENT_TOOLS) do
     local found = proc.which(tool_name)
     local bin = found and found:match("^(.*)/[^/]+$")
@@ -362,15 +376,18 @@ local function system_mounts(private)
         if under(bin, r) then in_system = true end
       end
     end
-    if bin and not in_system and not extra[bin] then
-      extra[bin] = true
-      local prefix = bin:match("^(.*)/[^/]+$")
-      local real = found and fs.realpath(found)
-      -- the prefix holds bin/ and lib/node_modules/ (npm's global layout)
-      local mount = (prefix and prefix ~= "" and real and under(real, prefix)) and prefix or bin
-      add("--ro-bind", mount, mount)
-      roots[#roots + 1] = mount
-      path = path .. ":" .. bin
+    if bin and not in_system then
+      local prefix = bin:match("^(.*)/[^/]+$") or ""
+      local real = fs.realpath(found) or found
+      local ok
+      if prefix ~= "" and under(real, prefix .. "/lib/node_modules") then
+        ok = mount_ro(prefix)
+      else
+        ok = mount_ro(bin)
+        if ok and not under(real, bin) then ok = mount_ro(real) end
+      end
+      if ok and not path:find(":" .. bin, 1, true) then path = path .. ":" .. bin end
+      if not ok then skipped[#skipped + 1] = found end
     end
   end
   for _, dir in ipairs(private) do
@@ -384,7 +401,7 @@ local function system_mounts(private)
       end
     end
   end
-  return args, path
+  return args, path, skipped
 end
 
 
@@ -393,7 +410,7 @@ end
 -- is joined first. The holder's mount namespace is the instance's filesystem.
 local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_dir, env)
   local argv = { "/bin/sh", "-c", LAUNCH, "launch", dir, cgroup or "", ident.map_mode, ident.uid_map, ident.gid_map,
-    ident.root and "stage" or "" }
+    ident.stage or "" }
   for i = 1, #mounts - 2 do
     if mounts[i] == "--ro-bind" and not mounts[i + 1]:find("%s") then argv[#argv + 1] = mounts[i + 1] end
   end
@@ -403,8 +420,8 @@ local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_di
     "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--new-session" }) do argv[#argv + 1] = a end
   if not network then argv[#argv + 1] = "--unshare-net" end
   for _, a in ipairs(mounts) do argv[#argv + 1] = a end
-  local home_src = ident.root and "/tmp/.galley-home" or (dir .. "/home")
-  local tmp_src = ident.root and "/tmp/.galley-tmp" or (dir .. "/tmp")
+  local home_src = ident.stage and (ident.stage .. "/home") or (dir .. "/home")
+  local tmp_src = ident.stage and (ident.stage .. "/tmp") or (dir .. "/tmp")
   -- The holder tells LAUNCH (on fd 6) that its filesystem is complete, then sleeps.
   for _, a in ipairs({ "--bind", home_src, home_dir, "--bind", tmp_src, "/tmp", "--chdir", "/", "--",
     "/bin/sh", "-c", "echo ready >&6; exec 6>&-; exec sleep infinity" }) do argv[#argv + 1] = a end
@@ -536,10 +553,48 @@ function M.new(opts)
   local mounts, sandbox_path = {}, SYSTEM_PATH
   local sandbox, isolation, ident = false, "none", nil
   if bwrap then
-    mounts, sandbox_path = system_mounts(private)
     local why
+    if opts.isolation ~= "none" then ident, why = detect_identity() end
+    -- A root caller's holder runs as a subordinate id: it enters only world-searchable paths.
+    -- Nor can a program be shown below /tmp or the home: those are the instance's own.
+    local function reachable(path)
+      if under(path, "/tmp") or under(path, home_dir) then return false end
+      if not (ident and ident.root) then return true end
+      local dir = ""
+      for part in path:gmatch("[^/]+") do
+        local st = fs.stat(dir == "" and "/" or dir)
+        if not st or st.mode & 1 == 0 then return false end
+        dir = dir .. "/" .. part
+      end
+      return true
+    end
+    local skipped
+    mounts, sandbox_path, skipped = system_mounts(private, reachable)
+    if ident and ident.root then
+      -- The staging mount point (hidden in the holder's private mount namespace only): an
+      -- existing directory that holds none of what the holder binds.
+      local sources = { state_dir }
+      for i = 1, #mounts - 2 do
+        if mounts[i] == "--ro-bind" then sources[#sources + 1] = mounts[i + 1] end
+      end
+      for _, c in ipairs({ "/mnt", "/media", "/srv", "/boot", "/home", "/tmp" }) do
+        local st = fs.stat(c)
+        local clear = st and st.type == "directory"
+        for _, src in ipairs(sources) do
+          if clear and under(src, c) then clear = false end
+        end
+        if clear then
+          ident.stage = c
+          break
+        end
+      end
+      if not ident.stage then ident, why = nil, "no directory to stage the instances' files in" end
+    end
+    if #skipped > 0 then
+      log.warn("programs installed where instances cannot see them (install them system-wide)",
+        { programs = table.concat(skipped, " ") })
+    end
     if opts.isolation ~= "none" then
-      ident, why = detect_identity()
       if ident then
         local ok, perr = M.probe_isolation(bwrap, ident, state_dir, mounts)
         if ok then isolation = "userns" else ident, why = nil, perr end
