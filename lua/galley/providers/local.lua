@@ -28,7 +28,8 @@
 -- /var/tmp), a /proc of the instance's pid namespace, a minimal /dev, /sys read-only, a tmpfs
 -- /run, the instance's home at `home_dir` (default /root)
 -- and its tmp at /tmp. PATH is the system's plus the directories of node, npm, pm2 and the agent
--- CLIs when they live elsewhere (those install prefixes are mounted read-only). The holder outlives
+-- CLIs when they live elsewhere (mounted read-only where the holder can enter them, else left
+-- out with a warning). The holder outlives
 -- the galley process; when it is gone (host reboot) the next exec starts new namespaces (logged).
 -- Isolation "none" (no subordinate ids or user namespaces): the same mounts but the host's
 -- namespaces (a warning is logged). Without bubblewrap (or sandbox = false), commands run on the
