@@ -25,13 +25,15 @@ Only 127.0.0.1 is ever bound.
   --fault SPEC       inject a fault, e.g. method=POST,path=/instance/*/exec,action=status,status=503,
                      retry_after=1,count=2 (actions: status delay reset malformed truncate;
                      fields: method path count status retry_after delay_ms bytes)
-  --no-sandbox       run instance commands directly on this machine (HOME = the instance's
-                     directory) instead of in bubblewrap sandboxes; absolute paths such as
-                     /root/... then touch this machine
+  --no-sandbox       run instance commands directly on this machine with your rights (HOME =
+                     the instance's directory) instead of in bubblewrap sandboxes; absolute
+                     paths such as /root/... then touch this machine (a warning is printed)
   --snapshot ID[=DIR]  another ready snapshot, empty or with DIR's files; %s always exists
 
-Instances are `local` provider sandboxes (bubblewrap): this machine read-only, the instance's
-own /root (HOME, the working directory) and /tmp, a per-instance cgroup. Exec runs a one-element
+Instances are `local` provider sandboxes (bubblewrap): their own user namespace (root inside is
+no one outside), pid, ipc and uts namespaces, the system directories read-only, the instance's
+own /root (HOME, the working directory) and /tmp, a per-instance cgroup (see docs/api/providers.md,
+Isolation). Exec runs a one-element
 command through /bin/sh -c and longer argv directly, with a clean environment (PATH, USER,
 LANG...; never the API key). Snapshots and branches copy the files. Stopping an instance or the
 emulator kills its processes, daemons included; pause freezes them. Without bubblewrap (or with

@@ -91,7 +91,8 @@ describe("the galley emulate command #emulator", function()
       end
       local r = assert(em:request("POST", "/instance/" .. id .. "/exec",
         { command = { "sleep 600 >/dev/null 2>&1 & echo $!" } }))
-      local pid = r.json.stdout:match("%d+")
+      -- the instance's pid namespace numbers it; watch the host's process
+      local pid = assert(emulator.host_pid(r.json.stdout:match("%d+"), "sleep\0" .. "600\0"))
       assert.are.equal(200, assert(em:request("POST", "/_emulator/shutdown")).status)
       local res = assert(em.handle:wait(20000))
       assert.are.equal(0, res.exit_code)

@@ -141,7 +141,8 @@ describe("galley emulate: exec #emulator", function()
       return assert(em:request("GET", "/instance/" .. inst)).json.status == "ready"
     end, "ready")
     local r = exec({ "sleep 600 >/dev/null 2>&1 & echo $!" }, inst)
-    local pid = assert(math.tointeger(tonumber(r.stdout)))
+    -- the instance's pid namespace numbers it; watch the host's process
+    local pid = assert(emulator.host_pid(assert(math.tointeger(tonumber(r.stdout))), "sleep\0" .. "600\0"))
     local st = em:state()
     for _, i in ipairs(st.instances) do
       if i.id == inst then assert.are.equal(0, i.processes) end

@@ -211,4 +211,41 @@ function Emulator:stop()
   proc.run({ argv = { "rm", "-rf", "--", self.state_dir }, timeout_ms = 60000 })
 end
 
+--- The host pid of a process an instance reported as `pid` (its pid namespace's number: the
+-- last NSpid entry in /proc/PID/status) whose command line is `cmdline` (NUL-separated), or nil.
+---@param pid string|integer
+---@param cmdline string
+---@return string|nil
+function M.host_pid(pid, cmdline)
+  local deadline = runtime.now_ms() + 10000 -- the background command may not have exec'd yet
+  repeat
+    local found = M.find_host_pid(pid, cmdline)
+    if found then return found end
+    runtime.sleep_ms(20)
+  until runtime.now_ms() > deadline
+  return nil
+end
+
+
+--- One look for host_pid.
+function M.find_host_pid(pid, cmdline)
+  local names = require("galley.core.fs").list("/proc") or {}
+  for _, name in ipairs(names) do
+    if name:match("^%d+$") then
+      local f = io.open("/proc/" .. name .. "/cmdline", "rb")
+      local cmd = f and f:read("a")
+      if f then f:close() end
+      if cmd == cmdline then
+        f = io.open("/proc/" .. name .. "/status", "r")
+        local status = f and f:read("a") or ""
+        if f then f:close() end
+        local nspid = status:match("\nNSpid:([^\n]*)")
+        if nspid and nspid:match("(%d+)%s*$") == tostring(pid) then return name end
+      end
+    end
+  end
+  return nil
+end
+
+
 return M
