@@ -552,10 +552,12 @@ function M.new(opts)
       { field = "isolation" })
   end
   local network = opts.network ~= false
+  local host_home = paths.home()
   local private = { state_dir, host_home }
   local config_home = os.getenv("XDG_CONFIG_HOME")
   config_home = (config_home and config_home ~= "") and config_home or (host_home .. "/.config")
   private[#private + 1] = config_home .. "/galley"
+  private[#private + 1] = paths.config_dir()
   local mounts, sandbox_path = {}, SYSTEM_PATH
   local sandbox, isolation, ident = false, "none", nil
   if bwrap then
