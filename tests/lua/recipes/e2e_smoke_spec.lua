@@ -1,6 +1,6 @@
 -- The e2e-smoke recipe through the galley binary, against the `galley emulate` it starts itself
--- (no RUN_E2E): TAP with every check ok, the FAKE claude stand-in labelled, the emulator gone
--- afterwards; and a failing boot: not ok, the rest skipped, exit 1.
+-- (no RUN_E2E), in both emulator argv modes: TAP with every check ok, the FAKE claude stand-in
+-- labelled, the emulator gone afterwards; and a failing boot: not ok, the rest skipped, exit 1.
 local http = require("galley.core.http")
 local proc = require("galley.core.proc")
 
@@ -52,24 +52,28 @@ describe("recipe e2e-smoke #recipes", function()
     proc.run({ argv = { "rm", "-rf", "--", state, home }, timeout_ms = 60000 })
   end)
 
-  it("passes every check on the emulator it starts, with a FAKE claude stand-in, and stops it", function()
-    local code, out, err = galley({ "run", "e2e-smoke" })
-    assert.are.equal(0, code, out .. err)
-    local tap = parse_tap(out)
-    assert.are.equal(15, tap.plan)
-    assert.are.equal(15, #tap.ok, out)
-    assert.are.same({}, tap.not_ok)
-    assert.truthy(out:find("^1%.%.15\n"), "the plan comes first")
-    -- claude is missing on the emulator: skipped with a warning, and the stand-in says FAKE.
-    assert.matches("^ok 5 %- preflight: claude %-%-version # SKIP claude is not installed", tap.lines[5])
-    assert.matches("FAKE", tap.lines[6])
-    assert.matches("FAKE", tap.lines[11])
-    assert.truthy(out:find("# out| FAKE claude stand-in: prompt (6 bytes): Say hi", 1, true), out)
-    assert.truthy(out:find('"accessToken": "sk-ant-oat01-…', 1, true), out) -- masked read-back
-    assert.truthy(err:find("WARNING: claude is not installed", 1, true), err)
-    assert.truthy(err:find("all 15 checks passed", 1, true), err)
-    assert_emulator_gone(out)
-  end)
+  for _, mode in ipairs({ "exec", "join" }) do
+    it("passes every check on the emulator it starts (--argv-mode " .. mode .. "), with a FAKE claude stand-in, "
+      .. "and stops it", function()
+      local code, out, err = galley({ "run", "e2e-smoke", "--argv-mode", mode })
+      assert.are.equal(0, code, out .. err)
+      local tap = parse_tap(out)
+      assert.are.equal(15, tap.plan)
+      assert.are.equal(15, #tap.ok, out)
+      assert.are.same({}, tap.not_ok)
+      assert.truthy(out:find("^1%.%.15\n"), "the plan comes first")
+      assert.truthy(out:find("# emulator argv mode: " .. mode .. "\n", 1, true), out)
+      -- claude is missing on the emulator: skipped with a warning, and the stand-in says FAKE.
+      assert.matches("^ok 5 %- preflight: claude %-%-version # SKIP claude is not installed", tap.lines[5])
+      assert.matches("FAKE", tap.lines[6])
+      assert.matches("FAKE", tap.lines[11])
+      assert.truthy(out:find("# out| FAKE claude stand-in: prompt (6 bytes): Say hi", 1, true), out)
+      assert.truthy(out:find('"accessToken": "sk-ant-oat01-…', 1, true), out) -- masked read-back
+      assert.truthy(err:find("WARNING: claude is not installed", 1, true), err)
+      assert.truthy(err:find("all 15 checks passed", 1, true), err)
+      assert_emulator_gone(out)
+    end)
+  end
 
   it("reports a failed boot as not ok, skips what needs it, exits 1 and stops the emulator", function()
     local code, out = galley({ "run", "e2e-smoke", "--snapshot", "snapshot_does_not_exist" })
