@@ -116,13 +116,14 @@ describe("recipe boot-and-run #recipes", function()
     assert_nothing_left(err)
   end)
 
-  describe("against galley emulate with the fake claude", function()
-    local em, snapdir
+  for _, mode in ipairs(emulator.ARGV_MODES) do
+    describe("against galley emulate --argv-mode " .. mode .. " with the fake claude", function()
+      local em, snapdir
 
-    -- An instance home with ~/.local/bin on PATH (~/.profile, read by PM2's bash -lc) holding the
-    -- fake claude fixture behind a wrapper that reports what arrived, and whether the token is in
-    -- any process's argv, in the environment of any process of the instance, or in pm2 jlist.
-    local WRAPPER = [=[#!/bin/bash
+      -- An instance home with ~/.local/bin on PATH (~/.profile, read by PM2's bash -lc) holding the
+      -- fake claude fixture behind a wrapper that reports what arrived, and whether the token is in
+      -- any process's argv, in the environment of any process of the instance, or in pm2 jlist.
+      local WRAPPER = [=[#!/bin/bash
 export FAKE_CLAUDE_DIR=$HOME/.fake-claude
 mkdir -p "$FAKE_CLAUDE_DIR"
 "$HOME/.local/bin/fake-claude" "$@"
@@ -158,69 +159,75 @@ EOF
 exit $rc
 ]=]
 
-    setup(function()
-      snapdir = mktemp_dir("bar-snap")
-      assert(fs.mkdir_p(snapdir .. "/.local/bin", "755"))
-      assert(fs.write_atomic(snapdir .. "/.profile", 'PATH="$HOME/.local/bin:$PATH"\n', { mode = "644" }))
-      assert(fs.write_atomic(snapdir .. "/.local/bin/claude", WRAPPER, { mode = "755" }))
-      local fake = assert(fs.read(support.source_dir .. "/tests/lua/fixtures/fake-claude"))
-      assert(fs.write_atomic(snapdir .. "/.local/bin/fake-claude", fake, { mode = "755" }))
-      em = emulator.start({ boot_delay_ms = 0, snapshots = { "snapshot_fakeclaude=" .. snapdir } })
-    end)
+      setup(function()
+        snapdir = mktemp_dir("bar-snap")
+        assert(fs.mkdir_p(snapdir .. "/.local/bin", "755"))
+        assert(fs.write_atomic(snapdir .. "/.profile", 'PATH="$HOME/.local/bin:$PATH"\n', { mode = "644" }))
+        assert(fs.write_atomic(snapdir .. "/.local/bin/claude", WRAPPER, { mode = "755" }))
+        local fake = assert(fs.read(support.source_dir .. "/tests/lua/fixtures/fake-claude"))
+        assert(fs.write_atomic(snapdir .. "/.local/bin/fake-claude", fake, { mode = "755" }))
+        em = emulator.start({ boot_delay_ms = 0, argv_mode = mode,
+          snapshots = { "snapshot_fakeclaude=" .. snapdir } })
+      end)
 
-    teardown(function()
-      if em then em:stop() end
-      proc.run({ argv = { "rm", "-rf", "--", snapdir } })
-    end)
+      teardown(function()
+        if em then em:stop() end
+        proc.run({ argv = { "rm", "-rf", "--", snapdir } })
+      end)
 
-    it("installs the token, pipes the prompt to claude, and never shows the token", function()
-      local token = "sk-ant-oat01-" .. codec.base64_encode(codec.random_bytes(60), "urlsafe"):gsub("=", "")
-      local prompt = [[Say "hi" to $HOME and `whoami` it's ünïcödé]]
-      local code, out, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot", "snapshot_fakeclaude",
-        "--prompt", prompt, "--model", "haiku", "--poll-ms", "200" },
-        { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key, CLAUDE_ACCESS_TOKEN = token })
-      assert.are.equal(0, code, err)
-      assert.truthy(err:find("provider morph (chosen)", 1, true), err)
-      assert.truthy(err:find("agent claude", 1, true), err)
-      assert.truthy(out:find("prompt received: " .. prompt .. "\n", 1, true), out)
-      assert.truthy(out:find("argv: -p --model haiku --output-format text --dangerously-skip-permissions", 1, true), out)
-      assert.truthy(out:find("token sha256: " .. codec.sha256(token) .. "\n", 1, true), out)
-      assert.truthy(out:find("credentials mode: 600\n", 1, true), out)
-      assert.truthy(out:find("token in argv: no\n", 1, true), out)
-      assert.truthy(out:find("token in instance environments: no\n", 1, true), out)
-      assert.truthy(out:find("token in pm2 jlist: no\n", 1, true), out)
-      assert.falsy(out:find(token, 1, true))
-      assert.falsy(err:find(token, 1, true))
-      assert.falsy(em:drain():find(token, 1, true))
-      -- The instance is gone from the emulator.
-      local id = err:match("galley: instance (%S+)")
-      for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
-    end)
+      it("installs the token, pipes the prompt to claude, and never shows the token", function()
+        local token = "sk-ant-oat01-" .. codec.base64_encode(codec.random_bytes(60), "urlsafe"):gsub("=", "")
+        local prompt = [[Say "hi" to $HOME and `whoami` it's ünïcödé]]
+        local code, out, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot",
+          "snapshot_fakeclaude",
+          "--prompt", prompt, "--model", "haiku", "--poll-ms", "200" },
+          { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key, CLAUDE_ACCESS_TOKEN = token })
+        assert.are.equal(0, code, err)
+        assert.truthy(err:find("provider morph (chosen)", 1, true), err)
+        assert.truthy(err:find("agent claude", 1, true), err)
+        assert.truthy(out:find("prompt received: " .. prompt .. "\n", 1, true), out)
+        assert.truthy(out:find("argv: -p --model haiku --output-format text --dangerously-skip-permissions", 1, true),
+          out)
+        assert.truthy(out:find("token sha256: " .. codec.sha256(token) .. "\n", 1, true), out)
+        assert.truthy(out:find("credentials mode: 600\n", 1, true), out)
+        assert.truthy(out:find("token in argv: no\n", 1, true), out)
+        assert.truthy(out:find("token in instance environments: no\n", 1, true), out)
+        assert.truthy(out:find("token in pm2 jlist: no\n", 1, true), out)
+        assert.falsy(out:find(token, 1, true))
+        assert.falsy(err:find(token, 1, true))
+        assert.falsy(em:drain():find(token, 1, true))
+        -- The instance is gone from the emulator.
+        local id = err:match("galley: instance (%S+)")
+        for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
+      end)
 
-    it("gives claude an Anthropic API key through apiKeyHelper and a 0600 file, never its environment", function()
-      local key = "sk-ant-api03-" .. codec.base64_encode(codec.random_bytes(60), "urlsafe"):gsub("=", "")
-      local code, out, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot", "snapshot_fakeclaude",
-        "--poll-ms", "200" }, { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key, CLAUDE_ACCESS_TOKEN = key })
-      assert.are.equal(0, code, err)
-      assert.truthy(out:find("token source: apiKeyHelper\n", 1, true), out)
-      assert.truthy(out:find("token sha256: " .. codec.sha256(key) .. "\n", 1, true), out)
-      assert.truthy(out:find("credentials mode: 600\n", 1, true), out)
-      assert.truthy(out:find("token in argv: no\n", 1, true), out)
-      assert.truthy(out:find("token in instance environments: no\n", 1, true), out)
-      assert.truthy(out:find("token in pm2 jlist: no\n", 1, true), out)
-      assert.falsy((out .. err):find(key, 1, true))
-    end)
+      it("gives claude an Anthropic API key through apiKeyHelper and a 0600 file, never its environment", function()
+        local key = "sk-ant-api03-" .. codec.base64_encode(codec.random_bytes(60), "urlsafe"):gsub("=", "")
+        local code, out, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot",
+          "snapshot_fakeclaude",
+          "--poll-ms", "200" }, { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key, CLAUDE_ACCESS_TOKEN = key })
+        assert.are.equal(0, code, err)
+        assert.truthy(out:find("token source: apiKeyHelper\n", 1, true), out)
+        assert.truthy(out:find("token sha256: " .. codec.sha256(key) .. "\n", 1, true), out)
+        assert.truthy(out:find("credentials mode: 600\n", 1, true), out)
+        assert.truthy(out:find("token in argv: no\n", 1, true), out)
+        assert.truthy(out:find("token in instance environments: no\n", 1, true), out)
+        assert.truthy(out:find("token in pm2 jlist: no\n", 1, true), out)
+        assert.falsy((out .. err):find(key, 1, true))
+      end)
 
-    it("exits 1 when claude fails, and deletes the instance", function()
-      local code, _, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot", "snapshot_fakeclaude",
-        "--claude-bin", "/nonexistent/claude", "--no-credentials", "--poll-ms", "200" },
-        { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key })
-      assert.are.equal(1, code)
-      assert.truthy(err:find("session cc-session failed: status stopped, exit code 127", 1, true), err)
-      assert.truthy(err:find("is `/nonexistent/claude` installed there?", 1, true), err)
-      local id = err:match("galley: instance (%S+)")
-      assert.truthy(id, err)
-      for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
+      it("exits 1 when claude fails, and deletes the instance", function()
+        local code, _, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot",
+          "snapshot_fakeclaude",
+          "--claude-bin", "/nonexistent/claude", "--no-credentials", "--poll-ms", "200" },
+          { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key })
+        assert.are.equal(1, code)
+        assert.truthy(err:find("session cc-session failed: status stopped, exit code 127", 1, true), err)
+        assert.truthy(err:find("is `/nonexistent/claude` installed there?", 1, true), err)
+        local id = err:match("galley: instance (%S+)")
+        assert.truthy(id, err)
+        for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
+      end)
     end)
-  end)
+  end
 end)
