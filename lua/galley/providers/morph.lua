@@ -35,7 +35,9 @@
 -- Errors are the client's error tables (code NOT_FOUND, VALIDATION_ERROR, AUTHENTICATION_ERROR,
 -- RATE_LIMIT, SERVER_ERROR, NETWORK_ERROR, TIMEOUT, PROTOCOL_ERROR, INTERRUPTED) with
 -- kind = "ProviderError", operation = the provider call ("instances.boot"; the endpoint in
--- `endpoint`) and resource; HTTP 409 (not ready, paused) becomes CONFLICT. Bad arguments raise
+-- `endpoint`) and resource; HTTP 409 (not ready, paused) becomes CONFLICT. Every answer used is
+-- checked first (galley.providers.morph_check): a wrong shape is PROTOCOL_ERROR naming the
+-- endpoint and the field (err.endpoint, err.field). Bad arguments raise
 -- VALIDATION_ERROR (with `field`) before any request. The API key is registered with galley.log
 -- as a secret and never appears in logs or errors.
 local cjson = require("cjson")
@@ -46,6 +48,7 @@ local errors = require("galley.errors")
 local execfiles = require("galley.providers.execfiles")
 local logmod = require("galley.log")
 local morph = require("galley.core.morph")
+local morph_check = require("galley.providers.morph_check")
 local run = require("galley.run")
 local runtime = require("galley.core.runtime")
 local shell = require("galley.core.shell")
@@ -339,11 +342,12 @@ function M.new(opts)
     images = {},
   }
 
-  -- Calls client:<method>(...) and returns its result, or raises the provider's error.
+  -- Calls client:<method>(...) and returns its result, checked (morph_check), or raises the
+  -- provider's error.
   local function call(operation, resource, method, ...)
     local res, err = client[method](client, ...)
     if res == nil then error(M.wrap_error(err, operation, resource), 0) end
-    return res
+    return morph_check.answer(method, res, operation, resource)
   end
 
   -- Deletes an instance, best effort (boot/fork cleanup); true when it is gone.
@@ -368,7 +372,7 @@ function M.new(opts)
         { instance_status = "error" })
     else
       res, err = client:wait_ready(id, { timeout_ms = timeout_ms })
-      if res then return res end
+      if res then return morph_check.answer("wait_ready", res, operation, "instance:" .. id) end
     end
     err = M.wrap_error(err, operation, "instance:" .. id)
     err.resource = "instance:" .. id
@@ -417,10 +421,13 @@ function M.new(opts)
       argv = { line }
     end
     eopts = eopts or {}
-    local res = call(operation or "exec", "instance:" .. id, "instances_exec", id, argv, {
+    local operation_name, resource = operation or "exec", "instance:" .. id
+    local res, err = client:instances_exec(id, argv, {
       timeout_ms = eopts.timeout_ms or exec_timeout_ms, on_stdout = eopts.on_stdout, on_stderr = eopts.on_stderr,
     })
-    return { stdout = res.stdout or "", stderr = res.stderr or "", exit_code = int(res.exit_code) }
+    if res == nil then error(M.wrap_error(err, operation_name, resource), 0) end
+    local sse = eopts.on_stdout ~= nil or eopts.on_stderr ~= nil
+    return morph_check.answer("instances_exec", res, operation_name, resource, sse and "instances.exec_sse" or nil)
   end
 
   -- The home directory of an instance (asked once per instance with home_dir = false).
@@ -688,7 +695,7 @@ function M.new(opts)
             werr.instance_id = raw.id
             error(werr, 0)
           end
-          raws[i] = r
+          raws[i] = morph_check.answer("wait_ready", r, "instances.fork", "instance:" .. raw.id)
         end
       end
     end)
