@@ -22,7 +22,7 @@
 -- file keeps its mode and a new one gets "644". Paths are absolute or start with `~/`, which
 -- means the provider's `capabilities.home_dir`, else the remote $HOME.
 --
--- How it runs (few execs, no secrets in argv): every operation of every profile given to one
+-- How it runs (few execs; no secret in logs or long-lived process args): every operation of every profile given to one
 -- `install_all` call becomes one JSON payload, base64-encoded and passed in the *environment* of
 -- ONE exec, `python3 -I -c <program>` (argv holds only the program), split over GALLEY_CREDS_0,
 -- GALLEY_CREDS_1, ... of at most `env_chunk_bytes` (100 000) each. The program creates the
@@ -33,8 +33,10 @@
 -- than that goes through `provider.files.write_file_atomic` instead. Post-install commands run
 -- afterwards, one exec each. The instance needs python3 (the seeds assume it on snapshots).
 -- Where the environment travels is the provider's business: the local provider hands it to the
--- process (never argv); Morph's exec API has only a command array, so the Morph provider puts
--- the exports in the script its single exec carries. Either way nothing here logs it, and no
+-- process (never argv); Morph's exec API has only a command array (no stdin, no environment),
+-- so the Morph provider puts the exports in the script its single exec carries: while that exec
+-- runs, the payload is in the argv of processes on the VM (/proc/<pid>/cmdline there), then in
+-- python's environment. Either way nothing here logs it, nothing long-lived keeps it, and no
 -- token appears in plain text (it is base64 inside base64 JSON).
 --
 -- Logging: paths, byte counts and modes only, never contents. Secret file contents are
