@@ -57,6 +57,11 @@ local M = {}
 -- Below the Morph provider's 1 MiB inline-script limit, so a batch stays one request there.
 M.DEFAULT_MAX_EXEC_BYTES = 768 * 1024
 M.DEFAULT_ENV_CHUNK_BYTES = 100000
+
+--- Room kept for the program and the shell around the payload when the provider sends each exec
+--- as one line of at most `capabilities.max_command_bytes` (Morph): payloads are sized to fit
+--- that line, so the exec carries them inline and no script holding a token is uploaded.
+M.LINE_OVERHEAD_BYTES = 32 * 1024
 M.CLAUDE_DEFAULT_SCOPES = { "user:inference", "user:profile" }
 
 -- Exit status of the remote program when an operation failed (its report says which).
@@ -595,7 +600,8 @@ end
 ---@field log? galley.Logger
 ---@field home_dir? string what `~` means (default provider.capabilities.home_dir, else the remote $HOME)
 ---@field python? string the remote interpreter (default "python3")
----@field max_exec_bytes? integer payload per exec (default 768 KiB)
+---@field max_exec_bytes? integer payload per exec (default 768 KiB; less on a provider whose
+---  capabilities.max_command_bytes bounds one exec line: that minus LINE_OVERHEAD_BYTES)
 ---@field env_chunk_bytes? integer bytes per environment variable (default 100 000)
 
 ---@param opts galley.CredentialsOptions
@@ -610,6 +616,10 @@ function M.new(opts)
   local log = opts.log or logmod.new({ prefix = "credentials" })
   local python = opts.python or "python3"
   local max_exec = opts.max_exec_bytes or M.DEFAULT_MAX_EXEC_BYTES
+  local line_bytes = type(provider.capabilities) == "table" and provider.capabilities.max_command_bytes
+  if opts.max_exec_bytes == nil and math.type(line_bytes) == "integer" then
+    max_exec = math.min(max_exec, line_bytes - M.LINE_OVERHEAD_BYTES)
+  end
   local chunk = opts.env_chunk_bytes or M.DEFAULT_ENV_CHUNK_BYTES
 
   local installer = {}
