@@ -36,11 +36,11 @@ Only 127.0.0.1 is ever bound.
 
 Instances are `local` provider sandboxes (bubblewrap): this machine read-only, the instance's
 own /root (HOME, the working directory) and /tmp, a per-instance cgroup. Exec runs a one-element
-command through /bin/sh -c and longer argv as --argv-mode says, with a clean environment (PATH, USER,
-LANG...; never the API key). Snapshots and branches copy the files. Stopping an instance or the
-emulator kills its processes, daemons included; pause freezes them. Without bubblewrap (or with
---no-sandbox) instances are plain directories with HOME set to them and commands run on this
-machine.
+command through /bin/sh -c and longer argv as --argv-mode says, with a clean environment (PATH,
+USER, LANG...; never the API key). Snapshots and branches copy the files. Stopping an instance or
+the emulator kills its processes, daemons included; pause freezes them. Without bubblewrap (or
+with --no-sandbox) instances are plain directories with HOME set to them and commands run on
+this machine.
 
 Where the Morph service is not documented, the emulator decides:
   * POST /instance/ID/metadata replaces the metadata, like the snapshot endpoint;
