@@ -65,7 +65,8 @@ local log = logmod.new({ level = level, prefix = "morph-recon" })
 local provider = providers.new("morph", { log = log })
 local client = provider.client
 local snapshot = opts.snapshot or env("TESTING_SNAPSHOT_ID") or MORPH_SNAPSHOT
-local TAG = { galley_recon = recipe.run_id() or "morph-recon" }
+-- The run's tags (galley_run, ...), so `galley gc` and the run's leak check see what this makes.
+local TAG = require("galley.run").boot_options({ metadata = { galley_recon = "1" } }).metadata
 
 -- Everything this recon creates, deleted at the end whatever happens (404 is fine).
 local created = { instances = {}, snapshots = {} }
@@ -180,8 +181,14 @@ report.largest_command_bound = opts.max_command_bytes
 -- Metadata, error bodies, starting from a pending snapshot, DELETE twice
 -- ---------------------------------------------------------------------------------------------
 
-check(client:call("instances.metadata", { instance_id = id, body = { recon_a = "1" } }), nil, "metadata")
-local after = check(client:call("instances.metadata", { instance_id = id, body = { recon_b = "2" } }), nil, "metadata")
+-- Both bodies carry the run's tags, so a replace keeps them.
+local function with_tags(t)
+  for k, v in pairs(TAG) do t[k] = v end
+  return t
+end
+check(client:call("instances.metadata", { instance_id = id, body = with_tags({ recon_a = "1" }) }), nil, "metadata")
+local after = check(client:call("instances.metadata", { instance_id = id, body = with_tags({ recon_b = "2" }) }), nil,
+  "metadata")
 local md = check(client:call("instances.get", { instance_id = id }), nil, "get").metadata or {}
 report.metadata = (md.recon_a == "1" and md.recon_b == "2") and "merge"
   or (md.recon_a == nil and md.recon_b == "2") and "replace" or "unknown"
