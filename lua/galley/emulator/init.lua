@@ -41,6 +41,8 @@ M.LOG_LIMIT = 10000
 ---@field snapshots? {id: string, dir?: string}[] extra ready snapshots (files copied from dir)
 ---@field verbose? boolean        one stderr line per request
 ---@field sandbox? boolean        false: run instance commands on the host (default: bubblewrap)
+---@field argv_mode? "exec"|"join" a multi-element exec command: run as an argv (default), or
+---                               space-joined and run by /bin/sh -c (an SSH-style server)
 
 ---@class galley.emulator.Emulator
 ---@field opts galley.emulator.Options
@@ -61,6 +63,10 @@ local reply, detail = api_mod.reply, api_mod.detail
 function M.new(opts)
   assert(type(opts.state_dir) == "string", "emulator.new: state_dir required")
   assert(type(opts.api_key) == "string" and opts.api_key ~= "", "emulator.new: api_key required")
+  if opts.argv_mode ~= nil and not backend_mod.ARGV_MODES[opts.argv_mode] then
+    return nil, errors.new("EMULATOR_BAD_OPTION", ("argv_mode must be \"exec\" or \"join\", got %s"):format(
+      tostring(opts.argv_mode)), { field = "argv_mode", hint = "galley emulate --argv-mode exec|join" })
+  end
   -- The state directory holds every instance's files: this user's alone (0700, no symlink).
   local dir_ok, dir_err = pcall(paths.private_dir, opts.state_dir)
   if not dir_ok then return nil, errors.wrap(dir_err, nil, "FILE_IO_ERROR") end
@@ -87,6 +93,7 @@ function M.new(opts)
     backend, err = backend_mod.new({ root = opts.state_dir })
     if not backend then return nil, err end
   end
+  backend.argv_mode = opts.argv_mode or "exec"
   local self = setmetatable({
     opts = opts,
     api = api_mod.new({ backend = backend, boot_delay_ms = opts.boot_delay_ms or 50 }),
@@ -217,6 +224,7 @@ function Emulator:state()
     state_dir = self.opts.state_dir,
     latency_ms = self.opts.latency_ms or 0,
     boot_delay_ms = self.opts.boot_delay_ms or 50,
+    argv_mode = self.opts.argv_mode or "exec",
   }
   return s
 end

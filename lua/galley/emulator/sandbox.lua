@@ -10,6 +10,7 @@
 -- missing): create_instance, remove_instance, snapshot_instance, create_snapshot,
 -- remove_snapshot, exec, spawn, release, kill, pause, resume, shutdown, instance_dir,
 -- snapshot_dir, running.
+local backend_mod = require("galley.emulator.backend")
 local errors = require("galley.errors")
 local fs = require("galley.core.fs")
 local logmod = require("galley.log")
@@ -122,9 +123,10 @@ function Sandbox:remove_snapshot(snapshot_id)
   return ok, err
 end
 
---- Starts `command` in the instance (one element: through /bin/sh -c, as on the service).
+--- Starts `command` in the instance (one element: through /bin/sh -c, as on the service;
+-- several: see galley.emulator.backend.command_argv and `argv_mode`).
 function Sandbox:spawn(id, command)
-  local argv = #command == 1 and { "/bin/sh", "-c", command[1] } or command
+  local argv = backend_mod.command_argv(command, self.argv_mode)
   local lid = self.instances[id]
   if not lid then return nil, errors.new("NOT_FOUND", "no instance " .. tostring(id)) end
   local h, err = protect(self.provider.spawn, lid, argv)
@@ -143,7 +145,7 @@ end
 
 --- Runs `command` to completion: `{exit_code, stdout, stderr}` (the same loop as the plain
 -- backend's, over this backend's spawn/release).
-Sandbox.exec = require("galley.emulator.backend").exec
+Sandbox.exec = backend_mod.exec
 
 --- Kills every process of the instance, keeping its files (reboot).
 function Sandbox:kill(id)

@@ -25,6 +25,9 @@ local M = {}
 --- Snapshot every emulator starts with.
 M.SNAPSHOT = "snapshot_galleydev"
 
+--- The argv modes specs run in (`galley emulate --argv-mode`).
+M.ARGV_MODES = { "exec", "join" }
+
 local START_TIMEOUT_MS = 20000
 local STOP_TIMEOUT_MS = 10000
 
@@ -55,8 +58,10 @@ end
 
 --- Starts an emulator on a free port and waits until it listens.
 -- opts.snapshots: extra seeded snapshots as "ID" or "ID=DIR"; opts.verbose: the emulator logs
--- each request to its stderr (see em:drain()).
----@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: (table|string)[], snapshots?: string[]}
+-- each request to its stderr (see em:drain()); opts.argv_mode: "exec" (default) or "join" (a
+-- multi-element exec command is space-joined and run by /bin/sh -c, like an SSH-style server).
+---@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: (table|string)[], snapshots?: string[],
+---  argv_mode?: "exec"|"join", verbose?: boolean}
 ---@return support.Emulator
 function M.start(opts)
   opts = opts or {}
@@ -82,6 +87,10 @@ function M.start(opts)
   for _, s in ipairs(opts.snapshots or {}) do
     argv[#argv + 1] = "--snapshot"
     argv[#argv + 1] = s
+  end
+  if opts.argv_mode then
+    argv[#argv + 1] = "--argv-mode"
+    argv[#argv + 1] = opts.argv_mode
   end
   local h, err = proc.spawn({ argv = argv, env = { MORPH_API_KEY = key }, env_mode = "extend" })
   if not h then
