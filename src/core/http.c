@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include "dyn_curl.h"
-#include "gil.h"
 #include "http.h"
 #include "sig.h"
 
@@ -332,9 +331,7 @@ int galley_http_wait(galley_http_session *s, galley_http_xfer *x) {
       return 0;
     }
     if (galley_sig_pending()) return -1;
-    galley_gil_release();
     curl_multi_poll(s->multi, NULL, 0, 50, NULL);
-    galley_gil_acquire();
   }
 }
 

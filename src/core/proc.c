@@ -13,7 +13,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include "gil.h"
 #include "proc.h"
 #include "sig.h"
 
@@ -460,11 +459,9 @@ int galley_proc_run(const galley_proc_spec *spec, const galley_proc_limits *lim,
   *out = NULL;
   *err_no = 0;
   if (galley_sig_pending()) return GALLEY_PROC_EINTR;
-  galley_gil_release();
   int rc = spawn_child(spec, 0, out, err_no);
   galley_proc *p = *out;
   if (rc != GALLEY_PROC_OK) {
-    galley_gil_acquire();
     return rc;
   }
   cap_reset(&p->cap[0], lim->max_output);
@@ -500,7 +497,6 @@ int galley_proc_run(const galley_proc_spec *spec, const galley_proc_limits *lim,
     }
     io_once(p, slice_until(deadline, now), 1, NULL);
   }
-  galley_gil_acquire();
   return rc;
 }
 
@@ -509,7 +505,6 @@ int galley_proc_next(galley_proc *p, int64_t timeout_ms, const char **data, size
   if (finished(p)) return GALLEY_PROC_EV_EXIT;
   int64_t deadline = timeout_ms >= 0 ? galley_now_ms() + timeout_ms : -1;
   int rc;
-  galley_gil_release();
   for (;;) {
     if (galley_sig_pending()) {
       rc = GALLEY_PROC_EINTR;
@@ -531,7 +526,6 @@ int galley_proc_next(galley_proc *p, int64_t timeout_ms, const char **data, size
       break;
     }
   }
-  galley_gil_acquire();
   return rc;
 }
 
@@ -542,7 +536,6 @@ int galley_proc_wait(galley_proc *p, int64_t timeout_ms, size_t max_output) {
   galley_proc_close_stdin(p);
   int64_t deadline = timeout_ms >= 0 ? galley_now_ms() + timeout_ms : -1;
   int rc;
-  galley_gil_release();
   for (;;) {
     if (galley_sig_pending()) {
       rc = GALLEY_PROC_EINTR;
@@ -559,7 +552,6 @@ int galley_proc_wait(galley_proc *p, int64_t timeout_ms, size_t max_output) {
     }
     io_once(p, slice_until(deadline, now), 1, NULL);
   }
-  galley_gil_acquire();
   return rc;
 }
 

@@ -1,7 +1,7 @@
 /* Local child processes without a shell: argv in, exit status and captured output out.
  * The child runs in its own process group with stdin from a pipe or /dev/null and stdout/stderr
  * on nonblocking pipes; every other descriptor is closed in the child. Blocking waits poll in
- * slices of at most 50 ms, release the GIL (gil.h) and give up when galley_sig_pending() is set.
+ * slices of at most 50 ms and give up when galley_sig_pending() is set.
  * Writing to a child that closed its stdin relies on SIGPIPE being ignored (galley_sig_install). */
 #ifndef GALLEY_PROC_H
 #define GALLEY_PROC_H
