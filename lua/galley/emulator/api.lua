@@ -9,6 +9,7 @@
 --   * POST /snapshot answers `pending`, ready after the boot delay; snapshots of instances are
 --     `ready` at once (their files are copied before the answer);
 --   * a `digest` that an existing snapshot has returns that snapshot instead of a new one.
+local backend_mod = require("galley.emulator.backend")
 local json = require("galley.emulator.json")
 local runtime = require("galley.core.runtime")
 
@@ -216,6 +217,7 @@ function M.new(opts)
   local self = setmetatable({
     backend = opts.backend,
     boot_delay_ms = opts.boot_delay_ms or 50,
+    max_output = opts.max_output,
     images = {
       { id = "morphvm-minimal", object = "image", name = "morphvm-minimal",
         description = "Minimal image (emulated: a directory on this machine)", disk_size = 734003200,
@@ -765,9 +767,9 @@ function H.exec(self, req, p)
   cmd, bad = exec_command(req)
   if not cmd then return bad end
   if inst.status ~= "ready" then return not_ready(inst) end
-  local r, err = self.backend:exec(inst.id, cmd)
+  local r, err = self.backend:exec(inst.id, cmd, self.max_output)
   if not r then return detail(503, "exec failed: " .. tostring(err)) end
-  return reply(200, { exit_code = r.exit_code, stdout = r.stdout, stderr = r.stderr })
+  return reply(200, { exit_code = r.exit_code, stdout = r.stdout, stderr = r.stderr, truncated = r.truncated })
 end
 
 --- Splits off an incomplete UTF-8 sequence at the end of s (kept for the next chunk).
@@ -820,7 +822,7 @@ function H.exec_sse(self, req, p)
   local function stream()
     if finished then return nil end
     while true do
-      local kind, a = h:read(SSE_KEEPALIVE_MS)
+      local kind, a = backend_mod.read(h, SSE_KEEPALIVE_MS)
       if kind == nil and a == nil then
         -- Silence: a comment line (clients skip it) finds out whether the client is still
         -- there; if it is gone, the write fails and close() ends the command.
