@@ -2,14 +2,17 @@
 -- `/api/...` is the Morph API (galley.emulator.api) behind a bearer key, with optional latency
 -- and injected faults (galley.emulator.faults). `/_emulator/...` are control routes, behind the
 -- same key, never logged:
---   GET    /_emulator/log       {"object":"list","data":[{method, path, status, ms, conn, fault?}]}
+--   GET    /_emulator/log       {"object":"list","data":[{method, path, status, ms, conn, fault?}],
+--                                 "rejected": N (401s, counted), "server": {connection counters}}
 --   DELETE /_emulator/log       204
 --   GET    /_emulator/state     {instances, snapshots, images, faults, options} (no API key)
 --   GET    /_emulator/faults    {"object":"list","data":[fault]}
 --   POST   /_emulator/faults    body: a fault or an array of them -> the list
 --   DELETE /_emulator/faults    204
 --   POST   /_emulator/shutdown  200; the server stops after answering
--- Log and fault paths are relative to /api and carry no query string.
+-- Log and fault paths are relative to /api and carry no query string. The log keeps the last
+-- M.LOG_LIMIT records, each path cut to M.LOG_PATH_LIMIT bytes; a request with a body but
+-- without the key is refused by the server before its body is read (counted, never logged).
 local api_mod = require("galley.emulator.api")
 local backend_mod = require("galley.emulator.backend")
 local sandbox_mod = require("galley.emulator.sandbox")
@@ -30,6 +33,9 @@ M.DEFAULT_SNAPSHOT = "snapshot_galleydev"
 --- Most request records kept by the log.
 M.LOG_LIMIT = 10000
 
+--- Longest path kept in a log record (longer ones are cut).
+M.LOG_PATH_LIMIT = 256
+
 ---@class galley.emulator.Options
 ---@field state_dir string        where instance and snapshot files live (created if missing)
 ---@field api_key string
@@ -40,6 +46,10 @@ M.LOG_LIMIT = 10000
 ---@field snapshots? {id: string, dir?: string}[] extra ready snapshots (files copied from dir)
 ---@field verbose? boolean        one stderr line per request
 ---@field sandbox? boolean        false: run instance commands on the host (default: bubblewrap)
+---@field max_output? integer     bytes kept of one exec's stdout and of its stderr (64 MiB)
+---@field limits? table           galley.core.httpd.listen limits: max_body_bytes,
+---                               max_header_bytes, max_connections, max_connections_per_client,
+---                               header_timeout_ms, idle_timeout_ms
 
 ---@class galley.emulator.Emulator
 ---@field opts galley.emulator.Options
@@ -79,9 +89,11 @@ function M.new(opts)
   end
   local self = setmetatable({
     opts = opts,
-    api = api_mod.new({ backend = backend, boot_delay_ms = opts.boot_delay_ms or 50 }),
+    api = api_mod.new({ backend = backend, boot_delay_ms = opts.boot_delay_ms or 50, max_output = opts.max_output }),
     faults = faults_mod.list(),
     log = {},
+    log_first = 1,
+    rejected = 0,
     stop_requested = false,
   }, Emulator)
   for _, spec in ipairs(opts.faults or {}) do
@@ -116,9 +128,14 @@ local function unauthorized(req)
 end
 
 function Emulator:record(entry)
+  if #entry.path > M.LOG_PATH_LIMIT then entry.path = entry.path:sub(1, M.LOG_PATH_LIMIT) end
+  if entry.status == 401 then self.rejected = self.rejected + 1 end
   local log = self.log
   log[#log + 1] = entry
-  if #log > M.LOG_LIMIT then table.remove(log, 1) end
+  if #log - self.log_first + 1 > M.LOG_LIMIT then -- a ring in effect: no O(n) table.remove
+    log[self.log_first] = nil
+    self.log_first = self.log_first + 1
+  end
   if self.opts.verbose then
     io.stderr:write(("emulate: %s %s -> %d (%d ms, conn %d%s)\n"):format(entry.method, entry.path,
       entry.status, entry.ms, entry.conn, entry.fault and (", fault " .. entry.fault) or ""))
@@ -199,6 +216,13 @@ function Emulator:handle_api(req, path)
   return resp
 end
 
+--- Requests refused for want of the key: 401s answered by the handler plus those the server
+--- refused before reading their bodies.
+---@return integer
+function Emulator:rejected_count()
+  return self.rejected + (self.server and self.server:stats().unauthorized or 0)
+end
+
 function Emulator:state()
   local s = self.api:dump()
   s.faults = json.array(self.faults:describe())
@@ -217,10 +241,12 @@ function Emulator:handle_control(req, path)
   local m = req.method
   if path == "/log" then
     if m == "GET" then
-      return reply(200, { object = "list", data = json.array(table.move(self.log, 1, #self.log, 1, {})) })
+      local data = table.move(self.log, self.log_first, #self.log, 1, {})
+      return reply(200, { object = "list", data = json.array(data), rejected = self:rejected_count(),
+        server = self.server and self.server:stats() or nil })
     end
     if m == "DELETE" then
-      self.log = {}
+      self.log, self.log_first = {}, 1
       return { status = 204, headers = {}, body = "" }
     end
   elseif path == "/state" and m == "GET" then
@@ -273,10 +299,10 @@ end
 ---@return integer|nil port
 ---@return galley.Error|nil err
 function Emulator:start()
-  local server, err = httpd.serve({
-    port = self.opts.port or 0,
-    handler = function(req) return self:handle(req) end,
-  })
+  local opts = { port = self.opts.port or 0, bearer = self.opts.api_key }
+  for k, v in pairs(self.opts.limits or {}) do opts[k] = v end
+  opts.handler = function(req) return self:handle(req) end
+  local server, err = httpd.serve(opts)
   if not server then return nil, err end
   self.server = server
   return server:port()
