@@ -167,6 +167,9 @@ int galley_loop_sleep_lua(lua_State *L) {
   uv_timer_init(galley_loop(), t);
   t->data = &op->token;
   op->timer = t;
+  /* The loop's clock only moves while it runs: after blocking work it is stale, and a timer
+   * started from it would fire early by the time spent blocked. */
+  uv_update_time(galley_loop());
   uv_timer_start(t, on_timer, (uint64_t)ms, 0);
   return galley_await(L, op->token, (lua_KContext)op, sleep_k);
 }

@@ -218,7 +218,11 @@ static int authorized(const struct galley_httpd *srv, const struct galley_httpd_
 }
 
 
-static uint64_t now_ms(void) { return uv_now(galley_loop()); }
+/* The loop's clock, brought up to date (it is stale after blocking work in a handler). */
+static uint64_t now_ms(void) {
+  uv_update_time(galley_loop());
+  return uv_now(galley_loop());
+}
 
 
 /* --- clients and the connection list ------------------------------------------------------ */

@@ -187,7 +187,10 @@ function M.read(h, timeout_ms)
   local pause = 1
   while true do
     local kind, a, b = h:read(0)
-    if kind ~= nil or a ~= nil then return kind, a, b end
+    if kind ~= nil or a ~= nil then
+      task.yield() -- a command that writes without pause must not hold up other requests
+      return kind, a, b
+    end
     local left = deadline - runtime.now_ms()
     if left <= 0 then return nil end
     local ok, err = runtime.sleep_ms(math.min(pause, left))

@@ -55,8 +55,8 @@ end
 
 --- Starts an emulator on a free port and waits until it listens.
 -- opts.snapshots: extra seeded snapshots as "ID" or "ID=DIR"; opts.verbose: the emulator logs
--- each request to its stderr (see em:drain()).
----@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: (table|string)[], snapshots?: string[]}
+-- each request to its stderr (see em:drain()); opts.args: more `galley emulate` arguments.
+---@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: (table|string)[], snapshots?: string[], args?: string[]}
 ---@return support.Emulator
 function M.start(opts)
   opts = opts or {}
@@ -83,6 +83,7 @@ function M.start(opts)
     argv[#argv + 1] = "--snapshot"
     argv[#argv + 1] = s
   end
+  for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
   local h, err = proc.spawn({ argv = argv, env = { MORPH_API_KEY = key }, env_mode = "extend" })
   if not h then
     proc.run({ argv = { "rm", "-rf", "--", dir } })
