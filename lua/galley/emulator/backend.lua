@@ -184,7 +184,7 @@ end
 function M.read(h, timeout_ms)
   if not task.current() then return h:read(timeout_ms) end
   local deadline = runtime.now_ms() + timeout_ms
-  local pause = 1
+  local pause, spins = 1, 0
   while true do
     local kind, a, b = h:read(0)
     if kind ~= nil or a ~= nil then
@@ -193,9 +193,14 @@ function M.read(h, timeout_ms)
     end
     local left = deadline - runtime.now_ms()
     if left <= 0 then return nil end
-    local ok, err = runtime.sleep_ms(math.min(pause, left))
-    if not ok then return nil, err end
-    pause = math.min(pause * 2, 20)
+    if spins < 4 then
+      spins = spins + 1
+      task.yield() -- a busy writer refills the pipe at once: look again after one round
+    else
+      local ok, err = runtime.sleep_ms(math.min(pause, left))
+      if not ok then return nil, err end
+      pause = math.min(pause * 2, 20)
+    end
   end
 end
 
@@ -203,7 +208,7 @@ end
 -- max/2 (whole chunks are dropped from the front of the tail as it grows, so memory stays
 -- about max).
 local function capture(max)
-  return { head = {}, nhead = 0, tail = {}, first = 1, ntail = 0, dropped = 0, max = max }
+  return { head = {}, nhead = 0, tail = {}, first = 1, last = 0, ntail = 0, dropped = 0, max = max }
 end
 
 local function capture_add(c, s)
@@ -216,7 +221,8 @@ local function capture_add(c, s)
     if s == "" then return end
   end
   local tail_max = c.max // 2
-  c.tail[#c.tail + 1] = s
+  c.last = c.last + 1
+  c.tail[c.last] = s
   c.ntail = c.ntail + #s
   while c.ntail - #c.tail[c.first] >= tail_max do
     c.ntail = c.ntail - #c.tail[c.first]
@@ -227,7 +233,7 @@ local function capture_add(c, s)
 end
 
 local function capture_result(c)
-  local tail = table.concat(c.tail, "", c.first, #c.tail)
+  local tail = table.concat(c.tail, "", c.first, c.last)
   local tail_max = c.max // 2
   if #tail > tail_max then
     c.dropped = c.dropped + #tail - tail_max
