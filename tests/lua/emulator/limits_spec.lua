@@ -153,7 +153,6 @@ describe("galley emulate limits #emulator", function()
     assert.are.equal(("a"):rep(16), answer.stdout:sub(1, 16))
     assert.are.equal("done\n", answer.stderr)
     assert.are.equal(0, answer.exit_code)
-    answer = nil
     local hwm = status_kib(pid, "VmHWM")
     figure("VmHWM after the huge exec: %d KiB", hwm)
     assert.is_true(hwm < RSS_LIMIT_KIB)
