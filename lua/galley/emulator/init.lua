@@ -92,7 +92,6 @@ function M.new(opts)
     api = api_mod.new({ backend = backend, boot_delay_ms = opts.boot_delay_ms or 50, max_output = opts.max_output }),
     faults = faults_mod.list(),
     log = {},
-    log_first = 1,
     rejected = 0,
     stop_requested = false,
   }, Emulator)
@@ -132,10 +131,7 @@ function Emulator:record(entry)
   if entry.status == 401 then self.rejected = self.rejected + 1 end
   local log = self.log
   log[#log + 1] = entry
-  if #log - self.log_first + 1 > M.LOG_LIMIT then -- a ring in effect: no O(n) table.remove
-    log[self.log_first] = nil
-    self.log_first = self.log_first + 1
-  end
+  if #log > M.LOG_LIMIT then table.remove(log, 1) end
   if self.opts.verbose then
     io.stderr:write(("emulate: %s %s -> %d (%d ms, conn %d%s)\n"):format(entry.method, entry.path,
       entry.status, entry.ms, entry.conn, entry.fault and (", fault " .. entry.fault) or ""))
@@ -241,12 +237,12 @@ function Emulator:handle_control(req, path)
   local m = req.method
   if path == "/log" then
     if m == "GET" then
-      local data = table.move(self.log, self.log_first, #self.log, 1, {})
+      local data = table.move(self.log, 1, #self.log, 1, {})
       return reply(200, { object = "list", data = json.array(data), rejected = self:rejected_count(),
         server = self.server and self.server:stats() or nil })
     end
     if m == "DELETE" then
-      self.log, self.log_first = {}, 1
+      self.log = {}
       return { status = 204, headers = {}, body = "" }
     end
   elseif path == "/state" and m == "GET" then
