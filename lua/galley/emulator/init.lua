@@ -317,7 +317,8 @@ function Emulator:wait(tick_ms)
   return true
 end
 
---- Kills every instance process and stops the server (waiting for running requests).
+--- Kills every instance process and stops the server (requests still running lose their
+--- connections; their tasks end on their own).
 function Emulator:stop()
   self.stop_requested = true
   self.api:shutdown()
