@@ -9,7 +9,6 @@
 --   * POST /snapshot answers `pending`, ready after the boot delay; snapshots of instances are
 --     `ready` at once (their files are copied before the answer);
 --   * a `digest` that an existing snapshot has returns that snapshot instead of a new one.
-local backend_mod = require("galley.emulator.backend")
 local json = require("galley.emulator.json")
 local runtime = require("galley.core.runtime")
 
@@ -822,7 +821,7 @@ function H.exec_sse(self, req, p)
   local function stream()
     if finished then return nil end
     while true do
-      local kind, a = backend_mod.read(h, SSE_KEEPALIVE_MS)
+      local kind, a = h:read(SSE_KEEPALIVE_MS)
       if kind == nil and a == nil then
         -- Silence: a comment line (clients skip it) finds out whether the client is still
         -- there; if it is gone, the write fails and close() ends the command.

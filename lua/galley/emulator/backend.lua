@@ -12,8 +12,6 @@
 -- remove_snapshot, exec, spawn, release, kill, pause, resume, pids, shutdown.
 local errors = require("galley.errors")
 local proc = require("galley.core.proc")
-local runtime = require("galley.core.runtime")
-local task = require("galley.task")
 
 local M = {}
 
@@ -176,34 +174,6 @@ function Backend:release(id, h)
   pcall(h.close, h)
 end
 
---- h:read(timeout_ms) that lets other requests be served meanwhile: the same answers.
--- TEMPORARY: galley.core.proc's read still blocks the whole loop while it waits. Until child
--- processes are on the loop (issue #11), a task polls without blocking and sleeps on the loop
--- between polls; outside a task it is h:read itself.
----@return string|nil kind  "stdout", "stderr", "exit", or nil (timeout, or err)
-function M.read(h, timeout_ms)
-  if not task.current() then return h:read(timeout_ms) end
-  local deadline = runtime.now_ms() + timeout_ms
-  local pause, spins = 1, 0
-  while true do
-    local kind, a, b = h:read(0)
-    if kind ~= nil or a ~= nil then
-      task.yield() -- a command that writes without pause must not hold up other requests
-      return kind, a, b
-    end
-    local left = deadline - runtime.now_ms()
-    if left <= 0 then return nil end
-    if spins < 4 then
-      spins = spins + 1
-      task.yield() -- a busy writer refills the pipe at once: look again after one round
-    else
-      local ok, err = runtime.sleep_ms(math.min(pause, left))
-      if not ok then return nil, err end
-      pause = math.min(pause * 2, 20)
-    end
-  end
-end
-
 -- One stream's output, capped like the local provider's: the first max/2 bytes and the last
 -- max/2 (whole chunks are dropped from the front of the tail as it grows, so memory stays
 -- about max).
@@ -262,7 +232,7 @@ function Backend:exec(id, command, max_output)
   local cap = { stdout = capture(max_output or M.MAX_OUTPUT), stderr = capture(max_output or M.MAX_OUTPUT) }
   local code
   while not code do
-    local kind, a = M.read(h, 1000)
+    local kind, a = h:read(1000) -- yields to other requests while the command runs
     if kind == "stdout" or kind == "stderr" then
       capture_add(cap[kind], a)
     elseif kind == "exit" then
