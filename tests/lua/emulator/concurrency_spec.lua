@@ -64,6 +64,32 @@ describe("httpd concurrency #emulator", function()
     assert(ok, err)
   end)
 
+  it("galley emulate runs 32 execs of a 300 ms command together: a running command holds up no one", function()
+    local em = emulator.start({ boot_delay_ms = 0 })
+    local ok, err = pcall(function()
+      local inst = assert(em:request("POST", "/instance?snapshot_id=" .. emulator.SNAPSHOT, {})).json.id
+      local handles = {}
+      local t0 = runtime.now_ms()
+      for i = 1, N do
+        handles[i] = assert(proc.spawn({ argv = {
+          "curl", "-s", "-H", "@-", "-H", "Content-Type: application/json",
+          "-d", '{"command": ["sleep 0.3; echo ok' .. i .. '"]}', em.base_url .. "/instance/" .. inst .. "/exec",
+        }, stdin = "Authorization: Bearer " .. em.api_key .. "\n" }))
+      end
+      local results = wait_all(handles)
+      local elapsed = runtime.now_ms() - t0
+      io.stderr:write(("# concurrency: %d execs of sleep 0.3 on galley emulate: %d ms (serial: %d ms)\n")
+        :format(N, elapsed, N * SLEEP_MS))
+      for i = 1, N do
+        local body = require("cjson").decode(results[i].stdout)
+        assert.are.equal("ok" .. i .. "\n", body.stdout)
+      end
+      assert.is_true(elapsed < N * SLEEP_MS / 4)
+    end)
+    em:stop()
+    assert(ok, err)
+  end)
+
   it("serves an in-process server while the main program waits, each handler in a task of its own", function()
     local running, peak = 0, 0
     local server = assert(httpd.serve({ port = 0, handler = function(req)
