@@ -105,7 +105,10 @@ describe("httpd concurrency #emulator", function()
     for i = 1, N do handles[i] = curl(url .. "/r" .. i) end
     local results = wait_all(handles)
     local elapsed = runtime.now_ms() - t0
+    local stats = server:stats()
     server:stop()
+    assert.are.equal(N, stats.requests)
+    assert.are.equal(N, stats.connections)
     io.stderr:write(("# concurrency: %d in-process handlers sleeping %d ms: %d ms, %d at once at most\n")
       :format(N, SLEEP_MS, elapsed, peak))
     for i = 1, N do assert.are.equal("slept /r" .. i .. " 200", results[i].stdout) end
