@@ -82,6 +82,29 @@ describe("recipe boot-and-run #recipes", function()
     assert_nothing_left(err)
   end)
 
+  it("with --repo pushes the repo, and brings the command agent's commit back as a branch", function()
+    local repo = mktemp_dir("bar-repo")
+    local function git(script)
+      local r = assert(proc.run({ argv = { "sh", "-c", script, "sh", repo } }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      return r.stdout
+    end
+    git('cd "$1" && git init -q . && echo one > f && git add f && git -c user.name=u -c user.email=u@x commit -qm one'
+      .. ' && echo dirty >> f')
+    local before = git('cd "$1" && git status --porcelain && git rev-parse HEAD && git branch --show-current')
+    local code, out, err = galley({ "run", "boot-and-run", "--repo", repo, "--branch", "galley/spec", "--command",
+      'pwd; cat f; echo fix > fix.txt && git add fix.txt && git -c user.name=a -c user.email=a@x commit -qm "agent fix"' })
+    assert.are.equal(0, code, err)
+    assert.truthy(out:find("\none\ndirty\n", 1, true) == nil and out:find("one\n", 1, true), out)
+    assert.truthy(out:find("galley: branch galley/spec (1 new commits)", 1, true), out)
+    assert.truthy(out:find("agent fix", 1, true), out)
+    assert.are.equal("agent fix\n", git('cd "$1" && git log --format=%s HEAD..galley/spec'))
+    assert.are.equal("fix.txt\n", git('cd "$1" && git diff --name-only HEAD galley/spec'))
+    assert.are.equal(before, git('cd "$1" && git status --porcelain && git rev-parse HEAD && git branch --show-current'))
+    proc.run({ argv = { "rm", "-rf", "--", repo } })
+    assert_nothing_left(err)
+  end)
+
   it("exits 1 when the session fails, after printing its output, and cleans up", function()
     local code, out, err = galley({ "run", "boot-and-run", "--command", "echo before-failing; echo to-stderr >&2; exit 3",
       "--poll-ms", "200" })
