@@ -54,8 +54,9 @@ local opts = recipe.options({
       help = "Claude credentials JSON from `galley run claude-login` (default: " .. oauth.DEFAULT_CREDENTIALS_PATH
         .. " when it exists)" },
     { "no-credentials", type = "flag", help = "install no Claude credentials even when some are available" },
-    { "ttl", type = "integer", default = 1800, help = "instance TTL in seconds (0: none)" },
-    { "timeout", type = "integer", default = 900, help = "give up on the session after SECONDS (0: never)" },
+    { "ttl", type = "duration", default = 1800, help = "instance TTL: 90, 90s, 10m, 2h (0: none)" },
+    { "timeout", type = "duration", default = 900,
+      help = "give up on the session after this long: 90, 10m, 2h (0: never)" },
     { "poll-ms", type = "integer", default = 1000, help = "how often to read the session's log" },
     { "events", metavar = "PATH", help = "append orchestrator events to this JSON-lines file" },
     { "json", type = "flag", help = "stdout: JSON lines (events, output lines, the result) instead of plain output" },
@@ -64,8 +65,11 @@ local opts = recipe.options({
   epilog = [[
 environment: MORPH_API_KEY (and MORPH_BASE_URL) for morph; TESTING_SNAPSHOT_ID; CLAUDE_ACCESS_TOKEN
 (a token, or a credentials file path) and CLAUDE_TOKEN_EXPIRES_AT_MS (default: a year from now).
-exit status: 0 when the session exited 0; 1 when it failed, timed out or anything else went wrong.]],
+exit status: the session's own exit code (0 when it exited 0; 1 when it failed without one, timed out
+or anything else went wrong).]],
 }, arg)
+-- The global `galley --json run boot-and-run` means --json too.
+if (require("galley.core.runtime").options().json or 0) > 0 then opts.json = true end
 
 -- Warnings and failures always reach stderr; information lines follow -q like progress.
 local function say(text) io.stderr:write(text, "\n") end
@@ -76,6 +80,10 @@ local function usage(msg) recipe.usage_error(msg) end
 if opts.ttl < 0 then usage("--ttl must be 0 or more") end
 if opts.timeout < 0 then usage("--timeout must be 0 or more") end
 if opts.poll_ms < 50 then usage("--poll-ms must be at least 50") end
+if opts.ttl > 0 and opts.timeout > 0 and opts.ttl < opts.timeout then
+  say(("galley: warning: --ttl %ds is shorter than --timeout %ds: the instance may expire before the session ends")
+    :format(opts.ttl, opts.timeout))
+end
 
 -- ---------------------------------------------------------------------------------------------
 -- Output: plain text, or JSON lines with --json
@@ -122,6 +130,11 @@ local log = logmod.new({ level = level, prefix = "boot-and-run" })
 -- Provider, agent, snapshot
 -- ---------------------------------------------------------------------------------------------
 
+if not opts.provider and (os.getenv("MORPH_BASE_URL") or "") ~= "" and (os.getenv("MORPH_API_KEY") or "") == "" then
+  say(("galley: warning: MORPH_BASE_URL is set (%s) but MORPH_API_KEY is not: using the local provider")
+    :format(os.getenv("MORPH_BASE_URL")))
+  say("galley: hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local")
+end
 local provider, why = providers.default(opts.provider, { log = log.child({ prefix = opts.provider }) })
 local provider_name = provider.name or opts.provider or (why:match("provider (%S+)"))
 local agent_name = opts.agent or ((opts.command or provider_name ~= "morph") and "command" or "claude")
@@ -267,6 +280,7 @@ if agent_name == "claude" and not secret then
     .. "snapshot has")
 end
 
+local function main()
 if opts.ttl == 0 then recipe.ttl(false) end
 local machine = recipe.step("boot " .. (snapshot or "an empty instance") .. " and prepare", orch.boot_and_prepare,
   snapshot, {
@@ -278,7 +292,7 @@ local machine = recipe.step("boot " .. (snapshot or "an empty instance") .. " an
   })
 local id = machine.instance_id
 if opts.keep then
-  say(("galley: keeping instance %s (stop it with `galley gc --include-kept`)"):format(id))
+  say(("galley: keeping instance %s (stop it with `galley stop %s`)"):format(id, id))
 else
   recipe.defer(function()
     local ok, err = pcall(provider.instances.terminate, id)
@@ -317,6 +331,19 @@ if failed then
     say(("galley: hint: exit 127 means a command was not found on the instance%s"):format(agent_name == "claude"
       and (" (is `%s` installed there? see --claude-bin)"):format(opts.claude_bin) or ""))
   end
-  recipe.exit(1)
+  local code = math.tointeger(res.exit_code)
+  recipe.exit((code and code > 0 and code < 256) and code or 1)
 end
 info(("galley: session %s exited 0 after about %d s"):format(name, os.time() - t0))
+end
+
+-- A failed run with --json ends with a result event too (ok = false, the error's code and message).
+local ok_main, main_err = pcall(main)
+if not ok_main then
+  if opts.json and not errors.is(main_err, "RECIPE_EXIT") then
+    emit_json({ ts = now_iso(), event = "result", ok = false,
+      code = type(main_err) == "table" and main_err.code or "RECIPE_ERROR",
+      message = type(main_err) == "table" and tostring(main_err.message) or tostring(main_err) })
+  end
+  error(main_err, 0)
+end

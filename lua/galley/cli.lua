@@ -120,8 +120,14 @@ M.command("help", {
     end
     local cmd = find(name)
     if not cmd then return usage_error("no command '%s'", name) end
+    if cmd.configure then
+      io.stdout:write(require("galley.commands.shared").help(
+        require("galley.commands.shared").parser(name, cmd.summary, cmd), cmd), "\n")
+      return 0
+    end
     io.stdout:write("usage: ", cmd.usage, "\n\n", cmd.summary, "\n")
     if cmd.help then io.stdout:write("\n", cmd.help, "\n") end
+    if name == "run" then io.stdout:write("\n", require("galley.runner").shipped_text(), "\n") end
     return 0
   end,
 })
@@ -131,8 +137,20 @@ M.command("help", {
 M.lazy = {
   emulate = "serve the Morph API on 127.0.0.1 with instances that really run",
   gc = "stop instances left by finished or expired galley runs",
+  ls = "list instances: galley ls [--all] [--json]",
+  snapshots = "list snapshots: galley snapshots [--json]",
+  images = "list base images: galley images [--json]",
+  boot = "boot an instance from a snapshot, print its id: galley boot SNAPSHOT [--ttl 30m]",
+  exec = "run a command in an instance: galley exec ID -- CMD [ARGS...]",
+  shell = "an interactive shell in an instance (tmux): galley shell ID",
+  logs = "a PM2 or tmux session's output: galley logs [-f] ID NAME",
+  stop = "stop (delete) instances: galley stop ID...",
+  cp = "copy a file: galley cp LOCAL ID:PATH | ID:PATH LOCAL",
+  completion = "shell completion script: galley completion bash|zsh|fish",
 }
-for _, name in ipairs({ "emulate", "gc" }) do M.order[#M.order + 1] = name end
+M.LAZY_ORDER = { "ls", "boot", "exec", "shell", "logs", "cp", "stop", "snapshots", "images", "emulate", "gc",
+  "completion" }
+for _, name in ipairs(M.LAZY_ORDER) do M.order[#M.order + 1] = name end
 
 function find(name)
   if M.commands[name] then return M.commands[name] end
