@@ -54,8 +54,8 @@ function M.run(args)
       return 0
     end
     if #shown == 0 then
-      io.stderr:write("galley ls: no instances on ", provider.name, res.all and "" or " booted by galley (--all: every one)",
-        "\n")
+      io.stderr:write("galley ls: no instances on ", provider.name,
+        res.all and "" or " booted by galley (--all: every one)", "\n")
       return 0
     end
     local rows = { { "ID", "STATUS", "AGE", "TTL LEFT", "RUN", "RECIPE" } }
