@@ -291,7 +291,8 @@ local machine = recipe.step("boot " .. (snapshot or "an empty instance") .. " an
       session = session, run_id = recipe.run_id() },
   })
 local id = machine.instance_id
-if opts.keep then
+-- `galley run --keep boot-and-run` keeps it too (the run-level option).
+if opts.keep or (require("galley.run").current() or {}).keep then
   say(("galley: keeping instance %s (stop it with `galley stop %s`)"):format(id, id))
 else
   recipe.defer(function()

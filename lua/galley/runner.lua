@@ -204,8 +204,10 @@ end
 --- Loads and runs a recipe by path or name.
 ---@param name string
 ---@param args string[]
+---@param ropts? {keep?: boolean, ttl_seconds?: integer|false} run-level options (`galley run --keep --ttl 10m`)
 ---@return integer exit_code
-function M.run(name, args)
+function M.run(name, args, ropts)
+  ropts = ropts or {}
   local env = M.new_env()
   local chunk, path_or_err, kind = M.load(name, env)
   if not chunk then
@@ -223,7 +225,7 @@ function M.run(name, args)
   for i, a in ipairs(args) do argt[i] = a end
   rawset(env, "arg", argt)
   local recipe_name = kind == "stdin" and "stdin" or (path_or_err:match("([^/]+)%.lua$") or path_or_err)
-  local ok, err = pcall(run.begin, { recipe = recipe_name })
+  local ok, err = pcall(run.begin, { recipe = recipe_name, keep = ropts.keep, ttl_seconds = ropts.ttl_seconds })
   if not ok then
     if errors.is(err, "INTERRUPTED") then return err.signal == 15 and 143 or 130 end -- nothing began yet
     io.stderr:write("galley: ", errors.format(err), "\n")
