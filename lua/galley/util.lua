@@ -180,6 +180,7 @@ function M.format_duration(seconds)
   seconds = math.floor(seconds)
   if seconds < 0 then return "-" .. M.format_duration(-seconds) end
   if seconds < 120 then return seconds .. "s" end
+  if seconds < 3600 then return (seconds // 60) .. "m" .. (seconds % 60 > 0 and ((seconds % 60) .. "s") or "") end
   if seconds < 7200 then return (seconds // 60) .. "m" end
   if seconds < 172800 then
     local m = (seconds % 3600) // 60
