@@ -89,9 +89,10 @@ end
 
 -- The terminal's device (our stdin) and size.
 local function terminal()
+  if not runtime.isatty(0) then return nil end
   local tty = sh({ "readlink", "/proc/" .. runtime.getpid() .. "/fd/0" })
   tty = tty and tty:gsub("%s+$", "")
-  if not tty or not tty:match("^/dev/") then return nil end
+  if not tty or not tty:match("^/dev/pts/%d+$") and not tty:match("^/dev/tty[%w]*$") then return nil end
   local size = sh({ "stty", "-F", tty, "size" }) or ""
   local rows, cols = size:match("(%d+)%s+(%d+)")
   return tty, math.tointeger(tonumber(cols)) or 80, math.tointeger(tonumber(rows)) or 24
