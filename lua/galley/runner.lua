@@ -154,7 +154,12 @@ function M.call(chunk, path, args)
       local where = failure.where
       if where and not verbose and runtime.resource(path) then where = nil end
       -- An interruption is said once, after cleanup (finish_run), not as a failure with a line.
-      if err.code ~= "INTERRUPTED" then io.stderr:write("galley: ", where and (where .. ": ") or "", text, "\n") end
+      if err.code ~= "INTERRUPTED" then
+        local cause = type(err.cause) == "table" and err.cause or err
+        local expired = run.expired_note(err) or run.expired_note(cause)
+        if expired then text = text .. "\n  expired: " .. expired end
+        io.stderr:write("galley: ", where and (where .. ": ") or "", text, "\n")
+      end
       if verbose and err.code ~= "RECIPE_USAGE" then io.stderr:write(failure.traceback:gsub("^\n", ""), "\n") end
       if err.code == "INTERRUPTED" then
         code = err.signal == 15 and 143 or 130
