@@ -47,6 +47,7 @@ for _, target in ipairs(cli.TARGETS) do
       assert.truthy(text:find("exit=130", 1, true), text)
       assert.falsy(text:find("terminating failed", 1, true), text)
       assert.falsy(text:find(path .. ":", 1, true), text)
+      assert.falsy(text:find("FAILED", 1, true), text)
     end)
   end)
 end
