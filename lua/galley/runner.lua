@@ -100,6 +100,25 @@ local function recipe_location(source)
   end
 end
 
+local NETWORK_CODES = { AUTHENTICATION_ERROR = true, NETWORK_ERROR = true, TIMEOUT = true, SERVER_ERROR = true,
+  PROTOCOL_ERROR = true, RATE_LIMIT = true }
+
+--- The Morph base URL to name beside a network or authentication error of the run's Morph
+-- provider, or nil.
+---@param err table
+---@return string|nil
+function M.base_url_for(err)
+  if type(err) ~= "table" or not NETWORK_CODES[err.code] then return nil end
+  local ctx = run.current()
+  for _, p in ipairs(ctx and ctx.providers or {}) do
+    if p.name == "morph" and p.client then
+      local ok, url = pcall(function() return p.client:base_url() end)
+      if ok and type(url) == "string" then return url end
+    end
+  end
+  return nil
+end
+
 --- Runs a loaded chunk; returns the exit code and prints failures to stderr.
 ---@param chunk function
 ---@param path string  the recipe's path (for locations)
@@ -158,6 +177,8 @@ function M.call(chunk, path, args)
         local cause = type(err.cause) == "table" and err.cause or err
         local expired = run.expired_note(err) or run.expired_note(cause)
         if expired then text = text .. "\n  expired: " .. expired end
+        local url = M.base_url_for(cause.code and cause or err)
+        if url then text = text .. "\n  base URL: " .. url end
         io.stderr:write("galley: ", where and (where .. ": ") or "", text, "\n")
       end
       if verbose and err.code ~= "RECIPE_USAGE" then io.stderr:write(failure.traceback:gsub("^\n", ""), "\n") end

@@ -26,6 +26,19 @@ for _, target in ipairs(cli.TARGETS) do
       assert.truthy(err:find("expired: its TTL of 1 s ran out", 1, true), err)
     end)
 
+    it("names the base URL on an authentication error, without an attempt count", function()
+      if target ~= "emulator" then return end -- the local provider has no URL and no key
+      local path = support.script('require("galley.providers.morph").new().instances.list()\n')
+      local env = {}
+      for k, v in pairs(t.env) do env[k] = v end
+      env.MORPH_API_KEY = "morph_wrong_key"
+      local code, _, err = support.galley("run " .. q(path), nil, env)
+      assert.are.equal(1, code)
+      assert.truthy(err:find("AUTHENTICATION_ERROR", 1, true), err)
+      assert.truthy(err:find("base URL: " .. t.env.MORPH_BASE_URL, 1, true), err)
+      assert.falsy(err:find("attempt:", 1, true), err)
+    end)
+
     it("reports Ctrl-C as interrupted with the instances cleaned up, exit 130", function()
       local path = support.script(provider_line()
         .. "local inst = p.instances.boot(" .. q(t.snapshot) .. ")\n"
