@@ -20,14 +20,35 @@ local KEYWORDS = { "and", "break", "do", "else", "elseif", "end", "false", "for"
   "in", "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while" }
 
 --- A lazily loading view of the galley.* modules: `galley.providers.morph` requires on use.
-local function namespace(prefix)
+local namespace
+
+-- A module that is also a folder of modules (galley.providers: init.lua plus local.lua, morph.lua)
+-- reaches its children too: galley.providers["local"], galley.providers.morph.
+local function with_children(mod, name)
+  if type(mod) ~= "table" or getmetatable(mod) ~= nil then return mod end
+  local has = false
+  for pre in pairs(package.preload) do
+    if pre:sub(1, #name + 1) == name .. "." then has = true break end
+  end
+  if not has then return mod end
+  return setmetatable(mod, { __index = function(_, k)
+    if type(k) ~= "string" then return nil end
+    local ok, sub = pcall(require, name .. "." .. k)
+    if ok then return with_children(sub, name .. "." .. k) end
+    return nil
+  end, __galley_module = name })
+end
+
+function namespace(prefix)
   return setmetatable({}, {
     __index = function(self, k)
       local name = prefix .. "." .. k
       local ok, mod = pcall(require, name)
       if not ok then
         if type(mod) == "string" and not mod:find("module '" .. name .. "' not found", 1, true) then error(mod, 2) end
-        mod = namespace(name) -- a folder of modules (galley.providers)
+        mod = namespace(name) -- a folder of modules
+      else
+        mod = with_children(mod, name)
       end
       rawset(self, k, mod)
       return mod
@@ -165,7 +186,8 @@ function M.complete(env, word)
     for _, k in ipairs(KEYWORDS) do candidates[#candidates + 1] = k end
   else
     local v = env
-    for name in path:gmatch("[^.]+") do
+    -- `galley.providers["local"].` walks like `galley.providers.local.` would (a keyword field)
+    for name in path:gsub('%["([%a_][%w_]*)"%]', ".%1"):gmatch("[^.]+") do
       if not name:match("^[%a_][%w_]*$") then return {} end
       local ok, nv = pcall(function() return v[name] end)
       if not ok or nv == nil then return {} end
@@ -176,11 +198,20 @@ function M.complete(env, word)
       and tostring(v):match("^<modules ") then
       local prefix = tostring(v):match("^<modules (.-)%.%*>$")
       for k in pairs(module_children(prefix)) do names[#names + 1] = k end
+    elseif type(v) == "table" and getmetatable(v) and getmetatable(v).__galley_module then
+      for k in pairs(module_children(getmetatable(v).__galley_module)) do names[#names + 1] = k end
     end
-    for _, k in ipairs(names) do candidates[#candidates + 1] = path .. sep .. k end
+    local keyword = {}
+    for _, k in ipairs(KEYWORDS) do keyword[k] = true end
+    for _, k in ipairs(names) do
+      if k:sub(1, #partial) == partial then
+        -- A field named like a keyword (galley.providers.local) is only reachable as ["local"].
+        candidates[#candidates + 1] = (keyword[k] and sep == ".") and (path .. '["' .. k .. '"]') or (path .. sep .. k)
+      end
+    end
   end
   local out, seen = {}, {}
-  local full_prefix = path and (path .. sep .. partial) or partial
+  local full_prefix = path and "" or partial
   for _, c in ipairs(candidates) do
     if c:sub(1, #full_prefix) == full_prefix and not seen[c] then
       seen[c] = true

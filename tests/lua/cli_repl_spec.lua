@@ -45,3 +45,21 @@ for _, target in ipairs(cli.TARGETS) do
     end)
   end)
 end
+
+describe("the REPL's galley.providers #cli", function()
+  it("reaches galley.providers[\"local\"] and .morph and completes the keyword one as [\"local\"]", function()
+    local repl = require("galley.repl")
+    local env = repl.new_env()
+    assert.are.same({ 'galley.providers["local"]' }, repl.complete(env, "galley.providers.lo"))
+    local all = repl.complete(env, "galley.providers.")
+    local has = {}
+    for _, c in ipairs(all) do has[c] = true end
+    assert.truthy(has["galley.providers.morph"] and has["galley.providers.new"], table.concat(all, " "))
+    assert.are.same({ 'galley.providers["local"].new' }, repl.complete(env, 'galley.providers["local"].ne'))
+    local t = cli.start("local") -- a temporary HOME and state directory for the REPL's run
+    local code, out = t:galley("repl", 'galley.providers["local"].NAME\ngalley.providers.morph.NAME\n')
+    t:stop()
+    assert.are.equal(0, code)
+    assert.are.equal('"local"\n"morph"\n', out)
+  end)
+end)
