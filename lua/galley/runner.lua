@@ -119,6 +119,25 @@ function M.base_url_for(err)
   return nil
 end
 
+--- For a snapshot NOT_FOUND: up to five snapshots that exist on the run's providers (and the
+-- emulator's ready one), or nil.
+---@param err table
+---@return string|nil
+function M.snapshot_hint(err)
+  if type(err) ~= "table" or err.code ~= "NOT_FOUND" then return nil end
+  local details = type(err.details) == "table" and err.details or {}
+  local cause = type(err.cause) == "table" and err.cause or (type(details.cause) == "table" and details.cause) or {}
+  local about_snapshot = tostring(err.resource or ""):match("^snapshot:") or tostring(cause.resource or ""):match(
+    "^snapshot:") or details.snapshot_id
+  if not about_snapshot then return nil end
+  local ctx = run.current()
+  for _, p in ipairs(ctx and ctx.providers or {}) do
+    local ok, hint = pcall(require("galley.commands.boot").snapshot_hint, p)
+    if ok and hint then return "hint: " .. hint end
+  end
+  return nil
+end
+
 --- Runs a loaded chunk; returns the exit code and prints failures to stderr.
 ---@param chunk function
 ---@param path string  the recipe's path (for locations)
@@ -177,6 +196,8 @@ function M.call(chunk, path, args)
         local cause = type(err.cause) == "table" and err.cause or err
         local expired = run.expired_note(err) or run.expired_note(cause)
         if expired then text = text .. "\n  expired: " .. expired end
+        local snaps = M.snapshot_hint(err)
+        if snaps then text = text .. "\n  " .. snaps end
         local url = M.base_url_for(cause.code and cause or err)
         if url then text = text .. "\n  base URL: " .. url end
         io.stderr:write("galley: ", where and (where .. ": ") or "", text, "\n")

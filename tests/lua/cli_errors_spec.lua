@@ -26,6 +26,18 @@ for _, target in ipairs(cli.TARGETS) do
       assert.truthy(err:find("expired: its TTL of 1 s ran out", 1, true), err)
     end)
 
+    it("lists the snapshots that exist when boot-and-run's snapshot does not", function()
+      local code, _, err = t:galley("run boot-and-run --agent command --provider " .. t.provider_name
+        .. " --snapshot no_such_snapshot")
+      assert.are.equal(1, code)
+      assert.truthy(err:find("NOT_FOUND", 1, true), err)
+      assert.truthy(err:find("snapshots that exist: ", 1, true) and err:find(t.snapshot, 1, true), err)
+      if target == "emulator" then
+        assert.truthy(err:find("the emulator's ready snapshot is snapshot_galleydev", 1, true), err)
+      end
+      assert.falsy(err:find("boot-and-run.lua:", 1, true), err)
+    end)
+
     it("names the base URL on an authentication error, without an attempt count", function()
       if target ~= "emulator" then return end -- the local provider has no URL and no key
       local path = support.script('require("galley.providers.morph").new().instances.list()\n')
