@@ -88,7 +88,7 @@ if opts.ttl < 0 then usage("--ttl must be 0 or more") end
 if opts.timeout < 0 then usage("--timeout must be 0 or more") end
 if opts.poll_ms < 50 then usage("--poll-ms must be at least 50") end
 if opts.ttl > 0 and opts.timeout > 0 and opts.ttl < opts.timeout then
-  say(("galley: warning: --ttl %ds is shorter than --timeout %ds: the instance may expire before the session ends")
+  say(("boot-and-run: warning: --ttl %ds is shorter than --timeout %ds: the instance may expire first")
     :format(opts.ttl, opts.timeout))
 end
 
@@ -138,15 +138,16 @@ local log = logmod.new({ level = level, prefix = "boot-and-run" })
 -- ---------------------------------------------------------------------------------------------
 
 if not opts.provider and (os.getenv("MORPH_BASE_URL") or "") ~= "" and (os.getenv("MORPH_API_KEY") or "") == "" then
-  say(("galley: warning: MORPH_BASE_URL is set (%s) but MORPH_API_KEY is not: using the local provider")
+  say(("boot-and-run: warning: MORPH_BASE_URL is set (%s) but MORPH_API_KEY is not: using the local provider")
     :format(os.getenv("MORPH_BASE_URL")))
-  say("galley: hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local")
+  say("boot-and-run: hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local")
 end
 local provider, why = providers.default(opts.provider, { log = log.child({ prefix = opts.provider }) })
 local provider_name = provider.name or opts.provider or (why:match("provider (%S+)"))
 local agent_name = opts.agent or ((opts.command or provider_name ~= "morph") and "command" or "claude")
 if opts.command and agent_name ~= "command" then usage("--command needs --agent command") end
-info(("galley: %s; agent %s%s"):format(why, agent_name, opts.agent and "" or " (default for " .. provider_name .. ")"))
+info(("boot-and-run: %s; agent %s%s"):format(why, agent_name,
+  opts.agent and "" or " (default for " .. provider_name .. ")"))
 
 local snapshot = opts.snapshot
 if not snapshot and provider_name == "morph" then
@@ -281,9 +282,9 @@ elseif secret and secret.kind == "api_key" then
     { path = "~/.claude.json", json = { hasCompletedOnboarding = true }, merge = "deep", mode = "600" },
   } }
 end
-if secret then info("galley: Claude credentials from " .. secret_from) end
+if secret then info("boot-and-run: Claude credentials from " .. secret_from) end
 if agent_name == "claude" and not secret then
-  say("galley: warning: no Claude credentials given (CLAUDE_ACCESS_TOKEN, --credentials); claude uses what the "
+  say("boot-and-run: warning: no Claude credentials given (CLAUDE_ACCESS_TOKEN, --credentials); claude uses what the "
     .. "snapshot has")
 end
 
@@ -300,18 +301,18 @@ local machine = recipe.step("boot " .. (snapshot or "an empty instance") .. " an
 local id = machine.instance_id
 -- `galley run --keep boot-and-run` keeps it too (the run-level option).
 if opts.keep or (require("galley.run").current() or {}).keep then
-  say(("galley: keeping instance %s (stop it with `galley stop %s`)"):format(id, id))
+  say(("boot-and-run: keeping instance %s (stop it with `galley stop %s`)"):format(id, id))
 else
   recipe.defer(function()
     local ok, err = pcall(provider.instances.terminate, id)
     if not ok and not errors.is(err, "NOT_FOUND") then error(err, 0) end
   end, "terminate " .. id)
 end
-info("galley: instance " .. id)
+info("boot-and-run: instance " .. id)
 
 local started = recipe.step("start the " .. agent_name .. " session", orch.start_session, id, input)
 local name = started.process_name
-info(("galley: following %s (PM2 process on %s)"):format(name, id))
+info(("boot-and-run: following %s (PM2 process on %s)"):format(name, id))
 
 local t0 = os.time()
 local ok, res = pcall(orch.follow, id, name, { interval_ms = opts.poll_ms, on_line = on_line,
@@ -321,7 +322,7 @@ if not ok then
     pcall(pm.stop, id, name)
     if opts.json then emit_json({ ts = now_iso(), event = "result", instance_id = id, process_name = name,
       status = "timeout", ok = false }) end
-    say(("galley: session %s still running after %d s (--timeout); stopped it"):format(name, opts.timeout))
+    say(("boot-and-run: session %s still running after %d s (--timeout); stopped it"):format(name, opts.timeout))
     recipe.exit(1)
   end
   error(res, 0)
@@ -333,16 +334,17 @@ if opts.json then
     exit_code = res.exit_code, lines = res.lines, ok = not failed })
 end
 if failed then
-  say(("galley: session %s failed: status %s, exit code %s (%d lines of output)"):format(name, tostring(res.status),
+  say(("boot-and-run: session %s failed: status %s, exit code %s (%d lines of output)"):format(name,
+    tostring(res.status),
     res.exit_code and tostring(res.exit_code) or "unknown", res.lines or 0))
   if res.exit_code == 127 then
-    say(("galley: hint: exit 127 means a command was not found on the instance%s"):format(agent_name == "claude"
+    say(("boot-and-run: hint: exit 127 means a command was not found on the instance%s"):format(agent_name == "claude"
       and (" (is `%s` installed there? see --claude-bin)"):format(opts.claude_bin) or ""))
   end
   local code = math.tointeger(res.exit_code)
   recipe.exit((code and code > 0 and code < 256) and code or 1)
 end
-info(("galley: session %s exited 0 after about %d s"):format(name, os.time() - t0))
+info(("boot-and-run: session %s exited 0 after about %d s"):format(name, os.time() - t0))
 end
 
 -- A failed run with --json ends with a result event too (ok = false, the error's code and message).

@@ -38,7 +38,7 @@ local function assert_nothing_left(stderr)
   assert.are.equal(0, code)
   assert.are.same({}, cjson.decode(out))
   assert.are.same({}, fs.list(state .. "/instances") or {})
-  local id = stderr:match("galley: instance (%S+)")
+  local id = stderr:match("boot%-and%-run: instance (%S+)")
   assert.truthy(id, stderr)
   assert.are.equal("", processes_of(id))
 end
@@ -223,7 +223,7 @@ exit $rc
       assert.falsy(err:find(token, 1, true))
       assert.falsy(em:drain():find(token, 1, true))
       -- The instance is gone from the emulator.
-      local id = err:match("galley: instance (%S+)")
+      local id = err:match("boot%-and%-run: instance (%S+)")
       for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
     end)
 
@@ -255,7 +255,7 @@ exit $rc
       assert.are.equal(1, code)
       assert.truthy(err:find("session cc-session failed: status stopped, exit code 127", 1, true), err)
       assert.truthy(err:find("is `/nonexistent/claude` installed there?", 1, true), err)
-      local id = err:match("galley: instance (%S+)")
+      local id = err:match("boot%-and%-run: instance (%S+)")
       assert.truthy(id, err)
       for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
     end)
