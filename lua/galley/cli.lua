@@ -158,9 +158,12 @@ M.command("test", {
 
 M.command("version", {
   summary = "print versions and where the Lua modules come from",
-  usage = "galley version",
-  run = function()
+  usage = "galley version [--json]",
+  run = function(args)
     local v = runtime.versions()
+    for _, a in ipairs(args or {}) do
+      if a == "--json" then runtime.options().json = 1 end
+    end
     if (runtime.options().json or 0) > 0 then
       io.stdout:write(require("cjson").encode(v), "\n")
     else
