@@ -127,8 +127,25 @@ local function tmux_shell(provider, id, session)
   -- The key reader: cat of the terminal device in a session of its own (in our process group it
   -- would be a background job of this terminal and stop on SIGTTIN). It ends when its stdin, a
   -- pipe only this process holds, closes: also when galley dies.
+  -- The keys land in a file read by offset, not in a pipe: output of a spawned process that
+  -- arrives while a proc.run (each exec) is running can be lost on the event loop today.
+  local keydir = assert(sh({ "mktemp", "-d", "-t", "galley-shell.XXXXXX" })):gsub("%s+$", "")
+  local keyfile = keydir .. "/keys"
+  assert(io.open(keyfile, "wb")):close()
   local reader = assert(proc.spawn({ argv = { "setsid", "-w", "sh", "-c",
-    'cat -- "$1" & p=$!; cat >/dev/null; kill "$p" 2>/dev/null', "sh", tty }, stdin = "pipe" }))
+    'cat -- "$1" >>"$2" & p=$!; cat >/dev/null; kill "$p" 2>/dev/null', "sh", tty, keyfile }, stdin = "pipe" }))
+  local offset = 0
+  local function next_keys()
+    local kind = reader:read(POLL_MS) -- waits on the loop; the reader writes nothing to its pipes
+    if kind == "exit" then return nil end
+    local f = io.open(keyfile, "rb")
+    if not f then return nil end
+    f:seek("set", offset)
+    local data = f:read("a") or ""
+    f:close()
+    offset = offset + #data
+    return data
+  end
   local last, detached, ended = nil, false, false
   local function draw()
     local ok, screen = pcall(tmux.capture, id, session, { escapes = true })
@@ -145,9 +162,9 @@ local function tmux_shell(provider, id, session)
   local ok, err = pcall(function()
     draw()
     while not ended do
-      local kind, data = reader:read(POLL_MS)
-      if kind == "exit" then break end
-      if kind == "stdout" then
+      local data = next_keys()
+      if data == nil then break end
+      if data ~= "" then
         local at = data:find(DETACH, 1, true)
         if at then
           data, detached = data:sub(1, at - 1), true
@@ -171,6 +188,7 @@ local function tmux_shell(provider, id, session)
   end)
   pcall(reader.kill, reader, "KILL")
   pcall(reader.close, reader)
+  proc.run({ argv = { "rm", "-rf", "--", keydir } })
   if saved then stty((saved:gsub("%s+$", ""))) else stty("sane") end
   io.stdout:write("\r\n")
   if not ok then error(err, 0) end
