@@ -17,7 +17,7 @@
 -- duration the token, base64-encoded twice, is in the argv of processes on the VM
 -- (/proc/*/cmdline there); locally it is in the installer's environment only. The instance is
 -- terminated at the end unless --keep; the exit status is the session's (a session that fails
--- makes the recipe exit 1).
+-- makes the recipe exit with its exit code, or 1 without one).
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
 local orchestrator = require("galley.orchestrator")
