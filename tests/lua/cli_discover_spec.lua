@@ -144,11 +144,13 @@ describe("galley emulate, plug and play #cli", function()
   teardown(function() if em then em:stop() end end)
 
   it("prints a ready-to-paste export line and its ready snapshot", function()
-    local err
+    -- read the emulator's stderr on the loop (a blocking sleep would not let it arrive)
+    local err = em:drain()
     for _ = 1, 100 do
-      err = em:drain()
       if err:find("ready snapshot", 1, true) then break end
-      os.execute("sleep 0.05")
+      local kind, data = em.handle:read(100)
+      if kind == "stderr" then em.stderr = em.stderr .. data end
+      err = em.stderr
     end
     assert.truthy(err:find("export MORPH_BASE_URL=" .. em.base_url .. " MORPH_API_KEY=", 1, true), err)
     assert.truthy(err:find("ready snapshot: snapshot_galleydev", 1, true), err)
