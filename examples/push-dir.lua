@@ -2,7 +2,8 @@
 -- that what arrived is what was sent (mode, size and SHA-256 of every file).
 --
 --   galley run examples/push-dir.lua DIR                      # into ~/pushed on a local sandbox
---   galley run examples/push-dir.lua DIR --dest /srv/app      # somewhere else
+--   galley run examples/push-dir.lua DIR --dest /tmp/app      # somewhere else (a local sandbox
+--                                                             # writes only ~ and /tmp; on Morph, /srv/app too)
 --   MORPH_API_KEY=... galley run examples/push-dir.lua DIR --provider morph --snapshot snapshot_abc
 --
 -- How: the tree is walked with galley.core.fs (list, stat); directories are created with their

@@ -17,7 +17,7 @@
 -- duration the token, base64-encoded twice, is in the argv of processes on the VM
 -- (/proc/*/cmdline there); locally it is in the installer's environment only. The instance is
 -- terminated at the end unless --keep; the exit status is the session's (a session that fails
--- makes the recipe exit 1).
+-- makes the recipe exit with its exit code, or 1 without one).
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
 local orchestrator = require("galley.orchestrator")
@@ -57,8 +57,9 @@ local opts = recipe.options({
       help = "Claude credentials JSON from `galley run claude-login` (default: " .. oauth.DEFAULT_CREDENTIALS_PATH
         .. " when it exists)" },
     { "no-credentials", type = "flag", help = "install no Claude credentials even when some are available" },
-    { "ttl", type = "integer", default = 1800, help = "instance TTL in seconds (0: none)" },
-    { "timeout", type = "integer", default = 900, help = "give up on the session after SECONDS (0: never)" },
+    { "ttl", type = "duration", default = 1800, help = "instance TTL: 90, 90s, 10m, 2h (0: none)" },
+    { "timeout", type = "duration", default = 900,
+      help = "give up on the session after this long: 90, 10m, 2h (0: never)" },
     { "poll-ms", type = "integer", default = 1000, help = "how often to read the session's log" },
     { "events", metavar = "PATH", help = "append orchestrator events to this JSON-lines file" },
     { "json", type = "flag", help = "stdout: JSON lines (events, output lines, the result) instead of plain output" },
@@ -75,8 +76,11 @@ credentials: installed by one exec before the session, into 0600 files; never in
 environment or payload, a long-lived process's arguments or any output. On morph that exec has
 no stdin: while it runs, the token (base64-encoded twice) is in the argv of processes on the VM
 (/proc/*/cmdline there). Locally it is only in the installer's environment.
-exit status: 0 when the session exited 0; 1 when it failed, timed out or anything else went wrong.]],
+exit status: the session's own exit code (0 when it exited 0; 1 when it failed without one, timed out
+or anything else went wrong).]],
 }, arg)
+-- The global `galley --json run boot-and-run` means --json too.
+if (require("galley.core.runtime").options().json or 0) > 0 then opts.json = true end
 
 -- Warnings and failures always reach stderr; information lines follow -q like progress.
 local function say(text) io.stderr:write(text, "\n") end
@@ -87,6 +91,10 @@ local function usage(msg) recipe.usage_error(msg) end
 if opts.ttl < 0 then usage("--ttl must be 0 or more") end
 if opts.timeout < 0 then usage("--timeout must be 0 or more") end
 if opts.poll_ms < 50 then usage("--poll-ms must be at least 50") end
+if opts.ttl > 0 and opts.timeout > 0 and opts.ttl < opts.timeout then
+  say(("boot-and-run: warning: --ttl %ds is shorter than --timeout %ds: the instance may expire first")
+    :format(opts.ttl, opts.timeout))
+end
 
 -- ---------------------------------------------------------------------------------------------
 -- Output: plain text, or JSON lines with --json
@@ -133,11 +141,17 @@ local log = logmod.new({ level = level, prefix = "boot-and-run" })
 -- Provider, agent, snapshot
 -- ---------------------------------------------------------------------------------------------
 
+if not opts.provider and (os.getenv("MORPH_BASE_URL") or "") ~= "" and (os.getenv("MORPH_API_KEY") or "") == "" then
+  say(("boot-and-run: warning: MORPH_BASE_URL is set (%s) but MORPH_API_KEY is not: using the local provider")
+    :format(os.getenv("MORPH_BASE_URL")))
+  say("boot-and-run: hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local")
+end
 local provider, why = providers.default(opts.provider, { log = log.child({ prefix = opts.provider }) })
 local provider_name = provider.name or opts.provider or (why:match("provider (%S+)"))
 local agent_name = opts.agent or ((opts.command or provider_name ~= "morph") and "command" or "claude")
 if opts.command and agent_name ~= "command" then usage("--command needs --agent command") end
-info(("galley: %s; agent %s%s"):format(why, agent_name, opts.agent and "" or " (default for " .. provider_name .. ")"))
+info(("boot-and-run: %s; agent %s%s"):format(why, agent_name,
+  opts.agent and "" or " (default for " .. provider_name .. ")"))
 
 local snapshot = opts.snapshot
 if not snapshot and provider_name == "morph" then
@@ -274,12 +288,13 @@ elseif secret and secret.kind == "api_key" then
     { path = "~/.claude.json", json = { hasCompletedOnboarding = true }, merge = "deep", mode = "600" },
   } }
 end
-if secret then info("galley: Claude credentials from " .. secret_from) end
+if secret then info("boot-and-run: Claude credentials from " .. secret_from) end
 if agent_name == "claude" and not secret then
-  say("galley: warning: no Claude credentials given (CLAUDE_ACCESS_TOKEN, --credentials); claude uses what the "
+  say("boot-and-run: warning: no Claude credentials given (CLAUDE_ACCESS_TOKEN, --credentials); claude uses what the "
     .. "snapshot has")
 end
 
+local function main()
 if opts.ttl == 0 then recipe.ttl(false) end
 local machine = recipe.step("boot " .. (snapshot or "an empty instance") .. " and prepare", orch.boot_and_prepare,
   snapshot, {
@@ -290,15 +305,16 @@ local machine = recipe.step("boot " .. (snapshot or "an empty instance") .. " an
       session = session, run_id = recipe.run_id() },
   })
 local id = machine.instance_id
-if opts.keep then
-  say(("galley: keeping instance %s (stop it with `galley gc --include-kept`)"):format(id))
+-- `galley run --keep boot-and-run` keeps it too (the run-level option).
+if opts.keep or (require("galley.run").current() or {}).keep then
+  say(("boot-and-run: keeping instance %s (stop it with `galley stop %s`)"):format(id, id))
 else
   recipe.defer(function()
     local ok, err = pcall(provider.instances.terminate, id)
     if not ok and not errors.is(err, "NOT_FOUND") then error(err, 0) end
   end, "terminate " .. id)
 end
-info("galley: instance " .. id)
+info("boot-and-run: instance " .. id)
 
 local branch = opts.branch or ("galley/" .. session)
 if opts.repo then
@@ -307,7 +323,7 @@ if opts.repo then
 end
 local started = recipe.step("start the " .. agent_name .. " session", orch.start_session, id, input)
 local name = started.process_name
-info(("galley: following %s (PM2 process on %s)"):format(name, id))
+info(("boot-and-run: following %s (PM2 process on %s)"):format(name, id))
 
 local t0 = os.time()
 local ok, res = pcall(orch.follow, id, name, { interval_ms = opts.poll_ms, on_line = on_line,
@@ -317,7 +333,7 @@ if not ok then
     pcall(pm.stop, id, name)
     if opts.json then emit_json({ ts = now_iso(), event = "result", instance_id = id, process_name = name,
       status = "timeout", ok = false }) end
-    say(("galley: session %s still running after %d s (--timeout); stopped it"):format(name, opts.timeout))
+    say(("boot-and-run: session %s still running after %d s (--timeout); stopped it"):format(name, opts.timeout))
     recipe.exit(1)
   end
   error(res, 0)
@@ -339,12 +355,26 @@ if opts.json then
     exit_code = res.exit_code, lines = res.lines, ok = not failed })
 end
 if failed then
-  say(("galley: session %s failed: status %s, exit code %s (%d lines of output)"):format(name, tostring(res.status),
+  say(("boot-and-run: session %s failed: status %s, exit code %s (%d lines of output)"):format(name,
+    tostring(res.status),
     res.exit_code and tostring(res.exit_code) or "unknown", res.lines or 0))
   if res.exit_code == 127 then
-    say(("galley: hint: exit 127 means a command was not found on the instance%s"):format(agent_name == "claude"
+    say(("boot-and-run: hint: exit 127 means a command was not found on the instance%s"):format(agent_name == "claude"
       and (" (is `%s` installed there? see --claude-bin)"):format(opts.claude_bin) or ""))
   end
-  recipe.exit(1)
+  local code = math.tointeger(res.exit_code)
+  recipe.exit((code and code > 0 and code < 256) and code or 1)
 end
-info(("galley: session %s exited 0 after about %d s"):format(name, os.time() - t0))
+info(("boot-and-run: session %s exited 0 after about %d s"):format(name, os.time() - t0))
+end
+
+-- A failed run with --json ends with a result event too (ok = false, the error's code and message).
+local ok_main, main_err = pcall(main)
+if not ok_main then
+  if opts.json and not errors.is(main_err, "RECIPE_EXIT") then
+    emit_json({ ts = now_iso(), event = "result", ok = false,
+      code = type(main_err) == "table" and main_err.code or "RECIPE_ERROR",
+      message = type(main_err) == "table" and tostring(main_err.message) or tostring(main_err) })
+  end
+  error(main_err, 0)
+end

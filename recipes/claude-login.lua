@@ -37,7 +37,7 @@ local client = oauth.new({
   user_agent = opts.user_agent,
 })
 
-local function err(text) io.stderr:write(text, "\n") end
+local function err(text) io.stderr:write("claude-login: ", text, "\n") end
 
 local function describe(creds, path)
   local scopes = type(creds.scopes) == "table" and table.concat(creds.scopes, " ") or "?"

@@ -74,13 +74,13 @@ void galley_loader_init(lua_State *L, const char *lua_dir) {
     lua_pushcfunction(L, m->open);
     lua_setfield(L, -2, m->name);
   }
-  if (!lua_dir) {
-    for (lua_Integer i = 0; galley_embedded[i].path; i++) {
-      if (!galley_embedded[i].module) continue;
-      lua_pushinteger(L, i);
-      lua_pushcclosure(L, load_embedded, 1);
-      lua_setfield(L, -2, galley_embedded[i].module);
-    }
+  /* With --lua-dir only galley's own modules come from DIR; embedded system modules stay. */
+  for (lua_Integer i = 0; galley_embedded[i].path; i++) {
+    const char *m = galley_embedded[i].module;
+    if (!m || (lua_dir && strncmp(m, "galley", 6) == 0)) continue;
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, load_embedded, 1);
+    lua_setfield(L, -2, m);
   }
   lua_pop(L, 2);                                                      /* [] */
 }

@@ -38,7 +38,7 @@ function M.usage()
     lines[#lines + 1] = ("  %-10s %s"):format(name, cmd and cmd.summary or M.lazy[name])
   end
   lines[#lines + 1] = ""
-  lines[#lines + 1] = "options (before the command):"
+  lines[#lines + 1] = "options (before the command; after it too for run and the instance commands):"
   lines[#lines + 1] = "  -v, --verbose      more output; tracebacks on failure"
   lines[#lines + 1] = "  -q, --quiet        only errors"
   lines[#lines + 1] = "  --json             subcommands print data only, as JSON"
@@ -47,20 +47,82 @@ function M.usage()
   lines[#lines + 1] = "  -i                 enter the REPL after -e or a script"
   lines[#lines + 1] = "  -h, --help         this help;  --version  versions and module source"
   lines[#lines + 1] = ""
-  lines[#lines + 1] = "exit codes: 0 ok, 1 failed, 2 usage/missing file/syntax error, 130 Ctrl-C"
+  lines[#lines + 1] = "exit codes: 0 ok, 1 failed, 2 usage/missing file/syntax error, 130 Ctrl-C, 143 SIGTERM;"
+  lines[#lines + 1] = "  galley exec passes the command's exit code on"
   return table.concat(lines, "\n")
 end
 
+--- Options `galley run` takes before the recipe: the global ones again (`galley run -v x.lua`)
+-- and the run-level --keep and --ttl, for any recipe. Returns the index of the recipe argument,
+-- the run options, or nil and an error message.
+---@param args string[]
+---@return integer|nil index
+---@return table|string run_opts_or_message
+function M.run_options(args)
+  local o = runtime.options()
+  local ropts = {}
+  local i = 1
+  while args[i] do
+    local a = args[i]
+    if a == "-v" or a == "--verbose" then
+      o.verbose = (o.verbose or 0) + 1
+    elseif a:match("^%-v+$") then
+      o.verbose = (o.verbose or 0) + #a - 1
+    elseif a == "-q" or a == "--quiet" then
+      o.quiet = 1
+    elseif a == "--json" then
+      o.json = 1
+    elseif a == "--no-color" then
+      o.color = 0
+    elseif a == "--color" then
+      o.color = os.getenv("NO_COLOR") and 0 or 1
+    elseif a == "-i" then
+      o.interactive = 1
+    elseif a == "--keep" then
+      ropts.keep = true
+    elseif a == "--ttl" or a:match("^%-%-ttl=") then
+      local raw = a:match("^%-%-ttl=(.*)$")
+      if not raw then
+        i = i + 1
+        raw = args[i]
+      end
+      if raw == nil then return nil, "--ttl needs a duration (90, 90s, 10m, 2h)" end
+      local secs, why = require("galley.util").parse_duration(raw)
+      if not secs then return nil, "--ttl: " .. why end
+      ropts.ttl_seconds = secs > 0 and secs or false
+    elseif a == "--" then
+      i = i + 1
+      break
+    elseif a:sub(1, 1) == "-" and a ~= "-" then
+      return nil, ("unknown option '%s' before the recipe (recipe options go after its name)"):format(a)
+    else
+      break
+    end
+    i = i + 1
+  end
+  return i, ropts
+end
+
 M.command("run", {
-  summary = "run a recipe: galley run FILE|NAME [args...]",
-  usage = "galley run FILE|NAME [args...]",
+  summary = "run a recipe: galley run [--keep] [--ttl D] FILE|NAME|- [args...]",
+  usage = "galley run [-v] [-q] [--json] [--keep] [--ttl DURATION] FILE|NAME|- [args...]",
   help = "Runs a recipe file in its own environment (assigning an undeclared global is an error).\n"
-    .. "NAME may be a recipe shipped with galley, e.g. `galley run boot-and-run --help`.\n"
-    .. "The recipe sees its arguments in `arg` and `...`.",
+    .. "NAME may be a recipe shipped with galley, e.g. `galley run boot-and-run --help`; `-` reads\n"
+    .. "the recipe from stdin. The recipe sees its arguments in `arg` and `...`.\n"
+    .. "Before the recipe: the global options (-v, -q, --json, --no-color, -i) and the run's own\n"
+    .. "--keep (keep its instances at exit) and --ttl DURATION (90, 90s, 10m, 2h; 0: none), which\n"
+    .. "every recipe also accepts after its name unless it declares options of those names.",
   run = function(args)
-    if not args[1] then return usage_error("'run' needs a recipe file") end
-    local rest = table.move(args, 2, #args, 1, {})
-    local code = require("galley.runner").run(args[1], rest)
+    local first, ropts = M.run_options(args)
+    if not first then return usage_error("run: %s", ropts) end
+    local runner = require("galley.runner")
+    if not args[first] then
+      io.stderr:write("galley run: which recipe? give a file, `-` (stdin) or a shipped recipe's name\n\n",
+        runner.shipped_text(), "\n")
+      return EXIT_USAGE
+    end
+    local rest = table.move(args, first + 1, #args, 1, {})
+    local code = runner.run(args[first], rest, ropts)
     if code == 0 and (runtime.options().interactive or 0) > 0 then
       return require("galley.repl").run()
     end
@@ -96,9 +158,12 @@ M.command("test", {
 
 M.command("version", {
   summary = "print versions and where the Lua modules come from",
-  usage = "galley version",
-  run = function()
+  usage = "galley version [--json]",
+  run = function(args)
     local v = runtime.versions()
+    for _, a in ipairs(args or {}) do
+      if a == "--json" then runtime.options().json = 1 end
+    end
     if (runtime.options().json or 0) > 0 then
       io.stdout:write(require("cjson").encode(v), "\n")
     else
@@ -120,8 +185,14 @@ M.command("help", {
     end
     local cmd = find(name)
     if not cmd then return usage_error("no command '%s'", name) end
+    if cmd.configure then
+      io.stdout:write(require("galley.commands.shared").help(
+        require("galley.commands.shared").parser(name, cmd.summary, cmd), cmd), "\n")
+      return 0
+    end
     io.stdout:write("usage: ", cmd.usage, "\n\n", cmd.summary, "\n")
     if cmd.help then io.stdout:write("\n", cmd.help, "\n") end
+    if name == "run" then io.stdout:write("\n", require("galley.runner").shipped_text(), "\n") end
     return 0
   end,
 })
@@ -131,8 +202,20 @@ M.command("help", {
 M.lazy = {
   emulate = "serve the Morph API on 127.0.0.1 with instances that really run",
   gc = "stop instances left by finished or expired galley runs",
+  ls = "list instances: galley ls [--all] [--json]",
+  snapshots = "list snapshots: galley snapshots [--json]",
+  images = "list base images: galley images [--json]",
+  boot = "boot an instance from a snapshot, print its id: galley boot SNAPSHOT [--ttl 30m]",
+  exec = "run a command in an instance: galley exec ID -- CMD [ARGS...]",
+  shell = "an interactive shell in an instance (tmux): galley shell ID",
+  logs = "a PM2 or tmux session's output: galley logs [-f] ID NAME",
+  stop = "stop (delete) instances: galley stop ID...",
+  cp = "copy a file: galley cp LOCAL ID:PATH | ID:PATH LOCAL",
+  completion = "shell completion script: galley completion bash|zsh|fish",
 }
-for _, name in ipairs({ "emulate", "gc" }) do M.order[#M.order + 1] = name end
+M.LAZY_ORDER = { "ls", "boot", "exec", "shell", "logs", "cp", "stop", "snapshots", "images", "emulate", "gc",
+  "completion" }
+for _, name in ipairs(M.LAZY_ORDER) do M.order[#M.order + 1] = name end
 
 function find(name)
   if M.commands[name] then return M.commands[name] end
@@ -162,7 +245,16 @@ function M.main(args)
   local cmd = find(name)
   if not cmd then
     if M.lazy[name] then return 1 end
-    return usage_error("unknown command '%s' (to run a file, give its path, e.g. ./%s)", name, name)
+    local names = {}
+    for _, n in ipairs(M.order) do names[#names + 1] = n end
+    local near = require("galley.util").did_you_mean(name, names)
+    if not near then
+      for _, r in ipairs(require("galley.runner").shipped()) do
+        if r.name == name then near = ("to run the shipped recipe: galley run %s"):format(name) end
+      end
+    end
+    return usage_error("unknown command '%s'%s (to run a file, give its path, e.g. ./%s)", name,
+      near and ("; " .. near) or "", name)
   end
   local rest = table.move(args, 2, #args, 1, {})
   if (rest[1] == "--help" or rest[1] == "-h") and name ~= "test" and name ~= "run" then

@@ -194,7 +194,8 @@ function M.format(err)
   for _, k in ipairs({ "operation", "resource" }) do
     if err[k] then lines[#lines + 1] = ("  %s: %s"):format(k, tostring(err[k])) end
   end
-  if err.attempt then
+  -- The attempt count only matters when galley retried (a 401 is not retried: no "attempt: 1/4").
+  if err.attempt and (tonumber(err.attempt) or 0) > 1 then
     lines[#lines + 1] = ("  attempt: %s%s"):format(err.attempt, err.max_attempts and ("/" .. err.max_attempts) or "")
   end
   if err.hint then lines[#lines + 1] = "  hint: " .. tostring(err.hint) end

@@ -29,16 +29,21 @@ end
 --- Decides which of a provider's instances to collect.
 ---@param provider table a galley provider
 ---@param opts? {all_hosts?: boolean, include_kept?: boolean, now?: integer}
----@return galley.GcCandidate[]
+---@return galley.GcCandidate[] found
+---@return {provider: string, id: string, run: string, reason: string}[] skipped kept instances
 function M.find(provider, opts)
   opts = opts or {}
   local now = opts.now or os.time()
   local host = run.hostname()
   run.check_runs_dir() -- run files in a directory others control are never believed: UNSAFE_PATH
-  local out = {}
+  local out, skipped = {}, {}
   for _, inst in ipairs(provider.instances.list({}) or {}) do
     local meta = inst.metadata or {}
     local run_id = meta[run.TAG_RUN]
+    if run_id and not opts.include_kept and meta[run.TAG_KEEP] == "1" then
+      skipped[#skipped + 1] = { provider = provider.name, id = inst.id, run = run_id,
+        reason = "kept (--keep; --include-kept stops it)" }
+    end
     if run_id and (opts.include_kept or meta[run.TAG_KEEP] ~= "1") then
       local reason
       if expired(inst, now) then
@@ -52,7 +57,7 @@ function M.find(provider, opts)
       end
     end
   end
-  return out
+  return out, skipped
 end
 
 --- Finds and (unless dry_run) stops collectable instances.
@@ -61,8 +66,8 @@ end
 ---@return galley.GcCandidate[]
 function M.collect(provider, opts)
   opts = opts or {}
-  local found = M.find(provider, opts)
-  if opts.dry_run then return found end
+  local found, skipped = M.find(provider, opts)
+  if opts.dry_run then return found, skipped end
   for _, c in ipairs(found) do
     local ok, err = pcall(provider.instances.terminate, c.id)
     if ok then
@@ -73,7 +78,25 @@ function M.collect(provider, opts)
       c.action, c.error = "failed", tostring(err)
     end
   end
-  return found
+  return found, skipped
+end
+
+--- Removes the run files (`<state>/runs/<run-id>`) of runs whose process is gone: those runs are
+-- settled (their instances are judged by their metadata alone). Returns the removed run ids.
+---@return string[]
+function M.prune_runs()
+  local dir = run.state_dir() .. "/runs"
+  local removed = {}
+  local ok, names = pcall(require("galley.core.fs").list, dir)
+  if not ok or type(names) ~= "table" then return removed end
+  for _, entry in ipairs(names) do
+    local name = type(entry) == "table" and entry.name or entry
+    if type(name) == "string" and name:match("^run%-[%w]+$") and not run.is_live(name) then
+      if os.remove(dir .. "/" .. name) then removed[#removed + 1] = name end
+    end
+  end
+  table.sort(removed)
+  return removed
 end
 
 --- The providers `galley gc` sweeps by default: local always, Morph when MORPH_API_KEY is set.
@@ -87,6 +110,7 @@ function M.default_providers(which)
       list[#list + 1] = p
     else
       notes[#notes + 1] = ("%s provider unavailable: %s"):format(name, tostring(p))
+      notes.unavailable = (notes.unavailable or 0) + 1
     end
   end
   if which == nil or which == "all" or which == "local" then add("local") end

@@ -57,7 +57,11 @@ function M.step(label, fn, ...)
     and (res[2].exit_code or 0) == 0
   if show then
     local good = res[1] or ended_ok
-    local mark = good and paint("32", tty and "✓" or "ok") or paint("31", tty and "✗" or "FAILED")
+    -- Ctrl-C/SIGTERM is not the step's failure: the run says "interrupted" once it has cleaned up.
+    local interrupted = not res[1] and type(res[2]) == "table" and res[2].code == "INTERRUPTED"
+    local mark = good and paint("32", tty and "✓" or "ok")
+      or interrupted and paint("33", "interrupted")
+      or paint("31", tty and "✗" or "FAILED")
     io.stderr:write(("%s %s (%.1fs)\n"):format(mark, label, secs))
   end
   if not res[1] then error(res[2], 0) end

@@ -18,7 +18,8 @@ local M = {}
 
 ---@class galley.RecipeOption
 ---@field [1] string option name without dashes ("snapshot" → --snapshot)
----@field type? "string"|"integer"|"number"|"flag"|"choice" default "string" ("choice" when choices given)
+---@field type? "string"|"integer"|"number"|"flag"|"choice"|"duration" default "string" ("choice" when
+--- choices given); "duration" takes 90, 90s, 10m or 2h and gives whole seconds
 ---@field choices? string[]
 ---@field default? any
 ---@field metavar? string
@@ -52,7 +53,8 @@ function M.help_text(spec)
     local t = opt_type(o)
     local left = "--" .. o[1]
     if t ~= "flag" then
-      left = left .. " " .. (o.metavar or (t == "choice" and table.concat(o.choices, "|")) or t:upper())
+      left = left .. " " .. (o.metavar or (t == "choice" and table.concat(o.choices, "|"))
+      or (t == "duration" and "DURATION") or t:upper())
     end
     local help = o.help or ""
     if o.default ~= nil and t ~= "flag" then help = help .. (" (default: %s)"):format(tostring(o.default)) end
@@ -60,11 +62,22 @@ function M.help_text(spec)
     lines[#lines + 1] = ("  %-28s %s"):format(left, help)
   end
   lines[#lines + 1] = ("  %-28s %s"):format("-h, --help", "show this help")
+  local declared = {}
+  for _, o in ipairs(spec.options or {}) do declared[o[1]] = true end
+  if not declared.keep then
+    lines[#lines + 1] = ("  %-28s %s"):format("--keep", "keep this run's instances at exit (run option)")
+  end
+  if not declared.ttl then
+    lines[#lines + 1] = ("  %-28s %s"):format("--ttl DURATION",
+      "TTL of the instances it boots: 90, 10m, 2h (run option)")
+  end
   if spec.epilog then lines[#lines + 1] = "\n" .. spec.epilog end
   return table.concat(lines, "\n")
 end
 
-local TYPES = { string = true, integer = true, number = true, flag = true, choice = true }
+local RUN_LEVEL, run_level, unknown_option -- run-level options (defined above M.options)
+
+local TYPES = { string = true, integer = true, number = true, flag = true, choice = true, duration = true }
 
 -- Decimal only: "0x10", "1e1" and " 7" are not integers here (tonumber would take them).
 local function parse_integer(raw)
@@ -88,6 +101,10 @@ local function convert(o, raw)
   if t == "integer" then
     local n = parse_integer(raw)
     if not n then M.usage_error(("--%s: expected a decimal integer, got '%s'"):format(o[1], short(raw))) end
+    return n
+  elseif t == "duration" then
+    local n, why = require("galley.util").parse_duration(raw)
+    if not n then M.usage_error(("--%s: %s"):format(o[1], why)) end
     return n
   elseif t == "number" then
     local n = parse_number(raw)
@@ -129,7 +146,7 @@ local function check_spec(spec)
     if seen[name] then bad(i, nil, ("repeats the name --%s (options[%d])"):format(name, seen[name])) end
     seen[name] = i
     if o.type ~= nil and not TYPES[o.type] then
-      bad(i, "type", ("is %q: expected string, integer, number, flag or choice"):format(tostring(o.type)))
+      bad(i, "type", ("is %q: expected string, integer, number, flag, choice or duration"):format(tostring(o.type)))
     end
     local t = opt_type(o)
     if t == "choice" and (type(o.choices) ~= "table" or #o.choices == 0) then
@@ -137,7 +154,8 @@ local function check_spec(spec)
     end
     local d = o.default
     if d ~= nil then
-      local ok = (t == "string" and type(d) == "string") or (t == "integer" and math.type(d) == "integer")
+      local ok = (t == "string" and type(d) == "string")
+        or ((t == "integer" or t == "duration") and math.type(d) == "integer")
         or (t == "number" and type(d) == "number") or (t == "flag" and type(d) == "boolean")
       if t == "choice" then
         for _, c in ipairs(o.choices) do
@@ -150,6 +168,40 @@ local function check_spec(spec)
       end
     end
   end
+end
+
+-- Run-level options every recipe accepts unless it declares its own of the same name.
+RUN_LEVEL = { keep = true, ttl = true, ["no-keep"] = true }
+
+-- Applies a run-level option at args[i]; returns the index of its last argument.
+function run_level(name, inline, args, i)
+  if name == "keep" or name == "no-keep" then
+    if inline then M.usage_error(("--%s takes no value"):format(name)) end
+    run.set_keep(name == "keep")
+    return i
+  end
+  local raw = inline
+  if raw == nil then
+    i = i + 1
+    raw = args[i]
+    if raw == nil then M.usage_error("--ttl needs a value") end
+  end
+  local secs, why = require("galley.util").parse_duration(raw)
+  if not secs then M.usage_error("--ttl: " .. why) end
+  M.ttl(secs > 0 and secs or false)
+  return i
+end
+
+function unknown_option(name, byname)
+  local names = {}
+  for oname, o in pairs(byname) do
+    names[#names + 1] = oname
+    if opt_type(o) == "flag" then names[#names + 1] = "no-" .. oname end
+  end
+  names[#names + 1] = "help"
+  local near = require("galley.util").did_you_mean(name, names, "--")
+  error(errors.new("RECIPE_USAGE", ("unknown option '--%s'"):format(short(name)),
+    { hint = near and (near .. " (see --help)") or "see --help", suggestions = near }), 0)
 end
 
 function M.options(spec, args)
@@ -185,7 +237,12 @@ function M.options(spec, args)
       if not o and name:sub(1, 3) == "no-" and byname[name:sub(4)] and opt_type(byname[name:sub(4)]) == "flag" then
         o, negated = byname[name:sub(4)], true
       end
-      if not o then M.usage_error(("unknown option '--%s'"):format(name)) end
+      if not o and RUN_LEVEL[name] then
+        -- --keep and --ttl work for every recipe: when it does not declare them, they are the run's.
+        i = run_level(name, inline, args, i)
+        goto continue
+      end
+      if not o then unknown_option(name, byname) end
       local key = o[1]:gsub("-", "_")
       if opt_type(o) == "flag" then
         if inline then M.usage_error(("--%s takes no value"):format(name)) end
@@ -211,6 +268,7 @@ function M.options(spec, args)
     else
       values[#values + 1] = a
     end
+    ::continue::
     i = i + 1
   end
   if byname.keep and values.keep then run.set_keep(true) end

@@ -20,14 +20,35 @@ local KEYWORDS = { "and", "break", "do", "else", "elseif", "end", "false", "for"
   "in", "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while" }
 
 --- A lazily loading view of the galley.* modules: `galley.providers.morph` requires on use.
-local function namespace(prefix)
+local namespace
+
+-- A module that is also a folder of modules (galley.providers: init.lua plus local.lua, morph.lua)
+-- reaches its children too: galley.providers["local"], galley.providers.morph.
+local function with_children(mod, name)
+  if type(mod) ~= "table" or getmetatable(mod) ~= nil then return mod end
+  local has = false
+  for pre in pairs(package.preload) do
+    if pre:sub(1, #name + 1) == name .. "." then has = true break end
+  end
+  if not has then return mod end
+  return setmetatable(mod, { __index = function(_, k)
+    if type(k) ~= "string" then return nil end
+    local ok, sub = pcall(require, name .. "." .. k)
+    if ok then return with_children(sub, name .. "." .. k) end
+    return nil
+  end, __galley_module = name })
+end
+
+function namespace(prefix)
   return setmetatable({}, {
     __index = function(self, k)
       local name = prefix .. "." .. k
       local ok, mod = pcall(require, name)
       if not ok then
         if type(mod) == "string" and not mod:find("module '" .. name .. "' not found", 1, true) then error(mod, 2) end
-        mod = namespace(name) -- a folder of modules (galley.providers)
+        mod = namespace(name) -- a folder of modules
+      else
+        mod = with_children(mod, name)
       end
       rawset(self, k, mod)
       return mod
@@ -45,6 +66,51 @@ local function module_children(prefix)
   return out
 end
 
+--- Gives the instance records a provider returns methods (REPL conveniences): `inst:exec{...}`
+-- (a CommandSpec, or a shell command string), `inst:stop()`, `inst:pause()`, `inst:resume()`,
+-- `inst:snapshot(opts)`, `inst:read_file(path)`, `inst:write_file(path, content, opts)`,
+-- `inst:refresh()`. The provider itself is changed in place and returned.
+---@param provider table
+---@return table provider
+function M.with_methods(provider)
+  local I = provider.instances
+  local methods = {}
+  local mt = { __index = methods }
+  local function attach(inst)
+    if type(inst) == "table" and inst.id and getmetatable(inst) == nil then setmetatable(inst, mt) end
+    return inst
+  end
+  function methods.exec(self, spec, opts)
+    if type(spec) == "string" then spec = { kind = "shell", script = spec } end
+    return provider.exec(self.id, spec, opts)
+  end
+  function methods.stop(self) return I.stop(self.id) end
+  function methods.terminate(self) return I.terminate(self.id) end
+  function methods.pause(self) return attach(I.pause(self.id)) end
+  function methods.resume(self) return attach(I.resume(self.id)) end
+  function methods.snapshot(self, opts) return I.snapshot(self.id, opts) end
+  function methods.refresh(self) return attach(I.get(self.id)) end
+  function methods.read_file(self, path, opts) return provider.files.read_file(self.id, path, opts) end
+  function methods.write_file(self, path, content, opts)
+    return provider.files.write_file(self.id, path, content, opts)
+  end
+  for _, name in ipairs({ "boot", "get", "pause", "resume" }) do
+    local f = I[name]
+    if f then I[name] = function(...) return attach(f(...)) end end
+  end
+  for _, name in ipairs({ "list", "fork", "branch" }) do
+    local f = I[name]
+    if f then
+      I[name] = function(...)
+        local list = f(...)
+        for _, inst in ipairs(type(list) == "table" and list or {}) do attach(inst) end
+        return list
+      end
+    end
+  end
+  return provider
+end
+
 --- Builds the REPL's environment: a recipe environment plus conveniences.
 ---@return table env
 function M.new_env()
@@ -52,8 +118,8 @@ function M.new_env()
   rawset(env, "galley", namespace("galley"))
   rawset(env, "pretty", pretty)
   local lazy = {
-    morph = function() return require("galley.providers.morph").new() end,
-    sandbox = function() return require("galley.providers.local").new() end,
+    morph = function() return M.with_methods(require("galley.providers.morph").new()) end,
+    sandbox = function() return M.with_methods(require("galley.providers.local").new()) end,
   }
   local mt = getmetatable(env)
   local base_index = mt.__index
@@ -120,7 +186,8 @@ function M.complete(env, word)
     for _, k in ipairs(KEYWORDS) do candidates[#candidates + 1] = k end
   else
     local v = env
-    for name in path:gmatch("[^.]+") do
+    -- `galley.providers["local"].` walks like `galley.providers.local.` would (a keyword field)
+    for name in path:gsub('%["([%a_][%w_]*)"%]', ".%1"):gmatch("[^.]+") do
       if not name:match("^[%a_][%w_]*$") then return {} end
       local ok, nv = pcall(function() return v[name] end)
       if not ok or nv == nil then return {} end
@@ -131,11 +198,20 @@ function M.complete(env, word)
       and tostring(v):match("^<modules ") then
       local prefix = tostring(v):match("^<modules (.-)%.%*>$")
       for k in pairs(module_children(prefix)) do names[#names + 1] = k end
+    elseif type(v) == "table" and getmetatable(v) and getmetatable(v).__galley_module then
+      for k in pairs(module_children(getmetatable(v).__galley_module)) do names[#names + 1] = k end
     end
-    for _, k in ipairs(names) do candidates[#candidates + 1] = path .. sep .. k end
+    local keyword = {}
+    for _, k in ipairs(KEYWORDS) do keyword[k] = true end
+    for _, k in ipairs(names) do
+      if k:sub(1, #partial) == partial then
+        -- A field named like a keyword (galley.providers.local) is only reachable as ["local"].
+        candidates[#candidates + 1] = (keyword[k] and sep == ".") and (path .. '["' .. k .. '"]') or (path .. sep .. k)
+      end
+    end
   end
   local out, seen = {}, {}
-  local full_prefix = path and (path .. sep .. partial) or partial
+  local full_prefix = path and "" or partial
   for _, c in ipairs(candidates) do
     if c:sub(1, #full_prefix) == full_prefix and not seen[c] then
       seen[c] = true
@@ -184,6 +260,18 @@ local function report_instances(out, tty, readline)
     out:write("left running; they stop when their TTL runs out (or run `galley gc`)\n")
   end
 end
+
+--- Words the REPL takes as commands when typed alone on a line (not Lua).
+M.COMMANDS = { exit = "exit", quit = "exit", ["exit()"] = "exit", ["quit()"] = "exit", help = "help",
+  ["help()"] = "help", ["?"] = "help" }
+
+M.HELP = [[galley REPL: type Lua; bare expressions print their values (`=expr` too), `_` is the last one.
+  galley     every galley module (galley.providers, galley.recipe, galley.errors, ...)
+  sandbox    the local provider: inst = sandbox.instances.boot(); inst:exec("uname -a"); inst:stop()
+  morph      a Morph provider (MORPH_API_KEY, MORPH_BASE_URL): morph.instances.boot("snapshot_galleydev")
+  pretty     pretty.format(v)
+Tab completes names and fields; Ctrl-C cancels the line or call; exit, quit or Ctrl-D leaves
+(instances booted here are listed then). More: docs/repl.md]]
 
 --- Runs the REPL until end of input; returns an exit code.
 ---@param opts? {input?: file*, output?: file*}
@@ -234,6 +322,12 @@ function M.run(opts)
       goto continue
     end
     if not text then break end
+    if not buffer and M.COMMANDS[text:match("^%s*(.-)%s*$")] then
+      local word = M.COMMANDS[text:match("^%s*(.-)%s*$")]
+      if word == "exit" then break end
+      out:write(M.HELP, "\n")
+      goto continue
+    end
     buffer = buffer and (buffer .. "\n" .. text) or text
     do
       local chunk, err = M.compile(buffer, env)
@@ -269,7 +363,8 @@ function M.run(opts)
     line.save_history(hist)
   end
   os.exit = real_exit -- luacheck: ignore 122
-  report_instances(out, tty, readline)
+  -- The exit report is not a value: it goes to stderr (stdout carries values only).
+  report_instances(opts.output or io.stderr, tty, readline)
   return exit_code or 0
 end
 

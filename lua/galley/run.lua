@@ -180,10 +180,30 @@ end
 --- Providers call this after a successful boot/fork.
 ---@param provider table
 ---@param instance_id string
-function M.track_instance(provider, instance_id)
+function M.track_instance(provider, instance_id, ttl_seconds)
   if not current then return end
   M.register_provider(provider)
-  current.instances[#current.instances + 1] = { provider = provider, id = instance_id }
+  current.instances[#current.instances + 1] = { provider = provider, id = instance_id, booted_at = os.time(),
+    ttl_seconds = math.tointeger(ttl_seconds) }
+end
+
+--- When `err` is NOT_FOUND for an instance this run booted whose TTL has passed, a sentence
+-- saying so ("instance X expired: its TTL of 60 s ran out 3 s ago"); else nil.
+---@param err any
+---@return string|nil
+function M.expired_note(err)
+  if not current or type(err) ~= "table" or err.code ~= "NOT_FOUND" then return nil end
+  local id = tostring(err.resource or ""):match("^instance:(.+)$") or err.instance_id
+  for _, t in ipairs(current.instances) do
+    if t.id == id and t.ttl_seconds and t.ttl_seconds > 0 then
+      local over = os.time() - (t.booted_at + t.ttl_seconds)
+      if over >= 0 then
+        return ("instance %s expired: its TTL of %d s ran out %d s ago (a longer --ttl keeps it)"):format(id,
+          t.ttl_seconds, over)
+      end
+    end
+  end
+  return nil
 end
 
 --- Providers call this when a create (boot, fork) was cut off after it may have reached the

@@ -33,6 +33,13 @@ end
 ---@param env table the environment the chunk gets (see new_env)
 ---@return function|nil chunk, string|table source_or_err, "file"|"embedded"|nil kind
 function M.load(name, env)
+  if name == "-" then
+    -- `galley run -`: the recipe comes from stdin.
+    local src = io.stdin:read("a") or ""
+    local chunk, err = load(src, "=stdin", "t", env)
+    if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
+    return chunk, "-", "stdin"
+  end
   local st = require("galley.core.fs").stat(name)
   if st and st.type == "file" then
     local chunk, err = loadfile(name, "t", env)
@@ -47,9 +54,40 @@ function M.load(name, env)
       return chunk, candidate, "embedded"
     end
   end
+  local names = {}
+  for _, r in ipairs(M.shipped()) do names[#names + 1] = r.name end
+  local near = require("galley.util").did_you_mean(name:gsub("%.lua$", ""), names)
   return nil, errors.new("RECIPE_NOT_FOUND", ("no recipe file '%s'"):format(name), {
-    hint = "give a path to a .lua file, or the name of a shipped recipe (see `galley help run`)",
+    hint = (near and (near .. " ") or "") .. "give a path to a .lua file, or the name of a shipped recipe "
+      .. "(see `galley run` for the list)",
   })
+end
+
+--- The recipes shipped inside the binary, by name, with the one-line summary each carries (the
+-- `summary = "..."` of its recipe.options spec, else its first comment line). Read, never run.
+---@return {name: string, summary: string}[]
+function M.shipped()
+  local out = {}
+  for _, path in ipairs(runtime.resources()) do
+    local name = path:match("^recipes/([^/]+)%.lua$")
+    if name then
+      local src = runtime.resource(path) or ""
+      local summary = src:match('\n%s*summary%s*=%s*"(.-)",?%s*\n') or src:match("^%-%-%s*[^:\n]+:%s*([^\n]*)") or ""
+      out[#out + 1] = { name = name, summary = summary }
+    end
+  end
+  table.sort(out, function(a, b) return a.name < b.name end)
+  return out
+end
+
+--- The list `galley run` and `galley help run` print: one line per shipped recipe.
+---@return string
+function M.shipped_text()
+  local lines = { "shipped recipes (galley run NAME --help for one's options):" }
+  for _, r in ipairs(M.shipped()) do
+    lines[#lines + 1] = ("  %-14s %s"):format(r.name, r.summary)
+  end
+  return table.concat(lines, "\n")
 end
 
 local function recipe_location(source)
@@ -60,6 +98,44 @@ local function recipe_location(source)
       return ("%s:%d"):format(info.short_src, info.currentline)
     end
   end
+end
+
+local NETWORK_CODES = { AUTHENTICATION_ERROR = true, NETWORK_ERROR = true, TIMEOUT = true, SERVER_ERROR = true,
+  PROTOCOL_ERROR = true, RATE_LIMIT = true }
+
+--- The Morph base URL to name beside a network or authentication error of the run's Morph
+-- provider, or nil.
+---@param err table
+---@return string|nil
+function M.base_url_for(err)
+  if type(err) ~= "table" or not NETWORK_CODES[err.code] then return nil end
+  local ctx = run.current()
+  for _, p in ipairs(ctx and ctx.providers or {}) do
+    if p.name == "morph" and p.client then
+      local ok, url = pcall(function() return p.client:base_url() end)
+      if ok and type(url) == "string" then return url end
+    end
+  end
+  return nil
+end
+
+--- For a snapshot NOT_FOUND: up to five snapshots that exist on the run's providers (and the
+-- emulator's ready one), or nil.
+---@param err table
+---@return string|nil
+function M.snapshot_hint(err)
+  if type(err) ~= "table" or err.code ~= "NOT_FOUND" then return nil end
+  local details = type(err.details) == "table" and err.details or {}
+  local cause = type(err.cause) == "table" and err.cause or (type(details.cause) == "table" and details.cause) or {}
+  local about_snapshot = tostring(err.resource or ""):match("^snapshot:") or tostring(cause.resource or ""):match(
+    "^snapshot:") or details.snapshot_id
+  if not about_snapshot then return nil end
+  local ctx = run.current()
+  for _, p in ipairs(ctx and ctx.providers or {}) do
+    local ok, hint = pcall(require("galley.commands.boot").snapshot_hint, p)
+    if ok and hint then return "hint: " .. hint end
+  end
+  return nil
 end
 
 --- Runs a loaded chunk; returns the exit code and prints failures to stderr.
@@ -90,7 +166,8 @@ function M.call(chunk, path, args)
     local err = e
     if not errors.is(err) then
       -- A plain table with a code (made without galley.errors) keeps its code and message.
-      local msg = type(e) == "table" and e.message ~= nil and tostring(e.message) or tostring(e)
+      local msg = type(e) == "table" and (e.message ~= nil and tostring(e.message) or (e.code and "") or tostring(e))
+        or tostring(e)
       -- "file:line: text" from error("text") gets its location from the stack walk instead.
       local stripped = type(e) == "string" and msg:match("^[^\n]-:%d+: (.*)$") or msg
       err = errors.new(type(e) == "table" and e.code or "RECIPE_ERROR", stripped)
@@ -111,7 +188,20 @@ function M.call(chunk, path, args)
       code = err.exit_code or 0 -- recipe.exit(): --help and friends, nothing to print
     else
       local text = errors.format(err)
-      io.stderr:write("galley: ", failure.where and (failure.where .. ": ") or "", text, "\n")
+      -- An embedded (shipped) recipe's own line means nothing to its user: shown under -v only.
+      local where = failure.where
+      if where and not verbose and runtime.resource(path) then where = nil end
+      -- An interruption is said once, after cleanup (finish_run), not as a failure with a line.
+      if err.code ~= "INTERRUPTED" then
+        local cause = type(err.cause) == "table" and err.cause or err
+        local expired = run.expired_note(err) or run.expired_note(cause)
+        if expired then text = text .. "\n  expired: " .. expired end
+        local snaps = M.snapshot_hint(err)
+        if snaps then text = text .. "\n  " .. snaps end
+        local url = M.base_url_for(cause.code and cause or err)
+        if url then text = text .. "\n  base URL: " .. url end
+        io.stderr:write("galley: ", where and (where .. ": ") or "", text, "\n")
+      end
       if verbose and err.code ~= "RECIPE_USAGE" then io.stderr:write(failure.traceback:gsub("^\n", ""), "\n") end
       if err.code == "INTERRUPTED" then
         code = err.signal == 15 and 143 or 130
@@ -130,7 +220,11 @@ end
 ---@param code integer the recipe's own exit code
 ---@return integer
 function M.finish_run(code)
-  if not run.current() then return code end
+  local interrupted = code == 130 or code == 143
+  if not run.current() then
+    if interrupted then io.stderr:write("galley: interrupted\n") end
+    return code
+  end
   runtime.clear_signal()
   runtime.defer_signals(true)
   local report = run.finish({ log = function(msg) io.stderr:write("galley: ", msg, "\n") end })
@@ -139,7 +233,11 @@ function M.finish_run(code)
     io.stderr:write("galley: stopped instance ", id, " left by this run\n")
   end
   for _, id in ipairs(report.kept) do
-    io.stderr:write("galley: kept instance ", id, " (--keep)\n")
+    io.stderr:write("galley: kept instance ", id, " (--keep); stop it with: galley stop ", id, "\n")
+  end
+  if interrupted then
+    io.stderr:write(("galley: interrupted%s; cleaned up %d instance(s)\n"):format(code == 143 and " (SIGTERM)" or "",
+      #report.stopped))
   end
   if #report.leaks > 0 then
     io.stderr:write("galley: RUN_LEAK: instances of this run are still there: ", table.concat(report.leaks, ", "),
@@ -153,8 +251,10 @@ end
 --- Loads and runs a recipe by path or name.
 ---@param name string
 ---@param args string[]
+---@param ropts? {keep?: boolean, ttl_seconds?: integer|false} run-level options (`galley run --keep --ttl 10m`)
 ---@return integer exit_code
-function M.run(name, args)
+function M.run(name, args, ropts)
+  ropts = ropts or {}
   local env = M.new_env()
   local chunk, path_or_err, kind = M.load(name, env)
   if not chunk then
@@ -171,7 +271,8 @@ function M.run(name, args)
   local argt = { [0] = path_or_err }
   for i, a in ipairs(args) do argt[i] = a end
   rawset(env, "arg", argt)
-  local ok, err = pcall(run.begin, { recipe = (path_or_err:match("([^/]+)%.lua$") or path_or_err) })
+  local recipe_name = kind == "stdin" and "stdin" or (path_or_err:match("([^/]+)%.lua$") or path_or_err)
+  local ok, err = pcall(run.begin, { recipe = recipe_name, keep = ropts.keep, ttl_seconds = ropts.ttl_seconds })
   if not ok then
     if errors.is(err, "INTERRUPTED") then return err.signal == 15 and 143 or 130 end -- nothing began yet
     io.stderr:write("galley: ", errors.format(err), "\n")

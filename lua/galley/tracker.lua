@@ -39,8 +39,9 @@ end
 --- Providers call this after a successful boot/fork.
 ---@param provider table
 ---@param instance_id string
-function M.track_instance(provider, instance_id)
-  if run then run.track_instance(provider, instance_id) end
+---@param ttl_seconds? integer its TTL (so a later NOT_FOUND can say the TTL ran out)
+function M.track_instance(provider, instance_id, ttl_seconds)
+  if run then run.track_instance(provider, instance_id, ttl_seconds) end
 end
 
 --- Providers call this when a create was cut off after it may have reached the service.

@@ -150,4 +150,95 @@ function M.sha256_file(path)
   return h:hex()
 end
 
+
+local DURATION_UNITS = { [""] = 1, s = 1, m = 60, h = 3600, d = 86400 }
+
+--- Parses a duration: `90` or `90s` (seconds), `10m`, `2h`, `1d`. The one parser behind every
+-- `--ttl` and `--timeout` on the command line. Returns whole seconds, or nil and a sentence.
+---@param raw string|integer
+---@return integer|nil seconds
+---@return string|nil why
+function M.parse_duration(raw)
+  if math.type(raw) == "integer" then
+    if raw < 0 then return nil, "a duration cannot be negative" end
+    return raw
+  end
+  if type(raw) ~= "string" then return nil, "expected a duration such as 90, 90s, 10m or 2h" end
+  local n, unit = raw:match("^(%d+)([smhd]?)$")
+  if not n or #n > 12 then
+    local shown = #raw > 40 and raw:sub(1, 40) .. "…" or raw
+    return nil, ("expected a duration such as 90, 90s, 10m or 2h, got '%s'"):format(shown)
+  end
+  return math.tointeger(tonumber(n)) * DURATION_UNITS[unit]
+end
+
+
+--- A duration in seconds as people read it: `45s`, `12m`, `3h5m`, `2d`.
+---@param seconds integer
+---@return string
+function M.format_duration(seconds)
+  seconds = math.floor(seconds)
+  if seconds < 0 then return "-" .. M.format_duration(-seconds) end
+  if seconds < 120 then return seconds .. "s" end
+  if seconds < 3600 then return (seconds // 60) .. "m" .. (seconds % 60 > 0 and ((seconds % 60) .. "s") or "") end
+  if seconds < 7200 then return (seconds // 60) .. "m" end
+  if seconds < 172800 then
+    local m = (seconds % 3600) // 60
+    return (seconds // 3600) .. "h" .. (m > 0 and (m .. "m") or "")
+  end
+  return (seconds // 86400) .. "d"
+end
+
+
+-- Edit distance (insertions, deletions, substitutions, adjacent swaps) between two strings.
+local function distance(a, b)
+  local prev2, prev = nil, {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+      if prev2 and i > 1 and j > 1 and a:sub(i, i) == b:sub(j - 1, j - 1) and a:sub(i - 1, i - 1) == b:sub(j, j) then
+        cur[j] = math.min(cur[j], prev2[j - 2] + 1)
+      end
+    end
+    prev2, prev = prev, cur
+  end
+  return prev[#b]
+end
+M.edit_distance = distance
+
+
+--- The candidates closest to `word` (did-you-mean): those within an edit distance of a third of
+-- the word's length (at least 1, at most 3), or that start with it; best first, at most 3.
+---@param word string
+---@param candidates string[]
+---@return string[]
+function M.suggest(word, candidates)
+  local limit = math.max(1, math.min(3, #word // 3))
+  local scored = {}
+  for _, c in ipairs(candidates) do
+    local d = distance(word, c)
+    if d <= limit or (#word >= 3 and c:sub(1, #word) == word) then scored[#scored + 1] = { c = c, d = d } end
+  end
+  table.sort(scored, function(x, y) if x.d ~= y.d then return x.d < y.d end return x.c < y.c end)
+  local out = {}
+  for i = 1, math.min(3, #scored) do out[i] = scored[i].c end
+  return out
+end
+
+
+--- "did you mean X?" / "did you mean X or Y?" for `word`, or nil when nothing is close.
+---@param word string
+---@param candidates string[]
+---@param prefix? string put before each candidate ("--")
+---@return string|nil
+function M.did_you_mean(word, candidates, prefix)
+  local near = M.suggest(word, candidates)
+  if #near == 0 then return nil end
+  for i, c in ipairs(near) do near[i] = (prefix or "") .. c end
+  return ("did you mean %s?"):format(table.concat(near, " or "))
+end
+
 return M

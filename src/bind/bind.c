@@ -5,11 +5,14 @@
 #include "bind.h"
 
 
-/* err.__tostring -> "CODE: message" */
+/* err.__tostring -> "CODE: message", or "CODE" alone when there is no message */
 static int error_tostring(lua_State *L) {
   lua_getfield(L, 1, "code");
   lua_getfield(L, 1, "message");
-  lua_pushfstring(L, "%s: %s", luaL_optstring(L, -2, "ERROR"), luaL_optstring(L, -1, "(no message)"));
+  const char *code = luaL_optstring(L, -2, "ERROR");
+  const char *msg = luaL_optstring(L, -1, "");
+  if (*msg) lua_pushfstring(L, "%s: %s", code, msg);
+  else lua_pushstring(L, code);
   return 1;
 }
 

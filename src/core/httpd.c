@@ -694,7 +694,9 @@ static int on_headers_complete(http_parser *p) {
   struct galley_httpd_conn *c = p->data;
   struct galley_httpd *srv = c->srv;
   struct galley_httpd_req *rq = c->cur;
-  if (p->upgrade) return fail(c, 400);
+  /* Protocol upgrades are not served; CONNECT is answered like any request (a proxy trap in the
+   * specs records it and refuses it), and the connection ends after that answer. */
+  if (p->upgrade && p->method != HTTP_CONNECT) return fail(c, 400);
   for (size_t i = 0; i < rq->nheaders; i++)
     for (char *s = rq->headers[i].name; *s; s++) *s = (char)tolower((unsigned char)*s);
   rq->method = http_method_str((enum http_method)p->method);
@@ -759,7 +761,7 @@ static int on_message_complete(http_parser *p) {
       return fail(c, 500);
     }
   }
-  rq->keep_alive = http_should_keep_alive(p) && !srv->stopped;
+  rq->keep_alive = http_should_keep_alive(p) && !srv->stopped && p->method != HTTP_CONNECT;
   rq->conn = c;
   c->inflight = rq;
   c->state = C_BUSY;
@@ -791,7 +793,7 @@ static void feed(struct galley_httpd_conn *c, const char *data, size_t len) {
     }
     return;
   }
-  if (e == HPE_OK && !c->parser.upgrade) return;
+  if (e == HPE_OK && (!c->parser.upgrade || c->parser.method == HTTP_CONNECT)) return;
   struct galley_httpd *srv = c->srv;
   int status = c->reject ? c->reject : 400;
   switch (status) {

@@ -44,6 +44,10 @@ void galley_loop_ready(uint64_t token) {
   }
   ring[(ring_head + ring_len) % ring_cap] = token;
   ring_len++;
+  /* A turn must end once something is ready: libuv runs due timers (and pending callbacks)
+   * before it polls, and with other handles active it would then block in the poll although a
+   * waiter can already go on. uv_stop makes that poll return at once. */
+  if (loop) uv_stop(loop);
 }
 
 

@@ -110,7 +110,7 @@ describe("the galley command line #cli", function()
     local f = assert(io.open(out))
     local text = f:read("a")
     f:close()
-    assert.truthy(text:find("INTERRUPTED", 1, true), text)
+    assert.truthy(text:find("interrupted; cleaned up 0 instance(s)", 1, true), text)
     assert.matches("130\n$", text)
   end)
 

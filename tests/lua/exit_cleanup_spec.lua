@@ -48,14 +48,15 @@ print("never")
   end)
 
   it("runs the REPL's exit report on os.exit and exits with its code", function()
-    local code, out = support.galley("repl", table.concat({
+    local code, out, err = support.galley("repl", table.concat({
       'p = galley.providers.default("local")',
       "i = p.instances.boot(p.DEFAULT_SNAPSHOT)",
       "os.exit(4)",
       'print("not here")',
     }, "\n") .. "\n", { GALLEY_STATE_DIR = state, HOME = state, GALLEY_LOG = "error" })
     assert.are.equal(4, code)
-    assert.is_truthy(out:find("1 instance(s) booted in this session still exist", 1, true), out)
+    -- the exit report goes to stderr: stdout carries values only
+    assert.is_truthy(err:find("1 instance(s) booted in this session still exist", 1, true), err)
     assert.is_falsy(out:find("not here", 1, true))
   end)
 end)

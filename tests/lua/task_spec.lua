@@ -111,6 +111,17 @@ describe("galley.task", function()
     assert.are.same({ true }, got)
   end)
 
+  it("ends a sleep whose timer fires before the loop polls, while other handles stay open", function()
+    -- A silent child keeps pipes open on the loop: a turn whose timer fired must not go on to
+    -- poll forever (libuv runs due timers before it polls).
+    local proc = require("galley.core.proc")
+    local h = assert(proc.spawn({ argv = { "sleep", "30" } }))
+    local t0 = runtime.now_ms()
+    for _ = 1, 50 do assert.is_true(runtime.sleep_ms(1)) end
+    h:close()
+    assert.is_true(runtime.now_ms() - t0 < 5000)
+  end)
+
   it("keeps blocking calls working outside tasks while tasks run", function()
     local done = false
     task.spawn(function() task.sleep(30); done = true end)

@@ -154,6 +154,17 @@ local function fail(err)
   return 1
 end
 
+--- The lines a user pastes to point galley (and Morph SDKs) at this emulator, on stderr: stdout's
+-- first line stays `listening on URL`. The key is printed only when it is the public development
+-- key or was given on the command line; a key from the environment is referred to, not shown.
+function M.say_ready(port, opts)
+  local env = os.getenv("MORPH_API_KEY")
+  local key = (env and env ~= "" and opts.api_key == env) and '"$MORPH_API_KEY"' or opts.api_key
+  io.stderr:write(("galley emulate: ready; in another shell:\n  export MORPH_BASE_URL=http://127.0.0.1:%d/api"
+    .. " MORPH_API_KEY=%s\ngalley emulate: ready snapshot: %s (galley boot %s; galley run boot-and-run)\n")
+    :format(port, key, emulator.DEFAULT_SNAPSHOT, emulator.DEFAULT_SNAPSHOT))
+end
+
 function M.run(args)
   local opts = M.parse(args)
   if not opts then return EXIT_USAGE end
@@ -184,6 +195,7 @@ function M.run(args)
   io.stdout:write(("listening on http://127.0.0.1:%d/api\n"):format(port))
   io.stdout:flush()
   if not opts.verbose then io.stderr:write("galley emulate: state in ", opts.state_dir, "\n") end
+  M.say_ready(port, opts)
 
   -- Ctrl-C raises INTERRUPTED through the signal hook, or ends the sleep: both stop the loop.
   pcall(emu.wait, emu)

@@ -14,8 +14,11 @@ options:
   --include-kept       also stop instances booted with --keep
   --json               print the result as JSON on stdout (global option, also accepted here)
 
-exit status: 0 when everything found was stopped (or --dry-run), 1 when a stop failed,
-2 on a usage error.]]
+It says what it skipped on stderr: kept instances, providers it could not use or reach. Once
+everything was swept, it removes the run files of finished runs ($GALLEY_STATE_DIR/runs).
+
+exit status: 0 when everything found was stopped (or --dry-run), 1 when a stop failed or a
+provider asked for (--provider) is unavailable or unreachable, 2 on a usage error.]]
 
 local function usage(msg)
   io.stderr:write("galley gc: ", msg, "\nTry 'galley gc --help'.\n")
@@ -56,18 +59,32 @@ return {
       i = i + 1
     end
     local providers, notes = gc.default_providers(opts.provider)
-    for _, n in ipairs(notes) do io.stderr:write("galley gc: ", n, "\n") end
-    local all, failed = {}, false
+    -- A provider asked for by name (or with all) that cannot be used makes the exit code 1.
+    local failed = opts.provider ~= nil and (notes.unavailable or 0) > 0
+    for _, n in ipairs(notes) do io.stderr:write("galley gc: skipped: ", n, "\n") end
+    local all, skipped = {}, {}
     for _, p in ipairs(providers) do
-      local ok, found = pcall(gc.collect, p, opts)
+      local ok, found, kept = pcall(gc.collect, p, opts)
       if not ok then
-        io.stderr:write(("galley gc: %s: %s\n"):format(p.name, tostring(found)))
+        local url = p.name == "morph" and (os.getenv("MORPH_BASE_URL") or "https://cloud.morph.so/api") or nil
+        io.stderr:write(("galley gc: skipped: %s provider unreachable%s: %s\n"):format(p.name,
+          url and (" at " .. url) or "", tostring(found)))
         failed = true
       else
         for _, c in ipairs(found) do
           all[#all + 1] = c
           if c.action == "failed" then failed = true end
         end
+        for _, k in ipairs(kept or {}) do skipped[#skipped + 1] = k end
+      end
+    end
+    for _, k in ipairs(skipped) do
+      io.stderr:write(("galley gc: skipped %s %s (run %s): %s\n"):format(k.provider, k.id, k.run or "?", k.reason))
+    end
+    if not opts.dry_run and not failed then
+      local removed = gc.prune_runs()
+      if #removed > 0 and not opts.json then
+        io.stderr:write(("galley gc: removed %d run file(s) of finished runs\n"):format(#removed))
       end
     end
     if opts.json then

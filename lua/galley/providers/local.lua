@@ -1029,7 +1029,7 @@ function M.new(opts)
       pcall(owner_tool, { "rm", "-rf", "--", dir })
       error(err, 0)
     end
-    run.track_instance(provider, id)
+    run.track_instance(provider, id, ttl_seconds)
     log.debug("instance ready", { instance = id, snapshot = snapshot_id })
     return meta
   end

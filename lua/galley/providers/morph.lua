@@ -570,7 +570,7 @@ function M.new(opts)
       error(raw, 0)
     end
     raw = await_new(raw, wait_ms, "instances.boot")
-    run.track_instance(provider, raw.id)
+    run.track_instance(provider, raw.id, seconds)
     log.debug("instance ready", { instance = raw.id, snapshot = snapshot_id })
     return M.instance(raw)
   end

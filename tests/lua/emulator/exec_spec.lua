@@ -168,6 +168,9 @@ describe("galley emulate: exec #emulator", function()
         if i.id == inst and i.processes > 0 then return true end
       end
     end, "the exec to start")
+    -- The instance's first process is the entry wrapper: give `sleep 600` the moment it takes to
+    -- be exec'd, so the stop kills the command itself (137), not its start-up.
+    require("galley.core.runtime").sleep_ms(500)
     assert.are.equal(204, assert(em:request("DELETE", "/instance/" .. inst)).status)
     local res = assert(curl:wait(30000))
     local body = cjson.decode(res.stdout)

@@ -38,7 +38,7 @@ local function assert_nothing_left(stderr)
   assert.are.equal(0, code)
   assert.are.same({}, cjson.decode(out))
   assert.are.same({}, fs.list(state .. "/instances") or {})
-  local id = stderr:match("galley: instance (%S+)")
+  local id = stderr:match("boot%-and%-run: instance (%S+)")
   assert.truthy(id, stderr)
   assert.are.equal("", processes_of(id))
 end
@@ -105,10 +105,10 @@ describe("recipe boot-and-run #recipes", function()
     assert_nothing_left(err)
   end)
 
-  it("exits 1 when the session fails, after printing its output, and cleans up", function()
+  it("exits with the session's exit code when it fails, after printing its output, and cleans up", function()
     local code, out, err = galley({ "run", "boot-and-run", "--command", "echo before-failing; echo to-stderr >&2; exit 3",
       "--poll-ms", "200" })
-    assert.are.equal(1, code)
+    assert.are.equal(3, code)
     assert.truthy(out:find("before-failing", 1, true), out)
     assert.truthy(err:find("to-stderr", 1, true), err)
     assert.truthy(err:find("session cmd-demo failed: status stopped, exit code 3", 1, true), err)
@@ -246,7 +246,7 @@ exit $rc
       assert.falsy(err:find(token, 1, true))
       assert.falsy(em:drain():find(token, 1, true))
       -- The instance is gone from the emulator.
-      local id = err:match("galley: instance (%S+)")
+      local id = err:match("boot%-and%-run: instance (%S+)")
       for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
     end)
 
@@ -271,14 +271,14 @@ exit $rc
       assert.falsy((out .. err):find(key, 1, true))
     end)
 
-    it("exits 1 when claude fails, and deletes the instance", function()
+    it("exits with claude's exit code (127) when claude fails, and deletes the instance", function()
       local code, _, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot", "snapshot_fakeclaude",
         "--claude-bin", "/nonexistent/claude", "--no-credentials", "--poll-ms", "200" },
         { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key })
-      assert.are.equal(1, code)
+      assert.are.equal(127, code)
       assert.truthy(err:find("session cc-session failed: status stopped, exit code 127", 1, true), err)
       assert.truthy(err:find("is `/nonexistent/claude` installed there?", 1, true), err)
-      local id = err:match("galley: instance (%S+)")
+      local id = err:match("boot%-and%-run: instance (%S+)")
       assert.truthy(id, err)
       for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
     end)

@@ -1,0 +1,149 @@
+-- The instance and snapshot commands (ls, boot, exec, cp, logs, stop, snapshots, images) on the
+-- local provider and on `galley emulate` (the Morph provider), through the real binary.
+local cjson = require("cjson")
+local cli = require("support.cli")
+local support = require("support")
+local q = support.q
+
+for _, target in ipairs(cli.TARGETS) do
+  describe("galley instance commands on " .. target .. " #cli", function()
+    local t, id
+
+    setup(function()
+      t = cli.start(target)
+      id = t:boot()
+    end)
+
+    teardown(function()
+      if t then t:stop() end
+    end)
+
+    it("boot prints the id on stdout and --json prints the record", function()
+      assert.matches("^[%w_%-%.]+$", id)
+      local code, out, err = t:galley("boot " .. q(t.snapshot) .. " --ttl 90s --json")
+      assert.are.equal(0, code, err)
+      local rec = cjson.decode(out)
+      assert.are.equal(t.provider_name, rec.provider)
+      assert.are.equal(90, rec.ttl_seconds)
+      assert.are.equal(0, (t:galley("stop " .. q(rec.id))))
+    end)
+
+    it("boot takes durations and rejects a bad one with exit 2", function()
+      local code, _, err = t:galley("boot " .. q(t.snapshot) .. " --ttl 10x")
+      assert.are.equal(2, code, err)
+    end)
+
+    it("boot of a missing snapshot lists the snapshots that exist", function()
+      local code, _, err = t:galley("boot no_such_snapshot")
+      assert.are.equal(1, code)
+      assert.truthy(err:find("NOT_FOUND", 1, true), err)
+      assert.truthy(err:find(t.snapshot, 1, true), err)
+    end)
+
+    it("ls lists the instance with its TTL left; --json prints data only", function()
+      local code, out, err = t:galley("ls --json")
+      assert.are.equal(0, code, err)
+      local found
+      for _, inst in ipairs(cjson.decode(out)) do
+        if inst.id == id then found = inst end
+      end
+      assert.truthy(found, out)
+      assert.are.equal("ready", found.status)
+      assert.truthy(found.ttl_left > 500 and found.ttl_left <= 600, out)
+      code, out = t:galley("ls")
+      assert.are.equal(0, code)
+      assert.truthy(out:find("TTL LEFT", 1, true) and out:find(id, 1, true), out)
+    end)
+
+    it("exec passes stdout, stderr and the exit code on", function()
+      local code, out, err = t:galley("exec " .. q(id) .. " -- sh -c 'echo out; echo err >&2; exit 7'")
+      assert.are.equal(7, code)
+      assert.are.equal("out\n", out)
+      assert.truthy(err:find("err\n", 1, true), err)
+    end)
+
+    it("exec --stream passes output on and the exit code too", function()
+      local code, out = t:galley("exec --stream " .. q(id) .. " -- sh -c 'echo one; sleep 0.2; echo two; exit 3'")
+      assert.are.equal(3, code)
+      assert.are.equal("one\ntwo\n", out)
+    end)
+
+    it("exec --json prints {exit_code, stdout, stderr}; a global -v after the command is accepted", function()
+      local code, out, err = t:galley("exec -v --json " .. q(id) .. " -- printf 'a b'")
+      assert.are.equal(0, code, err)
+      local r = cjson.decode(out)
+      assert.are.equal(0, r.exit_code)
+      assert.are.equal("a b", r.stdout)
+    end)
+
+    it("exec on a missing instance exits 1 with NOT_FOUND", function()
+      local code, out, err = t:galley("exec no_such_instance -- true")
+      assert.are.equal(1, code)
+      assert.are.equal("", out)
+      assert.truthy(err:find("NOT_FOUND", 1, true), err)
+    end)
+
+    it("cp copies a file to the instance and back", function()
+      local src = support.script("payload \0 with a NUL\n")
+      local code, _, err = t:galley("cp " .. q(src) .. " " .. q(id .. ":~/dir/copied.txt") .. " --mode 600")
+      assert.are.equal(0, code, err)
+      local code2, out = t:galley("exec " .. q(id) .. " -- stat -c %a /root/dir/copied.txt")
+      assert.are.equal(0, code2)
+      assert.are.equal("600\n", out)
+      local back = os.tmpname()
+      code, _, err = t:galley("cp " .. q(id .. ":/root/dir/copied.txt") .. " " .. q(back))
+      assert.are.equal(0, code, err)
+      local f = assert(io.open(back, "rb"))
+      assert.are.equal("payload \0 with a NUL\n", f:read("a"))
+      f:close()
+      os.remove(back)
+      os.remove(src)
+    end)
+
+    it("cp without an ID:PATH side is a usage error", function()
+      assert.are.equal(2, (t:galley("cp a b")))
+    end)
+
+    it("logs prints a tmux session's output and -f follows it to its end", function()
+      local p = t:provider()
+      local tmux = require("galley.process.tmux").new({ provider = p,
+        log = require("galley.log").new({ level = "error" }) })
+      tmux.start(id, { command = { name = "ticker", kind = "shell",
+        script = "for i in 1 2 3; do echo tick-$i; sleep 0.3; done" } })
+      local code, out, err = t:galley("logs -f " .. q(id) .. " ticker")
+      assert.are.equal(0, code, err)
+      assert.truthy(out:find("tick-1\ntick-2\ntick-3\n", 1, true), out)
+      code, out = t:galley("logs " .. q(id) .. " ticker")
+      assert.are.equal(0, code)
+      assert.truthy(out:find("tick-3", 1, true), out)
+      code, _, err = t:galley("logs " .. q(id) .. " no-such-session")
+      assert.are.equal(1, code)
+      assert.truthy(err:find("NOT_FOUND", 1, true) and err:find("ticker", 1, true), err)
+      if p.close then p.close() end
+    end)
+
+    it("snapshots and images print JSON arrays", function()
+      local code, out, err = t:galley("snapshots --json")
+      assert.are.equal(0, code, err)
+      local ids = {}
+      for _, s in ipairs(cjson.decode(out)) do ids[s.id] = true end
+      assert.truthy(ids[t.snapshot], out)
+      code, out, err = t:galley("images --json")
+      assert.are.equal(0, code, err)
+      assert.truthy(#cjson.decode(out) >= 1, out)
+    end)
+
+    it("stop stops instances and exits 1 for one that is gone", function()
+      local other = t:boot()
+      local code, out, err = t:galley("stop " .. q(other))
+      assert.are.equal(0, code, err)
+      assert.truthy(out:find(other, 1, true))
+      code, _, err = t:galley("stop " .. q(other))
+      assert.are.equal(1, code)
+      assert.truthy(err:find("NOT_FOUND", 1, true), err)
+      code, out = t:galley("stop --json " .. q(other))
+      assert.are.equal(1, code)
+      assert.are.equal("NOT_FOUND", cjson.decode(out)[1].error.code)
+    end)
+  end)
+end
