@@ -66,6 +66,7 @@ prune=$1 list=$2
 if [ ! -e "$d" ] && [ ! -L "$d" ]; then echo NONE; exit 0; fi
 [ -d "$d" ] || { echo "not a directory: $d" >&2; exit 43; }
 cd -- "$d" || exit 1
+find . -maxdepth 1 -name "]] .. TMP .. [[*" -mmin +60 -exec rm -rf -- {} + 2>/dev/null
 {
   if [ -n "$list" ]; then
     xargs -0 -r -a "$list" sh -c 'find "$@" -maxdepth 0 \( -type f -o -type l \) -printf "%y %m %s %p\0%l\0"' sh
