@@ -196,7 +196,7 @@ function Client:_error(code, message, f)
   local err = errors.new(code, self.transport:redact(message), {
     operation = f.operation, resource = f.resource, status = f.status, attempt = f.attempt,
     max_attempts = f.max_attempts, request_token = f.request_token, signal = f.signal, sent = f.sent,
-    hint = f.hint or M.HINTS[code],
+    field = f.field, hint = f.hint or M.HINTS[code],
   })
   if f.retry_after_ms then err.retry_after = f.retry_after_ms / 1000 end
   return err
@@ -392,8 +392,8 @@ function Client:instances_exec(id, argv, opts)
     on_stdout = opts.on_stdout, on_stderr = opts.on_stderr })
   if not res then return nil, err end
   if not stream and type(res.exit_code) ~= "number" then
-    return nil, self:_error("PROTOCOL_ERROR", "exec response has no exit_code",
-      { operation = name, resource = "instance:" .. id, status = 200 })
+    return nil, self:_error("PROTOCOL_ERROR", "exec response has no integer exit_code",
+      { operation = name, resource = "instance:" .. id, status = 200, field = "exit_code" })
   end
   return res
 end

@@ -205,6 +205,7 @@ function M.new(opts)
       resource = details.instance_id and ("instance:" .. details.instance_id) or nil,
       details = details,
       hint = type(err) == "table" and err.hint or nil,
+      signal = type(err) == "table" and err.signal or nil, -- Ctrl-C vs SIGTERM decides the exit code
     })
   end
 

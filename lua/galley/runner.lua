@@ -204,7 +204,9 @@ function M.call(chunk, path, args)
       end
       if verbose and err.code ~= "RECIPE_USAGE" then io.stderr:write(failure.traceback:gsub("^\n", ""), "\n") end
       if err.code == "INTERRUPTED" then
-        code = err.signal == 15 and 143 or 130
+        -- The pending signal decides when a layer re-wrapped the error without its number.
+        local sig = err.signal or runtime.pending_signal()
+        code = sig == 15 and 143 or 130
       elseif err.code == "RECIPE_USAGE" then
         code = M.EXIT_USAGE
       else

@@ -403,7 +403,7 @@ describe("galley.providers.morph #morph", function()
 
     it("sends one-element exec lines under max_command_bytes: 64 KiB in one request, 1 MiB in chunks", function()
       -- A client in front of the real one, recording every exec command it is given.
-      local real = require("galley.core.morph").new({ api_key = em0.api_key, base_url = em0.base_url, retry = FAST })
+      local real = require("galley.morph_client").new({ api_key = em0.api_key, base_url = em0.base_url, retry = FAST })
       local commands = {}
       local client = setmetatable({}, { __index = function(_, name)
         return function(_, ...)
