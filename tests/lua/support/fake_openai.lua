@@ -1,7 +1,8 @@
 --- support.fake_openai: a FAKE of the OpenAI Responses API, for specs only.
 -- The real Codex CLI (npm @openai/codex) runs in the specs; OpenAI's API cannot be reached from
 -- tests, so this loopback server (galley.core.httpd on 127.0.0.1) plays it. Point codex at it
--- with the config keys in fake.codex_config (a model provider whose base_url is the FAKE).
+-- with the config keys in fake.codex_config (`-c` pairs: a model provider whose base_url is the
+-- FAKE and which uses the login in ~/.codex/auth.json, requires_openai_auth).
 --
 --   local fake = require("support.fake_openai").start{reply = "FAKE says hi"}
 --   fake.requests         -> {{method, path, headers (lower-case), body, json}, ...}
@@ -99,7 +100,7 @@ function M.start(opts)
   self.base_url = ("http://127.0.0.1:%d/v1"):format(self.port)
   -- `codex exec -c KEY=VALUE` pairs selecting a provider that talks to the FAKE.
   self.codex_config = {
-    ("model_providers.fake={name=\"FAKE\",base_url=\"%s\",env_key=\"OPENAI_API_KEY\",wire_api=\"responses\"}")
+    ("model_providers.fake={name=\"FAKE\",base_url=\"%s\",wire_api=\"responses\",requires_openai_auth=true}")
       :format(self.base_url),
     "model_provider=\"fake\"",
   }
