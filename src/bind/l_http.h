@@ -9,4 +9,10 @@
  * transfer puts in it, so a Lua error mid-call never leaks the response. */
 galley_http_response *galley_push_http_response_box(lua_State *L);
 
+/* Starts req (its strings anchored on the stack by the caller) and waits for it through
+ * galley_await: pushes resp | nil, err, as http.request does. With req->stream it pushes a
+ * stream ("galley.http.Transfer": read/result/status/close) at once instead. Must be the
+ * binding's tail call: `return galley_http_request_lua(L, &req);` */
+int galley_http_request_lua(lua_State *L, const galley_http_request *req);
+
 #endif

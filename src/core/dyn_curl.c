@@ -44,6 +44,8 @@ static void load(void) {
   LOAD(multi_info_read, "curl_multi_info_read");
   LOAD(multi_cleanup, "curl_multi_cleanup");
   LOAD(multi_setopt, "curl_multi_setopt");
+  LOAD(multi_socket_action, "curl_multi_socket_action");
+  LOAD(multi_assign, "curl_multi_assign");
   LOAD(slist_append, "curl_slist_append");
   LOAD(slist_free_all, "curl_slist_free_all");
   LOAD(version_info, "curl_version_info");

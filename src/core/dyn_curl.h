@@ -25,6 +25,8 @@ struct galley_curl_api {
   CURLMsg *(*multi_info_read)(CURLM *, int *);
   CURLMcode (*multi_cleanup)(CURLM *);
   CURLMcode (*multi_setopt)(CURLM *, CURLMoption, ...);
+  CURLMcode (*multi_socket_action)(CURLM *, curl_socket_t, int, int *);
+  CURLMcode (*multi_assign)(CURLM *, curl_socket_t, void *);
   struct curl_slist *(*slist_append)(struct curl_slist *, const char *);
   void (*slist_free_all)(struct curl_slist *);
   curl_version_info_data *(*version_info)(CURLversion);
@@ -53,6 +55,8 @@ const struct galley_curl_api *galley_curl(void);
 #define curl_multi_info_read (galley_curl()->multi_info_read)
 #define curl_multi_cleanup (galley_curl()->multi_cleanup)
 #define curl_multi_setopt (galley_curl()->multi_setopt)
+#define curl_multi_socket_action (galley_curl()->multi_socket_action)
+#define curl_multi_assign (galley_curl()->multi_assign)
 #define curl_slist_append (galley_curl()->slist_append)
 #define curl_slist_free_all (galley_curl()->slist_free_all)
 #define curl_version_info (galley_curl()->version_info)

@@ -1,38 +1,47 @@
-/* HTTP transport on libcurl's multi interface; see http.h. */
+/* HTTP transport on libcurl's multi interface, driven by the event loop; see http.h. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "dyn_curl.h"
-#include "gil.h"
 #include "http.h"
-#include "sig.h"
+#include "loop.h"
 
 /* The longest header block we keep; anything beyond it is dropped (the body still arrives). */
 #define MAX_HEADER_BYTES (64 * 1024)
-
-struct galley_http_session {
-  CURLM *multi;
-  CURL *idle;      /* one spare easy handle: keeps its TLS session cache between transfers */
-  int nxfers;      /* transfers added and not yet finished */
-};
+/* Idle connections kept open for reuse (each holds one file descriptor). */
+#define MAX_IDLE_CONNECTIONS 256
+/* Spare easy handles kept for reuse (their TLS session and DNS caches survive). */
+#define MAX_IDLE 8
 
 struct galley_http_xfer {
-  galley_http_session *s;
   CURL *easy;
   struct curl_slist *slist;
-  galley_http_sink sink;
-  void *sink_ud;
+  bool stream;
   char *body;
   size_t body_len, body_cap;
   galley_http_header *headers;
   size_t nheaders, header_bytes;
-  bool done, aborted, oom;
+  bool done, oom;
   bool no_resend, resend_blocked;
   int prereqs;          /* times the request was about to be sent */
+  uint64_t token;       /* readied at completion / new stream data; 0: none */
   CURLcode result;
   char errbuf[CURL_ERROR_SIZE];
 };
+
+/* The process's one multi handle and its loop glue. */
+static CURLM *multi;
+static uv_timer_t *curl_timer;
+static CURL *idle[MAX_IDLE];
+static int nidle;
+static int inflight;
+
+/* One per socket curl watches: curl_multi_assign keeps the pointer for us. */
+typedef struct {
+  uv_poll_t poll;
+  curl_socket_t fd;
+} sock_ctx;
 
 
 /* message = prefix + detail (cut to fit). */
@@ -55,26 +64,118 @@ static void free_headers(galley_http_header *h, size_t n) {
 }
 
 
-galley_http_session *galley_http_session_new(void) {
-  galley_http_session *s = calloc(1, sizeof *s);
-  if (!s) return NULL;
-  s->multi = curl_multi_init();
-  if (!s->multi) {
-    free(s);
+static void wake(galley_http_xfer *x) {
+  if (!x->token) return;
+  galley_loop_ready(x->token);
+  x->token = 0;
+}
+
+
+/* Marks every transfer curl reports finished and wakes its waiter. */
+static void collect_done(void) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(multi, &left))) {
+    if (m->msg != CURLMSG_DONE) continue;
+    galley_http_xfer *x = NULL;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+    if (!x) continue;
+    x->done = true;
+    x->result = m->data.result;
+    wake(x);
+  }
+}
+
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  sock_ctx *c = h->data;
+  int flags = 0;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  int running;
+  curl_multi_socket_action(multi, c->fd, flags, &running);
+  collect_done();
+}
+
+
+static void on_curl_timer(uv_timer_t *t) {
+  (void)t;
+  int running;
+  curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  collect_done();
+}
+
+
+/* CURLMOPT_TIMERFUNCTION: curl wants to be called after timeout_ms (-1: never). */
+static int on_timer_change(CURLM *m, long timeout_ms, void *ud) {
+  (void)m;
+  (void)ud;
+  if (timeout_ms < 0) uv_timer_stop(curl_timer);
+  else uv_timer_start(curl_timer, on_curl_timer, (uint64_t)timeout_ms, 0);
+  return 0;
+}
+
+
+static void free_sock(uv_handle_t *h) { free(h->data); }
+
+
+/* CURLMOPT_SOCKETFUNCTION: watch fd for what curl asks, or stop watching it. */
+static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp) {
+  (void)e;
+  (void)ud;
+  sock_ctx *c = sockp;
+  if (what == CURL_POLL_REMOVE) {
+    if (c) {
+      uv_poll_stop(&c->poll);
+      uv_close((uv_handle_t *)&c->poll, free_sock);
+      curl_multi_assign(multi, fd, NULL);
+    }
+    return 0;
+  }
+  if (!c) {
+    c = calloc(1, sizeof *c);
+    if (!c) return -1;
+    c->fd = fd;
+    if (uv_poll_init_socket(galley_loop(), &c->poll, fd) != 0) {
+      free(c);
+      return -1;
+    }
+    c->poll.data = c;
+    curl_multi_assign(multi, fd, c);
+  }
+  int events = 0;
+  if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= UV_READABLE;
+  if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= UV_WRITABLE;
+  uv_poll_start(&c->poll, events, on_poll);
+  return 0;
+}
+
+
+/* The multi handle, set up on first use. NULL when out of memory. */
+static CURLM *get_multi(void) {
+  if (multi) return multi;
+  curl_timer = malloc(sizeof *curl_timer);
+  if (!curl_timer) return NULL;
+  multi = curl_multi_init();
+  if (!multi) {
+    free(curl_timer);
+    curl_timer = NULL;
     return NULL;
   }
+  uv_timer_init(galley_loop(), curl_timer);
+  curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
   /* Many transfers to one host share one HTTP/2 connection when the server allows it. */
-  curl_multi_setopt(s->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-  return s;
+  curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  /* Keep idle connections for reuse: curl's default cache (4 x the transfers in flight at that
+   * moment) closes them whenever most tasks sit between requests (sleeps, readiness polls). */
+  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)MAX_IDLE_CONNECTIONS);
+  return multi;
 }
 
 
-void galley_http_session_free(galley_http_session *s) {
-  if (!s) return;
-  if (s->idle) curl_easy_cleanup(s->idle);
-  curl_multi_cleanup(s->multi);
-  free(s);
-}
+int galley_http_inflight(void) { return inflight; }
 
 
 /* Appends body bytes to the transfer's buffer, keeping it NUL-terminated. */
@@ -97,21 +198,12 @@ static bool buffer_append(galley_http_xfer *x, const char *p, size_t n) {
 static size_t on_body(char *p, size_t size, size_t n, void *ud) {
   galley_http_xfer *x = ud;
   size_t len = size * n;
-  if (x->sink) {
-    long status = 0;
-    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
-    if (status >= 200 && status < 300) {
-      if (x->sink(x->sink_ud, p, len) != 0) {
-        x->aborted = true;
-        return 0;
-      }
-      return len;
-    }
-  }
   if (!buffer_append(x, p, len)) {
     x->oom = true;
     return 0;
   }
+  /* A streamed 2xx body wakes its reader at every piece; other bodies only at the end. */
+  if (x->stream && galley_http_status(x) / 100 == 2) wake(x);
   return len;
 }
 
@@ -195,10 +287,9 @@ static int on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip, int c
 static void xfer_free(galley_http_xfer *x) {
   if (!x) return;
   if (x->easy) {
-    galley_http_session *s = x->s;
-    if (s && !s->idle) {
-      curl_easy_reset(x->easy);  /* keeps live connections, TLS session and DNS caches */
-      s->idle = x->easy;
+    if (nidle < MAX_IDLE) {
+      curl_easy_reset(x->easy);  /* keeps the TLS session and DNS caches */
+      idle[nidle++] = x->easy;
     } else {
       curl_easy_cleanup(x->easy);
     }
@@ -231,8 +322,7 @@ static bool set_method_and_body(CURL *e, const galley_http_request *req) {
 }
 
 
-galley_http_xfer *galley_http_prepare(galley_http_session *s, const galley_http_request *req,
-                                      galley_http_error *err) {
+galley_http_xfer *galley_http_start(const galley_http_request *req, galley_http_error *err) {
   if (err) memset(err, 0, sizeof *err);
   if (!req->url || (strncmp(req->url, "http://", 7) != 0 && strncmp(req->url, "https://", 8) != 0)) {
     set_error(err, "HTTP_CONNECT", 0, false, "unsupported URL scheme (http:// or https:// only)", NULL);
@@ -243,16 +333,10 @@ galley_http_xfer *galley_http_prepare(galley_http_session *s, const galley_http_
     set_error(err, "HTTP_NETWORK", 0, false, "out of memory", NULL);
     return NULL;
   }
-  x->s = s;
-  x->sink = req->sink;
-  x->sink_ud = req->sink_ud;
+  x->stream = req->stream;
   x->no_resend = req->no_resend;
-  if (s->idle) {
-    x->easy = s->idle;
-    s->idle = NULL;
-  } else {
-    x->easy = curl_easy_init();
-  }
+  if (!get_multi()) goto oom;
+  x->easy = nidle > 0 ? idle[--nidle] : curl_easy_init();
   if (!x->easy) goto oom;
   for (size_t i = 0; i < req->nheaders; i++) {
     struct curl_slist *l = curl_slist_append(x->slist, req->headers[i]);
@@ -282,6 +366,10 @@ galley_http_xfer *galley_http_prepare(galley_http_session *s, const galley_http_
   ok &= curl_easy_setopt(e, CURLOPT_PRIVATE, x) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_PREREQDATA, x) == CURLE_OK;
+  if (req->fresh) {
+    ok &= curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L) == CURLE_OK;
+    ok &= curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L) == CURLE_OK;
+  }
   if (req->timeout_ms > 0) ok &= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms) == CURLE_OK;
   if (req->connect_timeout_ms > 0)
     ok &= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms) == CURLE_OK;
@@ -291,8 +379,9 @@ galley_http_xfer *galley_http_prepare(galley_http_session *s, const galley_http_
     xfer_free(x);
     return NULL;
   }
-  if (curl_multi_add_handle(s->multi, e) != CURLM_OK) goto oom;
-  s->nxfers++;
+  /* Adding arms curl's timer at 0 ms: the transfer starts on the next loop turn. */
+  if (curl_multi_add_handle(multi, e) != CURLM_OK) goto oom;
+  inflight++;
   return x;
 oom:
   set_error(err, "HTTP_NETWORK", 0, false, "out of memory", NULL);
@@ -301,41 +390,33 @@ oom:
 }
 
 
-/* Marks every transfer curl reports finished. */
-static void collect_done(galley_http_session *s) {
-  CURLMsg *m;
-  int left;
-  while ((m = curl_multi_info_read(s->multi, &left))) {
-    if (m->msg != CURLMSG_DONE) continue;
-    galley_http_xfer *x = NULL;
-    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-    if (!x) continue;
-    x->done = true;
-    x->result = m->data.result;
-  }
+void galley_http_notify(galley_http_xfer *x, uint64_t token) {
+  x->token = token;
+  if (x->done || (x->stream && x->body_len > 0 && galley_http_status(x) / 100 == 2)) wake(x);
 }
 
 
-int galley_http_wait(galley_http_session *s, galley_http_xfer *x) {
-  for (;;) {
-    int running = 0;
-    /* Body sinks run inside perform, with the GIL held. */
-    CURLMcode mc = curl_multi_perform(s->multi, &running);
-    collect_done(s);
-    if (x ? x->done : running == 0) return 0;
-    if (mc != CURLM_OK && mc != CURLM_CALL_MULTI_PERFORM) {
-      /* The multi handle itself is broken: fail the transfer rather than spin. */
-      if (x) {
-        x->done = true;
-        x->result = CURLE_RECV_ERROR;
-      }
-      return 0;
-    }
-    if (galley_sig_pending()) return -1;
-    galley_gil_release();
-    curl_multi_poll(s->multi, NULL, 0, 50, NULL);
-    galley_gil_acquire();
-  }
+bool galley_http_done(const galley_http_xfer *x) { return x->done; }
+
+
+long galley_http_status(const galley_http_xfer *x) {
+  long status = 0;
+  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+  return status;
+}
+
+
+size_t galley_http_stream_peek(galley_http_xfer *x, const char **data) {
+  *data = NULL;
+  if (x->body_len == 0 || galley_http_status(x) / 100 != 2) return 0;
+  *data = x->body;
+  return x->body_len;
+}
+
+
+void galley_http_stream_consume(galley_http_xfer *x) {
+  x->body_len = 0;
+  if (x->body) x->body[0] = '\0';
 }
 
 
@@ -393,18 +474,14 @@ static void classify(galley_http_xfer *x, galley_http_error *err) {
 int galley_http_finish(galley_http_xfer *x, galley_http_response *resp, galley_http_error *err) {
   if (resp) memset(resp, 0, sizeof *resp);
   if (err) memset(err, 0, sizeof *err);
-  galley_http_session *s = x->s;
-  curl_multi_remove_handle(s->multi, x->easy);
-  s->nxfers--;
+  curl_multi_remove_handle(multi, x->easy);
+  inflight--;
   int rc = -1;
   if (!x->done) {
-    set_error(err, "INTERRUPTED", 0, request_sent(x->easy, CURLE_OK),
-              "interrupted by a signal", NULL);
+    set_error(err, "INTERRUPTED", 0, request_sent(x->easy, CURLE_OK), "the transfer was cancelled", NULL);
   } else if (x->resend_blocked) {
     set_error(err, "HTTP_NETWORK", x->result, true,
               "the connection closed before any reply (request not resent)", NULL);
-  } else if (x->aborted) {
-    set_error(err, "HTTP_ABORTED", x->result, true, "aborted by the body sink", NULL);
   } else if (x->oom) {
     set_error(err, "HTTP_NETWORK", x->result, true, "out of memory while receiving", NULL);
   } else if (x->result != CURLE_OK) {
@@ -438,16 +515,6 @@ int galley_http_finish(galley_http_xfer *x, galley_http_response *resp, galley_h
   }
   xfer_free(x);
   return rc;
-}
-
-
-int galley_http_perform(galley_http_session *s, const galley_http_request *req,
-                        galley_http_response *resp, galley_http_error *err) {
-  if (resp) memset(resp, 0, sizeof *resp);
-  galley_http_xfer *x = galley_http_prepare(s, req, err);
-  if (!x) return -1;
-  galley_http_wait(s, x);
-  return galley_http_finish(x, resp, err);
 }
 
 

@@ -1,20 +1,26 @@
-/* HTTP transport on libcurl. A session owns one curl multi handle (and so one connection cache):
- * every transfer made through it reuses live connections, HTTP/2 is negotiated over TLS when the
- * server offers it, and TLS verification is always on.
+/* HTTP transport on libcurl, driven by the event loop (src/core/loop.h).
  *
- * A transfer runs in three steps so that a scheduler can later drive many at once:
- *   galley_http_prepare()  builds the request and adds it to the session (no I/O yet);
- *   galley_http_wait()     drives the session until that transfer completes; it polls
- *                          galley_sig_pending() every 50 ms and releases the GIL while polling;
- *   galley_http_finish()   removes the transfer and hands back a response or an error.
- * galley_http_perform() does all three. */
+ * One curl multi handle serves the whole process: every transfer shares its connection cache
+ * (HTTP/1.1 keep-alive, HTTP/2 multiplexing over TLS when offered) and many transfers are in
+ * flight at once. libcurl runs on libuv through curl_multi_socket_action: a uv_poll_t per
+ * socket curl asks to watch and one uv_timer_t for curl's timeouts (curl's docs/examples/
+ * multi-uv.c shows the technique). Nothing polls, nothing blocks: a transfer is started, the
+ * caller asks for a loop token to be readied when it completes (or, when streaming, when more
+ * body bytes arrived), and collects the result once the token is ready. TLS verification is
+ * always on.
+ *
+ *   galley_http_start()    builds the request and adds it to the multi handle;
+ *   galley_http_notify()   the token to ready at completion (or at new stream data);
+ *   galley_http_finish()   removes the transfer (aborting it when not done) and hands back a
+ *                          response or an error.
+ * Callbacks run on the loop's thread from inside uv_run; they never call Lua. */
 #ifndef GALLEY_HTTP_H
 #define GALLEY_HTTP_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
-typedef struct galley_http_session galley_http_session;
 typedef struct galley_http_xfer galley_http_xfer;
 
 /* Why a transfer failed. `code` is a static string, NULL on success:
@@ -22,19 +28,13 @@ typedef struct galley_http_xfer galley_http_xfer;
  *   HTTP_TIMEOUT   the time limit passed (connect or transfer; see `sent`)
  *   HTTP_NETWORK   reset, truncated body, garbled reply, any other transfer error
  *   HTTP_TLS       handshake or certificate failure
- *   HTTP_ABORTED   the body sink asked to stop
- *   INTERRUPTED    a signal arrived while waiting */
+ *   INTERRUPTED    finished before it completed (the caller's wait was cancelled) */
 typedef struct {
   const char *code;
   char message[256];
   int curl_code;
   bool sent;  /* false only when no byte of the request can have reached the server */
 } galley_http_error;
-
-/* Streaming body sink: receives each chunk of a 2xx response body as it arrives (non-2xx bodies
- * are always collected). It runs inside curl's write path, with the GIL held; return non-zero to
- * abort the transfer (finish then reports HTTP_ABORTED). */
-typedef int (*galley_http_sink)(void *ud, const char *data, size_t len);
 
 typedef struct {
   const char *method;              /* "GET", "POST", ... */
@@ -45,8 +45,8 @@ typedef struct {
   size_t body_len;
   long timeout_ms;                 /* whole transfer; <= 0: no limit */
   long connect_timeout_ms;         /* <= 0: curl's default */
-  galley_http_sink sink;           /* NULL: collect the body */
-  void *sink_ud;
+  bool stream;                     /* a 2xx body is handed over in pieces (galley_http_stream_peek) */
+  bool fresh;                      /* a new connection, closed afterwards (not from the pool) */
   bool no_resend;                  /* libcurl resends a request on its own when a reused
                                     * connection dies before any reply: forbid that (the
                                     * transfer then fails with HTTP_NETWORK, sent=true) */
@@ -61,28 +61,36 @@ typedef struct {
   long status;
   galley_http_header *headers;     /* of the final response only */
   size_t nheaders;
-  char *body;                      /* NUL-terminated; empty when a sink took it */
+  char *body;                      /* NUL-terminated; what a stream reader did not take */
   size_t body_len;
   double total_ms;
   long new_connections;            /* connections opened for this transfer (0: one was reused) */
   char http_version[8];            /* "1.1", "2", ... */
 } galley_http_response;
 
-galley_http_session *galley_http_session_new(void);
-/* Safe on NULL. Aborts any transfer still in the session. */
-void galley_http_session_free(galley_http_session *s);
+/* Starts a transfer (copies everything it needs from req). NULL + err on setup failure. */
+galley_http_xfer *galley_http_start(const galley_http_request *req, galley_http_error *err);
 
-/* Copies everything it needs from req (the sink's ud excepted). NULL + err on setup failure. */
-galley_http_xfer *galley_http_prepare(galley_http_session *s, const galley_http_request *req,
-                                      galley_http_error *err);
-/* Drives the session until x is done (or until every transfer is, when x is NULL).
- * Returns 0, or -1 when a signal became pending (finish then reports INTERRUPTED). */
-int galley_http_wait(galley_http_session *s, galley_http_xfer *x);
-/* Frees x. On success fills resp (free it with galley_http_response_free) and returns 0;
- * otherwise fills err and returns -1. resp is left zeroed on failure. */
+/* Readies `token` once: when x completes, or (stream mode) when 2xx body bytes are buffered.
+ * Readied at once when that is already the case. 0 cancels. */
+void galley_http_notify(galley_http_xfer *x, uint64_t token);
+
+bool galley_http_done(const galley_http_xfer *x);
+
+/* Stream mode: the buffered 2xx body bytes (owned by x, valid until the next call on x) and
+ * their length; galley_http_stream_consume() drops them once copied. */
+size_t galley_http_stream_peek(galley_http_xfer *x, const char **data);
+void galley_http_stream_consume(galley_http_xfer *x);
+
+/* The status of the response being received (0 while unknown). */
+long galley_http_status(const galley_http_xfer *x);
+
+/* Removes and frees x (aborting it when not done). On success fills resp (free it with
+ * galley_http_response_free) and returns 0; otherwise fills err and returns -1. */
 int galley_http_finish(galley_http_xfer *x, galley_http_response *resp, galley_http_error *err);
-int galley_http_perform(galley_http_session *s, const galley_http_request *req,
-                        galley_http_response *resp, galley_http_error *err);
+
+/* Transfers in flight (started and not finished). */
+int galley_http_inflight(void);
 
 void galley_http_response_free(galley_http_response *r);
 /* The value of a (lowercase) header, or NULL. */

@@ -9,7 +9,6 @@
 #include "dyn_curl.h"
 #include <sodium.h>
 #include "morph.h"
-#include "sig.h"
 
 #ifndef GALLEY_VERSION
 #define GALLEY_VERSION "0"
@@ -52,13 +51,11 @@ const galley_morph_endpoint galley_morph_endpoints[] = {
 const size_t galley_morph_nendpoints = sizeof galley_morph_endpoints / sizeof galley_morph_endpoints[0];
 
 struct galley_morph_client {
-  galley_http_session *http;
   char *api_key;
   char *auth_header;   /* "Authorization: Bearer <key>", wiped on free */
   char *base_url;      /* no trailing slash */
   long connect_timeout_ms;
   long timeout_ms;
-  galley_morph_retry retry;
   bool warn;           /* insecure=true: say so on every request */
 };
 
@@ -160,44 +157,6 @@ size_t galley_morph_build_path(const char *tmpl, const galley_morph_kv *params, 
 }
 
 
-const char *galley_morph_status_code(long status) {
-  if (status >= 200 && status < 300) return NULL;
-  if (status == 401 || status == 403) return "AUTHENTICATION_ERROR";
-  if (status == 404 || status == 410) return "NOT_FOUND";
-  if (status == 408) return "TIMEOUT";
-  if (status == 409) return "CONFLICT";
-  if (status == 429) return "RATE_LIMIT";
-  if (status >= 400 && status < 500) return "VALIDATION_ERROR";
-  if (status >= 500 && status < 600) return "SERVER_ERROR";
-  return "PROTOCOL_ERROR";
-}
-
-
-const char *galley_morph_transport_code(const char *http_code) {
-  if (!http_code) return NULL;
-  if (strcmp(http_code, "HTTP_TIMEOUT") == 0) return "TIMEOUT";
-  if (strcmp(http_code, "INTERRUPTED") == 0) return "INTERRUPTED";
-  return "NETWORK_ERROR";
-}
-
-
-const char *galley_morph_hint(const char *code) {
-  static const struct { const char *code, *hint; } hints[] = {
-    { "AUTHENTICATION_ERROR", "check MORPH_API_KEY (or the api_key option): the server refused it" },
-    { "VALIDATION_ERROR",     "the server rejected the request; see err.fields" },
-    { "NOT_FOUND",            "the resource does not exist (stopped, deleted or expired by its TTL?)" },
-    { "RATE_LIMIT",           "too many requests: wait err.retry_after seconds before trying again" },
-    { "SERVER_ERROR",         "Morph had a problem; try again later" },
-    { "NETWORK_ERROR",        "check connectivity to the Morph API (base_url, proxy, DNS)" },
-    { "TIMEOUT",              "the call may still have taken effect: check before repeating it" },
-    { "PROTOCOL_ERROR",       "the server's reply was not what the Morph API returns; check base_url" },
-  };
-  for (size_t i = 0; code && i < sizeof hints / sizeof hints[0]; i++)
-    if (strcmp(hints[i].code, code) == 0) return hints[i].hint;
-  return NULL;
-}
-
-
 long galley_morph_parse_retry_after(const char *value, int64_t now) {
   if (!value) return -1;
   while (*value == ' ' || *value == '\t') value++;
@@ -217,39 +176,6 @@ long galley_morph_parse_retry_after(const char *value, int64_t now) {
   int64_t d = (int64_t)t - now;
   if (d > 86400 * 365) d = 86400 * 365;
   return d <= 0 ? 0 : (long)(d * 1000);
-}
-
-
-bool galley_morph_retryable(bool idempotent, const galley_morph_outcome *o) {
-  if (o->status == 429) return true;
-  if (o->status == 502 || o->status == 503 || o->status == 504) return idempotent;
-  if (o->status != 0 || !o->transport) return false;
-  if (strcmp(o->transport, "INTERRUPTED") == 0 || strcmp(o->transport, "HTTP_ABORTED") == 0 ||
-      strcmp(o->transport, "HTTP_TLS") == 0)
-    return false;
-  if (!o->sent) return true;  /* provably never reached the server */
-  return idempotent;
-}
-
-
-long galley_morph_backoff_ms(const galley_morph_retry *r, int attempt, double jitter) {
-  double d = (double)r->base_delay_ms;
-  for (int i = 1; i < attempt && d < (double)r->max_delay_ms; i++) d *= 2;
-  if (d > (double)r->max_delay_ms) d = (double)r->max_delay_ms;
-  if (jitter < 0) jitter = 0;
-  if (jitter >= 1) jitter = 0.999999;
-  return (long)(d / 2 + jitter * d / 2);
-}
-
-
-long galley_morph_plan_retry(const galley_morph_retry *r, bool idempotent,
-                             const galley_morph_outcome *o, int attempt, long elapsed_ms,
-                             double jitter) {
-  if (!galley_morph_retryable(idempotent, o)) return -1;
-  if (attempt >= r->max_attempts) return -1;
-  long d = o->retry_after_ms >= 0 ? o->retry_after_ms : galley_morph_backoff_ms(r, attempt, jitter);
-  if (r->max_elapsed_ms > 0 && elapsed_ms + d > r->max_elapsed_ms) return -1;
-  return d;
 }
 
 
@@ -330,13 +256,12 @@ static bool loopback_url(const char *url) {
 }
 
 
-static void set_err(galley_morph_error *err, const char *code, long status, const char *fmt, ...)
-  __attribute__((format(printf, 4, 5)));
+static void set_err(galley_morph_error *err, const char *code, const char *fmt, ...)
+  __attribute__((format(printf, 3, 4)));
 
-static void set_err(galley_morph_error *err, const char *code, long status, const char *fmt, ...) {
+static void set_err(galley_morph_error *err, const char *code, const char *fmt, ...) {
   if (!err) return;
   err->code = code;
-  err->status = status;
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(err->message, sizeof err->message, fmt, ap);
@@ -345,59 +270,52 @@ static void set_err(galley_morph_error *err, const char *code, long status, cons
 
 
 galley_morph_client *galley_morph_client_new(const galley_morph_config *cfg, galley_morph_error *err) {
-  if (err) {
-    memset(err, 0, sizeof *err);
-    err->retry_after_ms = -1;
-  }
+  if (err) memset(err, 0, sizeof *err);
   const char *base = cfg->base_url && *cfg->base_url ? cfg->base_url : GALLEY_MORPH_DEFAULT_BASE_URL;
   if (!cfg->api_key || !*cfg->api_key) {
-    set_err(err, "AUTHENTICATION_ERROR", 0, "no Morph API key: set MORPH_API_KEY or pass api_key");
+    set_err(err, "AUTHENTICATION_ERROR", "no Morph API key: set MORPH_API_KEY or pass api_key");
     return NULL;
   }
   for (const char *k = cfg->api_key; *k; k++) {
     if ((unsigned char)*k < 0x21 || *k == 0x7f) {
-      set_err(err, "AUTHENTICATION_ERROR", 0, "the Morph API key contains spaces or control characters");
+      set_err(err, "AUTHENTICATION_ERROR", "the Morph API key contains spaces or control characters");
       return NULL;
     }
   }
   bool tls = strncmp(base, "https://", 8) == 0;
   if (!tls && strncmp(base, "http://", 7) != 0) {
-    set_err(err, "VALIDATION_ERROR", 0, "base_url must start with https:// (or http:// for loopback)");
+    set_err(err, "VALIDATION_ERROR", "base_url must start with https:// (or http:// for loopback)");
     return NULL;
   }
   if (!tls && !loopback_url(base) && !cfg->insecure) {
-    set_err(err, "VALIDATION_ERROR", 0,
+    set_err(err, "VALIDATION_ERROR",
             "base_url is plain http:// to a remote host; the API key would travel in clear text "
             "(use https://, or insecure=true)");
     return NULL;
   }
   galley_morph_client *c = calloc(1, sizeof *c);
   if (!c) goto oom;
-  c->http = galley_http_session_new();
   c->api_key = strdup(cfg->api_key);
   c->base_url = strdup(base);
   size_t alen = strlen(cfg->api_key) + sizeof "Authorization: Bearer ";
   c->auth_header = malloc(alen);
-  if (!c->http || !c->api_key || !c->base_url || !c->auth_header) goto oom;
+  if (!c->api_key || !c->base_url || !c->auth_header) goto oom;
   snprintf(c->auth_header, alen, "Authorization: Bearer %s", cfg->api_key);
   size_t bl = strlen(c->base_url);
   while (bl > 0 && c->base_url[bl - 1] == '/') c->base_url[--bl] = '\0';
   c->connect_timeout_ms = cfg->connect_timeout_ms;
   c->timeout_ms = cfg->timeout_ms;
-  c->retry = cfg->retry;
-  if (c->retry.max_attempts < 1) c->retry.max_attempts = 1;
   c->warn = cfg->insecure;
   return c;
 oom:
   galley_morph_client_free(c);
-  set_err(err, "NETWORK_ERROR", 0, "out of memory");
+  set_err(err, "NETWORK_ERROR", "out of memory");
   return NULL;
 }
 
 
 void galley_morph_client_free(galley_morph_client *c) {
   if (!c) return;
-  galley_http_session_free(c->http);
   if (c->api_key) sodium_memzero(c->api_key, strlen(c->api_key));
   if (c->auth_header) sodium_memzero(c->auth_header, strlen(c->auth_header));
   free(c->api_key);
@@ -410,9 +328,6 @@ void galley_morph_client_free(galley_morph_client *c) {
 const char *galley_morph_client_base_url(const galley_morph_client *c) { return c->base_url; }
 
 
-const galley_morph_retry *galley_morph_client_retry(const galley_morph_client *c) { return &c->retry; }
-
-
 void galley_morph_redact(const galley_morph_client *c, char *buf, size_t len) {
   size_t kl = strlen(c->api_key);
   if (kl == 0 || len < kl) return;
@@ -421,88 +336,24 @@ void galley_morph_redact(const galley_morph_client *c, char *buf, size_t len) {
 }
 
 
-static double jitter(void) { return (double)randombytes_random() / 4294967296.0; }
-
-
-int galley_morph_perform(galley_morph_client *c, const galley_morph_call *call,
-                         galley_http_response *resp, galley_morph_error *err) {
-  memset(err, 0, sizeof *err);
-  err->retry_after_ms = -1;
-  memset(resp, 0, sizeof *resp);
-  const galley_morph_endpoint *ep = call->ep;
-  size_t plen = strcspn(call->path, "?");
-  char url[4096];
-  if ((size_t)snprintf(url, sizeof url, "%s%s", c->base_url, call->path) >= sizeof url) {
-    set_err(err, "VALIDATION_ERROR", 0, "%s: URL too long", ep->name);
-    return -1;
-  }
-  const char *headers[] = {
-    c->auth_header,
-    ep->sse ? "Accept: text/event-stream" : "Accept: application/json",
-    "Content-Type: application/json",
-    "User-Agent: galley/" GALLEY_VERSION,
-  };
-  galley_http_request req = {
-    .method = ep->method, .url = url, .headers = headers,
-    .nheaders = sizeof headers / sizeof headers[0],
-    .body = call->body, .body_len = call->body_len,
-    .timeout_ms = call->timeout_ms == 0 ? c->timeout_ms : call->timeout_ms < 0 ? 0 : call->timeout_ms,
+int galley_morph_prepare(galley_morph_client *c, const galley_morph_endpoint *ep, const char *path,
+                         const char *body, size_t body_len, long timeout_ms, galley_morph_prepared *p) {
+  memset(p, 0, sizeof *p);
+  if ((size_t)snprintf(p->url, sizeof p->url, "%s%s", c->base_url, path) >= sizeof p->url) return -1;
+  if (c->warn)
+    fprintf(stderr, "galley: warning: Morph client created with insecure=true (%s %s)\n",
+            ep->method, c->base_url);
+  p->headers[0] = c->auth_header;
+  p->headers[1] = ep->sse ? "Accept: text/event-stream" : "Accept: application/json";
+  p->headers[2] = "Content-Type: application/json";
+  p->headers[3] = "User-Agent: galley/" GALLEY_VERSION;
+  p->req = (galley_http_request){
+    .method = ep->method, .url = p->url, .headers = p->headers, .nheaders = 4,
+    .body = body, .body_len = body_len,
+    .timeout_ms = timeout_ms == 0 ? c->timeout_ms : timeout_ms < 0 ? 0 : timeout_ms,
     .connect_timeout_ms = c->connect_timeout_ms,
-    .sink = call->sink, .sink_ud = call->sink_ud,
+    .stream = ep->sse,
     .no_resend = !ep->idempotent,
   };
-  err->max_attempts = c->retry.max_attempts;
-  int64_t start = galley_now_ms();
-  for (int attempt = 1;; attempt++) {
-    if (c->warn)
-      fprintf(stderr, "galley: warning: Morph client created with insecure=true (%s %s)\n",
-              ep->method, c->base_url);
-    int64_t t0 = galley_now_ms();
-    galley_http_error herr;
-    int rc = galley_http_perform(c->http, &req, resp, &herr);
-    galley_morph_outcome o = {0};
-    o.retry_after_ms = -1;
-    if (rc == 0) {
-      o.status = resp->status;
-      o.sent = true;
-      o.retry_after_ms = galley_morph_parse_retry_after(galley_http_response_header(resp, "retry-after"),
-                                                        (int64_t)time(NULL));
-    } else {
-      o.transport = herr.code;
-      o.sent = herr.sent;
-    }
-    if (call->log) {
-      char path[1024];
-      snprintf(path, sizeof path, "%.*s", (int)(plen < sizeof path ? plen : sizeof path - 1), call->path);
-      galley_morph_log_record rec = {ep->method, path, o.status, rc == 0 ? NULL : herr.code,
-                                     (double)(galley_now_ms() - t0), attempt};
-      call->log(call->log_ud, &rec);
-    }
-    err->attempt = attempt;
-    err->retry_after_ms = o.retry_after_ms;
-    err->sent = o.sent;
-    if (rc == 0 && resp->status >= 200 && resp->status < 300) {
-      err->retry_after_ms = -1;
-      return 0;
-    }
-    long delay = galley_morph_plan_retry(&c->retry, ep->idempotent, &o, attempt,
-                                         (long)(galley_now_ms() - start), jitter());
-    if (delay < 0) {
-      if (rc == 0) {
-        set_err(err, galley_morph_status_code(resp->status), resp->status, "%s: HTTP %ld from %s %.*s",
-                ep->name, resp->status, ep->method, (int)plen, call->path);
-      } else if (strcmp(herr.code, "HTTP_ABORTED") == 0) {
-        set_err(err, "HTTP_ABORTED", 0, "%s: stopped by the stream callback", ep->name);
-      } else {
-        set_err(err, galley_morph_transport_code(herr.code), 0, "%s: %s %.*s: %s", ep->name,
-                ep->method, (int)plen, call->path, herr.message);
-      }
-      return -1;
-    }
-    if (rc == 0) galley_http_response_free(resp);
-    if (galley_sleep_ms(delay) != 0) {
-      set_err(err, "INTERRUPTED", 0, "%s: interrupted while waiting to retry", ep->name);
-      return -1;
-    }
-  }
+  return 0;
 }

@@ -1,5 +1,5 @@
-/* Unit tests for src/core/morph.c (URL and query building, error classification, Retry-After,
- * retry planning, SSE parsing, client construction) and the interrupt path of src/core/http.c. */
+/* Unit tests for src/core/morph.c (URL and query building, Retry-After, SSE parsing, client
+ * construction, prepared requests) and src/core/http.c on the event loop (completion, abort). */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -10,6 +10,7 @@
 #include <sodium.h>
 #include "check.h"
 #include "http.h"
+#include "loop.h"
 #include "morph.h"
 #include "sig.h"
 
@@ -83,32 +84,6 @@ static void morph_should_fill_path_templates_and_append_queries(void) {
 }
 
 
-static void morph_should_classify_statuses_and_transport_failures(void) {
-  CHECK(galley_morph_status_code(200) == NULL);
-  CHECK(galley_morph_status_code(204) == NULL);
-  CHECK_STR(galley_morph_status_code(400), "VALIDATION_ERROR");
-  CHECK_STR(galley_morph_status_code(422), "VALIDATION_ERROR");
-  CHECK_STR(galley_morph_status_code(409), "CONFLICT");
-  CHECK_STR(galley_morph_status_code(410), "NOT_FOUND");
-  CHECK_STR(galley_morph_status_code(408), "TIMEOUT");
-  CHECK_STR(galley_morph_status_code(418), "VALIDATION_ERROR");
-  CHECK_STR(galley_morph_status_code(401), "AUTHENTICATION_ERROR");
-  CHECK_STR(galley_morph_status_code(403), "AUTHENTICATION_ERROR");
-  CHECK_STR(galley_morph_status_code(404), "NOT_FOUND");
-  CHECK_STR(galley_morph_status_code(429), "RATE_LIMIT");
-  CHECK_STR(galley_morph_status_code(500), "SERVER_ERROR");
-  CHECK_STR(galley_morph_status_code(503), "SERVER_ERROR");
-  CHECK_STR(galley_morph_status_code(302), "PROTOCOL_ERROR");
-  CHECK_STR(galley_morph_transport_code("HTTP_TIMEOUT"), "TIMEOUT");
-  CHECK_STR(galley_morph_transport_code("HTTP_CONNECT"), "NETWORK_ERROR");
-  CHECK_STR(galley_morph_transport_code("HTTP_NETWORK"), "NETWORK_ERROR");
-  CHECK_STR(galley_morph_transport_code("HTTP_TLS"), "NETWORK_ERROR");
-  CHECK_STR(galley_morph_transport_code("INTERRUPTED"), "INTERRUPTED");
-  CHECK(galley_morph_hint("RATE_LIMIT") != NULL);
-  CHECK(galley_morph_hint("NO_SUCH_CODE") == NULL);
-}
-
-
 static void morph_should_parse_retry_after_seconds_and_dates(void) {
   CHECK(galley_morph_parse_retry_after("1", 0) == 1000);
   CHECK(galley_morph_parse_retry_after(" 2 ", 0) == 2000);
@@ -124,71 +99,6 @@ static void morph_should_parse_retry_after_seconds_and_dates(void) {
   /* Far-future dates are capped at a year, like delta-seconds (found by tests/fuzz). */
   CHECK(galley_morph_parse_retry_after("Wed, 21 Oct 20115r", 1700000000) == 86400L * 365 * 1000);
   CHECK(galley_morph_parse_retry_after("99999999999999999999", 0) == 86400L * 365 * 1000);
-}
-
-
-static void morph_should_retry_only_what_is_safe(void) {
-  galley_morph_outcome o;
-  /* 429: every call */
-  o = (galley_morph_outcome){429, NULL, true, -1};
-  CHECK(galley_morph_retryable(true, &o) && galley_morph_retryable(false, &o));
-  /* 502/503/504: idempotent only */
-  long gateway[] = {502, 503, 504};
-  for (int i = 0; i < 3; i++) {
-    o = (galley_morph_outcome){gateway[i], NULL, true, -1};
-    CHECK(galley_morph_retryable(true, &o) && !galley_morph_retryable(false, &o));
-  }
-  /* other statuses: never */
-  long never[] = {400, 401, 403, 404, 409, 422, 500, 501};
-  for (int i = 0; i < 8; i++) {
-    o = (galley_morph_outcome){never[i], NULL, true, -1};
-    CHECK(!galley_morph_retryable(true, &o));
-  }
-  /* connect failed: every call */
-  o = (galley_morph_outcome){0, "HTTP_CONNECT", false, -1};
-  CHECK(galley_morph_retryable(false, &o));
-  /* a timeout before anything was sent (connect timeout): every call */
-  o = (galley_morph_outcome){0, "HTTP_TIMEOUT", false, -1};
-  CHECK(galley_morph_retryable(false, &o));
-  /* after reaching the server: idempotent only */
-  o = (galley_morph_outcome){0, "HTTP_TIMEOUT", true, -1};
-  CHECK(galley_morph_retryable(true, &o) && !galley_morph_retryable(false, &o));
-  o = (galley_morph_outcome){0, "HTTP_NETWORK", true, -1};
-  CHECK(galley_morph_retryable(true, &o) && !galley_morph_retryable(false, &o));
-  /* never: TLS trouble, interrupts, aborted streams */
-  const char *stop[] = {"HTTP_TLS", "INTERRUPTED", "HTTP_ABORTED"};
-  for (int i = 0; i < 3; i++) {
-    o = (galley_morph_outcome){0, stop[i], false, -1};
-    CHECK(!galley_morph_retryable(true, &o));
-  }
-}
-
-
-static void morph_should_back_off_exponentially_with_jitter_and_a_cap(void) {
-  galley_morph_retry r = {5, 100, 1000, 10000};
-  CHECK(galley_morph_backoff_ms(&r, 1, 0.0) == 50);
-  CHECK(galley_morph_backoff_ms(&r, 1, 0.999999) == 99);
-  CHECK(galley_morph_backoff_ms(&r, 2, 0.0) == 100);
-  CHECK(galley_morph_backoff_ms(&r, 3, 0.5) == 300);
-  CHECK(galley_morph_backoff_ms(&r, 10, 0.0) == 500);
-  CHECK(galley_morph_backoff_ms(&r, 60, 0.999999) == 999);
-}
-
-
-static void morph_should_plan_within_attempt_and_time_limits(void) {
-  galley_morph_retry r = {3, 100, 1000, 2000};
-  galley_morph_outcome busy = {503, NULL, true, -1};
-  CHECK(galley_morph_plan_retry(&r, true, &busy, 1, 0, 0.0) == 50);
-  CHECK(galley_morph_plan_retry(&r, true, &busy, 2, 0, 0.0) == 100);
-  CHECK(galley_morph_plan_retry(&r, true, &busy, 3, 0, 0.0) == -1);   /* attempts used up */
-  CHECK(galley_morph_plan_retry(&r, false, &busy, 1, 0, 0.0) == -1);  /* not idempotent */
-  galley_morph_outcome limited = {429, NULL, true, 1000};
-  CHECK(galley_morph_plan_retry(&r, false, &limited, 1, 0, 0.7) == 1000);  /* Retry-After wins */
-  CHECK(galley_morph_plan_retry(&r, false, &limited, 1, 1500, 0.0) == -1); /* would pass max_elapsed */
-  galley_morph_retry unlimited = {3, 100, 1000, 0};
-  CHECK(galley_morph_plan_retry(&unlimited, false, &limited, 1, 999999, 0.0) == 1000);
-  galley_morph_retry once = {1, 100, 1000, 0};
-  CHECK(galley_morph_plan_retry(&once, true, &busy, 1, 0, 0.0) == -1);
 }
 
 
@@ -241,7 +151,7 @@ static void sse_should_report_data_lines_split_anywhere(void) {
 
 
 static galley_morph_config config(const char *key, const char *base) {
-  galley_morph_config cfg = {key, base, 1000, 1000, {3, 10, 100, 1000}, false};
+  galley_morph_config cfg = {key, base, 1000, 1000, false};
   return cfg;
 }
 
@@ -293,30 +203,51 @@ static void morph_should_redact_the_key(void) {
 }
 
 
-static int log_count;
-static void count_log(void *ud, const galley_morph_log_record *rec) {
-  (void)ud;
-  log_count++;
-  CHECK(rec->status == 0);
-  CHECK(rec->attempt == log_count);
+static void morph_should_prepare_requests_that_creating_calls_never_resend(void) {
+  galley_morph_error err;
+  galley_morph_config cfg = config("k", "http://127.0.0.1:1/api/");
+  galley_morph_client *c = galley_morph_client_new(&cfg, &err);
+  galley_morph_prepared p;
+  CHECK(galley_morph_prepare(c, galley_morph_endpoint_find("instances.exec"), "/instance/x/exec", "{}", 2, 0, &p) == 0);
+  CHECK_STR(p.req.url, "http://127.0.0.1:1/api/instance/x/exec");
+  CHECK(p.req.no_resend && !p.req.stream && p.req.timeout_ms == 1000);
+  CHECK_STR(p.headers[0], "Authorization: Bearer k");
+  CHECK(galley_morph_prepare(c, galley_morph_endpoint_find("instances.exec_sse"), "/i", NULL, 0, -1, &p) == 0);
+  CHECK(p.req.stream && p.req.timeout_ms == 0);
+  CHECK(galley_morph_prepare(c, galley_morph_endpoint_find("instances.get"), "/i", NULL, 0, 5, &p) == 0);
+  CHECK(!p.req.no_resend && p.req.timeout_ms == 5);
+  galley_morph_client_free(c);
 }
 
 
-static void morph_should_retry_a_refused_connect_even_for_creating_calls(void) {
-  galley_morph_error err;
-  galley_morph_config cfg = config("k", "http://127.0.0.1:1/api");
-  galley_morph_client *c = galley_morph_client_new(&cfg, &err);
-  galley_morph_call call = {galley_morph_endpoint_find("instances.exec"), "/instance/x/exec", "{}", 2,
-                            0, NULL, NULL, count_log, NULL};
+/* Runs the loop until token is ready (or 200 turns pass). */
+static int run_until_ready(uint64_t token) {
+  for (int i = 0; i < 2000; i++) {
+    uint64_t got[16];
+    size_t n = galley_loop_take_ready(got, 16);
+    for (size_t j = 0; j < n; j++)
+      if (got[j] == token) return 1;
+    galley_loop_turn(0);
+  }
+  return 0;
+}
+
+
+static void http_should_fail_a_refused_connect_as_never_sent_on_the_loop(void) {
+  galley_http_request req = {.method = "POST", .url = "http://127.0.0.1:1/", .body = "{}", .body_len = 2,
+                             .timeout_ms = 5000};
+  galley_http_error err;
+  galley_http_xfer *x = galley_http_start(&req, &err);
+  CHECK(x != NULL && galley_http_inflight() == 1);
+  uint64_t token = galley_loop_token();
+  galley_http_notify(x, token);
+  CHECK(run_until_ready(token));
+  CHECK(galley_http_done(x));
   galley_http_response resp;
-  log_count = 0;
-  CHECK(galley_morph_perform(c, &call, &resp, &err) == -1);
-  CHECK_STR(err.code, "NETWORK_ERROR");
-  CHECK(err.attempt == 3 && err.max_attempts == 3);
-  CHECK(log_count == 3);
+  CHECK(galley_http_finish(x, &resp, &err) == -1);
+  CHECK_STR(err.code, "HTTP_CONNECT");
   CHECK(!err.sent);
-  galley_http_response_free(&resp);
-  galley_morph_client_free(c);
+  CHECK(galley_http_inflight() == 0);
 }
 
 
@@ -335,25 +266,22 @@ static int silent_listener(int *port) {
 }
 
 
-static void http_should_give_up_with_interrupted_when_a_signal_is_pending(void) {
+static void http_should_abort_a_transfer_finished_before_it_completed(void) {
   int port;
   int fd = silent_listener(&port);
   CHECK(fd >= 0);
   char url[64];
   snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
-  galley_http_session *s = galley_http_session_new();
   galley_http_request req = {.method = "GET", .url = url, .timeout_ms = 10000};
   galley_http_error err;
-  galley_http_xfer *x = galley_http_prepare(s, &req, &err);
+  galley_http_xfer *x = galley_http_start(&req, &err);
   CHECK(x != NULL);
-  galley_sig_install(NULL);
-  raise(SIGINT);
-  CHECK(galley_http_wait(s, x) == -1);
+  for (int i = 0; i < 5; i++) galley_loop_turn(1);
+  CHECK(!galley_http_done(x));
   galley_http_response resp;
   CHECK(galley_http_finish(x, &resp, &err) == -1);
   CHECK_STR(err.code, "INTERRUPTED");
-  galley_sig_clear();
-  galley_http_session_free(s);
+  CHECK(galley_http_inflight() == 0);
   close(fd);
 }
 
@@ -363,14 +291,16 @@ static void http_should_time_out_on_a_silent_server_after_sending(void) {
   int fd = silent_listener(&port);
   char url[64];
   snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
-  galley_http_session *s = galley_http_session_new();
   galley_http_request req = {.method = "POST", .url = url, .body = "{}", .body_len = 2, .timeout_ms = 150};
   galley_http_response resp;
   galley_http_error err;
-  CHECK(galley_http_perform(s, &req, &resp, &err) == -1);
+  galley_http_xfer *x = galley_http_start(&req, &err);
+  uint64_t token = galley_loop_token();
+  galley_http_notify(x, token);
+  CHECK(run_until_ready(token));
+  CHECK(galley_http_finish(x, &resp, &err) == -1);
   CHECK_STR(err.code, "HTTP_TIMEOUT");
   CHECK(err.sent);
-  galley_http_session_free(s);
   close(fd);
 }
 
@@ -381,17 +311,14 @@ int main(void) {
   RUN(morph_should_mark_creating_and_running_calls_not_idempotent);
   RUN(morph_should_percent_encode_all_but_unreserved);
   RUN(morph_should_fill_path_templates_and_append_queries);
-  RUN(morph_should_classify_statuses_and_transport_failures);
   RUN(morph_should_parse_retry_after_seconds_and_dates);
-  RUN(morph_should_retry_only_what_is_safe);
-  RUN(morph_should_back_off_exponentially_with_jitter_and_a_cap);
-  RUN(morph_should_plan_within_attempt_and_time_limits);
   RUN(morph_should_make_distinct_hex_request_tokens);
   RUN(sse_should_report_data_lines_split_anywhere);
   RUN(morph_should_refuse_to_build_a_client_without_key_or_with_a_cleartext_remote_url);
   RUN(morph_should_redact_the_key);
-  RUN(morph_should_retry_a_refused_connect_even_for_creating_calls);
-  RUN(http_should_give_up_with_interrupted_when_a_signal_is_pending);
+  RUN(morph_should_prepare_requests_that_creating_calls_never_resend);
+  RUN(http_should_fail_a_refused_connect_as_never_sent_on_the_loop);
+  RUN(http_should_abort_a_transfer_finished_before_it_completed);
   RUN(http_should_time_out_on_a_silent_server_after_sending);
   int rc = CHECK_DONE();
   curl_global_cleanup();

@@ -1,4 +1,4 @@
---- galley.providers.morph: the VM provider for Morph Cloud, over galley.core.morph.
+--- galley.providers.morph: the VM provider for Morph Cloud, over galley.morph_client.
 --
 --   local provider = require("galley.providers.morph").new{}      -- MORPH_API_KEY, MORPH_BASE_URL
 --   local inst = provider.instances.boot("snapshot_abc", {ttl_seconds = 1800})  -- returns when ready
@@ -27,7 +27,7 @@
 -- Errors are the client's error tables (code NOT_FOUND, VALIDATION_ERROR, AUTHENTICATION_ERROR,
 -- RATE_LIMIT, SERVER_ERROR, NETWORK_ERROR, TIMEOUT, PROTOCOL_ERROR, INTERRUPTED) with
 -- kind = "ProviderError", operation = the provider call ("instances.boot"; the endpoint in
--- `endpoint`) and resource; HTTP 409 (not ready, paused) becomes CONFLICT. Bad arguments raise
+-- `endpoint`) and resource; HTTP 409 (not ready, paused) is CONFLICT. Bad arguments raise
 -- VALIDATION_ERROR (with `field`) before any request. The API key is registered with galley.log
 -- as a secret and never appears in logs or errors.
 local cjson = require("cjson")
@@ -37,7 +37,8 @@ local contracts = require("galley.contracts")
 local errors = require("galley.errors")
 local execfiles = require("galley.providers.execfiles")
 local logmod = require("galley.log")
-local morph = require("galley.core.morph")
+local morph_client = require("galley.morph_client")
+local morph_process = require("galley.providers.morph_process")
 local run = require("galley.tracker")
 local runtime = require("galley.core.runtime")
 local shell = require("galley.core.shell")
@@ -57,8 +58,8 @@ M.STATUS = common.MORPH_STATUS
 M.SNAPSHOT_STATUS = { pending = "creating", ready = "ready", failed = "error", deleting = "deleting",
   deleted = "deleting" }
 
---- The metadata key galley.core.morph stamps on created instances (hidden from `metadata`).
-M.TOKEN_KEY = "galley_request_token"
+--- The metadata key galley.morph_client stamps on created instances (hidden from `metadata`).
+M.TOKEN_KEY = morph_client.TOKEN_KEY
 
 --- Largest script sent inside the exec that runs it; longer ones are uploaded first.
 M.INLINE_SCRIPT_BYTES = 1024 * 1024
@@ -112,7 +113,7 @@ end
 ---@class galley.MorphInstance
 ---@field id string
 ---@field status "booting"|"ready"|"stopping"|"stopped"|"error"
----@field metadata table<string, string> (without galley.core.morph's request token)
+---@field metadata table<string, string> (without galley.morph_client's request token)
 ---@field created_at integer Unix seconds
 ---@field ttl {seconds?: integer, action?: "stop"|"pause", expires_at?: integer}
 ---@field snapshot_id string
@@ -185,17 +186,13 @@ end
 
 
 --- Turns a client error into the provider's: kind ProviderError, the provider operation (the
--- endpoint kept in `endpoint`), a resource, and 409 as CONFLICT.
+-- endpoint kept in `endpoint`) and a resource.
 ---@param err any
 ---@param operation string
 ---@param resource? string
 ---@return galley.Error
 function M.wrap_error(err, operation, resource)
-  err = errors.wrap(err, nil, "PROVIDER_ERROR") -- redacts the C error's details/fields too
-  if err.code == "VALIDATION_ERROR" and err.status == 409 then
-    err.code = "CONFLICT"
-    err.hint = "the instance is not in a state that allows this (not ready, or paused?)"
-  end
+  err = errors.wrap(err, nil, "PROVIDER_ERROR") -- redacts an error's details/fields all through
   if err.operation and err.operation ~= operation and err.endpoint == nil then err.endpoint = err.operation end
   err.operation = operation
   if err.resource == nil then err.resource = resource end
@@ -231,7 +228,7 @@ end
 ---@class galley.MorphProviderOptions
 ---@field api_key? string default MORPH_API_KEY
 ---@field base_url? string default MORPH_BASE_URL, else https://cloud.morph.so/api
----@field client? userdata an existing galley.core.morph client (api_key/base_url/timeouts ignored)
+---@field client? galley.MorphClient an existing galley.morph_client client (api_key/base_url/timeouts ignored)
 ---@field home_dir? string|false what `~` expands to (default "/root"); false: each instance's $HOME
 ---@field log? galley.Logger
 ---@field timeout_ms? integer per request (client default 120 s); exec has none unless exec_timeout_ms
@@ -268,7 +265,7 @@ function M.new(opts)
     local key = opts.api_key or os.getenv("MORPH_API_KEY")
     if type(key) == "string" and key ~= "" then logmod.register_secret(key) end
     local err
-    client, err = morph.new({
+    client, err = morph_client.new({
       api_key = opts.api_key,
       base_url = opts.base_url,
       timeout_ms = opts.timeout_ms,
@@ -455,11 +452,41 @@ function M.new(opts)
     return r
   end
 
+  --- Starts a command without waiting: a process handle over SSE exec (`read`, `wait`, `kill`,
+  --- `close`, as galley.core.proc's Process; see galley.providers.morph_process). Takes a
+  --- CommandSpec (argv form, no cwd/env) or a plain argv array.
+  ---@param instance_id string
+  ---@param command galley.CommandSpec|string[]
+  ---@return galley.MorphProcess
+  ---@raise VALIDATION_ERROR (bad command, before any request)
+  function provider.spawn(instance_id, command)
+    check_id(instance_id, "instance_id")
+    local argv = command
+    if type(command) == "table" and command.kind ~= nil then
+      local spec = contracts.check_command(command)
+      if spec.kind ~= "argv" or spec.cwd or spec.env then
+        fail("VALIDATION_ERROR", "spawn takes the argv form without cwd/env (or a plain argv array)",
+          { field = "command.kind" })
+      end
+      argv = { spec.command, table.unpack(spec.args or {}) }
+    end
+    if type(argv) ~= "table" or #argv == 0 then
+      fail("VALIDATION_ERROR", "spawn needs a CommandSpec or a non-empty argv array", { field = "command" })
+    end
+    for i, a in ipairs(argv) do
+      if type(a) ~= "string" then
+        fail("VALIDATION_ERROR", ("command[%d] must be a string"):format(i), { field = ("command[%d]"):format(i) })
+      end
+    end
+    return morph_process.spawn(client, instance_id, argv, { timeout_ms = exec_timeout_ms })
+  end
+
   -- A create whose answer was lost may still have created an instance: tell the run, which
-  -- finds it by the request token at its end and stops it.
+  -- finds it by the request token at its end and stops it. A create that provably never
+  -- reached the server (err.sent == false: connect refused) left nothing to wait for.
   local function note_cut_off(err)
-    if type(err) == "table" and err.request_token and (err.code == "INTERRUPTED" or err.code == "TIMEOUT"
-        or err.code == "NETWORK_ERROR" or err.code == "PROTOCOL_ERROR") then
+    if type(err) == "table" and err.request_token and err.sent ~= false and (err.code == "INTERRUPTED"
+        or err.code == "TIMEOUT" or err.code == "NETWORK_ERROR" or err.code == "PROTOCOL_ERROR") then
       run.note_pending(provider, { [M.TOKEN_KEY] = err.request_token }, err.request_token)
     end
   end

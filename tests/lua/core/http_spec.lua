@@ -1,12 +1,14 @@
 -- galley.core.http against a tiny loopback server (python3) started for this spec.
 local support = require("support")
 local http = require("galley.core.http")
+local task = require("galley.task")
 local cjson = require("cjson")
 
 -- Serves fixed responses on 127.0.0.1; prints "PORT PID" once listening.
 --   /echo        JSON {method, path, body, headers, port}  (port = the client's TCP port)
 --   /status/N    status N, body "status N"
---   /slow?ms=N   waits N ms, then 200
+--   /slow?ms=N&tag=T  waits N ms, then 200 (/peak?tag=T: most of tag T in flight at once)
+--   /chunks?n=N  a chunked 200 body of N pieces "piece I\n", 50 ms apart
 --   /truncate    promises 100 bytes, sends 10, closes
 --   /reset       closes the connection without answering (/resets: how many times so far)
 --   /multi       two X-Multi headers
@@ -34,7 +36,22 @@ class H(http.server.BaseHTTPRequestHandler):
         elif u.path.startswith("/status/"):
             s = int(u.path.split("/")[2]); self.reply(s, "status %d" % s)
         elif u.path == "/slow":
-            time.sleep(int(urllib.parse.parse_qs(u.query)["ms"][0]) / 1000); self.reply(200, "slow")
+            q = urllib.parse.parse_qs(u.query); tag = q.get("tag", [""])[0]
+            with H.lock: H.active[tag] = H.active.get(tag, 0) + 1; H.peak[tag] = max(H.peak.get(tag, 0), H.active[tag])
+            try:
+                time.sleep(int(q["ms"][0]) / 1000); self.reply(200, "slow")
+            finally:
+                with H.lock: H.active[tag] -= 1
+        elif u.path == "/peak":
+            with H.lock: p = H.peak.get(urllib.parse.parse_qs(u.query)["tag"][0], 0)
+            self.reply(200, str(p))
+        elif u.path == "/chunks":
+            n = int(urllib.parse.parse_qs(u.query)["n"][0])
+            self.send_response(200); self.send_header("Transfer-Encoding", "chunked"); self.end_headers()
+            for i in range(n):
+                piece = ("piece %d\n" % i).encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece)); self.wfile.flush(); time.sleep(0.05)
+            self.wfile.write(b"0\r\n\r\n"); self.wfile.flush()
         elif u.path == "/truncate":
             self.send_response(200); self.send_header("Content-Length", "100"); self.end_headers()
             self.wfile.write(b"0123456789"); self.wfile.flush()
@@ -49,6 +66,8 @@ class H(http.server.BaseHTTPRequestHandler):
         else:
             self.reply(404, "no such path")
     resets = 0
+    active = {}; peak = {}
+    lock = __import__("threading").Lock()
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = handle_any
 s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
 s.daemon_threads = True
@@ -225,20 +244,88 @@ describe("galley.core.http #http", function()
     assert.are.equal(before + 1, resets())
   end)
 
-  it("gives up with INTERRUPTED when a signal arrives during a transfer #error", function()
+  it("gives up with INTERRUPTED carrying the signal (SIGTERM: 15) during a transfer #error", function()
     -- The signal hook may also raise INTERRUPTED right after the call returns: pcall sees either.
     local script = support.script(string.format([[
       local http = require("galley.core.http")
+local task = require("galley.task")
       local ok, a, b = pcall(http.request, { url = %q, timeout_ms = 20000 })
       local err = ok and b or a
-      io.write("code=", tostring(type(err) == "table" and err.code), "\n")
+      io.write("code=", tostring(type(err) == "table" and err.code), " signal=",
+        tostring(type(err) == "table" and err.signal), "\n")
       os.exit(0)
     ]], server.base .. "/slow?ms=10000"))
-    local sh = string.format("%s run %s & p=$!; sleep 0.5; kill -INT $p; wait $p",
+    local sh = string.format("%s run %s & p=$!; sleep 0.5; kill -TERM $p; wait $p",
       support.q(support.bin), support.q(script))
     local f = assert(io.popen("(" .. sh .. ") 2>&1; echo \"rc=$?\""))
     local out = f:read("a")
     f:close()
-    assert.truthy(out:find("code=INTERRUPTED", 1, true), out)
+    assert.truthy(out:find("code=INTERRUPTED signal=15", 1, true), out)
+  end)
+
+  describe("on the event loop #loop", function()
+    it("keeps the transfers of several tasks in flight together", function()
+      local n = 6
+      local tasks = {}
+      for i = 1, n do
+        tasks[i] = task.spawn(function()
+          return assert(http.request{ url = server.base .. "/slow?ms=600&tag=overlap", timeout_ms = 10000 }).status
+        end)
+      end
+      for i, r in ipairs(task.join(tasks)) do assert.is_true(r.ok, tostring(r.err)); assert.are.equal(200, r.value, i) end
+      -- the server saw all of them at once: none waited for another to finish
+      assert.are.equal(tostring(n), assert(http.request{ url = server.base .. "/peak?tag=overlap" }).body)
+      assert.are.equal(0, http.inflight())
+    end)
+
+    it("removes the transfer of a cancelled task: nil, INTERRUPTED #error", function()
+      local got = {}
+      local t = task.spawn(function()
+        got.resp, got.err = http.request{ url = server.base .. "/slow?ms=5000", timeout_ms = 10000 }
+        got.returned = true
+      end)
+      task.sleep(200)
+      assert.are.equal(1, http.inflight())
+      t:cancel()
+      t:result()
+      assert.is_true(got.returned)
+      assert.is_nil(got.resp)
+      assert.are.equal("INTERRUPTED", got.err.code)
+      assert.are.equal(0, http.inflight())
+      -- the connection pool still works afterwards
+      assert.are.equal(200, assert(http.request{ url = server.base .. "/echo" }).status)
+    end)
+
+    it("streams a body piece by piece while another task runs", function()
+      local s = assert(http.request{ url = server.base .. "/chunks?n=5", stream = true, timeout_ms = 10000 })
+      local ticks = 0
+      local ticker = task.spawn(function()
+        while true do task.sleep(20); ticks = ticks + 1 end
+      end)
+      local pieces = {}
+      while true do
+        local piece, err = s:read()
+        assert.is_nil(err)
+        if not piece then break end
+        pieces[#pieces + 1] = piece
+      end
+      ticker:cancel()
+      assert.are.equal("piece 0\npiece 1\npiece 2\npiece 3\npiece 4\n", table.concat(pieces))
+      assert.is_true(#pieces >= 3, "pieces arrive as they are sent")
+      assert.is_true(ticks >= 3, "the other task ran meanwhile")
+      local resp = assert(s:result())
+      assert.are.equal(200, resp.status)
+      assert.are.equal("", resp.body)
+      s:close()
+      assert.has_error(function() s:result() end)
+    end)
+
+    it("hands a non-2xx streamed body over in the result, not to read()", function()
+      local s = assert(http.request{ url = server.base .. "/status/503", stream = true })
+      assert.is_nil(s:read())
+      local resp = assert(s:result())
+      assert.are.equal(503, resp.status)
+      assert.are.equal("status 503", resp.body)
+    end)
   end)
 end)

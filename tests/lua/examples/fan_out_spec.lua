@@ -1,5 +1,5 @@
 -- examples/fan-out.lua: N local sandboxes counting words in parallel (spawn), and the same run
--- against `galley emulate` through the Morph provider (exec one after the other).
+-- against `galley emulate` through the Morph provider (spawn over SSE exec).
 local h = require("examples.helpers")
 local emulator = require("support.emulator")
 

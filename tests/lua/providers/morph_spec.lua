@@ -10,6 +10,7 @@ local cjson = require("cjson")
 local logmod = require("galley.log")
 local morphp = require("galley.providers.morph")
 local proc = require("galley.core.proc")
+local runtime = require("galley.core.runtime")
 local run = require("galley.run")
 
 local FAST = { max_attempts = 2, base_delay_ms = 5, max_delay_ms = 20, max_elapsed_ms = 10000 }
@@ -222,9 +223,9 @@ describe("galley.providers.morph #morph", function()
       assert(ok, err)
     end)
 
-    it("deletes an instance whose status cannot be read and raises SERVER_ERROR naming it", function()
+    it("deletes an instance whose status cannot be read until the limit and raises SERVER_ERROR naming it", function()
       em:fault({ method = "GET", path = "/instance/*", action = "status", status = 500, count = 1000 })
-      local err = raises("SERVER_ERROR", boot, p)
+      local err = raises("SERVER_ERROR", boot, p, { timeout_ms = 1200 })
       assert_deleted(em, err)
     end)
 
@@ -232,7 +233,7 @@ describe("galley.providers.morph #morph", function()
       local parent = boot(p)
       em:clear_log()
       em:fault({ method = "GET", path = "/instance/*", action = "status", status = 500, count = 1000 })
-      local err = raises("SERVER_ERROR", p.instances.fork, parent.id, 2, { metadata = { spec = tag } })
+      local err = raises("SERVER_ERROR", p.instances.fork, parent.id, 2, { metadata = { spec = tag }, timeout_ms = 1200 })
       assert.is_true(err.terminated)
       assert.are.equal("instances.fork", err.operation)
       assert.are.equal(2, count(em, "DELETE", "/instance/[^/]+"))
@@ -425,6 +426,20 @@ io.stdout:flush()
 if arg[3] == "fail" then error("recipe failed on purpose") end
 ]]
 
+    it("ends a run at once when its boot was refused before reaching the service (no pending wait)", function()
+      -- Nothing listens on port 1: the create provably never reached a server, so the run has no
+      -- instance to look for (it used to wait its whole 15 s pending window).
+      local path = support.script(RECIPE)
+      local t0 = runtime.now_ms()
+      local r = assert(proc.run({ argv = { support.bin, "run", path, SNAP, tag }, timeout_ms = 120000,
+        env_mode = "extend", env = { MORPH_API_KEY = em0.api_key, MORPH_BASE_URL = "http://127.0.0.1:1/api",
+          GALLEY_STATE_DIR = state } }))
+      os.remove(path)
+      assert.are.equal(1, r.exit_code, r.stderr)
+      assert.truthy(r.stderr:find("NETWORK_ERROR", 1, true), r.stderr)
+      assert.is_true(runtime.now_ms() - t0 < 12000, "the run waited for a create that never happened")
+    end)
+
     it("tags the instances a recipe boots and stops them when the run ends", function()
       local r = run_recipe(RECIPE, SNAP, tag)
       assert.are.equal(0, r.exit_code, r.stderr)
@@ -561,6 +576,110 @@ if arg[3] == "fail" then error("recipe failed on purpose") end
     it("needs a key: AUTHENTICATION_ERROR without one", function()
       local err = raises("AUTHENTICATION_ERROR", morphp.new, { api_key = "", base_url = em0.base_url })
       assert.are.equal("morph.new", err.operation)
+    end)
+  end)
+
+  describe("spawn", function()
+    it("starts a command at once and hands its output over as it arrives, then the exit", function()
+      local inst = boot(p)
+      local h = p.spawn(inst.id, { "/bin/sh", "-c", "echo one; sleep 0.3; echo two >&2; exit 3" })
+      local seen = {}
+      while true do
+        local kind, data = h:read(20000)
+        assert.is_not_nil(kind)
+        seen[#seen + 1] = kind .. ":" .. tostring(data)
+        if kind == "exit" then break end
+      end
+      assert.are.same({ "stdout:one\n", "stderr:two\n", "exit:3" }, seen)
+      assert.is_nil(h:read())
+      h:close()
+      h:close()
+      p.instances.terminate(inst.id)
+    end)
+
+    it("runs the commands of several handles at once, like the local provider", function()
+      local insts = { boot(p), boot(p), boot(p) }
+      local t0 = runtime.now_ms()
+      local hs = {}
+      for i, inst in ipairs(insts) do
+        hs[i] = p.spawn(inst.id, { kind = "argv", command = "sh", args = { "-c", "sleep 1; echo ok" } })
+      end
+      for _, h in ipairs(hs) do
+        local r = assert(h:wait())
+        assert.are.equal(0, r.exit_code)
+        assert.are.equal("ok\n", r.stdout)
+        h:close()
+      end
+      -- one after the other would take 3 s at least
+      assert.is_true(runtime.now_ms() - t0 < 2800, tostring(runtime.now_ms() - t0))
+      for _, inst in ipairs(insts) do p.instances.terminate(inst.id) end
+    end)
+
+    it("kills a running command, times out a wait, and refuses bad commands before any request", function()
+      local inst = boot(p)
+      local h = p.spawn(inst.id, { "sleep", "30" })
+      assert.is_nil(h:wait(300))
+      assert.is_true(h:kill("TERM"))
+      local r = assert(h:wait(20000))
+      assert.are_not.equal(0, r.exit_code)
+      h:close()
+      assert.are.equal("VALIDATION_ERROR", raises("VALIDATION_ERROR", p.spawn, inst.id, {}).code)
+      assert.are.equal("VALIDATION_ERROR",
+        raises("VALIDATION_ERROR", p.spawn, inst.id, { kind = "shell", script = "true" }).code)
+      p.instances.terminate(inst.id)
+    end)
+  end)
+
+  describe("faults #fault", function()
+    it("boots through a 500 and a malformed answer during the readiness poll, deleting nothing", function()
+      local slowish = emulator.start({ boot_delay_ms = 1500 })
+      local ok, err = pcall(function()
+        local sp = provider_on(slowish)
+        slowish:fault({ method = "GET", path = "/instance/*", action = "status", status = 500, count = 4 })
+        slowish:fault({ method = "GET", path = "/instance/*", action = "malformed", count = 1 })
+        local inst = boot(sp)
+        assert.are.equal("ready", inst.status)
+        assert.are.equal(0, count(slowish, "DELETE", "/instance/[^/]+"))
+        sp.instances.terminate(inst.id)
+        sp.close()
+      end)
+      slowish:stop()
+      assert(ok, err)
+    end)
+
+    it("exits 143 when SIGTERM lands in an HTTP call of a run, leaving no instance", function()
+      local slow = emulator.start({ boot_delay_ms = 0, faults = {
+        { method = "POST", path = "/snapshot/*/boot", action = "stall", delay_ms = 1500 } } })
+      finally(function() slow:stop() end)
+      local path = support.script([[
+local p = require("galley.providers.morph").new({})
+p.instances.boot("]] .. SNAP .. [[")
+]])
+      local h = assert(proc.spawn({ argv = { support.bin, "-q", "run", path }, stdin = "null", env_mode = "extend",
+        env = { MORPH_API_KEY = slow.api_key, MORPH_BASE_URL = slow.base_url, GALLEY_LOG = "error" } }))
+      assert.is_nil(h:wait(400))
+      h:kill("TERM")
+      local r = h:wait(60000)
+      h:close()
+      os.remove(path)
+      assert.are.equal(143, r.exit_code, r.stderr)
+      local left = 0
+      for _, inst in ipairs(slow:state().instances or {}) do
+        if inst.status ~= "deleted" then left = left + 1 end
+      end
+      assert.are.equal(0, left)
+    end)
+
+    it("stops and terminates idempotently: a retried DELETE that meets 404 succeeded", function()
+      local sp = provider_on(em, { timeout_ms = 800 })
+      local inst = boot(sp)
+      em:fault({ method = "DELETE", path = "/instance/*", action = "delay", delay_ms = 2500 })
+      assert.is_true(sp.instances.stop(inst.id))
+      em:fault({ method = "DELETE", path = "/instance/*", action = "malformed" })
+      local other = boot(sp)
+      assert.is_true(sp.instances.terminate(other.id))
+      assert.is_nil(raw_instance(em, other.id))
+      sp.close()
     end)
   end)
 end)
