@@ -291,10 +291,14 @@ function M.build(provider, base_id, steps, opts)
         -- A task of this process may have built it while we waited.
         local again = not replace and by_digest(provider, digest)[1] or nil
         if again then return again, true end
-        say(("step %d/%d running: %s"):format(i, n, step.key))
         local meta = { galley_step = short(("%d/%d %s"):format(i, n, step.key)), galley_parent = parent_id,
           galley_digest = digest, galley_image = opts.name }
-        local bok, built = pcall(build_step, provider, parent_id, step, digest, meta, replace)
+        local runner = build_step
+        if opts.progress then
+          local label = ("step %d/%d running: %s"):format(i, n, step.key)
+          runner = function(...) return progress.step(label, build_step, ...) end
+        end
+        local bok, built = pcall(runner, provider, parent_id, step, digest, meta, replace)
         if not bok then error(step_error(i, n, step, built), 0) end
         return built, false
       end)
@@ -315,6 +319,31 @@ function M.build(provider, base_id, steps, opts)
   for k, v in pairs(final) do out[k] = v end
   out.build = report
   return out
+end
+
+
+--- The agents whose modules offer install_steps, by name.
+M.AGENTS = { claude = "galley.agents.claude", codex = "galley.agents.codex", gemini = "galley.agents.gemini" }
+
+
+--- Builds (or finds) the image of an agent: `base_id` plus the agent module's install_steps
+--- (node and npm when missing, PM2, the agent's CLI, a check). A second call is all cache hits.
+---@param provider table
+---@param agent "claude"|"codex"|"gemini"
+---@param base_id string
+---@param opts? {version?: string, global?: boolean, salt?: string, rebuild_from?: integer, progress?: boolean}
+---@return table snapshot (with `build`)
+---@raise VALIDATION_ERROR (unknown agent) | IMAGE_STEP_FAILED | ...
+function M.agent_image(provider, agent, base_id, opts)
+  opts = opts or {}
+  local module = M.AGENTS[agent]
+  if not module then
+    errors.raise("VALIDATION_ERROR", ("unknown agent %s"):format(errors.quote(agent)),
+      { field = "agent", hint = "use claude, codex or gemini" })
+  end
+  local steps = require(module).install_steps({ version = opts.version, global = opts.global })
+  return provider.snapshots.build(base_id, steps, { salt = opts.salt, rebuild_from = opts.rebuild_from,
+    progress = opts.progress, name = "agent-" .. agent })
 end
 
 return M

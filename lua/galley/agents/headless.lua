@@ -145,6 +145,9 @@ end
 ---@return table[] steps
 function M.install_steps(o)
   local pkg = o.package .. (o.version and ("@" .. o.version) or "")
+  if not pkg:match("^[%w@/._~^<>=*-]+$") then
+    M.bad("version", ("expected an npm version or range, got %s"):format(errors.quote(pkg)))
+  end
   local prefix = o.prefix or "~/.local"
   local prefix_word = prefix:sub(1, 2) == "~/" and ('"$HOME"/' .. prefix:sub(3)) or ("'" .. prefix .. "'")
   local node = {
@@ -170,13 +173,18 @@ function M.install_steps(o)
     "  if [ -w \"$root\" ] || { [ ! -e \"$root\" ] && [ -w \"$(dirname \"$root\")\" ]; }; then mode=global; "
       .. "else mode=home; fi",
     "fi",
-    "pkgs=" .. (o.pm2 == false and "" or "pm2 ") .. "'" .. pkg .. "'",
+    "pkgs='" .. (o.pm2 == false and "" or "pm2 ") .. pkg .. "'",
+    -- A throwaway cache: it would otherwise end up in the image.
+    "cache=$(mktemp -d); trap 'rm -rf \"$cache\"' EXIT",
     "if [ \"$mode\" = global ]; then",
-    "  npm install -g --no-audit --no-fund $pkgs",
+    "  npm install -g --cache \"$cache\" --no-audit --no-fund $pkgs",
     "  root=$(npm root -g)",
     "else",
     "  mkdir -p " .. prefix_word,
-    "  npm install -g --prefix " .. prefix_word .. " --no-audit --no-fund $pkgs",
+    -- --prefix also moves npm's global config (cafile, registry): keep the system's.
+    "  gc=$(npm config get globalconfig)",
+    "  npm install -g --prefix " .. prefix_word .. " --globalconfig \"$gc\" --cache \"$cache\" --no-audit "
+      .. "--no-fund $pkgs",
     "  root=$(npm root -g --prefix " .. prefix_word .. ")",
     "fi",
     "export PATH=" .. prefix_word .. "/bin:$PATH",
