@@ -166,7 +166,9 @@ local function lock(provider, digest)
     held = {}
     building[provider] = held
   end
+  local waited = false
   while held[digest] do
+    waited = true
     local token = task.token()
     local waiters = held[digest]
     waiters[#waiters + 1] = token
@@ -174,6 +176,7 @@ local function lock(provider, digest)
     if not ok then error(err, 0) end
   end
   held[digest] = {}
+  return waited
 end
 
 
@@ -286,10 +289,10 @@ function M.build(provider, base_id, steps, opts)
     local snap = not replace and by_digest(provider, digest)[1] or nil
     local cached = snap ~= nil
     if not snap then
-      lock(provider, digest)
+      local waited = lock(provider, digest)
       local ok, res, again_cached = pcall(function()
         -- A task of this process may have built it while we waited.
-        local again = not replace and by_digest(provider, digest)[1] or nil
+        local again = waited and not replace and by_digest(provider, digest)[1] or nil
         if again then return again, true end
         local meta = { galley_step = short(("%d/%d %s"):format(i, n, step.key)), galley_parent = parent_id,
           galley_digest = digest, galley_image = opts.name }
