@@ -11,10 +11,13 @@
 -- a few progress lines over about three seconds). Claude credentials, when given, are installed
 -- before the session: the CLAUDE_ACCESS_TOKEN environment variable (an OAuth access token, an
 -- Anthropic API key `sk-ant-api…`, or the path of a credentials JSON file), or --credentials FILE
--- (default: the file `galley run claude-login` writes, when it exists). Tokens never reach argv,
--- the PM2 environment or any output: they travel in the installer's one exec and land in 0600
--- files. The instance is terminated at the end unless --keep; the exit status is the session's
--- (a session that fails makes the recipe exit 1).
+-- (default: the file `galley run claude-login` writes, when it exists). Tokens never reach the
+-- PM2 environment or payload, a long-lived process's arguments, or any output: they travel in
+-- the installer's one exec and land in 0600 files. On Morph that exec has no stdin: for its
+-- duration the token, base64-encoded twice, is in the argv of processes on the VM
+-- (/proc/*/cmdline there); locally it is in the installer's environment only. The instance is
+-- terminated at the end unless --keep; the exit status is the session's (a session that fails
+-- makes the recipe exit 1).
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
 local orchestrator = require("galley.orchestrator")
@@ -66,6 +69,10 @@ local opts = recipe.options({
   epilog = [[
 environment: MORPH_API_KEY (and MORPH_BASE_URL) for morph; TESTING_SNAPSHOT_ID; CLAUDE_ACCESS_TOKEN
 (a token, or a credentials file path) and CLAUDE_TOKEN_EXPIRES_AT_MS (default: a year from now).
+credentials: installed by one exec before the session, into 0600 files; never in the PM2
+environment or payload, a long-lived process's arguments or any output. On morph that exec has
+no stdin: while it runs, the token (base64-encoded twice) is in the argv of processes on the VM
+(/proc/*/cmdline there). Locally it is only in the installer's environment.
 exit status: 0 when the session exited 0; 1 when it failed, timed out or anything else went wrong.]],
 }, arg)
 

@@ -49,6 +49,9 @@ local opts = recipe.options({
       help = "claude talks to this Anthropic API (tests: a loopback FAKE); also disables its nonessential traffic" },
     { "session-timeout", type = "integer", default = 300, help = "seconds to wait for the agent session" },
     { "keep", type = "flag", help = "keep the instance (and the emulator's is gone anyway)" },
+    { "argv-mode", choices = { "exec", "join" }, default = "exec",
+      help = "the emulator's --argv-mode: run a multi-element exec command as an argv, or space-joined by "
+        .. "/bin/sh -c like an SSH-style server" },
   },
   epilog = "environment: RUN_E2E, MORPH_API_KEY, MORPH_BASE_URL, TESTING_SNAPSHOT_ID, CLAUDE_ACCESS_TOKEN "
     .. "(a token or a credentials JSON file), CLAUDE_TOKEN_EXPIRES_AT_MS (default: a year from now).",
@@ -107,7 +110,7 @@ tap.plan()
 -- Starts `galley emulate` (this same binary) with a random API key passed through the
 -- environment (never argv); returns {base_url, api_key, stop}.
 local function start_emulator()
-  local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0 })
+  local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0, argv_mode = opts.argv_mode })
   logmod.register_secret(emu.api_key)
   return emu
 end
@@ -122,6 +125,7 @@ if target == "emulator" then
   recipe.defer(emu.stop, "stop the emulator")
   diag("target: galley emulate at " .. emu.base_url .. " (started by this smoke; set RUN_E2E=1 and MORPH_API_KEY "
     .. "for real Morph)")
+  diag("emulator argv mode: " .. opts.argv_mode)
   provider = providers.new("morph", { base_url = emu.base_url, api_key = emu.api_key, log = log })
   snapshot = opts.snapshot or EMULATOR_SNAPSHOT
 else

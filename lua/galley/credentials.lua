@@ -22,7 +22,7 @@
 -- file keeps its mode and a new one gets "644". Paths are absolute or start with `~/`, which
 -- means the provider's `capabilities.home_dir`, else the remote $HOME.
 --
--- How it runs (few execs, no secrets in argv): every operation of every profile given to one
+-- How it runs (few execs; no secret in logs or long-lived process args): every operation of every profile given to one
 -- `install_all` call becomes one JSON payload, base64-encoded and passed in the *environment* of
 -- ONE exec, `python3 -I -c <program>` (argv holds only the program), split over GALLEY_CREDS_0,
 -- GALLEY_CREDS_1, ... of at most `env_chunk_bytes` (100 000) each. The program creates the
@@ -33,8 +33,10 @@
 -- than that goes through `provider.files.write_file_atomic` instead. Post-install commands run
 -- afterwards, one exec each. The instance needs python3 (the seeds assume it on snapshots).
 -- Where the environment travels is the provider's business: the local provider hands it to the
--- process (never argv); Morph's exec API has only a command array, so the Morph provider puts
--- the exports in the script its single exec carries. Either way nothing here logs it, and no
+-- process (never argv); Morph's exec API has only a command array (no stdin, no environment),
+-- so the Morph provider puts the exports in the script its single exec carries: while that exec
+-- runs, the payload is in the argv of processes on the VM (/proc/<pid>/cmdline there), then in
+-- python's environment. Either way nothing here logs it, nothing long-lived keeps it, and no
 -- token appears in plain text (it is base64 inside base64 JSON).
 --
 -- Logging: paths, byte counts and modes only, never contents. Secret file contents are
@@ -56,6 +58,11 @@ local M = {}
 -- Below the Morph provider's 1 MiB inline-script limit, so a batch stays one request there.
 M.DEFAULT_MAX_EXEC_BYTES = 768 * 1024
 M.DEFAULT_ENV_CHUNK_BYTES = 100000
+
+--- Room kept for the program and the shell around the payload when the provider sends each exec
+--- as one line of at most `capabilities.max_command_bytes` (Morph): payloads are sized to fit
+--- that line, so the exec carries them inline and no script holding a token is uploaded.
+M.LINE_OVERHEAD_BYTES = 32 * 1024
 M.CLAUDE_DEFAULT_SCOPES = { "user:inference", "user:profile" }
 
 -- Exit status of the remote program when an operation failed (its report says which).
@@ -576,7 +583,8 @@ end
 ---@field log? galley.Logger
 ---@field home_dir? string what `~` means (default provider.capabilities.home_dir, else the remote $HOME)
 ---@field python? string the remote interpreter (default "python3")
----@field max_exec_bytes? integer payload per exec (default 768 KiB)
+---@field max_exec_bytes? integer payload per exec (default 768 KiB; less on a provider whose
+---  capabilities.max_command_bytes bounds one exec line: that minus LINE_OVERHEAD_BYTES)
 ---@field env_chunk_bytes? integer bytes per environment variable (default 100 000)
 
 ---@param opts galley.CredentialsOptions
@@ -591,6 +599,10 @@ function M.new(opts)
   local log = opts.log or logmod.new({ prefix = "credentials" })
   local python = opts.python or "python3"
   local max_exec = opts.max_exec_bytes or M.DEFAULT_MAX_EXEC_BYTES
+  local line_bytes = type(provider.capabilities) == "table" and provider.capabilities.max_command_bytes
+  if opts.max_exec_bytes == nil and math.type(line_bytes) == "integer" then
+    max_exec = math.min(max_exec, line_bytes - M.LINE_OVERHEAD_BYTES)
+  end
   local chunk = opts.env_chunk_bytes or M.DEFAULT_ENV_CHUNK_BYTES
 
   local installer = {}

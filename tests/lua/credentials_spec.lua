@@ -155,6 +155,22 @@ describe("galley.credentials #credentials", function()
       assert.are.same({ "exec", "exec", "large_file" }, kinds)
       assert.is_string(plan.steps[1].spec.env.GALLEY_CREDS_5)
     end)
+
+    it("sizes payloads to one exec line on a provider that sends each exec as one line", function()
+      local line = { exec = provider.exec, capabilities = { home_dir = "/root", max_command_bytes = 120 * 1024 } }
+      local installer = credentials.new({ provider = line, log = log.silent() })
+      local files = {}
+      for i = 1, 6 do files[i] = { path = "~/f" .. i, content = ("x"):rep(30000) } end
+      local plan = installer.plan({ { name = "many", files = files } })
+      assert.is_true(#plan.steps > 1)
+      for _, step in ipairs(plan.steps) do
+        assert.are.equal("exec", step.kind)
+        assert.is_true(step.bytes <= 120 * 1024 - credentials.LINE_OVERHEAD_BYTES, step.bytes)
+      end
+      -- Without the capability, one exec carries it all.
+      assert.are.equal(1, #credentials.new({ provider = provider, log = log.silent() }).plan({
+        { name = "many", files = files } }).steps)
+    end)
   end)
 
   describe("on a local instance", function()

@@ -11,7 +11,7 @@ local EXIT_USAGE = 2
 
 M.summary = "serve the Morph API on 127.0.0.1 with instances that really run"
 M.usage = "galley emulate [--port N] [--state-dir D] [--api-key K] [--latency-ms N] "
-  .. "[--boot-delay-ms N] [--fault SPEC]... [--snapshot ID[=DIR]]... [--no-sandbox]"
+  .. "[--boot-delay-ms N] [--fault SPEC]... [--snapshot ID[=DIR]]... [--no-sandbox] [--argv-mode exec|join]"
 M.help = ([[
 Prints `listening on http://127.0.0.1:PORT/api` once ready; point MORPH_BASE_URL there.
 Only 127.0.0.1 is ever bound.
@@ -25,14 +25,20 @@ Only 127.0.0.1 is ever bound.
   --fault SPEC       inject a fault, e.g. method=POST,path=/instance/*/exec,action=status,status=503,
                      retry_after=1,count=2 (actions: status delay reset malformed truncate;
                      fields: method path count status retry_after delay_ms bytes)
-  --no-sandbox       run instance commands directly on this machine (HOME = the instance's
-                     directory) instead of in bubblewrap sandboxes; absolute paths such as
-                     /root/... then touch this machine
+  --no-sandbox       run instance commands directly on this machine with your rights (HOME =
+                     the instance's directory) instead of in bubblewrap sandboxes; absolute
+                     paths such as /root/... then touch this machine (a warning is printed)
   --snapshot ID[=DIR]  another ready snapshot, empty or with DIR's files; %s always exists
+  --argv-mode M      how an exec `command` of several elements runs: `exec` (default) runs it
+                     as an argv; `join` space-joins it and runs the line with /bin/sh -c, as an
+                     SSH-style server does (a one-element command is a shell line either way).
+                     `galley run morph-recon` tells which one a service does.
 
-Instances are `local` provider sandboxes (bubblewrap): this machine read-only, the instance's
-own /root (HOME, the working directory) and /tmp, a per-instance cgroup. Exec runs a one-element
-command through /bin/sh -c and longer argv directly, with a clean environment (PATH, USER,
+Instances are `local` provider sandboxes (bubblewrap): their own user namespace (root inside is
+no one outside), pid, ipc and uts namespaces, the system directories read-only, the instance's
+own /root (HOME, the working directory) and /tmp, a per-instance cgroup (see docs/api/providers.md,
+Isolation). Exec runs a one-element
+command through /bin/sh -c and longer argv as --argv-mode says, with a clean environment (PATH, USER,
 LANG...; never the API key). Snapshots and branches copy the files. Stopping an instance or the
 emulator kills its processes, daemons included; pause freezes them. Without bubblewrap (or with
 --no-sandbox) instances are plain directories with HOME set to them and commands run on this
@@ -91,6 +97,10 @@ function M.parse(args)
       local f, problem = faults.parse(v)
       if not f then return usage_error("bad --fault '%s': %s", v, problem) end
       opts.faults[#opts.faults + 1] = v
+    elseif name == "--argv-mode" then
+      local v = value()
+      if v ~= "exec" and v ~= "join" then return usage_error("'--argv-mode' needs exec or join") end
+      opts.argv_mode = v
     elseif name == "--no-sandbox" then
       if inline then return usage_error("'--no-sandbox' takes no value") end
       opts.sandbox = false

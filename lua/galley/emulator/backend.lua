@@ -41,12 +41,19 @@ local function fs(argv)
   return true
 end
 
+--- How a multi-element exec `command` runs: "exec" runs it as an argv; "join" space-joins it
+-- and runs the line with /bin/sh -c, as an SSH-style server does.
+M.ARGV_MODES = { exec = true, join = true }
+
 --- Turns an exec `command` into an argv: one element is a shell command line (as on the
--- service), several are run directly.
+-- service); several are run directly (mode "exec", the default) or space-joined into one shell
+-- line (mode "join").
 ---@param command string[]
+---@param mode? "exec"|"join"
 ---@return string[]
-function M.command_argv(command)
+function M.command_argv(command, mode)
   if #command == 1 then return { "/bin/sh", "-c", command[1] } end
+  if mode == "join" then return { "/bin/sh", "-c", table.concat(command, " ") } end
   return command
 end
 
@@ -150,7 +157,7 @@ end
 function Backend:spawn(id, command)
   local dir = self:instance_dir(id)
   local h, err = proc.spawn({
-    argv = M.command_argv(command),
+    argv = M.command_argv(command, self.argv_mode),
     cwd = dir,
     env = self:environment(id),
     env_mode = "replace",

@@ -41,6 +41,8 @@ M.LOG_LIMIT = 10000
 ---@field snapshots? {id: string, dir?: string}[] extra ready snapshots (files copied from dir)
 ---@field verbose? boolean        one stderr line per request
 ---@field sandbox? boolean        false: run instance commands on the host (default: bubblewrap)
+---@field argv_mode? "exec"|"join" a multi-element exec command: run as an argv (default), or
+---                               space-joined and run by /bin/sh -c (an SSH-style server)
 
 ---@class galley.emulator.Emulator
 ---@field opts galley.emulator.Options
@@ -61,6 +63,10 @@ local reply, detail = api_mod.reply, api_mod.detail
 function M.new(opts)
   assert(type(opts.state_dir) == "string", "emulator.new: state_dir required")
   assert(type(opts.api_key) == "string" and opts.api_key ~= "", "emulator.new: api_key required")
+  if opts.argv_mode ~= nil and not backend_mod.ARGV_MODES[opts.argv_mode] then
+    return nil, errors.new("EMULATOR_BAD_OPTION", ("argv_mode must be \"exec\" or \"join\", got %s"):format(
+      tostring(opts.argv_mode)), { field = "argv_mode", hint = "galley emulate --argv-mode exec|join" })
+  end
   -- The state directory holds every instance's files: this user's alone (0700, no symlink).
   local dir_ok, dir_err = pcall(paths.private_dir, opts.state_dir)
   if not dir_ok then return nil, errors.wrap(dir_err, nil, "FILE_IO_ERROR") end
@@ -71,16 +77,23 @@ function M.new(opts)
     backend, err = sandbox_mod.new({ root = opts.state_dir })
     if backend and not sandbox_mod.available(backend.provider) then
       io.stderr:write("galley emulate: WARNING: bubblewrap is not available; instance commands run on this",
-        " machine and absolute paths (/root/...) touch it. Install bubblewrap.\n")
+        " machine with the caller's rights and absolute paths (/root/...) touch it. Install bubblewrap.\n")
       backend = nil
     elseif not backend then
       return nil, err
+    elseif backend.provider.capabilities.isolation ~= "userns" then
+      io.stderr:write("galley emulate: WARNING: instances get no user and pid namespaces of their own here",
+        " (isolation \"none\"): they see this machine's processes. Run scripts/setup (uidmap, subordinate ids).\n")
     end
+  else
+    io.stderr:write("galley emulate: WARNING: --no-sandbox: instance commands run on this machine with the",
+      " caller's rights; absolute paths (/root/...) touch it.\n")
   end
   if not backend then
     backend, err = backend_mod.new({ root = opts.state_dir })
     if not backend then return nil, err end
   end
+  backend.argv_mode = opts.argv_mode or "exec"
   local self = setmetatable({
     opts = opts,
     api = api_mod.new({ backend = backend, boot_delay_ms = opts.boot_delay_ms or 50 }),
@@ -211,6 +224,7 @@ function Emulator:state()
     state_dir = self.opts.state_dir,
     latency_ms = self.opts.latency_ms or 0,
     boot_delay_ms = self.opts.boot_delay_ms or 50,
+    argv_mode = self.opts.argv_mode or "exec",
   }
   return s
 end

@@ -1,12 +1,16 @@
 --- galley.emulator.sandbox: the emulator's instances as `local` provider instances.
--- Every emulated instance is a local-provider instance: a bubblewrap sandbox in which the host is
--- read-only, the instance's home is /root and /tmp is its own, inside a per-instance cgroup. So
--- a Morph-facing test that writes /root/.claude/... writes into the instance, never into this
--- machine's /root, and stopping an instance kills everything it started, daemons included.
+-- Every emulated instance is a local-provider instance, so it inherits that provider's isolation
+-- (docs/api/providers.md, Isolation): its own user namespace with a full id range (root inside
+-- is no one outside), pid, ipc and uts namespaces, the system directories read-only, the
+-- instance's home at /root and its own /tmp, inside a per-instance cgroup. So a Morph-facing test
+-- that writes /root/.claude/... writes into the instance, never into this machine's /root, it
+-- cannot see the emulator's process (nor its API key), and stopping an instance kills everything
+-- it started, daemons included.
 -- Same methods as galley.emulator.backend (the plain-directory backend used when bubblewrap is
 -- missing): create_instance, remove_instance, snapshot_instance, create_snapshot,
 -- remove_snapshot, exec, spawn, release, kill, pause, resume, shutdown, instance_dir,
 -- snapshot_dir, running.
+local backend_mod = require("galley.emulator.backend")
 local errors = require("galley.errors")
 local fs = require("galley.core.fs")
 local logmod = require("galley.log")
@@ -102,6 +106,7 @@ function Sandbox:create_snapshot(snapshot_id, from_dir)
       if not done then
         errors.raise("EMULATOR_BACKEND", ("cannot copy %s into a snapshot: %s"):format(from_dir, tostring(cerr)))
       end
+      if p.adopt_files then p.adopt_files(inst.id) end
       self.snapshots[snapshot_id] = p.instances.snapshot(inst.id, {}).id
     end)
     p.instances.terminate(inst.id)
@@ -118,9 +123,10 @@ function Sandbox:remove_snapshot(snapshot_id)
   return ok, err
 end
 
---- Starts `command` in the instance (one element: through /bin/sh -c, as on the service).
+--- Starts `command` in the instance (one element: through /bin/sh -c, as on the service;
+-- several: see galley.emulator.backend.command_argv and `argv_mode`).
 function Sandbox:spawn(id, command)
-  local argv = #command == 1 and { "/bin/sh", "-c", command[1] } or command
+  local argv = backend_mod.command_argv(command, self.argv_mode)
   local lid = self.instances[id]
   if not lid then return nil, errors.new("NOT_FOUND", "no instance " .. tostring(id)) end
   local h, err = protect(self.provider.spawn, lid, argv)
@@ -139,7 +145,7 @@ end
 
 --- Runs `command` to completion: `{exit_code, stdout, stderr}` (the same loop as the plain
 -- backend's, over this backend's spawn/release).
-Sandbox.exec = require("galley.emulator.backend").exec
+Sandbox.exec = backend_mod.exec
 
 --- Kills every process of the instance, keeping its files (reboot).
 function Sandbox:kill(id)

@@ -23,7 +23,7 @@ local START_TIMEOUT_MS = 30000
 
 --- Starts an emulator on a free loopback port and waits until it listens.
 ---@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: string[], snapshots?: string[],
----  sandbox?: boolean}
+---  sandbox?: boolean, argv_mode?: "exec"|"join"}
 ---@return galley.EmulatorChild
 ---@raise EMULATOR_START (could not start; err.stderr holds its output)
 function M.start(opts)
@@ -41,6 +41,7 @@ function M.start(opts)
   for _, f in ipairs(opts.faults or {}) do add("--fault", f) end
   for _, s in ipairs(opts.snapshots or {}) do add("--snapshot", s) end
   if opts.sandbox == false then argv[#argv + 1] = "--no-sandbox" end
+  if opts.argv_mode then add("--argv-mode", opts.argv_mode) end
   local h, err = proc.spawn({ argv = argv, env = { MORPH_API_KEY = key }, env_mode = "extend", stdin = "null" })
   if not h then
     fs.remove_tree(dir)

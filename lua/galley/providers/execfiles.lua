@@ -13,6 +13,8 @@
 -- Transfer rules:
 -- - Each exec carries at most `max_request_bytes` of base64 (default 1.5 MiB), split into argv
 --   elements of at most `max_arg_bytes` (default 120 KiB; Linux refuses elements over 128 KiB).
+--   With `max_command_bytes` (a provider that sends each exec as ONE shell line, the argv quoted
+--   by galley.core.shell.join), the whole quoted line of every exec stays within it instead.
 -- - A write whose content fits one exec is ONE exec: create the parent directories (create_dirs),
 --   write a temporary file beside the target (mode 600 while it is written), chmod/chown, check
 --   size and sha256, fsync, rename over the target. Larger contents append one chunk per exec;
@@ -42,6 +44,7 @@
 -- `exec_argv` itself (a missing instance, a network failure) pass through unchanged.
 local codec = require("galley.core.codec")
 local common = require("galley.providers.common")
+local shell = require("galley.core.shell")
 
 local M = {}
 
@@ -300,6 +303,8 @@ end
 ---@field home_dir? string|fun(instance_id: string): string what `~` expands to
 ---@field max_request_bytes? integer base64 bytes per exec (default 1.5 MiB)
 ---@field max_arg_bytes? integer bytes per argv element (default 120 KiB, must be < 128 KiB)
+---@field max_command_bytes? integer the exec is sent as one line (shell.join of the argv): its
+---  largest size (< 128 KiB); writes size their chunks so each line fits
 ---@field max_response_bytes? integer base64 bytes per read exec (default max_request_bytes)
 ---@field size_limit? integer largest file moved (default 256 MiB)
 ---@field decoder? "python"|"python-only"|"coreutils" skip detection (see the header)
@@ -322,6 +327,9 @@ function M.new(opts)
   assert(max_request >= max_arg, "execfiles.new: max_request_bytes must be at least max_arg_bytes")
   assert(opts.decoder == nil or PROFILES[opts.decoder],
     "execfiles.new: decoder must be \"python\", \"python-only\" or \"coreutils\"")
+  local max_command = opts.max_command_bytes
+  assert(max_command == nil or (max_command >= 4096 and max_command < 128 * 1024),
+    "execfiles.new: max_command_bytes must be at least 4096 and below 128 KiB")
   local raw_per_exec = 3 * (max_request // 4)
   local raw_per_read = 3 * (max_response // 4)
   local log = opts.log
@@ -449,10 +457,29 @@ function M.new(opts)
     local ok, err = pcall(function()
       -- Writes need no probe: unless told, the remote program picks python3 or coreutils itself.
       local decoder = opts.decoder or decoders[instance_id] or "auto"
+      local function argv_of(args)
+        if decoder == "coreutils" then return sh(SH_WRITE, table.unpack(args)) end
+        if decoder == "auto" then return sh(SH_AUTO_WRITE, PY_WRITE, table.unpack(args)) end
+        return sh(SH_PIPE_PY_WRITE, PY_WRITE, table.unpack(args))
+      end
+      local per_exec = raw_per_exec
+      if max_command then
+        -- The line without content (the largest arguments: a sha256, flags set), then the base64
+        -- that fits beside it (each piece costs a space and maybe two quotes).
+        local bare = #shell.join(argv_of({ path, tmp, dir, "1", "1", "1", mode, owner, group, tostring(size),
+          ("0"):rep(64) }))
+        local room = max_command - bare - 16
+        room = room - 3 * ((room + max_arg - 1) // max_arg)
+        if room < 1024 then
+          common.raise("VALIDATION_ERROR", ("%s %s: the path leaves no room for content in one exec line"):format(
+            op, path), { field = "path", operation = "files." .. op })
+        end
+        per_exec = math.min(raw_per_exec, 3 * (room // 4))
+      end
       local hasher = codec.sha256_hasher()
       local sent, first = 0, true
       repeat
-        local raw = next_chunk(raw_per_exec)
+        local raw = next_chunk(per_exec)
         sent = sent + #raw
         hasher:update(raw)
         local last = sent >= size or #raw == 0
@@ -462,14 +489,7 @@ function M.new(opts)
         end
         local args = { path, tmp, dir, wopts.create_dirs and "1" or "0", first and "1" or "0", last and "1" or "0",
           mode, owner, group, tostring(size), last and hasher:hex() or "" }
-        local argv
-        if decoder == "coreutils" then
-          argv = sh(SH_WRITE, table.unpack(args))
-        elseif decoder == "auto" then
-          argv = sh(SH_AUTO_WRITE, PY_WRITE, table.unpack(args))
-        else
-          argv = sh(SH_PIPE_PY_WRITE, PY_WRITE, table.unpack(args))
-        end
+        local argv = argv_of(args)
         pieces(codec.base64_encode(raw), argv)
         local res = run(instance_id, argv)
         if res.exit_code ~= 0 then

@@ -15,11 +15,26 @@
 --   snapshots/<id>/{meta.json,home/,tmp/}
 -- The snapshot "snapshot_empty" (M.DEFAULT_SNAPSHOT) always exists: an empty home and /tmp.
 --
--- Sandbox (bubblewrap, when installed and opts.sandbox ~= false): the host is mounted read-only
--- at /, with a fresh /dev and /proc, the instance's home at `home_dir` (default /root, which
--- must exist on the host) and its tmp at /tmp; HOME=home_dir. The pid namespace is shared and
--- bwrap does not die with its parent, so daemons (PM2) started by one exec outlive it. Without
--- bubblewrap, commands run on the host with HOME (and `~`) at instances/<id>/home, and
+-- Sandbox (bubblewrap, when installed and opts.sandbox ~= false), isolation "userns" (the
+-- default where user namespaces and subordinate ids work; see docs/api/providers.md, Isolation):
+-- every instance has one set of namespaces for its whole life, held by a holder process (a
+-- bubblewrap init, pid 1 of the instance's pid namespace, recorded with its start time in
+-- meta.json as `holder`): its own user namespace with a full id range (root inside is the
+-- caller's subordinate id 100000.. for a root caller, the caller's own uid otherwise; ids
+-- 1..65535 are subordinate ids, mapped with newuidmap/newgidmap), no nested user namespaces
+-- (user.max_user_namespaces = 0 in it, and no CAP_SYS_RESOURCE to raise it; no CAP_SYS_ADMIN
+-- either, so no mounts), pid, ipc, uts, cgroup (and net with network = false) namespaces and a
+-- mount namespace, all entered by every exec (nsenter). The holder's filesystem shows only:
+-- the system directories read-only (/usr, /bin, /sbin, /lib*, /etc, /opt, /var with its own
+-- /var/tmp), a /proc of the instance's pid namespace, a minimal /dev, /sys read-only, a tmpfs
+-- /run, the instance's home at `home_dir` (default /root)
+-- and its tmp at /tmp. PATH is the system's plus the directories of node, npm, pm2 and the agent
+-- CLIs when they live elsewhere (mounted read-only where the holder can enter them, else left
+-- out with a warning). The holder outlives
+-- the galley process; when it is gone (host reboot) the next exec starts new namespaces (logged).
+-- Isolation "none" (no subordinate ids or user namespaces): the same mounts but the host's
+-- namespaces (a warning is logged). Without bubblewrap (or sandbox = false), commands run on the
+-- host with the caller's rights and HOME (and `~`) at instances/<id>/home, and
 -- capabilities.sandbox is false (a warning is logged): absolute paths then touch the host.
 --
 -- Processes: every exec joins the instance's cgroup v2 (a cgroup2 mount found in
@@ -58,11 +73,92 @@ local KILL_WAIT_MS = 15000
 local FREEZE_WAIT_MS = 5000
 local REAP_WAIT_MS = 5000
 
--- The sh that starts every command: joins the instance's cgroup ($1, "" for none), changes to
--- the working directory ($2; 127 when it is missing, as galley.core.shell's scripts do) and
--- execs the command (127 when it does not exist, as a shell on a VM would).
-local ENTER = 'if [ -n "$1" ]; then echo $$ > "$1/cgroup.procs" || exit 125; fi; cd -- "$2" || exit 127; '
-  .. 'shift 2; exec "$@"'
+-- The host-side sh that starts every command: joins the instance's cgroup ($1, "" for none)
+-- and execs the rest (the sandbox, or the command itself without one).
+local ENTER = 'if [ -n "$1" ]; then echo $$ > "$1/cgroup.procs" || exit 125; fi; shift; exec "$@"'
+
+-- The same into the instance's namespaces (isolation "userns"): $2 holder pid, $3 its start
+-- time, $4 "net" to join its network namespace too. Opens the namespaces first, then checks
+-- that the holder is still the process that started at $3, so a reused pid is never joined
+-- (125 otherwise). Fds for nsenter: 3 user, 4 pid, 5 mnt, 6 ipc, 7 uts, 8 cgroup, 9 net.
+local ENTER_NS = [[
+if [ -n "$1" ]; then echo $$ > "$1/cgroup.procs" || exit 125; fi
+p=$2 want=$3 net=$4; shift 4
+exec 3<"/proc/$p/ns/user" 4<"/proc/$p/ns/pid" 5<"/proc/$p/ns/mnt" 6<"/proc/$p/ns/ipc" 7<"/proc/$p/ns/uts" \
+  8<"/proc/$p/ns/cgroup" || exit 125
+if [ "$net" = net ]; then exec 9<"/proc/$p/ns/net" || exit 125; fi
+read -r st < "/proc/$p/stat" || exit 125
+st=${st##*) }; n=0
+for f in $st; do n=$((n + 1)); if [ $n -eq 20 ]; then break; fi; done
+[ "$f" = "$want" ] || exit 125
+exec "$@"]]
+
+-- Inside the sandbox: close the namespace fds, change to the working directory ($1; 127 when
+-- it is missing, as galley.core.shell's scripts do) and exec the command (127 when it does not
+-- exist).
+local INNER = 'exec 3<&- 4<&- 5<&- 6<&- 7<&- 8<&- 9<&-; cd -- "$1" || exit 127; shift; exec "$@"'
+
+-- Starts an instance's holder: $1 instance dir, $2 cgroup ("" for none), $3 "write" (root: the
+-- maps are written directly) or "newuidmap", $4 uid map, $5 gid map, $6 a staging directory
+-- or "" (root: the holder runs as a subordinate id that cannot enter the state directory, so
+-- the instance's home and tmp are first bound at STAGE/home and STAGE/tmp, on a tmpfs over STAGE
+-- in a private mount namespace, where the directories listed next are also made read-only, so
+-- that inside the instance their read-only flag is locked), the read-only directories (paths
+-- without spaces), "--", then the holder's argv (bwrap with --userns-block-fd 3 --info-fd 4; its command
+-- writes "ready" to fd 6 once the sandbox is set up). The holder waits until its user namespace
+-- is mapped and nested user namespaces are disabled in it; prints the holder's pid once ready.
+local LAUNCH = [[
+d=$1 cg=$2 mode=$3 um=$4 gm=$5 stage=$6; shift 6
+ro=""
+while [ "$1" != -- ]; do ro="$ro $1"; shift; done
+shift
+if [ -n "$cg" ]; then echo $$ > "$cg/cgroup.procs" || exit 125; fi
+b="$d/.ns-block" i="$d/.ns-info" r="$d/.ns-ready"
+rm -f "$b" "$i" "$r"
+mkfifo -m 600 "$b" "$i" "$r" || exit 125
+if [ -n "$stage" ]; then
+  set -- unshare --mount --propagation private -- /bin/sh -c '
+    s=$1
+    exec 8<"$2/home" 9<"$2/tmp" || exit 1
+    shift 2
+    while [ "$1" != -- ]; do
+      mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 1
+      shift
+    done
+    shift
+    mount -t tmpfs -o mode=0755,size=1m galley-stage "$s" || exit 1
+    mkdir "$s/home" "$s/tmp" || exit 1
+    mount -c --bind /proc/self/fd/8 "$s/home" || exit 1
+    mount -c --bind /proc/self/fd/9 "$s/tmp" || exit 1
+    exec 8<&- 9<&-
+    exec "$@"' stage "$stage" "$d" $ro -- "$@"
+fi
+exec 7<>"$r"
+setsid "$@" 3<"$b" 4>"$i" 6>"$r" 7<&- </dev/null >/dev/null 2>"$d/holder.log" &
+exec 5>"$b"
+info=$(cat "$i")
+pid=$(printf '%s\n' "$info" | sed -n 's/.*"child-pid": *\([0-9][0-9]*\).*/\1/p')
+if [ -z "$pid" ]; then rm -f "$b" "$i" "$r"; cat "$d/holder.log" >&2; exit 126; fi
+fail() { rm -f "$b" "$i" "$r"; echo "$1" >&2; kill -9 "$pid"; exit 126; }
+if [ "$mode" = write ]; then
+  printf '%s\n' "$um" > "/proc/$pid/uid_map" || fail "cannot write uid_map"
+  printf '%s\n' "$gm" > "/proc/$pid/gid_map" || fail "cannot write gid_map"
+else
+  newuidmap "$pid" $um || fail "newuidmap failed"
+  newgidmap "$pid" $gm || fail "newgidmap failed"
+fi
+nsenter --user="/proc/$pid/ns/user" -- /bin/sh -c 'echo 0 > /proc/sys/user/max_user_namespaces' ||
+  fail "cannot disable nested user namespaces"
+exec 8<"$r" 7>&-
+exec 5>&-
+read -r ready <&8 || ready=
+rm -f "$b" "$i" "$r"
+[ "$ready" = ready ] || fail "the holder did not start: $(cat "$d/holder.log")"
+echo "$pid"]]
+
+local SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+-- Programs agents need that may live outside the system directories (their prefix is mounted).
+local AGENT_TOOLS = { "node", "npm", "npx", "pm2", "claude", "codex", "gemini" }
 
 
 local function read_all(path)
@@ -142,23 +238,281 @@ local function detect_cgroup_root(explicit)
 end
 
 
--- Whether bubblewrap can make a sandbox here (checked once per provider).
-local function probe_bwrap(bwrap, home_dir)
-  local r = proc.run({
-    argv = { bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--bind", "/tmp", home_dir,
-      "--", "/bin/true" },
-    timeout_ms = 30000,
-  })
-  if not r then return false, "bwrap could not be started" end
-  if r.exit_code ~= 0 then return false, common.tail(r.stderr, 300) end
-  return true
+-- The start time of process `pid` (field 22 of /proc/PID/stat, as a string), or nil when it
+-- is gone or a zombie: with the pid, it names one process (pids are reused).
+local function proc_start(pid)
+  local stat = pid and read_all("/proc/" .. tostring(math.tointeger(pid) or pid) .. "/stat")
+  if not stat then return nil end
+  local rest = stat:match("^.*%) (.*)$")
+  if not rest then return nil end
+  local fields = {}
+  for f in rest:gmatch("%S+") do fields[#fields + 1] = f end
+  if fields[1] == "Z" or fields[1] == "X" then return nil end
+  return fields[20]
+end
+
+
+-- The caller's effective uid and gid and user name.
+local function caller_ids()
+  local status = read_all("/proc/self/status") or ""
+  local uid = tonumber(status:match("\nUid:%s+%d+%s+(%d+)"))
+  local gid = tonumber(status:match("\nGid:%s+%d+%s+(%d+)"))
+  local name
+  for line in (read_all("/etc/passwd") or ""):gmatch("[^\n]+") do
+    local n, u = line:match("^([^:]*):[^:]*:(%d+):")
+    if n and tonumber(u) == uid then
+      name = n
+      break
+    end
+  end
+  return uid, gid, name
+end
+
+
+-- The first subordinate id range of the user (by name or uid) in /etc/subuid or /etc/subgid
+-- with at least `need` ids: start, count.
+local function subid_range(file, name, id, need)
+  for line in (read_all(file) or ""):gmatch("[^\n]+") do
+    local who, start, count = line:match("^%s*([^:#%s]+):(%d+):(%d+)")
+    if who and (who == name or who == tostring(id)) and tonumber(count) >= need then
+      return math.tointeger(tonumber(start)), math.tointeger(tonumber(count))
+    end
+  end
+  return nil
+end
+
+
+-- How instances get their user namespace here (isolation "userns"), or nil and why not.
+-- Root: root inside is the first subordinate id (a user that owns nothing on the host), the
+-- holder and every exec run as it, and the maps are written directly. Others: root inside is
+-- the caller, ids 1..65535 come from the caller's subordinate range through newuidmap/newgidmap.
+local function detect_identity()
+  local uid, gid, name = caller_ids()
+  if not uid or not gid then return nil, "cannot read the caller's ids from /proc/self/status" end
+  for _, t in ipairs({ "nsenter", "setsid", "setpriv", "unshare", "mount", "mkfifo", "sed" }) do
+    if not proc.which(t) then return nil, t .. " not found" end
+  end
+  local need = uid == 0 and 65536 or 65535
+  local su = subid_range("/etc/subuid", name, uid, need)
+  local sg = subid_range("/etc/subgid", name, uid, need)
+  if not su or not sg then
+    return nil, ("no range of %d subordinate ids for %s in /etc/subuid and /etc/subgid"):format(need,
+      name or tostring(uid))
+  end
+  if uid == 0 then
+    return {
+      root = true, uid = su, gid = sg, map_mode = "write",
+      uid_map = ("0 %d 65536"):format(su), gid_map = ("0 %d 65536"):format(sg),
+      prefix = { "setpriv", "--reuid=" .. su, "--regid=" .. sg, "--clear-groups", "--" },
+    }
+  end
+  if not proc.which("newuidmap") or not proc.which("newgidmap") then
+    return nil, "newuidmap/newgidmap not found (Debian package uidmap)"
+  end
+  return {
+    root = false, uid = uid, gid = gid, map_mode = "newuidmap",
+    uid_map = ("0 %d 1 1 %d 65535"):format(uid, su), gid_map = ("0 %d 1 1 %d 65535"):format(gid, sg),
+    prefix = {},
+  }
+end
+
+
+-- Whether `path` is `root` or below it.
+local function under(path, root)
+  return path == root or path:sub(1, #root + 1) == root .. "/"
+end
+
+
+-- The read-only host part of every sandbox: bwrap arguments, the PATH inside and the agent
+-- programs left out (installed where the holder cannot enter).
+-- `private` lists host directories that must never show (state, config, the caller's home):
+-- any of them below a mounted directory is covered by an empty tmpfs.
+local function system_mounts(private, reachable)
+  local args, skipped = {}, {}
+  local function add(...)
+    for _, a in ipairs({ ... }) do args[#args + 1] = a end
+  end
+  local roots = { "/usr" }
+  add("--ro-bind", "/usr", "/usr")
+  for _, d in ipairs({ "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32" }) do
+    local st = fs.stat(d)
+    if st and st.type == "link" then
+      local target = fs.realpath(d)
+      if target then add("--symlink", target, d) end
+    elseif st and st.type == "directory" then
+      add("--ro-bind", d, d)
+      roots[#roots + 1] = d
+    end
+  end
+  for _, d in ipairs({ "/etc", "/opt", "/var" }) do
+    if fs.exists(d) then
+      add("--ro-bind", d, d)
+      roots[#roots + 1] = d
+    end
+  end
+  if fs.exists("/var/tmp") then add("--tmpfs", "/var/tmp") end
+  add("--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--ro-bind", "/sys", "/sys", "--tmpfs", "/run")
+  -- DNS: resolv.conf may point into the host's /run (systemd-resolved).
+  local resolv = fs.realpath("/etc/resolv.conf")
+  if resolv and under(resolv, "/run") then add("--ro-bind", resolv, resolv) end
+  local path = SYSTEM_PATH
+  -- node, npm, pm2 and agent CLIs installed elsewhere (nvm, ~/.local): read-only, their npm
+  -- prefix (bin/ and lib/node_modules/) when the program lives there, else its directory and
+  -- the file it links to. `reachable(path)` says whether the holder can enter it (a root
+  -- caller's holder runs as a subordinate id: not below /root, for instance).
+  local extra = {}
+  local function mount_ro(src)
+    if not extra[src] and reachable(src) then
+      extra[src] = true
+      add("--ro-bind", src, src)
+      roots[#roots + 1] = src
+      return true
+    end
+    return extra[src] == true
+  end
+  for _, tool_name in ipairs(AGENT_TOOLS) do
+    local found = proc.which(tool_name)
+    local bin = found and found:match("^(.*)/[^/]+$")
+    local in_system = false
+    if bin then
+      for _, r in ipairs(roots) do
+        if under(bin, r) then in_system = true end
+      end
+    end
+    if bin and not in_system then
+      local prefix = bin:match("^(.*)/[^/]+$") or ""
+      local real = fs.realpath(found) or found
+      local ok
+      if prefix ~= "" and under(real, prefix .. "/lib/node_modules") then
+        ok = mount_ro(prefix)
+      else
+        ok = mount_ro(bin)
+        if ok and not under(real, bin) then ok = mount_ro(real) end
+      end
+      if ok and not path:find(":" .. bin, 1, true) then path = path .. ":" .. bin end
+      if not ok then skipped[#skipped + 1] = found end
+    end
+  end
+  for _, dir in ipairs(private) do
+    local st = fs.stat(dir)
+    if st and st.type == "directory" then
+      for _, r in ipairs(roots) do
+        if under(dir, r) and dir ~= r then
+          add("--tmpfs", dir)
+          break
+        end
+      end
+    end
+  end
+  return args, path, skipped
+end
+
+
+-- Starts the holder of an instance's namespaces (see LAUNCH): {pid, start} or nil, err.
+-- `dir` is the instance directory (home/, tmp/, the fifos and holder.log); `cgroup` (or nil)
+-- is joined first. The holder's mount namespace is the instance's filesystem.
+local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_dir, env)
+  local argv = { "/bin/sh", "-c", LAUNCH, "launch", dir, cgroup or "", ident.map_mode, ident.uid_map, ident.gid_map,
+    ident.stage or "" }
+  for i = 1, #mounts - 2 do
+    if mounts[i] == "--ro-bind" and not mounts[i + 1]:find("%s") then argv[#argv + 1] = mounts[i + 1] end
+  end
+  argv[#argv + 1] = "--"
+  for _, a in ipairs(ident.prefix) do argv[#argv + 1] = a end
+  for _, a in ipairs({ bwrap, "--unshare-user", "--userns-block-fd", "3", "--info-fd", "4", "--unshare-pid",
+    "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--new-session" }) do argv[#argv + 1] = a end
+  if not network then argv[#argv + 1] = "--unshare-net" end
+  for _, a in ipairs(mounts) do argv[#argv + 1] = a end
+  local home_src = ident.stage and (ident.stage .. "/home") or (dir .. "/home")
+  local tmp_src = ident.stage and (ident.stage .. "/tmp") or (dir .. "/tmp")
+  -- The holder tells LAUNCH (on fd 6) that its filesystem is complete, then sleeps.
+  for _, a in ipairs({ "--bind", home_src, home_dir, "--bind", tmp_src, "/tmp", "--chdir", "/", "--",
+    "/bin/sh", "-c", "echo ready >&6; exec 6>&-; exec sleep infinity" }) do argv[#argv + 1] = a end
+  local r, err = proc.run({ argv = argv, env = env, env_mode = "replace", timeout_ms = 60000, cwd = "/" })
+  if not r then return nil, err end
+  local pid = r.exit_code == 0 and math.tointeger(tonumber(r.stdout:match("(%d+)%s*$")))
+  local start = pid and proc_start(pid)
+  if not start then
+    return nil, ("could not start the instance's namespaces (exit %d): %s"):format(r.exit_code,
+      common.tail(r.stderr, 500))
+  end
+  return { pid = pid, start = start }
+end
+
+
+-- SIGKILLs a holder (pid 1 of the instance's pid namespace: the kernel then kills every process
+-- in it) unless its pid now names another process; waits until it is gone.
+local function kill_holder(holder)
+  if not holder or proc_start(holder.pid) ~= holder.start then return end
+  proc.run({ argv = { "kill", "-s", "KILL", "--", tostring(holder.pid) }, timeout_ms = 10000 })
+  local deadline = runtime.now_ms() + 10000
+  while proc_start(holder.pid) == holder.start and runtime.now_ms() < deadline do
+    local ok, err = runtime.sleep_ms(10)
+    if not ok then error(err, 0) end
+  end
+end
+
+
+-- The host-side part of an exec in the instance's namespaces: ENTER_NS, then nsenter into
+-- all of them (uid 0 inside) and setpriv: no new privileges, no CAP_SYS_RESOURCE (so
+-- user.max_user_namespaces stays 0) and no CAP_SYS_ADMIN (no mounts: the read-only system
+-- directories stay read-only even where the flag is not locked, as for a caller other than
+-- root). The command gets a session of its own (setsid: galley's terminal, if any, is not its
+-- controlling terminal, so it cannot inject input there) and dies with the host-side nsenter
+-- (pdeathsig), which a timeout or kill of the exec reaches. Append INNER's argv.
+local function ns_exec_prefix(holder, cgroup, network)
+  local argv = { "/bin/sh", "-c", ENTER_NS, "sh", cgroup or "", tostring(holder.pid), holder.start,
+    network and "" or "net",
+    "nsenter", "--user=/proc/self/fd/3", "--pid=/proc/self/fd/4", "--mount=/proc/self/fd/5",
+    "--ipc=/proc/self/fd/6", "--uts=/proc/self/fd/7", "--cgroup=/proc/self/fd/8" }
+  if not network then argv[#argv + 1] = "--net=/proc/self/fd/9" end
+  for _, a in ipairs({ "--", "setpriv", "--no-new-privs", "--bounding-set=-sys_resource,-sys_admin",
+    "--pdeathsig=KILL", "--", "setsid", "--wait", "--" }) do
+    argv[#argv + 1] = a
+  end
+  return argv
+end
+
+
+local probe_cache = {}
+
+--- Whether instances can get their own namespaces here: boots a holder in a scratch directory
+--- under `state_dir`, runs a check in it and kills it (once per process, state dir and id map).
+---@return boolean ok
+---@return string|nil why
+function M.probe_isolation(bwrap, ident, state_dir, mounts)
+  local key = state_dir .. "\0" .. ident.uid_map
+  if probe_cache[key] ~= nil then return probe_cache[key][1], probe_cache[key][2] end
+  local dir = state_dir .. "/.probe-" .. codec.random_hex(4)
+  local ok, why = pcall(function()
+    tool({ "mkdir", "-m", "0700", dir, dir .. "/home", dir .. "/tmp" }, "create the probe directory")
+    if ident.root then tool({ "chown", ident.uid .. ":" .. ident.gid, dir .. "/home", dir .. "/tmp" }) end
+    local env = { PATH = SYSTEM_PATH }
+    local holder, err = launch_holder(bwrap, ident, dir, nil, true, mounts, "/root", env)
+    if not holder then error(tostring(err), 0) end
+    local argv = ns_exec_prefix(holder, nil, true)
+    for _, a in ipairs({ "/bin/sh", "-c",
+      "touch /root/.probe || exit 4; unshare -U true 2>/dev/null && exit 3; exit 0" }) do argv[#argv + 1] = a end
+    local r = proc.run({ argv = argv, env = env, env_mode = "replace", timeout_ms = 30000, cwd = "/" })
+    kill_holder(holder)
+    if not r then error(tostring(err), 0) end
+    if r.exit_code ~= 0 then
+      error(("an exec in the instance's namespaces failed (exit %d): %s"):format(r.exit_code,
+        common.tail(r.stderr, 300)), 0)
+    end
+  end)
+  pcall(tool, { "rm", "-rf", "--", dir })
+  probe_cache[key] = { ok, not ok and tostring(why) or nil }
+  return probe_cache[key][1], probe_cache[key][2]
 end
 
 
 ---@class galley.LocalProviderOptions
 ---@field state_dir? string default GALLEY_STATE_DIR, else ~/.local/state/galley
 ---@field sandbox? boolean false: never use bubblewrap; true: fail when it does not work
----@field home_dir? string the home directory inside the sandbox (default /root; must exist here)
+---@field home_dir? string the home directory inside the sandbox (default /root)
+---@field isolation? "userns"|"none" default: "userns" where it works (else "none", with a warning)
+---@field network? boolean false: instances have no network (loopback only); default: the host's
 ---@field cgroups? boolean false: track processes by environment even when cgroup v2 works
 ---@field cgroup_root? string a cgroup2 mount point to use instead of the detected one
 ---@field size_limit? integer largest file the files API moves (default 256 MiB)
@@ -187,26 +541,108 @@ function M.new(opts)
   -- Sandbox.
   local bwrap = opts.sandbox ~= false and proc.which("bwrap") or nil
   local home_dir = opts.home_dir or "/root"
-  local sandbox = false
+  local bad_home = type(home_dir) ~= "string" or home_dir:sub(1, 1) ~= "/" or home_dir == "/"
+    or (home_dir .. "/"):find("/%.%.?/") ~= nil
+  if bad_home then
+    common.raise("VALIDATION_ERROR", "home_dir must be an absolute path below /, got " .. tostring(home_dir),
+      { field = "home_dir", hint = "e.g. /root or /home/agent" })
+  end
+  if opts.isolation ~= nil and opts.isolation ~= "userns" and opts.isolation ~= "none" then
+    common.raise("VALIDATION_ERROR", "isolation must be \"userns\" or \"none\", got " .. tostring(opts.isolation),
+      { field = "isolation" })
+  end
+  local network = opts.network ~= false
+  local host_home = paths.home()
+  local private = { state_dir, host_home }
+  local config_home = os.getenv("XDG_CONFIG_HOME")
+  config_home = (config_home and config_home ~= "") and config_home or (host_home .. "/.config")
+  private[#private + 1] = config_home .. "/galley"
+  private[#private + 1] = paths.config_dir()
+  local mounts, sandbox_path = {}, SYSTEM_PATH
+  local sandbox, isolation, ident = false, "none", nil
   if bwrap then
-    if not fs.exists(home_dir) then
-      common.raise("VALIDATION_ERROR", ("home_dir %s does not exist on this machine"):format(home_dir),
-        { field = "home_dir", hint = "the sandbox mounts the instance's home over an existing directory" })
+    local why
+    if opts.isolation ~= "none" then ident, why = detect_identity() end
+    -- A root caller's holder runs as a subordinate id: it enters only world-searchable paths.
+    -- Nor can a program be shown below /tmp or the home: those are the instance's own.
+    local function reachable(path)
+      if under(path, "/tmp") or under(path, home_dir) then return false end
+      if not (ident and ident.root) then return true end
+      local dir = ""
+      for part in path:gmatch("[^/]+") do
+        local st = fs.stat(dir == "" and "/" or dir)
+        if not st or st.mode & 1 == 0 then return false end
+        dir = dir .. "/" .. part
+      end
+      return true
     end
-    local ok, why = probe_bwrap(bwrap, home_dir)
-    if ok then
-      sandbox = true
-    elseif opts.sandbox == true then
-      common.raise("PROCESS_ERROR", "bubblewrap cannot create a sandbox here: " .. tostring(why), {})
+    local skipped
+    mounts, sandbox_path, skipped = system_mounts(private, reachable)
+    if ident and ident.root then
+      -- The staging mount point (hidden in the holder's private mount namespace only): an
+      -- existing directory that holds none of what the holder binds.
+      local sources = { state_dir }
+      for i = 1, #mounts - 2 do
+        if mounts[i] == "--ro-bind" then sources[#sources + 1] = mounts[i + 1] end
+      end
+      for _, c in ipairs({ "/mnt", "/media", "/srv", "/boot", "/home", "/tmp" }) do
+        local st = fs.stat(c)
+        local clear = st and st.type == "directory"
+        for _, src in ipairs(sources) do
+          if clear and under(src, c) then clear = false end
+        end
+        if clear then
+          ident.stage = c
+          break
+        end
+      end
+      if not ident.stage then ident, why = nil, "no directory to stage the instances' files in" end
+    end
+    if #skipped > 0 then
+      log.warn("programs installed where instances cannot see them (install them system-wide)",
+        { programs = table.concat(skipped, " ") })
+    end
+    if opts.isolation ~= "none" then
+      if ident then
+        local ok, perr = M.probe_isolation(bwrap, ident, state_dir, mounts)
+        if ok then isolation = "userns" else ident, why = nil, perr end
+      end
+      if not ident then
+        if opts.isolation == "userns" then
+          common.raise("PROCESS_ERROR", "instances cannot get their own user namespace here: " .. tostring(why),
+            { hint = "run scripts/setup (uidmap and subordinate ids in /etc/subuid and /etc/subgid)" })
+        end
+        log.warn("instances share this machine's pid namespace and get no id range of their own "
+          .. "(isolation \"none\")", { reason = why })
+      end
+    end
+    if isolation == "none" then
+      local argv = { bwrap, table.unpack(mounts) }
+      argv[#argv + 1] = "--"
+      argv[#argv + 1] = "/bin/true"
+      local r = proc.run({ argv = argv, timeout_ms = 30000 })
+      if r and r.exit_code == 0 then
+        sandbox = true
+      elseif opts.sandbox == true then
+        common.raise("PROCESS_ERROR", "bubblewrap cannot create a sandbox here: "
+          .. (r and common.tail(r.stderr, 300) or "bwrap could not be started"), {})
+      else
+        log.warn("bubblewrap does not work here; instances run unsandboxed with the caller's rights",
+          { reason = r and common.tail(r.stderr, 300) })
+      end
     else
-      log.warn("bubblewrap does not work here; instances run unsandboxed", { reason = why })
+      sandbox = true
     end
   elseif opts.sandbox == true then
     common.raise("VALIDATION_ERROR", "sandbox = true but bwrap is not installed", { field = "sandbox" })
   end
+  if not sandbox and not network then
+    common.raise("VALIDATION_ERROR", "network = false needs the sandbox (bubblewrap)", { field = "network" })
+  end
   if not sandbox and not bwrap then
-    log.warn(opts.sandbox == false and "sandbox = false: instances run unsandboxed with HOME in their directory"
-      or "bubblewrap (bwrap) not found; instances run unsandboxed with HOME in their directory")
+    log.warn(opts.sandbox == false
+      and "sandbox = false: instance commands run on this machine with the caller's rights (HOME in their directory)"
+      or "bubblewrap (bwrap) not found; instance commands run on this machine with the caller's rights")
   end
 
   -- Process tracking.
@@ -227,6 +663,9 @@ function M.new(opts)
       home_dir = sandbox and home_dir or nil,
       home_dir_per_instance = not sandbox,
       sandbox = sandbox,
+      -- "userns": own user (full id range), pid, ipc and uts namespaces; "none": the host's.
+      isolation = sandbox and isolation or "none",
+      network = network,
       process_tracking = cgroup_base and "cgroup" or "environ",
       -- Without cgroups the instance's processes are found by this variable: process managers
       -- that clean an environment (PM2's app env) must keep it, or their daemons escape terminate.
@@ -242,6 +681,16 @@ function M.new(opts)
   }
 
   local function inst_dir(id) return instances_dir .. "/" .. id end
+  -- Host tools that touch files made inside instances: for a caller other than root those
+  -- files may belong to its subordinate ids, so the tool runs in a user namespace with the
+  -- instances' id map (unshare --map-root-user --map-auto).
+  local owner_prefix = (ident and not ident.root) and { "unshare", "--map-root-user", "--map-auto", "--" } or {}
+  local function owner_tool(argv, what)
+    local full = {}
+    for _, a in ipairs(owner_prefix) do full[#full + 1] = a end
+    for _, a in ipairs(argv) do full[#full + 1] = a end
+    return tool(full, what or argv[1])
+  end
   -- Instance cgroups are <base>/<state tag>_<id>: the tag keeps state dirs apart.
   local cgroup_tag = codec.sha256(state_dir):sub(1, 8)
   if cgroup_base then
@@ -270,6 +719,12 @@ function M.new(opts)
       if type(meta[k]) == "number" then meta[k] = math.tointeger(meta[k]) or meta[k] end
     end
     if type(meta.metadata) ~= "table" then meta.metadata = {} end
+    local h = meta.holder
+    if type(h) ~= "table" or not math.tointeger(h.pid) or type(h.start) ~= "string" then
+      meta.holder = nil
+    else
+      h.pid = math.tointeger(h.pid)
+    end
     return meta
   end
 
@@ -385,6 +840,28 @@ function M.new(opts)
     if dir and not fs.exists(dir) then tool({ "mkdir", "-p", dir }, "mkdir cgroup") end
   end
 
+  -- The instance's holder (isolation "userns"): the recorded one while it lives, else a new
+  -- one (after a reboot of the instance or of this machine: the namespaces, and every process
+  -- in them, were gone). Saves it in meta.json. Two galley processes that find the holder gone
+  -- at the same moment may each start one; the one not recorded dies with the instance's cgroup
+  -- (or lives on as an idle sleep without cgroups).
+  local function ensure_holder(meta)
+    local h = meta.holder
+    if h and proc_start(h.pid) == h.start then return h end
+    if h then
+      log.warn("the instance's namespaces were gone (rebooted?); starting new ones", { instance = meta.id })
+    end
+    local env = { PATH = SYSTEM_PATH, GALLEY_INSTANCE_ID = meta.id }
+    local holder, err = launch_holder(bwrap, ident, inst_dir(meta.id), meta.cgroup, network, mounts, home_dir, env)
+    if not holder then
+      common.raise("PROCESS_ERROR", ("instance %s: %s"):format(meta.id, tostring(err)),
+        { resource = "instance:" .. meta.id, cause = err })
+    end
+    meta.holder = holder
+    save_meta(inst_dir(meta.id), meta)
+    return holder
+  end
+
   local function freeze(meta, on)
     local dir = cgroup_dir(meta)
     if dir then
@@ -398,6 +875,12 @@ function M.new(opts)
   end
 
   local function kill_all(meta)
+    -- pid 1 of the instance's pid namespace first: the kernel kills every process in it,
+    -- including any that left the cgroup or cleaned its environment.
+    if meta.holder then
+      kill_holder(meta.holder)
+      meta.holder = nil
+    end
     local dir = cgroup_dir(meta)
     if dir then
       if fs.exists(dir) then
@@ -434,7 +917,7 @@ function M.new(opts)
     meta.status = "stopping"
     pcall(save_meta, inst_dir(meta.id), meta)
     kill_all(meta)
-    tool({ "rm", "-rf", "--", inst_dir(meta.id) }, "remove the instance directory")
+    owner_tool({ "rm", "-rf", "--", inst_dir(meta.id) }, "remove the instance directory")
     provider.files.forget_instance(meta.id)
   end
 
@@ -480,7 +963,7 @@ function M.new(opts)
     for _, sub in ipairs({ "home", "tmp" }) do
       tool({ "mkdir", "-p", dst .. "/" .. sub }, "create " .. sub)
       if fs.exists(src .. "/" .. sub) then
-        tool({ "cp", "-a", "--", src .. "/" .. sub .. "/.", dst .. "/" .. sub .. "/" }, "copy " .. sub)
+        owner_tool({ "cp", "-a", "--", src .. "/" .. sub .. "/.", dst .. "/" .. sub .. "/" }, "copy " .. sub)
       end
     end
   end
@@ -531,14 +1014,19 @@ function M.new(opts)
       else
         tool({ "mkdir", "-m", "0700", dir .. "/home" }, "create home")
         tool({ "mkdir", "-m", "1777", dir .. "/tmp" }, "create tmp")
+        if ident and ident.root then
+          tool({ "chown", ident.uid .. ":" .. ident.gid, dir .. "/home", dir .. "/tmp" }, "chown home and tmp")
+        end
       end
       if meta.cgroup then tool({ "mkdir", "-p", meta.cgroup }, "create the instance cgroup") end
+      if sandbox and isolation == "userns" then ensure_holder(meta) end
       meta.status = "ready"
       save_meta(dir, meta)
     end)
     if not ok then
+      if meta.holder then kill_holder(meta.holder) end
       if meta.cgroup then os.remove(meta.cgroup) end
-      pcall(tool, { "rm", "-rf", "--", dir })
+      pcall(owner_tool, { "rm", "-rf", "--", dir })
       error(err, 0)
     end
     run.track_instance(provider, id)
@@ -552,10 +1040,8 @@ function M.new(opts)
     return inst_dir(meta.id) .. "/home"
   end
 
-  local base_path = os.getenv("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+  local base_path = sandbox and sandbox_path or os.getenv("PATH") or SYSTEM_PATH
 
-  -- Runs argv in the instance: {stdout, stderr, exit_code}. `env` adds variables, `cwd` is the
-  -- directory as the instance sees it (default: its home).
   -- The process options (argv wrapped in the sandbox and the cgroup, environment) that run
   -- argv in the instance. `env` adds variables; `cwd` is the directory as the instance sees it
   -- (default: its home).
@@ -565,29 +1051,37 @@ function M.new(opts)
         { operation = operation, resource = "instance:" .. meta.id, hint = "resume it first" })
     end
     local home = home_of(meta)
+    local user = isolation == "userns" and "root" or (os.getenv("USER") or "root")
     local full_env = {
-      PATH = base_path, HOME = home, USER = os.getenv("USER") or "root", LOGNAME = os.getenv("USER") or "root",
+      PATH = base_path, HOME = home, USER = user, LOGNAME = user,
       SHELL = "/bin/bash", LANG = os.getenv("LANG") or "C.UTF-8", TERM = "dumb", GALLEY_INSTANCE_ID = meta.id,
     }
     for k, v in pairs(env or {}) do full_env[k] = v end
     cwd = cwd and common.expand_home(cwd, home) or home
-    -- One small sh (ENTER) joins the instance's cgroup, changes directory and execs the
-    -- command. In the sandbox it runs inside bwrap, with the instance's own cgroup directory bound
-    -- writable (the rest of the cgroup tree stays read-only, so nothing can leave it).
+    -- A host-side sh joins the instance's cgroup (ENTER, or ENTER_NS that also opens the
+    -- instance's namespaces), then the sandbox starts, where a second sh (INNER) changes
+    -- directory and execs the command.
     if meta.cgroup then ensure_cgroup(meta) end
-    local cmd = {}
-    if sandbox then
-      local dir = inst_dir(meta.id)
-      cmd = { bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-        "--bind", dir .. "/home", home_dir, "--bind", dir .. "/tmp", "/tmp" }
-      if meta.cgroup then
-        for _, a in ipairs({ "--bind", meta.cgroup, meta.cgroup }) do cmd[#cmd + 1] = a end
+    local dir = inst_dir(meta.id)
+    local cmd
+    if sandbox and isolation == "userns" then
+      cmd = ns_exec_prefix(ensure_holder(meta), meta.cgroup, network)
+    elseif sandbox then
+      cmd = { "/bin/sh", "-c", ENTER, "sh", meta.cgroup or "", bwrap }
+      if not network then cmd[#cmd + 1] = "--unshare-net" end
+      for _, a in ipairs(mounts) do cmd[#cmd + 1] = a end
+      for _, a in ipairs({ "--bind", dir .. "/home", home_dir, "--bind", dir .. "/tmp", "/tmp" }) do
+        cmd[#cmd + 1] = a
       end
+    else
+      cmd = { "/bin/sh", "-c", ENTER, "sh", meta.cgroup or "" }
+    end
+    if sandbox and isolation ~= "userns" then
       for _, a in ipairs({ "--chdir", "/", "--" }) do cmd[#cmd + 1] = a end
     end
-    for _, a in ipairs({ "/bin/sh", "-c", ENTER, "sh", meta.cgroup or "", cwd }) do cmd[#cmd + 1] = a end
+    for _, a in ipairs({ "/bin/sh", "-c", INNER, "sh", cwd }) do cmd[#cmd + 1] = a end
     for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
-    return { argv = cmd, env = full_env, env_mode = "replace" }
+    return { argv = cmd, env = full_env, env_mode = "replace", cwd = sandbox and "/" or nil }
   end
 
   local function run_in(meta, argv, env, cwd, operation)
@@ -619,6 +1113,19 @@ function M.new(opts)
     log = log,
   })
 
+  --- Hands files copied into an instance's directory on the host (host_dir/home, host_dir/tmp)
+  --- to the instance: with isolation "userns" and a root caller they become its root's, so the
+  --- instance can change them. Nothing to do otherwise.
+  ---@param instance_id string
+  ---@raise NOT_FOUND | PROCESS_ERROR
+  function provider.adopt_files(instance_id)
+    local meta = must_instance(instance_id, "adopt_files")
+    if ident and ident.root and isolation == "userns" then
+      local dir = inst_dir(meta.id)
+      tool({ "chown", "-R", ident.uid .. ":" .. ident.gid, dir .. "/home", dir .. "/tmp" }, "chown the files")
+    end
+  end
+
   --- Runs a CommandSpec in an instance. Non-zero exits are results.
   ---@param instance_id string
   ---@param spec galley.CommandSpec
@@ -640,6 +1147,9 @@ function M.new(opts)
     if not ok then
       common.raise("FILE_IO_ERROR", "cannot write the script file: " .. tostring(err),
         { operation = "exec", resource = "instance:" .. meta.id })
+    end
+    if ident and ident.root and isolation == "userns" then
+      tool({ "chown", ident.uid .. ":" .. ident.gid, host_path }, "chown the script")
     end
     local script_path = sandbox and ("/tmp/" .. name) or host_path
     local rok, res = pcall(run_in, meta, { "/bin/bash", script_path }, spec.env, spec.cwd, "exec")
@@ -836,7 +1346,7 @@ function M.new(opts)
       owner = sopts.digest and claim_digest(sopts.digest, id)
       if not owner then save_meta(dir, smeta) end
     end)
-    if not ok or owner then pcall(tool, { "rm", "-rf", "--", dir }) end
+    if not ok or owner then pcall(owner_tool, { "rm", "-rf", "--", dir }) end
     if not ok then error(err, 0) end
     return public_snapshot(owner or smeta)
   end
@@ -939,7 +1449,7 @@ function M.new(opts)
     if meta.digest and read_all(claim_path(meta.digest) .. "/id") == snapshot_id then
       tool({ "rm", "-rf", "--", claim_path(meta.digest) }, "remove the digest claim")
     end
-    tool({ "rm", "-rf", "--", snap_dir(snapshot_id) }, "remove the snapshot")
+    owner_tool({ "rm", "-rf", "--", snap_dir(snapshot_id) }, "remove the snapshot")
     return true
   end
 

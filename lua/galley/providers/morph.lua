@@ -14,10 +14,18 @@
 -- clone (all clones are deleted if one fails). stop and terminate are both DELETE: Morph has no
 -- stopped state besides pause. pause/resume keep the files; status "paused" reads "stopped".
 --
--- Exec: an argv runs as given (a one-element argv is sent shell-quoted, since the service runs a
--- one-element command through a shell). A shell-form spec, or an argv spec with cwd/env, becomes
--- a bash script (galley.core.shell.plan) that ONE exec writes to /tmp/.galley-script-<random>.sh,
--- runs as `/bin/bash <path>` and removes; scripts over 1 MiB are uploaded first (files API).
+-- Exec: the service runs a one-element `command` through a shell; what it does with several
+-- elements is not documented (an SSH-style server space-joins them and runs the line with sh -c).
+-- So every exec is sent as ONE element (exec_form "string", the default): the exact argv, each
+-- word quoted by galley.core.shell.join, which sh -c and bash -c (login or not) read back
+-- byte-identical. That line is one argument of the service's shell: it must stay under
+-- `max_command_bytes` (default 120 KiB; Linux refuses one argument of 128 KiB). exec_form
+-- "argv" sends the argv as the command array, for services known to run it directly.
+-- A shell-form spec, or an argv spec with cwd/env, becomes a bash script (galley.core.shell.plan)
+-- that ONE exec writes to /tmp/.galley-script-<random>.sh, runs as `/bin/bash <path>` and removes;
+-- a script whose exec would not fit is uploaded first (files API), and so is an argv too long
+-- for one line. There is no stdin: every payload is in the argv of a process on the instance
+-- while it runs (visible in /proc/<pid>/cmdline there).
 -- Files: galley.providers.execfiles over the same exec (no file API exists on Morph).
 --
 -- Home directory: `home_dir` (default "/root") is what `~` means. `home_dir = false` asks each
@@ -27,7 +35,9 @@
 -- Errors are the client's error tables (code NOT_FOUND, VALIDATION_ERROR, AUTHENTICATION_ERROR,
 -- RATE_LIMIT, SERVER_ERROR, NETWORK_ERROR, TIMEOUT, PROTOCOL_ERROR, INTERRUPTED) with
 -- kind = "ProviderError", operation = the provider call ("instances.boot"; the endpoint in
--- `endpoint`) and resource; HTTP 409 (not ready, paused) is CONFLICT. Bad arguments raise
+-- `endpoint`) and resource; HTTP 409 (not ready, paused) is CONFLICT. Every answer used is
+-- checked first (galley.providers.morph_check): a wrong shape is PROTOCOL_ERROR naming the
+-- endpoint and the field (err.endpoint, err.field). Bad arguments raise
 -- VALIDATION_ERROR (with `field`) before any request. The API key is registered with galley.log
 -- as a secret and never appears in logs or errors.
 local cjson = require("cjson")
@@ -37,6 +47,7 @@ local contracts = require("galley.contracts")
 local errors = require("galley.errors")
 local execfiles = require("galley.providers.execfiles")
 local logmod = require("galley.log")
+local morph_check = require("galley.providers.morph_check")
 local morph_client = require("galley.morph_client")
 local morph_process = require("galley.providers.morph_process")
 local run = require("galley.tracker")
@@ -61,8 +72,18 @@ M.SNAPSHOT_STATUS = { pending = "creating", ready = "ready", failed = "error", d
 --- The metadata key galley.morph_client stamps on created instances (hidden from `metadata`).
 M.TOKEN_KEY = morph_client.TOKEN_KEY
 
---- Largest script sent inside the exec that runs it; longer ones are uploaded first.
+--- Largest script sent inside the exec that runs it with exec_form "argv"; longer ones are
+--- uploaded first. (With exec_form "string" the whole line must fit `max_command_bytes`.)
 M.INLINE_SCRIPT_BYTES = 1024 * 1024
+
+--- Default largest exec line (exec_form "string"): the one argument of the service's shell.
+M.MAX_COMMAND_BYTES = 120 * 1024
+
+--- Linux's limit on one argument (MAX_ARG_STRLEN, with its NUL).
+M.ARG_LIMIT = 128 * 1024
+
+--- The exec forms: "string" sends one element (the argv quoted), "argv" the argv itself.
+M.EXEC_FORMS = { string = true, argv = true }
 
 local SCRIPT_PIECE_BYTES = 120 * 1024
 
@@ -241,6 +262,8 @@ end
 ---@field max_request_bytes? integer base64 bytes per file-transfer exec (execfiles default 1.5 MiB)
 ---@field max_arg_bytes? integer bytes per argv element of a transfer (execfiles default 120 KiB)
 ---@field decoder? "python"|"coreutils" skip execfiles' decoder detection
+---@field exec_form? "string"|"argv" how an exec's argv is sent (default "string": one element)
+---@field max_command_bytes? integer largest exec line with exec_form "string" (default 120 KiB, < 128 KiB)
 
 --- Creates a Morph provider.
 ---@param opts? galley.MorphProviderOptions
@@ -258,6 +281,16 @@ function M.new(opts)
   local snapshot_timeout_ms = check_count(opts.snapshot_timeout_ms, "snapshot_timeout_ms", 0)
     or M.DEFAULT_SNAPSHOT_TIMEOUT_MS
   local exec_timeout_ms = check_count(opts.exec_timeout_ms, "exec_timeout_ms", 1)
+  local exec_form = opts.exec_form or "string"
+  if not M.EXEC_FORMS[exec_form] then
+    fail("VALIDATION_ERROR", 'exec_form must be "string" or "argv"', { field = "exec_form",
+      hint = '"string" (the default) works whatever the service does with a multi-element command' })
+  end
+  local max_command = check_count(opts.max_command_bytes, "max_command_bytes", 4096) or M.MAX_COMMAND_BYTES
+  if max_command >= M.ARG_LIMIT then
+    fail("VALIDATION_ERROR", "max_command_bytes must be below 128 KiB", { field = "max_command_bytes" })
+  end
+  local one_line = exec_form == "string"
 
   local client = opts.client
   local own_client = false
@@ -284,7 +317,10 @@ function M.new(opts)
     name = M.NAME,
     version = M.VERSION,
     client = client,
+    exec_form = exec_form,
     capabilities = {
+      exec_form = exec_form,
+      max_command_bytes = one_line and max_command or nil,
       home_dir = home_fixed or nil,
       home_dir_per_instance = home_fixed == false,
       pause = true,
@@ -298,11 +334,12 @@ function M.new(opts)
     images = {},
   }
 
-  -- Calls client:<method>(...) and returns its result, or raises the provider's error.
+  -- Calls client:<method>(...) and returns its result, checked (morph_check), or raises the
+  -- provider's error.
   local function call(operation, resource, method, ...)
     local res, err = client[method](client, ...)
     if res == nil then error(M.wrap_error(err, operation, resource), 0) end
-    return res
+    return morph_check.answer(method, res, operation, resource)
   end
 
   -- Deletes an instance, best effort (boot/fork cleanup); true when it is gone.
@@ -327,7 +364,7 @@ function M.new(opts)
         { instance_status = "error" })
     else
       res, err = client:wait_ready(id, { timeout_ms = timeout_ms })
-      if res then return res end
+      if res then return morph_check.answer("wait_ready", res, operation, "instance:" .. id) end
     end
     err = M.wrap_error(err, operation, "instance:" .. id)
     err.resource = "instance:" .. id
@@ -363,14 +400,26 @@ function M.new(opts)
   -- Exec -----------------------------------------------------------------------------------
   local homes = {}
 
-  -- Runs an argv as given: {stdout, stderr, exit_code}.
+  -- Runs an argv as given: {stdout, stderr, exit_code}. exec_form "string": one element, the
+  -- quoted words (a one-element argv is quoted in both forms: the service runs it in a shell).
   local function exec_argv(id, argv, eopts, operation)
-    if #argv == 1 then argv = { shell.quote(argv[1]) } end
+    if one_line or #argv == 1 then
+      local line = shell.join(argv)
+      if one_line and #line > max_command then
+        fail("VALIDATION_ERROR", ("the exec line is %d bytes, over max_command_bytes (%d)"):format(#line, max_command),
+          { field = "command", operation = operation or "exec", resource = "instance:" .. id,
+            hint = "pass large data as a file (files.write_file) or a shell-form script" })
+      end
+      argv = { line }
+    end
     eopts = eopts or {}
-    local res = call(operation or "exec", "instance:" .. id, "instances_exec", id, argv, {
+    local operation_name, resource = operation or "exec", "instance:" .. id
+    local res, err = client:instances_exec(id, argv, {
       timeout_ms = eopts.timeout_ms or exec_timeout_ms, on_stdout = eopts.on_stdout, on_stderr = eopts.on_stderr,
     })
-    return { stdout = res.stdout or "", stderr = res.stderr or "", exit_code = int(res.exit_code) }
+    if res == nil then error(M.wrap_error(err, operation_name, resource), 0) end
+    local sse = eopts.on_stdout ~= nil or eopts.on_stderr ~= nil
+    return morph_check.answer("instances_exec", res, operation_name, resource, sse and "instances.exec_sse" or nil)
   end
 
   -- The home directory of an instance (asked once per instance with home_dir = false).
@@ -393,6 +442,7 @@ function M.new(opts)
     size_limit = opts.size_limit,
     max_request_bytes = opts.max_request_bytes,
     max_arg_bytes = opts.max_arg_bytes,
+    max_command_bytes = one_line and max_command or nil,
     decoder = opts.decoder,
     log = log,
   })
@@ -436,16 +486,19 @@ function M.new(opts)
     if not ok then
       error(errors.wrap(plan, { operation = "exec", kind = "ProviderError" }, "VALIDATION_ERROR"), 0)
     end
-    if plan.argv then return exec_argv(instance_id, plan.argv, eopts) end
     local script = plan.script
+    if plan.argv then
+      if not one_line or #shell.join(plan.argv) <= max_command then return exec_argv(instance_id, plan.argv, eopts) end
+      script = "exec -- " .. shell.join(plan.argv) .. "\n" -- too long for one line: run from a file
+    end
     local path = "/tmp/.galley-script-" .. codec.random_hex(8) .. ".sh"
-    local argv = { "/bin/sh", "-c", RUNNER, "galley-script", path }
-    if #script <= M.INLINE_SCRIPT_BYTES then
-      argv[#argv + 1] = "1"
-      for i = 1, #script, SCRIPT_PIECE_BYTES do argv[#argv + 1] = script:sub(i, i + SCRIPT_PIECE_BYTES - 1) end
-    else
+    local argv = { "/bin/sh", "-c", RUNNER, "galley-script", path, "1" }
+    for i = 1, #script, SCRIPT_PIECE_BYTES do argv[#argv + 1] = script:sub(i, i + SCRIPT_PIECE_BYTES - 1) end
+    local fits
+    if one_line then fits = #shell.join(argv) <= max_command else fits = #script <= M.INLINE_SCRIPT_BYTES end
+    if not fits then
       provider.files.write_file_atomic(instance_id, path, script, { mode = "600" })
-      argv[#argv + 1] = "0"
+      argv = { "/bin/sh", "-c", RUNNER, "galley-script", path, "0" }
     end
     local r = exec_argv(instance_id, argv, eopts)
     log.trace("exec", { instance = instance_id, kind = spec.kind, exit_code = r.exit_code, stderr_bytes = #r.stderr })
@@ -664,7 +717,7 @@ function M.new(opts)
             werr.instance_id = raw.id
             error(werr, 0)
           end
-          raws[i] = r
+          raws[i] = morph_check.answer("wait_ready", r, "instances.fork", "instance:" .. raw.id)
         end
       end
     end)

@@ -2,7 +2,8 @@
 -- real bash runs the text. 10,000 random strings (quotes, $, backticks, backslashes, newlines,
 -- tabs, UTF-8, invalid bytes, leading dashes, ~, spaces; never NUL) go through shell.quote,
 -- shell.join, shell.plan (script form: cwd and env values; argv form with cwd/env) and the PM2
--- payload (run as `bash -lc PAYLOAD` directly, not via pm2).
+-- payload (run as `bash -lc PAYLOAD` directly, not via pm2); a one-element exec line (shell.join
+-- of an argv, as the Morph provider sends it) under sh -c (dash), bash -c and bash -lc.
 --
 -- Reproduce a failure with GALLEY_QUOTING_SEED=<seed printed below>; GALLEY_QUOTING_COUNT changes
 -- how many strings are drawn. Failures print the offending string in hex.
@@ -151,6 +152,28 @@ describe("quoting through real bash #property", function()
     local code, out = run_driver(table.concat(driver, "\n") .. "\n")
     assert.are.equal(0, code)
     expect_same("shell.quote/join", expected, out)
+  end)
+
+  it("a one-element exec line (shell.join of an argv) means the same under sh -c, bash -c and bash -lc", function()
+    -- What the Morph provider sends: the exact argv as ONE line, run by whatever shell the
+    -- service uses (dash as /bin/sh here, bash, a login bash).
+    local expected, lines = {}, {}
+    for _, chunk in ipairs(chunks(strings, 500)) do
+      table.move(chunk, 1, #chunk, #expected + 1, expected)
+      local argv = { "/usr/bin/printf", "%s\\0" }
+      table.move(chunk, 1, #chunk, 3, argv)
+      lines[#lines + 1] = shell.join(argv)
+      assert.is_true(#lines[#lines] < 128 * 1024)
+    end
+    for _, sh in ipairs({ { "/bin/sh", "-c" }, { "/bin/bash", "-c" }, { "/bin/bash", "-lc" } }) do
+      local out = {}
+      for _, line in ipairs(lines) do
+        local code, stdout, stderr = bash({ sh[1], sh[2], line })
+        assert.are.equal(0, code, stderr)
+        out[#out + 1] = stdout
+      end
+      expect_same(table.concat(sh, " ") .. " <shell.join line>", expected, table.concat(out))
+    end
   end)
 
   it("shell.plan scripts keep env values, args and the cwd", function()

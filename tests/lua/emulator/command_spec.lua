@@ -91,7 +91,8 @@ describe("the galley emulate command #emulator", function()
       end
       local r = assert(em:request("POST", "/instance/" .. id .. "/exec",
         { command = { "sleep 600 >/dev/null 2>&1 & echo $!" } }))
-      local pid = r.json.stdout:match("%d+")
+      -- the instance's pid namespace numbers it; watch the host's process
+      local pid = assert(emulator.host_pid(r.json.stdout:match("%d+"), "sleep\0" .. "600\0"))
       assert.are.equal(200, assert(em:request("POST", "/_emulator/shutdown")).status)
       local res = assert(em.handle:wait(20000))
       assert.are.equal(0, res.exit_code)
@@ -156,7 +157,7 @@ describe("the galley emulate command #emulator", function()
   it("exits 2 on bad flags and bad fault specs", function()
     for _, args in ipairs({
       "--port nope", "--port 70000", "--bogus", "--fault action=reset",
-      "--fault 'path=/x,action=explode'", "--latency-ms", "--snapshot 'bad id'",
+      "--fault 'path=/x,action=explode'", "--latency-ms", "--snapshot 'bad id'", "--argv-mode ssh", "--argv-mode",
     }) do
       local code = support.galley("emulate " .. args)
       assert.are.equal(2, code, args)
@@ -167,5 +168,15 @@ describe("the galley emulate command #emulator", function()
     local code, out = support.galley("help emulate")
     assert.are.equal(0, code)
     assert.truthy(out:find("--fault", 1, true))
+    assert.truthy(out:find("--argv-mode M", 1, true))
+  end)
+end)
+
+describe("galley.emulator.new options #emulator", function()
+  it("refuses an unknown argv_mode with EMULATOR_BAD_OPTION naming the field", function()
+    local emu, err = require("galley.emulator").new({ state_dir = "/nonexistent/never-created", api_key = "k",
+      argv_mode = "ssh" })
+    assert.is_nil(emu)
+    assert.are.same({ "EMULATOR_BAD_OPTION", "argv_mode" }, { err.code, err.field })
   end)
 end)

@@ -141,7 +141,8 @@ describe("galley emulate: exec #emulator", function()
       return assert(em:request("GET", "/instance/" .. inst)).json.status == "ready"
     end, "ready")
     local r = exec({ "sleep 600 >/dev/null 2>&1 & echo $!" }, inst)
-    local pid = assert(math.tointeger(tonumber(r.stdout)))
+    -- the instance's pid namespace numbers it; watch the host's process
+    local pid = assert(emulator.host_pid(assert(math.tointeger(tonumber(r.stdout))), "sleep\0" .. "600\0"))
     local st = em:state()
     for _, i in ipairs(st.instances) do
       if i.id == inst then assert.are.equal(0, i.processes) end
@@ -280,5 +281,45 @@ describe("galley emulate: exec #emulator", function()
       local r = assert(em:request("POST", "/instance/" .. id .. "/exec/sse", { command = "nope" }))
       assert.are.equal(422, r.status)
     end)
+  end)
+end)
+
+describe("galley emulate --argv-mode join #emulator", function()
+  local em, id
+
+  lazy_setup(function()
+    em = emulator.start({ boot_delay_ms = 0, argv_mode = "join" })
+    local r = assert(em:request("POST", "/instance?snapshot_id=" .. emulator.SNAPSHOT, {}))
+    id = r.json.id
+    eventually(function()
+      return assert(em:request("GET", "/instance/" .. id)).json.status == "ready"
+    end, "ready")
+  end)
+
+  lazy_teardown(function()
+    if em then em:stop() end
+  end)
+
+  local function exec(command, path)
+    local r = assert(em:request("POST", "/instance/" .. id .. (path or "/exec"), { command = command }))
+    assert.are.equal(200, r.status, r.body)
+    return r
+  end
+
+  it("space-joins a multi-element command and runs it with /bin/sh -c, like an SSH-style server", function()
+    assert.are.equal("a,b,", exec({ "printf", "%s,", "a b" }).json.stdout)
+    exec({ "echo", "$(touch /tmp/joined)" })
+    assert.are.equal(0, exec({ "test -e /tmp/joined" }).json.exit_code)
+    assert.are.equal("join", em:state().options.argv_mode)
+  end)
+
+  it("joins on exec/sse too, and still runs a one-element command as a shell line", function()
+    local events = sse_events(exec({ "echo", "x;", "echo", "y" }, "/exec/sse").body)
+    local out = {}
+    for _, e in ipairs(events) do
+      if type(e) == "table" and e.type == "stdout" then out[#out + 1] = e.content end
+    end
+    assert.are.equal("x\ny\n", table.concat(out))
+    assert.are.equal("1\n", exec({ "echo $((0 + 1))" }).json.stdout)
   end)
 end)

@@ -49,11 +49,23 @@ local function cgroup_frozen(pid)
   return host('cat "$1/cgroup.events"', mount .. rel):match("frozen (%d)") == "1"
 end
 
+-- The host pid of the instance's process `pid` (pids inside an instance with its own pid
+-- namespace are that namespace's: NSpid in /proc/PID/status ends with it).
+local function host_pid(id, pid)
+  pid = tostring(pid)
+  for _, p in ipairs(instance_pids(id)) do
+    local status = host('cat "/proc/$1/status" 2>/dev/null || true', p)
+    local nspid = status:match("\nNSpid:([^\n]*)")
+    if nspid and nspid:match("(%d+)%s*$") == pid then return p end
+  end
+  error("no host process for pid " .. pid .. " of " .. id)
+end
+
 -- Starts a detached sleeper in the instance and returns its host pid.
 local function start_sleeper(p, id)
   local r = p.exec(id, sh("setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!"))
   assert.are.equal(0, r.exit_code, r.stderr)
-  return r.stdout:match("%d+")
+  return host_pid(id, r.stdout:match("%d+"))
 end
 
 describe("the local provider #local", function()
@@ -236,10 +248,11 @@ describe("the local provider #local", function()
       pm.start(i.id, { command = { kind = "argv", command = "sleep", args = { "600" } } }, { name = "marked" })
       local app = pm.list(i.id)[1]
       assert.is_truthy(app and app.pid and app.pid > 0)
+      local app_pid = host_pid(i.id, app.pid)
       local marked = instance_pids(i.id)
       assert.is_true(#marked >= 2) -- the PM2 daemon and the app at least
       e.instances.terminate(i.id)
-      assert.is_false(alive(app.pid))
+      assert.is_false(alive(app_pid))
       assert.are.same({}, instance_pids(i.id))
       assert.are.same({ "GALLEY_INSTANCE_ID" }, e.capabilities.keep_env)
     end)

@@ -312,16 +312,34 @@ describe("galley.providers.morph #morph", function()
       assert.are.equal(127, r.exit_code)
     end)
 
-    it("carries long scripts: inline in several argv pieces, uploaded first above 1 MiB", function()
-      local body = ("# " .. ("x"):rep(1000) .. "\n"):rep(300) .. "echo tail\n"
+    it("carries long scripts: inline when the exec line fits, uploaded first when not", function()
+      local small = ("# " .. ("x"):rep(1000) .. "\n"):rep(100) .. "echo tail\n"
       em0:clear_log()
-      local r = p0.exec(inst.id, { kind = "shell", script = body })
+      local r = p0.exec(inst.id, { kind = "shell", script = small })
       assert.are.same({ 0, "tail\n" }, { r.exit_code, r.stdout })
       assert.are.equal(1, #em0:log())
-      local huge = ("# " .. ("y"):rep(1000) .. "\n"):rep(1200) .. 'printf %s "$0"\n'
-      r = p0.exec(inst.id, { kind = "shell", script = huge })
+      -- 300 KB does not fit one line: uploaded first (several requests), then run and removed.
+      local body = ("# " .. ("x"):rep(1000) .. "\n"):rep(300) .. 'printf %s "$0"\n'
+      em0:clear_log()
+      r = p0.exec(inst.id, { kind = "shell", script = body })
       assert.are.equal(0, r.exit_code, r.stderr)
+      assert.is_true(#em0:log() > 1)
       assert.is_false(p0.files.file_exists(inst.id, r.stdout))
+      -- An argv too long for one line runs from an uploaded script too.
+      local long = ("z"):rep(100 * 1024)
+      r = p0.exec(inst.id, argv("/bin/sh", "-c", 'printf %s "$1" | wc -c', "sh", long, long))
+      assert.are.same({ 0, tostring(100 * 1024) }, { r.exit_code, (r.stdout:gsub("%s", "")) })
+      -- exec_form "argv": inline in several argv pieces up to 1 MiB, one request.
+      local as_argv = provider_on(em0, { exec_form = "argv" })
+      em0:clear_log()
+      r = as_argv.exec(inst.id, { kind = "shell", script = body })
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.are.equal(1, #em0:log())
+      local huge = ("# " .. ("y"):rep(1000) .. "\n"):rep(1200) .. 'printf %s "$0"\n'
+      r = as_argv.exec(inst.id, { kind = "shell", script = huge })
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.is_false(as_argv.files.file_exists(inst.id, r.stdout))
+      as_argv.close()
     end)
 
     it("streams output to callbacks over SSE when asked", function()
@@ -354,9 +372,9 @@ describe("galley.providers.morph #morph", function()
 
   describe("files", function()
     -- A write of <= 1 MiB with mode and create_dirs on a fresh instance is ONE request.
-    local function one_request_write(prov)
+    local function one_request_write(prov, size, requests)
       local inst = boot(prov)
-      local data = codec.random_bytes(1024 * 1024)
+      local data = codec.random_bytes(size or 1024 * 1024)
       local dir = "/tmp/galley-morph-spec-" .. codec.random_hex(6)
       local path = dir .. "/a/b/one.bin"
       em0:clear_log()
@@ -366,18 +384,48 @@ describe("galley.providers.morph #morph", function()
       prov.files.delete_directory(inst.id, dir)
       prov.instances.terminate(inst.id)
       assert.are.equal("640\n" .. codec.sha256(data) .. "  -\n", r.stdout)
-      assert.are.equal(1, #log, "requests: " .. cjson.encode(log))
+      assert.are.equal(requests or 1, #log, "requests: " .. cjson.encode(log))
       assert.are.equal("/instance/" .. inst.id .. "/exec", log[1].path)
     end
 
-    it("writes a file of up to 1 MiB with mode and create_dirs in one request (remote tools named)", function()
-      local named = provider_on(em0, { decoder = "coreutils" })
-      one_request_write(named)
-      named.close()
+    it("writes a file of up to 1 MiB with mode and create_dirs in one request with exec_form argv (tools named)",
+      function()
+        local named = provider_on(em0, { decoder = "coreutils", exec_form = "argv" })
+        one_request_write(named)
+        named.close()
+      end)
+
+    it("writes a file of up to 1 MiB with mode and create_dirs in exactly one request with exec_form argv", function()
+      local as_argv = provider_on(em0, { exec_form = "argv" })
+      one_request_write(as_argv)
+      as_argv.close()
     end)
 
-    it("writes a file of up to 1 MiB with mode and create_dirs in exactly one request", function()
-      one_request_write(p0)
+    it("sends one-element exec lines under max_command_bytes: 64 KiB in one request, 1 MiB in chunks", function()
+      -- A client in front of the real one, recording every exec command it is given.
+      local real = require("galley.core.morph").new({ api_key = em0.api_key, base_url = em0.base_url, retry = FAST })
+      local commands = {}
+      local client = setmetatable({}, { __index = function(_, name)
+        return function(_, ...)
+          if name == "instances_exec" then commands[#commands + 1] = select(2, ...) end
+          return real[name](real, ...)
+        end
+      end })
+      local prov = morphp.new({ client = client, log = logmod.silent() })
+      assert.are.equal(morphp.MAX_COMMAND_BYTES, prov.capabilities.max_command_bytes)
+      one_request_write(prov, 64 * 1024, 1)
+      one_request_write(prov, 1024 * 1024, 12)
+      assert.is_true(#commands >= 13)
+      for _, c in ipairs(commands) do
+        assert.are.equal(1, #c)
+        assert.is_true(#c[1] <= morphp.MAX_COMMAND_BYTES, #c[1])
+      end
+      for _, c in ipairs({ "string", "argv" }) do
+        assert.are.equal(c, provider_on(em0, { exec_form = c }).exec_form)
+      end
+      assert.are.equal("exec_form", raises("VALIDATION_ERROR", provider_on, em0, { exec_form = "ssh" }).field)
+      raises("VALIDATION_ERROR", provider_on, em0, { max_command_bytes = 128 * 1024 })
+      real:close()
     end)
 
     it("expands ~ to the instance's $HOME (asked once) or to a fixed home_dir", function()

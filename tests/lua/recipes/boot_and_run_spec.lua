@@ -121,7 +121,9 @@ describe("recipe boot-and-run #recipes", function()
     assert_nothing_left(err)
   end)
 
-  describe("against galley emulate with the " .. (cli.real() and "real" or "stand-in") .. " claude", function()
+  for _, mode in ipairs(emulator.ARGV_MODES) do
+  describe("against galley emulate --argv-mode " .. mode .. " with the " .. (cli.real() and "real" or "stand-in")
+    .. " claude", function()
     local em, snapdir, api
     local real = cli.real()
     if not real then cli.warn("boot_and_run_spec") end
@@ -179,7 +181,7 @@ exit $rc
       assert(fs.write_atomic(snapdir .. "/.local/bin/claude", (WRAPPER:gsub("@CLAUDE@", target)), { mode = "755" }))
       local fake = assert(fs.read(support.source_dir .. "/tests/lua/fixtures/fake-claude"))
       assert(fs.write_atomic(snapdir .. "/.local/bin/fake-claude", fake, { mode = "755" }))
-      em = emulator.start({ boot_delay_ms = 0, snapshots = { "snapshot_fakeclaude=" .. snapdir } })
+      em = emulator.start({ boot_delay_ms = 0, argv_mode = mode, snapshots = { "snapshot_fakeclaude=" .. snapdir } })
     end)
 
     teardown(function()
@@ -258,4 +260,5 @@ exit $rc
       for _, inst in ipairs(em:state().instances or {}) do assert.are_not.equal(id, inst.id) end
     end)
   end)
+  end
 end)

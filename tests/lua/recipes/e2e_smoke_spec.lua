@@ -56,8 +56,10 @@ describe("recipe e2e-smoke #recipes", function()
     proc.run({ argv = { "rm", "-rf", "--", state, home }, timeout_ms = 60000 })
   end)
 
-  it("passes every check on the emulator it starts, with a FAKE claude stand-in, and stops it", function()
-    local code, out, err = galley({ "run", "e2e-smoke" })
+  for _, mode in ipairs({ "exec", "join" }) do
+  it("passes every check on the emulator it starts (--argv-mode " .. mode .. "), with a FAKE claude stand-in, "
+    .. "and stops it", function()
+    local code, out, err = galley({ "run", "e2e-smoke", "--argv-mode", mode })
     assert.are.equal(0, code, out .. err)
     local tap = parse_tap(out)
     assert.are.equal(15, tap.plan)
@@ -79,8 +81,10 @@ describe("recipe e2e-smoke #recipes", function()
     assert.truthy(out:find("# out| FAKE claude stand-in: prompt (6 bytes): Say hi", 1, true), out)
     assert.truthy(out:find('"accessToken": "sk-ant-oat01-…', 1, true), out) -- masked read-back
     assert.truthy(err:find("all 15 checks passed", 1, true), err)
+    assert.truthy(out:find("# emulator argv mode: " .. mode .. "\n", 1, true), out)
     assert_emulator_gone(out)
   end)
+  end
 
   local it_real = cli.real() and it or pending
   if not cli.real() then cli.warn("e2e_smoke_spec") end

@@ -1,8 +1,10 @@
 -- The file-io-smoke recipe through the galley binary on the local provider (real bubblewrap
--- sandbox): every check ok, nothing left; usage errors exit 2.
+-- sandbox) and on the Morph provider against `galley emulate` in both argv modes (HOME=/root in
+-- its instances): every check ok, nothing left; usage errors exit 2.
 local cjson = require("cjson")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
+local emulator = require("support.emulator")
 
 local recipes = require("support.recipes")
 local mktemp_dir = recipes.mktemp_dir
@@ -41,6 +43,24 @@ describe("recipe file-io-smoke #recipes", function()
     assert.are.same({}, cjson.decode(gc_out))
     assert.are.same({}, fs.list(state .. "/instances") or {})
   end)
+
+  for _, mode in ipairs(emulator.ARGV_MODES) do
+    it("passes every check on galley emulate --argv-mode " .. mode .. " and leaves no instance", function()
+      local em = emulator.start({ boot_delay_ms = 0, argv_mode = mode })
+      local ok, code, out, err = pcall(galley, { "run", "file-io-smoke", "--provider", "morph", "--snapshot",
+        emulator.SNAPSHOT, "--large-mib", "2" }, { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key })
+      local left = ok and em:state().instances
+      em:stop()
+      assert(ok, code)
+      assert.are.equal(0, code, out .. err)
+      local oks = 0
+      for _ in out:gmatch("\nok %d+ ") do oks = oks + 1 end
+      assert.are.equal(14, oks, out)
+      assert.falsy(out:find("\nnot ok ", 1, true), out)
+      assert.truthy(out:find(" on morph, home /root, uid 0", 1, true), out)
+      assert.are.equal(0, #left)
+    end)
+  end
 
   it("reports a failed boot as not ok, skips the rest and exits 1", function()
     local code, out = galley({ "run", "file-io-smoke", "--snapshot", "snapshot_does_not_exist" })

@@ -1,6 +1,6 @@
 -- The pm2-recon recipe through the galley binary: the JSON report on the local provider has the
 -- findings the reference documents for pm2 7 (claude-and-pm2.md §4-§5), and the text report
--- on `galley emulate` (the Morph provider) says the same in short lines.
+-- on `galley emulate` (the Morph provider, both argv modes) says the same in short lines.
 local cjson = require("cjson")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
@@ -69,27 +69,29 @@ describe("recipe pm2-recon #recipes", function()
     assert.are.same({}, fs.list(state .. "/instances") or {})
   end)
 
-  it("prints a short text report on galley emulate", function()
-    local em = emulator.start({ boot_delay_ms = 0 })
-    local ok, code, out, err = pcall(galley, { "run", "pm2-recon", "--provider", "morph", "--snapshot",
-      emulator.SNAPSHOT }, { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key })
-    local left = em:state().instances
-    em:stop()
-    assert(ok, code)
-    assert.are.equal(0, code, err)
-    assert.matches("^pm2 recon on morphvm_%S+ %(morph%), pm2 %d+%.%d+%.%d+", out)
-    for _, want in ipairs({
-      "payload cd + export:   work (pwd /tmp",
-      "no cd:                 the app starts in the pm2 caller's cwd",
-      "caller env:            copied into the app: yes; shown by jlist: yes; with env -i before pm2 start: not copied",
-      "jlist, fresh home:     NOT pure JSON",
-      "jlist, daemon up:      pure JSON",
-      "duplicate names:       allowed: 2 processes named recon-dup",
-      "app stdin:             tty: no;",
-      "exit code:             --no-autorestart app exiting 3: status stopped, exit_code 3",
-    }) do
-      assert.truthy(out:find(want, 1, true), want .. "\n" .. out)
-    end
-    assert.are.equal(0, #left)
-  end)
+  for _, mode in ipairs(emulator.ARGV_MODES) do
+    it("prints a short text report on galley emulate --argv-mode " .. mode, function()
+      local em = emulator.start({ boot_delay_ms = 0, argv_mode = mode })
+      local ok, code, out, err = pcall(galley, { "run", "pm2-recon", "--provider", "morph", "--snapshot",
+        emulator.SNAPSHOT }, { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key })
+      local left = em:state().instances
+      em:stop()
+      assert(ok, code)
+      assert.are.equal(0, code, err)
+      assert.matches("^pm2 recon on morphvm_%S+ %(morph%), pm2 %d+%.%d+%.%d+", out)
+      for _, want in ipairs({
+        "payload cd + export:   work (pwd /tmp",
+        "no cd:                 the app starts in the pm2 caller's cwd",
+        "caller env:            copied into the app: yes; shown by jlist: yes; with env -i before pm2 start: not copied",
+        "jlist, fresh home:     NOT pure JSON",
+        "jlist, daemon up:      pure JSON",
+        "duplicate names:       allowed: 2 processes named recon-dup",
+        "app stdin:             tty: no;",
+        "exit code:             --no-autorestart app exiting 3: status stopped, exit_code 3",
+      }) do
+        assert.truthy(out:find(want, 1, true), want .. "\n" .. out)
+      end
+      assert.are.equal(0, #left)
+    end)
+  end
 end)

@@ -1,0 +1,275 @@
+-- morph-recon.lua: what a Morph account really does where the API is not documented, as a short
+-- report (reference/morph-api.md §12 lists the open questions).
+--
+--   MORPH_API_KEY=... galley run morph-recon            # a few lines
+--   MORPH_API_KEY=... galley run morph-recon --json     # one JSON object on stdout
+--   MORPH_BASE_URL=http://127.0.0.1:PORT/api galley run morph-recon    # e.g. on `galley emulate`
+--
+-- Boots ONE small instance (TTL 300 s, action stop) and probes it, then deletes it (and the
+-- snapshot and instance the pending-snapshot probe makes); nothing is left. Findings:
+--   argv_mode        how a multi-element `command` runs: "exec" (as an argv) or "join" (space-
+--                    joined and run by a shell, like an SSH server); "unknown" otherwise
+--   shell            which program runs a one-element command ($0, /proc/$$/exe) and whether it
+--                    is a login shell; HOME, the user and the PATH an exec sees (pm2, claude found?)
+--   boot             whether POST /snapshot/ID/boot answers `ready` or `pending`
+--   exec_on_pending  what an exec on a `pending` instance answers (when boot answered pending)
+--   start_from_pending_snapshot  what POST /instance?snapshot_id= answers for a snapshot that is
+--                    still `pending` (a fresh POST /snapshot from --image)
+--   metadata         whether POST /instance/ID/metadata replaces or merges
+--   delete_twice     the answers of DELETE /instance/ID, twice
+--   not_found_body, validation_body  the shapes of a 404 and a 422 body
+--   largest_command_bytes  the longest one-element command that still runs (binary search up to
+--                    --max-command-bytes)
+-- The Morph provider's default exec form (one element, quoted) works whatever argv_mode says.
+local recipe = require("galley.recipe")
+local providers = require("galley.providers")
+local errors = require("galley.errors")
+local json = require("galley.json")
+local logmod = require("galley.log")
+
+local MORPH_SNAPSHOT = "snapshot_c1p8b6c2"
+local TTL = 300
+
+local opts = recipe.options({
+  name = "morph-recon",
+  summary = "Probe a Morph account's undocumented behaviour on one small instance (TTL 300 s, deleted at the end).",
+  options = {
+    { "snapshot", metavar = "ID", env = "GALLEY_SNAPSHOT",
+      help = "snapshot to boot (default: $TESTING_SNAPSHOT_ID or " .. MORPH_SNAPSHOT .. ")" },
+    { "image", metavar = "ID", default = "morphvm-minimal",
+      help = "image of the snapshot made for the pending-snapshot probe" },
+    { "no-pending-snapshot", type = "flag", help = "skip the pending-snapshot probe (it creates a snapshot)" },
+    { "max-command-bytes", type = "integer", default = 1024 * 1024,
+      help = "upper bound of the largest-command search" },
+    { "json", type = "flag", help = "print the report as one JSON object" },
+  },
+  epilog = "environment: MORPH_API_KEY (required), MORPH_BASE_URL, TESTING_SNAPSHOT_ID.",
+}, arg)
+
+local function env(name)
+  local v = os.getenv(name)
+  return v ~= "" and v or nil
+end
+
+if not env("MORPH_API_KEY") then
+  recipe.usage_error("morph-recon needs MORPH_API_KEY (and MORPH_BASE_URL if not Morph)")
+end
+if opts.max_command_bytes < 4096 then recipe.usage_error("--max-command-bytes must be at least 4096") end
+
+local function say(text) io.stderr:write("morph-recon: ", text, "\n") end
+
+local level = logmod.default_level()
+if level == "info" and not os.getenv("GALLEY_LOG") then level = "error" end
+local log = logmod.new({ level = level, prefix = "morph-recon" })
+
+local provider = providers.new("morph", { log = log })
+local client = provider.client
+local snapshot = opts.snapshot or env("TESTING_SNAPSHOT_ID") or MORPH_SNAPSHOT
+-- The run's tags (galley_run, ...), so `galley gc` and the run's leak check see what this makes.
+local TAG = require("galley.run").boot_options({ metadata = { galley_recon = "1" } }).metadata
+
+-- Everything this recon creates, deleted at the end whatever happens (404 is fine).
+local created = { instances = {}, snapshots = {} }
+recipe.defer(function()
+  for _, id in ipairs(created.instances) do client:call("instances.stop", { instance_id = id }) end
+  for _, id in ipairs(created.snapshots) do client:call("snapshots.delete", { snapshot_id = id }) end
+end, "delete what morph-recon created")
+
+local function check(res, err, what)
+  if res == nil then
+    say(what .. " failed: " .. tostring(err))
+    error(err, 0)
+  end
+  return res
+end
+
+-- {status = n, code = s, detail = "string"|"list"|"object"|"none"} for a failed call's error.
+local function failure(err)
+  local d = err.details
+  local shape = d == nil and "none" or type(d) == "string" and "string"
+    or (type(d) == "table" and d[1] ~= nil) and "list" or "object"
+  return { status = err.status, code = err.code, detail = shape, message = err.message }
+end
+
+local report = { provider = "morph", base_url = env("MORPH_BASE_URL") or "https://cloud.morph.so/api",
+  snapshot = snapshot }
+
+-- ---------------------------------------------------------------------------------------------
+-- Boot: the raw answer's status, and exec while it is pending
+-- ---------------------------------------------------------------------------------------------
+
+say("booting " .. snapshot .. " (ttl " .. TTL .. " s) ...")
+local raw = check(client:call("snapshots.boot", { snapshot_id = snapshot,
+  body = { metadata = TAG, ttl_seconds = TTL, ttl_action = "stop" } }), nil, "boot")
+local id = raw.id
+if type(id) ~= "string" then error(errors.new("PROTOCOL_ERROR", "boot answered without an instance id"), 0) end
+created.instances[#created.instances + 1] = id
+report.instance = id
+report.boot = { answer_status = raw.status }
+if raw.status == "pending" then
+  local res, err = client:instances_exec(id, { "true" })
+  report.exec_on_pending = res and { status = 200, exit_code = res.exit_code } or failure(err)
+else
+  report.exec_on_pending = { observed = false, why = "boot answered " .. tostring(raw.status) }
+end
+check(client:wait_ready(id, { timeout_ms = 240000 }), nil, "wait for ready")
+
+-- ---------------------------------------------------------------------------------------------
+-- Exec: argv mode, the shell of a one-element command, what it sees
+-- ---------------------------------------------------------------------------------------------
+
+local function exec(command)
+  return check(client:instances_exec(id, command), nil, "exec")
+end
+
+local ARGV_PROBE = { "printf", "%s,", "a b" }
+local probe = exec(ARGV_PROBE)
+report.argv_mode = probe.stdout == "a b," and "exec" or probe.stdout == "a,b," and "join" or "unknown"
+report.argv_probe = { command = ARGV_PROBE, stdout = probe.stdout, exit_code = probe.exit_code }
+
+local SHELL_PROBE = [[
+printf 'exe=%s\n' "$(readlink /proc/$$/exe 2>/dev/null)"
+printf 'arg0=%s\n' "$0"
+if [ -n "$BASH_VERSION" ]; then
+  if shopt -q login_shell; then echo login=yes; else echo login=no; fi
+else
+  case "$0" in -*) echo login=yes ;; *) echo login=no ;; esac
+fi
+printf 'home=%s\n' "$HOME"
+printf 'user=%s\n' "$(id -un 2>/dev/null)"
+printf 'path=%s\n' "$PATH"
+printf 'pm2=%s\n' "$(command -v pm2)"
+printf 'claude=%s\n' "$(command -v claude)"
+]]
+local sh = exec({ SHELL_PROBE })
+local facts = {}
+for k, v in sh.stdout:gmatch("([%w_]+)=([^\n]*)") do facts[k] = v end
+local function opt(v) return v ~= "" and v or nil end
+report.shell = { exe = opt(facts.exe), arg0 = facts.arg0, login = facts.login == "yes" }
+report.home = facts.home
+report.user = opt(facts.user)
+report.path = facts.path
+report.pm2 = opt(facts.pm2)
+report.claude = opt(facts.claude)
+
+-- ---------------------------------------------------------------------------------------------
+-- Largest one-element command: "printf ok #xxx...", binary search
+-- ---------------------------------------------------------------------------------------------
+
+local function runs(n)
+  local line = "printf ok #" .. ("x"):rep(n - 11)
+  local res = client:instances_exec(id, { line })
+  return res ~= nil and res.exit_code == 0 and res.stdout == "ok"
+end
+
+say("searching the largest one-element command (up to " .. opts.max_command_bytes .. " bytes) ...")
+local lo, hi = 4096, opts.max_command_bytes
+if not runs(lo) then
+  report.largest_command_bytes = nil
+elseif runs(hi) then
+  report.largest_command_bytes = hi
+else
+  while hi - lo > 1 do
+    local mid = (lo + hi) // 2
+    if runs(mid) then lo = mid else hi = mid end
+  end
+  report.largest_command_bytes = lo
+end
+report.largest_command_bound = opts.max_command_bytes
+
+-- ---------------------------------------------------------------------------------------------
+-- Metadata, error bodies, starting from a pending snapshot, DELETE twice
+-- ---------------------------------------------------------------------------------------------
+
+-- Both bodies carry the run's tags, so a replace keeps them.
+local function with_tags(t)
+  for k, v in pairs(TAG) do t[k] = v end
+  return t
+end
+check(client:call("instances.metadata", { instance_id = id, body = with_tags({ recon_a = "1" }) }), nil, "metadata")
+local after = check(client:call("instances.metadata", { instance_id = id, body = with_tags({ recon_b = "2" }) }), nil,
+  "metadata")
+local md = check(client:call("instances.get", { instance_id = id }), nil, "get").metadata or {}
+report.metadata = (md.recon_a == "1" and md.recon_b == "2") and "merge"
+  or (md.recon_a == nil and md.recon_b == "2") and "replace" or "unknown"
+report.metadata_answer_has_it = type(after.metadata) == "table" and after.metadata.recon_b == "2"
+
+local _, nf = client:call("instances.get", { instance_id = "morphvm_galleyrecon404" })
+report.not_found_body = nf and failure(nf) or { status = 200 }
+local _, inval = client:call("instances.exec", { instance_id = id, body = { command = "not a list" } })
+report.validation_body = inval and failure(inval) or { status = 200 }
+
+if opts.no_pending_snapshot then
+  report.start_from_pending_snapshot = { observed = false, why = "--no-pending-snapshot" }
+else
+  say("making a snapshot from " .. opts.image .. " and starting from it at once ...")
+  local snap, serr = client:call("snapshots.create", { body = { image_id = opts.image, vcpus = 1, memory = 128,
+    disk_size = 700, metadata = TAG, ttl_seconds = TTL } })
+  if not snap then
+    report.start_from_pending_snapshot = { observed = false, why = "POST /snapshot failed", create = failure(serr) }
+  else
+    created.snapshots[#created.snapshots + 1] = snap.id
+    local r = { snapshot_status = snap.status }
+    if snap.status ~= "pending" then
+      r.observed, r.why = false, "POST /snapshot answered " .. tostring(snap.status)
+    else
+      local inst, ierr = client:call("instances.start", { snapshot_id = snap.id,
+        body = { metadata = TAG, ttl_seconds = TTL, ttl_action = "stop" } })
+      if inst then
+        created.instances[#created.instances + 1] = inst.id
+        r.status, r.instance_status = 200, inst.status
+        client:call("instances.stop", { instance_id = inst.id })
+      else
+        local f = failure(ierr)
+        r.status, r.code, r.detail = f.status, f.code, f.detail
+      end
+      r.observed = true
+    end
+    report.start_from_pending_snapshot = r
+  end
+end
+
+local function delete_answer()
+  local res, err = client:call("instances.stop", { instance_id = id })
+  if res == true then return { status = 204 } end
+  if res then return { status = 200 } end
+  return failure(err)
+end
+report.delete_twice = { first = delete_answer(), second = delete_answer() }
+
+-- ---------------------------------------------------------------------------------------------
+-- Report
+-- ---------------------------------------------------------------------------------------------
+
+if opts.json then
+  io.stdout:write(json.encode(report), "\n")
+  return
+end
+
+local out = {}
+local function line(label, text) out[#out + 1] = ("%-22s %s"):format(label .. ":", text) end
+local function answer(a)
+  if a.observed == false then return "not observed (" .. a.why .. ")" end
+  if a.status == 200 or a.status == 204 then
+    return tostring(a.status) .. (a.instance_status and (", status " .. a.instance_status) or "")
+  end
+  return ("%s %s, detail %s"):format(tostring(a.status), tostring(a.code), a.detail)
+end
+out[#out + 1] = ("morph recon on %s at %s (snapshot %s)"):format(id, report.base_url, snapshot)
+line("argv_mode", report.argv_mode .. (" (printf %%s, 'a b' printed %q)"):format(probe.stdout))
+line("one-element shell", ("%s ($0 %s), login shell: %s"):format(tostring(report.shell.exe),
+  tostring(report.shell.arg0), report.shell.login and "yes" or "no"))
+line("user, home", ("%s, %s"):format(tostring(report.user), tostring(report.home)))
+line("PATH", tostring(report.path))
+line("pm2, claude", ("%s, %s"):format(report.pm2 or "not found", report.claude or "not found"))
+line("boot answers", tostring(report.boot.answer_status))
+line("exec on pending", answer(report.exec_on_pending))
+line("start from pending", answer(report.start_from_pending_snapshot))
+line("instance metadata", report.metadata)
+line("DELETE twice", ("%s, then %s"):format(answer(report.delete_twice.first), answer(report.delete_twice.second)))
+line("404 body", "detail " .. report.not_found_body.detail)
+line("422 body", "detail " .. report.validation_body.detail)
+line("largest command", report.largest_command_bytes and (report.largest_command_bytes == opts.max_command_bytes
+  and (">= %d bytes (the bound)"):format(report.largest_command_bytes)
+  or ("%d bytes"):format(report.largest_command_bytes)) or "under 4096 bytes")
+io.stdout:write(table.concat(out, "\n"), "\n")
