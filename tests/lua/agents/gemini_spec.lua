@@ -64,7 +64,7 @@ describe("galley.agents.gemini #agents #gemini", function()
 
   it("offers install steps: node, npm install of pm2 and @google/gemini-cli, gemini --version", function()
     local steps = gemini.install_steps({ version = "0.61.0" })
-    assert.truthy(steps[2].command.script:find("'@google/gemini-cli@0.61.0'", 1, true))
+    assert.truthy(steps[2].command.script:find("pkgs='pm2 @google/gemini-cli@0.61.0'", 1, true))
     assert.truthy(steps[3].command.script:find("gemini --version", 1, true))
   end)
 
