@@ -58,9 +58,14 @@ end
 M.canonical = canonical
 
 
+-- One line of at most KEY_MAX bytes, cut at a UTF-8 character boundary (metadata must be UTF-8).
 local function short(s)
-  s = tostring(s):gsub("%s+", " ")
-  if #s > KEY_MAX then s = s:sub(1, KEY_MAX - 1) .. "…" end
+  s = require("galley.json").valid_utf8(tostring(s)):gsub("%s+", " ")
+  if #s > KEY_MAX then
+    local cut = KEY_MAX - 3
+    while cut > 0 and ((s:byte(cut + 1) or 0) & 0xC0) == 0x80 do cut = cut - 1 end
+    s = s:sub(1, cut) .. "…"
+  end
   return s
 end
 
