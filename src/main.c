@@ -250,7 +250,7 @@ static int pmain(lua_State *L) {
 
 
 int main(int argc, char **argv) {
-  /* libcurl, libedit and libmicrohttpd are loaded on first use (src/core/dyn_*.c). */
+  /* libcurl and libedit are loaded on first use (src/core/dyn_*.c). */
   if (sodium_init() < 0) {
     fprintf(stderr, "galley: cannot initialise libsodium\n");
     return 1;

@@ -154,14 +154,15 @@ local function check_signal()
 end
 
 
--- One scheduler turn: the runnable tasks, then one loop turn (blocking when `block` and
--- nothing is runnable). Returns whether anything could still make progress.
-local function turn(block)
+-- One scheduler turn: the runnable tasks, then one loop turn (blocking when `block`, nothing is
+-- runnable and `want`, the token run_until waits for, did not become ready meanwhile). Returns
+-- whether anything could still make progress.
+local function turn(block, want)
   loop.scheduling(true)
   local ok, a, b = pcall(function()
     run_round()
     check_signal()
-    local tokens, alive = loop.turn(not block or has_runnable())
+    local tokens, alive = loop.turn(not block or has_runnable() or (want ~= nil and ready[want] == true))
     for _, token in ipairs(tokens) do make_ready(token) end
     check_signal()
     return alive
@@ -186,7 +187,7 @@ local function run_until(token)
       check_signal()
       return false, interrupted(sig)
     end
-    local alive = turn(true)
+    local alive = turn(true, token)
     if not alive and not ready[token] then
       abandoned[token] = true
       return false, errors().new("INTERNAL_ERROR", "a wait can never end: nothing left to wake it (deadlock)",

@@ -1,368 +1,207 @@
-/* galley.core.httpd: a loopback HTTP server whose requests are answered by one Lua function.
+/* galley.core.httpd: a loopback HTTP server on the event loop (src/core/httpd.h).
  *
- * Threads: libmicrohttpd runs one OS thread per TCP connection. Lua is single-threaded, so
- * serve() turns the GIL on (src/core/gil.h) and every connection thread takes it before it
- * touches Lua and gives it back when done. Each request runs on its own Lua thread
- * (lua_newthread), anchored in the registry while in use, so a handler blocked in a call that
- * releases the GIL (a process wait, runtime.sleep_ms) leaves its stack intact while other
- * requests run on theirs. Lua threads are created from a private "anchor" thread whose stack
- * nobody else uses: the main thread may be parked inside a C function at any moment. */
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdio.h>
+ * C never calls Lua here. The core queues complete requests; `server:accept()` awaits the next
+ * one (yielding inside a task, running the loop elsewhere) and hands it out as a Request
+ * handle plus a plain table. Answers go back through the handle, each write awaited until the
+ * bytes are out (so a streamed body never runs ahead of the client). `serve{}` is the request
+ * loop on top of this, written in Lua (lua/galley/httpd.lua): an accept task that spawns one
+ * task per request, so handlers may sleep, run processes and make HTTP calls.
+ *
+ * Memory: a response body is written straight from the Lua string, which the Request
+ * userdata keeps as its user value until the next answer; if a wait is cancelled the
+ * connection is closed first, so libuv never reads a string that Lua may have collected. */
 #include <stdlib.h>
 #include <string.h>
+#include "await.h"
 #include "bind.h"
-#include "gil.h"
 #include "httpd.h"
 
 #define SERVER_MT "galley.httpd.Server"
-
-/* Shared by the userdata and every connection thread; freed by server_close once the
- * connection threads are gone. */
-struct server_ctx {
-  struct galley_httpd *srv;
-  lua_State *anchor;
-  int anchor_ref;
-  int handler_ref;
-  pthread_t owner;        /* the thread that called serve(); only it may stop the server */
-  atomic_int stopping;    /* set before stopping: no new Lua work starts */
-  atomic_int finalizing;  /* set by __gc: the state may be closing, run no Lua callbacks */
-};
+#define REQUEST_MT "galley.httpd.Request"
 
 typedef struct {
-  struct server_ctx *ctx;  /* NULL once stopped */
+  struct galley_httpd *srv;  /* NULL once stopped */
 } Server;
 
-/* One streamed response: the Lua function producing chunks, an optional close callback and
- * the request's Lua thread, all anchored until libmicrohttpd lets go of the stream. */
-struct stream_ctx {
-  struct server_ctx *sctx;
-  lua_State *T;
-  int thread_ref;
-  int fn_ref;
-  int close_ref;
-};
-
-/* What run_request needs, passed as a light userdata. */
-struct request_call {
-  struct server_ctx *sctx;
-  const struct galley_httpd_request *req;
-  struct galley_httpd_response *resp;
-  int thread_ref;
-  int kept;  /* the response is a stream that now owns thread_ref */
-};
-
-
-static int msghandler(lua_State *L) {
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) msg = lua_tostring(L, -1);
-    else msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
-  luaL_traceback(L, L, msg, 1);
-  return 1;
-}
-
-
-static void report_error(lua_State *T, const char *what) {
-  fprintf(stderr, "galley: httpd: %s failed: %s\n", what, lua_tostring(T, -1));
-  fflush(stderr);
-}
-
-
-/* Pushes {name=value, ...} from an array of pairs. */
-static void push_pairs(lua_State *T, const struct galley_httpd_pair *p, size_t n) {
-  lua_createtable(T, 0, (int)n);
-  for (size_t i = 0; i < n; i++) {
-    lua_pushstring(T, p[i].value);
-    lua_setfield(T, -2, p[i].name);
-  }
-}
-
-
-static void push_request(lua_State *T, const struct galley_httpd_request *req) {
-  lua_createtable(T, 0, 7);
-  lua_pushstring(T, req->method);
-  lua_setfield(T, -2, "method");
-  lua_pushstring(T, req->path);
-  lua_setfield(T, -2, "path");
-  lua_pushstring(T, req->raw_query);
-  lua_setfield(T, -2, "raw_query");
-  push_pairs(T, req->query, req->nquery);
-  lua_setfield(T, -2, "query");
-  push_pairs(T, req->headers, req->nheaders);
-  lua_setfield(T, -2, "headers");
-  lua_pushlstring(T, req->body, req->body_len);
-  lua_setfield(T, -2, "body");
-  lua_pushinteger(T, (lua_Integer)req->conn_id);
-  lua_setfield(T, -2, "conn");
-}
-
-
-static int stream_next(void *ctx, char **chunk, size_t *len);
-static void stream_free(void *ctx);
-
-
-/* Copies resp.headers (table at idx) into the C response. */
-static void read_headers(lua_State *T, int idx, struct galley_httpd_response *resp) {
-  if (lua_getfield(T, idx, "headers") == LUA_TNIL) {
-    lua_pop(T, 1);
-    return;
-  }
-  luaL_argexpected(T, lua_istable(T, -1), 1, "headers table");
-  lua_pushnil(T);                                                     /* [.., headers, key] */
-  while (lua_next(T, -2)) {                                           /* [.., headers, key, value] */
-    if (lua_type(T, -2) != LUA_TSTRING || !lua_isstring(T, -1))
-      luaL_error(T, "response headers must map strings to strings");
-    lua_pushvalue(T, -2);                     /* copy the key: lua_tostring must not touch it */
-    const char *name = lua_tostring(T, -1);
-    const char *value = lua_tostring(T, -2);
-    if (galley_httpd_response_header(resp, name, value) != 0) luaL_error(T, "out of memory");
-    lua_pop(T, 2);
-  }
-  lua_pop(T, 1);
-}
-
-
-/* Reads the handler's response table at idx into call->resp. Raises on a malformed table;
- * the core frees whatever was already attached to resp. */
-static void read_response(lua_State *T, int idx, struct request_call *call) {
-  struct galley_httpd_response *resp = call->resp;
-  if (!lua_istable(T, idx)) luaL_error(T, "handler must return a response table, got %s", luaL_typename(T, idx));
-  lua_getfield(T, idx, "reset");
-  int reset = lua_toboolean(T, -1);
-  lua_pop(T, 1);
-  if (reset) {
-    resp->kind = GALLEY_HTTPD_RESET;
-    return;
-  }
-  lua_Integer status = galley_opt_integer(T, idx, "status", 200);
-  if (status < 100 || status > 599) luaL_error(T, "response status %d out of range", (int)status);
-  resp->status = (int)status;
-  read_headers(T, idx, resp);
-
-  if (lua_getfield(T, idx, "stream") == LUA_TFUNCTION) {              /* [.., stream] */
-    int has_close = lua_getfield(T, idx, "close") == LUA_TFUNCTION;   /* [.., stream, close] */
-    struct stream_ctx *sc = malloc(sizeof *sc);
-    if (!sc) luaL_error(T, "out of memory");
-    /* Nothing below raises except on memory exhaustion. */
-    sc->sctx = call->sctx;
-    sc->T = T;
-    sc->thread_ref = call->thread_ref;
-    sc->close_ref = LUA_NOREF;
-    if (has_close) sc->close_ref = luaL_ref(T, LUA_REGISTRYINDEX);
-    else lua_pop(T, 1);
-    sc->fn_ref = luaL_ref(T, LUA_REGISTRYINDEX);                      /* [..] */
-    resp->kind = GALLEY_HTTPD_STREAM;
-    resp->next = stream_next;
-    resp->free_ctx = stream_free;
-    resp->ctx = sc;  /* the core now guarantees one stream_free(sc) */
-    call->kept = 1;
-    return;
-  }
-  lua_pop(T, 1);
-
-  size_t len;
-  const char *body = galley_opt_string(T, idx, "body", "", &len);
-  if (galley_httpd_response_body(resp, body, len) != 0) luaL_error(T, "out of memory");
-  lua_Integer truncate = galley_opt_integer(T, idx, "truncate", -1);
-  if (truncate >= 0) {
-    resp->kind = GALLEY_HTTPD_TRUNCATE;
-    resp->truncate_at = (size_t)truncate;
-  }
-}
-
-
-/* Runs on the request's thread under lua_pcall: [call] -> handler(req) -> response. */
-static int run_request(lua_State *T) {
-  struct request_call *call = lua_touserdata(T, 1);
-  lua_rawgeti(T, LUA_REGISTRYINDEX, call->sctx->handler_ref);
-  push_request(T, call->req);
-  lua_call(T, 1, 1);                                                  /* [call, resp] */
-  read_response(T, 2, call);
-  return 0;
-}
-
-
-/* The galley_httpd handler: called on a connection thread without the GIL. */
-static void on_request(void *ud, const struct galley_httpd_request *req, struct galley_httpd_response *resp) {
-  struct server_ctx *sctx = ud;
-  galley_gil_acquire();
-  if (atomic_load(&sctx->stopping)) {
-    galley_gil_release();
-    resp->status = 503;
-    galley_httpd_response_header(resp, "Content-Type", "application/json");
-    galley_httpd_response_body(resp, "{\"detail\":\"server stopping\"}", 28);
-    return;
-  }
-  lua_State *T = lua_newthread(sctx->anchor);                          /* [anchor: T] */
-  struct request_call call = {sctx, req, resp, luaL_ref(sctx->anchor, LUA_REGISTRYINDEX), 0};
-  lua_pushcfunction(T, msghandler);
-  lua_pushcfunction(T, run_request);
-  lua_pushlightuserdata(T, &call);                                    /* [T: msgh, run, call] */
-  if (lua_pcall(T, 1, 0, 1) != LUA_OK) {
-    report_error(T, "request handler");
-    /* Start over with a plain 500; a stream context is only ever created last, so none
-     * exists here. */
-    resp->kind = GALLEY_HTTPD_FULL;
-    resp->status = 500;
-    galley_httpd_response_body(resp, "{\"detail\":\"Internal Server Error\"}", 34);
-    galley_httpd_response_header(resp, "Content-Type", "application/json");
-    call.kept = 0;
-  }
-  lua_settop(T, 0);
-  if (!call.kept) luaL_unref(sctx->anchor, LUA_REGISTRYINDEX, call.thread_ref);
-  galley_gil_release();
-}
-
-
-/* galley_httpd_next_fn: calls the Lua stream function once (GIL taken for the call). */
-static int stream_next(void *ctx, char **chunk, size_t *len) {
-  struct stream_ctx *sc = ctx;
-  int rc = -1;
-  galley_gil_acquire();
-  if (!atomic_load(&sc->sctx->stopping)) {
-    lua_State *T = sc->T;
-    lua_settop(T, 0);
-    lua_pushcfunction(T, msghandler);
-    lua_rawgeti(T, LUA_REGISTRYINDEX, sc->fn_ref);
-    if (lua_pcall(T, 0, 1, 1) != LUA_OK) {
-      report_error(T, "stream function");
-    } else if (lua_type(T, -1) == LUA_TSTRING) {
-      size_t n;
-      const char *s = lua_tolstring(T, -1, &n);
-      *chunk = malloc(n ? n : 1);
-      if (*chunk) {
-        memcpy(*chunk, s, n);
-        *len = n;
-        rc = 1;
-      }
-    } else if (lua_isnil(T, -1)) {
-      rc = 0;
-    } /* false (or anything else): abort the body */
-    lua_settop(T, 0);
-  }
-  galley_gil_release();
-  return rc;
-}
-
-
-/* galley_httpd_free_fn: runs the close callback, drops the anchors. */
-static void stream_free(void *ctx) {
-  struct stream_ctx *sc = ctx;
-  galley_gil_acquire();
-  lua_State *T = sc->T;
-  if (sc->close_ref != LUA_NOREF && !atomic_load(&sc->sctx->finalizing)) {
-    lua_settop(T, 0);
-    lua_pushcfunction(T, msghandler);
-    lua_rawgeti(T, LUA_REGISTRYINDEX, sc->close_ref);
-    if (lua_pcall(T, 0, 0, 1) != LUA_OK) report_error(T, "stream close callback");
-    lua_settop(T, 0);
-  }
-  luaL_unref(T, LUA_REGISTRYINDEX, sc->fn_ref);
-  luaL_unref(T, LUA_REGISTRYINDEX, sc->close_ref);
-  luaL_unref(T, LUA_REGISTRYINDEX, sc->thread_ref);  /* T may be collected from here on */
-  galley_gil_release();
-  free(sc);
-}
-
-
-/* Stops the server and frees its context; safe to call twice. Called with the GIL held. */
-static void server_close(lua_State *L, Server *s) {
-  struct server_ctx *ctx = s->ctx;
-  if (!ctx) return;
-  s->ctx = NULL;
-  atomic_store(&ctx->stopping, 1);
-  /* Connection threads may be waiting for the GIL (and stream close callbacks need it):
-   * let them finish while we wait for them. */
-  galley_gil_release();
-  galley_httpd_stop(ctx->srv);
-  galley_gil_acquire();
-  luaL_unref(L, LUA_REGISTRYINDEX, ctx->handler_ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, ctx->anchor_ref);
-  free(ctx);
-}
+typedef struct {
+  struct galley_httpd_req *rq;  /* NULL once released */
+} Request;
 
 
 static Server *check_server(lua_State *L) {
   Server *s = luaL_checkudata(L, 1, SERVER_MT);
-  if (!s->ctx) luaL_error(L, "attempt to use a stopped server");
+  if (!s->srv) luaL_error(L, "attempt to use a stopped server");
   return s;
 }
 
 
-/* httpd.serve{port=0, handler=function(req) return resp end} -> server | nil, err */
-static int l_httpd_serve(lua_State *L) {
+static Request *check_request(lua_State *L) {
+  Request *r = luaL_checkudata(L, 1, REQUEST_MT);
+  if (!r->rq) luaL_error(L, "attempt to use a released request");
+  return r;
+}
+
+
+/* Pushes {name=value, ...} from an array of pairs. */
+static void push_pairs(lua_State *L, const struct galley_httpd_pair *p, size_t n) {
+  lua_createtable(L, 0, (int)n);
+  for (size_t i = 0; i < n; i++) {
+    lua_pushstring(L, p[i].value);
+    lua_setfield(L, -2, p[i].name);
+  }
+}
+
+
+/* Pushes the Request handle and the request table; the handle owns rq from here on. */
+static int push_request(lua_State *L, struct galley_httpd_req *rq) {
+  Request *r = lua_newuserdatauv(L, sizeof *r, 1);  /* user value: the body being written */
+  r->rq = NULL;
+  luaL_setmetatable(L, REQUEST_MT);
+  r->rq = rq;
+  lua_createtable(L, 0, 7);
+  lua_pushstring(L, rq->method);
+  lua_setfield(L, -2, "method");
+  lua_pushstring(L, rq->path);
+  lua_setfield(L, -2, "path");
+  lua_pushstring(L, rq->raw_query);
+  lua_setfield(L, -2, "raw_query");
+  push_pairs(L, rq->query, rq->nquery);
+  lua_setfield(L, -2, "query");
+  push_pairs(L, rq->headers, rq->nheaders);
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, rq->body, rq->body_len);
+  lua_setfield(L, -2, "body");
+  lua_pushinteger(L, (lua_Integer)rq->conn_id);
+  lua_setfield(L, -2, "conn");
+  /* The body is in Lua now: let C memory go early (big uploads). */
+  free(rq->body);
+  rq->body = NULL;
+  rq->body_len = rq->body_cap = 0;
+  return 2;
+}
+
+
+/* --- server ------------------------------------------------------------------------------- */
+
+static lua_Integer opt_limit(lua_State *L, const char *field, lua_Integer max) {
+  lua_Integer v = galley_opt_integer(L, 1, field, 0);
+  if (v < 0 || v > max) luaL_error(L, "bad argument #1 to 'listen' (field '%s' must be 0..%I)", field, max);
+  return v;
+}
+
+
+/* httpd.listen{port=0, bearer?, max_body_bytes?, max_header_bytes?, max_connections?,
+ *              max_connections_per_client?, header_timeout_ms?, idle_timeout_ms?}
+ *   -> server | nil, err(HTTPD_BIND|HTTPD_START)
+ * Listens on 127.0.0.1; requests queue until taken with server:accept(). */
+static int l_httpd_listen(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_Integer port = galley_opt_integer(L, 1, "port", 0);
   if (port < 0 || port > 65535) return luaL_argerror(L, 1, "port must be 0..65535");
-  if (lua_getfield(L, 1, "handler") != LUA_TFUNCTION)                 /* [opts, handler] */
-    return luaL_argerror(L, 1, "field 'handler' must be a function");
-
-  Server *s = lua_newuserdatauv(L, sizeof *s, 0);                     /* [opts, handler, ud] */
-  s->ctx = NULL;
+  struct galley_httpd_limits lim = {0};
+  lim.max_body = (size_t)opt_limit(L, "max_body_bytes", (lua_Integer)1 << 40);
+  lim.max_header_bytes = (size_t)opt_limit(L, "max_header_bytes", (lua_Integer)1 << 30);
+  lim.max_connections = (unsigned)opt_limit(L, "max_connections", 1000000);
+  lim.max_per_client = (unsigned)opt_limit(L, "max_connections_per_client", 1000000);
+  lim.header_timeout_ms = (unsigned)opt_limit(L, "header_timeout_ms", 86400000);
+  lim.idle_timeout_ms = (unsigned)opt_limit(L, "idle_timeout_ms", 86400000);
+  size_t blen = 0;
+  lim.bearer = galley_opt_string(L, 1, "bearer", NULL, &blen);
+  if (lim.bearer && (blen == 0 || strlen(lim.bearer) != blen))
+    return luaL_argerror(L, 1, "field 'bearer' must be a non-empty string without NUL bytes");
+  Server *s = lua_newuserdatauv(L, sizeof *s, 0);
+  s->srv = NULL;
   luaL_setmetatable(L, SERVER_MT);
-  lua_State *anchor = lua_newthread(L);                               /* [opts, handler, ud, anchor] */
-  int anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);                    /* [opts, handler, ud] */
-  lua_pushvalue(L, 2);
-  int handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  struct server_ctx *ctx = calloc(1, sizeof *ctx);
-  if (!ctx) {
-    luaL_unref(L, LUA_REGISTRYINDEX, anchor_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, handler_ref);
-    return galley_fail(L, "HTTPD_START", "out of memory");
-  }
-  /* From here on nothing raises until ctx is owned by the userdata or freed. */
-  ctx->anchor = anchor;
-  ctx->anchor_ref = anchor_ref;
-  ctx->handler_ref = handler_ref;
-  ctx->owner = pthread_self();
-  atomic_init(&ctx->stopping, 0);
-  atomic_init(&ctx->finalizing, 0);
-  galley_gil_enable();  /* this thread holds it from now on; waits elsewhere release it */
   char code[32], msg[256];
-  ctx->srv = galley_httpd_start((int)port, on_request, ctx, code, sizeof code, msg, sizeof msg);
-  if (!ctx->srv) {
-    free(ctx);
-    luaL_unref(L, LUA_REGISTRYINDEX, anchor_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, handler_ref);
-    return galley_fail(L, code, "%s", msg);
-  }
-  s->ctx = ctx;
+  s->srv = galley_httpd_start((int)port, &lim, code, sizeof code, msg, sizeof msg);
+  if (!s->srv) return galley_fail(L, code, "%s", msg);
   return 1;
+}
+
+
+/* httpd.serve{port=0, handler=function(req) return resp end, <listen limits>...}
+ *   -> server | nil, err   (lua/galley/httpd.lua: one task per request) */
+static int l_httpd_serve(lua_State *L) {
+  lua_settop(L, 1);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "galley.httpd");
+  lua_call(L, 1, 1);                                                  /* [opts, mod] */
+  lua_getfield(L, -1, "serve");                                       /* [opts, mod, serve] */
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 2);
+  return 2;
 }
 
 
 /* server:port() -> integer */
 static int l_server_port(lua_State *L) {
   Server *s = check_server(L);
-  lua_pushinteger(L, galley_httpd_port(s->ctx->srv));
+  lua_pushinteger(L, galley_httpd_port(s->srv));
   return 1;
 }
 
 
-/* server:stop()   waits for running handlers; only from the thread that called serve() */
-static int l_server_stop(lua_State *L) {
-  Server *s = luaL_checkudata(L, 1, SERVER_MT);
-  if (s->ctx && !pthread_equal(s->ctx->owner, pthread_self()))
-    return galley_raise(L, "HTTPD_MISUSE", "server:stop() called from a request handler");
-  server_close(L, s);
-  return 0;
+/* server:stats() -> {connections, open, requests, unauthorized, too_large, bad_requests,
+ *                    timed_out, evicted, refused} */
+static int l_server_stats(lua_State *L) {
+  Server *s = check_server(L);
+  struct galley_httpd_stats st;
+  galley_httpd_get_stats(s->srv, &st);
+  lua_createtable(L, 0, 9);
+#define F(name) lua_pushinteger(L, (lua_Integer)st.name); lua_setfield(L, -2, #name);
+  F(connections) F(open) F(requests) F(unauthorized) F(too_large) F(bad_requests) F(timed_out)
+  F(evicted) F(refused)
+#undef F
+  return 1;
 }
 
 
-/* __gc/__close: stop if still running. On another thread (a collection that happened to run
- * inside a request) it cannot wait for itself, so it only refuses new work. */
-static int l_server_gc(lua_State *L) {
-  Server *s = luaL_checkudata(L, 1, SERVER_MT);
-  if (!s->ctx) return 0;
-  if (!pthread_equal(s->ctx->owner, pthread_self())) {
-    atomic_store(&s->ctx->stopping, 1);
-    return 0;
+/* Continuation of accept: [server, ok, err?] */
+static int accept_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  if (!galley_await_ok(L)) {
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;  /* nil, err */
   }
-  atomic_store(&s->ctx->finalizing, 1);
-  server_close(L, s);
+  Server *s = lua_touserdata(L, 1);
+  if (!s->srv) {
+    lua_pushnil(L);
+    return 1;
+  }
+  struct galley_httpd_req *rq = galley_httpd_take(s->srv);
+  if (rq) return push_request(L, rq);
+  uint64_t token = galley_httpd_wait(s->srv);
+  if (!token) {
+    lua_pushnil(L);
+    return 1;
+  }
+  return galley_await(L, token, 0, accept_k);
+}
+
+
+/* server:accept() -> request_handle, req | nil (stopped) | nil, err (wait cancelled)
+ * req = {method, path, raw_query, query, headers (lower-case names), body, conn} */
+static int l_server_accept(lua_State *L) {
+  Server *s = luaL_checkudata(L, 1, SERVER_MT);
+  lua_settop(L, 1);
+  if (!s->srv) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushboolean(L, 1);
+  lua_pushnil(L);
+  return accept_k(L, LUA_OK, 0);
+}
+
+
+/* server:stop() / server:close()   closes the listener and every connection; requests being
+ * handled lose their connection. Safe to call twice (also from a handler). */
+static int l_server_stop(lua_State *L) {
+  Server *s = luaL_checkudata(L, 1, SERVER_MT);
+  if (s->srv) galley_httpd_stop(s->srv);
+  s->srv = NULL;
   return 0;
 }
 
@@ -370,35 +209,195 @@ static int l_server_gc(lua_State *L) {
 /* tostring(server) -> "galley.httpd.Server (127.0.0.1:PORT)" | "... (stopped)" */
 static int l_server_tostring(lua_State *L) {
   Server *s = luaL_checkudata(L, 1, SERVER_MT);
-  if (s->ctx) lua_pushfstring(L, "%s (127.0.0.1:%d)", SERVER_MT, galley_httpd_port(s->ctx->srv));
+  if (s->srv) lua_pushfstring(L, "%s (127.0.0.1:%d)", SERVER_MT, galley_httpd_port(s->srv));
   else lua_pushfstring(L, "%s (stopped)", SERVER_MT);
   return 1;
 }
 
 
+/* --- request ------------------------------------------------------------------------------ */
+
+/* Reads the headers table at idx ({string = string}) into pairs held by a scratch userdata
+ * pushed on the stack (so nothing leaks on a raise). The strings stay owned by the table,
+ * which must stay on the stack while the pairs are used. Returns the count. */
+static size_t check_headers(lua_State *L, int idx, struct galley_httpd_pair **out) {
+  *out = NULL;
+  if (lua_isnoneornil(L, idx)) {
+    lua_pushnil(L);
+    return 0;
+  }
+  luaL_checktype(L, idx, LUA_TTABLE);
+  size_t n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {                                          /* [.., key, value] */
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+      luaL_argerror(L, idx, "headers must map strings to strings");
+    lua_pop(L, 1);
+    n++;
+  }
+  struct galley_httpd_pair *p = lua_newuserdatauv(L, (n ? n : 1) * sizeof *p, 0);  /* [.., scratch] */
+  size_t i = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    p[i].name = (char *)lua_tostring(L, -2);
+    p[i].value = (char *)lua_tostring(L, -1);
+    i++;
+    lua_pop(L, 1);
+  }
+  *out = p;
+  return n;
+}
+
+
+static int check_status(lua_State *L, int idx) {
+  lua_Integer status = luaL_checkinteger(L, idx);
+  if (status < 100 || status > 599) luaL_argerror(L, idx, "status must be 100..599");
+  return (int)status;
+}
+
+
+/* Continuation of every awaited write: [self, ..., ok, err?] -> ok | nil, err */
+static int write_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  Request *r = (Request *)ctx;
+  if (!galley_await_ok(L)) {
+    if (r->rq) galley_httpd_abort(r->rq, 0);  /* before the body string can be collected */
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, r->rq && galley_httpd_ok(r->rq));
+  return 1;
+}
+
+
+static int await_write(lua_State *L, Request *r, uint64_t token) {
+  if (!token) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  return galley_await(L, token, (lua_KContext)r, write_k);
+}
+
+
+/* req:respond(status, headers?, body?, truncate_at?) -> ok
+ * The whole answer; with truncate_at < #body, Content-Length announces #body but only
+ * truncate_at bytes are sent before the connection closes. ok is false when the client is
+ * gone (or the request was answered already); nil, err when the wait was cancelled. */
+static int l_request_respond(lua_State *L) {
+  Request *r = check_request(L);
+  int status = check_status(L, 2);
+  size_t len = 0;
+  const char *body = luaL_optlstring(L, 4, "", &len);
+  lua_Integer cut = luaL_optinteger(L, 5, -1);
+  lua_settop(L, 5);
+  struct galley_httpd_pair *h;
+  size_t nh = check_headers(L, 3, &h);                                /* [.., scratch] */
+  lua_pushvalue(L, 4);
+  lua_setiuservalue(L, 1, 1);  /* keeps the body alive while libuv writes it */
+  size_t truncate_at = cut < 0 ? len : (size_t)cut;
+  uint64_t token = galley_httpd_respond(r->rq, status, h, nh, body, len, truncate_at);
+  return await_write(L, r, token);
+}
+
+
+/* req:stream_head(status, headers?) -> ok   starts a chunked answer */
+static int l_request_stream_head(lua_State *L) {
+  Request *r = check_request(L);
+  int status = check_status(L, 2);
+  lua_settop(L, 3);
+  struct galley_httpd_pair *h;
+  size_t nh = check_headers(L, 3, &h);
+  return await_write(L, r, galley_httpd_stream_head(r->rq, status, h, nh));
+}
+
+
+/* req:write(chunk) -> ok   one chunk of a streamed answer, awaited until written */
+static int l_request_write(lua_State *L) {
+  Request *r = check_request(L);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, 1, 1);
+  return await_write(L, r, galley_httpd_stream_chunk(r->rq, data, len));
+}
+
+
+/* req:finish() -> ok   ends a streamed answer */
+static int l_request_finish(lua_State *L) {
+  Request *r = check_request(L);
+  lua_settop(L, 1);
+  return await_write(L, r, galley_httpd_stream_end(r->rq));
+}
+
+
+/* req:abort(reset?)   drops the connection (a TCP reset when reset is true) */
+static int l_request_abort(lua_State *L) {
+  Request *r = check_request(L);
+  galley_httpd_abort(r->rq, lua_toboolean(L, 2));
+  return 0;
+}
+
+
+/* req:release() (also __gc/__close): done with the request; unanswered, its connection closes */
+static int l_request_release(lua_State *L) {
+  Request *r = luaL_checkudata(L, 1, REQUEST_MT);
+  if (r->rq) galley_httpd_release(r->rq);
+  r->rq = NULL;
+  return 0;
+}
+
+
 static const luaL_Reg server_methods[] = {
-  { "port", l_server_port },
-  { "stop", l_server_stop },
-  { NULL,   NULL          }
+  { "port",   l_server_port   },
+  { "accept", l_server_accept },
+  { "stats",  l_server_stats  },
+  { "stop",   l_server_stop   },
+  { "close",  l_server_stop   },
+  { NULL,     NULL            }
 };
 
 static const luaL_Reg server_meta[] = {
-  { "__gc",       l_server_gc       },
-  { "__close",    l_server_gc       },
+  { "__gc",       l_server_stop     },
+  { "__close",    l_server_stop     },
   { "__tostring", l_server_tostring },
   { "__index",    NULL              },
   { NULL,         NULL              }
 };
 
+static const luaL_Reg request_methods[] = {
+  { "respond",     l_request_respond     },
+  { "stream_head", l_request_stream_head },
+  { "write",       l_request_write       },
+  { "finish",      l_request_finish      },
+  { "abort",       l_request_abort       },
+  { "release",     l_request_release     },
+  { NULL,          NULL                  }
+};
+
+static const luaL_Reg request_meta[] = {
+  { "__gc",    l_request_release },
+  { "__close", l_request_release },
+  { "__index", NULL              },
+  { NULL,      NULL              }
+};
+
 static const luaL_Reg httpd_funcs[] = {
-  { "serve", l_httpd_serve },
-  { NULL,    NULL          }
+  { "listen", l_httpd_listen },
+  { "serve",  l_httpd_serve  },
+  { NULL,     NULL           }
 };
 
 int luaopen_galley_core_httpd(lua_State *L) {
   luaL_newmetatable(L, SERVER_MT);                                    /* [mt] */
   luaL_setfuncs(L, server_meta, 0);
   luaL_newlib(L, server_methods);                                     /* [mt, methods] */
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, REQUEST_MT);
+  luaL_setfuncs(L, request_meta, 0);
+  luaL_newlib(L, request_methods);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   luaL_newlib(L, httpd_funcs);

@@ -6,7 +6,6 @@
 #include <lauxlib.h>
 #include "await.h"
 #include "bind.h"
-#include "gil.h"
 #include "loop.h"
 #include "sig.h"
 
@@ -158,14 +157,6 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
 int galley_loop_sleep_lua(lua_State *L) {
   lua_Integer ms = luaL_checkinteger(L, 1);
   if (ms < 0) ms = 0;
-  if (galley_gil_enabled()) {
-    /* TEMPORARY until the emulator serves from the loop: its handler threads must not touch
-     * the loop; they sleep the old way with the interpreter lock released. */
-    if (galley_sleep_ms(ms) != 0)
-      return galley_fail(L, "INTERRUPTED", "sleep interrupted by signal %d", galley_sig_pending());
-    lua_pushboolean(L, 1);
-    return 1;
-  }
   lua_settop(L, 1);
   sleep_op *op = lua_newuserdatauv(L, sizeof *op, 1);  /* [ms, op] kept across the yield */
   op->timer = NULL;
@@ -176,6 +167,9 @@ int galley_loop_sleep_lua(lua_State *L) {
   uv_timer_init(galley_loop(), t);
   t->data = &op->token;
   op->timer = t;
+  /* The loop's clock only moves while it runs: after blocking work it is stale, and a timer
+   * started from it would fire early by the time spent blocked. */
+  uv_update_time(galley_loop());
   uv_timer_start(t, on_timer, (uint64_t)ms, 0);
   return galley_await(L, op->token, (lua_KContext)op, sleep_k);
 }

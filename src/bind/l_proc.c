@@ -1,23 +1,27 @@
 /* galley.core.proc: run local programs from an argv table (never a shell string).
  * The work happens in src/core/proc.c; this file turns option tables into a galley_proc_spec and
- * results into tables. Hazard: argv/env/cwd/stdin are borrowed Lua strings, so every one of them
- * is anchored in a table on our stack for as long as the core may read them (the GIL is released
- * meanwhile and another thread could change the caller's table). A started child is always owned
- * by a "galley.proc.Process" userdata, so an error raised while building the result cannot leak
- * it: __gc kills and reaps. */
+ * results into tables, and waits through galley_await (await.h): inside a galley.task the task
+ * yields while other tasks run, elsewhere the loop runs until the process is done. Borrowed Lua
+ * strings (argv, env, cwd) are only read while spawning; stdin bytes are copied. A started child
+ * is always owned by a "galley.proc.Process" userdata, so an error raised while building the
+ * result cannot leak it: close/__gc/__close kill the group and reap. */
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <string.h>
+#include "await.h"
 #include "bind.h"
+#include "loop.h"
 #include "proc.h"
 #include "sig.h"
 
 #define PROCESS_MT "galley.proc.Process"
+#define BUSY_MT "galley.proc.Busy"
 
 typedef struct {
   galley_proc *p;   /* NULL once closed (and before the child exists) */
-  int busy;         /* a method is waiting with the GIL released */
+  int busy;         /* a task waits in read/wait (cleared by the Busy guard's __close) */
+  int blocking;     /* a thread waits in galley_proc_block (a process on a private loop) */
 } lprocess;
 
 
@@ -141,8 +145,21 @@ static lprocess *new_process(lua_State *L) {
   lprocess *lp = lua_newuserdatauv(L, sizeof *lp, 0);
   lp->p = NULL;
   lp->busy = 0;
+  lp->blocking = 0;
   luaL_setmetatable(L, PROCESS_MT);
   return lp;
+}
+
+
+/* The loop a new process runs on. */
+static uv_loop_t *spawn_loop(void) {
+  return galley_loop();
+}
+
+
+/* Whether waits on p block the thread (a process on a private loop) instead of awaiting. */
+static int blocks(const lprocess *lp) {
+  return galley_proc_private(lp->p);
 }
 
 
@@ -165,6 +182,18 @@ static int interrupted(lua_State *L) {
   galley_error_set_integer(L, "signal", sig);
   return 2;
 }
+
+
+/* [..., err] -> [..., nil, err]: a wait cancelled (Ctrl-C/SIGTERM, t:cancel, a task timeout). */
+static int cancelled(lua_State *L) {
+  lua_pushnil(L);
+  lua_insert(L, -2);
+  return 2;
+}
+
+
+static int finished_ready(galley_proc *p) { return galley_proc_finished(p); }
+static int event_ready(galley_proc *p) { return galley_proc_has_event(p); }
 
 
 /* Pushes {exit_code, signal, stdout, stderr, timed_out, truncated, stdout_dropped,
@@ -198,11 +227,42 @@ static void push_result(lua_State *L, galley_proc *p) {
 }
 
 
+static int run_k(lua_State *L, int status, lua_KContext ctx);
+
+
+/* proc.run, until finished: [opts, anchor, proc(to-be-closed)] */
+static int run_step(lua_State *L, lprocess *lp) {
+  if (!galley_proc_finished(lp->p)) {
+    uint64_t token = galley_loop_token();
+    galley_proc_notify(lp->p, token);
+    return galley_await(L, token, (lua_KContext)lp, run_k);
+  }
+  push_result(L, lp->p);
+  galley_proc_close(lp->p);
+  lp->p = NULL;
+  return 1;
+}
+
+
+/* Continuation of proc.run: [opts, anchor, proc, ok, err?] */
+static int run_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  lprocess *lp = (lprocess *)ctx;
+  if (!galley_await_ok(L)) {
+    galley_proc_close(lp->p); /* SIGKILL to the group, reaped before we return */
+    lp->p = NULL;
+    return cancelled(L);
+  }
+  return run_step(L, lp);
+}
+
+
 /* proc.run{argv, cwd?, env?, env_mode?, stdin?, timeout_ms?, max_output?, kill_grace_ms?}
  *   -> {exit_code, signal?, stdout, stderr, timed_out, truncated, stdout_dropped, stderr_dropped}
  *    | nil, err(PROC_SPAWN | INTERRUPTED) */
 static int l_proc_run(lua_State *L) {
   galley_proc_spec spec;
+  lua_settop(L, 1);
   read_spec(L, 1, &spec, 0);                                                     // [opts, anchor]
   galley_proc_limits lim;
   int has_timeout = lua_getfield(L, 1, "timeout_ms") != LUA_TNIL;
@@ -210,19 +270,23 @@ static int l_proc_run(lua_State *L) {
   lim.timeout_ms = has_timeout ? opt_count(L, 1, "timeout_ms", 0) : -1;
   lim.kill_grace_ms = opt_count(L, 1, "kill_grace_ms", GALLEY_PROC_DEFAULT_GRACE_MS);
   lim.max_output = (size_t)opt_count(L, 1, "max_output", (lua_Integer)GALLEY_PROC_DEFAULT_MAX_OUTPUT);
+  if (galley_sig_pending()) return interrupted(L);  /* nothing starts once Ctrl-C is pending */
   lprocess *lp = new_process(L);                                                 // [opts, anchor, proc]
+  /* To-be-closed: however this call ends (an error raised by the interrupt hook included), the
+   * group is killed and reaped. */
+  lua_toclose(L, 3);
   int err_no = 0;
-  int rc = galley_proc_run(&spec, &lim, &lp->p, &err_no);   /* releases the GIL while it waits */
-  if (rc == GALLEY_PROC_EINTR) {
-    galley_proc_close(lp->p);
-    lp->p = NULL;
-    return interrupted(L);
-  }
+  int rc = galley_proc_spawn(spawn_loop(), &spec, &lp->p, &err_no);
   if (rc != GALLEY_PROC_OK) return spawn_failed(L, &spec, rc, err_no);
-  push_result(L, lp->p);
-  galley_proc_close(lp->p);
-  lp->p = NULL;
-  return 1;
+  galley_proc_limit(lp->p, &lim);
+  if (blocks(lp)) {
+    if (galley_proc_block(lp->p, finished_ready, -1) == GALLEY_PROC_EINTR) {
+      galley_proc_close(lp->p);
+      lp->p = NULL;
+      return interrupted(L);
+    }
+  }
+  return run_step(L, lp);
 }
 
 
@@ -233,7 +297,7 @@ static int l_proc_spawn(lua_State *L) {
   read_spec(L, 1, &spec, 1);                                                     // [opts, anchor]
   lprocess *lp = new_process(L);                                                 // [opts, anchor, proc]
   int err_no = 0;
-  int rc = galley_proc_spawn(&spec, &lp->p, &err_no);        /* stdin bytes are copied */
+  int rc = galley_proc_spawn(spawn_loop(), &spec, &lp->p, &err_no);   /* stdin bytes are copied */
   if (rc != GALLEY_PROC_OK) return spawn_failed(L, &spec, rc, err_no);
   return 1;
 }
@@ -251,16 +315,17 @@ static int l_proc_which(lua_State *L) {
 
 /* --- Process methods --------------------------------------------------------------------------- */
 
-/* The open process at argument 1; raises when closed or in use by another thread. */
+/* The open process at argument 1; raises when closed or when another task or thread waits on it. */
 static lprocess *check_process(lua_State *L) {
   lprocess *lp = luaL_checkudata(L, 1, PROCESS_MT);
   if (!lp->p) luaL_error(L, "attempt to use a closed process");
-  if (lp->busy) luaL_error(L, "process is in use by another thread");
+  if (lp->blocking) luaL_error(L, "process is in use by another thread");
+  if (lp->busy) luaL_error(L, "process is in use by another task");
   return lp;
 }
 
 
-/* The open process at argument 1, even while another thread reads it: pid and kill only signal
+/* The open process at argument 1, even while another task reads it: pid and kill only signal
  * the group, which is safe concurrently with a read (the group id is fixed at spawn). */
 static lprocess *check_open_process(lua_State *L) {
   lprocess *lp = luaL_checkudata(L, 1, PROCESS_MT);
@@ -278,43 +343,121 @@ static int64_t opt_timeout(lua_State *L, int arg) {
 }
 
 
+/* Busy guard __close: the wait is over however it ended (returned, cancelled, or an error
+ * unwinding through it): the process takes other waits again; its deadline and waiter go. */
+static int busy_close(lua_State *L) {
+  lprocess **g = luaL_checkudata(L, 1, BUSY_MT);
+  lprocess *lp = *g;
+  if (!lp) return 0;
+  *g = NULL;
+  lp->busy = 0;
+  if (lp->p) {
+    galley_proc_notify(lp->p, 0);
+    galley_proc_deadline(lp->p, -1);
+  }
+  return 0;
+}
+
+
+/* Marks lp busy until the calling function returns: pushes a to-be-closed guard. The guard's user
+ * value is the process userdata at index 1, so lp lives as long as the guard. */
+static void push_busy(lua_State *L, lprocess *lp) {
+  lprocess **g = lua_newuserdatauv(L, sizeof *g, 1);
+  *g = NULL;
+  luaL_setmetatable(L, BUSY_MT);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  *g = lp;
+  lp->busy = 1;
+  lua_toclose(L, -1);
+}
+
+
+/* Woken because another task closed the process. */
+static int closed_while_waiting(lua_State *L) {
+  return galley_fail(L, "PROC_CLOSED", "the process was closed while waiting for it");
+}
+
+
+/* Pushes what galley_proc_next reported (ev != 0). */
+static int push_event(lua_State *L, lprocess *lp, int ev, const char *data, size_t len) {
+  if (ev == GALLEY_PROC_EV_EXIT) {
+    galley_proc_status st;
+    galley_proc_get_status(lp->p, &st);
+    lua_pushliteral(L, "exit");
+    lua_pushinteger(L, st.exit_code);
+    if (st.signal) lua_pushinteger(L, st.signal);
+    else lua_pushnil(L);
+    return 3;
+  }
+  lua_pushstring(L, ev == GALLEY_PROC_EV_STDOUT ? "stdout" : "stderr");
+  lua_pushlstring(L, data, len);          /* data points into the process: copied now */
+  return 2;
+}
+
+
+static int read_k(lua_State *L, int status, lua_KContext ctx);
+
+
+/* Process:read until an event or the deadline: [proc, timeout, guard] */
+static int read_step(lua_State *L, lprocess *lp) {
+  const char *data = NULL;
+  size_t len = 0;
+  int ev = galley_proc_next(lp->p, &data, &len);
+  if (ev) return push_event(L, lp, ev, data, len);
+  if (galley_proc_deadline_passed(lp->p)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  uint64_t token = galley_loop_token();
+  galley_proc_notify(lp->p, token);
+  return galley_await(L, token, (lua_KContext)lp, read_k);
+}
+
+
+/* Continuation of Process:read: [proc, timeout, guard, ok, err?] */
+static int read_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  lprocess *lp = (lprocess *)ctx;
+  if (!galley_await_ok(L)) return cancelled(L);
+  if (!lp->p) return closed_while_waiting(L);
+  return read_step(L, lp);
+}
+
+
 /* Process:read([timeout_ms]) -> "stdout", data | "stderr", data | "exit", exit_code, signal?
- *                             | nil (timeout) | nil, err(INTERRUPTED) */
+ *                             | nil (timeout) | nil, err(INTERRUPTED | PROC_CLOSED) */
 static int l_process_read(lua_State *L) {
   lprocess *lp = check_process(L);
   int64_t timeout = opt_timeout(L, 2);
+  lua_settop(L, 2);                                                              // [proc, timeout]
   const char *data = NULL;
   size_t len = 0;
-  lp->busy = 1;
-  int ev = galley_proc_next(lp->p, timeout, &data, &len);   /* releases the GIL while it waits */
-  lp->busy = 0;
-  switch (ev) {
-    case GALLEY_PROC_EV_STDOUT:
-    case GALLEY_PROC_EV_STDERR:
-      lua_pushstring(L, ev == GALLEY_PROC_EV_STDOUT ? "stdout" : "stderr");
-      lua_pushlstring(L, data, len);          /* data points into the process: copied now */
-      return 2;
-    case GALLEY_PROC_EV_EXIT: {
-      galley_proc_status st;
-      galley_proc_get_status(lp->p, &st);
-      lua_pushliteral(L, "exit");
-      lua_pushinteger(L, st.exit_code);
-      if (st.signal) lua_pushinteger(L, st.signal);
-      else lua_pushnil(L);
-      return 3;
-    }
-    case GALLEY_PROC_EINTR:
-      return interrupted(L);
-    default:
-      lua_pushnil(L);
-      return 1;
+  int ev = galley_proc_next(lp->p, &data, &len);
+  if (ev) return push_event(L, lp, ev, data, len);
+  if (timeout == 0) {
+    lua_pushnil(L);
+    return 1;
   }
+  if (blocks(lp)) {
+    lp->blocking = 1;
+    int rc = galley_proc_block(lp->p, event_ready, timeout);
+    lp->blocking = 0;
+    if (rc == GALLEY_PROC_EINTR) return interrupted(L);
+    ev = galley_proc_next(lp->p, &data, &len);
+    if (ev) return push_event(L, lp, ev, data, len);
+    lua_pushnil(L);
+    return 1;
+  }
+  push_busy(L, lp);                                                              // [proc, timeout, guard]
+  galley_proc_deadline(lp->p, timeout);
+  return read_step(L, lp);
 }
 
 
 /* Process:write(data) -> true | nil, err(PROC_STDIN_CLOSED) */
 static int l_process_write(lua_State *L) {
-  lprocess *lp = check_process(L);
+  lprocess *lp = check_open_process(L);
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
   int rc = galley_proc_write(lp->p, data, len);
@@ -327,7 +470,7 @@ static int l_process_write(lua_State *L) {
 
 /* Process:close_stdin()   (after the queued bytes are written) */
 static int l_process_close_stdin(lua_State *L) {
-  lprocess *lp = check_process(L);
+  lprocess *lp = check_open_process(L);
   galley_proc_close_stdin(lp->p);
   return 0;
 }
@@ -356,22 +499,59 @@ static int l_process_kill(lua_State *L) {
 }
 
 
-/* Process:wait([timeout_ms]) -> result (as proc.run) | nil (timeout) | nil, err(INTERRUPTED)
+static int wait_k(lua_State *L, int status, lua_KContext ctx);
+
+
+/* Process:wait until finished or the deadline: [proc, timeout, guard?] */
+static int wait_step(lua_State *L, lprocess *lp) {
+  if (galley_proc_finished(lp->p)) {
+    push_result(L, lp->p);
+    galley_proc_clear_output(lp->p);
+    return 1;
+  }
+  if (galley_proc_deadline_passed(lp->p)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  uint64_t token = galley_loop_token();
+  galley_proc_notify(lp->p, token);
+  return galley_await(L, token, (lua_KContext)lp, wait_k);
+}
+
+
+/* Continuation of Process:wait: [proc, timeout, guard, ok, err?] */
+static int wait_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  lprocess *lp = (lprocess *)ctx;
+  if (!galley_await_ok(L)) return cancelled(L);
+  if (!lp->p) return closed_while_waiting(L);
+  return wait_step(L, lp);
+}
+
+
+/* Process:wait([timeout_ms]) -> result (as proc.run) | nil (timeout) | nil, err(INTERRUPTED | PROC_CLOSED)
  * Closes stdin first; output not yet returned by :read is collected (64 MiB cap per stream). */
 static int l_process_wait(lua_State *L) {
   lprocess *lp = check_process(L);
   int64_t timeout = opt_timeout(L, 2);
-  lp->busy = 1;
-  int rc = galley_proc_wait(lp->p, timeout, GALLEY_PROC_DEFAULT_MAX_OUTPUT);
-  lp->busy = 0;
-  if (rc == GALLEY_PROC_EINTR) return interrupted(L);
-  if (rc != GALLEY_PROC_OK) {
-    lua_pushnil(L);
-    return 1;
+  lua_settop(L, 2);                                                              // [proc, timeout]
+  galley_proc_close_stdin(lp->p);
+  galley_proc_capture(lp->p, GALLEY_PROC_DEFAULT_MAX_OUTPUT);
+  if (galley_proc_finished(lp->p) || timeout == 0) return wait_step(L, lp);
+  if (blocks(lp)) {
+    lp->blocking = 1;
+    int rc = galley_proc_block(lp->p, finished_ready, timeout);
+    lp->blocking = 0;
+    if (rc == GALLEY_PROC_EINTR) return interrupted(L);
+    if (rc == GALLEY_PROC_TIMEOUT) {
+      lua_pushnil(L);
+      return 1;
+    }
+    return wait_step(L, lp);
   }
-  push_result(L, lp->p);
-  galley_proc_clear_output(lp->p);
-  return 1;
+  push_busy(L, lp);                                                              // [proc, timeout, guard]
+  galley_proc_deadline(lp->p, timeout);
+  return wait_step(L, lp);
 }
 
 
@@ -383,10 +563,11 @@ static int l_process_pid(lua_State *L) {
 }
 
 
-/* Process:close()   also __gc and __close: kills the group unless finished, reaps; idempotent */
+/* Process:close()   also __gc and __close: kills the group unless finished, reaps; idempotent.
+ * A task waiting in read/wait meanwhile wakes up with nil, err(PROC_CLOSED). */
 static int l_process_close(lua_State *L) {
   lprocess *lp = luaL_checkudata(L, 1, PROCESS_MT);
-  if (lp->busy) return luaL_error(L, "process is in use by another thread");
+  if (lp->blocking) return luaL_error(L, "process is in use by another thread");
   galley_proc_close(lp->p);
   lp->p = NULL;
   return 0;
@@ -429,6 +610,11 @@ static const luaL_Reg proc_funcs[] = {
 };
 
 int luaopen_galley_core_proc(lua_State *L) {
+  if (luaL_newmetatable(L, BUSY_MT)) {                                           // [busy_mt]
+    lua_pushcfunction(L, busy_close);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
   luaL_newmetatable(L, PROCESS_MT);                                              // [mt]
   luaL_setfuncs(L, process_meta, 0);
   luaL_newlib(L, process_methods);                                               // [mt, methods]

@@ -2,7 +2,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include "gil.h"
 #include "loop.h"
 
 static uv_loop_t *loop;
@@ -64,15 +63,7 @@ size_t galley_loop_take_ready(uint64_t *out, size_t cap) {
 
 int galley_loop_turn(int nowait) {
   uv_loop_t *l = galley_loop();
-  if (nowait || ring_len > 0) {
-    uv_run(l, UV_RUN_NOWAIT);
-  } else {
-    /* TEMPORARY while the in-process emulator serves from MHD threads (src/core/gil.h): let
-     * its handlers run Lua while this thread blocks. Loop callbacks never touch Lua. */
-    galley_gil_release();
-    uv_run(l, UV_RUN_ONCE);
-    galley_gil_acquire();
-  }
+  uv_run(l, (nowait || ring_len > 0) ? UV_RUN_NOWAIT : UV_RUN_ONCE);
   return uv_loop_alive(l);
 }
 

@@ -1,27 +1,25 @@
-/* Child processes without a shell; see proc.h. */
+/* Child processes without a shell, on the event loop; see proc.h. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
-#include "gil.h"
+#include "loop.h"
 #include "proc.h"
 #include "sig.h"
 
 extern char **environ;
 
 #define READ_CHUNK 65536
-#define WRITE_CHUNK 65536
-#define SLICE_MS 50
+#define PEND_MAX 65536      /* read mode: stop reading a stream while this much waits unread */
+#define TICK_MS 50          /* TEMPORARY (galley_proc_block): how often a blocked thread checks signals */
 
 /* One captured stream: the first head_max bytes, then a ring of the latest (max - head_max)
  * bytes. Every byte that arrives once the buffer is full pushes exactly one byte out of the
@@ -35,22 +33,6 @@ typedef struct {
   size_t ring;      /* offset of the oldest tail byte inside the tail region, once full */
   uint64_t dropped;
 } capture;
-
-struct galley_proc {
-  pid_t pid;
-  int in_fd, out_fd, err_fd;   /* our ends; -1 once closed */
-  const char *in_data;         /* queued stdin bytes: borrowed (run) or in_own */
-  size_t in_len, in_off;
-  char *in_own;
-  size_t in_own_cap;
-  int in_close_wanted;         /* close stdin once the queue is empty */
-  int in_broken;               /* the child closed its end */
-  int reaped, wstatus, timed_out;
-  int last_stream;             /* fairness between stdout and stderr in next() */
-  int idle_ms;                 /* backoff while only waiting for the exit */
-  capture cap[2];
-  char buf[READ_CHUNK];
-};
 
 
 /* --- captures ------------------------------------------------------------------------------ */
@@ -121,38 +103,6 @@ static void cap_flatten(capture *c) {
 }
 
 
-/* --- descriptors and environment ------------------------------------------------------------ */
-
-static void close_fd(int *fd) {
-  if (*fd >= 0) close(*fd);
-  *fd = -1;
-}
-
-
-/* Moves fd above the standard descriptors, so the dup2 file actions cannot collide. */
-static int lift_fd(int fd) {
-  if (fd >= 3) return fd;
-  int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-  close(fd);
-  return nfd;
-}
-
-
-/* pipe2 with both ends close-on-exec and above fd 2; our end (`ours`: 0 read, 1 write) is made
- * nonblocking. */
-static int make_pipe(int fds[2], int ours) {
-  if (pipe2(fds, O_CLOEXEC) != 0) return -1;
-  fds[0] = lift_fd(fds[0]);
-  fds[1] = lift_fd(fds[1]);
-  if (fds[0] < 0 || fds[1] < 0 || fcntl(fds[ours], F_SETFL, O_NONBLOCK) != 0) {
-    close_fd(&fds[0]);
-    close_fd(&fds[1]);
-    return -1;
-  }
-  return 0;
-}
-
-
 static size_t key_len(const char *kv) {
   const char *eq = strchr(kv, '=');
   return eq ? (size_t)(eq - kv) : strlen(kv);
@@ -180,436 +130,562 @@ static char **build_env(const galley_proc_spec *spec) {
 }
 
 
-/* --- spawning ------------------------------------------------------------------------------- */
+/* Read mode: bytes of one stream not yet handed out by galley_proc_next. */
+typedef struct {
+  char *data;
+  size_t len, cap;
+} pending;
 
-static void flush_stdin(galley_proc *p);
+/* The libuv handles embedded in a process; `live` has a bit for each one initialised and not
+ * yet closed, `nopen` counts those whose close callback has not run. */
+enum { H_CHILD, H_IN, H_OUT, H_ERR, H_LIMIT, H_DEADLINE, H_TICK, H_COUNT };
+
+struct galley_proc {
+  uv_loop_t *loop;
+  uv_loop_t *own_loop;         /* TEMPORARY: the private loop of a process spawned off the loop's thread */
+  uv_process_t child;
+  uv_pipe_t pipe[3];           /* our ends of stdin, stdout, stderr */
+  uv_timer_t limit, deadline, tick;
+  unsigned live;
+  int nopen;
+  int closing;                 /* close was called: free once nopen is 0 */
+  pid_t pid;
+  int exited, exit_status, term_signal;
+  int eof[2];                  /* stdout/stderr closed (EOF, error, or never open) */
+  int reading[2];
+  int capturing;               /* output goes to cap (run, wait) rather than pend (read) */
+  int in_close_wanted;         /* close stdin once the queued writes are done */
+  int in_broken;               /* the child closed its end */
+  int in_writes;               /* write requests in flight */
+  int stage;                   /* time limit: 0 running, 1 SIGTERM sent, 2 SIGKILL sent */
+  int64_t grace_ms;
+  int timed_out;
+  int deadline_passed;
+  uint64_t waiter;             /* token to ready at the next change, 0 for none */
+  int last_stream;             /* fairness between stdout and stderr in next() */
+  int taken;                   /* stream (1, 2) whose pending bytes next() handed out last */
+  capture cap[2];
+  pending pend[2];
+  char buf[READ_CHUNK];
+};
+
+/* A write request with its bytes. */
+typedef struct {
+  uv_write_t req;
+  galley_proc *p;
+  char data[];
+} write_req;
 
 
-static galley_proc *proc_new(void) {
-  galley_proc *p = calloc(1, sizeof *p);
-  if (!p) return NULL;
-  p->pid = -1;
-  p->in_fd = p->out_fd = p->err_fd = -1;
-  p->idle_ms = 1;
-  cap_reset(&p->cap[0], GALLEY_PROC_DEFAULT_MAX_OUTPUT);
-  cap_reset(&p->cap[1], GALLEY_PROC_DEFAULT_MAX_OUTPUT);
-  return p;
+static uv_handle_t *handle_of(galley_proc *p, int h) {
+  switch (h) {
+    case H_CHILD: return (uv_handle_t *)&p->child;
+    case H_IN: return (uv_handle_t *)&p->pipe[0];
+    case H_OUT: return (uv_handle_t *)&p->pipe[1];
+    case H_ERR: return (uv_handle_t *)&p->pipe[2];
+    case H_LIMIT: return (uv_handle_t *)&p->limit;
+    case H_DEADLINE: return (uv_handle_t *)&p->deadline;
+    default: return (uv_handle_t *)&p->tick;
+  }
 }
 
 
 static void proc_free(galley_proc *p) {
-  close_fd(&p->in_fd);
-  close_fd(&p->out_fd);
-  close_fd(&p->err_fd);
-  free(p->in_own);
   free(p->cap[0].data);
   free(p->cap[1].data);
+  free(p->pend[0].data);
+  free(p->pend[1].data);
   free(p);
 }
 
 
-/* Starts the child; `copy` says whether STDIN_DATA bytes are copied or borrowed. */
-static int spawn_child(const galley_proc_spec *spec, int copy, galley_proc **out, int *err_no) {
-  int in[2] = {-1, -1}, outp[2] = {-1, -1}, errp[2] = {-1, -1};
-  int rc = GALLEY_PROC_ENOMEM, fa_ok = 0, attr_ok = 0;
-  posix_spawn_file_actions_t fa;
-  posix_spawnattr_t attr;
-  char **envp = NULL;
-  galley_proc *p = proc_new();
-  *out = NULL;
-  *err_no = ENOMEM;
-  if (!p) return GALLEY_PROC_ENOMEM;
-  if (spec->stdin_mode == GALLEY_PROC_STDIN_DATA && spec->stdin_len > 0) {
-    if (copy) {
-      p->in_own = malloc(spec->stdin_len);
-      if (!p->in_own) goto fail;
-      memcpy(p->in_own, spec->stdin_data, spec->stdin_len);
-      p->in_own_cap = spec->stdin_len;
-      p->in_data = p->in_own;
+static void on_closed(uv_handle_t *h) {
+  galley_proc *p = h->data;
+  p->nopen--;
+  if (p->closing && p->nopen == 0 && !p->own_loop) proc_free(p);
+}
+
+
+static void mark_live(galley_proc *p, int h) {
+  handle_of(p, h)->data = p;
+  p->live |= 1u << h;
+  p->nopen++;
+}
+
+
+static void close_handle(galley_proc *p, int h) {
+  if (!(p->live & (1u << h))) return;
+  p->live &= ~(1u << h);
+  uv_close(handle_of(p, h), on_closed);
+}
+
+
+static void notify(galley_proc *p) {
+  if (!p->waiter) return;
+  uint64_t t = p->waiter;
+  p->waiter = 0;
+  galley_loop_ready(t);
+}
+
+
+static int all_eof(const galley_proc *p) { return p->eof[0] && p->eof[1]; }
+
+
+int galley_proc_finished(const galley_proc *p) {
+  return p->exited && (all_eof(p) || p->stage == 2);
+}
+
+
+/* Stops the time limit once there is nothing left to limit. */
+static void check_finished(galley_proc *p) {
+  if (galley_proc_finished(p) && (p->live & (1u << H_LIMIT))) uv_timer_stop(&p->limit);
+}
+
+
+/* --- output --------------------------------------------------------------------------------- */
+
+static void pend_add(pending *b, const char *s, size_t n) {
+  if (b->len + n > b->cap) {
+    size_t want = b->cap ? b->cap : 4096;
+    while (want < b->len + n) want *= 2;
+    char *d = realloc(b->data, want);
+    if (!d) return; /* out of memory: the chunk is lost rather than the process */
+    b->data = d;
+    b->cap = want;
+  }
+  memcpy(b->data + b->len, s, n);
+  b->len += n;
+}
+
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  galley_proc *p = h->data;
+  *buf = uv_buf_init(p->buf, sizeof p->buf); /* one buffer: each read is consumed before the next */
+}
+
+
+static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+  galley_proc *p = st->data;
+  int s = (uv_pipe_t *)st == &p->pipe[1] ? 0 : 1;
+  if (n > 0) {
+    if (p->capturing) {
+      cap_add(&p->cap[s], buf->base, (size_t)n);
     } else {
-      p->in_data = spec->stdin_data;
-    }
-    p->in_len = spec->stdin_len;
-  }
-  p->in_close_wanted = spec->stdin_mode == GALLEY_PROC_STDIN_DATA;
-  if (spec->env || spec->env_replace) {
-    envp = build_env(spec);
-    if (!envp) goto fail;
-  }
-
-  rc = GALLEY_PROC_ESPAWN;
-  if ((spec->stdin_mode != GALLEY_PROC_STDIN_NULL && make_pipe(in, 1) != 0) || make_pipe(outp, 0) != 0 ||
-      make_pipe(errp, 0) != 0) {
-    *err_no = errno;
-    goto fail;
-  }
-  if ((*err_no = posix_spawn_file_actions_init(&fa)) != 0) goto fail;
-  fa_ok = 1;
-  if ((*err_no = posix_spawnattr_init(&attr)) != 0) goto fail;
-  attr_ok = 1;
-  if (in[0] >= 0) *err_no = posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-  else *err_no = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  if (*err_no == 0) *err_no = posix_spawn_file_actions_adddup2(&fa, outp[1], 1);
-  if (*err_no == 0) *err_no = posix_spawn_file_actions_adddup2(&fa, errp[1], 2);
-  if (*err_no == 0) *err_no = posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-  if (*err_no == 0 && spec->cwd) *err_no = posix_spawn_file_actions_addchdir_np(&fa, spec->cwd);
-  if (*err_no != 0) goto fail;
-
-  /* Own process group; default dispositions (we ignore SIGPIPE, which exec would keep) and an
-   * empty signal mask. */
-  sigset_t all, none;
-  sigfillset(&all);
-  sigemptyset(&none);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-  posix_spawnattr_setpgroup(&attr, 0);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setsigmask(&attr, &none);
-
-  *err_no = posix_spawnp(&p->pid, spec->argv[0], &fa, &attr, (char *const *)spec->argv,
-                         envp ? envp : environ);
-  if (*err_no != 0) goto fail;
-  rc = GALLEY_PROC_OK;
-  p->in_fd = in[1];
-  p->out_fd = outp[0];
-  p->err_fd = errp[0];
-  in[1] = outp[0] = errp[0] = -1;
-  flush_stdin(p);
-  *out = p;
-  p = NULL;
-  *err_no = 0;
-
-fail:
-  if (fa_ok) posix_spawn_file_actions_destroy(&fa);
-  if (attr_ok) posix_spawnattr_destroy(&attr);
-  free(envp);
-  close_fd(&in[0]);
-  close_fd(&in[1]);
-  close_fd(&outp[0]);
-  close_fd(&outp[1]);
-  close_fd(&errp[0]);
-  close_fd(&errp[1]);
-  if (p) proc_free(p);
-  return rc;
-}
-
-
-int galley_proc_spawn(const galley_proc_spec *spec, galley_proc **out, int *err_no) {
-  return spawn_child(spec, 1, out, err_no);
-}
-
-
-/* --- the I/O loop ---------------------------------------------------------------------------- */
-
-static int finished(const galley_proc *p) {
-  return p->reaped && p->out_fd < 0 && p->err_fd < 0;
-}
-
-
-static void reap_nohang(galley_proc *p) {
-  if (p->reaped) return;
-  int st;
-  pid_t r = waitpid(p->pid, &st, WNOHANG);
-  if (r == p->pid) {
-    p->reaped = 1;
-    p->wstatus = st;
-  } else if (r < 0 && errno == ECHILD) {
-    p->reaped = 1; /* someone else reaped it: no status to report */
-    p->wstatus = 0;
-  }
-}
-
-
-static void reap_blocking(galley_proc *p) {
-  while (!p->reaped) {
-    int st;
-    pid_t r = waitpid(p->pid, &st, 0);
-    if (r == p->pid) {
-      p->reaped = 1;
-      p->wstatus = st;
-    } else if (r < 0 && errno != EINTR) {
-      p->reaped = 1;
-    }
-  }
-}
-
-
-static void stdin_done_check(galley_proc *p) {
-  if (p->in_off == p->in_len) {
-    p->in_off = p->in_len = 0;
-    if (p->in_close_wanted) close_fd(&p->in_fd);
-  }
-}
-
-
-/* Writes queued stdin bytes until the pipe is full. A closed reader drops the queue. */
-static void flush_stdin(galley_proc *p) {
-  while (p->in_fd >= 0 && p->in_off < p->in_len) {
-    size_t left = p->in_len - p->in_off;
-    ssize_t n = write(p->in_fd, p->in_data + p->in_off, left < WRITE_CHUNK ? left : WRITE_CHUNK);
-    if (n > 0) {
-      p->in_off += (size_t)n;
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      return;
-    } else {
-      close_fd(&p->in_fd);
-      p->in_broken = 1;
-      p->in_off = p->in_len = 0;
-      return;
-    }
-  }
-  if (p->in_fd >= 0) stdin_done_check(p);
-}
-
-
-/* Reads once from stream s (1 or 2). Returns bytes read into p->buf, 0 at EOF (fd closed) or
- * -1 when nothing is there yet. */
-static ssize_t read_stream(galley_proc *p, int s) {
-  int *fd = s == 1 ? &p->out_fd : &p->err_fd;
-  for (;;) {
-    ssize_t n = read(*fd, p->buf, sizeof p->buf);
-    if (n > 0) return n;
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return -1;
-    close_fd(fd); /* EOF, or an error we treat like one */
-    return 0;
-  }
-}
-
-
-/* One poll of at most wait_ms. With capture, everything read goes into p->cap and 0 is
- * returned; without, the first chunk read is reported: returns its stream (1 or 2) with
- * *len set, or 0 when nothing arrived. */
-static int io_once(galley_proc *p, int wait_ms, int capture_mode, size_t *len) {
-  struct pollfd fds[3];
-  int n = 0, i_out = -1, i_err = -1, i_in = -1;
-  if (p->out_fd >= 0) i_out = n, fds[n++] = (struct pollfd){p->out_fd, POLLIN, 0};
-  if (p->err_fd >= 0) i_err = n, fds[n++] = (struct pollfd){p->err_fd, POLLIN, 0};
-  if (p->in_fd >= 0 && p->in_off < p->in_len) i_in = n, fds[n++] = (struct pollfd){p->in_fd, POLLOUT, 0};
-
-  if (n == 0) {
-    /* Only the exit is left to wait for: back off from 1 ms up to the slice. */
-    reap_nohang(p);
-    if (p->reaped) return 0;
-    int ms = p->idle_ms < wait_ms ? p->idle_ms : wait_ms;
-    if (ms > 0) {
-      struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-      nanosleep(&ts, NULL);
-    }
-    if (p->idle_ms < SLICE_MS) p->idle_ms *= 2;
-    reap_nohang(p);
-    return 0;
-  }
-  p->idle_ms = 1;
-  int r = poll(fds, (nfds_t)n, wait_ms);
-  if (r <= 0) {
-    reap_nohang(p);
-    return 0;
-  }
-  if (i_in >= 0 && fds[i_in].revents) flush_stdin(p);
-  int ready[2] = {i_out >= 0 && fds[i_out].revents != 0, i_err >= 0 && fds[i_err].revents != 0};
-  int result = 0;
-  if (capture_mode) {
-    for (int s = 1; s <= 2; s++) {
-      if (!ready[s - 1]) continue;
-      ssize_t got = read_stream(p, s);
-      if (got > 0) cap_add(&p->cap[s - 1], p->buf, (size_t)got);
-    }
-  } else {
-    /* Serve the stream not served last time first, so neither starves the other. */
-    int order[2] = {p->last_stream == 1 ? 2 : 1, p->last_stream == 1 ? 1 : 2};
-    for (int k = 0; k < 2 && !result; k++) {
-      int s = order[k];
-      if (!ready[s - 1]) continue;
-      ssize_t got = read_stream(p, s);
-      if (got > 0) {
-        p->last_stream = s;
-        *len = (size_t)got;
-        result = s;
+      pend_add(&p->pend[s], buf->base, (size_t)n);
+      if (p->pend[s].len >= PEND_MAX) {
+        uv_read_stop(st); /* the child blocks on a full pipe until someone reads */
+        p->reading[s] = 0;
       }
     }
+  } else if (n < 0) {
+    p->eof[s] = 1; /* EOF, or an error we treat like one */
+    p->reading[s] = 0;
+    close_handle(p, H_OUT + s);
+    check_finished(p);
+  } else {
+    return;
   }
-  reap_nohang(p);
-  return result;
+  notify(p);
 }
 
 
-/* Milliseconds to wait in this slice: at most SLICE_MS, at most until deadline (< 0: none). */
-static int slice_until(int64_t deadline, int64_t now) {
-  if (deadline < 0) return SLICE_MS;
-  int64_t left = deadline - now;
-  if (left < 0) left = 0;
-  return left < SLICE_MS ? (int)left : SLICE_MS;
+/* Reads every open stream that is not held back by unread bytes. */
+static void start_reading(galley_proc *p) {
+  for (int s = 0; s < 2; s++) {
+    if (p->eof[s] || p->reading[s]) continue;
+    if (!p->capturing && p->pend[s].len >= PEND_MAX) continue;
+    if (uv_read_start((uv_stream_t *)&p->pipe[s + 1], on_alloc, on_read) == 0) {
+      p->reading[s] = 1;
+    } else {
+      p->eof[s] = 1;
+      close_handle(p, H_OUT + s);
+    }
+  }
 }
 
 
-/* SIGKILL to the group (unless it is certainly gone) and a blocking reap. */
-static void terminate(galley_proc *p) {
-  if (p->pid <= 0) return;
-  if (!p->reaped || p->out_fd >= 0 || p->err_fd >= 0) {
-    kill(-p->pid, SIGKILL);
-    if (!p->reaped) kill(p->pid, SIGKILL); /* in case it left the group */
-  }
-  reap_blocking(p);
+/* What next() handed out last is consumed now. */
+static void consume_taken(galley_proc *p) {
+  if (!p->taken) return;
+  p->pend[p->taken - 1].len = 0;
+  p->taken = 0;
 }
 
 
-int galley_proc_run(const galley_proc_spec *spec, const galley_proc_limits *lim, galley_proc **out,
-                    int *err_no) {
-  *out = NULL;
-  *err_no = 0;
-  if (galley_sig_pending()) return GALLEY_PROC_EINTR;
-  galley_gil_release();
-  int rc = spawn_child(spec, 0, out, err_no);
-  galley_proc *p = *out;
-  if (rc != GALLEY_PROC_OK) {
-    galley_gil_acquire();
-    return rc;
-  }
-  cap_reset(&p->cap[0], lim->max_output);
-  cap_reset(&p->cap[1], lim->max_output);
-  flush_stdin(p);
-
-  int64_t now = galley_now_ms();
-  int64_t deadline = lim->timeout_ms >= 0 ? now + lim->timeout_ms : -1;
-  int stage = 0; /* 0 running, 1 SIGTERM sent, 2 SIGKILL sent */
-  for (;;) {
-    if (galley_sig_pending()) {
-      terminate(p);
-      rc = GALLEY_PROC_EINTR;
-      break;
-    }
-    if (finished(p)) break;
-    now = galley_now_ms();
-    if (stage == 0 && deadline >= 0 && now >= deadline) {
-      p->timed_out = 1;
-      kill(-p->pid, SIGTERM);
-      stage = 1;
-      deadline = now + (lim->kill_grace_ms > 0 ? lim->kill_grace_ms : 0);
-    }
-    if (stage == 1 && now >= deadline) {
-      kill(-p->pid, SIGKILL);
-      stage = 2;
-      deadline = -1;
-    }
-    if (stage == 2 && p->reaped) {
-      /* Whatever still holds the pipes escaped the group: take what is there and stop. */
-      io_once(p, 0, 1, NULL);
-      break;
-    }
-    io_once(p, slice_until(deadline, now), 1, NULL);
-  }
-  galley_gil_acquire();
-  return rc;
-}
-
-
-int galley_proc_next(galley_proc *p, int64_t timeout_ms, const char **data, size_t *len) {
-  if (finished(p)) return GALLEY_PROC_EV_EXIT;
-  int64_t deadline = timeout_ms >= 0 ? galley_now_ms() + timeout_ms : -1;
-  int rc;
-  galley_gil_release();
-  for (;;) {
-    if (galley_sig_pending()) {
-      rc = GALLEY_PROC_EINTR;
-      break;
-    }
-    int64_t now = galley_now_ms();
-    int s = io_once(p, slice_until(deadline, now), 0, len);
-    if (s) {
-      *data = p->buf;
-      rc = s;
-      break;
-    }
-    if (finished(p)) {
-      rc = GALLEY_PROC_EV_EXIT;
-      break;
-    }
-    if (deadline >= 0 && galley_now_ms() >= deadline) {
-      rc = GALLEY_PROC_TIMEOUT;
-      break;
-    }
-  }
-  galley_gil_acquire();
-  return rc;
-}
-
-
-int galley_proc_wait(galley_proc *p, int64_t timeout_ms, size_t max_output) {
-  for (int s = 0; s < 2; s++)
+void galley_proc_capture(galley_proc *p, size_t max_output) {
+  consume_taken(p);
+  for (int s = 0; s < 2; s++) {
     if (p->cap[s].len == 0 && p->cap[s].dropped == 0) cap_reset(&p->cap[s], max_output);
-  galley_proc_close_stdin(p);
-  int64_t deadline = timeout_ms >= 0 ? galley_now_ms() + timeout_ms : -1;
-  int rc;
-  galley_gil_release();
-  for (;;) {
-    if (galley_sig_pending()) {
-      rc = GALLEY_PROC_EINTR;
-      break;
-    }
-    if (finished(p)) {
-      rc = GALLEY_PROC_OK;
-      break;
-    }
-    int64_t now = galley_now_ms();
-    if (deadline >= 0 && now >= deadline) {
-      rc = GALLEY_PROC_TIMEOUT;
-      break;
-    }
-    io_once(p, slice_until(deadline, now), 1, NULL);
+    if (p->pend[s].len) cap_add(&p->cap[s], p->pend[s].data, p->pend[s].len);
+    p->pend[s].len = 0;
   }
-  galley_gil_acquire();
-  return rc;
+  p->capturing = 1;
+  start_reading(p);
+}
+
+
+int galley_proc_has_event(galley_proc *p) {
+  consume_taken(p);
+  return p->pend[0].len > 0 || p->pend[1].len > 0 || galley_proc_finished(p);
+}
+
+
+int galley_proc_next(galley_proc *p, const char **data, size_t *len) {
+  consume_taken(p);
+  p->capturing = 0;
+  start_reading(p);
+  /* Serve the stream not served last time first, so neither starves the other. */
+  int order[2] = {p->last_stream == 1 ? 2 : 1, p->last_stream == 1 ? 1 : 2};
+  for (int k = 0; k < 2; k++) {
+    pending *b = &p->pend[order[k] - 1];
+    if (b->len == 0) continue;
+    p->taken = p->last_stream = order[k];
+    *data = b->data;
+    *len = b->len;
+    return order[k] == 1 ? GALLEY_PROC_EV_STDOUT : GALLEY_PROC_EV_STDERR;
+  }
+  return galley_proc_finished(p) ? GALLEY_PROC_EV_EXIT : 0;
+}
+
+
+/* --- stdin ---------------------------------------------------------------------------------- */
+
+static void close_stdin_now(galley_proc *p) {
+  close_handle(p, H_IN);
+}
+
+
+static void on_written(uv_write_t *req, int status) {
+  write_req *w = (write_req *)req;
+  galley_proc *p = w->p;
+  free(w);
+  p->in_writes--;
+  if (status < 0 && status != UV_ECANCELED) {
+    p->in_broken = 1; /* the child closed its end: the rest is dropped */
+    close_stdin_now(p);
+  } else if (p->in_close_wanted && p->in_writes == 0) {
+    close_stdin_now(p);
+  }
+}
+
+
+/* Queues len bytes (copied) on stdin. */
+static int queue_write(galley_proc *p, const char *data, size_t len) {
+  write_req *w = malloc(sizeof *w + len);
+  if (!w) return GALLEY_PROC_ENOMEM;
+  w->p = p;
+  memcpy(w->data, data, len);
+  uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
+  if (uv_write(&w->req, (uv_stream_t *)&p->pipe[0], &b, 1, on_written) != 0) {
+    free(w);
+    p->in_broken = 1;
+    close_stdin_now(p);
+    return GALLEY_PROC_ECLOSED;
+  }
+  p->in_writes++;
+  return GALLEY_PROC_OK;
 }
 
 
 int galley_proc_write(galley_proc *p, const char *data, size_t len) {
-  if (p->in_fd < 0 || p->in_close_wanted) return GALLEY_PROC_ECLOSED;
+  if (!galley_proc_stdin_open(p)) return GALLEY_PROC_ECLOSED;
   if (len == 0) return GALLEY_PROC_OK;
-  size_t pending = p->in_len - p->in_off;
-  if (p->in_data != p->in_own || pending + len > p->in_own_cap) {
-    size_t want = p->in_own_cap ? p->in_own_cap : 4096;
-    while (want < pending + len) want *= 2;
-    char *buf = malloc(want);
-    if (!buf) return GALLEY_PROC_ENOMEM;
-    if (pending) memcpy(buf, p->in_data + p->in_off, pending);
-    free(p->in_own);
-    p->in_own = buf;
-    p->in_own_cap = want;
-  } else if (p->in_off > 0) {
-    memmove(p->in_own, p->in_own + p->in_off, pending);
+  while (len > 0) { /* uv_buf_t lengths are unsigned int */
+    size_t n = len > (size_t)1 << 30 ? (size_t)1 << 30 : len;
+    int rc = queue_write(p, data, n);
+    if (rc != GALLEY_PROC_OK) return rc;
+    data += n;
+    len -= n;
   }
-  memcpy(p->in_own + pending, data, len);
-  p->in_data = p->in_own;
-  p->in_off = 0;
-  p->in_len = pending + len;
-  flush_stdin(p);
-  return p->in_broken ? GALLEY_PROC_ECLOSED : GALLEY_PROC_OK;
+  return GALLEY_PROC_OK;
 }
 
 
 void galley_proc_close_stdin(galley_proc *p) {
   p->in_close_wanted = 1;
-  if (p->in_fd >= 0) stdin_done_check(p);
+  if (p->in_writes == 0) close_stdin_now(p);
 }
 
 
 int galley_proc_stdin_open(const galley_proc *p) {
-  return p->in_fd >= 0 && !p->in_close_wanted && !p->in_broken;
+  return (p->live & (1u << H_IN)) && !p->in_close_wanted && !p->in_broken;
 }
 
 
-int galley_proc_kill(galley_proc *p, int sig) {
-  if (p->pid <= 0) {
-    errno = ESRCH;
-    return -1;
+/* --- spawning ------------------------------------------------------------------------------- */
+
+static void on_exit_cb(uv_process_t *c, int64_t exit_status, int term_signal) {
+  galley_proc *p = c->data;
+  p->exited = 1;
+  p->exit_status = (int)exit_status;
+  p->term_signal = term_signal;
+  close_handle(p, H_CHILD);
+  check_finished(p);
+  notify(p);
+}
+
+
+/* Marks every descriptor above 2 close-on-exec, so the child gets only its stdio: libuv does not
+ * close the others, and Lua's io.open and inherited descriptors are not close-on-exec. */
+static void cloexec_all(void) {
+  if (close_range(3, ~0u, CLOSE_RANGE_CLOEXEC) == 0) return;
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    int fd = atoi(e->d_name);
+    if (fd > 2 && fd != dirfd(d)) fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC);
   }
-  if (p->reaped && p->out_fd < 0 && p->err_fd < 0) {
+  closedir(d);
+}
+
+
+static void close_fd(int *fd) {
+  if (*fd >= 0) close(*fd);
+  *fd = -1;
+}
+
+
+int galley_proc_spawn(uv_loop_t *loop, const galley_proc_spec *spec, galley_proc **out, int *err_no) {
+  int fds[3][2] = {{-1, -1}, {-1, -1}, {-1, -1}};
+  char **envp = NULL;
+  char path[PATH_MAX];
+  int rc = GALLEY_PROC_ENOMEM;
+  *out = NULL;
+  *err_no = ENOMEM;
+  galley_proc *p = calloc(1, sizeof *p);
+  if (!p) return GALLEY_PROC_ENOMEM;
+  p->pid = -1;
+  cap_reset(&p->cap[0], GALLEY_PROC_DEFAULT_MAX_OUTPUT);
+  cap_reset(&p->cap[1], GALLEY_PROC_DEFAULT_MAX_OUTPUT);
+  if (!loop) {
+    p->own_loop = malloc(sizeof *p->own_loop);
+    if (!p->own_loop) goto fail_early;
+    if ((*err_no = -uv_loop_init(p->own_loop)) != 0) {
+      free(p->own_loop);
+      p->own_loop = NULL;
+      rc = GALLEY_PROC_ESPAWN;
+      goto fail_early;
+    }
+    loop = p->own_loop;
+  }
+  p->loop = loop;
+  if (spec->env || spec->env_replace) {
+    envp = build_env(spec);
+    if (!envp) goto fail_early;
+  }
+
+  /* The program is looked up in our PATH (as posix_spawnp did), not in the child's env. */
+  rc = GALLEY_PROC_ESPAWN;
+  const char *file = spec->argv[0];
+  if (!strchr(file, '/')) {
+    if (galley_proc_which(file, path, sizeof path) != 0) {
+      *err_no = ENOENT;
+      goto fail_early;
+    }
+    file = path;
+  }
+
+  /* Real pipes (libuv's own stdio pipes are socketpairs, which /dev/stdout cannot open). */
+  int want_in = spec->stdin_mode != GALLEY_PROC_STDIN_NULL;
+  for (int i = want_in ? 0 : 1; i < 3; i++) {
+    int r = uv_pipe(fds[i], 0, 0);
+    if (r != 0) {
+      *err_no = -r;
+      goto fail_fds;
+    }
+  }
+  uv_stdio_container_t stdio[3];
+  stdio[0].flags = want_in ? UV_INHERIT_FD : UV_IGNORE; /* UV_IGNORE: /dev/null */
+  stdio[0].data.fd = fds[0][0];
+  stdio[1].flags = UV_INHERIT_FD;
+  stdio[1].data.fd = fds[1][1];
+  stdio[2].flags = UV_INHERIT_FD;
+  stdio[2].data.fd = fds[2][1];
+
+  uv_process_options_t opts;
+  memset(&opts, 0, sizeof opts);
+  opts.exit_cb = on_exit_cb;
+  opts.file = file;
+  opts.args = (char **)spec->argv;
+  opts.env = envp;
+  opts.cwd = spec->cwd;
+  opts.flags = UV_PROCESS_DETACHED; /* setsid: its own session and process group */
+  opts.stdio_count = 3;
+  opts.stdio = stdio;
+  cloexec_all();
+  int r = uv_spawn(loop, &p->child, &opts);
+  mark_live(p, H_CHILD);
+  if (r != 0) {
+    *err_no = -r;
+    goto fail_fds;
+  }
+  p->pid = p->child.pid;
+  close_fd(&fds[0][0]);
+  close_fd(&fds[1][1]);
+  close_fd(&fds[2][1]);
+
+  /* Our ends. uv_pipe_open makes them nonblocking; failure there only means EOF. */
+  for (int i = 0; i < 3; i++) {
+    int ours = i == 0 ? fds[0][1] : fds[i][0];
+    if (ours < 0) {
+      if (i > 0) p->eof[i - 1] = 1;
+      continue;
+    }
+    uv_pipe_init(loop, &p->pipe[i], 0);
+    mark_live(p, H_IN + i);
+    if (uv_pipe_open(&p->pipe[i], ours) != 0) {
+      close(ours);
+      close_handle(p, H_IN + i);
+      if (i > 0) p->eof[i - 1] = 1;
+    }
+    fds[i][i == 0 ? 1 : 0] = -1;
+  }
+  uv_timer_init(loop, &p->limit);
+  mark_live(p, H_LIMIT);
+  uv_timer_init(loop, &p->deadline);
+  mark_live(p, H_DEADLINE);
+
+  if (spec->stdin_mode == GALLEY_PROC_STDIN_DATA) {
+    if (spec->stdin_len > 0) galley_proc_write(p, spec->stdin_data, spec->stdin_len);
+    galley_proc_close_stdin(p);
+  }
+  free(envp);
+  *out = p;
+  *err_no = 0;
+  return GALLEY_PROC_OK;
+
+fail_fds:
+  for (int i = 0; i < 3; i++) {
+    close_fd(&fds[i][0]);
+    close_fd(&fds[i][1]);
+  }
+fail_early:
+  free(envp);
+  galley_proc_close(p); /* closes what was opened (the failed process handle) and frees */
+  return rc;
+}
+
+
+/* --- time limits and deadlines ----------------------------------------------------------------- */
+
+static void on_limit(uv_timer_t *t) {
+  galley_proc *p = t->data;
+  if (p->stage == 0) {
+    p->timed_out = 1;
+    kill(-p->pid, SIGTERM);
+    p->stage = 1;
+    uv_timer_start(&p->limit, on_limit, (uint64_t)(p->grace_ms > 0 ? p->grace_ms : 0), 0);
+  } else if (p->stage == 1) {
+    kill(-p->pid, SIGKILL);
+    p->stage = 2;
+    check_finished(p);
+    notify(p);
+  }
+}
+
+
+void galley_proc_limit(galley_proc *p, const galley_proc_limits *lim) {
+  cap_reset(&p->cap[0], lim->max_output);
+  cap_reset(&p->cap[1], lim->max_output);
+  p->grace_ms = lim->kill_grace_ms;
+  if (lim->timeout_ms >= 0 && (p->live & (1u << H_LIMIT)))
+    uv_timer_start(&p->limit, on_limit, (uint64_t)lim->timeout_ms, 0);
+  galley_proc_capture(p, lim->max_output);
+}
+
+
+static void on_deadline(uv_timer_t *t) {
+  galley_proc *p = t->data;
+  p->deadline_passed = 1;
+  notify(p);
+}
+
+
+void galley_proc_deadline(galley_proc *p, int64_t ms) {
+  p->deadline_passed = 0;
+  if (!(p->live & (1u << H_DEADLINE))) return;
+  if (ms < 0) uv_timer_stop(&p->deadline);
+  else uv_timer_start(&p->deadline, on_deadline, (uint64_t)ms, 0);
+}
+
+
+int galley_proc_deadline_passed(const galley_proc *p) { return p->deadline_passed; }
+
+
+void galley_proc_notify(galley_proc *p, uint64_t token) { p->waiter = token; }
+
+
+int galley_proc_private(const galley_proc *p) { return p->own_loop != NULL; }
+
+
+static void on_tick(uv_timer_t *t) { (void)t; }
+
+
+int galley_proc_block(galley_proc *p, int (*ready)(galley_proc *p), int64_t timeout_ms) {
+  /* TEMPORARY until the emulator serves from the loop: its handler threads wait here, on the
+   * process's own loop; a tick makes them notice signals. */
+  if (ready(p)) return GALLEY_PROC_OK;
+  if (!(p->live & (1u << H_TICK))) {
+    uv_timer_init(p->loop, &p->tick);
+    mark_live(p, H_TICK);
+  }
+  uv_timer_start(&p->tick, on_tick, TICK_MS, TICK_MS);
+  galley_proc_deadline(p, timeout_ms);
+  int rc;
+  for (;;) {
+    if (ready(p)) {
+      rc = GALLEY_PROC_OK;
+      break;
+    }
+    if (galley_sig_pending()) {
+      rc = GALLEY_PROC_EINTR;
+      break;
+    }
+    if (p->deadline_passed) {
+      rc = GALLEY_PROC_TIMEOUT;
+      break;
+    }
+    uv_run(p->loop, UV_RUN_ONCE);
+  }
+  uv_timer_stop(&p->tick);
+  galley_proc_deadline(p, -1);
+  return rc;
+}
+
+
+/* --- signals, status, closing ------------------------------------------------------------------ */
+
+int galley_proc_kill(galley_proc *p, int sig) {
+  if (p->pid <= 0 || galley_proc_finished(p)) {
     errno = ESRCH; /* gone: do not signal a group id that may have been reused */
     return -1;
   }
   return kill(-p->pid, sig);
+}
+
+
+void galley_proc_terminate(galley_proc *p) {
+  if (p->pid <= 0) return;
+  if (!p->exited || !all_eof(p)) {
+    kill(-p->pid, SIGKILL);
+    if (!p->exited) kill(p->pid, SIGKILL); /* in case it left the group */
+  }
+  while (!p->exited) {
+    /* libuv reaps only in a loop turn; the child is its own and dies at once, so reap it here
+     * (libuv then finds nothing for the closed handle). */
+    int st;
+    pid_t r = waitpid(p->pid, &st, 0);
+    if (r == p->pid) {
+      p->exited = 1;
+      if (WIFEXITED(st)) p->exit_status = WEXITSTATUS(st);
+      else if (WIFSIGNALED(st)) p->term_signal = WTERMSIG(st);
+    } else if (r < 0 && errno != EINTR) {
+      p->exited = 1; /* someone else reaped it: no status to report */
+    }
+  }
+  close_handle(p, H_CHILD);
 }
 
 
@@ -618,15 +694,11 @@ pid_t galley_proc_pid(const galley_proc *p) { return p->pid; }
 
 void galley_proc_get_status(const galley_proc *p, galley_proc_status *st) {
   memset(st, 0, sizeof *st);
-  st->reaped = p->reaped;
+  st->reaped = p->exited;
   st->timed_out = p->timed_out;
-  if (!p->reaped) return;
-  if (WIFEXITED(p->wstatus)) {
-    st->exit_code = WEXITSTATUS(p->wstatus);
-  } else if (WIFSIGNALED(p->wstatus)) {
-    st->signal = WTERMSIG(p->wstatus);
-    st->exit_code = 128 + st->signal;
-  }
+  if (!p->exited) return;
+  st->signal = p->term_signal;
+  st->exit_code = p->term_signal ? 128 + p->term_signal : p->exit_status;
 }
 
 
@@ -647,8 +719,19 @@ void galley_proc_clear_output(galley_proc *p) {
 
 void galley_proc_close(galley_proc *p) {
   if (!p) return;
-  terminate(p); /* keeps the GIL: this may run inside a __gc, and SIGKILL + reap is quick */
-  proc_free(p);
+  galley_proc_terminate(p);
+  p->closing = 1;
+  for (int h = 0; h < H_COUNT; h++) close_handle(p, h);
+  notify(p);
+  if (p->own_loop) {
+    /* TEMPORARY (private loop): finish the closes here, then drop the loop. */
+    uv_run(p->own_loop, UV_RUN_DEFAULT);
+    uv_loop_close(p->own_loop);
+    free(p->own_loop);
+    proc_free(p);
+  } else if (p->nopen == 0) {
+    proc_free(p);
+  }
 }
 
 

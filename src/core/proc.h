@@ -1,7 +1,13 @@
-/* Local child processes without a shell: argv in, exit status and captured output out.
- * The child runs in its own process group with stdin from a pipe or /dev/null and stdout/stderr
- * on nonblocking pipes; every other descriptor is closed in the child. Blocking waits poll in
- * slices of at most 50 ms, release the GIL (gil.h) and give up when galley_sig_pending() is set.
+/* Local child processes without a shell, on the event loop (loop.h): argv in, exit status and
+ * captured output out.
+ *
+ * The child runs in its own session and process group (UV_PROCESS_DETACHED: setsid), so
+ * kill(-pid) reaches everything it starts; stdin comes from /dev/null, a pipe or given bytes;
+ * stdout and stderr are pipes read by libuv; no other descriptor reaches the child. Nothing here
+ * blocks or polls: callbacks record what happened and ready the waiter's token
+ * (galley_proc_notify), and the caller runs the loop (src/bind/await.h, or galley_loop_turn in
+ * tests) until galley_proc_finished / galley_proc_next says so. The one exception is
+ * galley_proc_block, for a process on a private loop of its own (C tests).
  * Writing to a child that closed its stdin relies on SIGPIPE being ignored (galley_sig_install). */
 #ifndef GALLEY_PROC_H
 #define GALLEY_PROC_H
@@ -9,14 +15,15 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <uv.h>
 
 /* Status codes returned by the functions below. */
 enum {
   GALLEY_PROC_OK = 0,
   GALLEY_PROC_ESPAWN = -1,      /* could not start the program (errno in *err_no) */
   GALLEY_PROC_ENOMEM = -2,      /* out of memory before the child started */
-  GALLEY_PROC_EINTR = -3,       /* a signal became pending while waiting */
-  GALLEY_PROC_TIMEOUT = -4,     /* the wait ran out of time (read/wait only) */
+  GALLEY_PROC_EINTR = -3,       /* a signal became pending while waiting (galley_proc_block) */
+  GALLEY_PROC_TIMEOUT = -4,     /* the wait ran out of time (galley_proc_block) */
   GALLEY_PROC_ECLOSED = -5      /* stdin is closed or the child closed its end */
 };
 
@@ -34,7 +41,7 @@ typedef struct {
   const char *const *env;   /* NULL-terminated "KEY=VALUE" list, or NULL for none */
   int env_replace;          /* 0: env adds to / overrides the current environment; 1: env only */
   int stdin_mode;           /* GALLEY_PROC_STDIN_* */
-  const char *stdin_data;   /* STDIN_DATA: bytes fed to the child, then its stdin is closed */
+  const char *stdin_data;   /* STDIN_DATA: bytes fed to the child (copied), then stdin is closed */
   size_t stdin_len;
 } galley_proc_spec;
 
@@ -48,37 +55,57 @@ typedef struct {
   int reaped;               /* the child has exited and been waited for */
   int exit_code;            /* exit status, or 128 + signal when killed by a signal */
   int signal;               /* the terminating signal, 0 when it exited */
-  int timed_out;            /* run() hit its time limit and killed the group */
+  int timed_out;            /* its time limit ran out and the group was killed */
 } galley_proc_status;
 
-/* A started child and everything we know about it. Owned by the caller; free with
- * galley_proc_close(). */
+/* A started child and everything we know about it, owned by the caller: free with
+ * galley_proc_close() (its memory goes once libuv has closed its handles). */
 typedef struct galley_proc galley_proc;
 
-/* Starts spec's program. On success *out is the new process. STDIN_DATA bytes are copied.
+/* Starts spec's program on `loop`; NULL gives the process a private loop of its own (TEMPORARY,
+ * for threads other than the loop's: see galley_proc_block). On success *out is the new process.
  * Returns GALLEY_PROC_OK, GALLEY_PROC_ESPAWN (errno in *err_no) or GALLEY_PROC_ENOMEM. */
-int galley_proc_spawn(const galley_proc_spec *spec, galley_proc **out, int *err_no);
+int galley_proc_spawn(uv_loop_t *loop, const galley_proc_spec *spec, galley_proc **out, int *err_no);
 
-/* Runs spec's program to completion under lim, capturing both streams. *out is set as soon as
- * the child exists (the caller closes it, whatever the result); stdin bytes are not copied and
- * must stay valid until the call returns. Returns GALLEY_PROC_OK (see galley_proc_get_status
- * and galley_proc_output), ESPAWN, ENOMEM or EINTR (the group was killed and reaped). */
-int galley_proc_run(const galley_proc_spec *spec, const galley_proc_limits *lim, galley_proc **out,
-                    int *err_no);
+/* Runs it the way proc.run does: a time limit (SIGTERM to the group, SIGKILL after the grace)
+ * and both streams captured (max_output each). Finished once galley_proc_finished says so. */
+void galley_proc_limit(galley_proc *p, const galley_proc_limits *lim);
 
-/* Waits up to timeout_ms (< 0: no limit) for the next event: a chunk of output (data and len point
- * into p and stay valid until the next call) or the exit, reported once both pipes are at EOF and
- * the child is reaped (and again on every later call). Pending stdin is fed meanwhile.
- * Returns an GALLEY_PROC_EV_* value, GALLEY_PROC_TIMEOUT or GALLEY_PROC_EINTR. */
-int galley_proc_next(galley_proc *p, int64_t timeout_ms, const char **data, size_t *len);
+/* Collects output into the capture from now on (max_output per stream unless something is
+ * captured already): what read mode buffered and not yet returned comes first. */
+void galley_proc_capture(galley_proc *p, size_t max_output);
 
-/* Closes stdin once pending bytes are written, then collects the remaining output (capped at
- * max_output per stream) until the child is reaped and both pipes are at EOF. Output collected
- * by an earlier timed-out wait is kept. Returns GALLEY_PROC_OK, TIMEOUT or EINTR. */
-int galley_proc_wait(galley_proc *p, int64_t timeout_ms, size_t max_output);
+/* Whether it is all over: the child was reaped and both pipes are at EOF (or, under a time
+ * limit, the SIGKILL was sent and the child reaped: whatever else holds the pipes escaped). */
+int galley_proc_finished(const galley_proc *p);
 
-/* Queues bytes for the child's stdin (copied) and writes what the pipe takes now.
- * Returns GALLEY_PROC_OK, GALLEY_PROC_ECLOSED or GALLEY_PROC_ENOMEM. */
+/* Read mode, never waits: the next chunk of output (data and len point into p and stay valid
+ * until the next call on p), GALLEY_PROC_EV_EXIT once finished (and on every later call), or 0
+ * when nothing is there yet. Reading stops while an unread chunk reaches 64 KiB. */
+int galley_proc_next(galley_proc *p, const char **data, size_t *len);
+
+/* Whether galley_proc_next would report something now. */
+int galley_proc_has_event(galley_proc *p);
+
+/* token (0: none) is readied (galley_loop_ready) at the next change: output, EOF, exit, the
+ * deadline, close. Once: set it again for the change after. */
+void galley_proc_notify(galley_proc *p, uint64_t token);
+
+/* Starts (ms >= 0) or stops (ms < 0) the deadline of a wait; galley_proc_deadline_passed then
+ * says whether it ran out. */
+void galley_proc_deadline(galley_proc *p, int64_t ms);
+int galley_proc_deadline_passed(const galley_proc *p);
+
+/* TEMPORARY, until the emulator serves from the loop: runs p's loop on the calling thread with
+ * the thread blocked until ready(p), timeout_ms (< 0: none) or a pending signal. Returns
+ * GALLEY_PROC_OK, GALLEY_PROC_TIMEOUT or GALLEY_PROC_EINTR. */
+int galley_proc_block(galley_proc *p, int (*ready)(galley_proc *p), int64_t timeout_ms);
+
+/* Whether p runs on a private loop of its own (spawned with loop == NULL). */
+int galley_proc_private(const galley_proc *p);
+
+/* Queues bytes for the child's stdin (copied). Returns GALLEY_PROC_OK, GALLEY_PROC_ECLOSED or
+ * GALLEY_PROC_ENOMEM. */
 int galley_proc_write(galley_proc *p, const char *data, size_t len);
 
 /* Closes stdin after the queued bytes are written (at once when none are queued). */
@@ -89,6 +116,10 @@ int galley_proc_stdin_open(const galley_proc *p);
 
 /* Sends sig to the child's whole process group. Returns 0, or -1 with errno set. */
 int galley_proc_kill(galley_proc *p, int sig);
+
+/* SIGKILL to the group unless it is finished, and reaps the child now (waitpid: a killed child
+ * dies at once). For cancellation; galley_proc_close does it too. */
+void galley_proc_terminate(galley_proc *p);
 
 /* The child's pid (also its process group id). */
 pid_t galley_proc_pid(const galley_proc *p);
@@ -103,8 +134,8 @@ const char *galley_proc_output(galley_proc *p, int stream, size_t *len, uint64_t
 /* Forgets the captured output (after the caller has copied it). */
 void galley_proc_clear_output(galley_proc *p);
 
-/* Kills the group (with SIGKILL) unless the child is reaped and its pipes are at EOF, waits for
- * it, closes every descriptor and frees p. NULL is ignored. */
+/* galley_proc_terminate, then closes every handle (the waiter's token is readied) and frees p
+ * once libuv is done with it. NULL is ignored. */
 void galley_proc_close(galley_proc *p);
 
 /* Finds name in PATH the way execvp would; writes an absolute path into out.

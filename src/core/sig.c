@@ -3,7 +3,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include "gil.h"
 #include "sig.h"
 
 static volatile sig_atomic_t pending_sig;
@@ -57,7 +56,6 @@ int64_t galley_now_ms(void) {
 int galley_sleep_ms(int64_t ms) {
   int64_t end = galley_now_ms() + ms;
   int rc = 0;
-  galley_gil_release();
   for (;;) {
     if (pending_sig) {
       rc = -1;
@@ -69,6 +67,5 @@ int galley_sleep_ms(int64_t ms) {
     struct timespec ts = {left / 1000, (left % 1000) * 1000000};
     nanosleep(&ts, NULL);
   }
-  galley_gil_acquire();
   return rc;
 }

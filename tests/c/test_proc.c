@@ -1,4 +1,5 @@
-/* Unit tests for src/core/proc.c: real children, real pipes, real signals. */
+/* Unit tests for src/core/proc.c: real children, real pipes, real signals, on the event loop
+ * (driven here with galley_loop_turn, as the Lua scheduler does). */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -8,10 +9,76 @@
 #include <string.h>
 #include <unistd.h>
 #include "check.h"
+#include "loop.h"
 #include "proc.h"
 #include "sig.h"
 
 static const galley_proc_limits no_limits = {-1, GALLEY_PROC_DEFAULT_GRACE_MS, GALLEY_PROC_DEFAULT_MAX_OUTPUT};
+
+
+static int finished(galley_proc *p) { return galley_proc_finished(p); }
+static int has_event(galley_proc *p) { return galley_proc_has_event(p); }
+
+
+/* Turns the loop until done(p), ms (< 0: none) or a pending signal: GALLEY_PROC_OK, TIMEOUT or
+ * EINTR. */
+static int drive(galley_proc *p, int (*done)(galley_proc *), int64_t ms) {
+  int rc;
+  galley_proc_deadline(p, ms);
+  for (;;) {
+    if (done(p)) {
+      rc = GALLEY_PROC_OK;
+      break;
+    }
+    if (galley_sig_pending()) {
+      rc = GALLEY_PROC_EINTR;
+      break;
+    }
+    if (galley_proc_deadline_passed(p)) {
+      rc = GALLEY_PROC_TIMEOUT;
+      break;
+    }
+    galley_loop_turn(0);
+  }
+  galley_proc_deadline(p, -1);
+  return rc;
+}
+
+
+/* What proc.run does: nothing starts with a signal pending; a signal kills and reaps. */
+static int run_spec(const galley_proc_spec *spec, const galley_proc_limits *lim, galley_proc **out, int *err_no) {
+  *out = NULL;
+  if (galley_sig_pending()) return GALLEY_PROC_EINTR;
+  int rc = galley_proc_spawn(galley_loop(), spec, out, err_no);
+  if (rc != GALLEY_PROC_OK) return rc;
+  galley_proc_limit(*out, lim);
+  rc = drive(*out, finished, -1);
+  if (rc == GALLEY_PROC_EINTR) galley_proc_terminate(*out);
+  return rc;
+}
+
+
+/* What Process:wait does. */
+static int wait_for(galley_proc *p, int64_t ms, size_t max_output) {
+  galley_proc_close_stdin(p);
+  galley_proc_capture(p, max_output);
+  return drive(p, finished, ms);
+}
+
+
+/* What Process:read does: an event, or GALLEY_PROC_TIMEOUT / EINTR. */
+static int next_event(galley_proc *p, int64_t ms, const char **data, size_t *len) {
+  int ev = galley_proc_next(p, data, len);
+  if (ev) return ev;
+  int rc = drive(p, has_event, ms);
+  if (rc != GALLEY_PROC_OK) return rc;
+  return galley_proc_next(p, data, len);
+}
+
+
+static int spawn_spec(const galley_proc_spec *spec, galley_proc **out, int *err_no) {
+  return galley_proc_spawn(galley_loop(), spec, out, err_no);
+}
 
 
 /* Runs argv (NULL-terminated) under lim with optional stdin; returns the process or NULL. */
@@ -25,7 +92,7 @@ static galley_proc *run_argv(const char *const *argv, const galley_proc_limits *
   }
   galley_proc *p = NULL;
   int err_no = 0;
-  int rc = galley_proc_run(&spec, lim ? lim : &no_limits, &p, &err_no);
+  int rc = run_spec(&spec, lim ? lim : &no_limits, &p, &err_no);
   CHECK(rc == GALLEY_PROC_OK);
   if (rc != GALLEY_PROC_OK) {
     galley_proc_close(p);
@@ -207,7 +274,7 @@ static galley_proc *run_env(const char *const *env, int replace) {
   spec.env_replace = replace;
   galley_proc *p = NULL;
   int err_no;
-  CHECK(galley_proc_run(&spec, &no_limits, &p, &err_no) == GALLEY_PROC_OK);
+  CHECK(run_spec(&spec, &no_limits, &p, &err_no) == GALLEY_PROC_OK);
   return p;
 }
 
@@ -250,7 +317,7 @@ static void proc_should_run_in_the_given_directory(void) {
   spec.cwd = dir;
   galley_proc *p = NULL;
   int err_no;
-  CHECK(galley_proc_run(&spec, &no_limits, &p, &err_no) == GALLEY_PROC_OK);
+  CHECK(run_spec(&spec, &no_limits, &p, &err_no) == GALLEY_PROC_OK);
   if (p) CHECK_STR(out_str(p, 1), expect);
   galley_proc_close(p);
   rmdir(dir);
@@ -291,15 +358,15 @@ static void proc_should_fail_to_spawn_a_missing_program_or_directory(void) {
   galley_proc *p = NULL;
   int err_no = 0;
   spec.argv = (const char *[]){"/nonexistent/program", NULL};
-  CHECK(galley_proc_run(&spec, &no_limits, &p, &err_no) == GALLEY_PROC_ESPAWN);
+  CHECK(run_spec(&spec, &no_limits, &p, &err_no) == GALLEY_PROC_ESPAWN);
   CHECK(p == NULL);
   CHECK(err_no == ENOENT);
   spec.argv = (const char *[]){"galley-no-such-program-here", NULL};
-  CHECK(galley_proc_spawn(&spec, &p, &err_no) == GALLEY_PROC_ESPAWN);
+  CHECK(spawn_spec(&spec, &p, &err_no) == GALLEY_PROC_ESPAWN);
   CHECK(p == NULL);
   spec.argv = (const char *[]){"true", NULL};
   spec.cwd = "/nonexistent/directory";
-  CHECK(galley_proc_run(&spec, &no_limits, &p, &err_no) == GALLEY_PROC_ESPAWN);
+  CHECK(run_spec(&spec, &no_limits, &p, &err_no) == GALLEY_PROC_ESPAWN);
   CHECK(err_no == ENOENT);
 }
 
@@ -326,7 +393,7 @@ static void proc_should_stream_events_in_order_and_exit_last(void) {
   spec.stdin_mode = GALLEY_PROC_STDIN_PIPE;
   galley_proc *p = NULL;
   int err_no;
-  CHECK(galley_proc_spawn(&spec, &p, &err_no) == GALLEY_PROC_OK);
+  CHECK(spawn_spec(&spec, &p, &err_no) == GALLEY_PROC_OK);
   if (!p) return;
   char all[256] = "";
   int ev, exits = 0;
@@ -334,7 +401,7 @@ static void proc_should_stream_events_in_order_and_exit_last(void) {
   for (int i = 0; i < 1000; i++) {
     const char *data;
     size_t len;
-    ev = galley_proc_next(p, 5000, &data, &len);
+    ev = next_event(p, 5000, &data, &len);
     if (ev == GALLEY_PROC_EV_STDOUT || ev == GALLEY_PROC_EV_STDERR) {
       strcat(all, ev == GALLEY_PROC_EV_STDOUT ? "O:" : "E:");
       strncat(all, data, len);
@@ -353,7 +420,7 @@ static void proc_should_stream_events_in_order_and_exit_last(void) {
   CHECK(st.exit_code == 3);
   const char *data;
   size_t len;
-  CHECK(galley_proc_next(p, 0, &data, &len) == GALLEY_PROC_EV_EXIT);
+  CHECK(next_event(p, 0, &data, &len) == GALLEY_PROC_EV_EXIT);
   galley_proc_close(p);
 }
 
@@ -364,14 +431,14 @@ static void proc_should_feed_written_stdin_and_collect_on_wait(void) {
   spec.stdin_mode = GALLEY_PROC_STDIN_PIPE;
   galley_proc *p = NULL;
   int err_no;
-  CHECK(galley_proc_spawn(&spec, &p, &err_no) == GALLEY_PROC_OK);
+  CHECK(spawn_spec(&spec, &p, &err_no) == GALLEY_PROC_OK);
   if (!p) return;
   CHECK(galley_proc_write(p, "abc", 3) == GALLEY_PROC_OK);
   CHECK(galley_proc_write(p, "def\n", 4) == GALLEY_PROC_OK);
   const char *data;
   size_t len;
-  CHECK(galley_proc_next(p, 0, &data, &len) != GALLEY_PROC_EV_EXIT); /* cat waits for more */
-  CHECK(galley_proc_wait(p, -1, 1 << 20) == GALLEY_PROC_OK);
+  CHECK(next_event(p, 0, &data, &len) != GALLEY_PROC_EV_EXIT); /* cat waits for more */
+  CHECK(wait_for(p, -1, 1 << 20) == GALLEY_PROC_OK);
   /* Whatever next() did not report, wait() collected. */
   galley_proc_status st;
   galley_proc_get_status(p, &st);
@@ -387,15 +454,15 @@ static void proc_should_time_out_a_wait_and_kill_on_close(void) {
   spec.argv = (const char *[]){"sleep", "30", NULL};
   galley_proc *p = NULL;
   int err_no;
-  CHECK(galley_proc_spawn(&spec, &p, &err_no) == GALLEY_PROC_OK);
+  CHECK(spawn_spec(&spec, &p, &err_no) == GALLEY_PROC_OK);
   if (!p) return;
   pid_t pid = galley_proc_pid(p);
-  CHECK(galley_proc_wait(p, 20, 1024) == GALLEY_PROC_TIMEOUT);
+  CHECK(wait_for(p, 20, 1024) == GALLEY_PROC_TIMEOUT);
   const char *data;
   size_t len;
-  CHECK(galley_proc_next(p, 10, &data, &len) == GALLEY_PROC_TIMEOUT);
+  CHECK(next_event(p, 10, &data, &len) == GALLEY_PROC_TIMEOUT);
   CHECK(galley_proc_kill(p, SIGTERM) == 0);
-  CHECK(galley_proc_wait(p, -1, 1024) == GALLEY_PROC_OK);
+  CHECK(wait_for(p, -1, 1024) == GALLEY_PROC_OK);
   galley_proc_status st;
   galley_proc_get_status(p, &st);
   CHECK(st.signal == SIGTERM);
@@ -411,7 +478,7 @@ static void proc_should_give_up_when_interrupted(void) {
   spec.argv = (const char *[]){"sh", "-c", "kill -INT $PPID; sleep 30", NULL};
   galley_proc *p = NULL;
   int err_no;
-  int rc = galley_proc_run(&spec, &no_limits, &p, &err_no);
+  int rc = run_spec(&spec, &no_limits, &p, &err_no);
   CHECK(rc == GALLEY_PROC_EINTR);
   CHECK(galley_sig_pending() == SIGINT);
   if (p) {
@@ -425,7 +492,7 @@ static void proc_should_give_up_when_interrupted(void) {
   /* With a signal already pending nothing starts. */
   spec.argv = (const char *[]){"true", NULL};
   p = NULL;
-  CHECK(galley_proc_run(&spec, &no_limits, &p, &err_no) == GALLEY_PROC_EINTR);
+  CHECK(run_spec(&spec, &no_limits, &p, &err_no) == GALLEY_PROC_EINTR);
   CHECK(p == NULL);
   galley_sig_clear();
 }
@@ -450,8 +517,58 @@ static void proc_should_know_signal_names(void) {
 }
 
 
+static void proc_should_block_on_a_private_loop(void) {
+  /* TEMPORARY path (the emulator's threads): loop NULL gives the process a loop of its own. */
+  galley_proc_spec spec = {0};
+  spec.argv = (const char *[]){"sh", "-c", "echo private", NULL};
+  galley_proc *p = NULL;
+  int err_no;
+  CHECK(galley_proc_spawn(NULL, &spec, &p, &err_no) == GALLEY_PROC_OK);
+  if (!p) return;
+  CHECK(galley_proc_private(p));
+  galley_proc_limit(p, &no_limits);
+  CHECK(galley_proc_block(p, finished, -1) == GALLEY_PROC_OK);
+  CHECK_STR(out_str(p, 1), "private\n");
+  galley_proc_close(p);
+  spec.argv = (const char *[]){"sleep", "30", NULL};
+  CHECK(galley_proc_spawn(NULL, &spec, &p, &err_no) == GALLEY_PROC_OK);
+  if (!p) return;
+  pid_t pid = galley_proc_pid(p);
+  CHECK(galley_proc_block(p, has_event, 30) == GALLEY_PROC_TIMEOUT);
+  galley_proc_close(p);
+  CHECK(kill(pid, 0) == -1 && errno == ESRCH);
+}
+
+
+static void proc_should_run_many_children_at_once(void) {
+  /* Eight `sleep 0.3` at once take about 0.3 s, not 2.4 s: nothing waits for one child alone. */
+  galley_proc_spec spec = {0};
+  spec.argv = (const char *[]){"sleep", "0.3", NULL};
+  galley_proc *ps[8];
+  int err_no;
+  int64_t t0 = galley_now_ms();
+  for (int i = 0; i < 8; i++) {
+    CHECK(spawn_spec(&spec, &ps[i], &err_no) == GALLEY_PROC_OK);
+    if (ps[i]) galley_proc_limit(ps[i], &no_limits);
+  }
+  for (int i = 0; i < 8; i++) {
+    if (!ps[i]) continue;
+    CHECK(drive(ps[i], finished, 10000) == GALLEY_PROC_OK);
+    galley_proc_close(ps[i]);
+  }
+  CHECK(galley_now_ms() - t0 < 2000);
+}
+
+
+static void wake(int sig) {
+  (void)sig;
+  galley_loop_wake();
+}
+
+
 int main(void) {
-  galley_sig_install(NULL); /* SIGPIPE ignored, SIGINT recorded: as in the galley binary */
+  galley_loop();
+  galley_sig_install(wake); /* SIGPIPE ignored, SIGINT recorded and the loop woken: as in galley */
   RUN(proc_should_report_exit_codes);
   RUN(proc_should_capture_stdout_and_stderr_separately);
   RUN(proc_should_report_a_terminating_signal);
@@ -468,6 +585,8 @@ int main(void) {
   RUN(proc_should_stream_events_in_order_and_exit_last);
   RUN(proc_should_feed_written_stdin_and_collect_on_wait);
   RUN(proc_should_time_out_a_wait_and_kill_on_close);
+  RUN(proc_should_block_on_a_private_loop);
+  RUN(proc_should_run_many_children_at_once);
   RUN(proc_should_give_up_when_interrupted);
   RUN(proc_should_find_programs_in_path);
   RUN(proc_should_know_signal_names);

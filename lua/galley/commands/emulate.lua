@@ -12,6 +12,7 @@ local EXIT_USAGE = 2
 M.summary = "serve the Morph API on 127.0.0.1 with instances that really run"
 M.usage = "galley emulate [--port N] [--state-dir D] [--api-key K] [--latency-ms N] "
   .. "[--boot-delay-ms N] [--fault SPEC]... [--snapshot ID[=DIR]]... [--no-sandbox] [--argv-mode exec|join]"
+  .. " [LIMITS]"
 M.help = ([[
 Prints `listening on http://127.0.0.1:PORT/api` once ready; point MORPH_BASE_URL there.
 Only 127.0.0.1 is ever bound.
@@ -33,6 +34,17 @@ Only 127.0.0.1 is ever bound.
                      as an argv; `join` space-joins it and runs the line with /bin/sh -c, as an
                      SSH-style server does (a one-element command is a shell line either way).
                      `galley run morph-recon` tells which one a service does.
+
+Limits (0 or absent: the default):
+  --max-connections N             open connections at once (512); at the limit the oldest
+                                  connection that is idle or still sending headers is closed
+  --max-connections-per-client N  open connections from one address (256), the same way
+  --header-timeout-ms N           request line and headers must arrive within N ms (10000)
+  --idle-timeout-ms N             keep-alive wait and upload silence (60000)
+  --max-body-bytes N              largest request body (64 MiB; more is 413)
+  --max-exec-output N             bytes kept of one exec's stdout and stderr each (64 MiB; head
+                                  and tail, the answer marked "truncated": true)
+A request with a body but without the key is answered 401 before its body is read.
 
 Instances are `local` provider sandboxes (bubblewrap): their own user namespace (root inside is
 no one outside), pid, ipc and uts namespaces, the system directories read-only, the instance's
@@ -70,7 +82,13 @@ end
 ---@return table|nil opts
 function M.parse(args)
   local opts = { faults = {}, snapshots = {}, port = 0, boot_delay_ms = 50, latency_ms = 0 }
-  local ints = { ["--port"] = "port", ["--latency-ms"] = "latency_ms", ["--boot-delay-ms"] = "boot_delay_ms" }
+  local ints = { ["--port"] = "port", ["--latency-ms"] = "latency_ms", ["--boot-delay-ms"] = "boot_delay_ms",
+    ["--max-exec-output"] = "max_output" }
+  local limits = { ["--max-connections"] = "max_connections",
+    ["--max-connections-per-client"] = "max_connections_per_client",
+    ["--header-timeout-ms"] = "header_timeout_ms", ["--idle-timeout-ms"] = "idle_timeout_ms",
+    ["--max-body-bytes"] = "max_body_bytes" }
+  opts.limits = {}
   local i = 1
   while i <= #args do
     local a = args[i]
@@ -81,12 +99,21 @@ function M.parse(args)
       i = i + 1
       return args[i]
     end
-    if ints[name] then
+    if ints[name] or limits[name] then
       local v = value()
       local n = v and v:match("^%d+$") and math.tointeger(tonumber(v))
       if not n then return usage_error("'%s' needs a non-negative integer", name) end
       if name == "--port" and n > 65535 then return usage_error("port %d out of range", n) end
-      opts[ints[name]] = n
+      if name ~= "--port" and name ~= "--latency-ms" and name ~= "--boot-delay-ms" and n > 1 << 40 then
+        return usage_error("'%s' %d is too large", name, n)
+      end
+      if limits[name] then
+        opts.limits[limits[name]] = n > 0 and n or nil
+      elseif name == "--max-exec-output" then
+        opts.max_output = n > 0 and n or nil
+      else
+        opts[ints[name]] = n
+      end
     elseif name == "--state-dir" or name == "--api-key" then
       local v = value()
       if not v or v == "" then return usage_error("'%s' needs a value", name) end

@@ -217,6 +217,7 @@ function M.new(opts)
   local self = setmetatable({
     backend = opts.backend,
     boot_delay_ms = opts.boot_delay_ms or 50,
+    max_output = opts.max_output,
     images = {
       { id = "morphvm-minimal", object = "image", name = "morphvm-minimal",
         description = "Minimal image (emulated: a directory on this machine)", disk_size = 734003200,
@@ -781,9 +782,9 @@ function H.exec(self, req, p)
   cmd, bad = exec_command(req)
   if not cmd then return bad end
   if inst.status ~= "ready" then return not_ready(inst) end
-  local r, err = self.backend:exec(inst.id, cmd)
+  local r, err = self.backend:exec(inst.id, cmd, self.max_output)
   if not r then return detail(503, "exec failed: " .. tostring(err)) end
-  return reply(200, { exit_code = r.exit_code, stdout = r.stdout, stderr = r.stderr })
+  return reply(200, { exit_code = r.exit_code, stdout = r.stdout, stderr = r.stderr, truncated = r.truncated })
 end
 
 --- Splits off an incomplete UTF-8 sequence at the end of s (kept for the next chunk).

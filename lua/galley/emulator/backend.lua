@@ -16,6 +16,10 @@ local proc = require("galley.core.proc")
 
 local M = {}
 
+--- Bytes of one exec's stdout (and of its stderr) kept, like the local provider: the first and
+-- the last half, the middle dropped and the result marked `truncated`.
+M.MAX_OUTPUT = 64 * 1024 * 1024
+
 --- How long a file operation (mkdir, cp, rm) may take.
 local FS_TIMEOUT_MS = 10 * 60 * 1000
 
@@ -180,13 +184,54 @@ function Backend:release(id, h)
   pcall(h.close, h)
 end
 
---- Runs `command` to completion: `{exit_code, stdout, stderr}`. A program that cannot be
--- started gives exit code 127, as a shell would.
+-- One stream's output, capped like the local provider's: the first max/2 bytes and the last
+-- max/2 (whole chunks are dropped from the front of the tail as it grows, so memory stays
+-- about max).
+local function capture(max)
+  return { head = {}, nhead = 0, tail = {}, first = 1, last = 0, ntail = 0, dropped = 0, max = max }
+end
+
+local function capture_add(c, s)
+  local head_max = c.max - c.max // 2
+  if c.nhead < head_max then
+    local take = s:sub(1, head_max - c.nhead)
+    c.head[#c.head + 1] = take
+    c.nhead = c.nhead + #take
+    s = s:sub(#take + 1)
+    if s == "" then return end
+  end
+  local tail_max = c.max // 2
+  c.last = c.last + 1
+  c.tail[c.last] = s
+  c.ntail = c.ntail + #s
+  while c.ntail - #c.tail[c.first] >= tail_max do
+    c.ntail = c.ntail - #c.tail[c.first]
+    c.dropped = c.dropped + #c.tail[c.first]
+    c.tail[c.first] = nil
+    c.first = c.first + 1
+  end
+end
+
+local function capture_result(c)
+  local tail = table.concat(c.tail, "", c.first, c.last)
+  local tail_max = c.max // 2
+  if #tail > tail_max then
+    c.dropped = c.dropped + #tail - tail_max
+    tail = tail:sub(#tail - tail_max + 1)
+  end
+  return table.concat(c.head) .. tail, c.dropped
+end
+
+--- Runs `command` to completion: `{exit_code, stdout, stderr, truncated?}`. Each stream keeps
+-- at most `max_output` bytes (default M.MAX_OUTPUT: head and tail, `truncated = true` when
+-- something was dropped). A program that cannot be started gives exit code 127, as a shell
+-- would.
 ---@param id string
 ---@param command string[]
----@return {exit_code: integer, stdout: string, stderr: string}|nil
+---@param max_output? integer
+---@return {exit_code: integer, stdout: string, stderr: string, truncated: boolean|nil}|nil
 ---@return galley.Error|nil err  (INTERRUPTED when the emulator is being stopped)
-function Backend:exec(id, command)
+function Backend:exec(id, command, max_output)
   local h, err = self:spawn(id, command)
   if not h then
     if errors.is(err) and err.code == "PROC_SPAWN" then
@@ -194,14 +239,12 @@ function Backend:exec(id, command)
     end
     return nil, err
   end
-  local out, errs = {}, {}
+  local cap = { stdout = capture(max_output or M.MAX_OUTPUT), stderr = capture(max_output or M.MAX_OUTPUT) }
   local code
   while not code do
-    local kind, a = h:read(1000)
-    if kind == "stdout" then
-      out[#out + 1] = a
-    elseif kind == "stderr" then
-      errs[#errs + 1] = a
+    local kind, a = h:read(1000) -- yields to other requests while the command runs
+    if kind == "stdout" or kind == "stderr" then
+      capture_add(cap[kind], a)
     elseif kind == "exit" then
       code = a
     elseif kind == nil and a ~= nil then -- interrupted: give up on the process
@@ -210,7 +253,11 @@ function Backend:exec(id, command)
     end
   end
   self:release(id, h)
-  return { exit_code = code, stdout = table.concat(out), stderr = table.concat(errs) }
+  local out, out_dropped = capture_result(cap.stdout)
+  cap.stdout = nil
+  local errs, err_dropped = capture_result(cap.stderr)
+  return { exit_code = code, stdout = out, stderr = errs,
+    truncated = (out_dropped > 0 or err_dropped > 0) or nil }
 end
 
 --- The exec loop over any backend's spawn/release (the sandbox backend uses it too).

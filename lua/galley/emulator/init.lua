@@ -2,14 +2,17 @@
 -- `/api/...` is the Morph API (galley.emulator.api) behind a bearer key, with optional latency
 -- and injected faults (galley.emulator.faults). `/_emulator/...` are control routes, behind the
 -- same key, never logged:
---   GET    /_emulator/log       {"object":"list","data":[{method, path, status, ms, conn, fault?}]}
+--   GET    /_emulator/log       {"object":"list","data":[{method, path, status, ms, conn, fault?}],
+--                                 "rejected": N (401s, counted), "server": {connection counters}}
 --   DELETE /_emulator/log       204
 --   GET    /_emulator/state     {instances, snapshots, images, faults, options} (no API key)
 --   GET    /_emulator/faults    {"object":"list","data":[fault]}
 --   POST   /_emulator/faults    body: a fault or an array of them -> the list
 --   DELETE /_emulator/faults    204
 --   POST   /_emulator/shutdown  200; the server stops after answering
--- Log and fault paths are relative to /api and carry no query string.
+-- Log and fault paths are relative to /api and carry no query string. The log keeps the last
+-- M.LOG_LIMIT records, each path cut to M.LOG_PATH_LIMIT bytes; a request with a body but
+-- without the key is refused by the server before its body is read (counted, never logged).
 local api_mod = require("galley.emulator.api")
 local backend_mod = require("galley.emulator.backend")
 local sandbox_mod = require("galley.emulator.sandbox")
@@ -31,6 +34,9 @@ M.DEFAULT_SNAPSHOT = "snapshot_galleydev"
 --- Most request records kept by the log.
 M.LOG_LIMIT = 10000
 
+--- Longest path kept in a log record (longer ones are cut).
+M.LOG_PATH_LIMIT = 256
+
 ---@class galley.emulator.Options
 ---@field state_dir string        where instance and snapshot files live (created if missing)
 ---@field api_key string
@@ -43,6 +49,10 @@ M.LOG_LIMIT = 10000
 ---@field sandbox? boolean        false: run instance commands on the host (default: bubblewrap)
 ---@field argv_mode? "exec"|"join" a multi-element exec command: run as an argv (default), or
 ---                               space-joined and run by /bin/sh -c (an SSH-style server)
+---@field max_output? integer     bytes kept of one exec's stdout and of its stderr (64 MiB)
+---@field limits? table           galley.core.httpd.listen limits: max_body_bytes,
+---                               max_header_bytes, max_connections, max_connections_per_client,
+---                               header_timeout_ms, idle_timeout_ms
 
 ---@class galley.emulator.Emulator
 ---@field opts galley.emulator.Options
@@ -96,9 +106,10 @@ function M.new(opts)
   backend.argv_mode = opts.argv_mode or "exec"
   local self = setmetatable({
     opts = opts,
-    api = api_mod.new({ backend = backend, boot_delay_ms = opts.boot_delay_ms or 50 }),
+    api = api_mod.new({ backend = backend, boot_delay_ms = opts.boot_delay_ms or 50, max_output = opts.max_output }),
     faults = faults_mod.list(),
     log = {},
+    rejected = 0,
     stop_requested = false,
   }, Emulator)
   for _, spec in ipairs(opts.faults or {}) do
@@ -133,6 +144,8 @@ local function unauthorized(req)
 end
 
 function Emulator:record(entry)
+  if #entry.path > M.LOG_PATH_LIMIT then entry.path = entry.path:sub(1, M.LOG_PATH_LIMIT) end
+  if entry.status == 401 then self.rejected = self.rejected + 1 end
   local log = self.log
   log[#log + 1] = entry
   if #log > M.LOG_LIMIT then table.remove(log, 1) end
@@ -216,6 +229,13 @@ function Emulator:handle_api(req, path)
   return resp
 end
 
+--- Requests refused for want of the key: 401s answered by the handler plus those the server
+--- refused before reading their bodies.
+---@return integer
+function Emulator:rejected_count()
+  return self.rejected + (self.server and self.server:stats().unauthorized or 0)
+end
+
 function Emulator:state()
   local s = self.api:dump()
   s.faults = json.array(self.faults:describe())
@@ -235,7 +255,9 @@ function Emulator:handle_control(req, path)
   local m = req.method
   if path == "/log" then
     if m == "GET" then
-      return reply(200, { object = "list", data = json.array(table.move(self.log, 1, #self.log, 1, {})) })
+      local data = table.move(self.log, 1, #self.log, 1, {})
+      return reply(200, { object = "list", data = json.array(data), rejected = self:rejected_count(),
+        server = self.server and self.server:stats() or nil })
     end
     if m == "DELETE" then
       self.log = {}
@@ -291,10 +313,10 @@ end
 ---@return integer|nil port
 ---@return galley.Error|nil err
 function Emulator:start()
-  local server, err = httpd.serve({
-    port = self.opts.port or 0,
-    handler = function(req) return self:handle(req) end,
-  })
+  local opts = { port = self.opts.port or 0, bearer = self.opts.api_key }
+  for k, v in pairs(self.opts.limits or {}) do opts[k] = v end
+  opts.handler = function(req) return self:handle(req) end
+  local server, err = httpd.serve(opts)
   if not server then return nil, err end
   self.server = server
   return server:port()
@@ -313,7 +335,8 @@ function Emulator:wait(tick_ms)
   return true
 end
 
---- Kills every instance process and stops the server (waiting for running requests).
+--- Kills every instance process and stops the server (requests still running lose their
+--- connections; their tasks end on their own).
 function Emulator:stop()
   self.stop_requested = true
   self.api:shutdown()

@@ -1,5 +1,44 @@
 local proc = require("galley.core.proc")
+local loop = require("galley.core.loop")
+local task = require("galley.task")
 local support = require("support")
+
+--- Whether pid no longer runs: gone from /proc, or a zombie waiting for its (new) parent.
+local function pid_gone(pid)
+  local f = io.open("/proc/" .. tostring(pid) .. "/stat")
+  if not f then return true end
+  local stat = f:read("a") or ""
+  f:close()
+  return stat:match("%) (%a)") == "Z" or stat == ""
+end
+
+--- pid_gone, allowing init a moment to reap an orphan.
+local function gone_soon(pid)
+  for _ = 1, 100 do
+    if pid_gone(pid) then return true end
+    task.sleep(20)
+  end
+  return false
+end
+
+--- The lines of a file (empty when it does not exist yet).
+local function lines_of(path)
+  local f = io.open(path)
+  if not f then return {} end
+  local out = {}
+  for l in f:lines() do out[#out + 1] = l end
+  f:close()
+  return out
+end
+
+--- Sleeps in 20 ms steps until path has n lines (a child's handshake); false after 10 s.
+local function await_lines(path, n)
+  for _ = 1, 500 do
+    if #lines_of(path) >= n then return true end
+    task.sleep(20)
+  end
+  return false
+end
 
 --- "1\n2\n...n\n" as seq prints it.
 local function seq_text(n)
@@ -217,6 +256,139 @@ io.stdout:write(ok and (err and err.code or "no error") or (type(r) == "table" a
       assert.is_nil(p)
       assert.are.equal("PROC_SPAWN", err.code)
       assert.are.equal("/nonexistent/program", err.argv0)
+    end)
+  end)
+
+  describe("on the event loop #loop", function()
+    it("runs 8 children of proc.run in 8 tasks at the same time", function()
+      local spans = {}
+      local tasks = {}
+      local t0 = loop.now_ms()
+      for i = 1, 8 do
+        tasks[i] = task.spawn(function()
+          local start = loop.now_ms()
+          local r = assert(proc.run{ argv = { "sleep", "1" }, timeout_ms = 30000 })
+          spans[i] = { start, loop.now_ms() }
+          return r.exit_code
+        end)
+      end
+      for i, rec in ipairs(task.join(tasks)) do
+        assert.is_true(rec.ok, tostring(rec.err))
+        assert.are.equal(0, rec.value, "task " .. i)
+      end
+      local elapsed = loop.now_ms() - t0
+      assert.is_true(elapsed < 4000, ("8 x sleep 1 took %d ms"):format(elapsed)) -- a sanity bound
+      -- They overlap: every child started before any of them ended.
+      local last_start, first_end = -math.huge, math.huge
+      for _, span in ipairs(spans) do
+        last_start = math.max(last_start, span[1])
+        first_end = math.min(first_end, span[2])
+      end
+      assert.is_true(last_start < first_end, "the children ran one after the other")
+    end)
+
+    it("lets other tasks run while a task waits in Process:read", function()
+      local p <close> = assert(proc.spawn{ argv = { "sh", "-c", "sleep 0.5; echo late" } })
+      local read_at, ticks_done_at
+      local reader = task.spawn(function()
+        local kind, data = p:read(10000)
+        read_at = loop.now_ms()
+        return kind, data
+      end)
+      local ticker = task.spawn(function()
+        for _ = 1, 5 do task.sleep(20) end
+        ticks_done_at = loop.now_ms()
+      end)
+      local kind, data = reader:wait()
+      ticker:wait()
+      assert.are.equal("stdout", kind)
+      assert.are.equal("late\n", data)
+      assert.is_true(ticks_done_at < read_at, "the sleeping task waited for the read")
+    end)
+
+    it("kills and reaps the child's whole group when a task in proc.run is cancelled", function()
+      local pidfile = os.tmpname()
+      local t = task.spawn(function()
+        return proc.run{
+          argv = { "sh", "-c", 'sleep 30 & echo $$ >> "$1"; echo $! >> "$1"; wait', "sh", pidfile },
+          timeout_ms = 60000,
+        }
+      end)
+      assert.is_true(await_lines(pidfile, 2), "the child never started")
+      local pids = lines_of(pidfile)
+      os.remove(pidfile)
+      local t0 = loop.now_ms()
+      t:cancel()
+      local ok, r, err = t:result()
+      assert.is_true(ok)
+      assert.is_nil(r)
+      assert.are.equal("INTERRUPTED", err.code)
+      assert.is_true(loop.now_ms() - t0 < 5000)
+      assert.is_true(pid_gone(pids[1]), "the child outlived the cancel")   -- reaped before returning
+      assert.is_true(gone_soon(pids[2]), "the grandchild outlived the cancel")
+    end)
+
+    it("returns nil, INTERRUPTED from Process:wait of a cancelled task and keeps the process", function()
+      local p <close> = assert(proc.spawn{ argv = { "sh", "-c", "echo before; sleep 30" } })
+      local t = task.spawn(function() return p:wait(20000) end)
+      task.spawn(function()
+        task.sleep(50)
+        t:cancel()
+      end)
+      local t0 = loop.now_ms()
+      local ok, r, err = t:result()
+      assert.is_true(loop.now_ms() - t0 < 5000, "the cancel waited for the process")
+      assert.is_true(ok)
+      assert.is_nil(r)
+      assert.are.equal("INTERRUPTED", err.code)
+      assert.is_false(pid_gone(p:pid()))
+      assert.is_true(p:kill("KILL"))
+      local res = assert(p:wait(10000))
+      assert.are.equal(9, res.signal)
+      assert.are.equal("before\n", res.stdout)
+    end)
+
+    it("wakes a task waiting in Process:read with PROC_CLOSED when another task closes it", function()
+      local p = assert(proc.spawn{ argv = { "sleep", "30" } })
+      local pid = p:pid()
+      local reader = task.spawn(function() return p:read(20000) end)
+      task.spawn(function()
+        task.sleep(50)
+        p:close()
+      end)
+      local kind, err = reader:wait()
+      assert.is_nil(kind)
+      assert.are.equal("PROC_CLOSED", err.code)
+      assert.is_true(pid_gone(pid))
+      assert.has_error(function() p:read(0) end)
+    end)
+
+    it("kills every child group of tasks in proc.run on Ctrl-C", function()
+      local pidfile = os.tmpname()
+      local script = ([[
+local proc = require("galley.core.proc")
+local task = require("galley.task")
+local ts = {}
+for i = 1, 3 do
+  ts[i] = task.spawn(function()
+    return proc.run({ argv = { "sh", "-c", 'sleep 60 & echo $$ >> %s; echo $! >> %s; wait' } })
+  end)
+end
+task.join(ts)
+]]):format(pidfile, pidfile)
+      local g = assert(proc.spawn{ argv = { support.bin, "-e", script } })
+      local started = await_lines(pidfile, 6)
+      local pids = lines_of(pidfile)
+      os.remove(pidfile)
+      assert.is_true(started, "the children never started")
+      assert.is_true(g:kill("INT"))
+      local r = assert(g:wait(20000), "galley did not exit on Ctrl-C")
+      g:close()
+      assert.are_not.equal(0, r.exit_code)
+      assert.is_false(r.timed_out)
+      for _, pid in ipairs(pids) do
+        assert.is_true(gone_soon(pid), "pid " .. pid .. " outlived Ctrl-C")
+      end
     end)
   end)
 

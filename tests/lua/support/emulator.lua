@@ -59,9 +59,10 @@ end
 --- Starts an emulator on a free port and waits until it listens.
 -- opts.snapshots: extra seeded snapshots as "ID" or "ID=DIR"; opts.verbose: the emulator logs
 -- each request to its stderr (see em:drain()); opts.argv_mode: "exec" (default) or "join" (a
--- multi-element exec command is space-joined and run by /bin/sh -c, like an SSH-style server).
+-- multi-element exec command is space-joined and run by /bin/sh -c, like an SSH-style server);
+-- opts.args: more `galley emulate` arguments.
 ---@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: (table|string)[], snapshots?: string[],
----  argv_mode?: "exec"|"join", verbose?: boolean}
+---  argv_mode?: "exec"|"join", verbose?: boolean, args?: string[]}
 ---@return support.Emulator
 function M.start(opts)
   opts = opts or {}
@@ -92,6 +93,7 @@ function M.start(opts)
     argv[#argv + 1] = "--argv-mode"
     argv[#argv + 1] = opts.argv_mode
   end
+  for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
   local h, err = proc.spawn({ argv = argv, env = { MORPH_API_KEY = key }, env_mode = "extend" })
   if not h then
     proc.run({ argv = { "rm", "-rf", "--", dir } })
