@@ -42,6 +42,8 @@ local opts = recipe.options({
     { "snapshot", metavar = "ID", env = "GALLEY_SNAPSHOT",
       help = "snapshot to boot (default: $TESTING_SNAPSHOT_ID or " .. MORPH_SNAPSHOT
         .. " on morph, an empty one on local)" },
+    { "image", metavar = "ID|auto", help = "boot an agent image: an id from `galley run agent-image`, or auto: "
+      .. "build (or find) the one for --agent on --snapshot" },
     { "agent", choices = { "claude", "command" }, help = "what runs (default: claude on morph, command on local)" },
     { "prompt", metavar = "TEXT", default = DEFAULT_PROMPT,
       help = "the prompt ($GALLEY_PROMPT for the command agent)" },
@@ -157,6 +159,15 @@ local snapshot = opts.snapshot
 if not snapshot and provider_name == "morph" then
   local env = os.getenv("TESTING_SNAPSHOT_ID")
   snapshot = (env and env ~= "") and env or MORPH_SNAPSHOT
+end
+
+if opts.image == "auto" then
+  if agent_name ~= "claude" then usage("--image auto builds an agent image: use it with --agent claude") end
+  local base = snapshot or provider.DEFAULT_SNAPSHOT
+  snapshot = recipe.step("find or build the claude image on " .. tostring(base), require("galley.images").agent_image,
+    provider, agent_name, base, { progress = true }).id
+elseif opts.image then
+  snapshot = opts.image
 end
 
 local prompt = opts.prompt

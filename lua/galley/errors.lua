@@ -35,6 +35,8 @@ M.code_list = {
   { code = "INTERRUPTED", description = "stopped by Ctrl-C or SIGTERM", retryable = false },
   { code = "PARALLEL_FAILED", description = "recipe.parallel: every item failed, or one did with fail_fast",
     retryable = false },
+  { code = "IMAGE_STEP_FAILED", description = "a step of snapshots.build failed (details.step, details.key)",
+    retryable = false },
   { code = "INTERNAL_ERROR", description = "a bug in galley (an unexpected Lua error)", retryable = false },
 }
 

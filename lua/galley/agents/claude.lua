@@ -7,6 +7,7 @@
 --
 -- The script (run by bash; reference §5):
 --   set -o pipefail
+--   export PATH="$HOME"/.local/bin:"$PATH"     # where install_steps puts the CLI on read-only systems
 --   unset CLAUDECODE ANTHROPIC_API_KEY          # unless the caller passes them in input.env
 --   galley_sp=$(printf %s '<b64>' | base64 -d && printf x) || exit 1; galley_sp=${galley_sp%x}
 --   printf %s '<b64>' | base64 -d | 'claude' -p --model 'sonnet' --output-format 'text' \
@@ -31,6 +32,8 @@ local errors = require("galley.errors")
 local util = require("galley.util")
 
 local M = {}
+
+M.PACKAGE = "@anthropic-ai/claude-code"
 
 M.DEFAULTS = {
   model = "sonnet",
@@ -180,7 +183,7 @@ function M.new(opts)
     local dir = cfg.prompt_dir:gsub("/+$", "") .. "/" .. name
     local files = {}
 
-    local lines = { "set -o pipefail" }
+    local lines = { "set -o pipefail", 'export PATH="$HOME"/.local/bin:"$PATH"' } -- install_steps' home prefix
     local unset = {}
     for _, var in ipairs(UNSET) do
       if env[var] == nil then unset[#unset + 1] = var end
@@ -231,5 +234,19 @@ function M.new(opts)
   return agent
 end
 
+
+--- Steps that install Claude Code (and PM2) on an image (galley.images): node and npm from apt when
+--- missing, `npm install` of @anthropic-ai/claude-code (globally, or under ~/.local where /usr is
+--- read-only), its native binary put in place when npm held back the install script, then
+--- `claude --version`.
+---@param o? {version?: string, global?: boolean}
+---@return table[] steps
+function M.install_steps(o)
+  o = o or {}
+  return require("galley.agents.headless").install_steps({
+    package = M.PACKAGE, bin = "claude", version = o.version, global = o.global,
+    post_install = 'claude --version >/dev/null 2>&1 || (cd "$root/@anthropic-ai/claude-code" && node install.cjs)',
+  })
+end
 
 return M

@@ -682,6 +682,12 @@ function Api:snapshot_of(inst, digest, metadata, ttl_seconds)
   local ok, err = self.backend:snapshot_instance(inst.id, id)
   self.reserved[id] = nil
   if not ok then return nil, err end
+  -- Another request with the same digest may have finished while this one copied: one wins.
+  existing = self:by_digest(digest)
+  if existing then
+    self.backend:remove_snapshot(id)
+    return existing
+  end
   local snap = {
     id = id, seq = self:next_seq(), created = now_s(), status = "ready",
     spec = copy(inst.spec), image_id = inst.image_id,

@@ -1293,24 +1293,62 @@ function M.new(opts)
     return public_instance(do_resume(must_instance(instance_id, "instances.resume")))
   end
 
+  -- Digests, as on Morph: a snapshot taken with a digest that a snapshot has returns that one.
+  -- digests/<sha256 of digest>/id names the snapshot; the claim is made by renaming a directory
+  -- into place (which fails when it exists) before the snapshot's meta.json is written, so
+  -- concurrent builders agree on one snapshot and nobody lists the loser's copy.
+  local digests_dir = state_dir .. "/digests"
+  local function claim_path(digest) return digests_dir .. "/" .. codec.sha256(digest) end
+
+  -- The claimed snapshot's meta; "pending" while its meta.json is being written; nil: none.
+  local function digest_owner(digest)
+    local id = read_all(claim_path(digest) .. "/id")
+    if not id or not pcall(valid_id, id) then return nil end
+    local m = load_meta(snap_dir(id))
+    if m then return m end
+    return fs.exists(snap_dir(id)) and "pending" or nil
+  end
+
+  local function claim_digest(digest, id)
+    paths.private_dir(digests_dir)
+    for _ = 1, 3 do
+      local tmp = digests_dir .. "/.tmp-" .. codec.random_hex(8)
+      tool({ "mkdir", "-m", "0700", tmp }, "create a digest claim")
+      write_raw(tmp .. "/id", id)
+      local ok = os.rename(tmp, claim_path(digest))
+      pcall(tool, { "rm", "-rf", "--", tmp })
+      if ok then return nil end
+      local owner
+      pcall(wait_for, function()
+        owner = digest_owner(digest)
+        return owner ~= "pending"
+      end, KILL_WAIT_MS, "the digest's snapshot")
+      if type(owner) == "table" then return owner end
+      pcall(tool, { "rm", "-rf", "--", claim_path(digest) }) -- its snapshot is gone: a stale claim
+    end
+    return nil
+  end
+
   local function take_snapshot(instance_id, sopts, operation)
     sopts = sopts or {}
     local meta = must_instance(instance_id, operation)
     local metadata = common.check_metadata(sopts.metadata)
+    local existing = sopts.digest and digest_owner(sopts.digest)
+    if type(existing) == "table" then return public_snapshot(existing) end
     local id = new_id("snapshot_", snapshots_dir)
     local dir = snap_dir(id)
     tool({ "mkdir", "-m", "0700", dir }, "create the snapshot directory")
     local smeta = { id = id, status = "ready", created_at = now(), metadata = metadata, instance_id = instance_id,
       digest = sopts.digest }
+    local owner
     local ok, err = pcall(function()
       with_frozen(meta, function() copy_trees(inst_dir(instance_id), dir) end)
-      save_meta(dir, smeta)
+      owner = sopts.digest and claim_digest(sopts.digest, id)
+      if not owner then save_meta(dir, smeta) end
     end)
-    if not ok then
-      pcall(owner_tool, { "rm", "-rf", "--", dir })
-      error(err, 0)
-    end
-    return public_snapshot(smeta)
+    if not ok or owner then pcall(owner_tool, { "rm", "-rf", "--", dir }) end
+    if not ok then error(err, 0) end
+    return public_snapshot(owner or smeta)
   end
 
   --- Snapshots the instance's home and /tmp (frozen meanwhile if it is running).
@@ -1407,9 +1445,16 @@ function M.new(opts)
     if not valid_id(snapshot_id, "snapshot_id") or not load_meta(snap_dir(snapshot_id)) then
       error(not_found("snapshot", snapshot_id, "snapshots.delete"), 0)
     end
+    local meta = load_meta(snap_dir(snapshot_id))
+    if meta.digest and read_all(claim_path(meta.digest) .. "/id") == snapshot_id then
+      tool({ "rm", "-rf", "--", claim_path(meta.digest) }, "remove the digest claim")
+    end
     owner_tool({ "rm", "-rf", "--", snap_dir(snapshot_id) }, "remove the snapshot")
     return true
   end
+
+  --- Builds (or finds) an image from recipe steps, each cached by digest (galley.images).
+  function S.build(...) return require("galley.images").build(provider, ...) end
 
   -- images ---------------------------------------------------------------------------------
   --- The one image: this machine's filesystem.

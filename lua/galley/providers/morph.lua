@@ -789,6 +789,9 @@ function M.new(opts)
     return true
   end
 
+  --- Builds (or finds) an image from recipe steps, each cached by digest (galley.images).
+  function S.build(...) return require("galley.images").build(provider, ...) end
+
   -- images ---------------------------------------------------------------------------------
   --- The base images.
   ---@return table[] `{id, name, description, disk_size, created_at, raw}`
