@@ -21,7 +21,6 @@
 typedef struct {
   galley_proc *p;   /* NULL once closed (and before the child exists) */
   int busy;         /* a task waits in read/wait (cleared by the Busy guard's __close) */
-  int blocking;     /* a thread waits in galley_proc_block (a process on a private loop) */
 } lprocess;
 
 
@@ -145,7 +144,6 @@ static lprocess *new_process(lua_State *L) {
   lprocess *lp = lua_newuserdatauv(L, sizeof *lp, 0);
   lp->p = NULL;
   lp->busy = 0;
-  lp->blocking = 0;
   luaL_setmetatable(L, PROCESS_MT);
   return lp;
 }
@@ -154,12 +152,6 @@ static lprocess *new_process(lua_State *L) {
 /* The loop a new process runs on. */
 static uv_loop_t *spawn_loop(void) {
   return galley_loop();
-}
-
-
-/* Whether waits on p block the thread (a process on a private loop) instead of awaiting. */
-static int blocks(const lprocess *lp) {
-  return galley_proc_private(lp->p);
 }
 
 
@@ -192,8 +184,6 @@ static int cancelled(lua_State *L) {
 }
 
 
-static int finished_ready(galley_proc *p) { return galley_proc_finished(p); }
-static int event_ready(galley_proc *p) { return galley_proc_has_event(p); }
 
 
 /* Pushes {exit_code, signal, stdout, stderr, timed_out, truncated, stdout_dropped,
@@ -279,13 +269,6 @@ static int l_proc_run(lua_State *L) {
   int rc = galley_proc_spawn(spawn_loop(), &spec, &lp->p, &err_no);
   if (rc != GALLEY_PROC_OK) return spawn_failed(L, &spec, rc, err_no);
   galley_proc_limit(lp->p, &lim);
-  if (blocks(lp)) {
-    if (galley_proc_block(lp->p, finished_ready, -1) == GALLEY_PROC_EINTR) {
-      galley_proc_close(lp->p);
-      lp->p = NULL;
-      return interrupted(L);
-    }
-  }
   return run_step(L, lp);
 }
 
@@ -319,7 +302,6 @@ static int l_proc_which(lua_State *L) {
 static lprocess *check_process(lua_State *L) {
   lprocess *lp = luaL_checkudata(L, 1, PROCESS_MT);
   if (!lp->p) luaL_error(L, "attempt to use a closed process");
-  if (lp->blocking) luaL_error(L, "process is in use by another thread");
   if (lp->busy) luaL_error(L, "process is in use by another task");
   return lp;
 }
@@ -439,16 +421,6 @@ static int l_process_read(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  if (blocks(lp)) {
-    lp->blocking = 1;
-    int rc = galley_proc_block(lp->p, event_ready, timeout);
-    lp->blocking = 0;
-    if (rc == GALLEY_PROC_EINTR) return interrupted(L);
-    ev = galley_proc_next(lp->p, &data, &len);
-    if (ev) return push_event(L, lp, ev, data, len);
-    lua_pushnil(L);
-    return 1;
-  }
   push_busy(L, lp);                                                              // [proc, timeout, guard]
   galley_proc_deadline(lp->p, timeout);
   return read_step(L, lp);
@@ -538,17 +510,6 @@ static int l_process_wait(lua_State *L) {
   galley_proc_close_stdin(lp->p);
   galley_proc_capture(lp->p, GALLEY_PROC_DEFAULT_MAX_OUTPUT);
   if (galley_proc_finished(lp->p) || timeout == 0) return wait_step(L, lp);
-  if (blocks(lp)) {
-    lp->blocking = 1;
-    int rc = galley_proc_block(lp->p, finished_ready, timeout);
-    lp->blocking = 0;
-    if (rc == GALLEY_PROC_EINTR) return interrupted(L);
-    if (rc == GALLEY_PROC_TIMEOUT) {
-      lua_pushnil(L);
-      return 1;
-    }
-    return wait_step(L, lp);
-  }
   push_busy(L, lp);                                                              // [proc, timeout, guard]
   galley_proc_deadline(lp->p, timeout);
   return wait_step(L, lp);
@@ -567,7 +528,6 @@ static int l_process_pid(lua_State *L) {
  * A task waiting in read/wait meanwhile wakes up with nil, err(PROC_CLOSED). */
 static int l_process_close(lua_State *L) {
   lprocess *lp = luaL_checkudata(L, 1, PROCESS_MT);
-  if (lp->blocking) return luaL_error(L, "process is in use by another thread");
   galley_proc_close(lp->p);
   lp->p = NULL;
   return 0;

@@ -19,7 +19,6 @@ extern char **environ;
 
 #define READ_CHUNK 65536
 #define PEND_MAX 65536      /* read mode: stop reading a stream while this much waits unread */
-#define TICK_MS 50          /* TEMPORARY (galley_proc_block): how often a blocked thread checks signals */
 
 /* One captured stream: the first head_max bytes, then a ring of the latest (max - head_max)
  * bytes. Every byte that arrives once the buffer is full pushes exactly one byte out of the
@@ -142,7 +141,6 @@ enum { H_CHILD, H_IN, H_OUT, H_ERR, H_LIMIT, H_DEADLINE, H_TICK, H_COUNT };
 
 struct galley_proc {
   uv_loop_t *loop;
-  uv_loop_t *own_loop;         /* TEMPORARY: the private loop of a process spawned off the loop's thread */
   uv_process_t child;
   uv_pipe_t pipe[3];           /* our ends of stdin, stdout, stderr */
   uv_timer_t limit, deadline, tick;
@@ -202,7 +200,7 @@ static void proc_free(galley_proc *p) {
 static void on_closed(uv_handle_t *h) {
   galley_proc *p = h->data;
   p->nopen--;
-  if (p->closing && p->nopen == 0 && !p->own_loop) proc_free(p);
+  if (p->closing && p->nopen == 0) proc_free(p);
 }
 
 
@@ -459,17 +457,6 @@ int galley_proc_spawn(uv_loop_t *loop, const galley_proc_spec *spec, galley_proc
   p->pid = -1;
   cap_reset(&p->cap[0], GALLEY_PROC_DEFAULT_MAX_OUTPUT);
   cap_reset(&p->cap[1], GALLEY_PROC_DEFAULT_MAX_OUTPUT);
-  if (!loop) {
-    p->own_loop = malloc(sizeof *p->own_loop);
-    if (!p->own_loop) goto fail_early;
-    if ((*err_no = -uv_loop_init(p->own_loop)) != 0) {
-      free(p->own_loop);
-      p->own_loop = NULL;
-      rc = GALLEY_PROC_ESPAWN;
-      goto fail_early;
-    }
-    loop = p->own_loop;
-  }
   p->loop = loop;
   if (spec->env || spec->env_replace) {
     envp = build_env(spec);
@@ -617,44 +604,6 @@ int galley_proc_deadline_passed(const galley_proc *p) { return p->deadline_passe
 void galley_proc_notify(galley_proc *p, uint64_t token) { p->waiter = token; }
 
 
-int galley_proc_private(const galley_proc *p) { return p->own_loop != NULL; }
-
-
-static void on_tick(uv_timer_t *t) { (void)t; }
-
-
-int galley_proc_block(galley_proc *p, int (*ready)(galley_proc *p), int64_t timeout_ms) {
-  /* TEMPORARY until the emulator serves from the loop: its handler threads wait here, on the
-   * process's own loop; a tick makes them notice signals. */
-  if (ready(p)) return GALLEY_PROC_OK;
-  if (!(p->live & (1u << H_TICK))) {
-    uv_timer_init(p->loop, &p->tick);
-    mark_live(p, H_TICK);
-  }
-  uv_timer_start(&p->tick, on_tick, TICK_MS, TICK_MS);
-  galley_proc_deadline(p, timeout_ms);
-  int rc;
-  for (;;) {
-    if (ready(p)) {
-      rc = GALLEY_PROC_OK;
-      break;
-    }
-    if (galley_sig_pending()) {
-      rc = GALLEY_PROC_EINTR;
-      break;
-    }
-    if (p->deadline_passed) {
-      rc = GALLEY_PROC_TIMEOUT;
-      break;
-    }
-    uv_run(p->loop, UV_RUN_ONCE);
-  }
-  uv_timer_stop(&p->tick);
-  galley_proc_deadline(p, -1);
-  return rc;
-}
-
-
 /* --- signals, status, closing ------------------------------------------------------------------ */
 
 int galley_proc_kill(galley_proc *p, int sig) {
@@ -723,13 +672,7 @@ void galley_proc_close(galley_proc *p) {
   p->closing = 1;
   for (int h = 0; h < H_COUNT; h++) close_handle(p, h);
   notify(p);
-  if (p->own_loop) {
-    /* TEMPORARY (private loop): finish the closes here, then drop the loop. */
-    uv_run(p->own_loop, UV_RUN_DEFAULT);
-    uv_loop_close(p->own_loop);
-    free(p->own_loop);
-    proc_free(p);
-  } else if (p->nopen == 0) {
+  if (p->nopen == 0) {
     proc_free(p);
   }
 }

@@ -6,8 +6,7 @@
  * stdout and stderr are pipes read by libuv; no other descriptor reaches the child. Nothing here
  * blocks or polls: callbacks record what happened and ready the waiter's token
  * (galley_proc_notify), and the caller runs the loop (src/bind/await.h, or galley_loop_turn in
- * tests) until galley_proc_finished / galley_proc_next says so. The one exception is
- * galley_proc_block, for a process on a private loop of its own (C tests).
+ * tests) until galley_proc_finished / galley_proc_next says so.
  * Writing to a child that closed its stdin relies on SIGPIPE being ignored (galley_sig_install). */
 #ifndef GALLEY_PROC_H
 #define GALLEY_PROC_H
@@ -22,8 +21,8 @@ enum {
   GALLEY_PROC_OK = 0,
   GALLEY_PROC_ESPAWN = -1,      /* could not start the program (errno in *err_no) */
   GALLEY_PROC_ENOMEM = -2,      /* out of memory before the child started */
-  GALLEY_PROC_EINTR = -3,       /* a signal became pending while waiting (galley_proc_block) */
-  GALLEY_PROC_TIMEOUT = -4,     /* the wait ran out of time (galley_proc_block) */
+  GALLEY_PROC_EINTR = -3,       /* a signal became pending while waiting */
+  GALLEY_PROC_TIMEOUT = -4,     /* the wait ran out of time */
   GALLEY_PROC_ECLOSED = -5      /* stdin is closed or the child closed its end */
 };
 
@@ -62,8 +61,7 @@ typedef struct {
  * galley_proc_close() (its memory goes once libuv has closed its handles). */
 typedef struct galley_proc galley_proc;
 
-/* Starts spec's program on `loop`; NULL gives the process a private loop of its own (TEMPORARY,
- * for threads other than the loop's: see galley_proc_block). On success *out is the new process.
+/* Starts spec's program on `loop` (never NULL: galley_loop()). On success *out is the new process.
  * Returns GALLEY_PROC_OK, GALLEY_PROC_ESPAWN (errno in *err_no) or GALLEY_PROC_ENOMEM. */
 int galley_proc_spawn(uv_loop_t *loop, const galley_proc_spec *spec, galley_proc **out, int *err_no);
 
@@ -96,13 +94,6 @@ void galley_proc_notify(galley_proc *p, uint64_t token);
 void galley_proc_deadline(galley_proc *p, int64_t ms);
 int galley_proc_deadline_passed(const galley_proc *p);
 
-/* TEMPORARY, until the emulator serves from the loop: runs p's loop on the calling thread with
- * the thread blocked until ready(p), timeout_ms (< 0: none) or a pending signal. Returns
- * GALLEY_PROC_OK, GALLEY_PROC_TIMEOUT or GALLEY_PROC_EINTR. */
-int galley_proc_block(galley_proc *p, int (*ready)(galley_proc *p), int64_t timeout_ms);
-
-/* Whether p runs on a private loop of its own (spawned with loop == NULL). */
-int galley_proc_private(const galley_proc *p);
 
 /* Queues bytes for the child's stdin (copied). Returns GALLEY_PROC_OK, GALLEY_PROC_ECLOSED or
  * GALLEY_PROC_ENOMEM. */

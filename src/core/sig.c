@@ -51,21 +51,3 @@ int64_t galley_now_ms(void) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
-
-
-int galley_sleep_ms(int64_t ms) {
-  int64_t end = galley_now_ms() + ms;
-  int rc = 0;
-  for (;;) {
-    if (pending_sig) {
-      rc = -1;
-      break;
-    }
-    int64_t left = end - galley_now_ms();
-    if (left <= 0) break;
-    if (left > 50) left = 50; /* wake regularly to notice signals */
-    struct timespec ts = {left / 1000, (left % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-  }
-  return rc;
-}

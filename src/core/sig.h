@@ -21,7 +21,5 @@ void galley_sig_defer(int on);
 /* Monotonic clock in milliseconds. */
 int64_t galley_now_ms(void);
 
-/* Sleeps up to ms milliseconds; returns early (-1) when a signal becomes pending. */
-int galley_sleep_ms(int64_t ms);
 
 #endif

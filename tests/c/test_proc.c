@@ -517,27 +517,6 @@ static void proc_should_know_signal_names(void) {
 }
 
 
-static void proc_should_block_on_a_private_loop(void) {
-  /* TEMPORARY path (the emulator's threads): loop NULL gives the process a loop of its own. */
-  galley_proc_spec spec = {0};
-  spec.argv = (const char *[]){"sh", "-c", "echo private", NULL};
-  galley_proc *p = NULL;
-  int err_no;
-  CHECK(galley_proc_spawn(NULL, &spec, &p, &err_no) == GALLEY_PROC_OK);
-  if (!p) return;
-  CHECK(galley_proc_private(p));
-  galley_proc_limit(p, &no_limits);
-  CHECK(galley_proc_block(p, finished, -1) == GALLEY_PROC_OK);
-  CHECK_STR(out_str(p, 1), "private\n");
-  galley_proc_close(p);
-  spec.argv = (const char *[]){"sleep", "30", NULL};
-  CHECK(galley_proc_spawn(NULL, &spec, &p, &err_no) == GALLEY_PROC_OK);
-  if (!p) return;
-  pid_t pid = galley_proc_pid(p);
-  CHECK(galley_proc_block(p, has_event, 30) == GALLEY_PROC_TIMEOUT);
-  galley_proc_close(p);
-  CHECK(kill(pid, 0) == -1 && errno == ESRCH);
-}
 
 
 static void proc_should_run_many_children_at_once(void) {
@@ -585,7 +564,6 @@ int main(void) {
   RUN(proc_should_stream_events_in_order_and_exit_last);
   RUN(proc_should_feed_written_stdin_and_collect_on_wait);
   RUN(proc_should_time_out_a_wait_and_kill_on_close);
-  RUN(proc_should_block_on_a_private_loop);
   RUN(proc_should_run_many_children_at_once);
   RUN(proc_should_give_up_when_interrupted);
   RUN(proc_should_find_programs_in_path);
