@@ -1,7 +1,8 @@
 -- Interrupt trials (issue #12): 30 runs of boot-and-run on `galley emulate`, each sent SIGINT or
 -- SIGTERM at a random moment. Every run must leave 0 instances and 0 PM2 daemons, and exit with
 -- the code that matches its signal (130 for SIGINT, 143 for SIGTERM), or 0 when it had already
--- finished. GALLEY_TRIALS_SEED replays a seed; GALLEY_TRIALS sets the count.
+-- finished. GALLEY_TRIALS_SEED replays a seed; GALLEY_TRIALS sets the count. #serial: it counts
+-- the machine's PM2 daemons, so no other spec may run meanwhile.
 local support = require("support")
 local emulator = require("support.emulator")
 local proc = require("galley.core.proc")
@@ -14,7 +15,7 @@ local function pm2_daemons()
   return n
 end
 
-describe("interrupt trials: boot-and-run on galley emulate #slow #run", function()
+describe("interrupt trials: boot-and-run on galley emulate #slow #serial #run", function()
   local em, state
 
   setup(function()
