@@ -94,6 +94,14 @@ static void create_arg_table(lua_State *L, char **argv, int argc, int script) {
 }
 
 
+/* Exit code of a failure: 128 + the signal when Ctrl-C/SIGTERM is pending (it may land before
+ * galley's own handling is loaded), else 1. */
+static int failure_code(void) {
+  int sig = galley_sig_pending();
+  return sig ? 128 + sig : 1;
+}
+
+
 /* Puts the script's own directory first on package.path, so a script split into files can
  * require its neighbours (`require("helper")` finds helper.lua beside it). galley's own modules
  * are preloaded, so nothing there can shadow them. */
@@ -125,7 +133,7 @@ static int run_script(lua_State *L, char **argv, int argc, int script) {
   int n = argc - script - 1;
   luaL_checkstack(L, n + 3, "too many arguments to script");
   for (int i = script + 1; i < argc; i++) lua_pushstring(L, argv[i]);
-  return docall(L, n, 0) == LUA_OK ? 0 : 1;
+  return docall(L, n, 0) == LUA_OK ? 0 : failure_code();
 }
 
 
@@ -133,14 +141,14 @@ static int run_script(lua_State *L, char **argv, int argc, int script) {
 static int run_cli(lua_State *L, char **argv, int argc, int first) {
   lua_getglobal(L, "require");
   lua_pushstring(L, "galley.cli");
-  if (docall(L, 1, 1) != LUA_OK) return 1;
+  if (docall(L, 1, 1) != LUA_OK) return failure_code();
   lua_getfield(L, -1, "main");
   lua_createtable(L, argc - first, 0);
   for (int i = first; i < argc; i++) {
     lua_pushstring(L, argv[i]);
     lua_rawseti(L, -2, i - first + 1);
   }
-  if (docall(L, 1, 1) != LUA_OK) return 1;
+  if (docall(L, 1, 1) != LUA_OK) return failure_code();
   int code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : 0;
   lua_pop(L, 2);
   return code;
