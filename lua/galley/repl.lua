@@ -360,7 +360,14 @@ function M.run(opts)
   end
   if tty then
     out:write("\n")
-    line.save_history(hist)
+    -- libedit truncates and rewrites the file in place: write a temporary one and rename it, so
+    -- a reader (or a second REPL starting) never sees a half-written history.
+    local tmp = ("%s.%d.tmp"):format(hist, runtime.getpid())
+    if line.save_history(tmp) then
+      os.rename(tmp, hist)
+    else
+      os.remove(tmp)
+    end
   end
   os.exit = real_exit -- luacheck: ignore 122
   -- The exit report is not a value: it goes to stderr (stdout carries values only).

@@ -101,7 +101,7 @@ describe("galley repl on a terminal #repl", function()
       if f then
         hist = f:read("a")
         f:close()
-        break
+        if hist:find("remember", 1, true) then break end
       end
       os.execute("sleep 0.05")
     end
