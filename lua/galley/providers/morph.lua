@@ -6,7 +6,9 @@
 --   provider.files.write_file_atomic(inst.id, "~/.config/app.json", "{}", {mode = "600", create_dirs = true})
 --   provider.instances.terminate(inst.id)
 --
--- Instances: boot is POST /snapshot/{id}/boot. The provider owns readiness: a `ready` answer
+-- Instances: boot is POST /snapshot/{id}/boot; when its answer is lost (reset after sending,
+-- timeout, garbled body) the provider looks for the instance by the create's request token and
+-- carries on with it (it never sends the create again). The provider owns readiness: a `ready` answer
 -- returns at once (one request); otherwise it polls GET /instance/{id} (client:wait_ready) up to
 -- `boot_timeout_ms`, and if the instance fails or the wait ends, it deletes the instance before
 -- raising (the error names it: resource "instance:<id>", instance_id). fork is POST .../branch
@@ -544,6 +546,26 @@ function M.new(opts)
     end
   end
 
+  -- A create whose answer was lost (reset after it was sent, timeout, garbled answer) may have
+  -- done its work: look for the instance by the create's request token, never create again.
+  -- Returns the instance's body when exactly one carries the token, else nil (the create did
+  -- not happen, or has not yet: note_cut_off then leaves it to the run's end).
+  local function find_created(err)
+    if type(err) ~= "table" or type(err.request_token) ~= "string" or err.sent == false then return nil end
+    if err.code ~= "TIMEOUT" and err.code ~= "NETWORK_ERROR" and err.code ~= "PROTOCOL_ERROR" then return nil end
+    local ok, res = pcall(call, "instances.boot", nil, "instances_list",
+      { metadata = { [M.TOKEN_KEY] = err.request_token } })
+    if not ok then return nil end
+    local hits = {}
+    for _, raw in ipairs(type(res.data) == "table" and res.data or {}) do
+      if type(raw.metadata) == "table" and raw.metadata[M.TOKEN_KEY] == err.request_token then hits[#hits + 1] = raw end
+    end
+    if #hits ~= 1 then return nil end
+    log.warn("a create's answer was lost; found the instance it made", { instance = hits[1].id,
+      error = err.code })
+    return hits[1]
+  end
+
   -- instances ------------------------------------------------------------------------------
   local I = provider.instances
   I.exec = provider.exec
@@ -566,8 +588,12 @@ function M.new(opts)
     local wait_ms = check_count(bopts.timeout_ms, "timeout_ms", 0) or boot_timeout_ms
     local ok, raw = pcall(call, "instances.boot", "snapshot:" .. snapshot_id, "snapshots_boot", snapshot_id, body)
     if not ok then
-      note_cut_off(raw)
-      error(raw, 0)
+      local found = find_created(raw)
+      if not found then
+        note_cut_off(raw)
+        error(raw, 0)
+      end
+      raw = found
     end
     raw = await_new(raw, wait_ms, "instances.boot")
     run.track_instance(provider, raw.id, seconds)
