@@ -1084,9 +1084,9 @@ function M.new(opts)
     return { argv = cmd, env = full_env, env_mode = "replace", cwd = sandbox and "/" or nil }
   end
 
-  local function run_in(meta, argv, env, cwd, operation)
+  local function run_in(meta, argv, env, cwd, operation, timeout_ms)
     local popts = process_options(meta, argv, env, cwd, operation)
-    popts.timeout_ms, popts.max_output = opts.exec_timeout_ms, opts.max_output
+    popts.timeout_ms, popts.max_output = timeout_ms or opts.exec_timeout_ms, opts.max_output
     local r, err = proc.run(popts)
     if not r then
       if errors.is(err, "INTERRUPTED") then error(err, 0) end
@@ -1129,16 +1129,25 @@ function M.new(opts)
   --- Runs a CommandSpec in an instance. Non-zero exits are results.
   ---@param instance_id string
   ---@param spec galley.CommandSpec
+  ---@param eopts? {timeout_ms?: integer} this exec's time limit (default: the provider's exec_timeout_ms)
   ---@return {stdout: string, stderr: string, exit_code: integer}
   ---@raise NOT_FOUND | VALIDATION_ERROR | CONFLICT (paused) | PROCESS_ERROR | TIMEOUT
-  function provider.exec(instance_id, spec)
+  function provider.exec(instance_id, spec, eopts)
     expire()
     local meta = must_instance(instance_id, "exec")
     spec = contracts.check_command(spec)
+    if eopts ~= nil and type(eopts) ~= "table" then
+      common.raise("VALIDATION_ERROR", "exec options must be a table", { field = "exec options", operation = "exec" })
+    end
+    local timeout_ms = eopts and eopts.timeout_ms
+    if timeout_ms ~= nil and (math.type(timeout_ms) ~= "integer" or timeout_ms < 1) then
+      common.raise("VALIDATION_ERROR", "timeout_ms must be a positive integer", { field = "timeout_ms",
+        operation = "exec" })
+    end
     if spec.kind == "argv" then
       local argv = { spec.command }
       for _, a in ipairs(spec.args) do argv[#argv + 1] = a end
-      return run_in(meta, argv, spec.env, spec.cwd, "exec")
+      return run_in(meta, argv, spec.env, spec.cwd, "exec", timeout_ms)
     end
     -- Shell form: a temporary script in the instance's /tmp, run as `/bin/bash <path>`.
     local name = ".galley-script-" .. codec.random_hex(8) .. ".sh"
@@ -1152,7 +1161,7 @@ function M.new(opts)
       tool({ "chown", ident.uid .. ":" .. ident.gid, host_path }, "chown the script")
     end
     local script_path = sandbox and ("/tmp/" .. name) or host_path
-    local rok, res = pcall(run_in, meta, { "/bin/bash", script_path }, spec.env, spec.cwd, "exec")
+    local rok, res = pcall(run_in, meta, { "/bin/bash", script_path }, spec.env, spec.cwd, "exec", timeout_ms)
     os.remove(host_path)
     if not rok then error(res, 0) end
     return res
