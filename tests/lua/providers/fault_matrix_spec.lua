@@ -14,8 +14,8 @@ local codec = require("galley.core.codec")
 local runtime = require("galley.core.runtime")
 
 -- Client time limits (per request and per exec) and the injected delay that outlasts them.
-local TIMEOUT_MS = 4000
-local DELAY_MS = 6500
+local TIMEOUT_MS = 5000
+local DELAY_MS = 7500
 local FILE_BYTES = 1024 * 1024
 
 local FAULTS = {
