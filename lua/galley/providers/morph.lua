@@ -13,8 +13,9 @@
 -- `boot_timeout_ms`, and if the instance fails or the wait ends, it deletes the instance before
 -- raising (the error names it: resource "instance:<id>", instance_id). fork is POST .../branch
 -- (its snapshot is kept and reported as `fork_snapshot_id`), then TTLs, then a wait for each
--- clone (all clones are deleted if one fails). stop and terminate are both DELETE: Morph has no
--- stopped state besides pause. pause/resume keep the files; status "paused" reads "stopped".
+-- clone (all clones are deleted if one fails, or when the branch's answer was lost: they are
+-- found by its request token). stop and terminate are both DELETE: Morph has no stopped state
+-- besides pause. pause/resume keep the files; status "paused" reads "stopped".
 --
 -- Exec: the service runs a one-element `command` through a shell; what it does with several
 -- elements is not documented (an SSH-style server space-joins them and runs the line with sh -c).
@@ -547,23 +548,23 @@ function M.new(opts)
   end
 
   -- A create whose answer was lost (reset after it was sent, timeout, garbled answer) may have
-  -- done its work: look for the instance by the create's request token, never create again.
-  -- Returns the instance's body when exactly one carries the token, else nil (the create did
-  -- not happen, or has not yet: note_cut_off then leaves it to the run's end).
+  -- done its work: the instances carrying the create's request token (never create again).
+  -- {} when it did not happen, has not yet (note_cut_off then leaves it to the run's end), or
+  -- the lookup failed.
   local function find_created(err)
-    if type(err) ~= "table" or type(err.request_token) ~= "string" or err.sent == false then return nil end
-    if err.code ~= "TIMEOUT" and err.code ~= "NETWORK_ERROR" and err.code ~= "PROTOCOL_ERROR" then return nil end
-    local ok, res = pcall(call, "instances.boot", nil, "instances_list",
+    if type(err) ~= "table" or type(err.request_token) ~= "string" or err.sent == false then return {} end
+    if err.code ~= "TIMEOUT" and err.code ~= "NETWORK_ERROR" and err.code ~= "PROTOCOL_ERROR" then return {} end
+    local ok, res = pcall(call, err.operation, nil, "instances_list",
       { metadata = { [M.TOKEN_KEY] = err.request_token } })
-    if not ok then return nil end
+    if not ok then return {} end
     local hits = {}
     for _, raw in ipairs(type(res.data) == "table" and res.data or {}) do
       if type(raw.metadata) == "table" and raw.metadata[M.TOKEN_KEY] == err.request_token then hits[#hits + 1] = raw end
     end
-    if #hits ~= 1 then return nil end
-    log.warn("a create's answer was lost; found the instance it made", { instance = hits[1].id,
-      error = err.code })
-    return hits[1]
+    if #hits > 0 then
+      log.warn("a create's answer was lost; found what it made", { instances = #hits, error = err.code })
+    end
+    return hits
   end
 
   -- instances ------------------------------------------------------------------------------
@@ -589,11 +590,11 @@ function M.new(opts)
     local ok, raw = pcall(call, "instances.boot", "snapshot:" .. snapshot_id, "snapshots_boot", snapshot_id, body)
     if not ok then
       local found = find_created(raw)
-      if not found then
+      if #found ~= 1 then
         note_cut_off(raw)
         error(raw, 0)
       end
-      raw = found
+      raw = found[1] -- carry on with the instance the lost answer was about
     end
     raw = await_new(raw, wait_ms, "instances.boot")
     run.track_instance(provider, raw.id, seconds)
@@ -719,6 +720,10 @@ function M.new(opts)
     local called, res = pcall(call, "instances.fork", "instance:" .. instance_id, "instances_branch", instance_id,
       { instance_metadata = md, snapshot_metadata = md }, { count = count })
     if not called then
+      -- The clones of a branch whose answer was lost are deleted (its snapshot is unknown).
+      local all = true
+      for _, raw in ipairs(find_created(res)) do all = discard(raw.id, "the fork's answer was lost") and all end
+      if type(res) == "table" then res.terminated = all end
       note_cut_off(res)
       error(res, 0)
     end
