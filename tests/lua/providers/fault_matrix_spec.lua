@@ -49,7 +49,7 @@ end
 
 describe("the Morph fault matrix on galley emulate #slow #emulator", function()
   local em, p, shared
-  local content = codec.random_bytes and codec.random_bytes(FILE_BYTES)
+  local content = codec.random_bytes(FILE_BYTES)
   local known = {}       -- instance ids the spec was told about and still holds
   local results = {}     -- op -> fault -> {outcome, requests}
   local baseline = {}    -- op -> handled execs of the fault-free run
@@ -61,11 +61,6 @@ describe("the Morph fault matrix on galley emulate #slow #emulator", function()
       timeout_ms = TIMEOUT_MS, exec_timeout_ms = TIMEOUT_MS, boot_timeout_ms = 30000,
       retry = { max_attempts = 4, base_delay_ms = 50, max_delay_ms = 400 },
     })
-    if not content then
-      local f = assert(io.open("/dev/urandom", "rb"))
-      content = f:read(FILE_BYTES)
-      f:close()
-    end
     shared = p.instances.boot(emulator.SNAPSHOT).id
     known[shared] = true
     p.files.write_file_atomic(shared, "/root/matrix-read.bin", content)
