@@ -276,8 +276,9 @@ local function report_abort(ctx)
       left[#left + 1] = id
     end
   end
-  if p.phase == "hooks" then
-    for _, t in ipairs(ctx.instances) do add(t.id) end -- not listed yet: whatever it booted
+  if p.phase == "hooks" or ctx.script then
+    -- not listed yet (or a script's, which are never stopped): whatever it booted
+    for _, t in ipairs(ctx.instances) do add(t.id) end
   end
   local rest = {}
   for id in pairs(p.left or {}) do rest[#rest + 1] = id end
