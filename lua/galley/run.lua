@@ -329,13 +329,16 @@ function M.tagged_instances(ctx)
   return found
 end
 
---- Snapshots still tagged with this run's id, per provider: {{provider, snapshot}...}.
+--- Snapshots still tagged with this run's id, per provider: {{provider, snapshot}...}. Only
+-- asked of the providers when the run took a snapshot itself (so a run that took none makes no
+-- extra call; `galley gc` still finds any other snapshot carrying the run's tag, such as the one
+-- a Morph fork makes).
 ---@param ctx? galley.RunContext default: the active run
 ---@return {provider: table, snapshot: table}[]
 function M.tagged_snapshots(ctx)
   ctx = ctx or current
   local found = {}
-  if not ctx then return found end
+  if not ctx or #ctx.snapshots == 0 then return found end
   for _, p in ipairs(ctx.providers) do
     local ok, list = pcall(function() return p.snapshots.list({ [M.TAG_RUN] = ctx.id }) end)
     if ok and type(list) == "table" then
