@@ -641,6 +641,20 @@ function M.new(opts)
     return true
   end
 
+  --- Sets the instance's TTL to `seconds` from now (`--keep 4h` at the end of a run).
+  ---@param instance_id string
+  ---@param seconds integer
+  ---@param action? "stop"|"terminate"|"pause" default "stop"
+  ---@return table instance
+  ---@raise NOT_FOUND | VALIDATION_ERROR | ...
+  function I.set_ttl(instance_id, seconds, action)
+    check_id(instance_id, "instance_id")
+    local secs, act = common.check_ttl({ ttl_seconds = seconds, ttl_action = action })
+    if not secs then fail("VALIDATION_ERROR", "ttl_seconds must be a positive integer", { field = "ttl_seconds" }) end
+    return M.instance(call("instances.set_ttl", "instance:" .. instance_id, "instances_ttl", instance_id,
+      { ttl_seconds = secs, ttl_action = act }))
+  end
+
   --- Same as terminate: Morph's stop deletes the instance (pause keeps it).
   ---@param instance_id string
   ---@return true
@@ -676,7 +690,8 @@ function M.new(opts)
 
   local function take_snapshot(instance_id, sopts, operation)
     check_id(instance_id, "instance_id")
-    sopts = check_table(sopts, "options")
+    local tagged
+    sopts, tagged = run.snapshot_options(check_table(sopts, "options")) -- the run's tags; an image's none
     local body = { metadata = common.check_metadata(sopts.metadata), ttl_seconds = check_count(sopts.ttl_seconds,
       "ttl_seconds") }
     local query
@@ -687,12 +702,17 @@ function M.new(opts)
       query = { digest = sopts.digest }
     end
     local raw = call(operation, "instance:" .. instance_id, "instances_snapshot", instance_id, body, query)
+    if tagged and type(raw) == "table" and raw.id then
+      run.track_snapshot(provider, raw.id, body.metadata.galley_keep == "1")
+    end
     return M.snapshot(await_snapshot(raw, operation))
   end
 
-  --- Snapshots a running instance; returns when the snapshot is ready.
+  --- Snapshots a running instance; returns when the snapshot is ready. Inside a run (or
+  --- `galley -e`/a script) it is tagged with the run and left for `galley gc` unless
+  --- `keep = true`; one taken with a `digest` is an image: untagged, never collected.
   ---@param instance_id string
-  ---@param sopts? {metadata?: table<string, string>, digest?: string, ttl_seconds?: integer}
+  ---@param sopts? {metadata?: table<string, string>, digest?: string, ttl_seconds?: integer, keep?: boolean}
   ---@return table snapshot
   ---@raise NOT_FOUND | CONFLICT | TIMEOUT | ...
   function I.snapshot(instance_id, sopts)
