@@ -1152,6 +1152,16 @@ function Emu:handle_control(req, path)
       for _, n in ipairs(M.NODES) do self.rt:node_authorize(n.node, keys) end
     end
     return control_reply(200, { message = "authorized" })
+  elseif path == "/sshd" and m == "POST" then
+    local okd, body = pcall(json.decode, req.body)
+    local ct = okd and type(body) == "table" and self.cts[math.tointeger(body.vmid) or -1]
+    local ms = okd and type(body) == "table" and math.tointeger(body.down_ms)
+    if not ct or not ms or ms < 0 then
+      return control_reply(422, { message = "body must be {\"vmid\": N, \"down_ms\": MS} naming a container" })
+    end
+    if ct.status ~= "running" then return control_reply(409, { message = "CT " .. ct.vmid .. " is not running" }) end
+    if self.rt then self.rt:sshd_down(ct.key, ct.addr, ct.host_key.private, ms) end
+    return control_reply(200, { message = "sshd down" })
   elseif path == "/shutdown" and m == "POST" then
     self.stop_requested = true
     return control_reply(200, { message = "shutting down" })

@@ -352,14 +352,19 @@ function Rt:node_map(name, cts)
   for _, c in ipairs(cts) do
     lines[#lines + 1] = ("%d %s %s %s"):format(c.vmid, c.addr, c.status, c.name)
   end
-  local dir = self.sb:instance_dir("node-" .. name) .. "/home/.pve-node"
-  local tmp = dir .. "/.cts.tmp"
-  local f = io.open(tmp, "wb")
-  if not f then return end
-  f:write(table.concat(lines, "\n"), #lines > 0 and "\n" or "")
-  f:close()
-  proc.run({ argv = { "chmod", "644", tmp }, timeout_ms = 10000 })
-  os.rename(tmp, dir .. "/cts")
+  local path = self.sb:instance_dir("node-" .. name) .. "/home/.pve-node/cts"
+  fs.write_atomic(path, table.concat(lines, "\n") .. (#lines > 0 and "\n" or ""), { mode = "644" })
+end
+
+--- Takes a running container's sshd down for `ms` (connections refused), then starts it again.
+function Rt:sshd_down(key, addr, host_key, ms)
+  self:stop_sshd(key)
+  task.spawn(function()
+    task.sleep(ms)
+    if self.started and self.started[key] and not self.sshd[key] then
+      pcall(self.start_sshd, self, key, addr, host_key, { extra_keys_file = "/run/pve-ct/node_keys_file" })
+    end
+  end)
 end
 
 --- Kills every sandbox.
