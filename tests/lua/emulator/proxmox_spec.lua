@@ -386,6 +386,19 @@ describe("galley emulate proxmox #emulator", function()
   end)
 end)
 
+describe("galley emulate proxmox command line #emulator", function()
+  it("refuses bad options with exit 2 before starting anything", function()
+    local bin = runtime.executable()
+    for _, args in ipairs({ { "--ssh-port", "22" }, { "--bogus" }, { "--fault", "path=/x,action=nope" },
+      { "--task-ms", "-1" }, { "--address-base", "300" }, { "--node-key", "/nonexistent/key.pub" } }) do
+      local argv = { bin, "emulate", "proxmox" }
+      for _, a in ipairs(args) do argv[#argv + 1] = a end
+      local r = proc.run({ argv = argv, stdin = "null", timeout_ms = 30000 })
+      assert.are.equal(2, r.exit_code, table.concat(args, " ") .. ": " .. r.stderr)
+    end
+  end)
+end)
+
 describe("galley emulate proxmox --old-errors #emulator", function()
   it("puts the message only in the status line", function()
     local pve = spawn.start({ task_ms = 10, old_errors = true, auth_delay_ms = 0 })
