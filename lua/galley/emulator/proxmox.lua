@@ -1059,7 +1059,7 @@ function Emu:handle_api(req, rel)
       nil, self.opts.old_errors)
   else
     resp = self:serve(req, rel, (fault and TASK_FAULTS[action]) and fault or nil)
-    if action == "lose" then
+    if action == "lose" or action == "reset_after" then
       resp = { reset = true }
     elseif action == "delay" then
       runtime.sleep_ms(fault.delay_ms)
