@@ -35,7 +35,7 @@ local codec = require("galley.core.codec")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
 local errors = require("galley.errors")
-local task = require("galley.task")
+local pool = require("galley.pool")
 
 local M = {}
 
@@ -717,46 +717,6 @@ local function quoted_size(list)
 end
 
 
--- A pool of at most `max` tasks; add(fn) waits for room; finish() waits for all. The first
--- failure cancels the rest and is raised (by add or finish).
-local function pool(max)
-  local running, failed = {}, nil
-  local p = {}
-  local function reap(t)
-    local ok, err = t:result()
-    if not ok and not failed then failed = err end
-  end
-  local function check()
-    if failed then
-      for _, t in ipairs(running) do t:cancel() end
-      for _, t in ipairs(running) do pcall(t.wait, t) end
-      running = {}
-      error(failed, 0)
-    end
-  end
-  function p.add(fn)
-    check()
-    if #running >= max then
-      reap(table.remove(running, 1))
-      check()
-    end
-    running[#running + 1] = task.spawn(fn)
-  end
-  function p.finish()
-    while #running > 0 do
-      reap(table.remove(running, 1))
-      check()
-    end
-  end
-  function p.abort()
-    for _, t in ipairs(running) do t:cancel() end
-    for _, t in ipairs(running) do pcall(t.wait, t) end
-    running = {}
-  end
-  return p
-end
-
-
 -- Uploads the stream next_bytes into `name` under remote dir `dir`; the last exec runs
 -- `final(args_so_far)` (see SH_APPLY / SH_CLONE). Returns {size, sha256, execs}.
 -- `final` is {script = S, args = fun(size, sha, off) -> list, inline = bool}.
@@ -766,7 +726,7 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
     ("0"):rep(20), ("0"):rep(64), ("0"):rep(20), table.unpack(final.extra or {}) }), opts)
   local hasher = codec.sha256_hasher()
   local offset = 0
-  local p = pool(opts.parallel or M.DEFAULT_PARALLEL)
+  local p = pool.new(opts.parallel or M.DEFAULT_PARALLEL)
   local ok, err = pcall(function()
     local chunk = next_bytes(per)
     while true do
@@ -774,7 +734,7 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
       local nxt = #chunk == per and next_bytes(per) or ""
       if nxt == "" and final.inline and #chunk <= per_final then
         -- the last chunk rides with the final exec
-        p.finish()
+        p:finish()
         local size = offset + #chunk
         local args = final.args(size, hasher:hex(), offset)
         local res = rem.run(final.script, dir, table.unpack(pieces(codec.base64_encode(chunk), args)))
@@ -782,7 +742,7 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
       end
       if #chunk > 0 then
         local off, data = offset, chunk
-        p.add(function()
+        p:add(function()
           local res = rem.run(SH_CHUNK, dir, name, tostring(off), table.unpack(pieces(codec.base64_encode(data), {})))
           if res.exit_code ~= 0 then rem.fail(res, "upload", name) end
         end)
@@ -791,12 +751,12 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
       chunk = nxt
       if chunk == "" then break end
     end
-    p.finish()
+    p:finish()
     local args = final.args(offset, hasher:hex(), offset)
     return rem.run(final.script, dir, table.unpack(args)), offset
   end)
   if not ok then
-    p.abort()
+    p:abort()
     pcall(rem.run, SH_RM, dir, name)
     error(err, 0)
   end
@@ -809,13 +769,13 @@ end
 local function download(rem, dir, name, size, sha, to, opts)
   local per = opts.read_chunk_bytes or 3 * (M.DEFAULT_RESPONSE_BYTES // 4)
   local f = assert(io.open(to, "wb"))
-  local p = pool(opts.parallel or M.DEFAULT_PARALLEL)
+  local p = pool.new(opts.parallel or M.DEFAULT_PARALLEL)
   local ok, err = pcall(function()
     local n = math.max(1, (size + per - 1) // per)
     for k = 0, n - 1 do
       local off = k * per
       local len = math.min(per, size - off)
-      p.add(function()
+      p:add(function()
         local res = rem.run(SH_RANGE, dir, name, tostring(off), tostring(len), n == 1 and "1" or "0")
         if res.exit_code ~= 0 then rem.fail(res, "download", name) end
         local raw = codec.base64_decode((res.stdout:gsub("%s", "")))
@@ -827,12 +787,12 @@ local function download(rem, dir, name, size, sha, to, opts)
         assert(f:write(raw))
       end)
     end
-    p.finish()
+    p:finish()
   end)
   f:close()
   if not ok or size > per then pcall(rem.run, SH_RM, dir, name) end
   if not ok then
-    p.abort()
+    p:abort()
     os.remove(to)
     error(err, 0)
   end
