@@ -27,7 +27,8 @@ sh('cd "$1" && git init -q . && git add -A && git -c user.name=b -c user.email=b
 
 local per_file_done = false
 for form in forms:gmatch("[^,]+") do
-  local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0, argv_mode = form == "argv" and "exec" or "join" })
+  local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0,
+    argv_mode = form == "argv" and "exec" or "join" })
   local p = require("galley.providers.morph").new({ api_key = emu.api_key, base_url = emu.base_url, exec_form = form })
   local id = p.instances.boot("snapshot_galleydev").id
   local o = { parallel = parallel }
@@ -59,8 +60,8 @@ for form in forms:gmatch("[^,]+") do
   pl, ms2 = timed(function()
     return workspace.pull_repo(p, id, "~/repo", tree, { branch = "galley/bench-" .. form })
   end)
-  print(("repo round trip: push_repo %d requests (%.1f s), pull_repo %d requests (%.1f s), %d commit(s) back: %s"):format(
-    pr.execs, ms / 1000, pl.execs, ms2 / 1000, #pl.commits, (pl.log:gsub("\n", " "))))
+  print(("repo round trip: push_repo %d requests (%.1f s), pull_repo %d requests (%.1f s), %d commit(s) back: %s")
+    :format(pr.execs, ms / 1000, pl.execs, ms2 / 1000, #pl.commits, (pl.log:gsub("\n", " "))))
   if not per_file_done then
     -- one exec per file, as examples/push-dir.lua does (the first 300 files, extrapolated)
     per_file_done = true

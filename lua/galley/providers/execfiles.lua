@@ -638,6 +638,23 @@ function M.new(opts)
           os.remove(part_path)
         end
       end
+    elseif size > raw_per_read then
+      -- A large string: gathered in a temporary local file and read in one piece at the end
+      -- (once what was in flight is collected), so the peak is twice the content (the read and
+      -- its copy into a Lua string), not the pieces plus their concatenation plus the chunks.
+      part_path = os.tmpname()
+      local f = assert(io.open(part_path, "wb"))
+      sink = function(s) assert(f:write(s)) end
+      finish = function(good)
+        f:close()
+        if good then
+          collectgarbage()
+          local g = assert(io.open(part_path, "rb"))
+          parts = { g:read(size) or "" }
+          g:close()
+        end
+        os.remove(part_path)
+      end
     else
       parts = {}
       sink = function(s) parts[#parts + 1] = s end
@@ -698,6 +715,7 @@ function M.new(opts)
     end
     finish(true)
     if ropts.to_file then return { path = ropts.to_file, size = size, sha256 = digest } end
+    if #parts == 1 then return parts[1] end
     return table.concat(parts)
   end
 
