@@ -23,13 +23,20 @@ Pool.__name = "galley.Pool"
 ---@return galley.Pool
 function M.new(max)
   assert(math.type(max) == "integer" and max >= 1, "pool.new: max must be a positive integer")
-  return setmetatable({ max = max, running = {}, failed = nil }, Pool)
+  return setmetatable({ max = max, running = {}, count = 0, failed = nil, waiter = nil }, Pool)
 end
 
 
-local function reap(self, t)
-  local ok, err = t:result()
-  if not ok and not self.failed then self.failed = err end
+-- Waits until one of the tasks ends (whichever: a failure is seen as soon as it happens).
+local function wait_one(self)
+  local token = task.token()
+  self.waiter = token
+  local ok, err = task.await(token)
+  self.waiter = nil
+  if not ok then
+    self:abort()
+    error(err, 0)
+  end
 end
 
 
@@ -41,23 +48,33 @@ local function check(self)
 end
 
 
---- Starts fn in a task once fewer than `max` run (waiting for the oldest); raises the first
+--- Starts fn in a task once fewer than `max` run (waiting for one to end); raises the first
 --- failure seen so far.
 ---@param fn function
 function Pool:add(fn)
   check(self)
-  if #self.running >= self.max then
-    reap(self, table.remove(self.running, 1))
+  while self.count >= self.max do
+    wait_one(self)
     check(self)
   end
-  self.running[#self.running + 1] = task.spawn(fn)
+  self.count = self.count + 1
+  local t
+  t = task.spawn(function()
+    local ok, err = pcall(fn)
+    self.count = self.count - 1
+    self.running[t] = nil
+    if not ok and not self.failed then self.failed = err end
+    if self.waiter then task.wake(self.waiter) end
+  end)
+  self.running[t] = true
 end
 
 
 --- Waits for every task; raises the first failure (the others are cancelled).
 function Pool:finish()
-  while #self.running > 0 do
-    reap(self, table.remove(self.running, 1))
+  check(self)
+  while self.count > 0 do
+    wait_one(self)
     check(self)
   end
 end
@@ -65,8 +82,8 @@ end
 
 --- Cancels every task still running and waits for them to end; never raises.
 function Pool:abort()
-  local list = self.running
-  self.running = {}
+  local list = {}
+  for t in pairs(self.running) do list[#list + 1] = t end
   for _, t in ipairs(list) do t:cancel() end
   for _, t in ipairs(list) do pcall(t.wait, t) end
 end
