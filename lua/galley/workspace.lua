@@ -36,6 +36,7 @@ local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
 local errors = require("galley.errors")
 local pool = require("galley.pool")
+local task = require("galley.task")
 
 local M = {}
 
@@ -809,6 +810,21 @@ end
 -- push / pull
 -- ---------------------------------------------------------------------------------------------
 
+-- Runs remote_fn in a task while local_fn runs here; returns remote_fn's first result, then a
+-- list {local_fn's result, remote_fn's second result}. A failure of either cancels the other.
+local function both(remote_fn, local_fn)
+  local t = task.spawn(remote_fn)
+  local ok, mine = pcall(local_fn)
+  if not ok then
+    t:cancel()
+    pcall(t.wait, t)
+    error(mine, 0)
+  end
+  local a, b = t:wait()
+  return a, { mine, b }
+end
+
+
 -- Runs fn(dir) with a fresh local temporary directory, removed afterwards (also on errors).
 local function with_tmpdir(fn)
   local dir = assert(fs.mkdtemp("/tmp/galley-ws-XXXXXX"))
@@ -911,15 +927,17 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   local stats = { execs = 0 }
   local rem = remote(provider, id, stats)
   local ignored = ignore_matcher(opts.ignore)
-  local mine = local_tree(local_dir, opts)
-  for rel, e in pairs(mine) do
+  -- both manifests at once: the remote one in a task while this one is computed here
+  local theirs, tools = both(function() return remote_manifest(rem, remote_dir, opts.all and "all" or "git") end,
+    function() return local_tree(local_dir, opts) end)
+  local mine = table.remove(tools, 1)
+  tools = tools[1]
+  for rel in pairs(mine) do
     if not safe_rel(rel) then
       raise("VALIDATION_ERROR", "a local path leaves the tree: " .. rel,
         { field = "local_dir", resource = "file:" .. rel })
     end
-    local _ = e
   end
-  local theirs, tools = remote_manifest(rem, remote_dir, opts.all and "all" or "git")
   theirs = theirs or {}
   local z = pick_codec(opts, tools)
   local send, unchanged, deletes = {}, 0, {}
@@ -1018,7 +1036,14 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
   local stats = { execs = 0 }
   local rem = remote(provider, id, stats)
   local ignored = ignore_matcher(opts.ignore)
-  local theirs, tools = remote_manifest(rem, remote_dir, opts.all and "all" or "git")
+  local st = fs.stat(local_dir)
+  if st and st.type ~= "directory" then
+    raise("VALIDATION_ERROR", "local_dir is not a directory: " .. local_dir, { field = "local_dir" })
+  end
+  -- both manifests at once: the remote one in a task while this one is computed here
+  local theirs, rest = both(function() return remote_manifest(rem, remote_dir, opts.all and "all" or "git") end,
+    function() return st and local_manifest(local_dir, nil, opts.all and "all" or "git") or {} end)
+  local mine, tools = rest[1], rest[2]
   local z = pick_codec(opts, tools)
   local total = 0
   for _ in pairs(theirs or {}) do total = total + 1 end
@@ -1039,11 +1064,6 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       raise("FILE_IO_ERROR", ("pull: cannot read %s on %s"):format(rel, id), { resource = "file:" .. rel })
     end
   end
-  local st = fs.stat(local_dir)
-  if st and st.type ~= "directory" then
-    raise("VALIDATION_ERROR", "local_dir is not a directory: " .. local_dir, { field = "local_dir" })
-  end
-  local mine = st and local_manifest(local_dir, nil, opts.all and "all" or "git") or {}
   local fetch, unchanged, deletes, bytes = {}, 0, {}, 0
   for _, rel in ipairs(sorted(theirs)) do
     if same(theirs[rel], mine[rel]) then
