@@ -77,7 +77,8 @@ for form in forms:gmatch("[^,]+") do
     print(("one exec per file: %.1f ms per file -> about %.0f s and %d requests for the tree"):format(per,
       per * nfiles / 1000, nfiles))
   end
-  p.instances.terminate(id)
+  local ok, err = pcall(p.instances.terminate, id)
+  if not ok then print("(terminate: " .. tostring(err):sub(1, 120) .. ")") end
   p.close()
   emu.stop()
 end

@@ -588,8 +588,8 @@ local function tar_header(name, size, mode, typeflag, linkname, mtime)
   local h = field(name, 100) .. octal(mode, 8) .. octal(0, 8) .. octal(0, 8) .. octal(size, 12) .. octal(mtime, 12)
     .. "        " .. typeflag .. field(linkname or "", 100) .. "ustar  \0" .. field("root", 32) .. field("root", 32)
     .. ("\0"):rep(183)
-  local sum = 0
-  for i = 1, #h do sum = sum + h:byte(i) end
+  local sum, bytes = 0, { h:byte(1, -1) }
+  for i = 1, #bytes do sum = sum + bytes[i] end
   return h:sub(1, 148) .. ("%06o\0 "):format(sum) .. h:sub(157)
 end
 
