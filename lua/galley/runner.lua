@@ -41,6 +41,22 @@ function M.load(name, env)
     return chunk, "-", "stdin"
   end
   local st = require("galley.core.fs").stat(name)
+  if st and st.type == "directory" then
+    -- A directory is not a recipe: say so, and name the recipe files in it.
+    local found = {}
+    local ok, entries = pcall(require("galley.core.fs").list, name)
+    for _, e in ipairs(ok and type(entries) == "table" and entries or {}) do
+      local n = type(e) == "table" and e.name or e
+      if type(n) == "string" and n:match("%.lua$") then found[#found + 1] = n end
+    end
+    table.sort(found)
+    local dir = name:gsub("/+$", "")
+    return nil, errors.new("RECIPE_NOT_FOUND", ("'%s' is a directory, not a recipe file"):format(name), {
+      resource = "file:" .. name,
+      hint = #found > 0 and ("run one of its files, e.g. galley run %s/%s"):format(dir, found[1])
+        or "give the path of a .lua file, or the name of a shipped recipe (see `galley run` for the list)",
+    })
+  end
   if st and st.type == "file" then
     local chunk, err = loadfile(name, "t", env)
     if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
