@@ -84,8 +84,9 @@ or anything else went wrong).]],
 -- The global `galley --json run boot-and-run` means --json too.
 if (require("galley.core.runtime").options().json or 0) > 0 then opts.json = true end
 
--- Warnings and failures always reach stderr; information lines follow -q like progress.
-local function say(text) io.stderr:write(text, "\n") end
+-- Failures always reach stderr (a JSON line with --json); warnings (recipe.warn) and information
+-- lines follow -q like progress.
+local function say(text) require("galley.progress").message("error", text) end
 local function info(text) recipe.say(text) end
 
 local function usage(msg) recipe.usage_error(msg) end
@@ -94,7 +95,7 @@ if opts.ttl < 0 then usage("--ttl must be 0 or more") end
 if opts.timeout < 0 then usage("--timeout must be 0 or more") end
 if opts.poll_ms < 50 then usage("--poll-ms must be at least 50") end
 if opts.ttl > 0 and opts.timeout > 0 and opts.ttl < opts.timeout then
-  say(("boot-and-run: warning: --ttl %ds is shorter than --timeout %ds: the instance may expire first")
+  recipe.warn(("boot-and-run: warning: --ttl %ds is shorter than --timeout %ds: the instance may expire first")
     :format(opts.ttl, opts.timeout))
 end
 
@@ -144,9 +145,9 @@ local log = logmod.new({ level = level, prefix = "boot-and-run" })
 -- ---------------------------------------------------------------------------------------------
 
 if not opts.provider and (os.getenv("MORPH_BASE_URL") or "") ~= "" and (os.getenv("MORPH_API_KEY") or "") == "" then
-  say(("boot-and-run: warning: MORPH_BASE_URL is set (%s) but MORPH_API_KEY is not: using the local provider")
-    :format(os.getenv("MORPH_BASE_URL")))
-  say("boot-and-run: hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local")
+  recipe.warn(("boot-and-run: warning: MORPH_BASE_URL is set (%s) but MORPH_API_KEY is not: using the local provider"
+    .. "\nboot-and-run: hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local")
+    :format(os.getenv("MORPH_BASE_URL")), { hint = "export MORPH_API_KEY too, or pass --provider local" })
 end
 local provider, why = providers.default(opts.provider, { log = log.child({ prefix = opts.provider }) })
 local provider_name = provider.name or opts.provider or (why:match("provider (%S+)"))
@@ -301,8 +302,8 @@ elseif secret and secret.kind == "api_key" then
 end
 if secret then info("boot-and-run: Claude credentials from " .. secret_from) end
 if agent_name == "claude" and not secret then
-  say("boot-and-run: warning: no Claude credentials given (CLAUDE_ACCESS_TOKEN, --credentials); claude uses what the "
-    .. "snapshot has")
+  recipe.warn("boot-and-run: warning: no Claude credentials given (CLAUDE_ACCESS_TOKEN, --credentials); "
+    .. "claude uses what the snapshot has")
 end
 
 local function main()
@@ -318,7 +319,7 @@ local machine = recipe.step("boot " .. (snapshot or "an empty instance") .. " an
 local id = machine.instance_id
 -- `galley run --keep boot-and-run` keeps it too (the run-level option).
 if opts.keep or (require("galley.run").current() or {}).keep then
-  say(("boot-and-run: keeping instance %s (stop it with `galley stop %s`)"):format(id, id))
+  info(("boot-and-run: keeping instance %s (stop it with `galley stop %s`)"):format(id, id))
 else
   recipe.defer(function()
     local ok, err = pcall(provider.instances.terminate, id)

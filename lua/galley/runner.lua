@@ -2,6 +2,7 @@
 -- Exit codes: 0 success; 1 the recipe failed; 2 usage error, missing file or syntax error;
 -- 130 interrupted by Ctrl-C; 143 terminated by SIGTERM.
 local errors = require("galley.errors")
+local progress = require("galley.progress")
 local run = require("galley.run")
 local runtime = require("galley.core.runtime")
 
@@ -216,7 +217,9 @@ function M.call(chunk, path, args)
         if snaps then text = text .. "\n  " .. snaps end
         local url = M.base_url_for(cause.code and cause or err)
         if url then text = text .. "\n  base URL: " .. url end
-        io.stderr:write("galley: ", where and (where .. ": ") or "", text, "\n")
+        progress.message("error", "galley: " .. (where and (where .. ": ") or "") .. text, {
+          code = err.code, msg = err.message ~= nil and tostring(err.message) or nil, where = where, hint = err.hint,
+          base_url = url, detail = text })
       end
       if verbose and err.code ~= "RECIPE_USAGE" then io.stderr:write(failure.traceback:gsub("^\n", ""), "\n") end
       if err.code == "INTERRUPTED" then
@@ -240,26 +243,32 @@ end
 function M.finish_run(code)
   local interrupted = code == 130 or code == 143
   if not run.current() then
-    if interrupted then io.stderr:write("galley: interrupted\n") end
+    if interrupted then progress.message("error", "galley: interrupted", { code = "INTERRUPTED", exit_code = code }) end
     return code
   end
   runtime.clear_signal()
   runtime.defer_signals(true)
-  local report = run.finish({ log = function(msg) io.stderr:write("galley: ", msg, "\n") end })
+  local report = run.finish({ log = function(msg) progress.message("error", "galley: " .. msg,
+    { code = "RUN_CLEANUP", msg = msg }) end })
   runtime.defer_signals(false)
   for _, id in ipairs(report.stopped) do
-    io.stderr:write("galley: stopped instance ", id, " left by this run\n")
+    progress.message("info", "galley: stopped instance " .. id .. " left by this run",
+      { msg = "stopped instance left by this run", event = "stopped", id = id })
   end
   for _, id in ipairs(report.kept) do
-    io.stderr:write("galley: kept instance ", id, " (--keep); stop it with: galley stop ", id, "\n")
+    progress.message("info", "galley: kept instance " .. id .. " (--keep); stop it with: galley stop " .. id,
+      { msg = "kept instance (--keep)", event = "kept", id = id, stop = "galley stop " .. id })
   end
   if interrupted then
-    io.stderr:write(("galley: interrupted%s; cleaned up %d instance(s)\n"):format(code == 143 and " (SIGTERM)" or "",
-      #report.stopped))
+    progress.message("error", ("galley: interrupted%s; cleaned up %d instance(s)"):format(
+      code == 143 and " (SIGTERM)" or "", #report.stopped), { code = "INTERRUPTED", exit_code = code,
+      cleaned_up = #report.stopped })
   end
   if #report.leaks > 0 then
-    io.stderr:write("galley: RUN_LEAK: instances of this run are still there: ", table.concat(report.leaks, ", "),
-      "\n  hint: stop them with `galley gc` or your provider's console\n")
+    progress.message("error", "galley: RUN_LEAK: instances of this run are still there: "
+      .. table.concat(report.leaks, ", ") .. "\n  hint: stop them with `galley gc` or your provider's console",
+      { code = "RUN_LEAK", msg = "instances of this run are still there", ids = report.leaks,
+        hint = "stop them with `galley gc` or your provider's console" })
     if code == M.EXIT_OK then code = M.EXIT_FAILED end
   end
   if #report.hook_errors > 0 and code == M.EXIT_OK then code = M.EXIT_FAILED end
@@ -276,7 +285,8 @@ function M.run(name, args, ropts)
   local env = M.new_env()
   local chunk, path_or_err, kind = M.load(name, env)
   if not chunk then
-    io.stderr:write("galley: ", errors.format(path_or_err), "\n")
+    progress.message("error", "galley: " .. errors.format(path_or_err), { code = path_or_err.code,
+      msg = path_or_err.message, hint = path_or_err.hint })
     return M.EXIT_USAGE
   end
   if kind == "file" then

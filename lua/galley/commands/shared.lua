@@ -84,8 +84,10 @@ end
 ---@return table provider
 function M.provider(name)
   if not name and (os.getenv("MORPH_BASE_URL") or "") ~= "" and (os.getenv("MORPH_API_KEY") or "") == "" then
-    io.stderr:write("galley: warning: MORPH_BASE_URL is set but MORPH_API_KEY is not: using the local provider\n",
-      "  hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local\n")
+    require("galley.progress").warn("galley: warning: MORPH_BASE_URL is set but MORPH_API_KEY is not: using the "
+      .. "local provider\n  hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local",
+      { msg = "MORPH_BASE_URL is set but MORPH_API_KEY is not: using the local provider",
+        hint = "export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local" })
   end
   local level = (runtime.options().verbose or 0) > 0 and "debug" or "error"
   local log = require("galley.log").new({ level = level, prefix = name or "provider" })
