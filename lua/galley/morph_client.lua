@@ -360,7 +360,10 @@ function Client:call(name, args)
           end
         end
         local err = self:_error(code, message, info)
-        if info.hint and code == "NOT_FOUND" then err.base_url = self:base_url() end
+        if info.hint and code == "NOT_FOUND" then
+          err.base_url = self:base_url()
+          err.suggested_base_url = self._api_hint and self._api_base or nil
+        end
         err.details, err.fields = details, fields
         return nil, err
       end
@@ -498,6 +501,7 @@ function Client:_api_prefix_hint()
   local t = self._transport_at and self._transport_at(with_api)
   local ok, resp = pcall(function() return t and t:call("instances.list", {}) end)
   if ok and type(resp) == "table" and resp.status and resp.status >= 200 and resp.status < 300 then
+    self._api_base = with_api
     self._api_hint = ("the base URL %s does not serve the Morph API, %s does: set MORPH_BASE_URL=%s")
       :format(base, with_api, with_api)
   end

@@ -501,8 +501,10 @@ function M.new(opts)
           if res.exit_code == EXIT_VERIFY then extra = { hint = "the content arrived damaged; try again" } end
           if res.exit_code == EXIT_WRONG_KIND then
             remote_cleaned = true
-            error(io_error(res, op, path, "the path is a directory", {
-              hint = ("write to a file inside it (%s/NAME)"):format(path == "/" and "" or path) }), 0)
+            local derr = io_error(res, op, path, "the path is a directory", {
+              hint = ("write to a file inside it (%s/NAME)"):format(path == "/" and "" or path) })
+            derr.details.reason = "is_directory"
+            error(derr, 0)
           end
           if not wopts.create_dirs and (res.stderr or ""):find("No such file", 1, true) then
             extra = { hint = "pass create_dirs = true to create the parent directories" }
