@@ -1085,6 +1085,8 @@ function M.new(opts)
   end
 
   local function run_in(meta, argv, env, cwd, operation)
+    -- One trace record per command run in an instance (-vv), as the Morph client logs each request.
+    log.trace("exec", { instance = meta.id, operation = operation })
     local popts = process_options(meta, argv, env, cwd, operation)
     popts.timeout_ms, popts.max_output = opts.exec_timeout_ms, opts.max_output
     local r, err = proc.run(popts)
