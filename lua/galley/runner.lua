@@ -42,8 +42,21 @@ function M.load(name, env)
     return chunk, "-", "stdin"
   end
   local st = require("galley.core.fs").stat(name)
+  if st and st.type == "file" then
+    local chunk, err = loadfile(name, "t", env)
+    if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
+    return chunk, name, "file"
+  end
+  for _, candidate in ipairs({ name, "recipes/" .. name, "recipes/" .. name .. ".lua" }) do
+    local src = runtime.resource(candidate)
+    if src then
+      local chunk, err = load(src, "@" .. candidate, "t", env)
+      if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
+      return chunk, candidate, "embedded"
+    end
+  end
   if st and st.type == "directory" then
-    -- A directory is not a recipe: say so, and name the recipe files in it.
+    -- A directory (that names no shipped recipe) is not a recipe: say so, and name a recipe file in it.
     local found = {}
     local ok, entries = pcall(require("galley.core.fs").list, name)
     for _, e in ipairs(ok and type(entries) == "table" and entries or {}) do
@@ -57,19 +70,6 @@ function M.load(name, env)
       hint = #found > 0 and ("run one of its files, e.g. galley run %s/%s"):format(dir, found[1])
         or "give the path of a .lua file, or the name of a shipped recipe (see `galley run` for the list)",
     })
-  end
-  if st and st.type == "file" then
-    local chunk, err = loadfile(name, "t", env)
-    if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
-    return chunk, name, "file"
-  end
-  for _, candidate in ipairs({ name, "recipes/" .. name, "recipes/" .. name .. ".lua" }) do
-    local src = runtime.resource(candidate)
-    if src then
-      local chunk, err = load(src, "@" .. candidate, "t", env)
-      if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
-      return chunk, candidate, "embedded"
-    end
   end
   local names = {}
   for _, r in ipairs(M.shipped()) do names[#names + 1] = r.name end
