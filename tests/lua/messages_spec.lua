@@ -136,6 +136,12 @@ describe("the Morph provider with MORPH_BASE_URL without /api #cli", function()
       MORPH_API_KEY = t.em.api_key, MORPH_BASE_URL = t.em.root_url })
     assert.are.equal(1, code)
     assert.truthy(err:find("MORPH_BASE_URL=" .. t.em.base_url, 1, true), err)
+    -- With --json the same as a JSON line.
+    code, _, err = support.galley("--json ls", nil, { HOME = t.env.HOME, GALLEY_STATE_DIR = t.env.GALLEY_STATE_DIR,
+      MORPH_API_KEY = t.em.api_key, MORPH_BASE_URL = t.em.root_url })
+    assert.are.equal(1, code)
+    local line = json_lines(err)[1]
+    assert.are.same({ "NOT_FOUND", t.em.root_url, t.em.base_url }, { line.code, line.base_url, line.suggested_base_url })
     -- A base URL where /api is not served either: no suggestion, but the base URL is named.
     local p2 = require("galley.providers.morph").new({ api_key = t.em.api_key, base_url = t.em.base_url .. "/v9" })
     local ok, e2 = pcall(p2.instances.list)

@@ -118,8 +118,18 @@ function M.fail(cmd, err, provider)
     return err.signal == 15 and 143 or 130
   end
   if type(err) == "table" and err.code and getmetatable(err) == nil then setmetatable(err, errors.metatable) end
-  io.stderr:write("galley ", cmd, ": ", errors.format(err), "\n")
   local url = provider and M.base_url(provider)
+  local progress = require("galley.progress")
+  if progress.json() then
+    -- --json: the error is one JSON line on stderr too (stdout keeps the data only).
+    local e = type(err) == "table" and err or {}
+    progress.message("error", "galley " .. cmd .. ": " .. errors.format(err), { command = cmd,
+      code = e.code or "ERROR", msg = e.message ~= nil and tostring(e.message) or tostring(err), hint = e.hint,
+      resource = e.resource, base_url = (url and NETWORK[e.code]) and url or e.base_url,
+      suggested_base_url = e.suggested_base_url })
+    return M.EXIT_FAILED
+  end
+  io.stderr:write("galley ", cmd, ": ", errors.format(err), "\n")
   if url and type(err) == "table" and NETWORK[err.code] then
     io.stderr:write("  base URL: ", url, "\n")
     if err.code == "AUTHENTICATION_ERROR" then
