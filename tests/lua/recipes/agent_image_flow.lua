@@ -1,9 +1,13 @@
+-- Shared by agent_image_flow_local_spec.lua and agent_image_flow_emulator_spec.lua (one file per
+-- target, so ctest runs them side by side and each stays well under a minute):
 -- `galley run agent-image` then `galley run boot-and-run --image ID`, with small steps (--steps: a
 -- FAKE claude stand-in instead of npm installs), on the local provider and on galley emulate:
 -- the second build is all cache hits (no boot, no exec; on the emulator only digest look-ups), and
 -- boot-and-run boots the image and runs the image's own claude. When the image's claude cannot
 -- connect to its API, boot-and-run says so at once instead of waiting out claude's retries (about
 -- three minutes: the run that took 178 s).
+local busted = require("busted")
+local assert = require("luassert")
 local cjson = require("cjson")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
@@ -41,7 +45,13 @@ return {
   return path
 end
 
-for _, target in ipairs({ "local", "emulator" }) do
+local describe, it, setup, teardown = busted.describe, busted.it, busted.setup, busted.teardown
+
+local M = {}
+
+--- Defines the spec for one target: "local" or "emulator".
+---@param target "local"|"emulator"
+function M.define(target)
   describe("agent-image then boot-and-run --image, small steps, on " .. target .. " #recipes #images", function()
     local state, home, em, api, steps, dead_steps
     local galley = recipes.runner(function() return state, home end)
@@ -141,7 +151,7 @@ for _, target in ipairs({ "local", "emulator" }) do
       assert.truthy(out:find("FAKE claude read: hello image\n", 1, true), out)
       assert.truthy(out:find("--model claude-galley-flow", 1, true), out)
       assert.falsy((out .. err):find(token, 1, true))
-      assert.is_true(runtime.now_ms() - t0 < 60000, "boot-and-run --image took over a minute")
+      assert.is_true(runtime.now_ms() - t0 < 120000, "boot-and-run --image took over two minutes")
     end)
 
     it("says at once when the image's claude cannot connect to its API", function()
@@ -160,7 +170,8 @@ for _, target in ipairs({ "local", "emulator" }) do
       assert.truthy(codes.NETWORK_ERROR, err)
       assert.truthy(codes.NETWORK_ERROR.msg:find("127.0.0.1:1", 1, true), codes.NETWORK_ERROR.msg)
       assert.is_nil(out:find("FAKE claude read", 1, true), "claude must not have started")
-      assert.is_true(runtime.now_ms() - t0 < 45000, "it waited instead of saying so")
+      -- claude's own retries take about 190 s; the check answers in well under a second.
+      assert.is_true(runtime.now_ms() - t0 < 120000, "it waited instead of saying so")
       -- --no-api-check starts claude anyway (the stand-in needs no API); on one target only, to
       -- keep the spec under a minute.
       if target ~= "emulator" then return end
@@ -171,3 +182,5 @@ for _, target in ipairs({ "local", "emulator" }) do
     end)
   end)
 end
+
+return M
