@@ -184,6 +184,7 @@ describe("galley's own help and startup messages #cli", function()
     local code, out = support.galley("help emulate")
     assert.are.equal(0, code)
     local actions = out:match("actions: ([^;]+);")
+    actions = actions and actions:gsub("%s+", " ")
     assert.truthy(actions, out)
     for name in pairs(require("galley.emulator.faults").actions) do
       assert.truthy((" " .. actions .. " "):find(" " .. name .. " ", 1, true), name .. " missing from: " .. actions)
