@@ -218,13 +218,13 @@ end)
 check("claude_version", { "exec" }, function()
   local r = sh('PATH="$HOME/.local/bin:$PATH"; command -v claude >/dev/null 2>&1 || exit 127; claude --version')
   if r.exit_code == 127 then
-    say("e2e-smoke: WARNING: claude is not installed on the instance; a FAKE stand-in will be used")
+    recipe.warn("e2e-smoke: WARNING: claude is not installed on the instance; a FAKE stand-in will be used")
     return "skip", "claude is not installed on the instance (WARNING: the agent checks use a FAKE stand-in)"
   end
   if r.exit_code ~= 0 then return false, ("claude --version: exit %d: %s"):format(r.exit_code, r.stderr) end
   if fake_token and not opts.anthropic_base_url then
-    say("e2e-smoke: WARNING: the real claude would send a generated FAKE token to Anthropic; the agent checks use "
-      .. "a FAKE stand-in (give CLAUDE_ACCESS_TOKEN, or --anthropic-base-url for a FAKE API)")
+    recipe.warn("e2e-smoke: WARNING: the real claude would send a generated FAKE token to Anthropic; "
+      .. "the agent checks use a FAKE stand-in (give CLAUDE_ACCESS_TOKEN, or --anthropic-base-url for a FAKE API)")
     return "skip", first_line(r.stdout) .. " installed, but no API accepts the generated FAKE token "
       .. "(WARNING: the agent checks use a FAKE stand-in; see --anthropic-base-url)"
   end

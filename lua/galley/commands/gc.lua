@@ -63,6 +63,7 @@ return {
     local providers, notes = gc.default_providers(opts.provider)
     -- A provider asked for by name (or with all) that cannot be used makes the exit code 1.
     local failed = opts.provider ~= nil and (notes.unavailable or 0) > 0
+    local unswept = notes.unavailable or 0 -- providers that could not be used or reached
     for _, n in ipairs(notes) do io.stderr:write("galley gc: skipped: ", n, "\n") end
     local all, skipped = {}, {}
     for _, p in ipairs(providers) do
@@ -72,6 +73,7 @@ return {
         io.stderr:write(("galley gc: skipped: %s provider unreachable%s: %s\n"):format(p.name,
           url and (" at " .. url) or "", tostring(found)))
         failed = true
+        unswept = unswept + 1
       else
         for _, c in ipairs(found) do
           all[#all + 1] = c
@@ -93,6 +95,9 @@ return {
     if opts.json then
       -- lua-cjson 2.1.0 encodes an empty table as {}; the result is always a list.
       io.stdout:write(#all == 0 and "[]" or require("cjson").encode(all), "\n")
+    elseif #all == 0 and unswept > 0 then
+      -- Not "nothing to collect": what the skipped providers hold is unknown.
+      io.stderr:write(("galley gc: nothing collected; %d provider(s) could not be swept (see above)\n"):format(unswept))
     elseif #all == 0 then
       io.stderr:write("galley gc: nothing to collect\n")
     else

@@ -1097,6 +1097,8 @@ function M.new(opts)
   end
 
   local function run_in(meta, argv, env, cwd, operation, timeout_ms)
+    -- One trace record per command run in an instance (-vv), as the Morph client logs each request.
+    log.trace("exec", { instance = meta.id, operation = operation })
     local popts = process_options(meta, argv, env, cwd, operation)
     popts.timeout_ms, popts.max_output = timeout_ms or opts.exec_timeout_ms, opts.max_output
     local r, err = proc.run(popts)
