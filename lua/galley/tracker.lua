@@ -10,7 +10,7 @@ local M = {}
 local run -- the plugged-in run module (galley.run), or nil
 
 --- Plugs in the run module (galley.run does this itself).
----@param r table `{register_provider, boot_options, track_instance, note_pending, current}`
+---@param r table `{register_provider, boot_options, track_instance, note_pending, current, defer}`
 function M.set(r)
   run = r
 end
@@ -50,6 +50,16 @@ end
 ---@param request_token? string
 function M.note_pending(provider, filter, request_token)
   if run then run.note_pending(provider, filter, request_token) end
+end
+
+--- Registers a cleanup hook that runs when the active run ends (galley.run's `defer`); false
+--- outside a run (the caller then cleans up itself, e.g. in its `close`).
+---@param fn fun()
+---@param label? string
+---@return boolean registered
+function M.defer(fn, label)
+  if run and run.defer then return run.defer(fn, label) end
+  return false
 end
 
 --- The active run's context (keep, id, ...), or nil.
