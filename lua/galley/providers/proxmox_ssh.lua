@@ -77,7 +77,8 @@ function M.new(opts)
     if not ok then error(errors.wrap(err, { operation = "ssh", resource = "file:" .. d }, "FILE_IO_ERROR"), 0) end
   end
   self.control_dir = self.dir
-  if #(self.dir .. "/cm-" .. ("x"):rep(40)) > MAX_SOCKET_PATH then
+  -- ssh binds "<ControlPath>.<16 random characters>" first, then renames it.
+  if #(self.dir .. "/cm-" .. ("x"):rep(40 + 17)) > MAX_SOCKET_PATH then
     self.control_dir = assert(fs.mkdtemp("/tmp/galley-ssh-"))
     self.own_control_dir = true
   end
