@@ -677,6 +677,13 @@ function M.new(opts)
     return ch:argv(t, remote, true)
   end
 
+  --- Ends the multiplexed SSH connection to a container (the next exec opens a new one).
+  function provider.disconnect(instance_id)
+    local vmid = check_vmid(instance_id, "instance_id")
+    local w = where[vmid]
+    if w and w.channel then w.channel:disconnect(exec_via == "host" and ("node-" .. w.node) or ("ct-" .. vmid)) end
+  end
+
   -- instances ---------------------------------------------------------------------------------------
   local I = provider.instances
   I.exec = provider.exec
