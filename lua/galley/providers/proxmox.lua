@@ -273,7 +273,7 @@ end
 ---@field node_address? string the node's SSH host (exec_via "host"; default: its ip in /cluster/status,
 ---  else the URL's host)
 ---@field node_host_key? string the node's SSH host key ("ssh-ed25519 AAAA..."), pinned
----@field ssh_port? integer the port of every sshd (default: ssh's, 22)
+---@field ssh_port? integer PVE_SSH_PORT: the port of every sshd (default: ssh's, 22)
 ---@field state_dir? string where the run's key, known_hosts and sockets live (default galley's state dir)
 ---@field vmid_range? integer[] {lo, hi}
 ---@field memory? integer MB (default 1024)
@@ -367,7 +367,12 @@ function M.new(opts)
   local exec_timeout_ms = check_count(opts.exec_timeout_ms, "exec_timeout_ms", 1)
   local node_host_key = opts.node_host_key
   local node_address = opts.node_address
-  local ssh_port = check_count(opts.ssh_port, "ssh_port", 1)
+  local ssh_port = opts.ssh_port
+  if ssh_port == nil and env("PVE_SSH_PORT") then
+    ssh_port = math.tointeger(tonumber(env("PVE_SSH_PORT")))
+    if not ssh_port then fail("VALIDATION_ERROR", "PVE_SSH_PORT must be a port number", { field = "ssh_port" }) end
+  end
+  ssh_port = check_count(ssh_port, "ssh_port", 1)
   if ssh_port and ssh_port > 65535 then
     fail("VALIDATION_ERROR", "ssh_port must be 1..65535", { field = "ssh_port" })
   end
@@ -1193,6 +1198,9 @@ function M.new(opts)
     local t = opts.template or env("PVE_TEMPLATE")
     if t then return t end
     local imgs = provider.images.list()
+    for _, img in ipairs(imgs) do
+      if img.name:match("^debian%-") then return img.id end -- what galley's recipes expect (bash, coreutils)
+    end
     if #imgs == 0 then
       fail("NOT_FOUND", "no vztmpl volume on storage " .. template_storage, { operation = "instances.boot",
         hint = "pveam download " .. template_storage .. " debian-12-standard..., or set PVE_TEMPLATE" })

@@ -17,7 +17,7 @@ local function raises(code, fn, ...)
   return err
 end
 
-describe("proxmox provider on galley emulate proxmox #proxmox", function()
+describe("proxmox provider on galley emulate proxmox #proxmox #slow", function()
   local em, state, p
 
   local function provider(extra)
