@@ -1208,6 +1208,15 @@ function M.new(opts)
     return imgs[1].id
   end
 
+  -- `provider.DEFAULT_SNAPSHOT` (what recipes boot without --snapshot) is resolved on first use:
+  -- PVE_TEMPLATE / opts.template, else a debian vztmpl volume of template_storage (one request).
+  setmetatable(provider, { __index = function(t, k)
+    if k ~= "DEFAULT_SNAPSHOT" then return nil end
+    local v = provider.default_snapshot()
+    rawset(t, k, v)
+    return v
+  end })
+
   --- Requests made so far (for figures).
   function provider.requests() return client.requests end
 

@@ -18,6 +18,7 @@ local common = require("galley.providers.common")
 local errors = require("galley.errors")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
+local runtime = require("galley.core.runtime")
 local shell = require("galley.core.shell")
 
 local M = {}
@@ -90,6 +91,22 @@ end
 ---@return string path
 function SSH:key()
   if self.key_path then return self.key_path end
+  -- Parallel boots ask at once: one generates, the others wait for it.
+  while self.generating do
+    local ok, err = runtime.sleep_ms(20)
+    if not ok then error(err, 0) end
+  end
+  if self.key_path then return self.key_path end
+  self.generating = true
+  local ok, path = pcall(self._generate, self)
+  self.generating = false
+  if not ok then error(path, 0) end
+  self.key_path = path
+  return path
+end
+
+
+function SSH:_generate()
   local path = self.dir .. "/id_ed25519"
   if not fs.exists(path) then
     local r, err = proc.run({ argv = { "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "galley",
@@ -104,7 +121,6 @@ function SSH:key()
   if st and st.mode ~= tonumber("600", 8) then
     error(errors.new("UNSAFE_PATH", ("%s has mode %o, not 600"):format(path, st.mode), { operation = "ssh" }), 0)
   end
-  self.key_path = path
   return path
 end
 
