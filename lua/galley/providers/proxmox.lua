@@ -385,11 +385,12 @@ function M.new(opts)
     log = function(r) log.trace("request", r) end,
     warn = function(upid, n) log.warn(("task %s finished with %d warning(s)"):format(upid, n)) end })
 
-  -- The run's SSH directory: <state>/proxmox/<run-id> (kept with --keep, so `galley shell` still
-  -- gets in), else a session directory removed at close.
+  -- The SSH directory: <state>/proxmox/<run-id> inside a run (removed when the run ends, kept with
+  -- --keep so `galley shell` still gets in), else <state>/proxmox/default (kept: containers booted
+  -- outside a run, e.g. by `galley boot`, stay reachable from later galley commands).
   local base = (opts.state_dir or paths.state_dir()) .. "/proxmox"
   local ctx = tracker.current()
-  local dir_name = ctx and ctx.id or ("session-" .. runtime.getpid() .. "-" .. codec.random_hex(4))
+  local dir_name = ctx and ctx.id or "default"
   local channels = {}
   local function channel(name)
     name = name or dir_name
@@ -398,7 +399,7 @@ function M.new(opts)
     local dir = base .. "/" .. name
     if not own and not fs.exists(dir .. "/id_ed25519") then return nil end
     if own then paths.private_dir(base) end
-    local ch = pssh.new({ dir = dir, owned = own, ssh_command = ssh_command })
+    local ch = pssh.new({ dir = dir, owned = own and ctx ~= nil, ssh_command = ssh_command })
     channels[name] = ch
     return ch
   end
@@ -585,6 +586,12 @@ function M.new(opts)
     local ch = w.channel
     if not ch then
       -- A container booted by another run uses that run's key when it is still here.
+      if w.run == nil and not w.checked then
+        w.checked = true
+        local ok, cfg = pcall(call, "exec", "lxc.config", { node = w.node, vmid = vmid })
+        local rec = ok and M.decode_description(value(cfg.description)) or nil
+        w.run = rec and type(rec.metadata) == "table" and rec.metadata.galley_run or nil
+      end
       if w.run then ch = channel(w.run) end
       ch = ch or channel()
       w.channel = ch
@@ -1220,11 +1227,11 @@ function M.new(opts)
   --- Requests made so far (for figures).
   function provider.requests() return client.requests end
 
-  --- Ends the SSH connections, removes a session key, closes HTTP.
+  --- Ends the SSH connections and closes HTTP (a run's key is removed when the run ends).
   function provider.close()
     for name, ch in pairs(channels) do
-      ch:close(ctx ~= nil and name == dir_name)
-      channels[name] = nil
+      ch:close(true)
+      if name ~= dir_name then channels[name] = nil end
     end
     client:close()
   end
