@@ -612,7 +612,12 @@ function M.new(opts)
     local ch, t, via_host = target(vmid)
     local remote = argv
     if via_host then remote = { "pct", "exec", tostring(vmid), "--", table.unpack(argv) } end
-    local r, err = ch:run(t, remote, { timeout_ms = eopts.timeout_ms or exec_timeout_ms, operation = "exec" })
+    local r, err
+    if eopts.on_stdout or eopts.on_stderr then
+      r, err = ch:stream(t, remote, eopts.on_stdout, eopts.on_stderr)
+    else
+      r, err = ch:run(t, remote, { timeout_ms = eopts.timeout_ms or exec_timeout_ms, operation = "exec" })
+    end
     if not r then
       if err.code == "TRANSPORT" then
         -- Gone meanwhile? Then it is NOT_FOUND, not a transport failure.
@@ -623,8 +628,6 @@ function M.new(opts)
       err.resource = "ct:" .. vmid
       error(err, 0)
     end
-    if eopts.on_stdout and r.stdout ~= "" then eopts.on_stdout(r.stdout) end
-    if eopts.on_stderr and r.stderr ~= "" then eopts.on_stderr(r.stderr) end
     return { exit_code = r.exit_code, stdout = r.stdout, stderr = r.stderr }
   end
 

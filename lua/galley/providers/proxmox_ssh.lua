@@ -226,6 +226,43 @@ function SSH:run(t, argv, opts)
 end
 
 
+--- Runs argv on the target, handing output to on_stdout/on_stderr as it arrives (callbacks may
+--- yield). Returns what run returns.
+function SSH:stream(t, argv, on_stdout, on_stderr)
+  local pr, err = proc.spawn({ argv = self:argv(t, argv), stdin = "null", env = { SSH_AUTH_SOCK = "" } })
+  if not pr then return nil, errors.wrap(err, { operation = "exec", kind = "ProviderError" }, "PROCESS_ERROR") end
+  local out, errs = {}, {}
+  local code, signal
+  local ok, cerr = pcall(function()
+    while true do
+      local kind, a, b = pr:read()
+      if kind == "stdout" then
+        out[#out + 1] = a
+        if on_stdout then on_stdout(a) end
+      elseif kind == "stderr" then
+        errs[#errs + 1] = a
+        if on_stderr then on_stderr(a) end
+      elseif kind == "exit" then
+        code, signal = a, b
+        return
+      elseif kind == nil and a ~= nil then
+        error(a, 0)
+      end
+    end
+  end)
+  pr:close()
+  if not ok then return nil, errors.wrap(cerr, { operation = "exec", kind = "ProviderError" }, "INTERRUPTED") end
+  local stderr = table.concat(errs)
+  if code == 255 then
+    return nil, transport(("ssh to %s@%s (%s) failed: %s"):format(t.user or "root", t.host, t.alias,
+      (common.tail(stderr, 600):gsub("%s+$", ""))),
+      { operation = "exec", details = { stderr = common.tail(stderr, 2048) } })
+  end
+  if code == nil and signal then code = 128 + (tonumber(signal) or 0) end
+  return { exit_code = code, stdout = table.concat(out), stderr = stderr }
+end
+
+
 --- Starts argv on the target without waiting: a galley.core.proc Process of the local ssh.
 function SSH:spawn(t, argv, opts)
   opts = opts or {}
