@@ -114,7 +114,8 @@ describe("proxmox provider on galley emulate proxmox #proxmox #slow", function()
     em.control("DELETE", "/faults")
   end)
 
-  it("keeps the multiplexed connection, maps a refused new one to TRANSPORT, and faults during terminate to retries or codes #faults", function()
+  it("keeps the multiplexed connection, says TRANSPORT for a refused new one, retries or codes terminate faults #faults",
+    function()
     local inst = p.instances.boot(TEMPLATE)
     em.control("POST", "/sshd", { vmid = tonumber(inst.id), down_ms = 1500 })
     -- the multiplexed connection outlives the listener: commands still run over it
