@@ -282,6 +282,7 @@ function Client:_send(method, path, body, headers, timeout_ms)
   if body then h["Content-Type"] = "application/x-www-form-urlencoded" end
   self.requests = self.requests + 1
   local t0 = runtime.now_ms()
+  if not self.session then self.session = http.session({}) end -- used again after close
   local resp, err = self.session:request({ method = method, url = self.base .. M.API_PREFIX .. path, headers = h,
     body = body, timeout_ms = timeout_ms or self.timeout_ms, connect_timeout_ms = self.connect_timeout_ms,
     no_resend = method ~= "GET", ca_file = self.ca_file, pinned_public_key = self.pin, insecure = self.insecure })
@@ -450,6 +451,7 @@ end
 
 function Client:close()
   if self.session then self.session:close() end
+  self.session = nil
 end
 
 

@@ -397,8 +397,9 @@ function M.new(opts)
     if channels[name] then return channels[name] end
     local own = name == dir_name
     local dir = base .. "/" .. name
-    if not own and not fs.exists(dir .. "/id_ed25519") then return nil end
-    if own then paths.private_dir(base) end
+    -- "default" (outside runs; the key every template galley makes carries) is made when needed
+    if not own and name ~= "default" and not fs.exists(dir .. "/id_ed25519") then return nil end
+    paths.private_dir(base)
     local ch = pssh.new({ dir = dir, owned = own and ctx ~= nil, ssh_command = ssh_command })
     channels[name] = ch
     return ch
@@ -584,7 +585,9 @@ function M.new(opts)
   local function target(vmid, deadline)
     local w = locate(vmid)
     local ch = w.channel
-    if not ch then
+    if not ch and w.key then
+      ch = channel(w.key) -- a clone's first contact: the key its template carries
+    elseif not ch then
       -- A container booted by another run uses that run's key when it is still here.
       if w.run == nil and not w.checked then
         w.checked = true
@@ -702,7 +705,19 @@ function M.new(opts)
   -- instances ---------------------------------------------------------------------------------------
   local I = provider.instances
   I.exec = provider.exec
+  local authorize_key
   local reserved = {}
+
+  -- Adds a public key line to root's authorized_keys in the container (once).
+  function authorize_key(vmid, pub)
+    local r = exec_argv(tostring(vmid), { "/bin/sh", "-c", 'umask 077; mkdir -p "$HOME/.ssh"'
+      .. ' && f="$HOME/.ssh/authorized_keys"'
+      .. ' && { grep -qxF -- "$1" "$f" 2>/dev/null || printf "%s\\n" "$1" >> "$f"; }', "sh", pub })
+    if r.exit_code ~= 0 then
+      fail("PROVIDER_ERROR", ("container %d: cannot add galley's key: %s"):format(vmid, common.tail(r.stderr, 300)),
+        { resource = "ct:" .. vmid })
+    end
+  end
 
   -- Stops (if running) and deletes a container, waiting for each task; already gone is success.
   local function destroy(vmid, operation, deadline)
@@ -935,8 +950,14 @@ function M.new(opts)
       reserved[vmid] = nil
       if src.template then
         call(operation, "lxc.set_config", { node = node_name, vmid = vmid, body = { tags = tags } })
+        if exec_via == "ct" and dir_name ~= "default" then where[vmid].key = "default" end
       end
       start_and_reach(vmid, where[vmid], deadline, operation)
+      if where[vmid].key then
+        -- A clone of a template: in with the template's (default) key; add this run's key, use it.
+        authorize_key(vmid, channel():public_key())
+        where[vmid].key, where[vmid].channel = nil, channel()
+      end
     end)
     reserved[vmid] = nil
     if not ok then
@@ -1052,6 +1073,8 @@ function M.new(opts)
     sopts = sopts or {}
     local metadata = common.check_metadata(sopts.metadata)
     local w = locate(vmid)
+    -- Every template carries galley's default key (kept across runs), so later runs reach its clones.
+    if exec_via == "ct" and dir_name ~= "default" then authorize_key(vmid, channel("default"):public_key()) end
     local deadline = runtime.now_ms() + M.DEFAULT_TASK_TIMEOUT_MS
     local snapname = "galley" .. codec.random_hex(4)
     wait(operation, call(operation, "lxc.snapshot", { node = w.node, vmid = vmid, body = { snapname = snapname } }),

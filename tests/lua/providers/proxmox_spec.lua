@@ -142,6 +142,32 @@ describe("proxmox provider on galley emulate proxmox #proxmox #slow", function()
     raises("NOT_FOUND", p.instances.terminate, inst.id)
   end)
 
+  it("boots a template made by one run in the next run, whose key is a new one", function()
+    local run = require("galley.run")
+    local ctx = run.begin({ recipe = "pve-spec-a", record = false })
+    local pa = provider()
+    local src = pa.instances.boot(TEMPLATE)
+    local key = state .. "/proxmox/" .. ctx.id .. "/id_ed25519"
+    assert.are.equal(tonumber("600", 8), fs.stat(key).mode)
+    pa.files.write_file_atomic(src.id, "~/from-a.txt", "a")
+    local tmpl = pa.instances.snapshot(src.id)
+    pa.close()
+    run.finish() -- stops src, removes run a's key
+    assert.are.equal(0, containers())
+    assert.is_false(fs.exists(key))
+    run.begin({ recipe = "pve-spec-b", record = false })
+    local pb = provider()
+    local ok, err = pcall(function()
+      local clone = pb.instances.boot(tmpl.id)
+      assert.are.equal("a", pb.files.read_file(clone.id, "~/from-a.txt"))
+    end)
+    pb.close()
+    run.finish()
+    p.snapshots.delete(tmpl.id)
+    if not ok then error(err, 0) end
+    assert.are.equal(0, containers())
+  end)
+
   it("runs commands through the node with exec_via = host (pct exec over the node's sshd)", function()
     local key = state .. "/nodekey"
     assert(proc.run({ argv = { "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key } }))
