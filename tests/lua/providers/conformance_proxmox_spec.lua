@@ -7,7 +7,7 @@ local spawn = require("galley.emulator.proxmox_spawn")
 
 local SIZE_LIMIT = 64 * 1024 * 1024
 
-conformance.run("proxmox (galley emulate proxmox)", function()
+conformance.run("proxmox (galley emulate proxmox) #slow", function()
   local em = spawn.start({ task_ms = 40 })
   local state = assert(fs.mkdtemp())
   local ok, provider = pcall(require("galley.providers.proxmox").new, {
