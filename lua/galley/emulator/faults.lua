@@ -10,6 +10,8 @@
 --                "stall"     wait `delay_ms`, then handle the request and answer (the work
 --                             happens late: a client that gave up meanwhile never sees it)
 --                "reset"     close the connection without an answer; nothing is done
+--                "reset_after" handle it (a stream runs to its end), then close the connection
+--                             without an answer: the work is done, the answer is lost
 --                "malformed" handle it, answer its status with a body that is not JSON
 --                "truncate"  handle it, announce the full Content-Length, send only `bytes`
 --                             (default half the body; for a stream, the first chunk) and close
@@ -17,7 +19,8 @@
 --   --fault method=POST,path=/instance/*/exec,action=status,status=503,retry_after=1,count=2
 local M = {}
 
-M.actions = { status = true, delay = true, stall = true, reset = true, malformed = true, truncate = true }
+M.actions = { status = true, delay = true, stall = true, reset = true, reset_after = true, malformed = true,
+  truncate = true }
 
 local INTEGER_FIELDS = { count = true, status = true, retry_after = true, delay_ms = true, bytes = true }
 
@@ -82,7 +85,7 @@ function M.validate(t, extra)
   f.path = t.path
   f.action = t.action or "status"
   if not M.actions[f.action] and not (extra and extra[f.action]) then
-    local names = { "status", "delay", "stall", "reset", "malformed", "truncate" }
+    local names = { "status", "delay", "stall", "reset", "reset_after", "malformed", "truncate" }
     local more = {}
     for k in pairs(extra or {}) do more[#more + 1] = k end
     table.sort(more)

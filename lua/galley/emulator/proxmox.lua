@@ -896,6 +896,9 @@ function R.ticket(self, ctx)
     fail(401, "authentication failure")
   end
   local now = os.time()
+  for k, t in pairs(self.tickets) do
+    if t.expires <= now then self.tickets[k] = nil end
+  end
   local ticket = ("PVE:%s:%08X::%s"):format(user, now, codec.base64_encode(codec.random_bytes(48)))
   local csrf = ("%08X:%s"):format(now, codec.base64_encode(codec.random_bytes(32)):gsub("=+$", ""))
   self.tickets[ticket] = { user = user, csrf = csrf, expires = now + (self.opts.ticket_ttl_s or M.TICKET_TTL_S) }
@@ -1013,7 +1016,11 @@ function Emu:serve(req, rel, fault)
   if type(resp) == "table" and resp.pve_error then
     return wire.error_response(resp.status, resp.message, resp.errors, self.opts.old_errors)
   end
-  error(resp, 0)
+  -- A failure of the emulator itself (a sandbox that would not start...): PVE's 500 shape, and
+  -- the details on stderr.
+  io.stderr:write("galley emulate proxmox: ", req.method, " ", rel, ": ", tostring(resp), "\n")
+  local msg = type(resp) == "table" and resp.message or tostring(resp)
+  return wire.error_response(500, "emulator failure: " .. tostring(msg):gsub("\n.*", ""), nil, self.opts.old_errors)
 end
 
 function Emu:record(entry)
@@ -1052,7 +1059,7 @@ function Emu:handle_api(req, rel)
       nil, self.opts.old_errors)
   else
     resp = self:serve(req, rel, (fault and TASK_FAULTS[action]) and fault or nil)
-    if action == "lose" then
+    if action == "lose" or action == "reset_after" then
       resp = { reset = true }
     elseif action == "delay" then
       runtime.sleep_ms(fault.delay_ms)
