@@ -11,7 +11,8 @@ set.
 
 options:
   --dry-run            list what would be stopped; stop nothing
-  --provider NAME      morph, local or all (default: local, plus morph with MORPH_API_KEY)
+  --provider NAME      morph, local, proxmox or all (default: local, plus morph with MORPH_API_KEY,
+                       plus proxmox with PVE_URL: Proxmox has no TTL, gc enforces the recorded one)
   --all-hosts          also judge runs started on other machines as finished
   --include-kept       also stop instances booted with --keep (and snapshots made with keep = true)
   --json               print the result as JSON on stdout (global option, also accepted here)
@@ -29,7 +30,7 @@ end
 
 return {
   summary = "stop instances (and delete snapshots) left by finished or expired galley runs",
-  usage = "galley gc [--dry-run] [--provider morph|local|all] [--all-hosts] [--include-kept] [--json]",
+  usage = "galley gc [--dry-run] [--provider morph|local|proxmox|all] [--all-hosts] [--include-kept] [--json]",
   help = HELP,
   run = function(args)
     local opts = { json = (runtime.options().json or 0) > 0 }
@@ -50,7 +51,9 @@ return {
           i = i + 1
           v = args[i]
         end
-        if v ~= "morph" and v ~= "local" and v ~= "all" then return usage("--provider takes morph, local or all") end
+        if v ~= "morph" and v ~= "local" and v ~= "proxmox" and v ~= "all" then
+          return usage("--provider takes morph, local, proxmox or all")
+        end
         opts.provider = v
       elseif a == "--help" or a == "-h" then
         io.stdout:write(HELP, "\n")

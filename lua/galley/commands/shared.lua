@@ -26,8 +26,8 @@ end
 --- Adds --provider, --json, -v, -q and -h to an argparse parser or command.
 ---@param p table
 function M.common_options(p)
-  p:option("--provider", "local or morph (default: morph when MORPH_API_KEY is set, else local)")
-    :choices({ "local", "morph" })
+  p:option("--provider", "local, morph or proxmox (default: morph when MORPH_API_KEY is set, else local)")
+    :choices({ "local", "morph", "proxmox" })
   p:flag("--json", "print data only, as JSON")
   p:flag("-v --verbose", "more output; tracebacks on failure"):count("*")
   p:flag("-q --quiet", "only errors")
