@@ -1,0 +1,571 @@
+--- galley.dashboard: a local web page of runs, instances and live sessions (`galley dashboard`).
+-- Served by galley.httpd on the event loop, on 127.0.0.1 only. Security (docs/dashboard.md):
+--   * an access token (random, 32 bytes) is printed once in the URL `/?token=…`; that request
+--     sets it as an HttpOnly SameSite=Strict cookie and redirects to `/`; every other request
+--     without the cookie is 403;
+--   * a request whose Host is not 127.0.0.1/localhost (with this port) is 403 (DNS rebinding);
+--   * every POST needs the CSRF token (`X-CSRF-Token`, given by GET /api/state) and, when the
+--     browser sends an Origin, this origin; --read-only refuses every POST (403);
+--   * tokens are compared in constant time (galley.core.codec.equal);
+--   * every string sent passes galley.log's redaction; environment values are never sent.
+--
+--   local d = dashboard.new{providers = {{name = "local", provider = p}}, read_only = false}
+--   local port, err = d:start(0); print(d:url()); ...; d:stop()
+local codec = require("galley.core.codec")
+local errors = require("galley.errors")
+local fs = require("galley.core.fs")
+local httpd = require("galley.httpd")
+local json = require("galley.json")
+local log = require("galley.log")
+local paths = require("galley.paths")
+local runtime = require("galley.core.runtime")
+local task = require("galley.task")
+local ansi = require("galley.dashboard.ansi")
+
+local M = {}
+
+M.COOKIE = "galley_dashboard"
+--- How often a followed log or a tmux screen is read (ms).
+M.POLL_MS = 500
+--- A health sample older than this is taken again (ms).
+M.HEALTH_TTL_MS = 10000
+--- Health samples taken at once.
+M.HEALTH_PARALLEL = 8
+--- An SSE stream silent this long sends a keep-alive comment (ms).
+M.KEEPALIVE_MS = 15000
+--- Largest log chunk sent in one event.
+M.LOG_CHUNK = 64 * 1024
+
+local ASSETS = {
+  ["/"] = { "assets/dashboard/index.html", "text/html; charset=utf-8" },
+  ["/app.js"] = { "assets/dashboard/app.js", "text/javascript; charset=utf-8" },
+  ["/app.css"] = { "assets/dashboard/app.css", "text/css; charset=utf-8" },
+}
+
+local SECURITY_HEADERS = {
+  ["Cache-Control"] = "no-store",
+  ["X-Content-Type-Options"] = "nosniff",
+  ["X-Frame-Options"] = "DENY",
+  ["Referrer-Policy"] = "no-referrer",
+  ["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
+    .. " frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+}
+
+local Dashboard = {}
+Dashboard.__index = Dashboard
+
+
+local function headers(extra)
+  local h = {}
+  for k, v in pairs(SECURITY_HEADERS) do h[k] = v end
+  for k, v in pairs(extra or {}) do h[k] = v end
+  return h
+end
+
+
+local function respond(status, body, ctype, extra)
+  local h = headers(extra)
+  h["Content-Type"] = ctype or "text/plain; charset=utf-8"
+  return { status = status, headers = h, body = body }
+end
+
+
+local function send_json(status, value)
+  return respond(status, json.encode(log.redact(value)), "application/json")
+end
+
+
+local function fail(status, code, message, hint)
+  return send_json(status, { error = { code = code, message = message, hint = hint } })
+end
+
+
+--- An asset's text: embedded in the binary (assets/dashboard/*), else read beside the Lua tree
+--- when galley runs with --lua-dir from a checkout.
+local function asset(path)
+  local text = runtime.resource(path)
+  if text then return text end
+  local where = package.searchpath("galley.dashboard", package.path)
+  if where then
+    local root = where:gsub("lua/galley/dashboard/init%.lua$", "")
+    return (fs.read(root .. path))
+  end
+  return nil
+end
+
+
+local function cookie_value(req, name)
+  local c = req.headers.cookie
+  if not c then return nil end
+  for pair in (c .. ";"):gmatch("([^;]*);") do
+    local k, v = pair:match("^%s*([^=%s]+)%s*=%s*(.-)%s*$")
+    if k == name then return v end
+  end
+  return nil
+end
+
+
+--- Creates a dashboard (not yet listening).
+---@param opts {providers: {name: string, provider: table}[], read_only?: boolean, token?: string,
+---  health?: fun(provider: table, id: string): table}
+---@return table dashboard
+function M.new(opts)
+  assert(type(opts) == "table" and type(opts.providers) == "table", "dashboard.new: providers required")
+  local self = setmetatable({
+    providers = opts.providers,
+    by_name = {},
+    read_only = opts.read_only and true or false,
+    token = opts.token or codec.random_hex(32),
+    csrf = codec.random_hex(32),
+    health_fn = opts.health or function(p, id) return require("galley.health").sample(p, id) end,
+    health_cache = {},
+    pm2 = {},
+    tmux = {},
+    state_dir = opts.state_dir,
+  }, Dashboard)
+  for _, e in ipairs(opts.providers) do self.by_name[e.name] = e.provider end
+  log.register_secret(self.token) -- never in a log line (the CSRF token is sent to the page: not registered)
+  return self
+end
+
+
+--- The URL to print (carries the access token).
+function Dashboard:url()
+  return ("http://127.0.0.1:%d/?token=%s"):format(self.port, self.token)
+end
+
+
+--- Listens on 127.0.0.1:port (0: a free one).
+---@param port? integer
+---@return integer|nil port
+---@return galley.Error|nil err
+function Dashboard:start(port)
+  local server, err = httpd.serve({ port = port or 0, handler = function(req) return self:handle(req) end,
+    max_body_bytes = 1024 * 1024 })
+  if not server then return nil, err end
+  self.server = server
+  self.port = server:port()
+  return self.port
+end
+
+
+function Dashboard:stop()
+  if self.server then
+    self.server:stop()
+    self.server = nil
+  end
+end
+
+
+-- --- security ------------------------------------------------------------------------------
+
+local function host_ok(self, req)
+  local host = req.headers.host
+  if type(host) ~= "string" then return false end
+  local name, port = host:lower():match("^([%w%.]+):(%d+)$")
+  if not name then name = host:lower() end
+  if name ~= "127.0.0.1" and name ~= "localhost" then return false end
+  return port == nil or tonumber(port) == self.port
+end
+
+
+local function origin_ok(self, req)
+  local o = req.headers.origin
+  if o == nil then return true end
+  o = o:lower()
+  return o == ("http://127.0.0.1:%d"):format(self.port) or o == ("http://localhost:%d"):format(self.port)
+end
+
+
+--- Checks a request; nil when it may proceed, else the 403 response. Also handles the login.
+function Dashboard:guard(req)
+  if not host_ok(self, req) then
+    return fail(403, "DASHBOARD_FORBIDDEN_HOST", "this dashboard answers only to 127.0.0.1 and localhost")
+  end
+  local given = cookie_value(req, M.COOKIE)
+  if given and codec.equal(given, self.token) then
+    if req.method ~= "GET" and req.method ~= "HEAD" then
+      local csrf = req.headers["x-csrf-token"] or ""
+      if not codec.equal(csrf, self.csrf) or not origin_ok(self, req) then
+        return fail(403, "DASHBOARD_CSRF", "missing or wrong CSRF token", "reload the page")
+      end
+      if self.read_only then
+        return fail(403, "DASHBOARD_READ_ONLY", "the dashboard runs with --read-only")
+      end
+    end
+    return nil
+  end
+  local q = req.query or {}
+  if req.method == "GET" and req.path == "/" and type(q.token) == "string" and codec.equal(q.token, self.token) then
+    return { status = 303, headers = headers({
+      ["Set-Cookie"] = ("%s=%s; Path=/; HttpOnly; SameSite=Strict"):format(M.COOKIE, self.token),
+      Location = "/",
+    }), body = "" }
+  end
+  return fail(403, "DASHBOARD_TOKEN", "no valid access token",
+    "open the URL `galley dashboard` printed (it carries ?token=...)")
+end
+
+
+-- --- data ----------------------------------------------------------------------------------
+
+--- The runs recorded in the state directory (live ones: galley.run's run files).
+function Dashboard:runs()
+  local dir = (self.state_dir or paths.state_dir()) .. "/runs"
+  local out = json.array()
+  local ok, exists = pcall(require("galley.run").check_runs_dir)
+  if not ok then return out, exists end
+  if not exists then return out end
+  for _, name in ipairs(fs.list(dir) or {}) do
+    if name:match("^[%w%-_]+$") then
+      local text = fs.read(dir .. "/" .. name) or ""
+      local pid = tonumber(text:match("pid=(%d+)"))
+      out[#out + 1] = {
+        id = name, recipe = text:match("recipe=([^\n]*)"), started = tonumber(text:match("started=(%d+)")),
+        pid = pid, state = pid and fs.exists("/proc/" .. pid .. "/stat") and "running" or "dead",
+      }
+    end
+  end
+  return out
+end
+
+
+local function ttl_left(inst)
+  local ttl = inst.ttl or {}
+  if type(ttl.expires_at) == "number" then return math.max(0, math.floor(ttl.expires_at - os.time())) end
+  if type(ttl.seconds) == "number" and type(inst.created_at) == "number" then
+    return math.max(0, math.floor(inst.created_at + ttl.seconds - os.time()))
+  end
+  return nil
+end
+
+
+-- Health of many instances, M.HEALTH_PARALLEL at a time, cached M.HEALTH_TTL_MS.
+function Dashboard:healths(items)
+  local now = runtime.now_ms()
+  local todo = {}
+  for _, it in ipairs(items) do
+    local c = self.health_cache[it.key]
+    if not c or now - c.at > M.HEALTH_TTL_MS then todo[#todo + 1] = it end
+  end
+  for i = 1, #todo, M.HEALTH_PARALLEL do
+    local batch = {}
+    for j = i, math.min(i + M.HEALTH_PARALLEL - 1, #todo) do
+      local it = todo[j]
+      batch[#batch + 1] = task.spawn(function()
+        local ok, h = pcall(self.health_fn, it.provider, it.id)
+        self.health_cache[it.key] = { at = runtime.now_ms(),
+          value = ok and h or { error = { code = type(h) == "table" and h.code or "INTERNAL_ERROR" } } }
+      end)
+    end
+    task.join(batch)
+  end
+end
+
+
+function Dashboard:instances()
+  local out, want = json.array(), {}
+  for _, e in ipairs(self.providers) do
+    local ok, list = pcall(e.provider.instances.list)
+    local entry = { provider = e.name, instances = json.array() }
+    if not ok then
+      entry.error = { code = type(list) == "table" and list.code or "INTERNAL_ERROR",
+        message = type(list) == "table" and list.message or tostring(list) }
+    else
+      table.sort(list, function(a, b) return (a.created_at or 0) < (b.created_at or 0) end)
+      for _, inst in ipairs(list) do
+        local md = inst.metadata or {}
+        local row = { id = inst.id, status = inst.status, created_at = inst.created_at, ttl_left = ttl_left(inst),
+          run = md.galley_run, recipe = md.galley_recipe, kept = md.galley_keep == "1", snapshot = inst.snapshot_id }
+        entry.instances[#entry.instances + 1] = row
+        if inst.status == "ready" then
+          want[#want + 1] = { key = e.name .. "/" .. inst.id, provider = e.provider, id = inst.id, row = row }
+        end
+      end
+    end
+    out[#out + 1] = entry
+  end
+  self:healths(want)
+  for _, it in ipairs(want) do
+    local c = self.health_cache[it.key]
+    it.row.health = c and c.value
+  end
+  return out
+end
+
+
+function Dashboard:managers(pname)
+  local p = self.by_name[pname]
+  if not p then return nil end
+  if not self.pm2[pname] then
+    self.pm2[pname] = require("galley.process.pm2").new({ provider = p, log = log.silent() })
+    self.tmux[pname] = require("galley.process.tmux").new({ provider = p, log = log.silent() })
+  end
+  return p, self.pm2[pname], self.tmux[pname]
+end
+
+
+function Dashboard:sessions(pname, id)
+  local _, pm2, tmux = self:managers(pname)
+  local out = { pm2 = json.array(), tmux = json.array() }
+  local ok, list = pcall(pm2.list, id)
+  if ok then
+    for _, s in ipairs(list) do
+      out.pm2[#out.pm2 + 1] = { name = s.name, status = s.status, restarts = s.restarts, uptime_ms = s.uptime_ms,
+        memory = s.memory, cpu = s.cpu, exit_code = s.exit_code, pid = s.pid }
+    end
+  else
+    out.pm2_error = { code = type(list) == "table" and list.code or "INTERNAL_ERROR" }
+  end
+  ok, list = pcall(tmux.list, id)
+  if ok then
+    for _, s in ipairs(list) do
+      out.tmux[#out.tmux + 1] = { name = s.name, status = s.status, created_at = s.created_at,
+        exit_code = s.exit_code, width = s.width, height = s.height }
+    end
+  else
+    out.tmux_error = { code = type(list) == "table" and list.code or "INTERNAL_ERROR" }
+  end
+  return out
+end
+
+
+-- --- live streams ---------------------------------------------------------------------------
+
+-- $1 out log, $2 err log, $3 out offset, $4 err offset, $5 max: "<out from> <out len> <err from>
+-- <err len>\n" then the bytes; an offset past a file's end (truncated by a restart) reads from 0.
+local READ_FROM = [[
+rd() {
+  s=$(stat -c %s -- "$1" 2>/dev/null || echo 0); o=$2
+  [ "$o" -gt "$s" ] && o=0
+  n=$((s - o)); [ "$n" -gt "$3" ] && n=$3
+  echo "$o $n"
+}
+a=$(rd "$1" "$3" "$5"); b=$(rd "$2" "$4" "$5")
+echo "$a $b"
+ao=${a% *}; an=${a#* }; bo=${b% *}; bn=${b#* }
+[ "$an" -gt 0 ] && tail -c +"$((ao + 1))" -- "$1" | head -c "$an"
+[ "$bn" -gt 0 ] && tail -c +"$((bo + 1))" -- "$2" | head -c "$bn"
+exit 0
+]]
+
+
+-- Keeps whole lines only (unless a line is longer than LOG_CHUNK): returns text, bytes used.
+local function whole_lines(s)
+  if #s == 0 then return "", 0 end
+  local last = s:match(".*()\n")
+  if last then return s:sub(1, last), last end
+  if #s >= M.LOG_CHUNK then return s, #s end
+  return "", 0
+end
+
+
+local function sse(id, event, data)
+  local parts = {}
+  if id then parts[#parts + 1] = "id: " .. id end
+  parts[#parts + 1] = "event: " .. event
+  parts[#parts + 1] = "data: " .. json.encode(log.redact(data))
+  return table.concat(parts, "\n") .. "\n\n"
+end
+
+
+local SSE_HEADERS = { ["Content-Type"] = "text/event-stream; charset=utf-8", ["X-Accel-Buffering"] = "no" }
+
+
+--- GET /api/log: a PM2 session's out and err logs as server-sent events. Each event's id is
+--- "<out offset>.<err offset>"; Last-Event-ID (or ?from=) resumes there, so nothing is sent twice.
+function Dashboard:log_stream(req, pname, id, name)
+  local p, pm2 = self:managers(pname)
+  local ok, list = pcall(pm2.list, id)
+  if not ok then return fail(404, type(list) == "table" and list.code or "NOT_FOUND", "cannot list PM2 processes") end
+  local info
+  for _, s in ipairs(list) do if s.name == name then info = s end end
+  if not info then return fail(404, "NOT_FOUND", "no PM2 process " .. name) end
+  local from = req.headers["last-event-id"] or (req.query or {}).from or ""
+  local oo, eo = from:match("^(%d+)%.(%d+)$")
+  local offs = { out = math.tointeger(tonumber(oo or "0")) or 0, err = math.tointeger(tonumber(eo or "0")) or 0 }
+  local out_log, err_log = info.out_log or "/dev/null", info.err_log or "/dev/null"
+  local last_sent = runtime.now_ms()
+  local first = true
+  local function read()
+    local r = p.exec(id, { kind = "argv", command = "sh", args = { "-c", READ_FROM, "galley-dashboard",
+      out_log, err_log, tostring(offs.out), tostring(offs.err), tostring(M.LOG_CHUNK) } }, { timeout_ms = 15000 })
+    local s = r.stdout or ""
+    local a, b, c, d, rest = s:match("^(%d+) (%d+) (%d+) (%d+)\n()")
+    if not a then return nil end
+    a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+    local out = s:sub(rest, rest + b - 1)
+    local err = s:sub(rest + #out, rest + #out + d - 1)
+    local ot, on = whole_lines(out)
+    local et, en = whole_lines(err)
+    local reset = a < offs.out or c < offs.err
+    offs.out, offs.err = a + on, c + en
+    if ot == "" and et == "" and not reset then return nil end
+    return { out = ot, err = et, reset = reset or nil }
+  end
+  local failed = false
+  local function stream()
+    if failed then return nil end
+    if first then
+      first = false
+      return sse(nil, "hello", { name = name, manager = "pm2" }) -- the page knows it is live
+    end
+    while true do
+      local okr, ev = pcall(read)
+      if okr and ev then
+        last_sent = runtime.now_ms()
+        return sse(("%d.%d"):format(offs.out, offs.err), "log", ev)
+      elseif not okr then
+        if errors.is(ev, "INTERRUPTED") then return false end
+        failed = true -- one error event, then the stream ends (the browser reconnects later)
+        return sse(nil, "error", { code = type(ev) == "table" and ev.code or "INTERNAL_ERROR" })
+      end
+      if runtime.now_ms() - last_sent > M.KEEPALIVE_MS then
+        last_sent = runtime.now_ms()
+        return ": keep-alive\n\n"
+      end
+      local slept = pcall(task.sleep, M.POLL_MS)
+      if not slept then return false end
+    end
+  end
+  return { status = 200, headers = headers(SSE_HEADERS), stream = stream }
+end
+
+
+--- GET /api/screen: a tmux session's screen (colours as HTML) as server-sent events, sent when
+--- it changes.
+function Dashboard:screen_stream(pname, id, name)
+  local _, _, tmux = self:managers(pname)
+  local last, last_sent = nil, runtime.now_ms()
+  local function stream()
+    while true do
+      local ok, text = pcall(tmux.capture, id, name, { escapes = true })
+      if not ok then
+        if last == false then return nil end
+        last = false
+        return sse(nil, "error", { code = type(text) == "table" and text.code or "INTERNAL_ERROR" })
+      end
+      text = log.redact(text)
+      if text ~= last then
+        last, last_sent = text, runtime.now_ms()
+        return "event: screen\ndata: " .. json.encode({ html = ansi.to_html(text) }) .. "\n\n"
+      end
+      if runtime.now_ms() - last_sent > M.KEEPALIVE_MS then
+        last_sent = runtime.now_ms()
+        return ": keep-alive\n\n"
+      end
+      if not pcall(task.sleep, M.POLL_MS) then return false end
+    end
+  end
+  return { status = 200, headers = headers(SSE_HEADERS), stream = stream }
+end
+
+
+-- --- routes ---------------------------------------------------------------------------------
+
+local function body_json(req)
+  local v = json.decode(req.body or "")
+  if type(v) ~= "table" then return nil end
+  return v
+end
+
+
+local function error_response(err)
+  local code = type(err) == "table" and err.code or "INTERNAL_ERROR"
+  local status = code == "NOT_FOUND" and 404 or (code == "VALIDATION_ERROR" and 400) or 500
+  return fail(status, code, type(err) == "table" and err.message or tostring(err), type(err) == "table" and err.hint)
+end
+
+
+function Dashboard:action(path, b)
+  local p, pm2, tmux = self:managers(b.provider or "")
+  if not p then return fail(400, "VALIDATION_ERROR", "unknown provider " .. tostring(b.provider)) end
+  if type(b.id) ~= "string" then return fail(400, "VALIDATION_ERROR", "id must be a string") end
+  local ok, err
+  if path == "/api/instance/stop" then
+    ok, err = pcall(p.instances.stop, b.id)
+    self.health_cache[b.provider .. "/" .. b.id] = nil
+  else
+    if type(b.name) ~= "string" then return fail(400, "VALIDATION_ERROR", "name must be a string") end
+    local mgr = b.manager == "tmux" and tmux or pm2
+    if path == "/api/session/stop" then
+      ok, err = pcall(mgr.stop, b.id, b.name)
+    elseif path == "/api/session/restart" then
+      if b.manager == "tmux" then
+        return fail(400, "VALIDATION_ERROR", "a tmux session cannot be restarted", "stop it, or restart a PM2 one")
+      end
+      ok, err = pcall(pm2.restart, b.id, b.name)
+    elseif path == "/api/session/keys" then
+      if b.manager ~= "tmux" or type(b.text) ~= "string" then
+        return fail(400, "VALIDATION_ERROR", "keys go to a tmux session: {manager = \"tmux\", text}")
+      end
+      ok, err = pcall(tmux.send_keys, b.id, b.name, b.text, { enter = b.enter and true or false })
+    else
+      return fail(404, "NOT_FOUND", "no such action")
+    end
+  end
+  if not ok then return error_response(err) end
+  return send_json(200, { ok = true })
+end
+
+
+--- The request handler.
+function Dashboard:handle(req)
+  local denied = self:guard(req)
+  if denied then return denied end
+  local path, q = req.path, req.query or {}
+  if req.method == "GET" then
+    local a = ASSETS[path]
+    if a then
+      local text = asset(a[1])
+      if not text then return fail(500, "DASHBOARD_ASSET", "asset missing: " .. a[1]) end
+      return respond(200, text, a[2])
+    elseif path == "/api/state" then
+      local runs, err = self:runs()
+      local names = json.array()
+      for _, e in ipairs(self.providers) do names[#names + 1] = e.name end
+      local body = log.redact({ read_only = self.read_only, providers = names, runs = runs,
+        runs_error = err and { code = err.code } or nil })
+      body.csrf = self.csrf -- after redaction: it looks like a token, and the page needs it
+      return respond(200, json.encode(body), "application/json")
+    elseif path == "/api/instances" then
+      return send_json(200, self:instances())
+    end
+    if not self.by_name[q.provider or ""] or type(q.id) ~= "string" then
+      return fail(400, "VALIDATION_ERROR", "provider and id are required")
+    end
+    if path == "/api/sessions" then
+      return send_json(200, self:sessions(q.provider, q.id))
+    elseif path == "/api/log" and type(q.name) == "string" then
+      return self:log_stream(req, q.provider, q.id, q.name)
+    elseif path == "/api/screen" and type(q.name) == "string" then
+      return self:screen_stream(q.provider, q.id, q.name)
+    end
+    return fail(404, "NOT_FOUND", "no such page")
+  elseif req.method == "POST" then
+    local b = body_json(req)
+    if not b then return fail(400, "VALIDATION_ERROR", "the body must be a JSON object") end
+    return self:action(path, b)
+  end
+  return fail(405, "DASHBOARD_METHOD", "method not allowed")
+end
+
+
+--- The providers to show: names given (default every configured one: local, and morph when
+--- MORPH_API_KEY is set).
+---@param names string[]|nil
+---@return {name: string, provider: table}[]
+function M.providers(names)
+  if not names or #names == 0 then
+    names = { "local" }
+    if (os.getenv("MORPH_API_KEY") or "") ~= "" then names[#names + 1] = "morph" end
+  end
+  local out = {}
+  for _, n in ipairs(names) do
+    out[#out + 1] = { name = n, provider = require("galley.providers").new(n, { log = log.silent() }) }
+  end
+  return out
+end
+
+
+return M
