@@ -83,20 +83,29 @@ function runsTable() {
   for (const p of state.instances) for (const i of p.instances || []) {
     if (i.run) (byRun[i.run] = byRun[i.run] || []).push(i);
   }
-  const rows = state.runs.map((r) => ({ ...r, kept: false }));
+  const rows = state.runs.slice();
   const known = new Set(rows.map((r) => r.id));
   for (const [id, list] of Object.entries(byRun)) {
-    if (!known.has(id)) rows.push({ id, recipe: list[0].recipe, state: "finished", kept: list.every((i) => i.kept) });
+    if (!known.has(id)) rows.push({ id, recipe: list[0].recipe, state: "finished", kept: list.filter((i) => i.kept).length });
   }
   if (!rows.length) return el("p", { class: "muted", id: "runs" }, "No runs recorded.");
+  const outcome = (r) => {
+    if (r.state === "running") return "-";
+    const parts = [];
+    if (r.stopped) parts.push(`cleaned up ${r.stopped}`);
+    if (r.kept) parts.push(`kept ${r.kept}`);
+    if (r.leaks) parts.push(`LEAKED ${r.leaks}`);
+    return parts.join(", ") || "nothing left";
+  };
   return el("table", { id: "runs" },
-    el("tr", {}, ["RUN", "RECIPE", "STARTED", "STATE", "INSTANCES", "KEPT"].map((h) => el("th", {}, h))),
+    el("tr", {}, ["RUN", "RECIPE", "STARTED", "STATE", "EXIT", "INSTANCES", "CLEAN-UP"].map((h) => el("th", {}, h))),
     rows.map((r) => el("tr", { "data-run": r.id },
       el("td", {}, r.id), el("td", {}, r.recipe || "-"),
       el("td", {}, r.started ? new Date(r.started * 1000).toLocaleString() : "-"),
-      el("td", { class: r.state === "running" ? "ok" : "muted" }, r.state),
+      el("td", { class: r.state === "running" ? "ok" : (r.state === "dead" ? "err" : "muted") }, r.state),
+      el("td", { class: "num" + (r.exit_code ? " err" : "") }, r.exit_code === undefined ? "-" : String(r.exit_code)),
       el("td", { class: "num" }, String((byRun[r.id] || []).length)),
-      el("td", {}, r.kept ? "kept" : (r.state === "running" ? "-" : "cleaned up")))));
+      el("td", { class: r.leaks ? "err" : "" }, outcome(r)))));
 }
 
 function instanceRow(provider, i) {

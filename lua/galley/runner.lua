@@ -229,6 +229,7 @@ function M.finish_run(code)
   end
   runtime.clear_signal()
   runtime.defer_signals(true)
+  local ctx = run.current()
   local report = run.finish({ log = function(msg) io.stderr:write("galley: ", msg, "\n") end })
   runtime.defer_signals(false)
   for _, id in ipairs(report.stopped) do
@@ -247,6 +248,7 @@ function M.finish_run(code)
     if code == M.EXIT_OK then code = M.EXIT_FAILED end
   end
   if #report.hook_errors > 0 and code == M.EXIT_OK then code = M.EXIT_FAILED end
+  run.record_history(ctx, report, code) -- what `galley dashboard` lists as finished runs
   return code
 end
 

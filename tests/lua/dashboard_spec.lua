@@ -149,6 +149,41 @@ describe("galley dashboard on local #dashboard", function()
     assert.are.equal("HTTP_CONNECT", err.code)
   end)
 
+  it("lists live runs from their run files and finished ones with exit code and clean-up", function()
+    local ok_recipe = support.script("print('done')\n")
+    local bad_recipe = support.script("error('boom')\n")
+    local live_recipe = support.script("require('galley.task').sleep(120000)\n")
+    finally(function()
+      os.remove(ok_recipe)
+      os.remove(bad_recipe)
+      os.remove(live_recipe)
+    end)
+    assert.are.equal(0, (support.galley("run " .. support.q(ok_recipe), nil, t.env)))
+    assert.are.equal(1, (support.galley("run " .. support.q(bad_recipe), nil, t.env)))
+    local live = assert(require("galley.core.proc").spawn({ argv = { support.bin, "run", live_recipe },
+      env = t.env, env_mode = "extend" }))
+    finally(function()
+      pcall(live.kill, live, "TERM")
+      live:wait(10000)
+      live:close()
+    end)
+    local running
+    local deadline = runtime.now_ms() + 30000
+    repeat
+      local r = dash:request("GET", "/api/state")
+      for _, run in ipairs(r.json.runs) do if run.state == "running" then running = run end end
+      if not running then require("galley.task").sleep(200) end
+    until running or runtime.now_ms() > deadline
+    assert.truthy(running, "the live run is listed")
+    local r = dash:request("GET", "/api/state")
+    local codes = {}
+    for _, run in ipairs(r.json.runs) do
+      if run.state == "finished" then codes[#codes + 1] = run.exit_code end
+    end
+    table.sort(codes)
+    assert.are.same({ 0, 1 }, codes)
+  end)
+
   it("lists the instance with its health", function()
     local r = dash:request("GET", "/api/instances")
     assert.are.equal(200, r.status, r.body)

@@ -29,6 +29,8 @@ M.COOKIE = "galley_dashboard"
 M.POLL_MS = 500
 --- A health sample older than this is taken again (ms).
 M.HEALTH_TTL_MS = 10000
+--- How long a listing waits for fresh health samples (ms); later ones show on the next refresh.
+M.HEALTH_WAIT_MS = 3000
 --- Health samples taken at once.
 M.HEALTH_PARALLEL = 8
 --- An SSE stream silent this long sends a keep-alive comment (ms).
@@ -209,21 +211,31 @@ end
 
 -- --- data ----------------------------------------------------------------------------------
 
---- The runs recorded in the state directory (live ones: galley.run's run files).
+--- The runs of this machine: live ones from galley.run's run files (`<state>/runs/<id>`), then
+--- finished ones from its history (`<state>/run-history/`), newest first.
 function Dashboard:runs()
+  local run = require("galley.run")
   local dir = (self.state_dir or paths.state_dir()) .. "/runs"
-  local out = json.array()
-  local ok, exists = pcall(require("galley.run").check_runs_dir)
+  local out, seen = json.array(), {}
+  local ok, exists = pcall(run.check_runs_dir)
   if not ok then return out, exists end
-  if not exists then return out end
-  for _, name in ipairs(fs.list(dir) or {}) do
+  for _, name in ipairs(exists and fs.list(dir) or {}) do
     if name:match("^[%w%-_]+$") then
       local text = fs.read(dir .. "/" .. name) or ""
       local pid = tonumber(text:match("pid=(%d+)"))
+      seen[name] = true
       out[#out + 1] = {
         id = name, recipe = text:match("recipe=([^\n]*)"), started = tonumber(text:match("started=(%d+)")),
         pid = pid, state = pid and fs.exists("/proc/" .. pid .. "/stat") and "running" or "dead",
       }
+    end
+  end
+  table.sort(out, function(a, b) return (a.started or 0) > (b.started or 0) end)
+  for _, rec in ipairs(run.history()) do
+    if not seen[rec.id] then
+      out[#out + 1] = { id = rec.id, recipe = rec.recipe, started = rec.started, finished = rec.finished,
+        state = "finished", exit_code = rec.exit_code, stopped = #(rec.stopped or {}), kept = #(rec.kept or {}),
+        leaks = #(rec.leaks or {}) }
     end
   end
   return out
@@ -240,26 +252,33 @@ local function ttl_left(inst)
 end
 
 
--- Health of many instances, M.HEALTH_PARALLEL at a time, cached M.HEALTH_TTL_MS.
-function Dashboard:healths(items)
+-- Takes the stale health samples again, M.HEALTH_PARALLEL at a time, in one background task (one
+-- at a time); the caller waits for it at most M.HEALTH_WAIT_MS, so a page with many instances
+-- stays quick and shows the newer samples on its next refresh.
+function Dashboard:refresh_health(items)
+  if self.health_task and not self.health_task.done then return self.health_task end
   local now = runtime.now_ms()
   local todo = {}
   for _, it in ipairs(items) do
     local c = self.health_cache[it.key]
     if not c or now - c.at > M.HEALTH_TTL_MS then todo[#todo + 1] = it end
   end
-  for i = 1, #todo, M.HEALTH_PARALLEL do
-    local batch = {}
-    for j = i, math.min(i + M.HEALTH_PARALLEL - 1, #todo) do
-      local it = todo[j]
-      batch[#batch + 1] = task.spawn(function()
-        local ok, h = pcall(self.health_fn, it.provider, it.id)
-        self.health_cache[it.key] = { at = runtime.now_ms(),
-          value = ok and h or { error = { code = type(h) == "table" and h.code or "INTERNAL_ERROR" } } }
-      end)
+  if #todo == 0 then return nil end
+  self.health_task = task.spawn(function()
+    for i = 1, #todo, M.HEALTH_PARALLEL do
+      local batch = {}
+      for j = i, math.min(i + M.HEALTH_PARALLEL - 1, #todo) do
+        local it = todo[j]
+        batch[#batch + 1] = task.spawn(function()
+          local ok, h = pcall(self.health_fn, it.provider, it.id)
+          self.health_cache[it.key] = { at = runtime.now_ms(),
+            value = ok and h or { error = { code = type(h) == "table" and h.code or "INTERNAL_ERROR" } } }
+        end)
+      end
+      task.join(batch)
     end
-    task.join(batch)
-  end
+  end)
+  return self.health_task
 end
 
 
@@ -285,7 +304,11 @@ function Dashboard:instances()
     end
     out[#out + 1] = entry
   end
-  self:healths(want)
+  local live = {}
+  for _, it in ipairs(want) do live[it.key] = true end
+  for k in pairs(self.health_cache) do if not live[k] then self.health_cache[k] = nil end end
+  local t = self:refresh_health(want)
+  if t then pcall(task.with_timeout, M.HEALTH_WAIT_MS, function() t:wait() end) end
   for _, it in ipairs(want) do
     local c = self.health_cache[it.key]
     it.row.health = c and c.value
