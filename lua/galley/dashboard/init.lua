@@ -35,6 +35,8 @@ M.HEALTH_WAIT_MS = 3000
 M.HEALTH_PARALLEL = 8
 --- An SSE stream silent this long sends a keep-alive comment (ms).
 M.KEEPALIVE_MS = 15000
+--- How long a PM2 process list is reused (ms).
+M.PM2_LIST_TTL_MS = 3000
 --- Largest log chunk sent in one event.
 M.LOG_CHUNK = 64 * 1024
 
@@ -328,10 +330,31 @@ function Dashboard:managers(pname)
 end
 
 
+--- PM2's list on an instance (`pm2 jlist`: a Node.js start, the costly part), shared by the
+--- requests of the next M.PM2_LIST_TTL_MS: opening 8 logs of one instance runs it once.
+function Dashboard:pm2_list(pname, id)
+  local _, pm2 = self:managers(pname)
+  local key = pname .. "/" .. id
+  self.pm2_lists = self.pm2_lists or {}
+  local c = self.pm2_lists[key]
+  if not c or (c.task.done and runtime.now_ms() - c.at > M.PM2_LIST_TTL_MS) then
+    c = { at = runtime.now_ms() }
+    c.task = task.spawn(function() return pm2.list(id) end)
+    self.pm2_lists[key] = c
+  end
+  local ok, list = c.task:result()
+  if not ok then
+    if self.pm2_lists[key] == c then self.pm2_lists[key] = nil end
+    error(list, 0)
+  end
+  return list
+end
+
+
 function Dashboard:sessions(pname, id)
-  local _, pm2, tmux = self:managers(pname)
+  local _, _, tmux = self:managers(pname)
   local out = { pm2 = json.array(), tmux = json.array() }
-  local ok, list = pcall(pm2.list, id)
+  local ok, list = pcall(self.pm2_list, self, pname, id)
   if ok then
     for _, s in ipairs(list) do
       out.pm2[#out.pm2 + 1] = { name = s.name, status = s.status, restarts = s.restarts, uptime_ms = s.uptime_ms,
@@ -355,20 +378,38 @@ end
 
 -- --- live streams ---------------------------------------------------------------------------
 
--- $1 out log, $2 err log, $3 out offset, $4 err offset, $5 max: "<out from> <out len> <err from>
--- <err len>\n" then the bytes; an offset past a file's end (truncated by a restart) reads from 0.
-local READ_FROM = [[
-rd() {
-  s=$(stat -c %s -- "$1" 2>/dev/null || echo 0); o=$2
-  [ "$o" -gt "$s" ] && o=0
-  n=$((s - o)); [ "$n" -gt "$3" ] && n=$3
-  echo "$o $n"
+-- $1 max bytes, then per followed log: out file, err file, out offset, err offset. Prints, per
+-- log, "<out from> <out len> <err from> <err len>\n" then those bytes; an offset past a file's
+-- end (truncated by a restart) reads from 0.
+local READ_MANY = [[
+max=$1; shift
+NL='
+'
+# Few forks (the cost on a busy instance): one stat for every file, then tail|head only where
+# there is something new. stat prints "<size> <name>" for the files that exist (the offsets among
+# the arguments are looked up too, harmlessly: only the log paths are matched).
+sizes=$(stat -L -c '%s %n' -- "$@" 2>/dev/null)
+size_of() {
+  S=0; rest=$sizes
+  while [ -n "$rest" ]; do
+    line=${rest%%"$NL"*}
+    if [ "$line" = "$rest" ]; then rest=; else rest=${rest#*"$NL"}; fi
+    if [ "${line#* }" = "$1" ]; then S=${line%% *}; return; fi
+  done
 }
-a=$(rd "$1" "$3" "$5"); b=$(rd "$2" "$4" "$5")
-echo "$a $b"
-ao=${a% *}; an=${a#* }; bo=${b% *}; bn=${b#* }
-[ "$an" -gt 0 ] && tail -c +"$((ao + 1))" -- "$1" | head -c "$an"
-[ "$bn" -gt 0 ] && tail -c +"$((bo + 1))" -- "$2" | head -c "$bn"
+part() { # $1 file, $2 offset -> O N
+  size_of "$1"; O=$2
+  [ "$O" -gt "$S" ] && O=0
+  N=$((S - O)); [ "$N" -gt "$max" ] && N=$max
+}
+while [ $# -ge 4 ]; do
+  part "$1" "$3"; ao=$O; an=$N
+  part "$2" "$4"; bo=$O; bn=$N
+  echo "$ao $an $bo $bn"
+  [ "$an" -gt 0 ] && tail -c +"$((ao + 1))" -- "$1" | head -c "$an"
+  [ "$bn" -gt 0 ] && tail -c +"$((bo + 1))" -- "$2" | head -c "$bn"
+  shift 4
+done
 exit 0
 ]]
 
@@ -395,63 +436,112 @@ end
 local SSE_HEADERS = { ["Content-Type"] = "text/event-stream; charset=utf-8", ["X-Accel-Buffering"] = "no" }
 
 
+-- Wakes a follower whose stream waits for its queue.
+local function push(f, item)
+  f.queue[#f.queue + 1] = item
+  if f.token then
+    local tok = f.token
+    f.token = nil
+    task.wake(tok)
+  end
+end
+
+
+-- One exec reads every log followed on the instance: results go to each follower's queue.
+local function poll_once(p, id, followers)
+  local list, args = {}, { "-c", READ_MANY, "galley-dashboard", tostring(M.LOG_CHUNK) }
+  for f in pairs(followers) do
+    list[#list + 1] = f
+    for _, v in ipairs({ f.out_log, f.err_log, tostring(f.offs.out), tostring(f.offs.err) }) do args[#args + 1] = v end
+  end
+  local r = p.exec(id, { kind = "argv", command = "sh", args = args }, { timeout_ms = 15000 })
+  local s, pos = r.stdout or "", 1
+  local now = runtime.now_ms()
+  for _, f in ipairs(list) do
+    local a, b, c, d, rest = s:match("^(%d+) (%d+) (%d+) (%d+)\n()", pos)
+    if not a then error(require("galley.errors").new("PROCESS_ERROR", "cannot read the logs"), 0) end
+    a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+    local out = s:sub(rest, rest + b - 1)
+    local err = s:sub(rest + b, rest + b + d - 1)
+    pos = rest + b + d
+    if followers[f] then
+      local ot, on = whole_lines(out)
+      local et, en = whole_lines(err)
+      local reset = a < f.offs.out or c < f.offs.err
+      f.offs.out, f.offs.err = a + on, c + en
+      if ot ~= "" or et ~= "" or reset then
+        f.last = now
+        push(f, sse(("%d.%d"):format(f.offs.out, f.offs.err), "log", { out = ot, err = et, reset = reset or nil }))
+      elseif now - f.last > M.KEEPALIVE_MS then
+        f.last = now -- a comment: a client that went away is noticed when it fails to arrive
+        push(f, ": keep-alive\n\n")
+      end
+    end
+  end
+end
+
+
+-- The followers of an instance's logs share one poller task: one exec per M.POLL_MS for all.
+function Dashboard:follow(pname, id, f)
+  local key = pname .. "/" .. id
+  self.pollers = self.pollers or {}
+  local poller = self.pollers[key]
+  if not poller then
+    poller = { followers = {} }
+    self.pollers[key] = poller
+    local p = self.by_name[pname]
+    poller.task = task.spawn(function()
+      while next(poller.followers) do
+        local ok, err = pcall(poll_once, p, id, poller.followers)
+        if not ok then
+          if errors.is(err, "INTERRUPTED") then break end
+          for g in pairs(poller.followers) do
+            push(g, sse(nil, "error", { code = type(err) == "table" and err.code or "INTERNAL_ERROR" }))
+            push(g, false) -- the stream ends; the browser reconnects later
+          end
+          break
+        end
+        if not pcall(task.sleep, M.POLL_MS) then break end
+      end
+      if self.pollers[key] == poller then self.pollers[key] = nil end
+      for g in pairs(poller.followers) do push(g, false) end
+    end)
+    poller.task.name = "dashboard logs " .. key
+  end
+  poller.followers[f] = true
+  return function() poller.followers[f] = nil end
+end
+
+
 --- GET /api/log: a PM2 session's out and err logs as server-sent events. Each event's id is
 --- "<out offset>.<err offset>"; Last-Event-ID (or ?from=) resumes there, so nothing is sent twice.
 function Dashboard:log_stream(req, pname, id, name)
-  local p, pm2 = self:managers(pname)
-  local ok, list = pcall(pm2.list, id)
+  local ok, list = pcall(self.pm2_list, self, pname, id)
   if not ok then return fail(404, type(list) == "table" and list.code or "NOT_FOUND", "cannot list PM2 processes") end
   local info
   for _, s in ipairs(list) do if s.name == name then info = s end end
   if not info then return fail(404, "NOT_FOUND", "no PM2 process " .. name) end
   local from = req.headers["last-event-id"] or (req.query or {}).from or ""
   local oo, eo = from:match("^(%d+)%.(%d+)$")
-  local offs = { out = math.tointeger(tonumber(oo or "0")) or 0, err = math.tointeger(tonumber(eo or "0")) or 0 }
-  local out_log, err_log = info.out_log or "/dev/null", info.err_log or "/dev/null"
-  local last_sent = runtime.now_ms()
-  local first = true
-  local function read()
-    local r = p.exec(id, { kind = "argv", command = "sh", args = { "-c", READ_FROM, "galley-dashboard",
-      out_log, err_log, tostring(offs.out), tostring(offs.err), tostring(M.LOG_CHUNK) } }, { timeout_ms = 15000 })
-    local s = r.stdout or ""
-    local a, b, c, d, rest = s:match("^(%d+) (%d+) (%d+) (%d+)\n()")
-    if not a then return nil end
-    a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
-    local out = s:sub(rest, rest + b - 1)
-    local err = s:sub(rest + #out, rest + #out + d - 1)
-    local ot, on = whole_lines(out)
-    local et, en = whole_lines(err)
-    local reset = a < offs.out or c < offs.err
-    offs.out, offs.err = a + on, c + en
-    if ot == "" and et == "" and not reset then return nil end
-    return { out = ot, err = et, reset = reset or nil }
-  end
-  local failed = false
+  local f = { out_log = info.out_log or "/dev/null", err_log = info.err_log or "/dev/null", queue = {},
+    offs = { out = math.tointeger(tonumber(oo or "0")) or 0, err = math.tointeger(tonumber(eo or "0")) or 0 },
+    last = runtime.now_ms() }
+  push(f, sse(nil, "hello", { name = name, manager = "pm2" })) -- the page knows it is live
+  local unfollow = self:follow(pname, id, f)
   local function stream()
-    if failed then return nil end
-    if first then
-      first = false
-      return sse(nil, "hello", { name = name, manager = "pm2" }) -- the page knows it is live
-    end
-    while true do
-      local okr, ev = pcall(read)
-      if okr and ev then
-        last_sent = runtime.now_ms()
-        return sse(("%d.%d"):format(offs.out, offs.err), "log", ev)
-      elseif not okr then
-        if errors.is(ev, "INTERRUPTED") then return false end
-        failed = true -- one error event, then the stream ends (the browser reconnects later)
-        return sse(nil, "error", { code = type(ev) == "table" and ev.code or "INTERNAL_ERROR" })
+    while #f.queue == 0 do
+      f.token = task.token()
+      local woke = task.await(f.token)
+      if not woke then
+        f.token = nil
+        return false -- cancelled (Ctrl-C, the server stopping)
       end
-      if runtime.now_ms() - last_sent > M.KEEPALIVE_MS then
-        last_sent = runtime.now_ms()
-        return ": keep-alive\n\n"
-      end
-      local slept = pcall(task.sleep, M.POLL_MS)
-      if not slept then return false end
     end
+    local item = table.remove(f.queue, 1)
+    if item == false then return nil end
+    return item
   end
-  return { status = 200, headers = headers(SSE_HEADERS), stream = stream }
+  return { status = 200, headers = headers(SSE_HEADERS), stream = stream, close = unfollow }
 end
 
 
@@ -527,6 +617,7 @@ function Dashboard:action(path, b)
       return fail(404, "NOT_FOUND", "no such action")
     end
   end
+  if self.pm2_lists then self.pm2_lists[b.provider .. "/" .. b.id] = nil end
   if not ok then return error_response(err) end
   return send_json(200, { ok = true })
 end
