@@ -19,7 +19,7 @@ local opts = recipe.options({
     { "count", type = "integer", default = 8, help = "how many agents (instances)" },
     { "seconds", type = "integer", default = 60, help = "how long each agent works" },
     { "provider", choices = { "local", "morph" }, help = "default: morph with MORPH_API_KEY, else local" },
-    { "snapshot", metavar = "ID", help = "snapshot to boot (default: the provider's own)" },
+    { "snapshot", metavar = "ID", help = "snapshot to boot (default: local's empty one; galley emulate's)" },
   },
 }, arg)
 if opts.count < 1 or opts.count > 32 then recipe.usage_error("--count must be 1..32") end
@@ -27,7 +27,9 @@ if opts.seconds < 1 then recipe.usage_error("--seconds must be positive") end
 
 local provider, why = providers.default(opts.provider)
 recipe.say(why)
-local snapshot = opts.snapshot or provider.DEFAULT_SNAPSHOT or "snapshot_empty"
+-- Default: local's empty snapshot; on morph, `galley emulate`'s (give --snapshot for Morph Cloud).
+local snapshot = opts.snapshot or provider.DEFAULT_SNAPSHOT
+  or (provider.name == "local" and "snapshot_empty" or "snapshot_galleydev")
 local pm2 = pm2mod.new({ provider = provider })
 local tmux = tmuxmod.new({ provider = provider })
 local orch = orchestrator.new({ provider = provider, process_manager = pm2 })

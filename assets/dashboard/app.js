@@ -226,11 +226,11 @@ function sessionPage(provider, id, manager, name) {
     src.addEventListener("hello", () => status("following " + name));
     src.addEventListener("log", (ev) => {
       const d = JSON.parse(ev.data);
+      const near = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 80; // follow unless scrolled up
       if (d.reset) pre.append(el("span", { class: "muted" }, "--- log restarted ---\n"));
       if (d.out) pre.append(document.createTextNode(d.out));
       if (d.err) pre.append(el("span", { class: "e" }, d.err));
       if (ev.lastEventId) sessionStorage.setItem(key, ev.lastEventId);
-      const near = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 80;
       if (near) pre.scrollTop = pre.scrollHeight;
     });
     src.addEventListener("error", () => status("log stream interrupted; reconnecting", true));
