@@ -237,6 +237,55 @@ describe("galley dashboard on local #dashboard", function()
     end
     pm2.delete(id, "ticker")
   end)
+
+  it("redacts secrets in what it sends", function()
+    local pm2 = require("galley.process.pm2").new({ provider = provider, log = require("galley.log").silent() })
+    local secret = "sk-ant-api03-" .. ("Q"):rep(40)
+    pm2.start(id, pm2.process("leaky").command("sh", { "-c", "echo 'key " .. secret .. " here'; sleep 60" }).build())
+    finally(function() pm2.delete(id, "leaky") end)
+    local s = dash:request("GET", ("/api/log?provider=local&id=%s&name=leaky"):format(id), { stream = true })
+    local buf = ""
+    local deadline = runtime.now_ms() + 60000
+    while not buf:find("here", 1, true) and runtime.now_ms() < deadline do
+      local piece = s:read()
+      if not piece then break end
+      buf = buf .. piece
+    end
+    s:close()
+    assert.truthy(buf:find("here", 1, true), buf)
+    assert.is_nil(buf:find(secret, 1, true))
+    assert.truthy(buf:find("REDACTED", 1, true), buf)
+  end)
+
+  it("--open hands xdg-open a private file that redirects to the URL (no token in any argv)", function()
+    local bin = os.tmpname()
+    os.remove(bin)
+    assert(os.execute("mkdir -p " .. support.q(bin)))
+    local seen = bin .. "/seen"
+    local f = assert(io.open(bin .. "/xdg-open", "w"))
+    f:write('#!/bin/sh\nprintf "%s\\n" "$*" > "$0.args"; cat "$1" > "' .. seen .. '"\n')
+    f:close()
+    assert(os.execute("chmod +x " .. support.q(bin .. "/xdg-open")))
+    finally(function() os.execute("rm -rf " .. support.q(bin)) end)
+    local env = {}
+    for k, v in pairs(t.env) do env[k] = v end
+    env.PATH = bin .. ":" .. os.getenv("PATH")
+    local d2 = dashboard.start(env, { "--provider", "local", "--open" })
+    finally(function() d2:stop() end)
+    local deadline = runtime.now_ms() + 20000
+    local page
+    repeat
+      local g = io.open(seen)
+      page = g and g:read("a")
+      if g then g:close() end
+      if not (page and page:find("token=", 1, true)) then require("galley.task").sleep(100) end
+    until (page and page:find("token=", 1, true)) or runtime.now_ms() > deadline
+    assert.truthy(page and page:find(d2.url, 1, true), page)
+    local a = assert(io.open(bin .. "/xdg-open.args"))
+    local args = a:read("a")
+    a:close()
+    assert.is_nil(args:find(d2.token, 1, true), args)
+  end)
 end)
 
 describe("galley dashboard --read-only #dashboard", function()

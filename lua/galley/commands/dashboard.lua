@@ -21,6 +21,28 @@ function M.options(p)
   p:flag("--open", "open the page in the browser (xdg-open)")
 end
 
+--- Opens the page in the user's browser without putting the token in any process's argv (other
+-- users can read those): like Jupyter, xdg-open gets a private file that redirects to the URL.
+function M.open(url)
+  local proc = require("galley.core.proc")
+  if not proc.which("xdg-open") then
+    io.stderr:write("galley dashboard: --open: no xdg-open here; open the URL above yourself\n")
+    return
+  end
+  local paths = require("galley.paths")
+  local ok, err = pcall(function()
+    local dir = paths.private_dir(paths.state_dir() .. "/dashboard")
+    local file = dir .. "/open.html"
+    local escaped = url:gsub("&", "&amp;"):gsub('"', "&quot;")
+    assert(require("galley.core.fs").write_atomic(file, ('<!doctype html><meta http-equiv="refresh" content="0;url=%s">'
+      .. '<a href="%s">galley dashboard</a>\n'):format(escaped, escaped), { mode = "600" }))
+    -- setsid -f: the browser lives on in its own session after galley exits
+    proc.run({ argv = { "setsid", "-f", "xdg-open", file }, stdin = "null", timeout_ms = 10000 })
+  end)
+  if not ok then io.stderr:write("galley dashboard: --open failed: ", tostring(err), "\n") end
+end
+
+
 local function parser()
   local p = argparse("galley dashboard", M.summary):add_help(false)
   p._galley_module = M
@@ -50,14 +72,7 @@ function M.run(args)
   for _, e in ipairs(providers) do names[#names + 1] = e.name end
   io.stderr:write("galley dashboard: serving ", table.concat(names, ", "), res.read_only and " (read-only)" or "",
     " on 127.0.0.1:", port, "; Ctrl-C stops it\n")
-  if res.open then
-    local proc = require("galley.core.proc")
-    if proc.which("xdg-open") then
-      pcall(proc.spawn, { argv = { "xdg-open", d:url() }, stdin = "null" })
-    else
-      io.stderr:write("galley dashboard: --open: no xdg-open here; open the URL above yourself\n")
-    end
-  end
+  if res.open then M.open(d:url()) end
   local runtime = require("galley.core.runtime")
   -- Ctrl-C/SIGTERM ends the sleep (or raises INTERRUPTED through the signal hook).
   pcall(function() while runtime.sleep_ms(1000) do end end)
