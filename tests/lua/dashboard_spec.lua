@@ -319,3 +319,54 @@ describe("galley dashboard --read-only #dashboard", function()
     assert.are.equal(2, code)
   end)
 end)
+
+describe("galley.dashboard with 100 instances #dashboard", function()
+  -- A FAKE provider: 100 instance records without machines behind them, and a health probe that
+  -- takes 300 ms, to check that the listing stays quick while samples are taken in the background.
+  local dashmod = require("galley.dashboard")
+  local task = require("galley.task")
+  local list = {}
+  for i = 1, 100 do list[i] = { id = ("fake_%03d"):format(i), status = "ready", created_at = os.time() } end
+  local FAKE = { name = "fake", instances = { list = function() return list end } }
+  local probes = 0
+  local d, ttl
+
+  setup(function()
+    ttl = dashmod.HEALTH_TTL_MS
+    dashmod.HEALTH_TTL_MS = 600000 -- no second sample however slow this machine is
+    d = dashmod.new({ providers = { { name = "fake", provider = FAKE } }, health = function(_, id)
+      probes = probes + 1
+      task.sleep(300)
+      return { cpu_percent = 1.0, id = id }
+    end })
+    assert(d:start(0))
+  end)
+
+  teardown(function()
+    dashmod.HEALTH_TTL_MS = ttl
+    if d then d:stop() end
+  end)
+
+  local function instances()
+    local t0 = runtime.now_ms()
+    local r = assert(http.request({ method = "GET", url = ("http://127.0.0.1:%d/api/instances"):format(d.port),
+      headers = { Cookie = "galley_dashboard=" .. d.token }, timeout_ms = 60000 }))
+    assert.are.equal(200, r.status, r.body)
+    local with = 0
+    for _, inst in ipairs(cjson.decode(r.body)[1].instances) do if inst.health then with = with + 1 end end
+    return runtime.now_ms() - t0, with
+  end
+
+  it("answers within the health wait and fills in the rest on later listings", function()
+    local ms, with = instances()
+    assert.truthy(ms < dashmod.HEALTH_WAIT_MS + 2000, ms .. " ms")
+    assert.truthy(with > 0 and with < 100, with .. " instances with health")
+    local deadline = runtime.now_ms() + 30000
+    repeat
+      task.sleep(200)
+      ms, with = instances()
+    until with == 100 or runtime.now_ms() > deadline
+    assert.are.equal(100, with)
+    assert.are.equal(100, probes) -- each instance sampled once (then cached)
+  end)
+end)
