@@ -48,7 +48,7 @@ try {
     out.health[id] = await page.$eval(row(id), (tr) => Object.fromEntries(
       [...tr.querySelectorAll("td.health")].map((td) => [td.classList[1], td.textContent.trim()])));
   }
-  out.cookie_http_only = (await page.cookies()).some((c) => c.name === "galley_dashboard" && c.httpOnly && c.sameSite === "Strict");
+  out.cookie_http_only = (await page.cookies()).some((c) => c.name === `galley_dashboard_${port}` && c.httpOnly && c.sameSite === "Strict");
   out.cookie_visible_to_js = await page.evaluate(() => document.cookie.includes("galley_dashboard"));
   await shot(page, "overview");
   step("overview");

@@ -97,7 +97,7 @@ describe("galley dashboard on local #dashboard", function()
       assert.are.equal(403, r.status, path)
       assert.are.equal("DASHBOARD_TOKEN", r.json.error.code)
     end
-    local r = dash:request("GET", "/api/state", { cookie = false, headers = { Cookie = "galley_dashboard=nope" } })
+    local r = dash:request("GET", "/api/state", { cookie = false, headers = { Cookie = "galley_dashboard_" .. dash.port .. "=nope" } })
     assert.are.equal(403, r.status)
   end)
 
@@ -106,7 +106,7 @@ describe("galley dashboard on local #dashboard", function()
     assert.are.equal(303, r.status)
     assert.are.equal("/", r.headers.location)
     local c = r.headers["set-cookie"]
-    assert.truthy(c:find("galley_dashboard=" .. dash.token, 1, true))
+    assert.truthy(c:find("galley_dashboard_" .. dash.port .. "=" .. dash.token, 1, true))
     assert.truthy(c:find("HttpOnly", 1, true) and c:find("SameSite=Strict", 1, true), c)
     r = dash:request("GET", "/")
     assert.are.equal(200, r.status)
@@ -350,7 +350,7 @@ describe("galley.dashboard with 100 instances #dashboard", function()
   local function instances()
     local t0 = runtime.now_ms()
     local r = assert(http.request({ method = "GET", url = ("http://127.0.0.1:%d/api/instances"):format(d.port),
-      headers = { Cookie = "galley_dashboard=" .. d.token }, timeout_ms = 60000 }))
+      headers = { Cookie = d.cookie .. "=" .. d.token }, timeout_ms = 60000 }))
     assert.are.equal(200, r.status, r.body)
     local with = 0
     for _, inst in ipairs(cjson.decode(r.body)[1].instances) do if inst.health then with = with + 1 end end

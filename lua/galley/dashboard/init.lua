@@ -24,6 +24,8 @@ local ansi = require("galley.dashboard.ansi")
 
 local M = {}
 
+--- The cookie's name is M.COOKIE .. "_" .. port: cookies are shared by every port of a host, and
+--- two dashboards must not sign each other out.
 M.COOKIE = "galley_dashboard"
 --- How often a followed log or a tmux screen is read (ms).
 M.POLL_MS = 500
@@ -149,6 +151,7 @@ function Dashboard:start(port)
   if not server then return nil, err end
   self.server = server
   self.port = server:port()
+  self.cookie = M.COOKIE .. "_" .. self.port
   return self.port
 end
 
@@ -186,7 +189,7 @@ function Dashboard:guard(req)
   if not host_ok(self, req) then
     return fail(403, "DASHBOARD_FORBIDDEN_HOST", "this dashboard answers only to 127.0.0.1 and localhost")
   end
-  local given = cookie_value(req, M.COOKIE)
+  local given = cookie_value(req, self.cookie)
   if given and codec.equal(given, self.token) then
     if req.method ~= "GET" and req.method ~= "HEAD" then
       local csrf = req.headers["x-csrf-token"] or ""
@@ -202,7 +205,7 @@ function Dashboard:guard(req)
   local q = req.query or {}
   if req.method == "GET" and req.path == "/" and type(q.token) == "string" and codec.equal(q.token, self.token) then
     return { status = 303, headers = headers({
-      ["Set-Cookie"] = ("%s=%s; Path=/; HttpOnly; SameSite=Strict"):format(M.COOKIE, self.token),
+      ["Set-Cookie"] = ("%s=%s; Path=/; HttpOnly; SameSite=Strict"):format(self.cookie, self.token),
       Location = "/",
     }), body = "" }
   end

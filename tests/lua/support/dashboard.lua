@@ -67,7 +67,7 @@ function Dash:request(method, path, opts)
   opts = opts or {}
   self:drain()
   local h = {}
-  if opts.cookie ~= false then h.Cookie = "galley_dashboard=" .. self.token end
+  if opts.cookie ~= false then h.Cookie = "galley_dashboard_" .. self.port .. "=" .. self.token end
   if opts.csrf then h["X-CSRF-Token"] = opts.csrf end
   if opts.host then h.Host = opts.host end
   if opts.origin then h.Origin = opts.origin end
