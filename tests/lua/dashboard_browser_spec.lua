@@ -111,3 +111,44 @@ for _, target in ipairs(cli.TARGETS) do
     end)
   end)
 end
+
+describe("galley dashboard shows a live recipe.parallel fan-out of 8 agents on the emulator #slow #dashboard #browser",
+  function()
+  local t, dash, run_h, seen, run_id
+
+  setup(function()
+    t = cli.start("emulator")
+    local argv = { bin, "run", source .. "/examples/dashboard-fanout.lua", "--count", "8", "--seconds", "300" }
+    run_h = assert(proc.spawn({ argv = argv, env = t.env, env_mode = "extend" }))
+    dash = dashboard.start(t.env, { "--provider", "morph" })
+    -- the run's id, from its run file
+    local deadline = require("galley.core.runtime").now_ms() + 60000
+    repeat
+      local r = dash:request("GET", "/api/state")
+      for _, run in ipairs(r.json.runs or {}) do if run.state == "running" then run_id = run.id end end
+      if not run_id then require("galley.task").sleep(200) end
+    until run_id or require("galley.core.runtime").now_ms() > deadline
+    assert(run_id, "the run did not start")
+    local r = proc.run({ argv = { "node", browser_dir .. "/dashboard.mjs", cjson.encode({ mode = "fanout",
+      url = dash.url, provider = "morph", run = run_id, count = 8, artifacts = artifacts }) },
+      cwd = browser_dir, timeout_ms = 600000, env = { HOME = t.env.HOME }, env_mode = "extend" })
+    local ok, decoded = pcall(cjson.decode, r.stdout:match("[^\n]*\n?$") or "")
+    seen = ok and decoded or { error = "no JSON from the driver: " .. r.stdout .. r.stderr }
+  end)
+
+  teardown(function()
+    if run_h then
+      pcall(run_h.kill, run_h, "TERM") -- the run stops its instances
+      run_h:wait(120000)
+      run_h:close()
+    end
+    if dash then dash:stop() end
+    if t then t:stop() end
+  end)
+
+  it("lists the run as running with its 8 instances and their health", function()
+    assert.is_nil(seen.error, seen.error)
+    assert.are.same({ "fanout" }, seen.steps)
+    assert.are.equal(8, seen.fanout_rows)
+  end)
+end)
