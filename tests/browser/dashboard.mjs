@@ -89,7 +89,11 @@ try {
   out.log_lines = await logLines(page);
   await shot(page, "pm2-log");
   // A reload resumes from the last event id: the first line shown follows the last one seen.
-  const seen = await logLines(page);
+  // Close the stream and read what is shown in one step (no event can land in between), then reload.
+  const seen = await page.evaluate(() => {
+    state.source.close();
+    return document.querySelector("#log").textContent.split("\n").filter((l) => l !== "");
+  });
   await page.reload();
   await page.waitForFunction(() => document.querySelector("#log") && document.querySelector("#log").textContent.includes("\n"));
   out.log_after_reload = await logLines(page);
