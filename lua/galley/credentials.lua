@@ -58,6 +58,9 @@ local M = {}
 -- Below the Morph provider's 1 MiB inline-script limit, so a batch stays one request there.
 M.DEFAULT_MAX_EXEC_BYTES = 768 * 1024
 M.DEFAULT_ENV_CHUNK_BYTES = 100000
+--- Time limit of each exec the installer makes (the install program, post_install commands):
+--- a wedged instance fails the install (exec_failed, cause TIMEOUT) instead of hanging a run.
+M.DEFAULT_EXEC_TIMEOUT_MS = 120000
 
 --- Room kept for the program and the shell around the payload when the provider sends each exec
 --- as one line of at most `capabilities.max_command_bytes` (Morph): payloads are sized to fit
@@ -586,6 +589,7 @@ end
 ---@field max_exec_bytes? integer payload per exec (default 768 KiB; less on a provider whose
 ---  capabilities.max_command_bytes bounds one exec line: that minus LINE_OVERHEAD_BYTES)
 ---@field env_chunk_bytes? integer bytes per environment variable (default 100 000)
+---@field exec_timeout_ms? integer time limit of each exec (default M.DEFAULT_EXEC_TIMEOUT_MS, 120 s)
 
 ---@param opts galley.CredentialsOptions
 ---@return table installer `{install, install_all, plan}`
@@ -604,6 +608,11 @@ function M.new(opts)
     max_exec = math.min(max_exec, line_bytes - M.LINE_OVERHEAD_BYTES)
   end
   local chunk = opts.env_chunk_bytes or M.DEFAULT_ENV_CHUNK_BYTES
+  local limit = opts.exec_timeout_ms
+  if limit ~= nil and (math.type(limit) ~= "integer" or limit < 1) then
+    bad("exec_timeout_ms", "expected a positive integer")
+  end
+  local exec_opts = { timeout_ms = limit or M.DEFAULT_EXEC_TIMEOUT_MS }
 
   local installer = {}
 
@@ -684,7 +693,7 @@ function M.new(opts)
   end
 
   local function run_exec(instance_id, step, written)
-    local ok, res = pcall(provider.exec, instance_id, step.spec)
+    local ok, res = pcall(provider.exec, instance_id, step.spec, exec_opts)
     local first = step.ops[1]
     if not ok then
       if errors.is(res, "INTERRUPTED") then error(res, 0) end
@@ -737,7 +746,7 @@ function M.new(opts)
   end
 
   local function run_post(instance_id, step, written)
-    local ok, res = pcall(provider.exec, instance_id, step.spec)
+    local ok, res = pcall(provider.exec, instance_id, step.spec, exec_opts)
     if not ok then
       if errors.is(res, "INTERRUPTED") then error(res, 0) end
       fail(("post-install of profile %s failed: %s"):format(step.profile, tostring(res)), nil, {

@@ -1084,9 +1084,9 @@ function M.new(opts)
     return { argv = cmd, env = full_env, env_mode = "replace", cwd = sandbox and "/" or nil }
   end
 
-  local function run_in(meta, argv, env, cwd, operation)
+  local function run_in(meta, argv, env, cwd, operation, timeout_ms)
     local popts = process_options(meta, argv, env, cwd, operation)
-    popts.timeout_ms, popts.max_output = opts.exec_timeout_ms, opts.max_output
+    popts.timeout_ms, popts.max_output = timeout_ms or opts.exec_timeout_ms, opts.max_output
     local r, err = proc.run(popts)
     if not r then
       if errors.is(err, "INTERRUPTED") then error(err, 0) end
@@ -1129,16 +1129,25 @@ function M.new(opts)
   --- Runs a CommandSpec in an instance. Non-zero exits are results.
   ---@param instance_id string
   ---@param spec galley.CommandSpec
+  ---@param eopts? {timeout_ms?: integer} this exec's time limit (default: the provider's exec_timeout_ms)
   ---@return {stdout: string, stderr: string, exit_code: integer}
   ---@raise NOT_FOUND | VALIDATION_ERROR | CONFLICT (paused) | PROCESS_ERROR | TIMEOUT
-  function provider.exec(instance_id, spec)
+  function provider.exec(instance_id, spec, eopts)
     expire()
     local meta = must_instance(instance_id, "exec")
     spec = contracts.check_command(spec)
+    if eopts ~= nil and type(eopts) ~= "table" then
+      common.raise("VALIDATION_ERROR", "exec options must be a table", { field = "exec options", operation = "exec" })
+    end
+    local timeout_ms = eopts and eopts.timeout_ms
+    if timeout_ms ~= nil and (math.type(timeout_ms) ~= "integer" or timeout_ms < 1) then
+      common.raise("VALIDATION_ERROR", "timeout_ms must be a positive integer", { field = "timeout_ms",
+        operation = "exec" })
+    end
     if spec.kind == "argv" then
       local argv = { spec.command }
       for _, a in ipairs(spec.args) do argv[#argv + 1] = a end
-      return run_in(meta, argv, spec.env, spec.cwd, "exec")
+      return run_in(meta, argv, spec.env, spec.cwd, "exec", timeout_ms)
     end
     -- Shell form: a temporary script in the instance's /tmp, run as `/bin/bash <path>`.
     local name = ".galley-script-" .. codec.random_hex(8) .. ".sh"
@@ -1152,7 +1161,7 @@ function M.new(opts)
       tool({ "chown", ident.uid .. ":" .. ident.gid, host_path }, "chown the script")
     end
     local script_path = sandbox and ("/tmp/" .. name) or host_path
-    local rok, res = pcall(run_in, meta, { "/bin/bash", script_path }, spec.env, spec.cwd, "exec")
+    local rok, res = pcall(run_in, meta, { "/bin/bash", script_path }, spec.env, spec.cwd, "exec", timeout_ms)
     os.remove(host_path)
     if not rok then error(res, 0) end
     return res
@@ -1258,6 +1267,24 @@ function M.new(opts)
     return true
   end
 
+  --- Sets the instance's TTL to `seconds` from now (`--keep 4h` at the end of a run).
+  ---@param instance_id string
+  ---@param seconds integer
+  ---@param action? "stop"|"terminate"|"pause" default: the instance's own, else "stop"
+  ---@return table instance
+  ---@raise NOT_FOUND | VALIDATION_ERROR
+  function I.set_ttl(instance_id, seconds, action)
+    expire()
+    local meta = must_instance(instance_id, "instances.set_ttl")
+    local secs, act = common.check_ttl({ ttl_seconds = seconds, ttl_action = action or meta.ttl_action })
+    if not secs then
+      common.raise("VALIDATION_ERROR", "ttl_seconds must be a positive integer", { field = "ttl_seconds" })
+    end
+    meta.ttl_seconds, meta.ttl_action, meta.expires_at = secs, act, now() + secs
+    save_meta(inst_dir(instance_id), meta)
+    return public_instance(meta)
+  end
+
   --- Kills every process of the instance and keeps its files; status "ready" (a paused
   --- instance is thawed first). Re-arms the TTL like resume.
   ---@param instance_id string
@@ -1330,7 +1357,8 @@ function M.new(opts)
   end
 
   local function take_snapshot(instance_id, sopts, operation)
-    sopts = sopts or {}
+    local tagged
+    sopts, tagged = run.snapshot_options(sopts) -- the run's tags; a digest's (an image's) none
     local meta = must_instance(instance_id, operation)
     local metadata = common.check_metadata(sopts.metadata)
     local existing = sopts.digest and digest_owner(sopts.digest)
@@ -1348,12 +1376,15 @@ function M.new(opts)
     end)
     if not ok or owner then pcall(owner_tool, { "rm", "-rf", "--", dir }) end
     if not ok then error(err, 0) end
+    if tagged and not owner then run.track_snapshot(provider, id, metadata.galley_keep == "1") end
     return public_snapshot(owner or smeta)
   end
 
-  --- Snapshots the instance's home and /tmp (frozen meanwhile if it is running).
+  --- Snapshots the instance's home and /tmp (frozen meanwhile if it is running). Inside a run
+  --- (or `galley -e`/a script) it is tagged with the run and left for `galley gc` unless
+  --- `keep = true`; one taken with a `digest` is an image: untagged, never collected.
   ---@param instance_id string
-  ---@param sopts? {metadata?: table<string, string>, digest?: string}
+  ---@param sopts? {metadata?: table<string, string>, digest?: string, keep?: boolean}
   ---@return table snapshot
   ---@raise NOT_FOUND
   function I.snapshot(instance_id, sopts)
