@@ -380,6 +380,7 @@ function M.finish_run(code)
     if code == M.EXIT_OK then code = M.EXIT_FAILED end
   end
   if #report.hook_errors > 0 and code == M.EXIT_OK then code = M.EXIT_FAILED end
+  run.record_history(ctx, report, code) -- what `galley dashboard` lists as finished runs
   return code
 end
 
