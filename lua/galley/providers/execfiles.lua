@@ -224,20 +224,23 @@ else
 fi
 ]]
 
--- A chunk of a large write, at byte offset $4 of the temporary file $1 (created mode 600;
--- directory $2 created first when $3 = 1); the base64 follows. coreutils when present, else
--- python3.
+-- A chunk of a large write, at byte offset $4 of the temporary file $1; the base64 follows. The
+-- chunk at offset 0 creates the file (mode 600, never an existing one; directory $2 first when
+-- $3 = 1); the others write into it and never create it. coreutils when present, else python3.
 local SH_CHUNK = [[
 tmp=$1 d=$2 mk=$3 off=$4; shift 4
-if [ "$mk" = 1 ]; then mkdir -p -- "$d" || exit 1; fi
 umask 077
+if [ "$off" = 0 ]; then
+  if [ "$mk" = 1 ]; then mkdir -p -- "$d" || exit 1; fi
+  (set -C; : > "$tmp") || exit 1
+fi
 if command -v dd >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1; then
   printf %s "$@" | base64 -d |
-    dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none
+    dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc,nocreat iflag=fullblock status=none
 else
   printf %s "$@" | python3 -I -S -c 'import os, sys, base64
 data = base64.b64decode(sys.stdin.buffer.read(), validate=True)
-fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)
+fd = os.open(sys.argv[1], os.O_WRONLY)
 os.pwrite(fd, data, int(sys.argv[2]))
 os.close(fd)' "$tmp" "$off"
 fi
@@ -540,10 +543,14 @@ function M.new(opts)
             local argv = sh(SH_CHUNK, tmp, dir, wopts.create_dirs and "1" or "0", tostring(off))
             pieces(codec.base64_encode(raw), argv)
             raw = nil -- luacheck: ignore
-            chunks:add(function()
+            local function send()
               local res = run(instance_id, argv)
               if res.exit_code ~= 0 then error(failed(res), 0) end
-            end)
+            end
+            -- The first chunk creates the temporary file, alone; the others never create it, so
+            -- one still running on the instance after a failed write was cleaned up cannot
+            -- bring the file back.
+            if off == 0 then send() else chunks:add(send) end
           else
             if chunks then chunks:finish() end
             local args = { path, tmp, dir, wopts.create_dirs and "1" or "0", first and "1" or "0",
