@@ -97,31 +97,6 @@ local function info(text) recipe.say(text) end
 local function usage(msg) recipe.usage_error(msg) end
 
 if opts.ttl < 0 then usage("--ttl must be 0 or more") end
-if #opts > 0 and (opts.prompt or opts.prompt_file) then
-  usage("give the prompt once: as words after the options, --prompt or --prompt-file")
-end
-if opts.prompt and opts.prompt_file then usage("--prompt and --prompt-file: give one of them") end
-local prompt = #opts > 0 and table.concat(opts, " ") or opts.prompt or DEFAULT_PROMPT
-if opts.prompt_file then
-  local f, ferr = io.open(opts.prompt_file, "rb")
-  if not f then usage("--prompt-file: " .. tostring(ferr)) end
-  prompt = f:read("a") or ""
-  f:close()
-end
-if prompt == "" then usage("the prompt is empty") end
-if opts.cwd then
-  -- The rules every CommandSpec's cwd follows: absolute or ~-prefixed, UTF-8, no NUL.
-  local ok_cwd, cwd_err = pcall(contracts.check_command, { kind = "shell", script = ":", cwd = opts.cwd })
-  if not ok_cwd then
-    local why = tostring(type(cwd_err) == "table" and cwd_err.message or cwd_err):gsub("^command%.cwd: ", "")
-    local c = opts.cwd
-    if c:sub(1, 1) ~= "/" and c:sub(1, 1) ~= "~" then
-      why = why .. (" (write ~/%s for a directory in the instance's home)"):format(c)
-    end
-    usage("--cwd: " .. why)
-  end
-end
-if opts.branch and not opts.repo then usage("--branch needs --repo") end
 if opts.timeout < 0 then usage("--timeout must be 0 or more") end
 if opts.poll_ms < 50 then usage("--poll-ms must be at least 50") end
 if opts.ttl > 0 and opts.timeout > 0 and opts.ttl < opts.timeout then
@@ -195,6 +170,31 @@ end
 if opts.image == "auto" and agent_name ~= "claude" then
   usage("--image auto builds an agent image: use it with --agent claude")
 end
+if #opts > 0 and (opts.prompt or opts.prompt_file) then
+  usage("give the prompt once: as words after the options, --prompt or --prompt-file")
+end
+if opts.prompt and opts.prompt_file then usage("--prompt and --prompt-file: give one of them") end
+local prompt = #opts > 0 and table.concat(opts, " ") or opts.prompt or DEFAULT_PROMPT
+if opts.prompt_file then
+  local f, ferr = io.open(opts.prompt_file, "rb")
+  if not f then usage("--prompt-file: " .. tostring(ferr)) end
+  prompt = f:read("a") or ""
+  f:close()
+end
+if prompt == "" then usage("the prompt is empty") end
+if opts.cwd then
+  -- The rules every CommandSpec's cwd follows: absolute or ~-prefixed, UTF-8, no NUL.
+  local ok_cwd, cwd_err = pcall(contracts.check_command, { kind = "shell", script = ":", cwd = opts.cwd })
+  if not ok_cwd then
+    local reason = tostring(type(cwd_err) == "table" and cwd_err.message or cwd_err):gsub("^command%.cwd: ", "")
+    local c = opts.cwd
+    if c:sub(1, 1) ~= "/" and c:sub(1, 1) ~= "~" then
+      reason = reason .. (" (write ~/%s for a directory in the instance's home)"):format(c)
+    end
+    usage("--cwd: " .. reason)
+  end
+end
+if opts.branch and not opts.repo then usage("--branch needs --repo") end
 
 -- ---------------------------------------------------------------------------------------------
 -- Claude credentials (never printed: lengths and expiry only)
