@@ -137,6 +137,44 @@ static int run_script(lua_State *L, char **argv, int argc, int script) {
 }
 
 
+/* Names what a `-e CODE` or a plain script boots (runtime.options().script): galley.run tags and
+ * tracks its instances and snapshots like a run's (lua/galley/run.lua). */
+static void set_script_name(lua_State *L, const char *name) {
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "galley.core.runtime");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "options");
+  lua_call(L, 0, 1);                                                  /* [runtime, options] */
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, "script");
+  lua_pop(L, 2);
+}
+
+
+/* After `-e CODE` or a script: when it booted anything (galley.run is loaded), the exit report
+ * names what is still live with the command that stops it (galley.runner.finish_script).
+ * Returns the exit code, 1 when the report itself failed. */
+static int finish_script(lua_State *L, int code) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  int loaded = lua_getfield(L, -1, "galley.run") == LUA_TTABLE;       /* [package, loaded, run] */
+  lua_pop(L, 3);
+  if (!loaded) return code;
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "galley.runner");
+  if (docall(L, 1, 1) != LUA_OK) return code ? code : 1;
+  lua_getfield(L, -1, "finish_script");                               /* [runner, finish_script] */
+  lua_pushinteger(L, code);
+  if (docall(L, 1, 1) != LUA_OK) {
+    lua_pop(L, 1);
+    return code ? code : 1;
+  }
+  if (lua_isinteger(L, -1)) code = (int)lua_tointeger(L, -1);
+  lua_pop(L, 2);
+  return code;
+}
+
+
 /* Hands argv[first..] to require("galley.cli").main(args) and returns its exit code. */
 static int run_cli(lua_State *L, char **argv, int argc, int first) {
   lua_getglobal(L, "require");
@@ -238,13 +276,16 @@ static int pmain(lua_State *L) {
       lua_pushinteger(L, EXIT_USAGE);
       return 1;
     }
-    status = docall(L, 0, 0) == LUA_OK ? 0 : 1;
+    set_script_name(L, "-e");
+    status = docall(L, 0, 0) == LUA_OK ? 0 : failure_code();
+    status = finish_script(L, status);
     if (status == 0 && interactive) {
       char *repl[] = {"repl"};
       status = run_cli(L, repl, 1, 0);
     }
   } else if (i < argc && is_script(argv[i])) {
-    status = run_script(L, argv, argc, i);
+    set_script_name(L, argv[i]);
+    status = finish_script(L, run_script(L, argv, argc, i));
     if (status == 0 && interactive) {
       char *repl[] = {"repl"};
       status = run_cli(L, repl, 1, 0);

@@ -78,8 +78,12 @@ function M.run_options(args)
       o.color = os.getenv("NO_COLOR") and 0 or 1
     elseif a == "-i" then
       o.interactive = 1
-    elseif a == "--keep" then
+    elseif a == "--keep" or a:match("^%-%-keep=") then
       ropts.keep = true
+      local secs, taken = require("galley.util").keep_duration(a:match("^%-%-keep=(.*)$"), args[i + 1])
+      if not secs and taken then return nil, taken end
+      ropts.keep_seconds = secs
+      if taken == true then i = i + 1 end
     elseif a == "--ttl" or a:match("^%-%-ttl=") then
       local raw = a:match("^%-%-ttl=(.*)$")
       if not raw then
@@ -104,14 +108,16 @@ function M.run_options(args)
 end
 
 M.command("run", {
-  summary = "run a recipe: galley run [--keep] [--ttl D] FILE|NAME|- [args...]",
-  usage = "galley run [-v] [-q] [--json] [--keep] [--ttl DURATION] FILE|NAME|- [args...]",
+  summary = "run a recipe: galley run [--keep [D]] [--ttl D] FILE|NAME|- [args...]",
+  usage = "galley run [-v] [-q] [--json] [--keep [DURATION]] [--ttl DURATION] FILE|NAME|- [args...]",
   help = "Runs a recipe file in its own environment (assigning an undeclared global is an error).\n"
     .. "NAME may be a recipe shipped with galley, e.g. `galley run boot-and-run --help`; `-` reads\n"
     .. "the recipe from stdin. The recipe sees its arguments in `arg` and `...`.\n"
     .. "Before the recipe: the global options (-v, -q, --json, --no-color, -i) and the run's own\n"
-    .. "--keep (keep its instances at exit) and --ttl DURATION (90, 90s, 10m, 2h; 0: none), which\n"
-    .. "every recipe also accepts after its name unless it declares options of those names.",
+    .. "--keep [DURATION] (keep its instances at exit, for their TTL or, with a DURATION such as 4h,\n"
+    .. "for that long from the end of the run; the end says until when) and --ttl DURATION (90, 90s,\n"
+    .. "10m, 2h; 0: none), which every recipe also accepts after its name unless it declares options\n"
+    .. "of those names (a declared keep flag takes the DURATION too).",
   run = function(args)
     local first, ropts = M.run_options(args)
     if not first then return usage_error("run: %s", ropts) end
@@ -201,7 +207,7 @@ M.command("help", {
 -- module returns {summary, usage, help?, run = fun(args): integer}.
 M.lazy = {
   emulate = "serve the Morph API on 127.0.0.1 with instances that really run",
-  gc = "stop instances left by finished or expired galley runs",
+  gc = "stop instances (and delete snapshots) left by finished or expired galley runs",
   ls = "list instances: galley ls [--all] [--json]",
   snapshots = "list snapshots: galley snapshots [--json]",
   images = "list base images: galley images [--json]",

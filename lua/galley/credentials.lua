@@ -48,8 +48,8 @@
 -- A provider error keeps its class: it is `err.cause` (the provider's error itself: `err.cause.code`
 -- is SERVER_ERROR, NOT_FOUND, ...), and a transient one (errors.is_retryable: 429, 5xx, network,
 -- timeout) makes the CREDENTIALS_ERROR retryable too (`err.retryable`, `err.attempt`). Install
--- steps are idempotent (atomic writes, merges of the same keys), so a transient failure is retried
--- first (`retry`: 3 attempts, backoff from 500 ms, honouring Retry-After); post-install commands
+-- steps are idempotent (atomic writes, merges of the same keys), so a transient failure (not a
+-- TIMEOUT: that is the exec's own limit passing) is retried first (`retry`: 3 attempts, backoff from 500 ms, honouring Retry-After); post-install commands
 -- are the profile's own and are not retried.
 local cjson = require("cjson").new()
 local codec = require("galley.core.codec")
@@ -65,6 +65,9 @@ local M = {}
 -- Below the Morph provider's 1 MiB inline-script limit, so a batch stays one request there.
 M.DEFAULT_MAX_EXEC_BYTES = 768 * 1024
 M.DEFAULT_ENV_CHUNK_BYTES = 100000
+--- Time limit of each exec the installer makes (the install program, post_install commands):
+--- a wedged instance fails the install (exec_failed, cause TIMEOUT) instead of hanging a run.
+M.DEFAULT_EXEC_TIMEOUT_MS = 120000
 
 --- How a transient failure of an install step (an exec, a large file's write) is retried.
 M.DEFAULT_RETRY = { max_attempts = 3, base_delay_ms = 500, max_delay_ms = 5000 }
@@ -599,6 +602,7 @@ end
 ---@field env_chunk_bytes? integer bytes per environment variable (default 100 000)
 ---@field retry? {max_attempts?: integer, base_delay_ms?: integer, max_delay_ms?: integer} transient
 ---  failures of install steps (default M.DEFAULT_RETRY; max_attempts = 1: none)
+---@field exec_timeout_ms? integer time limit of each exec (default M.DEFAULT_EXEC_TIMEOUT_MS, 120 s)
 
 ---@param opts galley.CredentialsOptions
 ---@return table installer `{install, install_all, plan}`
@@ -627,6 +631,11 @@ function M.new(opts)
   local max_attempts = retry.max_attempts or M.DEFAULT_RETRY.max_attempts
   local base_delay = retry.base_delay_ms or M.DEFAULT_RETRY.base_delay_ms
   local max_delay = retry.max_delay_ms or M.DEFAULT_RETRY.max_delay_ms
+  local limit = opts.exec_timeout_ms
+  if limit ~= nil and (math.type(limit) ~= "integer" or limit < 1) then
+    bad("exec_timeout_ms", "expected a positive integer")
+  end
+  local exec_opts = { timeout_ms = limit or M.DEFAULT_EXEC_TIMEOUT_MS }
 
   local installer = {}
 
@@ -723,7 +732,10 @@ function M.new(opts)
       local ok, res = pcall(fn, ...)
       if ok then return true, res end
       if errors.is(res, "INTERRUPTED") then error(res, 0) end
-      if attempt >= max_attempts or not errors.is_retryable(res) then return false, res, attempt end
+      -- A TIMEOUT is the exec's own time limit passing (the command was killed): not retried.
+      if attempt >= max_attempts or not errors.is_retryable(res) or res.code == "TIMEOUT" then
+        return false, res, attempt
+      end
       local delay = math.min(max_delay, base_delay * (1 << (attempt - 1)))
       local after = type(res) == "table" and tonumber(res.retry_after)
       if after then delay = math.max(delay, math.floor(after * 1000)) end
@@ -735,7 +747,7 @@ function M.new(opts)
   end
 
   local function run_exec(instance_id, step, written)
-    local ok, res, attempts = with_retries("exec", provider.exec, instance_id, step.spec)
+    local ok, res, attempts = with_retries("exec", provider.exec, instance_id, step.spec, exec_opts)
     local first = step.ops[1]
     if not ok then
       local f = keep_class(res, attempts)
@@ -789,7 +801,7 @@ function M.new(opts)
 
   local function run_post(instance_id, step, written)
     -- Not retried: the command is the profile's, and may not be safe to run twice.
-    local ok, res = pcall(provider.exec, instance_id, step.spec)
+    local ok, res = pcall(provider.exec, instance_id, step.spec, exec_opts)
     if not ok then
       if errors.is(res, "INTERRUPTED") then error(res, 0) end
       local f = keep_class(res)

@@ -3,19 +3,23 @@
 -- when its TTL has passed, or when its run was started on this machine (`galley_host`) and is
 -- no longer alive (no live process behind `<state>/runs/<run-id>`). Instances marked
 -- `galley_keep` (booted with --keep) are left alone unless `include_kept` is set; runs from
--- other machines are judged by TTL only unless `all_hosts` is set.
+-- other machines are judged by TTL only unless `all_hosts` is set. Snapshots a run made
+-- (`instances.snapshot` inside a run, `galley -e` or a script: metadata `galley_run`) are deleted
+-- by the same rule (they have no TTL), unless made with `keep = true` (`galley_keep`). Images
+-- (snapshots taken with a digest, e.g. by `snapshots.build`) carry no run tag: never collected.
 local run = require("galley.run")
 
 local M = {}
 
 ---@class galley.GcCandidate
 ---@field provider string provider name
----@field id string instance id
+---@field kind "instance"|"snapshot"
+---@field id string instance or snapshot id
 ---@field status string
 ---@field run string|nil run id
 ---@field recipe string|nil
 ---@field reason string why it is collected
----@field action string "stopped" | "would stop" | "failed"
+---@field action string "stopped" | "would stop" | "deleted" | "would delete" | "failed"
 ---@field error? string
 
 local function expired(inst, now)
@@ -37,25 +41,31 @@ function M.find(provider, opts)
   local host = run.hostname()
   run.check_runs_dir() -- run files in a directory others control are never believed: UNSAFE_PATH
   local out, skipped = {}, {}
-  for _, inst in ipairs(provider.instances.list({}) or {}) do
-    local meta = inst.metadata or {}
+  local function judge(kind, item)
+    local meta = item.metadata or {}
     local run_id = meta[run.TAG_RUN]
     if run_id and not opts.include_kept and meta[run.TAG_KEEP] == "1" then
-      skipped[#skipped + 1] = { provider = provider.name, id = inst.id, run = run_id,
-        reason = "kept (--keep; --include-kept stops it)" }
+      skipped[#skipped + 1] = { provider = provider.name, kind = kind, id = item.id, run = run_id,
+        reason = kind == "instance" and "kept (--keep; --include-kept stops it)"
+          or "kept (keep = true; --include-kept deletes it)" }
     end
     if run_id and (opts.include_kept or meta[run.TAG_KEEP] ~= "1") then
       local reason
-      if expired(inst, now) then
+      if kind == "instance" and expired(item, now) then
         reason = "past its TTL"
       elseif (opts.all_hosts or meta[run.TAG_HOST] == host) and not run.is_live(run_id) then
         reason = meta[run.TAG_HOST] == host and "its run has finished" or "its run is not live on this machine"
       end
       if reason then
-        out[#out + 1] = { provider = provider.name, id = inst.id, status = inst.status, run = run_id,
-          recipe = meta[run.TAG_RECIPE], reason = reason, action = "would stop" }
+        out[#out + 1] = { provider = provider.name, kind = kind, id = item.id, status = item.status, run = run_id,
+          recipe = meta[run.TAG_RECIPE], reason = reason,
+          action = kind == "instance" and "would stop" or "would delete" }
       end
     end
+  end
+  for _, inst in ipairs(provider.instances.list({}) or {}) do judge("instance", inst) end
+  if provider.snapshots and provider.snapshots.list then
+    for _, snap in ipairs(provider.snapshots.list({}) or {}) do judge("snapshot", snap) end
   end
   return out, skipped
 end
@@ -69,11 +79,12 @@ function M.collect(provider, opts)
   local found, skipped = M.find(provider, opts)
   if opts.dry_run then return found, skipped end
   for _, c in ipairs(found) do
-    local ok, err = pcall(provider.instances.terminate, c.id)
+    local done = c.kind == "snapshot" and "deleted" or "stopped"
+    local ok, err = pcall(c.kind == "snapshot" and provider.snapshots.delete or provider.instances.terminate, c.id)
     if ok then
-      c.action = "stopped"
+      c.action = done
     elseif type(err) == "table" and err.code == "NOT_FOUND" then
-      c.action = "stopped" -- gone meanwhile (its TTL or another gc)
+      c.action = done -- gone meanwhile (its TTL or another gc)
     else
       c.action, c.error = "failed", tostring(err)
     end

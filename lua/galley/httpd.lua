@@ -12,6 +12,8 @@
 -- (a TCP reset instead of an answer) or {status, headers, stream = fn, close = fn}: fn() is
 -- called in the request's task for each chunk (a string; nil ends the body, false cuts it),
 -- and close() once the stream is done with, finished or not (the client may have gone).
+-- `reason` (optional) replaces the status line's reason phrase (printable bytes, at most 512;
+-- Proxmox VE puts its error messages there).
 -- A handler that raises is logged on stderr and answered 500.
 local core = require("galley.core.httpd")
 local task = require("galley.task")
@@ -46,6 +48,10 @@ local function check(resp)
       end
       headers[k] = tostring(v)
     end
+  end
+  if resp.reason ~= nil then
+    if type(resp.reason) ~= "string" then error("response reason must be a string", 0) end
+    headers[":reason"] = resp.reason
   end
   if resp.stream == nil and resp.body ~= nil and type(resp.body) ~= "string" then
     error("response body must be a string, got " .. type(resp.body), 0)

@@ -15,9 +15,10 @@
 --     (`galley_request_token`), so a create whose answer was lost can be found later;
 --   * what an HTTP status means: errors.code_for_http_status (one table for all of galley);
 --   * retries: 429 always (honouring Retry-After); 502/503/504 and transport failures for
---     idempotent calls, 500 too for idempotent GETs; creating/running calls only when the
---     request provably never reached the server. Exponential backoff with equal jitter, within
---     max_attempts and max_elapsed_ms;
+--     idempotent calls, 500 too for idempotent GETs and DELETEs, and a 2xx whose body is not
+--     JSON for GETs; creating/running calls only when the request provably never reached the
+--     server (libcurl is never let to resend them either: http.c no_resend). Exponential
+--     backoff with equal jitter, within max_attempts and max_elapsed_ms;
 --   * deletes are idempotent: a DELETE retried after a lost answer that then gets 404, or a 2xx
 --     whose body cannot be parsed, has done its job;
 --   * wait_ready polls GET /instance/{id}, tolerating failed polls (5xx, malformed answers,
@@ -107,7 +108,8 @@ function M.retryable(ep, status, herr)
   if status then
     if status == 429 then return true end
     if status == 502 or status == 503 or status == 504 then return ep.idempotent end
-    if status == 500 then return ep.idempotent and ep.method == "GET" end
+    -- 500 is retried for reads and deletes only: a retried delete that meets 404 has succeeded
+    if status == 500 then return ep.idempotent and (ep.method == "GET" or ep.method == "DELETE") end
     return false
   end
   local c = herr and herr.code
@@ -324,8 +326,23 @@ function Client:call(name, args)
       local ok, decoded = pcall(cjson.decode, resp.body)
       if ok and type(decoded) == "table" then return decoded end
       if ep.method == "DELETE" then return true end -- the delete happened; its answer is noise
-      info.status = status
-      return nil, self:_error("PROTOCOL_ERROR", ep.name .. ": the response body is not the JSON object expected", info)
+      -- A garbled answer to a read is asked again; to anything else it is final (it acted).
+      local again = ep.method == "GET" and ep.idempotent and attempt < retry.max_attempts
+        and M.backoff_ms(retry, attempt) or nil
+      if again and retry.max_elapsed_ms > 0 and runtime.now_ms() - start + again > retry.max_elapsed_ms then
+        again = nil
+      end
+      if not again then
+        info.status = status
+        return nil, self:_error("PROTOCOL_ERROR", ep.name .. ": the response body is not the JSON object expected",
+          info)
+      end
+      local pok, perr = pause(again)
+      if not pok then
+        info.signal = perr.signal
+        return nil, self:_error(perr.code or "INTERRUPTED", ep.name .. ": interrupted while waiting to retry", info)
+      end
+      goto continue
     end
     if status == 404 and acted and ep.method == "DELETE" then
       return true -- a retried delete whose first try did the work
@@ -360,6 +377,7 @@ function Client:call(name, args)
       info.signal = perr.signal
       return nil, self:_error(perr.code or "INTERRUPTED", ep.name .. ": interrupted while waiting to retry", info)
     end
+    ::continue::
   end
 end
 

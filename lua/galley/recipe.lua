@@ -65,7 +65,8 @@ function M.help_text(spec)
   local declared = {}
   for _, o in ipairs(spec.options or {}) do declared[o[1]] = true end
   if not declared.keep then
-    lines[#lines + 1] = ("  %-28s %s"):format("--keep", "keep this run's instances at exit (run option)")
+    lines[#lines + 1] = ("  %-28s %s"):format("--keep [DURATION]",
+      "keep this run's instances at exit, for DURATION (4h) if given (run option)")
   end
   if not declared.ttl then
     lines[#lines + 1] = ("  %-28s %s"):format("--ttl DURATION",
@@ -175,9 +176,15 @@ RUN_LEVEL = { keep = true, ttl = true, ["no-keep"] = true }
 
 -- Applies a run-level option at args[i]; returns the index of its last argument.
 function run_level(name, inline, args, i)
-  if name == "keep" or name == "no-keep" then
+  if name == "keep" then
+    local secs, taken = require("galley.util").keep_duration(inline, args[i + 1])
+    if not secs and taken then M.usage_error(taken) end
+    run.set_keep(true, secs)
+    return taken == true and i + 1 or i
+  end
+  if name == "no-keep" then
     if inline then M.usage_error(("--%s takes no value"):format(name)) end
-    run.set_keep(name == "keep")
+    run.set_keep(false)
     return i
   end
   local raw = inline
@@ -244,7 +251,15 @@ function M.options(spec, args)
       end
       if not o then unknown_option(name, byname) end
       local key = o[1]:gsub("-", "_")
-      if opt_type(o) == "flag" then
+      if opt_type(o) == "flag" and name == "keep" then
+        -- A declared keep flag takes a DURATION too (`--keep 4h`): the run keeps its instances
+        -- with that TTL from the end of the run.
+        local secs, taken = require("galley.util").keep_duration(inline, args[i + 1])
+        if not secs and taken then M.usage_error(taken) end
+        if secs then run.set_keep(true, secs) end
+        if taken == true then i = i + 1 end
+        values[key] = true
+      elseif opt_type(o) == "flag" then
         if inline then M.usage_error(("--%s takes no value"):format(name)) end
         values[key] = not negated
       else

@@ -243,21 +243,43 @@ local function history_path()
 end
 
 local function report_instances(out, tty, readline)
+  runtime.clear_signal() -- a Ctrl-C typed at the prompt is not an abort of this report
   local items = run.tagged_instances()
-  if #items == 0 then
-    run.finish({ stop_instances = false })
+  local snaps = {}
+  for _, item in ipairs(run.tagged_snapshots()) do
+    if (item.snapshot.metadata or {})[run.TAG_KEEP] ~= "1" then snaps[#snaps + 1] = item.snapshot end
+  end
+  if #items == 0 and #snaps == 0 then
+    local report = run.finish({ stop_instances = false })
+    for _, id in ipairs(report.snapshots_kept) do
+      out:write(("kept snapshot %s (keep = true); `galley gc --include-kept` deletes it\n"):format(id))
+    end
     return
   end
-  out:write(("%d instance(s) booted in this session still exist:\n"):format(#items))
-  for _, item in ipairs(items) do out:write("  ", pretty.record_line(item.instance), "\n") end
+  if #items > 0 then
+    out:write(("%d instance(s) booted in this session still exist:\n"):format(#items))
+    for _, item in ipairs(items) do
+      local id = item.instance.id
+      out:write("  ", pretty.record_line(item.instance), "\n    ",
+        require("galley.runner").until_text(run.ttl_end(item.instance)), "; stop it with: galley stop ", id, "\n")
+    end
+  end
+  if #snaps > 0 then
+    out:write(("%d snapshot(s) made in this session (keep = true keeps one):\n"):format(#snaps))
+    for _, snap in ipairs(snaps) do out:write("  ", snap.id, "\n") end
+  end
   local answer = "n"
-  if tty then answer = readline("Stop them now? [y/N] ") or "n" end
+  local question = #items > 0 and #snaps > 0 and "Stop the instances and delete the snapshots now? [y/N] "
+    or #items > 0 and "Stop them now? [y/N] " or "Delete them now? [y/N] "
+  if tty then answer = readline(question) or "n" end
   if answer:match("^%s*[yY]") then
-    local report = run.finish({})
-    out:write(("stopped %d instance(s)\n"):format(#report.stopped))
+    local report = run.finish({ delete_snapshots = true })
+    if #items > 0 then out:write(("stopped %d instance(s)\n"):format(#report.stopped)) end
+    if #snaps > 0 then out:write(("deleted %d snapshot(s)\n"):format(#report.snapshots_deleted)) end
   else
     run.finish({ stop_instances = false })
-    out:write("left running; they stop when their TTL runs out (or run `galley gc`)\n")
+    out:write("left as they are: instances stop when their TTL runs out; `galley gc` collects them (and the "
+      .. "snapshots) once this session has exited\n")
   end
 end
 

@@ -95,23 +95,30 @@ end
 ---@field providers table[] providers used during the run
 ---@field instances {provider: table, id: string}[] instances booted during the run
 
---- Starts a run; the runner calls this before a recipe's first line. Records the run in
--- `<state>/runs/` unless `record = false`.
----@param opts {recipe: string, keep?: boolean, ttl_seconds?: integer|false, id?: string, record?: boolean}
----@return galley.RunContext
----@raise UNSAFE_PATH (the state or runs directory is a symlink, another user's or writable by others)
-function M.begin(opts)
-  current = {
+local function new_context(opts)
+  return {
     id = opts.id or random_id(),
     recipe = opts.recipe or "recipe",
     keep = opts.keep or false,
+    keep_seconds = opts.keep_seconds,
     ttl_seconds = opts.ttl_seconds == nil and M.DEFAULT_TTL_SECONDS or opts.ttl_seconds,
     hooks = {},
     providers = {},
     instances = {},
+    snapshots = {},
     pending = {},
     started_ms = os.time() * 1000,
   }
+end
+
+--- Starts a run; the runner calls this before a recipe's first line. Records the run in
+-- `<state>/runs/` unless `record = false`.
+---@param opts {recipe: string, keep?: boolean, keep_seconds?: integer, ttl_seconds?: integer|false, id?: string,
+---  record?: boolean}
+---@return galley.RunContext
+---@raise UNSAFE_PATH (the state or runs directory is a symlink, another user's or writable by others)
+function M.begin(opts)
+  current = new_context(opts)
   if opts.record ~= false then
     local ok, err = pcall(write_run_file, current)
     if not ok then
@@ -121,6 +128,33 @@ function M.begin(opts)
   end
   return current
 end
+
+-- `galley -e CODE` and `galley SCRIPT.lua` begin no run, but what they boot is tagged and tracked
+-- the same way: main.c names the script in runtime.options().script, and the first boot (or
+-- snapshot) outside a run makes this context, recorded in `<state>/runs/` like a run's, so
+-- `galley gc` collects what is left once the process is gone. galley.runner.finish_script names
+-- what is still live at exit.
+local script_ctx
+
+local function active()
+  if current then return current end
+  if script_ctx then return script_ctx end
+  local name = require("galley.core.runtime").options().script
+  if type(name) ~= "string" then return nil end
+  script_ctx = new_context({ recipe = name == "-e" and "-e" or (name:match("([^/]+)$") or name) })
+  script_ctx.script = true
+  local ok, err = pcall(write_run_file, script_ctx)
+  if not ok then
+    script_ctx = nil
+    error(err, 0)
+  end
+  return script_ctx
+end
+
+--- The context of `galley -e` / `galley SCRIPT.lua` once it booted or snapshotted something
+-- outside a run, else nil.
+---@return galley.RunContext|nil
+function M.script_context() return script_ctx end
 
 --- The active run, or nil outside recipes.
 ---@return galley.RunContext|nil
@@ -137,20 +171,26 @@ function M.defer(fn, label)
   return true
 end
 
---- Keeps (or stops keeping) the run's instances when it ends.
+--- Keeps (or stops keeping) the run's instances when it ends. With `seconds`, each kept
+-- instance's TTL is set to that many seconds from the end of the run (`--keep 4h`).
 ---@param on boolean
-function M.set_keep(on)
-  if current then current.keep = on and true or false end
+---@param seconds? integer
+function M.set_keep(on, seconds)
+  if not current then return end
+  current.keep = on and true or false
+  if on and seconds then current.keep_seconds = seconds end
+  if not on then current.keep_seconds = nil end
 end
 
 --- Providers call this from `new`: the run checks their instances for leaks at the end.
 ---@param provider table
 function M.register_provider(provider)
-  if not current then return end
-  for _, p in ipairs(current.providers) do
+  local ctx = current or script_ctx
+  if not ctx then return end
+  for _, p in ipairs(ctx.providers) do
     if p == provider then return end
   end
-  current.providers[#current.providers + 1] = provider
+  ctx.providers[#ctx.providers + 1] = provider
 end
 
 --- Providers call this in `instances.boot`/`fork`: returns opts with the run's tags and default
@@ -163,13 +203,17 @@ function M.boot_options(opts)
   local meta = {}
   for k, v in pairs(out.metadata or {}) do meta[k] = v end
   out.metadata = meta
-  if not current then return out end
-  meta[M.TAG_RUN] = current.id
-  meta[M.TAG_RECIPE] = current.recipe
+  local ctx = active()
+  if not ctx then
+    if out.ttl_seconds == false then out.ttl_seconds = nil end
+    return out
+  end
+  meta[M.TAG_RUN] = ctx.id
+  meta[M.TAG_RECIPE] = ctx.recipe
   meta[M.TAG_HOST] = M.hostname()
-  if current.keep then meta[M.TAG_KEEP] = "1" end
-  if out.ttl_seconds == nil and current.ttl_seconds then
-    out.ttl_seconds = current.ttl_seconds
+  if ctx.keep then meta[M.TAG_KEEP] = "1" end
+  if out.ttl_seconds == nil and ctx.ttl_seconds then
+    out.ttl_seconds = ctx.ttl_seconds
     out.ttl_action = out.ttl_action or "stop"
   elseif out.ttl_seconds == false then
     out.ttl_seconds = nil
@@ -181,10 +225,55 @@ end
 ---@param provider table
 ---@param instance_id string
 function M.track_instance(provider, instance_id, ttl_seconds)
-  if not current then return end
+  local ctx = current or script_ctx
+  if not ctx then return end
   M.register_provider(provider)
-  current.instances[#current.instances + 1] = { provider = provider, id = instance_id, booted_at = os.time(),
+  ctx.instances[#ctx.instances + 1] = { provider = provider, id = instance_id, booted_at = os.time(),
     ttl_seconds = math.tointeger(ttl_seconds) }
+end
+
+--- Providers call this in `instances.snapshot`/`snapshots.create`: returns sopts (a copy, without
+-- `keep`) with the run's tags added to its metadata (`galley_keep=1` when `keep = true` or the
+-- run is kept), and whether the snapshot is the run's. A snapshot taken with a `digest` is an
+-- image (galley.images' step cache, Morph's digest cache): meant to outlive runs, it gets no run
+-- tag, is not tracked and `galley gc` never deletes it.
+---@param sopts? table `{metadata?, digest?, keep?: boolean, ...}`
+---@return table sopts, boolean tagged
+---@raise VALIDATION_ERROR (keep is not a boolean)
+function M.snapshot_options(sopts)
+  local out = {}
+  for k, v in pairs(sopts or {}) do out[k] = v end
+  local meta = {}
+  if type(out.metadata) == "table" then
+    for k, v in pairs(out.metadata) do meta[k] = v end
+    out.metadata = meta
+  end
+  local keep = out.keep
+  out.keep = nil
+  if keep ~= nil and type(keep) ~= "boolean" then
+    errors.raise("VALIDATION_ERROR", "keep must be true or false", { field = "keep",
+      hint = "snapshot(id, {keep = true}) keeps the snapshot after the run; without it `galley gc` deletes it" })
+  end
+  if out.digest ~= nil or (type(out.metadata) == "table" and meta.galley_digest ~= nil) then return out, false end
+  local ctx = active()
+  if not ctx then return out, false end
+  if out.metadata == nil then out.metadata = meta end
+  meta[M.TAG_RUN] = ctx.id
+  meta[M.TAG_RECIPE] = ctx.recipe
+  meta[M.TAG_HOST] = M.hostname()
+  if keep or ctx.keep then meta[M.TAG_KEEP] = "1" end
+  return out, true
+end
+
+--- Providers call this after a snapshot `snapshot_options` tagged was made.
+---@param provider table
+---@param snapshot_id string
+---@param keep? boolean made with galley_keep=1
+function M.track_snapshot(provider, snapshot_id, keep)
+  local ctx = current or script_ctx
+  if not ctx then return end
+  M.register_provider(provider)
+  ctx.snapshots[#ctx.snapshots + 1] = { provider = provider, id = snapshot_id, keep = keep or false }
 end
 
 --- When `err` is NOT_FOUND for an instance this run booted whose TTL has passed, a sentence
@@ -214,9 +303,10 @@ end
 ---@param filter table<string,string>
 ---@param request_token? string the create's token (instances carry it as `request_token`)
 function M.note_pending(provider, filter, request_token)
-  if not current then return end
+  local ctx = current or script_ctx
+  if not ctx then return end
   M.register_provider(provider)
-  current.pending[#current.pending + 1] = { provider = provider, filter = filter, token = request_token }
+  ctx.pending[#ctx.pending + 1] = { provider = provider, filter = filter, token = request_token }
 end
 
 --- Instances still tagged with this run's id, per provider: {{provider, instance}...}.
@@ -239,28 +329,82 @@ function M.tagged_instances(ctx)
   return found
 end
 
+--- Snapshots still tagged with this run's id, per provider: {{provider, snapshot}...}. Only
+-- asked of the providers when the run took a snapshot itself (so a run that took none makes no
+-- extra call; `galley gc` still finds any other snapshot carrying the run's tag, such as the one
+-- a Morph fork makes).
+---@param ctx? galley.RunContext default: the active run
+---@return {provider: table, snapshot: table}[]
+function M.tagged_snapshots(ctx)
+  ctx = ctx or current
+  local found = {}
+  if not ctx or #ctx.snapshots == 0 then return found end
+  for _, p in ipairs(ctx.providers) do
+    local ok, list = pcall(function() return p.snapshots.list({ [M.TAG_RUN] = ctx.id }) end)
+    if ok and type(list) == "table" then
+      for _, snap in ipairs(list) do
+        if (snap.metadata or {})[M.TAG_RUN] == ctx.id then
+          found[#found + 1] = { provider = p, snapshot = snap }
+        end
+      end
+    end
+  end
+  return found
+end
+
+-- The cleanup was aborted when a signal became pending while signals are deferred (the
+-- runtime.SIGNAL_ABORT_AT-th Ctrl-C): a task's pcall may have swallowed its INTERRUPTED, so the
+-- cleanup checks between its steps and stops there.
+local function check_abort()
+  local sig = require("galley.core.runtime").pending_signal()
+  if sig ~= 0 then errors.raise("INTERRUPTED", "the cleanup was aborted", { signal = sig, aborted = true }) end
+end
+
+-- The end of an instance's TTL (Unix seconds), or nil.
+local function ttl_end(inst)
+  local ttl = type(inst) == "table" and inst.ttl or nil
+  local at = type(ttl) == "table" and (ttl.expires_at or ttl.ttl_expire_at) or nil
+  if type(at) ~= "number" then return nil end
+  if at > 1e12 then at = at // 1000 end
+  return math.tointeger(at) or math.floor(at)
+end
+M.ttl_end = ttl_end
+
 --- Ends the run: hooks, then (unless kept) stops every instance still tagged with the run, then
--- the leak check: a leak is a tagged, unkept instance that still exists after that.
--- Returns a report {hook_errors = {...}, stopped = {ids}, leaks = {ids}, kept = {ids}}.
----@param opts? {stop_instances?: boolean, log?: fun(msg: string)}
+-- the leak check: a leak is a tagged, unkept instance that still exists after that. Kept
+-- instances get the TTL `--keep DURATION` asked for. Snapshots the run made are listed (kept or
+-- left for `galley gc`; `delete_snapshots` deletes the unkept ones). While it runs,
+-- `ctx.cleanup` says how far it got: {phase, hook, total, stopped, left = {id = true}}.
+-- Returns a report {hook_errors, stopped, leaks, kept, kept_until = {id = unix|false},
+-- until_of = {leaked id = unix|false}, snapshots_left, snapshots_kept, snapshots_deleted} (ids).
+---@param opts? {stop_instances?: boolean, delete_snapshots?: boolean, log?: fun(msg: string), ctx?: galley.RunContext}
 ---@return table report
+---@raise INTERRUPTED (aborted: the SIGNAL_ABORT_AT-th deferred Ctrl-C; ctx.cleanup says what was left)
 function M.finish(opts)
   opts = opts or {}
-  local ctx = current
-  local report = { hook_errors = {}, stopped = {}, leaks = {}, kept = {} }
+  local ctx = opts.ctx or current
+  local report = { hook_errors = {}, stopped = {}, leaks = {}, kept = {}, kept_until = {}, snapshots_left = {},
+    snapshots_kept = {}, snapshots_deleted = {}, until_of = {} }
   if not ctx then return report end
   local say = opts.log or function() end
+  local progress = { phase = "hooks", total = 0, stopped = 0, left = {} }
+  ctx.cleanup = progress
   for i = #ctx.hooks, 1, -1 do
     local h = ctx.hooks[i]
+    progress.hook = h.label
+    ctx.hooks[i] = nil
     local ok, err = pcall(h.fn)
+    check_abort()
     if not ok then
       report.hook_errors[#report.hook_errors + 1] = { label = h.label, err = err }
       say(("cleanup '%s' failed: %s"):format(h.label, tostring(err)))
     end
   end
-  ctx.hooks = {}
+  progress.hook = nil
+  progress.phase = "instances"
   local task = require("galley.task")
   local leftovers = M.tagged_instances(ctx)
+  check_abort()
   local stopped_tokens = {}
   local stops = {}
   for _, item in ipairs(leftovers) do
@@ -268,18 +412,38 @@ function M.finish(opts)
     if inst.request_token then stopped_tokens[inst.request_token] = true end
     if ctx.keep or (inst.metadata or {})[M.TAG_KEEP] == "1" then
       report.kept[#report.kept + 1] = inst.id
+      local at = ttl_end(inst)
+      if ctx.keep_seconds then
+        local ok, updated = pcall(function() return p.instances.set_ttl(inst.id, ctx.keep_seconds) end)
+        check_abort()
+        if ok then
+          at = ttl_end(updated) or (os.time() + ctx.keep_seconds)
+        else
+          say(("could not set the TTL of kept instance %s: %s"):format(inst.id, tostring(updated)))
+        end
+      end
+      report.kept_until[inst.id] = at or false
     elseif opts.stop_instances ~= false then
       report.stopped[#report.stopped + 1] = inst.id
+      progress.total = progress.total + 1
+      progress.left[inst.id] = true
       stops[#stops + 1] = task.spawn(function()
         local ok = pcall(p.instances.terminate or p.instances.stop, inst.id)
-        if not ok then say(("could not stop instance %s"):format(inst.id)) end
+        if ok then
+          progress.stopped = progress.stopped + 1
+          progress.left[inst.id] = nil
+        else
+          say(("could not stop instance %s"):format(inst.id))
+        end
       end)
     end
   end
   task.join(stops) -- every instance is stopped at the same time
+  check_abort()
   -- Creates cut off in flight may land after the list above: wait for each (all at once), then
   -- stop it.
   if #ctx.pending > 0 and not ctx.keep and opts.stop_instances ~= false then
+    progress.phase = "pending"
     local runtime = require("galley.core.runtime")
     local deadline = runtime.now_ms() + (opts.pending_wait_ms or 15000)
     local waits, unresolved = {}, 0
@@ -306,19 +470,47 @@ function M.finish(opts)
         end)
       end
     end
+    progress.waiting = #waits
     task.join(waits)
+    check_abort()
     report.unresolved = unresolved
   end
   -- Whatever is still tagged and not kept after that is a leak.
+  progress.phase = "check"
   for _, item in ipairs(M.tagged_instances(ctx)) do
     local inst = item.instance
     if not (ctx.keep or (inst.metadata or {})[M.TAG_KEEP] == "1") then
       report.leaks[#report.leaks + 1] = inst.id
+      report.until_of[inst.id] = ttl_end(inst) or false
     end
   end
+  check_abort()
+  -- Snapshots the run made: kept on purpose, else left for `galley gc` (or deleted when asked).
+  for _, item in ipairs(M.tagged_snapshots(ctx)) do
+    local snap = item.snapshot
+    if (snap.metadata or {})[M.TAG_KEEP] == "1" then
+      report.snapshots_kept[#report.snapshots_kept + 1] = snap.id
+    elseif opts.delete_snapshots and pcall(item.provider.snapshots.delete, snap.id) then
+      report.snapshots_deleted[#report.snapshots_deleted + 1] = snap.id
+    else
+      report.snapshots_left[#report.snapshots_left + 1] = snap.id
+    end
+  end
+  check_abort()
   os.remove(runs_dir() .. "/" .. ctx.id)
-  current = nil
+  if ctx == current then current = nil end
+  if ctx == script_ctx then script_ctx = nil end
   return report
+end
+
+--- Drops a run whose cleanup was aborted: its run file goes (so `galley gc` collects what it
+-- left once this process is gone) and it is no longer the active run.
+---@param ctx galley.RunContext
+function M.abandon(ctx)
+  if not ctx then return end
+  os.remove(runs_dir() .. "/" .. ctx.id)
+  if ctx == current then current = nil end
+  if ctx == script_ctx then script_ctx = nil end
 end
 
 require("galley.tracker").set(M)

@@ -217,26 +217,133 @@ function M.call(chunk, path, args)
   return M.finish_run(code)
 end
 
+local function say(msg)
+  io.stderr:write("galley: ", msg, "\n")
+end
+
+--- When an instance's TTL ends, as people read it: "until 15:04 CET (2026-12-06T14:04:05Z)"
+-- (the date too when it is not today), or "with no TTL (it runs until stopped)".
+---@param at integer|false|nil Unix seconds
+---@return string
+function M.until_text(at)
+  if not at then return "with no TTL (it runs until stopped)" end
+  local today = os.date("%Y-%m-%d") == os.date("%Y-%m-%d", at)
+  return ("until %s (%s)"):format(os.date(today and "%H:%M %Z" or "%Y-%m-%d %H:%M %Z", at),
+    os.date("!%Y-%m-%dT%H:%M:%SZ", at))
+end
+
+-- What the cleanup is doing, for the line each counted Ctrl-C prints.
+local function progress_text(p)
+  if not p then return "cleaning up" end
+  if p.phase == "hooks" then
+    return ("cleaning up: running cleanup hook '%s'"):format(p.hook or "?")
+  elseif p.phase == "instances" then
+    return ("cleaning up: stopped %d of %d instance(s)"):format(p.stopped, p.total)
+  elseif p.phase == "pending" then
+    return ("cleaning up: stopped %d of %d instance(s), waiting for %d boot(s) cut off in flight"):format(p.stopped,
+      p.total, p.waiting or 0)
+  end
+  return "cleaning up: checking that nothing is left"
+end
+
+-- A task that answers each Ctrl-C counted during the cleanup with its progress and how many more
+-- presses abort it (the SIGNAL_ABORT_AT-th makes the signal pending: see galley.run.finish).
+local function watch_cleanup(ctx)
+  local task = require("galley.task")
+  return task.spawn(function()
+    local seen = 0
+    while true do
+      local n = runtime.deferred_signals()
+      if n > seen and n < runtime.SIGNAL_ABORT_AT then
+        seen = n
+        local more = runtime.SIGNAL_ABORT_AT - n
+        say(("%s; Ctrl-C %d more time%s aborts the cleanup"):format(progress_text(ctx.cleanup), more,
+          more == 1 and "" or "s"))
+      end
+      task.sleep(50)
+    end
+  end)
+end
+
+-- After an aborted cleanup: every instance (and unkept snapshot) the run may have left, and the
+-- command that collects them.
+local function report_abort(ctx)
+  local p = ctx.cleanup or { phase = "hooks", left = {} }
+  local left, seen = {}, {}
+  local function add(id)
+    if not seen[id] then
+      seen[id] = true
+      left[#left + 1] = id
+    end
+  end
+  if p.phase == "hooks" or ctx.script then
+    -- not listed yet (or a script's, which are never stopped): whatever it booted
+    for _, t in ipairs(ctx.instances) do add(t.id) end
+  end
+  local rest = {}
+  for id in pairs(p.left or {}) do rest[#rest + 1] = id end
+  table.sort(rest)
+  for _, id in ipairs(rest) do add(id) end
+  say(("cleanup aborted (%s)"):format(progress_text(p):gsub("^cleaning up: ", "")))
+  for _, id in ipairs(left) do say("left instance " .. id .. "; stop it with: galley stop " .. id) end
+  for _, snap in ipairs(ctx.snapshots or {}) do
+    if not snap.keep then say("left snapshot " .. snap.id) end
+  end
+  if #left > 0 or #(ctx.snapshots or {}) > 0 or #(ctx.pending or {}) > 0 then
+    say("to collect everything this run left, run: galley gc")
+  end
+end
+
+--- Says what a finished run's report holds (kept instances until when, snapshots left or kept).
+---@param report table from galley.run.finish
+---@param why string why instances were kept ("--keep", "kept")
+---@param who? string what made them (default "this run")
+function M.say_kept(report, why, who)
+  for _, id in ipairs(report.kept) do
+    say(("kept instance %s (%s) %s; stop it with: galley stop %s"):format(id, why,
+      M.until_text(report.kept_until and report.kept_until[id]), id))
+  end
+  for _, id in ipairs(report.snapshots_kept or {}) do
+    say(("kept snapshot %s (keep = true); `galley gc --include-kept` deletes it"):format(id))
+  end
+  for _, id in ipairs(report.snapshots_left or {}) do
+    say(("snapshot %s made by %s is left; `galley gc` deletes it (snapshot(id, {keep = true}) keeps one)")
+      :format(id, who or "this run"))
+  end
+end
+
 --- Ends the active run: cleanup hooks, stop what it left, leak report. Ctrl-C is deferred
--- meanwhile (a third one exits at once). Returns the final exit code.
+-- meanwhile: each press says the cleanup's progress; the third aborts it, naming every instance
+-- left and the `galley gc` line to run (a fourth exits at once). Returns the final exit code.
 ---@param code integer the recipe's own exit code
 ---@return integer
 function M.finish_run(code)
   local interrupted = code == 130 or code == 143
-  if not run.current() then
+  local ctx = run.current()
+  if not ctx then
     if interrupted then io.stderr:write("galley: interrupted\n") end
     return code
   end
   runtime.clear_signal()
   runtime.defer_signals(true)
-  local report = run.finish({ log = function(msg) io.stderr:write("galley: ", msg, "\n") end })
+  local watcher = watch_cleanup(ctx)
+  local ok, report = pcall(run.finish, { log = say, ctx = ctx })
+  watcher:cancel()
+  if not ok then
+    -- Aborted (or the cleanup itself failed): name what may be left; signals stay deferred
+    -- meanwhile, so one more Ctrl-C exits at once.
+    if not errors.is(report, "INTERRUPTED") then say("the cleanup failed: " .. tostring(report)) end
+    report_abort(ctx)
+    run.abandon(ctx)
+    runtime.defer_signals(false)
+    if errors.is(report, "INTERRUPTED") then return report.signal == 15 and 143 or 130 end
+    return code == M.EXIT_OK and M.EXIT_FAILED or code
+  end
   runtime.defer_signals(false)
   for _, id in ipairs(report.stopped) do
     io.stderr:write("galley: stopped instance ", id, " left by this run\n")
   end
-  for _, id in ipairs(report.kept) do
-    io.stderr:write("galley: kept instance ", id, " (--keep); stop it with: galley stop ", id, "\n")
-  end
+  M.say_kept(report, ctx.keep and "--keep" or "kept")
   if interrupted then
     io.stderr:write(("galley: interrupted%s; cleaned up %d instance(s)\n"):format(code == 143 and " (SIGTERM)" or "",
       #report.stopped))
@@ -250,10 +357,46 @@ function M.finish_run(code)
   return code
 end
 
+--- After `galley -e CODE` or `galley SCRIPT.lua` (main.c calls this): when it booted or
+-- snapshotted anything (galley.run's script context), names each instance still live with its
+-- TTL end and the exact `galley stop ID`, and the snapshots it made; the context's run file goes,
+-- so `galley gc` collects them once this process is gone. Returns the exit code.
+---@param code integer the script's own exit code
+---@return integer
+function M.finish_script(code)
+  local ctx = run.script_context()
+  if not ctx then return code end
+  runtime.clear_signal()
+  runtime.defer_signals(true)
+  local watcher = watch_cleanup(ctx)
+  local ok, report = pcall(run.finish, { log = say, ctx = ctx, stop_instances = false })
+  watcher:cancel()
+  if not ok then
+    report_abort(ctx)
+    run.abandon(ctx)
+    runtime.defer_signals(false)
+    return code
+  end
+  runtime.defer_signals(false)
+  local live = {}
+  for _, id in ipairs(report.leaks) do live[#live + 1] = id end
+  local where = ctx.recipe == "-e" and "galley -e" or ctx.recipe
+  for _, id in ipairs(live) do
+    say(("instance %s booted by %s is still running %s; stop it with: galley stop %s"):format(id, where,
+      M.until_text(report.until_of and report.until_of[id]), id))
+  end
+  M.say_kept(report, "kept", where)
+  if #live > 0 or #report.snapshots_left > 0 then
+    say("`galley gc` collects what this process left once it has exited")
+  end
+  return code
+end
+
 --- Loads and runs a recipe by path or name.
 ---@param name string
 ---@param args string[]
----@param ropts? {keep?: boolean, ttl_seconds?: integer|false} run-level options (`galley run --keep --ttl 10m`)
+---@param ropts? {keep?: boolean, keep_seconds?: integer, ttl_seconds?: integer|false} run-level options
+--- (`galley run --keep 4h --ttl 10m`)
 ---@return integer exit_code
 function M.run(name, args, ropts)
   ropts = ropts or {}
@@ -274,7 +417,8 @@ function M.run(name, args, ropts)
   for i, a in ipairs(args) do argt[i] = a end
   rawset(env, "arg", argt)
   local recipe_name = kind == "stdin" and "stdin" or (path_or_err:match("([^/]+)%.lua$") or path_or_err)
-  local ok, err = pcall(run.begin, { recipe = recipe_name, keep = ropts.keep, ttl_seconds = ropts.ttl_seconds })
+  local ok, err = pcall(run.begin, { recipe = recipe_name, keep = ropts.keep, keep_seconds = ropts.keep_seconds,
+    ttl_seconds = ropts.ttl_seconds })
   if not ok then
     if errors.is(err, "INTERRUPTED") then return err.signal == 15 and 143 or 130 end -- nothing began yet
     io.stderr:write("galley: ", errors.format(err), "\n")

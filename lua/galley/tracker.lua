@@ -9,8 +9,16 @@ local M = {}
 
 local run -- the plugged-in run module (galley.run), or nil
 
+-- `galley -e` and `galley SCRIPT.lua` (main.c sets runtime.options().script) tag and track what
+-- they boot even when the script never loads galley.run: it is loaded on the first call here.
+local function plugged()
+  if not run and type(require("galley.core.runtime").options().script) == "string" then require("galley.run") end
+  return run
+end
+
 --- Plugs in the run module (galley.run does this itself).
----@param r table `{register_provider, boot_options, track_instance, note_pending, current}`
+---@param r table `{register_provider, boot_options, track_instance, snapshot_options, track_snapshot,
+---  note_pending, current}`
 function M.set(r)
   run = r
 end
@@ -18,7 +26,7 @@ end
 --- Providers call this from `new`: the run checks their instances for leaks at the end.
 ---@param provider table
 function M.register_provider(provider)
-  if run then run.register_provider(provider) end
+  if plugged() then run.register_provider(provider) end
 end
 
 --- Providers call this in `instances.boot`/`fork`: opts with the run's tags and default TTL
@@ -26,7 +34,7 @@ end
 ---@param opts? table
 ---@return table
 function M.boot_options(opts)
-  if run then return run.boot_options(opts) end
+  if plugged() then return run.boot_options(opts) end
   local out = {}
   for k, v in pairs(opts or {}) do out[k] = v end
   local meta = {}
@@ -41,7 +49,31 @@ end
 ---@param instance_id string
 ---@param ttl_seconds? integer its TTL (so a later NOT_FOUND can say the TTL ran out)
 function M.track_instance(provider, instance_id, ttl_seconds)
-  if run then run.track_instance(provider, instance_id, ttl_seconds) end
+  if plugged() then run.track_instance(provider, instance_id, ttl_seconds) end
+end
+
+--- Providers call this in `instances.snapshot`/`snapshots.create`: sopts (a copy without `keep`)
+--- with the run's tags added, and whether the snapshot is the run's (then call track_snapshot).
+--- A snapshot with a `digest` is an image: untagged (see galley.run.snapshot_options).
+---@param sopts? table
+---@return table sopts, boolean tagged
+function M.snapshot_options(sopts)
+  if plugged() then return run.snapshot_options(sopts) end
+  local out = {}
+  for k, v in pairs(sopts or {}) do out[k] = v end
+  if out.keep ~= nil and type(out.keep) ~= "boolean" then
+    require("galley.errors").raise("VALIDATION_ERROR", "keep must be true or false", { field = "keep" })
+  end
+  out.keep = nil
+  return out, false
+end
+
+--- Providers call this after a snapshot snapshot_options tagged was made.
+---@param provider table
+---@param snapshot_id string
+---@param keep? boolean
+function M.track_snapshot(provider, snapshot_id, keep)
+  if plugged() then run.track_snapshot(provider, snapshot_id, keep) end
 end
 
 --- Providers call this when a create was cut off after it may have reached the service.
@@ -49,7 +81,7 @@ end
 ---@param filter table<string, string>
 ---@param request_token? string
 function M.note_pending(provider, filter, request_token)
-  if run then run.note_pending(provider, filter, request_token) end
+  if plugged() then run.note_pending(provider, filter, request_token) end
 end
 
 --- The active run's context (keep, id, ...), or nil.

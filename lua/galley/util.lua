@@ -173,6 +173,24 @@ function M.parse_duration(raw)
 end
 
 
+--- The DURATION of `--keep DURATION` / `--keep=DURATION`: `inline` (the text after `=`, any
+--- duration) or `next_arg` when it is a number with its unit (`4h`, `30m`: a bare number is left
+--- alone, it may be a positional argument). Returns seconds and whether next_arg was taken, or
+--- nil and a message; (nil, nil) when there is none (a plain `--keep`).
+---@param inline? string
+---@param next_arg? string
+---@return integer|nil seconds, boolean|string taken_or_message
+function M.keep_duration(inline, next_arg)
+  local raw, taken = inline, false
+  if raw == nil and type(next_arg) == "string" and next_arg:match("^%d+[smhd]$") then raw, taken = next_arg, true end
+  if raw == nil then return nil, nil end
+  local secs, why = M.parse_duration(raw)
+  if not secs then return nil, "--keep: " .. why end
+  if secs <= 0 then return nil, "--keep: the duration must be positive (plain --keep keeps for the TTL)" end
+  return secs, taken
+end
+
+
 --- A duration in seconds as people read it: `45s`, `12m`, `3h5m`, `2d`.
 ---@param seconds integer
 ---@return string

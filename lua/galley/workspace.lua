@@ -31,6 +31,8 @@
 --   climbs out, on pull) are VALIDATION_ERROR before anything is written.
 -- Remote needs: sh, find, xargs, sha256sum, base64, dd, tar (GNU coreutils/findutils/tar);
 -- python3 makes the final renames fast (without it a shell loop does them). Git for *_repo.
+-- Every exec has a time limit (opts.exec_timeout_ms of each call, default
+-- M.DEFAULT_EXEC_TIMEOUT_MS): a wedged instance fails the call with the provider's TIMEOUT.
 local codec = require("galley.core.codec")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
@@ -38,6 +40,9 @@ local errors = require("galley.errors")
 local task = require("galley.task")
 
 local M = {}
+
+--- Time limit of each exec a workspace call makes on the instance (opts.exec_timeout_ms).
+M.DEFAULT_EXEC_TIMEOUT_MS = 600000
 
 M.DEFAULT_PARALLEL = 4
 M.DEFAULT_REQUEST_BYTES = 1536 * 1024 -- base64 per exec without max_command_bytes
@@ -288,11 +293,16 @@ local function random_name() return codec.random_hex(6) end
 
 
 -- A remote session: counts execs, raises on transport failures.
-local function remote(provider, id, stats)
+local function remote(provider, id, stats, opts)
+  local limit = opts and opts.exec_timeout_ms
+  if limit ~= nil and (math.type(limit) ~= "integer" or limit < 1) then
+    raise("VALIDATION_ERROR", "exec_timeout_ms must be a positive integer", { field = "exec_timeout_ms" })
+  end
+  local eopts = { timeout_ms = limit or M.DEFAULT_EXEC_TIMEOUT_MS }
   local r = {}
   function r.run(script, ...)
     stats.execs = stats.execs + 1
-    return provider.exec(id, { kind = "argv", command = "/bin/sh", args = sh_argv(script, ...) })
+    return provider.exec(id, { kind = "argv", command = "/bin/sh", args = sh_argv(script, ...) }, eopts)
   end
   function r.fail(res, op, path, fields)
     local code = res.exit_code == 40 and "NOT_FOUND" or "FILE_IO_ERROR"
@@ -852,14 +862,15 @@ end
 ---@param id string instance id
 ---@param local_dir string
 ---@param remote_dir string absolute or ~/...
----@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer}
+---@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer,
+---  exec_timeout_ms?: integer}
 ---@return galley.WorkspaceResult
 function M.push(provider, id, local_dir, remote_dir, opts)
   opts = check_opts(opts, "workspace.push")
   local_dir = check_local_dir(local_dir, "local_dir")
   remote_dir = check_remote_dir(remote_dir, "remote_dir")
   local stats = { execs = 0 }
-  local rem = remote(provider, id, stats)
+  local rem = remote(provider, id, stats, opts)
   local ignored = ignore_matcher(opts.ignore)
   local mine = local_tree(local_dir, opts)
   for rel, e in pairs(mine) do
@@ -938,7 +949,8 @@ end
 ---@param id string
 ---@param remote_dir string
 ---@param local_dir string
----@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer}
+---@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer,
+---  exec_timeout_ms?: integer}
 ---@return galley.WorkspaceResult
 function M.pull(provider, id, remote_dir, local_dir, opts)
   opts = check_opts(opts, "workspace.pull")
@@ -946,7 +958,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
   check_string(local_dir, "local_dir")
   local_dir = local_dir:gsub("(.)/+$", "%1")
   local stats = { execs = 0 }
-  local rem = remote(provider, id, stats)
+  local rem = remote(provider, id, stats, opts)
   local ignored = ignore_matcher(opts.ignore)
   local theirs = remote_manifest(rem, remote_dir, opts.all and "all" or "git")
   if not theirs then
@@ -1101,7 +1113,8 @@ end
 ---@param id string
 ---@param repo_dir string
 ---@param remote_dir string
----@param opts? {ref?: string, dirty?: boolean, branch?: string, name?: string, parallel?: integer}
+---@param opts? {ref?: string, dirty?: boolean, branch?: string, name?: string, parallel?: integer,
+---  exec_timeout_ms?: integer}
 ---@return {branch: string, base: string, bytes: integer, execs: integer}
 function M.push_repo(provider, id, repo_dir, remote_dir, opts)
   opts = check_opts(opts, "workspace.push_repo")
@@ -1131,7 +1144,7 @@ function M.push_repo(provider, id, repo_dir, remote_dir, opts)
     local bundle = tmpdir .. "/repo.bundle"
     git_ok(top, { "bundle", "create", "-q", bundle, tmpref }, "bundle create")
     local f = assert(io.open(bundle, "rb"))
-    local rem = remote(provider, id, stats)
+    local rem = remote(provider, id, stats, opts)
     local parent = remote_dir:match("^(.*)/[^/]*$")
     if parent == "" then parent = "/" end
     if remote_dir == "~" then raise("VALIDATION_ERROR", "remote_dir: not ~ itself", { field = "remote_dir" }) end
@@ -1155,7 +1168,7 @@ function M.push_repo(provider, id, repo_dir, remote_dir, opts)
       hint = "push into a new directory, or delete it first",
     })
   end
-  if res.exit_code ~= 0 then remote(provider, id, stats).fail(res, "push_repo", remote_dir) end
+  if res.exit_code ~= 0 then remote(provider, id, stats, opts).fail(res, "push_repo", remote_dir) end
   return { branch = branch, base = base, execs = stats.execs }
 end
 
@@ -1168,7 +1181,7 @@ end
 ---@param remote_dir string
 ---@param repo_dir string
 ---@param opts? {branch?: string, name?: string, force?: boolean, author?: {name: string, email: string},
----  message?: string, parallel?: integer}
+---  message?: string, parallel?: integer, exec_timeout_ms?: integer}
 ---@return {branch: string, base: string, head: string, commits: string[], log: string, execs: integer}
 function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
   opts = check_opts(opts, "workspace.pull_repo")
@@ -1192,7 +1205,7 @@ function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
       hint = "pass force = true to replace it, or another branch name" })
   end
   local stats = { execs = 0 }
-  local rem = remote(provider, id, stats)
+  local rem = remote(provider, id, stats, opts)
   local res = rem.run(SH_BUNDLE, remote_dir, branch, author.name, author.email,
     opts.message or "galley: the agent's uncommitted work")
   if res.exit_code == EXIT_NO_GIT then no_git(id, "pull_repo") end

@@ -67,10 +67,18 @@ static int l_runtime_clear_signal(lua_State *L) {
 }
 
 
-/* runtime.defer_signals(on)   while on, Ctrl-C is counted, not acted on; the third one exits */
+/* runtime.defer_signals(on)   while on, Ctrl-C is counted, not acted on, until the
+ * runtime.SIGNAL_ABORT_AT-th one, which becomes pending (an abort); one more exits at once */
 static int l_runtime_defer_signals(lua_State *L) {
   galley_sig_defer(lua_toboolean(L, 1));
   return 0;
+}
+
+
+/* runtime.deferred_signals() -> integer   signals counted since defer_signals(true) */
+static int l_runtime_deferred_signals(lua_State *L) {
+  lua_pushinteger(L, galley_sig_deferred_count());
+  return 1;
 }
 
 
@@ -161,25 +169,28 @@ static int l_runtime_error_metatable(lua_State *L) {
 
 
 static const luaL_Reg runtime_funcs[] = {
-  { "versions",        l_runtime_versions        },
-  { "resource",        l_runtime_resource        },
-  { "resources",       l_runtime_resources       },
-  { "pending_signal",  l_runtime_pending_signal  },
-  { "clear_signal",    l_runtime_clear_signal    },
-  { "defer_signals",   l_runtime_defer_signals   },
-  { "now_ms",          l_runtime_now_ms          },
-  { "sleep_ms",        galley_loop_sleep_lua     },
-  { "isatty",          l_runtime_isatty          },
-  { "getpid",          l_runtime_getpid          },
-  { "getuid",          l_runtime_getuid          },
-  { "home",            l_runtime_home            },
-  { "executable",      l_runtime_executable      },
-  { "options",         l_runtime_options         },
-  { "error_metatable", l_runtime_error_metatable },
-  { NULL,              NULL                      }
+  { "versions",          l_runtime_versions          },
+  { "resource",          l_runtime_resource          },
+  { "resources",         l_runtime_resources         },
+  { "pending_signal",    l_runtime_pending_signal    },
+  { "clear_signal",      l_runtime_clear_signal      },
+  { "defer_signals",     l_runtime_defer_signals     },
+  { "deferred_signals",  l_runtime_deferred_signals  },
+  { "now_ms",            l_runtime_now_ms            },
+  { "sleep_ms",          galley_loop_sleep_lua       },
+  { "isatty",            l_runtime_isatty            },
+  { "getpid",            l_runtime_getpid            },
+  { "getuid",            l_runtime_getuid            },
+  { "home",              l_runtime_home              },
+  { "executable",        l_runtime_executable        },
+  { "options",           l_runtime_options           },
+  { "error_metatable",   l_runtime_error_metatable   },
+  { NULL,                NULL                        }
 };
 
 int luaopen_galley_core_runtime(lua_State *L) {
   luaL_newlib(L, runtime_funcs);
+  lua_pushinteger(L, GALLEY_SIG_ABORT_AT);
+  lua_setfield(L, -2, "SIGNAL_ABORT_AT");
   return 1;
 }

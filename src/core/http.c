@@ -7,8 +7,6 @@
 #include "http.h"
 #include "loop.h"
 
-/* The longest header block we keep; anything beyond it is dropped (the body still arrives). */
-#define MAX_HEADER_BYTES (64 * 1024)
 /* Idle connections kept open for reuse (each holds one file descriptor). */
 #define MAX_IDLE_CONNECTIONS 256
 /* Spare easy handles kept for reuse (their TLS session and DNS caches survive). */
@@ -20,8 +18,7 @@ struct galley_http_xfer {
   bool stream;
   char *body;
   size_t body_len, body_cap;
-  galley_http_header *headers;
-  size_t nheaders, header_bytes;
+  galley_http_headers headers;  /* of the latest response so far */
   bool done, oom;
   bool no_resend, resend_blocked;
   int prereqs;          /* times the request was about to be sent */
@@ -208,50 +205,61 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud) {
 }
 
 
+/* A copy of p[0..n) with each NUL turned into a space (RFC 9110 5.5 lets a recipient replace
+ * it with SP; kept, it would cut the C string short), then trimmed; lowercased if asked. */
 static char *dup_trimmed(const char *p, size_t n, bool lower) {
-  while (n > 0 && (*p == ' ' || *p == '\t')) p++, n--;
-  while (n > 0 && isspace((unsigned char)p[n - 1])) n--;
   char *s = malloc(n + 1);
   if (!s) return NULL;
-  for (size_t i = 0; i < n; i++) s[i] = lower ? (char)tolower((unsigned char)p[i]) : p[i];
-  s[n] = '\0';
+  for (size_t i = 0; i < n; i++) {
+    char c = p[i] == '\0' ? ' ' : p[i];
+    s[i] = lower ? (char)tolower((unsigned char)c) : c;
+  }
+  size_t a = 0, b = n;
+  while (a < b && (s[a] == ' ' || s[a] == '\t')) a++;
+  while (b > a && isspace((unsigned char)s[b - 1])) b--;
+  memmove(s, s + a, b - a);
+  s[b - a] = '\0';
   return s;
 }
 
 
 /* Records one "Name: value" line; a status line starts a new response (after 1xx, redirects). */
-static bool add_header_line(galley_http_xfer *x, const char *p, size_t len) {
+bool galley_http_headers_add(galley_http_headers *h, const char *p, size_t len) {
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
-    free_headers(x->headers, x->nheaders);
-    x->headers = NULL;
-    x->nheaders = 0;
-    x->header_bytes = 0;
+    galley_http_headers_free(h);
     return true;
   }
   const char *colon = memchr(p, ':', len);
-  if (!colon || x->header_bytes + len > MAX_HEADER_BYTES) return true;
-  x->header_bytes += len;
+  if (!colon || len > GALLEY_HTTP_MAX_HEADER_BYTES - h->bytes) return true;
   char *name = dup_trimmed(p, (size_t)(colon - p), true);
   char *value = dup_trimmed(colon + 1, len - (size_t)(colon - p) - 1, false);
   if (!name || !value) goto oom;
-  for (size_t i = 0; i < x->nheaders; i++) {
-    if (strcmp(x->headers[i].name, name) != 0) continue;
-    size_t a = strlen(x->headers[i].value), b = strlen(value);
-    char *joined = realloc(x->headers[i].value, a + b + 3);
-    if (!joined) goto oom;
-    memcpy(joined + a, ", ", 2);
-    memcpy(joined + a + 2, value, b + 1);
-    x->headers[i].value = joined;
+  for (size_t i = 0; i < h->n; i++) {
+    if (strcmp(h->items[i].name, name) != 0) continue;
+    size_t a = strlen(h->items[i].value), b = strlen(value);
+    if (a == 0) {  /* an empty value is an empty list element: nothing to join */
+      free(h->items[i].value);
+      h->items[i].value = value;
+      value = NULL;
+    } else if (b > 0) {
+      char *joined = realloc(h->items[i].value, a + b + 3);
+      if (!joined) goto oom;
+      memcpy(joined + a, ", ", 2);
+      memcpy(joined + a + 2, value, b + 1);
+      h->items[i].value = joined;
+    }
+    h->bytes += len;
     free(name);
     free(value);
     return true;
   }
-  galley_http_header *nh = realloc(x->headers, (x->nheaders + 1) * sizeof *nh);
+  galley_http_header *nh = realloc(h->items, (h->n + 1) * sizeof *nh);
   if (!nh) goto oom;
-  x->headers = nh;
-  x->headers[x->nheaders].name = name;
-  x->headers[x->nheaders].value = value;
-  x->nheaders++;
+  h->items = nh;
+  h->items[h->n].name = name;
+  h->items[h->n].value = value;
+  h->n++;
+  h->bytes += len;
   return true;
 oom:
   free(name);
@@ -260,10 +268,18 @@ oom:
 }
 
 
+void galley_http_headers_free(galley_http_headers *h) {
+  free_headers(h->items, h->n);
+  h->items = NULL;
+  h->n = 0;
+  h->bytes = 0;
+}
+
+
 static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   galley_http_xfer *x = ud;
   size_t len = size * n;
-  if (!add_header_line(x, p, len)) {
+  if (!galley_http_headers_add(&x->headers, p, len)) {
     x->oom = true;
     return 0;
   }
@@ -296,7 +312,7 @@ static void xfer_free(galley_http_xfer *x) {
   }
   curl_slist_free_all(x->slist);
   free(x->body);
-  free_headers(x->headers, x->nheaders);
+  galley_http_headers_free(&x->headers);
   free(x);
 }
 
@@ -506,11 +522,11 @@ int galley_http_finish(galley_http_xfer *x, galley_http_response *resp, galley_h
       }
       resp->body = x->body;
       resp->body_len = x->body_len;
-      resp->headers = x->headers;
-      resp->nheaders = x->nheaders;
+      resp->headers = x->headers.items;
+      resp->nheaders = x->headers.n;
       x->body = NULL;
-      x->headers = NULL;
-      x->nheaders = 0;
+      x->headers.items = NULL;
+      x->headers.n = 0;
     }
   }
   xfer_free(x);

@@ -57,6 +57,25 @@ typedef struct {
   char *value;  /* repeated headers are joined with ", " */
 } galley_http_header;
 
+/* The header recorder behind every transfer's header callback (exposed for tests and the
+ * fuzz target tests/fuzz/fuzz_http_headers.c). galley_http_headers_add takes one raw header
+ * line as libcurl hands it over ("Name: value\r\n"): the name is lowercased, name and value
+ * are trimmed (a NUL byte reads as a space), a repeated name gets its non-empty values joined
+ * with ", ", a line without ':' is skipped, and a status line ("HTTP/...") forgets everything
+ * so far (a new response: after a 1xx or a redirect). Lines past GALLEY_HTTP_MAX_HEADER_BYTES
+ * in all are dropped (the body still arrives). false: out of memory (what was recorded stays valid). Start from a zeroed struct;
+ * galley_http_headers_free empties it (safe twice). */
+#define GALLEY_HTTP_MAX_HEADER_BYTES (64 * 1024)
+
+typedef struct {
+  galley_http_header *items;
+  size_t n;
+  size_t bytes;                    /* raw bytes of the lines kept */
+} galley_http_headers;
+
+bool galley_http_headers_add(galley_http_headers *h, const char *line, size_t len);
+void galley_http_headers_free(galley_http_headers *h);
+
 typedef struct {
   long status;
   galley_http_header *headers;     /* of the final response only */

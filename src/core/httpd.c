@@ -374,6 +374,9 @@ static void conn_finish(struct galley_httpd_conn *c) {
 
 /* --- writing ------------------------------------------------------------------------------ */
 
+/* Longest custom reason phrase kept (see build_head). */
+#define REASON_MAX 512
+
 static const char *reason(int status) {
   switch (status) {
 #define XX(num, name, string) case num: return #string;
@@ -468,8 +471,25 @@ static char *build_head(const struct galley_httpd_req *req, int status, const st
   char *buf = NULL;
   size_t len = 0;
   char line[128];
-  int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, reason(status));
-  if (append(&buf, &len, line, (size_t)n) != 0) return NULL;
+  /* The pseudo-header ":reason" replaces the standard reason phrase (Proxmox VE puts its error
+   * messages there); it is cut at REASON_MAX bytes and must hold no CR, LF or other control. */
+  const char *phrase = reason(status);
+  size_t phrase_len = strlen(phrase);
+  for (size_t i = 0; i < nh; i++) {
+    if (strcmp(h[i].name, ":reason") != 0) continue;
+    size_t k = 0;
+    while (h[i].value[k] && k < REASON_MAX && (unsigned char)h[i].value[k] >= 0x20 && h[i].value[k] != 0x7f) k++;
+    if (k > 0 && (h[i].value[k] == '\0' || k == REASON_MAX)) {
+      phrase = h[i].value;
+      phrase_len = k;
+    }
+  }
+  int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", status);
+  if (append(&buf, &len, line, (size_t)n) != 0 || append(&buf, &len, phrase, phrase_len) != 0 ||
+      append(&buf, &len, "\r\n", 2) != 0) {
+    free(buf);
+    return NULL;
+  }
   for (size_t i = 0; i < nh; i++) {
     const char *name = h[i].name, *value = h[i].value;
     if (strcasecmp(name, "content-length") == 0 || strcasecmp(name, "transfer-encoding") == 0 ||

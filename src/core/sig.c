@@ -13,8 +13,11 @@ static void (*notify_fn)(int);
 
 static void on_signal(int sig) {
   if (deferred) {
-    if (++deferred_count >= 3) _exit(128 + sig);
-    return;
+    int n = ++deferred_count;
+    if (n > GALLEY_SIG_ABORT_AT) _exit(128 + sig); /* the abort itself is stuck: leave at once */
+    if (n < GALLEY_SIG_ABORT_AT) return;           /* counted; the cleanup says how many are left */
+    /* The abort: the signal becomes pending like an ordinary one, so waiting tasks are cancelled
+     * with INTERRUPTED and the cleanup names what it leaves behind. */
   }
   pending_sig = sig;
   if (notify_fn) notify_fn(sig);
@@ -44,6 +47,9 @@ void galley_sig_defer(int on) {
   deferred_count = 0;
   deferred = on;
 }
+
+
+int galley_sig_deferred_count(void) { return deferred_count; }
 
 
 int64_t galley_now_ms(void) {

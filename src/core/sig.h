@@ -15,8 +15,16 @@ int galley_sig_pending(void);
 /* Forgets a pending signal (after the runner has started its cleanup). */
 void galley_sig_clear(void);
 
-/* While deferred, signals are counted but not made pending; the third one exits at once. */
+/* The press (counted while deferred) that aborts a deferred cleanup: it becomes pending like an
+ * ordinary signal (waiting tasks get INTERRUPTED); one more exits at once with 128 + signal. */
+#define GALLEY_SIG_ABORT_AT 3
+
+/* While deferred, signals are counted but not made pending, up to GALLEY_SIG_ABORT_AT (see above).
+ * Turning it on or off resets the count. */
 void galley_sig_defer(int on);
+
+/* How many signals arrived since galley_sig_defer(1). */
+int galley_sig_deferred_count(void);
 
 /* Monotonic clock in milliseconds. */
 int64_t galley_now_ms(void);

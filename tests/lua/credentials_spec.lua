@@ -334,6 +334,19 @@ describe("galley.credentials #credentials", function()
       assert.are.equal(("b"):rep(3000), provider.files.read_file(inst.id, "~/many/b"))
     end)
 
+    it("ends a hung post_install in CREDENTIALS_ERROR caused by TIMEOUT: every exec has a time limit #failure",
+      function()
+      assert.are.equal(120000, credentials.DEFAULT_EXEC_TIMEOUT_MS)
+      local quick = credentials.new({ provider = provider, log = log.silent(), exec_timeout_ms = 1500 })
+      local t0 = require("galley.core.runtime").now_ms()
+      local err = raised(quick.install, inst.id, { name = "hangs", files = { { path = "~/hang/ok", content = "x" } },
+        post_install = { kind = "argv", command = "sleep", args = { "600" } } })
+      assert.are.equal("CREDENTIALS_ERROR", err.code)
+      assert.are.equal("TIMEOUT", err.details.cause.code)
+      assert.is_true(require("galley.core.runtime").now_ms() - t0 < 60000)
+      assert.are.equal("VALIDATION_ERROR", raised(credentials.new, { provider = provider, exec_timeout_ms = 0 }).code)
+    end)
+
     it("fails with CREDENTIALS_ERROR and the path when a write fails #failure", function()
       sh("printf x > ~/blocker")
       local err = raised(installer.install, inst.id, { name = "p", files = {

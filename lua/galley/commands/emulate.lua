@@ -9,10 +9,10 @@ local M = {}
 
 local EXIT_USAGE = 2
 
-M.summary = "serve the Morph API on 127.0.0.1 with instances that really run"
+M.summary = "serve the Morph API (or, with `proxmox`, Proxmox VE) on 127.0.0.1 with instances that really run"
 M.usage = "galley emulate [--port N] [--state-dir D] [--api-key K] [--latency-ms N] "
   .. "[--boot-delay-ms N] [--fault SPEC]... [--snapshot ID[=DIR]]... [--no-sandbox] [--argv-mode exec|join]"
-  .. " [LIMITS]"
+  .. " [LIMITS]\n       " .. require("galley.emulator.proxmox_cli").usage
 M.help = ([[
 Prints `listening on http://127.0.0.1:PORT/api` once ready; point MORPH_BASE_URL there.
 Only 127.0.0.1 is ever bound.
@@ -70,7 +70,10 @@ Where the Morph service is not documented, the emulator decides:
 Control routes need the same bearer key and are not logged: GET/DELETE /_emulator/log
 (records {method, path, status, ms, conn, fault}; paths relative to /api, no query),
 GET /_emulator/state, GET/POST/DELETE /_emulator/faults (fault = the --fault fields as JSON),
-POST /_emulator/shutdown.]]):format(emulator.DEV_API_KEY, emulator.DEFAULT_SNAPSHOT)
+POST /_emulator/shutdown.
+
+`galley emulate proxmox [OPTIONS]` serves an offline Proxmox VE instead:
+]] .. require("galley.emulator.proxmox_cli").help .. "\n"):format(emulator.DEV_API_KEY, emulator.DEFAULT_SNAPSHOT)
 
 local function usage_error(fmt, ...)
   io.stderr:write("galley emulate: ", fmt:format(...), "\nTry 'galley help emulate' for usage.\n")
@@ -166,6 +169,9 @@ function M.say_ready(port, opts)
 end
 
 function M.run(args)
+  if args[1] == "proxmox" then
+    return require("galley.emulator.proxmox_cli").run(table.move(args, 2, #args, 1, {}))
+  end
   local opts = M.parse(args)
   if not opts then return EXIT_USAGE end
   local temp_dir

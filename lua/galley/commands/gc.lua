@@ -4,14 +4,16 @@ local runtime = require("galley.core.runtime")
 
 local HELP = [[
 Finds instances that galley runs created (metadata galley_run) and stops those whose run has
-finished on this machine or whose TTL has passed. Sweeps the local provider, and Morph when
-MORPH_API_KEY is set.
+finished on this machine or whose TTL has passed; deletes the snapshots such runs made (unless
+made with keep = true; images built by snapshots.build are never touched). Runs include
+`galley -e` and `galley SCRIPT.lua`. Sweeps the local provider, and Morph when MORPH_API_KEY is
+set.
 
 options:
   --dry-run            list what would be stopped; stop nothing
   --provider NAME      morph, local or all (default: local, plus morph with MORPH_API_KEY)
   --all-hosts          also judge runs started on other machines as finished
-  --include-kept       also stop instances booted with --keep
+  --include-kept       also stop instances booted with --keep (and snapshots made with keep = true)
   --json               print the result as JSON on stdout (global option, also accepted here)
 
 It says what it skipped on stderr: kept instances, providers it could not use or reach. Once
@@ -26,7 +28,7 @@ local function usage(msg)
 end
 
 return {
-  summary = "stop instances left by finished or expired galley runs",
+  summary = "stop instances (and delete snapshots) left by finished or expired galley runs",
   usage = "galley gc [--dry-run] [--provider morph|local|all] [--all-hosts] [--include-kept] [--json]",
   help = HELP,
   run = function(args)
@@ -79,7 +81,8 @@ return {
       end
     end
     for _, k in ipairs(skipped) do
-      io.stderr:write(("galley gc: skipped %s %s (run %s): %s\n"):format(k.provider, k.id, k.run or "?", k.reason))
+      io.stderr:write(("galley gc: skipped %s %s%s (run %s): %s\n"):format(k.provider,
+        k.kind == "snapshot" and "snapshot " or "", k.id, k.run or "?", k.reason))
     end
     if not opts.dry_run and not failed then
       local removed = gc.prune_runs()
@@ -94,7 +97,7 @@ return {
       io.stderr:write("galley gc: nothing to collect\n")
     else
       for _, c in ipairs(all) do
-        io.stdout:write(("%-10s %-8s %-22s %-12s %s (run %s, %s)%s\n"):format(c.action, c.provider, c.id,
+        io.stdout:write(("%-12s %-8s %-22s %-12s %s (run %s, %s)%s\n"):format(c.action, c.provider, c.id,
           c.status or "?", c.reason, c.run or "?", c.recipe or "?", c.error and (": " .. c.error) or ""))
       end
     end

@@ -10,6 +10,8 @@
 --                "stall"     wait `delay_ms`, then handle the request and answer (the work
 --                             happens late: a client that gave up meanwhile never sees it)
 --                "reset"     close the connection without an answer; nothing is done
+--                "reset_after" handle it (a stream runs to its end), then close the connection
+--                             without an answer: the work is done, the answer is lost
 --                "malformed" handle it, answer its status with a body that is not JSON
 --                "truncate"  handle it, announce the full Content-Length, send only `bytes`
 --                             (default half the body; for a stream, the first chunk) and close
@@ -17,7 +19,8 @@
 --   --fault method=POST,path=/instance/*/exec,action=status,status=503,retry_after=1,count=2
 local M = {}
 
-M.actions = { status = true, delay = true, stall = true, reset = true, malformed = true, truncate = true }
+M.actions = { status = true, delay = true, stall = true, reset = true, reset_after = true, malformed = true,
+  truncate = true }
 
 local INTEGER_FIELDS = { count = true, status = true, retry_after = true, delay_ms = true, bytes = true }
 
@@ -57,10 +60,13 @@ local function as_integer(v)
 end
 
 --- Checks a fault description and fills in defaults.
+-- `extra` (optional) allows more actions: `{name = {delay_ms = default}}` (another emulator's
+-- own faults, such as the Proxmox emulator's task_fail; delay_ms given or defaulted for them).
 ---@param t table
+---@param extra? table<string, {delay_ms?: integer}>
 ---@return table|nil fault
 ---@return string|nil problem  (names the bad field)
-function M.validate(t)
+function M.validate(t, extra)
   if type(t) ~= "table" then return nil, "fault must be an object" end
   local f = {}
   for k in pairs(t) do
@@ -78,8 +84,17 @@ function M.validate(t)
   if type(t.path) ~= "string" or t.path == "" then return nil, "field 'path' is required" end
   f.path = t.path
   f.action = t.action or "status"
-  if not M.actions[f.action] then
-    return nil, "field 'action' must be status|delay|stall|reset|malformed|truncate"
+  if not M.actions[f.action] and not (extra and extra[f.action]) then
+    local names = { "status", "delay", "stall", "reset", "reset_after", "malformed", "truncate" }
+    local more = {}
+    for k in pairs(extra or {}) do more[#more + 1] = k end
+    table.sort(more)
+    table.move(more, 1, #more, #names + 1, names)
+    return nil, "field 'action' must be " .. table.concat(names, "|")
+  end
+  if extra and extra[f.action] and extra[f.action].delay_ms then
+    f.delay_ms = f.delay_ms or extra[f.action].delay_ms
+    if f.delay_ms < 0 then return nil, "field 'delay_ms' must not be negative" end
   end
   f.count = f.count or 1
   if f.count < 1 then return nil, "field 'count' must be at least 1" end
@@ -98,16 +113,17 @@ end
 
 --- Parses the command-line form `key=value,key=value`.
 ---@param spec string
+---@param extra? table more actions (see validate)
 ---@return table|nil fault
 ---@return string|nil problem
-function M.parse(spec)
+function M.parse(spec, extra)
   local t = {}
   for item in tostring(spec):gmatch("[^,]+") do
     local k, v = item:match("^%s*([%w_]+)%s*=%s*(.-)%s*$")
     if not k then return nil, "expected key=value, got '" .. item .. "'" end
     t[k] = v
   end
-  return M.validate(t)
+  return M.validate(t, extra)
 end
 
 --- Public view of a fault (what the control routes show).

@@ -2,7 +2,7 @@
 -- `/api/...` is the Morph API (galley.emulator.api) behind a bearer key, with optional latency
 -- and injected faults (galley.emulator.faults). `/_emulator/...` are control routes, behind the
 -- same key, never logged:
---   GET    /_emulator/log       {"object":"list","data":[{method, path, status, ms, conn, fault?}],
+--   GET    /_emulator/log       {"object":"list","data":[{method, path, status, ms, conn, handled, fault?}],
 --                                 "rejected": N (401s, counted), "server": {connection counters}}
 --   DELETE /_emulator/log       204
 --   GET    /_emulator/state     {instances, snapshots, images, faults, options} (no API key)
@@ -200,6 +200,19 @@ local function fault_after(resp, fault)
   end
 end
 
+--- The answer to a request that was handled but whose answer is lost: a stream is run to its
+--- end first (the command finishes), then the connection is reset.
+local function lose_answer(resp)
+  if type(resp.stream) == "function" then
+    while true do
+      local ok, chunk = pcall(resp.stream)
+      if not ok or chunk == nil or chunk == false then break end
+    end
+    if type(resp.close) == "function" then pcall(resp.close) end
+  end
+  return { reset = true }
+end
+
 --- Answers one /api request (path relative to /api).
 function Emulator:handle_api(req, path)
   local t0 = runtime.now_ms()
@@ -207,6 +220,7 @@ function Emulator:handle_api(req, path)
   if latency > 0 then runtime.sleep_ms(latency) end
   local fault = self.faults:take(req.method, path)
   local resp
+  local handled = false
   if fault and fault.action == "stall" then runtime.sleep_ms(fault.delay_ms) end
   if fault and fault.action == "status" then
     resp = detail(fault.status, "injected fault: status " .. fault.status)
@@ -219,12 +233,17 @@ function Emulator:handle_api(req, path)
     else
       self.api:tick()
       resp = self.api:handle(req, path)
+      handled = true
     end
-    if fault then fault_after(resp, fault) end
+    if fault and fault.action == "reset_after" then
+      resp = lose_answer(resp)
+    elseif fault then
+      fault_after(resp, fault)
+    end
   end
   self:record({
     method = req.method, path = path, status = resp.reset and 0 or resp.status,
-    ms = runtime.now_ms() - t0, conn = req.conn, fault = fault and fault.action or nil,
+    ms = runtime.now_ms() - t0, conn = req.conn, fault = fault and fault.action or nil, handled = handled,
   })
   return resp
 end

@@ -34,6 +34,9 @@
 -- addressed exactly (tmux's "=name" targets; no prefix matching). opts.socket selects a tmux
 -- server by name (`tmux -L <socket>`); the default server lets people `tmux attach -t <name>`.
 --
+-- Every exec the manager makes has a time limit (opts.exec_timeout_ms, default 120 s, as the PM2
+-- manager's): a hung tmux server fails the call with the provider's TIMEOUT.
+--
 -- Errors are ProcessError tables with operation "tmux.<op>" and resource "process:<name>":
 -- NOT_FOUND for a session that does not exist; PROCESS_ERROR otherwise, with
 -- hint = M.INSTALL_HINT when tmux is not installed and details = {exit_code, stderr}.
@@ -51,6 +54,9 @@ M.INSTALL_HINT = "install tmux (apt-get install tmux)"
 M.DEFAULT_WIDTH = 200
 M.DEFAULT_HEIGHT = 50
 M.DEFAULT_LOG_LINES = 100
+--- Time limit of every command the manager runs on an instance (opts.exec_timeout_ms): a tmux
+--- server that hangs (stopped, or wedged) must not hang a run: the call fails with TIMEOUT.
+M.DEFAULT_EXEC_TIMEOUT_MS = 120000
 M.STDERR_TAIL = 2000
 --- Largest command string passed to tmux inline (tmux messages are limited to ~16 KiB).
 M.INLINE_MAX = 8 * 1024
@@ -213,8 +219,9 @@ end
 
 
 --- Creates a tmux session manager.
----@param opts {provider: table, log?: galley.Logger, socket?: string, keep_env?: string[]} keep_env: more
---- variables the command keeps besides KEEP_ENV (see galley.process.pm2.keep_env)
+---@param opts {provider: table, log?: galley.Logger, socket?: string, keep_env?: string[], exec_timeout_ms?: integer}
+--- keep_env: more variables the command keeps besides KEEP_ENV (see galley.process.pm2.keep_env);
+--- exec_timeout_ms: time limit of each exec the manager makes (default M.DEFAULT_EXEC_TIMEOUT_MS)
 ---@return table manager `{name, start, send_keys, capture, resize, stop, delete, list, logs, stop_all, delete_all}`
 ---@raise VALIDATION_ERROR when opts.provider is missing or socket is not [A-Za-z0-9_-]+
 function M.new(opts)
@@ -224,7 +231,12 @@ function M.new(opts)
   if opts.socket ~= nil and (type(opts.socket) ~= "string" or not opts.socket:match("^[%w_%-]+$")) then
     errors.raise("VALIDATION_ERROR", "galley.process.tmux.new: socket must match [A-Za-z0-9_-]+", { field = "socket" })
   end
+  if opts.exec_timeout_ms ~= nil and (math.type(opts.exec_timeout_ms) ~= "integer" or opts.exec_timeout_ms < 1) then
+    errors.raise("VALIDATION_ERROR", "galley.process.tmux.new: exec_timeout_ms must be a positive integer",
+      { field = "exec_timeout_ms" })
+  end
   local provider = opts.provider
+  local exec_opts = { timeout_ms = opts.exec_timeout_ms or M.DEFAULT_EXEC_TIMEOUT_MS }
   local log = opts.log or logmod.default().child({ prefix = "tmux" })
   local pre = prelude(opts.socket)
   local keep_names = {}
@@ -241,7 +253,7 @@ function M.new(opts)
   local function sh(instance_id, context, script, args)
     local argv = { "-c", pre .. script, "sh" }
     for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
-    local r = provider.exec(instance_id, { kind = "argv", command = "sh", args = argv })
+    local r = provider.exec(instance_id, { kind = "argv", command = "sh", args = argv }, exec_opts)
     r.stdout, r.stderr = r.stdout or "", r.stderr or ""
     if r.exit_code == MISSING_EXIT and r.stderr:find(MISSING_LINE, 1, true) then
       fail("PROCESS_ERROR", "tmux is not installed on instance " .. tostring(instance_id), context,

@@ -1322,6 +1322,24 @@ function M.new(opts)
     return true
   end
 
+  --- Sets the instance's TTL to `seconds` from now (`--keep 4h` at the end of a run).
+  ---@param instance_id string
+  ---@param seconds integer
+  ---@param action? "stop"|"terminate"|"pause" default: the instance's own, else "stop"
+  ---@return table instance
+  ---@raise NOT_FOUND | VALIDATION_ERROR
+  function I.set_ttl(instance_id, seconds, action)
+    expire()
+    local meta = must_instance(instance_id, "instances.set_ttl")
+    local secs, act = common.check_ttl({ ttl_seconds = seconds, ttl_action = action or meta.ttl_action })
+    if not secs then
+      common.raise("VALIDATION_ERROR", "ttl_seconds must be a positive integer", { field = "ttl_seconds" })
+    end
+    meta.ttl_seconds, meta.ttl_action, meta.expires_at = secs, act, now() + secs
+    save_meta(inst_dir(instance_id), meta)
+    return public_instance(meta)
+  end
+
   --- Kills every process of the instance and keeps its files; status "ready" (a paused
   --- instance is thawed first). Re-arms the TTL like resume.
   ---@param instance_id string
@@ -1394,7 +1412,8 @@ function M.new(opts)
   end
 
   local function take_snapshot(instance_id, sopts, operation)
-    sopts = sopts or {}
+    local tagged
+    sopts, tagged = run.snapshot_options(sopts) -- the run's tags; a digest's (an image's) none
     local meta = must_instance(instance_id, operation)
     local metadata = common.check_metadata(sopts.metadata)
     local existing = sopts.digest and digest_owner(sopts.digest)
@@ -1412,12 +1431,15 @@ function M.new(opts)
     end)
     if not ok or owner then pcall(owner_tool, { "rm", "-rf", "--", dir }) end
     if not ok then error(err, 0) end
+    if tagged and not owner then run.track_snapshot(provider, id, metadata.galley_keep == "1") end
     return public_snapshot(owner or smeta)
   end
 
-  --- Snapshots the instance's home and /tmp (frozen meanwhile if it is running).
+  --- Snapshots the instance's home and /tmp (frozen meanwhile if it is running). Inside a run
+  --- (or `galley -e`/a script) it is tagged with the run and left for `galley gc` unless
+  --- `keep = true`; one taken with a `digest` is an image: untagged, never collected.
   ---@param instance_id string
-  ---@param sopts? {metadata?: table<string, string>, digest?: string}
+  ---@param sopts? {metadata?: table<string, string>, digest?: string, keep?: boolean}
   ---@return table snapshot
   ---@raise NOT_FOUND
   function I.snapshot(instance_id, sopts)

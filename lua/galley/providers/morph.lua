@@ -6,13 +6,16 @@
 --   provider.files.write_file_atomic(inst.id, "~/.config/app.json", "{}", {mode = "600", create_dirs = true})
 --   provider.instances.terminate(inst.id)
 --
--- Instances: boot is POST /snapshot/{id}/boot. The provider owns readiness: a `ready` answer
+-- Instances: boot is POST /snapshot/{id}/boot; when its answer is lost (reset after sending,
+-- timeout, garbled body) the provider looks for the instance by the create's request token and
+-- carries on with it (it never sends the create again). The provider owns readiness: a `ready` answer
 -- returns at once (one request); otherwise it polls GET /instance/{id} (client:wait_ready) up to
 -- `boot_timeout_ms`, and if the instance fails or the wait ends, it deletes the instance before
 -- raising (the error names it: resource "instance:<id>", instance_id). fork is POST .../branch
 -- (its snapshot is kept and reported as `fork_snapshot_id`), then TTLs, then a wait for each
--- clone (all clones are deleted if one fails). stop and terminate are both DELETE: Morph has no
--- stopped state besides pause. pause/resume keep the files; status "paused" reads "stopped".
+-- clone (all clones are deleted if one fails, or when the branch's answer was lost: they are
+-- found by its request token). stop and terminate are both DELETE: Morph has no stopped state
+-- besides pause. pause/resume keep the files; status "paused" reads "stopped".
 --
 -- Exec: the service runs a one-element `command` through a shell; what it does with several
 -- elements is not documented (an SSH-style server space-joins them and runs the line with sh -c).
@@ -559,6 +562,26 @@ function M.new(opts)
     end
   end
 
+  -- A create whose answer was lost (reset after it was sent, timeout, garbled answer) may have
+  -- done its work: the instances carrying the create's request token (never create again).
+  -- {} when it did not happen, has not yet (note_cut_off then leaves it to the run's end), or
+  -- the lookup failed.
+  local function find_created(err)
+    if type(err) ~= "table" or type(err.request_token) ~= "string" or err.sent == false then return {} end
+    if err.code ~= "TIMEOUT" and err.code ~= "NETWORK_ERROR" and err.code ~= "PROTOCOL_ERROR" then return {} end
+    local ok, res = pcall(call, err.operation, nil, "instances_list",
+      { metadata = { [M.TOKEN_KEY] = err.request_token } })
+    if not ok then return {} end
+    local hits = {}
+    for _, raw in ipairs(type(res.data) == "table" and res.data or {}) do
+      if type(raw.metadata) == "table" and raw.metadata[M.TOKEN_KEY] == err.request_token then hits[#hits + 1] = raw end
+    end
+    if #hits > 0 then
+      log.warn("a create's answer was lost; found what it made", { instances = #hits, error = err.code })
+    end
+    return hits
+  end
+
   -- instances ------------------------------------------------------------------------------
   local I = provider.instances
   I.exec = provider.exec
@@ -581,8 +604,12 @@ function M.new(opts)
     local wait_ms = check_count(bopts.timeout_ms, "timeout_ms", 0) or boot_timeout_ms
     local ok, raw = pcall(call, "instances.boot", "snapshot:" .. snapshot_id, "snapshots_boot", snapshot_id, body)
     if not ok then
-      note_cut_off(raw)
-      error(raw, 0)
+      local found = find_created(raw)
+      if #found ~= 1 then
+        note_cut_off(raw)
+        error(raw, 0)
+      end
+      raw = found[1] -- carry on with the instance the lost answer was about
     end
     raw = await_new(raw, wait_ms, "instances.boot")
     run.track_instance(provider, raw.id, seconds)
@@ -629,6 +656,20 @@ function M.new(opts)
     return true
   end
 
+  --- Sets the instance's TTL to `seconds` from now (`--keep 4h` at the end of a run).
+  ---@param instance_id string
+  ---@param seconds integer
+  ---@param action? "stop"|"terminate"|"pause" default "stop"
+  ---@return table instance
+  ---@raise NOT_FOUND | VALIDATION_ERROR | ...
+  function I.set_ttl(instance_id, seconds, action)
+    check_id(instance_id, "instance_id")
+    local secs, act = common.check_ttl({ ttl_seconds = seconds, ttl_action = action })
+    if not secs then fail("VALIDATION_ERROR", "ttl_seconds must be a positive integer", { field = "ttl_seconds" }) end
+    return M.instance(call("instances.set_ttl", "instance:" .. instance_id, "instances_ttl", instance_id,
+      { ttl_seconds = secs, ttl_action = act }))
+  end
+
   --- Same as terminate: Morph's stop deletes the instance (pause keeps it).
   ---@param instance_id string
   ---@return true
@@ -664,7 +705,8 @@ function M.new(opts)
 
   local function take_snapshot(instance_id, sopts, operation)
     check_id(instance_id, "instance_id")
-    sopts = check_table(sopts, "options")
+    local tagged
+    sopts, tagged = run.snapshot_options(check_table(sopts, "options")) -- the run's tags; an image's none
     local body = { metadata = common.check_metadata(sopts.metadata), ttl_seconds = check_count(sopts.ttl_seconds,
       "ttl_seconds") }
     local query
@@ -675,12 +717,17 @@ function M.new(opts)
       query = { digest = sopts.digest }
     end
     local raw = call(operation, "instance:" .. instance_id, "instances_snapshot", instance_id, body, query)
+    if tagged and type(raw) == "table" and raw.id then
+      run.track_snapshot(provider, raw.id, body.metadata.galley_keep == "1")
+    end
     return M.snapshot(await_snapshot(raw, operation))
   end
 
-  --- Snapshots a running instance; returns when the snapshot is ready.
+  --- Snapshots a running instance; returns when the snapshot is ready. Inside a run (or
+  --- `galley -e`/a script) it is tagged with the run and left for `galley gc` unless
+  --- `keep = true`; one taken with a `digest` is an image: untagged, never collected.
   ---@param instance_id string
-  ---@param sopts? {metadata?: table<string, string>, digest?: string, ttl_seconds?: integer}
+  ---@param sopts? {metadata?: table<string, string>, digest?: string, ttl_seconds?: integer, keep?: boolean}
   ---@return table snapshot
   ---@raise NOT_FOUND | CONFLICT | TIMEOUT | ...
   function I.snapshot(instance_id, sopts)
@@ -708,6 +755,10 @@ function M.new(opts)
     local called, res = pcall(call, "instances.fork", "instance:" .. instance_id, "instances_branch", instance_id,
       { instance_metadata = md, snapshot_metadata = md }, { count = count })
     if not called then
+      -- The clones of a branch whose answer was lost are deleted (its snapshot is unknown).
+      local all = true
+      for _, raw in ipairs(find_created(res)) do all = discard(raw.id, "the fork's answer was lost") and all end
+      if type(res) == "table" then res.terminated = all end
       note_cut_off(res)
       error(res, 0)
     end

@@ -360,7 +360,7 @@ describe("galley.morph_client over galley.core.morph #morph", function()
       c:close()
     end)
 
-    it("turns a 500 into SERVER_ERROR, retrying it only for idempotent GETs", function()
+    it("turns a 500 into SERVER_ERROR, retrying it only for idempotent GETs and DELETEs", function()
       local c = client(em)
       em:fault{ method = "GET", path = "/image", action = "status", status = 500, count = 5 }
       local _, err = c:images_list()
@@ -372,16 +372,35 @@ describe("galley.morph_client over galley.core.morph #morph", function()
       _, err = c:snapshots_metadata(emulator.SNAPSHOT, { a = "b" })
       assert.are.equal("SERVER_ERROR", err.code)
       assert.are.equal(1, count(em, "POST", "/snapshot/[^/]+/metadata"))
+      -- a DELETE is retried too (gone is success)
+      local inst = assert(c:instances_start(emulator.SNAPSHOT, {}))
+      em:fault{ method = "DELETE", path = "/instance/*", action = "status", status = 500, count = 1 }
+      assert.is_true((c:instances_stop(inst.id)))
+      assert.are.equal(2, count(em, "DELETE", "/instance/[^/]+"))
       c:close()
     end)
 
-    it("turns a body that is not JSON into PROTOCOL_ERROR", function()
+    it("asks a GET again when its body is not JSON, and turns it into PROTOCOL_ERROR in the end", function()
       local c = client(em)
       em:fault{ method = "GET", path = "/image", action = "malformed" }
+      assert.is_table((c:images_list()))
+      assert.are.equal(2, count(em, "GET", "/image"))
+      em:clear_log()
+      em:fault{ method = "GET", path = "/image", action = "malformed", count = 10 }
       local _, err = c:images_list()
       assert.are.equal("PROTOCOL_ERROR", err.code)
       assert.are.equal(200, err.status)
-      assert.are.equal(1, count(em, "GET", "/image"))
+      assert.are.equal(FAST.max_attempts, count(em, "GET", "/image"))
+      em:clear_faults()
+      c:close()
+    end)
+
+    it("never sends a POST again whose answer was not JSON (it acted): PROTOCOL_ERROR", function()
+      local c = client(em)
+      em:fault{ method = "POST", path = "/snapshot/*/metadata", action = "malformed" }
+      local _, err = c:snapshots_metadata(emulator.SNAPSHOT, { a = "b" })
+      assert.are.equal("PROTOCOL_ERROR", err.code)
+      assert.are.equal(1, count(em, "POST", "/snapshot/[^/]+/metadata"))
       c:close()
     end)
 

@@ -4,6 +4,7 @@
 local host = require("support.host_provider")
 local logmod = require("galley.log")
 local proc = require("galley.core.proc")
+local runtime = require("galley.core.runtime")
 local support = require("support")
 local tmuxmod = require("galley.process.tmux")
 
@@ -25,6 +26,20 @@ describe("the tmux session manager #tmux", function()
   it("needs a provider and a plain socket name", function()
     raises_code("VALIDATION_ERROR", tmuxmod.new, {})
     raises_code("VALIDATION_ERROR", tmuxmod.new, { provider = {}, socket = "a b" })
+  end)
+
+  it("gives every exec a time limit, 120 s unless exec_timeout_ms says otherwise", function()
+    assert.are.equal(120000, tmuxmod.DEFAULT_EXEC_TIMEOUT_MS)
+    local seen = {}
+    local p = { exec = function(_, _, eopts)
+      seen[#seen + 1] = eopts and eopts.timeout_ms
+      return { exit_code = 0, stdout = "", stderr = "" }
+    end }
+    tmuxmod.new({ provider = p, log = logmod.silent() }).list("vm")
+    tmuxmod.new({ provider = p, log = logmod.silent(), exec_timeout_ms = 5000 }).list("vm")
+    assert.are.same({ 120000, 5000 }, seen)
+    local err = raises_code("VALIDATION_ERROR", tmuxmod.new, { provider = p, exec_timeout_ms = 0 })
+    assert.are.equal("exec_timeout_ms", err.field)
   end)
 
   it("reports a missing tmux with an install hint #host", function()
@@ -240,6 +255,25 @@ for _, target in ipairs(host.providers()) do
       tm.delete_all(inst.id)
       assert.are.same({}, tm.list(inst.id))
       assert.are.same({}, tm.delete_all(inst.id))
+    end)
+
+    it("ends a call to a hung tmux server in TIMEOUT: every exec has a time limit", function()
+      tm.start(inst.id, { command = { kind = "shell", name = "wedged", script = "exec sleep 300" } })
+      local socket = t.manager_opts and t.manager_opts.socket
+      local tmux = socket and ("tmux -L " .. support.q(socket)) or "tmux"
+      local pid = sh(tmux .. " display-message -p -t =wedged '#{pid}'").stdout:match("^(%d+)")
+      assert.is_string(pid, "the tmux server's pid")
+      assert.are.equal(0, sh("kill -STOP " .. pid).exit_code) -- the server stops answering
+      finally(function()
+        sh("kill -CONT " .. pid)
+        tm.delete(inst.id, "wedged")
+      end)
+      local quick = tmuxmod.new(host.manager_opts(t, { provider = p, log = logmod.silent(), exec_timeout_ms = 1500 }))
+      local t0 = runtime.now_ms()
+      local err = raises_code("TIMEOUT", quick.list, inst.id)
+      assert.is_true(runtime.now_ms() - t0 < 60000, "the time limit held")
+      assert.is_table(err)
+      raises_code("TIMEOUT", quick.capture, inst.id, "wedged")
     end)
   end)
 end

@@ -718,6 +718,37 @@ p.instances.boot("]] .. SNAP .. [[")
       assert.are.equal(0, left)
     end)
 
+    it("carries on with the instance a boot made when its answer was lost, booting nothing twice", function()
+      local sp = provider_on(em, { timeout_ms = 800 })
+      for _, f in ipairs({ { action = "reset_after" }, { action = "malformed" }, { action = "delay", delay_ms = 2000 } }) do
+        em:clear_log()
+        em:fault({ method = "POST", path = "/snapshot/*/boot", action = f.action, delay_ms = f.delay_ms })
+        local inst = boot(sp, { metadata = { case = "lost-boot" } })
+        assert.are.equal("ready", inst.status, f.action)
+        -- a delayed answer is logged once the server sends it (after the client gave up)
+        local deadline = runtime.now_ms() + 15000
+        while count(em, "POST", "/snapshot/[^/]+/boot") == 0 and runtime.now_ms() < deadline do runtime.sleep_ms(50) end
+        assert.are.equal(1, count(em, "POST", "/snapshot/[^/]+/boot"), f.action)
+        sp.instances.terminate(inst.id)
+      end
+      assert.are.same({}, sp.instances.list({ case = "lost-boot" }))
+      sp.close()
+    end)
+
+    it("deletes the clones of a fork whose answer was lost, leaving none behind", function()
+      local sp = provider_on(em)
+      local parent = boot(sp, { metadata = { case = "lost-fork" } })
+      em:fault({ method = "POST", path = "/instance/*/branch", action = "reset_after" })
+      local err = raises("NETWORK_ERROR", sp.instances.fork, parent.id, 2)
+      assert.is_true(err.terminated)
+      assert.are.equal(1, count(em, "POST", "/instance/[^/]+/branch"))
+      local left = {}
+      for _, inst in ipairs(sp.instances.list({ case = "lost-fork" })) do left[#left + 1] = inst.id end
+      assert.are.same({ parent.id }, left)
+      sp.instances.terminate(parent.id)
+      sp.close()
+    end)
+
     it("stops and terminates idempotently: a retried DELETE that meets 404 succeeded", function()
       local sp = provider_on(em, { timeout_ms = 800 })
       local inst = boot(sp)

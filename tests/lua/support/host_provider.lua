@@ -129,10 +129,11 @@ function M.new(opts)
     return { id = id, home = inst.home, root = root }
   end
 
-  --- Runs a CommandSpec; `{stdout, stderr, exit_code}`.
+  --- Runs a CommandSpec; `{stdout, stderr, exit_code}` (TIMEOUT past eopts.timeout_ms).
   ---@param id string
   ---@param spec galley.CommandSpec
-  function p.exec(id, spec)
+  ---@param eopts? {timeout_ms?: integer}
+  function p.exec(id, spec, eopts)
     local inst = get(id)
     spec = contracts.check_command(spec)
     local plan = shell.plan(spec, { home = inst.home })
@@ -145,9 +146,12 @@ function M.new(opts)
       argv = { "/bin/bash", script_path }
     end
     local r, err = proc.run({ argv = argv, cwd = inst.home, env = environment(inst), env_mode = "replace",
-      timeout_ms = TIMEOUT_MS })
+      timeout_ms = eopts and eopts.timeout_ms or TIMEOUT_MS })
     if script_path then os.remove(script_path) end
     if not r then error(errors.ProviderError("PROCESS_ERROR", tostring(err), { cause = err }), 0) end
+    if r.timed_out then
+      error(errors.ProviderError("TIMEOUT", "command timed out", { operation = "exec", resource = "instance:" .. id }), 0)
+    end
     return { stdout = r.stdout, stderr = r.stderr, exit_code = r.exit_code }
   end
   p.instances.exec = p.exec
