@@ -49,8 +49,9 @@
 -- is SERVER_ERROR, NOT_FOUND, ...), and a transient one (errors.is_retryable: 429, 5xx, network,
 -- timeout) makes the CREDENTIALS_ERROR retryable too (`err.retryable`, `err.attempt`). Install
 -- steps are idempotent (atomic writes, merges of the same keys), so a transient failure (not a
--- TIMEOUT: that is the exec's own limit passing) is retried first (`retry`: 3 attempts, backoff from 500 ms, honouring Retry-After); post-install commands
--- are the profile's own and are not retried.
+-- TIMEOUT: that is the exec's own limit passing) is retried first (`retry`: 3 attempts, backoff
+-- from 500 ms, honouring Retry-After); post-install commands are the profile's own and are not
+-- retried.
 local cjson = require("cjson").new()
 local codec = require("galley.core.codec")
 local contracts = require("galley.contracts")
