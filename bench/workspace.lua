@@ -1,11 +1,11 @@
--- The measurements of bench/workspace: workspace.lua WORK SIZES FILES KIB PARALLEL
+-- The measurements of bench/workspace: workspace.lua WORK FORMS PARALLEL TREE_KIND
 local workspace = require("galley.workspace")
 local runtime = require("galley.core.runtime")
 local proc = require("galley.core.proc")
-local work, sizes, nfiles, kib, parallel = arg[1], arg[2], tonumber(arg[3]), tonumber(arg[4]), tonumber(arg[5])
+local work, forms, parallel, kind = arg[1], arg[2], tonumber(arg[3]), arg[4]
 
 local function sh(script, ...)
-  local r = assert(proc.run({ argv = { "sh", "-c", script, "sh", ... } }))
+  local r = assert(proc.run({ argv = { "sh", "-c", script, "sh", ... }, timeout_ms = 3600000 }))
   assert(r.exit_code == 0, r.stderr)
   return r.stdout
 end
@@ -17,64 +17,69 @@ local function timed(fn)
   local r = fn()
   return r, math.max(1, runtime.now_ms() - t0)
 end
-local function mbs(bytes, ms) return bytes / 1048576 / (ms / 1000) end
-
-local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0 })
-local p = require("galley.providers.morph").new({ api_key = emu.api_key, base_url = emu.base_url })
-local id = p.instances.boot("snapshot_galleydev").id
-local o = { parallel = parallel }
-print(("galley emulate, Morph provider, max_command_bytes %s, %d chunk execs in flight"):format(
-  tostring(p.capabilities.max_command_bytes), parallel))
-
-for size in sizes:gmatch("%d+") do
-  local n = tonumber(size)
-  local d = work .. "/f" .. n
-  sh('mkdir -p "$1" && head -c "$2" /dev/urandom > "$1/blob"', d, n * 1048576)
-  local up, ms = timed(function() return workspace.push(p, id, d, "~/f" .. n, o) end)
-  local back, ms2 = timed(function() return workspace.pull(p, id, "~/f" .. n, d .. "-back", o) end)
-  print(("%5d MiB  up %7.1f MB/s (%d execs)   down %7.1f MB/s (%d execs)   peak RSS so far %d MiB"):format(
-    n, mbs(up.bytes, ms), up.execs, mbs(back.bytes, ms2), back.execs, hwm()))
-  sh('rm -rf -- "$1" "$1-back"', d)
-end
+local function mbs(bytes, ms) return bytes / 1e6 / (ms / 1000) end
 
 local tree = work .. "/tree"
-sh([[mkdir -p "$1" && cd "$1" && i=0; while [ $i -lt "$2" ]; do
-  d=d$((i / 100)); [ -d $d ] || mkdir $d; head -c "$3" /dev/urandom | base64 > $d/file$i.txt; i=$((i + 1)); done]],
-  tree, nfiles, kib * 768)
-local total = tonumber((sh('du -sb "$1" | cut -f1', tree)))
-local r, ms = timed(function() return workspace.push(p, id, tree, "~/tree", o) end)
-print(("tree %d files, %.1f MiB: push %.1f MB/s in %d execs (%.1f s)"):format(r.sent, r.bytes / 1048576,
-  mbs(r.bytes, ms), r.execs, ms / 1000))
-local again = workspace.push(p, id, tree, "~/tree", o)
-print(("tree re-push unchanged: %d exec(s), %d sent"):format(again.execs, again.sent))
-local back
-back, ms = timed(function() return workspace.pull(p, id, "~/tree", work .. "/tree-back", o) end)
-print(("tree pull %.1f MB/s in %d execs"):format(mbs(back.bytes, ms), back.execs))
--- one exec per file, as examples/push-dir.lua does (the first 300 files, extrapolated)
-local names = {}
-for line in sh('cd "$1" && find . -type f | head -n 300', tree):gmatch("[^\n]+") do names[#names + 1] = line:sub(3) end
-local t0 = runtime.now_ms()
-local sent = 0
-for _, rel in ipairs(names) do
-  p.files.write_file_atomic(id, "~/perfile/" .. rel, { from_file = tree .. "/" .. rel }, { create_dirs = true })
-  sent = sent + 1
-end
-local per = (runtime.now_ms() - t0) / sent
-print(("one exec per file: %.1f ms per file -> about %.0f s and %d execs for the tree (%.2f MB/s)"):format(per,
-  per * r.sent / 1000, r.sent, (total / 1048576) / (per * r.sent / 1000)))
-
--- repo round trip
+local nfiles = tonumber((sh('find "$1" -type f | wc -l', tree)))
+local total = tonumber((sh('du -sb "$1" | cut -f1', tree):match("%d+")))
+print(("tree: %d files, %.1f MB (%s), %d chunk execs in flight"):format(nfiles, total / 1e6, kind, parallel))
 sh('cd "$1" && git init -q . && git add -A && git -c user.name=b -c user.email=b@b commit -qm tree', tree)
-local pr
-pr, ms = timed(function()
-  return workspace.push_repo(p, id, tree, "~/repo", { branch = "galley/bench", parallel = parallel })
-end)
-p.exec(id, { kind = "argv", command = "sh", args = { "-c",
-  "cd ~/repo && echo change >> d0/file0.txt && git -c user.name=a -c user.email=a@a commit -qam agent" } })
-local pl, ms2 = timed(function() return workspace.pull_repo(p, id, "~/repo", tree, { branch = "galley/bench" }) end)
-print(("repo round trip: push_repo %d execs (%.1f s), pull_repo %d execs (%.1f s), %d commit(s) back"):format(
-  pr.execs, ms / 1000, pl.execs, ms2 / 1000, #pl.commits))
+
+local per_file_done = false
+for form in forms:gmatch("[^,]+") do
+  local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0,
+    argv_mode = form == "argv" and "exec" or "join" })
+  local p = require("galley.providers.morph").new({ api_key = emu.api_key, base_url = emu.base_url, exec_form = form })
+  local id = p.instances.boot("snapshot_galleydev").id
+  local o = { parallel = parallel }
+  print(("-- exec form %s (emulator argv mode %s)%s"):format(form, form == "argv" and "exec" or "join",
+    p.capabilities.max_command_bytes and (", one line <= " .. p.capabilities.max_command_bytes .. " bytes") or ""))
+  local r, ms = timed(function() return workspace.push(p, id, tree, "~/tree", o) end)
+  print(("push      %6.1f MB/s  %4d requests (%.1f s), %d files, %.1f MB as %.1f MB of %s"):format(mbs(r.bytes, ms),
+    r.execs, ms / 1000, r.sent, r.bytes / 1e6, (r.wire_bytes or 0) / 1e6, r.compress or "-"))
+  local again
+  again, ms = timed(function() return workspace.push(p, id, tree, "~/tree", o) end)
+  print(("re-push unchanged: %d request(s), %d sent (%.2f s)"):format(again.execs, again.sent, ms / 1000))
+  local back
+  back, ms = timed(function() return workspace.pull(p, id, "~/tree", work .. "/back-" .. form, o) end)
+  print(("pull      %6.1f MB/s  %4d requests (%.1f s), %d files, %.1f MB as %.1f MB"):format(mbs(back.bytes, ms),
+    back.execs, ms / 1000, back.sent, back.bytes / 1e6, (back.wire_bytes or 0) / 1e6))
+  sh('diff -r "$1" "$2" -x .git >/dev/null', tree, work .. "/back-" .. form)
+  sh('rm -rf -- "$1"', work .. "/back-" .. form)
+  local nc = workspace.push(p, id, tree, "~/tree-nc", { parallel = parallel, compress = false })
+  print(("push without compression: %d requests"):format(nc.execs))
+  -- repo round trip
+  local pr, pl
+  pr, ms = timed(function()
+    return workspace.push_repo(p, id, tree, "~/repo", { branch = "galley/bench-" .. form, parallel = parallel })
+  end)
+  p.exec(id, { kind = "argv", command = "sh", args = { "-c",
+    "cd ~/repo && f=$(git ls-files | head -n 1) && echo change >> \"$f\" && "
+      .. "git -c user.name=a -c user.email=a@a commit -qam agent" } })
+  local ms2
+  pl, ms2 = timed(function()
+    return workspace.pull_repo(p, id, "~/repo", tree, { branch = "galley/bench-" .. form })
+  end)
+  print(("repo round trip: push_repo %d requests (%.1f s), pull_repo %d requests (%.1f s), %d commit(s) back: %s")
+    :format(pr.execs, ms / 1000, pl.execs, ms2 / 1000, #pl.commits, (pl.log:gsub("\n", " "))))
+  if not per_file_done then
+    -- one exec per file, as examples/push-dir.lua does (the first 300 files, extrapolated)
+    per_file_done = true
+    local names = {}
+    for line in sh('cd "$1" && find . -path ./.git -prune -o -type f -print | head -n 300', tree):gmatch("[^\n]+") do
+      names[#names + 1] = line:sub(3)
+    end
+    local t0 = runtime.now_ms()
+    for _, rel in ipairs(names) do
+      p.files.write_file_atomic(id, "~/perfile/" .. rel, { from_file = tree .. "/" .. rel }, { create_dirs = true })
+    end
+    local per = (runtime.now_ms() - t0) / #names
+    print(("one exec per file: %.1f ms per file -> about %.0f s and %d requests for the tree"):format(per,
+      per * nfiles / 1000, nfiles))
+  end
+  local ok, err = pcall(p.instances.terminate, id)
+  if not ok then print("(terminate: " .. tostring(err):sub(1, 120) .. ")") end
+  p.close()
+  emu.stop()
+end
 print(("peak RSS %d MiB"):format(hwm()))
-p.instances.terminate(id)
-p.close()
-emu.stop()

@@ -216,7 +216,7 @@ M.lazy = {
   shell = "an interactive shell in an instance (tmux): galley shell ID",
   logs = "a PM2 or tmux session's output: galley logs [-f] ID NAME",
   stop = "stop (delete) instances: galley stop ID...",
-  cp = "copy a file: galley cp LOCAL ID:PATH | ID:PATH LOCAL",
+  cp = "copy a file or (-r) a tree: galley cp [-r] LOCAL ID:PATH | ID:PATH LOCAL",
   completion = "shell completion script: galley completion bash|zsh|fish",
 }
 M.LAZY_ORDER = { "ls", "boot", "exec", "shell", "logs", "cp", "stop", "snapshots", "images", "emulate", "gc",

@@ -37,6 +37,7 @@ local codec = require("galley.core.codec")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
 local errors = require("galley.errors")
+local pool = require("galley.pool")
 local task = require("galley.task")
 
 local M = {}
@@ -45,8 +46,8 @@ local M = {}
 M.DEFAULT_EXEC_TIMEOUT_MS = 600000
 
 M.DEFAULT_PARALLEL = 4
-M.DEFAULT_REQUEST_BYTES = 1536 * 1024 -- base64 per exec without max_command_bytes
-M.DEFAULT_RESPONSE_BYTES = 1536 * 1024 -- base64 per chunk read
+M.DEFAULT_REQUEST_BYTES = 1792 * 1024 -- base64 per exec without max_command_bytes (argv + env < 2 MiB)
+M.DEFAULT_RESPONSE_BYTES = 4096 * 1024 -- base64 per chunk read
 M.MAX_ARG_BYTES = 120 * 1024
 M.DEFAULT_AUTHOR = { name = "galley agent", email = "agent@galley.invalid" }
 
@@ -63,11 +64,13 @@ d=$1; shift
 case $d in "~") d=$HOME ;; "~/"*) d=$HOME/${d#"~/"} ;; esac
 ]]
 
--- Manifest of $d: base64 of NUL-separated records "<f|l> <mode> <size> ./path", "<symlink
+-- Manifest of $d: a line "tools <names>" (which of zstd, gzip, python3 are installed), then
+-- base64 of NUL-separated records "<f|l> <mode> <size> ./path", "<symlink
 -- target>", then "SUMS", then sha256sum -z lines. $1 = "all" or "git" (prune .git), $2 = a list
 -- file of NUL-separated ./paths (local use) or "". Prints NONE when $d does not exist.
 local SH_MANIFEST = PRELUDE .. [[
 prune=$1 list=$2
+printf tools; for t in zstd gzip python3; do command -v $t >/dev/null 2>&1 && printf ' %s' $t; done; echo
 if [ ! -e "$d" ] && [ ! -L "$d" ]; then echo NONE; exit 0; fi
 [ -d "$d" ] || { echo "not a directory: $d" >&2; exit 43; }
 cd -- "$d" || exit 1
@@ -94,8 +97,9 @@ mkdir -p -- "$d" && cd -- "$d" || exit 1
 printf %s "$@" | base64 -d | dd of="$f" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none
 ]]
 
--- Python: renames every staged file into place (skipping .galley-tmp-ctl/skip entries), then
--- deletes what .galley-tmp-ctl/delete lists. argv: dest stage.
+-- Python: renames every staged file into place (a staged directory missing in dest in one
+-- rename; .galley-tmp-ctl/skip entries are dropped first), then deletes what
+-- .galley-tmp-ctl/delete lists. argv: dest stage.
 local PY_APPLY = [[
 import os, sys, shutil
 dest, stage = sys.argv[1], sys.argv[2]
@@ -106,17 +110,32 @@ def names(p):
             return [x.decode("utf-8", "surrogateescape") for x in f.read().split(b"\0") if x]
     except FileNotFoundError:
         return []
-skip = set(names("skip"))
+for r in names("skip"):
+    try:
+        os.unlink(os.path.join(stage, r))
+    except FileNotFoundError:
+        pass
 for root, dirs, files in os.walk(stage):
     rel = os.path.relpath(root, stage)
     if rel == ".galley-tmp-ctl":
         dirs[:] = []
         continue
-    for n in files + [x for x in dirs if os.path.islink(os.path.join(root, x))]:
-        r = os.path.normpath(os.path.join(rel, n))
-        if r in skip or r.startswith(".galley-tmp-ctl"):
-            continue
-        t = os.path.join(dest, r)
+    keep = []
+    for n in dirs:
+        s, t = os.path.join(root, n), os.path.normpath(os.path.join(dest, rel, n))
+        if os.path.islink(s):
+            files.append(n)
+        elif rel == "." and n == ".galley-tmp-ctl":
+            keep.append(n)
+        elif not os.path.lexists(t):
+            # a directory new here: all of it in one rename
+            os.makedirs(os.path.dirname(t), exist_ok=True)
+            os.rename(s, t)
+        else:
+            keep.append(n)
+    dirs[:] = keep
+    for n in files:
+        t = os.path.normpath(os.path.join(dest, rel, n))
         os.makedirs(os.path.dirname(t), exist_ok=True)
         if os.path.isdir(t) and not os.path.islink(t):
             shutil.rmtree(t)
@@ -127,10 +146,11 @@ for r in names("delete"):
         os.unlink(t)
 ]]
 
--- Unpacks the uploaded stream $1 (size $2, sha256 $3; base64 data may follow to append first)
--- into a staging directory and renames the files into place.
+-- Unpacks the uploaded stream $1 (size $2, sha256 $3, compressed with $6 = zstd|gzip|none;
+-- base64 data may follow to write at $4 first) into a staging directory and renames the files
+-- into place.
 local SH_APPLY = PRELUDE .. [[
-blob=$1 size=$2 sum=$3 off=$4 py=$5; shift 5
+blob=$1 size=$2 sum=$3 off=$4 py=$5 z=$6; shift 6
 mkdir -p -- "$d" && cd -- "$d" || exit 1
 if [ $# -gt 0 ]; then
   printf %s "$@" | base64 -d |
@@ -141,7 +161,12 @@ fail() { rm -rf -- "$blob" "$stage"; echo "$2" >&2; exit "$1"; }
 n=$(wc -c < "$blob") || fail 1 "the stream is missing"
 h=$(sha256sum < "$blob")
 [ "$n" = "$size" ] && [ "${h%% *}" = "$sum" ] || fail 42 "the stream arrived damaged ($n bytes, $size expected)"
-mkdir -- "$stage" && tar -x -p --no-same-owner -f "$blob" -C "$stage" || fail 1 "tar -x failed"
+mkdir -- "$stage" || fail 1 "cannot create $stage"
+case $z in
+  zstd) zstd -d -q -c -- "$blob" | tar -x -p --no-same-owner -f - -C "$stage" ;;
+  gzip) gzip -d -c -- "$blob" | tar -x -p --no-same-owner -f - -C "$stage" ;;
+  *) tar -x -p --no-same-owner -f "$blob" -C "$stage" ;;
+esac || fail 1 "tar -x failed"
 rm -f -- "$blob"
 if command -v python3 >/dev/null 2>&1; then
   python3 -I -S -c "$py" "$PWD" "$stage" || fail 1 "renaming into place failed"
@@ -157,17 +182,28 @@ rm -rf -- "$stage"
 ]]
 
 -- Packs the ./paths listed (NUL-separated) in file $1 (base64 data may follow to write at $2
--- first) into a temporary tar; prints "size sha256 name".
+-- first; with $4 = all|git every file, as the manifest sees them, instead) into a temporary
+-- tar, compressed with $3 (zstd|gzip|none); prints "size sha256 name".
 local SH_PACK = PRELUDE .. [[
-lst=$1 off=$2; shift 2
+lst=$1 off=$2 z=$3 prune=$4; shift 4
 cd -- "$d" || exit 40
-if [ $# -gt 0 ]; then
+if [ "$prune" != list ]; then
+  lst=]] .. TMP .. [[list-$$
+  if [ "$prune" = all ]; then set -- -name "]] .. TMP .. [[*"; else set -- \( -name "]] .. TMP
+  .. [[*" -o -name .git \); fi
+  find . -mindepth 1 "$@" -prune -o \( -type f -o -type l \) -print0 > "$lst" || exit 1
+  set --
+elif [ $# -gt 0 ]; then
   printf %s "$@" | base64 -d |
     dd of="$lst" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
 fi
 t=]] .. TMP .. [[pack-$$.tar
 tar -c -f "$t" --null --no-recursion -T "$lst" || { rm -f -- "$t" "$lst"; exit 1; }
 rm -f -- "$lst"
+case $z in
+  zstd) zstd -q -3 -T0 --rm -- "$t" && t=$t.zst ;;
+  gzip) gzip -1 -- "$t" && t=$t.gz ;;
+esac || { rm -f -- "$t" "$t.zst" "$t.gz"; exit 1; }
 h=$(sha256sum < "$t")
 printf '%s %s %s\n' "$(wc -c < "$t")" "${h%% *}" "$t"
 ]]
@@ -426,10 +462,17 @@ M.ignore_matcher = ignore_matcher
 -- Manifests
 -- ---------------------------------------------------------------------------------------------
 
--- Parses SH_MANIFEST's output: nil when the directory is missing, else {rel = entry}.
+-- Parses SH_MANIFEST's output: nil when the directory is missing, else {rel = entry}; then the
+-- set of tools the other side has ({zstd = true, ...}).
 local function parse_manifest(out, where)
+  local tools = {}
+  local line, rest = out:match("^tools([^\n]*)\n(.*)$")
+  if line then
+    for t in line:gmatch("%S+") do tools[t] = true end
+    out = rest
+  end
   out = out:gsub("%s+$", "")
-  if out == "NONE" then return nil end
+  if out == "NONE" then return nil, tools end
   local raw = codec.base64_decode(out)
   if not raw then
     raise("PROTOCOL_ERROR", "unreadable manifest from " .. where, { operation = "workspace.manifest" })
@@ -459,7 +502,7 @@ local function parse_manifest(out, where)
     local sum, path = rec:match("^(%x+)  %./(.*)$")
     if sum and entries[path] then entries[path].sha256 = sum end
   end
-  return entries
+  return entries, tools
 end
 
 
@@ -489,7 +532,7 @@ local function local_manifest(dir, paths, prune)
     raise("FILE_IO_ERROR", ("cannot list %s: %s"):format(dir, (res.stderr or ""):gsub("%s+$", "")),
       { operation = "workspace.manifest", resource = "file:" .. dir })
   end
-  return parse_manifest(res.stdout, dir) or {}
+  return (parse_manifest(res.stdout, dir)) or {}
 end
 
 
@@ -555,8 +598,8 @@ local function tar_header(name, size, mode, typeflag, linkname, mtime)
   local h = field(name, 100) .. octal(mode, 8) .. octal(0, 8) .. octal(0, 8) .. octal(size, 12) .. octal(mtime, 12)
     .. "        " .. typeflag .. field(linkname or "", 100) .. "ustar  \0" .. field("root", 32) .. field("root", 32)
     .. ("\0"):rep(183)
-  local sum = 0
-  for i = 1, #h do sum = sum + h:byte(i) end
+  local sum, bytes = 0, { h:byte(1, -1) }
+  for i = 1, #bytes do sum = sum + bytes[i] end
   return h:sub(1, 148) .. ("%06o\0 "):format(sum) .. h:sub(157)
 end
 
@@ -685,46 +728,6 @@ local function quoted_size(list)
 end
 
 
--- A pool of at most `max` tasks; add(fn) waits for room; finish() waits for all. The first
--- failure cancels the rest and is raised (by add or finish).
-local function pool(max)
-  local running, failed = {}, nil
-  local p = {}
-  local function reap(t)
-    local ok, err = t:result()
-    if not ok and not failed then failed = err end
-  end
-  local function check()
-    if failed then
-      for _, t in ipairs(running) do t:cancel() end
-      for _, t in ipairs(running) do pcall(t.wait, t) end
-      running = {}
-      error(failed, 0)
-    end
-  end
-  function p.add(fn)
-    check()
-    if #running >= max then
-      reap(table.remove(running, 1))
-      check()
-    end
-    running[#running + 1] = task.spawn(fn)
-  end
-  function p.finish()
-    while #running > 0 do
-      reap(table.remove(running, 1))
-      check()
-    end
-  end
-  function p.abort()
-    for _, t in ipairs(running) do t:cancel() end
-    for _, t in ipairs(running) do pcall(t.wait, t) end
-    running = {}
-  end
-  return p
-end
-
-
 -- Uploads the stream next_bytes into `name` under remote dir `dir`; the last exec runs
 -- `final(args_so_far)` (see SH_APPLY / SH_CLONE). Returns {size, sha256, execs}.
 -- `final` is {script = S, args = fun(size, sha, off) -> list, inline = bool}.
@@ -734,7 +737,7 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
     ("0"):rep(20), ("0"):rep(64), ("0"):rep(20), table.unpack(final.extra or {}) }), opts)
   local hasher = codec.sha256_hasher()
   local offset = 0
-  local p = pool(opts.parallel or M.DEFAULT_PARALLEL)
+  local p = pool.new(opts.parallel or M.DEFAULT_PARALLEL)
   local ok, err = pcall(function()
     local chunk = next_bytes(per)
     while true do
@@ -742,7 +745,7 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
       local nxt = #chunk == per and next_bytes(per) or ""
       if nxt == "" and final.inline and #chunk <= per_final then
         -- the last chunk rides with the final exec
-        p.finish()
+        p:finish()
         local size = offset + #chunk
         local args = final.args(size, hasher:hex(), offset)
         local res = rem.run(final.script, dir, table.unpack(pieces(codec.base64_encode(chunk), args)))
@@ -750,7 +753,7 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
       end
       if #chunk > 0 then
         local off, data = offset, chunk
-        p.add(function()
+        p:add(function()
           local res = rem.run(SH_CHUNK, dir, name, tostring(off), table.unpack(pieces(codec.base64_encode(data), {})))
           if res.exit_code ~= 0 then rem.fail(res, "upload", name) end
         end)
@@ -759,12 +762,12 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
       chunk = nxt
       if chunk == "" then break end
     end
-    p.finish()
+    p:finish()
     local args = final.args(offset, hasher:hex(), offset)
     return rem.run(final.script, dir, table.unpack(args)), offset
   end)
   if not ok then
-    p.abort()
+    p:abort()
     pcall(rem.run, SH_RM, dir, name)
     error(err, 0)
   end
@@ -777,13 +780,13 @@ end
 local function download(rem, dir, name, size, sha, to, opts)
   local per = opts.read_chunk_bytes or 3 * (M.DEFAULT_RESPONSE_BYTES // 4)
   local f = assert(io.open(to, "wb"))
-  local p = pool(opts.parallel or M.DEFAULT_PARALLEL)
+  local p = pool.new(opts.parallel or M.DEFAULT_PARALLEL)
   local ok, err = pcall(function()
     local n = math.max(1, (size + per - 1) // per)
     for k = 0, n - 1 do
       local off = k * per
       local len = math.min(per, size - off)
-      p.add(function()
+      p:add(function()
         local res = rem.run(SH_RANGE, dir, name, tostring(off), tostring(len), n == 1 and "1" or "0")
         if res.exit_code ~= 0 then rem.fail(res, "download", name) end
         local raw = codec.base64_decode((res.stdout:gsub("%s", "")))
@@ -795,12 +798,12 @@ local function download(rem, dir, name, size, sha, to, opts)
         assert(f:write(raw))
       end)
     end
-    p.finish()
+    p:finish()
   end)
   f:close()
   if not ok or size > per then pcall(rem.run, SH_RM, dir, name) end
   if not ok then
-    p.abort()
+    p:abort()
     os.remove(to)
     error(err, 0)
   end
@@ -816,6 +819,66 @@ end
 -- ---------------------------------------------------------------------------------------------
 -- push / pull
 -- ---------------------------------------------------------------------------------------------
+
+-- Runs remote_fn in a task while local_fn runs here; returns remote_fn's first result, then a
+-- list {local_fn's result, remote_fn's second result}. A failure of either cancels the other.
+local function both(remote_fn, local_fn)
+  local t = task.spawn(remote_fn)
+  local ok, mine = pcall(local_fn)
+  if not ok then
+    t:cancel()
+    pcall(t.wait, t)
+    error(mine, 0)
+  end
+  local a, b = t:wait()
+  return a, { mine, b }
+end
+
+
+-- Runs fn(dir) with a fresh local temporary directory, removed afterwards (also on errors).
+local function with_tmpdir(fn)
+  local dir = assert(fs.mkdtemp("/tmp/galley-ws-XXXXXX"))
+  local ok, res = pcall(fn, dir)
+  fs.remove_tree(dir)
+  if not ok then error(res, 0) end
+  return res
+end
+
+
+M.CODECS = { zstd = true, gzip = true, none = true }
+
+-- The compressor of the streams: opts.compress (false, "none", "zstd" or "gzip"), by default
+-- zstd when both sides have it, else gzip when both have it, else none.
+local function pick_codec(opts, remote_tools)
+  local want = opts.compress
+  if want == false then return "none" end
+  if want ~= nil and want ~= true and not M.CODECS[want] then
+    raise("VALIDATION_ERROR", "compress must be false, \"none\", \"zstd\" or \"gzip\"", { field = "compress" })
+  end
+  if want == "none" then return "none" end
+  for _, c in ipairs({ "zstd", "gzip" }) do
+    if (want == nil or want == true or want == c) and remote_tools[c] and proc.which(c) then return c end
+  end
+  if type(want) == "string" then
+    raise("VALIDATION_ERROR", ("compress: %s is not installed on both sides"):format(want),
+      { field = "compress", hint = "install it (apt-get install " .. want .. ") or leave compress unset" })
+  end
+  return "none"
+end
+
+
+-- Compresses the local file `path` with codec z; returns the path of the result.
+local function compress_file(path, z)
+  if z == "none" then return path end
+  local argv = z == "zstd" and { "zstd", "-q", "-3", "-T0", "--rm", "--", path } or { "gzip", "-1", "--", path }
+  local res = run_local(argv)
+  if res.exit_code ~= 0 then
+    raise("FILE_IO_ERROR", ("%s failed on %s: %s"):format(z, path, (res.stderr or ""):sub(1, 300)),
+      { operation = "workspace.push", resource = "file:" .. path })
+  end
+  return path .. (z == "zstd" and ".zst" or ".gz")
+end
+
 
 local function check_local_dir(dir, field)
   check_string(dir, field)
@@ -844,7 +907,9 @@ end
 ---@field bytes integer their size
 ---@field unchanged integer files already the same on the other side
 ---@field deleted integer files removed (opts.delete)
----@field execs integer provider execs used
+---@field execs integer provider execs used (one request each on Morph)
+---@field wire_bytes? integer size of the (compressed) tar stream that travelled
+---@field compress? string its compression: "zstd", "gzip" or "none"
 ---@field files string[] the paths sent
 ---@field deletes string[] the paths deleted
 
@@ -863,7 +928,7 @@ end
 ---@param local_dir string
 ---@param remote_dir string absolute or ~/...
 ---@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer,
----  exec_timeout_ms?: integer}
+---  compress?: boolean|string, chunk_bytes?: integer, exec_timeout_ms?: integer}
 ---@return galley.WorkspaceResult
 function M.push(provider, id, local_dir, remote_dir, opts)
   opts = check_opts(opts, "workspace.push")
@@ -872,15 +937,19 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   local stats = { execs = 0 }
   local rem = remote(provider, id, stats, opts)
   local ignored = ignore_matcher(opts.ignore)
-  local mine = local_tree(local_dir, opts)
-  for rel, e in pairs(mine) do
+  -- both manifests at once: the remote one in a task while this one is computed here
+  local theirs, tools = both(function() return remote_manifest(rem, remote_dir, opts.all and "all" or "git") end,
+    function() return local_tree(local_dir, opts) end)
+  local mine = table.remove(tools, 1)
+  tools = tools[1]
+  for rel in pairs(mine) do
     if not safe_rel(rel) then
       raise("VALIDATION_ERROR", "a local path leaves the tree: " .. rel,
         { field = "local_dir", resource = "file:" .. rel })
     end
-    local _ = e
   end
-  local theirs = remote_manifest(rem, remote_dir, opts.all and "all" or "git") or {}
+  theirs = theirs or {}
+  local z = pick_codec(opts, tools)
   local send, unchanged, deletes = {}, 0, {}
   for _, rel in ipairs(sorted(mine)) do
     if same(mine[rel], theirs[rel]) then unchanged = unchanged + 1 else send[#send + 1] = rel end
@@ -906,6 +975,7 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   local result = { sent = #send, bytes = bytes, unchanged = unchanged, deleted = #deletes, execs = stats.execs,
     files = send, deletes = deletes, dry_run = opts.dry_run or nil }
   if opts.dry_run or (#send == 0 and #deletes == 0) then return result end
+  result.compress = z
 
   local attempt = 0
   local todo = send
@@ -919,10 +989,26 @@ function M.push(provider, id, local_dir, remote_dir, opts)
       list_control("delete", function() return attempt == 1 and deletes or {} end),
     })
     local name = TMP .. "push-" .. random_name() .. ".tar"
-    local res = upload(provider, rem, remote_dir, name, next_bytes, {
-      script = SH_APPLY, inline = true, extra = { PY_APPLY },
-      args = function(size, sha, off) return { name, tostring(size), sha, tostring(off), PY_APPLY } end,
-    }, opts)
+    local res = with_tmpdir(function(tmp)
+      -- the whole stream first (so what changed while read is known before anything is sent),
+      -- then compressed, then sent in parallel chunks
+      local f = assert(io.open(tmp .. "/stream.tar", "wb"))
+      repeat
+        local s = next_bytes(1048576)
+        assert(f:write(s))
+      until s == ""
+      f:close()
+      local path = compress_file(tmp .. "/stream.tar", z)
+      local g = assert(io.open(path, "rb"))
+      result.wire_bytes = (result.wire_bytes or 0) + g:seek("end")
+      g:seek("set", 0)
+      local r = upload(provider, rem, remote_dir, name, function(n) return g:read(n) or "" end, {
+        script = SH_APPLY, inline = true, extra = { PY_APPLY, z },
+        args = function(size, sha, off) return { name, tostring(size), sha, tostring(off), PY_APPLY, z } end,
+      }, opts)
+      g:close()
+      return r
+    end)
     if res.exit_code ~= 0 then rem.fail(res, "push", remote_dir) end
     local again = changed()
     if #again == 0 then break end
@@ -950,7 +1036,7 @@ end
 ---@param remote_dir string
 ---@param local_dir string
 ---@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer,
----  exec_timeout_ms?: integer}
+---  compress?: boolean|string, exec_timeout_ms?: integer}
 ---@return galley.WorkspaceResult
 function M.pull(provider, id, remote_dir, local_dir, opts)
   opts = check_opts(opts, "workspace.pull")
@@ -960,7 +1046,17 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
   local stats = { execs = 0 }
   local rem = remote(provider, id, stats, opts)
   local ignored = ignore_matcher(opts.ignore)
-  local theirs = remote_manifest(rem, remote_dir, opts.all and "all" or "git")
+  local st = fs.stat(local_dir)
+  if st and st.type ~= "directory" then
+    raise("VALIDATION_ERROR", "local_dir is not a directory: " .. local_dir, { field = "local_dir" })
+  end
+  -- both manifests at once: the remote one in a task while this one is computed here
+  local theirs, rest = both(function() return remote_manifest(rem, remote_dir, opts.all and "all" or "git") end,
+    function() return st and local_manifest(local_dir, nil, opts.all and "all" or "git") or {} end)
+  local mine, tools = rest[1], rest[2]
+  local z = pick_codec(opts, tools)
+  local total = 0
+  for _ in pairs(theirs or {}) do total = total + 1 end
   if not theirs then
     raise("NOT_FOUND", ("pull: %s does not exist on %s"):format(remote_dir, id),
       { operation = "workspace.pull", resource = "file:" .. remote_dir })
@@ -978,11 +1074,6 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       raise("FILE_IO_ERROR", ("pull: cannot read %s on %s"):format(rel, id), { resource = "file:" .. rel })
     end
   end
-  local st = fs.stat(local_dir)
-  if st and st.type ~= "directory" then
-    raise("VALIDATION_ERROR", "local_dir is not a directory: " .. local_dir, { field = "local_dir" })
-  end
-  local mine = st and local_manifest(local_dir, nil, opts.all and "all" or "git") or {}
   local fetch, unchanged, deletes, bytes = {}, 0, {}, 0
   for _, rel in ipairs(sorted(theirs)) do
     if same(theirs[rel], mine[rel]) then
@@ -1011,28 +1102,36 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
   if opts.dry_run then return result end
   if #fetch > 0 then
     assert(fs.mkdir_p(local_dir))
-    local list = {}
-    for _, rel in ipairs(fetch) do list[#list + 1] = "./" .. rel .. "\0" end
-    list = table.concat(list)
-    local pos = 1
     local lname = TMP .. "list-" .. random_name()
-    local res = upload(provider, rem, remote_dir, lname, function(n)
-      local s = list:sub(pos, pos + n - 1)
-      pos = pos + n
-      return s
-    end, { script = SH_PACK, inline = true,
-      args = function(_, _, off) return { lname, tostring(off) } end }, opts)
+    local res
+    if #fetch == total then
+      -- everything: the instance lists it again itself (what appeared since is left in staging)
+      res = rem.run(SH_PACK, remote_dir, lname, "0", z, opts.all and "all" or "git")
+    else
+      local list = {}
+      for _, rel in ipairs(fetch) do list[#list + 1] = "./" .. rel .. "\0" end
+      list = table.concat(list)
+      local pos = 1
+      res = upload(provider, rem, remote_dir, lname, function(n)
+        local s = list:sub(pos, pos + n - 1)
+        pos = pos + n
+        return s
+      end, { script = SH_PACK, inline = true, extra = { z, "list" },
+        args = function(_, _, off) return { lname, tostring(off), z, "list" } end }, opts)
+    end
     if res.exit_code ~= 0 then rem.fail(res, "pull", remote_dir) end
     local size, sha, name = res.stdout:match("^(%d+) (%x+) (%S+)")
     if not size then
       raise("PROTOCOL_ERROR", "pull: unexpected answer from " .. id, { operation = "workspace.pull" })
     end
+    result.wire_bytes, result.compress = tonumber(size), z
     local stage = local_dir .. "/" .. TMP .. "stage-" .. random_name()
     assert(fs.mkdir_p(stage))
     local ok, err = pcall(function()
       local tarfile = stage .. ".tar"
       download(rem, remote_dir, name, tonumber(size), sha, tarfile, opts)
-      local x = run_local({ "tar", "-x", "-p", "--no-same-owner", "-f", tarfile, "-C", stage })
+      local x = run_local({ "tar", "-x", "-p", "--no-same-owner", z == "zstd" and "--zstd" or z == "gzip" and "-z"
+        or "--no-auto-compress", "-f", tarfile, "-C", stage })
       os.remove(tarfile)
       if x.exit_code ~= 0 then
         raise("FILE_IO_ERROR", "pull: tar -x failed: " .. (x.stderr or ""):sub(1, 300), { resource = "file:" .. stage })
@@ -1046,16 +1145,39 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
               hint = "pull again once the instance stops writing it" })
         end
       end
-      for _, rel in ipairs(fetch) do
-        local target = local_dir .. "/" .. rel
-        local parent = target:match("^(.*)/[^/]*$")
-        assert(fs.mkdir_p(parent))
-        local tst = fs.stat(target)
-        if tst and tst.type == "directory" then assert(fs.remove_tree(target)) end
+      -- what the instance packed beyond the list goes, so that a directory missing here can
+      -- move in one rename
+      local wanted = {}
+      for _, rel in ipairs(fetch) do wanted[rel] = true end
+      local listing = run_local({ "find", stage, "-mindepth", "1", "!", "-type", "d", "-printf", "%P\\0" })
+      for rel in listing.stdout:gmatch("([^%z]+)%z") do
+        if not wanted[rel] then os.remove(stage .. "/" .. rel) end
+      end
+      local moved, exists = {}, {}
+      local function move(rel, target)
         local renamed, rerr = os.rename(stage .. "/" .. rel, target)
         if not renamed then
           raise("FILE_IO_ERROR", ("pull: cannot rename into %s: %s"):format(target, rerr),
             { resource = "file:" .. target })
+        end
+      end
+      for _, rel in ipairs(fetch) do
+        local target = local_dir .. "/" .. rel
+        local done, prefix = false, nil
+        for part in rel:gmatch("([^/]+)/") do
+          prefix = prefix and (prefix .. "/" .. part) or part
+          if moved[prefix] then done = true; break end
+          if exists[prefix] == nil then exists[prefix] = fs.stat(local_dir .. "/" .. prefix) ~= nil end
+          if not exists[prefix] then
+            move(prefix, local_dir .. "/" .. prefix)
+            moved[prefix], exists[prefix], done = true, true, true
+            break
+          end
+        end
+        if not done then
+          local tst = fs.stat(target)
+          if tst and tst.type == "directory" then assert(fs.remove_tree(target)) end
+          move(rel, target)
         end
       end
     end)

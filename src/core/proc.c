@@ -162,6 +162,7 @@ struct galley_proc {
   uint64_t waiter;             /* token to ready at the next change, 0 for none */
   int last_stream;             /* fairness between stdout and stderr in next() */
   int taken;                   /* stream (1, 2) whose pending bytes next() handed out last */
+  size_t taken_len;            /* how many: bytes read after them stay pending */
   capture cap[2];
   pending pend[2];
   char buf[READ_CHUNK];
@@ -306,8 +307,13 @@ static void start_reading(galley_proc *p) {
 /* What next() handed out last is consumed now. */
 static void consume_taken(galley_proc *p) {
   if (!p->taken) return;
-  p->pend[p->taken - 1].len = 0;
+  pending *b = &p->pend[p->taken - 1];
+  /* The loop may have run since next() (the caller awaited something): what arrived meanwhile
+   * was appended and is not consumed. */
+  if (b->len > p->taken_len) memmove(b->data, b->data + p->taken_len, b->len - p->taken_len);
+  b->len = b->len > p->taken_len ? b->len - p->taken_len : 0;
   p->taken = 0;
+  p->taken_len = 0;
 }
 
 
@@ -339,6 +345,7 @@ int galley_proc_next(galley_proc *p, const char **data, size_t *len) {
     pending *b = &p->pend[order[k] - 1];
     if (b->len == 0) continue;
     p->taken = p->last_stream = order[k];
+    p->taken_len = b->len;
     *data = b->data;
     *len = b->len;
     return order[k] == 1 ? GALLEY_PROC_EV_STDOUT : GALLEY_PROC_EV_STDERR;

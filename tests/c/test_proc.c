@@ -163,6 +163,27 @@ static void proc_should_report_a_terminating_signal(void) {
 
 
 /* A pid is gone once it no longer exists or is only a zombie awaiting its new parent. */
+/* A reader that awaits something else after taking a chunk (the emulator writes it to a socket)
+ * lets the loop run: what the child wrote meanwhile must still come next, not be dropped. */
+static void proc_should_keep_output_read_while_the_caller_was_busy(void) {
+  const char *argv[] = {"sh", "-c", "echo first; sleep 0.2; echo second", NULL};
+  galley_proc_spec spec = {.argv = argv};
+  galley_proc *p = NULL;
+  int err_no;
+  CHECK(spawn_spec(&spec, &p, &err_no) == GALLEY_PROC_OK);
+  if (!p) return;
+  const char *data;
+  size_t len;
+  CHECK(next_event(p, 5000, &data, &len) == GALLEY_PROC_EV_STDOUT);
+  CHECK(len == 6 && memcmp(data, "first\n", 6) == 0);
+  CHECK(drive(p, finished, 5000) == GALLEY_PROC_OK); /* "second" arrives, then EOF and exit */
+  CHECK(next_event(p, 0, &data, &len) == GALLEY_PROC_EV_STDOUT);
+  CHECK(len == 7 && memcmp(data, "second\n", 7) == 0);
+  CHECK(next_event(p, 0, &data, &len) == GALLEY_PROC_EV_EXIT);
+  galley_proc_close(p);
+}
+
+
 static int pid_gone(pid_t pid) {
   char path[64], buf[512];
   snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
@@ -568,5 +589,6 @@ int main(void) {
   RUN(proc_should_give_up_when_interrupted);
   RUN(proc_should_find_programs_in_path);
   RUN(proc_should_know_signal_names);
+  RUN(proc_should_keep_output_read_while_the_caller_was_busy);
   return CHECK_DONE();
 }

@@ -100,6 +100,42 @@ for _, target in ipairs(cli.TARGETS) do
       os.remove(src)
     end)
 
+    it("cp -r copies a tree with modes and symlinks to the instance and back", function()
+      local dir = support.script("")
+      os.remove(dir)
+      local function sh(script)
+        local r = assert(require("galley.core.proc").run({ argv = { "sh", "-c", script, "sh", dir } }))
+        assert.are.equal(0, r.exit_code, r.stderr)
+        return r.stdout
+      end
+      sh([[mkdir -p "$1/src/sub dir" && cd "$1/src" && echo one > a.txt && printf 'two\n' > "sub dir/b c.txt" &&
+        chmod 751 a.txt && ln -s a.txt link && mkdir -p .git && echo x > .git/kept]])
+      local code, out, err = t:galley("cp -r " .. q(dir .. "/src") .. " " .. q(id .. ":~/tree") .. " --json")
+      assert.are.equal(0, code, err)
+      local rec = cjson.decode(out)
+      assert.are.same({ "to", 4, 0 }, { rec.direction, rec.files, rec.deleted })
+      assert.is_true(rec.execs <= 2, out)
+      local code2, out2 = t:galley("exec " .. q(id) .. " -- sh -c 'cd ~/tree && stat -c %a a.txt && readlink link && "
+        .. "cat \"sub dir/b c.txt\"'")
+      assert.are.equal(0, code2)
+      assert.are.equal("751\na.txt\ntwo\n", out2)
+      -- unchanged: one request; back with --delete removes what the instance lacks
+      code, out = t:galley("cp -r " .. q(dir .. "/src") .. " " .. q(id .. ":~/tree") .. " --json")
+      assert.are.equal(0, code)
+      assert.are.same({ 0, 1 }, { cjson.decode(out).files, cjson.decode(out).execs })
+      sh([[mkdir -p "$1/back" && echo stale > "$1/back/stale.txt"]])
+      code, out, err = t:galley("cp -r --delete " .. q(id .. ":~/tree") .. " " .. q(dir .. "/back") .. " --json")
+      assert.are.equal(0, code, err)
+      rec = cjson.decode(out)
+      assert.are.same({ "from", 4, 1 }, { rec.direction, rec.files, rec.deleted })
+      assert.are.equal("751\na.txt\ntwo\nx\nno\n", sh([[cd "$1/back" && stat -c %a a.txt && readlink link &&
+        cat "sub dir/b c.txt" .git/kept && { [ -e stale.txt ] && echo yes || echo no; }]]))
+      -- a directory without -r, and --delete without -r, are usage errors
+      assert.are.equal(2, (t:galley("cp " .. q(dir .. "/src") .. " " .. q(id .. ":~/tree2"))))
+      assert.are.equal(2, (t:galley("cp --delete " .. q(dir .. "/src/a.txt") .. " " .. q(id .. ":~/x"))))
+      sh('rm -rf -- "$1"')
+    end)
+
     it("cp without an ID:PATH side is a usage error", function()
       assert.are.equal(2, (t:galley("cp a b")))
     end)

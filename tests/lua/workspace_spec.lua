@@ -124,6 +124,40 @@ local function suite(label, setup)
       assert.are.equal("no\n", rexec(p, id, '[ -e "$HOME/t2/$1" ] && echo yes || echo no', "it's \"quoted\""))
     end)
 
+    it("moves a many-file tree in a few compressed requests, both ways", function()
+      -- 1,200 files, ~6 MB of source-like text: 50 MB go in <= 30 requests with argv arrays
+      -- (bench/workspace), so this tree must take <= 2 + 3 = 5; one-line execs carry ~88 KiB each
+      local src = work .. "/many"
+      fs.mkdir_p(src)
+      local words = { "local", "function", "return", "end", "if", "then", "require", "table", "string", "self" }
+      for d = 0, 11 do
+        fs.mkdir_p(("%s/d%02d"):format(src, d))
+        for i = 0, 99 do
+          local lines = {}
+          for l = 1, 120 do
+            lines[l] = ("%s v%d_%d = %s(%q, %d) -- %s %d"):format(words[(l + i) % 10 + 1], d, l,
+              words[(l * 7 + d) % 10 + 1], words[(i + l) % 10 + 1] .. i, (l * 37 + i * 11) % 1000, words[l % 10 + 1], l)
+          end
+          local f = assert(io.open(("%s/d%02d/f%03d.lua"):format(src, d, i), "wb"))
+          f:write(table.concat(lines, "\n"), "\n")
+          f:close()
+        end
+      end
+      local q = env.argv_provider or p
+      local r = workspace.push(q, id, src, "~/many")
+      assert.are.equal(1200, r.sent)
+      assert.is_true(r.bytes > 5000000, r.bytes)
+      assert.is_true(r.wire_bytes < r.bytes / 4, ("%d of %d"):format(r.wire_bytes, r.bytes))
+      local cap = q.capabilities.max_command_bytes
+      local bound = cap and 3 + math.ceil(r.wire_bytes / (3 * ((cap - 4096) // 4))) or 5
+      assert.is_true(r.execs <= bound, ("%d requests, bound %d"):format(r.execs, bound))
+      assert.are.equal(1, workspace.push(q, id, src, "~/many").execs)
+      local back = workspace.pull(q, id, "~/many", work .. "/many-back")
+      assert.are.equal(1200, back.sent)
+      assert.is_true(back.execs <= 4, back.execs .. " requests")
+      sh('diff -r "$1" "$2"', src, work .. "/many-back")
+    end)
+
     it("honours opts.ignore and sends everything with opts.all", function()
       local src = work .. "/src"
       fs.mkdir_p(src)
@@ -182,12 +216,13 @@ local function suite(label, setup)
       fs.mkdir_p(src)
       sh([[cd "$1" && for i in $(seq 1 24); do head -c 60000 /dev/zero | tr '\0' a > f$i; done]], src)
       workspace.push(p, id, src, "~/t7", { all = true })
-      sh([[cd "$1" && for i in $(seq 1 24); do head -c 90000 /dev/zero | tr '\0' b > f$i; done]], src)
+      -- random bytes and no compression: the push takes many small chunk execs
+      sh([[cd "$1" && for i in $(seq 1 24); do head -c 90000 /dev/urandom > f$i; done]], src)
       local child = support.script(([[
 local ws = require("galley.workspace")
 local p = %s
 io.stdout:write("go\n"); io.stdout:flush()
-ws.push(p, %q, %q, "~/t7", { all = true, chunk_bytes = 3000, parallel = 2 })
+ws.push(p, %q, %q, "~/t7", { all = true, chunk_bytes = 3000, parallel = 2, compress = false })
 io.stdout:write("finished\n")
 ]]):format(env.child_provider, id, src))
       local h = assert(proc.spawn({ argv = { support.bin, child }, env = env.child_env, env_mode = "extend" }))
@@ -327,13 +362,18 @@ for _, mode in ipairs(emulator.ARGV_MODES or { "exec" }) do
   suite("galley emulate (argv mode " .. mode .. ")", function()
     local em = emulator.start({ argv_mode = emulator.ARGV_MODES and mode or nil })
     local provider = require("galley.providers.morph").new({ api_key = em.api_key, base_url = em.base_url })
+    -- the emulator runs argv arrays in exec mode: a provider sending them carries 1.75 MiB a request
+    local argv_provider = mode == "exec" and require("galley.providers.morph").new({ api_key = em.api_key,
+      base_url = em.base_url, exec_form = "argv" }) or nil
     return {
       provider = provider,
+      argv_provider = argv_provider,
       snapshot = emulator.SNAPSHOT,
       child_provider = "require('galley.providers.morph').new({})",
       child_env = { MORPH_API_KEY = em.api_key, MORPH_BASE_URL = em.base_url },
       cleanup = function()
         provider.close()
+        if argv_provider then argv_provider.close() end
         em:stop()
       end,
     }

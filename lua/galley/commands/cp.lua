@@ -1,18 +1,40 @@
---- galley cp: copies one file between this machine and an instance (the provider's files API).
+--- galley cp: copies one file between this machine and an instance (the provider's files API),
+--- or with -r a directory tree (galley.workspace push/pull: one compressed tar stream).
 local shared = require("galley.commands.shared")
 
 local M = {
-  summary = "copy a file: galley cp LOCAL ID:PATH | ID:PATH LOCAL",
-  usage = "galley cp LOCAL ID:PATH | ID:PATH LOCAL [--mode 644] [--json]",
+  summary = "copy a file or (-r) a tree: galley cp [-r] LOCAL ID:PATH | ID:PATH LOCAL",
+  usage = "galley cp [-r [--delete]] LOCAL ID:PATH | ID:PATH LOCAL [--mode 644] [--json]",
   help = "Copies one file to an instance (written atomically, parent directories created) or from one.\n"
     .. "PATH is absolute or starts with ~/ (the instance's home). --mode sets the remote file's mode.\n"
-    .. "--json prints {direction, instance_id, path, local, bytes}.",
+    .. "-r copies a directory tree (everything below it, modes and symlinks kept, only what differs\n"
+    .. "travels; every file lands whole or not at all); --delete also removes files on the other\n"
+    .. "side that are missing here.\n"
+    .. "--json prints {direction, instance_id, path, local, bytes} (-r adds files, unchanged,\n"
+    .. "deleted, execs).",
 }
 
 function M.configure(p)
   p:argument("source", "LOCAL file or ID:PATH")
   p:argument("dest", "ID:PATH or LOCAL file")
   p:option("--mode", "mode of a file written to the instance (octal, e.g. 600)")
+  p:flag("-r --recursive", "copy a directory tree (galley.workspace)")
+  p:flag("--delete", "with -r: remove files on the other side that are missing here")
+end
+
+
+local function copy_tree(provider, res, sid, spath, did, dpath)
+  local workspace = require("galley.workspace")
+  local o = { all = true, delete = res.delete or nil }
+  local r
+  if did then
+    r = workspace.push(provider, did, res.source, dpath, o)
+  else
+    r = workspace.pull(provider, sid, spath, res.dest, o)
+  end
+  return { direction = did and "to" or "from", instance_id = did or sid, path = dpath or spath,
+    ["local"] = did and res.source or res.dest, bytes = r.bytes, files = r.sent, unchanged = r.unchanged,
+    deleted = r.deleted, execs = r.execs }
 end
 
 local function remote(s)
@@ -31,13 +53,32 @@ function M.run(args)
       "file\n  hint: galley cp ./notes.txt localvm_1a2b3c4d:~/notes.txt\n")
     return shared.EXIT_USAGE
   end
+  if res.delete and not res.recursive then
+    io.stderr:write("galley cp: --delete needs -r (it applies to trees)\n")
+    return shared.EXIT_USAGE
+  end
+  if res.recursive and res.mode then
+    io.stderr:write("galley cp: --mode applies to one file; with -r modes are copied from the source\n")
+    return shared.EXIT_USAGE
+  end
+  if did and not res.recursive then
+    local fs = require("galley.core.fs")
+    local st = fs.stat(res.source)
+    if st and st.type == "directory" then
+      io.stderr:write("galley cp: ", res.source, " is a directory\n  hint: galley cp -r ", res.source, " ", res.dest,
+        "\n")
+      return shared.EXIT_USAGE
+    end
+  end
   if res.mode and not res.mode:match("^[0-7][0-7][0-7][0-7]?$") then
     io.stderr:write("galley cp: --mode: expected an octal mode such as 644, got '", res.mode:sub(1, 20), "'\n")
     return shared.EXIT_USAGE
   end
   return shared.with_provider("cp", res, function(provider)
     local out
-    if did then
+    if res.recursive then
+      out = copy_tree(provider, res, sid, spath, did, dpath)
+    elseif did then
       local f, ferr = io.open(res.source, "rb")
       if not f then
         io.stderr:write("galley cp: cannot read ", res.source, ": ", tostring(ferr), "\n")
@@ -54,8 +95,10 @@ function M.run(args)
     if res.json then
       shared.json(out)
     elseif (require("galley.core.runtime").options().quiet or 0) == 0 then
-      io.stderr:write(("galley cp: %d bytes %s %s:%s\n"):format(out.bytes or 0,
-        out.direction == "to" and "to" or "from", out.instance_id, out.path))
+      local what = out.files and ("%d files, %d bytes (%d unchanged, %d deleted, %d requests)"):format(out.files,
+        out.bytes or 0, out.unchanged, out.deleted, out.execs) or ("%d bytes"):format(out.bytes or 0)
+      io.stderr:write(("galley cp: %s %s %s:%s\n"):format(what, out.direction == "to" and "to" or "from",
+        out.instance_id, out.path))
     end
     return 0
   end)

@@ -44,6 +44,7 @@
 -- `exec_argv` itself (a missing instance, a network failure) pass through unchanged.
 local codec = require("galley.core.codec")
 local common = require("galley.providers.common")
+local pool = require("galley.pool")
 local shell = require("galley.core.shell")
 
 local M = {}
@@ -51,6 +52,7 @@ local M = {}
 M.DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 M.DEFAULT_MAX_ARG_BYTES = 120 * 1024
 M.DEFAULT_SIZE_LIMIT = 256 * 1024 * 1024
+M.DEFAULT_PARALLEL = 4
 
 -- Exit codes the remote programs use to say what went wrong.
 -- (43: the path is of the wrong kind, a directory where a file was expected or the reverse.)
@@ -213,9 +215,28 @@ if [ "$what" = head ]; then
   if [ "$n" -gt "$limit" ]; then echo "$n"; exit 41; fi
   h=$(sha256sum < "$p") || exit 1
   printf '%s %s\n' "$n" "${h%% *}"
-  head -c "$len" < "$p" | base64 || exit 1
+  head -c "$len" < "$p" | base64 -w 0 || exit 1
 else
-  tail -c +"$((off + 1))" -- "$p" | head -c "$len" | base64 || exit 1
+  tail -c +"$((off + 1))" -- "$p" | head -c "$len" | base64 -w 0 || exit 1
+fi
+]]
+
+-- A chunk of a large write, at byte offset $4 of the temporary file $1 (created mode 600;
+-- directory $2 created first when $3 = 1); the base64 follows. coreutils when present, else
+-- python3.
+local SH_CHUNK = [[
+tmp=$1 d=$2 mk=$3 off=$4; shift 4
+if [ "$mk" = 1 ]; then mkdir -p -- "$d" || exit 1; fi
+umask 077
+if command -v dd >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1; then
+  printf %s "$@" | base64 -d |
+    dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none
+else
+  printf %s "$@" | python3 -I -S -c 'import os, sys, base64
+data = base64.b64decode(sys.stdin.buffer.read(), validate=True)
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)
+os.pwrite(fd, data, int(sys.argv[2]))
+os.close(fd)' "$tmp" "$off"
 fi
 ]]
 
@@ -293,7 +314,9 @@ local function random_suffix()
 end
 
 
+-- Without line breaks (the remote programs send none: no copy then).
 local function strip_b64(s)
+  if not s:find("[\r\n]") then return s end
   return (s:gsub("[\r\n]", ""))
 end
 
@@ -308,6 +331,7 @@ end
 ---@field max_response_bytes? integer base64 bytes per read exec (default max_request_bytes)
 ---@field size_limit? integer largest file moved (default 256 MiB)
 ---@field decoder? "python"|"python-only"|"coreutils" skip detection (see the header)
+---@field parallel? integer chunk execs in flight at once for a large file (default 4)
 ---@field log? galley.Logger
 
 --- Creates a files API bound to one exec function. The table has read_file, write_file,
@@ -333,6 +357,8 @@ function M.new(opts)
   local raw_per_exec = 3 * (max_request // 4)
   local raw_per_read = 3 * (max_response // 4)
   local log = opts.log
+  local parallel = opts.parallel or M.DEFAULT_PARALLEL
+  assert(math.type(parallel) == "integer" and parallel >= 1, "execfiles.new: parallel must be a positive integer")
   local decoders = {}
   local counters = { execs = 0 }
 
@@ -478,34 +504,59 @@ function M.new(opts)
       end
       local hasher = codec.sha256_hasher()
       local sent, first = 0, true
-      repeat
-        local raw = next_chunk(per_exec)
-        sent = sent + #raw
-        hasher:update(raw)
-        local last = sent >= size or #raw == 0
-        if last and sent ~= size then
-          common.raise("FILE_IO_ERROR", ("%s %s: the local source changed while it was read"):format(op, path),
-            { operation = "files." .. op, resource = "file:" .. path })
+      local function failed(res)
+        local extra
+        if res.exit_code == EXIT_VERIFY then extra = { hint = "the content arrived damaged; try again" } end
+        if not wopts.create_dirs and (res.stderr or ""):find("No such file", 1, true) then
+          extra = { hint = "pass create_dirs = true to create the parent directories" }
         end
-        local args = { path, tmp, dir, wopts.create_dirs and "1" or "0", first and "1" or "0", last and "1" or "0",
-          mode, owner, group, tostring(size), last and hasher:hex() or "" }
-        local argv = argv_of(args)
-        pieces(codec.base64_encode(raw), argv)
-        local res = run(instance_id, argv)
-        if res.exit_code ~= 0 then
-          local extra
-          if res.exit_code == EXIT_VERIFY then extra = { hint = "the content arrived damaged; try again" } end
-          if not wopts.create_dirs and (res.stderr or ""):find("No such file", 1, true) then
-            extra = { hint = "pass create_dirs = true to create the parent directories" }
+        return io_error(res, op, path, nil, extra)
+      end
+      -- Every chunk but the last is written at its offset by SH_CHUNK, `parallel` execs in
+      -- flight (python-only instances append them in order instead); the last one appends the
+      -- final chunk once all others are in, verifies and renames.
+      local chunks = decoder ~= "python-only" and parallel > 1 and size > per_exec and pool.new(parallel)
+      local ok, err = pcall(function()
+        repeat
+          local raw = next_chunk(per_exec)
+          local off = sent
+          sent = sent + #raw
+          hasher:update(raw)
+          local last = sent >= size or #raw == 0
+          if last and sent ~= size then
+            common.raise("FILE_IO_ERROR", ("%s %s: the local source changed while it was read"):format(op, path),
+              { operation = "files." .. op, resource = "file:" .. path })
           end
-          remote_cleaned = true
-          error(io_error(res, op, path, nil, extra), 0)
-        end
-        first = false
-        -- Chunks are megabytes each: collect them now so memory stays near one chunk's worth
-        -- (a full cycle costs little next to an exec; strings are not traversed).
-        if not last then collectgarbage() end
-      until last
+          if chunks and not last then
+            local argv = sh(SH_CHUNK, tmp, dir, wopts.create_dirs and "1" or "0", tostring(off))
+            pieces(codec.base64_encode(raw), argv)
+            raw = nil -- luacheck: ignore
+            chunks:add(function()
+              local res = run(instance_id, argv)
+              if res.exit_code ~= 0 then error(failed(res), 0) end
+            end)
+          else
+            if chunks then chunks:finish() end
+            local args = { path, tmp, dir, wopts.create_dirs and "1" or "0", first and "1" or "0",
+              last and "1" or "0", mode, owner, group, tostring(size), last and hasher:hex() or "" }
+            local argv = argv_of(args)
+            pieces(codec.base64_encode(raw), argv)
+            local res = run(instance_id, argv)
+            if res.exit_code ~= 0 then
+              remote_cleaned = true
+              error(failed(res), 0)
+            end
+          end
+          first = false
+          -- Chunks are megabytes each: collect them now so memory stays near the chunks in
+          -- flight (a full cycle costs little next to an exec; strings are not traversed).
+          if not last then collectgarbage() end
+        until last
+      end)
+      if not ok then
+        if chunks then chunks:abort() end
+        error(err, 0)
+      end
     end)
     close()
     if not ok then
@@ -589,30 +640,72 @@ function M.new(opts)
           os.remove(part_path)
         end
       end
+    elseif size > raw_per_read then
+      -- A large string: gathered in a temporary local file and read in one piece at the end
+      -- (once what was in flight is collected), so the peak is twice the content (the read and
+      -- its copy into a Lua string), not the pieces plus their concatenation plus the chunks.
+      part_path = os.tmpname()
+      local f = assert(io.open(part_path, "wb"))
+      sink = function(s) assert(f:write(s)) end
+      finish = function(good)
+        f:close()
+        if good then
+          collectgarbage()
+          local g = assert(io.open(part_path, "rb"))
+          parts = { g:read(size) or "" }
+          g:close()
+        end
+        os.remove(part_path)
+      end
     else
       parts = {}
       sink = function(s) parts[#parts + 1] = s end
       finish = function() end
     end
     local hasher = codec.sha256_hasher()
+    local chunks = parallel > 1 and pool.new(parallel)
     local ok, err = pcall(function()
-      local got = 0
-      local function consume(b64)
-        local raw = decode(b64)
-        if #raw ~= math.min(raw_per_read, size - got) then
+      -- Range reads run `parallel` at once; what they bring is hashed and written in order
+      -- (pieces that arrive early wait in `early`: at most `parallel` of them).
+      local got, early = 0, {}
+      local function check(raw, off)
+        if #raw ~= math.min(raw_per_read, size - off) then
           common.raise("FILE_IO_ERROR", ("%s %s: the file changed while it was read"):format(op, path),
             { operation = "files." .. op, resource = "file:" .. path })
         end
+      end
+      local function consume(raw)
         hasher:update(raw)
         sink(raw)
         got = got + #raw
+        while early[got] do
+          local nxt = early[got]
+          early[got] = nil
+          hasher:update(nxt)
+          sink(nxt)
+          got = got + #nxt
+        end
       end
-      consume(first_b64)
+      local first = decode(first_b64)
       first_b64 = nil
-      while got < size do
-        collectgarbage() -- keep memory near one chunk (see write_file_atomic)
-        consume(fetch("range", got))
+      check(first, 0)
+      consume(first)
+      first = nil -- luacheck: ignore
+      local off = got
+      while off < size do
+        collectgarbage() -- keep memory near the chunks in flight (see write_file_atomic)
+        local at = off
+        local function one()
+          local raw = decode(fetch("range", at))
+          check(raw, at)
+          if at == got then consume(raw) else early[at] = raw end
+          raw = nil -- luacheck: ignore
+          collectgarbage() -- the response's strings: keep the heap near the chunks in flight
+        end
+        if chunks then chunks:add(one) else one() end
+        off = off + raw_per_read
       end
+      if chunks then chunks:finish() end
       if got ~= size or hasher:hex() ~= digest then
         common.raise("FILE_IO_ERROR", ("%s %s: content does not match the remote sha256"):format(op, path), {
           operation = "files." .. op, resource = "file:" .. path, hint = "the file may have changed while it was read",
@@ -620,11 +713,13 @@ function M.new(opts)
       end
     end)
     if not ok then
+      if chunks then chunks:abort() end
       pcall(finish, false)
       error(err, 0)
     end
     finish(true)
     if ropts.to_file then return { path = ropts.to_file, size = size, sha256 = digest } end
+    if #parts == 1 then return parts[1] end
     return table.concat(parts)
   end
 

@@ -516,6 +516,7 @@ end
 ---@field cgroups? boolean false: track processes by environment even when cgroup v2 works
 ---@field cgroup_root? string a cgroup2 mount point to use instead of the detected one
 ---@field size_limit? integer largest file the files API moves (default 256 MiB)
+---@field file_parallel? integer chunk execs in flight for one large file transfer (default 4)
 ---@field max_output? integer per-stream output cap of one exec (default: galley.core.proc's)
 ---@field exec_timeout_ms? integer time limit of one exec (default none)
 ---@field log? galley.Logger
@@ -1171,6 +1172,7 @@ function M.new(opts)
     exec_argv = exec_argv,
     home_dir = sandbox and home_dir or function(id) return inst_dir(id) .. "/home" end,
     size_limit = opts.size_limit,
+    parallel = opts.file_parallel,
     log = log,
   })
 

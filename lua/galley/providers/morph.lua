@@ -262,6 +262,7 @@ end
 ---@field snapshot_timeout_ms? integer how long snapshot waits for `ready` (default 600 s)
 ---@field exec_timeout_ms? integer time limit of one exec (default none)
 ---@field size_limit? integer largest file the files API moves (default 256 MiB)
+---@field file_parallel? integer chunk execs in flight for one large file transfer (default 4)
 ---@field max_request_bytes? integer base64 bytes per file-transfer exec (execfiles default 1.5 MiB)
 ---@field max_arg_bytes? integer bytes per argv element of a transfer (execfiles default 120 KiB)
 ---@field decoder? "python"|"coreutils" skip execfiles' decoder detection
@@ -443,6 +444,7 @@ function M.new(opts)
     exec_argv = function(id, argv) return exec_argv(id, argv, nil, "exec") end,
     home_dir = home_fixed or function(id) return homes[id] end,
     size_limit = opts.size_limit,
+    parallel = opts.file_parallel,
     max_request_bytes = opts.max_request_bytes,
     max_arg_bytes = opts.max_arg_bytes,
     max_command_bytes = one_line and max_command or nil,

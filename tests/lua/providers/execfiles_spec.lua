@@ -160,6 +160,31 @@ describe("execfiles #files", function()
         h.after = nil
       end)
 
+      it("keeps several chunk execs in flight at once, both ways, and the bytes in order", function()
+        -- every exec waits 150 ms first (on the loop), so chunks overlap only when sent together
+        local inflight, most = 0, 0
+        local real = h.exec_argv
+        local files = execfiles.new({ decoder = decoder, max_request_bytes = 64 * 1024, max_arg_bytes = 16 * 1024,
+          parallel = 3, home_dir = h.root, exec_argv = function(id, argv)
+            inflight = inflight + 1
+            most = math.max(most, inflight)
+            require("galley.core.runtime").sleep_ms(150)
+            local ok, r = pcall(real, id, argv)
+            inflight = inflight - 1
+            if not ok then error(r, 0) end
+            return r
+          end })
+        local data = binary(600 * 1024 + 11)
+        files.write_file_atomic("inst-1", "~/par.bin", data, { mode = "604" })
+        assert.are.equal(data, slurp(h.root .. "/par.bin"))
+        assert.are.equal("604\n", sh_out('stat -c %a "$1"', h.root .. "/par.bin"))
+        assert.are.equal(decoder == "python-only" and 1 or 3, most)
+        most = 0
+        assert.are.equal(data, files.read_file("inst-1", "~/par.bin"))
+        assert.are.equal(3, most)
+        assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
+      end)
+
       it("streams from and to local files", function()
         local src, dst = os.tmpname(), os.tmpname()
         local data = binary(250 * 1024)

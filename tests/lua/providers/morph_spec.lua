@@ -719,8 +719,8 @@ p.instances.boot("]] .. SNAP .. [[")
     end)
 
     it("carries on with the instance a boot made when its answer was lost, booting nothing twice", function()
-      local sp = provider_on(em, { timeout_ms = 800 })
-      for _, f in ipairs({ { action = "reset_after" }, { action = "malformed" }, { action = "delay", delay_ms = 2000 } }) do
+      local sp = provider_on(em, { timeout_ms = 3000 })
+      for _, f in ipairs({ { action = "reset_after" }, { action = "malformed" }, { action = "delay", delay_ms = 5000 } }) do
         em:clear_log()
         em:fault({ method = "POST", path = "/snapshot/*/boot", action = f.action, delay_ms = f.delay_ms })
         local inst = boot(sp, { metadata = { case = "lost-boot" } })
@@ -750,12 +750,13 @@ p.instances.boot("]] .. SNAP .. [[")
     end)
 
     it("stops and terminates idempotently: a retried DELETE that meets 404 succeeded", function()
-      local sp = provider_on(em, { timeout_ms = 800 })
-      local inst = boot(sp)
-      em:fault({ method = "DELETE", path = "/instance/*", action = "delay", delay_ms = 2500 })
+      -- booted with the shared provider: only the DELETEs meet the short time limit
+      local sp = provider_on(em, { timeout_ms = 2000, retry = { max_attempts = 4, base_delay_ms = 5, max_delay_ms = 20 } })
+      local inst = boot(p)
+      em:fault({ method = "DELETE", path = "/instance/*", action = "delay", delay_ms = 5000 })
       assert.is_true(sp.instances.stop(inst.id))
       em:fault({ method = "DELETE", path = "/instance/*", action = "malformed" })
-      local other = boot(sp)
+      local other = boot(p)
       assert.is_true(sp.instances.terminate(other.id))
       assert.is_nil(raw_instance(em, other.id))
       sp.close()
