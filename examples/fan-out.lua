@@ -5,6 +5,7 @@
 --   galley run examples/fan-out.lua                          # 3 local sandboxes, a built-in text
 --   galley run examples/fan-out.lua --count 5 --top 10 FILE  # your own text
 --   MORPH_API_KEY=... galley run examples/fan-out.lua --provider morph --snapshot snapshot_abc
+--   PVE_URL=... PVE_TOKEN_ID=... PVE_TOKEN_SECRET=... galley run examples/fan-out.lua --provider proxmox
 --
 -- The shards run in parallel on every provider: recipe.parallel runs one task per instance, and
 -- every wait (boot, upload, exec) lets the others go on, so N instances take about the time of
@@ -19,7 +20,7 @@ local opts = recipe.options({
   options = {
     { "count", type = "integer", default = 3, help = "how many instances" },
     { "top", type = "integer", default = 5, help = "how many words to print" },
-    { "provider", choices = { "local", "morph" }, help = "default: morph with MORPH_API_KEY, else local" },
+    { "provider", choices = providers.names, help = "default: morph with MORPH_API_KEY, else local" },
     { "snapshot", metavar = "ID", help = "snapshot to boot (default: the provider's own, if it has one)" },
   },
 }, arg)

@@ -25,6 +25,8 @@ local opts = recipe.options({
     { "version", metavar = "VERSION", help = "the npm version of the agent's package (default: the newest that fits)" },
     { "salt", metavar = "TEXT", help = "mixed into every step's digest (a new salt builds afresh)" },
     { "rebuild-from", type = "integer", help = "ignore cached snapshots from step N on" },
+    { "steps", metavar = "FILE", help = "a Lua file returning the steps to build instead of the agent's install "
+      .. "steps (CommandSpecs, {files = ...}, {command = ..., key = ...}: provider.snapshots.build's)" },
     { "json", type = "flag", help = "stdout: one JSON object (id, steps, cached, built) instead of the id" },
   },
   epilog = [[
@@ -46,8 +48,19 @@ if not base then
   end
 end
 
-local snap = images.agent_image(provider, opts.agent, base, { version = opts.version, salt = opts.salt,
-  rebuild_from = opts.rebuild_from, progress = true })
+local snap
+if opts.steps then
+  -- Steps of the caller's own (a custom image, or small steps in a spec): a Lua file returning them.
+  local chunk, lerr = loadfile(opts.steps, "t", setmetatable({}, { __index = _G }))
+  if not chunk then recipe.usage_error(("--steps: %s"):format(lerr)) end
+  local steps = chunk()
+  if type(steps) ~= "table" then recipe.usage_error(("--steps: %s must return a list of steps"):format(opts.steps)) end
+  snap = provider.snapshots.build(base, steps, { salt = opts.salt, rebuild_from = opts.rebuild_from, progress = true,
+    name = "agent-" .. opts.agent })
+else
+  snap = images.agent_image(provider, opts.agent, base, { version = opts.version, salt = opts.salt,
+    rebuild_from = opts.rebuild_from, progress = true })
+end
 recipe.say(("galley: image %s (%d steps cached, %d built)"):format(snap.id, snap.build.cached, snap.build.built))
 if opts.json then
   io.stdout:write(json.encode({ id = snap.id, agent = opts.agent, base = base, cached = snap.build.cached,

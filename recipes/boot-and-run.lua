@@ -65,6 +65,8 @@ local opts = recipe.options({
       help = "Claude credentials JSON from `galley run claude-login` (default: " .. oauth.DEFAULT_CREDENTIALS_PATH
         .. " when it exists)" },
     { "no-credentials", type = "flag", help = "install no Claude credentials even when some are available" },
+    { "no-api-check", type = "flag", help = "claude: start it without first checking that the instance can connect "
+      .. "to its API" },
     { "ttl", type = "duration", default = 1800, help = "instance TTL: 90, 90s, 10m, 2h (0: none)" },
     { "timeout", type = "duration", default = 900,
       help = "give up on the session after this long: 90, 10m, 2h (0: never)" },
@@ -90,8 +92,9 @@ or anything else went wrong).]],
 -- The global `galley --json run boot-and-run` means --json too.
 if (require("galley.core.runtime").options().json or 0) > 0 then opts.json = true end
 
--- Warnings and failures always reach stderr; information lines follow -q like progress.
-local function say(text) io.stderr:write(text, "\n") end
+-- Failures always reach stderr (a JSON line with --json); warnings (recipe.warn) and information
+-- lines follow -q like progress.
+local function say(text) require("galley.progress").message("error", text) end
 local function info(text) recipe.say(text) end
 
 local function usage(msg) recipe.usage_error(msg) end
@@ -100,7 +103,7 @@ if opts.ttl < 0 then usage("--ttl must be 0 or more") end
 if opts.timeout < 0 then usage("--timeout must be 0 or more") end
 if opts.poll_ms < 50 then usage("--poll-ms must be at least 50") end
 if opts.ttl > 0 and opts.timeout > 0 and opts.ttl < opts.timeout then
-  say(("boot-and-run: warning: --ttl %ds is shorter than --timeout %ds: the instance may expire first")
+  recipe.warn(("boot-and-run: warning: --ttl %ds is shorter than --timeout %ds: the instance may expire first")
     :format(opts.ttl, opts.timeout))
 end
 
@@ -150,9 +153,9 @@ local log = logmod.new({ level = level, prefix = "boot-and-run" })
 -- ---------------------------------------------------------------------------------------------
 
 if not opts.provider and (os.getenv("MORPH_BASE_URL") or "") ~= "" and (os.getenv("MORPH_API_KEY") or "") == "" then
-  say(("boot-and-run: warning: MORPH_BASE_URL is set (%s) but MORPH_API_KEY is not: using the local provider")
-    :format(os.getenv("MORPH_BASE_URL")))
-  say("boot-and-run: hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local")
+  recipe.warn(("boot-and-run: warning: MORPH_BASE_URL is set (%s) but MORPH_API_KEY is not: using the local provider"
+    .. "\nboot-and-run: hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local")
+    :format(os.getenv("MORPH_BASE_URL")), { hint = "export MORPH_API_KEY too, or pass --provider local" })
 end
 local provider, why = providers.default(opts.provider, { log = log.child({ prefix = opts.provider }) })
 local provider_name = provider.name or opts.provider or (why:match("provider (%S+)"))
@@ -276,6 +279,30 @@ echo "words in the prompt: $(printf '%s' "$GALLEY_PROMPT" | wc -w | tr -d ' ')"
 echo "done."
 ]=]
 
+-- In the login environment PM2's `bash -lc` gives the session (/etc/profile, then the first of
+-- ~/.bash_profile, ~/.bash_login, ~/.profile), prints "target HOST:PORT" (where claude's requests
+-- go first: the proxy, unless NO_PROXY names the API's host) and exits 0 when a TCP connection
+-- opens within 5 s, 3 when it does not (POSIX sh; bash only for /dev/tcp).
+local API_PROBE = [=[
+[ -r /etc/profile ] && . /etc/profile >/dev/null 2>&1
+for f in "$HOME/.bash_profile" "$HOME/.bash_login" "$HOME/.profile"; do
+  if [ -r "$f" ]; then . "$f" >/dev/null 2>&1; break; fi
+done
+url=${ANTHROPIC_BASE_URL:-https://api.anthropic.com}
+case "$url" in https://*) port=443; proxy=${HTTPS_PROXY:-${https_proxy:-}};;
+  *) port=80; proxy=${HTTP_PROXY:-${http_proxy:-}};; esac
+hp=${url#*://}; hp=${hp%%/*}; hp=${hp##*@}; host=${hp%:*}
+[ "$host" != "$hp" ] && port=${hp##*:}
+np=",$(printf %s "${NO_PROXY:-${no_proxy:-}}" | tr -d ' '),"
+if [ -n "$proxy" ] && [ "${np#*,"$host",}" = "$np" ]; then
+  hp=${proxy#*://}; hp=${hp%%/*}; hp=${hp##*@}; host=${hp%:*}; port=80
+  [ "$host" != "$hp" ] && port=${hp##*:}
+fi
+echo "target $host:$port"
+command -v timeout >/dev/null 2>&1 || exit 0
+timeout 5 bash -c ': <"/dev/tcp/$1/$2"' _ "$host" "$port" 2>/dev/null || exit 3
+]=]
+
 local session = opts.session or (agent_name == "command" and "demo" or "session")
 local cwd = opts.cwd or (opts.repo and ("~/" .. (paths.expand(opts.repo):gsub("/+$", ""):match("[^/]+$") or "repo")))
 local workspace = require("galley.workspace")
@@ -333,8 +360,8 @@ end
 
 if secret then info("boot-and-run: Claude credentials from " .. secret_from) end
 if agent_name == "claude" and not secret then
-  say("boot-and-run: warning: no Claude credentials given (CLAUDE_ACCESS_TOKEN, --credentials); claude uses what the "
-    .. "snapshot has")
+  recipe.warn("boot-and-run: warning: no Claude credentials given (CLAUDE_ACCESS_TOKEN, --credentials); "
+    .. "claude uses what the snapshot has")
 end
 
 local function main()
@@ -350,7 +377,7 @@ local machine = recipe.step("boot " .. (snapshot or "an empty instance") .. " an
 local id = machine.instance_id
 -- `galley run --keep boot-and-run` keeps it too (the run-level option).
 if opts.keep or (require("galley.run").current() or {}).keep then
-  say(("boot-and-run: keeping instance %s (stop it with `galley stop %s`)"):format(id, id))
+  info(("boot-and-run: keeping instance %s (stop it with `galley stop %s`)"):format(id, id))
 else
   recipe.defer(function()
     local ok, err = pcall(provider.instances.terminate, id)
@@ -363,6 +390,24 @@ local branch = opts.branch or ("galley/" .. session)
 if opts.repo then
   recipe.step(("push %s into %s"):format(opts.repo, cwd), workspace.push_repo, provider, id, paths.expand(opts.repo),
     cwd, { branch = branch })
+end
+-- claude retries an API it cannot connect to for about three minutes, printing nothing, before it
+-- fails (190 s measured: a run that looked hung). Check from the instance first, in the login
+-- environment PM2 gives the session (~/.profile: ANTHROPIC_BASE_URL, proxies): a few ms when the
+-- API answers, a clear failure at once when it cannot.
+if agent_name == "claude" and not opts.no_api_check then
+  recipe.step("check that claude can connect to its API", function()
+    local r = provider.exec(id, require("galley.contracts").shell(API_PROBE))
+    local target = (r.stdout or ""):match("target (%S+)") or "its API"
+    if r.exit_code == 3 then
+      errors.raise("NETWORK_ERROR", ("claude on %s cannot connect to %s (ANTHROPIC_BASE_URL, else "
+        .. "api.anthropic.com; through HTTPS_PROXY when set)"):format(id, target), {
+        resource = "instance:" .. id,
+        hint = "give the instance an API it can reach (ANTHROPIC_BASE_URL or a proxy in its ~/.profile); "
+          .. "claude would retry for about 3 minutes, then fail. --no-api-check skips this check" })
+    end
+    -- Other exits (no bash or no timeout on the image): nothing known, claude goes ahead.
+  end)
 end
 local started = recipe.step("start the " .. agent_name .. " session", orch.start_session, id, input)
 local name = started.process_name

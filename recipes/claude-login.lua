@@ -4,6 +4,7 @@
 --   galley run claude-login                     # prints a URL; paste the code#state shown after approving
 --   galley run claude-login --refresh           # new access token; the refresh token rotates
 --   galley run claude-login --refresh --if-needed --min-valid-minutes 30
+--   galley run claude-login --if-needed          # nothing while valid; else refresh; else log in (it says which)
 --
 -- The file (default ~/.config/galley/claude-credentials.json, mode 600, written atomically) holds
 -- {access_token, refresh_token, expires_at_ms, scopes, ...}; galley.credentials.claude_profile
@@ -19,7 +20,8 @@ local opts = recipe.options({
     { "output", metavar = "PATH", default = oauth.DEFAULT_CREDENTIALS_PATH, env = "GALLEY_CLAUDE_CREDENTIALS",
       help = "credentials file (mode 600)" },
     { "refresh", type = "flag", help = "refresh the saved credentials instead of logging in" },
-    { "if-needed", type = "flag", help = "with --refresh: only when they expire within --min-valid-minutes" },
+    { "if-needed", type = "flag", help = "only what is needed: nothing while valid beyond --min-valid-minutes, "
+      .. "else refresh (or, without saved credentials that can be refreshed and without --refresh, log in)" },
     { "min-valid-minutes", type = "integer", default = 10, help = "margin for --if-needed" },
     { "console", type = "flag", help = "log in on the Console (API billing) instead of claude.ai" },
     { "authorize-url", metavar = "URL", env = "GALLEY_CLAUDE_AUTHORIZE_URL", help = "authorize page" },
@@ -46,11 +48,33 @@ local function describe(creds, path)
     os.date("!%Y-%m-%d %H:%M:%S", creds.expires_at_ms // 1000), scopes)
 end
 
+local function utc(ms) return os.date("!%Y-%m-%d %H:%M:%S", ms // 1000) end
+local margin = opts.min_valid_minutes * 60 * 1000
+
+-- --if-needed without --refresh: do the least that leaves valid credentials, and say which.
+-- Valid beyond the margin: nothing. Expiring with a refresh token: refresh. Else: a login.
+if opts.if_needed and not opts.refresh then
+  local ok, creds = pcall(oauth.load_credentials, opts.output)
+  local where = require("galley.paths").expand(opts.output)
+  if ok and not client.is_expired(creds, margin) then
+    err(("credentials in %s still valid until %s UTC; nothing to do (--if-needed)"):format(where,
+      utc(creds.expires_at_ms)))
+    recipe.exit(0)
+  elseif ok and type(creds.refresh_token) == "string" and creds.refresh_token ~= "" then
+    err(("credentials in %s expire within %d minutes: refreshing them (--if-needed)"):format(where,
+      opts.min_valid_minutes))
+    opts.refresh = true
+  else
+    local why = ok and "they have no refresh token" or (type(creds) == "table" and creds.code == "NOT_FOUND"
+      and "there are none" or ("they cannot be read: " .. tostring(creds)))
+    err(("no usable credentials in %s (%s): starting a login (--if-needed)"):format(where, why))
+  end
+end
+
 if opts.refresh then
   local creds = oauth.load_credentials(opts.output)
-  local margin = opts.min_valid_minutes * 60 * 1000
   if opts.if_needed and not client.is_expired(creds, margin) then
-    err(("still valid until %s UTC; not refreshed"):format(os.date("!%Y-%m-%d %H:%M:%S", creds.expires_at_ms // 1000)))
+    err(("still valid until %s UTC; not refreshed"):format(utc(creds.expires_at_ms)))
     recipe.exit(0)
   end
   local fresh = recipe.step("refresh", client.refresh, creds)

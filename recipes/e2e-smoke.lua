@@ -49,6 +49,9 @@ local opts = recipe.options({
       help = "claude talks to this Anthropic API (tests: a loopback FAKE); also disables its nonessential traffic" },
     { "session-timeout", type = "integer", default = 300, help = "seconds to wait for the agent session" },
     { "keep", type = "flag", help = "keep the instance (and the emulator's is gone anyway)" },
+    { "provider", choices = { "morph", "proxmox" }, default = "morph",
+      help = "morph, or proxmox: a `galley emulate proxmox` started here (real Proxmox VE from PVE_URL, "
+        .. "PVE_TOKEN_ID, PVE_TOKEN_SECRET when RUN_E2E=1)" },
     { "argv-mode", choices = { "exec", "join" }, default = "exec",
       help = "the emulator's --argv-mode: run a multi-element exec command as an argv, or space-joined by "
         .. "/bin/sh -c like an SSH-style server" },
@@ -103,8 +106,13 @@ local function env(name)
   return v ~= "" and v or nil
 end
 
-local target = opts.target or ((env("RUN_E2E") == "1" and env("MORPH_API_KEY")) and "morph" or "emulator")
-if target == "morph" and not env("MORPH_API_KEY") then recipe.usage_error("--target morph needs MORPH_API_KEY") end
+local target
+if opts.provider == "proxmox" then
+  target = (opts.target ~= "emulator" and env("RUN_E2E") == "1" and env("PVE_URL")) and "proxmox" or "emulator"
+else
+  target = opts.target or ((env("RUN_E2E") == "1" and env("MORPH_API_KEY")) and "morph" or "emulator")
+  if target == "morph" and not env("MORPH_API_KEY") then recipe.usage_error("--target morph needs MORPH_API_KEY") end
+end
 tap.plan()
 
 -- Starts `galley emulate` (this same binary) with a random API key passed through the
@@ -116,7 +124,23 @@ local function start_emulator()
 end
 
 local provider, snapshot
-if target == "emulator" then
+if opts.provider == "proxmox" and target == "emulator" then
+  local ok, pve = pcall(require("galley.emulator.proxmox_spawn").start, { task_ms = 50 })
+  if not ok then
+    io.stdout:write("Bail out! ", tostring(pve):gsub("\n", " "), "\n")
+    recipe.exit(1)
+  end
+  recipe.defer(pve.stop, "stop the Proxmox emulator")
+  diag("target: galley emulate proxmox at " .. pve.url .. " (started by this smoke; set RUN_E2E=1 and PVE_URL "
+    .. "for a real Proxmox VE)")
+  provider = providers.new("proxmox", { url = pve.url, token_id = pve.token_id, token_secret = pve.token_secret,
+    ssh_port = pve.ssh_port, log = log })
+  snapshot = opts.snapshot or provider.default_snapshot()
+elseif opts.provider == "proxmox" then
+  provider = providers.new("proxmox", { log = log })
+  snapshot = opts.snapshot or provider.default_snapshot()
+  diag("target: Proxmox VE at " .. env("PVE_URL"))
+elseif target == "emulator" then
   local ok, emu = pcall(start_emulator)
   if not ok then
     io.stdout:write("Bail out! ", tostring(emu):gsub("\n", " "), "\n")
@@ -218,13 +242,13 @@ end)
 check("claude_version", { "exec" }, function()
   local r = sh('PATH="$HOME/.local/bin:$PATH"; command -v claude >/dev/null 2>&1 || exit 127; claude --version')
   if r.exit_code == 127 then
-    say("e2e-smoke: WARNING: claude is not installed on the instance; a FAKE stand-in will be used")
+    recipe.warn("e2e-smoke: WARNING: claude is not installed on the instance; a FAKE stand-in will be used")
     return "skip", "claude is not installed on the instance (WARNING: the agent checks use a FAKE stand-in)"
   end
   if r.exit_code ~= 0 then return false, ("claude --version: exit %d: %s"):format(r.exit_code, r.stderr) end
   if fake_token and not opts.anthropic_base_url then
-    say("e2e-smoke: WARNING: the real claude would send a generated FAKE token to Anthropic; the agent checks use "
-      .. "a FAKE stand-in (give CLAUDE_ACCESS_TOKEN, or --anthropic-base-url for a FAKE API)")
+    recipe.warn("e2e-smoke: WARNING: the real claude would send a generated FAKE token to Anthropic; "
+      .. "the agent checks use a FAKE stand-in (give CLAUDE_ACCESS_TOKEN, or --anthropic-base-url for a FAKE API)")
     return "skip", first_line(r.stdout) .. " installed, but no API accepts the generated FAKE token "
       .. "(WARNING: the agent checks use a FAKE stand-in; see --anthropic-base-url)"
   end

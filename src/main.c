@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <sodium.h>
 #include <lua.h>
 #include <lauxlib.h>
@@ -211,6 +212,7 @@ static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = (char **)lua_touserdata(L, 2);
   const char *lua_dir = getenv("GALLEY_LUA_DIR");
+  const char *lua_dir_from = "GALLEY_LUA_DIR"; /* what to name when it is unusable */
   const char *code = NULL;
   int verbose = 0, quiet = 0, json = 0, color = -1, interactive = 0;
   int i = 1;
@@ -221,8 +223,10 @@ static int pmain(lua_State *L) {
     if (strcmp(a, "--lua-dir") == 0) {
       if (i + 1 >= argc) return lua_pushinteger(L, usage_error("'%s' needs a directory", a)), 1;
       lua_dir = argv[++i];
+      lua_dir_from = "--lua-dir";
     } else if (strncmp(a, "--lua-dir=", 10) == 0) {
       lua_dir = a + 10;
+      lua_dir_from = "--lua-dir";
     } else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
       verbose++;
     } else if (a[0] == '-' && a[1] == 'v' && strspn(a + 1, "v") == strlen(a + 1)) {
@@ -250,8 +254,14 @@ static int pmain(lua_State *L) {
       break;
     }
   }
-  if (lua_dir && access(lua_dir, R_OK) != 0) {
-    return lua_pushinteger(L, usage_error("--lua-dir '%s' is not a readable directory", lua_dir)), 1;
+  struct stat st;
+  if (lua_dir && (access(lua_dir, R_OK | X_OK) != 0 || stat(lua_dir, &st) != 0 || !S_ISDIR(st.st_mode))) {
+    fprintf(stderr, "galley: %s '%s' is not a readable directory\n  hint: %s\n", lua_dir_from, lua_dir,
+            strcmp(lua_dir_from, "GALLEY_LUA_DIR") == 0
+              ? "unset GALLEY_LUA_DIR (embedded modules) or point it at galley's lua/ directory"
+              : "give galley's lua/ directory, or leave --lua-dir out (embedded modules)");
+    lua_pushinteger(L, EXIT_USAGE);
+    return 1;
   }
 
   luaL_openlibs(L);

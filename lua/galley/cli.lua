@@ -218,9 +218,10 @@ M.lazy = {
   stop = "stop (delete) instances: galley stop ID...",
   cp = "copy a file or (-r) a tree: galley cp [-r] LOCAL ID:PATH | ID:PATH LOCAL",
   completion = "shell completion script: galley completion bash|zsh|fish",
+  dashboard = "a local web page of runs, instances and live sessions: galley dashboard [--port N]",
 }
 M.LAZY_ORDER = { "ls", "boot", "exec", "shell", "logs", "cp", "stop", "snapshots", "images", "emulate", "gc",
-  "completion" }
+  "dashboard", "completion" }
 for _, name in ipairs(M.LAZY_ORDER) do M.order[#M.order + 1] = name end
 
 function find(name)

@@ -110,8 +110,9 @@ function M.prune_runs()
   return removed
 end
 
---- The providers `galley gc` sweeps by default: local always, Morph when MORPH_API_KEY is set.
----@param which? "morph"|"local"|"all"
+--- The providers `galley gc` sweeps by default: local always, Morph when MORPH_API_KEY is set,
+--- Proxmox when PVE_URL is set (Proxmox has no TTL of its own: this is what enforces it).
+---@param which? "morph"|"local"|"proxmox"|"all"
 ---@return table[] providers, string[] notes
 function M.default_providers(which)
   local list, notes = {}, {}
@@ -127,6 +128,9 @@ function M.default_providers(which)
   if which == nil or which == "all" or which == "local" then add("local") end
   if which == "morph" or ((which == nil or which == "all") and (os.getenv("MORPH_API_KEY") or "") ~= "") then
     add("morph")
+  end
+  if which == "proxmox" or ((which == nil or which == "all") and (os.getenv("PVE_URL") or "") ~= "") then
+    add("proxmox")
   end
   return list, notes
 end

@@ -9,7 +9,8 @@
 -- Levels: trace < debug < info < warn < error < fatal (and "off"). The default level comes from
 -- GALLEY_LOG (e.g. GALLEY_LOG=debug), else from -v (debug), -vv (trace), -q (error), else info.
 -- Human output goes to stderr (coloured only when `runtime.options().color == 1`); format "json"
--- (or GALLEY_LOG_FORMAT=json) writes one object per line: {ts, level, prefix, msg, fields}.
+-- (or GALLEY_LOG_FORMAT=json, or the global --json for loggers writing to stderr) writes one object
+-- per line: {ts, level, prefix, msg, fields}. GALLEY_LOG_FORMAT=human keeps text under --json.
 --
 -- Redaction happens here, for every record, so no caller can forget it, with galley.secrets' rules:
 -- values registered with `log.register_secret`, token-looking text (sk-ant-..., morph_..., Bearer
@@ -345,7 +346,9 @@ function M.new(opts)
   if not level then
     validation_error("unknown log level: " .. tostring(opts.level), "level")
   end
-  local format = opts.format or (os.getenv("GALLEY_LOG_FORMAT") == "json" and "json") or "human"
+  local env_format = os.getenv("GALLEY_LOG_FORMAT")
+  local format = opts.format or (env_format == "json" and "json") or (env_format == "human" and "human")
+    or ((runtime.options().json or 0) > 0 and opts.sink == nil and "json") or "human"
   if format ~= "human" and format ~= "json" then
     validation_error("log format: expected \"human\" or \"json\", got " .. tostring(format), "format")
   end

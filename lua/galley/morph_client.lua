@@ -362,7 +362,25 @@ function Client:call(name, args)
         local suffix, details, fields = parse_detail(resp.body)
         info.status = status
         local message = ("%s: HTTP %d from %s %s%s"):format(ep.name, status, ep.method, plain, suffix)
+        if code == "NOT_FOUND" then
+          -- A base URL without /api answers 404 to every path: name it, and suggest /api when
+          -- the same path answers under it.
+          local hint = self:_api_prefix_hint()
+          if not hint and not resource then
+            -- A listing has no resource that could be gone: the path itself is not served.
+            hint = ("%s answered 404 to %s %s: check MORPH_BASE_URL (the Morph API's ends in /api)")
+              :format(self:base_url(), ep.method, plain)
+          end
+          if hint then
+            message = message .. (" (base URL %s)"):format(self:base_url())
+            info.hint = hint
+          end
+        end
         local err = self:_error(code, message, info)
+        if info.hint and code == "NOT_FOUND" then
+          err.base_url = self:base_url()
+          err.suggested_base_url = self._api_hint and self._api_base or nil
+        end
         err.details, err.fields = details, fields
         return nil, err
       end
@@ -486,6 +504,29 @@ function Client:base_url()
 end
 
 
+--- After a 404: when the base URL's path does not end in /api and `<base>/api` answers a
+-- listing (GET /instance, same key) with 2xx, a hint that suggests the /api base URL; else nil.
+-- Asked once per client.
+---@return string|nil
+function Client:_api_prefix_hint()
+  if self._api_hint ~= nil then return self._api_hint or nil end
+  self._api_hint = false
+  local base = tostring(self:base_url() or ""):gsub("/+$", "")
+  local origin, base_path = base:match("^(https?://[^/]+)(.*)$")
+  if not origin or base_path:match("/api$") then return nil end
+  local with_api = base .. "/api"
+  -- A listing (a safe GET) with the same key: 2xx means /api serves the Morph API.
+  local t = self._transport_at and self._transport_at(with_api)
+  local ok, resp = pcall(function() return t and t:call("instances.list", {}) end)
+  if ok and type(resp) == "table" and resp.status and resp.status >= 200 and resp.status < 300 then
+    self._api_base = with_api
+    self._api_hint = ("the base URL %s does not serve the Morph API, %s does: set MORPH_BASE_URL=%s")
+      :format(base, with_api, with_api)
+  end
+  return self._api_hint or nil
+end
+
+
 --- Closes the client (safe twice).
 function Client:close()
   self.transport:close()
@@ -574,7 +615,13 @@ function M.new(opts)
   local t, err = morph.new({ api_key = opts.api_key, base_url = opts.base_url, timeout_ms = opts.timeout_ms,
     connect_timeout_ms = opts.connect_timeout_ms, insecure = opts.insecure })
   if not t then return nil, err end
-  return setmetatable({ transport = t, retry = retry, log = opts.log }, mt)
+  -- For the /api hint after a 404: a transport to another base URL with the same key (kept in
+  -- this closure, never in a field a printout could show).
+  local function transport_at(url)
+    return morph.new({ api_key = opts.api_key, base_url = url, timeout_ms = 5000,
+      connect_timeout_ms = opts.connect_timeout_ms, insecure = opts.insecure })
+  end
+  return setmetatable({ transport = t, retry = retry, log = opts.log, _transport_at = transport_at }, mt)
 end
 
 return M

@@ -4,7 +4,8 @@
 --   home()          $HOME when it is set and absolute, else the password database's home of the
 --                   real user id (never a guess such as /tmp: with HOME unset, /tmp/.local/state
 --                   would be a directory any user can plant)
---   state_dir()     GALLEY_STATE_DIR, else <home>/.local/state/galley
+--   state_dir()     GALLEY_STATE_DIR, else <state_home()>/galley
+--   history_file()  the REPL history: <state_dir()>/repl_history
 --   state_home()    XDG_STATE_HOME (when absolute), else <home>/.local/state
 --   config_dir()    <home>/.config/galley (the Claude credentials file lives there)
 --   private_dir(p)  creates p (and missing parents) with mode 0700 and refuses, with UNSAFE_PATH,
@@ -49,12 +50,21 @@ function M.home()
   return clean(home)
 end
 
---- galley's state directory: GALLEY_STATE_DIR when set, else <home>/.local/state/galley.
+--- galley's state directory: GALLEY_STATE_DIR when set, else <state_home()>/galley
+-- ($XDG_STATE_HOME/galley, else <home>/.local/state/galley). Run files, local instances and the
+-- REPL history all live below it.
 ---@return string
 function M.state_dir()
   local d = os.getenv("GALLEY_STATE_DIR")
   if d and d ~= "" then return clean(d) end
-  return M.home() .. "/.local/state/galley"
+  return M.state_home() .. "/galley"
+end
+
+
+--- The REPL's history file: <state_dir()>/repl_history.
+---@return string
+function M.history_file()
+  return M.state_dir() .. "/repl_history"
 end
 
 --- The XDG state home: XDG_STATE_HOME when set and absolute, else <home>/.local/state.

@@ -16,6 +16,45 @@ function M.enabled()
   return (o.quiet or 0) == 0 and (o.json or 0) == 0
 end
 
+--- Whether --json is on: galley's own messages on stderr are then JSON lines.
+---@return boolean
+function M.json()
+  return (opts().json or 0) > 0
+end
+
+local LEVELS = { info = 1, warn = 2, error = 3 }
+
+--- A message of galley's own on stderr, by level: "info" (a notice: not with -q), "warn" (a
+-- warning that is not an error: not with -q) or "error" (always). `text` is the whole human line
+-- ("galley: warning: ..."); under --json the line is one JSON object instead:
+-- {"ts", "level", "msg", ...fields} with `msg` = fields.msg or text. Secrets are redacted.
+---@param level "info"|"warn"|"error"
+---@param text string
+---@param fields? table extra JSON fields (code, hint, id, ...)
+function M.message(level, text, fields)
+  assert(LEVELS[level], "progress.message: level must be info, warn or error")
+  if level ~= "error" and (opts().quiet or 0) > 0 then return end
+  local secrets = require("galley.secrets")
+  if M.json() then
+    local rec = { ts = os.date("!%Y-%m-%dT%H:%M:%SZ"), level = level }
+    for k, v in pairs(fields or {}) do rec[k] = v end
+    rec.msg = rec.msg or text
+    rec = secrets.redact(rec)
+    local ok, line = pcall(require("cjson").encode, rec)
+    if not ok then line = require("cjson").encode({ level = level, msg = secrets.redact_text(text) }) end
+    pcall(term.write_err, line:gsub("\\/", "/") .. "\n")
+  else
+    pcall(term.write_err, secrets.redact_text(text) .. "\n")
+  end
+end
+
+--- A warning that is not an error (`message("warn", text)`): silenced by -q, a JSON line with --json.
+---@param text string
+---@param fields? table
+function M.warn(text, fields)
+  M.message("warn", text, fields)
+end
+
 local function paint(code, text)
   if (opts().color or 0) == 1 then return ("\27[%sm%s\27[0m"):format(code, text) end
   return text

@@ -450,4 +450,12 @@ function M.say(text)
   progress.say(text)
 end
 
+--- Prints a warning that is not an error on stderr: nothing with -q, a JSON line
+-- ({"level":"warn","msg":...}) with --json. Failures are raised, not warned.
+---@param text string
+---@param fields? table extra fields for the JSON line
+function M.warn(text, fields)
+  progress.warn(text, fields)
+end
+
 return M

@@ -239,7 +239,16 @@ function M.compile(text, env)
 end
 
 local function history_path()
-  return paths.state_home() .. "/galley/repl_history"
+  return paths.history_file()
+end
+
+
+--- The form of a line the history keeps: recognisable secrets (API keys, OAuth tokens, values
+-- registered with galley.log, `name=value` with a secret-sounding name) masked by galley.secrets.
+---@param text string
+---@return string
+function M.history_entry(text)
+  return require("galley.secrets").redact_text(text)
 end
 
 local function report_instances(out, tty, readline)
@@ -354,7 +363,7 @@ function M.run(opts)
     do
       local chunk, err = M.compile(buffer, env)
       if err == "incomplete" then goto continue end
-      if tty and buffer:match("%S") then line.add_history(buffer) end
+      if tty and buffer:match("%S") then line.add_history(M.history_entry(buffer)) end
       buffer = nil
       if not chunk then
         io.stderr:write(err, "\n")

@@ -513,6 +513,57 @@ function M.abandon(ctx)
   if ctx == script_ctx then script_ctx = nil end
 end
 
+--- How many finished runs `<state>/run-history/` keeps (the oldest are removed).
+M.HISTORY_LIMIT = 200
+
+local function history_dir() return M.state_dir() .. "/run-history" end
+
+--- Records a finished run in `<state>/run-history/<id>.json` (what `galley dashboard` shows):
+-- {id, recipe, started, finished, exit_code, stopped, kept, leaks}. Best effort: a state
+-- directory that cannot be written only loses the record.
+---@param ctx galley.RunContext the run (from M.current() before M.finish)
+---@param report table M.finish's report
+---@param exit_code integer
+function M.record_history(ctx, report, exit_code)
+  if not ctx or not ctx.id:match("^[%w%-_]+$") then return end
+  pcall(function()
+    paths.private_dir(history_dir())
+    local json = require("galley.json")
+    local function ids(list) return json.array(table.move(list or {}, 1, #(list or {}), 1, {})) end
+    fs.write_atomic(history_dir() .. "/" .. ctx.id .. ".json", json.encode({
+      id = ctx.id, recipe = ctx.recipe, started = ctx.started_ms // 1000, finished = os.time(),
+      exit_code = exit_code, stopped = ids(report.stopped), kept = ids(report.kept), leaks = ids(report.leaks),
+    }), { mode = "600" })
+    local names = fs.list(history_dir()) or {}
+    if #names > M.HISTORY_LIMIT then
+      local dated = {}
+      for _, n in ipairs(names) do
+        local st = fs.stat(history_dir() .. "/" .. n)
+        dated[#dated + 1] = { n = n, t = st and st.mtime or 0 }
+      end
+      table.sort(dated, function(a, b) return a.t < b.t end)
+      for i = 1, #dated - M.HISTORY_LIMIT do os.remove(history_dir() .. "/" .. dated[i].n) end
+    end
+  end)
+end
+
+--- The finished runs recorded by M.record_history, newest first (unreadable records skipped).
+---@return table[]
+function M.history()
+  local out = {}
+  local ok, exists = pcall(paths.check_private_dir, history_dir())
+  if not ok or not exists then return out end
+  local json = require("galley.json")
+  for _, n in ipairs(fs.list(history_dir()) or {}) do
+    if n:match("^[%w%-_]+%.json$") then
+      local rec = json.decode(fs.read(history_dir() .. "/" .. n) or "")
+      if type(rec) == "table" and type(rec.id) == "string" then out[#out + 1] = rec end
+    end
+  end
+  table.sort(out, function(a, b) return (a.finished or 0) > (b.finished or 0) end)
+  return out
+end
+
 require("galley.tracker").set(M)
 
 return M

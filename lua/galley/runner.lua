@@ -2,6 +2,7 @@
 -- Exit codes: 0 success; 1 the recipe failed; 2 usage error, missing file or syntax error;
 -- 130 interrupted by Ctrl-C; 143 terminated by SIGTERM.
 local errors = require("galley.errors")
+local progress = require("galley.progress")
 local run = require("galley.run")
 local runtime = require("galley.core.runtime")
 
@@ -53,6 +54,22 @@ function M.load(name, env)
       if not chunk then return nil, errors.new("RECIPE_SYNTAX", err) end
       return chunk, candidate, "embedded"
     end
+  end
+  if st and st.type == "directory" then
+    -- A directory (that names no shipped recipe) is not a recipe: say so, and name a recipe file in it.
+    local found = {}
+    local ok, entries = pcall(require("galley.core.fs").list, name)
+    for _, e in ipairs(ok and type(entries) == "table" and entries or {}) do
+      local n = type(e) == "table" and e.name or e
+      if type(n) == "string" and n:match("%.lua$") then found[#found + 1] = n end
+    end
+    table.sort(found)
+    local dir = name:gsub("/+$", "")
+    return nil, errors.new("RECIPE_NOT_FOUND", ("'%s' is a directory, not a recipe file"):format(name), {
+      resource = "file:" .. name,
+      hint = #found > 0 and ("run one of its files, e.g. galley run %s/%s"):format(dir, found[1])
+        or "give the path of a .lua file, or the name of a shipped recipe (see `galley run` for the list)",
+    })
   end
   local names = {}
   for _, r in ipairs(M.shipped()) do names[#names + 1] = r.name end
@@ -200,7 +217,9 @@ function M.call(chunk, path, args)
         if snaps then text = text .. "\n  " .. snaps end
         local url = M.base_url_for(cause.code and cause or err)
         if url then text = text .. "\n  base URL: " .. url end
-        io.stderr:write("galley: ", where and (where .. ": ") or "", text, "\n")
+        progress.message("error", "galley: " .. (where and (where .. ": ") or "") .. text, {
+          code = err.code, msg = err.message ~= nil and tostring(err.message) or nil, where = where, hint = err.hint,
+          base_url = url, detail = text })
       end
       if verbose and err.code ~= "RECIPE_USAGE" then io.stderr:write(failure.traceback:gsub("^\n", ""), "\n") end
       if err.code == "INTERRUPTED" then
@@ -217,8 +236,11 @@ function M.call(chunk, path, args)
   return M.finish_run(code)
 end
 
-local function say(msg)
-  io.stderr:write("galley: ", msg, "\n")
+-- galley's own line on stderr (a JSON line with --json); level "error" unless said (-q keeps those).
+local function say(msg, level, fields)
+  local f = { msg = msg }
+  for k, v in pairs(fields or {}) do f[k] = v end
+  progress.message(level or "error", "galley: " .. msg, f)
 end
 
 --- When an instance's TTL ends, as people read it: "until 15:04 CET (2026-12-06T14:04:05Z)"
@@ -301,14 +323,16 @@ end
 function M.say_kept(report, why, who)
   for _, id in ipairs(report.kept) do
     say(("kept instance %s (%s) %s; stop it with: galley stop %s"):format(id, why,
-      M.until_text(report.kept_until and report.kept_until[id]), id))
+      M.until_text(report.kept_until and report.kept_until[id]), id), "info",
+      { event = "kept", id = id, stop = "galley stop " .. id })
   end
   for _, id in ipairs(report.snapshots_kept or {}) do
-    say(("kept snapshot %s (keep = true); `galley gc --include-kept` deletes it"):format(id))
+    say(("kept snapshot %s (keep = true); `galley gc --include-kept` deletes it"):format(id), "info",
+      { event = "kept_snapshot", id = id })
   end
   for _, id in ipairs(report.snapshots_left or {}) do
     say(("snapshot %s made by %s is left; `galley gc` deletes it (snapshot(id, {keep = true}) keeps one)")
-      :format(id, who or "this run"))
+      :format(id, who or "this run"), "warn", { event = "snapshot_left", id = id })
   end
 end
 
@@ -321,7 +345,7 @@ function M.finish_run(code)
   local interrupted = code == 130 or code == 143
   local ctx = run.current()
   if not ctx then
-    if interrupted then io.stderr:write("galley: interrupted\n") end
+    if interrupted then say("interrupted", "error", { code = "INTERRUPTED", exit_code = code }) end
     return code
   end
   runtime.clear_signal()
@@ -341,19 +365,22 @@ function M.finish_run(code)
   end
   runtime.defer_signals(false)
   for _, id in ipairs(report.stopped) do
-    io.stderr:write("galley: stopped instance ", id, " left by this run\n")
+    say("stopped instance " .. id .. " left by this run", "info", { event = "stopped", id = id })
   end
   M.say_kept(report, ctx.keep and "--keep" or "kept")
   if interrupted then
-    io.stderr:write(("galley: interrupted%s; cleaned up %d instance(s)\n"):format(code == 143 and " (SIGTERM)" or "",
-      #report.stopped))
+    say(("interrupted%s; cleaned up %d instance(s)"):format(code == 143 and " (SIGTERM)" or "", #report.stopped),
+      "error", { code = "INTERRUPTED", exit_code = code, cleaned_up = #report.stopped })
   end
   if #report.leaks > 0 then
-    io.stderr:write("galley: RUN_LEAK: instances of this run are still there: ", table.concat(report.leaks, ", "),
-      "\n  hint: stop them with `galley gc` or your provider's console\n")
+    say("RUN_LEAK: instances of this run are still there: " .. table.concat(report.leaks, ", ")
+      .. "\n  hint: stop them with `galley gc` or your provider's console", "error",
+      { code = "RUN_LEAK", msg = "instances of this run are still there", ids = report.leaks,
+        hint = "stop them with `galley gc` or your provider's console" })
     if code == M.EXIT_OK then code = M.EXIT_FAILED end
   end
   if #report.hook_errors > 0 and code == M.EXIT_OK then code = M.EXIT_FAILED end
+  run.record_history(ctx, report, code) -- what `galley dashboard` lists as finished runs
   return code
 end
 
@@ -403,7 +430,8 @@ function M.run(name, args, ropts)
   local env = M.new_env()
   local chunk, path_or_err, kind = M.load(name, env)
   if not chunk then
-    io.stderr:write("galley: ", errors.format(path_or_err), "\n")
+    progress.message("error", "galley: " .. errors.format(path_or_err), { code = path_or_err.code,
+      msg = path_or_err.message, hint = path_or_err.hint })
     return M.EXIT_USAGE
   end
   if kind == "file" then

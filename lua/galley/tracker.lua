@@ -18,7 +18,7 @@ end
 
 --- Plugs in the run module (galley.run does this itself).
 ---@param r table `{register_provider, boot_options, track_instance, snapshot_options, track_snapshot,
----  note_pending, current}`
+---  note_pending, current, defer}`
 function M.set(r)
   run = r
 end
@@ -82,6 +82,16 @@ end
 ---@param request_token? string
 function M.note_pending(provider, filter, request_token)
   if plugged() then run.note_pending(provider, filter, request_token) end
+end
+
+--- Registers a cleanup hook that runs when the active run ends (galley.run's `defer`); false
+--- outside a run (the caller then cleans up itself, e.g. in its `close`).
+---@param fn fun()
+---@param label? string
+---@return boolean registered
+function M.defer(fn, label)
+  if plugged() and run.defer then return run.defer(fn, label) end
+  return false
 end
 
 --- The active run's context (keep, id, ...), or nil.

@@ -74,6 +74,9 @@ static void check_request(lua_State *L, int arg, galley_http_request *req, long 
   req->connect_timeout_ms = (long)galley_opt_integer(L, arg, "connect_timeout_ms", def_connect);
   req->no_resend = galley_opt_boolean(L, arg, "no_resend", false);
   req->stream = galley_opt_boolean(L, arg, "stream", false);
+  req->ca_file = galley_opt_string(L, arg, "ca_file", NULL, NULL);
+  req->pinned_public_key = galley_opt_string(L, arg, "pinned_public_key", NULL, NULL);
+  req->insecure = galley_opt_boolean(L, arg, "insecure", false);
 
   lua_newtable(L);  // [..., lines]
   int lines = lua_gettop(L);
@@ -127,7 +130,7 @@ galley_http_response *galley_push_http_response_box(lua_State *L) {
 
 /* Pushes {status, headers, body, http_version, reused, ms} built from a boxed response. */
 static void push_response(lua_State *L, const galley_http_response *r) {
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 7);
   lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
   lua_createtable(L, 0, (int)r->nheaders);
@@ -140,6 +143,8 @@ static void push_response(lua_State *L, const galley_http_response *r) {
   lua_setfield(L, -2, "body");
   lua_pushstring(L, r->http_version);
   lua_setfield(L, -2, "http_version");
+  lua_pushstring(L, r->reason);
+  lua_setfield(L, -2, "reason");
   lua_pushboolean(L, r->new_connections == 0);
   lua_setfield(L, -2, "reused");
   lua_pushnumber(L, r->total_ms);

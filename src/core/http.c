@@ -19,6 +19,7 @@ struct galley_http_xfer {
   char *body;
   size_t body_len, body_cap;
   galley_http_headers headers;  /* of the latest response so far */
+  char reason[128];     /* reason phrase of the last status line */
   bool done, oom;
   bool no_resend, resend_blocked;
   int prereqs;          /* times the request was about to be sent */
@@ -276,9 +277,23 @@ void galley_http_headers_free(galley_http_headers *h) {
 }
 
 
+/* "HTTP/1.1 500 reason text\r\n": keeps the reason phrase (cut to fit; control bytes dropped). */
+static void keep_reason(galley_http_xfer *x, const char *p, size_t len) {
+  const char *sp = memchr(p, ' ', len);
+  const char *sp2 = sp ? memchr(sp + 1, ' ', len - (size_t)(sp + 1 - p)) : NULL;
+  size_t n = 0;
+  if (sp2)
+    for (const char *c = sp2 + 1; c < p + len && n + 1 < sizeof x->reason; c++)
+      if ((unsigned char)*c >= 0x20 && *c != 0x7f) x->reason[n++] = *c;
+  while (n > 0 && x->reason[n - 1] == ' ') n--;
+  x->reason[n] = '\0';
+}
+
+
 static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   galley_http_xfer *x = ud;
   size_t len = size * n;
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) keep_reason(x, p, len);
   if (!galley_http_headers_add(&x->headers, p, len)) {
     x->oom = true;
     return 0;
@@ -371,8 +386,14 @@ galley_http_xfer *galley_http_start(const galley_http_request *req, galley_http_
   ok &= curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) == CURLE_OK;
-  ok &= curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK;
-  ok &= curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK;
+  /* Verified unless asked otherwise: a pinned key replaces the chain and name checks (libcurl
+   * checks the pin whatever VERIFYPEER says, before the request is sent). */
+  bool verify = !req->insecure && !req->pinned_public_key;
+  ok &= curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L) == CURLE_OK;
+  ok &= curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L) == CURLE_OK;
+  if (req->ca_file) ok &= curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file) == CURLE_OK;
+  if (req->pinned_public_key)
+    ok &= curl_easy_setopt(e, CURLOPT_PINNEDPUBLICKEY, req->pinned_public_key) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->slist) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_WRITEDATA, x) == CURLE_OK;
@@ -520,6 +541,7 @@ int galley_http_finish(galley_http_xfer *x, galley_http_response *resp, galley_h
         xfer_free(x);
         return -1;
       }
+      memcpy(resp->reason, x->reason, sizeof resp->reason);
       resp->body = x->body;
       resp->body_len = x->body_len;
       resp->headers = x->headers.items;

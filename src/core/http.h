@@ -50,6 +50,12 @@ typedef struct {
   bool no_resend;                  /* libcurl resends a request on its own when a reused
                                     * connection dies before any reply: forbid that (the
                                     * transfer then fails with HTTP_NETWORK, sent=true) */
+  const char *ca_file;             /* PEM bundle to verify the server with (NULL: the system's) */
+  const char *pinned_public_key;   /* libcurl's CURLOPT_PINNEDPUBLICKEY ("sha256//BASE64;..."):
+                                    * the server's public key must match, checked before any
+                                    * request byte is sent; with it the chain is not verified
+                                    * (a self-signed node certificate), the key is */
+  bool insecure;                   /* no verification at all (the caller warns) */
 } galley_http_request;
 
 typedef struct {
@@ -85,6 +91,7 @@ typedef struct {
   double total_ms;
   long new_connections;            /* connections opened for this transfer (0: one was reused) */
   char http_version[8];            /* "1.1", "2", ... */
+  char reason[128];                /* the status line's reason phrase (HTTP/1.x; "" on HTTP/2) */
 } galley_http_response;
 
 /* Starts a transfer (copies everything it needs from req). NULL + err on setup failure. */

@@ -63,3 +63,65 @@ describe("the REPL's galley.providers #cli", function()
     assert.are.equal('"local"\n"morph"\n', out)
   end)
 end)
+
+describe("the REPL's galley global #cli", function()
+  it("reaches every galley module (galley.emulator.spawn, galley.agents.codex, ...) and Tab completes each", function()
+    local repl = require("galley.repl")
+    local env = repl.new_env()
+    local names = {}
+    for name in pairs(package.preload) do
+      if name:match("^galley%.") then names[#names + 1] = name end
+    end
+    table.sort(names)
+    assert.truthy(#names > 40, "the embedded modules are in package.preload")
+    for _, name in ipairs(names) do
+      local v = env
+      for part in name:gmatch("[^.]+") do v = type(v) == "table" and v[part] or nil end
+      assert.are.equal(require(name), v, name .. " is not reachable from the REPL's galley global")
+      local parent, last = name:match("^(.*)%.([^.]+)$")
+      local offered = {}
+      for _, c in ipairs(repl.complete(env, parent .. "." .. last:sub(1, -2))) do offered[c] = true end
+      assert.truthy(offered[name] or offered[parent .. '["' .. last .. '"]'], "Tab does not complete " .. name)
+    end
+    assert.is_function(env.galley.emulator.spawn.start)
+  end)
+end)
+
+describe("the REPL's history file #cli", function()
+  local paths = require("galley.paths")
+  local function with_env(vars, fn)
+    -- paths reads the environment through os.getenv: run it in a child with those variables.
+    local code = "io.write(require('galley.paths').history_file())"
+    local env = {}
+    for k, v in pairs(vars) do env[k] = v end
+    local _, out = require("support").galley("-e " .. require("support").q(code), nil, env)
+    return fn(out)
+  end
+
+  it("lives in GALLEY_STATE_DIR, else XDG_STATE_HOME/galley, like the rest of galley's state", function()
+    with_env({ GALLEY_STATE_DIR = "/tmp/gs-a", XDG_STATE_HOME = "/tmp/xdg-a", HOME = "/tmp/h-a" }, function(out)
+      assert.are.equal("/tmp/gs-a/repl_history", out)
+    end)
+    with_env({ GALLEY_STATE_DIR = "", XDG_STATE_HOME = "/tmp/xdg-b", HOME = "/tmp/h-b" }, function(out)
+      assert.are.equal("/tmp/xdg-b/galley/repl_history", out)
+    end)
+    with_env({ GALLEY_STATE_DIR = "", XDG_STATE_HOME = "", HOME = "/tmp/h-c" }, function(out)
+      assert.are.equal("/tmp/h-c/.local/state/galley/repl_history", out)
+    end)
+    assert.are.equal(paths.state_dir() .. "/repl_history", paths.history_file())
+  end)
+
+  it("keeps a line with a recognisable secret masked", function()
+    local repl = require("galley.repl")
+    local key = "sk-ant-api03-" .. ("Ab1"):rep(20)
+    local morph_key = "morph_" .. ("x9Y"):rep(12)
+    for _, line in ipairs({ ("k = %q"):format(key), ("os.setenv(%q, %q)"):format("MORPH_API_KEY", morph_key),
+      ("p = galley.providers.morph.new{api_key = %q}"):format(morph_key) }) do
+      local kept = repl.history_entry(line)
+      assert.is_nil(kept:find(key, 1, true), kept)
+      assert.is_nil(kept:find(morph_key, 1, true), kept)
+      assert.truthy(kept:find("REDACTED", 1, true), kept)
+    end
+    assert.are.equal("40 + 2", repl.history_entry("40 + 2"))
+  end)
+end)

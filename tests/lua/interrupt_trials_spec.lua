@@ -1,15 +1,20 @@
 -- Interrupt trials (issue #12): 30 runs of boot-and-run on `galley emulate`, each sent SIGINT or
 -- SIGTERM at a random moment. Every run must leave 0 instances and 0 PM2 daemons, and exit with
 -- the code that matches its signal (130 for SIGINT, 143 for SIGTERM), or 0 when it had already
--- finished. GALLEY_TRIALS_SEED replays a seed; GALLEY_TRIALS sets the count. #serial: it counts
--- the machine's PM2 daemons, so no other spec may run meanwhile.
+-- finished. GALLEY_TRIALS_SEED replays a seed; GALLEY_TRIALS sets the count. It counts the PM2
+-- daemons of its own emulator's instances only. #serial: its timings are random and short.
 local support = require("support")
 local emulator = require("support.emulator")
 local proc = require("galley.core.proc")
 local runtime = require("galley.core.runtime")
 
-local function pm2_daemons()
-  local r = proc.run({ argv = { "pgrep", "-f", "PM2 v[0-9.]*: God Daemon" }, timeout_ms = 10000 })
+-- PM2 daemons running in this emulator's instances (their mounts come from its state directory),
+-- so other PM2 users on the machine do not count.
+local function pm2_daemons(em)
+  local r = proc.run({ argv = { "/bin/sh", "-c", [[
+for p in $(pgrep -f 'PM2 v[0-9.]*: God Daemon'); do
+  grep -qF -- "$1" "/proc/$p/mountinfo" 2>/dev/null && echo "$p"
+done; true]], "sh", em.state_dir }, timeout_ms = 10000 })
   local n = 0
   for _ in (r and r.stdout or ""):gmatch("%d+") do n = n + 1 end
   return n
@@ -33,7 +38,7 @@ describe("interrupt trials: boot-and-run on galley emulate #slow #serial #run", 
     local seed = tonumber(os.getenv("GALLEY_TRIALS_SEED") or "") or os.time()
     local trials = tonumber(os.getenv("GALLEY_TRIALS") or "") or 30
     math.randomseed(seed)
-    local daemons_before = pm2_daemons()
+    local daemons_before = pm2_daemons(em)
     local env = { PATH = os.getenv("PATH"), HOME = state, GALLEY_STATE_DIR = state, GALLEY_LOG = "error",
       MORPH_API_KEY = em.api_key, MORPH_BASE_URL = em.base_url, LANG = "C.UTF-8" }
     local table_rows = {}
@@ -66,11 +71,11 @@ describe("interrupt trials: boot-and-run on galley emulate #slow #serial #run", 
       end
       assert.are.equal(0, alive, where .. ": instances left\n" .. r.stderr)
       -- A PM2 daemon inside an instance dies with it; give the kernel a moment to reap.
-      local daemons = pm2_daemons()
+      local daemons = pm2_daemons(em)
       for _ = 1, 50 do
         if daemons <= daemons_before then break end
         runtime.sleep_ms(100)
-        daemons = pm2_daemons()
+        daemons = pm2_daemons(em)
       end
       assert.is_true(daemons <= daemons_before, where .. ": PM2 daemons left: " .. daemons)
       table_rows[#table_rows + 1] = ("%2d %-4s %5d ms exit %3d"):format(trial, sig, delay, r.exit_code)

@@ -91,13 +91,16 @@ describe("galley repl on a terminal #repl", function()
     wait_for('"still here"', true)
   end)
 
-  it("saves history on exit", function()
+  it("saves history on exit in GALLEY_STATE_DIR, a secret masked", function()
+    local secret = "sk-ant-api03-" .. ("Zq7"):rep(20)
+    type_line(("tok = %q"):format(secret))
     type_line("'remember me'")
     wait_for('"remember me"', true)
     tmux("send-keys -t " .. session .. " C-d")
     local hist
     for _ = 1, 100 do
-      local f = io.open(state_dir .. "/galley/repl_history")
+      -- GALLEY_STATE_DIR wins over XDG_STATE_HOME, as for the rest of galley's state.
+      local f = io.open(state_dir .. "/galley-state/repl_history")
       if f then
         hist = f:read("a")
         f:close()
@@ -107,6 +110,9 @@ describe("galley repl on a terminal #repl", function()
     end
     -- libedit stores spaces as \040
     assert.truthy(hist and hist:find("remember", 1, true), hist)
+    assert.truthy(hist:find("tok", 1, true), hist)
+    assert.is_nil(hist:find(secret, 1, true), hist)
+    assert.is_nil(io.open(state_dir .. "/galley/repl_history"), "no second history under XDG_STATE_HOME")
   end)
 
   it("lists instances booted in the session on exit and stops them when asked", function()

@@ -47,6 +47,8 @@ function M.parser()
       end
     elseif name == "help" then
       c:argument("command", "a command"):args("?"):choices(cli.order)
+    elseif name == "dashboard" then
+      mod.options(c)
     elseif name == "gc" then
       c:flag("--dry-run", "list what would be stopped")
       c:option("--provider", "which providers"):choices({ "morph", "local", "all" })

@@ -24,8 +24,9 @@ Only 127.0.0.1 is ever bound.
   --latency-ms N     wait N ms before answering each /api request
   --boot-delay-ms N  instances stay `pending` this long before `ready` (default 50)
   --fault SPEC       inject a fault, e.g. method=POST,path=/instance/*/exec,action=status,status=503,
-                     retry_after=1,count=2 (actions: status delay reset malformed truncate;
-                     fields: method path count status retry_after delay_ms bytes)
+                     retry_after=1,count=2 (actions: status delay stall reset reset_after
+                     malformed truncate; fields: method path count status retry_after delay_ms
+                     bytes)
   --no-sandbox       run instance commands directly on this machine with your rights (HOME =
                      the instance's directory) instead of in bubblewrap sandboxes; absolute
                      paths such as /root/... then touch this machine (a warning is printed)

@@ -11,7 +11,8 @@ set.
 
 options:
   --dry-run            list what would be stopped; stop nothing
-  --provider NAME      morph, local or all (default: local, plus morph with MORPH_API_KEY)
+  --provider NAME      morph, local, proxmox or all (default: local, plus morph with MORPH_API_KEY,
+                       plus proxmox with PVE_URL: Proxmox has no TTL, gc enforces the recorded one)
   --all-hosts          also judge runs started on other machines as finished
   --include-kept       also stop instances booted with --keep (and snapshots made with keep = true)
   --json               print the result as JSON on stdout (global option, also accepted here)
@@ -29,7 +30,7 @@ end
 
 return {
   summary = "stop instances (and delete snapshots) left by finished or expired galley runs",
-  usage = "galley gc [--dry-run] [--provider morph|local|all] [--all-hosts] [--include-kept] [--json]",
+  usage = "galley gc [--dry-run] [--provider morph|local|proxmox|all] [--all-hosts] [--include-kept] [--json]",
   help = HELP,
   run = function(args)
     local opts = { json = (runtime.options().json or 0) > 0 }
@@ -50,7 +51,9 @@ return {
           i = i + 1
           v = args[i]
         end
-        if v ~= "morph" and v ~= "local" and v ~= "all" then return usage("--provider takes morph, local or all") end
+        if v ~= "morph" and v ~= "local" and v ~= "proxmox" and v ~= "all" then
+          return usage("--provider takes morph, local, proxmox or all")
+        end
         opts.provider = v
       elseif a == "--help" or a == "-h" then
         io.stdout:write(HELP, "\n")
@@ -63,6 +66,7 @@ return {
     local providers, notes = gc.default_providers(opts.provider)
     -- A provider asked for by name (or with all) that cannot be used makes the exit code 1.
     local failed = opts.provider ~= nil and (notes.unavailable or 0) > 0
+    local unswept = notes.unavailable or 0 -- providers that could not be used or reached
     for _, n in ipairs(notes) do io.stderr:write("galley gc: skipped: ", n, "\n") end
     local all, skipped = {}, {}
     for _, p in ipairs(providers) do
@@ -72,6 +76,7 @@ return {
         io.stderr:write(("galley gc: skipped: %s provider unreachable%s: %s\n"):format(p.name,
           url and (" at " .. url) or "", tostring(found)))
         failed = true
+        unswept = unswept + 1
       else
         for _, c in ipairs(found) do
           all[#all + 1] = c
@@ -93,6 +98,9 @@ return {
     if opts.json then
       -- lua-cjson 2.1.0 encodes an empty table as {}; the result is always a list.
       io.stdout:write(#all == 0 and "[]" or require("cjson").encode(all), "\n")
+    elseif #all == 0 and unswept > 0 then
+      -- Not "nothing to collect": what the skipped providers hold is unknown.
+      io.stderr:write(("galley gc: nothing collected; %d provider(s) could not be swept (see above)\n"):format(unswept))
     elseif #all == 0 then
       io.stderr:write("galley gc: nothing to collect\n")
     else

@@ -26,8 +26,8 @@ end
 --- Adds --provider, --json, -v, -q and -h to an argparse parser or command.
 ---@param p table
 function M.common_options(p)
-  p:option("--provider", "local or morph (default: morph when MORPH_API_KEY is set, else local)")
-    :choices({ "local", "morph" })
+  p:option("--provider", "local, morph or proxmox (default: morph when MORPH_API_KEY is set, else local)")
+    :choices({ "local", "morph", "proxmox" })
   p:flag("--json", "print data only, as JSON")
   p:flag("-v --verbose", "more output; tracebacks on failure"):count("*")
   p:flag("-q --quiet", "only errors")
@@ -84,8 +84,10 @@ end
 ---@return table provider
 function M.provider(name)
   if not name and (os.getenv("MORPH_BASE_URL") or "") ~= "" and (os.getenv("MORPH_API_KEY") or "") == "" then
-    io.stderr:write("galley: warning: MORPH_BASE_URL is set but MORPH_API_KEY is not: using the local provider\n",
-      "  hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local\n")
+    require("galley.progress").warn("galley: warning: MORPH_BASE_URL is set but MORPH_API_KEY is not: using the "
+      .. "local provider\n  hint: export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local",
+      { msg = "MORPH_BASE_URL is set but MORPH_API_KEY is not: using the local provider",
+        hint = "export MORPH_API_KEY too (`galley emulate` prints both), or pass --provider local" })
   end
   local level = (runtime.options().verbose or 0) > 0 and "debug" or "error"
   local log = require("galley.log").new({ level = level, prefix = name or "provider" })
@@ -116,8 +118,18 @@ function M.fail(cmd, err, provider)
     return err.signal == 15 and 143 or 130
   end
   if type(err) == "table" and err.code and getmetatable(err) == nil then setmetatable(err, errors.metatable) end
-  io.stderr:write("galley ", cmd, ": ", errors.format(err), "\n")
   local url = provider and M.base_url(provider)
+  local progress = require("galley.progress")
+  if progress.json() then
+    -- --json: the error is one JSON line on stderr too (stdout keeps the data only).
+    local e = type(err) == "table" and err or {}
+    progress.message("error", "galley " .. cmd .. ": " .. errors.format(err), { command = cmd,
+      code = e.code or "ERROR", msg = e.message ~= nil and tostring(e.message) or tostring(err), hint = e.hint,
+      resource = e.resource, base_url = (url and NETWORK[e.code]) and url or e.base_url,
+      suggested_base_url = e.suggested_base_url })
+    return M.EXIT_FAILED
+  end
+  io.stderr:write("galley ", cmd, ": ", errors.format(err), "\n")
   if url and type(err) == "table" and NETWORK[err.code] then
     io.stderr:write("  base URL: ", url, "\n")
     if err.code == "AUTHENTICATION_ERROR" then

@@ -202,6 +202,15 @@ local function tmux_shell(provider, id, session)
   return 0
 end
 
+-- Proxmox: `ssh -t` into the container (the provider's key, known_hosts and options), attaching
+-- to (or creating) a tmux session there.
+local function proxmox_shell(provider, id, session)
+  local argv = provider.ssh_argv(id, { "tmux", "new-session", "-A", "-s", session })
+  -- The terminal belongs to ssh until it ends: a plain blocking wait is what a shell session is.
+  local _, _, code = os.execute(require("galley.core.shell").join(argv))
+  return code or 1
+end
+
 function M.run(args)
   local res, code = shared.parse(shared.parser("shell", M.summary, M), args)
   if not res then return code end
@@ -215,6 +224,9 @@ function M.run(args)
         return 1
       end
       return ssh_shell(provider, res.instance_id)
+    end
+    if provider.name == "proxmox" and not res.tmux then
+      return proxmox_shell(provider, res.instance_id, res.session)
     end
     return tmux_shell(provider, res.instance_id, res.session)
   end)

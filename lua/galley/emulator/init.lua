@@ -86,18 +86,19 @@ function M.new(opts)
   if opts.sandbox ~= false then
     backend, err = sandbox_mod.new({ root = opts.state_dir })
     if backend and not sandbox_mod.available(backend.provider) then
-      io.stderr:write("galley emulate: WARNING: bubblewrap is not available; instance commands run on this",
-        " machine with the caller's rights and absolute paths (/root/...) touch it. Install bubblewrap.\n")
+      require("galley.progress").warn("galley emulate: WARNING: bubblewrap is not available; instance commands run "
+        .. "on this machine with the caller's rights and absolute paths (/root/...) touch it. Install bubblewrap.")
       backend = nil
     elseif not backend then
       return nil, err
     elseif backend.provider.capabilities.isolation ~= "userns" then
-      io.stderr:write("galley emulate: WARNING: instances get no user and pid namespaces of their own here",
-        " (isolation \"none\"): they see this machine's processes. Run scripts/setup (uidmap, subordinate ids).\n")
+      require("galley.progress").warn("galley emulate: WARNING: instances get no user and pid namespaces of their "
+        .. "own here (isolation \"none\"): they see this machine's processes. Run scripts/setup (uidmap, "
+        .. "subordinate ids).")
     end
   else
-    io.stderr:write("galley emulate: WARNING: --no-sandbox: instance commands run on this machine with the",
-      " caller's rights; absolute paths (/root/...) touch it.\n")
+    require("galley.progress").warn("galley emulate: WARNING: --no-sandbox: instance commands run on this machine "
+      .. "with the caller's rights; absolute paths (/root/...) touch it.")
   end
   if not backend then
     backend, err = backend_mod.new({ root = opts.state_dir })

@@ -56,7 +56,7 @@ M.DEFAULT_PARALLEL = 4
 
 -- Exit codes the remote programs use to say what went wrong.
 -- (43: the path is of the wrong kind, a directory where a file was expected or the reverse.)
-local EXIT_NOT_FOUND, EXIT_TOO_LARGE, EXIT_VERIFY = 40, 41, 42
+local EXIT_NOT_FOUND, EXIT_TOO_LARGE, EXIT_VERIFY, EXIT_WRONG_KIND = 40, 41, 42, 43
 
 local TMP_MARK = ".galley-tmp-"
 M.TMP_MARK = TMP_MARK
@@ -75,6 +75,8 @@ def fail(code, msg):
     sys.exit(code)
 try:
     data = base64.b64decode(sys.stdin.buffer.read(), validate=True)
+    if (first == "1" or last == "1") and os.path.isdir(target):
+        fail(43, "the path is a directory")
     if first == "1":
         if mkdirs == "1":
             os.makedirs(d, exist_ok=True)
@@ -132,6 +134,7 @@ local SH_WRITE = [[
 target=$1 tmp=$2 d=$3 mkdirs=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11}
 shift 11
 fail() { rm -f -- "$tmp"; printf '%s\n' "$2" >&2; exit "$1"; }
+if { [ "$first" = 1 ] || [ "$last" = 1 ]; } && [ -d "$target" ]; then fail 43 "the path is a directory"; fi
 if [ "$first" = 1 ]; then
   if [ "$mkdirs" = 1 ]; then mkdir -p -- "$d" || fail 1 "cannot create the directory"; fi
   (set -C; umask 077; : > "$tmp") || fail 1 "cannot create the temporary file"
@@ -506,6 +509,12 @@ function M.new(opts)
       local sent, first = 0, true
       local function failed(res)
         local extra
+        if res.exit_code == EXIT_WRONG_KIND then
+          local derr = io_error(res, op, path, "the path is a directory", {
+            hint = ("write to a file inside it (%s/NAME)"):format(path == "/" and "" or path) })
+          derr.details.reason = "is_directory"
+          return derr
+        end
         if res.exit_code == EXIT_VERIFY then extra = { hint = "the content arrived damaged; try again" } end
         if not wopts.create_dirs and (res.stderr or ""):find("No such file", 1, true) then
           extra = { hint = "pass create_dirs = true to create the parent directories" }

@@ -1,20 +1,20 @@
 --- galley.providers: pick a provider by name, or the default for this environment.
 --   local providers = require("galley.providers")
---   local p = providers.new("local", { ... })       -- or "morph"
+--   local p = providers.new("local", { ... })       -- or "morph", "proxmox"
 --   local p, why = providers.default()              -- morph with MORPH_API_KEY, else local
 local M = {}
 
 --- The provider names galley ships.
-M.names = { "morph", "local" }
+M.names = { "morph", "local", "proxmox" }
 
 --- Creates a provider by name.
----@param name "morph"|"local"
+---@param name "morph"|"local"|"proxmox"
 ---@param opts? table passed to the provider's `new`
 ---@return table provider
 function M.new(name, opts)
-  if name ~= "morph" and name ~= "local" then
+  if name ~= "morph" and name ~= "local" and name ~= "proxmox" then
     require("galley.errors").raise("VALIDATION_ERROR", ("unknown provider '%s'"):format(tostring(name)), {
-      field = "provider", hint = "use morph or local",
+      field = "provider", hint = "use morph, local or proxmox",
     })
   end
   return require("galley.providers." .. name).new(opts or {})
@@ -22,7 +22,7 @@ end
 
 --- The provider this environment implies: `morph` when MORPH_API_KEY is set, else `local`.
 -- Returns the provider and a sentence saying which and why (recipes print it).
----@param name? "morph"|"local" an explicit choice wins
+---@param name? "morph"|"local"|"proxmox" an explicit choice wins
 ---@param opts? table
 ---@return table provider, string why
 function M.default(name, opts)

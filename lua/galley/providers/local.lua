@@ -156,6 +156,13 @@ rm -f "$b" "$i" "$r"
 [ "$ready" = ready ] || fail "the holder did not start: $(cat "$d/holder.log")"
 echo "$pid"]]
 
+-- The holder's command inside the sandbox ($1: the instance's home there): see launch_holder.
+local HOLDER = [[
+echo ready >&6
+exec 6>&-
+while [ "$(stat -c %h -- "$1" 2>/dev/null)" != 0 ]; do sleep 5; done
+kill -KILL -1]]
+
 local SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 -- Programs agents need that may live outside the system directories (their prefix is mounted).
 local AGENT_TOOLS = { "node", "npm", "npx", "pm2", "claude", "codex", "gemini" }
@@ -425,9 +432,13 @@ local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_di
   for _, a in ipairs(mounts) do argv[#argv + 1] = a end
   local home_src = ident.stage and (ident.stage .. "/home") or (dir .. "/home")
   local tmp_src = ident.stage and (ident.stage .. "/tmp") or (dir .. "/tmp")
-  -- The holder tells LAUNCH (on fd 6) that its filesystem is complete, then sleeps.
+  -- The holder tells LAUNCH (on fd 6) that its filesystem is complete, then sleeps. It outlives
+  -- galley on purpose (an instance lives until terminated), but not its instance directory:
+  -- once that is deleted (the state directory removed by hand, an emulator's temporary state
+  -- gone with a killed emulator) the home it binds has no links left, and the holder exits,
+  -- which ends everything in its pid namespace.
   for _, a in ipairs({ "--bind", home_src, home_dir, "--bind", tmp_src, "/tmp", "--chdir", "/", "--",
-    "/bin/sh", "-c", "echo ready >&6; exec 6>&-; exec sleep infinity" }) do argv[#argv + 1] = a end
+    "/bin/sh", "-c", HOLDER, "galley-holder", home_dir }) do argv[#argv + 1] = a end
   local r, err = proc.run({ argv = argv, env = env, env_mode = "replace", timeout_ms = 60000, cwd = "/" })
   if not r then return nil, err end
   local pid = r.exit_code == 0 and math.tointeger(tonumber(r.stdout:match("(%d+)%s*$")))
@@ -1139,6 +1150,8 @@ function M.new(opts)
   -- EXEC_BACKSTOP_MS longer), on_stdout/on_stderr stream. Without eopts (file operations) the
   -- provider's exec_timeout_ms is a host-side limit.
   local function run_in(meta, argv, env, cwd, operation, eopts)
+    -- One trace record per command run in an instance (-vv), as the Morph client logs each request.
+    log.trace("exec", { instance = meta.id, operation = operation })
     local limit = eopts and (eopts.timeout_ms or opts.exec_timeout_ms)
     if limit then argv = common.time_limited(argv, limit) end
     local popts = process_options(meta, argv, env, cwd, operation)

@@ -336,5 +336,45 @@ describe("galley.oauth.claude #oauth", function()
       assert.is_truthy(err:find("AUTHENTICATION_ERROR", 1, true))
       assert.are.equal(before, fs.read(path))
     end)
+
+    it("--if-needed without --refresh does nothing while the credentials are valid", function()
+      local path = dir .. "/creds.json"
+      oauth.save_credentials(path, { access_token = "sk-ant-oat01-valid", refresh_token = "sk-ant-ort01-keep",
+        expires_at_ms = (os.time() + 3600) * 1000 })
+      local before = fs.read(path)
+      local code, out, err = run_recipe({ "--if-needed", "--token-urls", fake.url("ok"), "--output", path })
+      assert.are.equal(0, code, err)
+      assert.are.equal("", out) -- no sign-in URL: no login started
+      assert.are.equal(0, #fake.requests)
+      assert.are.equal(before, fs.read(path))
+      assert.truthy(err:find("nothing to do", 1, true), err)
+    end)
+
+    it("--if-needed without --refresh refreshes expiring credentials instead of logging in", function()
+      local path = dir .. "/creds.json"
+      local rt = fake.add_refresh_token()
+      oauth.save_credentials(path, { access_token = "sk-ant-oat01-old", refresh_token = rt,
+        expires_at_ms = (os.time() + 60) * 1000 })
+      local code, out, err = run_recipe({ "--if-needed", "--token-urls", fake.url("ok"), "--output", path })
+      assert.are.equal(0, code, err)
+      assert.are.equal("", out)
+      assert.are.equal(fake.issued[1].access_token, oauth.load_credentials(path).access_token)
+      assert.truthy(err:find("refreshing them (--if-needed)", 1, true), err)
+    end)
+
+    it("--if-needed without saved credentials says it starts a login before the URL", function()
+      local path = dir .. "/none.json"
+      local code, out, err = run_recipe({ "--if-needed", "--token-urls", fake.url("ok"), "--output", path },
+        function(stdout)
+          local url = stdout:match("^(%S+)")
+          fake.add_code("pasted-code", url:match("[?&]code_challenge=([^&]+)"))
+          return "pasted-code#" .. url:match("[?&]state=([^&]+)") .. "\n"
+        end)
+      assert.are.equal(0, code, err)
+      assert.truthy(out:match("^https://"), out)
+      local said = err:find("starting a login (--if-needed)", 1, true)
+      assert.truthy(said and said < err:find("Open this URL", 1, true), err)
+      assert.are.equal(fake.issued[1].access_token, oauth.load_credentials(path).access_token)
+    end)
   end)
 end)

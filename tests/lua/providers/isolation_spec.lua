@@ -140,11 +140,33 @@ describe("local instances cannot touch the host #isolation", function()
     assert.are.equal(0, r.exit_code, r.stderr)
     host("kill -9 " .. math.tointeger(before.pid) .. "; sleep 0.3")
     -- the next exec works, in new namespaces where the old processes are gone
-    r = p.exec(i.id, { kind = "argv", command = "sh", args = { "-c", "cat ~/kept; echo; ps -e -o comm= | grep -c sleep" } })
-    assert.are.equal(0, r.exit_code, r.stderr)
-    assert.are.equal("yes\n1\n", r.stdout) -- only the holder's own sleep
+    r = p.exec(i.id, { kind = "argv", command = "sh", args = { "-c", "cat ~/kept; echo; ps -e -o args= | grep -c '^sleep 600'" } })
+    assert.are.equal(1, r.exit_code, r.stderr) -- grep found nothing
+    assert.are.equal("yes\n0\n", r.stdout)
     assert.are_not.equal(before.pid, holder().pid)
     p.instances.terminate(i.id)
+  end)
+
+  it("ends an instance whose directory was deleted (no holder outlives its state)", function()
+    local lp = require("galley.providers.local")
+    local p = lp.new({ state_dir = dir .. "/state", log = require("galley.log").silent() })
+    local i = p.instances.boot()
+    local meta = cjson.decode(host('cat "$1/instances/$2/meta.json"', p.state_dir, i.id))
+    local pid = math.tointeger(meta.holder.pid)
+    local r = p.exec(i.id, { kind = "argv", command = "sh", args = { "-c", "setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $!" } })
+    assert.are.equal(0, r.exit_code, r.stderr)
+    local alive = 'kill -0 "$1" 2>/dev/null && echo yes || echo no'
+    assert.are.equal("yes\n", host(alive, pid))
+    host('rm -rf -- "$1/instances/$2"', p.state_dir, i.id)
+    local gone = false
+    for _ = 1, 150 do -- the holder looks every 5 s
+      if host(alive, pid) == "no\n" then gone = true break end
+      require("galley.core.runtime").sleep_ms(100)
+    end
+    assert.is_true(gone, host('ps -eo pid,ppid,stat,args --forest | grep -A3 "^ *$1 " | cut -c1-160', pid))
+    -- and with it everything in its pid namespace: no sleep 600 is left on the machine from it
+    assert.are.equal("", host('ps -e -o pid=,args= | grep "[s]leep 600" | while read -r p a; do '
+      .. 'grep -q "GALLEY_INSTANCE_ID=$2" "/proc/$p/environ" 2>/dev/null && echo "$p"; done; true', "x", i.id))
   end)
 
   it("as an unprivileged user", function()

@@ -1,0 +1,299 @@
+--- galley.providers.proxmox_ssh: the real OpenSSH client as the Proxmox provider's exec channel.
+--
+--   local ssh = proxmox_ssh.new{ dir = "/state/proxmox/run-ab12", ssh_command = {"ssh"} }
+--   local r = ssh:run({host = "10.0.0.5", user = "root", known_hosts = "ct-105"}, {"uname", "-a"})
+--   ssh:close()   -- ends the multiplexed connections (ssh -O exit); removes an owned dir
+--
+-- One private directory (mode 700) holds everything: the per-run ed25519 key (`ssh-keygen`, mode
+-- 600), a galley-managed known_hosts per target (a container's host key is accepted on first
+-- contact, `StrictHostKeyChecking=accept-new`; a pinned one, e.g. the node's, is written there
+-- first and checked strictly), and the ControlMaster sockets (one multiplexed connection per host,
+-- `ControlPersist`). Every ssh runs with `BatchMode=yes` (never a prompt), `-F /dev/null` (the
+-- user's ~/.ssh/config is not read) and `IdentitiesOnly=yes`; `ssh_command` (an argv prefix, like
+-- GIT_SSH_COMMAND) is the only seam: options given there come first and win.
+-- The remote command is ONE line, the argv quoted once with galley.core.shell.join (sshd runs it
+-- with the user's shell). ssh's own failures exit 255: that is a TRANSPORT error (never returned
+-- as the command's exit code), with the tail of ssh's stderr.
+local common = require("galley.providers.common")
+local errors = require("galley.errors")
+local fs = require("galley.core.fs")
+local proc = require("galley.core.proc")
+local runtime = require("galley.core.runtime")
+local shell = require("galley.core.shell")
+
+local M = {}
+
+M.CONTROL_PERSIST_S = 120
+M.CONNECT_TIMEOUT_S = 10
+-- sun_path is 108 bytes: the control socket's path must fit.
+local MAX_SOCKET_PATH = 100
+
+local SSH = {}
+SSH.__index = SSH
+
+
+local function transport(message, fields)
+  fields = fields or {}
+  fields.kind = "ProviderError"
+  fields.hint = fields.hint
+    or "check that the instance is running and answers SSH (galley retries a boot's first contact)"
+  return errors.new("TRANSPORT", message, fields)
+end
+M.transport_error = transport
+
+
+--- Splits an `ssh_command` option: an argv array, or a string split on blanks (no quoting).
+---@param v any
+---@return string[]
+function M.command_argv(v)
+  if v == nil then return { "ssh" } end
+  local out = {}
+  if type(v) == "string" then
+    for w in v:gmatch("%S+") do out[#out + 1] = w end
+  elseif type(v) == "table" then
+    for i, w in ipairs(v) do
+      if type(w) ~= "string" then
+        common.raise("VALIDATION_ERROR", ("ssh_command[%d] must be a string"):format(i), { field = "ssh_command" })
+      end
+      out[i] = w
+    end
+  end
+  if #out == 0 then
+    common.raise("VALIDATION_ERROR", "ssh_command must be a non-empty argv (or a string of words)",
+      { field = "ssh_command", hint = 'e.g. ssh_command = {"ssh", "-p", "2222"}' })
+  end
+  return out
+end
+
+
+--- Creates the channel. opts: dir (created mode 700 when missing; removed by close when `owned`),
+--- ssh_command, key_path (an existing private key instead of generating one).
+---@param opts {dir: string, owned?: boolean, ssh_command?: string|string[], key_path?: string}
+---@return table
+function M.new(opts)
+  local self = setmetatable({ dir = opts.dir, owned = opts.owned, cmd = M.command_argv(opts.ssh_command),
+    used = {}, key_path = opts.key_path }, SSH)
+  for _, d in ipairs({ self.dir, self.dir .. "/known_hosts.d" }) do
+    local ok, err = fs.mkdir_p(d, "700")
+    if not ok then error(errors.wrap(err, { operation = "ssh", resource = "file:" .. d }, "FILE_IO_ERROR"), 0) end
+  end
+  self.control_dir = self.dir
+  -- ssh binds "<ControlPath>.<16 random characters>" first, then renames it.
+  if #(self.dir .. "/cm-" .. ("x"):rep(40 + 17)) > MAX_SOCKET_PATH then
+    self.control_dir = assert(fs.mkdtemp("/tmp/galley-ssh-"))
+    self.own_control_dir = true
+  end
+  return self
+end
+
+
+--- The private key's path, generating the key on first use (ssh-keygen -t ed25519, mode 600).
+---@return string path
+function SSH:key()
+  if self.key_path then return self.key_path end
+  -- Parallel boots ask at once: one generates, the others wait for it.
+  while self.generating do
+    local ok, err = runtime.sleep_ms(20)
+    if not ok then error(err, 0) end
+  end
+  if self.key_path then return self.key_path end
+  self.generating = true
+  local ok, path = pcall(self._generate, self)
+  self.generating = false
+  if not ok then error(path, 0) end
+  self.key_path = path
+  return path
+end
+
+
+function SSH:_generate()
+  local path = self.dir .. "/id_ed25519"
+  if not fs.exists(path) then
+    local r, err = proc.run({ argv = { "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "galley",
+      "-f", path }, timeout_ms = 30000 })
+    if not r then error(errors.wrap(err, { operation = "ssh-keygen" }, "PROCESS_ERROR"), 0) end
+    if r.exit_code ~= 0 then
+      error(errors.new("PROCESS_ERROR", "ssh-keygen failed: " .. common.tail(r.stderr, 500),
+        { operation = "ssh-keygen", hint = "install openssh-client" }), 0)
+    end
+  end
+  local st = fs.stat(path)
+  if st and st.mode ~= tonumber("600", 8) then
+    error(errors.new("UNSAFE_PATH", ("%s has mode %o, not 600"):format(path, st.mode), { operation = "ssh" }), 0)
+  end
+  return path
+end
+
+
+--- The public key line ("ssh-ed25519 AAAA... galley").
+---@return string
+function SSH:public_key()
+  local pub = fs.read(self:key() .. ".pub")
+  if not pub then error(errors.new("FILE_IO_ERROR", "cannot read " .. self:key() .. ".pub"), 0) end
+  return (pub:gsub("%s+$", ""))
+end
+
+
+--- Pins a host key for target name `alias` (strict checking from then on).
+---@param alias string
+---@param host string
+---@param key string "ssh-ed25519 AAAA..."
+function SSH:pin(alias, host, key)
+  fs.write_atomic(self.dir .. "/known_hosts.d/" .. alias, ("%s %s\n"):format(host, key), { mode = "600" })
+  self.pinned = self.pinned or {}
+  self.pinned[alias] = true
+end
+
+
+--- Forgets a target's host key (a terminated container: its address may come back with another).
+---@param alias string
+function SSH:forget(alias)
+  os.remove(self.dir .. "/known_hosts.d/" .. alias)
+  if self.pinned then self.pinned[alias] = nil end
+end
+
+
+-- The ssh options for a target {host, user, port?, alias}.
+function SSH:options(t, tty)
+  local argv = {}
+  for _, w in ipairs(self.cmd) do argv[#argv + 1] = w end
+  local strict = (self.pinned and self.pinned[t.alias]) and "yes" or "accept-new"
+  for _, o in ipairs({
+    "-F", "/dev/null",
+    "-o", "BatchMode=yes",
+    "-o", "IdentitiesOnly=yes",
+    "-i", self:key(),
+    "-o", "UserKnownHostsFile=" .. self.dir .. "/known_hosts.d/" .. t.alias,
+    "-o", "GlobalKnownHostsFile=/dev/null",
+    "-o", "StrictHostKeyChecking=" .. strict,
+    "-o", "HostKeyAlias=" .. t.alias,
+    "-o", "ControlMaster=auto",
+    "-o", "ControlPath=" .. self.control_dir .. "/cm-%C",
+    "-o", "ControlPersist=" .. M.CONTROL_PERSIST_S,
+    "-o", "ConnectTimeout=" .. M.CONNECT_TIMEOUT_S,
+    "-o", "ServerAliveInterval=15",
+    "-o", "LogLevel=ERROR",
+  }) do argv[#argv + 1] = o end
+  if t.port then
+    argv[#argv + 1] = "-p"
+    argv[#argv + 1] = tostring(t.port)
+  end
+  argv[#argv + 1] = tty and "-tt" or "-T"
+  argv[#argv + 1] = "-l"
+  argv[#argv + 1] = t.user or "root"
+  argv[#argv + 1] = t.host
+  self.used[t.alias] = t
+  return argv
+end
+
+
+--- The full argv of `ssh ... HOST -- LINE` where LINE is the argv quoted once.
+---@param t {host: string, user?: string, port?: integer, alias: string}
+---@param argv string[]
+---@param tty? boolean
+---@return string[]
+function SSH:argv(t, argv, tty)
+  local out = self:options(t, tty)
+  out[#out + 1] = "--"
+  out[#out + 1] = shell.join(argv)
+  return out
+end
+
+
+--- Runs argv on the target. Returns {exit_code, stdout, stderr} (the remote command's) or nil,
+--- err: TRANSPORT (ssh exited 255), INTERRUPTED, TIMEOUT, PROCESS_ERROR (ssh did not start).
+---@param t table target
+---@param argv string[]
+---@param opts? {timeout_ms?: integer, stdin?: string, operation?: string}
+function SSH:run(t, argv, opts)
+  opts = opts or {}
+  local r, err = proc.run({ argv = self:argv(t, argv), timeout_ms = opts.timeout_ms, stdin = opts.stdin,
+    env = { SSH_AUTH_SOCK = "" } })
+  if not r then
+    return nil, errors.wrap(err, { operation = opts.operation or "exec", kind = "ProviderError" }, "PROCESS_ERROR")
+  end
+  if r.timed_out then
+    return nil, errors.new("TIMEOUT", ("ssh to %s: no answer within %d ms"):format(t.alias, opts.timeout_ms or 0),
+      { operation = opts.operation or "exec", kind = "ProviderError" })
+  end
+  if r.exit_code == 255 then
+    return nil, transport(("ssh to %s@%s (%s) failed: %s"):format(t.user or "root", t.host, t.alias,
+      common.tail(r.stderr, 600):gsub("%s+$", "")), { operation = opts.operation or "exec",
+      details = { stderr = common.tail(r.stderr, 2048) } })
+  end
+  if r.signal and not r.exit_code then r.exit_code = 128 + (tonumber(r.signal) or 0) end
+  return r
+end
+
+
+--- Runs argv on the target, handing output to on_stdout/on_stderr as it arrives (callbacks may
+--- yield). Returns what run returns.
+function SSH:stream(t, argv, on_stdout, on_stderr)
+  local pr, err = proc.spawn({ argv = self:argv(t, argv), stdin = "null", env = { SSH_AUTH_SOCK = "" } })
+  if not pr then return nil, errors.wrap(err, { operation = "exec", kind = "ProviderError" }, "PROCESS_ERROR") end
+  local out, errs = {}, {}
+  local code, signal
+  local ok, cerr = pcall(function()
+    while true do
+      local kind, a, b = pr:read()
+      if kind == "stdout" then
+        out[#out + 1] = a
+        if on_stdout then on_stdout(a) end
+      elseif kind == "stderr" then
+        errs[#errs + 1] = a
+        if on_stderr then on_stderr(a) end
+      elseif kind == "exit" then
+        code, signal = a, b
+        return
+      elseif kind == nil and a ~= nil then
+        error(a, 0)
+      end
+    end
+  end)
+  pr:close()
+  if not ok then return nil, errors.wrap(cerr, { operation = "exec", kind = "ProviderError" }, "INTERRUPTED") end
+  local stderr = table.concat(errs)
+  if code == 255 then
+    return nil, transport(("ssh to %s@%s (%s) failed: %s"):format(t.user or "root", t.host, t.alias,
+      (common.tail(stderr, 600):gsub("%s+$", ""))),
+      { operation = "exec", details = { stderr = common.tail(stderr, 2048) } })
+  end
+  if code == nil and signal then code = 128 + (tonumber(signal) or 0) end
+  return { exit_code = code, stdout = table.concat(out), stderr = stderr }
+end
+
+
+--- Starts argv on the target without waiting: a galley.core.proc Process of the local ssh.
+function SSH:spawn(t, argv, opts)
+  opts = opts or {}
+  return proc.spawn({ argv = self:argv(t, argv), stdin = opts.stdin or "null", env = { SSH_AUTH_SOCK = "" } })
+end
+
+
+--- Ends the multiplexed connection to target alias (ssh -O exit).
+function SSH:disconnect(alias)
+  local t = self.used[alias]
+  if not t then return end
+  self.used[alias] = nil
+  local argv = { table.unpack(self.cmd) }
+  for _, o in ipairs({ "-F", "/dev/null", "-o", "ControlPath=" .. self.control_dir .. "/cm-%C", "-o",
+    "HostKeyAlias=" .. t.alias, "-O", "exit", "-l", t.user or "root" }) do argv[#argv + 1] = o end
+  if t.port then
+    argv[#argv + 1] = "-p"
+    argv[#argv + 1] = tostring(t.port)
+  end
+  argv[#argv + 1] = t.host
+  proc.run({ argv = argv, timeout_ms = 5000 })
+end
+
+
+--- Ends every multiplexed connection; removes the directory when owned (the run's key with it).
+function SSH:close(keep_dir)
+  local aliases = {}
+  for a in pairs(self.used) do aliases[#aliases + 1] = a end
+  for _, a in ipairs(aliases) do self:disconnect(a) end
+  if self.own_control_dir then fs.remove_tree(self.control_dir) end
+  if self.owned and not keep_dir then fs.remove_tree(self.dir) end
+end
+
+return M

@@ -1,0 +1,227 @@
+-- The Proxmox provider on `galley emulate proxmox`: bad input refused before any request, the
+-- fault cells (each emulator fault during boot, exec and terminate: recovered or a coded error,
+-- no create sent twice, no container left), exec via the node (`pct exec` over the node's sshd),
+-- ticket auth, a privilege-separated token, and galley.ssh keys that the container's sshd honours.
+local fs = require("galley.core.fs")
+local gssh = require("galley.ssh")
+local proc = require("galley.core.proc")
+local spawn = require("galley.emulator.proxmox_spawn")
+
+local TEMPLATE = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
+
+local function raises(code, fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error")
+  assert.is_table(err, tostring(err))
+  assert.are.equal(code, err.code, tostring(err.message))
+  return err
+end
+
+describe("proxmox provider on galley emulate proxmox #proxmox #slow", function()
+  local em, state, p
+
+  local function provider(extra)
+    local o = { url = em.url, token_id = em.token_id, token_secret = em.token_secret, ssh_port = em.ssh_port,
+      state_dir = state, boot_timeout_ms = 60000, template = TEMPLATE, retry = { base_delay_ms = 20 } }
+    for k, v in pairs(extra or {}) do o[k] = v end
+    return require("galley.providers.proxmox").new(o)
+  end
+
+  local function log() return em.control("GET", "/log").data end
+
+  local function count(method, pattern)
+    local n = 0
+    for _, r in ipairs(log()) do
+      if r.method == method and r.path:match(pattern) then n = n + 1 end
+    end
+    return n
+  end
+
+  local function containers()
+    local n = 0
+    for _, c in ipairs(em.control("GET", "/state").containers or {}) do
+      if not c.template then n = n + 1 end
+    end
+    return n
+  end
+
+  setup(function()
+    em = spawn.start({ task_ms = 30 })
+    state = assert(fs.mkdtemp())
+    p = provider()
+  end)
+
+  teardown(function()
+    if p then
+      for _, i in ipairs(p.instances.list()) do pcall(p.instances.terminate, i.id) end
+      p.close()
+    end
+    if em then em.stop() end
+    if state then fs.remove_tree(state) end
+  end)
+
+  it("refuses invalid ids, nodes, storages and template volumes before any request #hardening", function()
+    em.control("DELETE", "/log")
+    for _, id in ipairs({ "99", "0101", "1000000000", "../x", "", "a b" }) do
+      assert.are.equal("instance_id", raises("VALIDATION_ERROR", p.instances.get, id).field)
+      raises("VALIDATION_ERROR", p.exec, id, { kind = "argv", command = "true" })
+      raises("VALIDATION_ERROR", p.instances.terminate, id)
+    end
+    for _, v in ipairs({ "local:vztmpl/../etc.tar.gz", "Local:vztmpl/x.tar.zst", "local:iso/x.iso", "x:y:z" }) do
+      assert.are.equal("snapshot_id", raises("VALIDATION_ERROR", p.instances.boot, v).field)
+    end
+    assert.are.equal("node", raises("VALIDATION_ERROR", provider, { node = "pve 1" }).field)
+    assert.are.equal("storage", raises("VALIDATION_ERROR", provider, { storage = "Local" }).field)
+    assert.are.equal("storage", raises("VALIDATION_ERROR", p.images.list, "a/b").field)
+    raises("NOT_FOUND", p.instances.get, "morphvm_nosuch00")
+    assert.are.equal(0, #log())
+    assert.are.equal(0, p.requests())
+  end)
+
+  it("recovers from each fault during boot, or fails with a code; no duplicate creates, nothing left #faults", function()
+    local cells = {
+      { fault = { method = "POST", path = "/nodes/*/lxc", action = "task_fail" }, want = "SERVER_ERROR" },
+      { fault = { method = "POST", path = "/nodes/*/lxc", action = "task_warn" } },
+      { fault = { method = "POST", path = "/nodes/*/lxc/*/status/start", action = "slow_task", delay_ms = 300 } },
+      { fault = { method = "POST", path = "/nodes/*/lxc/*/status/start", action = "lock_timeout", count = 2 } },
+      { fault = { method = "POST", path = "/nodes/*/lxc", action = "lose" } },
+      { fault = { method = "POST", path = "/nodes/*/lxc/*/status/start", action = "lose" } },
+      { fault = { method = "POST", path = "/nodes/*/lxc", action = "status", status = 503 }, want = "SERVER_ERROR" },
+      { fault = { method = "POST", path = "/nodes/*/lxc", action = "reset" }, want = "NETWORK_ERROR" },
+      { fault = { method = "GET", path = "/nodes/*/tasks/**", action = "status", status = 502, count = 3 } },
+      { fault = { method = "POST", path = "/nodes/*/lxc", action = "late_address", delay_ms = 600 } },
+      { fault = { method = "POST", path = "/nodes/*/lxc", action = "ssh_refuse", delay_ms = 600 } },
+      { fault = { method = "POST", path = "/nodes/*/lxc/*/status/start", action = "task_fail" }, want = "SERVER_ERROR" },
+    }
+    for i, cell in ipairs(cells) do
+      em.control("DELETE", "/faults")
+      em.control("DELETE", "/log")
+      em.control("POST", "/faults", cell.fault)
+      local ok, inst = pcall(p.instances.boot, TEMPLATE, { metadata = { cell = tostring(i) } })
+      local label = ("cell %d (%s %s)"):format(i, cell.fault.action, cell.fault.path)
+      if cell.want then
+        assert.is_false(ok, label .. ": expected " .. cell.want)
+        assert.are.equal(cell.want, inst.code, label .. ": " .. tostring(inst))
+      else
+        assert.is_true(ok, label .. ": " .. tostring(inst))
+        assert.are.equal("ready", inst.status, label)
+        assert.are.equal(0, p.exec(inst.id, { kind = "argv", command = "true" }).exit_code, label)
+        p.instances.terminate(inst.id)
+      end
+      assert.are.equal(1, count("POST", "^/nodes/[^/]+/lxc$"), label .. ": creates sent")
+      assert.are.equal(0, containers(), label .. ": containers left")
+    end
+    em.control("DELETE", "/faults")
+  end)
+
+  it("keeps the multiplexed connection, says TRANSPORT for a refused new one, retries or codes terminate faults #faults",
+    function()
+    local inst = p.instances.boot(TEMPLATE)
+    em.control("POST", "/sshd", { vmid = tonumber(inst.id), down_ms = 1500 })
+    -- the multiplexed connection outlives the listener: commands still run over it
+    assert.are.equal(0, p.exec(inst.id, { kind = "argv", command = "true" }).exit_code)
+    p.disconnect(inst.id)
+    local err = raises("TRANSPORT", p.exec, inst.id, { kind = "argv", command = "true" })
+    assert.are.equal("ct:" .. inst.id, err.resource)
+    local r
+    for _ = 1, 50 do
+      local ok, res = pcall(p.exec, inst.id, { kind = "argv", command = "echo", args = { "back" } })
+      if ok then r = res break end
+      require("galley.task").sleep(100)
+    end
+    assert.are.equal("back\n", r and r.stdout)
+    em.control("POST", "/faults", { method = "DELETE", path = "/nodes/*/lxc/*", action = "lock_timeout" })
+    em.control("POST", "/faults", { method = "POST", path = "/nodes/*/lxc/*/status/stop", action = "task_warn" })
+    p.instances.terminate(inst.id)
+    raises("NOT_FOUND", p.instances.get, inst.id)
+    inst = p.instances.boot(TEMPLATE)
+    em.control("POST", "/faults", { method = "DELETE", path = "/nodes/*/lxc/*", action = "task_fail" })
+    raises("SERVER_ERROR", p.instances.terminate, inst.id)
+    p.instances.terminate(inst.id) -- again: it works now
+    assert.are.equal(0, containers())
+    raises("NOT_FOUND", p.instances.terminate, inst.id)
+  end)
+
+  it("boots a template made by one run in the next run, whose key is a new one", function()
+    local run = require("galley.run")
+    local ctx = run.begin({ recipe = "pve-spec-a", record = false })
+    local pa = provider()
+    local src = pa.instances.boot(TEMPLATE)
+    local key = state .. "/proxmox/" .. ctx.id .. "/id_ed25519"
+    assert.are.equal(tonumber("600", 8), fs.stat(key).mode)
+    pa.files.write_file_atomic(src.id, "~/from-a.txt", "a")
+    local tmpl = pa.instances.snapshot(src.id)
+    pa.close()
+    run.finish() -- stops src, removes run a's key
+    assert.are.equal(0, containers())
+    assert.is_false(fs.exists(key))
+    run.begin({ recipe = "pve-spec-b", record = false })
+    local pb = provider()
+    local ok, err = pcall(function()
+      local clone = pb.instances.boot(tmpl.id)
+      assert.are.equal("a", pb.files.read_file(clone.id, "~/from-a.txt"))
+    end)
+    pb.close()
+    run.finish()
+    p.snapshots.delete(tmpl.id)
+    if not ok then error(err, 0) end
+    assert.are.equal(0, containers())
+  end)
+
+  it("runs commands through the node with exec_via = host (pct exec over the node's sshd)", function()
+    local key = state .. "/nodekey"
+    assert(proc.run({ argv = { "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key } }))
+    em.control("POST", "/node-keys", assert(fs.read(key .. ".pub")))
+    local inst = p.instances.boot(TEMPLATE)
+    local hp = provider({ exec_via = "host", ssh_command = { "ssh", "-i", key } })
+    local r = hp.exec(inst.id, { kind = "argv", command = "/bin/sh", args = { "-c", 'printf "%s|" "$@"; exit 4', "sh",
+      "it's", "$HOME", "a b" } })
+    assert.are.same({ 4, "it's|$HOME|a b|" }, { r.exit_code, r.stdout })
+    hp.files.write_file_atomic(inst.id, "~/via-host.txt", "node")
+    assert.are.equal("node", p.files.read_file(inst.id, "~/via-host.txt"))
+    hp.close()
+    p.instances.terminate(inst.id)
+  end)
+
+  it("authenticates with a ticket, and says PERMISSION_DENIED for a privilege-separated token", function()
+    local tp = provider({ token_id = false, token_secret = false, username = "root@pam", password = em.password })
+    assert.is_true(#tp.images.list() > 0)
+    tp.close()
+    local sp = provider({ token_id = em.privsep_token_id, token_secret = em.privsep_secret })
+    local err = raises("PERMISSION_DENIED", sp.instances.boot, TEMPLATE)
+    assert.matches("privsep", err.hint)
+    sp.close()
+    local bp = provider({ token_secret = "00000000-0000-4000-8000-000000000000" })
+    raises("AUTHENTICATION_ERROR", bp.images.list)
+    bp.close()
+    assert.are.equal(0, containers())
+  end)
+
+  it("authorizes keys with expiry that the container's sshd honours (galley.ssh)", function()
+    local inst = p.instances.boot(TEMPLATE)
+    local function key(name)
+      local path = state .. "/" .. name
+      assert(proc.run({ argv = { "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path } }))
+      return path, assert(fs.read(path .. ".pub"))
+    end
+    local old, old_pub = key("old")
+    local cur, cur_pub = key("cur")
+    gssh.authorize(p, inst.id, old_pub, { label = "old", expires_at = os.time() - 60 })
+    gssh.authorize(p, inst.id, cur_pub, { label = "cur", expires_at = os.time() + 600 })
+    local labels = {}
+    for _, k in ipairs(gssh.list(p, inst.id)) do labels[#labels + 1] = k.label or "?" end
+    table.sort(labels)
+    assert.are.same({ "cur", "galley", "old" }, labels) -- galley: the run's own key
+    local function login(path)
+      return assert(proc.run({ argv = { "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+        "-i", path, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        "-p", tostring(em.ssh_port), "root@" .. inst.address, "echo in" }, env = { SSH_AUTH_SOCK = "" },
+        timeout_ms = 30000 }))
+    end
+    assert.are.equal("in\n", login(cur).stdout)
+    assert.are.equal(255, login(old).exit_code)
+    assert.are.equal(1, gssh.revoke(p, inst.id, "cur"))
+    assert.are.equal(255, login(cur).exit_code)
+    p.instances.terminate(inst.id)
+  end)
+end)

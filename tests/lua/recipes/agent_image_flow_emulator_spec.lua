@@ -1,0 +1,3 @@
+-- agent-image then boot-and-run --image with small steps, on galley emulate
+-- (the spec itself: recipes/agent_image_flow.lua).
+require("recipes.agent_image_flow").define("emulator")
