@@ -2,6 +2,7 @@
 -- agent's output as it arrives, clean up.
 --
 --   galley run boot-and-run                                   # local sandbox + a small demo command
+--   galley run boot-and-run "Fix the tests"                   # the words after the options are the prompt
 --   galley run boot-and-run --prompt "Say hi"                 # morph + claude when MORPH_API_KEY is set
 --   galley run boot-and-run --agent command --command 'make test' --timeout 900
 --   galley run boot-and-run --json > events.jsonl             # machine-readable events on stdout
@@ -17,10 +18,12 @@
 -- duration the token, base64-encoded twice, is in the argv of processes on the VM
 -- (/proc/*/cmdline there); locally it is in the installer's environment only. The instance is
 -- terminated at the end unless --keep; the exit status is the session's (a session that fails
--- makes the recipe exit with its exit code, or 1 without one).
+-- makes the recipe exit with its exit code, or 1 without one). Every option is checked before
+-- anything boots: a bad one is a usage error (exit 2) with nothing booted.
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
 local orchestrator = require("galley.orchestrator")
+local contracts = require("galley.contracts")
 local credentials = require("galley.credentials")
 local errors = require("galley.errors")
 local json = require("galley.json")
@@ -36,7 +39,9 @@ local ONE_YEAR_MS = 365 * 24 * 3600 * 1000
 
 local opts = recipe.options({
   name = "boot-and-run",
-  summary = "Boot an instance, install credentials, run an agent session under PM2, follow its output, clean up.",
+  usage = "[options] [PROMPT...]",
+  summary = "Boot an instance, install credentials, run an agent session under PM2, follow its output, clean up.\n"
+    .. "PROMPT: the words after the options, joined by spaces (the same as --prompt).",
   options = {
     { "provider", choices = providers.names, help = "where to boot (default: morph with MORPH_API_KEY, else local)" },
     { "snapshot", metavar = "ID", env = "GALLEY_SNAPSHOT",
@@ -45,8 +50,9 @@ local opts = recipe.options({
     { "image", metavar = "ID|auto", help = "boot an agent image: an id from `galley run agent-image`, or auto: "
       .. "build (or find) the one for --agent on --snapshot" },
     { "agent", choices = { "claude", "command" }, help = "what runs (default: claude on morph, command on local)" },
-    { "prompt", metavar = "TEXT", default = DEFAULT_PROMPT,
-      help = "the prompt ($GALLEY_PROMPT for the command agent)" },
+    { "prompt", metavar = "TEXT",
+      help = "the prompt, also given as the words after the options ($GALLEY_PROMPT for the command agent; "
+        .. "default: " .. DEFAULT_PROMPT .. ")" },
     { "prompt-file", metavar = "PATH", help = "read the prompt from a local file instead" },
     { "system-prompt", metavar = "TEXT", help = "claude: text appended to the system prompt" },
     { "model", metavar = "NAME", default = "sonnet", help = "claude: model alias or name" },
@@ -164,23 +170,34 @@ if not snapshot and provider_name == "morph" then
   snapshot = (env and env ~= "") and env or MORPH_SNAPSHOT
 end
 
-if opts.image == "auto" then
-  if agent_name ~= "claude" then usage("--image auto builds an agent image: use it with --agent claude") end
-  local base = snapshot or provider.DEFAULT_SNAPSHOT
-  snapshot = recipe.step("find or build the claude image on " .. tostring(base), require("galley.images").agent_image,
-    provider, agent_name, base, { progress = true }).id
-elseif opts.image then
-  snapshot = opts.image
+if opts.image == "auto" and agent_name ~= "claude" then
+  usage("--image auto builds an agent image: use it with --agent claude")
 end
-
-local prompt = opts.prompt
+if #opts > 0 and (opts.prompt or opts.prompt_file) then
+  usage("give the prompt once: as words after the options, --prompt or --prompt-file")
+end
+if opts.prompt and opts.prompt_file then usage("--prompt and --prompt-file: give one of them") end
+local prompt = #opts > 0 and table.concat(opts, " ") or opts.prompt or DEFAULT_PROMPT
 if opts.prompt_file then
   local f, ferr = io.open(opts.prompt_file, "rb")
   if not f then usage("--prompt-file: " .. tostring(ferr)) end
-  prompt = f:read("a")
+  prompt = f:read("a") or ""
   f:close()
 end
 if prompt == "" then usage("the prompt is empty") end
+if opts.cwd then
+  -- The rules every CommandSpec's cwd follows: absolute or ~-prefixed, UTF-8, no NUL.
+  local ok_cwd, cwd_err = pcall(contracts.check_command, { kind = "shell", script = ":", cwd = opts.cwd })
+  if not ok_cwd then
+    local reason = tostring(type(cwd_err) == "table" and cwd_err.message or cwd_err):gsub("^command%.cwd: ", "")
+    local c = opts.cwd
+    if c:sub(1, 1) ~= "/" and c:sub(1, 1) ~= "~" then
+      reason = reason .. (" (write ~/%s for a directory in the instance's home)"):format(c)
+    end
+    usage("--cwd: " .. reason)
+  end
+end
+if opts.branch and not opts.repo then usage("--branch needs --repo") end
 
 -- ---------------------------------------------------------------------------------------------
 -- Claude credentials (never printed: lengths and expiry only)
@@ -289,7 +306,6 @@ timeout 5 bash -c ': <"/dev/tcp/$1/$2"' _ "$host" "$port" 2>/dev/null || exit 3
 local session = opts.session or (agent_name == "command" and "demo" or "session")
 local cwd = opts.cwd or (opts.repo and ("~/" .. (paths.expand(opts.repo):gsub("/+$", ""):match("[^/]+$") or "repo")))
 local workspace = require("galley.workspace")
-if opts.branch and not opts.repo then usage("--branch needs --repo") end
 local agent, input
 if agent_name == "command" then
   cwd = cwd or "~"
@@ -326,6 +342,22 @@ elseif secret and secret.kind == "api_key" then
     { path = "~/.claude.json", json = { hasCompletedOnboarding = true }, merge = "deep", mode = "600" },
   } }
 end
+-- Everything the session and the install will be given is checked now, before anything boots.
+local ok_spec, spec_err = pcall(agent.to_process_spec, input)
+if not ok_spec then usage(tostring(type(spec_err) == "table" and spec_err.message or spec_err)) end
+for i, prof in ipairs(profiles) do
+  local ok_prof, prof_err = pcall(credentials.check_profile, prof, ("profiles[%d]"):format(i))
+  if not ok_prof then usage(tostring(type(prof_err) == "table" and prof_err.message or prof_err)) end
+end
+
+if opts.image == "auto" then
+  local base = snapshot or provider.DEFAULT_SNAPSHOT
+  snapshot = recipe.step("find or build the claude image on " .. tostring(base), require("galley.images").agent_image,
+    provider, agent_name, base, { progress = true }).id
+elseif opts.image then
+  snapshot = opts.image
+end
+
 if secret then info("boot-and-run: Claude credentials from " .. secret_from) end
 if agent_name == "claude" and not secret then
   recipe.warn("boot-and-run: warning: no Claude credentials given (CLAUDE_ACCESS_TOKEN, --credentials); "

@@ -7,6 +7,10 @@
 -- CommandSpec, two forms (no other fields):
 --   argv:  {kind="argv", command=string, args?=string[], cwd?=path, env?={NAME=string}, name?=string}
 --   shell: {kind="shell", script=string, cwd?=path, env?={NAME=string}, name?=string}
+--   - a plain string is a shell command line, as in the Morph SDKs (`exec(id, "uname -a")`): it is
+--     normalized to {kind="argv", command="/bin/sh", args={"-c", line}} (M.SHELL_LINE), so every
+--     provider runs it with `sh -c`, and wherever a CommandSpec is accepted (provider exec and
+--     spawn, ProcessSpec.command, image steps, credentials post_install).
 --   - `cwd` and file paths are absolute or start with "~" (providers expand "~" to their home dir).
 --   - env names are shell identifiers; numbers as env values are turned into strings.
 --   - no string may contain a NUL byte (it cannot cross argv), and every string is valid UTF-8
@@ -43,6 +47,9 @@ M.MAX_ARG_BYTES = 128 * 1024
 --- Most bytes of all argv elements and `NAME=value` strings of a command together, NULs included
 -- (Linux ARG_MAX is a quarter of the 8 MiB stack limit).
 M.MAX_ARGV_ENV_BYTES = 2 * 1024 * 1024
+
+--- How a one-string command runs: `/bin/sh -c LINE`.
+M.SHELL_LINE = { "/bin/sh", "-c" }
 
 ---@class galley.CommandSpec
 ---@field kind "argv"|"shell"
@@ -203,7 +210,18 @@ local COMMAND_FIELDS = {
 }
 
 local function command(path, spec)
-  check_table(path, spec)
+  if type(spec) == "string" then
+    check_string(path, spec)
+    check_arg_size(path, #spec)
+    return { kind = "argv", command = M.SHELL_LINE[1], args = { M.SHELL_LINE[2], spec } }
+  end
+  if type(spec) ~= "table" then
+    errors.raise("VALIDATION_ERROR", ("%s: expected a CommandSpec table or a shell command string, got %s"):format(
+      path, describe(spec)), { field = path,
+      details = { path = path, expected = "table or string", got = describe(spec) },
+      hint = 'write "uname -a" (run by sh -c), {kind = "argv", command = "uname", args = {"-a"}} or '
+        .. '{kind = "shell", script = "..."}' }, 0)
+  end
   local kind = spec.kind
   if kind ~= "argv" and kind ~= "shell" then
     fail(join(path, "kind"), ('expected "argv" or "shell", got %s'):format(
@@ -306,7 +324,7 @@ end
 local PROCESS_FIELDS = { command = true, restart = true, instances = true, max_memory = true, logs = true,
   files = true, stdin = true }
 
---- Checks a CommandSpec.
+--- Checks a CommandSpec (a string is a shell line: `{kind="argv", command="/bin/sh", args={"-c", s}}`).
 ---@param spec any
 ---@param path? string field path prefix for messages (default "command")
 ---@return galley.CommandSpec normalized copy

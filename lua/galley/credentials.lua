@@ -45,12 +45,20 @@
 -- Errors: VALIDATION_ERROR (a bad profile; `field` names it), CREDENTIALS_ERROR (kind
 -- CredentialsError) for every install failure, with `resource = "file:<path>"` and
 -- `details = {path, profile, reason, step, written, cause?, exit_code?}`; INTERRUPTED passes through.
+-- A provider error keeps its class: it is `err.cause` (the provider's error itself: `err.cause.code`
+-- is SERVER_ERROR, NOT_FOUND, ...), and a transient one (errors.is_retryable: 429, 5xx, network,
+-- timeout) makes the CREDENTIALS_ERROR retryable too (`err.retryable`, `err.attempt`). Install
+-- steps are idempotent (atomic writes, merges of the same keys), so a transient failure (not a
+-- TIMEOUT: that is the exec's own limit passing) is retried first (`retry`: 3 attempts, backoff
+-- from 500 ms, honouring Retry-After); post-install commands are the profile's own and are not
+-- retried.
 local cjson = require("cjson").new()
 local codec = require("galley.core.codec")
 local contracts = require("galley.contracts")
 local errors = require("galley.errors")
 local logmod = require("galley.log")
 local secrets = require("galley.secrets")
+local task = require("galley.task")
 local util = require("galley.util")
 
 local M = {}
@@ -61,6 +69,9 @@ M.DEFAULT_ENV_CHUNK_BYTES = 100000
 --- Time limit of each exec the installer makes (the install program, post_install commands):
 --- a wedged instance fails the install (exec_failed, cause TIMEOUT) instead of hanging a run.
 M.DEFAULT_EXEC_TIMEOUT_MS = 120000
+
+--- How a transient failure of an install step (an exec, a large file's write) is retried.
+M.DEFAULT_RETRY = { max_attempts = 3, base_delay_ms = 500, max_delay_ms = 5000 }
 
 --- Room kept for the program and the shell around the payload when the provider sends each exec
 --- as one line of at most `capabilities.max_command_bytes` (Morph): payloads are sized to fit
@@ -504,7 +515,8 @@ function M.read_back_masked(provider, instance_id, path)
   if not ok then
     if errors.is(text, "INTERRUPTED") then error(text, 0) end
     error(errors.CredentialsError("CREDENTIALS_ERROR", ("cannot read %s back: %s"):format(path, tostring(text)), {
-      operation = "credentials.read_back", resource = "file:" .. path,
+      operation = "credentials.read_back", resource = "file:" .. path, cause = errors.is(text) and text or nil,
+      retryable = errors.is_retryable(text) or nil,
       details = { path = path, cause = { code = type(text) == "table" and text.code or nil } } }), 0)
   end
   local dok, decoded = pcall(cjson.decode, text)
@@ -589,6 +601,8 @@ end
 ---@field max_exec_bytes? integer payload per exec (default 768 KiB; less on a provider whose
 ---  capabilities.max_command_bytes bounds one exec line: that minus LINE_OVERHEAD_BYTES)
 ---@field env_chunk_bytes? integer bytes per environment variable (default 100 000)
+---@field retry? {max_attempts?: integer, base_delay_ms?: integer, max_delay_ms?: integer} transient
+---  failures of install steps (default M.DEFAULT_RETRY; max_attempts = 1: none)
 ---@field exec_timeout_ms? integer time limit of each exec (default M.DEFAULT_EXEC_TIMEOUT_MS, 120 s)
 
 ---@param opts galley.CredentialsOptions
@@ -608,6 +622,16 @@ function M.new(opts)
     max_exec = math.min(max_exec, line_bytes - M.LINE_OVERHEAD_BYTES)
   end
   local chunk = opts.env_chunk_bytes or M.DEFAULT_ENV_CHUNK_BYTES
+  local retry = opts.retry or {}
+  if type(retry) ~= "table" then bad("retry", "expected a table {max_attempts?, base_delay_ms?, max_delay_ms?}") end
+  for _, k in ipairs({ "max_attempts", "base_delay_ms", "max_delay_ms" }) do
+    if retry[k] ~= nil and not (math.type(retry[k]) == "integer" and retry[k] >= (k == "max_attempts" and 1 or 0)) then
+      bad("retry." .. k, "expected a non-negative integer (max_attempts: at least 1)")
+    end
+  end
+  local max_attempts = retry.max_attempts or M.DEFAULT_RETRY.max_attempts
+  local base_delay = retry.base_delay_ms or M.DEFAULT_RETRY.base_delay_ms
+  local max_delay = retry.max_delay_ms or M.DEFAULT_RETRY.max_delay_ms
   local limit = opts.exec_timeout_ms
   if limit ~= nil and (math.type(limit) ~= "integer" or limit < 1) then
     bad("exec_timeout_ms", "expected a positive integer")
@@ -684,7 +708,10 @@ function M.new(opts)
     details.profile = details.profile or (op and op.profile)
     error(errors.CredentialsError("CREDENTIALS_ERROR", message, {
       operation = "credentials.install", resource = details.path and ("file:" .. details.path) or nil,
-      details = details, hint = fields.hint }), 0)
+      details = details, hint = fields.hint or (fields.retryable and "a transient failure (see err.cause): "
+        .. "running the install again may succeed" or nil),
+      cause = fields.cause, retryable = fields.retryable, attempt = fields.attempt,
+      max_attempts = fields.max_attempts }), 0)
   end
 
   local function cause_of(err)
@@ -692,13 +719,41 @@ function M.new(opts)
       message = type(err) == "table" and err.message or tostring(err) }
   end
 
+  -- The fields that keep a provider error's class on the CREDENTIALS_ERROR wrapping it.
+  local function keep_class(err, attempt)
+    return { cause = errors.is(err) and err or nil, retryable = errors.is_retryable(err) or nil,
+      attempt = attempt, max_attempts = attempt and max_attempts or nil }
+  end
+
+  -- Calls an idempotent install step, again (after a backoff) while it fails with a transient
+  -- error. Returns true, result | false, err, attempts. INTERRUPTED passes through.
+  local function with_retries(what, fn, ...)
+    local attempt = 1
+    while true do
+      local ok, res = pcall(fn, ...)
+      if ok then return true, res end
+      if errors.is(res, "INTERRUPTED") then error(res, 0) end
+      -- A TIMEOUT is the exec's own time limit passing (the command was killed): not retried.
+      if attempt >= max_attempts or not errors.is_retryable(res) or res.code == "TIMEOUT" then
+        return false, res, attempt
+      end
+      local delay = math.min(max_delay, base_delay * (1 << (attempt - 1)))
+      local after = type(res) == "table" and tonumber(res.retry_after)
+      if after then delay = math.max(delay, math.floor(after * 1000)) end
+      log.warn("transient failure, retrying", { step = what, code = res.code, attempt = attempt,
+        max_attempts = max_attempts, delay_ms = delay })
+      task.sleep(delay)
+      attempt = attempt + 1
+    end
+  end
+
   local function run_exec(instance_id, step, written)
-    local ok, res = pcall(provider.exec, instance_id, step.spec, exec_opts)
+    local ok, res, attempts = with_retries("exec", provider.exec, instance_id, step.spec, exec_opts)
     local first = step.ops[1]
     if not ok then
-      if errors.is(res, "INTERRUPTED") then error(res, 0) end
-      fail(("installing credentials on %s failed: %s"):format(instance_id, tostring(res)), first, {
-        details = { step = "exec", reason = "exec_failed", cause = cause_of(res), written = written } })
+      local f = keep_class(res, attempts)
+      f.details = { step = "exec", reason = "exec_failed", cause = cause_of(res), written = written }
+      fail(("installing credentials on %s failed: %s"):format(instance_id, tostring(res)), first, f)
     end
     local rok, report = pcall(cjson.decode, res.stdout or "")
     if not rok or type(report) ~= "table" then report = nil end
@@ -733,12 +788,12 @@ function M.new(opts)
       fail(("%s is too large for one exec and the provider has no files API"):format(op.path), op,
         { details = { step = "write", reason = "too_large", written = written } })
     end
-    local ok, err = pcall(provider.files.write_file_atomic, instance_id, op.path, op.content,
-      { mode = op.mode or "644", create_dirs = true, owner = op.owner, group = op.group })
+    local ok, err, attempts = with_retries("write", provider.files.write_file_atomic, instance_id, op.path,
+      op.content, { mode = op.mode or "644", create_dirs = true, owner = op.owner, group = op.group })
     if not ok then
-      if errors.is(err, "INTERRUPTED") then error(err, 0) end
-      fail(("cannot install %s: %s"):format(op.path, tostring(err)), op,
-        { details = { step = "write", reason = "io", cause = cause_of(err), written = written } })
+      local f = keep_class(err, attempts)
+      f.details = { step = "write", reason = "io", cause = cause_of(err), written = written }
+      fail(("cannot install %s: %s"):format(op.path, tostring(err)), op, f)
     end
     written[#written + 1] = op.path
     log.info("credential file written", { profile = op.profile, path = op.path, bytes = #op.content,
@@ -746,12 +801,14 @@ function M.new(opts)
   end
 
   local function run_post(instance_id, step, written)
+    -- Not retried: the command is the profile's, and may not be safe to run twice.
     local ok, res = pcall(provider.exec, instance_id, step.spec, exec_opts)
     if not ok then
       if errors.is(res, "INTERRUPTED") then error(res, 0) end
-      fail(("post-install of profile %s failed: %s"):format(step.profile, tostring(res)), nil, {
-        details = { profile = step.profile, step = "post_install", reason = "exec_failed", cause = cause_of(res),
-          written = written } })
+      local f = keep_class(res)
+      f.details = { profile = step.profile, step = "post_install", reason = "exec_failed", cause = cause_of(res),
+        written = written }
+      fail(("post-install of profile %s failed: %s"):format(step.profile, tostring(res)), nil, f)
     end
     if res.exit_code ~= 0 then
       fail(("post-install of profile %s exited %d"):format(step.profile, res.exit_code), nil, {

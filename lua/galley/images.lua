@@ -82,8 +82,12 @@ end
 -- Normalises one step: {kind = "command"|"files"|"run", key, encoding, ...}.
 local function normalize(step, i)
   local field = ("steps[%d]"):format(i)
+  if type(step) == "string" then -- a shell line, run by sh -c (a RUN line)
+    local spec = contracts.check_command(step, field)
+    return { kind = "command", spec = spec, key = short(step), encoding = "command:" .. canonical(spec) }
+  end
   if type(step) ~= "table" then
-    bad(field, "expected a table (a CommandSpec, {files = ...} or {run = fn, key = ...})")
+    bad(field, "expected a shell command string or a table (a CommandSpec, {files = ...} or {run = fn, key = ...})")
   end
   if step.key ~= nil and (type(step.key) ~= "string" or step.key == "") then
     bad(field .. ".key", "expected a non-empty string")

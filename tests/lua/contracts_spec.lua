@@ -46,9 +46,18 @@ describe("galley.contracts #contracts", function()
       assert.are.same({ kind = "shell", script = "echo hi", cwd = "/tmp" }, spec)
     end)
 
+    it("takes a string as a shell line run by /bin/sh -c", function()
+      assert.are.same({ kind = "argv", command = "/bin/sh", args = { "-c", "uname -a | cut -c1-5" } },
+        contracts.check_command("uname -a | cut -c1-5"))
+      local spec = contracts.check_process({ command = "npm start", restart = "never" })
+      assert.are.same({ "-c", "npm start" }, spec.command.args)
+    end)
+
     it("names the offending field in each failure", function()
       local cases = {
-        { "command", "not a table" },
+        { "command", 42 },
+        { "command", "" },
+        { "command", "a\0b" },
         { "command.kind", { command = "ls" } },
         { "command.kind", { kind = "bash", script = "x" } },
         { "command.command", { kind = "argv" } },

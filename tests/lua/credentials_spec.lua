@@ -4,11 +4,13 @@
 local credentials = require("galley.credentials")
 local codec = require("galley.core.codec")
 local cjson = require("cjson")
+local errors = require("galley.errors")
 local log = require("galley.log")
 local proc = require("galley.core.proc")
 local cli = require("support.claude_cli")
 local fake_api = require("support.fake_anthropic")
 local support = require("support")
+local emulator = require("support.emulator")
 
 local shell_q = support.q
 local api_env = {}
@@ -375,12 +377,105 @@ describe("galley.credentials #credentials", function()
       assert.are.equal(4, err.details.exit_code)
     end)
 
-    it("wraps a provider failure with the path #failure", function()
+    it("wraps a provider failure with the path, keeping its class as err.cause #failure", function()
       local err = raised(installer.install, "localvm_doesnotexist",
         { name = "p", files = { { path = "~/x", content = "x" } } })
       assert.are.equal("CREDENTIALS_ERROR", err.code)
       assert.are.equal("NOT_FOUND", err.details.cause.code)
+      assert.are.equal("NOT_FOUND", err.cause.code)
       assert.are.equal("~/x", err.details.path)
+      assert.is_false(errors.is_retryable(err))
+      assert.are.equal(1, err.attempt) -- not transient: not retried
+    end)
+
+    -- A 503 cannot happen on the local provider: a FAKE transient failure, raised by a wrapper
+    -- around the real provider for the first `n` execs.
+    local function flaky(n)
+      local calls = 0
+      local wrapped = setmetatable({}, { __index = provider })
+      function wrapped.exec(...)
+        calls = calls + 1
+        if calls <= n then
+          error(errors.ProviderError("SERVER_ERROR", "FAKE 503 from the wrapper", { operation = "exec" }), 0)
+        end
+        return provider.exec(...)
+      end
+      return wrapped, function() return calls end
+    end
+
+    it("retries a transient provider failure before wrapping it #failure", function()
+      local p, calls = flaky(2)
+      local res = credentials.new({ provider = p, log = log.silent(), retry = { base_delay_ms = 1 } }).install(inst.id,
+        { name = "retried", files = { { path = "~/retried.txt", content = "after 503s" } } })
+      assert.are.equal(1, res.execs)
+      assert.are.equal(3, calls())
+      assert.are.equal("after 503s", provider.files.read_file(inst.id, "~/retried.txt"))
+      p, calls = flaky(5)
+      local err = raised(credentials.new({ provider = p, log = log.silent(), retry = { base_delay_ms = 1 } }).install,
+        inst.id, { name = "p", files = { { path = "~/gave-up.txt", content = "x" } } })
+      assert.are.equal("CREDENTIALS_ERROR", err.code)
+      assert.are.equal("SERVER_ERROR", err.cause.code)
+      assert.is_true(errors.is_retryable(err))
+      assert.are.same({ 3, 3 }, { err.attempt, calls() })
+    end)
+  end)
+  describe("on galley emulate with injected faults", function()
+    local em, provider, inst
+
+    setup(function()
+      em = emulator.start({ boot_delay_ms = 0 })
+      provider = require("galley.providers.morph").new({ api_key = em.api_key, base_url = em.base_url,
+        log = log.silent() })
+      inst = provider.instances.boot(emulator.SNAPSHOT, { ttl_seconds = 900 })
+    end)
+
+    teardown(function()
+      if provider then provider.close() end
+      if em then em:stop() end
+    end)
+
+    local function exec_statuses()
+      local out = {}
+      for _, r in ipairs(em:log()) do
+        if r.path:match("^/instance/[^/]+/exec$") then out[#out + 1] = r.status end
+      end
+      return out
+    end
+
+    it("retries an exec answered 503 and installs", function()
+      em:clear_log()
+      em:fault({ method = "POST", path = "/instance/*/exec", action = "status", status = 503, count = 1 })
+      local installer = credentials.new({ provider = provider, log = log.silent(), retry = { base_delay_ms = 10 } })
+      local res = installer.install(inst.id, { name = "p", files = { { path = "~/after-503.txt", content = "ok" } } })
+      assert.are.equal(1, res.execs)
+      assert.are.same({ 503, 200 }, exec_statuses())
+      assert.are.equal("ok", provider.files.read_file(inst.id, "~/after-503.txt"))
+    end)
+
+    it("keeps SERVER_ERROR reachable as err.cause when every attempt meets a 503 #failure", function()
+      em:clear_log()
+      em:fault({ method = "POST", path = "/instance/*/exec", action = "status", status = 503, count = 3 })
+      local installer = credentials.new({ provider = provider, log = log.silent(), retry = { base_delay_ms = 10 } })
+      local ok, err = pcall(installer.install, inst.id, { name = "p", files = { { path = "~/never.txt", content = "x" } } })
+      assert.is_false(ok)
+      assert.are.equal("CREDENTIALS_ERROR", err.code)
+      assert.are.equal("SERVER_ERROR", err.cause.code)
+      assert.are.equal("SERVER_ERROR", err.details.cause.code)
+      assert.is_true(errors.is_retryable(err))
+      assert.are.equal(3, err.attempt)
+      assert.are.same({ 503, 503, 503 }, exec_statuses())
+      assert.is_false(provider.files.file_exists(inst.id, "~/never.txt"))
+    end)
+
+    it("does not retry what is not transient (NOT_FOUND) #failure", function()
+      em:clear_log()
+      local installer = credentials.new({ provider = provider, log = log.silent(), retry = { base_delay_ms = 10 } })
+      local ok, err = pcall(installer.install, "morphvm_nosuch0000", { name = "p", files = { { path = "~/x", content = "x" } } })
+      assert.is_false(ok)
+      assert.are.equal("CREDENTIALS_ERROR", err.code)
+      assert.are.equal("NOT_FOUND", err.cause.code)
+      assert.is_false(errors.is_retryable(err))
+      assert.are.same({ 404 }, exec_statuses())
     end)
   end)
 end)

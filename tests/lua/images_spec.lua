@@ -118,6 +118,16 @@ local function suite(name, factory)
       assert.are_not.equal(a.build.steps[1].digest, b.build.steps[1].digest)
     end)
 
+    it("takes a shell line string as a step, run by sh -c", function()
+      local p = env.provider
+      local tag = codec.random_hex(4)
+      local snap = p.snapshots.build(env.base, { "echo $0 " .. tag .. " > ~/line.txt" })
+      assert.matches("^1/1 echo ", p.snapshots.get(snap.id).metadata.galley_step)
+      local inst = p.instances.boot(snap.id)
+      finally(function() p.instances.terminate(inst.id) end)
+      assert.are.equal("/bin/sh " .. tag .. "\n", cat(p, inst, "line.txt"))
+    end)
+
     it("a failing step raises IMAGE_STEP_FAILED naming it and leaves no instance and no snapshot", function()
       local p = env.provider
       local tag = codec.random_hex(4)

@@ -277,6 +277,86 @@ function M.check_account(v, field)
   return v
 end
 
+-- Exec options ---------------------------------------------------------------------------------
+-- `provider.exec(id, spec, opts)` takes the same options on every provider; a time limit is
+-- enforced inside the instance by timeout(1) (coreutils), so the command's process group is
+-- killed there whatever the transport: TERM at the limit, KILL EXEC_KILL_AFTER_S later.
+
+--- Seconds between the TERM and the KILL of a command over its time limit.
+M.EXEC_KILL_AFTER_S = 2
+
+--- How much longer than a time limit the provider itself waits for the exec's answer (a
+--- backstop for an instance or a service that never answers).
+M.EXEC_BACKSTOP_MS = 10000
+
+--- timeout(1)'s exit status when the time limit passed.
+M.TIMEOUT_EXIT = 124
+
+local EXEC_OPTIONS = { timeout_ms = true, on_stdout = true, on_stderr = true }
+
+--- Checks `provider.exec`'s options `{timeout_ms?, on_stdout?, on_stderr?}`; returns them (or {}).
+--- Raises VALIDATION_ERROR naming the option (`opts.<name>`) otherwise.
+---@param eopts any
+---@return {timeout_ms?: integer, on_stdout?: fun(s: string), on_stderr?: fun(s: string)}
+function M.check_exec_options(eopts)
+  if eopts == nil then return {} end
+  if type(eopts) ~= "table" then
+    M.raise("VALIDATION_ERROR", "exec options must be a table {timeout_ms?, on_stdout?, on_stderr?}",
+      { field = "opts", operation = "exec" })
+  end
+  for k in pairs(eopts) do
+    if not EXEC_OPTIONS[k] then
+      local name = type(k) == "string" and #k <= errors.QUOTE_MAX and k or errors.quote(tostring(k))
+      M.raise("VALIDATION_ERROR", ("exec options: unknown option %s"):format(name),
+        { field = "opts." .. name, operation = "exec", hint = "exec takes timeout_ms, on_stdout and on_stderr" })
+    end
+  end
+  local t = eopts.timeout_ms
+  if t ~= nil and not (math.type(t) == "integer" and t >= 1) then
+    M.raise("VALIDATION_ERROR", "exec options: timeout_ms must be a positive integer (milliseconds)",
+      { field = "opts.timeout_ms", operation = "exec" })
+  end
+  for _, k in ipairs({ "on_stdout", "on_stderr" }) do
+    if eopts[k] ~= nil and type(eopts[k]) ~= "function" then
+      M.raise("VALIDATION_ERROR", ("exec options: %s must be a function"):format(k),
+        { field = "opts." .. k, operation = "exec" })
+    end
+  end
+  return eopts
+end
+
+--- `argv` run under a time limit inside the instance: timeout(1) runs it in a process group of
+--- its own and signals that whole group at the limit (TERM, then KILL EXEC_KILL_AFTER_S later).
+---@param argv string[]
+---@param timeout_ms integer
+---@return string[]
+function M.time_limited(argv, timeout_ms)
+  local seconds = ("%d.%03d"):format(timeout_ms // 1000, timeout_ms % 1000)
+  local out = { "timeout", "-k", tostring(M.EXEC_KILL_AFTER_S), seconds }
+  for _, a in ipairs(argv) do out[#out + 1] = a end
+  return out
+end
+
+--- True when an exec run with `time_limited` hit its limit: timeout(1)'s status 124 after at
+--- least the limit (a command that exits 124 by itself earlier is a result).
+---@param result {exit_code: integer}
+---@param timeout_ms integer
+---@param elapsed_ms integer
+---@return boolean
+function M.hit_time_limit(result, timeout_ms, elapsed_ms)
+  return result.exit_code == M.TIMEOUT_EXIT and elapsed_ms >= timeout_ms
+end
+
+--- The TIMEOUT error of an exec over its time limit (the same on every provider).
+---@param instance_id string
+---@param timeout_ms integer
+---@return galley.Error
+function M.exec_timeout_error(instance_id, timeout_ms)
+  return M.error("TIMEOUT", ("the command in %s did not finish within %d ms and was killed"):format(instance_id,
+    timeout_ms), { operation = "exec", resource = "instance:" .. instance_id, details = { timeout_ms = timeout_ms },
+    hint = "raise timeout_ms, or start long commands with spawn or a process manager" })
+end
+
 --- The last `n` bytes of `s` (for stderr tails in error details).
 ---@param s string|nil
 ---@param n? integer default 2048

@@ -685,6 +685,8 @@ function M.new(opts)
       pause = true,
       snapshots = true,
       fork = true,
+      -- exec streams output to opts.on_stdout/on_stderr as it arrives
+      exec_stream = true,
       max_file_bytes = opts.size_limit or execfiles.DEFAULT_SIZE_LIMIT,
     },
     instances = {},
@@ -1096,16 +1098,75 @@ function M.new(opts)
     return { argv = cmd, env = full_env, env_mode = "replace", cwd = sandbox and "/" or nil }
   end
 
-  local function run_in(meta, argv, env, cwd, operation, timeout_ms)
+  local function could_not_run(meta, err, operation)
+    if errors.is(err, "INTERRUPTED") then error(err, 0) end
+    common.raise("PROCESS_ERROR", ("could not run a command in %s: %s"):format(meta.id, tostring(err)),
+      { operation = operation, resource = "instance:" .. meta.id, cause = err })
+  end
+
+  -- Runs popts (process_options) reading its output as it arrives: each piece goes to
+  -- on_stdout/on_stderr, and is kept (up to max_output per stream). nil when `wait_ms` passed first.
+  local function run_streaming(meta, popts, wait_ms, max_output, eopts, operation)
+    popts.stdin = "null"
+    local h, err = proc.spawn(popts)
+    if not h then could_not_run(meta, err, operation) end
+    local kept = { stdout = {}, stderr = {} }
+    local sizes = { stdout = 0, stderr = 0 }
+    local truncated = false
+    local deadline = wait_ms and runtime.now_ms() + wait_ms
+    local ok, res = pcall(function()
+      while true do
+        local kind, a = h:read(deadline and math.max(0, deadline - runtime.now_ms()) or nil)
+        if kind == "stdout" or kind == "stderr" then
+          local fn = kind == "stdout" and eopts.on_stdout or eopts.on_stderr
+          if fn then fn(a) end
+          if max_output and sizes[kind] + #a > max_output then
+            a, truncated = a:sub(1, max_output - sizes[kind]), true
+          end
+          kept[kind][#kept[kind] + 1] = a
+          sizes[kind] = sizes[kind] + #a
+        elseif kind == "exit" then
+          return { exit_code = a, stdout = table.concat(kept.stdout), stderr = table.concat(kept.stderr),
+            truncated = truncated }
+        elseif a ~= nil then
+          error(a, 0) -- interrupted (or closed)
+        else
+          return nil -- the wait passed
+        end
+      end
+    end)
+    h:close() -- kills the process group unless it finished
+    if not ok then
+      if errors.is(res, "INTERRUPTED") or not errors.is(res) or not tostring(res.code):match("^PROC_") then
+        error(res, 0) -- INTERRUPTED, or what a callback raised, passes through
+      end
+      could_not_run(meta, res, operation)
+    end
+    return res or { timed_out = true }
+  end
+
+  -- Runs argv in the instance: {stdout, stderr, exit_code, truncated?}. eopts (exec's options):
+  -- timeout_ms is enforced inside the instance (common.time_limited; the host waits
+  -- EXEC_BACKSTOP_MS longer), on_stdout/on_stderr stream. Without eopts (file operations) the
+  -- provider's exec_timeout_ms is a host-side limit.
+  local function run_in(meta, argv, env, cwd, operation, eopts)
     -- One trace record per command run in an instance (-vv), as the Morph client logs each request.
     log.trace("exec", { instance = meta.id, operation = operation })
+    local limit = eopts and (eopts.timeout_ms or opts.exec_timeout_ms)
+    if limit then argv = common.time_limited(argv, limit) end
     local popts = process_options(meta, argv, env, cwd, operation)
-    popts.timeout_ms, popts.max_output = timeout_ms or opts.exec_timeout_ms, opts.max_output
-    local r, err = proc.run(popts)
-    if not r then
-      if errors.is(err, "INTERRUPTED") then error(err, 0) end
-      common.raise("PROCESS_ERROR", ("could not run a command in %s: %s"):format(meta.id, tostring(err)),
-        { operation = operation, resource = "instance:" .. meta.id, cause = err })
+    local wait_ms = limit and (limit + common.EXEC_BACKSTOP_MS) or opts.exec_timeout_ms
+    local t0 = runtime.now_ms()
+    local r, err
+    if eopts and (eopts.on_stdout or eopts.on_stderr) then
+      r = run_streaming(meta, popts, wait_ms, opts.max_output, eopts, operation)
+    else
+      popts.timeout_ms, popts.max_output = wait_ms, opts.max_output
+      r, err = proc.run(popts)
+      if not r then could_not_run(meta, err, operation) end
+    end
+    if limit and (r.timed_out or common.hit_time_limit(r, limit, runtime.now_ms() - t0)) then
+      error(common.exec_timeout_error(meta.id, limit), 0)
     end
     if r.timed_out then
       common.raise("TIMEOUT", ("command in %s timed out"):format(meta.id),
@@ -1143,26 +1204,20 @@ function M.new(opts)
 
   --- Runs a CommandSpec in an instance. Non-zero exits are results.
   ---@param instance_id string
-  ---@param spec galley.CommandSpec
-  ---@param eopts? {timeout_ms?: integer} this exec's time limit (default: the provider's exec_timeout_ms)
+  ---@param spec galley.CommandSpec|string a string is a shell line (sh -c)
+  ---@param eopts? {timeout_ms?: integer, on_stdout?: fun(s: string), on_stderr?: fun(s: string)}
   ---@return {stdout: string, stderr: string, exit_code: integer}
-  ---@raise NOT_FOUND | VALIDATION_ERROR | CONFLICT (paused) | PROCESS_ERROR | TIMEOUT
+  ---@raise NOT_FOUND | VALIDATION_ERROR | CONFLICT (paused) | PROCESS_ERROR | TIMEOUT (the command ran past
+  --- timeout_ms and was killed)
   function provider.exec(instance_id, spec, eopts)
     expire()
     local meta = must_instance(instance_id, "exec")
     spec = contracts.check_command(spec)
-    if eopts ~= nil and type(eopts) ~= "table" then
-      common.raise("VALIDATION_ERROR", "exec options must be a table", { field = "exec options", operation = "exec" })
-    end
-    local timeout_ms = eopts and eopts.timeout_ms
-    if timeout_ms ~= nil and (math.type(timeout_ms) ~= "integer" or timeout_ms < 1) then
-      common.raise("VALIDATION_ERROR", "timeout_ms must be a positive integer", { field = "timeout_ms",
-        operation = "exec" })
-    end
+    eopts = common.check_exec_options(eopts)
     if spec.kind == "argv" then
       local argv = { spec.command }
       for _, a in ipairs(spec.args) do argv[#argv + 1] = a end
-      return run_in(meta, argv, spec.env, spec.cwd, "exec", timeout_ms)
+      return run_in(meta, argv, spec.env, spec.cwd, "exec", eopts)
     end
     -- Shell form: a temporary script in the instance's /tmp, run as `/bin/bash <path>`.
     local name = ".galley-script-" .. codec.random_hex(8) .. ".sh"
@@ -1176,7 +1231,7 @@ function M.new(opts)
       tool({ "chown", ident.uid .. ":" .. ident.gid, host_path }, "chown the script")
     end
     local script_path = sandbox and ("/tmp/" .. name) or host_path
-    local rok, res = pcall(run_in, meta, { "/bin/bash", script_path }, spec.env, spec.cwd, "exec", timeout_ms)
+    local rok, res = pcall(run_in, meta, { "/bin/bash", script_path }, spec.env, spec.cwd, "exec", eopts)
     os.remove(host_path)
     if not rok then error(res, 0) end
     return res
@@ -1194,7 +1249,7 @@ function M.new(opts)
     expire()
     local meta = must_instance(instance_id, "spawn")
     local argv, env, cwd = command, nil, nil
-    if type(command) == "table" and command.kind ~= nil then
+    if type(command) == "string" or (type(command) == "table" and command.kind ~= nil) then
       local spec = contracts.check_command(command)
       if spec.kind ~= "argv" then
         common.raise("VALIDATION_ERROR", "spawn takes the argv form (or a plain argv array)",

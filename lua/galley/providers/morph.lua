@@ -482,30 +482,45 @@ function M.new(opts)
   ---@param spec galley.CommandSpec
   ---@param eopts? {timeout_ms?: integer, on_stdout?: fun(s: string), on_stderr?: fun(s: string)}
   ---@return {stdout: string, stderr: string, exit_code: integer}
-  ---@raise VALIDATION_ERROR (bad spec, before any request) | NOT_FOUND | CONFLICT (not ready) | TIMEOUT | ...
+  ---@raise VALIDATION_ERROR (bad spec or option, before any request) | NOT_FOUND | CONFLICT (not ready) | TIMEOUT
+  --- (the command ran past timeout_ms and was killed) | ...
   function provider.exec(instance_id, spec, eopts)
     check_id(instance_id, "instance_id")
     spec = contracts.check_command(spec)
-    eopts = check_table(eopts, "exec options")
+    eopts = common.check_exec_options(eopts)
     local ok, plan = pcall(shell.plan, spec, { home = home_fixed or nil })
     if not ok then
       error(errors.wrap(plan, { operation = "exec", kind = "ProviderError" }, "VALIDATION_ERROR"), 0)
     end
+    -- A time limit runs inside the instance (timeout(1) kills the command's process group there);
+    -- the request itself waits a little longer, in case the service never answers.
+    local limit = eopts.timeout_ms or exec_timeout_ms
+    local function limited(argv) return limit and common.time_limited(argv, limit) or argv end
+    local req = { timeout_ms = limit and (limit + common.EXEC_BACKSTOP_MS), on_stdout = eopts.on_stdout,
+      on_stderr = eopts.on_stderr }
+    local function run_limited(argv)
+      local t0 = runtime.now_ms()
+      local r = exec_argv(instance_id, limited(argv), req)
+      if limit and common.hit_time_limit(r, limit, runtime.now_ms() - t0) then
+        error(common.exec_timeout_error(instance_id, limit), 0)
+      end
+      return r
+    end
     local script = plan.script
     if plan.argv then
-      if not one_line or #shell.join(plan.argv) <= max_command then return exec_argv(instance_id, plan.argv, eopts) end
+      if not one_line or #shell.join(limited(plan.argv)) <= max_command then return run_limited(plan.argv) end
       script = "exec -- " .. shell.join(plan.argv) .. "\n" -- too long for one line: run from a file
     end
     local path = "/tmp/.galley-script-" .. codec.random_hex(8) .. ".sh"
     local argv = { "/bin/sh", "-c", RUNNER, "galley-script", path, "1" }
     for i = 1, #script, SCRIPT_PIECE_BYTES do argv[#argv + 1] = script:sub(i, i + SCRIPT_PIECE_BYTES - 1) end
     local fits
-    if one_line then fits = #shell.join(argv) <= max_command else fits = #script <= M.INLINE_SCRIPT_BYTES end
+    if one_line then fits = #shell.join(limited(argv)) <= max_command else fits = #script <= M.INLINE_SCRIPT_BYTES end
     if not fits then
       provider.files.write_file_atomic(instance_id, path, script, { mode = "600" })
       argv = { "/bin/sh", "-c", RUNNER, "galley-script", path, "0" }
     end
-    local r = exec_argv(instance_id, argv, eopts)
+    local r = run_limited(argv)
     log.trace("exec", { instance = instance_id, kind = spec.kind, exit_code = r.exit_code, stderr_bytes = #r.stderr })
     return r
   end
@@ -520,7 +535,7 @@ function M.new(opts)
   function provider.spawn(instance_id, command)
     check_id(instance_id, "instance_id")
     local argv = command
-    if type(command) == "table" and command.kind ~= nil then
+    if type(command) == "string" or (type(command) == "table" and command.kind ~= nil) then
       local spec = contracts.check_command(command)
       if spec.kind ~= "argv" or spec.cwd or spec.env then
         fail("VALIDATION_ERROR", "spawn takes the argv form without cwd/env (or a plain argv array)",

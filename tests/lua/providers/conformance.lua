@@ -13,6 +13,7 @@
 local busted = require("busted")
 local assert = require("luassert")
 local codec = require("galley.core.codec")
+local runtime = require("galley.core.runtime")
 
 local describe, it, setup, teardown = busted.describe, busted.it, busted.setup, busted.teardown
 
@@ -234,6 +235,80 @@ function M.run(label, factory)
         assert.are.equal(table.concat(args, "<END>") .. "<END>", r.stdout)
       end)
 
+      it("runs a one-string command as a shell line (sh -c), as the Morph SDKs do", function()
+        local r = run("echo \"$0\" a b | tr a-z A-Z; echo err >&2; exit 3")
+        assert.are.same({ 3, "/BIN/SH A B\n", "err\n" }, { r.exit_code, r.stdout, r.stderr })
+        r = p.exec(inst.id, "printf '%s' \"$HOME\"", { timeout_ms = 20000 })
+        assert.are.same({ 0, home }, { r.exit_code, r.stdout })
+      end)
+
+      it("gives the same exit codes for signals, missing and non-executable programs, and no stdin", function()
+        assert.are.equal(137, run(sh("kill -9 $$")).exit_code)
+        assert.are.equal(143, run(sh("kill -TERM $$")).exit_code)
+        assert.are.equal(255, run(sh("exit 255")).exit_code)
+        assert.are.equal(127, run({ kind = "argv", command = "galley-no-such-program" }).exit_code)
+        assert.are.equal(126, run({ kind = "argv", command = "/etc/passwd" }).exit_code)
+        assert.are.equal(127, run({ kind = "argv", command = "true", cwd = "/etc/passwd" }).exit_code)
+        -- stdin is empty (no provider has one for exec): cat ends at once
+        assert.are.same({ 0, "" }, { run(sh("cat")).exit_code, run(sh("cat")).stdout })
+        local r = run({ kind = "argv", command = "/bin/sh", args = { "-c", 'printf "[%s]" "${EMPTY-unset}"' },
+          env = { EMPTY = "" } })
+        assert.are.equal("[]", r.stdout)
+      end)
+
+      -- True once `pid_file`'s process is gone (polled: a killed process may take a moment).
+      local function gone(pid_file)
+        local deadline = runtime.now_ms() + 15000
+        repeat
+          if run(sh('kill -0 "$(cat "$1")" 2>/dev/null', pid_file)).exit_code ~= 0 then return true end
+          runtime.sleep_ms(100)
+        until runtime.now_ms() > deadline
+        return false
+      end
+
+      it("kills a command over timeout_ms, its process group included, and raises TIMEOUT", function()
+        for _, form in ipairs({ "argv", "shell", "string", "stream" }) do
+          local pid_file = "/tmp/conformance-" .. form .. ".pid"
+          local script = 'sleep 30 & echo $! > ' .. pid_file .. '; sleep 30; echo "not killed"'
+          local spec = (form == "shell" and { kind = "shell", script = script }) or (form == "string" and script)
+            or sh(script)
+          local eopts = { timeout_ms = 500 }
+          local seen = {}
+          if form == "stream" then eopts.on_stdout = function(s) seen[#seen + 1] = s end end
+          local t0 = runtime.now_ms()
+          local err = M.raises_code("TIMEOUT", p.exec, inst.id, spec, eopts)
+          local elapsed = runtime.now_ms() - t0
+          assert.is_true(elapsed >= 450, form .. ": returned after " .. elapsed .. " ms")
+          assert.is_true(elapsed < 10000, form .. ": returned after " .. elapsed .. " ms")
+          assert.are.equal(500, err.details.timeout_ms)
+          assert.are.equal("instance:" .. inst.id, err.resource)
+          assert.are.same({}, seen)
+          assert.is_true(gone(pid_file), form .. ": the background sleep is still running")
+        end
+      end)
+
+      it("returns what ends within timeout_ms as a result, exit 124 included", function()
+        local r = p.exec(inst.id, sh("echo in time"), { timeout_ms = 20000 })
+        assert.are.same({ 0, "in time\n" }, { r.exit_code, r.stdout })
+        r = p.exec(inst.id, sh("echo own; exit 124"), { timeout_ms = 20000 })
+        assert.are.same({ 124, "own\n" }, { r.exit_code, r.stdout })
+        r = p.exec(inst.id, { kind = "shell", script = "echo shell; exit 5", env = { A = "1" } }, { timeout_ms = 20000 })
+        assert.are.same({ 5, "shell\n" }, { r.exit_code, r.stdout })
+      end)
+
+      it("streams output to on_stdout and on_stderr, and returns all of it", function()
+        local outs, errs = {}, {}
+        local r = p.exec(inst.id, sh("echo one; echo e1 >&2; sleep 0.2; echo two; echo e2 >&2; exit 2"), {
+          on_stdout = function(s) outs[#outs + 1] = s end, on_stderr = function(s) errs[#errs + 1] = s end })
+        assert.are.same({ 2, "one\ntwo\n", "e1\ne2\n" }, { r.exit_code, r.stdout, r.stderr })
+        assert.are.equal(r.stdout, table.concat(outs))
+        assert.are.equal(r.stderr, table.concat(errs))
+        outs = {}
+        r = p.exec(inst.id, { kind = "shell", script = "echo shell", cwd = "/tmp" },
+          { on_stdout = function(s) outs[#outs + 1] = s end, timeout_ms = 20000 })
+        assert.are.same({ 0, "shell\n", "shell\n" }, { r.exit_code, r.stdout, table.concat(outs) })
+      end)
+
       it("runs the shell form as a bash script with env and cwd", function()
         local r = run({ kind = "shell", cwd = "/tmp", env = { NAME = "a \"quoted\" `value`" },
           script = 'set -e\nx=$((6 * 7))\nprintf "%s %s %s\\n" "$x" "$NAME" "$(pwd)"\n'
@@ -410,6 +485,13 @@ function M.run(label, factory)
         M.raises_code("VALIDATION_ERROR", p.exec, inst.id, { kind = "argv" })
         M.raises_code("VALIDATION_ERROR", p.exec, inst.id, { kind = "argv", command = "ls", args = { 1, {} } })
         M.raises_code("VALIDATION_ERROR", p.exec, inst.id, { kind = "shell", script = "true", cwd = "relative" })
+        M.raises_code("VALIDATION_ERROR", p.exec, inst.id, 42)
+        M.raises_code("VALIDATION_ERROR", p.exec, inst.id, "")
+        for _, bad in ipairs({ { timeout_ms = 0 }, { timeout_ms = "500" }, { timeout_ms = 1.5 }, { on_stdout = "x" },
+          { timeout = 500 }, "500" }) do
+          local err = M.raises_code("VALIDATION_ERROR", p.exec, inst.id, sh("true"), bad)
+          assert.matches("^opts", err.field)
+        end
         M.raises_code("VALIDATION_ERROR", p.files.read_file, inst.id, "relative/path")
         M.raises_code("VALIDATION_ERROR", p.files.write_file_atomic, inst.id, "/tmp/x", "x", { mode = 600 })
         M.raises_code("VALIDATION_ERROR", p.files.write_file_atomic, inst.id, "/tmp/x", 42)

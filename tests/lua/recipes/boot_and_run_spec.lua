@@ -69,6 +69,26 @@ describe("recipe boot-and-run #recipes", function()
     assert.are.same({}, fs.list(state .. "/instances") or {})
   end)
 
+  it("refuses a relative --cwd and two prompts as usage errors, booting nothing", function()
+    for _, args in ipairs({ { "--cwd", "work" }, { "--prompt", "one", "two" }, { "--session", "!!!" } }) do
+      local code, _, err = galley({ "run", "boot-and-run", table.unpack(args) })
+      assert.are.equal(2, code, err)
+      assert.truthy(err:find("RECIPE_USAGE", 1, true), err)
+      assert.are.same({}, fs.list(state .. "/instances") or {})
+    end
+    local code, out = galley({ "--json", "gc", "--dry-run", "--provider", "local" })
+    assert.are.equal(0, code)
+    assert.are.same({}, cjson.decode(out))
+  end)
+
+  it("takes the words after the options as the prompt", function()
+    local code, out, err = galley({ "run", "boot-and-run", "--command", 'printf "[%s]\\n" "$GALLEY_PROMPT"',
+      "--poll-ms", "200", "Fix", "the tests" })
+    assert.are.equal(0, code, err)
+    assert.truthy(out:find("[Fix the tests]\n", 1, true), out)
+    assert_nothing_left(err)
+  end)
+
   it("runs the demo on the local provider with no options and cleans up", function()
     local code, out, err = galley({ "run", "boot-and-run" })
     assert.are.equal(0, code, err)
@@ -269,6 +289,24 @@ exit $rc
       assert.truthy(out:find("token in instance environments: no\n", 1, true), out)
       assert.truthy(out:find("token in pm2 jlist: no\n", 1, true), out)
       assert.falsy((out .. err):find(key, 1, true))
+    end)
+
+    it("refuses a relative --cwd before booting anything (exit 2, no instance)", function()
+      local before = #(em:state().instances or {})
+      local code, _, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot", emulator.SNAPSHOT,
+        "--cwd", "work", "--no-credentials" }, { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key })
+      assert.are.equal(2, code, err)
+      assert.truthy(err:find("RECIPE_USAGE", 1, true), err)
+      assert.truthy(err:find("--cwd", 1, true), err)
+      assert.are.equal(before, #(em:state().instances or {}))
+    end)
+
+    it("takes the words after the options as the prompt", function()
+      local code, out, err = galley({ "run", "boot-and-run", "--provider", "morph", "--snapshot", emulator.SNAPSHOT,
+        "--agent", "command", "--command", 'printf "[%s]\\n" "$GALLEY_PROMPT"', "--poll-ms", "200", "Fix the tests" },
+        { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key })
+      assert.are.equal(0, code, err)
+      assert.truthy(out:find("[Fix the tests]\n", 1, true), out)
     end)
 
     it("exits with claude's exit code (127) when claude fails, and deletes the instance", function()
