@@ -285,6 +285,7 @@ function M.new(opts)
   local snapshot_timeout_ms = check_count(opts.snapshot_timeout_ms, "snapshot_timeout_ms", 0)
     or M.DEFAULT_SNAPSHOT_TIMEOUT_MS
   local exec_timeout_ms = check_count(opts.exec_timeout_ms, "exec_timeout_ms", 1)
+  local exec_backstop_ms = check_count(opts.exec_backstop_ms, "exec_backstop_ms", 0) or common.EXEC_BACKSTOP_MS
   local exec_form = opts.exec_form or "string"
   if not M.EXEC_FORMS[exec_form] then
     fail("VALIDATION_ERROR", 'exec_form must be "string" or "argv"', { field = "exec_form",
@@ -496,7 +497,7 @@ function M.new(opts)
     -- the request itself waits a little longer, in case the service never answers.
     local limit = eopts.timeout_ms or exec_timeout_ms
     local function limited(argv) return limit and common.time_limited(argv, limit) or argv end
-    local req = { timeout_ms = limit and (limit + common.EXEC_BACKSTOP_MS), on_stdout = eopts.on_stdout,
+    local req = { timeout_ms = limit and (limit + exec_backstop_ms), on_stdout = eopts.on_stdout,
       on_stderr = eopts.on_stderr }
     local function run_limited(argv)
       local t0 = runtime.now_ms()

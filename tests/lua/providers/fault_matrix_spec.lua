@@ -59,6 +59,8 @@ describe("the Morph fault matrix on galley emulate #slow #emulator", function()
     p = require("galley.providers.morph").new({
       api_key = em.api_key, base_url = em.base_url,
       timeout_ms = TIMEOUT_MS, exec_timeout_ms = TIMEOUT_MS, boot_timeout_ms = 30000,
+      -- an exec's answer is waited for its command's limit plus this: the delay cell passes both
+      exec_backstop_ms = DELAY_MS - TIMEOUT_MS - 1000,
       retry = { max_attempts = 4, base_delay_ms = 50, max_delay_ms = 400 },
     })
     shared = p.instances.boot(emulator.SNAPSHOT).id
