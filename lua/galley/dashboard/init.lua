@@ -335,12 +335,13 @@ end
 
 --- PM2's list on an instance (`pm2 jlist`: a Node.js start, the costly part), shared by the
 --- requests of the next M.PM2_LIST_TTL_MS: opening 8 logs of one instance runs it once.
-function Dashboard:pm2_list(pname, id)
+--- `fresh`: not an answer that was started before this call (a session just started is in it).
+function Dashboard:pm2_list(pname, id, fresh)
   local _, pm2 = self:managers(pname)
   local key = pname .. "/" .. id
   self.pm2_lists = self.pm2_lists or {}
   local c = self.pm2_lists[key]
-  if not c or (c.task.done and runtime.now_ms() - c.at > M.PM2_LIST_TTL_MS) then
+  if not c or (c.task.done and (fresh or runtime.now_ms() - c.at > M.PM2_LIST_TTL_MS)) then
     c = { at = runtime.now_ms() }
     c.task = task.spawn(function() return pm2.list(id) end)
     self.pm2_lists[key] = c
@@ -521,8 +522,14 @@ end
 function Dashboard:log_stream(req, pname, id, name)
   local ok, list = pcall(self.pm2_list, self, pname, id)
   if not ok then return fail(404, type(list) == "table" and list.code or "NOT_FOUND", "cannot list PM2 processes") end
-  local info
-  for _, s in ipairs(list) do if s.name == name then info = s end end
+  local function find()
+    for _, s in ipairs(list) do if s.name == name then return s end end
+  end
+  local info = find()
+  if not info then -- started since the shared list was made? Ask once more.
+    ok, list = pcall(self.pm2_list, self, pname, id, true)
+    info = ok and find()
+  end
   if not info then return fail(404, "NOT_FOUND", "no PM2 process " .. name) end
   local from = req.headers["last-event-id"] or (req.query or {}).from or ""
   local oo, eo = from:match("^(%d+)%.(%d+)$")
