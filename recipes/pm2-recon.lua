@@ -68,13 +68,17 @@ local PRELUDE = [=[
 export PM2_HOME="$HOME/.pm2-recon"
 command -v pm2 >/dev/null 2>&1 || { echo "pm2 is not on PATH" >&2; exit 127; }
 # Waits until no app of this PM2_HOME is online or launching (at most about 15 s).
+# Until PM2 lists the probe apps and none of them is still running (a failed or empty jlist, as
+# from a daemon still starting on a busy machine, is not "idle").
 wait_idle() {
   i=0
-  while [ $i -lt 150 ]; do
+  while [ $i -lt 300 ]; do
     case $(pm2 jlist 2>/dev/null) in
-      *'"status":"online"'*|*'"status":"launching"'*) sleep 0.1; i=$((i + 1)) ;;
-      *) return 0 ;;
+      *'"status":"online"'*|*'"status":"launching"'*) ;;
+      *'"name":"recon-'*) return 0 ;;
     esac
+    sleep 0.1
+    i=$((i + 1))
   done
   return 1
 }
@@ -204,7 +208,17 @@ exit 0
 
 -- Out logs of the apps, and what pm2 shows.
 local logs = must(run([=[
-for n in recon-payload recon-cwdflag recon-nocd recon-env recon-envclean recon-stdin; do
+apps="recon-payload recon-cwdflag recon-nocd recon-env recon-envclean recon-stdin"
+# PM2 writes an app's log a moment after the app exits.
+i=0
+while [ $i -lt 50 ]; do
+  all=1
+  for n in $apps; do [ -s "$PM2_HOME/logs/$n-out.log" ] || all=0; done
+  [ $all = 1 ] && break
+  sleep 0.1
+  i=$((i + 1))
+done
+for n in $apps; do
   printf '%s\n' "$(cat "$PM2_HOME/logs/$n-out.log" 2>/dev/null | sed "s/^/$n./")"
 done
 ]=]), "read the logs").stdout
