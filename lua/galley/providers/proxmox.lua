@@ -24,7 +24,9 @@
 --     line `galley-meta: {json}` (tags `galley` and the run id are set too, for the PVE UI);
 --   * TTL: PVE has none; the expiry is recorded there and `galley gc` enforces it;
 --   * pause = stop (files kept, memory not); resume = start; snapshot = a full clone of a PVE
---     snapshot, turned into a template; fork = snapshot + linked clones.
+--     snapshot, turned into a template (inside a run tagged with it and tracked, so the run's end
+--     names it and `galley gc` deletes it unless `keep = true`, as on every provider; a
+--     digest's template, an image, is not); fork = snapshot + linked clones.
 --
 -- Exec is SSH (galley.providers.proxmox_ssh): `exec_via = "ct"` (default, `ssh root@ADDRESS`) or
 -- `"host"` (`ssh root@NODE pct exec VMID -- argv`). Exit 255 is a TRANSPORT error. Files go
