@@ -92,7 +92,7 @@ describe("the galley emulate command #emulator", function()
       local r = assert(em:request("POST", "/instance/" .. id .. "/exec",
         { command = { "sleep 600 >/dev/null 2>&1 & echo $!" } }))
       -- the instance's pid namespace numbers it; watch the host's process
-      local pid = assert(emulator.host_pid(r.json.stdout:match("%d+"), "sleep\0" .. "600\0"))
+      local pid = assert(emulator.host_pid(r.json.stdout:match("%d+"), "sleep\0" .. "600\0", em.state_dir))
       assert.are.equal(200, assert(em:request("POST", "/_emulator/shutdown")).status)
       local res = assert(em.handle:wait(20000))
       assert.are.equal(0, res.exit_code)

@@ -142,7 +142,7 @@ describe("galley emulate: exec #emulator", function()
     end, "ready")
     local r = exec({ "sleep 600 >/dev/null 2>&1 & echo $!" }, inst)
     -- the instance's pid namespace numbers it; watch the host's process
-    local pid = assert(emulator.host_pid(assert(math.tointeger(tonumber(r.stdout))), "sleep\0" .. "600\0"))
+    local pid = assert(emulator.host_pid(assert(math.tointeger(tonumber(r.stdout))), "sleep\0" .. "600\0", em.state_dir))
     local st = em:state()
     for _, i in ipairs(st.instances) do
       if i.id == inst then assert.are.equal(0, i.processes) end

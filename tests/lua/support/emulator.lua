@@ -226,11 +226,12 @@ end
 -- last NSpid entry in /proc/PID/status) whose command line is `cmdline` (NUL-separated), or nil.
 ---@param pid string|integer
 ---@param cmdline string
+---@param within? string only a process whose mounts come from this directory (the emulator's state_dir)
 ---@return string|nil
-function M.host_pid(pid, cmdline)
+function M.host_pid(pid, cmdline, within)
   local deadline = runtime.now_ms() + 10000 -- the background command may not have exec'd yet
   repeat
-    local found = M.find_host_pid(pid, cmdline)
+    local found = M.find_host_pid(pid, cmdline, within)
     if found then return found end
     runtime.sleep_ms(20)
   until runtime.now_ms() > deadline
@@ -239,7 +240,7 @@ end
 
 
 --- One look for host_pid.
-function M.find_host_pid(pid, cmdline)
+function M.find_host_pid(pid, cmdline, within)
   local names = require("galley.core.fs").list("/proc") or {}
   for _, name in ipairs(names) do
     if name:match("^%d+$") then
@@ -251,7 +252,14 @@ function M.find_host_pid(pid, cmdline)
         local status = f and f:read("a") or ""
         if f then f:close() end
         local nspid = status:match("\nNSpid:([^\n]*)")
-        if nspid and nspid:match("(%d+)%s*$") == tostring(pid) then return name end
+        if nspid and nspid:match("(%d+)%s*$") == tostring(pid) then
+          -- Other instances on the machine number their processes from 1 too: only one whose
+          -- mounts come from `within` (an emulator's state directory) is this one.
+          f = within and io.open("/proc/" .. name .. "/mountinfo", "r")
+          local mounts = f and f:read("a") or ""
+          if f then f:close() end
+          if not within or mounts:find(within, 1, true) then return name end
+        end
       end
     end
   end
