@@ -615,13 +615,20 @@ function M.new(opts)
     local vmid = check_vmid(id, "instance_id")
     eopts = eopts or {}
     local ch, t, via_host = target(vmid)
-    local remote = argv
-    if via_host then remote = { "pct", "exec", tostring(vmid), "--", table.unpack(argv) } end
+    -- A time limit runs inside the container (timeout(1) kills the command's process group
+    -- there), as on every provider; ssh itself is given a little longer.
+    local limit = eopts.timeout_ms or exec_timeout_ms
+    local remote = limit and common.time_limited(argv, limit) or argv
+    if via_host then remote = { "pct", "exec", tostring(vmid), "--", table.unpack(remote) } end
     local r, err
+    local t0 = runtime.now_ms()
     if eopts.on_stdout or eopts.on_stderr then
       r, err = ch:stream(t, remote, eopts.on_stdout, eopts.on_stderr)
     else
-      r, err = ch:run(t, remote, { timeout_ms = eopts.timeout_ms or exec_timeout_ms, operation = "exec" })
+      r, err = ch:run(t, remote, { timeout_ms = limit and (limit + common.EXEC_BACKSTOP_MS), operation = "exec" })
+    end
+    if r and limit and common.hit_time_limit(r, limit, runtime.now_ms() - t0) then
+      error(common.exec_timeout_error(tostring(id), limit), 0)
     end
     if not r then
       if err.code == "TRANSPORT" then
@@ -652,7 +659,7 @@ function M.new(opts)
   function provider.exec(instance_id, spec, eopts)
     check_vmid(instance_id, "instance_id")
     spec = contracts.check_command(spec)
-    if eopts ~= nil and type(eopts) ~= "table" then fail("VALIDATION_ERROR", "exec options must be a table") end
+    eopts = common.check_exec_options(eopts)
     local ok, plan = pcall(shell.plan, spec, { home = M.DEFAULT_HOME })
     if not ok then error(errors.wrap(plan, { operation = "exec", kind = "ProviderError" }, "VALIDATION_ERROR"), 0) end
     local argv = plan.argv or { "/bin/bash", "-c", plan.script, "galley-script" }
