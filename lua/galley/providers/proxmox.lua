@@ -24,7 +24,9 @@
 --     line `galley-meta: {json}` (tags `galley` and the run id are set too, for the PVE UI);
 --   * TTL: PVE has none; the expiry is recorded there and `galley gc` enforces it;
 --   * pause = stop (files kept, memory not); resume = start; snapshot = a full clone of a PVE
---     snapshot, turned into a template; fork = snapshot + linked clones.
+--     snapshot, turned into a template (inside a run tagged with it and tracked, so the run's end
+--     names it and `galley gc` deletes it unless `keep = true`, as on every provider; a
+--     digest's template, an image, is not); fork = snapshot + linked clones.
 --
 -- Exec is SSH (galley.providers.proxmox_ssh): `exec_via = "ct"` (default, `ssh root@ADDRESS`) or
 -- `"host"` (`ssh root@NODE pct exec VMID -- argv`). Exit 255 is a TRANSPORT error. Files go
@@ -613,13 +615,20 @@ function M.new(opts)
     local vmid = check_vmid(id, "instance_id")
     eopts = eopts or {}
     local ch, t, via_host = target(vmid)
-    local remote = argv
-    if via_host then remote = { "pct", "exec", tostring(vmid), "--", table.unpack(argv) } end
+    -- A time limit runs inside the container (timeout(1) kills the command's process group
+    -- there), as on every provider; ssh itself is given a little longer.
+    local limit = eopts.timeout_ms or exec_timeout_ms
+    local remote = limit and common.time_limited(argv, limit) or argv
+    if via_host then remote = { "pct", "exec", tostring(vmid), "--", table.unpack(remote) } end
     local r, err
+    local t0 = runtime.now_ms()
     if eopts.on_stdout or eopts.on_stderr then
       r, err = ch:stream(t, remote, eopts.on_stdout, eopts.on_stderr)
     else
-      r, err = ch:run(t, remote, { timeout_ms = eopts.timeout_ms or exec_timeout_ms, operation = "exec" })
+      r, err = ch:run(t, remote, { timeout_ms = limit and (limit + common.EXEC_BACKSTOP_MS), operation = "exec" })
+    end
+    if r and limit and common.hit_time_limit(r, limit, runtime.now_ms() - t0) then
+      error(common.exec_timeout_error(tostring(id), limit), 0)
     end
     if not r then
       if err.code == "TRANSPORT" then
@@ -650,7 +659,7 @@ function M.new(opts)
   function provider.exec(instance_id, spec, eopts)
     check_vmid(instance_id, "instance_id")
     spec = contracts.check_command(spec)
-    if eopts ~= nil and type(eopts) ~= "table" then fail("VALIDATION_ERROR", "exec options must be a table") end
+    eopts = common.check_exec_options(eopts)
     local ok, plan = pcall(shell.plan, spec, { home = M.DEFAULT_HOME })
     if not ok then error(errors.wrap(plan, { operation = "exec", kind = "ProviderError" }, "VALIDATION_ERROR"), 0) end
     local argv = plan.argv or { "/bin/bash", "-c", plan.script, "galley-script" }
@@ -1070,7 +1079,8 @@ function M.new(opts)
   local function take_snapshot(instance_id, sopts, operation)
     local vmid = check_vmid(instance_id, "instance_id")
     if sopts ~= nil and type(sopts) ~= "table" then fail("VALIDATION_ERROR", "options must be a table") end
-    sopts = sopts or {}
+    local tagged
+    sopts, tagged = tracker.snapshot_options(sopts) -- the run's tags; an image's (galley_digest) none
     local metadata = common.check_metadata(sopts.metadata)
     local w = locate(vmid)
     -- Every template carries galley's default key (kept across runs), so later runs reach its clones.
@@ -1109,11 +1119,18 @@ function M.new(opts)
       if newid then pcall(destroy, newid, operation) end
       error(err, 0)
     end
+    if tagged then tracker.track_snapshot(provider, tostring(newid), metadata.galley_keep == "1") end
     local cfg = call(operation, "lxc.config", { node = w.node, vmid = newid })
     return snapshot_table(newid, cfg)
   end
 
-  --- Makes a bootable template (a full clone of a PVE snapshot of the container).
+  --- Makes a bootable template (a full clone of a PVE snapshot of the container). Inside a run
+  --- (or `galley -e`/a script) it is tagged with the run and left for `galley gc` unless
+  --- `keep = true`; one taken with a digest (`snapshots.build`'s steps) is an image: untagged,
+  --- never collected.
+  ---@param instance_id string
+  ---@param sopts? {metadata?: table<string, string>, keep?: boolean}
+  ---@return table snapshot
   function I.snapshot(instance_id, sopts)
     return take_snapshot(instance_id, sopts, "instances.snapshot")
   end

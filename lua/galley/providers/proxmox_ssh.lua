@@ -200,6 +200,27 @@ function SSH:argv(t, argv, tty)
 end
 
 
+-- ssh exits 255 for its own failures and for a remote command that exited 255 or was killed by
+-- a signal. run and stream start the command under a small sh that turns a signal into 128+N (as
+-- a shell does) and marks a real 255 with MARK_255 on stderr, which is removed again here.
+local MARK_255 = "\n[galley: the command exited 255]\n"
+local WRAP = [["$@"
+rc=$?
+if [ "$rc" = 255 ]; then printf '\n[galley: the command exited 255]\n' >&2; fi
+exit "$rc"]]
+
+local function wrapped(argv)
+  local out = { "/bin/sh", "-c", WRAP, "galley-exec" }
+  for _, a in ipairs(argv) do out[#out + 1] = a end
+  return out
+end
+
+-- stderr without the mark, and whether it was there.
+local function unmark(stderr)
+  if stderr:sub(-#MARK_255) == MARK_255 then return stderr:sub(1, -#MARK_255 - 1), true end
+  return stderr, false
+end
+
 --- Runs argv on the target. Returns {exit_code, stdout, stderr} (the remote command's) or nil,
 --- err: TRANSPORT (ssh exited 255), INTERRUPTED, TIMEOUT, PROCESS_ERROR (ssh did not start).
 ---@param t table target
@@ -207,7 +228,7 @@ end
 ---@param opts? {timeout_ms?: integer, stdin?: string, operation?: string}
 function SSH:run(t, argv, opts)
   opts = opts or {}
-  local r, err = proc.run({ argv = self:argv(t, argv), timeout_ms = opts.timeout_ms, stdin = opts.stdin,
+  local r, err = proc.run({ argv = self:argv(t, wrapped(argv)), timeout_ms = opts.timeout_ms, stdin = opts.stdin,
     env = { SSH_AUTH_SOCK = "" } })
   if not r then
     return nil, errors.wrap(err, { operation = opts.operation or "exec", kind = "ProviderError" }, "PROCESS_ERROR")
@@ -217,6 +238,11 @@ function SSH:run(t, argv, opts)
       { operation = opts.operation or "exec", kind = "ProviderError" })
   end
   if r.exit_code == 255 then
+    local stderr, own = unmark(r.stderr)
+    if own then
+      r.stderr = stderr
+      return r
+    end
     return nil, transport(("ssh to %s@%s (%s) failed: %s"):format(t.user or "root", t.host, t.alias,
       common.tail(r.stderr, 600):gsub("%s+$", "")), { operation = opts.operation or "exec",
       details = { stderr = common.tail(r.stderr, 2048) } })
@@ -229,7 +255,7 @@ end
 --- Runs argv on the target, handing output to on_stdout/on_stderr as it arrives (callbacks may
 --- yield). Returns what run returns.
 function SSH:stream(t, argv, on_stdout, on_stderr)
-  local pr, err = proc.spawn({ argv = self:argv(t, argv), stdin = "null", env = { SSH_AUTH_SOCK = "" } })
+  local pr, err = proc.spawn({ argv = self:argv(t, wrapped(argv)), stdin = "null", env = { SSH_AUTH_SOCK = "" } })
   if not pr then return nil, errors.wrap(err, { operation = "exec", kind = "ProviderError" }, "PROCESS_ERROR") end
   local out, errs = {}, {}
   local code, signal
@@ -241,7 +267,8 @@ function SSH:stream(t, argv, on_stdout, on_stderr)
         if on_stdout then on_stdout(a) end
       elseif kind == "stderr" then
         errs[#errs + 1] = a
-        if on_stderr then on_stderr(a) end
+        local shown = unmark(a) -- the mark comes last, in a piece of its own or at a piece's end
+        if on_stderr and shown ~= "" then on_stderr(shown) end
       elseif kind == "exit" then
         code, signal = a, b
         return
@@ -252,8 +279,8 @@ function SSH:stream(t, argv, on_stdout, on_stderr)
   end)
   pr:close()
   if not ok then return nil, errors.wrap(cerr, { operation = "exec", kind = "ProviderError" }, "INTERRUPTED") end
-  local stderr = table.concat(errs)
-  if code == 255 then
+  local stderr, own = unmark(table.concat(errs))
+  if code == 255 and not own then
     return nil, transport(("ssh to %s@%s (%s) failed: %s"):format(t.user or "root", t.host, t.alias,
       (common.tail(stderr, 600):gsub("%s+$", ""))),
       { operation = "exec", details = { stderr = common.tail(stderr, 2048) } })

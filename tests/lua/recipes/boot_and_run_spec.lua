@@ -8,8 +8,6 @@ local cjson = require("cjson")
 local codec = require("galley.core.codec")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
-local util = require("galley.util")
-local support = require("support")
 local cli = require("support.claude_cli")
 local emulator = require("support.emulator")
 local fake_api = require("support.fake_anthropic")
@@ -171,59 +169,16 @@ describe("recipe boot-and-run #recipes", function()
     local real = cli.real()
     if not real then cli.warn("boot_and_run_spec") end
 
-    -- An instance home with ~/.local/bin on PATH (~/.profile, read by PM2's bash -lc; it also
-    -- points claude at the FAKE API) holding a wrapper around the real CLI (or the stand-in
-    -- fixture) that reports whether the token is in any process's argv, in the environment of any
-    -- process of the instance, or in pm2 jlist; with the stand-in, also what arrived.
-    local WRAPPER = [=[#!/bin/bash
-export FAKE_CLAUDE_DIR=$HOME/.fake-claude
-mkdir -p "$FAKE_CLAUDE_DIR"
-@CLAUDE@ "$@"
-rc=$?
-if [ -f "$FAKE_CLAUDE_DIR/argv" ]; then
-  echo "argv: $(tr '\0' ' ' < "$FAKE_CLAUDE_DIR/argv")"
-  echo "prompt received: $(cat "$FAKE_CLAUDE_DIR/stdin")"
-fi
-python3 - <<'EOF'
-import glob, hashlib, json, os, subprocess
-path = os.path.expanduser("~/.claude/.credentials.json")
-if os.path.exists(path):
-    tok = json.load(open(path))["claudeAiOauth"]["accessToken"].encode()
-    print("token source: credentials file")
-else:
-    helper = json.load(open(os.path.expanduser("~/.claude/settings.json")))["apiKeyHelper"]
-    tok = subprocess.run(["bash", "-c", helper], capture_output=True).stdout
-    path = os.path.expanduser("~/.claude/anthropic-api-key")
-    print("token source: apiKeyHelper")
-mine = open("/proc/self/cgroup").read()
-argv = env = False
-for p in glob.glob("/proc/[0-9]*"):
-    try:
-        if tok in open(p + "/cmdline", "rb").read(): argv = True
-        if open(p + "/cgroup").read() == mine and tok in open(p + "/environ", "rb").read(): env = True
-    except OSError:
-        pass
-jlist = subprocess.run(["pm2", "jlist"], capture_output=True).stdout
-print("token sha256:", hashlib.sha256(tok).hexdigest())
-print("credentials mode: %o" % (os.stat(path).st_mode & 0o777))
-print("token in argv:", "yes" if argv else "no")
-print("token in instance environments:", "yes" if env else "no")
-print("token in pm2 jlist:", "yes" if tok in jlist else "no")
-EOF
-exit $rc
-]=]
 
     setup(function()
       api = fake_api.start({ reply = "FAKE reply: hi from boot-and-run" })
+      -- The snapshot's home: ~/.profile points claude at the FAKE API; ~/.local/bin/claude wraps
+      -- the real CLI (or the stand-in) and reports where the token shows (support.claude_cli).
       snapdir = mktemp_dir("bar-snap")
       assert(fs.mkdir_p(snapdir .. "/.local/bin", "755"))
-      local profile = { 'PATH="$HOME/.local/bin:$PATH"' }
-      for _, k in ipairs(util.sorted_keys(api.env)) do profile[#profile + 1] = ("export %s=%s"):format(k, api.env[k]) end
-      assert(fs.write_atomic(snapdir .. "/.profile", table.concat(profile, "\n") .. "\n", { mode = "644" }))
-      local target = real and support.q(cli.path) or '"$HOME/.local/bin/fake-claude"'
-      assert(fs.write_atomic(snapdir .. "/.local/bin/claude", (WRAPPER:gsub("@CLAUDE@", target)), { mode = "755" }))
-      local fake = assert(fs.read(support.source_dir .. "/tests/lua/fixtures/fake-claude"))
-      assert(fs.write_atomic(snapdir .. "/.local/bin/fake-claude", fake, { mode = "755" }))
+      for _, f in ipairs(cli.home_files(api)) do
+        assert(fs.write_atomic(snapdir .. "/" .. f.path, f.content, { mode = f.mode }))
+      end
       em = emulator.start({ boot_delay_ms = 0, argv_mode = mode, snapshots = { "snapshot_fakeclaude=" .. snapdir } })
     end)
 

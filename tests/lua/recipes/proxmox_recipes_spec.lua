@@ -3,8 +3,13 @@
 -- (command agent), file-io-smoke, examples/fan-out.lua, e2e-smoke (the real claude CLI talking to
 -- the loopback FAKE Anthropic API when the CLI is installed), `galley gc` enforcing the TTL
 -- recorded on a container, and `galley shell` through a real terminal (a private tmux server on
--- this machine) into the container's tmux. Nothing is left behind.
+-- this machine) into the container's tmux; boot-and-run with the REAL claude CLI (the stand-in
+-- when it is absent) on a template whose ~/.profile points it at the loopback FAKE Anthropic API;
+-- the templates a run makes tagged, named at exit and deleted by `galley gc` unless kept. Nothing
+-- is left behind.
+local cjson = require("cjson")
 local cli = require("support.claude_cli")
+local codec = require("galley.core.codec")
 local fake_api = require("support.fake_anthropic")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
@@ -30,6 +35,17 @@ describe("recipes with --provider proxmox on galley emulate proxmox #recipes #pr
       if not c.template then n = n + 1 end
     end
     return n
+  end
+
+  -- A provider in this process (outside any run: what it makes is not tagged).
+  local function provider()
+    return require("galley.providers.proxmox").new({ url = em.url, token_id = em.token_id,
+      token_secret = em.token_secret, ssh_port = em.ssh_port, state_dir = state })
+  end
+
+  local function gone(fn, id)
+    local ok, e = pcall(fn, id)
+    return not ok and type(e) == "table" and e.code == "NOT_FOUND"
   end
 
   setup(function()
@@ -88,8 +104,7 @@ describe("recipes with --provider proxmox on galley emulate proxmox #recipes #pr
   end)
 
   it("galley gc stops a container past the TTL recorded on it", function()
-    local p = require("galley.providers.proxmox").new({ url = em.url, token_id = em.token_id,
-      token_secret = em.token_secret, ssh_port = em.ssh_port, state_dir = state })
+    local p = provider()
     local old = p.instances.boot(nil, { ttl_seconds = 1, metadata = { galley_run = "run-0ld0ld0ld0ld",
       galley_host = "elsewhere" } })
     local young = p.instances.boot(nil, { ttl_seconds = 3600, metadata = { galley_run = "run-y0y0y0y0y0y0",
@@ -142,5 +157,96 @@ describe("recipes with --provider proxmox on galley emulate proxmox #recipes #pr
     galley({ "stop", "--provider", "proxmox", id }, pve_env())
     if not ok then error(e, 0) end
     assert.are.equal(0, containers())
+  end)
+
+  it("runs boot-and-run --agent claude on a template pointing the " .. (cli.real() and "real" or "stand-in")
+    .. " claude at the FAKE API, never showing the token", function()
+    local real = cli.real()
+    if not real then cli.warn("proxmox_recipes_spec") end
+    local api = fake_api.start({ reply = "FAKE reply: hi from a proxmox template" })
+    local p = provider()
+    local tmpl
+    local ok, e = pcall(function()
+      -- The template: a container whose home has the ~/.profile and claude wrapper, snapshotted.
+      local inst = p.instances.boot(nil, {})
+      for _, f in ipairs(cli.home_files(api)) do
+        p.files.write_file_atomic(inst.id, "~/" .. f.path, f.content, { mode = f.mode, create_dirs = true })
+      end
+      tmpl = p.instances.snapshot(inst.id)
+      p.instances.terminate(inst.id)
+      local token = "sk-ant-oat01-" .. codec.base64_encode(codec.random_bytes(60), "urlsafe"):gsub("=", "")
+      local prompt = [[Say "hi" to $HOME and `whoami` on proxmox]]
+      local code, out, err = galley({ "run", "boot-and-run", "--provider", "proxmox", "--snapshot", tmpl.id,
+        "--agent", "claude", "--prompt", prompt, "--model", "claude-galley-pve", "--poll-ms", "200" },
+        pve_env({ CLAUDE_ACCESS_TOKEN = token }))
+      assert.are.equal(0, code, out .. err)
+      assert.truthy(err:find("provider proxmox (chosen)", 1, true), err)
+      assert.truthy(err:find("agent claude", 1, true), err)
+      if real then
+        local req = assert(api.find_prompt(prompt), "the FAKE API never saw the prompt byte for byte")
+        assert.are.equal("claude-galley-pve", req.json.model)
+        assert.are.same({ "bearer", token }, { fake_api.credential(req) })
+        assert.truthy(out:find("FAKE reply: hi from a proxmox template\n", 1, true), out)
+      else
+        assert.truthy(out:find("prompt received: " .. prompt .. "\n", 1, true), out)
+        assert.truthy(out:find("argv: -p --model claude-galley-pve", 1, true), out)
+      end
+      assert.truthy(out:find("token sha256: " .. codec.sha256(token) .. "\n", 1, true), out)
+      assert.truthy(out:find("credentials mode: 600\n", 1, true), out)
+      assert.truthy(out:find("token in argv: no\n", 1, true), out)
+      assert.truthy(out:find("token in instance environments: no\n", 1, true), out)
+      assert.truthy(out:find("token in pm2 jlist: no\n", 1, true), out)
+      assert.falsy((out .. err):find(token, 1, true))
+      assert.falsy(cjson.encode(em.control("GET", "/state")):find(token, 1, true))
+      assert.are.equal(0, containers())
+    end)
+    if tmpl then pcall(p.snapshots.delete, tmpl.id) end
+    api.stop()
+    p.close()
+    if not ok then error(e, 0) end
+  end)
+
+  it("tags the templates a run makes, names them at exit, and galley gc deletes the unkept ones only", function()
+    local path = state .. "/snap-run.lua"
+    assert(fs.write_atomic(path, [[
+local contracts = require("galley.contracts")
+local p = require("galley.providers").new("proxmox", {})
+local inst = p.instances.boot()
+local left = p.instances.snapshot(inst.id)
+local kept = p.instances.snapshot(inst.id, { keep = true })
+local image = p.snapshots.build(p.default_snapshot(), { contracts.shell("echo built > ~/built") },
+  { salt = tostring(os.time()) })
+print(left.id, kept.id, image.id)
+]], { mode = "644" }))
+    local code, out, err = galley({ "run", path }, pve_env())
+    assert.are.equal(0, code, out .. err)
+    local left, kept, image = out:match("^(%S+)\t(%S+)\t(%S+)\n$")
+    assert.truthy(left, out)
+    local p = provider()
+    local ok, e = pcall(function()
+      assert.truthy(err:find("snapshot " .. left .. " made by this run is left", 1, true), err)
+      assert.truthy(err:find("kept snapshot " .. kept, 1, true), err)
+      assert.falsy(err:find(image, 1, true), err) -- an image is not the run's
+      local run_id = p.snapshots.get(left).metadata.galley_run
+      assert.truthy(run_id)
+      assert.are.equal(run_id, p.snapshots.get(kept).metadata.galley_run)
+      assert.are.equal("1", p.snapshots.get(kept).metadata.galley_keep)
+      assert.is_nil(p.snapshots.get(image).metadata.galley_run)
+      assert.are.equal(0, containers())
+      local gcode, gout, gerr = galley({ "--json", "gc", "--provider", "proxmox" }, pve_env())
+      assert.are.equal(0, gcode, gout .. gerr)
+      local found = {}
+      for _, c in ipairs(cjson.decode(gout)) do found[c.id] = c end
+      assert.are.same({ kind = "snapshot", action = "deleted" }, { kind = found[left].kind, action = found[left].action })
+      assert.is_nil(found[kept])
+      assert.is_nil(found[image])
+      assert.truthy(gerr:find("skipped proxmox snapshot " .. kept, 1, true), gerr)
+      assert.is_true(gone(p.snapshots.get, left))
+      assert.are.equal(kept, p.snapshots.get(kept).id)
+      assert.are.equal(image, p.snapshots.get(image).id)
+    end)
+    for _, id in ipairs({ kept, image }) do pcall(p.snapshots.delete, id) end
+    p.close()
+    if not ok then error(e, 0) end
   end)
 end)

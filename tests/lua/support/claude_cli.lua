@@ -8,6 +8,7 @@
 --   local cli = require("support.claude_cli")
 --   if cli.real() then ... cli.path, cli.version ... else cli.warn("claude_pm2_spec") ... end
 --   cli.leaks(secret)   -> {"ps"} when some process's argv holds the secret, else {}
+--   cli.home_files(api) -> the ~/.profile and ~/.local/bin/claude wrapper that point claude at the FAKE
 local proc = require("galley.core.proc")
 
 local M = {}
@@ -56,6 +57,71 @@ function M.leaks(secret)
     if cmdline and cmdline:find(secret, 1, true) then return { "ps" } end
   end
   return {}
+end
+
+
+-- The instance-side wrapper installed as ~/.local/bin/claude: runs @CLAUDE@ (the real CLI or the
+-- stand-in), then reports whether the installed token is in any process's argv, in the
+-- environment of any process of the instance, or in pm2 jlist; with the stand-in, also what
+-- arrived. Specs assert on its "token in ...: no" lines.
+local WRAPPER = [=[#!/bin/bash
+export FAKE_CLAUDE_DIR=$HOME/.fake-claude
+mkdir -p "$FAKE_CLAUDE_DIR"
+@CLAUDE@ "$@"
+rc=$?
+if [ -f "$FAKE_CLAUDE_DIR/argv" ]; then
+  echo "argv: $(tr '\0' ' ' < "$FAKE_CLAUDE_DIR/argv")"
+  echo "prompt received: $(cat "$FAKE_CLAUDE_DIR/stdin")"
+fi
+python3 - <<'EOF'
+import glob, hashlib, json, os, subprocess
+path = os.path.expanduser("~/.claude/.credentials.json")
+if os.path.exists(path):
+    tok = json.load(open(path))["claudeAiOauth"]["accessToken"].encode()
+    print("token source: credentials file")
+else:
+    helper = json.load(open(os.path.expanduser("~/.claude/settings.json")))["apiKeyHelper"]
+    tok = subprocess.run(["bash", "-c", helper], capture_output=True).stdout
+    path = os.path.expanduser("~/.claude/anthropic-api-key")
+    print("token source: apiKeyHelper")
+mine = open("/proc/self/cgroup").read()
+argv = env = False
+for p in glob.glob("/proc/[0-9]*"):
+    try:
+        if tok in open(p + "/cmdline", "rb").read(): argv = True
+        if open(p + "/cgroup").read() == mine and tok in open(p + "/environ", "rb").read(): env = True
+    except OSError:
+        pass
+jlist = subprocess.run(["pm2", "jlist"], capture_output=True).stdout
+print("token sha256:", hashlib.sha256(tok).hexdigest())
+print("credentials mode: %o" % (os.stat(path).st_mode & 0o777))
+print("token in argv:", "yes" if argv else "no")
+print("token in instance environments:", "yes" if env else "no")
+print("token in pm2 jlist:", "yes" if tok in jlist else "no")
+EOF
+exit $rc
+]=]
+
+--- The files of an instance home that runs claude against the FAKE API `api`
+--- (support.fake_anthropic): ~/.profile (read by PM2's bash -lc) putting ~/.local/bin first on
+--- PATH and exporting api.env, the wrapper above as ~/.local/bin/claude around the real CLI
+--- (when M.real()) or the stand-in ~/.local/bin/fake-claude. Paths are relative to the home.
+---@param api table a started support.fake_anthropic
+---@return {path: string, content: string, mode: string}[]
+function M.home_files(api)
+  local support = require("support")
+  local keys = {}
+  for k in pairs(api.env) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local profile = { 'PATH="$HOME/.local/bin:$PATH"' }
+  for _, k in ipairs(keys) do profile[#profile + 1] = ("export %s=%s"):format(k, api.env[k]) end
+  local target = M.real() and support.q(M.path) or '"$HOME/.local/bin/fake-claude"'
+  local fake = assert(require("galley.core.fs").read(support.source_dir .. "/tests/lua/fixtures/fake-claude"))
+  return {
+    { path = ".profile", content = table.concat(profile, "\n") .. "\n", mode = "644" },
+    { path = ".local/bin/claude", content = (WRAPPER:gsub("@CLAUDE@", target)), mode = "755" },
+    { path = ".local/bin/fake-claude", content = fake, mode = "755" },
+  }
 end
 
 return M
