@@ -542,6 +542,7 @@ function M.new(opts)
   opts = opts or {}
   local log = opts.log or logmod.new({ prefix = "local" })
   local now = opts.clock or os.time
+  local expired_at -- the clock's second of the last TTL sweep (expire)
   -- The state directory and its instances/ and snapshots/ are this user's alone (0700; a
   -- symlink, another user's or a group/other-writable directory is refused with UNSAFE_PATH).
   local state_dir = paths.private_dir(opts.state_dir or paths.state_dir())
@@ -950,14 +951,21 @@ function M.new(opts)
       meta.paused = false
     end
     meta.status = "ready"
-    if meta.ttl_seconds then meta.expires_at = now() + meta.ttl_seconds end
+    if meta.ttl_seconds then
+      meta.expires_at = now() + meta.ttl_seconds
+      expired_at = nil
+    end
     save_meta(inst_dir(meta.id), meta)
     return meta
   end
 
-  -- Applies TTLs: every public entry point calls this first.
+  -- Applies TTLs: every public entry point calls this first. Expiry times are whole seconds, so
+  -- one look per second of the clock is enough (reading every instance's meta.json on every
+  -- call made a fan-out over N instances cost N² reads); a TTL set meanwhile forces a new look.
   local function expire()
     local t = now()
+    if expired_at == t then return end
+    expired_at = t
     for _, id in ipairs(list_names(instances_dir)) do
       local meta = load_meta(inst_dir(id))
       local due = meta and meta.expires_at and meta.expires_at <= t and meta.status ~= "stopping"
@@ -1351,6 +1359,7 @@ function M.new(opts)
       common.raise("VALIDATION_ERROR", "ttl_seconds must be a positive integer", { field = "ttl_seconds" })
     end
     meta.ttl_seconds, meta.ttl_action, meta.expires_at = secs, act, now() + secs
+    expired_at = nil
     save_meta(inst_dir(instance_id), meta)
     return public_instance(meta)
   end
