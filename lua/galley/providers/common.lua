@@ -357,6 +357,26 @@ function M.exec_timeout_error(instance_id, timeout_ms)
     hint = "raise timeout_ms, or start long commands with spawn or a process manager" })
 end
 
+--- Runs `argv` with `run(argv) -> result | nil, err` under a time limit of `limit_ms` (nil: none):
+--- wrapped with `time_limited`, and TIMEOUT (`exec_timeout_error`) raised when the limit was hit
+--- inside the instance, or when `run`'s result says the host gave up waiting (`timed_out`). The
+--- one implementation of exec's `timeout_ms` for every provider.
+---@param instance_id string
+---@param argv string[]
+---@param limit_ms integer|nil
+---@param run fun(argv: string[]): table|nil, any
+---@return table|nil result, any err
+function M.run_limited(instance_id, argv, limit_ms, run)
+  if not limit_ms then return run(argv) end
+  local runtime = require("galley.core.runtime")
+  local t0 = runtime.now_ms()
+  local r, err = run(M.time_limited(argv, limit_ms))
+  if r and (r.timed_out or M.hit_time_limit(r, limit_ms, runtime.now_ms() - t0)) then
+    error(M.exec_timeout_error(instance_id, limit_ms), 0)
+  end
+  return r, err
+end
+
 --- The last `n` bytes of `s` (for stderr tails in error details).
 ---@param s string|nil
 ---@param n? integer default 2048

@@ -1161,21 +1161,17 @@ function M.new(opts)
     -- One trace record per command run in an instance (-vv), as the Morph client logs each request.
     log.trace("exec", { instance = meta.id, operation = operation })
     local limit = eopts and (eopts.timeout_ms or opts.exec_timeout_ms)
-    if limit then argv = common.time_limited(argv, limit) end
-    local popts = process_options(meta, argv, env, cwd, operation)
     local wait_ms = limit and (limit + common.EXEC_BACKSTOP_MS) or opts.exec_timeout_ms
-    local t0 = runtime.now_ms()
-    local r, err
-    if eopts and (eopts.on_stdout or eopts.on_stderr) then
-      r = run_streaming(meta, popts, wait_ms, opts.max_output, eopts, operation)
-    else
+    local r = common.run_limited(meta.id, argv, limit, function(a)
+      local popts = process_options(meta, a, env, cwd, operation)
+      if eopts and (eopts.on_stdout or eopts.on_stderr) then
+        return run_streaming(meta, popts, wait_ms, opts.max_output, eopts, operation)
+      end
       popts.timeout_ms, popts.max_output = wait_ms, opts.max_output
-      r, err = proc.run(popts)
-      if not r then could_not_run(meta, err, operation) end
-    end
-    if limit and (r.timed_out or common.hit_time_limit(r, limit, runtime.now_ms() - t0)) then
-      error(common.exec_timeout_error(meta.id, limit), 0)
-    end
+      local res, err = proc.run(popts)
+      if not res then could_not_run(meta, err, operation) end
+      return res
+    end)
     if r.timed_out then
       common.raise("TIMEOUT", ("command in %s timed out"):format(meta.id),
         { operation = operation, resource = "instance:" .. meta.id })

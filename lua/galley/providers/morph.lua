@@ -500,12 +500,7 @@ function M.new(opts)
     local req = { timeout_ms = limit and (limit + exec_backstop_ms), on_stdout = eopts.on_stdout,
       on_stderr = eopts.on_stderr }
     local function run_limited(argv)
-      local t0 = runtime.now_ms()
-      local r = exec_argv(instance_id, limited(argv), req)
-      if limit and common.hit_time_limit(r, limit, runtime.now_ms() - t0) then
-        error(common.exec_timeout_error(instance_id, limit), 0)
-      end
-      return r
+      return common.run_limited(instance_id, argv, limit, function(a) return exec_argv(instance_id, a, req) end)
     end
     local script = plan.script
     if plan.argv then

@@ -618,18 +618,11 @@ function M.new(opts)
     -- A time limit runs inside the container (timeout(1) kills the command's process group
     -- there), as on every provider; ssh itself is given a little longer.
     local limit = eopts.timeout_ms or exec_timeout_ms
-    local remote = limit and common.time_limited(argv, limit) or argv
-    if via_host then remote = { "pct", "exec", tostring(vmid), "--", table.unpack(remote) } end
-    local r, err
-    local t0 = runtime.now_ms()
-    if eopts.on_stdout or eopts.on_stderr then
-      r, err = ch:stream(t, remote, eopts.on_stdout, eopts.on_stderr)
-    else
-      r, err = ch:run(t, remote, { timeout_ms = limit and (limit + common.EXEC_BACKSTOP_MS), operation = "exec" })
-    end
-    if r and limit and common.hit_time_limit(r, limit, runtime.now_ms() - t0) then
-      error(common.exec_timeout_error(tostring(id), limit), 0)
-    end
+    local r, err = common.run_limited(tostring(id), argv, limit, function(remote)
+      if via_host then remote = { "pct", "exec", tostring(vmid), "--", table.unpack(remote) } end
+      if eopts.on_stdout or eopts.on_stderr then return ch:stream(t, remote, eopts.on_stdout, eopts.on_stderr) end
+      return ch:run(t, remote, { timeout_ms = limit and (limit + common.EXEC_BACKSTOP_MS), operation = "exec" })
+    end)
     if not r then
       if err.code == "TRANSPORT" then
         -- Gone meanwhile? Then it is NOT_FOUND, not a transport failure.
