@@ -18,7 +18,7 @@ local runtime = require("galley.core.runtime")
 
 local M = {}
 
-local START_TIMEOUT_MS = 60000
+local START_TIMEOUT_MS = 60000 -- more than the Morph emulator's: its nodes' sshd start with it
 
 local function uuid()
   local h = codec.random_hex(16)
@@ -85,26 +85,8 @@ function M.start(opts)
     pcall(h.close, h)
     fs.remove_tree(dir)
   end
-  local out, errtext = "", ""
-  local deadline = runtime.now_ms() + START_TIMEOUT_MS
-  while not out:find("\n", 1, true) do
-    local left = deadline - runtime.now_ms()
-    local kind, data = nil, nil
-    if left > 0 then kind, data = h:read(left) end
-    if kind == "stdout" then
-      out = out .. data
-    elseif kind == "stderr" then
-      errtext = errtext .. data
-    else
-      child.stop()
-      errors.raise("EMULATOR_START", "galley emulate proxmox did not start", { stderr = errtext })
-    end
-  end
-  local port = out:match("^listening on http://127%.0%.0%.1:(%d+)/api2/json\n")
-  if not port then
-    child.stop()
-    errors.raise("EMULATOR_START", "unexpected first line from galley emulate proxmox: " .. out, { stderr = errtext })
-  end
+  local port = require("galley.emulator.spawn").listening_port(h, child.stop, "galley emulate proxmox", "/api2/json",
+    START_TIMEOUT_MS)
   child.port = math.tointeger(tonumber(port))
   child.url = "http://127.0.0.1:" .. port
   child.base_url = child.url .. "/api2/json"

@@ -21,6 +21,39 @@ local START_TIMEOUT_MS = 30000
 ---@field state_dir string
 ---@field stop fun() stops the emulator and removes its state (idempotent)
 
+--- Reads a starting emulator's first stdout line, `listening on http://127.0.0.1:PORT<path>`, and
+--- returns PORT; on anything else (or nothing within timeout_ms) calls stop() and raises
+--- EMULATOR_START with what it printed on stderr. Shared by the Morph and Proxmox emulators.
+---@param h table the emulator's Process
+---@param stop fun()
+---@param what string the command, for messages
+---@param path string the API path after the port ("/api", "/api2/json")
+---@param timeout_ms? integer default 30 s
+---@return string port
+function M.listening_port(h, stop, what, path, timeout_ms)
+  local out, errtext = "", ""
+  local deadline = runtime.now_ms() + (timeout_ms or START_TIMEOUT_MS)
+  while not out:find("\n", 1, true) do
+    local left = deadline - runtime.now_ms()
+    local kind, data = nil, nil
+    if left > 0 then kind, data = h:read(left) end
+    if kind == "stdout" then
+      out = out .. data
+    elseif kind == "stderr" then
+      errtext = errtext .. data
+    else
+      stop()
+      errors.raise("EMULATOR_START", what .. " did not start", { stderr = errtext })
+    end
+  end
+  local port = out:match("^listening on http://127%.0%.0%.1:(%d+)" .. path:gsub("%p", "%%%0") .. "\n")
+  if not port then
+    stop()
+    errors.raise("EMULATOR_START", "unexpected first line from " .. what .. ": " .. out, { stderr = errtext })
+  end
+  return port
+end
+
 --- Starts an emulator on a free loopback port and waits until it listens.
 ---@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: string[], snapshots?: string[],
 ---  sandbox?: boolean, argv_mode?: "exec"|"join"}
@@ -47,8 +80,6 @@ function M.start(opts)
     fs.remove_tree(dir)
     errors.raise("EMULATOR_START", "cannot start galley emulate: " .. tostring(err))
   end
-  local out, errtext = "", ""
-  local deadline = runtime.now_ms() + START_TIMEOUT_MS
   local stopped = false
   local child = { api_key = key, state_dir = dir }
   function child.stop()
@@ -59,24 +90,7 @@ function M.start(opts)
     pcall(h.close, h)
     fs.remove_tree(dir)
   end
-  while not out:find("\n", 1, true) do
-    local left = deadline - runtime.now_ms()
-    local kind, data = nil, nil
-    if left > 0 then kind, data = h:read(left) end
-    if kind == "stdout" then
-      out = out .. data
-    elseif kind == "stderr" then
-      errtext = errtext .. data
-    else
-      child.stop()
-      errors.raise("EMULATOR_START", "galley emulate did not start", { stderr = errtext })
-    end
-  end
-  local port = out:match("^listening on http://127%.0%.0%.1:(%d+)/api\n")
-  if not port then
-    child.stop()
-    errors.raise("EMULATOR_START", "unexpected first line from galley emulate: " .. out, { stderr = errtext })
-  end
+  local port = M.listening_port(h, child.stop, "galley emulate", "/api")
   child.port = math.tointeger(tonumber(port))
   child.base_url = "http://127.0.0.1:" .. port .. "/api"
   require("galley.run").defer(child.stop, "stop the emulator")
