@@ -202,16 +202,45 @@ describe("execfiles #files", function()
 
   describe("decoder detection", function()
     local tools = { "sh", "base64", "sha256sum", "wc", "mkdir", "mv", "rm", "chmod", "chown", "sync", "cat", "tail",
-      "head", "cut", "find", "cp", "ls" }
+      "head", "cut", "find", "cp", "ls", "stat", "dd" }
 
-    it("uses coreutils when python3 is missing, once per instance", function()
+    -- A PATH of its own: the tools named (symlinks to ours, minus `without`), python3 when asked
+    -- (the system one: a version-manager shim needs its own PATH), and wrapper scripts. `log`
+    -- names a file the wrappers append to.
+    local function make_bin(o)
       local bin = mktemp_dir()
       cleanups[#cleanups + 1] = function() proc.run({ argv = { "rm", "-rf", "--", bin } }) end
+      local skip = {}
+      for _, t in ipairs(o.without or {}) do skip[t] = true end
       for _, t in ipairs(tools) do
         local path = proc.which(t)
-        if path then sh_out('ln -s "$1" "$2"', path, bin .. "/" .. t) end
+        if path and not skip[t] and not (o.wrappers or {})[t] then sh_out('ln -s "$1" "$2"', path, bin .. "/" .. t) end
       end
-      local h = new_harness({ path = bin })
+      if o.python then
+        local py = io.open("/usr/bin/python3") and "/usr/bin/python3" or proc.which("python3")
+        sh_out('ln -s "$1" "$2"', py, bin .. "/python3")
+      end
+      for name, body in pairs(o.wrappers or {}) do
+        spit(bin .. "/" .. name, "#!/bin/sh\n" .. body:gsub("REAL", proc.which(name)):gsub("LOG", bin .. "/log") .. "\n")
+        sh_out('chmod 755 "$1"', bin .. "/" .. name)
+      end
+      return bin
+    end
+
+    local function log_lines(bin)
+      local f = io.open(bin .. "/log", "rb")
+      if not f then return 0 end
+      local n = select(2, f:read("a"):gsub("\n", ""))
+      f:close()
+      return n
+    end
+
+    -- sha256sum that says it ran: the coreutils paths run it once per write and per read head,
+    -- the python paths never.
+    local RECORDING_SHA256SUM = 'echo sha256sum >> "LOG"\nexec "REAL" "$@"'
+
+    it("uses coreutils when python3 is missing, once per instance", function()
+      local h = new_harness({ path = make_bin({}) })
       -- A write picks its tools on the instance: one exec, no probe.
       h.files.write_file_atomic("inst-1", "~/x", "via coreutils")
       assert.are.equal(1, #h.calls)
@@ -224,25 +253,95 @@ describe("execfiles #files", function()
       assert.are.equal(first_read - 1, #h.calls - 1 - first_read) -- no second probe
     end)
 
-    it("uses python3 when the instance has it, and coreutils for later read chunks", function()
-      local h = new_harness({ files = { max_request_bytes = 4096, max_arg_bytes = 1024 } })
-      local function uses_python(argv)
-        for _, a in ipairs(argv) do
-          if a:find("import os", 1, true) or a == "python3" then return true end
-        end
-        return false
-      end
-      h.files.write_file_atomic("inst-1", "~/x", "via python")
+    it("prefers coreutils when the instance has python3 too, for writes and reads", function()
+      local bin = make_bin({ python = true, wrappers = { sha256sum = RECORDING_SHA256SUM } })
+      local h = new_harness({ path = bin, files = { max_request_bytes = 4096, max_arg_bytes = 1024 } })
+      -- fresh instance: one exec, and the tool choice happened inside it (sha256sum ran)
+      h.files.write_file_atomic("inst-1", "~/x", "via coreutils", { mode = "640" })
       assert.are.equal(1, #h.calls)
-      assert.is_true(uses_python(h.calls[1]))
-      h.files.write_file_atomic("inst-1", "~/y", binary(10000))
-      assert.are.equal(1 + 4, #h.calls)
+      assert.are.equal(1, log_lines(bin))
+      assert.are.equal("via coreutils", slurp(h.root .. "/x"))
+      assert.are.equal("640\n", sh_out('stat -c %a "$1"', h.root .. "/x"))
+      -- the first read probes (1 exec), then hashes with sha256sum (head) and brings chunks
+      local data = binary(10000)
+      spit(h.root .. "/y", data)
       h.calls = {}
-      -- The first read probes (1 exec), then python hashes the file and coreutils brings chunks.
-      assert.are.equal(binary(10000), h.files.read_file("inst-1", "~/y"))
-      assert.are.equal(5, #h.calls)
-      assert.is_true(uses_python(h.calls[2]))
-      for i = 3, 5 do assert.is_false(uses_python(h.calls[i])) end
+      assert.are.equal(data, h.files.read_file("inst-1", "~/y"))
+      assert.are.equal(1 + 4, #h.calls)
+      assert.are.equal(2, log_lines(bin))
+      -- later writes use the probe's answer: coreutils, several chunks, one verification
+      h.calls = {}
+      h.files.write_file_atomic("inst-1", "~/z", data)
+      assert.are.equal(4, #h.calls)
+      assert.are.equal(3, log_lines(bin))
+      assert.are.equal(data, slurp(h.root .. "/z"))
+      -- decoder = "python" still means python3 for writes and read heads: sha256sum never runs
+      local files = execfiles.new({ exec_argv = h.exec_argv, home_dir = h.root, decoder = "python" })
+      files.write_file_atomic("inst-1", "~/p", data)
+      assert.are.equal(data, files.read_file("inst-1", "~/p"))
+      assert.are.equal(3, log_lines(bin))
+    end)
+
+    it("falls back to python3 when coreutils are missing, writes and reads included", function()
+      local h = new_harness({ path = make_bin({ python = true, without = { "base64", "sha256sum", "dd" } }),
+        files = { max_request_bytes = 4096, max_arg_bytes = 1024 } })
+      h.files.write_file_atomic("inst-1", "~/new", "via python", { create_dirs = true })
+      assert.are.equal(1, #h.calls)
+      assert.are.equal("via python", slurp(h.root .. "/new"))
+      spit(h.root .. "/kept", "old")
+      sh_out('chmod 751 "$1"', h.root .. "/kept")
+      local data = binary(10000)
+      h.files.write_file_atomic("inst-1", "~/kept", data)
+      assert.are.equal(data, slurp(h.root .. "/kept"))
+      assert.are.equal("751\n", sh_out('stat -c %a "$1"', h.root .. "/kept"))
+      assert.are.equal(data, h.files.read_file("inst-1", "~/kept"))
+      raises_code("NOT_FOUND", h.files.read_file, "inst-1", "~/missing")
+      local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", h.root, "x")
+      assert.are.equal("is_directory", err.details.reason)
+      assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
+    end)
+
+    it("keeps every guarantee with tools that lack GNU options (busybox-like), never a wrong file", function()
+      -- chmod without --reference, mv without -T, sync without file arguments, base64 without -w;
+      -- and no python3: the coreutils path runs alone, on its POSIX fallbacks.
+      local reject = 'for a; do case $a in %s) echo "%s: unrecognized option $a" >&2; exit 1;; esac; done\nexec "REAL" "$@"'
+      local bin = make_bin({ wrappers = {
+        chmod = reject:format("--reference*", "chmod"),
+        mv = reject:format("-T", "mv"),
+        sync = '[ $# -eq 0 ] || { echo "sync: no arguments" >&2; exit 1; }\necho sync >> "LOG"\nexec "REAL"',
+        base64 = reject:format("-w", "base64"),
+      } })
+      local h = new_harness({ path = bin, files = { parallel = 1, max_request_bytes = 4096, max_arg_bytes = 1024 } })
+      h.files.write_file_atomic("inst-1", "~/new", "posix", { create_dirs = true })
+      assert.are.equal("posix", slurp(h.root .. "/new"))
+      assert.are.equal(1, log_lines(bin)) -- the global sync ran
+      spit(h.root .. "/kept", "old")
+      sh_out('chmod 4751 "$1"', h.root .. "/kept")
+      local data = binary(10000)
+      h.files.write_file_atomic("inst-1", "~/kept", data)
+      assert.are.equal(data, slurp(h.root .. "/kept"))
+      assert.are.equal("4751\n", sh_out('stat -c %a "$1"', h.root .. "/kept"))
+      -- reads: base64 without -w sends lines, stripped on arrival
+      assert.are.equal(data, h.files.read_file("inst-1", "~/kept"))
+      -- a directory at the target is refused, a damaged transfer leaves the old file
+      local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", h.root, "x")
+      assert.are.equal("is_directory", err.details.reason)
+      h.before = function(_, argv)
+        local last = argv[#argv]
+        argv[#argv] = (last:sub(1, 1) == "A" and "B" or "A") .. last:sub(2)
+      end
+      err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/kept", binary(2000))
+      h.before = nil
+      assert.are.equal(42, err.details.exit_code)
+      assert.are.equal(data, slurp(h.root .. "/kept"))
+      assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
+    end)
+
+    it("says where a missing parent directory is, with the create_dirs hint", function()
+      local h = new_harness({ path = make_bin({}) })
+      local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/no/such/f", "x")
+      assert.is_string(err.hint)
+      assert.is_truthy(err.hint:find("create_dirs", 1, true))
     end)
   end)
 
