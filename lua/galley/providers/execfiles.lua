@@ -1,7 +1,7 @@
 --- galley.providers.execfiles: the provider `files` API over nothing but exec of an argv.
 -- Morph has no file channel, and the local provider runs its instances in a sandbox, so both
--- move file contents as base64 in argv elements and run small remote programs (python3 when the
--- instance has it, else POSIX sh with GNU coreutils) that decode, verify and rename.
+-- move file contents as base64 in argv elements and run small remote programs (POSIX sh with
+-- coreutils when the instance has them, else python3) that decode, verify and rename.
 --
 --   local files = execfiles.new{exec_argv = function(id, argv) ... return {stdout=, stderr=, exit_code=} end,
 --                               home_dir = "/root"}
@@ -16,25 +16,31 @@
 --   With `max_command_bytes` (a provider that sends each exec as ONE shell line, the argv quoted
 --   by galley.core.shell.join), the whole quoted line of every exec stays within it instead.
 -- - A write whose content fits one exec is ONE exec: create the parent directories (create_dirs),
---   write a temporary file beside the target (mode 600 while it is written), chmod/chown, check
---   size and sha256, fsync, rename over the target. Larger contents append one chunk per exec;
---   the last exec verifies and renames. On any failure the old target is untouched and the
---   temporary file is removed.
+--   write a temporary file beside the target (mode 600 while it is written), fsync, chmod/chown,
+--   check its sha256 (the digest of exactly `size` bytes: a match checks the size too), rename
+--   over the target. Larger contents append one chunk per exec; the last exec verifies and
+--   renames. On any failure the old target is untouched and the temporary file is removed.
 -- - Reads fetch `size sha256` first, then the content in chunks of the same size, and check the
 --   sha256 of what arrived.
 -- - Contents are strings or `{from_file = "/local/path"}`; `read_file(..., {to_file = path})`
 --   writes to a local file instead of returning a string. With these, memory is bounded by the
 --   chunk size, not the file size.
 -- - Files above `size_limit` (default 256 MiB) fail with FILE_TOO_LARGE before anything moves.
--- - Writes pick their tools on the instance inside the same exec (python3 when present, else
---   coreutils), so a small write is one exec even on a fresh instance; reads detect the tools
---   once per instance. With python3 (the system /usr/bin/python3 when it exists, to skip slow
---   PATH shims such as pyenv's), writes decode and verify in python
---   (the base64 reaches it through a pipe from the shell's printf builtin: python is slow to take
---   megabytes of argv) and it hashes files for reads; without it, coreutils `base64 -d` and
---   `sha256sum` do. Chunks after the first are read with `tail | head | base64` when those
---   exist (much faster to start than python). Pass `decoder = "python"` (python3 + coreutils),
---   "python-only" or "coreutils" to skip detection.
+-- - Tools: coreutils first, python3 the fallback. coreutils start in a few ms each where python3
+--   takes 20-70 ms to start and import (a one-exec write with coreutils: sh, base64 -d, sync,
+--   chmod, sha256sum, mv). Writes choose on the instance inside the same exec (coreutils when
+--   all of base64, sha256sum, chmod, chown, mv, mkdir, rm and sync are on PATH, else python3),
+--   so a small write is one exec even on a fresh instance; the first read asks once per
+--   instance (SH_PROBE), and later writes and reads use its answer. GNU-only options have POSIX
+--   fallbacks (busybox): `sync FILE` -> `sync`, `chmod --reference` -> `stat -c %a`, `mv -T` ->
+--   a directory check and `mv`, `base64 -w 0` -> wrapped lines stripped here; whatever the
+--   tools, a file that does not hash right is never renamed into place. python3 is the system
+--   /usr/bin/python3 when it exists (PATH shims such as pyenv's cost 100+ ms a start). Large
+--   writes send their chunks (`parallel` at once) with `base64 -d | dd` at their offsets (python
+--   when GNU dd is missing); reads bring chunks with `tail | head | base64`. The base64 reaches
+--   the decoder through a here-document, not `printf %s "$@"` (dash's printf costs ~13 ms per
+--   MiB). Pass `decoder = "coreutils"`, "python" (python3 writes and read heads, coreutils for
+--   chunks) or "python-only" to skip detection.
 -- - Without a mode, a replaced file keeps the old file's mode; a new file gets 0666 & ~umask.
 --   Owner and group change only when asked (a replaced file otherwise belongs to the exec user).
 --
