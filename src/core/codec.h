@@ -1,5 +1,6 @@
-/* Encodings and digests over libsodium: base64 (strict), SHA-256, random bytes, hex and
- * constant-time comparison. sodium_init() must have run (main.c does it before any Lua state). */
+/* Encodings and digests: base64 (strict, table-driven: not constant-time), and over libsodium
+ * SHA-256, random bytes, hex and constant-time comparison. sodium_init() must have run (main.c
+ * does it before any Lua state). */
 #ifndef GALLEY_CODEC_H
 #define GALLEY_CODEC_H
 
