@@ -515,7 +515,7 @@ int galley_proc_spawn(uv_loop_t *loop, const galley_proc_spec *spec, galley_proc
   }
   /* posix_spawn (glibc: clone with CLONE_VM|CLONE_VFORK) rather than uv_spawn, whose fork
    * copies our page tables: from a process as large as the emulator that was most of what a
-   * spawn cost. Its own session (setsid), every signal at its default and unblocked, only the
+   * spawn cost. Its own session (setsid), signals 1-31 at their defaults, none blocked, only the
    * three stdio descriptors (cloexec_all marks the rest), stdin /dev/null unless asked. */
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t attr;

@@ -3,7 +3,8 @@
  *
  * The child is started by posix_spawn (no copy of our page tables, as a fork would make) in its
  * own session and process group (setsid), so kill(-pid) reaches everything it starts, with
- * every signal at its default; its exit is seen through a pidfd watched on the loop (Linux 5.3
+ * signals 1-31 at their defaults and none blocked (glibc's posix_spawn leaves its two internal
+ * real-time signals, 32 and 33, ignored); its exit is seen through a pidfd watched on the loop (Linux 5.3
  * or later). stdin comes from /dev/null, a pipe or given bytes; stdout and stderr are pipes
  * read by libuv; no other descriptor reaches the child. Nothing here
  * blocks or polls: callbacks record what happened and ready the waiter's token
