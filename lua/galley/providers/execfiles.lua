@@ -143,7 +143,8 @@ EOF
 local SH_PIPE_PY_WRITE = "py=$1; shift\n" .. SH_PY_BODY
 
 -- The same with POSIX sh and coreutils: sh, (a subshell creating and filling the temporary
--- file with `base64 -d`), sync, chmod, sha256sum, mv. The sha256 alone is checked: it is the
+-- file with `base64 -d`), sync (the fsync, in the background while chmod and sha256sum run;
+-- waited for before the rename), chmod, sha256sum, mv. The sha256 alone is checked: it is the
 -- digest of exactly `size` bytes, so a match means the size matches too (wc runs only to say how
 -- much arrived when it does not). GNU options have a POSIX fallback that keeps the same
 -- guarantees, so busybox never leaves a wrong file: `sync FILE` falls back to a global sync,
@@ -168,7 +169,7 @@ EOF
 fi
 unset IFS
 if [ "$last" = 1 ]; then
-  sync -- "$tmp" 2>/dev/null || sync || fail 1 "sync failed"
+  sync -- "$tmp" 2>/dev/null & s=$!
   if [ -n "$mode" ]; then chmod -- "$mode" "$tmp" || fail 1 "chmod failed"
   elif [ -e "$target" ]; then
     chmod --reference="$target" -- "$tmp" 2>/dev/null ||
@@ -176,6 +177,7 @@ if [ "$last" = 1 ]; then
   else chmod =rw -- "$tmp" || fail 1 "chmod failed"; fi
   if [ -n "$owner$group" ]; then chown -- "$owner${group:+:$group}" "$tmp" || fail 1 "chown failed"; fi
   h=$(sha256sum < "$tmp") || fail 1 "sha256sum failed"
+  wait "$s" || sync || fail 1 "sync failed"
   if [ "${h%% *}" != "$digest" ]; then
     n=$(wc -c < "$tmp" 2>/dev/null)
     fail 42 "verification failed: ${n:-?} bytes written, $size expected, sha256 differs"
