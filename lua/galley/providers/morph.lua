@@ -19,11 +19,24 @@
 --
 -- Exec: the service runs a one-element `command` through a shell; what it does with several
 -- elements is not documented (an SSH-style server space-joins them and runs the line with sh -c).
--- So every exec is sent as ONE element (exec_form "string", the default): the exact argv, each
--- word quoted by galley.core.shell.join, which sh -c and bash -c (login or not) read back
--- byte-identical. That line is one argument of the service's shell: it must stay under
--- `max_command_bytes` (default 120 KiB; Linux refuses one argument of 128 KiB). exec_form
--- "argv" sends the argv as the command array, for services known to run it directly.
+-- So an ordinary exec is sent as ONE element: the exact argv, each word quoted by
+-- galley.core.shell.join, which sh -c and bash -c (login or not) read back byte-identical. That
+-- line is one argument of the service's shell: it must stay under `max_command_bytes` (default
+-- 120 KiB; Linux refuses one argument of 128 KiB). `exec_form` says what happens to payloads
+-- too long for one line (execfiles' chunked writes, workspace's tar chunks, long scripts/argv):
+-- - "auto" (the default): the first time a payload needs more than one line, ONE probe exec per
+--   provider (M.probe_exec_form: `/bin/sh -c <print ${#1}:${#2}:$3> galley-probe <96 KiB>
+--   <96 KiB> "a b"`, one ~200 KiB request; tasks asking at once share it) tells whether the
+--   service runs a large multi-element command as an argv. Yes: payloads go as argv arrays with
+--   the large limits (max_request_bytes, INLINE_SCRIPT_BYTES). Anything else (other output, a
+--   non-zero exit, an HTTP answer about the request such as 413/500/503): "string", remembered;
+--   on a service that joins commands the floor is then ~88 KiB of content per request (the
+--   Linux limit on one argument). Errors that decide nothing (network, TIMEOUT, INTERRUPTED,
+--   AUTHENTICATION_ERROR, NOT_FOUND, CONFLICT, RATE_LIMIT, PROTOCOL_ERROR) are raised and
+--   forgotten. provider.exec_form() gives the outcome ("string"|"argv"; nil before the probe).
+-- - "string": payloads stay lines too, never asking (always correct, whatever the service does).
+-- - "argv": every multi-element argv goes as the command array, for services known to run it
+--   directly (no probe).
 -- A shell-form spec, or an argv spec with cwd/env, becomes a bash script (galley.core.shell.plan)
 -- that ONE exec writes to /tmp/.galley-script-<random>.sh, runs as `/bin/bash <path>` and removes;
 -- a script whose exec would not fit is uploaded first (files API), and so is an argv too long
