@@ -484,12 +484,13 @@ function M.new(opts)
     if not probing then
       local t
       t = task.spawn(function()
-        local form, why = M.probe_exec_form(client, id, { timeout_ms = exec_timeout_ms })
-        if probing == t then probing = nil end
+        local ok, form, why = pcall(M.probe_exec_form, client, id, { timeout_ms = exec_timeout_ms })
+        if probing == t then probing = nil end -- decided, or the next payload asks again
+        if not ok then error(form, 0) end
         if not form then error(M.wrap_error(why, "exec", "instance:" .. id), 0) end
         decided = form
-        log.debug("exec form", { form = form, instance = id, exit_code = math.tointeger(why.exit_code), status = why.status,
-          code = why.code, output_ok = why.stdout_ok })
+        log.debug("exec form", { form = form, instance = id, exit_code = math.tointeger(why.exit_code),
+          status = why.status, code = why.code, output_ok = why.stdout_ok })
         return form
       end)
       probing = t
