@@ -16,6 +16,7 @@
 #include "loader.h"
 #include "loop.h"
 #include "sig.h"
+#include "stage.h"
 
 #define EXIT_USAGE 2
 
@@ -309,6 +310,8 @@ static int pmain(lua_State *L) {
 
 
 int main(int argc, char **argv) {
+  /* The sandbox stager (src/core/stage.h) runs before anything else is set up. */
+  if (argc > 1 && strcmp(argv[1], "__stage") == 0) return galley_stage_main(argc - 1, argv + 1);
   /* libcurl and libedit are loaded on first use (src/core/dyn_*.c). */
   if (sodium_init() < 0) {
     fprintf(stderr, "galley: cannot initialise libsodium\n");

@@ -205,6 +205,39 @@ static int l_fs_mkdir_p(lua_State *L) {
 }
 
 
+/* fs.mkdir(path, mode) -> true | nil, err   (one directory, exactly this mode: `mkdir -m`) */
+static int l_fs_mkdir(lua_State *L) {
+  const char *path = check_path(L, 1);
+  int mode = check_mode(L, 2, 2);
+  galley_fs_error e;
+  if (galley_fs_mkdir(path, mode, &e) != 0) return fs_fail(L, &e, "cannot create directory");
+  return push_true(L);
+}
+
+
+/* fs.mkfifo(path, mode) -> true | nil, err   (a named pipe, exactly this mode: `mkfifo -m`) */
+static int l_fs_mkfifo(lua_State *L) {
+  const char *path = check_path(L, 1);
+  int mode = check_mode(L, 2, 2);
+  galley_fs_error e;
+  if (galley_fs_mkfifo(path, mode, &e) != 0) return fs_fail(L, &e, "cannot create named pipe");
+  return push_true(L);
+}
+
+
+/* fs.chown(path, uid, gid) -> true | nil, err   (the path itself, never a symlink's target) */
+static int l_fs_chown(lua_State *L) {
+  const char *path = check_path(L, 1);
+  lua_Integer uid = luaL_checkinteger(L, 2);
+  lua_Integer gid = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, uid >= 0 && uid <= 0xfffffffe, 2, "uid out of range");
+  luaL_argcheck(L, gid >= 0 && gid <= 0xfffffffe, 3, "gid out of range");
+  galley_fs_error e;
+  if (galley_fs_chown(path, (long)uid, (long)gid, &e) != 0) return fs_fail(L, &e, "cannot change the owner of");
+  return push_true(L);
+}
+
+
 /* fs.remove(path) -> true | nil, err   (a file, a symlink or an empty directory) */
 static int l_fs_remove(lua_State *L) {
   const char *path = check_path(L, 1);
@@ -366,6 +399,9 @@ static const luaL_Reg fs_funcs[] = {
   { "exists",       l_fs_exists       },
   { "chunks",       l_fs_chunks       },
   { "mkdir_p",      l_fs_mkdir_p      },
+  { "mkdir",        l_fs_mkdir        },
+  { "chown",        l_fs_chown        },
+  { "mkfifo",       l_fs_mkfifo       },
   { "remove",       l_fs_remove       },
   { "remove_tree",  l_fs_remove_tree  },
   { "list",         l_fs_list         },

@@ -2,6 +2,7 @@
  * the interrupt flag, clocks and terminals. */
 #include <errno.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -103,6 +104,31 @@ static int l_runtime_getpid(lua_State *L) {
 }
 
 
+/* runtime.kill(pid, signal) -> true | nil, errno_name   (signal: "KILL", "TERM", "STOP",
+ * "CONT", "INT", "HUP" or a number; pid > 0 only: never a process group or every process) */
+static int l_runtime_kill(lua_State *L) {
+  lua_Integer pid = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, pid > 0 && pid <= 0x7fffffff, 1, "pid must be a positive process id");
+  static const char *const names[] = {"KILL", "TERM", "STOP", "CONT", "INT", "HUP", NULL};
+  static const int sigs[] = {SIGKILL, SIGTERM, SIGSTOP, SIGCONT, SIGINT, SIGHUP};
+  int sig;
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n >= 0 && n < 65, 2, "signal number out of range");
+    sig = (int)n;
+  } else {
+    sig = sigs[luaL_checkoption(L, 2, NULL, names)];
+  }
+  if (kill((pid_t)pid, sig) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, errno == ESRCH ? "ESRCH" : errno == EPERM ? "EPERM" : strerror(errno));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+
 /* runtime.getuid() -> uid, euid */
 static int l_runtime_getuid(lua_State *L) {
   lua_pushinteger(L, getuid());
@@ -180,6 +206,7 @@ static const luaL_Reg runtime_funcs[] = {
   { "sleep_ms",          galley_loop_sleep_lua       },
   { "isatty",            l_runtime_isatty            },
   { "getpid",            l_runtime_getpid            },
+  { "kill",              l_runtime_kill              },
   { "getuid",            l_runtime_getuid            },
   { "home",              l_runtime_home              },
   { "executable",        l_runtime_executable        },

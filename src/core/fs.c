@@ -247,6 +247,34 @@ int galley_fs_mkdir_p(const char *path, int mode, galley_fs_error *e) {
 }
 
 
+int galley_fs_mkdir(const char *path, int mode, galley_fs_error *e) {
+  if (mkdir(path, 0700) != 0) return fail(e, path, 0);
+  if (chmod(path, (mode_t)mode) != 0) {
+    int err = errno;
+    rmdir(path);
+    return fail(e, path, err);
+  }
+  return 0;
+}
+
+
+int galley_fs_mkfifo(const char *path, int mode, galley_fs_error *e) {
+  if (mkfifo(path, 0600) != 0) return fail(e, path, 0);
+  if (chmod(path, (mode_t)mode) != 0) {
+    int err = errno;
+    unlink(path);
+    return fail(e, path, err);
+  }
+  return 0;
+}
+
+
+int galley_fs_chown(const char *path, long uid, long gid, galley_fs_error *e) {
+  if (lchown(path, (uid_t)uid, (gid_t)gid) != 0) return fail(e, path, 0);
+  return 0;
+}
+
+
 int galley_fs_remove(const char *path, galley_fs_error *e) {
   if (unlink(path) == 0) return 0;
   if (errno != EISDIR && errno != EPERM) return fail(e, path, 0);

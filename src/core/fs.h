@@ -50,6 +50,16 @@ int galley_fs_exists(const char *path);
 /* Creates path and any missing parents (mode before the umask). An existing directory is fine. */
 int galley_fs_mkdir_p(const char *path, int mode, galley_fs_error *e);
 
+/* Creates one directory (its parent must exist; an existing path is an error) with exactly
+ * `mode` (0..07777, the umask does not apply), as `mkdir -m MODE` does. */
+int galley_fs_mkdir(const char *path, int mode, galley_fs_error *e);
+
+/* Creates a named pipe with exactly `mode` (the umask does not apply), as `mkfifo -m MODE`. */
+int galley_fs_mkfifo(const char *path, int mode, galley_fs_error *e);
+
+/* Changes the owner and group of path itself (a symlink is not followed). */
+int galley_fs_chown(const char *path, long uid, long gid, galley_fs_error *e);
+
 /* Removes a file, a symlink or an empty directory. */
 int galley_fs_remove(const char *path, galley_fs_error *e);
 

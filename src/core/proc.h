@@ -1,9 +1,12 @@
 /* Local child processes without a shell, on the event loop (loop.h): argv in, exit status and
  * captured output out.
  *
- * The child runs in its own session and process group (UV_PROCESS_DETACHED: setsid), so
- * kill(-pid) reaches everything it starts; stdin comes from /dev/null, a pipe or given bytes;
- * stdout and stderr are pipes read by libuv; no other descriptor reaches the child. Nothing here
+ * The child is started by posix_spawn (no copy of our page tables, as a fork would make) in its
+ * own session and process group (setsid), so kill(-pid) reaches everything it starts, with
+ * signals 1-31 at their defaults and none blocked (glibc's posix_spawn leaves its two internal
+ * real-time signals, 32 and 33, ignored); its exit is seen through a pidfd watched on the loop (Linux 5.3
+ * or later). stdin comes from /dev/null, a pipe or given bytes; stdout and stderr are pipes
+ * read by libuv; no other descriptor reaches the child. Nothing here
  * blocks or polls: callbacks record what happened and ready the waiter's token
  * (galley_proc_notify), and the caller runs the loop (src/bind/await.h, or galley_loop_turn in
  * tests) until galley_proc_finished / galley_proc_next says so.

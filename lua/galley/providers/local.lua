@@ -101,45 +101,35 @@ local INNER = 'exec 3<&- 4<&- 5<&- 6<&- 7<&- 8<&- 9<&-; cd -- "$1" || exit 127; 
 -- Starts an instance's holder: $1 instance dir, $2 cgroup ("" for none), $3 "write" (root: the
 -- maps are written directly) or "newuidmap", $4 uid map, $5 gid map, $6 a staging directory
 -- or "" (root: the holder runs as a subordinate id that cannot enter the state directory, so
--- the instance's home and tmp are first bound at STAGE/home and STAGE/tmp, on a tmpfs over STAGE
--- in a private mount namespace, where the directories listed next are also made read-only, so
--- that inside the instance their read-only flag is locked), the read-only directories (paths
--- without spaces), "--", then the holder's argv (bwrap with --userns-block-fd 3 --info-fd 4; its command
--- writes "ready" to fd 6 once the sandbox is set up). The holder waits until its user namespace
--- is mapped and nested user namespaces are disabled in it; prints the holder's pid once ready.
+-- `galley __stage` ($7, this galley binary; src/core/stage.h) first binds the instance's home
+-- and tmp at STAGE/home and STAGE/tmp, on a tmpfs over STAGE in a private mount namespace, where
+-- the directories listed next are also made read-only, so that inside the instance their
+-- read-only flag is locked), the read-only directories (paths without spaces), "--", then the
+-- holder's argv (bwrap with --userns-block-fd 3 --info-fd 4; its command writes "ready" to fd 6
+-- once the sandbox is set up). The holder waits until its user namespace is mapped and nested
+-- user namespaces are disabled in it; prints the holder's pid once ready. The named pipes
+-- DIR/.ns-block, .ns-info and .ns-ready are made (and removed) by launch_holder. Only shell
+-- builtins besides nsenter and the sandbox itself: every process costs a boot time.
 local LAUNCH = [[
-d=$1 cg=$2 mode=$3 um=$4 gm=$5 stage=$6; shift 6
+d=$1 cg=$2 mode=$3 um=$4 gm=$5 stage=$6 exe=$7; shift 7
 ro=""
 while [ "$1" != -- ]; do ro="$ro $1"; shift; done
 shift
 if [ -n "$cg" ]; then echo $$ > "$cg/cgroup.procs" || exit 125; fi
 b="$d/.ns-block" i="$d/.ns-info" r="$d/.ns-ready"
-rm -f "$b" "$i" "$r"
-mkfifo -m 600 "$b" "$i" "$r" || exit 125
 if [ -n "$stage" ]; then
-  set -- unshare --mount --propagation private -- /bin/sh -c '
-    s=$1
-    exec 8<"$2/home" 9<"$2/tmp" || exit 1
-    shift 2
-    while [ "$1" != -- ]; do
-      mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 1
-      shift
-    done
-    shift
-    mount -t tmpfs -o mode=0755,size=1m galley-stage "$s" || exit 1
-    mkdir "$s/home" "$s/tmp" || exit 1
-    mount -c --bind /proc/self/fd/8 "$s/home" || exit 1
-    mount -c --bind /proc/self/fd/9 "$s/tmp" || exit 1
-    exec 8<&- 9<&-
-    exec "$@"' stage "$stage" "$d" $ro -- "$@"
+  set -- "$exe" __stage "$stage" "$d" $ro -- "$@"
 fi
 exec 7<>"$r"
 setsid "$@" 3<"$b" 4>"$i" 6>"$r" 7<&- </dev/null >/dev/null 2>"$d/holder.log" &
 exec 5>"$b"
-info=$(cat "$i")
-pid=$(printf '%s\n' "$info" | sed -n 's/.*"child-pid": *\([0-9][0-9]*\).*/\1/p')
-if [ -z "$pid" ]; then rm -f "$b" "$i" "$r"; cat "$d/holder.log" >&2; exit 126; fi
-fail() { rm -f "$b" "$i" "$r"; echo "$1" >&2; kill -9 "$pid"; exit 126; }
+pid=
+while IFS= read -r line; do
+  case $line in *'"child-pid":'*) pid=${line#*'"child-pid":'}; pid=${pid%%,*}; pid=${pid#"${pid%%[! ]*}"} ;; esac
+done < "$i"
+case $pid in ''|*[!0-9]*) pid= ;; esac
+if [ -z "$pid" ]; then cat "$d/holder.log" >&2; exit 126; fi
+fail() { echo "$1" >&2; kill -9 "$pid"; exit 126; }
 if [ "$mode" = write ]; then
   printf '%s\n' "$um" > "/proc/$pid/uid_map" || fail "cannot write uid_map"
   printf '%s\n' "$gm" > "/proc/$pid/gid_map" || fail "cannot write gid_map"
@@ -152,14 +142,13 @@ nsenter --user="/proc/$pid/ns/user" -- /bin/sh -c 'echo 0 > /proc/sys/user/max_u
 exec 8<"$r" 7>&-
 exec 5>&-
 read -r ready <&8 || ready=
-rm -f "$b" "$i" "$r"
 [ "$ready" = ready ] || fail "the holder did not start: $(cat "$d/holder.log")"
 echo "$pid"]]
 
 -- The holder's command inside the sandbox ($1: the instance's home there): see launch_holder.
 local HOLDER = [[
 echo ready >&6
-exec 6>&-
+exec 6>&-; sleep 5
 while [ "$(stat -c %h -- "$1" 2>/dev/null)" != 0 ]; do sleep 5; done
 kill -KILL -1]]
 
@@ -199,6 +188,15 @@ local function tool(argv, what)
       common.tail(r.stderr, 500)), { details = { exit_code = r.exit_code, stderr = common.tail(r.stderr) } })
   end
   return r
+end
+
+
+-- Directory operations done in this process (a process each would cost every boot its time);
+-- failures raise PROCESS_ERROR like `tool`. op: "mkdir" (path, mode), "mkdir_p" (path) or
+-- "chown" (path, uid, gid).
+local function fs_op(op, what, ...)
+  local ok, err = fs[op](...)
+  if not ok then common.raise("PROCESS_ERROR", ("%s: %s"):format(what, tostring(err)), { cause = err }) end
 end
 
 
@@ -296,7 +294,7 @@ end
 local function detect_identity()
   local uid, gid, name = caller_ids()
   if not uid or not gid then return nil, "cannot read the caller's ids from /proc/self/status" end
-  for _, t in ipairs({ "nsenter", "setsid", "setpriv", "unshare", "mount", "mkfifo", "sed" }) do
+  for _, t in ipairs({ "nsenter", "setsid", "setpriv", "unshare" }) do
     if not proc.which(t) then return nil, t .. " not found" end
   end
   local need = uid == 0 and 65536 or 65535
@@ -420,7 +418,7 @@ end
 -- is joined first. The holder's mount namespace is the instance's filesystem.
 local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_dir, env)
   local argv = { "/bin/sh", "-c", LAUNCH, "launch", dir, cgroup or "", ident.map_mode, ident.uid_map, ident.gid_map,
-    ident.stage or "" }
+    ident.stage or "", runtime.executable() }
   for i = 1, #mounts - 2 do
     if mounts[i] == "--ro-bind" and not mounts[i + 1]:find("%s") then argv[#argv + 1] = mounts[i + 1] end
   end
@@ -439,7 +437,20 @@ local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_di
   -- which ends everything in its pid namespace.
   for _, a in ipairs({ "--bind", home_src, home_dir, "--bind", tmp_src, "/tmp", "--chdir", "/", "--",
     "/bin/sh", "-c", HOLDER, "galley-holder", home_dir }) do argv[#argv + 1] = a end
+  local fifos = { dir .. "/.ns-block", dir .. "/.ns-info", dir .. "/.ns-ready" }
+  local function remove_fifos()
+    for _, f in ipairs(fifos) do fs.remove(f) end
+  end
+  remove_fifos()
+  for _, f in ipairs(fifos) do
+    local ok, ferr = fs.mkfifo(f, "600")
+    if not ok then
+      remove_fifos()
+      return nil, tostring(ferr)
+    end
+  end
   local r, err = proc.run({ argv = argv, env = env, env_mode = "replace", timeout_ms = 60000, cwd = "/" })
+  remove_fifos()
   if not r then return nil, err end
   local pid = r.exit_code == 0 and math.tointeger(tonumber(r.stdout:match("(%d+)%s*$")))
   local start = pid and proc_start(pid)
@@ -455,7 +466,7 @@ end
 -- in it) unless its pid now names another process; waits until it is gone.
 local function kill_holder(holder)
   if not holder or proc_start(holder.pid) ~= holder.start then return end
-  proc.run({ argv = { "kill", "-s", "KILL", "--", tostring(holder.pid) }, timeout_ms = 10000 })
+  runtime.kill(holder.pid, "KILL")
   local deadline = runtime.now_ms() + 10000
   while proc_start(holder.pid) == holder.start and runtime.now_ms() < deadline do
     local ok, err = runtime.sleep_ms(10)
@@ -496,8 +507,12 @@ function M.probe_isolation(bwrap, ident, state_dir, mounts)
   if probe_cache[key] ~= nil then return probe_cache[key][1], probe_cache[key][2] end
   local dir = state_dir .. "/.probe-" .. codec.random_hex(4)
   local ok, why = pcall(function()
-    tool({ "mkdir", "-m", "0700", dir, dir .. "/home", dir .. "/tmp" }, "create the probe directory")
-    if ident.root then tool({ "chown", ident.uid .. ":" .. ident.gid, dir .. "/home", dir .. "/tmp" }) end
+    for _, d in ipairs({ dir, dir .. "/home", dir .. "/tmp" }) do
+      fs_op("mkdir", "create the probe directory", d, "0700")
+    end
+    if ident.root then
+      for _, d in ipairs({ dir .. "/home", dir .. "/tmp" }) do fs_op("chown", "chown", d, ident.uid, ident.gid) end
+    end
     local env = { PATH = SYSTEM_PATH }
     local holder, err = launch_holder(bwrap, ident, dir, nil, true, mounts, "/root", env)
     if not holder then error(tostring(err), 0) end
@@ -852,7 +867,7 @@ function M.new(opts)
 
   local function ensure_cgroup(meta)
     local dir = cgroup_dir(meta)
-    if dir and not fs.exists(dir) then tool({ "mkdir", "-p", dir }, "mkdir cgroup") end
+    if dir and not fs.exists(dir) then fs_op("mkdir_p", "mkdir cgroup", dir) end
   end
 
   -- The instance's holder (isolation "userns"): the recorded one while it lives, else a new
@@ -1013,7 +1028,7 @@ function M.new(opts)
     local metadata = common.check_metadata(bopts.metadata)
     local id = new_id("localvm_", instances_dir)
     local dir = inst_dir(id)
-    tool({ "mkdir", "-m", "0700", dir }, "create the instance directory")
+    fs_op("mkdir", "create the instance directory", dir, "0700")
     local t = now()
     local meta = {
       id = id,
@@ -1034,13 +1049,14 @@ function M.new(opts)
       if populate then
         populate(dir)
       else
-        tool({ "mkdir", "-m", "0700", dir .. "/home" }, "create home")
-        tool({ "mkdir", "-m", "1777", dir .. "/tmp" }, "create tmp")
+        fs_op("mkdir", "create home", dir .. "/home", "0700")
+        fs_op("mkdir", "create tmp", dir .. "/tmp", "1777")
         if ident and ident.root then
-          tool({ "chown", ident.uid .. ":" .. ident.gid, dir .. "/home", dir .. "/tmp" }, "chown home and tmp")
+          fs_op("chown", "chown home", dir .. "/home", ident.uid, ident.gid)
+          fs_op("chown", "chown tmp", dir .. "/tmp", ident.uid, ident.gid)
         end
       end
-      if meta.cgroup then tool({ "mkdir", "-p", meta.cgroup }, "create the instance cgroup") end
+      if meta.cgroup then fs_op("mkdir_p", "create the instance cgroup", meta.cgroup) end
       if sandbox and isolation == "userns" then ensure_holder(meta) end
       meta.status = "ready"
       save_meta(dir, meta)

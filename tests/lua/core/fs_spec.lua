@@ -241,6 +241,37 @@ describe("galley.core.fs #fs", function()
       assert.are.equal("FS_EXISTS", select(2, fs.mkdir_p(root .. "/a/file")).code)
     end)
 
+    it("makes one directory with exactly the mode asked (sticky bit too, whatever the umask)", function()
+      assert.is_true(fs.mkdir(root .. "/t", "1777"))
+      assert.are.equal(tonumber("1777", 8), fs.stat(root .. "/t").mode)
+      assert.is_true(fs.mkdir(root .. "/p", "0700"))
+      assert.are.equal(tonumber("700", 8), fs.stat(root .. "/p").mode)
+      assert.are.equal("FS_EXISTS", select(2, fs.mkdir(root .. "/p", "0700")).code)
+      assert.are.equal("FS_NOT_FOUND", select(2, fs.mkdir(root .. "/no/such", "0700")).code)
+    end)
+
+    it("makes named pipes with exactly the mode asked", function()
+      assert.is_true(fs.mkfifo(root .. "/pipe", "600"))
+      local st = fs.stat(root .. "/pipe")
+      assert.are.equal("other", st.type)
+      assert.are.equal(tonumber("600", 8), st.mode)
+      assert.are.equal("FS_EXISTS", select(2, fs.mkfifo(root .. "/pipe", "600")).code)
+    end)
+
+    it("changes the owner of a path, never of a symlink's target", function()
+      assert(fs.write(root .. "/f", "x"))
+      os.execute(("ln -s %s/f %s/link"):format(root, root))
+      local uid = require("galley.core.runtime").getuid()
+      if uid == 0 then
+        assert.is_true(fs.chown(root .. "/link", 4242, 4343))
+        local out = io.popen(("stat -c '%%u:%%g' %s/f; stat -c '%%u:%%g' %s/link"):format(root, root)):read("a")
+        assert.are.equal("0:0\n4242:4343\n", out)
+      else
+        assert.are.equal("FS_PERMISSION", select(2, fs.chown(root .. "/f", 0, 0)).code)
+      end
+      assert.are.equal("FS_NOT_FOUND", select(2, fs.chown(root .. "/none", 1, 1)).code)
+    end)
+
     it("removes files and empty directories, and says when a directory is not empty", function()
       assert(fs.mkdir_p(root .. "/d/sub"))
       assert(fs.write(root .. "/f", "x"))
