@@ -92,30 +92,30 @@ local INNER = 'cd -- "$1" || exit 127; shift; exec "$@"'
 -- --userns-block-fd 3 --info-fd 4; its command writes "ready" to fd 6 once the sandbox is set
 -- up). The holder runs in a session of its own, and waits until its user namespace is mapped
 -- and nested user namespaces are disabled in it (`galley __userns-off`); prints the holder's
--- pid once ready. The named pipes DIR/.ns-block, .ns-info and .ns-ready are made (and removed)
--- by launch_holder. Only shell builtins besides galley, setsid and the sandbox itself: every
--- process costs a boot time.
+-- pid once ready. ${10} is a private directory (see launch_dir) with the named pipes block,
+-- info and ready, made and removed by launch_holder, and the holder's stderr (log). Only shell
+-- builtins besides galley, setsid and the sandbox itself: every process costs a boot time.
 local LAUNCH = [[
-d=$1 cg=$2 mode=$3 um=$4 gm=$5 stage=$6 exe=$7 uid=$8 gid=$9; shift 9
+d=$1 cg=$2 mode=$3 um=$4 gm=$5 stage=$6 exe=$7 uid=$8 gid=$9 l=${10}; shift 10
 ro=""
 while [ "$1" != -- ]; do ro="$ro $1"; shift; done
 shift
 if [ -n "$cg" ]; then echo $$ > "$cg/cgroup.procs" || exit 125; fi
-b="$d/.ns-block" i="$d/.ns-info" r="$d/.ns-ready"
+b="$l/block" i="$l/info" r="$l/ready"
 if [ -n "$stage" ]; then
   set -- "$exe" __stage "$stage" "$d" "$uid" "$gid" $ro -- "$@"
 else
   set -- setsid "$@"
 fi
 exec 7<>"$r"
-"$@" 3<"$b" 4>"$i" 6>"$r" 7<&- </dev/null >/dev/null 2>"$d/holder.log" &
+"$@" 3<"$b" 4>"$i" 6>"$r" 7<&- </dev/null >/dev/null 2>"$l/log" &
 exec 5>"$b"
 pid=
 while IFS= read -r line; do
   case $line in *'"child-pid":'*) pid=${line#*'"child-pid":'}; pid=${pid%%,*}; pid=${pid#"${pid%%[! ]*}"} ;; esac
 done < "$i"
 case $pid in ''|*[!0-9]*) pid= ;; esac
-if [ -z "$pid" ]; then cat "$d/holder.log" >&2; exit 126; fi
+if [ -z "$pid" ]; then cat "$l/log" >&2; exit 126; fi
 fail() { echo "$1" >&2; kill -9 "$pid"; exit 126; }
 if [ "$mode" = write ]; then
   printf '%s\n' "$um" > "/proc/$pid/uid_map" || fail "cannot write uid_map"
@@ -128,7 +128,7 @@ fi
 exec 8<"$r" 7>&-
 exec 5>&-
 read -r ready <&8 || ready=
-[ "$ready" = ready ] || fail "the holder did not start: $(cat "$d/holder.log")"
+[ "$ready" = ready ] || fail "the holder did not start: $(cat "$l/log")"
 echo "$pid"]]
 
 -- The holder's command inside the sandbox ($1: the instance's home there): see launch_holder.
@@ -397,12 +397,38 @@ local function system_mounts(private, reachable)
 end
 
 
+-- A fresh private directory for one launch's named pipes and the holder's stderr: in /dev/shm
+-- (a tmpfs: a boot then creates and deletes no inodes on the state directory's disk for them,
+-- which on ext4 cost more than the rest of a boot's own work) when it can be used, else in the
+-- instance directory `dir`. Returns its path, or nil, err.
+local shm_ok = nil
+local function launch_dir(dir)
+  if shm_ok == nil then
+    local st = fs.stat("/dev/shm")
+    shm_ok = st ~= nil and st.type == "directory"
+  end
+  if shm_ok then
+    for _ = 1, 3 do
+      local l = "/dev/shm/galley-launch-" .. codec.random_hex(8)
+      if fs.mkdir(l, "0700") then return l end
+    end
+    shm_ok = false
+  end
+  local l = dir .. "/.launch-" .. codec.random_hex(4)
+  local ok, err = fs.mkdir(l, "0700")
+  if not ok then return nil, err end
+  return l
+end
+
+
 -- Starts the holder of an instance's namespaces (see LAUNCH): {pid, start} or nil, err.
--- `dir` is the instance directory (home/, tmp/, the fifos and holder.log); `cgroup` (or nil)
--- is joined first. The holder's mount namespace is the instance's filesystem.
+-- `dir` is the instance directory (home/ and tmp/); `cgroup` (or nil) is joined first. The
+-- holder's mount namespace is the instance's filesystem.
 local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_dir, env)
+  local l, lerr = launch_dir(dir)
+  if not l then return nil, tostring(lerr) end
   local argv = { "/bin/sh", "-c", LAUNCH, "launch", dir, cgroup or "", ident.map_mode, ident.uid_map, ident.gid_map,
-    ident.stage or "", runtime.executable(), tostring(ident.uid), tostring(ident.gid) }
+    ident.stage or "", runtime.executable(), tostring(ident.uid), tostring(ident.gid), l }
   for i = 1, #mounts - 2 do
     if mounts[i] == "--ro-bind" and not mounts[i + 1]:find("%s") then argv[#argv + 1] = mounts[i + 1] end
   end
@@ -420,20 +446,19 @@ local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_di
   -- which ends everything in its pid namespace.
   for _, a in ipairs({ "--bind", home_src, home_dir, "--bind", tmp_src, "/tmp", "--chdir", "/", "--",
     "/bin/sh", "-c", HOLDER, "galley-holder", home_dir }) do argv[#argv + 1] = a end
-  local fifos = { dir .. "/.ns-block", dir .. "/.ns-info", dir .. "/.ns-ready" }
-  local function remove_fifos()
-    for _, f in ipairs(fifos) do fs.remove(f) end
+  local function remove_launch_dir()
+    for _, f in ipairs({ "block", "info", "ready", "log" }) do fs.remove(l .. "/" .. f) end
+    fs.remove(l)
   end
-  remove_fifos()
-  for _, f in ipairs(fifos) do
-    local ok, ferr = fs.mkfifo(f, "600")
+  for _, f in ipairs({ "block", "info", "ready" }) do
+    local ok, ferr = fs.mkfifo(l .. "/" .. f, "600")
     if not ok then
-      remove_fifos()
+      remove_launch_dir()
       return nil, tostring(ferr)
     end
   end
   local r, err = proc.run({ argv = argv, env = env, env_mode = "replace", timeout_ms = 60000, cwd = "/" })
-  remove_fifos()
+  remove_launch_dir() -- the holder keeps its stderr open, unlinked
   if not r then return nil, err end
   local pid = r.exit_code == 0 and math.tointeger(tonumber(r.stdout:match("(%d+)%s*$")))
   local start = pid and proc_start(pid)
@@ -853,7 +878,7 @@ function M.new(opts)
   -- in them, were gone). Saves it in meta.json. Two galley processes that find the holder gone
   -- at the same moment may each start one; the one not recorded dies with the instance's cgroup
   -- (or lives on as an idle sleep without cgroups).
-  local function ensure_holder(meta)
+  local function ensure_holder(meta, no_save)
     local h = meta.holder
     if h and proc_start(h.pid) == h.start then return h end
     if h then
@@ -866,7 +891,7 @@ function M.new(opts)
         { resource = "instance:" .. meta.id, cause = err })
     end
     meta.holder = holder
-    save_meta(inst_dir(meta.id), meta)
+    if not no_save then save_meta(inst_dir(meta.id), meta) end
     return holder
   end
 
@@ -1035,7 +1060,7 @@ function M.new(opts)
         end
       end
       if meta.cgroup then fs_op("mkdir_p", "create the instance cgroup", meta.cgroup) end
-      if sandbox and isolation == "userns" then ensure_holder(meta) end
+      if sandbox and isolation == "userns" then ensure_holder(meta, true) end -- saved just below
       meta.status = "ready"
       save_meta(dir, meta)
     end)
