@@ -909,7 +909,10 @@ function M.new(opts)
 
   local function kill_all(meta)
     -- pid 1 of the instance's pid namespace first: the kernel kills every process in it,
-    -- including any that left the cgroup or cleaned its environment.
+    -- including any that left the cgroup or cleaned its environment. No process of an
+    -- instance with a holder can be outside it, so the scan of every process's environment
+    -- (below, for instances without one) is skipped: in a fan-out it read N processes N times.
+    local namespaced = meta.holder ~= nil
     if meta.holder then
       kill_holder(meta.holder)
       meta.holder = nil
@@ -930,8 +933,8 @@ function M.new(opts)
         end
       end
       -- Anything that left the cgroup but kept the marker goes too.
-      signal_pids(environ_pids(meta.id), "KILL")
-    else
+      if not namespaced then signal_pids(environ_pids(meta.id), "KILL") end
+    elseif not namespaced then
       for _ = 1, 50 do
         local pids = environ_pids(meta.id)
         if #pids == 0 then return end
