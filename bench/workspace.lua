@@ -1,4 +1,6 @@
 -- The measurements of bench/workspace: workspace.lua WORK FORMS PARALLEL TREE_KIND
+-- FORMS: comma-separated FORM[:MODE], FORM the provider's exec_form (auto, string, argv), MODE the
+-- emulator's --argv-mode (exec, join; default exec, join for string).
 local workspace = require("galley.workspace")
 local runtime = require("galley.core.runtime")
 local proc = require("galley.core.proc")
@@ -26,39 +28,47 @@ print(("tree: %d files, %.1f MB (%s), %d chunk execs in flight"):format(nfiles, 
 sh('cd "$1" && git init -q . && git add -A && git -c user.name=b -c user.email=b@b commit -qm tree', tree)
 
 local per_file_done = false
-for form in forms:gmatch("[^,]+") do
-  local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0,
-    argv_mode = form == "argv" and "exec" or "join" })
+for spec in forms:gmatch("[^,]+") do
+  local form, mode = spec:match("^(%a+):?(%a*)$")
+  assert(form == "auto" or form == "string" or form == "argv", "bad form " .. spec)
+  if mode == "" then mode = form == "string" and "join" or "exec" end
+  assert(mode == "exec" or mode == "join", "bad argv mode in " .. spec)
+  local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0, argv_mode = mode })
   local p = require("galley.providers.morph").new({ api_key = emu.api_key, base_url = emu.base_url, exec_form = form })
   local id = p.instances.boot("snapshot_galleydev").id
   local o = { parallel = parallel }
-  print(("-- exec form %s (emulator argv mode %s)%s"):format(form, form == "argv" and "exec" or "join",
-    p.capabilities.max_command_bytes and (", one line <= " .. p.capabilities.max_command_bytes .. " bytes") or ""))
   local r, ms = timed(function() return workspace.push(p, id, tree, "~/tree", o) end)
-  print(("push      %6.1f MB/s  %4d requests (%.1f s), %d files, %.1f MB as %.1f MB of %s"):format(mbs(r.bytes, ms),
-    r.execs, ms / 1000, r.sent, r.bytes / 1e6, (r.wire_bytes or 0) / 1e6, r.compress or "-"))
+  -- "auto" probes the service during the first push that needs more than one line: one request
+  local probed = form == "auto" and p.exec_form() ~= nil
+  print(("-- exec form %s%s (emulator argv mode %s)%s"):format(form, form == "auto" and (" -> " .. tostring(
+    p.exec_form())) or "", mode, p.exec_form() ~= "argv" and (", one line <= " .. p.capabilities.max_command_bytes
+    .. " bytes") or ""))
+  print(("push      %6.1f MB/s  %4d requests%s (%.1f s), %d files, %.1f MB as %.1f MB of %s"):format(mbs(r.bytes, ms),
+    r.execs, probed and " + 1 probe" or "", ms / 1000, r.sent, r.bytes / 1e6, (r.wire_bytes or 0) / 1e6,
+    r.compress or "-"))
   local again
   again, ms = timed(function() return workspace.push(p, id, tree, "~/tree", o) end)
   print(("re-push unchanged: %d request(s), %d sent (%.2f s)"):format(again.execs, again.sent, ms / 1000))
   local back
-  back, ms = timed(function() return workspace.pull(p, id, "~/tree", work .. "/back-" .. form, o) end)
+  back, ms = timed(function() return workspace.pull(p, id, "~/tree", work .. "/back-" .. form .. mode, o) end)
   print(("pull      %6.1f MB/s  %4d requests (%.1f s), %d files, %.1f MB as %.1f MB"):format(mbs(back.bytes, ms),
     back.execs, ms / 1000, back.sent, back.bytes / 1e6, (back.wire_bytes or 0) / 1e6))
-  sh('diff -r "$1" "$2" -x .git >/dev/null', tree, work .. "/back-" .. form)
-  sh('rm -rf -- "$1"', work .. "/back-" .. form)
+  sh('diff -r "$1" "$2" -x .git >/dev/null', tree, work .. "/back-" .. form .. mode)
+  sh('rm -rf -- "$1"', work .. "/back-" .. form .. mode)
   local nc = workspace.push(p, id, tree, "~/tree-nc", { parallel = parallel, compress = false })
   print(("push without compression: %d requests"):format(nc.execs))
   -- repo round trip
   local pr, pl
   pr, ms = timed(function()
-    return workspace.push_repo(p, id, tree, "~/repo", { branch = "galley/bench-" .. form, parallel = parallel })
+    return workspace.push_repo(p, id, tree, "~/repo", { branch = "galley/bench-" .. form .. "-" .. mode,
+      parallel = parallel })
   end)
   p.exec(id, { kind = "argv", command = "sh", args = { "-c",
     "cd ~/repo && f=$(git ls-files | head -n 1) && echo change >> \"$f\" && "
       .. "git -c user.name=a -c user.email=a@a commit -qam agent" } })
   local ms2
   pl, ms2 = timed(function()
-    return workspace.pull_repo(p, id, "~/repo", tree, { branch = "galley/bench-" .. form })
+    return workspace.pull_repo(p, id, "~/repo", tree, { branch = "galley/bench-" .. form .. "-" .. mode })
   end)
   print(("repo round trip: push_repo %d requests (%.1f s), pull_repo %d requests (%.1f s), %d commit(s) back: %s")
     :format(pr.execs, ms / 1000, pl.execs, ms2 / 1000, #pl.commits, (pl.log:gsub("\n", " "))))

@@ -9,6 +9,10 @@
 -- snapshot and instance the pending-snapshot probe makes); nothing is left. Findings:
 --   argv_mode        how a multi-element `command` runs: "exec" (as an argv) or "join" (space-
 --                    joined and run by a shell, like an SSH server); "unknown" otherwise
+--   large_argv       whether a multi-element command of ~200 KiB (two 96 KiB elements: no one
+--                    shell argument can hold them) runs faithfully: the Morph provider's own probe
+--                    (galley.providers.morph.probe_exec_form), and `auto_exec_form`, what its
+--                    default exec_form "auto" picks for payloads on this service ("argv"/"string")
 --   shell            which program runs a one-element command ($0, /proc/$$/exe) and whether it
 --                    is a login shell; HOME, the user and the PATH an exec sees (pm2, claude found?)
 --   boot             whether POST /snapshot/ID/boot answers `ready` or `pending`
@@ -20,12 +24,13 @@
 --   not_found_body, validation_body  the shapes of a 404 and a 422 body
 --   largest_command_bytes  the longest one-element command that still runs (binary search up to
 --                    --max-command-bytes)
--- The Morph provider's default exec form (one element, quoted) works whatever argv_mode says.
+-- Ordinary execs of the Morph provider (one element, quoted) work whatever argv_mode says.
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
 local errors = require("galley.errors")
 local json = require("galley.json")
 local logmod = require("galley.log")
+local morph = require("galley.providers.morph")
 
 local MORPH_SNAPSHOT = "snapshot_c1p8b6c2"
 local TTL = 300
@@ -126,6 +131,17 @@ local ARGV_PROBE = { "printf", "%s,", "a b" }
 local probe = exec(ARGV_PROBE)
 report.argv_mode = probe.stdout == "a b," and "exec" or probe.stdout == "a,b," and "join" or "unknown"
 report.argv_probe = { command = ARGV_PROBE, stdout = probe.stdout, exit_code = probe.exit_code }
+
+-- The provider's exec-form probe: one ~200 KiB multi-element command.
+say("running a large multi-element command (~200 KiB) ...")
+local form, why = morph.probe_exec_form(client, id)
+if form then
+  report.large_argv = { runs = form == "argv", exit_code = why.exit_code, output_ok = why.stdout_ok,
+    status = why.status, code = why.code }
+else
+  report.large_argv = { runs = nil, failure = failure(why) }
+end
+report.auto_exec_form = form or "unknown"
 
 local SHELL_PROBE = [[
 printf 'exe=%s\n' "$(readlink /proc/$$/exe 2>/dev/null)"
@@ -257,6 +273,13 @@ local function answer(a)
 end
 out[#out + 1] = ("morph recon on %s at %s (snapshot %s)"):format(id, report.base_url, snapshot)
 line("argv_mode", report.argv_mode .. (" (printf %%s, 'a b' printed %q)"):format(probe.stdout))
+local la = report.large_argv
+line("large argv (~200 KiB)", la.runs and "runs faithfully" or la.runs == false and ("does not run (%s)"):format(
+  la.status and ("HTTP %s %s"):format(tostring(la.status), tostring(la.code))
+  or ("exit code %s%s"):format(tostring(la.exit_code), la.output_ok and "" or ", other output"))
+  or ("unknown (%s %s)"):format(tostring(la.failure.status), tostring(la.failure.code)))
+line("auto exec form", report.auto_exec_form .. (report.auto_exec_form == "argv" and " (payloads as argv arrays)"
+  or report.auto_exec_form == "string" and " (every exec one line, ~88 KiB of content a request)" or ""))
 line("one-element shell", ("%s ($0 %s), login shell: %s"):format(tostring(report.shell.exe),
   tostring(report.shell.arg0), report.shell.login and "yes" or "no"))
 line("user, home", ("%s, %s"):format(tostring(report.user), tostring(report.home)))

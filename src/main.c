@@ -16,6 +16,7 @@
 #include "loader.h"
 #include "loop.h"
 #include "sig.h"
+#include "enter.h"
 #include "stage.h"
 
 #define EXIT_USAGE 2
@@ -310,8 +311,10 @@ static int pmain(lua_State *L) {
 
 
 int main(int argc, char **argv) {
-  /* The sandbox stager (src/core/stage.h) runs before anything else is set up. */
+  /* The sandbox's helpers (src/core/stage.h, enter.h) run before anything else is set up. */
   if (argc > 1 && strcmp(argv[1], "__stage") == 0) return galley_stage_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "__enter") == 0) return galley_enter_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "__userns-off") == 0) return galley_userns_off_main(argc - 1, argv + 1);
   /* libcurl and libedit are loaded on first use (src/core/dyn_*.c). */
   if (sodium_init() < 0) {
     fprintf(stderr, "galley: cannot initialise libsodium\n");

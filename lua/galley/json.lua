@@ -51,6 +51,10 @@ end
 local encode_value
 
 local function encode_string(s, out)
+  if not s:find('[%c"\\\128-\255]') then -- plain ASCII: nothing to repair or escape
+    out[#out + 1] = '"' .. s .. '"'
+    return
+  end
   out[#out + 1] = '"' .. M.valid_utf8(s):gsub('[%c"\\]', escape_char) .. '"'
 end
 

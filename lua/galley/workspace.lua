@@ -17,7 +17,8 @@
 -- - What differs travels as ONE tar stream, written here in Lua while the files are read (so a
 --   file that changes while it is sent is noticed: its sha256 no longer matches the manifest).
 --   The stream is cut into chunks of what one exec can carry (base64 in argv, sized to
---   `capabilities.max_command_bytes` when the provider sends each exec as one line), and up to
+--   `capabilities.max_command_bytes` when the provider sends each exec as one line; a Morph
+--   provider with exec_form "auto" is asked first, see provider.exec_form), and up to
 --   `parallel` chunk execs are in flight at once (galley.task), each writing at its offset of a
 --   temporary file on the instance. The last exec checks the size and sha256 of the whole
 --   stream, unpacks it into a staging directory beside the files and renames each file into
@@ -339,6 +340,13 @@ local function remote(provider, id, stats, opts)
   function r.run(script, ...)
     stats.execs = stats.execs + 1
     return provider.exec(id, { kind = "argv", command = "/bin/sh", args = sh_argv(script, ...) }, eopts)
+  end
+  -- True when payload execs may be argv arrays beyond one exec line: a provider whose
+  -- exec_form is "auto" probes once (exec_form(id)) the first time a payload needs it.
+  function r.argv_payloads()
+    local caps = provider.capabilities or {}
+    if caps.exec_form ~= "auto" or type(provider.exec_form) ~= "function" then return false end
+    return provider.exec_form(id) == "argv"
   end
   function r.fail(res, op, path, fields)
     local code = res.exit_code == 40 and "NOT_FOUND" or "FILE_IO_ERROR"
@@ -696,12 +704,13 @@ end
 -- Moving bytes: chunks in parallel
 -- ---------------------------------------------------------------------------------------------
 
--- How many raw bytes one upload exec carries next to `overhead` bytes of script and arguments.
-local function upload_raw_per_exec(provider, overhead, opts)
+-- How many raw bytes one upload exec carries next to `overhead` bytes of script and arguments
+-- (`wide`: the provider's one-line limit does not apply, see remote's argv_payloads).
+local function upload_raw_per_exec(provider, overhead, opts, wide)
   if opts.chunk_bytes then return opts.chunk_bytes end
   local caps = provider.capabilities or {}
   local room = M.DEFAULT_REQUEST_BYTES
-  if caps.max_command_bytes then
+  if caps.max_command_bytes and not wide then
     room = caps.max_command_bytes - overhead - 512
     room = room - 3 * ((room + M.MAX_ARG_BYTES - 1) // M.MAX_ARG_BYTES)
   end
@@ -732,14 +741,22 @@ end
 -- `final(args_so_far)` (see SH_APPLY / SH_CLONE). Returns {size, sha256, execs}.
 -- `final` is {script = S, args = fun(size, sha, off) -> list, inline = bool}.
 local function upload(provider, rem, dir, name, next_bytes, final, opts)
-  local per = upload_raw_per_exec(provider, quoted_size({ SH_CHUNK, dir, name, "18446744073709551615" }), opts)
-  local per_final = upload_raw_per_exec(provider, quoted_size({ final.script, dir, name,
-    ("0"):rep(20), ("0"):rep(64), ("0"):rep(20), table.unpack(final.extra or {}) }), opts)
+  local chunk_overhead = quoted_size({ SH_CHUNK, dir, name, "18446744073709551615" })
+  local final_overhead = quoted_size({ final.script, dir, name, ("0"):rep(20), ("0"):rep(64), ("0"):rep(20),
+    table.unpack(final.extra or {}) })
+  local per = upload_raw_per_exec(provider, chunk_overhead, opts)
+  local per_final = upload_raw_per_exec(provider, final_overhead, opts)
   local hasher = codec.sha256_hasher()
   local offset = 0
   local p = pool.new(opts.parallel or M.DEFAULT_PARALLEL)
   local ok, err = pcall(function()
     local chunk = next_bytes(per)
+    -- More than one exec line of payload: larger chunks if the provider sends argv arrays.
+    if not opts.chunk_bytes and (#chunk == per or (final.inline and #chunk > per_final)) and rem.argv_payloads() then
+      per = upload_raw_per_exec(provider, chunk_overhead, opts, true)
+      per_final = upload_raw_per_exec(provider, final_overhead, opts, true)
+      if #chunk < per then chunk = chunk .. next_bytes(per - #chunk) end
+    end
     while true do
       hasher:update(chunk)
       local nxt = #chunk == per and next_bytes(per) or ""

@@ -1,5 +1,7 @@
 /* `galley __stage`: the mount set-up of a root-started sandbox in one process; see stage.h. */
 #include <errno.h>
+#include <grp.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
@@ -8,6 +10,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+#include <fcntl.h>
 #include "stage.h"
 
 static int die(const char *what, const char *path) {
@@ -40,12 +43,18 @@ static int bind_at(int fd, const char *target) {
 
 
 int galley_stage_main(int argc, char **argv) {
-  if (argc < 4) {
-    fprintf(stderr, "usage: galley __stage STAGE INSTANCE_DIR [READ_ONLY_DIR...] -- COMMAND...\n");
+  if (argc < 6) {
+    fprintf(stderr, "usage: galley __stage STAGE INSTANCE_DIR UID GID [READ_ONLY_DIR...] -- COMMAND...\n");
     return 2;
   }
   const char *stage = argv[1], *dir = argv[2];
-  int cmd = 3;
+  char *end_uid, *end_gid;
+  long uid = strtol(argv[3], &end_uid, 10), gid = strtol(argv[4], &end_gid, 10);
+  if (*argv[3] == '\0' || *end_uid != '\0' || uid <= 0 || *argv[4] == '\0' || *end_gid != '\0' || gid <= 0) {
+    fprintf(stderr, "galley __stage: UID and GID must be positive numbers\n");
+    return 2;
+  }
+  int cmd = 5;
   while (cmd < argc && strcmp(argv[cmd], "--") != 0) cmd++;
   if (cmd + 1 >= argc) {
     fprintf(stderr, "galley __stage: no command after --\n");
@@ -66,7 +75,7 @@ int galley_stage_main(int argc, char **argv) {
 
   /* Read-only binds of the system directories over themselves: in the sandbox's user namespace
    * the read-only flag is then locked. */
-  for (int i = 3; i < cmd; i++) {
+  for (int i = 5; i < cmd; i++) {
     const char *ro = argv[i];
     if (mount(ro, ro, NULL, MS_BIND, NULL) != 0) return die("bind", ro);
     if (mount("none", ro, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | kept_flags(ro), NULL) != 0)
@@ -85,7 +94,34 @@ int galley_stage_main(int argc, char **argv) {
   close(home);
   close(tmp);
 
+  /* A session of its own, then the subordinate ids (no groups): from here on nothing of the
+   * host's state directory can be reached. */
+  if (setsid() < 0) return die("setsid", NULL);
+  if (setgroups(0, NULL) != 0) return die("setgroups", NULL);
+  if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) != 0) return die("setresgid", argv[4]);
+  if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0) return die("setresuid", argv[3]);
+
   execvp(argv[cmd + 1], argv + cmd + 1);
   die("cannot run", argv[cmd + 1]);
   return 127;
+}
+
+
+int galley_userns_off_main(int argc, char **argv) {
+  if (argc != 2 || argv[1][0] == '\0' || strspn(argv[1], "0123456789") != strlen(argv[1])) {
+    fprintf(stderr, "usage: galley __userns-off PID\n");
+    return 2;
+  }
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%s/ns/user", argv[1]);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return die("open", path);
+  if (setns(fd, CLONE_NEWUSER) != 0) return die("enter the user namespace of", path);
+  close(fd);
+  const char *limit = "/proc/sys/user/max_user_namespaces";
+  fd = open(limit, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return die("open", limit);
+  if (write(fd, "0\n", 2) != 2) return die("write", limit);
+  if (close(fd) != 0) return die("write", limit);
+  return 0;
 }

@@ -340,7 +340,7 @@ function Api:start_instance(snap, opts)
     ttl = { seconds = opts.ttl_seconds, action = opts.ttl_action or "stop" },
     wake_on = { ssh = false, http = false },
   }
-  inst.ssh_key = new_ssh_key(id)
+  -- its SSH key is made when first asked for (GET /instance/{id}/ssh/key)
   arm_ttl(inst.ttl)
   if self.boot_delay_ms <= 0 then inst.status = "ready" end
   self.instances[id] = inst
@@ -971,6 +971,7 @@ end
 function H.get_ssh_key(self, _, p)
   local inst, bad = find_instance(self, p.id)
   if not inst then return bad end
+  inst.ssh_key = inst.ssh_key or new_ssh_key(inst.id)
   return reply(200, inst.ssh_key)
 end
 

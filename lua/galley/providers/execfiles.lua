@@ -14,7 +14,9 @@
 -- - Each exec carries at most `max_request_bytes` of base64 (default 1.5 MiB), split into argv
 --   elements of at most `max_arg_bytes` (default 120 KiB; Linux refuses elements over 128 KiB).
 --   With `max_command_bytes` (a provider that sends each exec as ONE shell line, the argv quoted
---   by galley.core.shell.join), the whole quoted line of every exec stays within it instead.
+--   by galley.core.shell.join), the whole quoted line of every exec stays within it instead,
+--   unless `argv_payloads(id)` (asked once per write that needs more than one line) says the
+--   provider sends such execs as argv arrays (the Morph provider's exec_form "auto").
 -- - A write whose content fits one exec is ONE exec: create the parent directories (create_dirs),
 --   write a temporary file beside the target (mode 600 while it is written), fsync, chmod/chown,
 --   check its sha256 (the digest of exactly `size` bytes: a match checks the size too), rename
@@ -383,6 +385,8 @@ end
 ---@field max_arg_bytes? integer bytes per argv element (default 120 KiB, must be < 128 KiB)
 ---@field max_command_bytes? integer the exec is sent as one line (shell.join of the argv): its
 ---  largest size (< 128 KiB); writes size their chunks so each line fits
+---@field argv_payloads? fun(instance_id: string): boolean with max_command_bytes: asked when a write needs
+---  more than one exec line; true lifts the line limit for it (chunks of max_request_bytes in argv elements)
 ---@field max_response_bytes? integer base64 bytes per read exec (default max_request_bytes)
 ---@field size_limit? integer largest file moved (default 256 MiB)
 ---@field decoder? "python"|"python-only"|"coreutils" skip detection (see the header)
@@ -556,6 +560,7 @@ function M.new(opts)
             op, path), { field = "path", operation = "files." .. op })
         end
         per_exec = math.min(raw_per_exec, 3 * (room // 4))
+        if size > per_exec and opts.argv_payloads and opts.argv_payloads(instance_id) then per_exec = raw_per_exec end
       end
       local hasher = codec.sha256_hasher()
       local sent, first = 0, true

@@ -24,7 +24,7 @@
 -- 1..65535 are subordinate ids, mapped with newuidmap/newgidmap), no nested user namespaces
 -- (user.max_user_namespaces = 0 in it, and no CAP_SYS_RESOURCE to raise it; no CAP_SYS_ADMIN
 -- either, so no mounts), pid, ipc, uts, cgroup (and net with network = false) namespaces and a
--- mount namespace, all entered by every exec (nsenter). The holder's filesystem shows only:
+-- mount namespace, all entered by every exec (`galley __enter`). The holder's filesystem shows only:
 -- the system directories read-only (/usr, /bin, /sbin, /lib*, /etc, /opt, /var with its own
 -- /var/tmp), a /proc of the instance's pid namespace, a minimal /dev, /sys read-only, a tmpfs
 -- /run, the instance's home at `home_dir` (default /root)
@@ -77,58 +77,45 @@ local REAP_WAIT_MS = 5000
 -- and execs the rest (the sandbox, or the command itself without one).
 local ENTER = 'if [ -n "$1" ]; then echo $$ > "$1/cgroup.procs" || exit 125; fi; shift; exec "$@"'
 
--- The same into the instance's namespaces (isolation "userns"): $2 holder pid, $3 its start
--- time, $4 "net" to join its network namespace too. Opens the namespaces first, then checks
--- that the holder is still the process that started at $3, so a reused pid is never joined
--- (125 otherwise). Fds for nsenter: 3 user, 4 pid, 5 mnt, 6 ipc, 7 uts, 8 cgroup, 9 net.
-local ENTER_NS = [[
-if [ -n "$1" ]; then echo $$ > "$1/cgroup.procs" || exit 125; fi
-p=$2 want=$3 net=$4; shift 4
-exec 3<"/proc/$p/ns/user" 4<"/proc/$p/ns/pid" 5<"/proc/$p/ns/mnt" 6<"/proc/$p/ns/ipc" 7<"/proc/$p/ns/uts" \
-  8<"/proc/$p/ns/cgroup" || exit 125
-if [ "$net" = net ]; then exec 9<"/proc/$p/ns/net" || exit 125; fi
-read -r st < "/proc/$p/stat" || exit 125
-st=${st##*) }; n=0
-for f in $st; do n=$((n + 1)); if [ $n -eq 20 ]; then break; fi; done
-[ "$f" = "$want" ] || exit 125
-exec "$@"]]
-
--- Inside the sandbox: close the namespace fds, change to the working directory ($1; 127 when
--- it is missing, as galley.core.shell's scripts do) and exec the command (127 when it does not
--- exist).
-local INNER = 'exec 3<&- 4<&- 5<&- 6<&- 7<&- 8<&- 9<&-; cd -- "$1" || exit 127; shift; exec "$@"'
+-- Inside the sandbox (isolation "none"): change to the working directory ($1; 127 when it is
+-- missing, as galley.core.shell's scripts do) and exec the command (127 when it does not exist).
+local INNER = 'cd -- "$1" || exit 127; shift; exec "$@"'
 
 -- Starts an instance's holder: $1 instance dir, $2 cgroup ("" for none), $3 "write" (root: the
 -- maps are written directly) or "newuidmap", $4 uid map, $5 gid map, $6 a staging directory
--- or "" (root: the holder runs as a subordinate id that cannot enter the state directory, so
--- `galley __stage` ($7, this galley binary; src/core/stage.h) first binds the instance's home
--- and tmp at STAGE/home and STAGE/tmp, on a tmpfs over STAGE in a private mount namespace, where
--- the directories listed next are also made read-only, so that inside the instance their
--- read-only flag is locked), the read-only directories (paths without spaces), "--", then the
--- holder's argv (bwrap with --userns-block-fd 3 --info-fd 4; its command writes "ready" to fd 6
--- once the sandbox is set up). The holder waits until its user namespace is mapped and nested
--- user namespaces are disabled in it; prints the holder's pid once ready. The named pipes
--- DIR/.ns-block, .ns-info and .ns-ready are made (and removed) by launch_holder. Only shell
--- builtins besides nsenter and the sandbox itself: every process costs a boot time.
+-- or "" (root: the holder runs as the subordinate ids $8:$9, which cannot enter the state
+-- directory, so `galley __stage` ($7, this galley binary; src/core/stage.h) first binds the
+-- instance's home and tmp at STAGE/home and STAGE/tmp, on a tmpfs over STAGE in a private mount
+-- namespace, where the directories listed next are also made read-only, so that inside the
+-- instance their read-only flag is locked, and then takes those ids), the read-only
+-- directories (paths without spaces), "--", then the holder's argv (bwrap with
+-- --userns-block-fd 3 --info-fd 4; its command writes "ready" to fd 6 once the sandbox is set
+-- up). The holder runs in a session of its own, and waits until its user namespace is mapped
+-- and nested user namespaces are disabled in it (`galley __userns-off`); prints the holder's
+-- pid once ready. ${10} is a private directory (see launch_dir) with the named pipes block,
+-- info and ready, made and removed by launch_holder, and the holder's stderr (log). Only shell
+-- builtins besides galley, setsid and the sandbox itself: every process costs a boot time.
 local LAUNCH = [[
-d=$1 cg=$2 mode=$3 um=$4 gm=$5 stage=$6 exe=$7; shift 7
+d=$1 cg=$2 mode=$3 um=$4 gm=$5 stage=$6 exe=$7 uid=$8 gid=$9 l=${10}; shift 10
 ro=""
 while [ "$1" != -- ]; do ro="$ro $1"; shift; done
 shift
 if [ -n "$cg" ]; then echo $$ > "$cg/cgroup.procs" || exit 125; fi
-b="$d/.ns-block" i="$d/.ns-info" r="$d/.ns-ready"
+b="$l/block" i="$l/info" r="$l/ready"
 if [ -n "$stage" ]; then
-  set -- "$exe" __stage "$stage" "$d" $ro -- "$@"
+  set -- "$exe" __stage "$stage" "$d" "$uid" "$gid" $ro -- "$@"
+else
+  set -- setsid "$@"
 fi
 exec 7<>"$r"
-setsid "$@" 3<"$b" 4>"$i" 6>"$r" 7<&- </dev/null >/dev/null 2>"$d/holder.log" &
+"$@" 3<"$b" 4>"$i" 6>"$r" 7<&- </dev/null >/dev/null 2>"$l/log" &
 exec 5>"$b"
 pid=
 while IFS= read -r line; do
   case $line in *'"child-pid":'*) pid=${line#*'"child-pid":'}; pid=${pid%%,*}; pid=${pid#"${pid%%[! ]*}"} ;; esac
 done < "$i"
 case $pid in ''|*[!0-9]*) pid= ;; esac
-if [ -z "$pid" ]; then cat "$d/holder.log" >&2; exit 126; fi
+if [ -z "$pid" ]; then cat "$l/log" >&2; exit 126; fi
 fail() { echo "$1" >&2; kill -9 "$pid"; exit 126; }
 if [ "$mode" = write ]; then
   printf '%s\n' "$um" > "/proc/$pid/uid_map" || fail "cannot write uid_map"
@@ -137,12 +124,11 @@ else
   newuidmap "$pid" $um || fail "newuidmap failed"
   newgidmap "$pid" $gm || fail "newgidmap failed"
 fi
-nsenter --user="/proc/$pid/ns/user" -- /bin/sh -c 'echo 0 > /proc/sys/user/max_user_namespaces' ||
-  fail "cannot disable nested user namespaces"
+"$exe" __userns-off "$pid" || fail "cannot disable nested user namespaces"
 exec 8<"$r" 7>&-
 exec 5>&-
 read -r ready <&8 || ready=
-[ "$ready" = ready ] || fail "the holder did not start: $(cat "$d/holder.log")"
+[ "$ready" = ready ] || fail "the holder did not start: $(cat "$l/log")"
 echo "$pid"]]
 
 -- The holder's command inside the sandbox ($1: the instance's home there): see launch_holder.
@@ -294,7 +280,7 @@ end
 local function detect_identity()
   local uid, gid, name = caller_ids()
   if not uid or not gid then return nil, "cannot read the caller's ids from /proc/self/status" end
-  for _, t in ipairs({ "nsenter", "setsid", "setpriv", "unshare" }) do
+  for _, t in ipairs({ "setsid", "unshare" }) do
     if not proc.which(t) then return nil, t .. " not found" end
   end
   local need = uid == 0 and 65536 or 65535
@@ -308,7 +294,6 @@ local function detect_identity()
     return {
       root = true, uid = su, gid = sg, map_mode = "write",
       uid_map = ("0 %d 65536"):format(su), gid_map = ("0 %d 65536"):format(sg),
-      prefix = { "setpriv", "--reuid=" .. su, "--regid=" .. sg, "--clear-groups", "--" },
     }
   end
   if not proc.which("newuidmap") or not proc.which("newgidmap") then
@@ -317,7 +302,6 @@ local function detect_identity()
   return {
     root = false, uid = uid, gid = gid, map_mode = "newuidmap",
     uid_map = ("0 %d 1 1 %d 65535"):format(uid, su), gid_map = ("0 %d 1 1 %d 65535"):format(gid, sg),
-    prefix = {},
   }
 end
 
@@ -413,17 +397,42 @@ local function system_mounts(private, reachable)
 end
 
 
+-- A fresh private directory for one launch's named pipes and the holder's stderr: in /dev/shm
+-- (a tmpfs: a boot then creates and deletes no inodes on the state directory's disk for them,
+-- which on ext4 cost more than the rest of a boot's own work) when it can be used, else in the
+-- instance directory `dir`. Returns its path, or nil, err.
+local shm_ok = nil
+local function launch_dir(dir)
+  if shm_ok == nil then
+    local st = fs.stat("/dev/shm")
+    shm_ok = st ~= nil and st.type == "directory"
+  end
+  if shm_ok then
+    for _ = 1, 3 do
+      local l = "/dev/shm/galley-launch-" .. codec.random_hex(8)
+      if fs.mkdir(l, "0700") then return l end
+    end
+    shm_ok = false
+  end
+  local l = dir .. "/.launch-" .. codec.random_hex(4)
+  local ok, err = fs.mkdir(l, "0700")
+  if not ok then return nil, err end
+  return l
+end
+
+
 -- Starts the holder of an instance's namespaces (see LAUNCH): {pid, start} or nil, err.
--- `dir` is the instance directory (home/, tmp/, the fifos and holder.log); `cgroup` (or nil)
--- is joined first. The holder's mount namespace is the instance's filesystem.
+-- `dir` is the instance directory (home/ and tmp/); `cgroup` (or nil) is joined first. The
+-- holder's mount namespace is the instance's filesystem.
 local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_dir, env)
+  local l, lerr = launch_dir(dir)
+  if not l then return nil, tostring(lerr) end
   local argv = { "/bin/sh", "-c", LAUNCH, "launch", dir, cgroup or "", ident.map_mode, ident.uid_map, ident.gid_map,
-    ident.stage or "", runtime.executable() }
+    ident.stage or "", runtime.executable(), tostring(ident.uid), tostring(ident.gid), l }
   for i = 1, #mounts - 2 do
     if mounts[i] == "--ro-bind" and not mounts[i + 1]:find("%s") then argv[#argv + 1] = mounts[i + 1] end
   end
   argv[#argv + 1] = "--"
-  for _, a in ipairs(ident.prefix) do argv[#argv + 1] = a end
   for _, a in ipairs({ bwrap, "--unshare-user", "--userns-block-fd", "3", "--info-fd", "4", "--unshare-pid",
     "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--new-session" }) do argv[#argv + 1] = a end
   if not network then argv[#argv + 1] = "--unshare-net" end
@@ -437,20 +446,19 @@ local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_di
   -- which ends everything in its pid namespace.
   for _, a in ipairs({ "--bind", home_src, home_dir, "--bind", tmp_src, "/tmp", "--chdir", "/", "--",
     "/bin/sh", "-c", HOLDER, "galley-holder", home_dir }) do argv[#argv + 1] = a end
-  local fifos = { dir .. "/.ns-block", dir .. "/.ns-info", dir .. "/.ns-ready" }
-  local function remove_fifos()
-    for _, f in ipairs(fifos) do fs.remove(f) end
+  local function remove_launch_dir()
+    for _, f in ipairs({ "block", "info", "ready", "log" }) do fs.remove(l .. "/" .. f) end
+    fs.remove(l)
   end
-  remove_fifos()
-  for _, f in ipairs(fifos) do
-    local ok, ferr = fs.mkfifo(f, "600")
+  for _, f in ipairs({ "block", "info", "ready" }) do
+    local ok, ferr = fs.mkfifo(l .. "/" .. f, "600")
     if not ok then
-      remove_fifos()
+      remove_launch_dir()
       return nil, tostring(ferr)
     end
   end
   local r, err = proc.run({ argv = argv, env = env, env_mode = "replace", timeout_ms = 60000, cwd = "/" })
-  remove_fifos()
+  remove_launch_dir() -- the holder keeps its stderr open, unlinked
   if not r then return nil, err end
   local pid = r.exit_code == 0 and math.tointeger(tonumber(r.stdout:match("(%d+)%s*$")))
   local start = pid and proc_start(pid)
@@ -475,24 +483,19 @@ local function kill_holder(holder)
 end
 
 
--- The host-side part of an exec in the instance's namespaces: ENTER_NS, then nsenter into
--- all of them (uid 0 inside) and setpriv: no new privileges, no CAP_SYS_RESOURCE (so
--- user.max_user_namespaces stays 0) and no CAP_SYS_ADMIN (no mounts: the read-only system
--- directories stay read-only even where the flag is not locked, as for a caller other than
--- root). The command gets a session of its own (setsid: galley's terminal, if any, is not its
--- controlling terminal, so it cannot inject input there) and dies with the host-side nsenter
--- (pdeathsig), which a timeout or kill of the exec reaches. Append INNER's argv.
-local function ns_exec_prefix(holder, cgroup, network)
-  local argv = { "/bin/sh", "-c", ENTER_NS, "sh", cgroup or "", tostring(holder.pid), holder.start,
-    network and "" or "net",
-    "nsenter", "--user=/proc/self/fd/3", "--pid=/proc/self/fd/4", "--mount=/proc/self/fd/5",
-    "--ipc=/proc/self/fd/6", "--uts=/proc/self/fd/7", "--cgroup=/proc/self/fd/8" }
-  if not network then argv[#argv + 1] = "--net=/proc/self/fd/9" end
-  for _, a in ipairs({ "--", "setpriv", "--no-new-privs", "--bounding-set=-sys_resource,-sys_admin",
-    "--pdeathsig=KILL", "--", "setsid", "--wait", "--" }) do
-    argv[#argv + 1] = a
-  end
-  return argv
+-- The argv of an exec in the instance's namespaces (isolation "userns"), to which the command
+-- is appended: `galley __enter` (src/core/enter.h) joins the instance's cgroup, checks that the
+-- holder is still the process that started at holder.start (125 otherwise: a reused pid is
+-- never joined), enters its namespaces as uid 0 and forks; the command runs with no new
+-- privileges, without CAP_SYS_RESOURCE (so user.max_user_namespaces stays 0) and CAP_SYS_ADMIN
+-- (no mounts: the read-only system directories stay read-only even where the flag is not
+-- locked, as for a caller other than root), in a session of its own (galley's terminal, if
+-- any, is not its controlling terminal, so it cannot inject input there), in `cwd` (127 when
+-- missing), and dies with the host-side process (parent-death signal), which a timeout or
+-- kill of the exec reaches.
+local function ns_exec_argv(holder, cgroup, network, cwd)
+  return { runtime.executable(), "__enter", cgroup or "", tostring(holder.pid), holder.start,
+    network and "" or "net", cwd, "--" }
 end
 
 
@@ -516,7 +519,7 @@ function M.probe_isolation(bwrap, ident, state_dir, mounts)
     local env = { PATH = SYSTEM_PATH }
     local holder, err = launch_holder(bwrap, ident, dir, nil, true, mounts, "/root", env)
     if not holder then error(tostring(err), 0) end
-    local argv = ns_exec_prefix(holder, nil, true)
+    local argv = ns_exec_argv(holder, nil, true, "/")
     for _, a in ipairs({ "/bin/sh", "-c",
       "touch /root/.probe || exit 4; unshare -U true 2>/dev/null && exit 3; exit 0" }) do argv[#argv + 1] = a end
     local r = proc.run({ argv = argv, env = env, env_mode = "replace", timeout_ms = 30000, cwd = "/" })
@@ -875,7 +878,7 @@ function M.new(opts)
   -- in them, were gone). Saves it in meta.json. Two galley processes that find the holder gone
   -- at the same moment may each start one; the one not recorded dies with the instance's cgroup
   -- (or lives on as an idle sleep without cgroups).
-  local function ensure_holder(meta)
+  local function ensure_holder(meta, no_save)
     local h = meta.holder
     if h and proc_start(h.pid) == h.start then return h end
     if h then
@@ -888,7 +891,7 @@ function M.new(opts)
         { resource = "instance:" .. meta.id, cause = err })
     end
     meta.holder = holder
-    save_meta(inst_dir(meta.id), meta)
+    if not no_save then save_meta(inst_dir(meta.id), meta) end
     return holder
   end
 
@@ -906,7 +909,10 @@ function M.new(opts)
 
   local function kill_all(meta)
     -- pid 1 of the instance's pid namespace first: the kernel kills every process in it,
-    -- including any that left the cgroup or cleaned its environment.
+    -- including any that left the cgroup or cleaned its environment. No process of an
+    -- instance with a holder can be outside it, so the scan of every process's environment
+    -- (below, for instances without one) is skipped: in a fan-out it read N processes N times.
+    local namespaced = meta.holder ~= nil
     if meta.holder then
       kill_holder(meta.holder)
       meta.holder = nil
@@ -927,8 +933,8 @@ function M.new(opts)
         end
       end
       -- Anything that left the cgroup but kept the marker goes too.
-      signal_pids(environ_pids(meta.id), "KILL")
-    else
+      if not namespaced then signal_pids(environ_pids(meta.id), "KILL") end
+    elseif not namespaced then
       for _ = 1, 50 do
         local pids = environ_pids(meta.id)
         if #pids == 0 then return end
@@ -1057,7 +1063,7 @@ function M.new(opts)
         end
       end
       if meta.cgroup then fs_op("mkdir_p", "create the instance cgroup", meta.cgroup) end
-      if sandbox and isolation == "userns" then ensure_holder(meta) end
+      if sandbox and isolation == "userns" then ensure_holder(meta, true) end -- saved just below
       meta.status = "ready"
       save_meta(dir, meta)
     end)
@@ -1096,14 +1102,16 @@ function M.new(opts)
     }
     for k, v in pairs(env or {}) do full_env[k] = v end
     cwd = cwd and common.expand_home(cwd, home) or home
-    -- A host-side sh joins the instance's cgroup (ENTER, or ENTER_NS that also opens the
-    -- instance's namespaces), then the sandbox starts, where a second sh (INNER) changes
-    -- directory and execs the command.
+    -- `galley __enter` joins the instance's cgroup and namespaces and changes directory
+    -- (isolation "userns"); otherwise a host-side sh joins the cgroup (ENTER), then the
+    -- sandbox starts, where a second sh (INNER) changes directory and execs the command.
     if meta.cgroup then ensure_cgroup(meta) end
     local dir = inst_dir(meta.id)
     local cmd
     if sandbox and isolation == "userns" then
-      cmd = ns_exec_prefix(ensure_holder(meta), meta.cgroup, network)
+      cmd = ns_exec_argv(ensure_holder(meta), meta.cgroup, network, cwd)
+      for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
+      return { argv = cmd, env = full_env, env_mode = "replace", cwd = "/" }
     elseif sandbox then
       cmd = { "/bin/sh", "-c", ENTER, "sh", meta.cgroup or "", bwrap }
       if not network then cmd[#cmd + 1] = "--unshare-net" end

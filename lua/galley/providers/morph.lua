@@ -19,11 +19,24 @@
 --
 -- Exec: the service runs a one-element `command` through a shell; what it does with several
 -- elements is not documented (an SSH-style server space-joins them and runs the line with sh -c).
--- So every exec is sent as ONE element (exec_form "string", the default): the exact argv, each
--- word quoted by galley.core.shell.join, which sh -c and bash -c (login or not) read back
--- byte-identical. That line is one argument of the service's shell: it must stay under
--- `max_command_bytes` (default 120 KiB; Linux refuses one argument of 128 KiB). exec_form
--- "argv" sends the argv as the command array, for services known to run it directly.
+-- So an ordinary exec is sent as ONE element: the exact argv, each word quoted by
+-- galley.core.shell.join, which sh -c and bash -c (login or not) read back byte-identical. That
+-- line is one argument of the service's shell: it must stay under `max_command_bytes` (default
+-- 120 KiB; Linux refuses one argument of 128 KiB). `exec_form` says what happens to payloads
+-- too long for one line (execfiles' chunked writes, workspace's tar chunks, long scripts/argv):
+-- - "auto" (the default): the first time a payload needs more than one line, ONE probe exec per
+--   provider (M.probe_exec_form: `/bin/sh -c <print ${#1}:${#2}:$3> galley-probe <96 KiB>
+--   <96 KiB> "a b"`, one ~200 KiB request; tasks asking at once share it) tells whether the
+--   service runs a large multi-element command as an argv. Yes: payloads go as argv arrays with
+--   the large limits (max_request_bytes, INLINE_SCRIPT_BYTES). Anything else (other output, a
+--   non-zero exit, an HTTP answer about the request such as 413/500/503): "string", remembered;
+--   on a service that joins commands the floor is then ~88 KiB of content per request (the
+--   Linux limit on one argument). Errors that decide nothing (network, TIMEOUT, INTERRUPTED,
+--   AUTHENTICATION_ERROR, NOT_FOUND, CONFLICT, RATE_LIMIT, PROTOCOL_ERROR) are raised and
+--   forgotten. provider.exec_form() gives the outcome ("string"|"argv"; nil before the probe).
+-- - "string": payloads stay lines too, never asking (always correct, whatever the service does).
+-- - "argv": every multi-element argv goes as the command array, for services known to run it
+--   directly (no probe).
 -- A shell-form spec, or an argv spec with cwd/env, becomes a bash script (galley.core.shell.plan)
 -- that ONE exec writes to /tmp/.galley-script-<random>.sh, runs as `/bin/bash <path>` and removes;
 -- a script whose exec would not fit is uploaded first (files API), and so is an argv too long
@@ -56,6 +69,7 @@ local morph_process = require("galley.providers.morph_process")
 local run = require("galley.tracker")
 local runtime = require("galley.core.runtime")
 local shell = require("galley.core.shell")
+local task = require("galley.task")
 
 local M = {}
 
@@ -85,8 +99,28 @@ M.MAX_COMMAND_BYTES = 120 * 1024
 --- Linux's limit on one argument (MAX_ARG_STRLEN, with its NUL).
 M.ARG_LIMIT = 128 * 1024
 
---- The exec forms: "string" sends one element (the argv quoted), "argv" the argv itself.
-M.EXEC_FORMS = { string = true, argv = true }
+--- The exec forms: "string" sends one element (the argv quoted), "argv" the argv itself, "auto"
+--- (the default) one element for ordinary execs and argv arrays for payloads once
+--- probe_exec_form proved the service runs them faithfully.
+M.EXEC_FORMS = { auto = true, string = true, argv = true }
+
+--- The default exec form.
+M.DEFAULT_EXEC_FORM = "auto"
+
+--- Bytes of each of the probe's two large elements (together over 128 KiB: no single argument
+--- of a shell line can carry them).
+M.PROBE_PIECE_BYTES = 96 * 1024
+
+--- Time limit of the probe's request (the command itself is instant).
+M.PROBE_TIMEOUT_MS = 120000
+
+-- What the probe runs; it prints the lengths of $1 and $2 and $3 as given.
+local PROBE_SCRIPT = 'printf "%s:%s:%s" "${#1}" "${#2}" "$3"'
+
+-- Errors of the probe that say nothing about how the service runs a command (the connection,
+-- the instance, the account, a cancel): raised, and the question stays open.
+local PROBE_UNDECIDED = { NETWORK_ERROR = true, TIMEOUT = true, INTERRUPTED = true, AUTHENTICATION_ERROR = true,
+  NOT_FOUND = true, CONFLICT = true, RATE_LIMIT = true, PROTOCOL_ERROR = true }
 
 local SCRIPT_PIECE_BYTES = 120 * 1024
 
@@ -225,6 +259,36 @@ function M.wrap_error(err, operation, resource)
 end
 
 
+--- Asks the service, with ONE exec on an instance, whether it runs a large multi-element
+--- command as an argv: `/bin/sh -c <print the lengths of $1, $2 and $3> galley-probe <96 KiB>
+--- <96 KiB> "a b"` (~200 KiB in one request). Exactly "98304:98304:a b" and exit 0 → "argv". A
+--- service that space-joins the elements into one shell line, or quotes them into one `sh -c`
+--- argument, cannot run it (one argument over Linux's 128 KiB) or prints something else →
+--- "string"; so does an HTTP answer about the request itself (400, 413, 422, 5xx...).
+--- galley.providers.morph's exec_form "auto" and `galley run morph-recon` use it.
+---@param client galley.MorphClient
+---@param instance_id string a ready instance
+---@param opts? {timeout_ms?: integer} the request's time limit (default PROBE_TIMEOUT_MS)
+---@return "argv"|"string"|nil form nil: undecided, see err
+---@return table|galley.Error evidence `{exit_code?, stdout_ok, status?, code?}` (no payload); or the
+---  client's error when the answer says nothing about the command: NETWORK_ERROR, TIMEOUT,
+---  INTERRUPTED, AUTHENTICATION_ERROR, NOT_FOUND, CONFLICT, RATE_LIMIT, PROTOCOL_ERROR
+function M.probe_exec_form(client, instance_id, opts)
+  opts = opts or {}
+  local piece = ("x"):rep(M.PROBE_PIECE_BYTES)
+  local want = ("%d:%d:a b"):format(M.PROBE_PIECE_BYTES, M.PROBE_PIECE_BYTES)
+  local res, err = client:instances_exec(instance_id, { "/bin/sh", "-c", PROBE_SCRIPT, "galley-probe", piece, piece,
+    "a b" }, { timeout_ms = opts.timeout_ms or M.PROBE_TIMEOUT_MS })
+  if res == nil then
+    local code = type(err) == "table" and err.code or nil
+    if PROBE_UNDECIDED[code] or type(err) ~= "table" or type(err.status) ~= "number" then return nil, err end
+    return "string", { status = err.status, code = code, stdout_ok = false }
+  end
+  local ok = res.exit_code == 0 and res.stdout == want
+  return ok and "argv" or "string", { exit_code = res.exit_code, stdout_ok = res.stdout == want }
+end
+
+
 local check_id = common.check_id
 
 
@@ -266,8 +330,9 @@ end
 ---@field max_request_bytes? integer base64 bytes per file-transfer exec (execfiles default 1.5 MiB)
 ---@field max_arg_bytes? integer bytes per argv element of a transfer (execfiles default 120 KiB)
 ---@field decoder? "python"|"coreutils" skip execfiles' decoder detection
----@field exec_form? "string"|"argv" how an exec's argv is sent (default "string": one element)
----@field max_command_bytes? integer largest exec line with exec_form "string" (default 120 KiB, < 128 KiB)
+---@field exec_form? "auto"|"string"|"argv" how an exec's argv is sent (default "auto": one element, and argv
+---  arrays for payloads once the service proved it runs them; see the header)
+---@field max_command_bytes? integer largest exec line with exec_form "string"/"auto" (default 120 KiB, < 128 KiB)
 
 --- Creates a Morph provider.
 ---@param opts? galley.MorphProviderOptions
@@ -286,16 +351,19 @@ function M.new(opts)
     or M.DEFAULT_SNAPSHOT_TIMEOUT_MS
   local exec_timeout_ms = check_count(opts.exec_timeout_ms, "exec_timeout_ms", 1)
   local exec_backstop_ms = check_count(opts.exec_backstop_ms, "exec_backstop_ms", 0) or common.EXEC_BACKSTOP_MS
-  local exec_form = opts.exec_form or "string"
+  local exec_form = opts.exec_form or M.DEFAULT_EXEC_FORM
   if not M.EXEC_FORMS[exec_form] then
-    fail("VALIDATION_ERROR", 'exec_form must be "string" or "argv"', { field = "exec_form",
-      hint = '"string" (the default) works whatever the service does with a multi-element command' })
+    fail("VALIDATION_ERROR", 'exec_form must be "auto", "string" or "argv"', { field = "exec_form",
+      hint = '"auto" (the default) probes the service once; "string" works whatever it does with a '
+        .. "multi-element command" })
   end
   local max_command = check_count(opts.max_command_bytes, "max_command_bytes", 4096) or M.MAX_COMMAND_BYTES
   if max_command >= M.ARG_LIMIT then
     fail("VALIDATION_ERROR", "max_command_bytes must be below 128 KiB", { field = "max_command_bytes" })
   end
-  local one_line = exec_form == "string"
+  -- Ordinary execs are one line in "string" and "auto"; payloads too long for a line go as argv
+  -- arrays with "argv", and with "auto" once the probe said so (payload_form).
+  local one_line = exec_form ~= "argv"
 
   local client = opts.client
   local own_client = false
@@ -322,7 +390,6 @@ function M.new(opts)
     name = M.NAME,
     version = M.VERSION,
     client = client,
-    exec_form = exec_form,
     capabilities = {
       exec_form = exec_form,
       max_command_bytes = one_line and max_command or nil,
@@ -405,17 +472,44 @@ function M.new(opts)
   -- Exec -----------------------------------------------------------------------------------
   local homes = {}
 
-  -- Runs an argv as given: {stdout, stderr, exit_code}. exec_form "string": one element, the
-  -- quoted words (a one-element argv is quoted in both forms: the service runs it in a shell).
+  -- The form of payload execs (those too long for one line): exec_form itself, or with "auto"
+  -- what the probe found, asked once per provider the first time a payload needs it. Tasks that
+  -- ask while the probe runs wait for the same probe (a task of its own); an error that leaves
+  -- the question open (see PROBE_UNDECIDED) is raised to every one of them and forgotten.
+  local decided = exec_form ~= "auto" and exec_form or nil
+  local probing
+
+  local function payload_form(id)
+    if decided then return decided end
+    if not probing then
+      local t
+      t = task.spawn(function()
+        local ok, form, why = pcall(M.probe_exec_form, client, id, { timeout_ms = exec_timeout_ms })
+        if probing == t then probing = nil end -- decided, or the next payload asks again
+        if not ok then error(form, 0) end
+        if not form then error(M.wrap_error(why, "exec", "instance:" .. id), 0) end
+        decided = form
+        log.debug("exec form", { form = form, instance = id, exit_code = math.tointeger(why.exit_code),
+          status = why.status, code = why.code, output_ok = why.stdout_ok })
+        return form
+      end)
+      probing = t
+    end
+    return probing:wait()
+  end
+
+  -- Runs an argv as given: {stdout, stderr, exit_code}. One element, the quoted words, with
+  -- exec_form "string", and with "auto" unless the line is too long and the service runs argv
+  -- arrays (a one-element argv is quoted in every form: the service runs it in a shell).
   local function exec_argv(id, argv, eopts, operation)
     if one_line or #argv == 1 then
       local line = shell.join(argv)
-      if one_line and #line > max_command then
+      if one_line and #line > max_command and (#argv == 1 or payload_form(id) ~= "argv") then
         fail("VALIDATION_ERROR", ("the exec line is %d bytes, over max_command_bytes (%d)"):format(#line, max_command),
           { field = "command", operation = operation or "exec", resource = "instance:" .. id,
             hint = "pass large data as a file (files.write_file) or a shell-form script" })
       end
-      argv = { line }
+      if #line <= max_command or #argv == 1 then argv = { line } end
     end
     eopts = eopts or {}
     local operation_name, resource = operation or "exec", "instance:" .. id
@@ -449,6 +543,7 @@ function M.new(opts)
     max_request_bytes = opts.max_request_bytes,
     max_arg_bytes = opts.max_arg_bytes,
     max_command_bytes = one_line and max_command or nil,
+    argv_payloads = exec_form == "auto" and function(id) return payload_form(id) == "argv" end or nil,
     decoder = opts.decoder,
     log = log,
   })
@@ -504,14 +599,16 @@ function M.new(opts)
     end
     local script = plan.script
     if plan.argv then
-      if not one_line or #shell.join(limited(plan.argv)) <= max_command then return run_limited(plan.argv) end
+      if not one_line or #shell.join(limited(plan.argv)) <= max_command or payload_form(instance_id) == "argv" then
+        return run_limited(plan.argv)
+      end
       script = "exec -- " .. shell.join(plan.argv) .. "\n" -- too long for one line: run from a file
     end
     local path = "/tmp/.galley-script-" .. codec.random_hex(8) .. ".sh"
     local argv = { "/bin/sh", "-c", RUNNER, "galley-script", path, "1" }
     for i = 1, #script, SCRIPT_PIECE_BYTES do argv[#argv + 1] = script:sub(i, i + SCRIPT_PIECE_BYTES - 1) end
-    local fits
-    if one_line then fits = #shell.join(limited(argv)) <= max_command else fits = #script <= M.INLINE_SCRIPT_BYTES end
+    local fits = one_line and #shell.join(limited(argv)) <= max_command
+    if not fits and payload_form(instance_id) == "argv" then fits = #script <= M.INLINE_SCRIPT_BYTES end
     if not fits then
       provider.files.write_file_atomic(instance_id, path, script, { mode = "600" })
       argv = { "/bin/sh", "-c", RUNNER, "galley-script", path, "0" }
@@ -519,6 +616,20 @@ function M.new(opts)
     local r = run_limited(argv)
     log.trace("exec", { instance = instance_id, kind = spec.kind, exit_code = r.exit_code, stderr_bytes = #r.stderr })
     return r
+  end
+
+  --- How payload execs (too long for one exec line) are sent: "string" (one line each, under
+  --- max_command_bytes) or "argv" (argv arrays). Explicit forms answer at once. With exec_form
+  --- "auto": what the probe found (probe_exec_form: one ~200 KiB exec, once per provider), nil
+  --- while it has not run; with an instance id, an undecided provider probes on that instance
+  --- now. Ordinary execs are one line with "string" and "auto" whatever this says.
+  ---@param instance_id? string
+  ---@return "string"|"argv"|nil
+  ---@raise (with instance_id) NETWORK_ERROR | TIMEOUT | INTERRUPTED | NOT_FOUND | CONFLICT | ... (not remembered)
+  function provider.exec_form(instance_id)
+    if decided or instance_id == nil then return decided end
+    check_id(instance_id, "instance_id")
+    return payload_form(instance_id)
   end
 
   --- Starts a command without waiting: a process handle over SSE exec (`read`, `wait`, `kill`,

@@ -7,7 +7,9 @@
 --
 -- Faults hit the first request of the operation that matches (count 1): POST
 -- /snapshot/*/boot for boot, GET /instance/* for get, GET /instance for list, POST
--- /instance/*/exec for exec and the files API (the first exec of a 1 MiB write or read), POST
+-- /instance/*/exec for exec and the files API (the first exec of a 3 MiB write or read: several
+-- execs in every exec form, so a failed write leaves nothing; the provider's default exec_form
+-- "auto" has probed the service while the spec set up), POST
 -- /instance/*/exec/sse for spawn, DELETE /instance/* for stop and terminate.
 local emulator = require("support.emulator")
 local codec = require("galley.core.codec")
@@ -16,7 +18,7 @@ local runtime = require("galley.core.runtime")
 -- Client time limits (per request and per exec) and the injected delay that outlasts them.
 local TIMEOUT_MS = 5000
 local DELAY_MS = 7500
-local FILE_BYTES = 1024 * 1024
+local FILE_BYTES = 3 * 1024 * 1024
 
 local FAULTS = {
   { name = "none" },
@@ -139,7 +141,7 @@ describe("the Morph fault matrix on galley emulate #slow #emulator", function()
         local ok, err = pcall(p.instances.get, id)
         return not ok and err.code == "NOT_FOUND"
       end },
-    { name = "write 1M", method = "POST", path = "/instance/*/exec", expect = RUN, files = true,
+    { name = "write 3M", method = "POST", path = "/instance/*/exec", expect = RUN, files = true,
       setup = function() sh(shared, "rm -f /root/matrix-write.bin") end,
       run = function() return p.files.write_file_atomic(shared, "/root/matrix-write.bin", content) end,
       check = function()
@@ -150,7 +152,7 @@ describe("the Morph fault matrix on galley emulate #slow #emulator", function()
       check_failed = function()
         return sh(shared, "ls -A /root | grep -c matrix-write || true").stdout == "0\n"
       end },
-    { name = "read 1M", method = "POST", path = "/instance/*/exec", expect = RUN, files = true,
+    { name = "read 3M", method = "POST", path = "/instance/*/exec", expect = RUN, files = true,
       run = function() return p.files.read_file(shared, "/root/matrix-read.bin") end,
       check = function(s) return s == content end },
   }

@@ -169,6 +169,26 @@ describe("local instances cannot touch the host #isolation", function()
       .. 'grep -q "GALLEY_INSTANCE_ID=$2" "/proc/$p/environ" 2>/dev/null && echo "$p"; done; true', "x", i.id))
   end)
 
+  it("never joins a holder whose pid now names another process (galley __enter checks its start time)", function()
+    local lp = require("galley.providers.local")
+    local p = lp.new({ state_dir = dir .. "/state", log = require("galley.log").silent() })
+    local i = p.instances.boot()
+    local meta = cjson.decode(host('cat "$1/instances/$2/meta.json"', p.state_dir, i.id))
+    local function enter(start, ...)
+      local argv = { support.bin, "__enter", "", tostring(math.tointeger(meta.holder.pid)), start, "", "/", "--", ... }
+      return assert(proc.run({ argv = argv, cwd = "/", timeout_ms = 30000 }))
+    end
+    local ok = enter(meta.holder.start, "sh", "-c", "echo $$; id -u")
+    assert.are.equal(0, ok.exit_code, ok.stderr)
+    assert.are_not.equal("1\n0\n", ok.stdout) -- a process of the instance, uid 0 there
+    assert.matches("^%d+\n0\n$", ok.stdout)
+    assert.are.equal(125, enter(tostring(tonumber(meta.holder.start) + 1), "true").exit_code)
+    -- what the old shell chain answered: 127 for a missing command or directory
+    assert.are.equal(127, enter(meta.holder.start, "galley-no-such-command").exit_code)
+    assert.are.equal(2, proc.run({ argv = { support.bin, "__enter", "x" } }).exit_code)
+    p.instances.terminate(i.id)
+  end)
+
   it("as an unprivileged user", function()
     if not is_root() then
       pending("needs root to create the throwaway user " .. USER)

@@ -312,23 +312,25 @@ describe("galley.providers.morph #morph", function()
       assert.are.equal(127, r.exit_code)
     end)
 
-    it("carries long scripts: inline when the exec line fits, uploaded first when not", function()
+    it("carries long scripts: inline when the exec line fits, uploaded first when not (exec_form string)", function()
+      local as_string = provider_on(em0, { exec_form = "string" })
       local small = ("# " .. ("x"):rep(1000) .. "\n"):rep(100) .. "echo tail\n"
       em0:clear_log()
-      local r = p0.exec(inst.id, { kind = "shell", script = small })
+      local r = as_string.exec(inst.id, { kind = "shell", script = small })
       assert.are.same({ 0, "tail\n" }, { r.exit_code, r.stdout })
       assert.are.equal(1, #em0:log())
       -- 300 KB does not fit one line: uploaded first (several requests), then run and removed.
       local body = ("# " .. ("x"):rep(1000) .. "\n"):rep(300) .. 'printf %s "$0"\n'
       em0:clear_log()
-      r = p0.exec(inst.id, { kind = "shell", script = body })
+      r = as_string.exec(inst.id, { kind = "shell", script = body })
       assert.are.equal(0, r.exit_code, r.stderr)
-      assert.is_true(#em0:log() > 1)
-      assert.is_false(p0.files.file_exists(inst.id, r.stdout))
+      assert.is_true(#em0:log() > 2)
+      assert.is_false(as_string.files.file_exists(inst.id, r.stdout))
       -- An argv too long for one line runs from an uploaded script too.
       local long = ("z"):rep(100 * 1024)
-      r = p0.exec(inst.id, argv("/bin/sh", "-c", 'printf %s "$1" | wc -c', "sh", long, long))
+      r = as_string.exec(inst.id, argv("/bin/sh", "-c", 'printf %s "$1" | wc -c', "sh", long, long))
       assert.are.same({ 0, tostring(100 * 1024) }, { r.exit_code, (r.stdout:gsub("%s", "")) })
+      as_string.close()
       -- exec_form "argv": inline in several argv pieces up to 1 MiB, one request.
       local as_argv = provider_on(em0, { exec_form = "argv" })
       em0:clear_log()
@@ -411,7 +413,7 @@ describe("galley.providers.morph #morph", function()
           return real[name](real, ...)
         end
       end })
-      local prov = morphp.new({ client = client, log = logmod.silent() })
+      local prov = morphp.new({ client = client, log = logmod.silent(), exec_form = "string" })
       assert.are.equal(morphp.MAX_COMMAND_BYTES, prov.capabilities.max_command_bytes)
       one_request_write(prov, 64 * 1024, 1)
       one_request_write(prov, 1024 * 1024, 12)
@@ -421,8 +423,9 @@ describe("galley.providers.morph #morph", function()
         assert.is_true(#c[1] <= morphp.MAX_COMMAND_BYTES, #c[1])
       end
       for _, c in ipairs({ "string", "argv" }) do
-        assert.are.equal(c, provider_on(em0, { exec_form = c }).exec_form)
+        assert.are.equal(c, provider_on(em0, { exec_form = c }).exec_form())
       end
+      assert.is_nil(provider_on(em0).exec_form()) -- "auto", not probed yet (morph_exec_form_spec)
       assert.are.equal("exec_form", raises("VALIDATION_ERROR", provider_on, em0, { exec_form = "ssh" }).field)
       raises("VALIDATION_ERROR", provider_on, em0, { max_command_bytes = 128 * 1024 })
       real:close()

@@ -40,6 +40,14 @@ describe("recipe morph-recon #recipes", function()
       local r = cjson.decode(out)
       assert.are.equal(mode, r.argv_mode)
       assert.are.equal(mode == "exec" and "a b," or "a,b,", r.argv_probe.stdout)
+      -- the provider's exec-form probe: a ~200 KiB argv runs as is, or (joined) not at all
+      if mode == "exec" then
+        assert.are.same({ true, 0, true }, { r.large_argv.runs, r.large_argv.exit_code, r.large_argv.output_ok })
+        assert.are.equal("argv", r.auto_exec_form)
+      else
+        assert.are.same({ false, 503, "SERVER_ERROR" }, { r.large_argv.runs, r.large_argv.status, r.large_argv.code })
+        assert.are.equal("string", r.auto_exec_form)
+      end
       assert.are.same({ "/usr/bin/dash", "/bin/sh", false }, { r.shell.exe, r.shell.arg0, r.shell.login })
       assert.are.same({ "/root", "root" }, { r.home, r.user })
       assert.is_string(r.path)
@@ -73,6 +81,8 @@ describe("recipe morph-recon #recipes", function()
       "instance metadata:     replace",
       "DELETE twice:          204, then 404 NOT_FOUND, detail string",
       "largest command:       131071 bytes",
+      "large argv (~200 KiB): does not run (HTTP 503 SERVER_ERROR)",
+      "auto exec form:        string (every exec one line, ~88 KiB of content a request)",
     }) do
       assert.truthy(out:find(want, 1, true), want .. "\n" .. out)
     end

@@ -1,0 +1,174 @@
+/* `galley __enter`: a command inside a local sandbox's namespaces; see enter.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/capability.h>
+#include "enter.h"
+
+#define EXIT_ENTER 125
+
+typedef struct {
+  const char *name;
+  int type;
+  int fd;
+} ns_file;
+
+
+static int fail(const char *what, const char *arg) {
+  fprintf(stderr, "galley __enter: %s%s%s: %s\n", what, arg ? " " : "", arg ? arg : "", strerror(errno));
+  return EXIT_ENTER;
+}
+
+
+static int write_pid(const char *cgroup) {
+  char path[4096], pid[32];
+  snprintf(path, sizeof path, "%s/cgroup.procs", cgroup);
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  int ok = write(fd, pid, (size_t)n) == n;
+  int saved = errno;
+  close(fd);
+  errno = saved;
+  return ok ? 0 : -1;
+}
+
+
+/* Field 22 of /proc/PID/stat (the start time in clock ticks) into out, or -1. */
+static int start_time(const char *pid, char *out, size_t cap) {
+  char path[64], buf[4096];
+  snprintf(path, sizeof path, "/proc/%s/stat", pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+  if (!p) return -1;
+  p++;
+  for (int field = 3; field <= 22; field++) {
+    while (*p == ' ') p++;
+    char *end = p + strcspn(p, " \n");
+    if (field == 22) {
+      size_t len = (size_t)(end - p);
+      if (len == 0 || len >= cap) return -1;
+      memcpy(out, p, len);
+      out[len] = '\0';
+      return 0;
+    }
+    if (*end == '\0') return -1;
+    p = end;
+  }
+  return -1;
+}
+
+
+/* Waits for the child and ends the same way (nsenter's behaviour). */
+static int relay(pid_t child) {
+  int st;
+  for (;;) {
+    pid_t r = waitpid(child, &st, WUNTRACED);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return fail("wait for the command", NULL);
+    if (WIFSTOPPED(st)) {
+      kill(getpid(), SIGSTOP);
+      kill(child, SIGCONT);
+      continue;
+    }
+    break;
+  }
+  if (WIFEXITED(st)) return WEXITSTATUS(st);
+  if (WIFSIGNALED(st)) {
+    int sig = WTERMSIG(st);
+    signal(sig, SIG_DFL);
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    sigprocmask(SIG_UNBLOCK, &one, NULL);
+    kill(getpid(), sig);
+    return 128 + sig;
+  }
+  return EXIT_ENTER;
+}
+
+
+int galley_enter_main(int argc, char **argv) {
+  if (argc < 8 || strcmp(argv[6], "--") != 0) {
+    fprintf(stderr, "usage: galley __enter CGROUP HOLDER_PID HOLDER_START NET CWD -- COMMAND...\n");
+    return 2;
+  }
+  const char *cgroup = argv[1], *pid = argv[2], *want = argv[3], *cwd = argv[5];
+  int net = strcmp(argv[4], "net") == 0;
+  if (pid[0] == '\0' || strspn(pid, "0123456789") != strlen(pid)) {
+    fprintf(stderr, "galley __enter: HOLDER_PID must be a number\n");
+    return 2;
+  }
+  if (cgroup[0] && write_pid(cgroup) != 0) return fail("join the cgroup", cgroup);
+
+  /* The user namespace first in the list: it is entered on the second pass only. */
+  ns_file ns[] = {
+    { "user", CLONE_NEWUSER, -1 }, { "cgroup", CLONE_NEWCGROUP, -1 }, { "ipc", CLONE_NEWIPC, -1 },
+    { "uts", CLONE_NEWUTS, -1 },   { "net", CLONE_NEWNET, -1 },       { "pid", CLONE_NEWPID, -1 },
+    { "mnt", CLONE_NEWNS, -1 },
+  };
+  size_t count = sizeof ns / sizeof ns[0];
+  for (size_t i = 0; i < count; i++) {
+    if (ns[i].type == CLONE_NEWNET && !net) continue;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%s/ns/%s", pid, ns[i].name);
+    ns[i].fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (ns[i].fd < 0) return fail("open", path);
+  }
+  char started[32];
+  if (start_time(pid, started, sizeof started) != 0 || strcmp(started, want) != 0) {
+    fprintf(stderr, "galley __enter: the instance's holder (pid %s) is gone\n", pid);
+    return EXIT_ENTER;
+  }
+
+  /* As root on the host every namespace but the user one can be entered first; a caller
+   * without privileges needs the user namespace (where it has them) before the others. */
+  for (int pass = 0; pass < 2; pass++) {
+    for (size_t i = pass ? 0 : 1; i < count; i++) {
+      if (ns[i].fd < 0) continue;
+      if (setns(ns[i].fd, ns[i].type) != 0) {
+        if (pass == 0) continue;
+        return fail("enter the namespace", ns[i].name);
+      }
+      close(ns[i].fd);
+      ns[i].fd = -1;
+    }
+  }
+  if (setgroups(0, NULL) != 0 && errno != EPERM) return fail("setgroups", NULL);
+  if (setgid(0) != 0) return fail("setgid", "0");
+  if (setuid(0) != 0) return fail("setuid", "0");
+
+  pid_t child = fork();
+  if (child < 0) return fail("fork", NULL);
+  if (child > 0) return relay(child);
+
+  /* The child: pid 2 or more of the instance's pid namespace. */
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) _exit(fail("set no_new_privs", NULL));
+  if (prctl(PR_CAPBSET_DROP, CAP_SYS_RESOURCE, 0, 0, 0) != 0) _exit(fail("drop", "CAP_SYS_RESOURCE"));
+  if (prctl(PR_CAPBSET_DROP, CAP_SYS_ADMIN, 0, 0, 0) != 0) _exit(fail("drop", "CAP_SYS_ADMIN"));
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) _exit(fail("set the parent-death signal", NULL));
+  /* Its parent is outside the namespace (getppid() is 0) unless it already died. */
+  if (getppid() != 0) _exit(EXIT_ENTER);
+  if (setsid() < 0) _exit(fail("setsid", NULL));
+  if (chdir(cwd) != 0) {
+    fprintf(stderr, "galley __enter: cd %s: %s\n", cwd, strerror(errno));
+    _exit(127);
+  }
+  execvp(argv[7], argv + 7);
+  int err = errno;
+  fprintf(stderr, "galley __enter: %s: %s\n", argv[7], strerror(err));
+  _exit(err == ENOENT || err == ENOTDIR ? 127 : 126);
+}
