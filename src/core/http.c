@@ -515,7 +515,10 @@ int galley_http_finish(galley_http_xfer *x, galley_http_response *resp, galley_h
   inflight--;
   int rc = -1;
   if (!x->done) {
-    set_error(err, "INTERRUPTED", 0, request_sent(x->easy, CURLE_OK), "the transfer was cancelled", NULL);
+    /* Cut off mid-transfer, libcurl's counters may not say yet what went out: once the
+     * pre-request callback ran, the request may have reached the server. */
+    set_error(err, "INTERRUPTED", 0, x->prereqs > 0 || request_sent(x->easy, CURLE_OK), "the transfer was cancelled",
+              NULL);
   } else if (x->resend_blocked) {
     set_error(err, "HTTP_NETWORK", x->result, true,
               "the connection closed before any reply (request not resent)", NULL);

@@ -65,6 +65,7 @@ local execfiles = require("galley.providers.execfiles")
 local logmod = require("galley.log")
 local morph_check = require("galley.providers.morph_check")
 local morph_client = require("galley.morph_client")
+local morph_core = require("galley.core.morph")
 local morph_process = require("galley.providers.morph_process")
 local run = require("galley.tracker")
 local runtime = require("galley.core.runtime")
@@ -664,6 +665,27 @@ function M.new(opts)
   -- A create whose answer was lost may still have created an instance: tell the run, which
   -- finds it by the request token at its end and stops it. A create that provably never
   -- reached the server (err.sent == false: connect refused) left nothing to wait for.
+  -- A create's request token, chosen here (the client keeps it): an interrupt raised outside
+  -- the HTTP wait (a signal caught between two Lua calls) carries no token of its own, and
+  -- without one the create could not be found again. Returns the body with it, and the token.
+  local function with_token(map)
+    local token = morph_core.request_token()
+    local copy = {}
+    for k, v in pairs(map or {}) do copy[k] = v end
+    copy[M.TOKEN_KEY] = copy[M.TOKEN_KEY] or token
+    return copy, copy[M.TOKEN_KEY]
+  end
+
+  -- An error of a create with `token`: the token added when the error has none.
+  local function tokened(err, token)
+    if type(err) == "table" and err.request_token == nil then err.request_token = token end
+    if type(err) ~= "table" then
+      err = errors.new("INTERRUPTED", tostring(err))
+      err.request_token = token
+    end
+    return err
+  end
+
   local function note_cut_off(err)
     if type(err) == "table" and err.request_token and err.sent ~= false and (err.code == "INTERRUPTED"
         or err.code == "TIMEOUT" or err.code == "NETWORK_ERROR" or err.code == "PROTOCOL_ERROR") then
@@ -705,7 +727,8 @@ function M.new(opts)
     check_id(snapshot_id, "snapshot_id")
     bopts = run.boot_options(check_table(bopts, "options"))
     local seconds, action = common.check_ttl(bopts)
-    local body = { metadata = common.check_metadata(bopts.metadata) }
+    local metadata, token = with_token(common.check_metadata(bopts.metadata))
+    local body = { metadata = metadata }
     if seconds then
       body.ttl_seconds, body.ttl_action = seconds, action
     end
@@ -713,6 +736,7 @@ function M.new(opts)
     local wait_ms = check_count(bopts.timeout_ms, "timeout_ms", 0) or boot_timeout_ms
     local ok, raw = pcall(call, "instances.boot", "snapshot:" .. snapshot_id, "snapshots_boot", snapshot_id, body)
     if not ok then
+      raw = tokened(raw, token)
       local found = find_created(raw)
       if #found ~= 1 then
         note_cut_off(raw)
@@ -860,10 +884,12 @@ function M.new(opts)
       ttl_action = fopts.ttl_action })
     local seconds, action = common.check_ttl(bopts)
     local md = common.check_metadata(bopts.metadata)
+    local stamped, token = with_token(md)
     local wait_ms = check_count(fopts.timeout_ms, "timeout_ms", 0) or boot_timeout_ms
     local called, res = pcall(call, "instances.fork", "instance:" .. instance_id, "instances_branch", instance_id,
-      { instance_metadata = md, snapshot_metadata = md }, { count = count })
+      { instance_metadata = stamped, snapshot_metadata = md }, { count = count })
     if not called then
+      res = tokened(res, token)
       -- The clones of a branch whose answer was lost are deleted (its snapshot is unknown).
       local all = true
       for _, raw in ipairs(find_created(res)) do all = discard(raw.id, "the fork's answer was lost") and all end
