@@ -20,8 +20,17 @@
 -- - A write whose content fits one exec is ONE exec: create the parent directories (create_dirs),
 --   write a temporary file beside the target (mode 600 while it is written), fsync, chmod/chown,
 --   check its sha256 (the digest of exactly `size` bytes: a match checks the size too), rename
---   over the target. Larger contents append one chunk per exec; the last exec verifies and
---   renames. On any failure the old target is untouched and the temporary file is removed.
+--   over the target. Larger contents go one chunk per exec, each verified where it lands: a
+--   chunk exec writes its bytes at their offset of the temporary file, reads exactly that
+--   region back and compares its sha256 with the one computed here (exit 42 on a mismatch);
+--   the last exec, once every other chunk is in, appends the final chunk, checks the last N
+--   bytes of the file against that chunk's sha256 and the file's size against `size` exactly
+--   (so a temporary file truncated or extended by anyone between the chunks and the end is
+--   caught), then syncs, sets the mode and owner and renames; the whole file is not hashed
+--   again. Where chunks are appended in order (python-only instances, parallel = 1) the last
+--   exec checks the sha256 of the whole file instead. On any failure the old target is
+--   untouched and the temporary file is removed; chunk execs never create the temporary file
+--   (only the first, alone, does), so one still running after a failure cannot bring it back.
 -- - Reads fetch `size sha256` first, then the content in chunks of the same size, and check the
 --   sha256 of what arrived.
 -- - Contents are strings or `{from_file = "/local/path"}`; `read_file(..., {to_file = path})`
@@ -31,15 +40,15 @@
 -- - Tools: coreutils first, python3 the fallback. coreutils start in a few ms each where python3
 --   takes 20-70 ms to start and import (a one-exec write with coreutils: sh, base64 -d, sync,
 --   chmod, sha256sum, mv). Writes choose on the instance inside the same exec (coreutils when
---   all of base64, sha256sum, chmod, chown, mv, mkdir, rm and sync are on PATH, else python3),
+--   all of base64, sha256sum, chmod, chown, mv, mkdir, rm, sync, tail and wc are on PATH, else python3),
 --   so a small write is one exec even on a fresh instance; the first read asks once per
 --   instance (SH_PROBE), and later writes and reads use its answer. GNU-only options have POSIX
 --   fallbacks (busybox): `sync FILE` -> `sync`, `chmod --reference` -> `stat -c %a`, `mv -T` ->
 --   a directory check and `mv`, `base64 -w 0` -> wrapped lines stripped here; whatever the
 --   tools, a file that does not hash right is never renamed into place. python3 is the system
 --   /usr/bin/python3 when it exists (PATH shims such as pyenv's cost 100+ ms a start). Large
---   writes send their chunks (`parallel` at once) with `base64 -d | dd` at their offsets (python
---   when GNU dd is missing); reads bring chunks with `tail | head | base64`. The base64 reaches
+--   writes send their chunks (`parallel` at once) with `base64 -d | dd` at their offsets, read
+--   back with `dd | sha256sum` (python when GNU dd or sha256sum is missing); reads bring chunks with `tail | head | base64`. The base64 reaches
 --   the decoder through a here-document, not `printf %s "$@"` (dash's printf costs ~13 ms per
 --   MiB). Pass `decoder = "coreutils"`, "python" (python3 writes and read heads, coreutils for
 --   chunks) or "python-only" to skip detection.
@@ -69,11 +78,13 @@ local EXIT_NOT_FOUND, EXIT_TOO_LARGE, EXIT_VERIFY, EXIT_WRONG_KIND = 40, 41, 42,
 local TMP_MARK = ".galley-tmp-"
 M.TMP_MARK = TMP_MARK
 
--- argv after the script: target tmp dir create_dirs first last mode owner group size sha256; the
--- base64 content arrives on stdin.
+-- argv after the script: target tmp dir create_dirs first last mode owner group size sha256
+-- scope; the base64 content arrives on stdin. scope "all": sha256 is the digest of the whole
+-- file; "tail:N": of its last N bytes (what this exec appended; the chunks before it were
+-- checked where they landed), and the file must hold exactly `size` bytes.
 local PY_WRITE = [[
 import os, sys, stat, shutil, hashlib, base64
-target, tmp, d, mkdirs, first, last, mode, owner, group, size, digest = sys.argv[1:12]
+target, tmp, d, mkdirs, first, last, mode, owner, group, size, digest, scope = sys.argv[1:13]
 def fail(code, msg):
     try:
         os.unlink(tmp)
@@ -112,11 +123,15 @@ try:
         os.chmod(tmp, m)
         if owner or group:
             shutil.chown(tmp, owner or None, group or None)
-        h, n = hashlib.sha256(), 0
+        h, n, tail = hashlib.sha256(), 0, scope.startswith("tail:")
         with open(tmp, "rb") as f:
+            if tail:
+                n = os.fstat(f.fileno()).st_size
+                f.seek(max(0, n - int(scope[5:])))
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-                n += len(block)
+                if not tail:
+                    n += len(block)
         if n != int(size) or h.hexdigest() != digest:
             fail(42, "verification failed: %d bytes written, %s expected" % (n, size))
         os.rename(tmp, target)
@@ -134,10 +149,10 @@ except Exception as e:
 -- program needs nothing but the standard library.
 local SH_PY_BODY = [[
 P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3
-t=$1 tmp=$2 d=$3 mk=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11}
-shift 11
+t=$1 tmp=$2 d=$3 mk=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11} scope=${12}
+shift 12
 IFS=
-"$P" -I -S -c "$py" "$t" "$tmp" "$d" "$mk" "$first" "$last" "$mode" "$owner" "$group" "$size" "$digest" <<EOF
+"$P" -I -S -c "$py" "$t" "$tmp" "$d" "$mk" "$first" "$last" "$mode" "$owner" "$group" "$size" "$digest" "$scope" <<EOF
 $*
 EOF
 ]]
@@ -146,15 +161,17 @@ local SH_PIPE_PY_WRITE = "py=$1; shift\n" .. SH_PY_BODY
 
 -- The same with POSIX sh and coreutils: sh, (a subshell creating and filling the temporary
 -- file with `base64 -d`), sync (the fsync, in the background while chmod and sha256sum run;
--- waited for before the rename), chmod, sha256sum, mv. The sha256 alone is checked: it is the
--- digest of exactly `size` bytes, so a match means the size matches too (wc runs only to say how
--- much arrived when it does not). GNU options have a POSIX fallback that keeps the same
+-- waited for before the rename), chmod, sha256sum, mv. With scope "all" the sha256 alone is
+-- checked: it is the digest of exactly `size` bytes, so a match means the size matches too (wc
+-- runs only to say how much arrived when it does not). With "tail:N" (the last exec of a write
+-- whose other chunks SH_CHUNK checked where they landed) wc checks the size first, then
+-- `tail -c N | sha256sum` what this exec appended. GNU options have a POSIX fallback that keeps the same
 -- guarantees, so busybox never leaves a wrong file: `sync FILE` falls back to a global sync,
 -- `chmod --reference` to `stat -c %a`, `mv -T` to a plain mv after checking the target is no
 -- directory.
 local SH_WRITE = [[
-target=$1 tmp=$2 d=$3 mkdirs=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11}
-shift 11
+target=$1 tmp=$2 d=$3 mkdirs=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11} scope=${12}
+shift 12
 fail() { rm -f -- "$tmp"; printf '%s\n' "$2" >&2; exit "$1"; }
 if { [ "$first" = 1 ] || [ "$last" = 1 ]; } && [ -d "$target" ]; then fail 43 "the path is a directory"; fi
 IFS=
@@ -178,7 +195,13 @@ if [ "$last" = 1 ]; then
       { m=$(stat -c %a -- "$target") && chmod -- "$m" "$tmp"; } || fail 1 "chmod failed"
   else chmod =rw -- "$tmp" || fail 1 "chmod failed"; fi
   if [ -n "$owner$group" ]; then chown -- "$owner${group:+:$group}" "$tmp" || fail 1 "chown failed"; fi
-  h=$(sha256sum < "$tmp") || fail 1 "sha256sum failed"
+  case $scope in
+  tail:*)
+    n=$(wc -c < "$tmp") || fail 1 "wc failed"
+    [ "$n" -eq "$size" ] 2>/dev/null || fail 42 "verification failed: ${n:-?} bytes in the temporary file, $size expected"
+    h=$(tail -c "${scope#tail:}" -- "$tmp" | sha256sum) || fail 1 "sha256sum failed" ;;
+  *) h=$(sha256sum < "$tmp") || fail 1 "sha256sum failed" ;;
+  esac
   wait "$s" || sync || fail 1 "sync failed"
   if [ "${h%% *}" != "$digest" ]; then
     n=$(wc -c < "$tmp" 2>/dev/null)
@@ -195,7 +218,7 @@ exit 0
 -- else python3, else SH_WRITE again (it fails naming what is missing). argv: py_program, then
 -- SH_WRITE's arguments.
 local SH_AUTO_WRITE = "py=$1; shift\n"
-  .. "cu=1; for t in base64 sha256sum chmod chown mv mkdir rm sync; do command -v $t >/dev/null 2>&1 || cu=; done\n"
+  .. "cu=1; for t in base64 sha256sum chmod chown mv mkdir rm sync tail wc; do command -v $t >/dev/null 2>&1 || cu=; done\n"
   .. "if [ -z \"$cu\" ] && command -v python3 >/dev/null 2>&1; then\n" .. SH_PY_BODY .. "exit\nfi\n"
   .. SH_WRITE
 
@@ -263,28 +286,58 @@ else
 fi
 ]]
 
--- A chunk of a large write, at byte offset $4 of the temporary file $1; the base64 follows. The
--- chunk at offset 0 creates the file (mode 600, never an existing one; directory $2 first when
--- $3 = 1); the others write into it and never create it. coreutils when present, else python3.
+-- A chunk of a large write: $6 is the sha256 of its $5 raw bytes, to land at byte offset $4 of
+-- the temporary file $1; the base64 follows. The chunk at offset 0 creates the file (mode 600,
+-- never an existing one; directory $2 first when $3 = 1); the others write into it and never
+-- create it. Each reads back exactly its region once written and checks its sha256; when it
+-- differs it removes the temporary file (the chunks still in flight then fail: they never create
+-- it) and exits 42. The last exec then checks only what it appends and the size. coreutils
+-- (GNU dd) when present, else python3.
 local SH_CHUNK = [[
-tmp=$1 d=$2 mk=$3 off=$4; shift 4
+tmp=$1 d=$2 mk=$3 off=$4 len=$5 digest=$6; shift 6
 umask 077
 if [ "$off" = 0 ]; then
   if [ "$mk" = 1 ]; then mkdir -p -- "$d" || exit 1; fi
   (set -C; : > "$tmp") || exit 1
 fi
 IFS=
-if command -v dd >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1; then
+if command -v dd >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1 && command -v sha256sum >/dev/null 2>&1; then
   base64 -d <<EOF |
 $*
 EOF
-    dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc,nocreat iflag=fullblock status=none
+    dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc,nocreat iflag=fullblock status=none || exit 1
+  h=$(dd if="$tmp" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes status=none | sha256sum) || exit 1
+  if [ "${h%% *}" != "$digest" ]; then
+    rm -f -- "$tmp"
+    echo "verification failed: the $len bytes at offset $off differ once written" >&2
+    exit 42
+  fi
 else
-  python3 -I -S -c 'import os, sys, base64
+  python3 -I -S -c 'import os, sys, base64, hashlib
 data = base64.b64decode(sys.stdin.buffer.read().rstrip(b"\n"), validate=True)
-fd = os.open(sys.argv[1], os.O_WRONLY)
-os.pwrite(fd, data, int(sys.argv[2]))
-os.close(fd)' "$tmp" "$off" <<EOF
+off, n = int(sys.argv[2]), int(sys.argv[3])
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    view, at = memoryview(data), off
+    while view:
+        view = view[os.pwrite(fd, view, at):]
+        at = off + len(data) - len(view)
+    h, at = hashlib.sha256(), off
+    while at < off + n:
+        block = os.pread(fd, min(1 << 20, off + n - at), at)
+        if not block:
+            break
+        h.update(block)
+        at += len(block)
+finally:
+    os.close(fd)
+if h.hexdigest() != sys.argv[4]:
+    try:
+        os.unlink(sys.argv[1])
+    except OSError:
+        pass
+    sys.stderr.write("verification failed: the %d bytes at offset %d differ once written\n" % (n, off))
+    sys.exit(42)' "$tmp" "$off" "$len" "$digest" <<EOF
 $*
 EOF
 fi
@@ -549,10 +602,12 @@ function M.new(opts)
       end
       local per_exec = raw_per_exec
       if max_command then
-        -- The line without content (the largest arguments: a sha256, flags set), then the base64
-        -- that fits beside it (each piece costs a space and maybe two quotes).
-        local bare = #shell.join(argv_of({ path, tmp, dir, "1", "1", "1", mode, owner, group, tostring(size),
-          ("0"):rep(64) }))
+        -- The longest line without content (the largest arguments: a sha256, flags set, a
+        -- scope; or a chunk's), then the base64 that fits beside it (each piece costs a space
+        -- and maybe two quotes).
+        local bare = math.max(#shell.join(argv_of({ path, tmp, dir, "1", "1", "1", mode, owner, group,
+          tostring(size), ("0"):rep(64), "tail:" .. size })),
+          #shell.join(sh(SH_CHUNK, tmp, dir, "1", tostring(size), tostring(size), ("0"):rep(64))))
         local room = max_command - bare - 16
         room = room - 3 * ((room + max_arg - 1) // max_arg)
         if room < 1024 then
@@ -579,22 +634,25 @@ function M.new(opts)
         return io_error(res, op, path, nil, extra)
       end
       -- Every chunk but the last is written at its offset by SH_CHUNK, `parallel` execs in
-      -- flight (python-only instances append them in order instead); the last one appends the
-      -- final chunk once all others are in, verifies and renames.
+      -- flight, each checking its own bytes there (its length and sha256, hashed here); the last
+      -- one appends the final chunk once all others are in, checks that chunk and the size, and
+      -- renames. Python-only instances (and parallel = 1) append the chunks in order instead, and
+      -- the last exec checks the sha256 of the whole file.
       local chunks = decoder ~= "python-only" and parallel > 1 and size > per_exec and pool.new(parallel)
       local ok, err = pcall(function()
         repeat
           local raw = next_chunk(per_exec)
           local off = sent
           sent = sent + #raw
-          hasher:update(raw)
+          if not chunks then hasher:update(raw) end
           local last = sent >= size or #raw == 0
           if last and sent ~= size then
             common.raise("FILE_IO_ERROR", ("%s %s: the local source changed while it was read"):format(op, path),
               { operation = "files." .. op, resource = "file:" .. path })
           end
           if chunks and not last then
-            local argv = sh(SH_CHUNK, tmp, dir, wopts.create_dirs and "1" or "0", tostring(off))
+            local argv = sh(SH_CHUNK, tmp, dir, wopts.create_dirs and "1" or "0", tostring(off), tostring(#raw),
+              codec.sha256(raw))
             pieces(codec.base64_encode(raw), argv)
             raw = nil -- luacheck: ignore
             local function send()
@@ -607,8 +665,16 @@ function M.new(opts)
             if off == 0 then send() else chunks:add(send) end
           else
             if chunks then chunks:finish() end
+            -- After SH_CHUNK execs (each checked its own bytes where they landed) the last exec
+            -- checks what it appends and the size; appended chunks are checked whole at the end.
+            local digest, scope = "", "all"
+            if last and chunks then
+              digest, scope = codec.sha256(raw), "tail:" .. #raw
+            elseif last then
+              digest = hasher:hex()
+            end
             local args = { path, tmp, dir, wopts.create_dirs and "1" or "0", first and "1" or "0",
-              last and "1" or "0", mode, owner, group, tostring(size), last and hasher:hex() or "" }
+              last and "1" or "0", mode, owner, group, tostring(size), digest, scope }
             local argv = argv_of(args)
             pieces(codec.base64_encode(raw), argv)
             local res = run(instance_id, argv)

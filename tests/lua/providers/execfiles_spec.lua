@@ -269,17 +269,18 @@ describe("execfiles #files", function()
       assert.are.equal(data, h.files.read_file("inst-1", "~/y"))
       assert.are.equal(1 + 4, #h.calls)
       assert.are.equal(2, log_lines(bin))
-      -- later writes use the probe's answer: coreutils, several chunks, one verification
+      -- later writes use the probe's answer: coreutils, several chunks, each verified where it
+      -- lands (3 SH_CHUNK execs), then the last chunk and the size (1)
       h.calls = {}
       h.files.write_file_atomic("inst-1", "~/z", data)
       assert.are.equal(4, #h.calls)
-      assert.are.equal(3, log_lines(bin))
+      assert.are.equal(6, log_lines(bin))
       assert.are.equal(data, slurp(h.root .. "/z"))
       -- decoder = "python" still means python3 for writes and read heads: sha256sum never runs
       local files = execfiles.new({ exec_argv = h.exec_argv, home_dir = h.root, decoder = "python" })
       files.write_file_atomic("inst-1", "~/p", data)
       assert.are.equal(data, files.read_file("inst-1", "~/p"))
-      assert.are.equal(3, log_lines(bin))
+      assert.are.equal(6, log_lines(bin))
     end)
 
     it("falls back to python3 when coreutils are missing, writes and reads included", function()
