@@ -56,6 +56,15 @@ local function harness(opts)
   return h
 end
 
+-- True for the last exec of a write whose chunks were checked where they landed: it carries a
+-- "tail:N" scope (base64 has no colon).
+local function checks_tail(argv)
+  for _, a in ipairs(argv) do
+    if a:match("^tail:%d+$") then return true end
+  end
+  return false
+end
+
 local function binary(n)
   local t = {}
   for i = 0, 255 do t[#t + 1] = string.char(i) end
@@ -132,6 +141,78 @@ describe("execfiles #files", function()
         assert.are.equal("file:" .. h.root .. "/victim", err.resource)
         assert.are.equal("old", slurp(h.root .. "/victim"))
         assert.is_nil(ls(h.root):find("galley-tmp", 1, true))
+      end)
+
+      it("fails when one chunk is damaged on the way, before the last exec runs", function()
+        spit(h.root .. "/victim2", "old")
+        -- 200 KiB in chunks of 48 KiB: 5 execs; only the 2nd one's base64 is damaged (one character)
+        h.calls = {}
+        h.before = function(n, argv)
+          if n == 2 then
+            local last = argv[#argv]
+            local i = #last // 2
+            argv[#argv] = last:sub(1, i - 1) .. (last:sub(i, i) == "A" and "B" or "A") .. last:sub(i + 1)
+          end
+        end
+        local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/victim2", binary(200 * 1024))
+        h.before = nil
+        assert.are.equal(42, err.details.exit_code)
+        assert.is_string(err.hint)
+        assert.are.equal("old", slurp(h.root .. "/victim2"))
+        assert.is_nil(ls(h.root):find("galley-tmp", 1, true))
+        if decoder ~= "python-only" then
+          -- the damaged chunk said so itself: the last exec (the write program, with its scope
+          -- argument) never ran
+          for _, argv in ipairs(h.calls) do assert.is_false(checks_tail(argv)) end
+        end
+      end)
+
+      for _, change in ipairs({ "grown", "truncated" }) do
+        it("fails when the temporary file was " .. change .. " between the chunks and the last exec", function()
+          spit(h.root .. "/sized", "old")
+          local data = binary(200 * 1024)
+          h.calls = {}
+          h.before = function(n)
+            if n ~= 5 then return end -- the last of 5 execs: every other chunk is in
+            local tmp = h.root .. "/" .. sh_out('ls -A -- "$1" | grep "^.sized.galley-tmp-"', h.root):gsub("%s+$", "")
+            if change == "grown" then
+              sh_out('printf x >> "$1"', tmp)
+            else
+              sh_out('truncate -s 1000 -- "$1"', tmp)
+            end
+          end
+          local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/sized", data)
+          h.before = nil
+          assert.are.equal(5, #h.calls)
+          assert.are.equal(42, err.details.exit_code)
+          assert.are.equal("old", slurp(h.root .. "/sized"))
+          assert.is_nil(ls(h.root):find("galley-tmp", 1, true))
+          -- the same write, left alone, lands byte for byte
+          h.files.write_file_atomic("inst-1", "~/sized", data)
+          assert.are.equal(codec.sha256(data), codec.sha256(slurp(h.root .. "/sized")))
+        end)
+      end
+
+      it("checks the whole file at the end only where chunks were appended, else the last piece", function()
+        local data = binary(200 * 1024 + 3)
+        h.calls = {}
+        h.files.write_file_atomic("inst-1", "~/scoped", data)
+        assert.are.equal(5, #h.calls)
+        local final = h.calls[5]
+        local piece = #data - 4 * 3 * (64 * 1024 // 4)
+        if decoder == "python-only" then
+          assert.are.equal("all", final[#final - 1])
+        else
+          assert.are.equal("tail:" .. piece, final[#final - 1])
+          -- each chunk exec carried its length and sha256
+          for i = 1, 4 do
+            local raw = data:sub((i - 1) * 49152 + 1, i * 49152)
+            local argv = h.calls[i]
+            assert.are.same({ tostring((i - 1) * 49152), tostring(#raw), codec.sha256(raw) },
+              { argv[8], argv[9], argv[10] })
+          end
+        end
+        assert.are.equal(codec.sha256(data), codec.sha256(slurp(h.root .. "/scoped")))
       end)
 
       it("removes the temporary file when an exec fails half-way", function()
@@ -299,6 +380,48 @@ describe("execfiles #files", function()
       raises_code("NOT_FOUND", h.files.read_file, "inst-1", "~/missing")
       local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", h.root, "x")
       assert.are.equal("is_directory", err.details.reason)
+      assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
+    end)
+
+    -- One character of the 2nd exec's base64, in the middle.
+    local function damage_second(n, argv)
+      if n ~= 2 then return end
+      local last = argv[#argv]
+      local i = #last // 2
+      argv[#argv] = last:sub(1, i - 1) .. (last:sub(i, i) == "A" and "B" or "A") .. last:sub(i + 1)
+    end
+
+    it("checks each chunk with python3 where dd, base64 or sha256sum are missing", function()
+      local h = new_harness({ path = make_bin({ python = true, without = { "base64", "sha256sum", "dd" } }),
+        files = { max_request_bytes = 4096, max_arg_bytes = 1024 } })
+      spit(h.root .. "/kept", "old")
+      h.before = damage_second
+      local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/kept", binary(10000))
+      h.before = nil
+      assert.are.equal(42, err.details.exit_code)
+      for _, argv in ipairs(h.calls) do assert.is_false(checks_tail(argv)) end -- the chunk said so itself
+      assert.are.equal("old", slurp(h.root .. "/kept"))
+      assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
+      local data = binary(10000)
+      h.files.write_file_atomic("inst-1", "~/kept", data)
+      assert.are.equal(data, slurp(h.root .. "/kept"))
+    end)
+
+    it("catches a chunk that base64 -d damages on the instance, keeping the old file", function()
+      -- every `base64 -d` after the first (the first chunk, sent alone) flips the bits of its
+      -- first output byte
+      local bin = make_bin({ wrappers = { base64 = [[
+if [ "$1" != -d ] || [ ! -e "LOG" ]; then echo first >> "LOG"; exec "REAL" "$@"; fi
+"REAL" "$@" > "LOG.out" || exit 1
+head -c 1 "LOG.out" | tr '\000-\377' '\001-\377\000'
+tail -c +2 "LOG.out"]] } })
+      local h = new_harness({ path = bin, files = { max_request_bytes = 4096, max_arg_bytes = 1024 } })
+      spit(h.root .. "/kept", "old")
+      local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/kept", binary(10000))
+      assert.are.equal(42, err.details.exit_code)
+      assert.is_string(err.hint)
+      for _, argv in ipairs(h.calls) do assert.is_false(checks_tail(argv)) end
+      assert.are.equal("old", slurp(h.root .. "/kept"))
       assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
     end)
 
