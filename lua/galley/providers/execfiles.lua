@@ -27,8 +27,10 @@
 --   bytes of the file against that chunk's sha256 and the file's size against `size` exactly
 --   (so a temporary file truncated or extended by anyone between the chunks and the end is
 --   caught), then syncs, sets the mode and owner and renames; the whole file is not hashed
---   again. Where chunks are appended in order (python-only instances, parallel = 1) the last
---   exec checks the sha256 of the whole file instead. On any failure the old target is
+--   again (so a byte changed in place, after its chunk was checked, by something else on the
+--   instance is not seen: the checks are against damage on the way). Where chunks are
+--   appended in order (python-only instances, parallel = 1) the last exec checks the sha256 of
+--   the whole file instead. On any failure the old target is
 --   untouched and the temporary file is removed; chunk execs never create the temporary file
 --   (only the first, alone, does), so one still running after a failure cannot bring it back.
 -- - Reads fetch `size sha256` first, then the content in chunks of the same size, and check the
@@ -48,10 +50,11 @@
 --   tools, a file that does not hash right is never renamed into place. python3 is the system
 --   /usr/bin/python3 when it exists (PATH shims such as pyenv's cost 100+ ms a start). Large
 --   writes send their chunks (`parallel` at once) with `base64 -d | dd` at their offsets, read
---   back with `dd | sha256sum` (python when GNU dd or sha256sum is missing); reads bring chunks with `tail | head | base64`. The base64 reaches
---   the decoder through a here-document, not `printf %s "$@"` (dash's printf costs ~13 ms per
---   MiB). Pass `decoder = "coreutils"`, "python" (python3 writes and read heads, coreutils for
---   chunks) or "python-only" to skip detection.
+--   back with `dd | sha256sum` (python when GNU dd or sha256sum is missing); reads bring
+--   chunks with `tail | head | base64`. The base64 reaches the decoder through a here-document,
+--   not `printf %s "$@"` (dash's printf costs ~13 ms per MiB). Pass `decoder = "coreutils"`,
+--   "python" (python3 writes and read heads, coreutils for chunks) or "python-only" to skip
+--   detection.
 -- - Without a mode, a replaced file keeps the old file's mode; a new file gets 0666 & ~umask.
 --   Owner and group change only when asked (a replaced file otherwise belongs to the exec user).
 --
@@ -198,7 +201,8 @@ if [ "$last" = 1 ]; then
   case $scope in
   tail:*)
     n=$(wc -c < "$tmp") || fail 1 "wc failed"
-    [ "$n" -eq "$size" ] 2>/dev/null || fail 42 "verification failed: ${n:-?} bytes in the temporary file, $size expected"
+    [ "$n" -eq "$size" ] 2>/dev/null ||
+      fail 42 "verification failed: ${n:-?} bytes in the temporary file, $size expected"
     h=$(tail -c "${scope#tail:}" -- "$tmp" | sha256sum) || fail 1 "sha256sum failed" ;;
   *) h=$(sha256sum < "$tmp") || fail 1 "sha256sum failed" ;;
   esac
@@ -218,7 +222,8 @@ exit 0
 -- else python3, else SH_WRITE again (it fails naming what is missing). argv: py_program, then
 -- SH_WRITE's arguments.
 local SH_AUTO_WRITE = "py=$1; shift\n"
-  .. "cu=1; for t in base64 sha256sum chmod chown mv mkdir rm sync tail wc; do command -v $t >/dev/null 2>&1 || cu=; done\n"
+  .. "cu=1; for t in base64 sha256sum chmod chown mv mkdir rm sync tail wc; do\n"
+  .. "  command -v $t >/dev/null 2>&1 || cu=\ndone\n"
   .. "if [ -z \"$cu\" ] && command -v python3 >/dev/null 2>&1; then\n" .. SH_PY_BODY .. "exit\nfi\n"
   .. SH_WRITE
 
