@@ -92,10 +92,15 @@ find . -maxdepth 1 -name "]] .. TMP .. [[*" -mmin +60 -exec rm -rf -- {} + 2>/de
 ]]
 
 -- Writes base64 chunk ($3...) at byte offset $2 of file $1 (relative to $d, created with $d).
+-- The chunk reaches base64 -d through a here-document of "$*" with an empty IFS (see
+-- galley.providers.execfiles: dash's printf goes byte by byte).
 local SH_CHUNK = PRELUDE .. [[
 f=$1 off=$2; shift 2
 mkdir -p -- "$d" && cd -- "$d" || exit 1
-printf %s "$@" | base64 -d | dd of="$f" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none
+IFS=
+base64 -d <<EOF | dd of="$f" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none
+$*
+EOF
 ]]
 
 -- Python: renames every staged file into place (a staged directory missing in dest in one
@@ -154,8 +159,11 @@ local SH_APPLY = PRELUDE .. [[
 blob=$1 size=$2 sum=$3 off=$4 py=$5 z=$6; shift 6
 mkdir -p -- "$d" && cd -- "$d" || exit 1
 if [ $# -gt 0 ]; then
-  printf %s "$@" | base64 -d |
-    dd of="$blob" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
+  IFS=
+  base64 -d <<EOF | dd of="$blob" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
+$*
+EOF
+  unset IFS
 fi
 stage=]] .. TMP .. [[stage-$$
 fail() { rm -rf -- "$blob" "$stage"; echo "$2" >&2; exit "$1"; }
@@ -195,8 +203,11 @@ if [ "$prune" != list ]; then
   find . -mindepth 1 "$@" -prune -o \( -type f -o -type l \) -print0 > "$lst" || exit 1
   set --
 elif [ $# -gt 0 ]; then
-  printf %s "$@" | base64 -d |
-    dd of="$lst" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
+  IFS=
+  base64 -d <<EOF | dd of="$lst" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
+$*
+EOF
+  unset IFS
 fi
 t=]] .. TMP .. [[pack-$$.tar
 tar -c -f "$t" --null --no-recursion -T "$lst" || { rm -f -- "$t" "$lst"; exit 1; }

@@ -25,6 +25,18 @@ static int l_codec_base64_encode(lua_State *L) {
 }
 
 
+/* codec.json_string(s) -> the JSON string literal of s (src/core/codec.h) */
+static int l_codec_json_string(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  size_t size = galley_json_quoted_size(s, n);
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, size);
+  luaL_pushresultsize(&b, galley_json_quote(out, s, n));
+  return 1;
+}
+
+
 /* codec.base64_decode(s [, "standard" | "urlsafe"]) -> string | nil, err(B64_INVALID) */
 static int l_codec_base64_decode(lua_State *L) {
   size_t n, len;
@@ -147,6 +159,7 @@ static const luaL_Reg sha256_methods[] = {
 static const luaL_Reg codec_funcs[] = {
   { "base64_encode", l_codec_base64_encode  },
   { "base64_decode", l_codec_base64_decode  },
+  { "json_string",   l_codec_json_string    },
   { "sha256",        l_codec_sha256         },
   { "sha256_hasher", l_codec_sha256_hasher  },
   { "random_bytes",  l_codec_random_bytes   },

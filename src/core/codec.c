@@ -182,3 +182,58 @@ int galley_equal(const void *a, size_t alen, const void *b, size_t blen) {
   if (alen != blen) return 0;
   return sodium_memcmp(a, b, alen) == 0;
 }
+
+
+/* Extra bytes a byte costs in a JSON string: 0 as it is, 1 for a two-character escape, 5 for
+ * \u00XX. */
+static const unsigned char json_extra_of[256] = {
+  5, 5, 5, 5, 5, 5, 5, 5, 1, 1, 1, 5, 1, 1, 5, 5, /* \b \t \n \f \r */
+  5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5,
+  0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* " */
+  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, /* \ */
+};
+#define json_extra(c) json_extra_of[(unsigned char)(c)]
+
+
+size_t galley_json_quoted_size(const char *s, size_t n) {
+  size_t size = n + 2;
+  for (size_t i = 0; i < n; i++) size += json_extra((unsigned char)s[i]);
+  return size;
+}
+
+
+size_t galley_json_quote(char *out, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  char *o = out;
+  *o++ = '"';
+  size_t run = 0; /* bytes copied as they are, in one memcpy */
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (!json_extra(c)) continue;
+    memcpy(o, s + run, i - run);
+    o += i - run;
+    run = i + 1;
+    *o++ = '\\';
+    switch (c) {
+      case '"': *o++ = '"'; break;
+      case '\\': *o++ = '\\'; break;
+      case '\b': *o++ = 'b'; break;
+      case '\f': *o++ = 'f'; break;
+      case '\n': *o++ = 'n'; break;
+      case '\r': *o++ = 'r'; break;
+      case '\t': *o++ = 't'; break;
+      default:
+        *o++ = 'u';
+        *o++ = '0';
+        *o++ = '0';
+        *o++ = hex[c >> 4];
+        *o++ = hex[c & 15];
+    }
+  }
+  memcpy(o, s + run, n - run);
+  o += n - run;
+  *o++ = '"';
+  return (size_t)(o - out);
+}

@@ -47,4 +47,10 @@ void galley_random_bytes(void *out, size_t n);
 /* 1 when a[0..alen) equals b[0..blen), in time that depends only on the lengths. */
 int galley_equal(const void *a, size_t alen, const void *b, size_t blen);
 
+/* The JSON string literal of n bytes (quotes included): `"`, `\` and control characters
+ * escaped (\b \f \n \r \t, else \u00XX), every other byte as it is (UTF-8 passes through;
+ * `/` is not escaped). galley_json_quoted_size gives the exact length to allocate. */
+size_t galley_json_quoted_size(const char *s, size_t n);
+size_t galley_json_quote(char *out, const char *s, size_t n);
+
 #endif

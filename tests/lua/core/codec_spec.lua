@@ -64,6 +64,27 @@ describe("galley.core.codec #codec", function()
     end)
   end)
 
+  describe("json_string", function()
+    local cjson = require("cjson")
+
+    it("quotes every byte so that a JSON parser reads back the same bytes", function()
+      local all = {}
+      for i = 0, 255 do all[#all + 1] = string.char(i) end
+      all = table.concat(all)
+      assert.are.equal(all, cjson.decode(codec.json_string(all)))
+      for i = 0, 255 do
+        local c = string.char(i)
+        assert.are.equal(c, cjson.decode(codec.json_string(c)))
+      end
+      assert.are.equal('""', codec.json_string(""))
+    end)
+
+    it("escapes only quotes, backslashes and control characters", function()
+      assert.are.equal([["a/b+c=\\\"\n\t\u0001\u001f"]], codec.json_string('a/b+c=\\"\n\t\1\31'))
+      assert.are.equal('"\127\200"', codec.json_string("\127\200"))
+    end)
+  end)
+
   describe("sha256", function()
     it("matches the known digests of '' and 'abc'", function()
       assert.are.equal("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", codec.sha256(""))
