@@ -311,10 +311,13 @@ static int pmain(lua_State *L) {
 
 
 int main(int argc, char **argv) {
-  /* The sandbox's helpers (src/core/stage.h, enter.h) run before anything else is set up. */
-  if (argc > 1 && strcmp(argv[1], "__stage") == 0) return galley_stage_main(argc - 1, argv + 1);
-  if (argc > 1 && strcmp(argv[1], "__enter") == 0) return galley_enter_main(argc - 1, argv + 1);
-  if (argc > 1 && strcmp(argv[1], "__userns-off") == 0) return galley_userns_off_main(argc - 1, argv + 1);
+  /* The sandbox's helpers (src/core/stage.h, enter.h) run before anything else is set up, and
+   * end with _exit: nothing of galley's is left to flush, and exit handlers (a sanitizer's leak
+   * check, which stops the world with ptrace) must not run in a process that changed its
+   * namespaces or ids. */
+  if (argc > 1 && strcmp(argv[1], "__stage") == 0) _exit(galley_stage_main(argc - 1, argv + 1));
+  if (argc > 1 && strcmp(argv[1], "__enter") == 0) _exit(galley_enter_main(argc - 1, argv + 1));
+  if (argc > 1 && strcmp(argv[1], "__userns-off") == 0) _exit(galley_userns_off_main(argc - 1, argv + 1));
   /* libcurl and libedit are loaded on first use (src/core/dyn_*.c). */
   if (sodium_init() < 0) {
     fprintf(stderr, "galley: cannot initialise libsodium\n");
