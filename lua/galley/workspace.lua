@@ -160,9 +160,10 @@ blob=$1 size=$2 sum=$3 off=$4 py=$5 z=$6; shift 6
 mkdir -p -- "$d" && cd -- "$d" || exit 1
 if [ $# -gt 0 ]; then
   IFS=
-  base64 -d <<EOF | dd of="$blob" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
+  base64 -d <<EOF |
 $*
 EOF
+    dd of="$blob" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
   unset IFS
 fi
 stage=]] .. TMP .. [[stage-$$
@@ -204,9 +205,10 @@ if [ "$prune" != list ]; then
   set --
 elif [ $# -gt 0 ]; then
   IFS=
-  base64 -d <<EOF | dd of="$lst" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
+  base64 -d <<EOF |
 $*
 EOF
+    dd of="$lst" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
   unset IFS
 fi
 t=]] .. TMP .. [[pack-$$.tar
