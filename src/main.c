@@ -2,6 +2,7 @@
  * every mode, then runs `-e CODE`, a plain Lua script (lua-compatible, so busted can use galley
  * as its interpreter), or hands a subcommand to lua/galley/cli.lua. */
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -267,6 +268,17 @@ static int pmain(lua_State *L) {
   }
 
   luaL_openlibs(L);
+  /* math.random from the system's CSPRNG: Lua's own seed mixes the time in seconds with
+   * addresses, which repeat under a sanitizer's allocator, so two galley processes started in
+   * the same second drew the same numbers (and two emulators the same loopback addresses). */
+  lua_getglobal(L, "math");
+  lua_getfield(L, -1, "randomseed");
+  for (int i = 0; i < 2; i++) {
+    uint64_t seed = (uint64_t)randombytes_random() << 32 | randombytes_random();
+    lua_pushinteger(L, (lua_Integer)(seed >> 1)); /* non-negative: no signed overflow */
+  }
+  lua_call(L, 2, 0);
+  lua_pop(L, 1);
   galley_loader_init(L, lua_dir);
   lua_getglobal(L, "require");  /* the registry options table lives in galley.core.runtime */
   lua_pushstring(L, "galley.core.runtime");
