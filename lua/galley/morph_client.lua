@@ -283,7 +283,8 @@ end
 -- cjson's per-character encoder took ~4 ms a MiB and escaped every `/`; anything else by cjson.
 local function encode_body(body)
   local command = body.command
-  if type(command) == "table" and next(body, next(body)) == nil and next(body) == "command" then
+  local only_command = next(body) == "command" and next(body, "command") == nil
+  if only_command and type(command) == "table" then
     local parts, n = {}, 0
     for _ in pairs(command) do n = n + 1 end
     for i = 1, n do

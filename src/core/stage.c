@@ -1,16 +1,15 @@
 /* `galley __stage`: the mount set-up of a root-started sandbox in one process; see stage.h. */
 #include <errno.h>
-#include <grp.h>
-#include <stdlib.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
-#include <fcntl.h>
 #include "stage.h"
 
 static int die(const char *what, const char *path) {

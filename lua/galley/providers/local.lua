@@ -186,6 +186,33 @@ local function fs_op(op, what, ...)
 end
 
 
+-- The running galley binary, whose __stage and __enter modes set up and enter sandboxes (read
+-- once: every exec needs it).
+local exe_path
+local function galley_exe()
+  if not exe_path then
+    local path, err = runtime.executable()
+    if not path then
+      common.raise("PROCESS_ERROR", "cannot find the galley binary: " .. tostring(err), { cause = err })
+    end
+    exe_path = path
+  end
+  return exe_path
+end
+
+
+-- An instance directory's home/ (0700) and tmp/ (tmp_mode), owned by the instance's root when
+-- galley runs as root (they are bound into the sandbox).
+local function make_home_and_tmp(dir, ident, tmp_mode)
+  fs_op("mkdir", "create home", dir .. "/home", "0700")
+  fs_op("mkdir", "create tmp", dir .. "/tmp", tmp_mode)
+  if ident and ident.root then
+    fs_op("chown", "chown home", dir .. "/home", ident.uid, ident.gid)
+    fs_op("chown", "chown tmp", dir .. "/tmp", ident.uid, ident.gid)
+  end
+end
+
+
 -- Names in a directory ({} when it does not exist).
 local function list_names(dir)
   local names = fs.list(dir)
@@ -428,7 +455,7 @@ local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_di
   local l, lerr = launch_dir(dir)
   if not l then return nil, tostring(lerr) end
   local argv = { "/bin/sh", "-c", LAUNCH, "launch", dir, cgroup or "", ident.map_mode, ident.uid_map, ident.gid_map,
-    ident.stage or "", runtime.executable(), tostring(ident.uid), tostring(ident.gid), l }
+    ident.stage or "", galley_exe(), tostring(ident.uid), tostring(ident.gid), l }
   for i = 1, #mounts - 2 do
     if mounts[i] == "--ro-bind" and not mounts[i + 1]:find("%s") then argv[#argv + 1] = mounts[i + 1] end
   end
@@ -494,7 +521,7 @@ end
 -- missing), and dies with the host-side process (parent-death signal), which a timeout or
 -- kill of the exec reaches.
 local function ns_exec_argv(holder, cgroup, network, cwd)
-  return { runtime.executable(), "__enter", cgroup or "", tostring(holder.pid), holder.start,
+  return { galley_exe(), "__enter", cgroup or "", tostring(holder.pid), holder.start,
     network and "" or "net", cwd, "--" }
 end
 
@@ -510,12 +537,8 @@ function M.probe_isolation(bwrap, ident, state_dir, mounts)
   if probe_cache[key] ~= nil then return probe_cache[key][1], probe_cache[key][2] end
   local dir = state_dir .. "/.probe-" .. codec.random_hex(4)
   local ok, why = pcall(function()
-    for _, d in ipairs({ dir, dir .. "/home", dir .. "/tmp" }) do
-      fs_op("mkdir", "create the probe directory", d, "0700")
-    end
-    if ident.root then
-      for _, d in ipairs({ dir .. "/home", dir .. "/tmp" }) do fs_op("chown", "chown", d, ident.uid, ident.gid) end
-    end
+    fs_op("mkdir", "create the probe directory", dir, "0700")
+    make_home_and_tmp(dir, ident, "0700")
     local env = { PATH = SYSTEM_PATH }
     local holder, err = launch_holder(bwrap, ident, dir, nil, true, mounts, "/root", env)
     if not holder then error(tostring(err), 0) end
@@ -1055,12 +1078,7 @@ function M.new(opts)
       if populate then
         populate(dir)
       else
-        fs_op("mkdir", "create home", dir .. "/home", "0700")
-        fs_op("mkdir", "create tmp", dir .. "/tmp", "1777")
-        if ident and ident.root then
-          fs_op("chown", "chown home", dir .. "/home", ident.uid, ident.gid)
-          fs_op("chown", "chown tmp", dir .. "/tmp", ident.uid, ident.gid)
-        end
+        make_home_and_tmp(dir, ident, "1777")
       end
       if meta.cgroup then fs_op("mkdir_p", "create the instance cgroup", meta.cgroup) end
       if sandbox and isolation == "userns" then ensure_holder(meta, true) end -- saved just below

@@ -669,27 +669,18 @@ function M.new(opts)
   -- the HTTP wait (a signal caught between two Lua calls) carries no token of its own, and
   -- without one the create could not be found again. Returns the body with it, and the token.
   local function with_token(map)
-    local token = morph_core.request_token()
     local copy = {}
     for k, v in pairs(map or {}) do copy[k] = v end
-    copy[M.TOKEN_KEY] = copy[M.TOKEN_KEY] or token
+    copy[M.TOKEN_KEY] = copy[M.TOKEN_KEY] or morph_core.request_token()
     return copy, copy[M.TOKEN_KEY]
   end
 
-  -- An error of a create with `token`: the token added when the error has none.
-  local function tokened(err, token)
-    if type(err) == "table" and err.request_token == nil then err.request_token = token end
-    if type(err) ~= "table" then
-      err = errors.new("INTERRUPTED", tostring(err))
-      err.request_token = token
-    end
-    return err
-  end
-
-  local function note_cut_off(err)
-    if type(err) == "table" and err.request_token and err.sent ~= false and (err.code == "INTERRUPTED"
+  -- `token` is the create's own (see with_token), for an error that carries none.
+  local function note_cut_off(err, token)
+    if type(err) == "table" and err.sent ~= false and (err.code == "INTERRUPTED"
         or err.code == "TIMEOUT" or err.code == "NETWORK_ERROR" or err.code == "PROTOCOL_ERROR") then
-      run.note_pending(provider, { [M.TOKEN_KEY] = err.request_token }, err.request_token)
+      local t = err.request_token or token
+      run.note_pending(provider, { [M.TOKEN_KEY] = t }, t)
     end
   end
 
@@ -736,10 +727,9 @@ function M.new(opts)
     local wait_ms = check_count(bopts.timeout_ms, "timeout_ms", 0) or boot_timeout_ms
     local ok, raw = pcall(call, "instances.boot", "snapshot:" .. snapshot_id, "snapshots_boot", snapshot_id, body)
     if not ok then
-      raw = tokened(raw, token)
       local found = find_created(raw)
       if #found ~= 1 then
-        note_cut_off(raw)
+        note_cut_off(raw, token)
         error(raw, 0)
       end
       raw = found[1] -- carry on with the instance the lost answer was about
@@ -889,12 +879,11 @@ function M.new(opts)
     local called, res = pcall(call, "instances.fork", "instance:" .. instance_id, "instances_branch", instance_id,
       { instance_metadata = stamped, snapshot_metadata = md }, { count = count })
     if not called then
-      res = tokened(res, token)
       -- The clones of a branch whose answer was lost are deleted (its snapshot is unknown).
       local all = true
       for _, raw in ipairs(find_created(res)) do all = discard(raw.id, "the fork's answer was lost") and all end
       if type(res) == "table" then res.terminated = all end
-      note_cut_off(res)
+      note_cut_off(res, token)
       error(res, 0)
     end
     local raws = type(res.instances) == "table" and res.instances or {}
