@@ -12,8 +12,10 @@
 #include <unistd.h>
 #include "stage.h"
 
+static const char *mode_name = "__stage";
+
 static int die(const char *what, const char *path) {
-  fprintf(stderr, "galley __stage: %s %s: %s\n", what, path ? path : "", strerror(errno));
+  fprintf(stderr, "galley %s: %s %s: %s\n", mode_name, what, path ? path : "", strerror(errno));
   return 1;
 }
 
@@ -107,6 +109,7 @@ int galley_stage_main(int argc, char **argv) {
 
 
 int galley_userns_off_main(int argc, char **argv) {
+  mode_name = "__userns-off";
   if (argc != 2 || argv[1][0] == '\0' || strspn(argv[1], "0123456789") != strlen(argv[1])) {
     fprintf(stderr, "usage: galley __userns-off PID\n");
     return 2;

@@ -189,6 +189,34 @@ describe("local instances cannot touch the host #isolation", function()
     p.instances.terminate(i.id)
   end)
 
+  it("lets no other user enter an instance or change its limits (galley __enter, __userns-off)", function()
+    if not is_root() then
+      pending("needs root to run as the throwaway user " .. USER)
+      return
+    end
+    ensure_user()
+    local lp = require("galley.providers.local")
+    local p = lp.new({ state_dir = dir .. "/state", log = require("galley.log").silent() })
+    local i = p.instances.boot()
+    local meta = cjson.decode(host('cat "$1/instances/$2/meta.json"', p.state_dir, i.id))
+    local pid = tostring(math.tointeger(meta.holder.pid))
+    -- a copy of galley the other user can run
+    local bin = host('d=$(mktemp -d) && cp "$1" "$d/galley" && chmod 755 "$d" "$d/galley" && printf %s "$d"',
+      support.bin:sub(1, 1) == "/" and support.bin or (support.source_dir .. "/" .. support.bin))
+    local function as_user(...)
+      local r = assert(proc.run({ argv = { "runuser", "-u", USER, "--", bin .. "/galley", ... }, cwd = "/" }))
+      return r.exit_code, r.stderr
+    end
+    local code, err = as_user("__enter", "", pid, meta.holder.start, "", "/", "--", "id")
+    assert.are.equal(125, code, err)
+    code, err = as_user("__userns-off", pid)
+    assert.are.equal(1, code, err)
+    code, err = as_user("__stage", dir, dir, "100000", "100000", "--", "true")
+    assert.are.equal(1, code, err)
+    p.instances.terminate(i.id)
+    host('rm -rf -- "$1"', bin)
+  end)
+
   it("as an unprivileged user", function()
     if not is_root() then
       pending("needs root to create the throwaway user " .. USER)
