@@ -66,6 +66,13 @@ static int l_codec_sha256(lua_State *L) {
 }
 
 
+/* codec.sha256_backend() -> "openssl" | "libsodium": which SHA-256 the hashers use */
+static int l_codec_sha256_backend(lua_State *L) {
+  lua_pushstring(L, galley_sha256_backend());
+  return 1;
+}
+
+
 /* codec.sha256_hasher() -> Sha256 (plain memory: nothing to close) */
 static int l_codec_sha256_hasher(lua_State *L) {
   galley_sha256 *h = lua_newuserdatauv(L, sizeof *h, 0);
@@ -162,6 +169,7 @@ static const luaL_Reg codec_funcs[] = {
   { "json_string",   l_codec_json_string    },
   { "sha256",        l_codec_sha256         },
   { "sha256_hasher", l_codec_sha256_hasher  },
+  { "sha256_backend", l_codec_sha256_backend },
   { "random_bytes",  l_codec_random_bytes   },
   { "random_hex",    l_codec_random_hex     },
   { "equal",         l_codec_equal          },

@@ -151,25 +151,40 @@ void galley_hex(char *out, const void *in, size_t n) {
 }
 
 
-void galley_sha256_init(galley_sha256 *h) { crypto_hash_sha256_init(&h->st); }
+void galley_sha256_init(galley_sha256 *h) {
+  const struct galley_crypto_api *c = galley_crypto();
+  h->openssl = c != NULL;
+  if (c) c->sha256_init(&h->st.openssl);
+  else crypto_hash_sha256_init(&h->st.sodium);
+}
+
+
+const char *galley_sha256_backend(void) { return galley_crypto() ? "openssl" : "libsodium"; }
 
 
 void galley_sha256_update(galley_sha256 *h, const void *data, size_t n) {
-  crypto_hash_sha256_update(&h->st, data, n);
+  if (h->openssl) galley_crypto()->sha256_update(&h->st.openssl, data, n);
+  else crypto_hash_sha256_update(&h->st.sodium, data, n);
 }
 
 
 void galley_sha256_hex(const galley_sha256 *h, char out[GALLEY_SHA256_HEX_LEN + 1]) {
-  crypto_hash_sha256_state copy = h->st; /* final() consumes the state: finish a copy */
+  galley_sha256 copy = *h; /* final() consumes the state: finish a copy */
   unsigned char digest[crypto_hash_sha256_BYTES];
-  crypto_hash_sha256_final(&copy, digest);
+  if (copy.openssl) galley_crypto()->sha256_final(digest, &copy.st.openssl);
+  else crypto_hash_sha256_final(&copy.st.sodium, digest);
   galley_hex(out, digest, sizeof digest);
 }
 
 
 void galley_sha256_hex_of(const void *data, size_t n, char out[GALLEY_SHA256_HEX_LEN + 1]) {
   galley_sha256 h;
-  galley_sha256_init(&h);
+  if (n < 16384) { /* small: not worth loading libcrypto for */
+    h.openssl = 0;
+    crypto_hash_sha256_init(&h.st.sodium);
+  } else {
+    galley_sha256_init(&h);
+  }
   galley_sha256_update(&h, data, n);
   galley_sha256_hex(&h, out);
 }

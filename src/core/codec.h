@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <sodium.h>
+#include "dyn_crypto.h"
 
 enum { GALLEY_B64_STANDARD, GALLEY_B64_URLSAFE };  /* standard pads with '='; urlsafe has none */
 
@@ -28,12 +29,19 @@ int galley_b64_decode(void *out, size_t out_size, const char *in, size_t n, int 
 /* Lowercase hex of in[0..n) into out (2n + 1 bytes, NUL-terminated). */
 void galley_hex(char *out, const void *in, size_t n);
 
-/* Streaming SHA-256. */
+/* Streaming SHA-256: libcrypto's (SHA extensions) when it loads, else libsodium's; see
+ * dyn_crypto.h. Plain memory: nothing to free. */
 typedef struct {
-  crypto_hash_sha256_state st;
+  int openssl; /* which state below is in use */
+  union {
+    crypto_hash_sha256_state sodium;
+    SHA256_CTX openssl;
+  } st;
 } galley_sha256;
 
 void galley_sha256_init(galley_sha256 *h);
+/* Which implementation galley_sha256_init picks: "openssl" or "libsodium". */
+const char *galley_sha256_backend(void);
 void galley_sha256_update(galley_sha256 *h, const void *data, size_t n);
 /* Lowercase hex digest of everything so far into out (65 bytes); h can keep being updated. */
 void galley_sha256_hex(const galley_sha256 *h, char out[GALLEY_SHA256_HEX_LEN + 1]);
