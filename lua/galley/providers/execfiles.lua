@@ -162,6 +162,23 @@ EOF
 
 local SH_PIPE_PY_WRITE = "py=$1; shift\n" .. SH_PY_BODY
 
+-- sha256 in POSIX sh, put in $h as sha256sum prints it ("<hex> ..."). `openssl dgst -sha256`
+-- when it works: it uses the CPU's SHA extensions (1.6 GB/s here against sha256sum's 250 MB/s,
+-- about 2 ms less per 1.1 MiB chunk, start-up included), else sha256sum. sha_of FILE hashes a
+-- file; sha_run CMD... what CMD prints (run a second time when openssl fails, so nothing is
+-- verified against a half-read stream).
+local SH_SHA = [[
+sha_ok() { x=${h%% *}; [ ${#x} -eq 64 ]; }
+sha_of() {
+  if command -v openssl >/dev/null 2>&1; then h=$(openssl dgst -sha256 -r < "$1" 2>/dev/null) && sha_ok && return 0; fi
+  h=$(sha256sum < "$1")
+}
+sha_run() {
+  if command -v openssl >/dev/null 2>&1; then h=$("$@" | openssl dgst -sha256 -r 2>/dev/null) && sha_ok && return 0; fi
+  h=$("$@" | sha256sum)
+}
+]]
+
 -- The same with POSIX sh and coreutils: sh, (a subshell creating and filling the temporary
 -- file with `base64 -d`), sync (the fsync, in the background while chmod and sha256sum run;
 -- waited for before the rename), chmod, sha256sum, mv. With scope "all" the sha256 alone is
@@ -172,7 +189,7 @@ local SH_PIPE_PY_WRITE = "py=$1; shift\n" .. SH_PY_BODY
 -- guarantees, so busybox never leaves a wrong file: `sync FILE` falls back to a global sync,
 -- `chmod --reference` to `stat -c %a`, `mv -T` to a plain mv after checking the target is no
 -- directory.
-local SH_WRITE = [[
+local SH_WRITE = SH_SHA .. [[
 target=$1 tmp=$2 d=$3 mkdirs=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11} scope=${12}
 shift 12
 fail() { rm -f -- "$tmp"; printf '%s\n' "$2" >&2; exit "$1"; }
@@ -203,8 +220,8 @@ if [ "$last" = 1 ]; then
     n=$(wc -c < "$tmp") || fail 1 "wc failed"
     [ "$n" -eq "$size" ] 2>/dev/null ||
       fail 42 "verification failed: ${n:-?} bytes in the temporary file, $size expected"
-    h=$(tail -c "${scope#tail:}" -- "$tmp" | sha256sum) || fail 1 "sha256sum failed" ;;
-  *) h=$(sha256sum < "$tmp") || fail 1 "sha256sum failed" ;;
+    sha_run tail -c "${scope#tail:}" -- "$tmp" || fail 1 "sha256sum failed" ;;
+  *) sha_of "$tmp" || fail 1 "sha256sum failed" ;;
   esac
   wait "$s" || sync || fail 1 "sync failed"
   if [ "${h%% *}" != "$digest" ]; then
@@ -273,7 +290,7 @@ except Exception as e:
     sys.exit(1)
 ]]
 
-local SH_READ = [[
+local SH_READ = SH_SHA .. [[
 p=$1 what=$2 off=$3 len=$4 limit=$5
 [ -e "$p" ] || exit 40
 if [ -d "$p" ]; then echo "is a directory" >&2; exit 43; fi
@@ -281,7 +298,7 @@ if [ -d "$p" ]; then echo "is a directory" >&2; exit 43; fi
 if [ "$what" = head ]; then
   n=$(wc -c < "$p") || exit 1
   if [ "$n" -gt "$limit" ]; then echo "$n"; exit 41; fi
-  h=$(sha256sum < "$p") || exit 1
+  sha_of "$p" || exit 1
   printf '%s %s\n' "$n" "${h%% *}"
   if [ "$n" -le "$len" ]; then base64 -w 0 < "$p" 2>/dev/null || base64 < "$p" || exit 1
   else { head -c "$len" < "$p" | base64 -w 0; } 2>/dev/null || head -c "$len" < "$p" | base64 || exit 1; fi
@@ -298,7 +315,7 @@ fi
 -- differs it removes the temporary file (the chunks still in flight then fail: they never create
 -- it) and exits 42. The last exec then checks only what it appends and the size. coreutils
 -- (GNU dd) when present, else python3.
-local SH_CHUNK = [[
+local SH_CHUNK = SH_SHA .. [[
 tmp=$1 d=$2 mk=$3 off=$4 len=$5 digest=$6; shift 6
 umask 077
 if [ "$off" = 0 ]; then
@@ -311,7 +328,8 @@ if command -v dd >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1 && command
 $*
 EOF
     dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc,nocreat iflag=fullblock status=none || exit 1
-  h=$(dd if="$tmp" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes status=none | sha256sum) || exit 1
+  region() { dd if="$tmp" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes status=none; }
+  sha_run region || exit 1
   if [ "${h%% *}" != "$digest" ]; then
     rm -f -- "$tmp"
     echo "verification failed: the $len bytes at offset $off differ once written" >&2

@@ -364,6 +364,51 @@ describe("execfiles #files", function()
       assert.are.equal(6, log_lines(bin))
     end)
 
+    -- How many lines of the wrappers' log say `word`.
+    local function log_count(bin, word)
+      local f = io.open(bin .. "/log", "rb")
+      if not f then return 0 end
+      local n = 0
+      for line in f:read("a"):gmatch("[^\n]+") do n = n + (line == word and 1 or 0) end
+      f:close()
+      return n
+    end
+
+    it("hashes with openssl where it works, with sha256sum where it does not, never passing a wrong file", function()
+      if not proc.which("openssl") then pending("no openssl on this machine") return end
+      local data = binary(10000)
+      local opts = { max_request_bytes = 4096, max_arg_bytes = 1024 }
+      -- a working openssl: every hash (each chunk where it landed, the last piece, a read's
+      -- head) is openssl's, sha256sum never runs
+      local bin = make_bin({ wrappers = { sha256sum = RECORDING_SHA256SUM,
+        openssl = 'echo openssl >> "LOG"\nexec "REAL" "$@"' } })
+      local h = new_harness({ path = bin, files = opts })
+      h.files.write_file_atomic("inst-1", "~/z", data)
+      assert.are.equal(data, slurp(h.root .. "/z"))
+      assert.are.equal(data, h.files.read_file("inst-1", "~/z"))
+      assert.is_true(log_count(bin, "openssl") >= 4)
+      assert.are.equal(0, log_count(bin, "sha256sum"))
+      -- an openssl that fails (or prints what is no digest): sha256sum does the work
+      for _, body in ipairs({ 'echo openssl >> "LOG"\necho "no such digest" >&2\nexit 1',
+        'echo openssl >> "LOG"\ncat > /dev/null\necho "SHA2-256(stdin)= 0"' }) do
+        bin = make_bin({ wrappers = { sha256sum = RECORDING_SHA256SUM, openssl = body } })
+        h = new_harness({ path = bin, files = opts })
+        h.files.write_file_atomic("inst-1", "~/z", data)
+        assert.are.equal(data, slurp(h.root .. "/z"))
+        assert.are.equal(data, h.files.read_file("inst-1", "~/z"))
+        assert.is_true(log_count(bin, "sha256sum") >= 4)
+        assert.are.equal(log_count(bin, "openssl"), log_count(bin, "sha256sum"))
+      end
+      -- an openssl that prints a well-formed wrong digest: the write is refused, the old file kept
+      bin = make_bin({ wrappers = { openssl = 'cat > /dev/null\necho "' .. ("0"):rep(64) .. ' *stdin"' } })
+      h = new_harness({ path = bin, files = opts })
+      spit(h.root .. "/kept", "old")
+      local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/kept", data)
+      assert.are.equal(42, err.details.exit_code)
+      assert.are.equal("old", slurp(h.root .. "/kept"))
+      assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
+    end)
+
     it("falls back to python3 when coreutils are missing, writes and reads included", function()
       local h = new_harness({ path = make_bin({ python = true, without = { "base64", "sha256sum", "dd" } }),
         files = { max_request_bytes = 4096, max_arg_bytes = 1024 } })
