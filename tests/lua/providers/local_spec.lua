@@ -162,6 +162,23 @@ describe("the local provider #local", function()
       assert.are.same({}, instance_pids(i.id))
     end)
 
+    it("starts every exec inside the instance's cgroup and cgroup namespace", function()
+      local i = p.instances.boot()
+      -- from the inside: the root of its own cgroup namespace, the holder's namespace
+      local r = p.exec(i.id, sh('cat /proc/self/cgroup; readlink /proc/self/ns/cgroup /proc/1/ns/cgroup'))
+      assert.are.equal(0, r.exit_code)
+      local own, mine, holders = r.stdout:match("\n?0::(%S*)\n(%S+)\n(%S+)\n$") -- v1 lines first on hybrid hosts
+      assert.are.equal("/", own)
+      assert.are.equal(holders, mine)
+      -- from the host: the exec's process is in the instance's cgroup, as the holder is
+      local pid = assert(start_sleeper(p, i.id))
+      local cg = host('cat "/proc/$1/cgroup"', pid):match("0::(%S+)")
+      assert.truthy(cg:find("/galley/", 1, true))
+      assert.truthy(cg:find(i.id, 1, true))
+      p.instances.terminate(i.id)
+      assert.is_false(alive(pid))
+    end)
+
     it("kills a paused instance's processes on terminate", function()
       local i = p.instances.boot()
       local pid = start_sleeper(p, i.id)
