@@ -1,6 +1,7 @@
 /* galley.core.runtime: facts about this process (version, module source, embedded files),
  * the interrupt flag, clocks and terminals. */
 #include <errno.h>
+#include <malloc.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -87,6 +88,16 @@ static int l_runtime_deferred_signals(lua_State *L) {
 static int l_runtime_now_ms(lua_State *L) {
   lua_pushinteger(L, galley_now_ms());
   return 1;
+}
+
+
+/* runtime.trim_memory(): a full garbage collection, then the C heap's free pages go back to the
+ * system (malloc_trim). Before a large allocation whose peak matters: the chunks that were in
+ * flight (megabytes each) are garbage by then, but glibc keeps their pages. */
+static int l_runtime_trim_memory(lua_State *L) {
+  lua_gc(L, LUA_GCCOLLECT);
+  malloc_trim(0);
+  return 0;
 }
 
 
@@ -205,6 +216,7 @@ static const luaL_Reg runtime_funcs[] = {
   { "now_ms",            l_runtime_now_ms            },
   { "sleep_ms",          galley_loop_sleep_lua       },
   { "isatty",            l_runtime_isatty            },
+  { "trim_memory",       l_runtime_trim_memory       },
   { "getpid",            l_runtime_getpid            },
   { "kill",              l_runtime_kill              },
   { "getuid",            l_runtime_getuid            },

@@ -65,6 +65,7 @@
 local codec = require("galley.core.codec")
 local common = require("galley.providers.common")
 local pool = require("galley.pool")
+local runtime = require("galley.core.runtime")
 local shell = require("galley.core.shell")
 
 local M = {}
@@ -815,7 +816,7 @@ function M.new(opts)
       finish = function(good)
         f:close()
         if good then
-          collectgarbage()
+          runtime.trim_memory() -- the chunks' pages back to the system before the 2x peak
           local g = assert(io.open(part_path, "rb"))
           parts = { g:read(size) or "" }
           g:close()

@@ -103,6 +103,41 @@ describe("galley.core.codec #codec", function()
       assert.are.equal("cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0", big:hex())
       assert.has_error(function() h:update(nil) end)
     end)
+
+    it("hashes with libcrypto where it loads and with libsodium when told, alike and as sha256sum does", function()
+      local proc = require("galley.core.proc")
+      assert.are.equal("openssl", codec.sha256_backend()) -- libcurl's libcrypto is on this machine
+      local data = codec.random_bytes(300000)
+      local path = os.tmpname()
+      local f = assert(io.open(path, "wb"))
+      f:write(data)
+      f:close()
+      local r = assert(proc.run({ argv = { "sha256sum", path } }))
+      local want = r.stdout:match("^(%x+)")
+      -- one shot (large: libcrypto), and streamed in odd pieces
+      assert.are.equal(want, codec.sha256(data))
+      local h = codec.sha256_hasher()
+      local at = 1
+      while at <= #data do
+        local n = math.random(1, 9000)
+        h:update(data:sub(at, at + n - 1))
+        at = at + n
+      end
+      assert.are.equal(want, h:hex())
+      -- the same through libsodium (GALLEY_SHA256=libsodium), in a galley of its own
+      local script = 'local c = require("galley.core.codec") local f = io.open(arg[1], "rb")'
+        .. ' local h = c.sha256_hasher():update(f:read("a")) print(c.sha256_backend(), h:hex())'
+      local lua = os.tmpname()
+      f = assert(io.open(lua, "wb"))
+      f:write(script)
+      f:close()
+      r = assert(proc.run({ argv = { os.getenv("GALLEY_BIN") or "build/galley", "run", lua, path },
+        env = { GALLEY_SHA256 = "libsodium" } }))
+      os.remove(path)
+      os.remove(lua)
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.are.equal("libsodium\t" .. want .. "\n", r.stdout)
+    end)
   end)
 
   describe("random", function()
