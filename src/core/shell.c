@@ -26,9 +26,25 @@ static void put_str(struct sink *k, const char *s) {
 }
 
 
-static bool is_bare_char(unsigned char c) {
-  if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) return true;
-  return c != 0 && strchr("_./:@%+=,-", c) != NULL;
+/* Characters a word may hold unquoted: letters, digits and _./:@%+=,- (a table: words can be
+ * megabytes of base64). */
+static const bool BARE[256] = {
+  ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1,
+  ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
+  ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
+  ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1,
+  ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+  ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+  ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1,
+  ['9'] = 1, ['_'] = 1, ['.'] = 1, ['/'] = 1, [':'] = 1, ['@'] = 1, ['%'] = 1, ['+'] = 1, ['='] = 1,
+  [','] = 1, ['-'] = 1,
+};
+
+/* Whether every byte of s[0..n) is bare. */
+static bool all_bare(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!BARE[(unsigned char)s[i]]) return false;
+  return true;
 }
 
 
@@ -90,9 +106,7 @@ static bool is_reserved_word(const struct word *w) {
 
 
 static void quote_word(struct sink *k, const struct word *w) {
-  size_t n = word_len(w);
-  bool bare = n > 0;
-  for (size_t i = 0; bare && i < n; i++) bare = is_bare_char(word_at(w, i));
+  bool bare = word_len(w) > 0 && all_bare(w->ptr[0], w->len[0]) && all_bare(w->ptr[1], w->len[1]);
   if (bare && !looks_like_assignment(w) && !is_reserved_word(w)) {
     put(k, w->ptr[0], w->len[0]);
     put(k, w->ptr[1], w->len[1]);
@@ -102,8 +116,8 @@ static void quote_word(struct sink *k, const struct word *w) {
   for (int p = 0; p < 2; p++) {
     const char *s = w->ptr[p];
     size_t start = 0;
-    for (size_t i = 0; i < w->len[p]; i++) {
-      if (s[i] != '\'') continue;
+    for (const char *q; (q = memchr(s + start, '\'', w->len[p] - start)) != NULL;) {
+      size_t i = (size_t)(q - s);
       put(k, s + start, i - start);
       put(k, "'\\''", 4);
       start = i + 1;
