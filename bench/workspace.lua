@@ -1,10 +1,11 @@
--- The measurements of bench/workspace: workspace.lua WORK FORMS PARALLEL TREE_KIND
+-- The measurements of bench/workspace: workspace.lua WORK FORMS PARALLEL TREE_KIND FILE_MIB STATE_PARENT
 -- FORMS: comma-separated FORM[:MODE], FORM the provider's exec_form (auto, string, argv), MODE the
 -- emulator's --argv-mode (exec, join; default exec, join for string).
 local workspace = require("galley.workspace")
 local runtime = require("galley.core.runtime")
 local proc = require("galley.core.proc")
 local work, forms, parallel, kind = arg[1], arg[2], tonumber(arg[3]), arg[4]
+local file_mib, state_parent = math.tointeger(tonumber(arg[5] or "0")), arg[6] or "/tmp"
 
 local function sh(script, ...)
   local r = assert(proc.run({ argv = { "sh", "-c", script, "sh", ... }, timeout_ms = 3600000 }))
@@ -24,7 +25,17 @@ local function mbs(bytes, ms) return bytes / 1e6 / (ms / 1000) end
 local tree = work .. "/tree"
 local nfiles = tonumber((sh('find "$1" -type f | wc -l', tree)))
 local total = tonumber((sh('du -sb "$1" | cut -f1', tree):match("%d+")))
-print(("tree: %d files, %.1f MB (%s), %d chunk execs in flight"):format(nfiles, total / 1e6, kind, parallel))
+print(("tree: %d files, %.1f MB (%s), %d chunk execs in flight, instances in %s"):format(nfiles, total / 1e6, kind,
+  parallel, state_parent))
+-- the file to compare with: file_mib distinct MiB blocks
+local big = work .. "/big.bin"
+if file_mib > 0 then
+  local codec = require("galley.core.codec")
+  local block = codec.random_bytes(1048576)
+  local f = assert(io.open(big, "wb"))
+  for i = 1, file_mib do f:write(("%015d\n"):format(i), block:sub(17)) end
+  f:close()
+end
 sh('cd "$1" && git init -q . && git add -A && git -c user.name=b -c user.email=b@b commit -qm tree', tree)
 
 local per_file_done = false
@@ -33,7 +44,8 @@ for spec in forms:gmatch("[^,]+") do
   assert(form == "auto" or form == "string" or form == "argv", "bad form " .. spec)
   if mode == "" then mode = form == "string" and "join" or "exec" end
   assert(mode == "exec" or mode == "join", "bad argv mode in " .. spec)
-  local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0, argv_mode = mode })
+  local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0, argv_mode = mode,
+    state_parent = state_parent })
   local p = require("galley.providers.morph").new({ api_key = emu.api_key, base_url = emu.base_url, exec_form = form })
   local id = p.instances.boot("snapshot_galleydev").id
   local o = { parallel = parallel }
@@ -46,6 +58,13 @@ for spec in forms:gmatch("[^,]+") do
   print(("push      %6.1f MB/s  %4d requests%s (%.1f s), %d files, %.1f MB as %.1f MB of %s"):format(mbs(r.bytes, ms),
     r.execs, probed and " + 1 probe" or "", ms / 1000, r.sent, r.bytes / 1e6, (r.wire_bytes or 0) / 1e6,
     r.compress or "-"))
+  if file_mib > 0 then
+    local _, fms = timed(function() return p.files.write_file_atomic(id, "~/big.bin", { from_file = big }) end)
+    local file_rate = mbs(file_mib * 1048576, fms)
+    print(("file      %6.1f MB/s  one %d MiB file (%.1f s); the push is %.0f %% of it (target >= 50 %%)"):format(
+      file_rate, file_mib, fms / 1000, 100 * mbs(r.bytes, ms) / file_rate))
+    p.exec(id, { kind = "argv", command = "rm", args = { "-f", "--", "big.bin" } })
+  end
   local again
   again, ms = timed(function() return workspace.push(p, id, tree, "~/tree", o) end)
   print(("re-push unchanged: %d request(s), %d sent (%.2f s)"):format(again.execs, again.sent, ms / 1000))

@@ -56,13 +56,19 @@ end
 
 --- Starts an emulator on a free loopback port and waits until it listens.
 ---@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: string[], snapshots?: string[],
----  sandbox?: boolean, argv_mode?: "exec"|"join"}
+---  sandbox?: boolean, argv_mode?: "exec"|"join", state_parent?: string}
+--- state_parent: where the state directory (and so every instance's files) is made, default /tmp
+--- (benchmarks pass /dev/shm: see bench/workspace).
 ---@return galley.EmulatorChild
 ---@raise EMULATOR_START (could not start; err.stderr holds its output)
 function M.start(opts)
   opts = opts or {}
   local exe = assert(runtime.executable())
-  local dir = assert(fs.mkdtemp("/tmp/galley-emulator."))
+  local dir, derr = fs.mkdtemp((opts.state_parent or "/tmp") .. "/galley-emulator.")
+  if not dir then
+    errors.raise("EMULATOR_START", ("cannot create the emulator's state directory in %s: %s"):format(
+      opts.state_parent or "/tmp", tostring(derr)), { field = "state_parent" })
+  end
   local key = "morph_emulator_" .. codec.random_hex(16)
   local argv = { exe, "-q", "emulate", "--port", "0", "--state-dir", dir }
   local function add(flag, v)
