@@ -40,6 +40,7 @@ local proc = require("galley.core.proc")
 local errors = require("galley.errors")
 local pool = require("galley.pool")
 local task = require("galley.task")
+local util = require("galley.util")
 
 local M = {}
 
@@ -574,15 +575,33 @@ local function local_tree(dir, opts)
     if res.exit_code ~= 0 then
       raise("PROCESS_ERROR", "git ls-files failed in " .. dir, { resource = "file:" .. dir })
     end
-    local paths, seen = {}, {}
+    -- Regular files are hashed here (libcrypto: several times sha256sum's speed, and no
+    -- xargs/find round over the list); symlinks, rare, go through SH_MANIFEST for their target.
+    local links, seen, files = {}, {}, {}
     for p in res.stdout:gmatch("([^%z]+)%z") do
       if not seen[p] and not ignored(p) then
         seen[p] = true
         local st = fs.stat(dir .. "/" .. p)
-        if st and (st.type == "file" or st.type == "link") then paths[#paths + 1] = p end
+        if st and st.type == "link" then
+          links[#links + 1] = p
+        elseif st and st.type == "file" then
+          files[#files + 1] = p
+          files[p] = st
+        end
       end
     end
-    entries = #paths > 0 and local_manifest(dir, paths) or {}
+    entries = #links > 0 and local_manifest(dir, links) or {}
+    for k, p in ipairs(files) do
+      local sum, err = util.sha256_file(dir .. "/" .. p)
+      if sum then
+        local st = files[p]
+        entries[p] = { type = "file", mode = st.mode, size = st.size, sha256 = sum }
+      elseif not (err and err.code == "FS_NOT_FOUND") then -- gone meanwhile: left out, as find does
+        raise("FILE_IO_ERROR", ("cannot read %s: %s"):format(p, err and err.message or "?"),
+          { operation = "workspace.push", resource = "file:" .. dir .. "/" .. p })
+      end
+      if k % 256 == 0 and task.current() then task.yield() end -- other tasks run meanwhile
+    end
   else
     entries = local_manifest(dir, nil, opts.all and "all" or "git")
     for p in pairs(entries) do if ignored(p) then entries[p] = nil end end
@@ -614,14 +633,30 @@ local function octal(n, width)
 end
 
 
+local NULS = setmetatable({}, { __index = function(t, n)
+  local z = ("\0"):rep(n)
+  t[n] = z
+  return z
+end })
+
+-- The sum of the bytes of s.
+local function byte_sum(s)
+  local b, n = { s:byte(1, -1) }, 0
+  for i = 1, #b do n = n + b[i] end
+  return n
+end
+
+-- The header's constant bytes: magic, owner and group names, the checksum field as spaces.
+local HEADER_SUM = byte_sum("ustar  \0") + 2 * byte_sum("root") + 8 * 32
+
 local function tar_header(name, size, mode, typeflag, linkname, mtime)
-  local function field(s, n) return s:sub(1, n) .. ("\0"):rep(n - math.min(#s, n)) end
-  local h = field(name, 100) .. octal(mode, 8) .. octal(0, 8) .. octal(0, 8) .. octal(size, 12) .. octal(mtime, 12)
-    .. "        " .. typeflag .. field(linkname or "", 100) .. "ustar  \0" .. field("root", 32) .. field("root", 32)
-    .. ("\0"):rep(183)
-  local sum, bytes = 0, { h:byte(1, -1) }
-  for i = 1, #bytes do sum = sum + bytes[i] end
-  return h:sub(1, 148) .. ("%06o\0 "):format(sum) .. h:sub(157)
+  name, linkname = name:sub(1, 100), (linkname or ""):sub(1, 100)
+  local m, zero, sz, mt = octal(mode, 8), octal(0, 8), octal(size, 12), octal(mtime, 12)
+  -- the checksum sums every byte of the header; NULs add nothing, so only the fields count
+  local sum = HEADER_SUM + byte_sum(name) + byte_sum(m) + 2 * byte_sum(zero) + byte_sum(sz) + byte_sum(mt)
+    + typeflag:byte() + byte_sum(linkname)
+  return name .. NULS[100 - #name] .. m .. zero .. zero .. sz .. mt .. ("%06o\0 "):format(sum) .. typeflag
+    .. linkname .. NULS[100 - #linkname] .. "ustar  \0root" .. NULS[28] .. "root" .. NULS[28] .. NULS[183]
 end
 
 
