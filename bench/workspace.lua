@@ -46,7 +46,8 @@ for spec in forms:gmatch("[^,]+") do
   assert(mode == "exec" or mode == "join", "bad argv mode in " .. spec)
   local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0, argv_mode = mode,
     state_parent = state_parent })
-  local p = require("galley.providers.morph").new({ api_key = emu.api_key, base_url = emu.base_url, exec_form = form })
+  local p = require("galley.providers.morph").new({ api_key = emu.api_key, base_url = emu.base_url, exec_form = form,
+    size_limit = math.max(file_mib, 1) * 1048576 })
   local id = p.instances.boot("snapshot_galleydev").id
   local o = { parallel = parallel }
   local r, ms = timed(function() return workspace.push(p, id, tree, "~/tree", o) end)

@@ -932,16 +932,73 @@ local function pick_codec(opts, remote_tools)
 end
 
 
--- Compresses the local file `path` with codec z; returns the path of the result.
-local function compress_file(path, z)
-  if z == "none" then return path end
+-- Starts compressing the local file `path` with codec z (replacing it by path.zst / path.gz);
+-- returns a function that waits for it and returns the result's path.
+local function compress_start(path, z)
+  if z == "none" then return function() return path end end
   local argv = z == "zstd" and { "zstd", "-q", "-3", "-T0", "--rm", "--", path } or { "gzip", "-1", "--", path }
-  local res = run_local(argv)
-  if res.exit_code ~= 0 then
-    raise("FILE_IO_ERROR", ("%s failed on %s: %s"):format(z, path, (res.stderr or ""):sub(1, 300)),
-      { operation = "workspace.push", resource = "file:" .. path })
+  local h, err = proc.spawn({ argv = argv, stdin = "null" })
+  if not h then error(err, 0) end
+  return function()
+    local res, werr = h:wait()
+    h:close()
+    if not res then error(werr, 0) end
+    if res.exit_code ~= 0 then
+      raise("FILE_IO_ERROR", ("%s failed on %s: %s"):format(z, path, (res.stderr or ""):sub(1, 300)),
+        { operation = "workspace.push", resource = "file:" .. path })
+    end
+    return path .. (z == "zstd" and ".zst" or ".gz")
   end
-  return path .. (z == "zstd" and ".zst" or ".gz")
+end
+
+
+-- Writes the stream next_bytes into `dir`, compressed with codec z, and returns the path of the
+-- result. The stream is cut into segments of M.SEGMENT_BYTES, each compressed by its own process
+-- while the next is written: zstd and gzip read a concatenation of their frames as one stream.
+-- (Compressing the whole stream at the end took 150-300 ms of a 1.3 s push of 10,000 files.)
+M.SEGMENT_BYTES = 16 * 1048576
+local function write_compressed(dir, next_bytes, z)
+  local waits, f, n = {}, nil, 0
+  local function close_segment()
+    f:close()
+    f = nil
+    waits[#waits + 1] = compress_start(dir .. "/segment" .. #waits, z)
+  end
+  local ok, err = pcall(function()
+    repeat
+      local s = next_bytes(math.min(1048576, M.SEGMENT_BYTES))
+      if s ~= "" then
+        if not f then
+          f, n = assert(io.open(dir .. "/segment" .. #waits, "wb")), 0
+        end
+        assert(f:write(s))
+        n = n + #s
+        if n >= M.SEGMENT_BYTES then close_segment() end
+      end
+    until s == ""
+    if f or #waits == 0 then
+      f = f or assert(io.open(dir .. "/segment0", "wb"))
+      close_segment()
+    end
+  end)
+  -- every compressor is waited for, also after a failure (no process is left behind)
+  local parts = {}
+  for i, wait in ipairs(waits) do
+    local wok, path = pcall(wait)
+    if ok and not wok then ok, err = false, path end
+    parts[i] = path
+  end
+  if f then f:close() end
+  if not ok then error(err, 0) end
+  if #parts == 1 then return parts[1] end
+  local out = dir .. "/stream"
+  local g = assert(io.open(out, "wb"))
+  for _, path in ipairs(parts) do
+    for piece in assert(fs.chunks(path, 1048576)) do assert(g:write(piece)) end
+    os.remove(path)
+  end
+  g:close()
+  return out
 end
 
 
@@ -1056,14 +1113,8 @@ function M.push(provider, id, local_dir, remote_dir, opts)
     local name = TMP .. "push-" .. random_name() .. ".tar"
     local res = with_tmpdir(function(tmp)
       -- the whole stream first (so what changed while read is known before anything is sent),
-      -- then compressed, then sent in parallel chunks
-      local f = assert(io.open(tmp .. "/stream.tar", "wb"))
-      repeat
-        local s = next_bytes(1048576)
-        assert(f:write(s))
-      until s == ""
-      f:close()
-      local path = compress_file(tmp .. "/stream.tar", z)
+      -- compressed while it is written, then sent in parallel chunks
+      local path = write_compressed(tmp, next_bytes, z)
       local g = assert(io.open(path, "rb"))
       result.wire_bytes = (result.wire_bytes or 0) + g:seek("end")
       g:seek("set", 0)

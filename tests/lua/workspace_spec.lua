@@ -124,6 +124,36 @@ local function suite(label, setup)
       assert.are.equal("no\n", rexec(p, id, '[ -e "$HOME/t2/$1" ] && echo yes || echo no', "it's \"quoted\""))
     end)
 
+    it("sends a stream compressed in several segments whole, with zstd, gzip and none", function()
+      local src = work .. "/seg"
+      fs.mkdir_p(src)
+      make_tree(src)
+      for i = 1, 6 do -- ~600 KB that compress badly: several 64 KiB segments
+        local f = assert(io.open(("%s/blob%d.bin"):format(src, i), "wb"))
+        f:write(codec.random_bytes(100000))
+        f:close()
+      end
+      local saved = workspace.SEGMENT_BYTES
+      workspace.SEGMENT_BYTES = 65536
+      local ok, err = pcall(function()
+        for _, z in ipairs({ "zstd", "gzip", false }) do
+          local dest = "~/seg-" .. tostring(z)
+          local r = workspace.push(p, id, src, dest, { compress = z })
+          assert.are.equal(z or "none", r.compress)
+          assert.is_true(r.wire_bytes > 4 * 65536, r.wire_bytes)
+          local function files_only(s) return (s:gsub("d [^\n]*\n", "")) end
+          local want = local_listing(src):gsub("[^\n]*\n", function(line)
+            local name = codec.base64_decode(line:match("^%S+ %S+ (%S+)"))
+            if name:find("^node_modules") or name == "build.log" then return "" end
+            return line
+          end)
+          assert.are.equal(files_only(want), files_only(remote_listing(p, id, dest:sub(3))))
+        end
+      end)
+      workspace.SEGMENT_BYTES = saved
+      assert(ok, err)
+    end)
+
     it("moves a many-file tree in a few compressed requests, both ways", function()
       -- 1,200 files, ~6 MB of source-like text: 50 MB go in <= 30 requests with argv arrays
       -- (bench/workspace), so this tree must take <= 2 + 3 = 5; one-line execs carry ~88 KiB each
