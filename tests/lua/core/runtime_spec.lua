@@ -14,7 +14,7 @@ describe("galley.core.runtime", function()
     -- shrink the heap from its top, so only malloc_trim returns their pages.
     local junk = {}
     for i = 1, 200000 do junk[i] = ("%99d"):format(i):rep(2) end
-    local survivor = { ("x"):rep(100) }
+    local survivor = { ("x"):rep(100), #junk }
     junk = nil -- luacheck: ignore
     collectgarbage()
     collectgarbage()
