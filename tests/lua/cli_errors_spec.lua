@@ -57,7 +57,7 @@ for _, target in ipairs(cli.TARGETS) do
         .. 'require("galley.recipe").step("wait", function()\n'
         .. '  io.stdout:write("ready\\n") io.stdout:flush()\n'
         .. '  require("galley.recipe").sleep(60000)\nend)\n')
-      local out = os.tmpname()
+      local out = support.tmpname()
       local env = {}
       for k, v in pairs(t.env) do env[#env + 1] = k .. "=" .. q(v) end
       local cmd = ("env %s %s run %s >%s 2>&1 & pid=$!; for i in $(seq 1 200); do grep -q ready %s && break; "

@@ -90,7 +90,7 @@ for _, target in ipairs(cli.TARGETS) do
       local code2, out = t:galley("exec " .. q(id) .. " -- stat -c %a /root/dir/copied.txt")
       assert.are.equal(0, code2)
       assert.are.equal("600\n", out)
-      local back = os.tmpname()
+      local back = support.tmpname()
       code, _, err = t:galley("cp " .. q(id .. ":/root/dir/copied.txt") .. " " .. q(back))
       assert.are.equal(0, code, err)
       local f = assert(io.open(back, "rb"))

@@ -103,7 +103,7 @@ describe("the galley command line #cli", function()
 
   it("exits 130 when a recipe is interrupted with Ctrl-C", function()
     local path = support.script('io.stdout:write("ready\\n") io.stdout:flush()\nwhile true do end\n')
-    local out = os.tmpname()
+    local out = support.tmpname()
     local cmd = ("%s run %s >%s 2>&1 & pid=$!; for i in $(seq 1 100); do grep -q ready %s && break; sleep 0.05; done; "
       .. "kill -INT $pid; wait $pid; echo $? >>%s"):format(q(support.bin), q(path), out, out, out)
     os.execute("bash -c " .. q(cmd))
@@ -115,7 +115,7 @@ describe("the galley command line #cli", function()
   end)
 
   it("runs a shipped recipe by name, even where a directory has that name", function()
-    local dir = os.tmpname()
+    local dir = support.tmpname()
     os.remove(dir)
     os.execute("mkdir -p " .. q(dir .. "/gc"))
     local code, _, err = support.galley("run gc --help", nil, {}, dir)

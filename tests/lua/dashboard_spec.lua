@@ -258,7 +258,7 @@ describe("galley dashboard on local #dashboard", function()
   end)
 
   it("--open hands xdg-open a private file that redirects to the URL (no token in any argv)", function()
-    local bin = os.tmpname()
+    local bin = support.tmpname()
     os.remove(bin)
     assert(os.execute("mkdir -p " .. support.q(bin)))
     local seen = bin .. "/seen"

@@ -25,7 +25,7 @@ end
 
 describe("galley gc #gc", function()
   before_each(function()
-    state = os.tmpname()
+    state = support.tmpname()
     os.remove(state)
     os.execute("mkdir -p " .. q(state))
   end)

@@ -25,7 +25,7 @@ describe("interrupt trials: boot-and-run on galley emulate #slow #serial #run", 
 
   setup(function()
     em = emulator.start({ boot_delay_ms = 50, latency_ms = 20 })
-    state = os.tmpname()
+    state = support.tmpname()
     os.remove(state)
   end)
 

@@ -12,7 +12,7 @@ end
 
 -- Runs `galley <opts> -e <code>` with the given environment prefix; returns code, stdout, stderr.
 local function galley_e(env, opts, code)
-  local out, err = os.tmpname(), os.tmpname()
+  local out, err = support.tmpname(), support.tmpname()
   local cmd = ("env -u GALLEY_LOG -u GALLEY_LOG_FORMAT %s %s %s -e %s >%s 2>%s </dev/null"):format(
     env, q(support.bin), opts, q(code), out, err)
   local _, _, status = os.execute(cmd)
@@ -147,11 +147,11 @@ describe("galley.log #log", function()
     end)
 
     it("appends to a file given by path and to an open file", function()
-      local path = os.tmpname()
+      local path = support.tmpname()
       local logger = log.new({ sink = path, level = "info", format = "json" })
       logger.info("one")
       logger.info("two")
-      local f = assert(io.open(os.tmpname(), "w+"))
+      local f = assert(io.open(support.tmpname(), "w+"))
       local to_file = log.new({ sink = f, level = "info" })
       to_file.info("three")
       f:seek("set")

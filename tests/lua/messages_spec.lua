@@ -103,7 +103,7 @@ for _, target in ipairs(cli.TARGETS) do
     end)
 
     it("says a recipe path that is a directory is one, and names a recipe in it", function()
-      local dir = os.tmpname()
+      local dir = support.tmpname()
       os.remove(dir)
       assert(os.execute("mkdir -p " .. q(dir) .. " && touch " .. q(dir .. "/main.lua")))
       finally(function() os.execute("rm -rf " .. q(dir)) end)

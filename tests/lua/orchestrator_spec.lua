@@ -1,6 +1,7 @@
 -- galley.orchestrator against real parts: the local provider (bubblewrap sandbox when available),
 -- the real credentials installer, PM2 and shell process managers, the command agent. Every
 -- instance a test boots is terminated (by the orchestrator or in the test's `finally`).
+local support = require("support")
 local orchestrator = require("galley.orchestrator")
 local credentials = require("galley.credentials")
 local codec = require("galley.core.codec")
@@ -116,7 +117,7 @@ describe("galley.orchestrator #orchestrator", function()
       end)
 
       it("appends events to a JSON-lines file", function()
-        local path = os.tmpname()
+        local path = support.tmpname()
         finally(function() os.remove(path) end)
         local orch = orchestrator.new({ provider = provider, log = log.silent(), events = path })
         local m = orch.boot_and_prepare(provider.DEFAULT_SNAPSHOT, { ttl_seconds = 600 })

@@ -82,7 +82,7 @@ require("galley.recipe").defer(function() print("cleaned up") end)
 io.stdout:write("ready\n") io.stdout:flush()
 while true do end
 ]])
-    local out = os.tmpname()
+    local out = support.tmpname()
     local cmd = ("%s run %s >%s 2>/dev/null & pid=$!; for i in $(seq 1 100); do grep -q ready %s && break; "
       .. "sleep 0.05; done; kill -INT $pid; wait $pid; echo \"rc=$?\" >>%s"):format(q(support.bin), q(path), out, out, out)
     os.execute("bash -c " .. q(cmd))

@@ -15,7 +15,7 @@ describe("galley repl with morph from the environment #repl", function()
       "#morph.instances.list()",
     }, "\n") .. "\n"
     local code, out, err = support.galley("repl", input, {
-      MORPH_API_KEY = em.api_key, MORPH_BASE_URL = em.base_url, GALLEY_STATE_DIR = os.tmpname() .. ".d",
+      MORPH_API_KEY = em.api_key, MORPH_BASE_URL = em.base_url, GALLEY_STATE_DIR = support.tmpname() .. ".d",
     })
     assert.are.equal(0, code, err)
     local lines = {}

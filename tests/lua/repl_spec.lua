@@ -35,7 +35,7 @@ end
 
 describe("galley repl on a terminal #repl", function()
   setup(function()
-    state_dir = os.tmpname()
+    state_dir = support.tmpname()
     os.remove(state_dir)
     os.execute("mkdir -p " .. q(state_dir))
     local cmd = ("env XDG_STATE_HOME=%s GALLEY_STATE_DIR=%s/galley-state %s repl"):format(q(state_dir), q(state_dir),

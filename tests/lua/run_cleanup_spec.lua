@@ -80,7 +80,7 @@ describe("self-cleaning runs on the emulator #run", function()
   end)
 
   it("leaves tagged instances when killed outright, and galley gc collects them", function()
-    local state = os.tmpname()
+    local state = support.tmpname()
     os.remove(state)
     env.GALLEY_STATE_DIR = state
     local h = spawn_run()

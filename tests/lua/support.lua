@@ -16,8 +16,8 @@ end
 ---@param env? table<string,string> extra environment variables
 ---@param cwd? string directory to run in
 function M.galley(args, stdin, env, cwd)
-  local tmp = os.tmpname()
-  local errf = os.tmpname()
+  local tmp = M.tmpname()
+  local errf = M.tmpname()
   local inf
   local prefix = ""
   for k, v in pairs(env or {}) do prefix = prefix .. k .. "=" .. M.q(v) .. " " end
@@ -25,7 +25,7 @@ function M.galley(args, stdin, env, cwd)
   local cmd = prefix .. M.q(bin) .. " " .. args .. " >" .. tmp .. " 2>" .. errf
   if cwd then cmd = "cd " .. M.q(cwd) .. " && " .. cmd end
   if stdin then
-    inf = os.tmpname()
+    inf = M.tmpname()
     local f = assert(io.open(inf, "wb"))
     f:write(stdin)
     f:close()
@@ -45,9 +45,30 @@ function M.galley(args, stdin, env, cwd)
   return code, slurp(tmp), slurp(errf)
 end
 
+-- One private directory per spec process for temporary files, removed when the Lua state closes
+-- (busted ends with os.exit(code, true) or returns to galley's lua_close): os.tmpname() would
+-- leave its /tmp/lua_XXXXXX files behind.
+local tmp_root, tmp_count, tmp_guard = nil, 0, nil
+
+--- A fresh temporary path (the empty file is created, as os.tmpname does) in this process's
+--- private directory; `suffix` is appended ("" by default).
+---@param suffix? string
+function M.tmpname(suffix)
+  if not tmp_root then
+    local fs = require("galley.core.fs")
+    tmp_root = assert(fs.mkdtemp("/tmp/galley-spec-XXXXXX"))
+    tmp_guard = setmetatable({}, { __gc = function() fs.remove_tree(tmp_root) end })
+    M._tmp_guard = tmp_guard
+  end
+  tmp_count = tmp_count + 1
+  local path = ("%s/t%d%s"):format(tmp_root, tmp_count, suffix or "")
+  assert(io.open(path, "wb")):close()
+  return path
+end
+
 --- Writes `text` to a fresh temporary .lua file and returns its path.
 function M.script(text)
-  local path = os.tmpname() .. ".lua"
+  local path = M.tmpname(".lua")
   local f = assert(io.open(path, "wb"))
   f:write(text)
   f:close()

@@ -20,7 +20,7 @@ end
 -- exit status and stdout.
 local function run(spec, home)
   local plan = shell.plan(spec.command, { home = home or "/tmp" })
-  local out = os.tmpname()
+  local out = support.tmpname()
   local cmd
   if plan.script then
     cmd = ("bash -c %s >%s 2>&1 </dev/null"):format(q(plan.script), out)
@@ -70,7 +70,7 @@ describe("the command agent #agents", function()
   end)
 
   it("produces specs that run through real bash", function()
-    local dir = os.tmpname()
+    local dir = support.tmpname()
     os.remove(dir)
     os.execute("mkdir -p " .. q(dir))
     local agent = command.new({ env = { GREETING = "it's $HOME" } })

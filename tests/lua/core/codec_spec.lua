@@ -1,3 +1,4 @@
+local support = require("support")
 local codec = require("galley.core.codec")
 
 local rfc4648 = {
@@ -108,7 +109,7 @@ describe("galley.core.codec #codec", function()
       local proc = require("galley.core.proc")
       assert.are.equal("openssl", codec.sha256_backend()) -- libcurl's libcrypto is on this machine
       local data = codec.random_bytes(300000)
-      local path = os.tmpname()
+      local path = support.tmpname()
       local f = assert(io.open(path, "wb"))
       f:write(data)
       f:close()
@@ -127,7 +128,7 @@ describe("galley.core.codec #codec", function()
       -- the same through libsodium (GALLEY_SHA256=libsodium), in a galley of its own
       local script = 'local c = require("galley.core.codec") local f = io.open(arg[1], "rb")'
         .. ' local h = c.sha256_hasher():update(f:read("a")) print(c.sha256_backend(), h:hex())'
-      local lua = os.tmpname()
+      local lua = support.tmpname()
       f = assert(io.open(lua, "wb"))
       f:write(script)
       f:close()

@@ -82,7 +82,7 @@ s.serve_forever()
 
 --- Starts the server; with `tls`, over HTTPS with a fresh self-signed certificate.
 local function start_server(tls)
-  local path = os.tmpname() .. ".py"
+  local path = support.tmpname() .. ".py"
   local f = assert(io.open(path, "w"))
   f:write(SERVER)
   f:close()

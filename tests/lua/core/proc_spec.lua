@@ -163,7 +163,7 @@ describe("galley.core.proc #proc", function()
     end)
 
     it("gives up with INTERRUPTED and kills the child on Ctrl-C", function()
-      local pidfile = os.tmpname()
+      local pidfile = support.tmpname()
       local script = ([[
 local proc = require("galley.core.proc")
 local ok, r, err = pcall(proc.run, { argv = { "sh", "-c", "echo $$ > %s; kill -INT $PPID; exec sleep 60" } })
@@ -333,7 +333,7 @@ io.stdout:write(ok and (err and err.code or "no error") or (type(r) == "table" a
     end)
 
     it("kills and reaps the child's whole group when a task in proc.run is cancelled", function()
-      local pidfile = os.tmpname()
+      local pidfile = support.tmpname()
       local t = task.spawn(function()
         return proc.run{
           argv = { "sh", "-c", 'sleep 30 & echo $$ >> "$1"; echo $! >> "$1"; wait', "sh", pidfile },
@@ -390,7 +390,7 @@ io.stdout:write(ok and (err and err.code or "no error") or (type(r) == "table" a
     end)
 
     it("kills every child group of tasks in proc.run on Ctrl-C", function()
-      local pidfile = os.tmpname()
+      local pidfile = support.tmpname()
       local script = ([[
 local proc = require("galley.core.proc")
 local task = require("galley.task")

@@ -10,6 +10,7 @@
 -- capabilities.max_file_bytes or 256 MiB), `big_file_mib` (default 50).
 -- Instances need /bin/sh, coreutils and the user "nobody"; files are checked through the
 -- provider's own exec.
+local support = require("support")
 local busted = require("busted")
 local assert = require("luassert")
 local codec = require("galley.core.codec")
@@ -88,7 +89,7 @@ function M.run(label, factory)
     end
 
     local function local_tmp()
-      local path = os.tmpname()
+      local path = support.tmpname()
       tmpfiles[#tmpfiles + 1] = path
       return path
     end

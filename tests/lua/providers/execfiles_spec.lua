@@ -1,5 +1,6 @@
 -- galley.providers.execfiles against real local processes: exec_argv runs each argv on this
 -- machine (no sandbox), with a temporary directory as the "instance" home.
+local support = require("support")
 local codec = require("galley.core.codec")
 local execfiles = require("galley.providers.execfiles")
 local proc = require("galley.core.proc")
@@ -267,7 +268,7 @@ describe("execfiles #files", function()
       end)
 
       it("streams from and to local files", function()
-        local src, dst = os.tmpname(), os.tmpname()
+        local src, dst = support.tmpname(), support.tmpname()
         local data = binary(250 * 1024)
         spit(src, data)
         h.files.write_file_atomic("inst-1", "/" .. h.root:sub(2) .. "/streamed", { from_file = src })

@@ -1,6 +1,7 @@
 -- galley.proxmox_client and the pure parts of galley.providers.proxmox: UPIDs, form bodies, error
 -- mapping, task results, id picking, validation; the client's auth, retries and task waits against
 -- a scripted PVE-shaped server on loopback (galley.core.httpd).
+local support = require("support")
 local cjson = require("cjson")
 local httpd = require("galley.core.httpd")
 local pc = require("galley.proxmox_client")
@@ -297,7 +298,7 @@ describe("galley.providers.proxmox pure parts #proxmox", function()
   end)
 
   it("refuses bad options before any request", function()
-    local base = { url = "http://127.0.0.1:1", token_id = TOKEN_ID, token_secret = SECRET, state_dir = os.tmpname() }
+    local base = { url = "http://127.0.0.1:1", token_id = TOKEN_ID, token_secret = SECRET, state_dir = support.tmpname() }
     local function with(k, v)
       local o = {}
       for a, b in pairs(base) do o[a] = b end

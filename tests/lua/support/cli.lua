@@ -23,7 +23,7 @@ Target.__index = Target
 --- Starts a target: a temporary HOME/GALLEY_STATE_DIR, plus an emulator for "emulator".
 ---@param name "local"|"emulator"
 function M.start(name)
-  local dir = os.tmpname()
+  local dir = support.tmpname()
   os.remove(dir)
   assert(os.execute("mkdir -p " .. q(dir .. "/home") .. " " .. q(dir .. "/state")))
   local t = setmetatable({ name = name, dir = dir }, Target)
