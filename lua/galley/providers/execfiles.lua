@@ -42,7 +42,7 @@
 -- - Tools: coreutils first, python3 the fallback. coreutils start in a few ms each where python3
 --   takes 20-70 ms to start and import (a one-exec write with coreutils: sh, base64 -d, sync,
 --   chmod, sha256sum, mv). Writes choose on the instance inside the same exec (coreutils when
---   all of base64, sha256sum, chmod, chown, mv, mkdir, rm, sync, tail and wc are on PATH, else python3),
+--   all of base64, sha256sum, chmod, chown, mv, mkdir, rm, sync, tail, tee and wc are on PATH, else python3),
 --   so a small write is one exec even on a fresh instance; the first read asks once per
 --   instance (SH_PROBE), and later writes and reads use its answer. GNU-only options have POSIX
 --   fallbacks (busybox): `sync FILE` -> `sync`, `chmod --reference` -> `stat -c %a`, `mv -T` ->
@@ -196,9 +196,27 @@ shift 12
 fail() { rm -f -- "$tmp"; printf '%s\n' "$2" >&2; exit "$1"; }
 if { [ "$first" = 1 ] || [ "$last" = 1 ]; } && [ -d "$target" ]; then fail 43 "the path is a directory"; fi
 IFS=
+whole=
 if [ "$first" = 1 ]; then
   if [ "$mkdirs" = 1 ]; then mkdir -p -- "$d" || fail 1 "cannot create the directory"
   elif [ ! -d "$d" ]; then fail 1 "$d: No such file or directory"; fi
+fi
+if [ "$first" = 1 ] && [ "$last" = 1 ] && [ "$scope" = all ]; then
+  # The whole file in this exec: decoded, written (tee) and hashed in one pipeline, so the hash
+  # is of exactly the bytes written and costs no second pass; base64 -d or tee failing says so
+  # on fd 3. openssl when it gives a digest, else the pipeline runs again with sha256sum.
+  whole=1
+  (set -C; umask 077; : > "$tmp") || fail 1 "cannot create the temporary file"
+  for tool in openssl sha256sum; do
+    if [ "$tool" = openssl ] && ! command -v openssl >/dev/null 2>&1; then continue; fi
+    h=$( { { base64 -d || echo @fail >&3; } <<EOF | { tee -- "$tmp" || echo @fail >&3; } |
+$*
+EOF
+      { if [ "$tool" = openssl ]; then openssl dgst -sha256 -r 2>/dev/null; else sha256sum; fi; }; } 3>&1)
+    case $h in *@fail*) fail 1 "base64 -d failed, or the temporary file could not be written" ;; esac
+    sha_ok && break
+  done
+elif [ "$first" = 1 ]; then
   (set -C; umask 077; exec base64 -d > "$tmp") <<EOF || fail 1 "cannot create the temporary file, or base64 -d failed"
 $*
 EOF
@@ -216,7 +234,8 @@ if [ "$last" = 1 ]; then
       { m=$(stat -c %a -- "$target") && chmod -- "$m" "$tmp"; } || fail 1 "chmod failed"
   else chmod =rw -- "$tmp" || fail 1 "chmod failed"; fi
   if [ -n "$owner$group" ]; then chown -- "$owner${group:+:$group}" "$tmp" || fail 1 "chown failed"; fi
-  case $scope in
+  case $whole$scope in
+  1*) ;; # hashed as it was written
   tail:*)
     n=$(wc -c < "$tmp") || fail 1 "wc failed"
     [ "$n" -eq "$size" ] 2>/dev/null ||
@@ -240,7 +259,7 @@ exit 0
 -- else python3, else SH_WRITE again (it fails naming what is missing). argv: py_program, then
 -- SH_WRITE's arguments.
 local SH_AUTO_WRITE = "py=$1; shift\n"
-  .. "cu=1; for t in base64 sha256sum chmod chown mv mkdir rm sync tail wc; do\n"
+  .. "cu=1; for t in base64 sha256sum chmod chown mv mkdir rm sync tail tee wc; do\n"
   .. "  command -v $t >/dev/null 2>&1 || cu=\ndone\n"
   .. "if [ -z \"$cu\" ] && command -v python3 >/dev/null 2>&1; then\n" .. SH_PY_BODY .. "exit\nfi\n"
   .. SH_WRITE
@@ -375,7 +394,7 @@ p=no c=yes
 if command -v python3 >/dev/null 2>&1 && python3 -I -S -c 'import base64, hashlib, shutil' >/dev/null 2>&1; then
   p=yes
 fi
-for t in base64 sha256sum head tail wc chmod chown mv mkdir rm sync; do command -v $t >/dev/null 2>&1 || c=no; done
+for t in base64 sha256sum head tail wc chmod chown mv mkdir rm sync tee; do command -v $t >/dev/null 2>&1 || c=no; done
 echo "python=$p coreutils=$c"
 ]]
 

@@ -283,7 +283,7 @@ describe("execfiles #files", function()
   end
 
   describe("decoder detection", function()
-    local tools = { "sh", "base64", "sha256sum", "wc", "mkdir", "mv", "rm", "chmod", "chown", "sync", "cat", "tail",
+    local tools = { "sh", "base64", "sha256sum", "wc", "mkdir", "mv", "rm", "chmod", "chown", "sync", "cat", "tail", "tee",
       "head", "cut", "find", "cp", "ls", "stat", "dd" }
 
     -- A PATH of its own: the tools named (symlinks to ours, minus `without`), python3 when asked
@@ -406,8 +406,25 @@ describe("execfiles #files", function()
       spit(h.root .. "/kept", "old")
       local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/kept", data)
       assert.are.equal(42, err.details.exit_code)
+      -- a small file (one exec: decoded, written and hashed in one pipeline) is refused as well
+      err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/kept", "small")
+      assert.are.equal(42, err.details.exit_code)
       assert.are.equal("old", slurp(h.root .. "/kept"))
       assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
+    end)
+
+    it("refuses a one-exec write whose tee or base64 -d fails, keeping the old file", function()
+      local opts = { max_request_bytes = 4096, max_arg_bytes = 1024 }
+      for _, wrapper in ipairs({ { tee = 'cat > /dev/null\nexit 1' },
+        { base64 = 'if [ "$1" = -d ]; then cat > /dev/null; exit 1; fi\nexec "REAL" "$@"' } }) do
+        local bin = make_bin({ wrappers = wrapper })
+        local h = new_harness({ path = bin, files = opts })
+        spit(h.root .. "/kept", "old")
+        local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/kept", "new content")
+        assert.are.equal(1, err.details.exit_code)
+        assert.are.equal("old", slurp(h.root .. "/kept"))
+        assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
+      end
     end)
 
     it("falls back to python3 when coreutils are missing, writes and reads included", function()
