@@ -932,73 +932,116 @@ local function pick_codec(opts, remote_tools)
 end
 
 
--- Starts compressing the local file `path` with codec z (replacing it by path.zst / path.gz);
--- returns a function that waits for it and returns the result's path.
+-- Starts compressing the local file `path` with codec z (replacing it by path.zst / path.gz).
+-- Returns wait() -> the result's path, and abort() (kills and reaps the compressor).
 local function compress_start(path, z)
-  if z == "none" then return function() return path end end
+  if z == "none" then return function() return path end, function() end end
   local argv = z == "zstd" and { "zstd", "-q", "-3", "-T0", "--rm", "--", path } or { "gzip", "-1", "--", path }
   local h, err = proc.spawn({ argv = argv, stdin = "null" })
   if not h then error(err, 0) end
-  return function()
+  local function wait()
     local res, werr = h:wait()
-    h:close()
     if not res then error(werr, 0) end
+    h:close()
     if res.exit_code ~= 0 then
       raise("FILE_IO_ERROR", ("%s failed on %s: %s"):format(z, path, (res.stderr or ""):sub(1, 300)),
         { operation = "workspace.push", resource = "file:" .. path })
     end
     return path .. (z == "zstd" and ".zst" or ".gz")
   end
+  return wait, function() pcall(h.close, h) end
 end
 
 
--- Writes the stream next_bytes into `dir`, compressed with codec z, and returns the path of the
--- result. The stream is cut into segments of M.SEGMENT_BYTES, each compressed by its own process
--- while the next is written: zstd and gzip read a concatenation of their frames as one stream.
--- (Compressing the whole stream at the end took 150-300 ms of a 1.3 s push of 10,000 files.)
-M.SEGMENT_BYTES = 16 * 1048576
-local function write_compressed(dir, next_bytes, z)
-  local waits, f, n = {}, nil, 0
-  local function close_segment()
-    f:close()
-    f = nil
-    waits[#waits + 1] = compress_start(dir .. "/segment" .. #waits, z)
+-- The stream next_bytes, compressed with codec z, read while it is made. A task writes the
+-- stream in segments of M.SEGMENT_BYTES, each compressed by a process of its own (zstd and gzip
+-- read a concatenation of their frames as one stream), and appends each compressed segment, in
+-- order, to dir/stream once ready; it yields after every MiB so the uploads in flight go on.
+-- Returns read(n) -> n bytes as soon as they are there (fewer only at the end, then "") and
+-- close() -> the compressed size (stops the task and its compressors if still running).
+-- (Building the whole stream, then compressing it, then sending it took 1.3 s of the 1.9 s
+-- push of 10,000 files.)
+M.SEGMENT_BYTES = 8 * 1048576
+local function compressed_stream(dir, next_bytes, z)
+  local out_path = dir .. "/stream"
+  local out = assert(io.open(out_path, "wb"))
+  local input = assert(io.open(out_path, "rb"))
+  local st = { written = 0, taken = 0, done = false }
+  local pending = {} -- {wait, abort} of compressors not yet appended, oldest first
+  local function notify()
+    local t = st.waiter
+    st.waiter = nil
+    if t then task.wake(t) end
   end
-  local ok, err = pcall(function()
-    repeat
-      local s = next_bytes(math.min(1048576, M.SEGMENT_BYTES))
-      if s ~= "" then
-        if not f then
-          f, n = assert(io.open(dir .. "/segment" .. #waits, "wb")), 0
-        end
-        assert(f:write(s))
-        n = n + #s
-        if n >= M.SEGMENT_BYTES then close_segment() end
-      end
-    until s == ""
-    if f or #waits == 0 then
-      f = f or assert(io.open(dir .. "/segment0", "wb"))
-      close_segment()
+  local function append_oldest()
+    local path = pending[1][1]()
+    table.remove(pending, 1)
+    for piece in assert(fs.chunks(path, 1048576)) do
+      assert(out:write(piece))
+      st.written = st.written + #piece
     end
-  end)
-  -- every compressor is waited for, also after a failure (no process is left behind)
-  local parts = {}
-  for i, wait in ipairs(waits) do
-    local wok, path = pcall(wait)
-    if ok and not wok then ok, err = false, path end
-    parts[i] = path
-  end
-  if f then f:close() end
-  if not ok then error(err, 0) end
-  if #parts == 1 then return parts[1] end
-  local out = dir .. "/stream"
-  local g = assert(io.open(out, "wb"))
-  for _, path in ipairs(parts) do
-    for piece in assert(fs.chunks(path, 1048576)) do assert(g:write(piece)) end
+    assert(out:flush())
     os.remove(path)
+    notify()
   end
-  g:close()
-  return out
+  local producer = task.spawn(function()
+    local f, n, k = nil, 0, 0
+    local ok, err = pcall(function()
+      local function close_segment()
+        f:close()
+        f = nil
+        local wait, abort = compress_start(dir .. "/segment" .. k, z)
+        pending[#pending + 1] = { wait, abort }
+        k = k + 1
+        -- two compressors at most: the one just started and the one before it
+        while #pending > 1 do append_oldest() end
+      end
+      repeat
+        local s = next_bytes(math.min(1048576, M.SEGMENT_BYTES))
+        if s ~= "" then
+          if not f then f, n = assert(io.open(dir .. "/segment" .. k, "wb")), 0 end
+          assert(f:write(s))
+          n = n + #s
+          if n >= M.SEGMENT_BYTES then close_segment() end
+          task.yield()
+        end
+      until s == ""
+      if f or k == 0 then
+        f = f or assert(io.open(dir .. "/segment" .. k, "wb"))
+        close_segment()
+      end
+      while #pending > 0 do append_oldest() end
+    end)
+    if f then f:close() end
+    for _, c in ipairs(pending) do c[2]() end -- after a failure: no compressor is left running
+    pending = {}
+    out:close()
+    st.done, st.failure = true, not ok and err or nil
+    notify()
+  end)
+  local function read(n)
+    while st.written - st.taken < n and not st.done do
+      st.waiter = task.token()
+      local ok, err = task.await(st.waiter)
+      if not ok then error(err, 0) end
+    end
+    if st.failure then error(st.failure, 0) end
+    local want = math.min(n, st.written - st.taken)
+    if want == 0 then return "" end
+    input:seek("set", st.taken) -- (and clears a sticky end-of-file: the file grows)
+    local s = assert(input:read(want))
+    st.taken = st.taken + #s
+    return s
+  end
+  local function close()
+    if not st.done then
+      producer:cancel()
+      pcall(producer.wait, producer)
+    end
+    input:close()
+    return st.written
+  end
+  return read, close
 end
 
 
@@ -1112,17 +1155,15 @@ function M.push(provider, id, local_dir, remote_dir, opts)
     })
     local name = TMP .. "push-" .. random_name() .. ".tar"
     local res = with_tmpdir(function(tmp)
-      -- the whole stream first (so what changed while read is known before anything is sent),
-      -- compressed while it is written, then sent in parallel chunks
-      local path = write_compressed(tmp, next_bytes, z)
-      local g = assert(io.open(path, "rb"))
-      result.wire_bytes = (result.wire_bytes or 0) + g:seek("end")
-      g:seek("set", 0)
-      local r = upload(provider, rem, remote_dir, name, function(n) return g:read(n) or "" end, {
+      -- sent in parallel chunks while it is made and compressed; what changed while read is
+      -- listed at its end (the "skip" control file), so the instance drops those files
+      local read, close = compressed_stream(tmp, next_bytes, z)
+      local ok, r = pcall(upload, provider, rem, remote_dir, name, read, {
         script = SH_APPLY, inline = true, extra = { PY_APPLY, z },
         args = function(size, sha, off) return { name, tostring(size), sha, tostring(off), PY_APPLY, z } end,
       }, opts)
-      g:close()
+      result.wire_bytes = (result.wire_bytes or 0) + close()
+      if not ok then error(r, 0) end
       return r
     end)
     if res.exit_code ~= 0 then rem.fail(res, "push", remote_dir) end

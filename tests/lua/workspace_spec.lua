@@ -250,38 +250,82 @@ local function suite(label, setup)
       fs.mkdir_p(src)
       sh([[cd "$1" && for i in $(seq 1 24); do head -c 60000 /dev/zero | tr '\0' a > f$i; done]], src)
       workspace.push(p, id, src, "~/t7", { all = true })
-      -- random bytes and no compression: the push takes many small chunk execs
-      sh([[cd "$1" && for i in $(seq 1 24); do head -c 90000 /dev/urandom > f$i; done]], src)
+      -- random bytes: the push takes many small chunk execs; uncompressed, then compressed in
+      -- 64 KiB segments (the compressors and the task that feeds them are stopped too)
+      local old = "60000"
+      for _, v in ipairs({ { size = "90000", compress = "false" }, { size = "70000", compress = '"gzip"' } }) do
+        sh([[cd "$1" && for i in $(seq 1 24); do head -c "$2" /dev/urandom > f$i; done]], src, v.size)
+        local child = support.script(([[
+local ws = require("galley.workspace")
+ws.SEGMENT_BYTES = 65536
+local fs = require("galley.core.fs")
+local mkdtemp = fs.mkdtemp
+fs.mkdtemp = function(prefix) -- says where the stream and its segments go
+  local d = mkdtemp(prefix)
+  io.stdout:write("tmp ", d, "\n"); io.stdout:flush()
+  return d
+end
+local p = %s
+io.stdout:write("go\n"); io.stdout:flush()
+ws.push(p, %q, %q, "~/t7", { all = true, chunk_bytes = 2000, parallel = 2, compress = %s })
+io.stdout:write("finished\n")
+]]):format(env.child_provider, id, src, v.compress))
+        local h = assert(proc.spawn({ argv = { support.bin, child }, env = env.child_env, env_mode = "extend" }))
+        local out = ""
+        local deadline = runtime.now_ms() + 20000
+        while not out:find("go\n", 1, true) and runtime.now_ms() < deadline do
+          local kind, data = h:read(1000)
+          if kind == "stdout" then out = out .. data elseif kind == "exit" then break end
+        end
+        runtime.sleep_ms(400) -- ~1,000 chunk execs: well inside the push
+        h:kill("INT")
+        local res = h:wait()
+        h:close()
+        out = out .. res.stdout
+        assert.is_nil(out:find("finished", 1, true))
+        -- its temporary directories are gone and nothing runs on them (the compressors)
+        for dir in out:gmatch("tmp (%S+)\n") do
+          assert.is_false(fs.stat(dir) ~= nil, dir)
+          assert.are.equal("", sh('pgrep -f -- "[/]$1" || true', dir:sub(2))) -- ([/]: not this sh)
+        end
+        local sums = rexec(p, id, 'cd ~/t7 && for f in f*; do printf "%s %s\n" "$f" "$(wc -c < "$f")"; done')
+        local n = 0
+        for name, size in sums:gmatch("(%S+) (%d+)\n") do
+          n = n + 1
+          assert.is_true(size == old or size == v.size, name .. " has " .. size .. " bytes")
+        end
+        assert.are.equal(24, n)
+        local r = workspace.push(p, id, src, "~/t7", { all = true })
+        assert.are.equal(24, r.sent)
+        assert.are.equal(v.size .. "\n", rexec(p, id, 'wc -c < ~/t7/f24'))
+        old = v.size
+      end
+    end)
+
+    it("fails with FILE_IO_ERROR when the local compressor fails, leaving the destination alone", function()
+      local src = work .. "/src"
+      fs.mkdir_p(src)
+      make_tree(src)
+      local bin = work .. "/bin"
+      fs.mkdir_p(bin)
+      local f = assert(io.open(bin .. "/zstd", "wb"))
+      f:write("#!/bin/sh\necho 'zstd: broken' >&2\nexit 3\n")
+      f:close()
+      sh('chmod 755 "$1"', bin .. "/zstd")
       local child = support.script(([[
 local ws = require("galley.workspace")
 local p = %s
-io.stdout:write("go\n"); io.stdout:flush()
-ws.push(p, %q, %q, "~/t7", { all = true, chunk_bytes = 3000, parallel = 2, compress = false })
-io.stdout:write("finished\n")
+local ok, err = pcall(ws.push, p, %q, %q, "~/zfail", { compress = "zstd" })
+io.stdout:write(ok and "ok" or tostring(err.code), "\n")
 ]]):format(env.child_provider, id, src))
-      local h = assert(proc.spawn({ argv = { support.bin, child }, env = env.child_env, env_mode = "extend" }))
-      local out = ""
-      local deadline = runtime.now_ms() + 20000
-      while not out:find("go\n", 1, true) and runtime.now_ms() < deadline do
-        local kind, data = h:read(1000)
-        if kind == "stdout" then out = out .. data elseif kind == "exit" then break end
-      end
-      runtime.sleep_ms(1500)
-      h:kill("INT")
-      local res = h:wait()
-      h:close()
-      os.remove(child)
-      assert.is_nil(res.stdout:find("finished", 1, true))
-      local sums = rexec(p, id, 'cd ~/t7 && for f in f*; do printf "%s %s\n" "$f" "$(wc -c < "$f")"; done')
-      local n = 0
-      for name, size in sums:gmatch("(%S+) (%d+)\n") do
-        n = n + 1
-        assert.is_true(size == "60000" or size == "90000", name .. " has " .. size .. " bytes")
-      end
-      assert.are.equal(24, n)
-      local r = workspace.push(p, id, src, "~/t7", { all = true })
-      assert.are.equal(24, r.sent)
-      assert.are.equal("90000\n", rexec(p, id, 'wc -c < ~/t7/f24'))
+      local child_env = {}
+      for k, v in pairs(env.child_env or {}) do child_env[k] = v end
+      child_env.PATH = bin .. ":" .. os.getenv("PATH")
+      local r = assert(proc.run({ argv = { support.bin, child }, env = child_env, env_mode = "extend",
+        timeout_ms = 60000 }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.are.equal("FILE_IO_ERROR\n", r.stdout)
+      assert.are.equal("", rexec(p, id, 'ls -A ~/zfail 2>/dev/null | grep -v "^\\.galley-tmp-" || true'))
     end)
 
     it("sends a file again once when it changed while sent, then FILE_IO_ERROR naming it", function()
