@@ -511,9 +511,11 @@ end
 
 
 -- The argv of an exec in the instance's namespaces (isolation "userns"), to which the command
--- is appended: `galley __enter` (src/core/enter.h) joins the instance's cgroup, checks that the
--- holder is still the process that started at holder.start (125 otherwise: a reused pid is
--- never joined), enters its namespaces as uid 0 and forks; the command runs with no new
+-- is appended: `galley __enter` (src/core/enter.h) checks that the holder is still the process
+-- that started at holder.start (125 otherwise: a reused pid is never joined), enters its
+-- namespaces and makes the command's process directly inside the instance's cgroup (clone3
+-- CLONE_INTO_CGROUP: writing cgroup.procs would wait 10-20 ms for an RCU grace period), as uid
+-- 0; the command runs with no new
 -- privileges, without CAP_SYS_RESOURCE (so user.max_user_namespaces stays 0) and CAP_SYS_ADMIN
 -- (no mounts: the read-only system directories stay read-only even where the flag is not
 -- locked, as for a caller other than root), in a session of its own (galley's terminal, if
