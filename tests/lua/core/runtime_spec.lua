@@ -8,8 +8,22 @@ local function rss_kib()
   return tonumber(s:match("VmRSS:%s*(%d+)"))
 end
 
+-- AddressSanitizer replaces malloc: its allocator keeps freed memory in quarantine, and
+-- malloc_trim has nothing to act on.
+local function under_asan()
+  local f = assert(io.open("/proc/self/maps"))
+  local maps = f:read("a")
+  f:close()
+  return maps:find("libasan", 1, true) ~= nil or os.getenv("ASAN_OPTIONS") ~= nil
+end
+
 describe("galley.core.runtime", function()
   it("trim_memory gives the pages of freed heap memory back to the system", function()
+    if under_asan() then
+      runtime.trim_memory() -- still callable
+      pending("under AddressSanitizer: its allocator, not glibc's, holds freed memory")
+      return
+    end
     -- 40 MB of small strings on the heap, then a survivor above them: freeing them cannot
     -- shrink the heap from its top, so only malloc_trim returns their pages.
     local junk = {}
