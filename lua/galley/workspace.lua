@@ -1004,6 +1004,7 @@ local function compressed_stream(dir, next_bytes, z)
           n = n + #s
           if n >= M.SEGMENT_BYTES then close_segment() end
           task.yield()
+          if st.stop then error(st.stop, 0) end -- the reader gave up: stop here
         end
       until s == ""
       if f or k == 0 then
@@ -1035,6 +1036,7 @@ local function compressed_stream(dir, next_bytes, z)
   end
   local function close()
     if not st.done then
+      st.stop = errors.new("INTERRUPTED", "the upload stopped", { operation = "workspace.push" })
       producer:cancel()
       pcall(producer.wait, producer)
     end
