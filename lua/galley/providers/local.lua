@@ -427,16 +427,32 @@ end
 -- A fresh private directory for one launch's named pipes and the holder's stderr: in /dev/shm
 -- (a tmpfs: a boot then creates and deletes no inodes on the state directory's disk for them,
 -- which on ext4 cost more than the rest of a boot's own work) when it can be used, else in the
--- instance directory `dir`. Returns its path, or nil, err.
+-- instance directory `dir`. Returns its path, or nil, err. The name carries this process's
+-- pid: the first launch of a process removes the ones of processes that are gone (killed in the
+-- few milliseconds of a launch), if they are this user's.
 local shm_ok = nil
+local function sweep_launch_dirs()
+  local uid = select(2, runtime.getuid())
+  for _, name in ipairs(fs.list("/dev/shm") or {}) do
+    local pid = name:match("^galley%-launch%-(%d+)%-%x+$")
+    local path = "/dev/shm/" .. name
+    local st = pid and fs.stat(path)
+    if st and st.type == "directory" and st.uid == uid and not fs.stat("/proc/" .. pid) then
+      for _, f in ipairs(fs.list(path) or {}) do fs.remove(path .. "/" .. f) end
+      fs.remove(path)
+    end
+  end
+end
+
 local function launch_dir(dir)
   if shm_ok == nil then
     local st = fs.stat("/dev/shm")
     shm_ok = st ~= nil and st.type == "directory"
+    if shm_ok then pcall(sweep_launch_dirs) end
   end
   if shm_ok then
     for _ = 1, 3 do
-      local l = "/dev/shm/galley-launch-" .. codec.random_hex(8)
+      local l = ("/dev/shm/galley-launch-%d-%s"):format(runtime.getpid(), codec.random_hex(8))
       if fs.mkdir(l, "0700") then return l end
     end
     shm_ok = false

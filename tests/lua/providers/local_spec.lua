@@ -93,6 +93,32 @@ describe("the local provider #local", function()
     host('rm -rf -- "$1"', state)
   end)
 
+  describe("launch directories", function()
+    it("are removed by the next galley when the galley that made one was killed", function()
+      local runtime = require("galley.core.runtime")
+      local fs = require("galley.core.fs")
+      local dead = host("echo $$"):match("%d+") -- a shell that has exited
+      assert.is_nil(fs.stat("/proc/" .. dead))
+      local stale = ("/dev/shm/galley-launch-%s-0123abcd"):format(dead)
+      local live = ("/dev/shm/galley-launch-%d-4567abcd"):format(runtime.getpid())
+      assert(fs.mkdir(stale, "0700"))
+      assert(fs.write_atomic(stale .. "/log", "left by a killed galley"))
+      assert(fs.mkdir(live, "0700"))
+      local child = support.script(([[
+local p = require("galley.providers.local").new({ state_dir = %q })
+p.instances.terminate(p.instances.boot().id)
+print("booted")
+]]):format(state))
+      local r = assert(proc.run({ argv = { support.bin, child }, timeout_ms = 60000 }))
+      local live_kept = fs.stat(live) ~= nil
+      fs.remove(live)
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.are.equal("booted\n", r.stdout)
+      assert.is_nil(fs.stat(stale))
+      assert.is_true(live_kept) -- a running galley's is left alone
+    end)
+  end)
+
   describe("sandbox", function()
     it("is on, with the home at /root", function()
       assert.is_true(p.capabilities.sandbox)
