@@ -129,7 +129,7 @@ function M.start(opts)
   child.ssh_port = math.tointeger(st.options.ssh_port)
   child.nodes = {}
   for _, n in ipairs(st.nodes) do child.nodes[n.node] = n.addr end
-  require("galley.run").defer(child.stop, "stop the Proxmox emulator")
+  require("galley.emulator.spawn").stop_at_exit(child.stop, "stop the Proxmox emulator")
   return child
 end
 

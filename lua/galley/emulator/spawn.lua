@@ -54,6 +54,20 @@ function M.listening_port(h, stop, what, path, timeout_ms)
   return port
 end
 
+-- Finalizers of the stops registered outside a run: strong references until the Lua state
+-- closes (galley's exit, also after a script's error).
+local exit_stops = {}
+
+--- Runs stop() when the run ends, or outside a run (`galley SCRIPT.lua`, `-e`, the REPL) when
+--- galley exits, also after an error: an emulator child, its instances and its state directory
+--- never outlive the galley that started them. Shared by the Morph and Proxmox emulators.
+---@param stop fun()
+---@param label string
+function M.stop_at_exit(stop, label)
+  if require("galley.run").defer(stop, label) then return end
+  exit_stops[#exit_stops + 1] = setmetatable({}, { __gc = function() pcall(stop) end })
+end
+
 --- Starts an emulator on a free loopback port and waits until it listens.
 ---@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: string[], snapshots?: string[],
 ---  sandbox?: boolean, argv_mode?: "exec"|"join", state_parent?: string}
@@ -99,7 +113,7 @@ function M.start(opts)
   local port = M.listening_port(h, child.stop, "galley emulate", "/api")
   child.port = math.tointeger(tonumber(port))
   child.base_url = "http://127.0.0.1:" .. port .. "/api"
-  require("galley.run").defer(child.stop, "stop the emulator")
+  M.stop_at_exit(child.stop, "stop the emulator")
   return child
 end
 

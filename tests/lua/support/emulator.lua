@@ -56,6 +56,9 @@ local function fault_spec(f)
   return table.concat(parts, ",")
 end
 
+-- Finalizers that stop the emulators still running when the Lua state closes.
+M.unstopped = {}
+
 --- Starts an emulator on a free port and waits until it listens.
 -- opts.snapshots: extra seeded snapshots as "ID" or "ID=DIR"; opts.verbose: the emulator logs
 -- each request to its stderr (see em:drain()); opts.argv_mode: "exec" (default) or "join" (a
@@ -100,6 +103,9 @@ function M.start(opts)
     error("cannot start the emulator: " .. tostring(err))
   end
   local self = setmetatable({ api_key = key, state_dir = dir, handle = h, stdout = "", stderr = "" }, Emulator)
+  -- A spec that does not stop it: stopped (and its state directory removed) when the spec
+  -- process's Lua state closes.
+  M.unstopped[#M.unstopped + 1] = setmetatable({}, { __gc = function() pcall(self.stop, self) end })
   local deadline = runtime.now_ms() + START_TIMEOUT_MS
   while not self.stdout:find("\n", 1, true) do
     local left = deadline - runtime.now_ms()
