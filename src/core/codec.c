@@ -151,11 +151,20 @@ void galley_hex(char *out, const void *in, size_t n) {
 }
 
 
+void galley_sha256_init_libsodium(galley_sha256 *h) {
+  h->openssl = 0;
+  crypto_hash_sha256_init(&h->st.sodium);
+}
+
+
 void galley_sha256_init(galley_sha256 *h) {
   const struct galley_crypto_api *c = galley_crypto();
-  h->openssl = c != NULL;
-  if (c) c->sha256_init(&h->st.openssl);
-  else crypto_hash_sha256_init(&h->st.sodium);
+  if (!c) {
+    galley_sha256_init_libsodium(h);
+    return;
+  }
+  h->openssl = 1;
+  c->sha256_init(&h->st.openssl);
 }
 
 
@@ -179,12 +188,8 @@ void galley_sha256_hex(const galley_sha256 *h, char out[GALLEY_SHA256_HEX_LEN + 
 
 void galley_sha256_hex_of(const void *data, size_t n, char out[GALLEY_SHA256_HEX_LEN + 1]) {
   galley_sha256 h;
-  if (n < 16384) { /* small: not worth loading libcrypto for */
-    h.openssl = 0;
-    crypto_hash_sha256_init(&h.st.sodium);
-  } else {
-    galley_sha256_init(&h);
-  }
+  if (n < 16384) galley_sha256_init_libsodium(&h); /* small: not worth loading libcrypto for */
+  else galley_sha256_init(&h);
   galley_sha256_update(&h, data, n);
   galley_sha256_hex(&h, out);
 }

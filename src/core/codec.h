@@ -40,6 +40,8 @@ typedef struct {
 } galley_sha256;
 
 void galley_sha256_init(galley_sha256 *h);
+/* The same with libsodium whatever loads (small inputs; comparisons). */
+void galley_sha256_init_libsodium(galley_sha256 *h);
 /* Which implementation galley_sha256_init picks: "openssl" or "libsodium". */
 const char *galley_sha256_backend(void);
 void galley_sha256_update(galley_sha256 *h, const void *data, size_t n);

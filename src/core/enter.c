@@ -184,7 +184,10 @@ int galley_enter_main(int argc, char **argv) {
   pid_t child = fork_into(cgroup_fd, cgroup);
   if (child == -2) return EXIT_ENTER;
   if (child < 0) return fail("fork", NULL);
-  if (child > 0) return relay(child);
+  if (child > 0) {
+    if (cgroup_fd >= 0) close(cgroup_fd);
+    return relay(child);
+  }
 
   /* The child: pid 2 or more of the instance's pid namespace. */
   if (cgroup_fd >= 0) close(cgroup_fd);

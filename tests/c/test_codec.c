@@ -195,8 +195,7 @@ static void codec_should_hash_with_libcrypto_exactly_as_libsodium(void) {
     galley_sha256 a, b;
     galley_sha256_init(&a);
     CHECK(a.openssl);
-    b.openssl = 0;
-    crypto_hash_sha256_init(&b.st.sodium);
+    galley_sha256_init_libsodium(&b);
     for (size_t at = 0; at < n;) {
       uint32_t cut = randombytes_uniform(200) == 0 ? (uint32_t)(n - at) : randombytes_uniform(130) + 1;
       size_t take = cut < n - at ? cut : n - at;
@@ -214,8 +213,7 @@ static void codec_should_hash_with_libcrypto_exactly_as_libsodium(void) {
   char one[GALLEY_SHA256_HEX_LEN + 1], streamed[GALLEY_SHA256_HEX_LEN + 1];
   galley_sha256_hex_of(buf, sizeof buf, one);
   galley_sha256 s;
-  s.openssl = 0;
-  crypto_hash_sha256_init(&s.st.sodium);
+  galley_sha256_init_libsodium(&s);
   galley_sha256_update(&s, buf, sizeof buf);
   galley_sha256_hex(&s, streamed);
   CHECK_STR(one, streamed);

@@ -35,6 +35,17 @@ local function ensure_user()
   end
 end
 
+-- Makes the throwaway user and says true, or marks the test pending when this is not root
+-- (`why`: what it needs root for).
+local function with_user(why)
+  if not is_root() then
+    pending("needs root to " .. why .. " the throwaway user " .. USER)
+    return false
+  end
+  ensure_user()
+  return true
+end
+
 -- Runs the attack as `user` (nil: this process's user) in a fresh HOME under `dir`, with a
 -- canary secret in its environment, a canary file and its galley config; returns the results.
 local function attack(dir, user)
@@ -190,11 +201,7 @@ describe("local instances cannot touch the host #isolation", function()
   end)
 
   it("lets no other user enter an instance or change its limits (galley __enter, __userns-off)", function()
-    if not is_root() then
-      pending("needs root to run as the throwaway user " .. USER)
-      return
-    end
-    ensure_user()
+    if not with_user("run as") then return end
     local lp = require("galley.providers.local")
     local p = lp.new({ state_dir = dir .. "/state", log = require("galley.log").silent() })
     local i = p.instances.boot()
@@ -218,11 +225,7 @@ describe("local instances cannot touch the host #isolation", function()
   end)
 
   it("as an unprivileged user", function()
-    if not is_root() then
-      pending("needs root to create the throwaway user " .. USER)
-      return
-    end
-    ensure_user()
+    if not with_user("create") then return end
     judge((attack(dir, USER)))
   end)
 end)
