@@ -66,6 +66,14 @@ d=$1; shift
 case $d in "~") d=$HOME ;; "~/"*) d=$HOME/${d#"~/"} ;; esac
 ]]
 
+-- Shell lines that decode the base64 in "$@" into `file` (a variable of the script, e.g. "$f")
+-- at byte offset $off, or exit 1. The base64 reaches base64 -d through a here-document of "$*" with an
+-- empty IFS (dash's printf goes byte by byte; see galley.providers.execfiles).
+local function sh_decode_at(file)
+  return "IFS=\nbase64 -d <<EOF | dd of=\"" .. file .. "\" bs=65536 seek=\"$off\" oflag=seek_bytes conv=notrunc"
+    .. " iflag=fullblock status=none || exit 1\n$*\nEOF\nunset IFS\n"
+end
+
 -- Manifest of $d: a line "tools <names>" (which of zstd, gzip, python3 are installed), then
 -- base64 of NUL-separated records "<f|l> <mode> <size> ./path", "<symlink
 -- target>", then "SUMS", then sha256sum -z lines. $1 = "all" or "git" (prune .git), $2 = a list
@@ -93,16 +101,10 @@ find . -maxdepth 1 -name "]] .. TMP .. [[*" -mmin +60 -exec rm -rf -- {} + 2>/de
 ]]
 
 -- Writes base64 chunk ($3...) at byte offset $2 of file $1 (relative to $d, created with $d).
--- The chunk reaches base64 -d through a here-document of "$*" with an empty IFS (see
--- galley.providers.execfiles: dash's printf goes byte by byte).
 local SH_CHUNK = PRELUDE .. [[
 f=$1 off=$2; shift 2
 mkdir -p -- "$d" && cd -- "$d" || exit 1
-IFS=
-base64 -d <<EOF | dd of="$f" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none
-$*
-EOF
-]]
+]] .. sh_decode_at("$f")
 
 -- Python: renames every staged file into place (a staged directory missing in dest in one
 -- rename; .galley-tmp-ctl/skip entries are dropped first), then deletes what
@@ -160,12 +162,7 @@ local SH_APPLY = PRELUDE .. [[
 blob=$1 size=$2 sum=$3 off=$4 py=$5 z=$6; shift 6
 mkdir -p -- "$d" && cd -- "$d" || exit 1
 if [ $# -gt 0 ]; then
-  IFS=
-  base64 -d <<EOF |
-$*
-EOF
-    dd of="$blob" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
-  unset IFS
+]] .. sh_decode_at("$blob") .. [[
 fi
 stage=]] .. TMP .. [[stage-$$
 fail() { rm -rf -- "$blob" "$stage"; echo "$2" >&2; exit "$1"; }
@@ -205,12 +202,7 @@ if [ "$prune" != list ]; then
   find . -mindepth 1 "$@" -prune -o \( -type f -o -type l \) -print0 > "$lst" || exit 1
   set --
 elif [ $# -gt 0 ]; then
-  IFS=
-  base64 -d <<EOF |
-$*
-EOF
-    dd of="$lst" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc iflag=fullblock status=none || exit 1
-  unset IFS
+]] .. sh_decode_at("$lst") .. [[
 fi
 t=]] .. TMP .. [[pack-$$.tar
 tar -c -f "$t" --null --no-recursion -T "$lst" || { rm -f -- "$t" "$lst"; exit 1; }
@@ -935,7 +927,6 @@ end
 -- Starts compressing the local file `path` with codec z (replacing it by path.zst / path.gz).
 -- Returns wait() -> the result's path, and abort() (kills and reaps the compressor).
 local function compress_start(path, z)
-  if z == "none" then return function() return path end, function() end end
   local argv = z == "zstd" and { "zstd", "-q", "-3", "-T0", "--rm", "--", path } or { "gzip", "-1", "--", path }
   local h, err = proc.spawn({ argv = argv, stdin = "null" })
   if not h then error(err, 0) end
@@ -956,7 +947,8 @@ end
 -- The stream next_bytes, compressed with codec z, read while it is made. A task writes the
 -- stream in segments of M.SEGMENT_BYTES, each compressed by a process of its own (zstd and gzip
 -- read a concatenation of their frames as one stream), and appends each compressed segment, in
--- order, to dir/stream once ready; it yields after every MiB so the uploads in flight go on.
+-- order, to dir/stream once ready (with z = "none", the stream itself as it comes); it yields
+-- after every MiB so the uploads in flight go on.
 -- Returns read(n) -> n bytes as soon as they are there (fewer only at the end, then "") and
 -- close() -> the compressed size (stops the task and its compressors if still running).
 -- (Building the whole stream, then compressing it, then sending it took 1.3 s of the 1.9 s
@@ -973,16 +965,17 @@ local function compressed_stream(dir, next_bytes, z)
     st.waiter = nil
     if t then task.wake(t) end
   end
+  local function append(s)
+    assert(out:write(s))
+    assert(out:flush())
+    st.written = st.written + #s
+    notify()
+  end
   local function append_oldest()
     local path = pending[1][1]()
     table.remove(pending, 1)
-    for piece in assert(fs.chunks(path, 1048576)) do
-      assert(out:write(piece))
-      st.written = st.written + #piece
-    end
-    assert(out:flush())
+    for piece in assert(fs.chunks(path, 1048576)) do append(piece) end
     os.remove(path)
-    notify()
   end
   local producer = task.spawn(function()
     local f, n, k = nil, 0, 0
@@ -999,15 +992,19 @@ local function compressed_stream(dir, next_bytes, z)
       repeat
         local s = next_bytes(math.min(1048576, M.SEGMENT_BYTES))
         if s ~= "" then
-          if not f then f, n = assert(io.open(dir .. "/segment" .. k, "wb")), 0 end
-          assert(f:write(s))
-          n = n + #s
-          if n >= M.SEGMENT_BYTES then close_segment() end
+          if z == "none" then
+            append(s) -- nothing to compress: straight into the stream
+          else
+            if not f then f, n = assert(io.open(dir .. "/segment" .. k, "wb")), 0 end
+            assert(f:write(s))
+            n = n + #s
+            if n >= M.SEGMENT_BYTES then close_segment() end
+          end
           task.yield()
           if st.stop then error(st.stop, 0) end -- the reader gave up: stop here
         end
       until s == ""
-      if f or k == 0 then
+      if f or (k == 0 and z ~= "none") then
         f = f or assert(io.open(dir .. "/segment" .. k, "wb"))
         close_segment()
       end

@@ -438,8 +438,7 @@ local function sweep_launch_dirs()
     local path = "/dev/shm/" .. name
     local st = pid and fs.stat(path)
     if st and st.type == "directory" and st.uid == uid and not fs.stat("/proc/" .. pid) then
-      for _, f in ipairs(fs.list(path) or {}) do fs.remove(path .. "/" .. f) end
-      fs.remove(path)
+      fs.remove_tree(path)
     end
   end
 end
