@@ -77,7 +77,7 @@ M.DEFAULT_PARALLEL = 4
 
 -- Exit codes the remote programs use to say what went wrong.
 -- (43: the path is of the wrong kind, a directory where a file was expected or the reverse.)
-local EXIT_NOT_FOUND, EXIT_TOO_LARGE, EXIT_VERIFY, EXIT_WRONG_KIND = 40, 41, 42, 43
+local EXIT_NOT_FOUND, EXIT_TOO_LARGE, EXIT_VERIFY, EXIT_WRONG_KIND, EXIT_GONE = 40, 41, 42, 43, 44
 
 local TMP_MARK = ".galley-tmp-"
 M.TMP_MARK = TMP_MARK
@@ -333,12 +333,18 @@ fi
 -- the temporary file $1; the base64 follows. The chunk at offset 0 creates the file (mode 600,
 -- never an existing one; directory $2 first when $3 = 1); the others write into it and never
 -- create it. Each reads back exactly its region once written and checks its sha256; when it
--- differs it removes the temporary file (the chunks still in flight then fail: they never create
--- it) and exits 42. The last exec then checks only what it appends and the size. coreutils
--- (GNU dd) when present, else python3.
+-- differs it removes the temporary file and exits 42. The chunks still in flight then find no
+-- file (they never create it) and exit 44: a consequence, which the caller reports only when
+-- no chunk failed for a reason of its own. The last exec then checks only what it appends and
+-- the size. coreutils (GNU dd) when present, else python3.
 local SH_CHUNK = SH_SHA .. [[
 tmp=$1 d=$2 mk=$3 off=$4 len=$5 digest=$6; shift 6
 umask 077
+gone() {
+  [ -e "$tmp" ] && return 0
+  echo "the temporary file is gone: another chunk of this write failed, or something removed it" >&2
+  exit 44
+}
 if [ "$off" = 0 ]; then
   if [ "$mk" = 1 ]; then mkdir -p -- "$d" || exit 1; fi
   (set -C; : > "$tmp") || exit 1
@@ -348,10 +354,12 @@ if command -v dd >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1 && command
   base64 -d <<EOF |
 $*
 EOF
-    dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc,nocreat iflag=fullblock status=none || exit 1
+    dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc,nocreat iflag=fullblock status=none ||
+    { gone; exit 1; }
   region() { dd if="$tmp" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes status=none; }
-  sha_run region || exit 1
+  sha_run region || { gone; exit 1; }
   if [ "${h%% *}" != "$digest" ]; then
+    gone # (the region read found no file: its digest is that of nothing)
     rm -f -- "$tmp"
     echo "verification failed: the $len bytes at offset $off differ once written" >&2
     exit 42
@@ -360,7 +368,11 @@ else
   python3 -I -S -c 'import os, sys, base64, hashlib
 data = base64.b64decode(sys.stdin.buffer.read().rstrip(b"\n"), validate=True)
 off, n = int(sys.argv[2]), int(sys.argv[3])
-fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fd = os.open(sys.argv[1], os.O_RDWR)
+except FileNotFoundError:
+    sys.stderr.write("the temporary file is gone: another chunk of this write failed, or something removed it\n")
+    sys.exit(44)
 try:
     view, at = memoryview(data), off
     while view:
@@ -683,6 +695,16 @@ function M.new(opts)
       -- renames. Python-only instances (and parallel = 1) append the chunks in order instead, and
       -- the last exec checks the sha256 of the whole file.
       local chunks = decoder ~= "python-only" and parallel > 1 and size > per_exec and pool.new(parallel)
+      local gone -- the answer of a chunk that found no temporary file (SH_CHUNK's exit 44)
+      -- Waits for every chunk in flight: a failure of their own is raised first, then a "gone".
+      local function finish_chunks()
+        chunks:finish()
+        if gone then
+          local gerr = failed(gone)
+          gerr.details.reason = "temporary_file_gone"
+          error(gerr, 0)
+        end
+      end
       local ok, err = pcall(function()
         repeat
           local raw = next_chunk(per_exec)
@@ -701,14 +723,21 @@ function M.new(opts)
             raw = nil -- luacheck: ignore
             local function send()
               local res = run(instance_id, argv)
-              if res.exit_code ~= 0 then error(failed(res), 0) end
+              -- No temporary file: the effect of another chunk's failure (whose answer may come
+              -- later), so it is kept aside and raised only when no chunk fails of its own.
+              if res.exit_code == EXIT_GONE then
+                gone = gone or res
+              elseif res.exit_code ~= 0 then
+                error(failed(res), 0)
+              end
             end
             -- The first chunk creates the temporary file, alone; the others never create it, so
             -- one still running on the instance after a failed write was cleaned up cannot
             -- bring the file back.
             if off == 0 then send() else chunks:add(send) end
+            if gone then finish_chunks() end
           else
-            if chunks then chunks:finish() end
+            if chunks then finish_chunks() end
             -- After SH_CHUNK execs (each checked its own bytes where they landed) the last exec
             -- checks what it appends and the size; appended chunks are checked whole at the end.
             local digest, scope = "", "all"

@@ -4,6 +4,7 @@ local support = require("support")
 local codec = require("galley.core.codec")
 local execfiles = require("galley.providers.execfiles")
 local proc = require("galley.core.proc")
+local task = require("galley.task")
 local conformance = require("providers.conformance")
 
 local raises_code = conformance.raises_code
@@ -469,6 +470,49 @@ describe("execfiles #files", function()
       h.files.write_file_atomic("inst-1", "~/kept", data)
       assert.are.equal(data, slurp(h.root .. "/kept"))
     end)
+
+    -- A damaged 2nd chunk removes the temporary file; chunks 3 and 4 (in flight) then find none.
+    -- Their answers are made to arrive first: the error is still the damaged chunk's.
+    for _, variant in ipairs({ { "coreutils", {} }, { "python3", { python = true, without = { "base64", "sha256sum", "dd" } } } }) do
+      it("reports the chunk that failed, not the chunks it left without a file, whichever answers first ("
+        .. variant[1] .. ")", function()
+        local h = new_harness({ path = make_bin(variant[2]), files = { max_request_bytes = 4096, max_arg_bytes = 1024 } })
+        spit(h.root .. "/kept", "old")
+        local second -- (h.after's n is the count of calls by then, not the call's own)
+        h.before = function(n, argv)
+          damage_second(n, argv)
+          if n == 2 then second = argv end
+          if n == 3 then task.sleep(300) end -- chunk 2 has removed the file by then
+        end
+        h.after = function(_, argv)
+          if argv == second then task.sleep(900) end
+        end
+        local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/kept", binary(10000))
+        h.before, h.after = nil, nil
+        assert.are.equal(42, err.details.exit_code)
+        assert.are.equal("old", slurp(h.root .. "/kept"))
+        assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
+      end)
+
+      it("says FILE_IO_ERROR temporary_file_gone when something else removes the temporary file ("
+        .. variant[1] .. ")", function()
+        local h = new_harness({ path = make_bin(variant[2]), files = { max_request_bytes = 4096, max_arg_bytes = 1024 } })
+        spit(h.root .. "/kept", "old")
+        h.before = function(n)
+          if n == 3 then sh_out('rm -f -- "$1"/.*galley-tmp*', h.root) end
+        end
+        local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/kept", binary(10000))
+        h.before = nil
+        assert.are.equal(44, err.details.exit_code)
+        assert.are.equal("temporary_file_gone", err.details.reason)
+        assert.are.equal("old", slurp(h.root .. "/kept"))
+        assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
+        -- and the next write goes through
+        local data = binary(10000)
+        h.files.write_file_atomic("inst-1", "~/kept", data)
+        assert.are.equal(data, slurp(h.root .. "/kept"))
+      end)
+    end
 
     it("catches a chunk that base64 -d damages on the instance, keeping the old file", function()
       -- every `base64 -d` after the first (the first chunk, sent alone) flips the bits of its
