@@ -65,7 +65,9 @@
 local codec = require("galley.core.codec")
 local common = require("galley.providers.common")
 local pool = require("galley.pool")
+local util = require("galley.util")
 local runtime = require("galley.core.runtime")
+local fs = require("galley.core.fs")
 local shell = require("galley.core.shell")
 
 local M = {}
@@ -96,8 +98,9 @@ def fail(code, msg):
         pass
     sys.stderr.write(msg + "\n")
     sys.exit(code)
+raw = scope == "stdin"
 try:
-    data = base64.b64decode(sys.stdin.buffer.read().rstrip(b"\n"), validate=True)
+    data = b"" if raw else base64.b64decode(sys.stdin.buffer.read().rstrip(b"\n"), validate=True)
     if (first == "1" or last == "1") and os.path.isdir(target):
         fail(43, "the path is a directory")
     if first == "1":
@@ -110,6 +113,14 @@ try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if raw:
+            rh, rn = hashlib.sha256(), 0
+            for block in iter(lambda: sys.stdin.buffer.read1(1 << 20), b""):
+                rh.update(block)
+                rn += len(block)
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view):]
         if last == "1":
             os.fsync(fd)
     finally:
@@ -128,7 +139,10 @@ try:
         if owner or group:
             shutil.chown(tmp, owner or None, group or None)
         h, n, tail = hashlib.sha256(), 0, scope.startswith("tail:")
-        with open(tmp, "rb") as f:
+        if raw:
+            h, n = rh, rn
+        else:
+          with open(tmp, "rb") as f:
             if tail:
                 n = os.fstat(f.fileno()).st_size
                 f.seek(max(0, n - int(scope[5:])))
@@ -155,6 +169,9 @@ local SH_PY_BODY = [[
 P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3
 t=$1 tmp=$2 d=$3 mk=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11} scope=${12}
 shift 12
+if [ "$scope" = stdin ]; then
+  exec "$P" -I -S -c "$py" "$t" "$tmp" "$d" "$mk" "$first" "$last" "$mode" "$owner" "$group" "$size" "$digest" "$scope"
+fi
 IFS=
 "$P" -I -S -c "$py" "$t" "$tmp" "$d" "$mk" "$first" "$last" "$mode" "$owner" "$group" "$size" "$digest" "$scope" <<EOF
 $*
@@ -201,7 +218,18 @@ if [ "$first" = 1 ]; then
   if [ "$mkdirs" = 1 ]; then mkdir -p -- "$d" || fail 1 "cannot create the directory"
   elif [ ! -d "$d" ]; then fail 1 "$d: No such file or directory"; fi
 fi
-if [ "$first" = 1 ] && [ "$last" = 1 ] && [ "$scope" = all ]; then
+if [ "$scope" = stdin ]; then
+  # The content comes raw on stdin (a byte channel: SSH), read once: written (tee) and hashed
+  # in one pipeline (openssl, else sha256sum; openssl failing is drained so tee sees no broken
+  # pipe, and the file written is then hashed).
+  whole=1
+  (set -C; umask 077; : > "$tmp") || fail 1 "cannot create the temporary file"
+  h=$( { { tee -- "$tmp" || echo @fail >&3; } | {
+    if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r 2>/dev/null; cat > /dev/null
+    else sha256sum; fi; }; } 3>&1)
+  case $h in *@fail*) fail 1 "the temporary file could not be written" ;; esac
+  sha_ok || sha_of "$tmp" || fail 1 "sha256sum failed"
+elif [ "$first" = 1 ] && [ "$last" = 1 ] && [ "$scope" = all ]; then
   # The whole file in this exec: decoded, written (tee) and hashed in one pipeline, so the hash
   # is of exactly the bytes written and costs no second pass; base64 -d or tee failing says so
   # on fd 3. openssl when it gives a digest, else the pipeline runs again with sha256sum. (Not
@@ -213,7 +241,8 @@ if [ "$first" = 1 ] && [ "$last" = 1 ] && [ "$scope" = all ]; then
     h=$( { { base64 -d || echo @fail >&3; } <<EOF | { tee -- "$tmp" || echo @fail >&3; } |
 $*
 EOF
-      { if [ "$tool" = openssl ]; then openssl dgst -sha256 -r 2>/dev/null; else sha256sum; fi; }; } 3>&1)
+      { if [ "$tool" = openssl ]; then openssl dgst -sha256 -r 2>/dev/null; cat > /dev/null; else sha256sum; fi; }
+      } 3>&1)
     case $h in *@fail*) fail 1 "base64 -d failed, or the temporary file could not be written" ;; esac
     sha_ok && break
   done
@@ -327,6 +356,51 @@ else
   { tail -c +"$((off + 1))" -- "$p" | head -c "$len" | base64 -w 0; } 2>/dev/null ||
     tail -c +"$((off + 1))" -- "$p" | head -c "$len" | base64 || exit 1
 fi
+]]
+
+-- A read over a byte channel (SSH): the checks SH_READ makes, the sha256 of the file, then the
+-- file raw on stdout, then "@galley-read SIZE SHA256" as stderr's last line (too large: exit 41
+-- with "@galley-size SIZE" on stderr). python3 where wc or cat is missing.
+local SH_STREAM_READ = SH_SHA .. [[
+p=$1 limit=$2
+if ! command -v wc >/dev/null 2>&1 || ! command -v cat >/dev/null 2>&1; then
+  P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3
+  exec "$P" -I -S -c 'import os, sys, stat, hashlib
+p, limit = sys.argv[1], int(sys.argv[2])
+try:
+    f = open(p, "rb")
+except FileNotFoundError:
+    sys.exit(40)
+except IsADirectoryError:
+    sys.exit(43)
+except Exception as e:
+    sys.stderr.write("%s: %s\n" % (type(e).__name__, e))
+    sys.exit(1)
+st = os.fstat(f.fileno())
+if stat.S_ISDIR(st.st_mode):
+    sys.exit(43)
+if st.st_size > limit:
+    sys.stderr.write("@galley-size %d\n" % st.st_size)
+    sys.exit(41)
+h, n = hashlib.sha256(), 0
+for block in iter(lambda: f.read(1 << 20), b""):
+    h.update(block)
+    n += len(block)
+f.seek(0)
+out = sys.stdout.buffer
+for block in iter(lambda: f.read(1 << 20), b""):
+    out.write(block)
+out.flush()
+sys.stderr.write("\n@galley-read %d %s\n" % (n, h.hexdigest()))' "$p" "$limit"
+fi
+[ -e "$p" ] || exit 40
+if [ -d "$p" ]; then echo "is a directory" >&2; exit 43; fi
+[ -r "$p" ] || { echo "permission denied" >&2; exit 1; }
+n=$(wc -c < "$p") || exit 1
+if [ "$n" -gt "$limit" ]; then echo "@galley-size $n" >&2; exit 41; fi
+sha_of "$p" || exit 1
+cat -- "$p" || exit 1
+printf '\n@galley-read %s %s\n' "$n" "${h%% *}" >&2
 ]]
 
 -- A chunk of a large write: $6 is the sha256 of its $5 raw bytes, to land at byte offset $4 of
@@ -528,9 +602,10 @@ function M.new(opts)
   local parallel = opts.parallel or M.DEFAULT_PARALLEL
   assert(math.type(parallel) == "integer" and parallel >= 1, "execfiles.new: parallel must be a positive integer")
   local decoders = {}
-  local counters = { execs = 0 }
+  local counters = { execs = 0, streams = 0 }
 
   local files = {}
+  local stream_read
 
   local function home_of(id)
     local h = opts.home_dir
@@ -689,6 +764,31 @@ function M.new(opts)
         end
         return io_error(res, op, path, nil, extra)
       end
+      -- More than one exec's worth, and a byte channel (SSH): the content goes raw on the
+      -- channel's stdin to the same program (scope "stdin"), in one command, checked as it is
+      -- written. The digest is taken here first; a local file that changed while it was sent
+      -- no longer has it.
+      if opts.stream and size > per_exec then
+        local from = type(content) == "table" and content.from_file or nil
+        local digest = from and util.sha256_file(from) or codec.sha256(content)
+        if not digest then
+          common.raise("FILE_IO_ERROR", ("%s %s: cannot read the local source %s"):format(op, path, from),
+            { operation = "files." .. op, resource = "file:" .. from })
+        end
+        counters.streams = counters.streams + 1
+        local res = opts.stream(instance_id, argv_of({ path, tmp, dir, wopts.create_dirs and "1" or "0", "1", "1",
+          mode, owner, group, tostring(size), digest, "stdin" }),
+          { stdin = not from and content or nil, stdin_file = from })
+        if res.exit_code ~= 0 then
+          remote_cleaned = true
+          if res.exit_code == EXIT_VERIFY and from and util.sha256_file(from) ~= digest then
+            common.raise("FILE_IO_ERROR", ("%s %s: the local source changed while it was read"):format(op, path),
+              { operation = "files." .. op, resource = "file:" .. path })
+          end
+          error(failed(res), 0)
+        end
+        return
+      end
       -- Every chunk but the last is written at its offset by SH_CHUNK, `parallel` execs in
       -- flight, each checking its own bytes there (its length and sha256, hashed here); the last
       -- one appends the final chunk once all others are in, checks that chunk and the size, and
@@ -788,6 +888,50 @@ function M.new(opts)
     return files.write_file_atomic(instance_id, path, content, wopts)
   end
 
+  -- A read of more than one exec's worth over the byte channel: the file raw on the channel's
+  -- stdout, into a local file beside `to_file` (renamed once checked) or a private temporary one
+  -- (string mode); SH_STREAM_READ's last stderr line gives the size and sha256 it hashed first,
+  -- which what arrived must match (else the file changed while it was read, or was damaged).
+  function stream_read(instance_id, path, to_file)
+    local op = "read_file"
+    local part = to_file and (to_file .. ".part-" .. random_suffix()) or os.tmpname()
+    local ok, res = pcall(function()
+      counters.streams = counters.streams + 1
+      return opts.stream(instance_id, sh(SH_STREAM_READ, path, tostring(size_limit)), { stdout_file = part })
+    end)
+    local function fail(e)
+      os.remove(part)
+      error(e, 0)
+    end
+    if not ok then fail(res) end
+    local stderr = res.stderr or ""
+    if res.exit_code == EXIT_TOO_LARGE then
+      fail(too_large(op, path, tonumber(stderr:match("@galley%-size (%d+)")) or -1))
+    elseif res.exit_code ~= 0 then
+      fail(io_error(res, op, path))
+    end
+    local n, digest = stderr:match("@galley%-read (%d+) (%x+)%s*$")
+    local st = fs.stat(part)
+    if not n or not st or st.size ~= tonumber(n) or util.sha256_file(part) ~= digest then
+      fail(common.error("FILE_IO_ERROR", ("%s %s: content does not match the remote sha256"):format(op, path), {
+        operation = "files." .. op, resource = "file:" .. path, hint = "the file may have changed while it was read" }))
+    end
+    if to_file then
+      local rok, rerr = os.rename(part, to_file)
+      if not rok then
+        fail(common.error("FILE_IO_ERROR", ("%s: cannot rename to %s: %s"):format(op, to_file, rerr),
+          { operation = "files." .. op, resource = "file:" .. to_file }))
+      end
+      return { path = to_file, size = tonumber(n), sha256 = digest }
+    end
+    runtime.trim_memory()
+    local f = assert(io.open(part, "rb"))
+    local data = f:read(tonumber(n)) or ""
+    f:close()
+    os.remove(part)
+    return data
+  end
+
   --- Reads a file. Returns its content, or with `{to_file = p}` streams it into the local file p
   --- (written beside p, then renamed) and returns `{path, size, sha256}`.
   ---@param instance_id string
@@ -832,6 +976,10 @@ function M.new(opts)
         { operation = "files." .. op, resource = "file:" .. path })
     end
     size = tonumber(size)
+    if opts.stream and size > raw_per_read then
+      first_b64 = nil -- luacheck: ignore
+      return stream_read(instance_id, path, ropts.to_file)
+    end
     local sink, finish, parts
     local part_path
     if ropts.to_file then
@@ -1071,7 +1219,7 @@ function M.new(opts)
 
   --- Counters for tests and benchmarks: `{execs = n}` (exec_argv calls so far).
   ---@return {execs: integer}
-  function files.stats() return { execs = counters.execs } end
+  function files.stats() return { execs = counters.execs, streams = counters.streams } end
 
   return files
 end

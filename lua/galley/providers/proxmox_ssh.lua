@@ -153,13 +153,43 @@ function SSH:forget(alias)
 end
 
 
--- The ssh options for a target {host, user, port?, alias}.
+-- The name a target is shown by in messages: a secret user (Morph's gateway takes
+-- `<instance>:<api key>`) is shown up to its first ':' only.
+local function shown_user(t)
+  local u = t.user or "root"
+  if t.secret_user then u = (u:match("^[^:]*") or "") .. ":***" end
+  return u
+end
+M.shown_user = shown_user
+
+
+-- The config file (mode 600) of a target whose user is a secret: `User` there keeps it out of
+-- ssh's argv. Written once per alias and user.
+function SSH:config_file(t)
+  local user = t.user
+  if type(user) ~= "string" or user == "" or user:find('[%s"\\#%c]') then
+    error(errors.new("VALIDATION_ERROR", "the SSH user of " .. t.alias .. " has characters an ssh config cannot hold",
+      { field = "user", kind = "ProviderError", hint = "no blanks, quotes, backslashes or '#'" }), 0)
+  end
+  self.configs = self.configs or {}
+  local path = self.dir .. "/config.d/" .. t.alias
+  if self.configs[t.alias] ~= user then
+    local ok, err = fs.mkdir_p(self.dir .. "/config.d", "700")
+    if not ok then error(errors.wrap(err, { operation = "ssh", resource = "file:" .. path }, "FILE_IO_ERROR"), 0) end
+    fs.write_atomic(path, ("Host *\n  User %s\n"):format(user), { mode = "600" })
+    self.configs[t.alias] = user
+  end
+  return path
+end
+
+
+-- The ssh options for a target {host, user, port?, alias, secret_user?}.
 function SSH:options(t, tty)
   local argv = {}
   for _, w in ipairs(self.cmd) do argv[#argv + 1] = w end
   local strict = (self.pinned and self.pinned[t.alias]) and "yes" or "accept-new"
   for _, o in ipairs({
-    "-F", "/dev/null",
+    "-F", t.secret_user and self:config_file(t) or "/dev/null",
     "-o", "BatchMode=yes",
     "-o", "IdentitiesOnly=yes",
     "-i", self:key(),
@@ -179,8 +209,10 @@ function SSH:options(t, tty)
     argv[#argv + 1] = tostring(t.port)
   end
   argv[#argv + 1] = tty and "-tt" or "-T"
-  argv[#argv + 1] = "-l"
-  argv[#argv + 1] = t.user or "root"
+  if not t.secret_user then
+    argv[#argv + 1] = "-l"
+    argv[#argv + 1] = t.user or "root"
+  end
   argv[#argv + 1] = t.host
   self.used[t.alias] = t
   return argv
@@ -227,8 +259,14 @@ end
 ---@param argv string[]
 ---@param opts? {timeout_ms?: integer, stdin?: string, operation?: string}
 function SSH:run(t, argv, opts)
+  return self:run_argv(t, self:argv(t, wrapped(argv)), opts)
+end
+
+
+-- run's body: the local argv (ssh, or a redirecting sh around it) is given.
+function SSH:run_argv(t, local_argv, opts)
   opts = opts or {}
-  local r, err = proc.run({ argv = self:argv(t, wrapped(argv)), timeout_ms = opts.timeout_ms, stdin = opts.stdin,
+  local r, err = proc.run({ argv = local_argv, timeout_ms = opts.timeout_ms, stdin = opts.stdin,
     env = { SSH_AUTH_SOCK = "" } })
   if not r then
     return nil, errors.wrap(err, { operation = opts.operation or "exec", kind = "ProviderError" }, "PROCESS_ERROR")
@@ -243,7 +281,7 @@ function SSH:run(t, argv, opts)
       r.stderr = stderr
       return r
     end
-    return nil, transport(("ssh to %s@%s (%s) failed: %s"):format(t.user or "root", t.host, t.alias,
+    return nil, transport(("ssh to %s@%s (%s) failed: %s"):format(shown_user(t), t.host, t.alias,
       common.tail(r.stderr, 600):gsub("%s+$", "")), { operation = opts.operation or "exec",
       details = { stderr = common.tail(r.stderr, 2048) } })
   end
@@ -251,6 +289,27 @@ function SSH:run(t, argv, opts)
   return r
 end
 
+
+-- Redirects for transfer: stdin from $1 and/or stdout to $2 (empty: none), then the ssh argv.
+local REDIRECT = [[i=$1 o=$2; shift 2
+if [ -n "$i" ] && [ -n "$o" ]; then exec "$@" < "$i" > "$o"
+elif [ -n "$i" ]; then exec "$@" < "$i"
+elif [ -n "$o" ]; then exec "$@" > "$o"
+else exec "$@"; fi]]
+
+--- Runs argv on the target as a byte channel: stdin from the local file `stdin_file` (or the
+--- bytes `stdin`), stdout into the local file `stdout_file` (else returned), both raw and
+--- streamed by ssh itself (memory stays flat). Returns what run returns; stdout is "" when it
+--- went to a file.
+---@param t table target
+---@param argv string[]
+---@param opts? {stdin_file?: string, stdin?: string, stdout_file?: string, timeout_ms?: integer, operation?: string}
+function SSH:transfer(t, argv, opts)
+  opts = opts or {}
+  local full = { "/bin/sh", "-c", REDIRECT, "galley-transfer", opts.stdin_file or "", opts.stdout_file or "" }
+  for _, a in ipairs(self:argv(t, wrapped(argv))) do full[#full + 1] = a end
+  return self:run_argv(t, full, opts)
+end
 
 --- Runs argv on the target, handing output to on_stdout/on_stderr as it arrives (callbacks may
 --- yield). Returns what run returns.
@@ -281,7 +340,7 @@ function SSH:stream(t, argv, on_stdout, on_stderr)
   if not ok then return nil, errors.wrap(cerr, { operation = "exec", kind = "ProviderError" }, "INTERRUPTED") end
   local stderr, own = unmark(table.concat(errs))
   if code == 255 and not own then
-    return nil, transport(("ssh to %s@%s (%s) failed: %s"):format(t.user or "root", t.host, t.alias,
+    return nil, transport(("ssh to %s@%s (%s) failed: %s"):format(shown_user(t), t.host, t.alias,
       (common.tail(stderr, 600):gsub("%s+$", ""))),
       { operation = "exec", details = { stderr = common.tail(stderr, 2048) } })
   end
@@ -303,8 +362,14 @@ function SSH:disconnect(alias)
   if not t then return end
   self.used[alias] = nil
   local argv = { table.unpack(self.cmd) }
-  for _, o in ipairs({ "-F", "/dev/null", "-o", "ControlPath=" .. self.control_dir .. "/cm-%C", "-o",
-    "HostKeyAlias=" .. t.alias, "-O", "exit", "-l", t.user or "root" }) do argv[#argv + 1] = o end
+  for _, o in ipairs({ "-F", t.secret_user and self:config_file(t) or "/dev/null", "-o",
+    "ControlPath=" .. self.control_dir .. "/cm-%C", "-o", "HostKeyAlias=" .. t.alias, "-O", "exit" }) do
+    argv[#argv + 1] = o
+  end
+  if not t.secret_user then
+    argv[#argv + 1] = "-l"
+    argv[#argv + 1] = t.user or "root"
+  end
   if t.port then
     argv[#argv + 1] = "-p"
     argv[#argv + 1] = tostring(t.port)
