@@ -67,6 +67,7 @@ local common = require("galley.providers.common")
 local pool = require("galley.pool")
 local util = require("galley.util")
 local runtime = require("galley.core.runtime")
+local errors = require("galley.errors")
 local fs = require("galley.core.fs")
 local shell = require("galley.core.shell")
 
@@ -776,18 +777,25 @@ function M.new(opts)
             { operation = "files." .. op, resource = "file:" .. from })
         end
         counters.streams = counters.streams + 1
-        local res = opts.stream(instance_id, argv_of({ path, tmp, dir, wopts.create_dirs and "1" or "0", "1", "1",
-          mode, owner, group, tostring(size), digest, "stdin" }),
+        local res, serr = opts.stream(instance_id, argv_of({ path, tmp, dir, wopts.create_dirs and "1" or "0", "1",
+          "1", mode, owner, group, tostring(size), digest, "stdin" }),
           { stdin = not from and content or nil, stdin_file = from })
-        if res.exit_code ~= 0 then
+        if not res and errors.is(serr, "STREAM_UNAVAILABLE") then
+          -- No channel after all: the chunked execs below do it (what a broken channel may have
+          -- left under the temporary name goes first).
+          run(instance_id, { "rm", "-f", "--", tmp })
+        elseif not res then
+          error(serr, 0)
+        elseif res.exit_code ~= 0 then
           remote_cleaned = true
           if res.exit_code == EXIT_VERIFY and from and util.sha256_file(from) ~= digest then
             common.raise("FILE_IO_ERROR", ("%s %s: the local source changed while it was read"):format(op, path),
               { operation = "files." .. op, resource = "file:" .. path })
           end
           error(failed(res), 0)
+        else
+          return
         end
-        return
       end
       -- Every chunk but the last is written at its offset by SH_CHUNK, `parallel` execs in
       -- flight, each checking its own bytes there (its length and sha256, hashed here); the last
@@ -895,7 +903,7 @@ function M.new(opts)
   function stream_read(instance_id, path, to_file)
     local op = "read_file"
     local part = to_file and (to_file .. ".part-" .. random_suffix()) or os.tmpname()
-    local ok, res = pcall(function()
+    local ok, res, serr = pcall(function()
       counters.streams = counters.streams + 1
       return opts.stream(instance_id, sh(SH_STREAM_READ, path, tostring(size_limit)), { stdout_file = part })
     end)
@@ -904,6 +912,11 @@ function M.new(opts)
       error(e, 0)
     end
     if not ok then fail(res) end
+    if not res then
+      os.remove(part)
+      if errors.is(serr, "STREAM_UNAVAILABLE") then return nil end -- exec it is
+      error(serr, 0)
+    end
     local stderr = res.stderr or ""
     if res.exit_code == EXIT_TOO_LARGE then
       fail(too_large(op, path, tonumber(stderr:match("@galley%-size (%d+)")) or -1))
@@ -977,8 +990,8 @@ function M.new(opts)
     end
     size = tonumber(size)
     if opts.stream and size > raw_per_read then
-      first_b64 = nil -- luacheck: ignore
-      return stream_read(instance_id, path, ropts.to_file)
+      local got = stream_read(instance_id, path, ropts.to_file)
+      if got ~= nil then return got end
     end
     local sink, finish, parts
     local part_path

@@ -42,7 +42,10 @@
 -- a script whose exec would not fit is uploaded first (files API), and so is an argv too long
 -- for one line. There is no stdin: every payload is in the argv of a process on the instance
 -- while it runs (visible in /proc/<pid>/cmdline there).
--- Files: galley.providers.execfiles over the same exec (no file API exists on Morph).
+-- Files: galley.providers.execfiles over the same exec (no file API exists on Morph), and over
+-- Morph's SSH gateway (galley.providers.morph_gateway, real OpenSSH) for contents larger than one
+-- exec carries: raw bytes on one SSH channel instead of base64 in many execs. A gateway that
+-- cannot be reached or refuses the login is reported once and exec carries everything.
 --
 -- Home directory: `home_dir` (default "/root") is what `~` means. `home_dir = false` asks each
 -- instance for its $HOME the first time a `~` path is used (one exec, cached), for images whose
@@ -65,6 +68,7 @@ local execfiles = require("galley.providers.execfiles")
 local logmod = require("galley.log")
 local morph_check = require("galley.providers.morph_check")
 local morph_client = require("galley.morph_client")
+local morph_gateway = require("galley.providers.morph_gateway")
 local morph_core = require("galley.core.morph")
 local morph_process = require("galley.providers.morph_process")
 local run = require("galley.tracker")
@@ -334,6 +338,9 @@ end
 ---@field exec_form? "auto"|"string"|"argv" how an exec's argv is sent (default "auto": one element, and argv
 ---  arrays for payloads once the service proved it runs them; see the header)
 ---@field max_command_bytes? integer largest exec line with exec_form "string"/"auto" (default 120 KiB, < 128 KiB)
+---@field ssh? false|{host?: string, port?: integer, host_key?: string, ssh_command?: string|string[]} Morph's
+---  SSH gateway for file transfers over one exec's worth (default: MORPH_SSH_HOSTNAME/MORPH_SSH_PORT, else
+---  ssh.<API host> for an https API; none for a plain-http one such as the emulator's); false: exec only
 
 --- Creates a Morph provider.
 ---@param opts? galley.MorphProviderOptions
@@ -545,8 +552,24 @@ function M.new(opts)
     return r.stdout
   end
 
+  -- Morph's SSH gateway carries transfers over one exec's worth (morph_gateway), where known.
+  local gw = morph_gateway.resolve(opts.ssh, client:base_url())
+  local gateway
+  if gw then
+    local key = opts.api_key or os.getenv("MORPH_API_KEY")
+    if type(key) == "string" and key ~= "" then
+      gateway = morph_gateway.new({ host = gw.host, port = gw.port, api_key = key, host_key = gw.host_key,
+        ssh_command = gw.ssh_command, log = log })
+      provider.capabilities.ssh_gateway = ("%s:%d"):format(gw.host, gw.port)
+    elseif type(opts.ssh) == "table" then
+      fail("VALIDATION_ERROR", "ssh needs the API key (the gateway's user is <instance>:<key>)", { field = "ssh",
+        hint = "pass api_key (or set MORPH_API_KEY) with ssh, or ssh = false" })
+    end
+  end
+
   local inner_files = execfiles.new({
     exec_argv = function(id, argv) return exec_argv(id, argv, nil, "exec") end,
+    stream = gateway and function(id, argv, sopts) return gateway:stream(id, argv, sopts) end or nil,
     home_dir = home_fixed or function(id) return homes[id] end,
     size_limit = opts.size_limit,
     parallel = opts.file_parallel,
@@ -1006,6 +1029,7 @@ function M.new(opts)
 
   --- Closes the HTTP connection of a client this provider created (safe twice).
   function provider.close()
+    if gateway then gateway:close() end
     if own_client then client:close() end
   end
 

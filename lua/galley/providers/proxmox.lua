@@ -636,8 +636,22 @@ function M.new(opts)
     return { exit_code = r.exit_code, stdout = r.stdout, stderr = r.stderr }
   end
 
+  -- SSH is a byte channel: contents over one exec line go raw on one ssh's stdin/stdout.
+  local function stream(id, argv, sopts)
+    local vmid = check_vmid(id, "instance_id")
+    local ch, t, via_host = target(vmid)
+    if via_host then argv = { "pct", "exec", tostring(vmid), "--", table.unpack(argv) } end
+    local r, err = ch:transfer(t, argv, sopts)
+    if not r then
+      err.resource = "ct:" .. vmid
+      error(err, 0)
+    end
+    return r
+  end
+
   provider.files = execfiles.new({
     exec_argv = function(id, argv) return exec_argv(id, argv) end,
+    stream = stream,
     home_dir = M.DEFAULT_HOME,
     max_command_bytes = M.MAX_COMMAND_BYTES,
     size_limit = opts.size_limit,

@@ -187,16 +187,19 @@ end
 function SSH:options(t, tty)
   local argv = {}
   for _, w in ipairs(self.cmd) do argv[#argv + 1] = w end
-  local strict = (self.pinned and self.pinned[t.alias]) and "yes" or "accept-new"
+  -- host_alias: the name the host key is kept under when several targets share a host (one
+  -- gateway for many instances); else the target's alias.
+  local hk = t.host_alias or t.alias
+  local strict = (self.pinned and self.pinned[hk]) and "yes" or "accept-new"
   for _, o in ipairs({
     "-F", t.secret_user and self:config_file(t) or "/dev/null",
     "-o", "BatchMode=yes",
     "-o", "IdentitiesOnly=yes",
     "-i", self:key(),
-    "-o", "UserKnownHostsFile=" .. self.dir .. "/known_hosts.d/" .. t.alias,
+    "-o", "UserKnownHostsFile=" .. self.dir .. "/known_hosts.d/" .. hk,
     "-o", "GlobalKnownHostsFile=/dev/null",
     "-o", "StrictHostKeyChecking=" .. strict,
-    "-o", "HostKeyAlias=" .. t.alias,
+    "-o", "HostKeyAlias=" .. hk,
     "-o", "ControlMaster=auto",
     "-o", "ControlPath=" .. self.control_dir .. "/cm-%C",
     "-o", "ControlPersist=" .. M.CONTROL_PERSIST_S,
@@ -253,18 +256,8 @@ local function unmark(stderr)
   return stderr, false
 end
 
---- Runs argv on the target. Returns {exit_code, stdout, stderr} (the remote command's) or nil,
---- err: TRANSPORT (ssh exited 255), INTERRUPTED, TIMEOUT, PROCESS_ERROR (ssh did not start).
----@param t table target
----@param argv string[]
----@param opts? {timeout_ms?: integer, stdin?: string, operation?: string}
-function SSH:run(t, argv, opts)
-  return self:run_argv(t, self:argv(t, wrapped(argv)), opts)
-end
-
-
 -- run's body: the local argv (ssh, or a redirecting sh around it) is given.
-function SSH:run_argv(t, local_argv, opts)
+local function run_argv(t, local_argv, opts)
   opts = opts or {}
   local r, err = proc.run({ argv = local_argv, timeout_ms = opts.timeout_ms, stdin = opts.stdin,
     env = { SSH_AUTH_SOCK = "" } })
@@ -290,6 +283,16 @@ function SSH:run_argv(t, local_argv, opts)
 end
 
 
+--- Runs argv on the target. Returns {exit_code, stdout, stderr} (the remote command's) or nil,
+--- err: TRANSPORT (ssh exited 255), INTERRUPTED, TIMEOUT, PROCESS_ERROR (ssh did not start).
+---@param t table target
+---@param argv string[]
+---@param opts? {timeout_ms?: integer, stdin?: string, operation?: string}
+function SSH:run(t, argv, opts)
+  return run_argv(t, self:argv(t, wrapped(argv)), opts)
+end
+
+
 -- Redirects for transfer: stdin from $1 and/or stdout to $2 (empty: none), then the ssh argv.
 local REDIRECT = [[i=$1 o=$2; shift 2
 if [ -n "$i" ] && [ -n "$o" ]; then exec "$@" < "$i" > "$o"
@@ -308,7 +311,7 @@ function SSH:transfer(t, argv, opts)
   opts = opts or {}
   local full = { "/bin/sh", "-c", REDIRECT, "galley-transfer", opts.stdin_file or "", opts.stdout_file or "" }
   for _, a in ipairs(self:argv(t, wrapped(argv))) do full[#full + 1] = a end
-  return self:run_argv(t, full, opts)
+  return run_argv(t, full, opts)
 end
 
 --- Runs argv on the target, handing output to on_stdout/on_stderr as it arrives (callbacks may
@@ -363,7 +366,8 @@ function SSH:disconnect(alias)
   self.used[alias] = nil
   local argv = { table.unpack(self.cmd) }
   for _, o in ipairs({ "-F", t.secret_user and self:config_file(t) or "/dev/null", "-o",
-    "ControlPath=" .. self.control_dir .. "/cm-%C", "-o", "HostKeyAlias=" .. t.alias, "-O", "exit" }) do
+    "ControlPath=" .. self.control_dir .. "/cm-%C", "-o", "HostKeyAlias=" .. (t.host_alias or t.alias), "-O",
+    "exit" }) do
     argv[#argv + 1] = o
   end
   if not t.secret_user then

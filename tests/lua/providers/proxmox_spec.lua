@@ -179,7 +179,34 @@ describe("proxmox provider on galley emulate proxmox #proxmox #slow", function()
     assert.are.same({ 4, "it's|$HOME|a b|" }, { r.exit_code, r.stdout })
     hp.files.write_file_atomic(inst.id, "~/via-host.txt", "node")
     assert.are.equal("node", p.files.read_file(inst.id, "~/via-host.txt"))
+    local big = require("galley.core.codec").random_bytes(1024 * 1024) -- over one line: a stream via the node
+    local streams = hp.files.stats().streams
+    hp.files.write_file_atomic(inst.id, "~/via-host.bin", big)
+    assert.are.equal(big, hp.files.read_file(inst.id, "~/via-host.bin"))
+    assert.are.equal(streams + 2, hp.files.stats().streams)
     hp.close()
+    p.instances.terminate(inst.id)
+  end)
+
+  it("moves files over one exec line raw through ssh (one stream each way), byte for byte", function()
+    local codec = require("galley.core.codec")
+    local inst = p.instances.boot(TEMPLATE)
+    local data = codec.random_bytes(3 * 1024 * 1024 + 17)
+    local before = p.files.stats()
+    p.files.write_file_atomic(inst.id, "~/big.bin", data, { mode = "640" })
+    assert.are.equal(data, p.files.read_file(inst.id, "~/big.bin"))
+    local after = p.files.stats()
+    assert.are.equal(before.streams + 2, after.streams)
+    assert.is_true(after.execs - before.execs <= 2) -- the read's head (and a probe), no chunk execs
+    local r = p.exec(inst.id, { kind = "shell", script = "stat -c %a ~/big.bin; sha256sum < ~/big.bin" })
+    assert.are.equal("640\n" .. codec.sha256(data) .. "  -\n", r.stdout)
+    -- from and to local files
+    local src, dst = state .. "/src.bin", state .. "/dst.bin"
+    assert(fs.write_atomic(src, data))
+    p.files.write_file_atomic(inst.id, "/tmp/from-file.bin", { from_file = src })
+    local got = p.files.read_file(inst.id, "/tmp/from-file.bin", { to_file = dst })
+    assert.are.same({ #data, codec.sha256(data) }, { got.size, got.sha256 })
+    assert.are.equal(data, assert(fs.read(dst)))
     p.instances.terminate(inst.id)
   end)
 
