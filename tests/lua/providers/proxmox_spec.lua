@@ -179,7 +179,7 @@ describe("proxmox provider on galley emulate proxmox #proxmox #slow", function()
     assert.are.same({ 4, "it's|$HOME|a b|" }, { r.exit_code, r.stdout })
     hp.files.write_file_atomic(inst.id, "~/via-host.txt", "node")
     assert.are.equal("node", p.files.read_file(inst.id, "~/via-host.txt"))
-    local big = require("galley.core.codec").random_bytes(1024 * 1024) -- over one line: a stream via the node
+    local big = require("galley.core.codec").random_bytes(2 * 1024 * 1024) -- over one exec: streams via the node
     local streams = hp.files.stats().streams
     hp.files.write_file_atomic(inst.id, "~/via-host.bin", big)
     assert.are.equal(big, hp.files.read_file(inst.id, "~/via-host.bin"))
