@@ -222,6 +222,19 @@ tail -c +"$(($2 + 1))" -- "$1" | head -c "$3" | base64 -w0 || exit 1
 if [ "$4" = 1 ]; then rm -f -- "$1"; fi
 ]]
 
+-- Over a byte channel (provider.files.stream: SSH): the whole upload raw on stdin into $d/$1,
+-- and a download raw on stdout (removed afterwards when $2 = 1).
+local SH_STREAM_IN = PRELUDE .. [[
+mkdir -p -- "$d" && cd -- "$d" || exit 1
+cat > "$1" || exit 1
+]]
+
+local SH_STREAM_OUT = PRELUDE .. [[
+cd -- "$d" || exit 40
+cat -- "$1" || exit 1
+if [ "$2" = 1 ]; then rm -f -- "$1"; fi
+]]
+
 local SH_RM = PRELUDE .. [[
 cd -- "$d" 2>/dev/null || exit 0
 rm -rf -- "$@"
@@ -353,6 +366,19 @@ local function remote(provider, id, stats, opts)
     local caps = provider.capabilities or {}
     if caps.exec_form ~= "auto" or type(provider.exec_form) ~= "function" then return false end
     return provider.exec_form(id) == "argv"
+  end
+  -- The provider's byte channel, if any: script with stdin/stdout redirected (sopts). nil,
+  -- STREAM_UNAVAILABLE when it cannot be used (exec it is, from then on).
+  local files = provider.files
+  if type(files) == "table" and type(files.stream) == "function" and not (opts and opts.stream == false) then
+    function r.stream(script, sopts, ...)
+      stats.streams = (stats.streams or 0) + 1
+      local argv = { "/bin/sh" }
+      for _, a in ipairs(sh_argv(script, ...)) do argv[#argv + 1] = a end
+      local res, err = files.stream(id, argv, sopts)
+      if not res and errors.is(err, "STREAM_UNAVAILABLE") then r.stream = nil end
+      return res, err
+    end
   end
   function r.fail(res, op, path, fields)
     local code = res.exit_code == 40 and "NOT_FOUND" or "FILE_IO_ERROR"
@@ -789,8 +815,37 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
   local hasher = codec.sha256_hasher()
   local offset = 0
   local p = pool.new(opts.parallel or M.DEFAULT_PARALLEL)
+  local spool -- the local copy of a stream sent over the byte channel
   local ok, err = pcall(function()
     local chunk = next_bytes(per)
+    -- More than one exec's worth and a byte channel: the whole stream goes raw in one command
+    -- (gathered in a local file first: memory stays flat, and exec can still take it from
+    -- there if the channel turns out unusable).
+    if #chunk == per and rem.stream and not opts.chunk_bytes then
+      spool = os.tmpname()
+      local f = assert(io.open(spool, "wb"))
+      repeat
+        hasher:update(chunk)
+        assert(f:write(chunk))
+        offset = offset + #chunk
+        chunk = next_bytes(1024 * 1024)
+      until chunk == ""
+      f:close()
+      local res, serr = rem.stream(SH_STREAM_IN, { stdin_file = spool }, dir, name)
+      if res then
+        if res.exit_code ~= 0 then rem.fail(res, "upload", name) end
+        local fres = rem.run(final.script, dir, table.unpack(final.args(offset, hasher:hex(), offset)))
+        return fres, offset
+      elseif not errors.is(serr, "STREAM_UNAVAILABLE") then
+        error(serr, 0)
+      end
+      -- No channel after all: the spool feeds the chunk execs below.
+      hasher = codec.sha256_hasher()
+      offset = 0
+      local g = assert(io.open(spool, "rb"))
+      next_bytes = function(n) return g:read(n) or "" end
+      chunk = next_bytes(per)
+    end
     -- More than one exec line of payload: larger chunks if the provider sends argv arrays.
     if not opts.chunk_bytes and (#chunk == per or (final.inline and #chunk > per_final)) and rem.argv_payloads() then
       per = upload_raw_per_exec(provider, chunk_overhead, opts, true)
@@ -823,6 +878,7 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
     local args = final.args(offset, hasher:hex(), offset)
     return rem.run(final.script, dir, table.unpack(args)), offset
   end)
+  if spool then os.remove(spool) end
   if not ok then
     p:abort()
     pcall(rem.run, SH_RM, dir, name)
@@ -836,6 +892,28 @@ end
 -- parallel; the remote file is removed by the last read.
 local function download(rem, dir, name, size, sha, to, opts)
   local per = opts.read_chunk_bytes or 3 * (M.DEFAULT_RESPONSE_BYTES // 4)
+  -- More than one exec's worth and a byte channel: raw in one command, checked here.
+  if size > per and rem.stream and not opts.read_chunk_bytes then
+    local res, serr = rem.stream(SH_STREAM_OUT, { stdout_file = to }, dir, name, "1")
+    if res then
+      if res.exit_code ~= 0 then
+        os.remove(to)
+        pcall(rem.run, SH_RM, dir, name)
+        rem.fail(res, "download", name)
+      end
+      local st = fs.stat(to)
+      if not st or st.size ~= size or util.sha256_file(to) ~= sha then
+        os.remove(to)
+        raise("FILE_IO_ERROR", ("download %s: it came back damaged"):format(name),
+          { operation = "workspace.pull", resource = "file:" .. name })
+      end
+      return
+    elseif not errors.is(serr, "STREAM_UNAVAILABLE") then
+      os.remove(to)
+      pcall(rem.run, SH_RM, dir, name)
+      error(serr, 0)
+    end
+  end
   local f = assert(io.open(to, "wb"))
   local p = pool.new(opts.parallel or M.DEFAULT_PARALLEL)
   local ok, err = pcall(function()
@@ -1137,6 +1215,7 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   local bytes = 0
   for _, rel in ipairs(send) do bytes = bytes + (mine[rel].size or 0) end
   local result = { sent = #send, bytes = bytes, unchanged = unchanged, deleted = #deletes, execs = stats.execs,
+    streams = 0,
     files = send, deletes = deletes, dry_run = opts.dry_run or nil }
   if opts.dry_run or (#send == 0 and #deletes == 0) then return result end
   result.compress = z
@@ -1181,7 +1260,7 @@ function M.push(provider, id, local_dir, remote_dir, opts)
     end
     if #todo == 0 then break end
   end
-  result.execs = stats.execs
+  result.execs, result.streams = stats.execs, stats.streams or 0
   return result
 end
 
@@ -1254,6 +1333,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     end
   end
   local result = { sent = #fetch, bytes = bytes, unchanged = unchanged, deleted = #deletes, execs = stats.execs,
+    streams = 0,
     files = fetch, deletes = deletes, dry_run = opts.dry_run or nil }
   if opts.dry_run then return result end
   if #fetch > 0 then
@@ -1342,7 +1422,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     if not ok then error(err, 0) end
   end
   for _, rel in ipairs(deletes) do os.remove(local_dir .. "/" .. rel) end
-  result.execs = stats.execs
+  result.execs, result.streams = stats.execs, stats.streams or 0
   return result
 end
 
@@ -1447,7 +1527,7 @@ function M.push_repo(provider, id, repo_dir, remote_dir, opts)
     })
   end
   if res.exit_code ~= 0 then remote(provider, id, stats, opts).fail(res, "push_repo", remote_dir) end
-  return { branch = branch, base = base, execs = stats.execs }
+  return { branch = branch, base = base, execs = stats.execs, streams = stats.streams or 0 }
 end
 
 
@@ -1521,7 +1601,8 @@ function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
   local list = git_ok(top, { "rev-list", "--reverse", base .. ".." .. head })
   for c in list:gmatch("%x+") do commits[#commits + 1] = c end
   local log = #commits > 0 and git_ok(top, { "log", "--oneline", base .. ".." .. head }) .. "\n" or ""
-  return { branch = branch, base = base, head = head, commits = commits, log = log, execs = stats.execs }
+  return { branch = branch, base = base, head = head, commits = commits, log = log, execs = stats.execs,
+    streams = stats.streams or 0 }
 end
 
 return M

@@ -189,7 +189,52 @@ local function suite(label, setup)
       local back = workspace.pull(q, id, "~/many", work .. "/many-back")
       assert.are.equal(1200, back.sent)
       assert.is_true(back.execs <= 4, back.execs .. " requests")
+
       sh('diff -r "$1" "$2"', src, work .. "/many-back")
+    end)
+
+    it("sends what is over one exec's worth raw over the provider's byte channel, both ways", function()
+      local src = work .. "/raw"
+      fs.mkdir_p(src .. "/d")
+      for i = 1, 4 do -- 4 MB that do not compress: more than one exec or read carries
+        local f = assert(io.open(("%s/d/blob%d.bin"):format(src, i), "wb"))
+        f:write(codec.random_bytes(1000000 + i))
+        f:close()
+      end
+      local r = workspace.push(p, id, src, "~/raw")
+      assert.are.equal(4, r.sent)
+      if p.files.stream then
+        -- the manifest, one stream, the apply
+        assert.are.same({ 1, 2 }, { r.streams, r.execs })
+      else
+        assert.are.equal(0, r.streams)
+        assert.is_true(r.execs >= 4, r.execs)
+      end
+      local back = workspace.pull(p, id, "~/raw", work .. "/raw-back")
+      assert.are.equal(4, back.sent)
+      assert.are.equal(p.files.stream and 1 or 0, back.streams)
+      sh('diff -r "$1" "$2"', src, work .. "/raw-back")
+    end)
+
+    it("goes back to exec when the byte channel turns out unusable", function()
+      local src = work .. "/raw2"
+      fs.mkdir_p(src)
+      local f = assert(io.open(src .. "/blob.bin", "wb"))
+      f:write(codec.random_bytes(4000000)) -- over one read's 3 MiB too
+      f:close()
+      local tried = 0
+      local files = setmetatable({ stream = function()
+        tried = tried + 1
+        return nil, require("galley.errors").new("STREAM_UNAVAILABLE", "no channel (test)")
+      end }, { __index = p.files })
+      local q = setmetatable({ files = files }, { __index = p })
+      local r = workspace.push(q, id, src, "~/raw2")
+      assert.are.same({ 1, 1 }, { r.sent, tried })
+      assert.is_true(r.execs >= 3, r.execs)
+      local back = workspace.pull(q, id, "~/raw2", work .. "/raw2-back")
+      assert.are.same({ 1, 2 }, { back.sent, tried })
+      assert.is_true(back.execs >= 3, back.execs)
+      sh('cmp "$1" "$2"', src .. "/blob.bin", work .. "/raw2-back/blob.bin")
     end)
 
     it("honours opts.ignore and sends everything with opts.all", function()
@@ -431,6 +476,18 @@ suite("the local provider", function()
     provider = provider,
     snapshot = provider.DEFAULT_SNAPSHOT,
     child_provider = ("require('galley.providers.local').new({ state_dir = %q })"):format(state),
+    child_env = { GALLEY_LUA_DIR = support.source_dir .. "/lua" },
+    cleanup = function() sh('rm -rf -- "$1"', state) end,
+  }
+end)
+
+suite("the local provider without a byte channel (everything through exec)", function()
+  local state = mktemp()
+  local provider = require("galley.providers.local").new({ state_dir = state, stream = false })
+  return {
+    provider = provider,
+    snapshot = provider.DEFAULT_SNAPSHOT,
+    child_provider = ("require('galley.providers.local').new({ state_dir = %q, stream = false })"):format(state),
     child_env = { GALLEY_LUA_DIR = support.source_dir .. "/lua" },
     cleanup = function() sh('rm -rf -- "$1"', state) end,
   }

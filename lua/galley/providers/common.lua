@@ -377,6 +377,32 @@ function M.run_limited(instance_id, argv, limit_ms, run)
   return r, err
 end
 
+-- $1 stdin file, $2 stdout file (empty: none), then the program's argv.
+local REDIRECT = [[i=$1 o=$2; shift 2
+if [ -n "$i" ] && [ -n "$o" ]; then exec "$@" < "$i" > "$o"
+elif [ -n "$i" ]; then exec "$@" < "$i"
+elif [ -n "$o" ]; then exec "$@" > "$o"
+else exec "$@"; fi]]
+
+--- argv run with stdin from the local file `stdin_file` and/or stdout into the local file
+--- `stdout_file` (a byte channel's transfer: the data never passes through Lua): a small sh
+--- opens them and execs argv.
+---@param argv string[]
+---@param stdin_file? string
+---@param stdout_file? string
+---@return string[]
+function M.redirected(argv, stdin_file, stdout_file)
+  -- The sh may run elsewhere (a sandbox's exec starts in /): relative paths are made absolute.
+  local function abs(p)
+    if not p or p:sub(1, 1) == "/" then return p or "" end
+    return (require("galley.core.fs").realpath(".") or ".") .. "/" .. p
+  end
+  local out = { "/bin/sh", "-c", REDIRECT, "galley-transfer", abs(stdin_file), abs(stdout_file) }
+  for _, a in ipairs(argv) do out[#out + 1] = a end
+  return out
+end
+
+
 --- The last `n` bytes of `s` (for stderr tails in error details).
 ---@param s string|nil
 ---@param n? integer default 2048

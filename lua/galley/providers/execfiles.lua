@@ -1234,6 +1234,15 @@ function M.new(opts)
   ---@return {execs: integer}
   function files.stats() return { execs = counters.execs, streams = counters.streams } end
 
+  --- The byte channel, when the provider has one (see `stream` in the options): runs argv with
+  --- stdin from `stdin_file`/`stdin` and stdout into `stdout_file`; nil, STREAM_UNAVAILABLE when
+  --- it cannot be used (then exec it is). nil when there is no channel at all.
+  files.stream = opts.stream and function(instance_id, argv, sopts)
+    check_id(instance_id)
+    counters.streams = counters.streams + 1
+    return opts.stream(instance_id, argv, sopts or {})
+  end or nil
+
   return files
 end
 

@@ -1244,8 +1244,28 @@ function M.new(opts)
     return run_in(meta, argv, nil, nil, "exec")
   end
 
+  -- The byte channel: a transfer's program runs in the instance like any exec, with its stdin
+  -- and stdout opened on local files by a host-side sh (contents never pass through Lua or
+  -- base64). `stream = false` leaves every transfer to exec.
+  local function stream(id, argv, sopts)
+    expire()
+    local meta = must_instance(id, "exec")
+    log.trace("exec", { instance = meta.id, operation = "files.stream" })
+    local popts = process_options(meta, argv, nil, nil, "files.stream")
+    popts.argv = common.redirected(popts.argv, sopts.stdin_file, sopts.stdout_file)
+    popts.stdin, popts.timeout_ms, popts.max_output = sopts.stdin, opts.exec_timeout_ms, opts.max_output
+    local res, err = proc.run(popts)
+    if not res then could_not_run(meta, err, "files.stream") end
+    if res.timed_out then
+      common.raise("TIMEOUT", ("transfer in %s timed out"):format(meta.id),
+        { operation = "files.stream", resource = "instance:" .. meta.id })
+    end
+    return { stdout = res.stdout, stderr = res.stderr, exit_code = res.exit_code }
+  end
+
   provider.files = execfiles.new({
     exec_argv = exec_argv,
+    stream = opts.stream ~= false and stream or nil,
     home_dir = sandbox and home_dir or function(id) return inst_dir(id) .. "/home" end,
     size_limit = opts.size_limit,
     parallel = opts.file_parallel,

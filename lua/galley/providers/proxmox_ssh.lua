@@ -293,13 +293,6 @@ function SSH:run(t, argv, opts)
 end
 
 
--- Redirects for transfer: stdin from $1 and/or stdout to $2 (empty: none), then the ssh argv.
-local REDIRECT = [[i=$1 o=$2; shift 2
-if [ -n "$i" ] && [ -n "$o" ]; then exec "$@" < "$i" > "$o"
-elif [ -n "$i" ]; then exec "$@" < "$i"
-elif [ -n "$o" ]; then exec "$@" > "$o"
-else exec "$@"; fi]]
-
 --- Runs argv on the target as a byte channel: stdin from the local file `stdin_file` (or the
 --- bytes `stdin`), stdout into the local file `stdout_file` (else returned), both raw and
 --- streamed by ssh itself (memory stays flat). Returns what run returns; stdout is "" when it
@@ -309,9 +302,7 @@ else exec "$@"; fi]]
 ---@param opts? {stdin_file?: string, stdin?: string, stdout_file?: string, timeout_ms?: integer, operation?: string}
 function SSH:transfer(t, argv, opts)
   opts = opts or {}
-  local full = { "/bin/sh", "-c", REDIRECT, "galley-transfer", opts.stdin_file or "", opts.stdout_file or "" }
-  for _, a in ipairs(self:argv(t, wrapped(argv))) do full[#full + 1] = a end
-  return run_argv(t, full, opts)
+  return run_argv(t, common.redirected(self:argv(t, wrapped(argv)), opts.stdin_file, opts.stdout_file), opts)
 end
 
 --- Runs argv on the target, handing output to on_stdout/on_stderr as it arrives (callbacks may
