@@ -114,7 +114,9 @@ function M.parse(args)
       local n = v and v:match("^%d+$") and math.tointeger(tonumber(v))
       if not n then return usage_error("'%s' needs a non-negative integer", name) end
       if (name == "--port" or name == "--ssh-port") and n > 65535 then return usage_error("port %d out of range", n) end
-      if name ~= "--port" and name ~= "--ssh-port" and name ~= "--latency-ms" and name ~= "--boot-delay-ms" and n > 1 << 40 then
+      local is_time_or_port = name == "--port" or name == "--ssh-port" or name == "--latency-ms"
+        or name == "--boot-delay-ms"
+      if not is_time_or_port and n > 1 << 40 then
         return usage_error("'%s' %d is too large", name, n)
       end
       if limits[name] then

@@ -165,6 +165,22 @@ describe("the emulator's SSH gateway #emulator", function()
     assert.are.equal(0, ssh("true").exit_code) -- the gateway survived
   end)
 
+  it("refuses a paused instance, and wakes it when its wake_on_ssh is set", function()
+    assert.are.equal(200, em:request("POST", "/instance/" .. id .. "/pause").status)
+    assert.are.equal(255, ssh("true").exit_code)
+    assert.are.equal(200, em:request("POST", "/instance/" .. id .. "/wake-on", { wake_on_ssh = true }).status)
+    assert.are.equal("up\n", ssh("echo up").stdout)
+    assert.are.equal("ready", em:request("GET", "/instance/" .. id).json.status)
+    assert.are.equal(200, em:request("POST", "/instance/" .. id .. "/wake-on", { wake_on_ssh = false }).status)
+  end)
+
+  it("refuses shells and forced pseudo-terminals", function()
+    local r = sh_run('ssh -F "$1" -tt gw true', { args = { cfg } })
+    assert.are.equal(255, r.exit_code)
+    r = sh_run('ssh -F "$1" gw < /dev/null', { args = { cfg } })
+    assert.are.equal(255, r.exit_code)
+  end)
+
   it("kills the command when the client goes away mid-command", function()
     local tag = "sleep 100." .. tostring(math.random(100000, 999999))
     local h = assert(proc.spawn({ argv = { "ssh", "-F", cfg, "gw", tag .. "; echo after" },
