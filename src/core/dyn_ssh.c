@@ -50,6 +50,7 @@ int galley_ssh_load(char *why, size_t cap) {
   LOAD(event_free, "ssh_event_free");
   LOAD(channel_new, "ssh_channel_new");
   LOAD(set_channel_callbacks, "ssh_set_channel_callbacks");
+  LOAD(remove_channel_callbacks, "ssh_remove_channel_callbacks");
   LOAD(channel_write, "ssh_channel_write");
   LOAD(channel_write_stderr, "ssh_channel_write_stderr");
   LOAD(channel_window_size, "ssh_channel_window_size");

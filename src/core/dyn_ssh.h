@@ -35,6 +35,7 @@ struct galley_ssh_api {
   void (*event_free)(ssh_event);
   ssh_channel (*channel_new)(ssh_session);
   int (*set_channel_callbacks)(ssh_channel, ssh_channel_callbacks);
+  int (*remove_channel_callbacks)(ssh_channel, ssh_channel_callbacks);
   int (*channel_write)(ssh_channel, const void *, uint32_t);
   int (*channel_write_stderr)(ssh_channel, const void *, uint32_t);
   uint32_t (*channel_window_size)(ssh_channel);
@@ -81,6 +82,7 @@ const struct galley_ssh_api *galley_ssh(void);
 #define ssh_event_free (galley_ssh()->event_free)
 #define ssh_channel_new (galley_ssh()->channel_new)
 #define ssh_set_channel_callbacks (galley_ssh()->set_channel_callbacks)
+#define ssh_remove_channel_callbacks (galley_ssh()->remove_channel_callbacks)
 #define ssh_channel_write (galley_ssh()->channel_write)
 #define ssh_channel_write_stderr (galley_ssh()->channel_write_stderr)
 #define ssh_channel_window_size (galley_ssh()->channel_window_size)

@@ -678,6 +678,8 @@ static void chan_free(conn *c, int slot) {
   chan_close_fd(c, ch, &ch->in_fd, &ch->watch_in);
   chan_close_fd(c, ch, &ch->out_fd, &ch->watch_out);
   chan_close_fd(c, ch, &ch->err_fd, &ch->watch_err);
+  /* libssh keeps the channel until the peer's close arrives: it must not call back into ch. */
+  ssh_remove_channel_callbacks(ch->ch, &ch->cb);
   ssh_channel_free(ch->ch);
   for (int i = 0; i < ch->nenv; i++) free(ch->env[i]);
   free(ch->pend);

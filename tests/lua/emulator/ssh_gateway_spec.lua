@@ -135,10 +135,12 @@ describe("the emulator's SSH gateway #emulator", function()
 
   it("runs 4 channels at once over one ControlMaster connection", function()
     local mcfg = config(nil, "  ControlPath " .. dir .. "/cm-%C\n  ControlPersist 60")
+    local gateway = em.state_dir .. "/ssh_host_ed25519_key" -- in the gateway's and its children's argv
+    wait_until(function() return #pids_of(gateway) == 1 end, 15000, "earlier connections ended")
     local m = sh_run('ssh -F "$1" -o ControlMaster=yes -fN gw >/dev/null 2>&1', { args = { mcfg } })
     assert.are.equal(0, m.exit_code)
-    local gateway = em.state_dir .. "/ssh_host_ed25519_key"
-    local before = #pids_of(gateway) -- the gateway and one child per connection
+    local before = #pids_of(gateway)
+    assert.are.equal(2, before) -- the gateway and the master's connection
     local t0 = runtime.now_ms()
     local hs = {}
     for i = 1, 4 do
