@@ -18,6 +18,7 @@
 #include "loop.h"
 #include "sig.h"
 #include "enter.h"
+#include "ssh_gateway.h"
 #include "stage.h"
 
 #define EXIT_USAGE 2
@@ -330,6 +331,8 @@ int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "__stage") == 0) _exit(galley_stage_main(argc - 1, argv + 1));
   if (argc > 1 && strcmp(argv[1], "__enter") == 0) _exit(galley_enter_main(argc - 1, argv + 1));
   if (argc > 1 && strcmp(argv[1], "__userns-off") == 0) _exit(galley_userns_off_main(argc - 1, argv + 1));
+  /* The emulator's SSH gateway (src/core/ssh_gateway.h): forks per connection, loads libssh. */
+  if (argc > 1 && strcmp(argv[1], "__ssh-gateway") == 0) _exit(galley_ssh_gateway_main(argc - 1, argv + 1));
   /* libcurl and libedit are loaded on first use (src/core/dyn_*.c). */
   if (sodium_init() < 0) {
     fprintf(stderr, "galley: cannot initialise libsodium\n");

@@ -33,6 +33,7 @@ static void load(void) {
   LOAD(easy_setopt, "curl_easy_setopt");
   LOAD(easy_getinfo, "curl_easy_getinfo");
   LOAD(easy_cleanup, "curl_easy_cleanup");
+  LOAD(easy_perform, "curl_easy_perform");
   LOAD(easy_reset, "curl_easy_reset");
   LOAD(easy_strerror, "curl_easy_strerror");
   LOAD(getdate, "curl_getdate");

@@ -14,6 +14,7 @@ struct galley_curl_api {
   CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
   CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
   void (*easy_cleanup)(CURL *);
+  CURLcode (*easy_perform)(CURL *);
   void (*easy_reset)(CURL *);
   const char *(*easy_strerror)(CURLcode);
   time_t (*getdate)(const char *, const time_t *);
@@ -44,6 +45,7 @@ const struct galley_curl_api *galley_curl(void);
 #define curl_easy_setopt (galley_curl()->easy_setopt)
 #define curl_easy_getinfo (galley_curl()->easy_getinfo)
 #define curl_easy_cleanup (galley_curl()->easy_cleanup)
+#define curl_easy_perform (galley_curl()->easy_perform)
 #define curl_easy_reset (galley_curl()->easy_reset)
 #define curl_easy_strerror (galley_curl()->easy_strerror)
 #define curl_getdate (galley_curl()->getdate)

@@ -12,9 +12,12 @@ local EXIT_USAGE = 2
 M.summary = "serve the Morph API (or, with `proxmox`, Proxmox VE) on 127.0.0.1 with instances that really run"
 M.usage = "galley emulate [--port N] [--state-dir D] [--api-key K] [--latency-ms N] "
   .. "[--boot-delay-ms N] [--fault SPEC]... [--snapshot ID[=DIR]]... [--no-sandbox] [--argv-mode exec|join]"
+  .. " [--ssh-port N | --no-ssh]"
   .. " [LIMITS]\n       " .. require("galley.emulator.proxmox_cli").usage
 M.help = ([[
-Prints `listening on http://127.0.0.1:PORT/api` once ready; point MORPH_BASE_URL there.
+Prints `listening on http://127.0.0.1:PORT/api` once ready; point MORPH_BASE_URL there. The
+second line is `ssh gateway on 127.0.0.1:PORT` (or `ssh gateway off`): the emulator's guess of
+Morph's ssh.cloud.morph.so, user `<instance_id>:<api_key>`, any client key (docs/emulator.md).
 Only 127.0.0.1 is ever bound.
 
   --port N           port to listen on (default 0: a free one)
@@ -30,6 +33,9 @@ Only 127.0.0.1 is ever bound.
   --no-sandbox       run instance commands directly on this machine with your rights (HOME =
                      the instance's directory) instead of in bubblewrap sandboxes; absolute
                      paths such as /root/... then touch this machine (a warning is printed)
+  --ssh-port N       the SSH gateway's port (default 0: a free one); given, a gateway that
+                     cannot start (libssh missing) is an error, not a warning
+  --no-ssh           no SSH gateway
   --snapshot ID[=DIR]  another ready snapshot, empty or with DIR's files; %s always exists
   --argv-mode M      how an exec `command` of several elements runs: `exec` (default) runs it
                      as an argv; `join` space-joins it and runs the line with /bin/sh -c, as an
@@ -87,7 +93,7 @@ end
 function M.parse(args)
   local opts = { faults = {}, snapshots = {}, port = 0, boot_delay_ms = 50, latency_ms = 0 }
   local ints = { ["--port"] = "port", ["--latency-ms"] = "latency_ms", ["--boot-delay-ms"] = "boot_delay_ms",
-    ["--max-exec-output"] = "max_output" }
+    ["--max-exec-output"] = "max_output", ["--ssh-port"] = "ssh_port" }
   local limits = { ["--max-connections"] = "max_connections",
     ["--max-connections-per-client"] = "max_connections_per_client",
     ["--header-timeout-ms"] = "header_timeout_ms", ["--idle-timeout-ms"] = "idle_timeout_ms",
@@ -107,8 +113,10 @@ function M.parse(args)
       local v = value()
       local n = v and v:match("^%d+$") and math.tointeger(tonumber(v))
       if not n then return usage_error("'%s' needs a non-negative integer", name) end
-      if name == "--port" and n > 65535 then return usage_error("port %d out of range", n) end
-      if name ~= "--port" and name ~= "--latency-ms" and name ~= "--boot-delay-ms" and n > 1 << 40 then
+      if (name == "--port" or name == "--ssh-port") and n > 65535 then return usage_error("port %d out of range", n) end
+      local is_time_or_port = name == "--port" or name == "--ssh-port" or name == "--latency-ms"
+        or name == "--boot-delay-ms"
+      if not is_time_or_port and n > 1 << 40 then
         return usage_error("'%s' %d is too large", name, n)
       end
       if limits[name] then
@@ -132,6 +140,9 @@ function M.parse(args)
       local v = value()
       if v ~= "exec" and v ~= "join" then return usage_error("'--argv-mode' needs exec or join") end
       opts.argv_mode = v
+    elseif name == "--no-ssh" then
+      if inline then return usage_error("'--no-ssh' takes no value") end
+      opts.ssh = false
     elseif name == "--no-sandbox" then
       if inline then return usage_error("'--no-sandbox' takes no value") end
       opts.sandbox = false
@@ -200,6 +211,7 @@ function M.run(args)
     return fail(err)
   end
   io.stdout:write(("listening on http://127.0.0.1:%d/api\n"):format(port))
+  io.stdout:write(emu.ssh_port and ("ssh gateway on 127.0.0.1:%d\n"):format(emu.ssh_port) or "ssh gateway off\n")
   io.stdout:flush()
   if not opts.verbose then io.stderr:write("galley emulate: state in ", opts.state_dir, "\n") end
   M.say_ready(port, opts)

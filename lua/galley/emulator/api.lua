@@ -649,6 +649,27 @@ function H.resume_instance(self, _, p)
   return reply(200, self:instance_json(inst))
 end
 
+--- How the SSH gateway runs a command in instance `id` (galley.emulator, POST
+--- /_emulator/ssh/ID): the backend's spawn plan `{argv, env, cwd}`, or an error response: 404
+--- unknown, 409 not ready. A paused instance is woken when its `wake_on.wake_on_ssh` is set
+--- (as Morph does), refused (409) otherwise.
+---@param id string
+---@return table|nil plan
+---@return table|nil response
+function Api:ssh_plan(id)
+  local inst, bad = find_instance(self, id)
+  if not inst then return nil, bad end
+  if inst.status == "paused" and inst.wake_on.ssh then
+    inst.status = "ready"
+    self.backend:resume(inst.id)
+    arm_ttl(inst.ttl)
+  end
+  if inst.status ~= "ready" then return nil, not_ready(inst) end
+  local plan, err = self.backend:spawn_plan(inst.id)
+  if not plan then return nil, detail(503, "cannot run commands in " .. inst.id .. ": " .. tostring(err)) end
+  return plan
+end
+
 function H.reboot_instance(self, req, p)
   local inst, bad = find_instance(self, p.id)
   if not inst then return bad end

@@ -9,7 +9,7 @@
 -- pause and resume find the instance's processes by that mark (in /proc) and signal them.
 -- The `local` provider (bubblewrap sandboxes) will bring another implementation with the same
 -- methods: create_instance, remove_instance, snapshot_instance, create_snapshot,
--- remove_snapshot, exec, spawn, release, kill, pause, resume, pids, shutdown.
+-- remove_snapshot, exec, spawn, spawn_plan, release, kill, pause, resume, pids, shutdown.
 local errors = require("galley.errors")
 local paths = require("galley.paths")
 local proc = require("galley.core.proc")
@@ -172,6 +172,15 @@ function Backend:spawn(id, command)
   set[h] = h:pid()
   if self.paused[id] then h:kill("STOP") end
   return h
+end
+
+--- How to start a command in the instance without starting it (the SSH gateway does):
+-- `{argv, env, cwd}`, the command's argv to be appended to `argv` (empty here). The
+-- environment carries the mark, so stop, pause and delete find those processes too.
+---@param id string
+---@return {argv: string[], env: table<string, string>, cwd: string}
+function Backend:spawn_plan(id)
+  return { argv = {}, env = self:environment(id), cwd = self:instance_dir(id) }
 end
 
 --- Stops tracking a handle and closes it (kills what is left of its group, reaps it). Called by

@@ -10,6 +10,14 @@
 --   POST   /_emulator/faults    body: a fault or an array of them -> the list
 --   DELETE /_emulator/faults    204
 --   POST   /_emulator/shutdown  200; the server stops after answering
+--   POST   /_emulator/ssh/ID    how the SSH gateway runs a command in instance ID (below)
+-- The SSH gateway (`galley __ssh-gateway`, src/core/ssh_gateway.h) is the emulator's guess of
+-- Morph's ssh.cloud.morph.so: it starts with the emulator when libssh can be loaded (opts.ssh
+-- false: not at all), listens on 127.0.0.1 (opts.ssh_port, 0: a free port), gets the API key on
+-- its stdin (never argv or environment) and asks POST /_emulator/ssh/ID before each command:
+-- 200 with NUL-terminated records `A<argv element>` `E<NAME=value>` `C<cwd>` (the command line
+-- is appended to the argv), 404 unknown instance, 409 not ready (paused: refused unless its
+-- wake_on.wake_on_ssh is set, then woken).
 -- Log and fault paths are relative to /api and carry no query string. The log keeps the last
 -- M.LOG_LIMIT records, each path cut to M.LOG_PATH_LIMIT bytes; a request with a body but
 -- without the key is refused by the server before its body is read (counted, never logged).
@@ -22,6 +30,7 @@ local errors = require("galley.errors")
 local paths = require("galley.paths")
 local httpd = require("galley.core.httpd")
 local runtime = require("galley.core.runtime")
+local proc = require("galley.core.proc")
 
 local M = {}
 
@@ -50,6 +59,9 @@ M.LOG_PATH_LIMIT = 256
 ---@field argv_mode? "exec"|"join" a multi-element exec command: run as an argv (default), or
 ---                               space-joined and run by /bin/sh -c (an SSH-style server)
 ---@field max_output? integer     bytes kept of one exec's stdout and of its stderr (64 MiB)
+---@field ssh? boolean           false: no SSH gateway (default: one when libssh can be loaded)
+---@field ssh_port? integer       the SSH gateway's port (0 or nil: a free one); given, a gateway
+---                               that cannot start is an error instead of a warning
 ---@field limits? table           galley.core.httpd.listen limits: max_body_bytes,
 ---                               max_header_bytes, max_connections, max_connections_per_client,
 ---                               header_timeout_ms, idle_timeout_ms
@@ -265,6 +277,7 @@ function Emulator:state()
     latency_ms = self.opts.latency_ms or 0,
     boot_delay_ms = self.opts.boot_delay_ms or 50,
     argv_mode = self.opts.argv_mode or "exec",
+    ssh_port = self.ssh_port,
   }
   return s
 end
@@ -305,6 +318,12 @@ function Emulator:handle_control(req, path)
       for _, f in ipairs(valid) do self.faults:add(f) end
       return reply(200, { object = "list", data = json.array(self.faults:describe()) })
     end
+  elseif path:match("^/ssh/[^/]+$") then
+    if m ~= "POST" then return detail(405, "Method Not Allowed") end
+    self.api:tick()
+    local plan, bad = self.api:ssh_plan(path:sub(6))
+    if not plan then return bad end
+    return { status = 200, headers = { ["Content-Type"] = "application/octet-stream" }, body = M.encode_plan(plan) }
   elseif path == "/shutdown" and m == "POST" then
     self.stop_requested = true
     return reply(200, { detail = "shutting down" })
@@ -329,7 +348,63 @@ function Emulator:handle(req)
   return detail(404, "Not Found")
 end
 
---- Starts listening on 127.0.0.1.
+--- The SSH gateway's answer to POST /_emulator/ssh/ID: NUL-terminated records, `A` argv
+--- elements, `E` NAME=value environment entries (sorted), `C` the working directory.
+---@param plan {argv: string[], env: table<string, string>, cwd: string}
+---@return string
+function M.encode_plan(plan)
+  local out = {}
+  for _, a in ipairs(plan.argv) do out[#out + 1] = "A" .. a .. "\0" end
+  local names = {}
+  for k in pairs(plan.env or {}) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do out[#out + 1] = "E" .. k .. "=" .. plan.env[k] .. "\0" end
+  out[#out + 1] = "C" .. (plan.cwd or "/") .. "\0"
+  return table.concat(out)
+end
+
+--- Exit code of `galley __ssh-gateway` when libssh cannot be loaded.
+local GATEWAY_NO_LIBSSH = 3
+
+--- Starts the SSH gateway for an emulator listening on `port`; sets self.ssh_port.
+---@return true|nil
+---@return galley.Error|nil err  EMULATOR_SSH (err.no_libssh when libssh is missing)
+function Emulator:start_ssh(port)
+  local exe = assert(runtime.executable())
+  local env = { PATH = os.getenv("PATH") or "/usr/bin:/bin" }
+  for _, k in ipairs({ "LANG", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS" }) do env[k] = os.getenv(k) end
+  local h, err = proc.spawn({
+    argv = { exe, "__ssh-gateway", "--port", tostring(self.opts.ssh_port or 0),
+      "--host-key", self.opts.state_dir .. "/ssh_host_ed25519_key", "--api", "http://127.0.0.1:" .. port },
+    env = env, env_mode = "replace", stdin = "pipe",
+  })
+  if not h then return nil, errors.new("EMULATOR_SSH", "cannot start the SSH gateway: " .. tostring(err)) end
+  h:write(self.opts.api_key .. "\n") -- the key travels on stdin; stdin's end stops the gateway
+  local out, errtext = "", ""
+  local deadline = runtime.now_ms() + 15000
+  while not out:find("\n", 1, true) do
+    local left = deadline - runtime.now_ms()
+    local kind, data = nil, nil
+    if left > 0 then kind, data = h:read(left) end
+    if kind == "stdout" then
+      out = out .. data
+    elseif kind == "stderr" then
+      errtext = errtext .. data
+    else
+      pcall(h.kill, h, "KILL")
+      pcall(h.close, h)
+      return nil, errors.new("EMULATOR_SSH", "the SSH gateway did not start: " .. errtext:gsub("%s+$", ""),
+        { no_libssh = kind == "exit" and data == GATEWAY_NO_LIBSSH or nil,
+          hint = "install libssh (apt-get install libssh-4), or pass --no-ssh" })
+    end
+  end
+  self.ssh_process = h
+  self.ssh_port = math.tointeger(tonumber(out:match("^(%d+)\n")))
+  return true
+end
+
+--- Starts listening on 127.0.0.1 (and the SSH gateway unless opts.ssh is false; a gateway that
+--- cannot start is an error when opts.ssh_port was given, else a warning and no gateway).
 ---@return integer|nil port
 ---@return galley.Error|nil err
 function Emulator:start()
@@ -339,7 +414,26 @@ function Emulator:start()
   local server, err = httpd.serve(opts)
   if not server then return nil, err end
   self.server = server
+  if self.opts.ssh ~= false then
+    local ok, serr = self:start_ssh(server:port())
+    if not ok and self.opts.ssh_port and self.opts.ssh_port ~= 0 then
+      self:stop()
+      return nil, serr
+    elseif not ok then
+      require("galley.progress").warn("galley emulate: WARNING: no SSH gateway: " .. tostring(serr))
+    end
+  end
   return server:port()
+end
+
+--- Stops the SSH gateway (its connections end, their commands are killed).
+function Emulator:stop_ssh()
+  local h = self.ssh_process
+  if not h then return end
+  self.ssh_process, self.ssh_port = nil, nil
+  pcall(h.kill, h, "TERM")
+  pcall(h.wait, h, 15000)
+  pcall(h.close, h)
 end
 
 --- Applies TTLs and boot delays until shutdown is requested or a signal arrives.
@@ -359,6 +453,7 @@ end
 --- connections; their tasks end on their own).
 function Emulator:stop()
   self.stop_requested = true
+  self:stop_ssh()
   self.api:shutdown()
   if self.server then
     self.server:stop()

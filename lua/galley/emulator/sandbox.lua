@@ -8,7 +8,7 @@
 -- it started, daemons included.
 -- Same methods as galley.emulator.backend (the plain-directory backend used when bubblewrap is
 -- missing): create_instance, remove_instance, snapshot_instance, create_snapshot,
--- remove_snapshot, exec, spawn, release, kill, pause, resume, shutdown, instance_dir,
+-- remove_snapshot, exec, spawn, spawn_plan, release, kill, pause, resume, shutdown, instance_dir,
 -- snapshot_dir, running.
 local backend_mod = require("galley.emulator.backend")
 local errors = require("galley.errors")
@@ -135,6 +135,16 @@ function Sandbox:spawn(id, command)
   self.running[id] = set
   set[h] = true
   return h
+end
+
+--- How to start a command in the instance without starting it (the SSH gateway does):
+-- `{argv, env, cwd}`, the command's argv to be appended to `argv`.
+function Sandbox:spawn_plan(id)
+  local lid = self.instances[id]
+  if not lid then return nil, errors.new("NOT_FOUND", "no instance " .. tostring(id)) end
+  local popts, err = protect(self.provider.spawn_options, lid, {})
+  if not popts then return nil, err end
+  return { argv = popts.argv, env = popts.env, cwd = popts.cwd or "/" }
 end
 
 function Sandbox:release(id, h)

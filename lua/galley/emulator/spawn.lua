@@ -19,17 +19,21 @@ local START_TIMEOUT_MS = 30000
 ---@field api_key string
 ---@field port integer
 ---@field state_dir string
+---@field ssh_host string|nil "127.0.0.1" when the SSH gateway runs
+---@field ssh_port integer|nil the SSH gateway's port (user `<instance_id>:<api_key>`, any key)
 ---@field stop fun() stops the emulator and removes its state (idempotent)
 
 --- Reads a starting emulator's first stdout line, `listening on http://127.0.0.1:PORT<path>`, and
 --- returns PORT; on anything else (or nothing within timeout_ms) calls stop() and raises
 --- EMULATOR_START with what it printed on stderr. Shared by the Morph and Proxmox emulators.
+--- Also returns what followed the first line on stdout (read in the same chunks).
 ---@param h table the emulator's Process
 ---@param stop fun()
 ---@param what string the command, for messages
 ---@param path string the API path after the port ("/api", "/api2/json")
 ---@param timeout_ms? integer default 30 s
 ---@return string port
+---@return string rest
 function M.listening_port(h, stop, what, path, timeout_ms)
   local out, errtext = "", ""
   local deadline = runtime.now_ms() + (timeout_ms or START_TIMEOUT_MS)
@@ -46,12 +50,30 @@ function M.listening_port(h, stop, what, path, timeout_ms)
       errors.raise("EMULATOR_START", what .. " did not start", { stderr = errtext })
     end
   end
-  local port = out:match("^listening on http://127%.0%.0%.1:(%d+)" .. path:gsub("%p", "%%%0") .. "\n")
+  local port, rest = out:match("^listening on http://127%.0%.0%.1:(%d+)" .. path:gsub("%p", "%%%0") .. "\n(.*)$")
   if not port then
     stop()
     errors.raise("EMULATOR_START", "unexpected first line from " .. what .. ": " .. out, { stderr = errtext })
   end
-  return port
+  return port, rest
+end
+
+-- The second stdout line of `galley emulate`: `ssh gateway on 127.0.0.1:PORT` or `ssh gateway
+-- off`. Returns the port or nil.
+local function ssh_line(h, stop, rest)
+  local deadline = runtime.now_ms() + START_TIMEOUT_MS
+  while not rest:find("\n", 1, true) do
+    local left = deadline - runtime.now_ms()
+    local kind, data = nil, nil
+    if left > 0 then kind, data = h:read(left) end
+    if kind == "stdout" then
+      rest = rest .. data
+    elseif kind ~= "stderr" then
+      stop()
+      errors.raise("EMULATOR_START", "galley emulate did not say whether its SSH gateway runs")
+    end
+  end
+  return math.tointeger(tonumber(rest:match("^ssh gateway on 127%.0%.0%.1:(%d+)\n")))
 end
 
 -- Finalizers of the stops registered outside a run: strong references until the Lua state
@@ -70,7 +92,9 @@ end
 
 --- Starts an emulator on a free loopback port and waits until it listens.
 ---@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: string[], snapshots?: string[],
----  sandbox?: boolean, argv_mode?: "exec"|"join", state_parent?: string}
+---  sandbox?: boolean, argv_mode?: "exec"|"join", state_parent?: string, ssh?: boolean, ssh_port?: integer}
+--- ssh: false starts no SSH gateway; ssh_port: its port (given, a gateway that cannot start fails
+--- the start).
 --- state_parent: where the state directory (and so every instance's files) is made, default /tmp
 --- (benchmarks pass /dev/shm: see bench/workspace).
 ---@return galley.EmulatorChild
@@ -95,6 +119,8 @@ function M.start(opts)
   for _, s in ipairs(opts.snapshots or {}) do add("--snapshot", s) end
   if opts.sandbox == false then argv[#argv + 1] = "--no-sandbox" end
   if opts.argv_mode then add("--argv-mode", opts.argv_mode) end
+  if opts.ssh == false then argv[#argv + 1] = "--no-ssh" end
+  if opts.ssh_port then add("--ssh-port", opts.ssh_port) end
   local h, err = proc.spawn({ argv = argv, env = { MORPH_API_KEY = key }, env_mode = "extend", stdin = "null" })
   if not h then
     fs.remove_tree(dir)
@@ -110,7 +136,9 @@ function M.start(opts)
     pcall(h.close, h)
     fs.remove_tree(dir)
   end
-  local port = M.listening_port(h, child.stop, "galley emulate", "/api")
+  local port, rest = M.listening_port(h, child.stop, "galley emulate", "/api")
+  child.ssh_port = ssh_line(h, child.stop, rest)
+  child.ssh_host = child.ssh_port and "127.0.0.1" or nil
   child.port = math.tointeger(tonumber(port))
   child.base_url = "http://127.0.0.1:" .. port .. "/api"
   M.stop_at_exit(child.stop, "stop the emulator")

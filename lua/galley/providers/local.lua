@@ -1359,6 +1359,19 @@ function M.new(opts)
     return h
   end
 
+  --- How `spawn` would start argv in an instance, without starting it: `{argv, env, env_mode,
+  --- cwd}` for galley.core.proc (the emulator's SSH gateway starts commands itself: it appends
+  --- its command to `argv`).
+  ---@param instance_id string
+  ---@param argv string[] may be empty (the prefix alone)
+  ---@return table popts
+  ---@raise NOT_FOUND | CONFLICT (not ready or paused)
+  function provider.spawn_options(instance_id, argv)
+    expire()
+    local meta = must_instance(instance_id, "spawn")
+    return process_options(meta, argv, nil, nil, "spawn")
+  end
+
   -- instances ------------------------------------------------------------------------------
   local I = provider.instances
   I.exec = provider.exec

@@ -5,13 +5,13 @@ local http = require("galley.core.http")
 local proc = require("galley.core.proc")
 local runtime = require("galley.core.runtime")
 
---- Starts `galley emulate ARGS...` and reads its first stdout line.
+--- Starts `galley emulate ARGS...` and reads its first two stdout lines (ready, SSH gateway).
 local function launch(args, env)
   local argv = { support.bin, "emulate" }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
   local h = assert(proc.spawn({ argv = argv, env = env or { MORPH_API_KEY = "morph_cmdspec_key" } }))
   local out = ""
-  while not out:find("\n", 1, true) do
+  while not out:find("\n[^\n]*\n") do
     local kind, data = h:read(20000)
     if kind ~= "stdout" and kind ~= "stderr" then
       h:close()
@@ -38,10 +38,10 @@ local function alive(pid)
 end
 
 describe("the galley emulate command #emulator", function()
-  it("prints exactly the ready line, and exits 0 on SIGTERM, removing its temporary state dir", function()
+  it("prints exactly the ready line and the SSH gateway's, and exits 0 on SIGTERM, removing its temporary state dir", function()
     local h, line = launch({ "--port", "0" })
     local ok, err = pcall(function()
-      local port = line:match("^listening on http://127%.0%.0%.1:(%d+)/api\n$")
+      local port = line:match("^listening on http://127%.0%.0%.1:(%d+)/api\nssh gateway on 127%.0%.0%.1:%d+\n$")
       assert.is_string(port, line)
       local r = assert(http.request({
         method = "GET", url = "http://127.0.0.1:" .. port .. "/_emulator/state",

@@ -2,7 +2,8 @@
 --
 --   local emulator = require("support.emulator")
 --   local em = emulator.start{boot_delay_ms = 20, latency_ms = 0, faults = {...}}
---   -- em.base_url ("http://127.0.0.1:PORT/api"), em.api_key, em.port, em.state_dir
+--   -- em.base_url ("http://127.0.0.1:PORT/api"), em.api_key, em.port, em.state_dir,
+--   -- em.ssh_port (the SSH gateway's; nil with opts.ssh = false or without libssh)
 --   local r = em:request("POST", "/instance?snapshot_id=snapshot_galleydev", {metadata = {}})
 --   -- r.status, r.headers, r.body, r.json (decoded body or nil)
 --   em:fault{method = "POST", path = "/instance/*/exec", action = "status", status = 503,
@@ -65,7 +66,7 @@ M.unstopped = {}
 -- multi-element exec command is space-joined and run by /bin/sh -c, like an SSH-style server);
 -- opts.args: more `galley emulate` arguments.
 ---@param opts? {boot_delay_ms?: integer, latency_ms?: integer, faults?: (table|string)[], snapshots?: string[],
----  argv_mode?: "exec"|"join", verbose?: boolean, args?: string[]}
+---  argv_mode?: "exec"|"join", verbose?: boolean, args?: string[], ssh?: boolean}
 ---@return support.Emulator
 function M.start(opts)
   opts = opts or {}
@@ -96,6 +97,7 @@ function M.start(opts)
     argv[#argv + 1] = "--argv-mode"
     argv[#argv + 1] = opts.argv_mode
   end
+  if opts.ssh == false then argv[#argv + 1] = "--no-ssh" end
   for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
   local h, err = proc.spawn({ argv = argv, env = { MORPH_API_KEY = key }, env_mode = "extend" })
   if not h then
@@ -107,7 +109,7 @@ function M.start(opts)
   -- process's Lua state closes.
   M.unstopped[#M.unstopped + 1] = setmetatable({}, { __gc = function() pcall(self.stop, self) end })
   local deadline = runtime.now_ms() + START_TIMEOUT_MS
-  while not self.stdout:find("\n", 1, true) do
+  while not self.stdout:find("\n[^\n]*\n") do -- the ready line and the SSH gateway's
     local left = deadline - runtime.now_ms()
     local kind, data, extra = nil, nil, nil
     if left > 0 then kind, data, extra = h:read(left) end
@@ -127,6 +129,7 @@ function M.start(opts)
     error("unexpected first line from the emulator: " .. self.stdout)
   end
   self.port = math.tointeger(tonumber(port))
+  self.ssh_port = math.tointeger(tonumber(self.stdout:match("\nssh gateway on 127%.0%.0%.1:(%d+)\n")))
   self.root_url = "http://127.0.0.1:" .. port
   self.base_url = self.root_url .. "/api"
   self.session = http.session({ timeout_ms = 60000 })
