@@ -261,6 +261,19 @@ local function run_argv(t, local_argv, opts)
   opts = opts or {}
   local r, err = proc.run({ argv = local_argv, timeout_ms = opts.timeout_ms, stdin = opts.stdin,
     env = { SSH_AUTH_SOCK = "" } })
+  -- ssh names the user in its own messages ("USER@HOST: Permission denied"): a secret one is
+  -- shown as shown_user says, wherever it appears.
+  if r and t.secret_user and type(r.stderr) == "string" and t.user and t.user ~= "" then
+    local shown, parts, at = shown_user(t), {}, 1
+    while true do
+      local i, j = r.stderr:find(t.user, at, true)
+      if not i then break end
+      parts[#parts + 1] = r.stderr:sub(at, i - 1) .. shown
+      at = j + 1
+    end
+    parts[#parts + 1] = r.stderr:sub(at)
+    r.stderr = table.concat(parts)
+  end
   if not r then
     return nil, errors.wrap(err, { operation = opts.operation or "exec", kind = "ProviderError" }, "PROCESS_ERROR")
   end
