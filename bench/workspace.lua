@@ -40,24 +40,28 @@ sh('cd "$1" && git init -q . && git add -A && git -c user.name=b -c user.email=b
 
 local per_file_done = false
 for spec in forms:gmatch("[^,]+") do
-  local form, mode = spec:match("^(%a+):?(%a*)$")
+  local form, mode, ssh = spec:match("^(%a+):?(%a*)(%+?s?s?h?)$")
+  assert(ssh == "" or ssh == "+ssh", "bad transport in " .. spec)
+  ssh = ssh == "+ssh"
   assert(form == "auto" or form == "string" or form == "argv", "bad form " .. spec)
   if mode == "" then mode = form == "string" and "join" or "exec" end
   assert(mode == "exec" or mode == "join", "bad argv mode in " .. spec)
   local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0, argv_mode = mode,
     state_parent = state_parent })
+  assert(not ssh or emu.ssh_port, "the emulator started no SSH gateway (libssh missing?)")
   local p = require("galley.providers.morph").new({ api_key = emu.api_key, base_url = emu.base_url, exec_form = form,
-    size_limit = math.max(file_mib, 1) * 1048576 })
+    size_limit = math.max(file_mib, 1) * 1048576, ssh = ssh and { host = emu.ssh_host, port = emu.ssh_port } or false })
   local id = p.instances.boot("snapshot_galleydev").id
   local o = { parallel = parallel }
   local r, ms = timed(function() return workspace.push(p, id, tree, "~/tree", o) end)
   -- "auto" probes the service during the first push that needs more than one line: one request
   local probed = form == "auto" and p.exec_form() ~= nil
-  print(("-- exec form %s%s (emulator argv mode %s)%s"):format(form, form == "auto" and (" -> " .. tostring(
+  print(("-- exec form %s%s (emulator argv mode %s)%s%s"):format(form, form == "auto" and (" -> " .. tostring(
     p.exec_form())) or "", mode, p.exec_form() ~= "argv" and (", one line <= " .. p.capabilities.max_command_bytes
-    .. " bytes") or ""))
-  print(("push      %6.1f MB/s  %4d requests%s (%.1f s), %d files, %.1f MB as %.1f MB of %s"):format(mbs(r.bytes, ms),
-    r.execs, probed and " + 1 probe" or "", ms / 1000, r.sent, r.bytes / 1e6, (r.wire_bytes or 0) / 1e6,
+    .. " bytes") or "", ssh and ", transfers over one exec through the SSH gateway" or ""))
+  local function streams(x) return (x.streams or 0) > 0 and (" + %d SSH stream(s)"):format(x.streams) or "" end
+  print(("push      %6.1f MB/s  %4d requests%s%s (%.1f s), %d files, %.1f MB as %.1f MB of %s"):format(mbs(r.bytes, ms),
+    r.execs, probed and " + 1 probe" or "", streams(r), ms / 1000, r.sent, r.bytes / 1e6, (r.wire_bytes or 0) / 1e6,
     r.compress or "-"))
   if file_mib > 0 then
     local _, fms = timed(function() return p.files.write_file_atomic(id, "~/big.bin", { from_file = big }) end)
@@ -71,12 +75,12 @@ for spec in forms:gmatch("[^,]+") do
   print(("re-push unchanged: %d request(s), %d sent (%.2f s)"):format(again.execs, again.sent, ms / 1000))
   local back
   back, ms = timed(function() return workspace.pull(p, id, "~/tree", work .. "/back-" .. form .. mode, o) end)
-  print(("pull      %6.1f MB/s  %4d requests (%.1f s), %d files, %.1f MB as %.1f MB"):format(mbs(back.bytes, ms),
-    back.execs, ms / 1000, back.sent, back.bytes / 1e6, (back.wire_bytes or 0) / 1e6))
+  print(("pull      %6.1f MB/s  %4d requests%s (%.1f s), %d files, %.1f MB as %.1f MB"):format(mbs(back.bytes, ms),
+    back.execs, streams(back), ms / 1000, back.sent, back.bytes / 1e6, (back.wire_bytes or 0) / 1e6))
   sh('diff -r "$1" "$2" -x .git >/dev/null', tree, work .. "/back-" .. form .. mode)
   sh('rm -rf -- "$1"', work .. "/back-" .. form .. mode)
   local nc = workspace.push(p, id, tree, "~/tree-nc", { parallel = parallel, compress = false })
-  print(("push without compression: %d requests"):format(nc.execs))
+  print(("push without compression: %d requests%s"):format(nc.execs, streams(nc)))
   -- repo round trip
   local pr, pl
   pr, ms = timed(function()
@@ -90,8 +94,9 @@ for spec in forms:gmatch("[^,]+") do
   pl, ms2 = timed(function()
     return workspace.pull_repo(p, id, "~/repo", tree, { branch = "galley/bench-" .. form .. "-" .. mode })
   end)
-  print(("repo round trip: push_repo %d requests (%.1f s), pull_repo %d requests (%.1f s), %d commit(s) back: %s")
-    :format(pr.execs, ms / 1000, pl.execs, ms2 / 1000, #pl.commits, (pl.log:gsub("\n", " "))))
+  print(("repo round trip: push_repo %d requests%s (%.1f s), pull_repo %d requests%s (%.1f s), %d commit(s) back: %s")
+    :format(pr.execs, streams(pr), ms / 1000, pl.execs, streams(pl), ms2 / 1000, #pl.commits,
+      (pl.log:gsub("\n", " "))))
   if not per_file_done then
     -- one exec per file, as examples/push-dir.lua does (the first 300 files, extrapolated)
     per_file_done = true

@@ -493,6 +493,25 @@ suite("the local provider without a byte channel (everything through exec)", fun
   }
 end)
 
+suite("galley emulate (argv mode join) through its SSH gateway", function()
+  local em = emulator.start({ argv_mode = "join" })
+  assert(em.ssh_port, "the emulator started no SSH gateway (is libssh installed?)")
+  local provider = require("galley.providers.morph").new({ api_key = em.api_key, base_url = em.base_url,
+    ssh = { host = "127.0.0.1", port = em.ssh_port } })
+  return {
+    provider = provider,
+    argv_payloads = false,
+    snapshot = emulator.SNAPSHOT,
+    child_provider = ("require('galley.providers.morph').new({ ssh = { host = '127.0.0.1', port = %d } })")
+      :format(em.ssh_port),
+    child_env = { MORPH_API_KEY = em.api_key, MORPH_BASE_URL = em.base_url },
+    cleanup = function()
+      provider.close()
+      em:stop()
+    end,
+  }
+end)
+
 for _, mode in ipairs(emulator.ARGV_MODES or { "exec" }) do
   suite("galley emulate (argv mode " .. mode .. ")", function()
     local em = emulator.start({ argv_mode = emulator.ARGV_MODES and mode or nil })
