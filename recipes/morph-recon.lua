@@ -24,6 +24,10 @@
 --   not_found_body, validation_body  the shapes of a 404 and a 422 body
 --   largest_command_bytes  the longest one-element command that still runs (binary search up to
 --                    --max-command-bytes)
+--   ssh_gateway      the SSH gateway galley would use for large transfers (MORPH_SSH_HOSTNAME/PORT,
+--                    else ssh.<API host> for an https API): whether the login `<instance>:<key>`
+--                    with a throwaway key works, the user and home a command sees there, and
+--                    whether stdin arrives byte for byte (512 KiB of random bytes, hashed there)
 -- Ordinary execs of the Morph provider (one element, quoted) work whatever argv_mode says.
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
@@ -47,6 +51,7 @@ local opts = recipe.options({
     { "max-command-bytes", type = "integer", default = 1024 * 1024,
       help = "upper bound of the largest-command search" },
     { "json", type = "flag", help = "print the report as one JSON object" },
+    { "no-ssh", type = "flag", help = "skip the SSH gateway probe" },
   },
   epilog = "environment: MORPH_API_KEY (required), MORPH_BASE_URL, TESTING_SNAPSHOT_ID.",
 }, arg)
@@ -245,6 +250,37 @@ else
   end
 end
 
+-- ---------------------------------------------------------------------------------------------
+-- The SSH gateway, on the instance (before the DELETE probes below remove it)
+-- ---------------------------------------------------------------------------------------------
+
+do
+  local gateway = require("galley.providers.morph_gateway")
+  local codec = require("galley.core.codec")
+  local conf = (not opts.no_ssh) and gateway.resolve(nil, client:base_url()) or nil
+  if not conf then
+    report.ssh_gateway = { probed = false, why = opts.no_ssh and "--no-ssh"
+      or "no gateway known (set MORPH_SSH_HOSTNAME and MORPH_SSH_PORT)" }
+  else
+    local gw = gateway.new({ host = conf.host, port = conf.port, api_key = env("MORPH_API_KEY"), log = log })
+    local data = codec.random_bytes(512 * 1024)
+    local res, gerr = gw:stream(id, { "/bin/sh", "-c",
+      'printf "%s\n%s\n" "$(id -un)" "$HOME"; (sha256sum 2>/dev/null || openssl dgst -sha256 -r) | cut -c1-64' },
+      { stdin = data })
+    gw:close()
+    local r = { probed = true, host = conf.host, port = conf.port }
+    if res then
+      local user, home, sum = res.stdout:match("^([^\n]*)\n([^\n]*)\n(%x+)")
+      r.login, r.exit_code, r.user, r.home = true, res.exit_code, user, home
+      r.stdin_ok = sum == codec.sha256(data)
+    else
+      r.login = false
+      r.error = gerr and (gerr.cause and gerr.cause.message or gerr.message) or "?"
+    end
+    report.ssh_gateway = r
+  end
+end
+
 local function delete_answer()
   local res, err = client:call("instances.stop", { instance_id = id })
   if res == true then return { status = 204 } end
@@ -252,6 +288,7 @@ local function delete_answer()
   return failure(err)
 end
 report.delete_twice = { first = delete_answer(), second = delete_answer() }
+
 
 -- ---------------------------------------------------------------------------------------------
 -- Report
@@ -292,6 +329,11 @@ line("instance metadata", report.metadata)
 line("DELETE twice", ("%s, then %s"):format(answer(report.delete_twice.first), answer(report.delete_twice.second)))
 line("404 body", "detail " .. report.not_found_body.detail)
 line("422 body", "detail " .. report.validation_body.detail)
+local sg = report.ssh_gateway
+line("ssh gateway", not sg.probed and ("not probed (%s)"):format(sg.why)
+  or sg.login and ("%s:%d: login works, %s in %s, stdin %s"):format(sg.host, sg.port, tostring(sg.user),
+    tostring(sg.home), sg.stdin_ok and "byte for byte" or "DAMAGED")
+  or ("%s:%d: no login (%s)"):format(sg.host, sg.port, tostring(sg.error)))
 line("largest command", report.largest_command_bytes and (report.largest_command_bytes == opts.max_command_bytes
   and (">= %d bytes (the bound)"):format(report.largest_command_bytes)
   or ("%d bytes"):format(report.largest_command_bytes)) or "under 4096 bytes")

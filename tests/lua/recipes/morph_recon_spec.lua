@@ -22,11 +22,13 @@ describe("recipe morph-recon #recipes", function()
   end)
 
   -- Runs the recon on a fresh emulator; returns exit code, stdout, stderr, and what was left.
-  local function recon(mode, args)
+  local function recon(mode, args, no_gateway)
     local em = emulator.start({ boot_delay_ms = 300, argv_mode = mode })
     local argv = { "run", "morph-recon", "--snapshot", emulator.SNAPSHOT, "--max-command-bytes", "262144" }
     for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
-    local ok, code, out, err = pcall(galley, argv, { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key })
+    local env = { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key }
+    if not no_gateway then env.MORPH_SSH_HOSTNAME, env.MORPH_SSH_PORT = "127.0.0.1", tostring(em.ssh_port) end
+    local ok, code, out, err = pcall(galley, argv, env)
     local left = ok and em:state()
     em:stop()
     assert(ok, code)
@@ -63,6 +65,10 @@ describe("recipe morph-recon #recipes", function()
       assert.are.same({ 422, "list" }, { r.validation_body.status, r.validation_body.detail })
       -- One argument of the shell: Linux's 128 KiB per argument, its NUL included.
       assert.are.equal(128 * 1024 - 1, r.largest_command_bytes)
+      -- the emulator's SSH gateway, as MORPH_SSH_HOSTNAME/PORT name it
+      assert.are.same({ true, true, 0, "root", "/root", true },
+        { r.ssh_gateway.probed, r.ssh_gateway.login, r.ssh_gateway.exit_code, r.ssh_gateway.user, r.ssh_gateway.home,
+          r.ssh_gateway.stdin_ok })
       assert.are.equal(0, #left.instances)
       assert.are.equal(1, #left.snapshots) -- the seed only
       assert.are.equal(emulator.SNAPSHOT, left.snapshots[1].id)
@@ -83,9 +89,28 @@ describe("recipe morph-recon #recipes", function()
       "largest command:       131071 bytes",
       "large argv (~200 KiB): does not run (HTTP 503 SERVER_ERROR)",
       "auto exec form:        string (every exec one line, ~88 KiB of content a request)",
+      "ssh gateway:           127.0.0.1:",
+      "login works, root in /root, stdin byte for byte",
     }) do
       assert.truthy(out:find(want, 1, true), want .. "\n" .. out)
     end
+  end)
+
+  it("says when no gateway is known, and when its login is refused", function()
+    local code, out, err = recon("exec", { "--json" }, true)
+    assert.are.equal(0, code, err)
+    local r = cjson.decode(out)
+    assert.are.same({ false }, { r.ssh_gateway.probed })
+    assert.is_string(r.ssh_gateway.why)
+    local em = emulator.start({ boot_delay_ms = 0 })
+    local c2, out2, err2 = galley({ "run", "morph-recon", "--snapshot", emulator.SNAPSHOT, "--max-command-bytes",
+      "8192", "--no-pending-snapshot", "--json" }, { MORPH_BASE_URL = em.base_url, MORPH_API_KEY = em.api_key,
+      MORPH_SSH_HOSTNAME = "127.0.0.1", MORPH_SSH_PORT = "1" })
+    em:stop()
+    assert.are.equal(0, c2, err2)
+    local r2 = cjson.decode(out2)
+    assert.are.same({ true, false }, { r2.ssh_gateway.probed, r2.ssh_gateway.login })
+    assert.is_string(r2.ssh_gateway.error)
   end)
 
   it("exits 2 without MORPH_API_KEY, booting nothing", function()
