@@ -575,6 +575,8 @@ end
 ---@field size_limit? integer largest file moved (default 256 MiB)
 ---@field decoder? "python"|"python-only"|"coreutils" skip detection (see the header)
 ---@field parallel? integer chunk execs in flight at once for a large file (default 4)
+---@field stream? fun(instance_id: string, argv: string[], sopts: table): table|nil, table|nil a byte channel
+---@field stream_min_bytes? integer with `stream`: contents over this size take it even when one exec would do
 ---@field log? galley.Logger
 
 --- Creates a files API bound to one exec function. The table has read_file, write_file,
@@ -604,6 +606,8 @@ function M.new(opts)
   assert(math.type(parallel) == "integer" and parallel >= 1, "execfiles.new: parallel must be a positive integer")
   local decoders = {}
   local counters = { execs = 0, streams = 0 }
+  -- Contents over this many bytes take the byte channel even when one exec could carry them.
+  local stream_min = opts.stream_min_bytes or math.huge
 
   local files = {}
   local stream_read
@@ -769,7 +773,7 @@ function M.new(opts)
       -- channel's stdin to the same program (scope "stdin"), in one command, checked as it is
       -- written. The digest is taken here first; a local file that changed while it was sent
       -- no longer has it.
-      if opts.stream and size > per_exec then
+      if opts.stream and size > math.min(per_exec, stream_min) then
         local from = type(content) == "table" and content.from_file or nil
         local digest = from and util.sha256_file(from) or codec.sha256(content)
         if not digest then
@@ -989,7 +993,7 @@ function M.new(opts)
         { operation = "files." .. op, resource = "file:" .. path })
     end
     size = tonumber(size)
-    if opts.stream and size > raw_per_read then
+    if opts.stream and size > math.min(raw_per_read, stream_min) then
       local got = stream_read(instance_id, path, ropts.to_file)
       if got ~= nil then return got end
     end

@@ -570,6 +570,7 @@ function M.new(opts)
   local inner_files = execfiles.new({
     exec_argv = function(id, argv) return exec_argv(id, argv, nil, "exec") end,
     stream = gateway and function(id, argv, sopts) return gateway:stream(id, argv, sopts) end or nil,
+    stream_min_bytes = opts.ssh_min_bytes,
     home_dir = home_fixed or function(id) return homes[id] end,
     size_limit = opts.size_limit,
     parallel = opts.file_parallel,
