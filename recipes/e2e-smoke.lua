@@ -150,8 +150,11 @@ elseif target == "emulator" then
   diag("target: galley emulate at " .. emu.base_url .. " (started by this smoke; set RUN_E2E=1 and MORPH_API_KEY "
     .. "for real Morph)")
   diag("emulator argv mode: " .. opts.argv_mode)
-  provider = providers.new("morph", { base_url = emu.base_url, api_key = emu.api_key, log = log })
+  -- the emulator's SSH gateway (when it has one) carries what one exec cannot, as Morph's would
+  provider = providers.new("morph", { base_url = emu.base_url, api_key = emu.api_key, log = log,
+    ssh = emu.ssh_port and { host = emu.ssh_host, port = emu.ssh_port } or false })
   snapshot = opts.snapshot or EMULATOR_SNAPSHOT
+  diag("emulator SSH gateway: " .. (emu.ssh_port and ("127.0.0.1:" .. emu.ssh_port) or "none"))
 else
   provider = providers.new("morph", { log = log })
   snapshot = opts.snapshot or env("TESTING_SNAPSHOT_ID") or MORPH_SNAPSHOT
