@@ -335,7 +335,6 @@ typedef struct conn {
   ssh_event ev;
   int authed;
   char user_id[160];
-  char user_key[4096];
   chan *chans[MAX_CHANNELS];
 } conn;
 
@@ -359,7 +358,7 @@ static int auth_pubkey(ssh_session s, const char *user, struct ssh_key_struct *p
   const char *colon = user ? strchr(user, ':') : NULL;
   if (!colon) return SSH_AUTH_DENIED;
   size_t id_len = (size_t)(colon - user), key_len = strlen(colon + 1);
-  if (!valid_id(user, id_len) || key_len == 0 || key_len >= sizeof c->user_key) return SSH_AUTH_DENIED;
+  if (!valid_id(user, id_len) || key_len == 0) return SSH_AUTH_DENIED;
   if (!same_secret(colon + 1, key_len, gw.key, gw.key_len)) return SSH_AUTH_DENIED;
   char id[160];
   memcpy(id, user, id_len);
@@ -856,7 +855,6 @@ static int run_connection(int fd) {
   ssh_disconnect(c->s);
   ssh_free(c->s);
   ssh_bind_free(b);
-  memset(c->user_key, 0, sizeof c->user_key);
   free(c);
   return 0;
 }
@@ -964,7 +962,10 @@ int galley_ssh_gateway_main(int argc, char **argv) {
     }
     if (fds[0].revents & POLLIN) {
       int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-      if (fd < 0) continue;
+      if (fd < 0) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) poll(NULL, 0, 100);
+        continue;
+      }
       if (nkids >= MAX_CONNECTIONS) {
         close(fd);
         continue;

@@ -193,6 +193,21 @@ describe("the emulator's SSH gateway #emulator", function()
     wait_until(function() return #pids_of(tag) == 0 end, 15000, "the command was killed")
   end)
 
+  it("kills the command when its channel closes early on a connection that stays", function()
+    local mcfg = config(nil, "  ControlPath " .. dir .. "/cmk-%C\n  ControlPersist 60")
+    assert.are.equal(0, sh_run('ssh -F "$1" -o ControlMaster=yes -fN gw >/dev/null 2>&1', { args = { mcfg } }).exit_code)
+    local tag = "sleep 100." .. tostring(math.random(100000, 999999))
+    local h = assert(proc.spawn({ argv = { "ssh", "-F", mcfg, "-o", "ControlMaster=no", "gw", tag .. "; echo after" },
+      env = { HOME = home, PATH = os.getenv("PATH") }, env_mode = "replace" }))
+    wait_until(function() return #pids_of(tag) >= 3 end, 20000, "the command started") -- ssh, sh, sleep
+    h:kill("KILL") -- the mux client: the master closes its channel, the connection stays
+    h:close()
+    wait_until(function() return #pids_of(tag) == 0 end, 15000, "the command was killed")
+    assert.are.equal(0, sh_run('ssh -F "$1" -O check gw 2>/dev/null', { args = { mcfg } }).exit_code)
+    assert.are.equal("still\n", ssh("echo still", { cfg = mcfg }).stdout)
+    sh_run('ssh -F "$1" -O exit gw >/dev/null 2>&1', { args = { mcfg } })
+  end)
+
   it("survives garbage bytes, a client that never speaks and 50 connections at once", function()
     local port = tostring(em.ssh_port)
     local g = sh_run('head -c 65536 /dev/urandom | timeout 10 bash -c "cat > /dev/tcp/127.0.0.1/$1" 2>/dev/null; true',
