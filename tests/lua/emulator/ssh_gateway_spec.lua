@@ -208,6 +208,21 @@ describe("the emulator's SSH gateway #emulator", function()
     sh_run('ssh -F "$1" -O exit gw >/dev/null 2>&1', { args = { mcfg } })
   end)
 
+  it("runs commands that die with their instance (delete kills them, the client sees the end)", function()
+    local r = em:request("POST", "/instance?snapshot_id=" .. emulator.SNAPSHOT, {})
+    assert.are.equal(200, r.status, r.body)
+    local other = r.json.id
+    local tag = "sleep 100." .. tostring(math.random(100000, 999999))
+    local h = assert(proc.spawn({ argv = { "ssh", "-F", config(other .. ":" .. em.api_key), "gw", tag },
+      env = { HOME = home, PATH = os.getenv("PATH") }, env_mode = "replace" }))
+    wait_until(function() return #pids_of(tag) >= 2 end, 20000, "the command started") -- ssh, sleep
+    assert.are.equal(204, em:request("DELETE", "/instance/" .. other).status)
+    local res = assert(h:wait(20000))
+    h:close()
+    assert.are_not.equal(0, res.exit_code)
+    wait_until(function() return #pids_of(tag) == 0 end, 15000, "the command was killed")
+  end)
+
   it("survives garbage bytes, a client that never speaks and 50 connections at once", function()
     local port = tostring(em.ssh_port)
     local g = sh_run('head -c 65536 /dev/urandom | timeout 10 bash -c "cat > /dev/tcp/127.0.0.1/$1" 2>/dev/null; true',
