@@ -943,7 +943,20 @@ function M.new(opts)
       wait_for(function() return cgroup_events(dir).frozen == on end, FREEZE_WAIT_MS,
         on and "freezing the instance" or "thawing the instance")
     else
-      signal_pids(environ_pids(meta.id), on and "STOP" or "CONT")
+      local pids = environ_pids(meta.id)
+      signal_pids(pids, on and "STOP" or "CONT")
+      -- A signal takes effect when its process next runs: pause returns once every process is
+      -- stopped (resume once none is), as the cgroup freezer's "frozen" event says there.
+      wait_for(function()
+        for _, pid in ipairs(pids) do
+          local st = (read_all("/proc/" .. pid .. "/stat") or ""):match("^%d+ %b() (%a)")
+          -- (a process stopped by its tracer, "t", counts as stopped and is no one's to continue)
+          if st and st ~= "Z" and st ~= "X" and (on and st ~= "T" and st ~= "t" or not on and st == "T") then
+            return false
+          end
+        end
+        return true
+      end, FREEZE_WAIT_MS, on and "stopping the instance's processes" or "continuing the instance's processes")
     end
   end
 

@@ -201,7 +201,12 @@ for _, target in ipairs(host.providers()) do
     end)
 
     it("reports the exit status of a command that ended by itself", function()
-      tm.start(inst.id, { command = { kind = "shell", name = "quick", script = "echo bye; exit 3" } })
+      -- tmux drops what a pane printed but had not yet read when its process exits, so the
+      -- command ends on a key sent once "bye" is on the screen (an immediate exit lost it on a
+      -- loaded CI machine).
+      tm.start(inst.id, { command = { kind = "shell", name = "quick", script = "echo bye; read -r _; exit 3" } })
+      wait_screen("quick", "bye")
+      tm.send_keys(inst.id, "quick", "Enter", { literal = false })
       local s = wait_exited("quick")
       assert.are.equal(3, s.exit_code)
       assert.are.equal("bye\n", tm.logs(inst.id, "quick").out)
