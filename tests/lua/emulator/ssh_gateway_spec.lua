@@ -105,6 +105,12 @@ describe("the emulator's SSH gateway #emulator", function()
     assert.are.equal(e.json.stdout, r.stdout)
   end)
 
+  it("takes LANG and LC_* from env requests and ignores other variables", function()
+    local ecfg = config(nil, "  SetEnv LANG=xx_YY.UTF-8 LC_TIME=C GALLEY_SSH_SPEC=leak")
+    local r = ssh('echo "$LANG|$LC_TIME|${GALLEY_SSH_SPEC-unset}"', { cfg = ecfg })
+    assert.are.same({ 0, "xx_YY.UTF-8|C|unset\n" }, { r.exit_code, r.stdout })
+  end)
+
   it("streams 8 MiB of binary stdin into a file and 64 MiB back out intact", function()
     local src = dir .. "/r8"
     assert.are.equal(0, sh_run('head -c 8388608 /dev/urandom > "$1"', { args = { src } }).exit_code)
