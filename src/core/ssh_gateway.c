@@ -370,6 +370,14 @@ static int auth_pubkey(ssh_session s, const char *user, struct ssh_key_struct *p
   if (state == SSH_PUBLICKEY_STATE_VALID) {
     memcpy(c->user_id, id, id_len + 1);
     c->authed = 1;
+    /* Commands may run from now on: a stop must end them first, and no grace applies. */
+    alarm(0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
   }
   return SSH_AUTH_SUCCESS; /* STATE_NONE: the key is acceptable (pk_ok) */
 }
@@ -833,13 +841,8 @@ static int run_connection(int fd) {
   c->ev = ssh_event_new();
   ssh_event_add_session(c->ev, c->s);
   ssh_event_add_fd(c->ev, sig_pipe[0], POLLIN, on_sig_pipe, NULL);
-  int grace_off = 0;
   while (!got_stop && connected(c)) {
     ssh_event_dopoll(c->ev, 200);
-    if (c->authed && !grace_off) {
-      alarm(0);
-      grace_off = 1;
-    }
     progress(c);
   }
   for (int i = 0; i < MAX_CHANNELS; i++) {
@@ -980,6 +983,7 @@ int galley_ssh_gateway_main(int argc, char **argv) {
         got_stop = 0;
         got_child = 0;
         make_sig_pipe();
+        signal(SIGTERM, SIG_DFL); /* until a login succeeds: nothing of ours runs yet */
         _exit(run_connection(fd));
       }
       close(fd);
