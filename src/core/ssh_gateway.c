@@ -336,7 +336,6 @@ typedef struct conn {
   ssh_event ev;
   int authed;
   char user_id[160];
-  char user_key[4096];
   chan *chans[MAX_CHANNELS];
 } conn;
 
@@ -360,7 +359,7 @@ static int auth_pubkey(ssh_session s, const char *user, struct ssh_key_struct *p
   const char *colon = user ? strchr(user, ':') : NULL;
   if (!colon) return SSH_AUTH_DENIED;
   size_t id_len = (size_t)(colon - user), key_len = strlen(colon + 1);
-  if (!valid_id(user, id_len) || key_len == 0 || key_len >= sizeof c->user_key) return SSH_AUTH_DENIED;
+  if (!valid_id(user, id_len) || key_len == 0) return SSH_AUTH_DENIED;
   if (!same_secret(colon + 1, key_len, gw.key, gw.key_len)) return SSH_AUTH_DENIED;
   char id[160];
   memcpy(id, user, id_len);
@@ -372,6 +371,14 @@ static int auth_pubkey(ssh_session s, const char *user, struct ssh_key_struct *p
   if (state == SSH_PUBLICKEY_STATE_VALID) {
     memcpy(c->user_id, id, id_len + 1);
     c->authed = 1;
+    /* Commands may run from now on: a stop must end them first, and no grace applies. */
+    alarm(0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
   }
   return SSH_AUTH_SUCCESS; /* STATE_NONE: the key is acceptable (pk_ok) */
 }
@@ -835,13 +842,8 @@ static int run_connection(int fd) {
   c->ev = ssh_event_new();
   ssh_event_add_session(c->ev, c->s);
   ssh_event_add_fd(c->ev, sig_pipe[0], POLLIN, on_sig_pipe, NULL);
-  int grace_off = 0;
   while (!got_stop && connected(c)) {
     ssh_event_dopoll(c->ev, 200);
-    if (c->authed && !grace_off) {
-      alarm(0);
-      grace_off = 1;
-    }
     progress(c);
   }
   for (int i = 0; i < MAX_CHANNELS; i++) {
@@ -857,7 +859,6 @@ static int run_connection(int fd) {
   ssh_disconnect(c->s);
   ssh_free(c->s);
   ssh_bind_free(b);
-  memset(c->user_key, 0, sizeof c->user_key);
   free(c);
   return 0;
 }
@@ -965,7 +966,10 @@ int galley_ssh_gateway_main(int argc, char **argv) {
     }
     if (fds[0].revents & POLLIN) {
       int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-      if (fd < 0) continue;
+      if (fd < 0) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) poll(NULL, 0, 100);
+        continue;
+      }
       /* SSH packets are small and answered at once: Nagle's wait for the peer's (delayed) ACK
        * would add ~40 ms to every request and reply. */
       int one = 1;
@@ -984,6 +988,7 @@ int galley_ssh_gateway_main(int argc, char **argv) {
         got_stop = 0;
         got_child = 0;
         make_sig_pipe();
+        signal(SIGTERM, SIG_DFL); /* until a login succeeds: nothing of ours runs yet */
         _exit(run_connection(fd));
       }
       close(fd);

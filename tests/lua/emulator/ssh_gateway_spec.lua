@@ -105,6 +105,12 @@ describe("the emulator's SSH gateway #emulator", function()
     assert.are.equal(e.json.stdout, r.stdout)
   end)
 
+  it("takes LANG and LC_* from env requests and ignores other variables", function()
+    local ecfg = config(nil, "  SetEnv LANG=xx_YY.UTF-8 LC_TIME=C GALLEY_SSH_SPEC=leak")
+    local r = ssh('echo "$LANG|$LC_TIME|${GALLEY_SSH_SPEC-unset}"', { cfg = ecfg })
+    assert.are.same({ 0, "xx_YY.UTF-8|C|unset\n" }, { r.exit_code, r.stdout })
+  end)
+
   it("streams 8 MiB of binary stdin into a file and 64 MiB back out intact", function()
     local src = dir .. "/r8"
     assert.are.equal(0, sh_run('head -c 8388608 /dev/urandom > "$1"', { args = { src } }).exit_code)
@@ -193,6 +199,36 @@ describe("the emulator's SSH gateway #emulator", function()
     wait_until(function() return #pids_of(tag) == 0 end, 15000, "the command was killed")
   end)
 
+  it("kills the command when its channel closes early on a connection that stays", function()
+    local mcfg = config(nil, "  ControlPath " .. dir .. "/cmk-%C\n  ControlPersist 60")
+    assert.are.equal(0, sh_run('ssh -F "$1" -o ControlMaster=yes -fN gw >/dev/null 2>&1', { args = { mcfg } }).exit_code)
+    local tag = "sleep 100." .. tostring(math.random(100000, 999999))
+    local h = assert(proc.spawn({ argv = { "ssh", "-F", mcfg, "-o", "ControlMaster=no", "gw", tag .. "; echo after" },
+      env = { HOME = home, PATH = os.getenv("PATH") }, env_mode = "replace" }))
+    wait_until(function() return #pids_of(tag) >= 3 end, 20000, "the command started") -- ssh, sh, sleep
+    h:kill("KILL") -- the mux client: the master closes its channel, the connection stays
+    h:close()
+    wait_until(function() return #pids_of(tag) == 0 end, 15000, "the command was killed")
+    assert.are.equal(0, sh_run('ssh -F "$1" -O check gw 2>/dev/null', { args = { mcfg } }).exit_code)
+    assert.are.equal("still\n", ssh("echo still", { cfg = mcfg }).stdout)
+    sh_run('ssh -F "$1" -O exit gw >/dev/null 2>&1', { args = { mcfg } })
+  end)
+
+  it("runs commands that die with their instance (delete kills them, the client sees the end)", function()
+    local r = em:request("POST", "/instance?snapshot_id=" .. emulator.SNAPSHOT, {})
+    assert.are.equal(200, r.status, r.body)
+    local other = r.json.id
+    local tag = "sleep 100." .. tostring(math.random(100000, 999999))
+    local h = assert(proc.spawn({ argv = { "ssh", "-F", config(other .. ":" .. em.api_key), "gw", tag },
+      env = { HOME = home, PATH = os.getenv("PATH") }, env_mode = "replace" }))
+    wait_until(function() return #pids_of(tag) >= 2 end, 20000, "the command started") -- ssh, sleep
+    assert.are.equal(204, em:request("DELETE", "/instance/" .. other).status)
+    local res = assert(h:wait(20000))
+    h:close()
+    assert.are_not.equal(0, res.exit_code)
+    wait_until(function() return #pids_of(tag) == 0 end, 15000, "the command was killed")
+  end)
+
   it("survives garbage bytes, a client that never speaks and 50 connections at once", function()
     local port = tostring(em.ssh_port)
     local g = sh_run('head -c 65536 /dev/urandom | timeout 10 bash -c "cat > /dev/tcp/127.0.0.1/$1" 2>/dev/null; true',
@@ -223,5 +259,40 @@ describe("the emulator's SSH gateway #emulator", function()
     em:stop()
     em = nil
     wait_until(function() return #pids_of(gateway) == 0 end, 15000, "the gateway stopped")
+  end)
+end)
+
+describe("starting the emulator's SSH gateway #emulator", function()
+  it("reports it from spawn.start(), GET /_emulator/state and the second stdout line", function()
+    local emu = require("galley.emulator.spawn").start({ boot_delay_ms = 0 })
+    local ok, err = pcall(function()
+      assert.are.equal("127.0.0.1", emu.ssh_host)
+      assert.is_number(emu.ssh_port)
+      local http = require("galley.core.http")
+      local r = assert(http.request({ method = "GET", url = emu.base_url:gsub("/api$", "") .. "/_emulator/state",
+        headers = { Authorization = "Bearer " .. emu.api_key } }))
+      assert.are.equal(emu.ssh_port, require("cjson").decode(r.body).options.ssh_port)
+    end)
+    emu.stop()
+    assert(ok, err)
+  end)
+
+  it("starts none with --no-ssh, and fails to start on an --ssh-port in use", function()
+    local em = emulator.start({ ssh = false })
+    local ok, err = pcall(function()
+      assert.is_nil(em.ssh_port)
+      assert.truthy(em.stdout:find("\nssh gateway off\n", 1, true), em.stdout)
+    end)
+    local busy = emulator.start({})
+    local ok2, err2 = pcall(function()
+      local r = assert(proc.run({ argv = { support.bin, "-q", "emulate", "--port", "0", "--ssh-port",
+        tostring(busy.ssh_port) }, env = { MORPH_API_KEY = "morph_sshspec_key" }, env_mode = "extend",
+        stdin = "", timeout_ms = 30000 }))
+      assert.are.equal(1, r.exit_code, r.stdout .. r.stderr)
+    end)
+    busy:stop()
+    em:stop()
+    assert(ok, err)
+    assert(ok2, err2)
   end)
 end)
