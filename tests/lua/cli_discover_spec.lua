@@ -154,6 +154,9 @@ describe("galley emulate, plug and play #cli", function()
     end
     assert.truthy(err:find("export MORPH_BASE_URL=" .. em.base_url .. " MORPH_API_KEY=", 1, true), err)
     assert.truthy(err:find("ready snapshot: snapshot_galleydev", 1, true), err)
+    -- with the gateway, the variables the Morph provider reads to use it
+    assert.is_number(em.ssh_port)
+    assert.truthy(err:find(" MORPH_SSH_HOSTNAME=127.0.0.1 MORPH_SSH_PORT=" .. em.ssh_port .. "\n", 1, true), err)
     -- the key came from the environment: it is referred to, never printed
     assert.falsy(err:find(em.api_key, 1, true), err)
   end)

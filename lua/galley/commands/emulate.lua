@@ -172,12 +172,14 @@ end
 --- The lines a user pastes to point galley (and Morph SDKs) at this emulator, on stderr: stdout's
 -- first line stays `listening on URL`. The key is printed only when it is the public development
 -- key or was given on the command line; a key from the environment is referred to, not shown.
-function M.say_ready(port, opts)
+function M.say_ready(port, opts, ssh_port)
   local env = os.getenv("MORPH_API_KEY")
   local key = (env and env ~= "" and opts.api_key == env) and '"$MORPH_API_KEY"' or opts.api_key
+  -- with the gateway: MORPH_SSH_HOSTNAME/PORT, which the Morph provider (and Morph's SDKs) read
+  local ssh = ssh_port and (" MORPH_SSH_HOSTNAME=127.0.0.1 MORPH_SSH_PORT=%d"):format(ssh_port) or ""
   io.stderr:write(("galley emulate: ready; in another shell:\n  export MORPH_BASE_URL=http://127.0.0.1:%d/api"
-    .. " MORPH_API_KEY=%s\ngalley emulate: ready snapshot: %s (galley boot %s; galley run boot-and-run)\n")
-    :format(port, key, emulator.DEFAULT_SNAPSHOT, emulator.DEFAULT_SNAPSHOT))
+    .. " MORPH_API_KEY=%s%s\ngalley emulate: ready snapshot: %s (galley boot %s; galley run boot-and-run)\n")
+    :format(port, key, ssh, emulator.DEFAULT_SNAPSHOT, emulator.DEFAULT_SNAPSHOT))
 end
 
 function M.run(args)
@@ -214,7 +216,7 @@ function M.run(args)
   io.stdout:write(emu.ssh_port and ("ssh gateway on 127.0.0.1:%d\n"):format(emu.ssh_port) or "ssh gateway off\n")
   io.stdout:flush()
   if not opts.verbose then io.stderr:write("galley emulate: state in ", opts.state_dir, "\n") end
-  M.say_ready(port, opts)
+  M.say_ready(port, opts, emu.ssh_port)
 
   -- Ctrl-C raises INTERRUPTED through the signal hook, or ends the sleep: both stop the loop.
   pcall(emu.wait, emu)
