@@ -198,6 +198,11 @@ sha_run() {
 }
 ]]
 
+-- Scope "stdin" (a byte channel: SSH, the local provider's redirect): the content comes raw on
+-- stdin, read once, written (tee) and hashed in one pipeline (openssl, else sha256sum; an openssl
+-- that fails is drained so tee sees no broken pipe, and the file written is then hashed).
+-- (Comments stay out of the scripts: every byte of them travels in each one-line exec.)
+--
 -- The same with POSIX sh and coreutils: sh, (a subshell creating and filling the temporary
 -- file with `base64 -d`), sync (the fsync, in the background while chmod and sha256sum run;
 -- waited for before the rename), chmod, sha256sum, mv. With scope "all" the sha256 alone is
@@ -220,9 +225,6 @@ if [ "$first" = 1 ]; then
   elif [ ! -d "$d" ]; then fail 1 "$d: No such file or directory"; fi
 fi
 if [ "$scope" = stdin ]; then
-  # The content comes raw on stdin (a byte channel: SSH), read once: written (tee) and hashed
-  # in one pipeline (openssl, else sha256sum; openssl failing is drained so tee sees no broken
-  # pipe, and the file written is then hashed).
   whole=1
   (set -C; umask 077; : > "$tmp") || fail 1 "cannot create the temporary file"
   h=$( { { tee -- "$tmp" || echo @fail >&3; } | {

@@ -386,7 +386,11 @@ describe("galley.providers.morph #morph", function()
       prov.files.delete_directory(inst.id, dir)
       prov.instances.terminate(inst.id)
       assert.are.equal("640\n" .. codec.sha256(data) .. "  -\n", r.stdout)
-      assert.are.equal(requests or 1, #log, "requests: " .. cjson.encode(log))
+      if type(requests) == "table" then -- {least, most}
+        assert.is_true(#log >= requests[1] and #log <= requests[2], "requests: " .. cjson.encode(log))
+      else
+        assert.are.equal(requests or 1, #log, "requests: " .. cjson.encode(log))
+      end
       assert.are.equal("/instance/" .. inst.id .. "/exec", log[1].path)
     end
 
@@ -416,7 +420,9 @@ describe("galley.providers.morph #morph", function()
       local prov = morphp.new({ client = client, log = logmod.silent(), exec_form = "string" })
       assert.are.equal(morphp.MAX_COMMAND_BYTES, prov.capabilities.max_command_bytes)
       one_request_write(prov, 64 * 1024, 1)
-      one_request_write(prov, 1024 * 1024, 12)
+      -- 1 MiB is 1.33 MiB of base64: at least 12 lines of 120 KiB; the scripts take some of each
+      -- line, so one more at most
+      one_request_write(prov, 1024 * 1024, { 12, 13 })
       assert.is_true(#commands >= 13)
       for _, c in ipairs(commands) do
         assert.are.equal(1, #c)
