@@ -66,6 +66,25 @@ function M.tmpname(suffix)
   return path
 end
 
+--- A local file's bytes (the spec fails when it cannot be read).
+---@param path string
+---@return string
+function M.slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- Writes bytes to a local file.
+---@param path string
+---@param s string
+function M.spit(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
 --- Writes `text` to a fresh temporary .lua file and returns its path.
 function M.script(text)
   local path = M.tmpname(".lua")

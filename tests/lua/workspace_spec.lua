@@ -469,29 +469,24 @@ io.stdout:write(ok and "ok" or tostring(err.code), "\n")
   end)
 end
 
-suite("the local provider", function()
-  local state = mktemp()
-  local provider = require("galley.providers.local").new({ state_dir = state })
-  return {
-    provider = provider,
-    snapshot = provider.DEFAULT_SNAPSHOT,
-    child_provider = ("require('galley.providers.local').new({ state_dir = %q })"):format(state),
-    child_env = { GALLEY_LUA_DIR = support.source_dir .. "/lua" },
-    cleanup = function() sh('rm -rf -- "$1"', state) end,
-  }
-end)
+-- The local provider, with its byte channel (stream = true) or everything through exec.
+local function local_setup(stream)
+  return function()
+    local state = mktemp()
+    local provider = require("galley.providers.local").new({ state_dir = state, stream = stream })
+    return {
+      provider = provider,
+      snapshot = provider.DEFAULT_SNAPSHOT,
+      child_provider = ("require('galley.providers.local').new({ state_dir = %q, stream = %s })"):format(state,
+        tostring(stream)),
+      child_env = { GALLEY_LUA_DIR = support.source_dir .. "/lua" },
+      cleanup = function() sh('rm -rf -- "$1"', state) end,
+    }
+  end
+end
 
-suite("the local provider without a byte channel (everything through exec)", function()
-  local state = mktemp()
-  local provider = require("galley.providers.local").new({ state_dir = state, stream = false })
-  return {
-    provider = provider,
-    snapshot = provider.DEFAULT_SNAPSHOT,
-    child_provider = ("require('galley.providers.local').new({ state_dir = %q, stream = false })"):format(state),
-    child_env = { GALLEY_LUA_DIR = support.source_dir .. "/lua" },
-    cleanup = function() sh('rm -rf -- "$1"', state) end,
-  }
-end)
+suite("the local provider", local_setup(true))
+suite("the local provider without a byte channel (everything through exec)", local_setup(false))
 
 suite("galley emulate (argv mode join) through its SSH gateway", function()
   local em = emulator.start({ argv_mode = "join" })

@@ -380,26 +380,16 @@ function Emulator:start_ssh(port)
   })
   if not h then return nil, errors.new("EMULATOR_SSH", "cannot start the SSH gateway: " .. tostring(err)) end
   h:write(self.opts.api_key .. "\n") -- the key travels on stdin; stdin's end stops the gateway
-  local out, errtext = "", ""
-  local deadline = runtime.now_ms() + 15000
-  while not out:find("\n", 1, true) do
-    local left = deadline - runtime.now_ms()
-    local kind, data = nil, nil
-    if left > 0 then kind, data = h:read(left) end
-    if kind == "stdout" then
-      out = out .. data
-    elseif kind == "stderr" then
-      errtext = errtext .. data
-    else
-      pcall(h.kill, h, "KILL")
-      pcall(h.close, h)
-      return nil, errors.new("EMULATOR_SSH", "the SSH gateway did not start: " .. errtext:gsub("%s+$", ""),
-        { no_libssh = kind == "exit" and data == GATEWAY_NO_LIBSSH or nil,
-          hint = "install libssh (apt-get install libssh-4), or pass --no-ssh" })
-    end
+  local line, errtext, kind, data = require("galley.emulator.spawn").read_line(h, 15000)
+  if not line then
+    pcall(h.kill, h, "KILL")
+    pcall(h.close, h)
+    return nil, errors.new("EMULATOR_SSH", "the SSH gateway did not start: " .. errtext:gsub("%s+$", ""),
+      { no_libssh = kind == "exit" and data == GATEWAY_NO_LIBSSH or nil,
+        hint = "install libssh (apt-get install libssh-4), or pass --no-ssh" })
   end
   self.ssh_process = h
-  self.ssh_port = math.tointeger(tonumber(out:match("^(%d+)\n")))
+  self.ssh_port = math.tointeger(tonumber(line:match("^(%d+)$")))
   return true
 end
 

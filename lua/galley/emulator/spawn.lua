@@ -23,6 +23,36 @@ local START_TIMEOUT_MS = 30000
 ---@field ssh_port integer|nil the SSH gateway's port (user `<instance_id>:<api_key>`, any key)
 ---@field stop fun() stops the emulator and removes its state (idempotent)
 
+--- Reads process `h`'s stdout up to its first newline within timeout_ms (after what `buf`
+--- already holds). Returns the line (without its newline), what followed it, and stderr so far;
+--- or nil, stderr so far, and how the wait ended: "exit" (with the code) or nil (time passed).
+---@param h table a galley.core.proc Process
+---@param timeout_ms integer
+---@param buf? string
+---@return string|nil line
+---@return string rest_or_stderr
+---@return string|nil stderr_or_kind
+---@return any data
+function M.read_line(h, timeout_ms, buf)
+  local out, errtext = buf or "", ""
+  local deadline = runtime.now_ms() + timeout_ms
+  while not out:find("\n", 1, true) do
+    local left = deadline - runtime.now_ms()
+    local kind, data = nil, nil
+    if left > 0 then kind, data = h:read(left) end
+    if kind == "stdout" then
+      out = out .. data
+    elseif kind == "stderr" then
+      errtext = errtext .. data
+    else
+      return nil, errtext, kind, data
+    end
+  end
+  local nl = out:find("\n", 1, true)
+  return out:sub(1, nl - 1), out:sub(nl + 1), errtext
+end
+
+
 --- Reads a starting emulator's first stdout line, `listening on http://127.0.0.1:PORT<path>`, and
 --- returns PORT; on anything else (or nothing within timeout_ms) calls stop() and raises
 --- EMULATOR_START with what it printed on stderr. Shared by the Morph and Proxmox emulators.
@@ -35,25 +65,15 @@ local START_TIMEOUT_MS = 30000
 ---@return string port
 ---@return string rest
 function M.listening_port(h, stop, what, path, timeout_ms)
-  local out, errtext = "", ""
-  local deadline = runtime.now_ms() + (timeout_ms or START_TIMEOUT_MS)
-  while not out:find("\n", 1, true) do
-    local left = deadline - runtime.now_ms()
-    local kind, data = nil, nil
-    if left > 0 then kind, data = h:read(left) end
-    if kind == "stdout" then
-      out = out .. data
-    elseif kind == "stderr" then
-      errtext = errtext .. data
-    else
-      stop()
-      errors.raise("EMULATOR_START", what .. " did not start", { stderr = errtext })
-    end
+  local line, rest, errtext = M.read_line(h, timeout_ms or START_TIMEOUT_MS)
+  if not line then
+    stop()
+    errors.raise("EMULATOR_START", what .. " did not start", { stderr = rest })
   end
-  local port, rest = out:match("^listening on http://127%.0%.0%.1:(%d+)" .. path:gsub("%p", "%%%0") .. "\n(.*)$")
+  local port = line:match("^listening on http://127%.0%.0%.1:(%d+)" .. path:gsub("%p", "%%%0") .. "$")
   if not port then
     stop()
-    errors.raise("EMULATOR_START", "unexpected first line from " .. what .. ": " .. out, { stderr = errtext })
+    errors.raise("EMULATOR_START", "unexpected first line from " .. what .. ": " .. line, { stderr = errtext })
   end
   return port, rest
 end
@@ -61,19 +81,12 @@ end
 -- The second stdout line of `galley emulate`: `ssh gateway on 127.0.0.1:PORT` or `ssh gateway
 -- off`. Returns the port or nil.
 local function ssh_line(h, stop, rest)
-  local deadline = runtime.now_ms() + START_TIMEOUT_MS
-  while not rest:find("\n", 1, true) do
-    local left = deadline - runtime.now_ms()
-    local kind, data = nil, nil
-    if left > 0 then kind, data = h:read(left) end
-    if kind == "stdout" then
-      rest = rest .. data
-    elseif kind ~= "stderr" then
-      stop()
-      errors.raise("EMULATOR_START", "galley emulate did not say whether its SSH gateway runs")
-    end
+  local line = M.read_line(h, START_TIMEOUT_MS, rest)
+  if not line then
+    stop()
+    errors.raise("EMULATOR_START", "galley emulate did not say whether its SSH gateway runs")
   end
-  return math.tointeger(tonumber(rest:match("^ssh gateway on 127%.0%.0%.1:(%d+)\n")))
+  return math.tointeger(tonumber(line:match("^ssh gateway on 127%.0%.0%.1:(%d+)$")))
 end
 
 -- Finalizers of the stops registered outside a run: strong references until the Lua state

@@ -16,18 +16,9 @@ local function sh_out(script, ...)
   return r.stdout
 end
 
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local slurp = support.slurp
 
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local spit = support.spit
 
 local function random_bytes(n)
   local t = {}

@@ -13,12 +13,7 @@ local support = require("support")
 local emulator = require("support.emulator")
 local task = require("galley.task")
 
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local slurp = support.slurp
 
 -- Every process's argv on this machine, joined.
 local function all_cmdlines()
