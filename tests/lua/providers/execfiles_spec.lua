@@ -284,31 +284,7 @@ describe("execfiles #files", function()
   end
 
   describe("decoder detection", function()
-    local tools = { "sh", "base64", "sha256sum", "wc", "mkdir", "mv", "rm", "chmod", "chown", "sync", "cat", "tail", "tee",
-      "head", "cut", "find", "cp", "ls", "stat", "dd" }
-
-    -- A PATH of its own: the tools named (symlinks to ours, minus `without`), python3 when asked
-    -- (the system one: a version-manager shim needs its own PATH), and wrapper scripts. `log`
-    -- names a file the wrappers append to.
-    local function make_bin(o)
-      local bin = mktemp_dir()
-      cleanups[#cleanups + 1] = function() proc.run({ argv = { "rm", "-rf", "--", bin } }) end
-      local skip = {}
-      for _, t in ipairs(o.without or {}) do skip[t] = true end
-      for _, t in ipairs(tools) do
-        local path = proc.which(t)
-        if path and not skip[t] and not (o.wrappers or {})[t] then sh_out('ln -s "$1" "$2"', path, bin .. "/" .. t) end
-      end
-      if o.python then
-        local py = io.open("/usr/bin/python3") and "/usr/bin/python3" or proc.which("python3")
-        sh_out('ln -s "$1" "$2"', py, bin .. "/python3")
-      end
-      for name, body in pairs(o.wrappers or {}) do
-        spit(bin .. "/" .. name, "#!/bin/sh\n" .. body:gsub("REAL", proc.which(name)):gsub("LOG", bin .. "/log") .. "\n")
-        sh_out('chmod 755 "$1"', bin .. "/" .. name)
-      end
-      return bin
-    end
+    local make_bin = require("support.toolbin").make
 
     local function log_lines(bin)
       local f = io.open(bin .. "/log", "rb")

@@ -63,28 +63,11 @@ local function harness(o)
   return h
 end
 
--- A PATH of its own: symlinks to the tools named, minus `without`, plus python3 when asked, plus
--- wrapper scripts (name -> sh body; REAL is the real tool).
-local TOOLS = { "sh", "base64", "sha256sum", "wc", "mkdir", "mv", "rm", "chmod", "chown", "sync", "cat", "tail",
-  "tee", "head", "cut", "find", "cp", "ls", "stat", "dd", "openssl" }
+local toolbin = require("support.toolbin")
+local TOOLS = { "openssl", table.unpack(toolbin.TOOLS) }
 local function make_bin(o)
-  local bin = support.tmpname()
-  sh_out('rm -f "$1" && mkdir "$1"', bin)
-  local skip = {}
-  for _, t in ipairs(o.without or {}) do skip[t] = true end
-  for _, t in ipairs(TOOLS) do
-    local path = proc.which(t)
-    if path and not skip[t] and not (o.wrappers or {})[t] then sh_out('ln -s "$1" "$2"', path, bin .. "/" .. t) end
-  end
-  if o.python then
-    local py = io.open("/usr/bin/python3") and "/usr/bin/python3" or proc.which("python3")
-    sh_out('ln -s "$1" "$2"', py, bin .. "/python3")
-  end
-  for name, body in pairs(o.wrappers or {}) do
-    spit(bin .. "/" .. name, "#!/bin/sh\n" .. body:gsub("REAL", proc.which(name) or "false") .. "\n")
-    sh_out('chmod 755 "$1"', bin .. "/" .. name)
-  end
-  return bin
+  o.tools = TOOLS
+  return toolbin.make(o)
 end
 
 describe("execfiles over a byte channel", function()
