@@ -384,7 +384,7 @@ static int auth_pubkey(ssh_session s, const char *user, struct ssh_key_struct *p
 }
 
 
-static void chan_close_fd(conn *c, chan *ch, int *fd, int *watch) {
+static void chan_close_fd(conn *c, int *fd, int *watch) {
   if (*fd < 0) return;
   if (*watch) ssh_event_remove_fd(c->ev, *fd);
   *watch = 0;
@@ -412,7 +412,7 @@ static void feed_stdin(chan *ch) {
     if (w < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (w < 0) { /* EPIPE: the command stopped reading; drop what is left */
       ch->pend_len = 0;
-      chan_close_fd(ch->conn, ch, &ch->in_fd, &ch->watch_in);
+      chan_close_fd(ch->conn, &ch->in_fd, &ch->watch_in);
       return;
     }
     ch->pend_off += (size_t)w;
@@ -464,7 +464,7 @@ static int data_cb(ssh_session s, ssh_channel channel, void *data, uint32_t len,
   ssize_t w = write(ch->in_fd, data, len);
   if (w < 0 && (errno == EAGAIN || errno == EINTR)) w = 0;
   if (w < 0) {
-    chan_close_fd(ch->conn, ch, &ch->in_fd, &ch->watch_in);
+    chan_close_fd(ch->conn, &ch->in_fd, &ch->watch_in);
     return (int)len;
   }
   ch->buffered = len - (uint32_t)w;
@@ -683,9 +683,9 @@ static void set_watch(conn *c, chan *ch, int fd, int *watch, int want, short eve
 
 static void chan_free(conn *c, int slot) {
   chan *ch = c->chans[slot];
-  chan_close_fd(c, ch, &ch->in_fd, &ch->watch_in);
-  chan_close_fd(c, ch, &ch->out_fd, &ch->watch_out);
-  chan_close_fd(c, ch, &ch->err_fd, &ch->watch_err);
+  chan_close_fd(c, &ch->in_fd, &ch->watch_in);
+  chan_close_fd(c, &ch->out_fd, &ch->watch_out);
+  chan_close_fd(c, &ch->err_fd, &ch->watch_err);
   /* libssh keeps the channel until the peer's close arrives: it must not call back into ch. */
   ssh_remove_channel_callbacks(ch->ch, &ch->cb);
   ssh_channel_free(ch->ch);
@@ -718,17 +718,17 @@ static void progress(conn *c) {
     }
     if (ch->reaped && ch->in_fd >= 0) { /* nobody reads stdin any more */
       ch->pend_len = 0;
-      chan_close_fd(c, ch, &ch->in_fd, &ch->watch_in);
+      chan_close_fd(c, &ch->in_fd, &ch->watch_in);
     }
     if (ch->remote_eof && ch->in_fd >= 0 && ch->buffered == 0 && ch->pend_len == 0) {
-      chan_close_fd(c, ch, &ch->in_fd, &ch->watch_in);
+      chan_close_fd(c, &ch->in_fd, &ch->watch_in);
     }
-    if (ch->out_eof) chan_close_fd(c, ch, &ch->out_fd, &ch->watch_out);
-    if (ch->err_eof) chan_close_fd(c, ch, &ch->err_fd, &ch->watch_err);
+    if (ch->out_eof) chan_close_fd(c, &ch->out_fd, &ch->watch_out);
+    if (ch->err_eof) chan_close_fd(c, &ch->err_fd, &ch->watch_err);
     if (ch->peer_closed) {
       /* The client closed the channel (or the connection failed): the command goes. */
-      chan_close_fd(c, ch, &ch->out_fd, &ch->watch_out);
-      chan_close_fd(c, ch, &ch->err_fd, &ch->watch_err);
+      chan_close_fd(c, &ch->out_fd, &ch->watch_out);
+      chan_close_fd(c, &ch->err_fd, &ch->watch_err);
       begin_kill(ch);
       if (ch->kill_at && now_ms() >= ch->kill_at) {
         kill_tree(ch->pid, SIGKILL, ch->groups, &ch->ngroups);
@@ -906,13 +906,15 @@ static int read_key(void) {
 
 
 int galley_ssh_gateway_main(int argc, char **argv) {
-  for (int i = 1; i < argc; i++) {
+  for (int i = 1; i < argc; i += 2) { /* --name value pairs */
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (strcmp(a, "--port") == 0 && v) gw.port = atoi(v);
-    else if (strcmp(a, "--host-key") == 0 && v) gw.host_key = v;
+    char *end = NULL;
+    if (strcmp(a, "--port") == 0 && v) {
+      long port = strtol(v, &end, 10);
+      gw.port = (*v && !*end && port >= 0 && port <= 65535) ? (int)port : -1;
+    } else if (strcmp(a, "--host-key") == 0 && v) gw.host_key = v;
     else if (strcmp(a, "--api") == 0 && v) gw.api = v;
     else return usage("bad arguments");
-    i++;
   }
   if (!gw.host_key || !gw.api || gw.port < 0 || gw.port > 65535) return usage("--host-key and --api are required");
   if (strncmp(gw.api, "http://127.", 11) != 0) return usage("--api must be a loopback http:// URL");
