@@ -30,9 +30,6 @@ M.HOST_ALIAS = "morph-gateway"
 local Gateway = {}
 Gateway.__index = Gateway
 
--- Directories to remove when the Lua state closes (galley's exit, also after an error).
-local exit_cleanups = {}
-
 
 --- The gateway a provider uses: `opts.ssh` (false: none; a table: host, port, host_key,
 --- ssh_command), else MORPH_SSH_HOSTNAME / MORPH_SSH_PORT, else ssh.<host> when the API is
@@ -82,14 +79,9 @@ function Gateway:channel()
   if self.chan then return self.chan end
   local dir, err = fs.mkdtemp((os.getenv("TMPDIR") or "/tmp") .. "/galley-morph-ssh-")
   if not dir then error(errors.wrap(err, { operation = "ssh", kind = "ProviderError" }, "FILE_IO_ERROR"), 0) end
-  local chan = pssh.new({ dir = dir, owned = true, ssh_command = self.ssh_command })
+  local chan = pssh.new({ dir = dir, owned = true, remove_at_exit = true, ssh_command = self.ssh_command })
   if self.host_key then chan:pin(M.HOST_ALIAS, self.host, self.host_key) end
-  self.chan = chan
-  local box = { chan = chan }
-  self.exit_box = box
-  exit_cleanups[#exit_cleanups + 1] = setmetatable(box, { __gc = function(b)
-    if b.chan then pcall(b.chan.close, b.chan) end
-  end })
+  self.chan = chan -- (its directory goes at the Lua state's end too, if close() is never called)
   return chan
 end
 
@@ -132,7 +124,6 @@ function Gateway:close()
   if self.chan then
     pcall(self.chan.close, self.chan)
     self.chan = nil
-    if self.exit_box then self.exit_box.chan = nil end
   end
 end
 

@@ -66,9 +66,14 @@ function M.command_argv(v)
 end
 
 
+-- Strong references until the Lua state closes (see M.new).
+local exit_boxes = {}
+
 --- Creates the channel. opts: dir (created mode 700 when missing; removed by close when `owned`),
---- ssh_command, key_path (an existing private key instead of generating one).
----@param opts {dir: string, owned?: boolean, ssh_command?: string|string[], key_path?: string}
+--- ssh_command, key_path (an existing private key instead of generating one), remove_at_exit
+--- (dir goes when the Lua state ends, if close() did not remove it).
+---@param opts {dir: string, owned?: boolean, ssh_command?: string|string[], key_path?: string,
+---  remove_at_exit?: boolean}
 ---@return table
 function M.new(opts)
   local self = setmetatable({ dir = opts.dir, owned = opts.owned, cmd = M.command_argv(opts.ssh_command),
@@ -82,6 +87,19 @@ function M.new(opts)
   if #(self.dir .. "/cm-" .. ("x"):rep(40 + 17)) > MAX_SOCKET_PATH then
     self.control_dir = assert(fs.mkdtemp("/tmp/galley-ssh-"))
     self.own_control_dir = true
+  end
+  -- The socket directory made here (and `dir` with `remove_at_exit`) is removed at the Lua
+  -- state's end too, when close() was never called (a script that failed). Only directories: a
+  -- multiplexed connection ends by itself ControlPersist seconds later. An owned `dir` is kept
+  -- otherwise: it holds the key of containers that outlive the run.
+  local dirs = {}
+  if self.own_control_dir then dirs[#dirs + 1] = self.control_dir end
+  if opts.remove_at_exit then dirs[#dirs + 1] = self.dir end
+  if #dirs > 0 then
+    self.exit_box = setmetatable({ dirs = dirs }, { __gc = function(b)
+      for _, d in ipairs(b.dirs or {}) do pcall(fs.remove_tree, d) end
+    end })
+    exit_boxes[#exit_boxes + 1] = self.exit_box
   end
   return self
 end
@@ -394,6 +412,7 @@ function SSH:close(keep_dir)
   for _, a in ipairs(aliases) do self:disconnect(a) end
   if self.own_control_dir then fs.remove_tree(self.control_dir) end
   if self.owned and not keep_dir then fs.remove_tree(self.dir) end
+  if self.exit_box then self.exit_box.dirs = nil end
 end
 
 return M

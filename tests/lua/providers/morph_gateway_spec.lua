@@ -157,6 +157,28 @@ describe("the Morph provider through the emulator's SSH gateway #ssh", function(
     gw:close()
   end)
 
+  it("leaves no private directory behind when a script ends in an error without close()", function()
+    local script = support.script([[
+local p = require("galley.providers.morph").new({ ssh = { host = "127.0.0.1", port = tonumber(os.getenv("GW_PORT")) } })
+local id = p.instances.boot(os.getenv("GW_SNAPSHOT")).id
+io.stdout:write(id, "\n")
+io.stdout:flush()
+p.files.write_file_atomic(id, "~/x.bin", require("galley.core.codec").random_bytes(2 * 1024 * 1024))
+local r = io.popen('ls -d "${TMPDIR:-/tmp}"/galley-morph-ssh-*/config.d/' .. id)
+io.stdout:write(r:read("a"))
+r:close()
+p.instances.terminate(id)
+error("the script fails here, without p.close()")
+]])
+    local code, out, err = support.galley(support.q(script), nil, { MORPH_API_KEY = em.api_key,
+      MORPH_BASE_URL = em.base_url, GW_PORT = tostring(em.ssh_port), GW_SNAPSHOT = emulator.SNAPSHOT })
+    assert.are.equal(1, code, err)
+    local cfg = out:match("\n(/[^\n]+/config%.d/[^\n]+)")
+    assert.is_string(cfg, out .. err)
+    local dir = cfg:gsub("/config%.d/[^/]+$", "")
+    assert.is_false(fs.exists(dir), dir .. " is still there")
+  end)
+
   it("removes its private directory on close", function()
     local q = morph.new({ api_key = em.api_key, base_url = em.base_url, ssh = { host = "127.0.0.1", port = em.ssh_port } })
     local id2 = q.instances.boot(emulator.SNAPSHOT).id -- an instance of its own: its config names the directory
