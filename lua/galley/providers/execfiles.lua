@@ -578,7 +578,7 @@ end
 ---@field decoder? "python"|"python-only"|"coreutils" skip detection (see the header)
 ---@field parallel? integer chunk execs in flight at once for a large file (default 4)
 ---@field stream? fun(instance_id: string, argv: string[], sopts: table): table|nil, table|nil a byte channel
----@field stream_min_bytes? integer with `stream`: contents over this size take it even when one exec would do
+---@field stream_min_bytes? integer with `stream`: writes over this size take it even when one exec would do
 ---@field log? galley.Logger
 
 --- Creates a files API bound to one exec function. The table has read_file, write_file,
@@ -608,7 +608,7 @@ function M.new(opts)
   assert(math.type(parallel) == "integer" and parallel >= 1, "execfiles.new: parallel must be a positive integer")
   local decoders = {}
   local counters = { execs = 0, streams = 0 }
-  -- Contents over this many bytes take the byte channel even when one exec could carry them.
+  -- Writes over this many bytes take the byte channel even when one exec could carry them.
   local stream_min = opts.stream_min_bytes or math.huge
 
   local files = {}
@@ -995,7 +995,8 @@ function M.new(opts)
         { operation = "files." .. op, resource = "file:" .. path })
     end
     size = tonumber(size)
-    if opts.stream and size > math.min(raw_per_read, stream_min) then
+    -- (A smaller file came whole with the head: streaming it would only add a round trip.)
+    if opts.stream and size > raw_per_read then
       local got = stream_read(instance_id, path, ropts.to_file)
       if got ~= nil then return got end
     end

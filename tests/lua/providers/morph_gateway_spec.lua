@@ -93,6 +93,24 @@ describe("the Morph provider through the emulator's SSH gateway #ssh", function(
     assert.are.equal(data, slurp(dst))
   end)
 
+  it("sends writes over ssh_min_bytes (512 KiB) through the gateway, smaller ones as one exec", function()
+    assert.are.equal(512 * 1024, morph.SSH_MIN_BYTES)
+    local function counts(size)
+      local before, requests = p.files.stats(), #em:log()
+      p.files.write_file_atomic(id, "~/sized.bin", codec.random_bytes(size))
+      local after = p.files.stats()
+      return { after.streams - before.streams, #em:log() - requests }
+    end
+    assert.are.same({ 0, 1 }, counts(40 * 1024)) -- (one-line execs here carry ~88 KiB)
+    assert.are.same({ 1, 0 }, counts(600 * 1024))
+    local q = morph.new({ api_key = em.api_key, base_url = em.base_url, ssh_min_bytes = 16 * 1024,
+      ssh = { host = "127.0.0.1", port = em.ssh_port } })
+    local before = q.files.stats().streams
+    q.files.write_file_atomic(id, "~/sized2.bin", codec.random_bytes(40 * 1024))
+    assert.are.equal(before + 1, q.files.stats().streams)
+    q.close()
+  end)
+
   it("never puts the API key in a process's argv, and keeps its files private", function()
     local data = codec.random_bytes(4 * 1024 * 1024)
     local seen = {}
