@@ -43,6 +43,7 @@ for spec in forms:gmatch("[^,]+") do
   local form, mode, ssh = spec:match("^(%a+):?(%a*)(%+?s?s?h?)$")
   assert(ssh == "" or ssh == "+ssh", "bad transport in " .. spec)
   ssh = ssh == "+ssh"
+  local label = form .. "-" .. mode .. (ssh and "-ssh" or "") -- branch and directory names
   assert(form == "auto" or form == "string" or form == "argv", "bad form " .. spec)
   if mode == "" then mode = form == "string" and "join" or "exec" end
   assert(mode == "exec" or mode == "join", "bad argv mode in " .. spec)
@@ -74,17 +75,17 @@ for spec in forms:gmatch("[^,]+") do
   again, ms = timed(function() return workspace.push(p, id, tree, "~/tree", o) end)
   print(("re-push unchanged: %d request(s), %d sent (%.2f s)"):format(again.execs, again.sent, ms / 1000))
   local back
-  back, ms = timed(function() return workspace.pull(p, id, "~/tree", work .. "/back-" .. form .. mode, o) end)
+  back, ms = timed(function() return workspace.pull(p, id, "~/tree", work .. "/back-" .. label, o) end)
   print(("pull      %6.1f MB/s  %4d requests%s (%.1f s), %d files, %.1f MB as %.1f MB"):format(mbs(back.bytes, ms),
     back.execs, streams(back), ms / 1000, back.sent, back.bytes / 1e6, (back.wire_bytes or 0) / 1e6))
-  sh('diff -r "$1" "$2" -x .git >/dev/null', tree, work .. "/back-" .. form .. mode)
-  sh('rm -rf -- "$1"', work .. "/back-" .. form .. mode)
+  sh('diff -r "$1" "$2" -x .git >/dev/null', tree, work .. "/back-" .. label)
+  sh('rm -rf -- "$1"', work .. "/back-" .. label)
   local nc = workspace.push(p, id, tree, "~/tree-nc", { parallel = parallel, compress = false })
   print(("push without compression: %d requests%s"):format(nc.execs, streams(nc)))
   -- repo round trip
   local pr, pl
   pr, ms = timed(function()
-    return workspace.push_repo(p, id, tree, "~/repo", { branch = "galley/bench-" .. form .. "-" .. mode,
+    return workspace.push_repo(p, id, tree, "~/repo", { branch = "galley/bench-" .. label,
       parallel = parallel })
   end)
   p.exec(id, { kind = "argv", command = "sh", args = { "-c",
@@ -92,7 +93,7 @@ for spec in forms:gmatch("[^,]+") do
       .. "git -c user.name=a -c user.email=a@a commit -qam agent" } })
   local ms2
   pl, ms2 = timed(function()
-    return workspace.pull_repo(p, id, "~/repo", tree, { branch = "galley/bench-" .. form .. "-" .. mode })
+    return workspace.pull_repo(p, id, "~/repo", tree, { branch = "galley/bench-" .. label })
   end)
   print(("repo round trip: push_repo %d requests%s (%.1f s), pull_repo %d requests%s (%.1f s), %d commit(s) back: %s")
     :format(pr.execs, streams(pr), ms / 1000, pl.execs, streams(pl), ms2 / 1000, #pl.commits,
