@@ -89,18 +89,22 @@ function M.new(opts)
     self.own_control_dir = true
   end
   -- The socket directory made here (and `dir` with `remove_at_exit`) is removed at the Lua
-  -- state's end too, when close() was never called (a script that failed). Only directories: a
-  -- multiplexed connection ends by itself ControlPersist seconds later. An owned `dir` is kept
-  -- otherwise: it holds the key of containers that outlive the run.
+  -- state's end too, when close() was never called (a script that failed). An owned `dir` is
+  -- kept otherwise: it holds the key of containers that outlive the run.
+  -- The multiplexed connections still open then end too (`ssh -O exit`, run to completion:
+  -- the event loop may be gone by then), so none outlives galley by ControlPersist seconds.
   local dirs = {}
   if self.own_control_dir then dirs[#dirs + 1] = self.control_dir end
   if opts.remove_at_exit then dirs[#dirs + 1] = self.dir end
-  if #dirs > 0 then
-    self.exit_box = setmetatable({ dirs = dirs }, { __gc = function(b)
-      for _, d in ipairs(b.dirs or {}) do pcall(fs.remove_tree, d) end
-    end })
-    exit_boxes[#exit_boxes + 1] = self.exit_box
-  end
+  self.exit_box = setmetatable({ dirs = dirs, chan = self }, { __gc = function(b)
+    if b.chan then
+      for _, t in pairs(b.chan.used) do
+        pcall(os.execute, shell.join(b.chan:exit_argv(t)) .. " >/dev/null 2>&1 </dev/null")
+      end
+    end
+    for _, d in ipairs(b.dirs or {}) do pcall(fs.remove_tree, d) end
+  end })
+  exit_boxes[#exit_boxes + 1] = self.exit_box
   return self
 end
 
@@ -386,6 +390,12 @@ function SSH:disconnect(alias)
   local t = self.used[alias]
   if not t then return end
   self.used[alias] = nil
+  proc.run({ argv = self:exit_argv(t), timeout_ms = 5000 })
+end
+
+
+-- `ssh -O exit` of target t's multiplexed connection.
+function SSH:exit_argv(t)
   local argv = { table.unpack(self.cmd) }
   for _, o in ipairs({ "-F", t.secret_user and self:config_file(t) or "/dev/null", "-o",
     "ControlPath=" .. self.control_dir .. "/cm-%C", "-o", "HostKeyAlias=" .. (t.host_alias or t.alias), "-O",
@@ -401,7 +411,7 @@ function SSH:disconnect(alias)
     argv[#argv + 1] = tostring(t.port)
   end
   argv[#argv + 1] = t.host
-  proc.run({ argv = argv, timeout_ms = 5000 })
+  return argv
 end
 
 
@@ -412,7 +422,7 @@ function SSH:close(keep_dir)
   for _, a in ipairs(aliases) do self:disconnect(a) end
   if self.own_control_dir then fs.remove_tree(self.control_dir) end
   if self.owned and not keep_dir then fs.remove_tree(self.dir) end
-  if self.exit_box then self.exit_box.dirs = nil end
+  if self.exit_box then self.exit_box.dirs, self.exit_box.chan = nil, nil end
 end
 
 return M
