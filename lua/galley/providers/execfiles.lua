@@ -65,6 +65,7 @@
 local codec = require("galley.core.codec")
 local common = require("galley.providers.common")
 local pool = require("galley.pool")
+local tracker = require("galley.tracker")
 local util = require("galley.util")
 local runtime = require("galley.core.runtime")
 local errors = require("galley.errors")
@@ -885,7 +886,17 @@ function M.new(opts)
     if not ok then
       -- The remote programs remove the temporary file when they fail; if the exec itself failed
       -- (or the local side did), remove it here, best effort.
-      if not remote_cleaned then pcall(exec_argv, instance_id, { "rm", "-f", "--", tmp }) end
+      if not remote_cleaned then
+        local function remove()
+          local rok, res = pcall(exec_argv, instance_id, { "rm", "-f", "--", tmp })
+          return rok and type(res) == "table" and res.exit_code == 0
+        end
+        -- A pending Ctrl-C fails this exec too: the run removes the file at its end, once the
+        -- signal is cleared (outside a run, a later write's name never meets it; it stays).
+        if not remove() and errors.is(err, "INTERRUPTED") then
+          tracker.defer(function() remove() end, ("remove %s on %s"):format(tmp, instance_id))
+        end
+      end
       error(err, 0)
     end
     if log then log.debug("wrote file", { instance = instance_id, path = path, bytes = size }) end

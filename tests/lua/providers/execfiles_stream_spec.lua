@@ -183,6 +183,40 @@ describe("execfiles over a byte channel", function()
     end)
   end
 
+  it("leaves the temporary file of a write stopped by Ctrl-C to the run's end, which removes it", function()
+    local errors = require("galley.errors")
+    local run = require("galley.run")
+    local root = support.tmpname()
+    sh_out('rm -f "$1" && mkdir "$1"', root)
+    spit(root .. "/kept", "old")
+    -- The channel's command has made the temporary file when the user presses Ctrl-C; while the
+    -- signal is pending every exec fails too, so it cannot be removed at once.
+    local pending, tmp = false, nil
+    local files = execfiles.new({ home_dir = root, max_request_bytes = 64 * 1024, max_arg_bytes = 16 * 1024,
+      exec_argv = function(_, argv)
+        if pending then return nil, errors.new("INTERRUPTED", "interrupted", { signal = 2 }) end
+        local r = assert(proc.run({ argv = argv }))
+        return { stdout = r.stdout, stderr = r.stderr, exit_code = r.exit_code }
+      end,
+      stream = function(_, argv)
+        for _, a in ipairs(argv) do
+          if a:find(execfiles.TMP_MARK, 1, true) then tmp = a end
+        end
+        spit(tmp, "partial")
+        pending = true
+        error(errors.new("INTERRUPTED", "interrupted by Ctrl-C (SIGINT)", { signal = 2 }), 0)
+      end })
+    local ctx = run.begin({ recipe = "execfiles-stream-spec", record = false })
+    local ok, err = pcall(files.write_file_atomic, "inst-1", "~/kept", random_bytes(300000))
+    assert.is_false(ok)
+    assert.are.equal("INTERRUPTED", err.code)
+    assert.are.equal("partial", slurp(tmp)) -- still there while the signal is pending
+    pending = false -- (the runner clears it before the run's cleanup)
+    run.finish({ ctx = ctx })
+    assert.is_nil(io.open(tmp))
+    assert.are.equal("old", slurp(root .. "/kept"))
+  end)
+
   it("says FILE_TOO_LARGE for a file that grew past the limit between the head and the stream", function()
     local h = harness({ files = { size_limit = 1024 * 1024 } })
     spit(h.root .. "/grows", random_bytes(200000))
