@@ -87,6 +87,8 @@ end
 
 -- One request, in its own task.
 local function serve_one(handler, r, req)
+  -- whether the client left meanwhile (a handler that waits long stops what nobody will read)
+  req.peer_gone = function() return r:peer_gone() end
   local ok, resp = xpcall(handler, traceback, req)
   local status, headers
   if ok and not (type(resp) == "table" and resp.reset) then

@@ -340,6 +340,15 @@ static int l_request_abort(lua_State *L) {
 }
 
 
+/* req:peer_gone() -> boolean: the client closed or reset its connection while the request is
+ * handled (a handler that waits long checks it, and stops the work nobody will read). */
+static int l_request_peer_gone(lua_State *L) {
+  Request *r = check_request(L);
+  lua_pushboolean(L, galley_httpd_peer_gone(r->rq));
+  return 1;
+}
+
+
 /* req:release() (also __gc/__close): done with the request; unanswered, its connection closes */
 static int l_request_release(lua_State *L) {
   Request *r = luaL_checkudata(L, 1, REQUEST_MT);
@@ -372,6 +381,7 @@ static const luaL_Reg request_methods[] = {
   { "write",       l_request_write       },
   { "finish",      l_request_finish      },
   { "abort",       l_request_abort       },
+  { "peer_gone",   l_request_peer_gone   },
   { "release",     l_request_release     },
   { NULL,          NULL                  }
 };

@@ -1,11 +1,13 @@
 /* Loopback HTTP/1.1 server on the event loop with http-parser; see httpd.h. */
 #include <ctype.h>
+#include <errno.h>
 #include <http_parser.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include "httpd.h"
 #include "loop.h"
 
@@ -596,6 +598,18 @@ void galley_httpd_abort(struct galley_httpd_req *req, int reset) {
 
 int galley_httpd_ok(const struct galley_httpd_req *req) {
   return req->write_status == 0 && (req->conn != NULL || req->done);
+}
+
+
+int galley_httpd_peer_gone(const struct galley_httpd_req *req) {
+  if (!req->conn || req->conn->closing || req->conn->peer_eof) return !req->done;
+  uv_os_fd_t fd;
+  if (uv_fileno((const uv_handle_t *)&req->conn->tcp, &fd) != 0) return 1;
+  char b;
+  ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0) return 1; /* FIN: the client will send nothing more, nor read our answer */
+  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return 1; /* reset */
+  return 0;
 }
 
 

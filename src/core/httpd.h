@@ -136,6 +136,10 @@ void galley_httpd_abort(struct galley_httpd_req *req, int reset);
  * back after a complete answer. */
 int galley_httpd_ok(const struct galley_httpd_req *req);
 
+/* Whether the client of a request still being handled has gone: its connection closed, reset, or
+ * shut down its sending side (EOF, seen without consuming pipelined bytes). */
+int galley_httpd_peer_gone(const struct galley_httpd_req *req);
+
 /* Drops the owner's reference; a request never answered closes its connection. */
 void galley_httpd_release(struct galley_httpd_req *req);
 

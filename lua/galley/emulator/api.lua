@@ -9,6 +9,7 @@
 --   * POST /snapshot answers `pending`, ready after the boot delay; snapshots of instances are
 --     `ready` at once (their files are copied before the answer);
 --   * a `digest` that an existing snapshot has returns that snapshot instead of a new one.
+local errors = require("galley.errors")
 local common = require("galley.providers.common")
 local json = require("galley.emulator.json")
 local runtime = require("galley.core.runtime")
@@ -803,7 +804,8 @@ function H.exec(self, req, p)
   cmd, bad = exec_command(req)
   if not cmd then return bad end
   if inst.status ~= "ready" then return not_ready(inst) end
-  local r, err = self.backend:exec(inst.id, cmd, self.max_output)
+  local r, err = self.backend:exec(inst.id, cmd, self.max_output, req.peer_gone)
+  if not r and errors.is(err, "CLIENT_GONE") then return { reset = true } end -- nobody reads an answer
   if not r then return detail(503, "exec failed: " .. tostring(err)) end
   return reply(200, { exit_code = r.exit_code, stdout = r.stdout, stderr = r.stderr, truncated = r.truncated })
 end

@@ -238,9 +238,10 @@ end
 ---@param id string
 ---@param command string[]
 ---@param max_output? integer
+---@param gone? fun(): boolean true once the client left (the command is then killed: CLIENT_GONE)
 ---@return {exit_code: integer, stdout: string, stderr: string, truncated: boolean|nil}|nil
 ---@return galley.Error|nil err  (INTERRUPTED when the emulator is being stopped)
-function Backend:exec(id, command, max_output)
+function Backend:exec(id, command, max_output, gone)
   local h, err = self:spawn(id, command)
   if not h then
     if errors.is(err) and err.code == "PROC_SPAWN" then
@@ -251,7 +252,7 @@ function Backend:exec(id, command, max_output)
   local cap = { stdout = capture(max_output or M.MAX_OUTPUT), stderr = capture(max_output or M.MAX_OUTPUT) }
   local code
   while not code do
-    local kind, a = h:read(1000) -- yields to other requests while the command runs
+    local kind, a = h:read(gone and 250 or 1000) -- yields to other requests while the command runs
     if kind == "stdout" or kind == "stderr" then
       capture_add(cap[kind], a)
     elseif kind == "exit" then
@@ -259,6 +260,12 @@ function Backend:exec(id, command, max_output)
     elseif kind == nil and a ~= nil then -- interrupted: give up on the process
       self:release(id, h)
       return nil, a
+    end
+    if not code and gone and gone() then
+      -- The client closed its connection (Ctrl-C, a timeout): the command is killed, as an
+      -- SSH server kills a command whose channel closed, instead of running on unread.
+      self:release(id, h)
+      return nil, errors.new("CLIENT_GONE", "the client closed its connection before the command ended")
     end
   end
   self:release(id, h)

@@ -177,6 +177,29 @@ describe("galley emulate: exec #emulator", function()
     assert.are.equal(137, body.exit_code)
   end)
 
+  it("kills a command whose client closed its connection (Ctrl-C, a timeout), and keeps serving", function()
+    local marker = "/root/after-" .. tostring(math.random(1e9))
+    -- curl gives up after 1 s (closing the connection) on a command that would run 600 s
+    local curl = assert(proc.spawn({ argv = {
+      "curl", "-s", "-m", "1", "-X", "POST", "-H", "Content-Type: application/json", "-H", "@-",
+      "-d", cjson.encode({ command = { "sh", "-c", 'sleep 600; touch "$1"', "sh", marker } }),
+      em.base_url .. "/instance/" .. id .. "/exec",
+    }, stdin = "Authorization: Bearer " .. em.api_key .. "\n" }))
+    eventually(function()
+      for _, i in ipairs(em:state().instances) do
+        if i.id == id and i.processes > 0 then return true end
+      end
+    end, "the exec to start")
+    assert.are.equal(28, assert(curl:wait(30000)).exit_code) -- curl's own timeout
+    eventually(function()
+      for _, i in ipairs(em:state().instances) do
+        if i.id == id then return i.processes == 0 end
+      end
+    end, "the command to be killed")
+    -- nothing of it ran on, and the emulator answers the next request
+    assert.are.equal("gone\n", exec({ "sh", "-c", 'test -e "$1" || echo gone', "sh", marker }).stdout)
+  end)
+
   it("pauses an instance's processes and lets them continue on resume", function()
     local inst = assert(em:request("POST", "/instance?snapshot_id=" .. emulator.SNAPSHOT, {})).json.id
     eventually(function()
