@@ -815,7 +815,7 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
   local hasher = codec.sha256_hasher()
   local offset = 0
   local p = pool.new(opts.parallel or M.DEFAULT_PARALLEL)
-  local spool -- the local copy of a stream sent over the byte channel
+  local spool, spool_in -- the local copy of a stream sent over the byte channel, and its reader
   local ok, err = pcall(function()
     local chunk = next_bytes(per)
     -- More than one exec's worth and a byte channel: the whole stream goes raw in one command
@@ -842,8 +842,8 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
       -- No channel after all: the spool feeds the chunk execs below.
       hasher = codec.sha256_hasher()
       offset = 0
-      local g = assert(io.open(spool, "rb"))
-      next_bytes = function(n) return g:read(n) or "" end
+      spool_in = assert(io.open(spool, "rb"))
+      next_bytes = function(n) return spool_in:read(n) or "" end
       chunk = next_bytes(per)
     end
     -- More than one exec line of payload: larger chunks if the provider sends argv arrays.
@@ -878,6 +878,7 @@ local function upload(provider, rem, dir, name, next_bytes, final, opts)
     local args = final.args(offset, hasher:hex(), offset)
     return rem.run(final.script, dir, table.unpack(args)), offset
   end)
+  if spool_in then spool_in:close() end
   if spool then os.remove(spool) end
   if not ok then
     p:abort()

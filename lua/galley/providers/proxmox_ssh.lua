@@ -20,6 +20,7 @@ local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
 local runtime = require("galley.core.runtime")
 local shell = require("galley.core.shell")
+local util = require("galley.util")
 
 local M = {}
 
@@ -286,15 +287,7 @@ local function run_argv(t, local_argv, opts)
   -- ssh names the user in its own messages ("USER@HOST: Permission denied"): a secret one is
   -- shown as shown_user says, wherever it appears.
   if r and t.secret_user and type(r.stderr) == "string" and t.user and t.user ~= "" then
-    local shown, parts, at = shown_user(t), {}, 1
-    while true do
-      local i, j = r.stderr:find(t.user, at, true)
-      if not i then break end
-      parts[#parts + 1] = r.stderr:sub(at, i - 1) .. shown
-      at = j + 1
-    end
-    parts[#parts + 1] = r.stderr:sub(at)
-    r.stderr = table.concat(parts)
+    r.stderr = util.replace_plain(r.stderr, t.user, shown_user(t))
   end
   if not r then
     return nil, errors.wrap(err, { operation = opts.operation or "exec", kind = "ProviderError" }, "PROCESS_ERROR")

@@ -34,12 +34,7 @@ end
 --- Reads a whole file (error when missing).
 ---@param path string
 ---@return string
-function M.read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+M.read = support.slurp
 
 --- Lines of a text, without the empty one after a final newline.
 ---@param s string
