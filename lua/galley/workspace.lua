@@ -223,7 +223,8 @@ if [ "$4" = 1 ]; then rm -f -- "$1"; fi
 ]]
 
 -- Over a byte channel (provider.files.stream: SSH): the whole upload raw on stdin into $d/$1,
--- and a download raw on stdout (removed afterwards when $2 = 1).
+-- and a download raw on stdout: its first $2 bytes (the size the manifest said), the file removed
+-- afterwards when $3 = 1.
 local SH_STREAM_IN = PRELUDE .. [[
 mkdir -p -- "$d" && cd -- "$d" || exit 1
 cat > "$1" || exit 1
@@ -231,8 +232,8 @@ cat > "$1" || exit 1
 
 local SH_STREAM_OUT = PRELUDE .. [[
 cd -- "$d" || exit 40
-cat -- "$1" || exit 1
-if [ "$2" = 1 ]; then rm -f -- "$1"; fi
+head -c "$2" < "$1" || exit 1
+if [ "$3" = 1 ]; then rm -f -- "$1"; fi
 ]]
 
 local SH_RM = PRELUDE .. [[
@@ -895,7 +896,8 @@ local function download(rem, dir, name, size, sha, to, opts)
   local per = opts.read_chunk_bytes or 3 * (M.DEFAULT_RESPONSE_BYTES // 4)
   -- More than one exec's worth and a byte channel: raw in one command, checked here.
   if size > per and rem.stream and not opts.read_chunk_bytes then
-    local res, serr = rem.stream(SH_STREAM_OUT, { stdout_file = to }, dir, name, "1")
+    local res, serr = rem.stream(SH_STREAM_OUT, { stdout_file = to, max_stdout_bytes = size }, dir, name,
+      tostring(size), "1")
     if res then
       if res.exit_code ~= 0 then
         os.remove(to)

@@ -377,8 +377,9 @@ function M.run_limited(instance_id, argv, limit_ms, run)
   return r, err
 end
 
--- $1 stdin file, $2 stdout file (empty: none), then the program's argv.
-local REDIRECT = [[i=$1 o=$2; shift 2
+-- $1 stdin file, $2 stdout file (empty: none), $3 the most 512-byte blocks the stdout file may
+-- take (empty: no limit; past it the writer gets SIGXFSZ), then the program's argv.
+local REDIRECT = [[i=$1 o=$2; [ -z "$3" ] || ulimit -f "$3" || exit 1; shift 3
 if [ -n "$i" ] && [ -n "$o" ]; then exec "$@" < "$i" > "$o"
 elif [ -n "$i" ]; then exec "$@" < "$i"
 elif [ -n "$o" ]; then exec "$@" > "$o"
@@ -388,16 +389,20 @@ else exec "$@"; fi]]
 --- `stdout_file` (a byte channel's transfer: the data never passes through Lua): a small sh
 --- opens them and execs argv.
 ---@param argv string[]
+--- `max_stdout_bytes` bounds the stdout file (RLIMIT_FSIZE on the local side: an instance that
+--- sends more, lying or not, cannot fill this machine's disk; the transfer then fails).
 ---@param stdin_file? string
 ---@param stdout_file? string
+---@param max_stdout_bytes? integer
 ---@return string[]
-function M.redirected(argv, stdin_file, stdout_file)
+function M.redirected(argv, stdin_file, stdout_file, max_stdout_bytes)
   -- The sh may run elsewhere (a sandbox's exec starts in /): relative paths are made absolute.
   local function abs(p)
     if not p or p:sub(1, 1) == "/" then return p or "" end
     return (require("galley.core.fs").realpath(".") or ".") .. "/" .. p
   end
-  local out = { "/bin/sh", "-c", REDIRECT, "galley-transfer", abs(stdin_file), abs(stdout_file) }
+  local blocks = (stdout_file and max_stdout_bytes) and tostring(max_stdout_bytes // 512 + 1) or ""
+  local out = { "/bin/sh", "-c", REDIRECT, "galley-transfer", abs(stdin_file), abs(stdout_file), blocks }
   for _, a in ipairs(argv) do out[#out + 1] = a end
   return out
 end

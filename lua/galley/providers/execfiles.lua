@@ -363,11 +363,12 @@ fi
 ]]
 
 -- A read over a byte channel (SSH): the checks SH_READ makes, the sha256 of the file, then the
--- file raw on stdout, then "@galley-read SIZE SHA256" as stderr's last line (too large: exit 41
--- with "@galley-size SIZE" on stderr). python3 where wc or cat is missing.
+-- file raw on stdout (exactly the SIZE bytes hashed: a file that grows meanwhile sends no more),
+-- then "@galley-read SIZE SHA256" as stderr's last line (too large: exit 41
+-- with "@galley-size SIZE" on stderr). python3 where wc or head is missing.
 local SH_STREAM_READ = SH_SHA .. [[
 p=$1 limit=$2
-if ! command -v wc >/dev/null 2>&1 || ! command -v cat >/dev/null 2>&1; then
+if ! command -v wc >/dev/null 2>&1 || ! command -v head >/dev/null 2>&1; then
   P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3
   exec "$P" -I -S -c 'import os, sys, stat, hashlib
 p, limit = sys.argv[1], int(sys.argv[2])
@@ -391,9 +392,10 @@ for block in iter(lambda: f.read(1 << 20), b""):
     h.update(block)
     n += len(block)
 f.seek(0)
-out = sys.stdout.buffer
-for block in iter(lambda: f.read(1 << 20), b""):
+out, left = sys.stdout.buffer, n
+for block in iter(lambda: f.read(min(1 << 20, left)), b""):
     out.write(block)
+    left -= len(block)
 out.flush()
 sys.stderr.write("\n@galley-read %d %s\n" % (n, h.hexdigest()))' "$p" "$limit"
 fi
@@ -403,7 +405,7 @@ if [ -d "$p" ]; then echo "is a directory" >&2; exit 43; fi
 n=$(wc -c < "$p") || exit 1
 if [ "$n" -gt "$limit" ]; then echo "@galley-size $n" >&2; exit 41; fi
 sha_of "$p" || exit 1
-cat -- "$p" || exit 1
+head -c "$n" < "$p" || exit 1
 printf '\n@galley-read %s %s\n' "$n" "${h%% *}" >&2
 ]]
 
@@ -922,7 +924,9 @@ function M.new(opts)
     local part = to_file and (to_file .. ".part-" .. random_suffix()) or os.tmpname()
     local ok, res, serr = pcall(function()
       counters.streams = counters.streams + 1
-      return opts.stream(instance_id, sh(SH_STREAM_READ, path, tostring(size_limit)), { stdout_file = part })
+      -- (the channel stops an instance that sends more than the limit: see common.redirected)
+      return opts.stream(instance_id, sh(SH_STREAM_READ, path, tostring(size_limit)),
+        { stdout_file = part, max_stdout_bytes = size_limit })
     end)
     local function fail(e)
       os.remove(part)

@@ -1265,7 +1265,7 @@ function M.new(opts)
     local meta = must_instance(id, "exec")
     log.trace("exec", { instance = meta.id, operation = "files.stream" })
     local popts = process_options(meta, argv, nil, nil, "files.stream")
-    popts.argv = common.redirected(popts.argv, sopts.stdin_file, sopts.stdout_file)
+    popts.argv = common.redirected(popts.argv, sopts.stdin_file, sopts.stdout_file, sopts.max_stdout_bytes)
     popts.stdin, popts.timeout_ms, popts.max_output = sopts.stdin, opts.exec_timeout_ms, opts.max_output
     local res, err = proc.run(popts)
     if not res then could_not_run(meta, err, "files.stream") end

@@ -207,7 +207,7 @@ end
 
 
 -- The ssh options for a target {host, user, port?, alias, secret_user?}.
-function SSH:options(t, tty)
+function SSH:options(t, tty, own_connection)
   local argv = {}
   for _, w in ipairs(self.cmd) do argv[#argv + 1] = w end
   -- host_alias: the name the host key is kept under when several targets share a host (one
@@ -223,9 +223,9 @@ function SSH:options(t, tty)
     "-o", "GlobalKnownHostsFile=/dev/null",
     "-o", "StrictHostKeyChecking=" .. strict,
     "-o", "HostKeyAlias=" .. hk,
-    "-o", "ControlMaster=auto",
-    "-o", "ControlPath=" .. self.control_dir .. "/cm-%C",
-    "-o", "ControlPersist=" .. M.CONTROL_PERSIST_S,
+    "-o", own_connection and "ControlMaster=no" or "ControlMaster=auto",
+    "-o", own_connection and "ControlPath=none" or ("ControlPath=" .. self.control_dir .. "/cm-%C"),
+    "-o", "ControlPersist=" .. (own_connection and "no" or M.CONTROL_PERSIST_S),
     "-o", "ConnectTimeout=" .. M.CONNECT_TIMEOUT_S,
     "-o", "ServerAliveInterval=15",
     "-o", "LogLevel=ERROR",
@@ -250,8 +250,8 @@ end
 ---@param argv string[]
 ---@param tty? boolean
 ---@return string[]
-function SSH:argv(t, argv, tty)
-  local out = self:options(t, tty)
+function SSH:argv(t, argv, tty, own_connection)
+  local out = self:options(t, tty, own_connection)
   out[#out + 1] = "--"
   out[#out + 1] = shell.join(argv)
   return out
@@ -327,10 +327,15 @@ end
 --- went to a file.
 ---@param t table target
 ---@param argv string[]
----@param opts? {stdin_file?: string, stdin?: string, stdout_file?: string, timeout_ms?: integer, operation?: string}
+---@param opts? {stdin_file?: string, stdin?: string, stdout_file?: string, max_stdout_bytes?: integer,
+---  timeout_ms?: integer, operation?: string}
 function SSH:transfer(t, argv, opts)
   opts = opts or {}
-  return run_argv(t, common.redirected(self:argv(t, wrapped(argv)), opts.stdin_file, opts.stdout_file), opts)
+  -- A bounded output file needs ssh itself to write it: through a multiplexed connection the
+  -- master process would, and RLIMIT_FSIZE is the writer's (so such reads cost a handshake).
+  local bounded = opts.stdout_file ~= nil and opts.max_stdout_bytes ~= nil
+  return run_argv(t, common.redirected(self:argv(t, wrapped(argv), false, bounded), opts.stdin_file,
+    opts.stdout_file, opts.max_stdout_bytes), opts)
 end
 
 --- Runs argv on the target, handing output to on_stdout/on_stderr as it arrives (callbacks may

@@ -232,6 +232,24 @@ print("booted")
     end)
   end)
 
+  describe("byte channel", function()
+    it("stops an instance that sends more than the reader's limit, before it fills this machine's disk", function()
+      local i = p.instances.boot()
+      local out = support.tmpname()
+      -- a hostile (or lying) instance: 8 MiB where at most 1 MiB may come
+      local r = p.files.stream(i.id, { "/bin/sh", "-c", "head -c 8388608 /dev/zero" },
+        { stdout_file = out, max_stdout_bytes = 1024 * 1024 })
+      assert.are_not.equal(0, r and r.exit_code)
+      local size = require("galley.core.fs").stat(out).size
+      assert.is_true(size <= 1024 * 1024 + 512, size)
+      -- under the limit it all arrives
+      r = p.files.stream(i.id, { "/bin/sh", "-c", "head -c 1000000 /dev/zero" },
+        { stdout_file = out, max_stdout_bytes = 1024 * 1024 })
+      assert.are.equal(0, r.exit_code)
+      assert.are.equal(1000000, require("galley.core.fs").stat(out).size)
+    end)
+  end)
+
   describe("spawn and reboot", function()
     it("streams a spawned command's output from inside the instance", function()
       local i = p.instances.boot()

@@ -111,6 +111,14 @@ describe("the Morph provider through the emulator's SSH gateway #ssh", function(
     q.close()
   end)
 
+  it("stops an instance that sends more than the reader's limit (ssh's output file is bounded)", function()
+    local out = support.tmpname()
+    local r = p.files.stream(id, { "/bin/sh", "-c", "head -c 8388608 /dev/zero" },
+      { stdout_file = out, max_stdout_bytes = 1024 * 1024 })
+    assert.is_table(r) -- (ssh sees EFBIG and may still exit 0: the readers' size and sha256 checks fail)
+    assert.is_true(fs.stat(out).size <= 1024 * 1024 + 512, fs.stat(out).size)
+  end)
+
   it("never puts the API key in a process's argv, and keeps its files private", function()
     local data = codec.random_bytes(4 * 1024 * 1024)
     local seen = {}
