@@ -418,8 +418,17 @@ function SSH:close(keep_dir)
   local aliases = {}
   for a in pairs(self.used) do aliases[#aliases + 1] = a end
   for _, a in ipairs(aliases) do self:disconnect(a) end
-  if self.own_control_dir then fs.remove_tree(self.control_dir) end
-  if self.owned and not keep_dir then fs.remove_tree(self.dir) end
+  -- `ssh -O exit` returns before the master has gone: a directory it still touches may refuse
+  -- to go at once (seen under load), so a removal is tried again for a moment.
+  local function remove(dir)
+    for _ = 1, 20 do
+      fs.remove_tree(dir)
+      if not fs.exists(dir) then return end
+      runtime.sleep_ms(50)
+    end
+  end
+  if self.own_control_dir then remove(self.control_dir) end
+  if self.owned and not keep_dir then remove(self.dir) end
   if self.exit_box then self.exit_box.dirs, self.exit_box.chan = nil, nil end
 end
 
