@@ -23,6 +23,11 @@
 --   temporary file on the instance. The last exec checks the size and sha256 of the whole
 --   stream, unpacks it into a staging directory beside the files and renames each file into
 --   place: every file lands whole or not at all. A stream that fits one exec is one exec.
+-- - Over a provider's byte channel (files.stream), a push of NATIVE_MIN_BYTES or more is ONE
+--   command instead (push_native): the real tar packs the files here, compressed, into a FIFO
+--   that is the channel's stdin, and tar -x unpacks it there while it arrives; changes made
+--   while tar reads are found by stat (and sha256 for recently changed files) and dropped there
+--   before anything is renamed into place.
 -- - Pull is the mirror image: one exec packs what differs into a temporary tar on the instance,
 --   chunk reads run in parallel and are written at their offsets of a local temporary file,
 --   whose sha256 is checked; it is unpacked (GNU tar) into a staging directory and each file is
@@ -40,6 +45,7 @@ local proc = require("galley.core.proc")
 local errors = require("galley.errors")
 local pool = require("galley.pool")
 local task = require("galley.task")
+local tracker = require("galley.tracker")
 local util = require("galley.util")
 
 local M = {}
@@ -108,22 +114,53 @@ mkdir -p -- "$d" && cd -- "$d" || exit 1
 
 -- Python: renames every staged file into place (a staged directory missing in dest in one
 -- rename; .galley-tmp-ctl/skip entries are dropped first), then deletes what
--- .galley-tmp-ctl/delete lists. argv: dest stage.
+-- .galley-tmp-ctl/delete lists. argv: dest stage [expect].
+-- With "expect" (a stream packed by tar here, see push_native): .galley-tmp-ctl/expect lists
+-- every staged path with the sha256 it must have ("L" + the target for a symlink), and ends
+-- with an END record (else the stream arrived incomplete: exit 42, nothing applied). What does
+-- not match (changed here while tar read it) is dropped; stdout: base64 of those paths, each
+-- followed by a NUL.
 local PY_APPLY = [[
-import os, sys, shutil
+import os, sys, shutil, hashlib, base64
 dest, stage = sys.argv[1], sys.argv[2]
 ctl = os.path.join(stage, ".galley-tmp-ctl")
-def names(p):
+def raw(p):
     try:
         with open(os.path.join(ctl, p), "rb") as f:
-            return [x.decode("utf-8", "surrogateescape") for x in f.read().split(b"\0") if x]
+            return f.read()
     except FileNotFoundError:
-        return []
+        return b""
+def names(p):
+    return [x.decode("utf-8", "surrogateescape") for x in raw(p).split(b"\0") if x]
+def drop(s):
+    if os.path.isdir(s) and not os.path.islink(s):
+        shutil.rmtree(s)
+    elif os.path.lexists(s):
+        os.unlink(s)
+bad = []
+if len(sys.argv) > 3:
+    recs = raw("expect").split(b"\0")
+    if len(recs) < 2 or recs[-2] != b"END" or len(recs) % 2:
+        sys.stderr.write("the stream arrived incomplete\n")
+        sys.exit(42)
+    for i in range(0, len(recs) - 2, 2):
+        r, want = recs[i].decode("utf-8", "surrogateescape"), recs[i + 1]
+        s = os.path.join(stage, r)
+        if want[:1] == b"L":
+            ok = os.path.islink(s) and os.fsencode(os.readlink(s)) == want[1:]
+        elif os.path.isfile(s) and not os.path.islink(s):
+            h = hashlib.sha256()
+            with open(s, "rb") as f:
+                for b in iter(lambda: f.read(1 << 20), b""):
+                    h.update(b)
+            ok = h.hexdigest().encode() == want
+        else:
+            ok = False
+        if not ok:
+            bad.append(recs[i])
+            drop(s)
 for r in names("skip"):
-    try:
-        os.unlink(os.path.join(stage, r))
-    except FileNotFoundError:
-        pass
+    drop(os.path.join(stage, r))
 for root, dirs, files in os.walk(stage):
     rel = os.path.relpath(root, stage)
     if rel == ".galley-tmp-ctl":
@@ -153,6 +190,8 @@ for r in names("delete"):
     t = os.path.join(dest, r)
     if os.path.islink(t) or os.path.isfile(t):
         os.unlink(t)
+if bad:
+    sys.stdout.write(base64.b64encode(b"".join(x + b"\0" for x in bad)).decode())
 ]]
 
 -- Unpacks the uploaded stream $1 (size $2, sha256 $3, compressed with $6 = zstd|gzip|none;
@@ -228,6 +267,42 @@ if [ "$4" = 1 ]; then rm -f -- "$1"; fi
 local SH_STREAM_IN = PRELUDE .. [[
 mkdir -p -- "$d" && cd -- "$d" || exit 1
 cat > "$1" || exit 1
+]]
+
+-- Over a byte channel, a push packed by tar here (push_native): the stream compressed with $1
+-- (zstd|gzip|none) on stdin is unpacked while it arrives into a staging directory beside the
+-- files (tar -i: the control files follow as a second archive), checked against its expect
+-- list and renamed into place by $2 (PY_APPLY); $3 names the staging directory.
+local SH_STREAM_APPLY = PRELUDE .. [[
+z=$1 py=$2 stage=$3
+mkdir -p -- "$d" && cd -- "$d" || exit 1
+mkdir -- "$stage" || exit 1
+case $z in
+  zstd) zstd -d -q -c | tar -x -i -p --no-same-owner -f - -C "$stage" ;;
+  gzip) gzip -d -c | tar -x -i -p --no-same-owner -f - -C "$stage" ;;
+  *) tar -x -i -p --no-same-owner -f - -C "$stage" ;;
+esac || { rm -rf -- "$stage"; echo "tar -x failed" >&2; exit 1; }
+python3 -I -S -c "$py" "$PWD" "$stage" expect || { s=$?; rm -rf -- "$stage"; exit "$s"; }
+rm -rf -- "$stage"
+]]
+
+-- Here, the producer of push_native's stream: stdout to the FIFO $1 (the byte channel's
+-- stdin), tar of the ./paths listed in $3 (NUL-separated) below $2, then what arrives on stdin
+-- (the control files, a second archive), compressed with $4; tar's messages into file $5, the
+-- compressed size (dd's count) into $5.count. Once tar has read every file it
+-- says so on stderr ("galley-packed STATUS"); the control files come after that. A file gone
+-- meanwhile is left out (--ignore-failed-read); tar's 1 ("file changed as we read it") is not a
+-- failure: push_native finds such files itself.
+local SH_PRODUCE = [[
+exec > "$1" || exit 1
+d=$2 list=$3 z=$4 err=$5
+{ tar -c -f - --null --no-recursion --verbatim-files-from --ignore-failed-read -C "$d" -T "$list" 2>"$err"
+  s=$?; echo "galley-packed $s" >&2
+  [ "$s" -le 1 ] && exec cat; } | case $z in
+  zstd) zstd -q -1 -T0 -c ;;
+  gzip) gzip -1 -c ;;
+  *) cat ;;
+esac | LC_ALL=C dd bs=65536 2>"$err.count"
 ]]
 
 local SH_STREAM_OUT = PRELUDE .. [[
@@ -356,7 +431,7 @@ local function remote(provider, id, stats, opts)
     raise("VALIDATION_ERROR", "exec_timeout_ms must be a positive integer", { field = "exec_timeout_ms" })
   end
   local eopts = { timeout_ms = limit or M.DEFAULT_EXEC_TIMEOUT_MS }
-  local r = {}
+  local r = { id = id }
   function r.run(script, ...)
     stats.execs = stats.execs + 1
     return provider.exec(id, { kind = "argv", command = "/bin/sh", args = sh_argv(script, ...) }, eopts)
@@ -594,8 +669,9 @@ local function local_tree(dir, opts)
     if res.exit_code ~= 0 then
       raise("PROCESS_ERROR", "git ls-files failed in " .. dir, { resource = "file:" .. dir })
     end
-    -- Regular files are hashed here (libcrypto: several times sha256sum's speed, and no
-    -- xargs/find round over the list); symlinks, rare, go through SH_MANIFEST for their target.
+    -- Regular files are hashed here, later and only where needed (hash_missing: libcrypto,
+    -- several times sha256sum's speed, and no xargs/find round over the list); symlinks, rare,
+    -- go through SH_MANIFEST for their target.
     local links, seen, files = {}, {}, {}
     for p in res.stdout:gmatch("([^%z]+)%z") do
       if not seen[p] and not ignored(p) then
@@ -610,22 +686,36 @@ local function local_tree(dir, opts)
       end
     end
     entries = #links > 0 and local_manifest(dir, links) or {}
-    for k, p in ipairs(files) do
-      local sum, err = util.sha256_file(dir .. "/" .. p)
-      if sum then
-        local st = files[p]
-        entries[p] = { type = "file", mode = st.mode, size = st.size, sha256 = sum }
-      elseif not (err and err.code == "FS_NOT_FOUND") then -- gone meanwhile: left out, as find does
-        raise("FILE_IO_ERROR", ("cannot read %s: %s"):format(p, err and err.message or "?"),
-          { operation = "workspace.push", resource = "file:" .. dir .. "/" .. p })
-      end
-      if k % 256 == 0 and task.current() then task.yield() end -- other tasks run meanwhile
+    for _, p in ipairs(files) do
+      local st = files[p]
+      entries[p] = { type = "file", mode = st.mode, size = st.size, st = st } -- sha256: see hash_missing
     end
   else
     entries = local_manifest(dir, nil, opts.all and "all" or "git")
     for p in pairs(entries) do if ignored(p) then entries[p] = nil end end
   end
   return entries
+end
+
+
+-- Fills in the sha256 of the regular files `rels` of `entries` (a local tree below `dir`) that
+-- have none yet; a file gone meanwhile leaves the tree (as find does).
+local function hash_missing(dir, entries, rels)
+  for k, p in ipairs(rels) do
+    local e = entries[p]
+    if e and e.type == "file" and not e.sha256 then
+      local sum, err = util.sha256_file(dir .. "/" .. p)
+      if sum then
+        e.sha256 = sum
+      elseif err and err.code == "FS_NOT_FOUND" then
+        entries[p] = nil
+      else
+        raise("FILE_IO_ERROR", ("cannot read %s: %s"):format(p, err and err.message or "?"),
+          { operation = "workspace.push", resource = "file:" .. dir .. "/" .. p })
+      end
+    end
+    if k % 256 == 0 and task.current() then task.yield() end -- other tasks run meanwhile
+  end
 end
 
 
@@ -976,10 +1066,10 @@ end
 -- Runs fn(dir) with a fresh local temporary directory, removed afterwards (also on errors).
 local function with_tmpdir(fn)
   local dir = assert(fs.mkdtemp("/tmp/galley-ws-XXXXXX"))
-  local ok, res = pcall(fn, dir)
+  local r = table.pack(pcall(fn, dir))
   fs.remove_tree(dir)
-  if not ok then error(res, 0) end
-  return res
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
 end
 
 
@@ -1125,6 +1215,154 @@ local function compressed_stream(dir, next_bytes, z)
 end
 
 
+-- GNU tar here (push_native needs --verbatim-files-from, --ignore-failed-read)?
+local gnu_tar
+local function gnu_tar_here()
+  if gnu_tar == nil then
+    local r = proc.run({ argv = { "tar", "--version" }, timeout_ms = 10000 })
+    gnu_tar = (r and r.exit_code == 0 and r.stdout:find("GNU tar", 1, true)) and true or false
+  end
+  return gnu_tar
+end
+
+
+-- Did the local file below `dir` change since `e.st` was taken (its size, inode, mtime or
+-- ctime: a write, chmod, or a rename over it, changes the ctime, which no one can set back)?
+local function stat_changed(dir, rel, e)
+  local st, a = fs.stat(dir .. "/" .. rel), e.st
+  return not st or st.type ~= a.type or st.size ~= a.size or st.ino ~= a.ino or st.mtime_ns ~= a.mtime_ns
+    or st.ctime_ns ~= a.ctime_ns or st.mode ~= a.mode
+end
+
+
+-- How close to now (ns) a file's ctime makes it "recent": a change then may not move its
+-- ctime again (coarse clocks tick in milliseconds, some filesystems in seconds).
+M.RECENT_NS = 3 * 1000000000
+
+-- A push of fewer raw bytes does not take the byte channel's tar (push_native).
+M.NATIVE_MIN_BYTES = 1048576
+
+-- Pushes the paths `rels` of the local tree `mine` (below local_dir) into remote_dir over the
+-- provider's byte channel in ONE command: packed by the real tar and compressed with z here
+-- while it is sent, unpacked on the instance while it arrives (SH_PRODUCE into a FIFO,
+-- SH_STREAM_APPLY). What changed while tar read it is found the way tar and rsync find it, and
+-- never lands: every file is stat'ed before and once tar has read them all (size, inode, mtime,
+-- ctime); changed ones are listed in the "skip" control file that follows. A file changed in
+-- the last RECENT_NS before the push (its next change might not move its ctime) is also hashed
+-- here, and the instance checks what it got against that (the "expect" control file).
+-- Returns the rels skipped or dropped so, or nil when the channel cannot be used.
+local function push_native(rem, local_dir, remote_dir, mine, rels, deletes, z)
+  return with_tmpdir(function(tmp)
+    local list, fifo = tmp .. "/list", tmp .. "/fifo"
+    local recent_ns = (os.time() - 1) * 1000000000 - M.RECENT_NS
+    local f = assert(io.open(list, "wb"))
+    local recent = {}
+    for k, r in ipairs(rels) do
+      local e = mine[r]
+      if e then
+        if not e.st then e.st = fs.stat(local_dir .. "/" .. r) or { type = "gone" } end
+        if e.st.ctime_ns and e.st.ctime_ns >= recent_ns then
+          e.sha256 = nil -- hashed again below, after the stat
+          recent[#recent + 1] = r
+        end
+        f:write("./", r, "\0")
+      end
+      if k % 1024 == 0 and task.current() then task.yield() end
+    end
+    f:close()
+    local ok_fifo, ferr = fs.mkfifo(fifo, "600")
+    if not ok_fifo then
+      raise("FILE_IO_ERROR", "cannot create a FIFO in " .. tmp .. ": " .. tostring(ferr and ferr.message),
+        { operation = "workspace.push", resource = "file:" .. tmp })
+    end
+    local producer, perr = proc.spawn({ argv = { "/bin/sh", "-c", SH_PRODUCE, "galley-pack", fifo, local_dir, list, z,
+      tmp .. "/tar-errors" },
+      stdin = "pipe" })
+    if not producer then error(perr, 0) end
+    local packed -- tar's exit status, once it has read every file
+    local stage = TMP .. "stage-" .. random_name()
+    local sender = task.spawn(function()
+      local res, err = rem.stream(SH_STREAM_APPLY, { stdin_file = fifo }, remote_dir, z, PY_APPLY, stage)
+      if not packed then producer:kill("KILL") end -- never opened, or gone: the producer stops too
+      return res, err
+    end)
+    local skip, errbuf = {}, ""
+    local ok, res, serr = pcall(function()
+      hash_missing(local_dir, mine, recent)
+      while not packed do
+        local ev, data = producer:read()
+        if ev == "stderr" then
+          errbuf = errbuf .. data
+          packed = tonumber(errbuf:match("galley%-packed (%d+)\n"))
+        elseif ev == "exit" or ev == nil then
+          break
+        end
+      end
+      if packed and packed <= 1 then
+        local expect = {}
+        for k, r in ipairs(rels) do
+          local e = mine[r]
+          if e and stat_changed(local_dir, r, e) then skip[#skip + 1] = r end
+          if k % 1024 == 0 and task.current() then task.yield() end
+        end
+        for _, r in ipairs(recent) do
+          local e = mine[r]
+          expect[#expect + 1] = r .. "\0" .. (not e and "-" or e.type == "symlink" and ("L" .. e.target) or e.sha256)
+            .. "\0"
+        end
+        expect[#expect + 1] = "END\0"
+        local ctl = {}
+        for _, c in ipairs({ { "expect", table.concat(expect) }, { "skip", table.concat(skip, "\0") },
+          { "delete", table.concat(deletes, "\0") } }) do
+          local body = c[2]
+          ctl[#ctl + 1] = tar_entry(TMP .. "ctl/" .. c[1], #body, 420, "0") .. body .. pad(#body)
+        end
+        ctl[#ctl + 1] = NULS[1024]
+        producer:write(table.concat(ctl)) -- (a producer that stopped already: dropped, and seen below)
+      end
+      producer:close_stdin()
+      return sender:wait()
+    end)
+    if not ok or not res then
+      sender:cancel()
+      pcall(sender.wait, sender)
+      producer:close()
+      if ok and errors.is(serr, "STREAM_UNAVAILABLE") then return nil end
+      local err = ok and serr or res
+      -- The instance's command stops with its channel; its staging directory goes here, or (a
+      -- pending Ctrl-C fails this exec too) at the run's end.
+      local function remove()
+        local rok, r = pcall(rem.run, SH_RM, remote_dir, stage)
+        return rok and type(r) == "table" and r.exit_code == 0
+      end
+      if not remove() and errors.is(err, "INTERRUPTED") then
+        tracker.defer(function() remove() end, ("remove %s/%s on %s"):format(remote_dir, stage, rem.id))
+      end
+      error(err, 0)
+    end
+    local pres = producer:wait()
+    producer:close()
+    local function pack_failed()
+      local detail = (((fs.read(tmp .. "/tar-errors") or "") .. (pres and pres.stderr or "") .. errbuf)
+        :gsub("galley%-packed %d+\n", ""):gsub("%s+$", "")):sub(-300)
+      raise("FILE_IO_ERROR", ("cannot pack %s: %s"):format(local_dir, detail ~= "" and detail
+        or ("tar exited with " .. tostring(packed))), { operation = "workspace.push", resource = "file:" .. local_dir,
+          details = { exit_code = pres and pres.exit_code, tar_status = packed } })
+    end
+    if packed and packed > 1 then pack_failed() end
+    if res.exit_code ~= 0 then rem.fail(res, "push", remote_dir) end
+    if not packed or not pres or pres.exit_code ~= 0 then pack_failed() end
+    local raw = codec.base64_decode(((res.stdout or ""):gsub("%s", "")))
+    if not raw then
+      raise("PROTOCOL_ERROR", "unreadable answer from the push on " .. remote_dir, { operation = "workspace.push" })
+    end
+    for p in raw:gmatch("([^%z]+)%z") do skip[#skip + 1] = p end
+    local count = fs.read(tmp .. "/tar-errors.count") or ""
+    return skip, tonumber(count:match("(%d+) bytes")) or 0
+  end)
+end
+
+
 local function check_local_dir(dir, field)
   check_string(dir, field)
   local st = fs.stat(dir)
@@ -1195,6 +1433,14 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   end
   theirs = theirs or {}
   local z = pick_codec(opts, tools)
+  -- only a file whose twin there has its size needs its sha256 to decide (the rest is hashed
+  -- while it is sent, or before, below)
+  local candidates = {}
+  for rel, e in pairs(mine) do
+    local t = theirs[rel]
+    if e.type == "file" and t and t.type == "file" and t.size == e.size then candidates[#candidates + 1] = rel end
+  end
+  hash_missing(local_dir, mine, candidates)
   local send, unchanged, deletes = {}, 0, {}
   for _, rel in ipairs(sorted(mine)) do
     if same(mine[rel], theirs[rel]) then unchanged = unchanged + 1 else send[#send + 1] = rel end
@@ -1223,12 +1469,13 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   if opts.dry_run or (#send == 0 and #deletes == 0) then return result end
   result.compress = z
 
-  local attempt = 0
-  local todo = send
-  while true do
-    attempt = attempt + 1
+  -- Through exec (or one raw upload over a byte channel): the tar written here in Lua, sent in
+  -- parallel chunks while it is made and compressed; what changed while read is listed at its
+  -- end (the "skip" control file), so the instance drops those files. Returns those rels.
+  local function push_exec(todo, attempt)
+    hash_missing(local_dir, mine, todo)
     local items = {}
-    for _, rel in ipairs(todo) do items[#items + 1] = { rel = rel, entry = mine[rel] } end
+    for _, rel in ipairs(todo) do if mine[rel] then items[#items + 1] = { rel = rel, entry = mine[rel] } end end
     local next_bytes, changed
     next_bytes, changed = tar_stream(local_dir, items, {
       list_control("skip", function() return changed() end),
@@ -1236,8 +1483,6 @@ function M.push(provider, id, local_dir, remote_dir, opts)
     })
     local name = TMP .. "push-" .. random_name() .. ".tar"
     local res = with_tmpdir(function(tmp)
-      -- sent in parallel chunks while it is made and compressed; what changed while read is
-      -- listed at its end (the "skip" control file), so the instance drops those files
       local read, close = compressed_stream(tmp, next_bytes, z)
       local ok, r = pcall(upload, provider, rem, remote_dir, name, read, {
         script = SH_APPLY, inline = true, extra = { PY_APPLY, z },
@@ -1248,9 +1493,27 @@ function M.push(provider, id, local_dir, remote_dir, opts)
       return r
     end)
     if res.exit_code ~= 0 then rem.fail(res, "push", remote_dir) end
-    local again = changed()
+    return changed()
+  end
+
+  -- Over a byte channel, with python3 there and GNU tar here: the real tar, in one command.
+  -- (Over NATIVE_MIN_BYTES only: below, one exec carries it, compressed, and no SSH connection
+  -- is made for it.)
+  local native = rem.stream and tools.python3 and not opts.chunk_bytes and bytes >= M.NATIVE_MIN_BYTES
+    and gnu_tar_here()
+  local todo = send
+  for attempt = 1, 2 do
+    local again, wire
+    if native then
+      again, wire = push_native(rem, local_dir, remote_dir, mine, todo, attempt == 1 and deletes or {}, z)
+    end
+    if again then
+      result.wire_bytes = (result.wire_bytes or 0) + wire
+    else
+      again = push_exec(todo, attempt)
+    end
     if #again == 0 then break end
-    if attempt >= 2 then
+    if attempt == 2 then
       raise("FILE_IO_ERROR", ("%s changed while it was sent (twice)"):format(local_dir .. "/" .. again[1]), {
         operation = "workspace.push", resource = "file:" .. local_dir .. "/" .. again[1],
         details = { paths = again }, hint = "stop whatever writes to it, then push again",
@@ -1259,7 +1522,8 @@ function M.push(provider, id, local_dir, remote_dir, opts)
     local fresh = local_manifest(local_dir, again)
     todo = {}
     for _, rel in ipairs(again) do
-      if fresh[rel] then mine[rel] = fresh[rel]; todo[#todo + 1] = rel end
+      mine[rel] = fresh[rel]
+      if fresh[rel] then todo[#todo + 1] = rel end
     end
     if #todo == 0 then break end
   end

@@ -164,14 +164,15 @@ static int l_fs_write_atomic(lua_State *L) {
 }
 
 
-/* fs.stat(path) -> {type, size, mode, mtime, uid, gid} | nil, err   (a symlink is "link") */
+/* fs.stat(path) -> {type, size, mode, mtime, mtime_ns, ctime_ns, ino, uid, gid} | nil, err
+   (a symlink is "link"; *_ns: nanoseconds since the epoch) */
 static int l_fs_stat(lua_State *L) {
   static const char *const types[] = {"file", "directory", "link", "other"};
   const char *path = check_path(L, 1);
   galley_fs_info info;
   galley_fs_error e;
   if (galley_fs_stat(path, &info, &e) != 0) return fs_fail(L, &e, "cannot stat");
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 9);
   lua_pushstring(L, types[info.type]);
   lua_setfield(L, -2, "type");
   lua_pushinteger(L, (lua_Integer)info.size);
@@ -180,6 +181,12 @@ static int l_fs_stat(lua_State *L) {
   lua_setfield(L, -2, "mode");
   lua_pushinteger(L, info.mtime);
   lua_setfield(L, -2, "mtime");
+  lua_pushinteger(L, info.mtime_ns);
+  lua_setfield(L, -2, "mtime_ns");
+  lua_pushinteger(L, info.ctime_ns);
+  lua_setfield(L, -2, "ctime_ns");
+  lua_pushinteger(L, (lua_Integer)info.ino);
+  lua_setfield(L, -2, "ino");
   lua_pushinteger(L, info.uid);
   lua_setfield(L, -2, "uid");
   lua_pushinteger(L, info.gid);

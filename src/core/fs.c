@@ -206,6 +206,9 @@ int galley_fs_stat(const char *path, galley_fs_info *info, galley_fs_error *e) {
   info->size = (uint64_t)st.st_size;
   info->mode = st.st_mode & 07777;
   info->mtime = (int64_t)st.st_mtime;
+  info->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+  info->ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+  info->ino = (uint64_t)st.st_ino;
   info->uid = st.st_uid;
   info->gid = st.st_gid;
   return 0;

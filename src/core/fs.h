@@ -21,6 +21,9 @@ typedef struct {
   uint64_t size;
   unsigned mode;            /* permission bits (& 07777) */
   int64_t mtime;            /* seconds since the epoch */
+  int64_t mtime_ns;         /* nanoseconds since the epoch */
+  int64_t ctime_ns;         /* the inode's last change, nanoseconds since the epoch */
+  uint64_t ino;             /* inode number */
   uid_t uid;
   gid_t gid;
 } galley_fs_info;

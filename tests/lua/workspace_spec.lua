@@ -204,8 +204,9 @@ local function suite(label, setup)
       local r = workspace.push(p, id, src, "~/raw")
       assert.are.equal(4, r.sent)
       if p.files.stream then
-        -- the manifest, one stream, the apply
-        assert.are.same({ 1, 2 }, { r.streams, r.execs })
+        -- the manifest, then one stream: packed by tar here, unpacked and applied there
+        assert.are.same({ 1, 1 }, { r.streams, r.execs })
+        assert.is_true(r.wire_bytes > 4000000, r.wire_bytes)
       else
         assert.are.equal(0, r.streams)
         assert.is_true(r.execs >= 4, r.execs)
@@ -400,6 +401,130 @@ io.stdout:write(ok and "ok" or tostring(err.code), "\n")
       assert.are.equal("FILE_IO_ERROR", err.code)
       assert.are.equal("file:" .. src .. "/grow.bin", err.resource)
       assert.are.equal("no\n", rexec(p, id, '[ -e ~/t9/grow.bin ] && echo yes || echo no'))
+    end)
+
+    -- Over a byte channel, a push of more than NATIVE_MIN_BYTES is packed by the real tar here and
+    -- unpacked there while it arrives; what changed meanwhile is found by stat (files older than
+    -- RECENT_NS) or by its sha256, checked on the instance (recent ones), and never lands.
+    local function native_tree(src)
+      fs.mkdir_p(src)
+      sh('cd "$1" && echo one > a.txt && echo keep > b.txt && head -c 2000000 /dev/urandom > big.bin', src)
+    end
+
+    it("over a byte channel, sends a file again when its stat moved while tar read it", function()
+      if not p.files.stream then return pending("this provider has no byte channel") end
+      local src = work .. "/nat1"
+      native_tree(src)
+      local saved = workspace.RECENT_NS
+      workspace.RECENT_NS = -1e15 -- every file counts as old: only its stat tells
+      local changes = 0
+      local hooked = setmetatable({ files = setmetatable({ stream = function(...)
+        changes = changes + 1
+        if changes == 1 then sh('echo two > "$1/a.txt"', src) end -- same size, while tar runs
+        return p.files.stream(...)
+      end }, { __index = p.files }) }, { __index = p })
+      local ok, r = pcall(workspace.push, hooked, id, src, "~/nat1")
+      workspace.RECENT_NS = saved
+      assert(ok, r)
+      assert.are.same({ 3, 2, 1 }, { r.sent, r.streams, r.execs }) -- the second stream: a.txt alone
+      assert.are.equal("two\n", rexec(p, id, 'cat ~/nat1/a.txt'))
+      assert.are.equal(sh('sha256sum < "$1/big.bin"', src), rexec(p, id, 'sha256sum < ~/nat1/big.bin'))
+      assert.are.equal("", rexec(p, id, 'ls -A ~/nat1 | grep "^\\.galley-tmp-" || true'))
+    end)
+
+    it("over a byte channel, drops a recent file whose sha256 does not match on the instance", function()
+      if not p.files.stream then return pending("this provider has no byte channel") end
+      local src = work .. "/nat2"
+      native_tree(src)
+      local util = require("galley.util")
+      local real = util.sha256_file
+      local lies = 1
+      util.sha256_file = function(path) -- what tar reads is not what was hashed here
+        if path:sub(-6) == "/a.txt" and lies > 0 then lies = lies - 1; return ("0"):rep(64) end
+        return real(path)
+      end
+      local ok, r = pcall(workspace.push, p, id, src, "~/nat2")
+      assert(ok, r)
+      assert.are.same({ 3, 2 }, { r.sent, r.streams })
+      assert.are.equal("one\n", rexec(p, id, 'cat ~/nat2/a.txt'))
+      -- never matches: FILE_IO_ERROR naming it, and it never landed
+      lies = 1e9
+      local err
+      ok, err = pcall(workspace.push, p, id, src, "~/nat3")
+      util.sha256_file = real
+      assert.is_false(ok)
+      assert.are.equal("FILE_IO_ERROR", err.code)
+      assert.are.equal("file:" .. src .. "/a.txt", err.resource)
+      assert.are.equal("no\n", rexec(p, id, '[ -e ~/nat3/a.txt ] && echo yes || echo no'))
+      assert.are.equal("keep\n", rexec(p, id, 'cat ~/nat3/b.txt'))
+    end)
+
+    it("over a byte channel, fails with FILE_IO_ERROR when the local compressor fails, leaving nothing", function()
+      if not p.files.stream then return pending("this provider has no byte channel") end
+      local src = work .. "/nat4"
+      native_tree(src)
+      local bin = require("support.toolbin").make({ tools = {}, wrappers = { zstd = "echo 'zstd: broken' >&2; exit 3" } })
+      local child = support.script(([[
+local ws = require("galley.workspace")
+local p = %s
+local ok, err = pcall(ws.push, p, %q, %q, "~/nat4", { compress = "zstd" })
+io.stdout:write(ok and "ok" or tostring(err.code), " ", ok and "" or tostring(err.message):gsub("\n", " "), "\n")
+]]):format(env.child_provider, id, src))
+      local child_env = {}
+      for k, v in pairs(env.child_env or {}) do child_env[k] = v end
+      child_env.PATH = bin .. ":" .. os.getenv("PATH")
+      local r = assert(proc.run({ argv = { support.bin, child }, env = child_env, env_mode = "extend",
+        timeout_ms = 60000 }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.are.equal("FILE_IO_ERROR", r.stdout:match("^(%S+)"), r.stdout)
+      assert.are.equal("", rexec(p, id, 'ls -A ~/nat4 2>/dev/null || true'))
+    end)
+
+    it("over a byte channel, leaves the old files and no process behind when Ctrl-C stops a push", function()
+      if not p.files.stream then return pending("this provider has no byte channel") end
+      local src = work .. "/nat5"
+      native_tree(src)
+      workspace.push(p, id, src, "~/nat5")
+      sh('cd "$1" && echo new > a.txt && head -c 2000000 /dev/urandom > big.bin', src)
+      -- tar here has read everything, and waits: the stream is in flight, the files staged there
+      local bin = require("support.toolbin").make({ tools = {}, wrappers = {
+        tar = '[ "$1" = -c ] || exec REAL "$@"\nREAL "$@"; s=$?; echo packed > LOG; sleep 60; exit $s' } })
+      local child = support.script(([[
+local ws = require("galley.workspace")
+local fs = require("galley.core.fs")
+local mkdtemp = fs.mkdtemp
+fs.mkdtemp = function(prefix) -- says where the list and the FIFO go
+  local d = mkdtemp(prefix)
+  io.stdout:write("tmp ", d, "\n"); io.stdout:flush()
+  return d
+end
+local p = %s
+ws.push(p, %q, %q, "~/nat5")
+io.stdout:write("finished\n")
+]]):format(env.child_provider, id, src))
+      local child_env = {}
+      for k, v in pairs(env.child_env or {}) do child_env[k] = v end
+      child_env.PATH = bin .. ":" .. os.getenv("PATH")
+      local h = assert(proc.spawn({ argv = { support.bin, child }, env = child_env, env_mode = "extend" }))
+      local deadline = runtime.now_ms() + 30000
+      while not fs.stat(bin .. "/log") and runtime.now_ms() < deadline do runtime.sleep_ms(20) end
+      assert.is_truthy(fs.stat(bin .. "/log"), "tar never finished")
+      h:kill("INT")
+      local res = h:wait()
+      h:close()
+      assert.is_nil(res.stdout:find("finished", 1, true))
+      local dirs = 0
+      for dir in res.stdout:gmatch("tmp (%S+)\n") do
+        dirs = dirs + 1
+        assert.is_false(fs.stat(dir) ~= nil, dir)
+        assert.are.equal("", sh('pgrep -f -- "[/]$1" || true', dir:sub(2))) -- the producer, tar, zstd, ssh
+      end
+      assert.is_true(dirs >= 1)
+      assert.are.equal("", sh('pgrep -f -- "[s]leep 60" || true'))
+      assert.are.equal("one\n", rexec(p, id, 'cat ~/nat5/a.txt'))
+      local r = workspace.push(p, id, src, "~/nat5")
+      assert.are.equal(2, r.sent)
+      assert.are.equal("new\n", rexec(p, id, 'cat ~/nat5/a.txt'))
     end)
 
     it("brings the agent's commits back as a branch, leaving the user's tree alone", function()
