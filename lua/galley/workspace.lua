@@ -1421,8 +1421,27 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   local rem = remote(provider, id, stats, opts)
   local ignored = ignore_matcher(opts.ignore)
   -- both manifests at once: the remote one in a task while this one is computed here
-  local theirs, tools = both(function() return remote_manifest(rem, remote_dir, opts.all and "all" or "git") end,
-    function() return local_tree(local_dir, opts) end)
+  local remote_done = false
+  local theirs, tools = both(function()
+    local a, b = remote_manifest(rem, remote_dir, opts.all and "all" or "git")
+    remote_done = true
+    return a, b
+  end, function()
+    local m = local_tree(local_dir, opts)
+    -- While the instance still hashes its side (a re-push's wait), the files here are hashed
+    -- too, a batch between two turns of the event loop; the rest only where needed, below.
+    local batch = {}
+    for rel, e in pairs(m) do
+      if remote_done then break end
+      if e.type == "file" and not e.sha256 then batch[#batch + 1] = rel end
+      if #batch == 64 then
+        hash_missing(local_dir, m, batch)
+        batch = {}
+        task.sleep(0)
+      end
+    end
+    return m
+  end)
   local mine = table.remove(tools, 1)
   tools = tools[1]
   for rel in pairs(mine) do
