@@ -85,44 +85,66 @@ local function suite(label, setup)
     before_each(function() work = mktemp() end)
     after_each(function() sh('rm -rf -- "$1"', work) end)
 
-    it("pushes a tree with odd names, modes and symlinks, honouring .gitignore", function()
-      local src = work .. "/src"
-      fs.mkdir_p(src)
-      make_tree(src)
-      local r = workspace.push(p, id, src, "~/t1")
-      assert.are.equal(10, r.sent)
-      assert.are.equal(0, r.unchanged)
-      local want = local_listing(src):gsub("[^\n]*\n", function(line)
-        local b64 = line:match("^%S+ %S+ (%S+)")
-        local name = codec.base64_decode(b64)
-        if name:find("^node_modules") or name == "build.log" then return "" end
-        return line
+    -- Each twice over a byte channel: small pushes go through exec; with NATIVE_MIN_BYTES = 0
+    -- every push is packed by the real tar here (push_native).
+    for _, native in ipairs({ false, true }) do
+      local function variant(name, fn)
+        it(name .. (native and " (packed by tar over the byte channel)" or ""), function()
+          if native and not p.files.stream then return pending("this provider has no byte channel") end
+          local saved = workspace.NATIVE_MIN_BYTES
+          if native then workspace.NATIVE_MIN_BYTES = 0 end
+          local ok, err = pcall(fn)
+          workspace.NATIVE_MIN_BYTES = saved
+          if not ok then error(err, 0) end
+        end)
+      end
+      variant("pushes a tree with odd names, modes and symlinks, honouring .gitignore", function()
+        local src = work .. "/src"
+        fs.mkdir_p(src)
+        make_tree(src)
+        local extra = 0
+        if native then -- names and a link target over tar's 100 bytes
+          local long = ("l"):rep(60) .. "/" .. ("m"):rep(70) .. " ü"
+          sh('cd "$1" && mkdir -p "${2%/*}" && echo long > "$2" && ln -s "$2" link-long && git add -A', src, long)
+          extra = 2
+        end
+        local r = workspace.push(p, id, src, "~/t1" .. (native and "n" or ""))
+        assert.are.equal(10 + extra, r.sent)
+        assert.are.equal(0, r.unchanged)
+        if native then assert.are.equal(1, r.streams) end
+        local want = local_listing(src):gsub("[^\n]*\n", function(line)
+          local b64 = line:match("^%S+ %S+ (%S+)")
+          local name = codec.base64_decode(b64)
+          if name:find("^node_modules") or name == "build.log" then return "" end
+          return line
+        end)
+        -- directories are created by need: compare files and links
+        local function no_dirs(s) return (s:gsub("d [^\n]*\n", "")) end
+        assert.are.equal(no_dirs(want), no_dirs(remote_listing(p, id, "t1" .. (native and "n" or ""))))
+        assert.are.equal("run\n", rexec(p, id, '"$HOME/$1/sub dir/deep/run.sh"', "t1" .. (native and "n" or "")))
       end)
-      -- directories are created by need: compare files and links
-      local function no_dirs(s) return (s:gsub("d [^\n]*\n", "")) end
-      assert.are.equal(no_dirs(want), no_dirs(remote_listing(p, id, "t1")))
-      assert.are.equal("run\n", rexec(p, id, '"$HOME/t1/sub dir/deep/run.sh"'))
-    end)
 
-    it("re-pushes an unchanged tree in one exec and sends only what changed", function()
-      local src = work .. "/src"
-      fs.mkdir_p(src)
-      make_tree(src)
-      workspace.push(p, id, src, "~/t2")
-      local again = workspace.push(p, id, src, "~/t2")
-      assert.are.same({ 0, 10, 1 }, { again.sent, again.unchanged, again.execs })
-      sh('cd "$1" && echo changed > a.txt && chmod 604 "with space.txt"', src)
-      assert(os.remove(src .. "/it's \"quoted\""))
-      local dry = workspace.push(p, id, src, "~/t2", { dry_run = true, delete = true })
-      assert.are.same({ "a.txt", "with space.txt" }, dry.files)
-      assert.are.same({ "it's \"quoted\"" }, dry.deletes)
-      assert.are.equal(1, dry.execs)
-      local r = workspace.push(p, id, src, "~/t2", { delete = true })
-      assert.are.same({ 2, 1 }, { r.sent, r.deleted })
-      assert.are.equal("changed\n", rexec(p, id, 'cat ~/t2/a.txt'))
-      assert.are.equal("604\n", rexec(p, id, 'stat -c %a ~/t2/"with space.txt"'))
-      assert.are.equal("no\n", rexec(p, id, '[ -e "$HOME/t2/$1" ] && echo yes || echo no', "it's \"quoted\""))
-    end)
+      variant("re-pushes an unchanged tree in one exec and sends only what changed", function()
+        local src = work .. "/src"
+        fs.mkdir_p(src)
+        make_tree(src)
+        local t2 = "~/t2" .. (native and "n" or "")
+        workspace.push(p, id, src, t2)
+        local again = workspace.push(p, id, src, t2)
+        assert.are.same({ 0, 10, 1 }, { again.sent, again.unchanged, again.execs })
+        sh('cd "$1" && echo changed > a.txt && chmod 604 "with space.txt"', src)
+        assert(os.remove(src .. "/it's \"quoted\""))
+        local dry = workspace.push(p, id, src, t2, { dry_run = true, delete = true })
+        assert.are.same({ "a.txt", "with space.txt" }, dry.files)
+        assert.are.same({ "it's \"quoted\"" }, dry.deletes)
+        assert.are.equal(1, dry.execs)
+        local r = workspace.push(p, id, src, t2, { delete = true })
+        assert.are.same({ 2, 1 }, { r.sent, r.deleted })
+        assert.are.equal("changed\n", rexec(p, id, 'cat "$HOME/$1/a.txt"', t2:sub(3)))
+        assert.are.equal("604\n", rexec(p, id, 'stat -c %a "$HOME/$1/with space.txt"', t2:sub(3)))
+        assert.are.equal("no\n", rexec(p, id, '[ -e "$HOME/$2/$1" ] && echo yes || echo no', "it's \"quoted\"", t2:sub(3)))
+      end)
+    end
 
     it("sends a stream compressed in several segments whole, with zstd, gzip and none", function()
       local src = work .. "/seg"
