@@ -1356,7 +1356,14 @@ local function push_native(rem, local_dir, remote_dir, mine, rels, deletes, z)
     if not raw then
       raise("PROTOCOL_ERROR", "unreadable answer from the push on " .. remote_dir, { operation = "workspace.push" })
     end
-    for p in raw:gmatch("([^%z]+)%z") do skip[#skip + 1] = p end
+    -- (only paths this push sent: a hostile instance naming others cannot make the second
+    -- round read files outside the tree)
+    local sent, skipped = {}, {}
+    for _, r in ipairs(rels) do sent[r] = true end
+    for _, r in ipairs(skip) do skipped[r] = true end
+    for p in raw:gmatch("([^%z]+)%z") do
+      if sent[p] and not skipped[p] then skip[#skip + 1] = p; skipped[p] = true end
+    end
     local count = fs.read(tmp .. "/tar-errors.count") or ""
     return skip, tonumber(count:match("(%d+) bytes")) or 0
   end)

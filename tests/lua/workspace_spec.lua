@@ -481,6 +481,22 @@ io.stdout:write(ok and "ok" or tostring(err.code), "\n")
       assert.are.equal("keep\n", rexec(p, id, 'cat ~/nat3/b.txt'))
     end)
 
+    it("over a byte channel, sends nothing outside the tree when a hostile instance names other paths", function()
+      if not p.files.stream then return pending("this provider has no byte channel") end
+      local src = work .. "/nat6"
+      native_tree(src)
+      sh('echo secret > "$1/outside.txt"', work)
+      -- the instance answers that "../outside.txt" (and a path never sent) arrived damaged
+      local hooked = setmetatable({ files = setmetatable({ stream = function(...)
+        local res, err = p.files.stream(...)
+        if res then res.stdout = codec.base64_encode("../outside.txt\0/etc/hostname\0") end
+        return res, err
+      end }, { __index = p.files }) }, { __index = p })
+      local r = workspace.push(hooked, id, src, "~/nat6")
+      assert.are.same({ 3, 1 }, { r.sent, r.streams })
+      assert.are.equal("", rexec(p, id, 'grep -rl secret ~ 2>/dev/null || true'))
+    end)
+
     it("over a byte channel, fails with FILE_IO_ERROR when the local compressor fails, leaving nothing", function()
       if not p.files.stream then return pending("this provider has no byte channel") end
       local src = work .. "/nat4"
