@@ -144,6 +144,28 @@ local function suite(label, setup)
         assert.are.equal("604\n", rexec(p, id, 'stat -c %a "$HOME/$1/with space.txt"', t2:sub(3)))
         assert.are.equal("no\n", rexec(p, id, '[ -e "$HOME/$2/$1" ] && echo yes || echo no', "it's \"quoted\"", t2:sub(3)))
       end)
+
+      variant("pulls a tree back with the same names, modes, contents and symlinks", function()
+        local src = work .. "/src"
+        fs.mkdir_p(src)
+        make_tree(src)
+        local t5 = "~/t5" .. (native and "n" or "")
+        workspace.push(p, id, src, t5)
+        rexec(p, id, 'cd "$HOME/$1" && echo agent > "new file ✓" && chmod 700 a.txt', t5:sub(3))
+        local back = work .. "/back"
+        local r = workspace.pull(p, id, t5, back)
+        assert.are.equal(11, r.sent)
+        if native then assert.are.equal(1, r.streams) end
+        local function no_dirs(s) return (s:gsub("d [^\n]*\n", "")) end
+        assert.are.equal(no_dirs(remote_listing(p, id, t5:sub(3))), no_dirs(local_listing(back)))
+        local again = workspace.pull(p, id, t5, back)
+        assert.are.same({ 0, 1 }, { again.sent, again.execs })
+        -- the remote side changes: only that comes back; delete removes what is gone there
+        rexec(p, id, 'cd "$HOME/$1" && echo v2 > a.txt && rm "new file ✓"', t5:sub(3))
+        local r2 = workspace.pull(p, id, t5, back, { delete = true })
+        assert.are.same({ 1, 1 }, { r2.sent, r2.deleted })
+        assert.are.equal("v2\n", sh('cat "$1/a.txt"', back))
+      end)
     end
 
     it("sends a stream compressed in several segments whole, with zstd, gzip and none", function()
@@ -270,26 +292,6 @@ local function suite(label, setup)
       local names = {}
       for _, f in ipairs(all.files) do names[f] = true end
       assert.is_true(names["node_modules/pkg/index.js"] and names["build.log"] and names[".git/HEAD"])
-    end)
-
-    it("pulls a tree back with the same names, modes, contents and symlinks", function()
-      local src = work .. "/src"
-      fs.mkdir_p(src)
-      make_tree(src)
-      workspace.push(p, id, src, "~/t5")
-      rexec(p, id, 'cd ~/t5 && echo agent > "new file ✓" && chmod 700 a.txt')
-      local back = work .. "/back"
-      local r = workspace.pull(p, id, "~/t5", back)
-      assert.are.equal(11, r.sent)
-      local function no_dirs(s) return (s:gsub("d [^\n]*\n", "")) end
-      assert.are.equal(no_dirs(remote_listing(p, id, "t5")), no_dirs(local_listing(back)))
-      local again = workspace.pull(p, id, "~/t5", back)
-      assert.are.same({ 0, 1 }, { again.sent, again.execs })
-      -- the remote side changes: only that comes back; delete removes what is gone there
-      rexec(p, id, 'cd ~/t5 && echo v2 > a.txt && rm "new file ✓"')
-      local r2 = workspace.pull(p, id, "~/t5", back, { delete = true })
-      assert.are.same({ 1, 1 }, { r2.sent, r2.deleted })
-      assert.are.equal("v2\n", sh('cat "$1/a.txt"', back))
     end)
 
     it("refuses remote paths that leave the destination (VALIDATION_ERROR)", function()
@@ -497,6 +499,27 @@ io.stdout:write(ok and "ok" or tostring(err.code), "\n")
       assert.are.equal("", rexec(p, id, 'grep -rl secret ~ 2>/dev/null || true'))
     end)
 
+    it("over a byte channel, a pull takes no more than the manifest's sizes from a hostile instance", function()
+      if not p.files.stream then return pending("this provider has no byte channel") end
+      local src = work .. "/nat7"
+      native_tree(src)
+      workspace.push(p, id, src, "~/nat7")
+      -- the instance answers the pull with a tar of a 200 MB a.txt (the manifest said 4 bytes)
+      local hooked = setmetatable({ files = setmetatable({ stream = function(iid, argv, sopts)
+        if sopts.stdout_file then
+          argv = { "/bin/sh", "-c", 'd=$(mktemp -d) && cd "$d" && truncate -s 200M a.txt && tar -c ./a.txt | zstd -q -1 -c' }
+        end
+        return p.files.stream(iid, argv, sopts)
+      end }, { __index = p.files }) }, { __index = p })
+      local back = work .. "/back7"
+      local ok, err = pcall(workspace.pull, hooked, id, "~/nat7", back)
+      assert.is_false(ok)
+      assert.are.equal("FILE_IO_ERROR", err.code)
+      -- stopped while unpacking (at the bound), not afterwards by the size check
+      assert.is_truthy(err.details and err.details.exit_code and err.details.exit_code ~= 0)
+      assert.are.equal("", sh('ls -A "$1" 2>/dev/null || true', back))
+    end)
+
     it("over a byte channel, fails with FILE_IO_ERROR when the local compressor fails, leaving nothing", function()
       if not p.files.stream then return pending("this provider has no byte channel") end
       local src = work .. "/nat4"
@@ -668,6 +691,31 @@ suite("galley emulate (argv mode join) through its SSH gateway", function()
       em:stop()
     end,
   }
+end)
+
+describe("galley.workspace's manifest program", function()
+  it("gives the same answer with python3 and with sha256sum alone", function()
+    local dir = mktemp()
+    make_tree(dir)
+    sh('cd "$1" && head -c 3000000 /dev/urandom > "big two.bin" && : > empty && chmod 000 empty', dir)
+    local toolbin = require("support.toolbin")
+    local tools = { "xargs" }
+    for _, t in ipairs(toolbin.TOOLS) do tools[#tools + 1] = t end
+    local out = {}
+    for _, py in ipairs({ true, false }) do
+      local bin = toolbin.make({ tools = tools, python = py })
+      local r = assert(proc.run({ argv = { bin .. "/sh", "-c", workspace._SH_MANIFEST, "sh", dir, "git", "" },
+        env = { PATH = bin }, env_mode = "extend" }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      local tools_line, rest = r.stdout:match("^(tools[^\n]*)\n(.*)$")
+      assert.are.equal(py, tools_line:find("python3", 1, true) ~= nil, tools_line)
+      local raw = codec.base64_decode((rest:gsub("%s", "")))
+      assert.is_truthy(raw:find("SUMS", 1, true))
+      out[#out + 1] = raw
+    end
+    sh('rm -rf -- "$1"', dir)
+    assert.are.equal(out[1], out[2])
+  end)
 end)
 
 for _, mode in ipairs(emulator.ARGV_MODES or { "exec" }) do
