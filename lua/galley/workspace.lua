@@ -521,11 +521,9 @@ end
 
 -- A relative path that stays inside its root: no "..", no absolute path, no empty components.
 local function safe_rel(p)
-  if p == "" or p:sub(1, 1) == "/" or p:find("%z") then return false end
-  for part in (p .. "/"):gmatch("([^/]*)/") do
-    if part == "" or part == "." or part == ".." then return false end
-  end
-  return true
+  if p == "" or p:find("%z") then return false end
+  local s = "/" .. p .. "/" -- (an absolute path, or an empty, "." or ".." component)
+  return not (s:find("//", 1, true) or s:find("/./", 1, true) or s:find("/../", 1, true))
 end
 M.safe_rel = safe_rel
 
@@ -742,7 +740,10 @@ local function local_tree(dir, opts)
     -- several times sha256sum's speed, and no xargs/find round over the list); symlinks, rare,
     -- go through SH_MANIFEST for their target.
     local links, seen, files = {}, {}, {}
+    local k = 0
     for p in res.stdout:gmatch("([^%z]+)%z") do
+      k = k + 1
+      if k % 1024 == 0 then task.sleep(0) end -- the event loop turns: the remote manifest goes on
       if not seen[p] and not ignored(p) then
         seen[p] = true
         local st = fs.stat(dir .. "/" .. p)

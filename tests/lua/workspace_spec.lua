@@ -693,6 +693,18 @@ suite("galley emulate (argv mode join) through its SSH gateway", function()
   }
 end)
 
+describe("galley.workspace's path check", function()
+  it("takes relative paths that stay inside, and nothing else", function()
+    for _, ok in ipairs({ "a", "a/b", "...", "a/..b", "..a/b.", " /x", "a b/c", "ü/✓" }) do
+      assert.is_true(workspace.safe_rel(ok), ok)
+    end
+    for _, bad in ipairs({ "", "/a", "a/", "a//b", ".", "..", "./a", "a/.", "a/..", "../a", "a/../b", "a/./b",
+      "a\0b", "//a" }) do
+      assert.is_false(workspace.safe_rel(bad), bad)
+    end
+  end)
+end)
+
 describe("galley.workspace's manifest program", function()
   it("gives the same answer with python3 and with sha256sum alone", function()
     local dir = mktemp()
