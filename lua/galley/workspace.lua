@@ -81,10 +81,11 @@ local function sh_decode_at(file)
 end
 
 -- Manifest of $d: a line "tools <names>" (which of zstd, gzip, python3 are installed), then
--- base64 of NUL-separated records "<f|l> <mode> <size> ./path", "<symlink
--- target>", then "SUMS", then sha256sum -z lines (hashed by python3 where there is one:
--- its hashlib uses the CPU's SHA instructions, twice sha256sum's speed on 10,000 files). $1 = "all" or "git" (prune .git), $2 = a list
--- file of NUL-separated ./paths (local use) or "". Prints NONE when $d does not exist.
+-- base64 of NUL-separated records "<f|l> <mode> <size> ./path", "<symlink target>", then
+-- "SUMS", then sha256sum -z lines (hashed by python3 where there is one: its hashlib uses the
+-- CPU's SHA instructions, twice sha256sum's speed on 10,000 files). $1 = "all" or "git" (prune
+-- .git), $2 = a list file of NUL-separated ./paths (local use) or "". Prints NONE when $d does
+-- not exist.
 local SH_MANIFEST = PRELUDE .. [[
 prune=$1 list=$2
 printf tools; for t in zstd gzip python3; do command -v $t >/dev/null 2>&1 && printf ' %s' $t; done; echo
@@ -1298,6 +1299,18 @@ local function gnu_tar_here()
 end
 
 
+-- A FIFO `name` in the private temporary directory tmp (for `op`, in errors).
+local function make_fifo(tmp, name, op)
+  local path = tmp .. "/" .. name
+  local ok, err = fs.mkfifo(path, "600")
+  if not ok then
+    raise("FILE_IO_ERROR", "cannot create a FIFO in " .. tmp .. ": " .. tostring(err and err.message),
+      { operation = "workspace." .. op, resource = "file:" .. tmp })
+  end
+  return path
+end
+
+
 -- Did the local file below `dir` change since `e.st` was taken (its size, inode, mtime or
 -- ctime: a write, chmod, or a rename over it, changes the ctime, which no one can set back)?
 local function stat_changed(dir, rel, e)
@@ -1325,7 +1338,7 @@ M.NATIVE_MIN_BYTES = 1048576
 -- Returns the rels skipped or dropped so, or nil when the channel cannot be used.
 local function push_native(rem, local_dir, remote_dir, mine, rels, deletes, z)
   return with_tmpdir(function(tmp)
-    local list, fifo = tmp .. "/list", tmp .. "/fifo"
+    local list = tmp .. "/list"
     local recent_ns = (os.time() - 1) * 1000000000 - M.RECENT_NS
     local f = assert(io.open(list, "wb"))
     local recent = {}
@@ -1342,11 +1355,7 @@ local function push_native(rem, local_dir, remote_dir, mine, rels, deletes, z)
       if k % 1024 == 0 and task.current() then task.yield() end
     end
     f:close()
-    local ok_fifo, ferr = fs.mkfifo(fifo, "600")
-    if not ok_fifo then
-      raise("FILE_IO_ERROR", "cannot create a FIFO in " .. tmp .. ": " .. tostring(ferr and ferr.message),
-        { operation = "workspace.push", resource = "file:" .. tmp })
-    end
+    local fifo = make_fifo(tmp, "fifo", "push")
     local producer, perr = proc.spawn({ argv = { "/bin/sh", "-c", SH_PRODUCE, "galley-pack", fifo, local_dir, list, z,
       tmp .. "/tar-errors" },
       stdin = "pipe" })
@@ -1463,15 +1472,11 @@ end
 -- manifest. Returns the compressed size, or nil when the channel cannot be used.
 local function pull_native(rem, remote_dir, stage, rels, theirs, z)
   return with_tmpdir(function(tmp)
-    local list, fifo, count = tmp .. "/list", tmp .. "/fifo", tmp .. "/count"
+    local list, count = tmp .. "/list", tmp .. "/count"
     local f = assert(io.open(list, "wb"))
     for _, r in ipairs(rels) do f:write("./", r, "\0") end
     f:close()
-    local ok_fifo, ferr = fs.mkfifo(fifo, "600")
-    if not ok_fifo then
-      raise("FILE_IO_ERROR", "cannot create a FIFO in " .. tmp .. ": " .. tostring(ferr and ferr.message),
-        { operation = "workspace.pull", resource = "file:" .. tmp })
-    end
+    local fifo = make_fifo(tmp, "fifo", "pull")
     local unpacker, uerr = proc.spawn({ argv = { "/bin/sh", "-c", SH_UNPACK, "galley-unpack", fifo, stage, z,
       tostring(tar_bound(rels, theirs)), count } })
     if not unpacker then error(uerr, 0) end

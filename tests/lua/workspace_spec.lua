@@ -85,6 +85,20 @@ local function suite(label, setup)
     before_each(function() work = mktemp() end)
     after_each(function() sh('rm -rf -- "$1"', work) end)
 
+    -- p with its byte channel wrapped: stream(iid, argv, sopts) -> fn(iid, argv, sopts, real)
+    local function hooked_stream(fn)
+      return setmetatable({ files = setmetatable({ stream = function(iid, argv, sopts)
+        return fn(iid, argv, sopts, p.files.stream)
+      end }, { __index = p.files }) }, { __index = p })
+    end
+    -- the suite's child environment with `bin` first on PATH
+    local function child_env_with(bin)
+      local e = {}
+      for k, v in pairs(env.child_env or {}) do e[k] = v end
+      e.PATH = bin .. ":" .. os.getenv("PATH")
+      return e
+    end
+
     -- Each twice over a byte channel: small pushes go through exec; with NATIVE_MIN_BYTES = 0
     -- every push is packed by the real tar here (push_native).
     for _, native in ipairs({ false, true }) do
@@ -388,9 +402,7 @@ local p = %s
 local ok, err = pcall(ws.push, p, %q, %q, "~/zfail", { compress = "zstd" })
 io.stdout:write(ok and "ok" or tostring(err.code), "\n")
 ]]):format(env.child_provider, id, src))
-      local child_env = {}
-      for k, v in pairs(env.child_env or {}) do child_env[k] = v end
-      child_env.PATH = bin .. ":" .. os.getenv("PATH")
+      local child_env = child_env_with(bin)
       local r = assert(proc.run({ argv = { support.bin, child }, env = child_env, env_mode = "extend",
         timeout_ms = 60000 }))
       assert.are.equal(0, r.exit_code, r.stderr)
@@ -442,11 +454,11 @@ io.stdout:write(ok and "ok" or tostring(err.code), "\n")
       local saved = workspace.RECENT_NS
       workspace.RECENT_NS = -1e15 -- every file counts as old: only its stat tells
       local changes = 0
-      local hooked = setmetatable({ files = setmetatable({ stream = function(...)
+      local hooked = hooked_stream(function(iid, argv, sopts, real)
         changes = changes + 1
         if changes == 1 then sh('echo two > "$1/a.txt"', src) end -- same size, while tar runs
-        return p.files.stream(...)
-      end }, { __index = p.files }) }, { __index = p })
+        return real(iid, argv, sopts)
+      end)
       local ok, r = pcall(workspace.push, hooked, id, src, "~/nat1")
       workspace.RECENT_NS = saved
       assert(ok, r)
@@ -489,11 +501,11 @@ io.stdout:write(ok and "ok" or tostring(err.code), "\n")
       native_tree(src)
       sh('echo secret > "$1/outside.txt"', work)
       -- the instance answers that "../outside.txt" (and a path never sent) arrived damaged
-      local hooked = setmetatable({ files = setmetatable({ stream = function(...)
-        local res, err = p.files.stream(...)
+      local hooked = hooked_stream(function(iid, argv, sopts, real)
+        local res, err = real(iid, argv, sopts)
         if res then res.stdout = codec.base64_encode("../outside.txt\0/etc/hostname\0") end
         return res, err
-      end }, { __index = p.files }) }, { __index = p })
+      end)
       local r = workspace.push(hooked, id, src, "~/nat6")
       assert.are.same({ 3, 1 }, { r.sent, r.streams })
       assert.are.equal("", rexec(p, id, 'grep -rl secret ~ 2>/dev/null || true'))
@@ -505,12 +517,12 @@ io.stdout:write(ok and "ok" or tostring(err.code), "\n")
       native_tree(src)
       workspace.push(p, id, src, "~/nat7")
       -- the instance answers the pull with a tar of a 200 MB a.txt (the manifest said 4 bytes)
-      local hooked = setmetatable({ files = setmetatable({ stream = function(iid, argv, sopts)
+      local hooked = hooked_stream(function(iid, argv, sopts, real)
         if sopts.stdout_file then
           argv = { "/bin/sh", "-c", 'd=$(mktemp -d) && cd "$d" && truncate -s 200M a.txt && tar -c ./a.txt | zstd -q -1 -c' }
         end
-        return p.files.stream(iid, argv, sopts)
-      end }, { __index = p.files }) }, { __index = p })
+        return real(iid, argv, sopts)
+      end)
       local back = work .. "/back7"
       local ok, err = pcall(workspace.pull, hooked, id, "~/nat7", back)
       assert.is_false(ok)
@@ -531,9 +543,7 @@ local p = %s
 local ok, err = pcall(ws.push, p, %q, %q, "~/nat4", { compress = "zstd" })
 io.stdout:write(ok and "ok" or tostring(err.code), " ", ok and "" or tostring(err.message):gsub("\n", " "), "\n")
 ]]):format(env.child_provider, id, src))
-      local child_env = {}
-      for k, v in pairs(env.child_env or {}) do child_env[k] = v end
-      child_env.PATH = bin .. ":" .. os.getenv("PATH")
+      local child_env = child_env_with(bin)
       local r = assert(proc.run({ argv = { support.bin, child }, env = child_env, env_mode = "extend",
         timeout_ms = 60000 }))
       assert.are.equal(0, r.exit_code, r.stderr)
@@ -548,8 +558,9 @@ io.stdout:write(ok and "ok" or tostring(err.code), " ", ok and "" or tostring(er
       workspace.push(p, id, src, "~/nat5")
       sh('cd "$1" && echo new > a.txt && head -c 2000000 /dev/urandom > big.bin', src)
       -- tar here has read everything, and waits: the stream is in flight, the files staged there
+      local nap = ("60.%06d"):format(math.random(0, 999999)) -- (its own: other runs may sleep 60 too)
       local bin = require("support.toolbin").make({ tools = {}, wrappers = {
-        tar = '[ "$1" = -c ] || exec REAL "$@"\nREAL "$@"; s=$?; echo packed > LOG; sleep 60; exit $s' } })
+        tar = '[ "$1" = -c ] || exec REAL "$@"\nREAL "$@"; s=$?; echo packed > LOG; sleep ' .. nap .. '; exit $s' } })
       local child = support.script(([[
 local ws = require("galley.workspace")
 local fs = require("galley.core.fs")
@@ -563,9 +574,7 @@ local p = %s
 ws.push(p, %q, %q, "~/nat5")
 io.stdout:write("finished\n")
 ]]):format(env.child_provider, id, src))
-      local child_env = {}
-      for k, v in pairs(env.child_env or {}) do child_env[k] = v end
-      child_env.PATH = bin .. ":" .. os.getenv("PATH")
+      local child_env = child_env_with(bin)
       local h = assert(proc.spawn({ argv = { support.bin, child }, env = child_env, env_mode = "extend" }))
       local deadline = runtime.now_ms() + 30000
       while not fs.stat(bin .. "/log") and runtime.now_ms() < deadline do runtime.sleep_ms(20) end
@@ -581,7 +590,7 @@ io.stdout:write("finished\n")
         assert.are.equal("", sh('pgrep -f -- "[/]$1" || true', dir:sub(2))) -- the producer, tar, zstd, ssh
       end
       assert.is_true(dirs >= 1)
-      assert.are.equal("", sh('pgrep -f -- "[s]leep 60" || true'))
+      assert.are.equal("", sh('pgrep -f -- "[s]leep $1" || true', nap))
       assert.are.equal("one\n", rexec(p, id, 'cat ~/nat5/a.txt'))
       local r = workspace.push(p, id, src, "~/nat5")
       assert.are.equal(2, r.sent)
