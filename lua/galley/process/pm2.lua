@@ -406,11 +406,26 @@ function M.new(opts)
     for _, a in ipairs(argv) do args[#args + 1] = a end
     local r = sh(instance_id, context, START, args)
     if r.exit_code ~= 0 then failed(r, "pm2 start " .. name, context) end
-    local info
-    for _, item in ipairs(parse_list(r.stdout, context)) do
-      if item.name == name and (not info or (item.pm_id or -1) > (info.pm_id or -1)) then info = item end
+    local function find(stdout)
+      local info
+      for _, item in ipairs(parse_list(stdout, context)) do
+        if item.name == name and (not info or (item.pm_id or -1) > (info.pm_id or -1)) then info = item end
+      end
+      return info
     end
-    if not info then fail("PROCESS_ERROR", "pm2 start did not register " .. name, context, {}) end
+    local info = find(r.stdout)
+    if not info then
+      -- Seen once under load (CI, sanitizers): pm2 start exited 0 and the jlist right after it
+      -- lacked the app. A second look decides; a pending Ctrl-C fails this exec as INTERRUPTED.
+      log.warn("pm2 jlist after start lacks the process; asking again", { process = name,
+        instance = instance_id, jlist = shell_pm.tail(r.stdout, 300) })
+      local again = sh(instance_id, context, JLIST, {})
+      if again.exit_code == 0 then info = find(again.stdout) end
+    end
+    if not info then
+      fail("PROCESS_ERROR", "pm2 start did not register " .. name, context,
+        { details = { jlist = shell_pm.tail(r.stdout, 2000) } })
+    end
     log.info("process started", { process = name, instance = instance_id, pm_id = info.pm_id, status = info.status })
     return info
   end
