@@ -696,27 +696,24 @@ local function local_manifest(dir, paths, prune)
 end
 
 
--- The entries of `rels` below the local directory `dir` as a manifest gives them: regular
--- files hashed here (libcrypto; one whose size is not the one `want` says is not read at all),
--- symlinks' targets through SH_MANIFEST.
-local function staged_entries(dir, rels, want)
-  local out, links = {}, {}
-  for k, r in ipairs(rels) do
-    local path = dir .. "/" .. r
-    local st = fs.stat(path)
-    if st and st.type == "file" then
-      local e = { type = "file", mode = st.mode, size = st.size }
-      if not (want[r] and want[r].size ~= st.size) then e.sha256 = util.sha256_file(path) end
-      out[r] = e
-    elseif st and st.type == "link" then
-      links[#links + 1] = r
+-- The entries of the paths `rels` below the local directory `dir`: regular files as
+-- {type, mode, size, st} (their sha256 only where needed, see hash_missing: libcrypto, several
+-- times sha256sum's speed), symlinks, rare, through SH_MANIFEST for their target; anything
+-- else, or gone, is left out. The event loop turns every 1,024 paths (a remote exec goes on).
+local function stat_entries(dir, rels)
+  local files, links = {}, {}
+  for k, p in ipairs(rels) do
+    if k % 1024 == 0 then task.sleep(0) end
+    local st = fs.stat(dir .. "/" .. p)
+    if st and st.type == "link" then
+      links[#links + 1] = p
+    elseif st and st.type == "file" then
+      files[p] = { type = "file", mode = st.mode, size = st.size, st = st }
     end
-    if k % 256 == 0 and task.current() then task.yield() end
   end
-  if #links > 0 then
-    for r, e in pairs(local_manifest(dir, links)) do out[r] = e end
-  end
-  return out
+  local entries = #links > 0 and local_manifest(dir, links) or {}
+  for p, e in pairs(files) do entries[p] = e end
+  return entries
 end
 
 
@@ -737,30 +734,14 @@ local function local_tree(dir, opts)
     if res.exit_code ~= 0 then
       raise("PROCESS_ERROR", "git ls-files failed in " .. dir, { resource = "file:" .. dir })
     end
-    -- Regular files are hashed here, later and only where needed (hash_missing: libcrypto,
-    -- several times sha256sum's speed, and no xargs/find round over the list); symlinks, rare,
-    -- go through SH_MANIFEST for their target.
-    local links, seen, files = {}, {}, {}
-    local k = 0
+    local rels, seen = {}, {}
     for p in res.stdout:gmatch("([^%z]+)%z") do
-      k = k + 1
-      if k % 1024 == 0 then task.sleep(0) end -- the event loop turns: the remote manifest goes on
       if not seen[p] and not ignored(p) then
         seen[p] = true
-        local st = fs.stat(dir .. "/" .. p)
-        if st and st.type == "link" then
-          links[#links + 1] = p
-        elseif st and st.type == "file" then
-          files[#files + 1] = p
-          files[p] = st
-        end
+        rels[#rels + 1] = p
       end
     end
-    entries = #links > 0 and local_manifest(dir, links) or {}
-    for _, p in ipairs(files) do
-      local st = files[p]
-      entries[p] = { type = "file", mode = st.mode, size = st.size, st = st } -- sha256: see hash_missing
-    end
+    entries = stat_entries(dir, rels)
   else
     entries = local_manifest(dir, nil, opts.all and "all" or "git")
     for p in pairs(entries) do if ignored(p) then entries[p] = nil end end
@@ -1803,7 +1784,13 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       local wire = rem.stream and bytes >= M.NATIVE_MIN_BYTES and not opts.read_chunk_bytes
         and pull_native(rem, remote_dir, stage, fetch, theirs, z)
       if wire then result.wire_bytes = wire else fetch_exec() end
-      local got = staged_entries(stage, fetch, theirs)
+      -- (a file whose size is not the manifest's is not read at all)
+      local got = stat_entries(stage, fetch)
+      local same_size = {}
+      for _, rel in ipairs(fetch) do
+        if got[rel] and got[rel].size == theirs[rel].size then same_size[#same_size + 1] = rel end
+      end
+      hash_missing(stage, got, same_size)
       for _, rel in ipairs(fetch) do
         local want, have = theirs[rel], got[rel]
         if not same(want, have) and not (have and want.type == "symlink" and have.target == want.target) then
