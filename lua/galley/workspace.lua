@@ -194,12 +194,15 @@ for root, dirs, files in os.walk(stage):
             files.append(n)
         elif rel == "." and n == ".galley-tmp-ctl":
             keep.append(n)
-        elif not os.path.lexists(t):
-            # a directory new here: all of it in one rename
+        elif os.path.isdir(t) and not os.path.islink(t):
+            keep.append(n)
+        else:
+            # a directory new here, or where a file or a symlink was (never followed): all of
+            # it in one rename
+            if os.path.lexists(t):
+                os.unlink(t)
             os.makedirs(os.path.dirname(t), exist_ok=True)
             os.rename(s, t)
-        else:
-            keep.append(n)
     dirs[:] = keep
     for n in files:
         t = os.path.normpath(os.path.join(dest, rel, n))
@@ -241,9 +244,13 @@ if command -v python3 >/dev/null 2>&1; then
 else
   ctl=$stage/.galley-tmp-ctl
   if [ -s "$ctl/skip" ]; then (cd -- "$stage" && xargs -0 -r -a "$ctl/skip" rm -f --); fi
-  (cd -- "$stage" && find . -mindepth 1 -path ./.galley-tmp-ctl -prune -o -type d -print0) | xargs -0 -r mkdir -p --
+  dirs() { (cd -- "$stage" && find . -mindepth 1 -path ./.galley-tmp-ctl -prune -o -type d -print0); }
+  dirs | xargs -0 -r sh -c 'for f; do [ -L "$f" ] || { [ -e "$f" ] && [ ! -d "$f" ]; } || continue
+    rm -f -- "$f" || exit 1; done' sh || fail 1 "rm failed"
+  dirs | xargs -0 -r mkdir -p -- || fail 1 "mkdir failed"
   (cd -- "$stage" && find . -mindepth 1 -path ./.galley-tmp-ctl -prune -o ! -type d -print0) |
-    xargs -0 -r sh -c 'for f; do mv -f -T -- "$0/$f" "$f" || exit 1; done' "$stage" || fail 1 "mv failed"
+    xargs -0 -r sh -c 'for f; do if [ -d "$f" ] && [ ! -L "$f" ]; then rm -rf -- "$f" || exit 1; fi
+    mv -f -T -- "$0/$f" "$f" || exit 1; done' "$stage" || fail 1 "mv failed"
   if [ -s "$ctl/delete" ]; then xargs -0 -r -a "$ctl/delete" rm -f --; fi
 fi
 rm -rf -- "$stage"
@@ -416,6 +423,17 @@ printf '%s %s %s %s %s\n' "$base" "$head" "$(wc -c < "$t")" "${h%% *}" "$t"
 
 local function raise(code, message, fields)
   errors.raise(code, message, fields, 3)
+end
+
+
+-- A private (0700) temporary directory here, in $TMPDIR else /tmp; `what` names its use.
+local function make_tmpdir(what, operation)
+  local dir, err = fs.mkdtemp("galley-" .. what .. "-")
+  if not dir then
+    raise("FILE_IO_ERROR", ("cannot create a local temporary directory: %s"):format(err and err.message or "?"),
+      { operation = operation or "workspace", hint = "set TMPDIR to a writable directory with free space" })
+  end
+  return dir
 end
 
 
@@ -674,7 +692,7 @@ end
 
 
 local function write_list(paths)
-  local dir = assert(fs.mkdtemp("/tmp/galley-ws-XXXXXX"))
+  local dir = make_tmpdir("ws")
   local f = assert(io.open(dir .. "/list", "wb"))
   for _, p in ipairs(paths) do f:write("./", p, "\0") end
   f:close()
@@ -752,7 +770,7 @@ end
 
 -- Fills in the sha256 of the regular files `rels` of `entries` (a local tree below `dir`) that
 -- have none yet; a file gone meanwhile leaves the tree (as find does).
-local function hash_missing(dir, entries, rels)
+local function hash_missing(dir, entries, rels, operation)
   for k, p in ipairs(rels) do
     local e = entries[p]
     if e and e.type == "file" and not e.sha256 then
@@ -763,7 +781,7 @@ local function hash_missing(dir, entries, rels)
         entries[p] = nil
       else
         raise("FILE_IO_ERROR", ("cannot read %s: %s"):format(p, err and err.message or "?"),
-          { operation = "workspace.push", resource = "file:" .. dir .. "/" .. p })
+          { operation = operation or "workspace.push", resource = "file:" .. dir .. "/" .. p })
       end
     end
     if k % 256 == 0 and task.current() then task.yield() end -- other tasks run meanwhile
@@ -1117,7 +1135,7 @@ end
 
 -- Runs fn(dir) with a fresh local temporary directory, removed afterwards (also on errors).
 local function with_tmpdir(fn)
-  local dir = assert(fs.mkdtemp("/tmp/galley-ws-XXXXXX"))
+  local dir = make_tmpdir("ws")
   local r = table.pack(pcall(fn, dir))
   fs.remove_tree(dir)
   if not r[1] then error(r[2], 0) end
@@ -1790,7 +1808,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       for _, rel in ipairs(fetch) do
         if got[rel] and got[rel].size == theirs[rel].size then same_size[#same_size + 1] = rel end
       end
-      hash_missing(stage, got, same_size)
+      hash_missing(stage, got, same_size, "workspace.pull")
       for _, rel in ipairs(fetch) do
         local want, have = theirs[rel], got[rel]
         if not same(want, have) and not (have and want.type == "symlink" and have.target == want.target) then
@@ -1812,7 +1830,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
         local renamed, rerr = os.rename(stage .. "/" .. rel, target)
         if not renamed then
           raise("FILE_IO_ERROR", ("pull: cannot rename into %s: %s"):format(target, rerr),
-            { resource = "file:" .. target })
+            { operation = "workspace.pull", resource = "file:" .. target })
         end
       end
       for _, rel in ipairs(fetch) do
@@ -1821,7 +1839,20 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
         for part in rel:gmatch("([^/]+)/") do
           prefix = prefix and (prefix .. "/" .. part) or part
           if moved[prefix] then done = true; break end
-          if exists[prefix] == nil then exists[prefix] = fs.stat(local_dir .. "/" .. prefix) ~= nil end
+          if exists[prefix] == nil then
+            local pst = fs.stat(local_dir .. "/" .. prefix)
+            if pst and pst.type ~= "directory" then
+              -- a file or a symlink here where the instance has a directory: the directory
+              -- replaces it (a symlink is never followed)
+              local removed, rerr = os.remove(local_dir .. "/" .. prefix)
+              if not removed then
+                raise("FILE_IO_ERROR", ("pull: cannot replace %s by a directory: %s"):format(prefix, rerr),
+                  { operation = "workspace.pull", resource = "file:" .. local_dir .. "/" .. prefix })
+              end
+              pst = nil
+            end
+            exists[prefix] = pst ~= nil
+          end
           if not exists[prefix] then
             move(prefix, local_dir .. "/" .. prefix)
             moved[prefix], exists[prefix], done = true, true, true
@@ -1899,7 +1930,7 @@ function M.push_repo(provider, id, repo_dir, remote_dir, opts)
   local branch = check_branch(opts.branch or default_branch(opts), top)
   local ref = opts.ref or "HEAD"
   local base = git_ok(top, { "rev-parse", "--verify", "--end-of-options", ref .. "^{commit}" }, "rev-parse " .. ref)
-  local tmpdir = assert(fs.mkdtemp("/tmp/galley-repo-XXXXXX"))
+  local tmpdir = make_tmpdir("repo")
   local tmpref = "refs/galley/push-" .. random_name()
   local stats = { execs = 0 }
   local ok, res = pcall(function()
@@ -1997,7 +2028,7 @@ function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
     git_ok(top, args, "update-ref")
   end
   if size ~= "" then
-    local tmpdir = assert(fs.mkdtemp("/tmp/galley-repo-XXXXXX"))
+    local tmpdir = make_tmpdir("repo")
     local ok, err = pcall(function()
       local bundle = tmpdir .. "/back.bundle"
       download(rem, remote_dir, name, tonumber(size), sha, bundle, opts)

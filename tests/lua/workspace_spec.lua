@@ -180,6 +180,29 @@ local function suite(label, setup)
         assert.are.same({ 1, 1 }, { r2.sent, r2.deleted })
         assert.are.equal("v2\n", sh('cat "$1/a.txt"', back))
       end)
+
+      variant("replaces a file by a directory and a directory by a file, both ways", function()
+        local src = work .. "/src"
+        fs.mkdir_p(src)
+        sh('cd "$1" && mkdir -p d1/in sub && echo a > d1/in/f && echo b > f1 && echo c > keep && echo s > sub/s'
+          .. ' && ln -s sub lnk && ln -s sub lnk2', src)
+        local t = "~/tt" .. (native and "n" or "")
+        workspace.push(p, id, src, t)
+        -- a symlink to a directory turned into a directory: its files must not land through the link
+        sh('cd "$1" && rm -rf d1 f1 lnk && echo now-a-file > d1 && mkdir -p f1/sub lnk && echo now-a-dir > f1/sub/x'
+          .. ' && echo y > lnk/y', src)
+        local r = workspace.push(p, id, src, t, { delete = true })
+        assert.are.equal(3, r.sent)
+        local function no_dirs(s) return (s:gsub("d [^\n]*\n", "")) end
+        assert.are.equal(no_dirs(local_listing(src)), no_dirs(remote_listing(p, id, t:sub(3))))
+        -- and back: the instance turns them around again
+        local back = work .. "/back"
+        workspace.pull(p, id, t, back)
+        rexec(p, id, 'cd "$HOME/$1" && rm -rf d1 f1 lnk2 && mkdir d1 lnk2 && echo in > d1/g && echo file > f1'
+          .. ' && echo z > lnk2/z', t:sub(3))
+        workspace.pull(p, id, t, back, { delete = true })
+        assert.are.equal(no_dirs(remote_listing(p, id, t:sub(3))), no_dirs(local_listing(back)))
+      end)
     end
 
     it("sends a stream compressed in several segments whole, with zstd, gzip and none", function()
@@ -384,6 +407,76 @@ io.stdout:write("finished\n")
         assert.are.equal(v.size .. "\n", rexec(p, id, 'wc -c < ~/t7/f24'))
         old = v.size
       end
+    end)
+
+    it("renames into place with a shell loop where the instance has no python3", function()
+      local home = rexec(p, id, 'printf %s "$HOME"')
+      local nopy = home .. "/nopy-bin"
+      rexec(p, id, [[mkdir -p "$1" && IFS=: && for d in $PATH; do for f in "$d"/*; do n=${f##*/}
+        case $n in python*) continue ;; esac
+        [ -e "$1/$n" ] || [ ! -x "$f" ] || ln -s "$f" "$1/$n"; done; done]], nopy)
+      -- every exec of the push runs with that PATH (no byte channel: all of it through exec)
+      local hooked = setmetatable({ exec = function(iid, spec, o)
+        if spec.kind == "argv" then
+          spec = { kind = "argv", command = "/usr/bin/env",
+            args = { "PATH=" .. nopy, spec.command, table.unpack(spec.args or {}) } }
+        end
+        return p.exec(iid, spec, o)
+      end }, { __index = p })
+      assert.are.equal("none\n", rexec(hooked, id, "command -v python3 || echo none"))
+      local src = work .. "/src"
+      fs.mkdir_p(src)
+      make_tree(src)
+      sh('cd "$1" && mkdir -p d1/in && echo a > d1/in/f && echo b > f1 && ln -s d1 lnk', src)
+      local function no_dirs(s) return (s:gsub("d [^\n]*\n", "")) end
+      local function want()
+        return (local_listing(src):gsub("[^\n]*\n", function(line)
+          local name = codec.base64_decode(line:match("^%S+ %S+ (%S+)"))
+          if name:find("^node_modules") or name == "build.log" then return "" end
+          return line
+        end))
+      end
+      local r = workspace.push(hooked, id, src, "~/nopy", { stream = false })
+      assert.are.equal(13, r.sent)
+      assert.are.equal(no_dirs(want()), no_dirs(remote_listing(p, id, "nopy")))
+      -- the second push: a change, a file gone (delete), a file and a directory swapped, and a
+      -- symlink turned into a directory (its files must not land through the link)
+      sh('cd "$1" && echo changed > a.txt && rm "with space.txt" && rm -rf d1 f1 lnk && echo file > d1'
+        .. ' && mkdir -p f1/sub lnk && echo x > f1/sub/x && echo y > lnk/y', src)
+      r = workspace.push(hooked, id, src, "~/nopy", { stream = false, delete = true })
+      assert.are.same({ 4, 4 }, { r.sent, r.deleted }) -- with space.txt, d1/in/f, f1, lnk
+      assert.are.equal(no_dirs(want()), no_dirs(remote_listing(p, id, "nopy")))
+      assert.are.equal("", rexec(p, id, 'ls -A ~/nopy | grep "^\\.galley-tmp-" || true'))
+    end)
+
+    it("keeps its local temporary files in $TMPDIR, and says so when it cannot make them there", function()
+      local src = work .. "/src"
+      fs.mkdir_p(src)
+      make_tree(src)
+      local child = support.script(([[
+local ws = require("galley.workspace")
+local p = %s
+local ok, err = pcall(ws.push, p, %q, %q, "~/tmpdir-" .. arg[1])
+io.stdout:write(ok and "ok" or (tostring(err.code) .. " " .. tostring(err.hint ~= nil)), "\n")
+]]):format(env.child_provider, id, src))
+      local function run_with(tmpdir, name)
+        local e = {}
+        for k, v in pairs(env.child_env or {}) do e[k] = v end
+        e.TMPDIR = tmpdir
+        local r = assert(proc.run({ argv = { support.bin, child, name }, env = e, env_mode = "extend",
+          timeout_ms = 60000 }))
+        assert.are.equal(0, r.exit_code, r.stderr)
+        return r.stdout
+      end
+      -- a TMPDIR that does not exist: nothing is sent, and the error says where to look
+      assert.are.equal("FILE_IO_ERROR true\n", run_with(work .. "/no-such-dir", "a"))
+      assert.are.equal("", rexec(p, id, 'ls -A ~/tmpdir-a 2>/dev/null | grep -v "^\\.galley-tmp-" || true'))
+      -- one that does: the push works, and leaves nothing behind in it
+      local tmpd = work .. "/tmpd"
+      fs.mkdir_p(tmpd)
+      assert.are.equal("ok\n", run_with(tmpd, "b"))
+      assert.are.equal("", sh('ls -A "$1"', tmpd))
+      assert.are.equal("hello\n", rexec(p, id, "cat ~/tmpdir-b/a.txt"))
     end)
 
     it("fails with FILE_IO_ERROR when the local compressor fails, leaving the destination alone", function()
