@@ -524,6 +524,11 @@ local function remote(provider, id, stats, opts)
     local code = res.exit_code == 40 and "NOT_FOUND" or "FILE_IO_ERROR"
     local detail = (res.stderr or ""):gsub("%s+$", ""):sub(-300)
     fields = fields or {}
+    if res.exit_code == 43 and not fields.hint then -- (the manifest's "not a directory")
+      fields.hint = ("%s is a file on the instance: give the directory that holds (or will hold) the tree")
+        :format(path)
+      fields.details = { exit_code = 43, reason = "not_a_directory", stderr = (res.stderr or ""):sub(-2000) }
+    end
     fields.operation = fields.operation or ("workspace." .. op)
     fields.resource = fields.resource or ("file:" .. path)
     fields.details = fields.details or { exit_code = res.exit_code, stderr = (res.stderr or ""):sub(-2000) }
@@ -1504,7 +1509,8 @@ local function check_local_dir(dir, field)
   local st = fs.stat(dir)
   if not st or st.type ~= "directory" then
     raise(st and "VALIDATION_ERROR" or "NOT_FOUND", ("%s: %s is not a directory"):format(field, dir),
-      { field = field, resource = "file:" .. dir })
+      { field = field, resource = "file:" .. dir, hint = st and "give the directory that holds the tree"
+        or "check the path (relative paths are from the current directory)" })
   end
   return (dir:gsub("(.)/+$", "%1"))
 end
@@ -1705,7 +1711,8 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
   local ignored = ignore_matcher(opts.ignore)
   local st = fs.stat(local_dir)
   if st and st.type ~= "directory" then
-    raise("VALIDATION_ERROR", "local_dir is not a directory: " .. local_dir, { field = "local_dir" })
+    raise("VALIDATION_ERROR", ("local_dir: %s is not a directory"):format(local_dir), { field = "local_dir",
+      resource = "file:" .. local_dir, hint = "give a directory, or a path that does not exist yet (it is created)" })
   end
   -- both manifests at once: the remote one in a task while this one is computed here
   local theirs, rest = both(function() return remote_manifest(rem, remote_dir, opts.all and "all" or "git") end,

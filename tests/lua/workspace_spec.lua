@@ -352,6 +352,33 @@ local function suite(label, setup)
       assert.are.equal("NOT_FOUND", err.code)
     end)
 
+    it("says which side's path is a file where a directory is needed, with a hint", function()
+      rexec(p, id, 'echo f > ~/a-file')
+      local src = work .. "/src"
+      fs.mkdir_p(src)
+      sh('echo x > "$1/x" && echo f > "$2/local-file"', src, work)
+      for _, call in ipairs({
+        function() return workspace.push(p, id, src, "~/a-file") end,
+        function() return workspace.pull(p, id, "~/a-file", work .. "/b5") end,
+      }) do
+        local ok, err = pcall(call)
+        assert.is_false(ok)
+        assert.are.same({ "FILE_IO_ERROR", "not_a_directory" }, { err.code, err.details.reason })
+        assert.is_string(err.hint)
+      end
+      assert.is_nil(fs.stat(work .. "/b5"))
+      assert.are.equal("f\n", rexec(p, id, 'cat ~/a-file'))
+      for _, call in ipairs({
+        { "local_dir", function() return workspace.pull(p, id, "~", work .. "/local-file") end },
+        { "local_dir", function() return workspace.push(p, id, work .. "/local-file", "~/b6") end },
+      }) do
+        local ok, err = pcall(call[2])
+        assert.is_false(ok)
+        assert.are.same({ "VALIDATION_ERROR", call[1] }, { err.code, err.field })
+        assert.is_string(err.hint)
+      end
+    end)
+
     it("leaves old or new files only when Ctrl-C stops a push", function()
       local src = work .. "/src"
       fs.mkdir_p(src)
