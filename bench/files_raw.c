@@ -1,10 +1,13 @@
 /* Baseline for bench/files: the same base64 traffic as a file transfer through the Morph
  * provider, with one bare libcurl easy handle (one kept-alive connection) and nothing else.
- *   bench_files_raw BASE_URL INSTANCE_ID up|down MIB CHUNK_B64 PIECE [REMOTE_PATH]
+ *   bench_files_raw BASE_URL INSTANCE_ID up|decode|down MIB CHUNK_B64 PIECE [REMOTE_PATH]
  * (the key comes from MORPH_API_KEY, never argv)
  *   up    each request is POST /instance/ID/exec {"command": ["/bin/true", <base64 pieces>]}
  *         carrying CHUNK_B64 bytes of base64 (split into PIECE-byte argv elements), freshly
  *         encoded from pseudo-random bytes, until MIB MiB of raw bytes went out;
+ *   decode  the same as up, but the instance decodes each request's base64 into REMOTE_PATH
+ *         (`base64 -d > PATH` from a here-document of the arguments): the least work any write
+ *         through exec does there (no check, no fsync, no rename), so its rate bounds galley's;
  *   down  each request asks the instance for CHUNK_B64 bytes of base64 of REMOTE_PATH
  *         (tail -c +OFF | head -c LEN | base64 -w0) until MIB MiB of raw bytes came back.
  * Prints "raw: up|down N MiB in MS ms (X MB/s), R requests, C connections". Exit 1 on any
@@ -80,7 +83,7 @@ static void b64(const unsigned char *in, size_t n, char *out) {
 
 int main(int argc, char **argv) {
   if (argc < 7 || argc > 8) {
-    fprintf(stderr, "usage: bench_files_raw BASE_URL INSTANCE_ID up|down MIB CHUNK_B64 PIECE [REMOTE_PATH]\n"
+    fprintf(stderr, "usage: bench_files_raw BASE_URL INSTANCE_ID up|decode|down MIB CHUNK_B64 PIECE [REMOTE_PATH]\n"
                     "       (key in MORPH_API_KEY)\n");
     return 2;
   }
@@ -88,8 +91,10 @@ int main(int argc, char **argv) {
   long mib = strtol(argv[4], NULL, 10), chunk_b64 = strtol(argv[5], NULL, 10), piece = strtol(argv[6], NULL, 10);
   const char *remote = argc == 8 ? argv[7] : NULL;
   const char *key = getenv("MORPH_API_KEY");
-  int up = strcmp(dir, "up") == 0;
-  if ((!up && strcmp(dir, "down") != 0) || mib <= 0 || chunk_b64 < 4 || piece < 4 || !key || (!up && !remote)) {
+  int decode = strcmp(dir, "decode") == 0;
+  int up = decode || strcmp(dir, "up") == 0;
+  if ((!up && strcmp(dir, "down") != 0) || mib <= 0 || chunk_b64 < 4 || piece < 4 || !key || (!up && !remote) ||
+      (decode && !remote)) {
     fprintf(stderr, "bench_files_raw: bad arguments (or no MORPH_API_KEY)\n");
     return 2;
   }
@@ -129,7 +134,14 @@ int main(int argc, char **argv) {
       }
       size_t elen = 4 * (((size_t)n + 2) / 3);
       b64(raw, (size_t)n, enc);
-      puts_(&body, "{\"command\":[\"/bin/true\"");
+      if (decode) {
+        /* the here-document's expansion joins the pieces with an empty IFS */
+        puts_(&body, "{\"command\":[\"/bin/sh\",\"-c\",\"IFS=; base64 -d > \\\"$0\\\" <<EOF\\n$*\\nEOF\",\"");
+        puts_(&body, remote);  /* a plain path: no JSON escaping needed for the bench's paths */
+        puts_(&body, "\"");
+      } else {
+        puts_(&body, "{\"command\":[\"/bin/true\"");
+      }
       for (size_t off = 0; off < elen; off += (size_t)piece) {
         size_t len = elen - off < (size_t)piece ? elen - off : (size_t)piece;
         puts_(&body, ",\"");

@@ -1,4 +1,4 @@
--- The measurements of bench/workspace: workspace.lua WORK FORMS PARALLEL TREE_KIND FILE_MIB STATE_PARENT
+-- The measurements of bench/workspace: workspace.lua WORK FORMS PARALLEL TREE_KIND FILE_MIB STATE_PARENT ROUNDS
 -- FORMS: comma-separated FORM[:MODE], FORM the provider's exec_form (auto, string, argv), MODE the
 -- emulator's --argv-mode (exec, join; default exec, join for string).
 local workspace = require("galley.workspace")
@@ -6,6 +6,7 @@ local runtime = require("galley.core.runtime")
 local proc = require("galley.core.proc")
 local work, forms, parallel, kind = arg[1], arg[2], tonumber(arg[3]), arg[4]
 local file_mib, state_parent = math.tointeger(tonumber(arg[5] or "0")), arg[6] or "/tmp"
+local rounds = math.tointeger(tonumber(arg[7] or "3"))
 
 local function sh(script, ...)
   local r = assert(proc.run({ argv = { "sh", "-c", script, "sh", ... }, timeout_ms = 3600000 }))
@@ -70,18 +71,39 @@ for spec in forms:gmatch("[^,]+") do
   print(("push      %6.1f MB/s  %4d requests%s%s (%.1f s), %d files, %.1f MB as %.1f MB of %s"):format(mbs(r.bytes, ms),
     r.execs, probed and " + 1 probe" or "", streams(r), ms / 1000, r.sent, r.bytes / 1e6, (r.wire_bytes or 0) / 1e6,
     r.compress or "-"))
+  if file_mib > 0 then
+    -- The file and the push alternate, `rounds` times (each push into a fresh directory), and
+    -- the medians count: on a shared 2-core machine one upload of the file varied 2x between
+    -- runs, and a single pair made the share swing with it.
+    local files_r, pushes_r, shares = {}, {}, {}
+    for k = 1, rounds do
+      local _, fms = timed(function() return p.files.write_file_atomic(id, "~/big.bin", { from_file = big }) end)
+      p.exec(id, { kind = "argv", command = "rm", args = { "-f", "--", "big.bin" } })
+      local pr, pms = r, ms
+      if k > 1 then pr, pms = timed(function() return workspace.push(p, id, tree, "~/tree-round" .. k, o) end) end
+      files_r[k], pushes_r[k] = mbs(file_mib * 1048576, fms), mbs(pr.bytes, pms)
+      shares[k] = 100 * pushes_r[k] / files_r[k]
+    end
+    local function median(t)
+      local c = table.move(t, 1, #t, 1, {})
+      table.sort(c)
+      return c[(#c + 1) // 2]
+    end
+    local function range(t, fmt)
+      local c = table.move(t, 1, #t, 1, {})
+      table.sort(c)
+      return (fmt .. "-" .. fmt):format(c[1], c[#c])
+    end
+    print(("file      %6.1f MB/s  one %d MiB file, median of %d (%s MB/s); pushes alongside: %.1f MB/s (%s)")
+      :format(median(files_r), file_mib, rounds, range(files_r, "%.0f"), median(pushes_r), range(pushes_r, "%.0f")))
+    print(("share     the push is %.0f %% of the file, ratio of the medians (each round: %s %%; target >= 50 %%)")
+      :format(100 * median(pushes_r) / median(files_r), range(shares, "%.0f")))
+  end
   if ssh then -- every file changed just now (touch): hashed here and checked there too
     sh('cd "$1" && git ls-files -z | xargs -0 touch -c --', tree)
     local f, fms = timed(function() return workspace.push(p, id, tree, "~/tree-fresh", o) end)
     print(("fresh     %6.1f MB/s  %4d requests%s (%.1f s): the same tree touched just now (sha256 both sides)")
       :format(mbs(f.bytes, fms), f.execs, streams(f), fms / 1000))
-  end
-  if file_mib > 0 then
-    local _, fms = timed(function() return p.files.write_file_atomic(id, "~/big.bin", { from_file = big }) end)
-    local file_rate = mbs(file_mib * 1048576, fms)
-    print(("file      %6.1f MB/s  one %d MiB file (%.1f s); the push is %.0f %% of it (target >= 50 %%)"):format(
-      file_rate, file_mib, fms / 1000, 100 * mbs(r.bytes, ms) / file_rate))
-    p.exec(id, { kind = "argv", command = "rm", args = { "-f", "--", "big.bin" } })
   end
   local again
   again, ms = timed(function() return workspace.push(p, id, tree, "~/tree", o) end)
