@@ -14,6 +14,7 @@
 -- The remote command is ONE line, the argv quoted once with galley.core.shell.join (sshd runs it
 -- with the user's shell). ssh's own failures exit 255: that is a TRANSPORT error (never returned
 -- as the command's exit code), with the tail of ssh's stderr.
+local codec = require("galley.core.codec")
 local common = require("galley.providers.common")
 local errors = require("galley.errors")
 local fs = require("galley.core.fs")
@@ -26,6 +27,9 @@ local M = {}
 
 M.CONTROL_PERSIST_S = 120
 M.CONNECT_TIMEOUT_S = 10
+-- How long commands wait for another command's ssh to make a target's multiplexed connection
+-- before going their own way (a connection each, as ControlMaster=no: never a second master).
+M.MASTER_WAIT_MS = 10000
 -- sun_path is 108 bytes: the control socket's path must fit.
 local MAX_SOCKET_PATH = 100
 
@@ -78,7 +82,7 @@ local exit_boxes = {}
 ---@return table
 function M.new(opts)
   local self = setmetatable({ dir = opts.dir, owned = opts.owned, cmd = M.command_argv(opts.ssh_command),
-    used = {}, key_path = opts.key_path }, SSH)
+    used = {}, key_path = opts.key_path, gates = {} }, SSH)
   for _, d in ipairs({ self.dir, self.dir .. "/known_hosts.d" }) do
     local ok, err = fs.mkdir_p(d, "700")
     if not ok then error(errors.wrap(err, { operation = "ssh", resource = "file:" .. d }, "FILE_IO_ERROR"), 0) end
@@ -206,7 +210,52 @@ function SSH:config_file(t)
 end
 
 
--- The ssh options for a target {host, user, port?, alias, secret_user?}.
+-- The control socket of target t: named here (not %C) so that its appearance can be watched; 40
+-- hex characters, as long as %C.
+function SSH:control_path(t)
+  local key = table.concat({ t.alias, t.host_alias or "", t.host, tostring(t.port or ""),
+    t.secret_user and "" or (t.user or "root") }, "\0")
+  return self.control_dir .. "/cm-" .. codec.sha256(key):sub(1, 40)
+end
+
+
+-- Several commands starting at once on a target without a multiplexed connection would each try
+-- to become its master: one wins, and every other ssh prints "ControlSocket ... already exists,
+-- disabling multiplexing" into the command's stderr and makes a connection of its own. So the
+-- first one opens the connection (ControlMaster=auto), and the others wait (without blocking
+-- other tasks) until its socket is there, then use it. gate(t) returns the ControlMaster mode
+-- for this command and, for the opener, a function to call once its ssh has ended (a spawned
+-- ssh never calls it: its mark goes stale after MASTER_WAIT_MS). When the opener ends without a
+-- socket, the next one opens; past MASTER_WAIT_MS a waiter goes alone (ControlMaster=no: it
+-- still uses a socket that is there, and never becomes a master).
+function SSH:gate(t)
+  local path = self:control_path(t)
+  local deadline
+  while true do
+    local g, now = self.gates[path], runtime.now_ms()
+    if fs.stat(path) then
+      self.gates[path] = "up"
+      return "auto"
+    end
+    if g == "up" then g = nil end -- the connection ended (ControlPersist, -O exit): open it again
+    if not g or now - g.since >= M.MASTER_WAIT_MS then
+      local mine = { since = now }
+      self.gates[path] = mine
+      return "auto", function()
+        if self.gates[path] == mine then self.gates[path] = fs.stat(path) and "up" or nil end
+      end
+    end
+    deadline = deadline or (now + M.MASTER_WAIT_MS)
+    if now >= deadline then return "no" end
+    local ok, err = runtime.sleep_ms(10)
+    if not ok then error(err, 0) end
+  end
+end
+
+
+-- The ssh options for a target {host, user, port?, alias, secret_user?}. own_connection: true
+-- (a connection of its own, no control socket), "no" (a socket that is there is used, none is
+-- made), else the multiplexed connection (ControlMaster=auto).
 function SSH:options(t, tty, own_connection)
   local argv = {}
   for _, w in ipairs(self.cmd) do argv[#argv + 1] = w end
@@ -224,7 +273,7 @@ function SSH:options(t, tty, own_connection)
     "-o", "StrictHostKeyChecking=" .. strict,
     "-o", "HostKeyAlias=" .. hk,
     "-o", own_connection and "ControlMaster=no" or "ControlMaster=auto",
-    "-o", own_connection and "ControlPath=none" or ("ControlPath=" .. self.control_dir .. "/cm-%C"),
+    "-o", own_connection == true and "ControlPath=none" or ("ControlPath=" .. self:control_path(t)),
     "-o", "ControlPersist=" .. (own_connection and "no" or M.CONTROL_PERSIST_S),
     "-o", "ConnectTimeout=" .. M.CONNECT_TIMEOUT_S,
     "-o", "ServerAliveInterval=15",
@@ -251,10 +300,23 @@ end
 ---@param tty? boolean
 ---@return string[]
 function SSH:argv(t, argv, tty, own_connection)
+  local release
+  if not own_connection then own_connection, release = self:gate(t) end
+  if own_connection == "auto" then own_connection = nil end
   local out = self:options(t, tty, own_connection)
   out[#out + 1] = "--"
   out[#out + 1] = shell.join(argv)
-  return out
+  return out, release
+end
+
+
+-- Runs fn(local_argv) with the argv of argv on t, then lets the target's gate go (see gate).
+local function gated(self, t, argv, own_connection, fn)
+  local local_argv, release = self:argv(t, argv, false, own_connection)
+  local r = table.pack(pcall(fn, local_argv))
+  if release then release() end
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
 end
 
 
@@ -317,31 +379,13 @@ end
 ---@param argv string[]
 ---@param opts? {timeout_ms?: integer, stdin?: string, operation?: string}
 function SSH:run(t, argv, opts)
-  return run_argv(t, self:argv(t, wrapped(argv)), opts)
+  return gated(self, t, wrapped(argv), nil, function(a) return run_argv(t, a, opts) end)
 end
 
 
---- Runs argv on the target as a byte channel: stdin from the local file `stdin_file` (or the
---- bytes `stdin`), stdout into the local file `stdout_file` (else returned), both raw and
---- streamed by ssh itself (memory stays flat). Returns what run returns; stdout is "" when it
---- went to a file.
----@param t table target
----@param argv string[]
----@param opts? {stdin_file?: string, stdin?: string, stdout_file?: string, max_stdout_bytes?: integer,
----  timeout_ms?: integer, operation?: string}
-function SSH:transfer(t, argv, opts)
-  opts = opts or {}
-  -- A bounded output file needs ssh itself to write it: through a multiplexed connection the
-  -- master process would, and RLIMIT_FSIZE is the writer's (so such reads cost a handshake).
-  local bounded = opts.stdout_file ~= nil and opts.max_stdout_bytes ~= nil
-  return run_argv(t, common.redirected(self:argv(t, wrapped(argv), false, bounded), opts.stdin_file,
-    opts.stdout_file, opts.max_stdout_bytes), opts)
-end
-
---- Runs argv on the target, handing output to on_stdout/on_stderr as it arrives (callbacks may
---- yield). Returns what run returns.
-function SSH:stream(t, argv, on_stdout, on_stderr)
-  local pr, err = proc.spawn({ argv = self:argv(t, wrapped(argv)), stdin = "null", env = { SSH_AUTH_SOCK = "" } })
+-- stream's body: the local argv is given.
+local function stream_argv(t, local_argv, on_stdout, on_stderr)
+  local pr, err = proc.spawn({ argv = local_argv, stdin = "null", env = { SSH_AUTH_SOCK = "" } })
   if not pr then return nil, errors.wrap(err, { operation = "exec", kind = "ProviderError" }, "PROCESS_ERROR") end
   local out, errs = {}, {}
   local code, signal
@@ -376,6 +420,32 @@ function SSH:stream(t, argv, on_stdout, on_stderr)
 end
 
 
+--- Runs argv on the target as a byte channel: stdin from the local file `stdin_file` (or the
+--- bytes `stdin`), stdout into the local file `stdout_file` (else returned), both raw and
+--- streamed by ssh itself (memory stays flat). Returns what run returns; stdout is "" when it
+--- went to a file.
+---@param t table target
+---@param argv string[]
+---@param opts? {stdin_file?: string, stdin?: string, stdout_file?: string, max_stdout_bytes?: integer,
+---  timeout_ms?: integer, operation?: string}
+function SSH:transfer(t, argv, opts)
+  opts = opts or {}
+  -- A bounded output file needs ssh itself to write it: through a multiplexed connection the
+  -- master process would, and RLIMIT_FSIZE is the writer's (so such reads cost a handshake).
+  local bounded = opts.stdout_file ~= nil and opts.max_stdout_bytes ~= nil
+  return gated(self, t, wrapped(argv), bounded, function(a)
+    return run_argv(t, common.redirected(a, opts.stdin_file, opts.stdout_file, opts.max_stdout_bytes), opts)
+  end)
+end
+
+
+--- Runs argv on the target, handing output to on_stdout/on_stderr as it arrives (callbacks may
+--- yield). Returns what run returns.
+function SSH:stream(t, argv, on_stdout, on_stderr)
+  return gated(self, t, wrapped(argv), nil, function(a) return stream_argv(t, a, on_stdout, on_stderr) end)
+end
+
+
 --- Starts argv on the target without waiting: a galley.core.proc Process of the local ssh.
 function SSH:spawn(t, argv, opts)
   opts = opts or {}
@@ -389,6 +459,14 @@ function SSH:disconnect(alias)
   if not t then return end
   self.used[alias] = nil
   proc.run({ argv = self:exit_argv(t), timeout_ms = 5000 })
+  -- `ssh -O exit` returns before the master has removed its socket: commands started right
+  -- after would find it, be refused, and each try to become the master (see gate)
+  local path = self:control_path(t)
+  for _ = 1, 100 do
+    if not fs.stat(path) then break end
+    runtime.sleep_ms(10)
+  end
+  self.gates[path] = nil
 end
 
 
@@ -396,7 +474,7 @@ end
 function SSH:exit_argv(t)
   local argv = { table.unpack(self.cmd) }
   for _, o in ipairs({ "-F", t.secret_user and self:config_file(t) or "/dev/null", "-o",
-    "ControlPath=" .. self.control_dir .. "/cm-%C", "-o", "HostKeyAlias=" .. (t.host_alias or t.alias), "-O",
+    "ControlPath=" .. self:control_path(t), "-o", "HostKeyAlias=" .. (t.host_alias or t.alias), "-O",
     "exit" }) do
     argv[#argv + 1] = o
   end

@@ -142,6 +142,28 @@ describe("proxmox provider on galley emulate proxmox #proxmox #slow", function()
     raises("NOT_FOUND", p.instances.terminate, inst.id)
   end)
 
+  it("opens one multiplexed connection for many commands started at once, and none of them sees ssh's words",
+    function()
+    local inst = p.instances.boot(TEMPLATE)
+    local task = require("galley.task")
+    for round = 1, 3 do
+      p.disconnect(inst.id) -- no connection: the 12 commands below start together on a cold target
+      local ts = {}
+      for i = 1, 12 do
+        ts[i] = task.spawn(function()
+          return p.exec(inst.id, { kind = "argv", command = "echo", args = { ("r%d-%d"):format(round, i) } })
+        end)
+      end
+      for i, r in ipairs(task.join(ts)) do
+        assert.is_true(r.ok, tostring(r.err))
+        -- before: 11 of 12 said "ControlSocket ... already exists, disabling multiplexing" on stderr
+        assert.are.same({ 0, ("r%d-%d\n"):format(round, i), "" },
+          { r.value.exit_code, r.value.stdout, r.value.stderr })
+      end
+    end
+    p.instances.terminate(inst.id)
+  end)
+
   it("boots a template made by one run in the next run, whose key is a new one", function()
     local run = require("galley.run")
     local ctx = run.begin({ recipe = "pve-spec-a", record = false })
