@@ -250,12 +250,14 @@ static void plan_free(run_plan *p) {
 }
 
 
-/* Asks the emulator how to run a command in instance id, authenticated with key. Returns the
- * HTTP status (200 with *plan filled), or -1 when the emulator could not be asked. */
-static int fetch_plan(const char *id, const char *key, run_plan *plan) {
+/* Asks the emulator how to run a command in instance id, authenticated with key: for a command
+ * about to start (run: the emulator logs it), or to check at login that the instance is there
+ * and ready. Returns the HTTP status (200 with *plan filled), or -1 when the emulator could not
+ * be asked. */
+static int fetch_plan(const char *id, const char *key, int run, run_plan *plan) {
   memset(plan, 0, sizeof *plan);
   char url[512], auth[4200];
-  snprintf(url, sizeof url, "%s/_emulator/ssh/%s", gw.api, id);
+  snprintf(url, sizeof url, "%s/_emulator/ssh/%s%s", gw.api, id, run ? "/run" : "");
   snprintf(auth, sizeof auth, "Authorization: Bearer %s", key);
   CURL *c = curl_easy_init();
   if (!c) return -1;
@@ -365,7 +367,7 @@ static int auth_pubkey(ssh_session s, const char *user, struct ssh_key_struct *p
   memcpy(id, user, id_len);
   id[id_len] = '\0';
   run_plan plan;
-  int status = fetch_plan(id, gw.key, &plan); /* exists and ready? */
+  int status = fetch_plan(id, gw.key, 0, &plan); /* exists and ready? */
   plan_free(&plan);
   if (status != 200) return SSH_AUTH_DENIED;
   if (state == SSH_PUBLICKEY_STATE_VALID) {
@@ -522,7 +524,7 @@ static int start_command(chan *ch, const char *const *cmd) {
   conn *c = ch->conn;
   if (ch->started) return -1;
   run_plan plan;
-  if (fetch_plan(c->user_id, gw.key, &plan) != 200) return -1; /* gone, stopped or paused */
+  if (fetch_plan(c->user_id, gw.key, 1, &plan) != 200) return -1; /* gone, stopped or paused */
   for (int i = 0; cmd[i]; i++) plan.argv[plan.argc++] = (char *)cmd[i];
   plan.argv[plan.argc] = NULL;
   for (int i = 0; i < ch->nenv; i++) { /* LANG / LC_* replace the instance's value */

@@ -8,8 +8,9 @@
  *   - forks one child per connection; SIGTERM (or stdin's end) ends every child, which kills
  *     its commands' process trees first;
  *   - a user is `<instance_id>:<api_key>`: publickey with any key, the key compared in constant
- *     time, the instance checked with POST URL/_emulator/ssh/<instance_id> (Bearer key), whose
- *     200 answer is how to run a command there: NUL-terminated records `A<argv element>`,
+ *     time, the instance checked with POST URL/_emulator/ssh/<instance_id> (Bearer key; with
+ *     /run appended before each command, which the emulator logs), whose 200 answer is how to
+ *     run a command there: NUL-terminated records `A<argv element>`,
  *     `E<NAME=value>`, `C<working directory>`; the command line follows the A records as
  *     `/bin/sh -c LINE` (exec) or /usr/lib/openssh/sftp-server (subsystem sftp);
  *   - session channels, several per connection: exec, subsystem sftp, env (LANG, LC_*); stdin,

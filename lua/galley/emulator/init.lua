@@ -10,11 +10,13 @@
 --   POST   /_emulator/faults    body: a fault or an array of them -> the list
 --   DELETE /_emulator/faults    204
 --   POST   /_emulator/shutdown  200; the server stops after answering
---   POST   /_emulator/ssh/ID    how the SSH gateway runs a command in instance ID (below)
+--   POST   /_emulator/ssh/ID[/run]  how the SSH gateway runs a command in instance ID (below;
+--                                    /run: for a command about to start, logged as method "SSH")
 -- The SSH gateway (`galley __ssh-gateway`, src/core/ssh_gateway.h) is the emulator's guess of
 -- Morph's ssh.cloud.morph.so: it starts with the emulator when libssh can be loaded (opts.ssh
 -- false: not at all), listens on 127.0.0.1 (opts.ssh_port, 0: a free port), gets the API key on
--- its stdin (never argv or environment) and asks POST /_emulator/ssh/ID before each command:
+-- its stdin (never argv or environment) and asks POST /_emulator/ssh/ID at login and
+-- /_emulator/ssh/ID/run before each command:
 -- 200 with NUL-terminated records `A<argv element>` `E<NAME=value>` `C<cwd>` (the command line
 -- is appended to the argv), 404 unknown instance, 409 not ready (paused: refused unless its
 -- wake_on.wake_on_ssh is set, then woken).
@@ -318,10 +320,18 @@ function Emulator:handle_control(req, path)
       for _, f in ipairs(valid) do self.faults:add(f) end
       return reply(200, { object = "list", data = json.array(self.faults:describe()) })
     end
-  elseif path:match("^/ssh/[^/]+$") then
+  elseif path:match("^/ssh/[^/]+$") or path:match("^/ssh/[^/]+/run$") then
     if m ~= "POST" then return detail(405, "Method Not Allowed") end
+    local t0 = runtime.now_ms()
     self.api:tick()
-    local plan, bad = self.api:ssh_plan(path:sub(6))
+    local id, run = path:match("^/ssh/([^/]+)(.*)$")
+    local plan, bad = self.api:ssh_plan(id)
+    -- A command about to run (/run; a login only checks the instance) goes in the request log
+    -- too, as method "SSH", so a test or a bench counts SSH commands beside the API requests.
+    if run == "/run" then
+      self:record({ method = "SSH", path = "/instance/" .. id .. "/ssh", status = plan and 200 or bad.status,
+        ms = runtime.now_ms() - t0, conn = req.conn, handled = plan ~= nil })
+    end
     if not plan then return bad end
     return { status = 200, headers = { ["Content-Type"] = "application/octet-stream" }, body = M.encode_plan(plan) }
   elseif path == "/shutdown" and m == "POST" then

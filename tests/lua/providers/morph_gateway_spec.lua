@@ -82,7 +82,15 @@ describe("the Morph provider through the emulator's SSH gateway #ssh", function(
     assert.are.equal(data, p.files.read_file(id, "~/big.bin"))
     local after = p.files.stats()
     assert.are.equal(before.streams + 2, after.streams)
-    assert.is_true(#em:log() - execs <= 3, "requests: " .. (#em:log() - execs)) -- the read's head (+ probes)
+    -- the read's head (+ probes), and the emulator logged the two SSH commands
+    local api, ssh = 0, 0
+    for k, rec in ipairs(em:log()) do
+      if k > execs then
+        if rec.method == "SSH" then ssh = ssh + 1 else api = api + 1 end
+      end
+    end
+    assert.is_true(api <= 3, "requests: " .. api)
+    assert.are.equal(2, ssh)
     local r = p.exec(id, { kind = "shell", script = "stat -c %a ~/big.bin; sha256sum < ~/big.bin" })
     assert.are.equal("640\n" .. codec.sha256(data) .. "  -\n", r.stdout)
     local src, dst = support.tmpname(), support.tmpname() .. ".copy"
@@ -95,14 +103,25 @@ describe("the Morph provider through the emulator's SSH gateway #ssh", function(
 
   it("sends writes over ssh_min_bytes (512 KiB) through the gateway, smaller ones as one exec", function()
     assert.are.equal(512 * 1024, morph.SSH_MIN_BYTES)
+    -- {streams the client counted, API requests, SSH commands}: the emulator logs the gateway's
+    -- commands as method "SSH"
     local function counts(size)
-      local before, requests = p.files.stats(), #em:log()
+      local before, n = p.files.stats(), #em:log()
       p.files.write_file_atomic(id, "~/sized.bin", codec.random_bytes(size))
       local after = p.files.stats()
-      return { after.streams - before.streams, #em:log() - requests }
+      local api, ssh = 0, 0
+      for k, rec in ipairs(em:log()) do
+        if k > n and rec.method == "SSH" then
+          assert.are.same({ "/instance/" .. id .. "/ssh", 200 }, { rec.path, rec.status })
+          ssh = ssh + 1
+        elseif k > n then
+          api = api + 1
+        end
+      end
+      return { after.streams - before.streams, api, ssh }
     end
-    assert.are.same({ 0, 1 }, counts(40 * 1024)) -- (one-line execs here carry ~88 KiB)
-    assert.are.same({ 1, 0 }, counts(600 * 1024))
+    assert.are.same({ 0, 1, 0 }, counts(40 * 1024)) -- (one-line execs here carry ~88 KiB)
+    assert.are.same({ 1, 0, 1 }, counts(600 * 1024))
     local q = morph.new({ api_key = em.api_key, base_url = em.base_url, ssh_min_bytes = 16 * 1024,
       ssh = { host = "127.0.0.1", port = em.ssh_port } })
     local before = q.files.stats().streams
