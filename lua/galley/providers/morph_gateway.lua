@@ -13,10 +13,14 @@
 -- once per provider. The gateway's host key is accepted on first contact and then pinned for
 -- the provider's life, unless `host_key` pins it from the start.
 --
--- A channel that does not work (ssh exits 255 before the command runs: no route, refused, auth
--- denied) is reported once as a warning and the provider's transfers go back to exec: `stream`
--- then answers nil, STREAM_UNAVAILABLE, which execfiles takes as "use exec". Everything lives in
--- one private directory, removed by close() and at the Lua state's end.
+-- A channel that does not work (ssh exits 255 before the command runs: no route, refused, a
+-- changed host key) is reported once as a warning and the provider's transfers go back to exec:
+-- `stream` then answers nil, STREAM_UNAVAILABLE, which execfiles takes as "use exec". A refused
+-- login ("Permission denied") may be the instance's doing (paused, not ready yet, gone): once
+-- any login has worked, it sends that one transfer through exec and nothing more; until then,
+-- the gateway is given up at the M.REFUSALS_BEFORE_GIVING_UP-th refusal (a key or user format
+-- the gateway does not take). Everything lives in one private directory, removed
+-- by close() and at the Lua state's end.
 local errors = require("galley.errors")
 local fs = require("galley.core.fs")
 local pssh = require("galley.providers.proxmox_ssh")
@@ -26,6 +30,8 @@ local M = {}
 M.DEFAULT_HOST = "ssh.cloud.morph.so"
 M.DEFAULT_PORT = 22
 M.HOST_ALIAS = "morph-gateway"
+--- Logins refused this many times, none accepted before: the gateway is given up.
+M.REFUSALS_BEFORE_GIVING_UP = 3
 
 local Gateway = {}
 Gateway.__index = Gateway
@@ -70,7 +76,8 @@ end
 function M.new(opts)
   assert(type(opts.api_key) == "string" and opts.api_key ~= "", "morph_gateway.new: api_key is required")
   return setmetatable({ host = opts.host, port = opts.port, key = opts.api_key, host_key = opts.host_key,
-    ssh_command = opts.ssh_command, log = opts.log, broken = nil, chan = nil }, Gateway)
+    ssh_command = opts.ssh_command, log = opts.log, broken = nil, chan = nil, worked = false, refusals = 0 },
+    Gateway)
 end
 
 
@@ -94,12 +101,27 @@ end
 
 --- Runs argv in instance `id` through the gateway with stdin/stdout redirected (see
 --- proxmox_ssh transfer). Returns the result, or nil and STREAM_UNAVAILABLE when the gateway
---- cannot be used (then and from then on), or nil and another error.
+--- cannot be used (then and from then on), or refused this instance's login (details.reason
+--- "login_refused": this time only), or nil and another error.
 function Gateway:stream(id, argv, sopts)
   if self.broken then return nil, self.broken end
   local chan = self:channel()
   local t = self:target(id)
   local res, err = chan:transfer(t, argv, sopts)
+  local refused = not res and errors.is(err, "TRANSPORT")
+    and tostring(err.details and err.details.stderr or err.message):find("Permission denied", 1, true) ~= nil
+  if refused and not self.worked then self.refusals = self.refusals + 1 end
+  if refused and (self.worked or self.refusals < M.REFUSALS_BEFORE_GIVING_UP) then
+    -- this instance's refusal, as far as can be told: exec carries this transfer
+    if self.log then
+      self.log.debug("SSH gateway refused the login; this transfer goes through exec", { instance = id,
+        error = err.message })
+    end
+    return nil, errors.new("STREAM_UNAVAILABLE", ("the SSH gateway %s:%d refused the login for %s: %s"):format(
+      self.host, self.port, id, err.message), { kind = "ProviderError", cause = err, resource = "instance:" .. id,
+      details = { reason = "login_refused" },
+      hint = "the transfer goes through exec instead; the instance may be paused or not ready" })
+  end
   if not res and errors.is(err, "TRANSPORT") then
     -- The first contact pins the host key it saw, so a later change is refused (strict).
     self.broken = errors.new("STREAM_UNAVAILABLE", ("the SSH gateway %s:%d cannot be used: %s"):format(
@@ -114,6 +136,7 @@ function Gateway:stream(id, argv, sopts)
   if res then -- the key seen first is the one checked (strictly) from now on
     chan.pinned = chan.pinned or {}
     chan.pinned[M.HOST_ALIAS] = true
+    self.worked = true
   end
   return res, err
 end

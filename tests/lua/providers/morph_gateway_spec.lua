@@ -195,11 +195,43 @@ describe("the Morph provider through the emulator's SSH gateway #ssh", function(
     assert.is_nil(tostring(err.cause.message):find(key, 1, true))
     assert.is_nil(tostring(err.cause.details.stderr):find(key, 1, true))
     assert.is_truthy(tostring(err.cause.message):find(id .. ":***", 1, true))
-    -- and it is not tried again
-    local res2, err2 = gw:stream(id, { "true" }, {})
-    assert.is_nil(res2)
-    assert.are.equal(err, err2)
+    -- a refusal may be the instance's (paused, not ready): that transfer only, until it is the
+    -- third with no login ever accepted; then the gateway is given up and not tried again
+    assert.are.equal("login_refused", err.details.reason)
+    local _, err2 = gw:stream(id, { "true" }, {})
+    assert.are.equal("login_refused", err2.details.reason)
+    local _, err3 = gw:stream(id, { "true" }, {})
+    assert.are.same({ "STREAM_UNAVAILABLE", "TRANSPORT" }, { err3.code, err3.cause.code })
+    assert.is_nil(err3.details and err3.details.reason)
+    local res4, err4 = gw:stream(id, { "true" }, {})
+    assert.is_nil(res4)
+    assert.are.equal(err3, err4)
     gw:close()
+  end)
+
+  it("keeps the gateway for every other instance when one instance's login is refused (paused)", function()
+    local q = morph.new({ api_key = em.api_key, base_url = em.base_url,
+      ssh = { host = "127.0.0.1", port = em.ssh_port } })
+    local other = q.instances.boot(emulator.SNAPSHOT).id
+    local data = codec.random_bytes(2 * 1024 * 1024)
+    local function ssh_commands(fn)
+      local n = #em:log()
+      fn()
+      local c = 0
+      for k, rec in ipairs(em:log()) do if k > n and rec.method == "SSH" then c = c + 1 end end
+      return c
+    end
+    assert.are.equal(1, ssh_commands(function() q.files.write_file_atomic(id, "~/before.bin", data) end))
+    q.instances.pause(other)
+    for _ = 1, 4 do -- more than REFUSALS_BEFORE_GIVING_UP: a login has worked before
+      local ok, err = pcall(q.files.write_file_atomic, other, "~/refused.bin", data)
+      assert.is_false(ok)
+      assert.are.equal("CONFLICT", err.code) -- exec's answer: the instance is paused
+    end
+    assert.are.equal(1, ssh_commands(function() q.files.write_file_atomic(id, "~/after.bin", data) end))
+    assert.are.equal(data, q.files.read_file(id, "~/after.bin"))
+    q.instances.terminate(other)
+    q.close()
   end)
 
   it("leaves no private directory behind when a script ends in an error without close()", function()
