@@ -30,6 +30,10 @@ M.CONNECT_TIMEOUT_S = 10
 -- How long commands wait for another command's ssh to make a target's multiplexed connection
 -- before going their own way (a connection each, as ControlMaster=no: never a second master).
 M.MASTER_WAIT_MS = 10000
+-- Commands in flight over one target's multiplexed connection at most; more go over connections
+-- of their own. sshd refuses sessions past its MaxSessions (10 by default), and ssh then prints
+-- "Session open refused by peer" into the command's stderr before connecting alone.
+M.MAX_MUX_SESSIONS = 8
 -- sun_path is 108 bytes: the control socket's path must fit.
 local MAX_SOCKET_PATH = 100
 
@@ -82,7 +86,7 @@ local exit_boxes = {}
 ---@return table
 function M.new(opts)
   local self = setmetatable({ dir = opts.dir, owned = opts.owned, cmd = M.command_argv(opts.ssh_command),
-    used = {}, key_path = opts.key_path, gates = {} }, SSH)
+    used = {}, key_path = opts.key_path, gates = {}, sessions = {} }, SSH)
   for _, d in ipairs({ self.dir, self.dir .. "/known_hosts.d" }) do
     local ok, err = fs.mkdir_p(d, "700")
     if not ok then error(errors.wrap(err, { operation = "ssh", resource = "file:" .. d }, "FILE_IO_ERROR"), 0) end
@@ -311,10 +315,25 @@ end
 
 
 -- Runs fn(local_argv) with the argv of argv on t, then lets the target's gate go (see gate).
+-- Past MAX_MUX_SESSIONS commands in flight on t, a command gets a connection of its own.
 local function gated(self, t, argv, own_connection, fn)
-  local local_argv, release = self:argv(t, argv, false, own_connection)
-  local r = table.pack(pcall(fn, local_argv))
-  if release then release() end
+  local path
+  if not own_connection then
+    path = self:control_path(t)
+    if (self.sessions[path] or 0) >= M.MAX_MUX_SESSIONS then
+      own_connection, path = true, nil
+    else
+      self.sessions[path] = (self.sessions[path] or 0) + 1
+    end
+  end
+  local r = table.pack(pcall(function()
+    local local_argv, release = self:argv(t, argv, false, own_connection)
+    local res = table.pack(pcall(fn, local_argv))
+    if release then release() end
+    if not res[1] then error(res[2], 0) end
+    return table.unpack(res, 2, res.n)
+  end))
+  if path then self.sessions[path] = self.sessions[path] - 1 end
   if not r[1] then error(r[2], 0) end
   return table.unpack(r, 2, r.n)
 end
