@@ -90,8 +90,37 @@ end
 ---@param label? string
 ---@return boolean registered
 function M.defer(fn, label)
-  if plugged() and run.defer then return run.defer(fn, label) end
-  return false
+  if plugged() and run.defer and run.defer(fn, label) then return true end
+  local scope = M._scopes[#M._scopes]
+  if not scope then return false end
+  scope[#scope + 1] = { fn = fn, label = label or "cleanup" }
+  return true
+end
+
+-- Open scopes of M.scope, innermost last.
+M._scopes = {}
+
+--- Runs fn(...) with a place for cleanups deferred outside a run (the CLI's commands: `galley
+--- cp` interrupted mid-write leaves a temporary file only the deferred cleanup removes). They run
+--- when fn returns or fails, last registered first, after a pending Ctrl-C is cleared (a second
+--- one stops them); their own errors are dropped. Returns what fn returns; fn's error is raised.
+---@param fn function
+---@return any ...
+function M.scope(fn, ...)
+  local scope = {}
+  M._scopes[#M._scopes + 1] = scope
+  local r = table.pack(pcall(fn, ...))
+  table.remove(M._scopes)
+  if #scope > 0 then
+    local runtime = require("galley.core.runtime")
+    runtime.clear_signal() -- (fn's error, INTERRUPTED, still says which signal it was)
+    for i = #scope, 1, -1 do
+      if runtime.pending_signal() ~= 0 then break end
+      pcall(scope[i].fn)
+    end
+  end
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
 end
 
 --- The active run's context (keep, id, ...), or nil.

@@ -100,6 +100,36 @@ for _, target in ipairs(cli.TARGETS) do
       os.remove(src)
     end)
 
+    if target == "emulator" then
+      it("cp interrupted mid-write leaves the old file and no temporary one (Ctrl-C)", function()
+        local proc = require("galley.core.proc")
+        local runtime = require("galley.core.runtime")
+        local src = support.tmpname()
+        assert(os.execute("head -c 9000000 /dev/urandom > " .. q(src)))
+        -- every exec is done at once and answered 1.5 s late: the first chunk makes the
+        -- temporary file, then Ctrl-C lands while the others are in flight
+        t.em:fault({ method = "POST", path = "/instance/*/exec", action = "delay", delay_ms = 1500, count = 40 })
+        local function temps()
+          local r = assert(proc.run({ argv = { "find", t.em.state_dir, "-name", ".big.bin.galley-tmp-*" } }))
+          return r.stdout
+        end
+        local argv = { support.bin, "cp", src, id .. ":/tmp/big.bin" }
+        local h = assert(proc.spawn({ argv = argv, env = t.env, env_mode = "extend", stdin = "null" }))
+        local deadline = runtime.now_ms() + 30000
+        while temps() == "" and runtime.now_ms() < deadline do runtime.sleep_ms(50) end
+        assert.are_not.equal("", temps(), "no temporary file appeared")
+        h:kill("INT")
+        local r = assert(h:wait(60000))
+        h:close()
+        t.em:clear_faults()
+        assert.are.equal(130, r.exit_code, r.stderr)
+        assert.are.equal("", temps()) -- before: the write's own removal failed (Ctrl-C pending)
+        local code = t:galley("exec " .. q(id) .. " -- test -e /tmp/big.bin")
+        assert.are.equal(1, code)
+        os.remove(src)
+      end)
+    end
+
     it("cp -r copies a tree with modes and symlinks to the instance and back", function()
       local dir = support.script("")
       os.remove(dir)

@@ -151,7 +151,8 @@ function M.with_provider(cmd, res, fn)
   local provider
   local ok, code = xpcall(function()
     provider = M.provider(res.provider)
-    return fn(provider)
+    -- cleanups deferred outside a run (a write's temporary file after Ctrl-C) run as it ends
+    return require("galley.tracker").scope(fn, provider)
   end, function(e)
     if type(e) == "table" then
       if (runtime.options().verbose or 0) > 0 then e.traceback = debug.traceback("", 2) end
