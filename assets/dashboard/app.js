@@ -92,6 +92,7 @@ function runsTable() {
   const outcome = (r) => {
     if (r.state === "running") return "-";
     const parts = [];
+    if (r.cleanup) parts.push(`cleanup ${r.cleanup}`);
     if (r.stopped) parts.push(`cleaned up ${r.stopped}`);
     if (r.kept) parts.push(`kept ${r.kept}`);
     if (r.leaks) parts.push(`LEAKED ${r.leaks}`);
@@ -105,7 +106,7 @@ function runsTable() {
       el("td", { class: r.state === "running" ? "ok" : (r.state === "dead" ? "err" : "muted") }, r.state),
       el("td", { class: "num" + (r.exit_code ? " err" : "") }, r.exit_code === undefined ? "-" : String(r.exit_code)),
       el("td", { class: "num" }, String((byRun[r.id] || []).length)),
-      el("td", { class: r.leaks ? "err" : "" }, outcome(r)))));
+      el("td", { class: r.leaks || r.cleanup ? "err" : "" }, outcome(r)))));
 }
 
 function instanceRow(provider, i) {

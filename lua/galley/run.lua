@@ -519,12 +519,14 @@ M.HISTORY_LIMIT = 200
 local function history_dir() return M.state_dir() .. "/run-history" end
 
 --- Records a finished run in `<state>/run-history/<id>.json` (what `galley dashboard` shows):
--- {id, recipe, started, finished, exit_code, stopped, kept, leaks}. Best effort: a state
--- directory that cannot be written only loses the record.
+-- {id, recipe, started, finished, exit_code, stopped, kept, leaks, cleanup?}. `cleanup` is
+-- "aborted" (Ctrl-C three times) or "failed" when the cleanup did not end; leaks then lists what
+-- it left. Best effort: a state directory that cannot be written only loses the record.
 ---@param ctx galley.RunContext the run (from M.current() before M.finish)
 ---@param report table M.finish's report
 ---@param exit_code integer
-function M.record_history(ctx, report, exit_code)
+---@param cleanup? "aborted"|"failed"
+function M.record_history(ctx, report, exit_code, cleanup)
   if not ctx or not ctx.id:match("^[%w%-_]+$") then return end
   pcall(function()
     paths.private_dir(history_dir())
@@ -533,6 +535,7 @@ function M.record_history(ctx, report, exit_code)
     fs.write_atomic(history_dir() .. "/" .. ctx.id .. ".json", json.encode({
       id = ctx.id, recipe = ctx.recipe, started = ctx.started_ms // 1000, finished = os.time(),
       exit_code = exit_code, stopped = ids(report.stopped), kept = ids(report.kept), leaks = ids(report.leaks),
+      cleanup = cleanup,
     }), { mode = "600" })
     local names = fs.list(history_dir()) or {}
     if #names > M.HISTORY_LIMIT then

@@ -314,6 +314,7 @@ local function report_abort(ctx)
   if #left > 0 or #(ctx.snapshots or {}) > 0 or #(ctx.pending or {}) > 0 then
     say("to collect everything this run left, run: galley gc")
   end
+  return left
 end
 
 --- Says what a finished run's report holds (kept instances until when, snapshots left or kept).
@@ -357,11 +358,15 @@ function M.finish_run(code)
     -- Aborted (or the cleanup itself failed): name what may be left; signals stay deferred
     -- meanwhile, so one more Ctrl-C exits at once.
     if not errors.is(report, "INTERRUPTED") then say("the cleanup failed: " .. tostring(report)) end
-    report_abort(ctx)
+    local left = report_abort(ctx)
     run.abandon(ctx)
     runtime.defer_signals(false)
-    if errors.is(report, "INTERRUPTED") then return report.signal == 15 and 143 or 130 end
-    return code == M.EXIT_OK and M.EXIT_FAILED or code
+    local final = errors.is(report, "INTERRUPTED") and (report.signal == 15 and 143 or 130)
+      or (code == M.EXIT_OK and M.EXIT_FAILED or code)
+    -- the history shows it too, with what it left (as leaks) and why
+    run.record_history(ctx, { stopped = {}, kept = {}, leaks = left }, final,
+      errors.is(report, "INTERRUPTED") and "aborted" or "failed")
+    return final
   end
   runtime.defer_signals(false)
   for _, id in ipairs(report.stopped) do

@@ -181,6 +181,15 @@ task.sleep(120000)
       assert.truthy(r.err:find("cleanup aborted", 1, true), r.err)
       assert.truthy(r.err:find("left instance " .. id .. "; stop it with: galley stop " .. id, 1, true), r.err)
       assert.truthy(r.err:find("run: galley gc\n", 1, true), r.err)
+      -- the run history has it too: aborted, with what it left
+      local hist = t.env.GALLEY_STATE_DIR .. "/run-history"
+      local found
+      for name in (io.popen("ls " .. q(hist) .. " 2>/dev/null"):read("a")):gmatch("[^\n]+") do
+        local rec = cjson.decode(read_file(hist .. "/" .. name))
+        if rec.leaks[1] == id then found = rec end
+      end
+      assert.is_table(found, "no history record naming " .. id)
+      assert.are.same({ "aborted", 130, { id } }, { found.cleanup, found.exit_code, found.leaks })
       assert.are.equal("stopped", gc(t)[id].action)
     end)
 

@@ -240,7 +240,7 @@ function Dashboard:runs()
     if not seen[rec.id] then
       out[#out + 1] = { id = rec.id, recipe = rec.recipe, started = rec.started, finished = rec.finished,
         state = "finished", exit_code = rec.exit_code, stopped = #(rec.stopped or {}), kept = #(rec.kept or {}),
-        leaks = #(rec.leaks or {}) }
+        leaks = #(rec.leaks or {}), cleanup = rec.cleanup }
     end
   end
   return out
