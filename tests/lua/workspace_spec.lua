@@ -91,11 +91,12 @@ local function suite(label, setup)
         return fn(iid, argv, sopts, p.files.stream)
       end }, { __index = p.files }) }, { __index = p })
     end
-    -- the suite's child environment with `bin` first on PATH
-    local function child_env_with(bin)
+    -- the suite's child environment with `bin` (if any) first on PATH, and `extra` variables
+    local function child_env_with(bin, extra)
       local e = {}
       for k, v in pairs(env.child_env or {}) do e[k] = v end
-      e.PATH = bin .. ":" .. os.getenv("PATH")
+      if bin then e.PATH = bin .. ":" .. os.getenv("PATH") end
+      for k, v in pairs(extra or {}) do e[k] = v end
       return e
     end
 
@@ -487,11 +488,8 @@ local ok, err = pcall(ws.push, p, %q, %q, "~/tmpdir-" .. arg[1])
 io.stdout:write(ok and "ok" or (tostring(err.code) .. " " .. tostring(err.hint ~= nil)), "\n")
 ]]):format(env.child_provider, id, src))
       local function run_with(tmpdir, name)
-        local e = {}
-        for k, v in pairs(env.child_env or {}) do e[k] = v end
-        e.TMPDIR = tmpdir
-        local r = assert(proc.run({ argv = { support.bin, child, name }, env = e, env_mode = "extend",
-          timeout_ms = 60000 }))
+        local r = assert(proc.run({ argv = { support.bin, child, name }, env = child_env_with(nil, { TMPDIR = tmpdir }),
+          env_mode = "extend", timeout_ms = 60000 }))
         assert.are.equal(0, r.exit_code, r.stderr)
         return r.stdout
       end
