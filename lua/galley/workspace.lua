@@ -794,6 +794,9 @@ local function hash_missing(dir, entries, rels, operation)
 end
 
 
+-- The mode bits a pull keeps: rwx for user, group and others (07000 never lands here).
+local SAFE_MODE_BITS = 511
+
 local function same(a, b)
   return a and b and a.type == b.type and a.mode == b.mode and a.size == b.size and a.sha256 == b.sha256
     and a.target == b.target
@@ -1737,6 +1740,9 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     elseif e.type == "file" and not e.sha256 then
       raise("FILE_IO_ERROR", ("pull: cannot read %s on %s"):format(rel, id), { resource = "file:" .. rel })
     end
+    -- setuid, setgid and sticky bits never come here: an instance (an agent) could otherwise
+    -- plant a setuid-root program on this machine when galley runs as root
+    if e.mode then e.mode = e.mode & SAFE_MODE_BITS end
   end
   local fetch, unchanged, deletes, bytes = {}, 0, {}, 0
   for _, rel in ipairs(sorted(theirs)) do
@@ -1768,7 +1774,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
   if #fetch > 0 then
     assert(fs.mkdir_p(local_dir))
     local stage = local_dir .. "/" .. TMP .. "stage-" .. random_name()
-    assert(fs.mkdir_p(stage))
+    assert(fs.mkdir_p(stage, "700"))
     -- Through exec: one exec packs the files into a temporary tar there, read back in chunks.
     local function fetch_exec()
       local lname = TMP .. "list-" .. random_name()
@@ -1809,6 +1815,13 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       local wire = rem.stream and bytes >= M.NATIVE_MIN_BYTES and not opts.read_chunk_bytes
         and pull_native(rem, remote_dir, stage, fetch, theirs, z)
       if wire then result.wire_bytes = wire else fetch_exec() end
+      -- tar -p kept every mode bit: the special ones go before anything is checked or moved
+      local x = run_local({ "find", stage, "-mindepth", "1", "!", "-type", "l", "-perm", "/7000", "-exec",
+        "chmod", "ug-s,o-t", "--", "{}", "+" })
+      if x.exit_code ~= 0 then
+        raise("FILE_IO_ERROR", "pull: cannot clear setuid/setgid/sticky bits: " .. (x.stderr or ""):sub(1, 300),
+          { operation = "workspace.pull", resource = "file:" .. stage })
+      end
       -- (a file whose size is not the manifest's is not read at all)
       local got = stat_entries(stage, fetch)
       local same_size = {}

@@ -182,6 +182,21 @@ local function suite(label, setup)
         assert.are.equal("v2\n", sh('cat "$1/a.txt"', back))
       end)
 
+      variant("pulls no setuid, setgid or sticky bit (an instance could plant a setuid-root program)", function()
+        local t = "~/suid" .. (native and "n" or "")
+        rexec(p, id, [[mkdir -p "$HOME/$1/d" && cd "$HOME/$1" && cp /bin/true suid && chmod 4755 suid &&
+          cp /bin/true sgid && chmod 2711 sgid && echo s > sticky && chmod 1666 sticky && echo x > d/x &&
+          chmod 664 d/x && chmod 2775 d && head -c 1100000 /dev/urandom > big]], t:sub(3))
+        local back = work .. "/back"
+        local r = workspace.pull(p, id, t, back)
+        assert.are.equal(5, r.sent)
+        assert.are.equal("755\n711\n666\n664\n", sh('cd "$1" && stat -c %a suid sgid sticky d/x', back))
+        assert.are.equal("", sh('find "$1" -perm /7000', back))
+        -- and a pull again finds nothing to do
+        local again = workspace.pull(p, id, t, back)
+        assert.are.same({ 0, 5 }, { again.sent, again.unchanged })
+      end)
+
       variant("replaces a file by a directory and a directory by a file, both ways", function()
         local src = work .. "/src"
         fs.mkdir_p(src)
