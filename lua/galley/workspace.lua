@@ -2054,7 +2054,10 @@ function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
       download(rem, remote_dir, name, tonumber(size), sha, bundle, opts)
       git_ok(top, { "bundle", "verify", "-q", bundle }, "bundle verify")
       local tmpref = "refs/galley/pull-" .. random_name()
-      git_ok(top, { "fetch", "-q", "--no-tags", bundle, "refs/heads/" .. branch .. ":" .. tmpref }, "fetch")
+      -- the instance made these objects: git checks them as it takes them, where it can (a
+      -- bundle's objects are fsck'ed by git 2.41 and later; checkouts refuse bad paths anyway)
+      git_ok(top, { "-c", "transfer.fsckObjects=true", "fetch", "-q", "--no-tags", bundle,
+        "refs/heads/" .. branch .. ":" .. tmpref }, "fetch")
       local got = git_ok(top, { "rev-parse", tmpref })
       git(top, { "update-ref", "-d", tmpref })
       if got ~= head then raise("FILE_IO_ERROR", "pull_repo: the bundle's head is not the instance's", {}) end
