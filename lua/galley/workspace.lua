@@ -1734,6 +1734,12 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     elseif not safe_rel(rel) then
       raise("VALIDATION_ERROR", "a remote path leaves the destination: " .. rel,
         { field = "remote_dir", resource = "file:" .. rel })
+    elseif not opts.all and ("/" .. rel .. "/"):find("/.git/", 1, true) then
+      -- the manifest program prunes .git: only an instance that lies lists one, and a file in a
+      -- .git directory here (a hook, the config) runs code on this machine at the next git command
+      raise("VALIDATION_ERROR", ("pull: %s listed %s, inside a .git directory"):format(id, rel), {
+        field = "remote_dir", resource = "file:" .. rel, details = { reason = "git_dir" },
+        hint = "a pull writes into .git directories only with all = true (from an instance you trust)" })
     elseif e.type == "symlink" and not safe_link(rel, e.target) then
       raise("VALIDATION_ERROR", ("the remote symlink %s points outside the destination (%s)"):format(rel, e.target),
         { field = "remote_dir", resource = "file:" .. rel, hint = "pass ignore = {\"" .. rel .. "\"} to leave it" })

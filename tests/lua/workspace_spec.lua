@@ -347,6 +347,38 @@ local function suite(label, setup)
       assert.is_true(names["node_modules/pkg/index.js"] and names["build.log"] and names[".git/HEAD"])
     end)
 
+    it("refuses a .git path that a lying instance lists on pull (a hook would run here)", function()
+      local home = rexec(p, id, 'printf %s "$HOME"')
+      local bin, liar = home .. "/liar-bin", home .. "/liar"
+      -- the instance's find ignores the manifest's `-name .git -prune`
+      rexec(p, id, [[mkdir -p "$1" "$2/.git/hooks" && cat > "$1/find" <<'EOF'
+#!/bin/sh
+for a; do shift; if [ "$a" = .git ]; then set -- "$@" .no-such-name; else set -- "$@" "$a"; fi; done
+exec /usr/bin/find "$@"
+EOF
+chmod 755 "$1/find" && echo ok > "$2/a" && printf '#!/bin/sh
+echo pwned
+' > "$2/.git/hooks/pre-commit" &&
+chmod 755 "$2/.git/hooks/pre-commit"]], bin, liar)
+      local hooked = setmetatable({ exec = function(iid, spec, o)
+        if spec.kind == "argv" then
+          spec = { kind = "argv", command = "/usr/bin/env",
+            args = { "PATH=" .. bin .. ":/usr/bin:/bin", spec.command, table.unpack(spec.args or {}) } }
+        end
+        return p.exec(iid, spec, o)
+      end }, { __index = p })
+      local repo = work .. "/repo"
+      sh('mkdir -p "$1" && cd "$1" && git init -q .', repo)
+      local ok, err = pcall(workspace.pull, hooked, id, "~/liar", repo)
+      assert.is_false(ok)
+      assert.are.same({ "VALIDATION_ERROR", "git_dir" }, { err.code, err.details.reason })
+      assert.is_nil(fs.stat(repo .. "/.git/hooks/pre-commit"))
+      assert.is_nil(fs.stat(repo .. "/a")) -- nothing at all was written
+      -- the honest manifest never lists it: the same pull without the lying find brings `a` alone
+      local r = workspace.pull(p, id, "~/liar", repo)
+      assert.are.same({ "a" }, r.files)
+    end)
+
     it("refuses remote paths that leave the destination (VALIDATION_ERROR)", function()
       rexec(p, id, 'mkdir -p ~/t6 && echo x > ~/t6/ok && ln -s /etc/passwd ~/t6/abs')
       local ok, err = pcall(workspace.pull, p, id, "~/t6", work .. "/b1")
