@@ -553,20 +553,24 @@ M.safe_rel = safe_rel
 
 
 -- A symlink target that resolves inside the root from the link at rel.
-local function safe_link(rel, target)
-  if target == "" or target:sub(1, 1) == "/" then return false end
-  local depth = 0
-  for _ in rel:gmatch("/") do depth = depth + 1 end
+-- Where the symlink `rel` -> `target` points, as a path relative to the root ("" for the root
+-- itself), read lexically; nil when it leaves the root or is absolute.
+local function link_path(rel, target)
+  if target == "" or target:sub(1, 1) == "/" then return nil end
+  local parts = {}
+  for part in rel:gmatch("([^/]*)/") do parts[#parts + 1] = part end
   for part in (target .. "/"):gmatch("([^/]*)/") do
     if part == ".." then
-      depth = depth - 1
-      if depth < 0 then return false end
+      if #parts == 0 then return nil end
+      parts[#parts] = nil
     elseif part ~= "" and part ~= "." then
-      depth = depth + 1
+      parts[#parts + 1] = part
     end
   end
-  return true
+  return table.concat(parts, "/")
 end
+
+local function safe_link(rel, target) return link_path(rel, target) ~= nil end
 M.safe_link = safe_link
 
 
@@ -1734,10 +1738,11 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     elseif not safe_rel(rel) then
       raise("VALIDATION_ERROR", "a remote path leaves the destination: " .. rel,
         { field = "remote_dir", resource = "file:" .. rel })
-    elseif not opts.all and ("/" .. rel .. "/"):find("/.git/", 1, true) then
+    elseif not opts.all and (("/" .. rel .. "/"):find("/.git/", 1, true) or (e.type == "symlink"
+        and ("/" .. (link_path(rel, e.target) or "") .. "/"):find("/.git/", 1, true))) then
       -- the manifest program prunes .git: only an instance that lies lists one, and a file in a
       -- .git directory here (a hook, the config) runs code on this machine at the next git command
-      raise("VALIDATION_ERROR", ("pull: %s listed %s, inside a .git directory"):format(id, rel), {
+      raise("VALIDATION_ERROR", ("pull: %s listed %s, in or into a .git directory"):format(id, rel), {
         field = "remote_dir", resource = "file:" .. rel, details = { reason = "git_dir" },
         hint = "a pull writes into .git directories only with all = true (from an instance you trust)" })
     elseif e.type == "symlink" and not safe_link(rel, e.target) then

@@ -377,6 +377,14 @@ chmod 755 "$2/.git/hooks/pre-commit"]], bin, liar)
       -- the honest manifest never lists it: the same pull without the lying find brings `a` alone
       local r = workspace.pull(p, id, "~/liar", repo)
       assert.are.same({ "a" }, r.files)
+      -- a symlink into a .git directory (honestly listed) is refused the same way
+      for _, target in ipairs({ ".git/hooks", "sub/../.git", "./.git" }) do
+        rexec(p, id, 'cd ~/liar && rm -f lnk && ln -s "$1" lnk', target)
+        ok, err = pcall(workspace.pull, p, id, "~/liar", repo)
+        assert.is_false(ok, target)
+        assert.are.same({ "VALIDATION_ERROR", "git_dir" }, { err.code, err.details.reason })
+        assert.is_nil(fs.stat(repo .. "/lnk"))
+      end
     end)
 
     it("refuses remote paths that leave the destination (VALIDATION_ERROR)", function()
