@@ -885,6 +885,17 @@ describe("galley.workspace's path check", function()
       assert.is_false(workspace.safe_rel(bad), bad)
     end
   end)
+
+  it("takes symlinks whose target stays inside the root, and nothing else", function()
+    for _, c in ipairs({ { "l", "a" }, { "l", "." }, { "d/l", "../a" }, { "d/e/l", "../../a/b" }, { "d/l", "x/../../y" },
+      { "l", "a/./b//c" } }) do
+      assert.is_true(workspace.safe_link(c[1], c[2]), c[1] .. " -> " .. c[2])
+    end
+    for _, c in ipairs({ { "l", "" }, { "l", "/etc" }, { "l", ".." }, { "d/l", "../.." }, { "l", "a/../../b" },
+      { "d/e/l", "../../../x" } }) do
+      assert.is_false(workspace.safe_link(c[1], c[2]), c[1] .. " -> " .. c[2])
+    end
+  end)
 end)
 
 describe("galley.workspace's manifest program", function()
