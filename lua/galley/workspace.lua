@@ -1811,13 +1811,24 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
         raise("PROTOCOL_ERROR", "pull: unexpected answer from " .. id, { operation = "workspace.pull" })
       end
       result.wire_bytes = tonumber(size)
+      -- what the manifest's sizes allow, as a tar and compressed (a compressor adds well under
+      -- 1 % to what it cannot shrink): a hostile instance can neither send more nor unpack more
+      local bound = tar_bound(fetch, theirs)
+      if tonumber(size) > bound + bound // 64 + 65536 then
+        pcall(rem.run, SH_RM, remote_dir, name)
+        raise("FILE_IO_ERROR", ("pull: %s offers %s bytes for files the manifest sizes at %d"):format(id, size, bound),
+          { operation = "workspace.pull", resource = "file:" .. remote_dir, details = { reason = "oversized" } })
+      end
       local tarfile = stage .. ".tar"
       download(rem, remote_dir, name, tonumber(size), sha, tarfile, opts)
-      local x = run_local({ "tar", "-x", "-p", "--no-same-owner", z == "zstd" and "--zstd" or z == "gzip" and "-z"
-        or "--no-auto-compress", "-f", tarfile, "-C", stage })
+      local x = run_local({ "/bin/sh", "-c", SH_UNPACK, "galley-unpack", tarfile, stage, z, tostring(bound),
+        "/dev/null" })
       os.remove(tarfile)
       if x.exit_code ~= 0 then
-        raise("FILE_IO_ERROR", "pull: tar -x failed: " .. (x.stderr or ""):sub(1, 300), { resource = "file:" .. stage })
+        raise("FILE_IO_ERROR", "pull: tar -x failed: " .. (x.stderr or ""):sub(1, 300), { resource = "file:" .. stage,
+          operation = "workspace.pull", details = { exit_code = x.exit_code, stderr = (x.stderr or ""):sub(-2000) },
+          hint = "if files were being written on the instance meanwhile, pull again (no more than the manifest's"
+            .. " sizes is unpacked)" })
       end
     end
     result.compress = z

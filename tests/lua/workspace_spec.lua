@@ -705,6 +705,47 @@ io.stdout:write(ok and "ok" or tostring(err.code), "\n")
       assert.are.equal("", sh('ls -A "$1" 2>/dev/null || true', back))
     end)
 
+    it("through exec, a pull takes no more than the manifest's sizes from a hostile instance", function()
+      local src = work .. "/ex7"
+      fs.mkdir_p(src)
+      sh('cd "$1" && echo abc > a.txt && echo def > b.txt', src)
+      workspace.push(p, id, src, "~/ex7")
+      -- the instance's tar packs a 64 MB a.txt (zeros: a few KB compressed; the manifest said 4 bytes)
+      local home = rexec(p, id, 'printf %s "$HOME"')
+      local bin = home .. "/bomb-bin"
+      rexec(p, id, [[mkdir -p "$1" && cat > "$1/tar" <<'EOF'
+#!/bin/sh
+case " $* " in *" -c "*) ;; *) exec /usr/bin/tar "$@" ;; esac
+while [ $# -gt 0 ]; do [ "$1" = -f ] && out=$2; shift; done
+case $out in /*) ;; *) out=$PWD/$out ;; esac
+d=$(mktemp -d) && cd "$d" && head -c 64000000 /dev/zero > a.txt && exec /usr/bin/tar -c -f "$out" ./a.txt
+EOF
+chmod 755 "$1/tar"]], bin)
+      local hooked = setmetatable({ exec = function(iid, spec, o)
+        if spec.kind == "argv" then
+          spec = { kind = "argv", command = "/usr/bin/env",
+            args = { "PATH=" .. bin .. ":/usr/bin:/bin", spec.command, table.unpack(spec.args or {}) } }
+        end
+        return p.exec(iid, spec, o)
+      end }, { __index = p })
+      local back = work .. "/back-ex7"
+      local ok, err = pcall(workspace.pull, hooked, id, "~/ex7", back, { stream = false })
+      assert.is_false(ok)
+      assert.are.equal("FILE_IO_ERROR", err.code)
+      -- stopped while unpacking (at the bound), not afterwards by the size check
+      assert.is_truthy(err.details and err.details.exit_code and err.details.exit_code ~= 0, err.message)
+      assert.is_truthy(err.resource:find(back, 1, true), err.resource) -- (here, not on the instance)
+      assert.are.equal("", sh('ls -A "$1" 2>/dev/null || true', back))
+      -- an instance that says its packed tar is 100 GB is not read at all
+      rexec(p, id, [[rm "$1/tar" && printf '#!/bin/sh
+echo 100000000000
+' > "$1/wc" && chmod 755 "$1/wc"]], bin)
+      ok, err = pcall(workspace.pull, hooked, id, "~/ex7", back, { stream = false })
+      assert.is_false(ok)
+      assert.are.same({ "FILE_IO_ERROR", "oversized" }, { err.code, err.details and err.details.reason })
+      assert.are.equal("", sh('ls -A "$1" 2>/dev/null || true', back))
+    end)
+
     it("over a byte channel, fails with FILE_IO_ERROR when the local compressor fails, leaving nothing", function()
       if not p.files.stream then return pending("this provider has no byte channel") end
       local src = work .. "/nat4"
