@@ -574,6 +574,17 @@ local function safe_link(rel, target) return link_path(rel, target) ~= nil end
 M.safe_link = safe_link
 
 
+-- The local .git directory (under root) that the relative path `rel` would write into, if it
+-- exists here; nil when rel has no .git component or that directory is not here yet.
+local function existing_git_dir(root, rel)
+  local s, e = ("/" .. rel .. "/"):find("/.git/", 1, true)
+  if not s then return nil end
+  local dir = root .. "/" .. rel:sub(1, e - 2)
+  local st = fs.stat(dir)
+  return st and dir or nil
+end
+
+
 -- gitignore-like glob: * and ? stay within a component, ** crosses them.
 local function glob(p, s)
   local function m(pi, si)
@@ -1156,6 +1167,10 @@ end
 
 
 M.CODECS = { zstd = true, gzip = true, none = true }
+
+--- The largest bundle pull_repo downloads (opts.max_bundle_bytes overrides): the instance says
+--- its size, and an agent's commits are far below this.
+M.MAX_BUNDLE_BYTES = 2 * 1024 * 1024 * 1024
 
 -- The compressor of the streams: opts.compress (false, "none", "zstd" or "gzip"), by default
 -- zstd when both sides have it, else gzip when both have it, else none.
@@ -1745,6 +1760,12 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       raise("VALIDATION_ERROR", ("pull: %s listed %s, in or into a .git directory"):format(id, rel), {
         field = "remote_dir", resource = "file:" .. rel, details = { reason = "git_dir" },
         hint = "a pull writes into .git directories only with all = true (from an instance you trust)" })
+    elseif opts.all and st and existing_git_dir(local_dir, rel) then
+      -- all = true brings the instance's .git too, but never into a repository that is here
+      raise("VALIDATION_ERROR", ("pull: %s would write %s into the git repository at %s"):format(id, rel,
+        existing_git_dir(local_dir, rel)), { field = "local_dir", resource = "file:" .. rel,
+        details = { reason = "git_dir" },
+        hint = "pull into a new or empty directory (its hooks and config would run code here), or leave all unset" })
     elseif e.type == "symlink" and not safe_link(rel, e.target) then
       raise("VALIDATION_ERROR", ("the remote symlink %s points outside the destination (%s)"):format(rel, e.target),
         { field = "remote_dir", resource = "file:" .. rel, hint = "pass ignore = {\"" .. rel .. "\"} to leave it" })
@@ -2030,10 +2051,13 @@ end
 ---@param remote_dir string
 ---@param repo_dir string
 ---@param opts? {branch?: string, name?: string, force?: boolean, author?: {name: string, email: string},
----  message?: string, parallel?: integer, exec_timeout_ms?: integer}
+---  message?: string, parallel?: integer, exec_timeout_ms?: integer, max_bundle_bytes?: integer}
 ---@return {branch: string, base: string, head: string, commits: string[], log: string, execs: integer}
 function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
   opts = check_opts(opts, "workspace.pull_repo")
+  if opts.max_bundle_bytes ~= nil and (math.type(opts.max_bundle_bytes) ~= "integer" or opts.max_bundle_bytes < 1) then
+    raise("VALIDATION_ERROR", "max_bundle_bytes must be a positive integer", { field = "max_bundle_bytes" })
+  end
   remote_dir = check_remote_dir(remote_dir, "remote_dir")
   local top = repo_root(repo_dir)
   local branch = check_branch(opts.branch or default_branch(opts), top)
@@ -2065,6 +2089,14 @@ function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
   if res.exit_code ~= 0 then rem.fail(res, "pull_repo", remote_dir) end
   local base, head, size, sha, name = res.stdout:match("^(%x+) (%x+) ?(%d*) ?(%x*) ?(%S*)")
   if not base then raise("PROTOCOL_ERROR", "pull_repo: unexpected answer from " .. id, {}) end
+  -- the instance says how large its bundle is: more than the limit is not downloaded at all
+  local limit = opts.max_bundle_bytes or M.MAX_BUNDLE_BYTES
+  if size ~= "" and tonumber(size) > limit then
+    pcall(rem.run, SH_RM, remote_dir, name)
+    raise("FILE_TOO_LARGE", ("pull_repo: the bundle of %s's new commits on %s is %s bytes, over the limit of %d")
+      :format(remote_dir, id, size, limit), { operation = "workspace.pull_repo", resource = "file:" .. remote_dir,
+      details = { size = tonumber(size), limit = limit }, hint = "pass max_bundle_bytes to take a larger one" })
+  end
   local function set_branch(target)
     local args = { "update-ref", "refs/heads/" .. branch, target }
     git_ok(top, args, "update-ref")

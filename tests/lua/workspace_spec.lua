@@ -377,6 +377,14 @@ chmod 755 "$2/.git/hooks/pre-commit"]], bin, liar)
       -- the honest manifest never lists it: the same pull without the lying find brings `a` alone
       local r = workspace.pull(p, id, "~/liar", repo)
       assert.are.same({ "a" }, r.files)
+      -- all = true brings the instance's .git, but never into a repository that is here
+      ok, err = pcall(workspace.pull, p, id, "~/liar", repo, { all = true })
+      assert.is_false(ok)
+      assert.are.same({ "VALIDATION_ERROR", "git_dir", "local_dir" }, { err.code, err.details.reason, err.field })
+      assert.is_nil(fs.stat(repo .. "/.git/hooks/pre-commit"))
+      local fresh = work .. "/fresh"
+      workspace.pull(p, id, "~/liar", fresh, { all = true })
+      assert.is_table(fs.stat(fresh .. "/.git/hooks/pre-commit"))
       -- a symlink into a .git directory (honestly listed) is refused the same way
       for _, target in ipairs({ ".git/hooks", "sub/../.git", "./.git" }) do
         rexec(p, id, 'cd ~/liar && rm -f lnk && ln -s "$1" lnk', target)
@@ -827,6 +835,12 @@ io.stdout:write("finished\n")
       -- the agent: one commit, then uncommitted work
       rexec(p, id, [[cd ~/proj && echo fix > fix.txt && git add fix.txt &&
         git -c user.name=agent -c user.email=agent@x commit -qm "agent: fix" && echo later > later.txt]])
+      -- a bundle over max_bundle_bytes is not taken at all
+      local ok0, err0 = pcall(workspace.pull_repo, p, id, "~/proj", repo, { branch = "galley/t8-small",
+        max_bundle_bytes = 16, author = { name = "Agent Smith", email = "smith@example.invalid" } })
+      assert.is_false(ok0)
+      assert.are.same({ "FILE_TOO_LARGE", 16 }, { err0.code, err0.details.limit })
+      assert.are.equal("", sh('cd "$1" && git branch --list galley/t8-small', repo))
       local back = workspace.pull_repo(p, id, "~/proj", repo, { branch = "galley/t8",
         author = { name = "Agent Smith", email = "smith@example.invalid" } })
       assert.are.equal(2, #back.commits)
