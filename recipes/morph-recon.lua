@@ -26,8 +26,11 @@
 --                    --max-command-bytes)
 --   ssh_gateway      the SSH gateway galley would use for large transfers (MORPH_SSH_HOSTNAME/PORT,
 --                    else ssh.<API host> for an https API): whether the login `<instance>:<key>`
---                    with a throwaway key works, the user and home a command sees there, and
---                    whether stdin arrives byte for byte (512 KiB of random bytes, hashed there)
+--                    with a throwaway key works, the user and home a command sees there,
+--                    whether stdin arrives byte for byte (512 KiB of random bytes, hashed there),
+--                    and `sessions`: of 12 commands at once over the one multiplexed connection,
+--                    how many ran with nothing from ssh on their stderr (sshd's MaxSessions is
+--                    10 by default: galley sends at most proxmox_ssh.MAX_MUX_SESSIONS, 8, at once)
 -- Ordinary execs of the Morph provider (one element, quoted) work whatever argv_mode says.
 local recipe = require("galley.recipe")
 local providers = require("galley.providers")
@@ -267,8 +270,26 @@ do
     local res, gerr = gw:stream(id, { "/bin/sh", "-c",
       'printf "%s\n%s\n" "$(id -un)" "$HOME"; (sha256sum 2>/dev/null || openssl dgst -sha256 -r) | cut -c1-64' },
       { stdin = data })
-    gw:close()
     local r = { probed = true, host = conf.host, port = conf.port }
+    if res then
+      -- 12 commands at once over the connection the first one opened (galley's own cap lifted)
+      local pssh = require("galley.providers.proxmox_ssh")
+      local task = require("galley.task")
+      local cap = pssh.MAX_MUX_SESSIONS
+      pssh.MAX_MUX_SESSIONS = 1000
+      local tasks = {}
+      for i = 1, 12 do
+        tasks[i] = task.spawn(function() return gw:stream(id, { "/bin/sh", "-c", "sleep 1; echo ok" }, {}) end)
+      end
+      local quiet = 0
+      for _, t in ipairs(task.join(tasks)) do
+        local v = t.ok and t.value
+        if v and v.exit_code == 0 and v.stdout == "ok\n" and v.stderr == "" then quiet = quiet + 1 end
+      end
+      pssh.MAX_MUX_SESSIONS = cap
+      r.sessions = { tried = 12, quiet = quiet }
+    end
+    gw:close()
     if res then
       local user, home, sum = res.stdout:match("^([^\n]*)\n([^\n]*)\n(%x+)")
       r.login, r.exit_code, r.user, r.home = true, res.exit_code, user, home
@@ -331,8 +352,9 @@ line("404 body", "detail " .. report.not_found_body.detail)
 line("422 body", "detail " .. report.validation_body.detail)
 local sg = report.ssh_gateway
 line("ssh gateway", not sg.probed and ("not probed (%s)"):format(sg.why)
-  or sg.login and ("%s:%d: login works, %s in %s, stdin %s"):format(sg.host, sg.port, tostring(sg.user),
-    tostring(sg.home), sg.stdin_ok and "byte for byte" or "DAMAGED")
+  or sg.login and ("%s:%d: login works, %s in %s, stdin %s; %d of %d commands at once on one connection quiet")
+    :format(sg.host, sg.port, tostring(sg.user), tostring(sg.home), sg.stdin_ok and "byte for byte" or "DAMAGED",
+      sg.sessions and sg.sessions.quiet or 0, sg.sessions and sg.sessions.tried or 0)
   or ("%s:%d: no login (%s)"):format(sg.host, sg.port, tostring(sg.error)))
 line("largest command", report.largest_command_bytes and (report.largest_command_bytes == opts.max_command_bytes
   and (">= %d bytes (the bound)"):format(report.largest_command_bytes)

@@ -69,6 +69,7 @@ describe("recipe morph-recon #recipes", function()
       assert.are.same({ true, true, 0, "root", "/root", true },
         { r.ssh_gateway.probed, r.ssh_gateway.login, r.ssh_gateway.exit_code, r.ssh_gateway.user, r.ssh_gateway.home,
           r.ssh_gateway.stdin_ok })
+      assert.are.same({ tried = 12, quiet = 12 }, r.ssh_gateway.sessions) -- (the emulator has no MaxSessions)
       assert.are.equal(0, #left.instances)
       assert.are.equal(1, #left.snapshots) -- the seed only
       assert.are.equal(emulator.SNAPSHOT, left.snapshots[1].id)
@@ -90,7 +91,7 @@ describe("recipe morph-recon #recipes", function()
       "large argv (~200 KiB): does not run (HTTP 503 SERVER_ERROR)",
       "auto exec form:        string (every exec one line, ~88 KiB of content a request)",
       "ssh gateway:           127.0.0.1:",
-      "login works, root in /root, stdin byte for byte",
+      "login works, root in /root, stdin byte for byte; 12 of 12 commands at once on one connection quiet",
     }) do
       assert.truthy(out:find(want, 1, true), want .. "\n" .. out)
     end
