@@ -30,9 +30,11 @@ M.CONNECT_TIMEOUT_S = 10
 -- How long commands wait for another command's ssh to make a target's multiplexed connection
 -- before going their own way (a connection each, as ControlMaster=no: never a second master).
 M.MASTER_WAIT_MS = 10000
--- Commands in flight over one target's multiplexed connection at most; more go over connections
--- of their own. sshd refuses sessions past its MaxSessions (10 by default), and ssh then prints
--- "Session open refused by peer" into the command's stderr before connecting alone.
+-- Commands in flight over one target's multiplexed connection at most: more wait (without
+-- blocking other tasks) for one to end, up to MASTER_WAIT_MS, then go over a connection of their
+-- own. sshd refuses sessions past its MaxSessions (10 by default), and ssh then prints "Session
+-- open refused by peer" into the command's stderr before connecting alone; and many new
+-- connections at once meet its MaxStartups (10), which resets them.
 M.MAX_MUX_SESSIONS = 8
 -- sun_path is 108 bytes: the control socket's path must fit.
 local MAX_SOCKET_PATH = 100
@@ -315,16 +317,23 @@ end
 
 
 -- Runs fn(local_argv) with the argv of argv on t, then lets the target's gate go (see gate).
--- Past MAX_MUX_SESSIONS commands in flight on t, a command gets a connection of its own.
+-- With MAX_MUX_SESSIONS commands in flight on t, a command waits for one to end (see there).
 local function gated(self, t, argv, own_connection, fn)
   local path
   if not own_connection then
     path = self:control_path(t)
-    if (self.sessions[path] or 0) >= M.MAX_MUX_SESSIONS then
-      own_connection, path = true, nil
-    else
-      self.sessions[path] = (self.sessions[path] or 0) + 1
+    local deadline
+    while (self.sessions[path] or 0) >= M.MAX_MUX_SESSIONS do
+      local now = runtime.now_ms()
+      deadline = deadline or (now + M.MASTER_WAIT_MS)
+      if now >= deadline then
+        own_connection, path = true, nil
+        break
+      end
+      local ok, err = runtime.sleep_ms(10)
+      if not ok then error(err, 0) end
     end
+    if path then self.sessions[path] = (self.sessions[path] or 0) + 1 end
   end
   local r = table.pack(pcall(function()
     local local_argv, release = self:argv(t, argv, false, own_connection)
