@@ -1172,6 +1172,22 @@ M.CODECS = { zstd = true, gzip = true, none = true }
 --- its size, and an agent's commits are far below this.
 M.MAX_BUNDLE_BYTES = 2 * 1024 * 1024 * 1024
 
+--- The most a pull fetches (the sum of the sizes in the instance's manifest of what differs;
+--- opts.max_bytes overrides).
+M.MAX_PULL_BYTES = 8 * 1024 * 1024 * 1024
+
+
+-- Free bytes on the file system of `dir` (or of its nearest existing parent), or nil when df
+-- cannot say.
+local function free_bytes(dir)
+  local d = dir
+  while d ~= "" and not fs.stat(d) do d = d:match("^(.*)/[^/]*$") or "" end
+  if d == "" then d = "." end
+  local res = run_local({ "df", "-P", "-B1", "--", d })
+  local avail = res.exit_code == 0 and (res.stdout or ""):match("\n%S+%s+%d+%s+%d+%s+(%d+)")
+  return avail and tonumber(avail) or nil
+end
+
 -- The compressor of the streams: opts.compress (false, "none", "zstd" or "gzip"), by default
 -- zstd when both sides have it, else gzip when both have it, else none.
 local function pick_codec(opts, remote_tools)
@@ -1721,10 +1737,13 @@ end
 ---@param remote_dir string
 ---@param local_dir string
 ---@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer,
----  compress?: boolean|string, exec_timeout_ms?: integer}
+---  compress?: boolean|string, exec_timeout_ms?: integer, max_bytes?: integer}
 ---@return galley.WorkspaceResult
 function M.pull(provider, id, remote_dir, local_dir, opts)
   opts = check_opts(opts, "workspace.pull")
+  if opts.max_bytes ~= nil and (math.type(opts.max_bytes) ~= "integer" or opts.max_bytes < 1) then
+    raise("VALIDATION_ERROR", "max_bytes must be a positive integer", { field = "max_bytes" })
+  end
   remote_dir = check_remote_dir(remote_dir, "remote_dir")
   check_string(local_dir, "local_dir")
   local_dir = local_dir:gsub("(.)/+$", "%1")
@@ -1798,6 +1817,20 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       for _, rel in ipairs(deletes) do if not skip[rel] then kept[#kept + 1] = rel end end
       deletes = kept
     end
+  end
+  -- The sizes are the instance's word: they bound what is unpacked here, and are bounded first
+  -- by max_bytes and by the room on this side.
+  local limit = opts.max_bytes or M.MAX_PULL_BYTES
+  if bytes > limit then
+    raise("FILE_TOO_LARGE", ("pull: %s's files to fetch on %s come to %.0f bytes, over the limit of %d"):format(
+      remote_dir, id, bytes, limit), { operation = "workspace.pull", resource = "file:" .. remote_dir,
+      details = { size = bytes, limit = limit }, hint = "pass max_bytes to take more, or ignore what is not needed" })
+  end
+  local avail = #fetch > 0 and free_bytes(local_dir)
+  if avail and bytes > avail then
+    raise("FILE_IO_ERROR", ("pull: %.0f bytes to fetch, %d free at %s"):format(bytes, avail, local_dir), {
+      operation = "workspace.pull", resource = "file:" .. local_dir, details = { reason = "no_space", size = bytes,
+      free = avail }, hint = "free space there, or pull into another directory" })
   end
   local result = { sent = #fetch, bytes = bytes, unchanged = unchanged, deleted = #deletes, execs = stats.execs,
     streams = 0,

@@ -713,6 +713,35 @@ io.stdout:write(ok and "ok" or tostring(err.code), "\n")
       assert.are.equal("", sh('ls -A "$1" 2>/dev/null || true', back))
     end)
 
+    it("refuses a pull over max_bytes, or over the room here, before fetching anything", function()
+      local src = work .. "/big"
+      fs.mkdir_p(src)
+      sh('cd "$1" && head -c 5000 /dev/urandom > a.txt && echo b > b.txt', src)
+      workspace.push(p, id, src, "~/big")
+      local back = work .. "/back-big"
+      local ok, err = pcall(workspace.pull, p, id, "~/big", back, { max_bytes = 1000 })
+      assert.is_false(ok)
+      assert.are.same({ "FILE_TOO_LARGE", 1000 }, { err.code, err.details.limit })
+      assert.is_nil(fs.stat(back))
+      -- an instance that says a.txt is 100 TB: more than this disk has
+      local hooked = setmetatable({ exec = function(iid, spec, o)
+        local r = p.exec(iid, spec, o)
+        local head, rest = r.stdout:match("^(tools[^\n]*\n)(.*)$")
+        if head and rest:match("%S") and not rest:match("^NONE") then
+          local raw = codec.base64_decode((rest:gsub("%s", "")))
+          raw = raw:gsub("(f %d+ )%d+( %./a%.txt)", "%1100000000000000%2")
+          r = { exit_code = r.exit_code, stdout = head .. codec.base64_encode(raw) .. "\n", stderr = r.stderr }
+        end
+        return r
+      end }, { __index = p })
+      ok, err = pcall(workspace.pull, hooked, id, "~/big", back, { max_bytes = 1000000000000000 })
+      assert.is_false(ok)
+      assert.are.same({ "FILE_IO_ERROR", "no_space" }, { err.code, err.details.reason })
+      assert.is_nil(fs.stat(back))
+      -- within both, the same pull works
+      assert.are.equal(2, workspace.pull(p, id, "~/big", back).sent)
+    end)
+
     it("through exec, a pull takes no more than the manifest's sizes from a hostile instance", function()
       local src = work .. "/ex7"
       fs.mkdir_p(src)
