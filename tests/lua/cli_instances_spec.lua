@@ -160,6 +160,15 @@ for _, target in ipairs(cli.TARGETS) do
       assert.are.same({ "from", 4, 1 }, { rec.direction, rec.files, rec.deleted })
       assert.are.equal("751\na.txt\ntwo\nx\nno\n", sh([[cd "$1/back" && stat -c %a a.txt && readlink link &&
         cat "sub dir/b c.txt" .git/kept && { [ -e stale.txt ] && echo yes || echo no; }]]))
+      -- --max-bytes bounds what a tree from an instance brings
+      code, _, err = t:galley("cp -r --max-bytes 3 " .. q(id .. ":~/tree") .. " " .. q(dir .. "/back2"))
+      assert.are.equal(1, code)
+      assert.truthy(err:find("FILE_TOO_LARGE", 1, true), err)
+      assert.are.equal("no\n", sh([[[ -e "$1/back2" ] && echo yes || echo no]]))
+      for _, bad in ipairs({ "--max-bytes 0", "--max-bytes x" }) do
+        assert.are.equal(2, (t:galley("cp -r " .. bad .. " " .. q(id .. ":~/tree") .. " " .. q(dir .. "/back3"))))
+      end
+      assert.are.equal(2, (t:galley("cp -r --max-bytes 9 " .. q(dir .. "/src") .. " " .. q(id .. ":~/tree"))))
       -- a directory without -r, and --delete without -r, are usage errors
       assert.are.equal(2, (t:galley("cp " .. q(dir .. "/src") .. " " .. q(id .. ":~/tree2"))))
       assert.are.equal(2, (t:galley("cp --delete " .. q(dir .. "/src/a.txt") .. " " .. q(id .. ":~/x"))))

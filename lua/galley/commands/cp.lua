@@ -9,7 +9,8 @@ local M = {
     .. "PATH is absolute or starts with ~/ (the instance's home). --mode sets the remote file's mode.\n"
     .. "-r copies a directory tree (everything below it, modes and symlinks kept, only what differs\n"
     .. "travels; every file lands whole or not at all); --delete also removes files on the other\n"
-    .. "side that are missing here.\n"
+    .. "side that are missing here; --max-bytes N bounds what a tree from an instance may bring\n"
+    .. "(default 8 GiB: the sizes are the instance's word).\n"
     .. "--json prints {direction, instance_id, path, local, bytes} (-r adds files, unchanged,\n"
     .. "deleted, execs).",
 }
@@ -20,12 +21,14 @@ function M.configure(p)
   p:option("--mode", "mode of a file written to the instance (octal, e.g. 600)")
   p:flag("-r --recursive", "copy a directory tree (galley.workspace)")
   p:flag("--delete", "with -r: remove files on the other side that are missing here")
+  p:option("--max-bytes", "with -r from an instance: fetch at most this many bytes (default 8 GiB)")
 end
 
 
 local function copy_tree(provider, res, sid, spath, did, dpath)
   local workspace = require("galley.workspace")
-  local o = { all = true, delete = res.delete or nil }
+  local o = { all = true, delete = res.delete or nil,
+    max_bytes = res.max_bytes and math.tointeger(tonumber(res.max_bytes)) or nil }
   local r
   if did then
     r = workspace.push(provider, did, res.source, dpath, o)
@@ -69,6 +72,11 @@ function M.run(args)
         "\n")
       return shared.EXIT_USAGE
     end
+  end
+  local max_bytes = res.max_bytes and math.tointeger(tonumber(res.max_bytes))
+  if res.max_bytes and (not res.recursive or did or not max_bytes or max_bytes < 1) then
+    io.stderr:write("galley cp: --max-bytes: a positive number of bytes, for -r from an instance (ID:PATH first)\n")
+    return shared.EXIT_USAGE
   end
   if res.mode and not res.mode:match("^[0-7][0-7][0-7][0-7]?$") then
     io.stderr:write("galley cp: --mode: expected an octal mode such as 644, got '", res.mode:sub(1, 20), "'\n")
