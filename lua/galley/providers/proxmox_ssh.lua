@@ -89,6 +89,11 @@ local exit_boxes = {}
 function M.new(opts)
   local self = setmetatable({ dir = opts.dir, owned = opts.owned, cmd = M.command_argv(opts.ssh_command),
     used = {}, key_path = opts.key_path, gates = {}, sessions = {} }, SSH)
+  -- ssh_command's own ControlMaster/ControlPath win over galley's: then the connection sharing is
+  -- the user's, and galley neither watches a socket nor counts sessions (see gate)
+  for _, w in ipairs(self.cmd) do
+    if w:lower():find("control[mp]") then self.own_mux = true end
+  end
   for _, d in ipairs({ self.dir, self.dir .. "/known_hosts.d" }) do
     local ok, err = fs.mkdir_p(d, "700")
     if not ok then error(errors.wrap(err, { operation = "ssh", resource = "file:" .. d }, "FILE_IO_ERROR"), 0) end
@@ -235,6 +240,7 @@ end
 -- socket, the next one opens; past MASTER_WAIT_MS a waiter goes alone (ControlMaster=no: it
 -- still uses a socket that is there, and never becomes a master).
 function SSH:gate(t)
+  if self.own_mux then return "auto" end
   local path = self:control_path(t)
   local deadline
   while true do
@@ -320,7 +326,7 @@ end
 -- With MAX_MUX_SESSIONS commands in flight on t, a command waits for one to end (see there).
 local function gated(self, t, argv, own_connection, fn)
   local path
-  if not own_connection then
+  if not own_connection and not self.own_mux then
     path = self:control_path(t)
     local deadline
     while (self.sessions[path] or 0) >= M.MAX_MUX_SESSIONS do

@@ -177,6 +177,33 @@ describe("proxmox provider on galley emulate proxmox #proxmox #slow", function()
     end
   end)
 
+  it("leaves connection sharing to an ssh_command that sets it (commands still run together)", function()
+    local inst = p.instances.boot(TEMPLATE)
+    finally(function() pcall(p.instances.terminate, inst.id) end)
+    p.disconnect(inst.id) -- no socket where galley would look for one
+    local fresh = provider({ ssh_command = { "ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none" } })
+    finally(function() fresh.close() end)
+    local task = require("galley.task")
+    local ts = {}
+    for i = 1, 4 do
+      ts[i] = task.spawn(function()
+        return fresh.exec(inst.id, { kind = "argv", command = "sh", args = { "-c",
+          'date +%s%N; sleep 1; date +%s%N' } })
+      end)
+    end
+    local starts, ends = {}, {}
+    for i, r in ipairs(task.join(ts)) do
+      assert.is_true(r.ok, tostring(r.err))
+      assert.are.same({ 0, "" }, { r.value.exit_code, r.value.stderr })
+      starts[i], ends[i] = r.value.stdout:match("^(%d+)\n(%d+)\n$")
+      starts[i], ends[i] = tonumber(starts[i]), tonumber(ends[i])
+    end
+    -- all four were running at once: each started before any ended (none waited for a gate)
+    table.sort(starts)
+    table.sort(ends)
+    assert.is_true(starts[4] < ends[1], "the commands ran one after another")
+  end)
+
   it("boots a template made by one run in the next run, whose key is a new one", function()
     local run = require("galley.run")
     local ctx = run.begin({ recipe = "pve-spec-a", record = false })
