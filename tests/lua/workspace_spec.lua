@@ -91,6 +91,16 @@ local function suite(label, setup)
         return fn(iid, argv, sopts, p.files.stream)
       end }, { __index = p.files }) }, { __index = p })
     end
+    -- p with every argv exec run under the instance's PATH `path` (to give it tools of its own)
+    local function with_instance_path(path)
+      return setmetatable({ exec = function(iid, spec, o)
+        if spec.kind == "argv" then
+          spec = { kind = "argv", command = "/usr/bin/env",
+            args = { "PATH=" .. path, spec.command, table.unpack(spec.args or {}) } }
+        end
+        return p.exec(iid, spec, o)
+      end }, { __index = p })
+    end
     -- the suite's child environment with `bin` (if any) first on PATH, and `extra` variables
     local function child_env_with(bin, extra)
       local e = {}
@@ -356,17 +366,9 @@ local function suite(label, setup)
 for a; do shift; if [ "$a" = .git ]; then set -- "$@" .no-such-name; else set -- "$@" "$a"; fi; done
 exec /usr/bin/find "$@"
 EOF
-chmod 755 "$1/find" && echo ok > "$2/a" && printf '#!/bin/sh
-echo pwned
-' > "$2/.git/hooks/pre-commit" &&
+chmod 755 "$1/find" && echo ok > "$2/a" && printf '#!/bin/sh\necho pwned\n' > "$2/.git/hooks/pre-commit" &&
 chmod 755 "$2/.git/hooks/pre-commit"]], bin, liar)
-      local hooked = setmetatable({ exec = function(iid, spec, o)
-        if spec.kind == "argv" then
-          spec = { kind = "argv", command = "/usr/bin/env",
-            args = { "PATH=" .. bin .. ":/usr/bin:/bin", spec.command, table.unpack(spec.args or {}) } }
-        end
-        return p.exec(iid, spec, o)
-      end }, { __index = p })
+      local hooked = with_instance_path(bin .. ":/usr/bin:/bin")
       local repo = work .. "/repo"
       sh('mkdir -p "$1" && cd "$1" && git init -q .', repo)
       local ok, err = pcall(workspace.pull, hooked, id, "~/liar", repo)
@@ -507,13 +509,7 @@ io.stdout:write("finished\n")
         case $n in python*) continue ;; esac
         [ -e "$1/$n" ] || [ ! -x "$f" ] || ln -s "$f" "$1/$n"; done; done]], nopy)
       -- every exec of the push runs with that PATH (no byte channel: all of it through exec)
-      local hooked = setmetatable({ exec = function(iid, spec, o)
-        if spec.kind == "argv" then
-          spec = { kind = "argv", command = "/usr/bin/env",
-            args = { "PATH=" .. nopy, spec.command, table.unpack(spec.args or {}) } }
-        end
-        return p.exec(iid, spec, o)
-      end }, { __index = p })
+      local hooked = with_instance_path(nopy)
       assert.are.equal("none\n", rexec(hooked, id, "command -v python3 || echo none"))
       local src = work .. "/src"
       fs.mkdir_p(src)
@@ -758,13 +754,7 @@ case $out in /*) ;; *) out=$PWD/$out ;; esac
 d=$(mktemp -d) && cd "$d" && head -c 64000000 /dev/zero > a.txt && exec /usr/bin/tar -c -f "$out" ./a.txt
 EOF
 chmod 755 "$1/tar"]], bin)
-      local hooked = setmetatable({ exec = function(iid, spec, o)
-        if spec.kind == "argv" then
-          spec = { kind = "argv", command = "/usr/bin/env",
-            args = { "PATH=" .. bin .. ":/usr/bin:/bin", spec.command, table.unpack(spec.args or {}) } }
-        end
-        return p.exec(iid, spec, o)
-      end }, { __index = p })
+      local hooked = with_instance_path(bin .. ":/usr/bin:/bin")
       local back = work .. "/back-ex7"
       local ok, err = pcall(workspace.pull, hooked, id, "~/ex7", back, { stream = false })
       assert.is_false(ok)
