@@ -444,6 +444,16 @@ local function check_opts(opts, name)
 end
 
 
+-- opts[field], when given, is a positive integer.
+local function check_count(opts, field)
+  local v = opts and opts[field]
+  if v ~= nil and (math.type(v) ~= "integer" or v < 1) then
+    raise("VALIDATION_ERROR", field .. " must be a positive integer", { field = field })
+  end
+  return v
+end
+
+
 local function check_string(v, field)
   if type(v) ~= "string" or v == "" then
     raise("VALIDATION_ERROR", ("%s must be a non-empty string"):format(field), { field = field })
@@ -490,10 +500,7 @@ local function random_name() return codec.random_hex(6) end
 
 -- A remote session: counts execs, raises on transport failures.
 local function remote(provider, id, stats, opts)
-  local limit = opts and opts.exec_timeout_ms
-  if limit ~= nil and (math.type(limit) ~= "integer" or limit < 1) then
-    raise("VALIDATION_ERROR", "exec_timeout_ms must be a positive integer", { field = "exec_timeout_ms" })
-  end
+  local limit = check_count(opts, "exec_timeout_ms")
   local eopts = { timeout_ms = limit or M.DEFAULT_EXEC_TIMEOUT_MS }
   local r = { id = id }
   function r.run(script, ...)
@@ -574,14 +581,19 @@ local function safe_link(rel, target) return link_path(rel, target) ~= nil end
 M.safe_link = safe_link
 
 
--- The local .git directory (under root) that the relative path `rel` would write into, if it
--- exists here; nil when rel has no .git component or that directory is not here yet.
+-- The part of the relative path `rel` up to its first .git component ("a/.git" of
+-- "a/.git/hooks/x"), or nil when it has none.
+local function git_part(rel)
+  local _, e = ("/" .. rel .. "/"):find("/.git/", 1, true)
+  return e and rel:sub(1, e - 2) or nil
+end
+
+
+-- The local .git directory (under root) that `rel` would write into, if it is here already.
 local function existing_git_dir(root, rel)
-  local s, e = ("/" .. rel .. "/"):find("/.git/", 1, true)
-  if not s then return nil end
-  local dir = root .. "/" .. rel:sub(1, e - 2)
-  local st = fs.stat(dir)
-  return st and dir or nil
+  local part = git_part(rel)
+  local dir = part and root .. "/" .. part
+  return dir and fs.stat(dir) and dir or nil
 end
 
 
@@ -1741,9 +1753,7 @@ end
 ---@return galley.WorkspaceResult
 function M.pull(provider, id, remote_dir, local_dir, opts)
   opts = check_opts(opts, "workspace.pull")
-  if opts.max_bytes ~= nil and (math.type(opts.max_bytes) ~= "integer" or opts.max_bytes < 1) then
-    raise("VALIDATION_ERROR", "max_bytes must be a positive integer", { field = "max_bytes" })
-  end
+  check_count(opts, "max_bytes")
   remote_dir = check_remote_dir(remote_dir, "remote_dir")
   check_string(local_dir, "local_dir")
   local_dir = local_dir:gsub("(.)/+$", "%1")
@@ -1772,8 +1782,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     elseif not safe_rel(rel) then
       raise("VALIDATION_ERROR", "a remote path leaves the destination: " .. rel,
         { field = "remote_dir", resource = "file:" .. rel })
-    elseif not opts.all and (("/" .. rel .. "/"):find("/.git/", 1, true) or (e.type == "symlink"
-        and ("/" .. (link_path(rel, e.target) or "") .. "/"):find("/.git/", 1, true))) then
+    elseif not opts.all and (git_part(rel) or e.type == "symlink" and git_part(link_path(rel, e.target) or "")) then
       -- the manifest program prunes .git: only an instance that lies lists one, and a file in a
       -- .git directory here (a hook, the config) runs code on this machine at the next git command
       raise("VALIDATION_ERROR", ("pull: %s listed %s, in or into a .git directory"):format(id, rel), {
@@ -1781,8 +1790,8 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
         hint = "a pull writes into .git directories only with all = true (from an instance you trust)" })
     elseif opts.all and st and existing_git_dir(local_dir, rel) then
       -- all = true brings the instance's .git too, but never into a repository that is here
-      raise("VALIDATION_ERROR", ("pull: %s would write %s into the git repository at %s"):format(id, rel,
-        existing_git_dir(local_dir, rel)), { field = "local_dir", resource = "file:" .. rel,
+      raise("VALIDATION_ERROR", ("pull: %s would write %s into the git repository at %s/%s"):format(id, rel,
+        local_dir, git_part(rel)), { field = "local_dir", resource = "file:" .. rel,
         details = { reason = "git_dir" },
         hint = "pull into a new or empty directory (its hooks and config would run code here), or leave all unset" })
     elseif e.type == "symlink" and not safe_link(rel, e.target) then
@@ -2088,9 +2097,7 @@ end
 ---@return {branch: string, base: string, head: string, commits: string[], log: string, execs: integer}
 function M.pull_repo(provider, id, remote_dir, repo_dir, opts)
   opts = check_opts(opts, "workspace.pull_repo")
-  if opts.max_bundle_bytes ~= nil and (math.type(opts.max_bundle_bytes) ~= "integer" or opts.max_bundle_bytes < 1) then
-    raise("VALIDATION_ERROR", "max_bundle_bytes must be a positive integer", { field = "max_bundle_bytes" })
-  end
+  check_count(opts, "max_bundle_bytes")
   remote_dir = check_remote_dir(remote_dir, "remote_dir")
   local top = repo_root(repo_dir)
   local branch = check_branch(opts.branch or default_branch(opts), top)

@@ -221,6 +221,19 @@ function SSH:config_file(t)
 end
 
 
+-- Waits (without blocking other tasks: 10 ms turns) until done() is true or ms have passed;
+-- returns whether done() became true. Raises INTERRUPTED.
+local function poll(ms, done)
+  local deadline = runtime.now_ms() + ms
+  while not done() do
+    if runtime.now_ms() >= deadline then return false end
+    local ok, err = runtime.sleep_ms(10)
+    if not ok then error(err, 0) end
+  end
+  return true
+end
+
+
 -- The control socket of target t: named here (not %C) so that its appearance can be watched; 40
 -- hex characters, as long as %C.
 function SSH:control_path(t)
@@ -242,26 +255,23 @@ end
 function SSH:gate(t)
   if self.own_mux then return "auto" end
   local path = self:control_path(t)
-  local deadline
-  while true do
+  local mode, release
+  local function decided()
     local g, now = self.gates[path], runtime.now_ms()
     if fs.stat(path) then
-      self.gates[path] = "up"
-      return "auto"
-    end
-    if g == "up" then g = nil end -- the connection ended (ControlPersist, -O exit): open it again
-    if not g or now - g.since >= M.MASTER_WAIT_MS then
+      self.gates[path], mode = "up", "auto"
+    elseif g == "up" or not g or now - g.since >= M.MASTER_WAIT_MS then
+      -- no connection (or it ended: ControlPersist, -O exit; or its opener went stale): open it
       local mine = { since = now }
-      self.gates[path] = mine
-      return "auto", function()
+      self.gates[path], mode = mine, "auto"
+      release = function()
         if self.gates[path] == mine then self.gates[path] = fs.stat(path) and "up" or nil end
       end
     end
-    deadline = deadline or (now + M.MASTER_WAIT_MS)
-    if now >= deadline then return "no" end
-    local ok, err = runtime.sleep_ms(10)
-    if not ok then error(err, 0) end
+    return mode ~= nil
   end
+  if not poll(M.MASTER_WAIT_MS, decided) then mode = "no" end
+  return mode, release
 end
 
 
@@ -328,18 +338,11 @@ local function gated(self, t, argv, own_connection, fn)
   local path
   if not own_connection and not self.own_mux then
     path = self:control_path(t)
-    local deadline
-    while (self.sessions[path] or 0) >= M.MAX_MUX_SESSIONS do
-      local now = runtime.now_ms()
-      deadline = deadline or (now + M.MASTER_WAIT_MS)
-      if now >= deadline then
-        own_connection, path = true, nil
-        break
-      end
-      local ok, err = runtime.sleep_ms(10)
-      if not ok then error(err, 0) end
+    if poll(M.MASTER_WAIT_MS, function() return (self.sessions[path] or 0) < M.MAX_MUX_SESSIONS end) then
+      self.sessions[path] = (self.sessions[path] or 0) + 1
+    else
+      own_connection, path = true, nil
     end
-    if path then self.sessions[path] = (self.sessions[path] or 0) + 1 end
   end
   local r = table.pack(pcall(function()
     local local_argv, release = self:argv(t, argv, false, own_connection)
@@ -496,10 +499,7 @@ function SSH:disconnect(alias)
   -- `ssh -O exit` returns before the master has removed its socket: commands started right
   -- after would find it, be refused, and each try to become the master (see gate)
   local path = self:control_path(t)
-  for _ = 1, 100 do
-    if not fs.stat(path) then break end
-    runtime.sleep_ms(10)
-  end
+  pcall(poll, 1000, function() return not fs.stat(path) end)
   self.gates[path] = nil
 end
 
