@@ -838,6 +838,34 @@ local function sorted(t)
 end
 
 
+-- What opts.delete removes on the destination: its entries that the source lacks, sorted, except
+-- those ignored (`ignored`, and git's rules in `repo_dir`, the local tree when it is a work tree:
+-- `git check-ignore [extra]`) and those in a .git directory the source does not have. (all = true
+-- lists .git directories: mirroring a tree without one must not empty the repository there.)
+local function deletions(source, dest, ignored, repo_dir, extra)
+  local source_git = {}
+  for rel in pairs(source) do
+    local part = git_part(rel)
+    if part then source_git[part] = true end
+  end
+  local deletes = {}
+  for _, rel in ipairs(sorted(dest)) do
+    local part = git_part(rel)
+    if not source[rel] and not ignored(rel) and not (part and not source_git[part]) then
+      deletes[#deletes + 1] = rel
+    end
+  end
+  if not repo_dir or #deletes == 0 then return deletes end
+  local argv = { "check-ignore", "--stdin", "-z" }
+  if extra then table.insert(argv, 2, extra) end
+  local res = git(repo_dir, argv, { stdin = table.concat(deletes, "\0") .. "\0" })
+  local skip, kept = {}, {}
+  for p in (res.stdout or ""):gmatch("([^%z]+)%z") do skip[p] = true end
+  for _, rel in ipairs(deletes) do if not skip[rel] then kept[#kept + 1] = rel end end
+  return kept
+end
+
+
 -- ---------------------------------------------------------------------------------------------
 -- Tar, written here (ustar + GNU long names)
 -- ---------------------------------------------------------------------------------------------
@@ -1657,20 +1685,8 @@ function M.push(provider, id, local_dir, remote_dir, opts)
     if same(mine[rel], theirs[rel]) then unchanged = unchanged + 1 else send[#send + 1] = rel end
   end
   if opts.delete then
-    local toplevel = not opts.all and git_toplevel(local_dir)
-    for _, rel in ipairs(sorted(theirs)) do
-      if not mine[rel] and not ignored(rel) then deletes[#deletes + 1] = rel end
-    end
-    if toplevel and #deletes > 0 then
-      -- files git would ignore here stay on the instance
-      local res = git(local_dir, { "check-ignore", "--no-index", "--stdin", "-z" },
-        { stdin = table.concat(deletes, "\0") .. "\0" })
-      local skip = {}
-      for p in (res.stdout or ""):gmatch("([^%z]+)%z") do skip[p] = true end
-      local kept = {}
-      for _, rel in ipairs(deletes) do if not skip[rel] then kept[#kept + 1] = rel end end
-      deletes = kept
-    end
+    -- files git would ignore here stay on the instance
+    deletes = deletions(mine, theirs, ignored, not opts.all and git_toplevel(local_dir) and local_dir, "--no-index")
   end
   local bytes = 0
   for _, rel in ipairs(send) do bytes = bytes + (mine[rel].size or 0) end
@@ -1814,18 +1830,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     end
   end
   if opts.delete then
-    local toplevel = st and not opts.all and git_toplevel(local_dir)
-    for _, rel in ipairs(sorted(mine)) do
-      if not theirs[rel] and not ignored(rel) then deletes[#deletes + 1] = rel end
-    end
-    if toplevel and #deletes > 0 then
-      local res = git(local_dir, { "check-ignore", "--stdin", "-z" }, { stdin = table.concat(deletes, "\0") .. "\0" })
-      local skip = {}
-      for p in (res.stdout or ""):gmatch("([^%z]+)%z") do skip[p] = true end
-      local kept = {}
-      for _, rel in ipairs(deletes) do if not skip[rel] then kept[#kept + 1] = rel end end
-      deletes = kept
-    end
+    deletes = deletions(theirs, mine, ignored, st and not opts.all and git_toplevel(local_dir) and local_dir)
   end
   -- The sizes are the instance's word: they bound what is unpacked here, and are bounded first
   -- by max_bytes and by the room on this side.

@@ -397,6 +397,34 @@ chmod 755 "$2/.git/hooks/pre-commit"]], bin, liar)
       end
     end)
 
+    it("never empties a repository on delete with all = true when the source has no .git", function()
+      -- `galley cp -r --delete ID:~/plain ./repo` deleted every file of ./repo/.git (the source
+      -- lists no .git, the destination's did), and the push the same on the instance
+      local repo = work .. "/del-repo"
+      sh([[mkdir -p "$1" && cd "$1" && git init -q . && echo x > f && echo old > stale &&
+git add f stale && git -c user.name=t -c user.email=t@t commit -qm i]], repo)
+      rexec(p, id, 'rm -rf ~/plain && mkdir -p ~/plain && echo y > ~/plain/f')
+      local r = workspace.pull(p, id, "~/plain", repo, { all = true, delete = true })
+      assert.are.same({ "stale" }, r.deletes)
+      assert.are.equal("y\n", sh('cat "$1/f"', repo))
+      assert.are.equal("", sh('cd "$1" && git rev-parse -q --verify HEAD >/dev/null && git status --porcelain -- .git',
+        repo))
+      -- the other way: a plain tree pushed over the instance's repository
+      rexec(p, id, [[rm -rf ~/irepo && mkdir -p ~/irepo && cd ~/irepo && git init -q . && echo x > f &&
+echo old > stale && git add f stale && git -c user.name=t -c user.email=t@t commit -qm i]])
+      local plain = work .. "/del-plain"
+      sh('mkdir -p "$1" && echo z > "$1/f"', plain)
+      r = workspace.push(p, id, plain, "~/irepo", { all = true, delete = true })
+      assert.are.same({ "stale" }, r.deletes)
+      assert.are.equal("z\n", rexec(p, id, 'cd ~/irepo && git rev-parse -q --verify HEAD >/dev/null && cat f'))
+      -- a source with the .git mirrors it, deletions inside it included
+      local other = work .. "/del-other"
+      sh('mkdir -p "$1/.git" && echo ref > "$1/.git/HEAD" && echo w > "$1/f"', other)
+      rexec(p, id, 'rm -rf ~/mirror && mkdir -p ~/mirror/.git && echo gone > ~/mirror/.git/extra')
+      r = workspace.push(p, id, other, "~/mirror", { all = true, delete = true })
+      assert.are.same({ ".git/extra" }, r.deletes)
+    end)
+
     it("refuses remote paths that leave the destination (VALIDATION_ERROR)", function()
       rexec(p, id, 'mkdir -p ~/t6 && echo x > ~/t6/ok && ln -s /etc/passwd ~/t6/abs')
       local ok, err = pcall(workspace.pull, p, id, "~/t6", work .. "/b1")
