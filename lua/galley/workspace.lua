@@ -82,7 +82,8 @@ end
 
 -- Manifest of $d: a line "tools <names>" (which of zstd, gzip, python3 are installed), then
 -- base64 of NUL-separated records "<f|l> <mode> <size> ./path", "<symlink target>", then
--- "SUMS", then sha256sum -z lines (hashed by python3 where there is one: its hashlib uses the
+-- "SUMS" (after "ERR" when find failed: a directory it could not read, so a tree with holes),
+-- then sha256sum -z lines (hashed by python3 where there is one: its hashlib uses the
 -- CPU's SHA instructions, twice sha256sum's speed on 10,000 files). $1 = "all" or "git" (prune
 -- .git), $2 = a list file of NUL-separated ./paths (local use) or "". Prints NONE when $d does
 -- not exist.
@@ -120,7 +121,7 @@ fi
   else
     if [ "$prune" = all ]; then set -- -name "]] .. TMP .. [[*"; else set -- \( -name "]] .. TMP
   .. [[*" -o -name .git \); fi
-    find . -mindepth 1 "$@" -prune -o \( -type f -o -type l \) -printf '%y %m %s %p\0%l\0'
+    find . -mindepth 1 "$@" -prune -o \( -type f -o -type l \) -printf '%y %m %s %p\0%l\0' || printf 'ERR\0\0'
     printf 'SUMS\0'
     find . -mindepth 1 "$@" -prune -o -type f -print0 | sums
   fi
@@ -687,7 +688,7 @@ local function parse_manifest(out, where)
   if not raw then
     raise("PROTOCOL_ERROR", "unreadable manifest from " .. where, { operation = "workspace.manifest" })
   end
-  local entries = {}
+  local entries, incomplete = {}, false
   local pos = 1
   while pos <= #raw do
     local z = raw:find("\0", pos, true)
@@ -699,6 +700,7 @@ local function parse_manifest(out, where)
     if not z2 then break end
     local target = raw:sub(pos, z2 - 1)
     pos = z2 + 1
+    if rec == "ERR" then incomplete = true end
     local y, mode, size, path = rec:match("^([fl]) (%d+) (%d+) %./(.*)$")
     if y then
       entries[path] = { type = y == "f" and "file" or "symlink", mode = tonumber(mode, 8) & 4095,
@@ -712,14 +714,29 @@ local function parse_manifest(out, where)
     local sum, path = rec:match("^(%x+)  %./(.*)$")
     if sum and entries[path] then entries[path].sha256 = sum end
   end
-  return entries, tools
+  return entries, tools, incomplete
+end
+
+
+-- A listing with holes (find could not read a directory) is an error: a copy would silently
+-- leave files out, and a delete would remove what the source still has (rsync's rule: no
+-- deletion after an I/O error).
+local function check_complete(incomplete, stderr, where, operation)
+  if not incomplete then return end
+  local detail = (stderr or ""):gsub("%s+$", "")
+  raise("FILE_IO_ERROR", ("cannot list all of %s: %s"):format(where, detail ~= "" and detail:sub(-300)
+    or "find failed"), { operation = operation, resource = "file:" .. where,
+    details = { reason = "incomplete_listing", stderr = detail:sub(-2000) },
+    hint = "make every directory below it readable (to the user galley runs as there), then copy again" })
 end
 
 
 local function remote_manifest(rem, dir, prune)
   local res = rem.run(SH_MANIFEST, dir, prune, "")
   if res.exit_code ~= 0 then rem.fail(res, "manifest", dir) end
-  return parse_manifest(res.stdout, dir)
+  local entries, tools, incomplete = parse_manifest(res.stdout, dir)
+  check_complete(incomplete, res.stderr, rem.id .. ":" .. dir, "workspace.manifest")
+  return entries, tools
 end
 
 
@@ -742,7 +759,9 @@ local function local_manifest(dir, paths, prune)
     raise("FILE_IO_ERROR", ("cannot list %s: %s"):format(dir, (res.stderr or ""):gsub("%s+$", "")),
       { operation = "workspace.manifest", resource = "file:" .. dir })
   end
-  return (parse_manifest(res.stdout, dir)) or {}
+  local entries, _, incomplete = parse_manifest(res.stdout, dir)
+  check_complete(incomplete, res.stderr, dir, "workspace.manifest")
+  return entries or {}
 end
 
 

@@ -425,6 +425,37 @@ echo old > stale && git add f stale && git -c user.name=t -c user.email=t@t comm
       assert.are.same({ ".git/extra" }, r.deletes)
     end)
 
+    it("refuses a listing with holes (find could not read a directory) and deletes nothing", function()
+      -- find lists what it can, says "Permission denied" and exits 1: taken for the whole tree,
+      -- a pull with delete removed here what the instance still had
+      local FIND = '#!/bin/sh\n/usr/bin/find "$@"\necho "find: ./sub: Permission denied" >&2\nexit 1\n'
+      local home = rexec(p, id, 'printf %s "$HOME"')
+      rexec(p, id, [[mkdir -p "$1" ~/holes/sub && printf '%s' "$2" > "$1/find" && chmod 755 "$1/find" &&
+echo a > ~/holes/a && echo s > ~/holes/sub/s]], home .. "/holes-bin", FIND)
+      local dest = work .. "/holes"
+      sh('mkdir -p "$1/sub" && echo s > "$1/sub/s" && echo mine > "$1/mine"', dest)
+      local ok, err = pcall(workspace.pull, with_instance_path(home .. "/holes-bin:/usr/bin:/bin"), id, "~/holes", dest,
+        { all = true, delete = true })
+      assert.is_false(ok)
+      assert.are.same({ "FILE_IO_ERROR", "incomplete_listing" }, { err.code, err.details.reason })
+      assert.are.equal("mine\ns\n", sh('cat "$1/mine" "$1/sub/s"', dest))
+      assert.is_nil(fs.stat(dest .. "/a"))
+      -- the same find here, for a push (a child galley with it first on PATH)
+      local bin = work .. "/holes-bin"
+      sh('mkdir -p "$1" && printf "%s" "$2" > "$1/find" && chmod 755 "$1/find"', bin, FIND)
+      local child = support.script(([[
+local ws = require("galley.workspace")
+local p = %s
+local ok, err = pcall(ws.push, p, %q, %q, "~/holes", { all = true, delete = true })
+io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details and err.details.reason), "\n")
+]]):format(env.child_provider, id, work .. "/holes"))
+      local r = assert(proc.run({ argv = { support.bin, child }, env = child_env_with(bin), env_mode = "extend",
+        timeout_ms = 60000 }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.are.equal("FILE_IO_ERROR incomplete_listing\n", r.stdout)
+      assert.are.equal("a\n", rexec(p, id, 'cat ~/holes/a'))
+    end)
+
     it("refuses remote paths that leave the destination (VALIDATION_ERROR)", function()
       rexec(p, id, 'mkdir -p ~/t6 && echo x > ~/t6/ok && ln -s /etc/passwd ~/t6/abs')
       local ok, err = pcall(workspace.pull, p, id, "~/t6", work .. "/b1")
