@@ -81,7 +81,8 @@ local function sh_decode_at(file)
 end
 
 -- Manifest of $d: a line "tools <names>" (which of zstd, gzip, python3 are installed), then
--- base64 of NUL-separated records "<f|l> <mode> <size> ./path", "<symlink target>", then
+-- base64 of NUL-separated records "<f|l> <mode> <size> ./path", "<symlink target>" (and
+-- "g 0 0 ./path", "" for each .git left out), then
 -- "SUMS" (after "ERR" when find failed: a directory it could not read, so a tree with holes),
 -- then sha256sum -z lines (hashed by python3 where there is one: its hashlib uses the
 -- CPU's SHA instructions, twice sha256sum's speed on 10,000 files). $1 = "all" or "git" (prune
@@ -119,11 +120,11 @@ fi
     printf 'SUMS\0'
     xargs -0 -r -a "$list" sh -c 'find "$@" -maxdepth 0 -type f -print0' sh | sums
   else
-    if [ "$prune" = all ]; then set -- -name "]] .. TMP .. [[*"; else set -- \( -name "]] .. TMP
-  .. [[*" -o -name .git \); fi
-    find . -mindepth 1 "$@" -prune -o \( -type f -o -type l \) -printf '%y %m %s %p\0%l\0' || printf 'ERR\0\0'
+    if [ "$prune" = all ]; then set -- -false; else set -- -name .git; fi
+    find . -mindepth 1 -name "]] .. TMP .. [[*" -prune -o "$@" -prune -printf 'g 0 0 %p\0\0' \
+      -o \( -type f -o -type l \) -printf '%y %m %s %p\0%l\0' || printf 'ERR\0\0'
     printf 'SUMS\0'
-    find . -mindepth 1 "$@" -prune -o -type f -print0 | sums
+    find . -mindepth 1 \( -name "]] .. TMP .. [[*" -o "$@" \) -prune -o -type f -print0 | sums
   fi
 } | base64 -w0
 ]]
@@ -688,7 +689,7 @@ local function parse_manifest(out, where)
   if not raw then
     raise("PROTOCOL_ERROR", "unreadable manifest from " .. where, { operation = "workspace.manifest" })
   end
-  local entries, incomplete = {}, false
+  local entries, incomplete, gits = {}, false, {}
   local pos = 1
   while pos <= #raw do
     local z = raw:find("\0", pos, true)
@@ -701,8 +702,10 @@ local function parse_manifest(out, where)
     local target = raw:sub(pos, z2 - 1)
     pos = z2 + 1
     if rec == "ERR" then incomplete = true end
-    local y, mode, size, path = rec:match("^([fl]) (%d+) (%d+) %./(.*)$")
-    if y then
+    local y, mode, size, path = rec:match("^([fgl]) (%d+) (%d+) %./(.*)$")
+    if y == "g" then
+      gits[#gits + 1] = path
+    elseif y then
       entries[path] = { type = y == "f" and "file" or "symlink", mode = tonumber(mode, 8) & 4095,
         size = tonumber(size), target = y == "l" and target or nil }
     end
@@ -714,7 +717,8 @@ local function parse_manifest(out, where)
     local sum, path = rec:match("^(%x+)  %./(.*)$")
     if sum and entries[path] then entries[path].sha256 = sum end
   end
-  return entries, tools, incomplete
+  table.sort(gits)
+  return entries, tools, incomplete, gits
 end
 
 
@@ -734,9 +738,9 @@ end
 local function remote_manifest(rem, dir, prune)
   local res = rem.run(SH_MANIFEST, dir, prune, "")
   if res.exit_code ~= 0 then rem.fail(res, "manifest", dir) end
-  local entries, tools, incomplete = parse_manifest(res.stdout, dir)
+  local entries, tools, incomplete, gits = parse_manifest(res.stdout, dir)
   check_complete(incomplete, res.stderr, rem.id .. ":" .. dir, "workspace.manifest")
-  return entries, tools
+  return entries, tools, gits
 end
 
 
@@ -1210,8 +1214,8 @@ local function both(remote_fn, local_fn)
     pcall(t.wait, t)
     error(mine, 0)
   end
-  local a, b = t:wait()
-  return a, { mine, b }
+  local a, b, c = t:wait()
+  return a, { mine, b, c }
 end
 
 
@@ -1634,6 +1638,7 @@ end
 ---@field compress? string its compression: "zstd", "gzip" or "none"
 ---@field files string[] the paths sent
 ---@field deletes string[] the paths deleted
+---@field git_dirs_left? string[] pull: the instance's .git directories (and files) left out (all unset)
 
 local function list_control(name, rels)
   return { name = TMP .. "ctl/" .. name, body = function()
@@ -1803,7 +1808,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
   -- both manifests at once: the remote one in a task while this one is computed here
   local theirs, rest = both(function() return remote_manifest(rem, remote_dir, opts.all and "all" or "git") end,
     function() return st and local_manifest(local_dir, nil, opts.all and "all" or "git") or {} end)
-  local mine, tools = rest[1], rest[2]
+  local mine, tools, gits = rest[1], rest[2], rest[3]
   local z = pick_codec(opts, tools)
   local total = 0
   for _ in pairs(theirs or {}) do total = total + 1 end
@@ -1867,7 +1872,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
   end
   local result = { sent = #fetch, bytes = bytes, unchanged = unchanged, deleted = #deletes, execs = stats.execs,
     streams = 0,
-    files = fetch, deletes = deletes, dry_run = opts.dry_run or nil }
+    files = fetch, deletes = deletes, dry_run = opts.dry_run or nil, git_dirs_left = gits or {} }
   if opts.dry_run then return result end
   if #fetch > 0 then
     assert(fs.mkdir_p(local_dir))

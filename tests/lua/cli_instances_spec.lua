@@ -157,9 +157,20 @@ for _, target in ipairs(cli.TARGETS) do
       code, out, err = t:galley("cp -r --delete " .. q(id .. ":~/tree") .. " " .. q(dir .. "/back") .. " --json")
       assert.are.equal(0, code, err)
       rec = cjson.decode(out)
-      assert.are.same({ "from", 4, 1 }, { rec.direction, rec.files, rec.deleted })
-      assert.are.equal("751\na.txt\ntwo\nx\nno\n", sh([[cd "$1/back" && stat -c %a a.txt && readlink link &&
-        cat "sub dir/b c.txt" .git/kept && { [ -e stale.txt ] && echo yes || echo no; }]]))
+      -- from an instance, its .git stays there unless --git-dirs (a hook in it would run here)
+      assert.are.same({ "from", 3, 1, { ".git" } }, { rec.direction, rec.files, rec.deleted, rec.git_dirs_left })
+      assert.are.equal("751\na.txt\ntwo\nno\nno\n", sh([[cd "$1/back" && stat -c %a a.txt && readlink link &&
+        cat "sub dir/b c.txt" && { [ -e .git ] && echo yes || echo no; } &&
+        { [ -e stale.txt ] && echo yes || echo no; }]]))
+      code, _, err = t:galley("cp -r " .. q(id .. ":~/tree") .. " " .. q(dir .. "/back4"))
+      assert.are.equal(0, code, err)
+      assert.truthy(err:find("--git-dirs", 1, true), err) -- says what it left out, and how to have it
+      code, out, err = t:galley("cp -r --git-dirs " .. q(id .. ":~/tree") .. " " .. q(dir .. "/back5") .. " --json")
+      assert.are.equal(0, code, err)
+      rec = cjson.decode(out)
+      assert.are.same({ 4, {} }, { rec.files, rec.git_dirs_left })
+      assert.are.equal("x\n", sh([[cat "$1/back5/.git/kept"]]))
+      assert.are.equal(2, (t:galley("cp -r --git-dirs " .. q(dir .. "/src") .. " " .. q(id .. ":~/tree"))))
       -- --max-bytes bounds what a tree from an instance brings
       code, _, err = t:galley("cp -r --max-bytes 3 " .. q(id .. ":~/tree") .. " " .. q(dir .. "/back2"))
       assert.are.equal(1, code)

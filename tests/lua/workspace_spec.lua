@@ -379,6 +379,7 @@ chmod 755 "$2/.git/hooks/pre-commit"]], bin, liar)
       -- the honest manifest never lists it: the same pull without the lying find brings `a` alone
       local r = workspace.pull(p, id, "~/liar", repo)
       assert.are.same({ "a" }, r.files)
+      assert.are.same({ ".git" }, r.git_dirs_left) -- and says what it left there
       -- all = true brings the instance's .git, but never into a repository that is here
       ok, err = pcall(workspace.pull, p, id, "~/liar", repo, { all = true })
       assert.is_false(ok)

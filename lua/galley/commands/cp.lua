@@ -4,15 +4,17 @@ local shared = require("galley.commands.shared")
 
 local M = {
   summary = "copy a file or (-r) a tree: galley cp [-r] LOCAL ID:PATH | ID:PATH LOCAL",
-  usage = "galley cp [-r [--delete]] LOCAL ID:PATH | ID:PATH LOCAL [--mode 644] [--json]",
+  usage = "galley cp [-r [--delete] [--git-dirs]] LOCAL ID:PATH | ID:PATH LOCAL [--mode 644] [--json]",
   help = "Copies one file to an instance (written atomically, parent directories created) or from one.\n"
     .. "PATH is absolute or starts with ~/ (the instance's home). --mode sets the remote file's mode.\n"
     .. "-r copies a directory tree (everything below it, modes and symlinks kept, only what differs\n"
     .. "travels; every file lands whole or not at all); --delete also removes files on the other\n"
     .. "side that are missing here; --max-bytes N bounds what a tree from an instance may bring\n"
-    .. "(default 8 GiB: the sizes are the instance's word).\n"
+    .. "(default 8 GiB: the sizes are the instance's word). A tree from an instance comes without\n"
+    .. "its .git directories (their hooks and config would run code here at your next git command\n"
+    .. "there) unless --git-dirs is given; for an agent's commits use pull_repo or run --repo.\n"
     .. "--json prints {direction, instance_id, path, local, bytes} (-r adds files, unchanged,\n"
-    .. "deleted, execs).",
+    .. "deleted, execs, and from an instance git_dirs_left).",
 }
 
 function M.configure(p)
@@ -22,12 +24,14 @@ function M.configure(p)
   p:flag("-r --recursive", "copy a directory tree (galley.workspace)")
   p:flag("--delete", "with -r: remove files on the other side that are missing here")
   p:option("--max-bytes", "with -r from an instance: fetch at most this many bytes (default 8 GiB)")
+  p:flag("--git-dirs", "with -r from an instance: bring its .git directories too (only from one you trust)")
 end
 
 
 local function copy_tree(provider, res, sid, spath, did, dpath)
   local workspace = require("galley.workspace")
-  local o = { all = true, delete = res.delete or nil,
+  -- to an instance everything goes; from one, .git only when asked (a hook there runs code here)
+  local o = { all = did and true or res.git_dirs or nil, delete = res.delete or nil,
     max_bytes = res.max_bytes and math.tointeger(tonumber(res.max_bytes)) or nil }
   local r
   if did then
@@ -37,7 +41,8 @@ local function copy_tree(provider, res, sid, spath, did, dpath)
   end
   return { direction = did and "to" or "from", instance_id = did or sid, path = dpath or spath,
     ["local"] = did and res.source or res.dest, bytes = r.bytes, files = r.sent, unchanged = r.unchanged,
-    deleted = r.deleted, execs = r.execs }
+    deleted = r.deleted, execs = r.execs,
+    git_dirs_left = r.git_dirs_left and require("galley.json").array(r.git_dirs_left) or nil }
 end
 
 local function remote(s)
@@ -58,6 +63,10 @@ function M.run(args)
   end
   if res.delete and not res.recursive then
     io.stderr:write("galley cp: --delete needs -r (it applies to trees)\n")
+    return shared.EXIT_USAGE
+  end
+  if res.git_dirs and (not res.recursive or did) then
+    io.stderr:write("galley cp: --git-dirs is for -r from an instance (ID:PATH first); to one, .git always goes\n")
     return shared.EXIT_USAGE
   end
   if res.recursive and res.mode then
@@ -107,6 +116,13 @@ function M.run(args)
         out.bytes or 0, out.unchanged, out.deleted, out.execs) or ("%d bytes"):format(out.bytes or 0)
       io.stderr:write(("galley cp: %s %s %s:%s\n"):format(what, out.direction == "to" and "to" or "from",
         out.instance_id, out.path))
+    end
+    local left = out.git_dirs_left or {}
+    if #left > 0 and not res.json then
+      io.stderr:write(("galley cp: left out %s%s (a .git from an instance runs its hooks and config here at your"
+        .. " next git command there)\n  hint: --git-dirs copies them from an instance you trust; for the agent's"
+        .. " commits as a branch use workspace.pull_repo or galley run boot-and-run --repo\n"):format(left[1],
+        #left > 1 and (" and %d more"):format(#left - 1) or ""))
     end
     return 0
   end)
