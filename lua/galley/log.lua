@@ -157,7 +157,7 @@ local function format_human(rec, color)
   if rec.prefix then
     parts[#parts + 1] = color and (DIM .. "[" .. rec.prefix .. "]" .. RESET) or ("[" .. rec.prefix .. "]")
   end
-  parts[#parts + 1] = rec.msg
+  parts[#parts + 1] = util.visible(rec.msg) -- (a message can carry an instance's text)
   for _, k in ipairs(util.sorted_keys(rec.fields)) do
     local key = tostring(k)
     if color then key = DIM .. key .. "=" .. RESET else key = key .. "=" end

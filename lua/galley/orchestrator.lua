@@ -396,7 +396,7 @@ function M.new(opts)
     local until_exit = fopts.until_exit ~= false
     local interval = fopts.interval_ms or M.DEFAULT_FOLLOW_INTERVAL_MS
     local nlines = fopts.lines or M.DEFAULT_FOLLOW_LINES
-    local on_line = fopts.on_line or function(line) io.stdout:write(line, "\n") end
+    local on_line = fopts.on_line or function(line) io.stdout:write(util.visible(line, true), "\n") end
     local count = 0
     local p_mgr = need("process_manager", pm)
 

@@ -92,6 +92,53 @@ function M.trim(s)
 end
 
 
+-- C0 controls but tab and newline, DEL, and the lead byte of UTF-8's C1 range (U+0080-U+009F).
+local CONTROL = "[%z\1-\8\11-\31\127\194]"
+
+--- `s` safe to show on a terminal: text an instance wrote (an agent's output, a remote error)
+-- could otherwise move the cursor, rewrite what is on screen, set the title, write the clipboard
+-- (OSC 52) or make the terminal answer as if typed. Control characters become visible in caret
+-- notation (ESC `^[`, BEL `^G`, DEL `^?`), C1 characters as `\u009b`; tab and newline stay, a
+-- carriage return only before a newline or at the end (dropped there: CRLF lines). With
+-- `keep_colors`, SGR sequences (`ESC [ 1;31 m`: colours and bold) stay too. Text without any
+-- control character is returned as is.
+---@param s string
+---@param keep_colors? boolean
+---@return string
+function M.visible(s, keep_colors)
+  if not s:find(CONTROL) then return s end
+  local out, i, n = {}, 1, #s
+  while true do
+    local j = s:find(CONTROL, i)
+    if not j then
+      out[#out + 1] = s:sub(i)
+      break
+    end
+    out[#out + 1] = s:sub(i, j - 1)
+    local b, nxt = s:byte(j), j + 1
+    if b == 27 and keep_colors and s:match("^%[[%d;:]*m", j + 1) then
+      nxt = s:match("^%[[%d;:]*m()", j + 1)
+      out[#out + 1] = s:sub(j, nxt - 1)
+    elseif b == 13 and (j == n or s:byte(j + 1) == 10) then
+      out[#out + 1] = "" -- CRLF, or a line's last CR
+    elseif b == 194 then
+      local c = s:byte(j + 1)
+      if c and c >= 0x80 and c <= 0x9f then
+        out[#out + 1], nxt = ("\\u%04x"):format(c), j + 2
+      else
+        out[#out + 1] = "\194"
+      end
+    elseif b == 127 then
+      out[#out + 1] = "^?"
+    else
+      out[#out + 1] = "^" .. string.char(b + 64)
+    end
+    i = nxt
+  end
+  return table.concat(out)
+end
+
+
 --- Splits `s` on a plain separator; `split("a,,b", ",")` is `{"a", "", "b"}`.
 ---@param s string
 ---@param sep string non-empty

@@ -26,6 +26,19 @@ for _, target in ipairs(cli.TARGETS) do
       assert.truthy(err:find("expired: its TTL of 1 s ran out", 1, true), err)
     end)
 
+    it("shows an instance's control characters in a run's error instead of sending them", function()
+      -- the error quotes what the instance printed: an OSC title and a screen clear
+      local path = support.script(provider_line()
+        .. "local inst = p.instances.boot(" .. q(t.snapshot) .. ", { ttl_seconds = 60 })\n"
+        .. 'local r = p.exec(inst.id, "printf \'bad \\\\033]0;pwned\\\\007 \\\\033[2J\'")\n'
+        .. 'p.instances.stop(inst.id)\n'
+        .. 'error(require("galley.errors").new("PROCESS_ERROR", "the instance said: " .. r.stdout))\n')
+      local code, _, err = t:galley("run " .. q(path))
+      assert.are.equal(1, code)
+      assert.is_nil(err:find("\27", 1, true), err)
+      assert.truthy(err:find("the instance said: bad ^[]0;pwned^G ^[[2J", 1, true), err)
+    end)
+
     it("lists the snapshots that exist when boot-and-run's snapshot does not", function()
       local code, _, err = t:galley("run boot-and-run --agent command --provider " .. t.provider_name
         .. " --snapshot no_such_snapshot")

@@ -208,6 +208,38 @@ for _, target in ipairs(cli.TARGETS) do
       if p.close then p.close() end
     end)
 
+    it("logs shows a process's colours but not its other control characters (--raw: its bytes)", function()
+      -- an agent's output could otherwise set the title, write the clipboard (OSC 52), clear the
+      -- screen or rewrite a line on the user's terminal
+      local p = t:provider()
+      local pm2 = require("galley.process.pm2").new({ provider = p,
+        log = require("galley.log").new({ level = "error" }) })
+      pm2.start(id, { command = { name = "hostile", kind = "shell",
+        script = [[printf 'a\033]52;c;cHduZWQ=\007b \033[1;31mred\033[0m \033[2J\302\233c\r\n'; ]]
+          .. [[printf 'e\033]0;title\007\n' >&2]] }, restart = "never" })
+      local code, out, err = t:galley("logs -f " .. q(id) .. " hostile")
+      assert.are.equal(0, code, err)
+      assert.truthy(out:find("a^[]52;c;cHduZWQ=^Gb \27[1;31mred\27[0m ^[[2J\\u009bc\n", 1, true), out)
+      assert.truthy(err:find("e^[]0;title^G\n", 1, true), err)
+      assert.is_nil(out:find("\27]", 1, true))
+      code, out = t:galley("logs " .. q(id) .. " hostile")
+      assert.are.equal(0, code)
+      assert.truthy(out:find("a^[]52;c;", 1, true), out)
+      assert.is_nil(out:find("\27[2J", 1, true))
+      code, out = t:galley("logs --raw " .. q(id) .. " hostile")
+      assert.are.equal(0, code)
+      assert.truthy(out:find("a\27]52;c;cHduZWQ=\7b", 1, true), out)
+      pm2.delete(id, "hostile")
+      if p.close then p.close() end
+    end)
+
+    it("prints an error's control characters visibly (a remote path or message can carry them)", function()
+      local code, _, err = t:galley("cp " .. q(id .. ":/no/such/\27]0;x\7file") .. " " .. q(support.tmpname()))
+      assert.are.equal(1, code)
+      assert.is_nil(err:find("\27", 1, true), err)
+      assert.truthy(err:find("^[]0;x^Gfile", 1, true), err)
+    end)
+
     it("snapshots and images print JSON arrays", function()
       local code, out, err = t:galley("snapshots --json")
       assert.are.equal(0, code, err)

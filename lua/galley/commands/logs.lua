@@ -4,18 +4,21 @@ local shared = require("galley.commands.shared")
 
 local M = {
   summary = "a PM2 or tmux session's output: galley logs [-f] ID NAME",
-  usage = "galley logs [-f] [-n LINES] [--manager pm2|tmux] ID NAME",
+  usage = "galley logs [-f] [-n LINES] [--manager pm2|tmux] [--raw] ID NAME",
   help = "Prints the last lines of NAME's output: a PM2 process (out on stdout, err on stderr) or a tmux\n"
     .. "session (its pane). -f follows it until it exits (galley.orchestrator follow; PM2 logs are read\n"
     .. "by byte offset, so nothing is shown twice). NAME is looked for under PM2 first, then tmux\n"
     .. "(--manager picks one). --json prints {manager, name, out, err} (with -f: JSON lines\n"
-    .. "{stream, line}, then {status, exit_code}).",
+    .. "{stream, line}, then {status, exit_code}). What the process wrote is shown with its colours but\n"
+    .. "not its other control characters (ESC, BEL, ... in caret notation: an agent's output cannot\n"
+    .. "drive your terminal); --raw writes its bytes as they are.",
 }
 
 function M.configure(p)
   p:flag("-f --follow", "follow the output until the process exits")
   p:option("-n --lines", "how many lines to print first", "100"):convert(math.tointeger)
   p:option("--manager", "pm2 or tmux (default: whichever has NAME)"):choices({ "pm2", "tmux" })
+  p:flag("--raw", "write the output's bytes as they are (control characters included)")
   p:argument("instance_id", "the instance")
   p:argument("name", "the PM2 process or tmux session")
 end
@@ -60,6 +63,8 @@ function M.run(args)
     io.stderr:write("galley logs: --lines must be a positive integer\n")
     return shared.EXIT_USAGE
   end
+  local util = require("galley.util")
+  local function shown(text) return res.raw and text or util.visible(text, true) end
   return shared.with_provider("logs", res, function(provider)
     local pm, which = M.manager(provider, res.instance_id, res.name, res.manager)
     if not res.follow then
@@ -67,8 +72,8 @@ function M.run(args)
       if res.json then
         shared.json({ manager = which, name = res.name, out = l.out, err = l.err })
       else
-        io.stdout:write(l.out)
-        io.stderr:write(l.err)
+        io.stdout:write(shown(l.out))
+        io.stderr:write(shown(l.err))
       end
       return 0
     end
@@ -79,9 +84,9 @@ function M.run(args)
       if res.json then
         io.stdout:write(json.encode({ stream = stream, line = line }), "\n")
       elseif stream == "err" then
-        io.stderr:write(line, "\n")
+        io.stderr:write(shown(line), "\n")
       else
-        io.stdout:write(line, "\n")
+        io.stdout:write(shown(line), "\n")
       end
       io.stdout:flush()
     end })
