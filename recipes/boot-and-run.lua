@@ -73,6 +73,8 @@ local opts = recipe.options({
     { "poll-ms", type = "integer", default = 1000, help = "how often to read the session's log" },
     { "events", metavar = "PATH", help = "append orchestrator events to this JSON-lines file" },
     { "json", type = "flag", help = "stdout: JSON lines (events, output lines, the result) instead of plain output" },
+    { "raw", type = "flag", help = "print the agent's output as its bytes: control characters other than colours "
+      .. "are otherwise shown (^[, ^G), not sent to your terminal" },
     { "keep", type = "flag", help = "keep the instance afterwards (stop it later with `galley gc --include-kept`)" },
     { "repo", metavar = "PATH", help = "push this git repository (HEAD) into the working directory (default ~/NAME) "
       .. "first; afterwards bring the agent's commits back as a branch of it" },
@@ -118,13 +120,19 @@ local function emit_json(t)
   io.stdout:flush()
 end
 
+-- What an agent prints (and its commit messages) reaches the terminal with its colours but no
+-- other control character (galley.util.visible): it cannot set the title, write the clipboard
+-- (OSC 52) or clear the screen. --raw: the bytes.
+local util = require("galley.util")
+local function shown(text) return opts.raw and text or util.visible(text, true) end
+
 local function on_line(line, stream)
   if opts.json then
     emit_json({ ts = now_iso(), event = "output", stream = stream, line = line })
   elseif stream == "err" then
-    io.stderr:write(line, "\n")
+    io.stderr:write(shown(line), "\n")
   else
-    io.stdout:write(line, "\n")
+    io.stdout:write(shown(line), "\n")
     io.stdout:flush()
   end
 end
@@ -433,7 +441,7 @@ if opts.repo then
     emit_json({ ts = now_iso(), event = "branch", branch = branch, base = back.base, head = back.head,
       commits = back.commits })
   else
-    io.stdout:write(("galley: branch %s (%d new commits)\n%s"):format(branch, #back.commits, back.log))
+    io.stdout:write(("galley: branch %s (%d new commits)\n%s"):format(branch, #back.commits, shown(back.log)))
   end
 end
 

@@ -123,6 +123,30 @@ describe("recipe boot-and-run #recipes", function()
     assert_nothing_left(err)
   end)
 
+  it("shows the agent's control characters (and its commit messages') instead of sending them; --raw sends", function()
+    -- an agent could otherwise set the terminal's title, write its clipboard (OSC 52) or clear it
+    local repo = mktemp_dir("bar-esc")
+    local r = assert(proc.run({ argv = { "sh", "-c", 'cd "$1" && git init -q . && echo one > f && git add f && '
+      .. 'git -c user.name=u -c user.email=u@x commit -qm one', "sh", repo } }))
+    assert.are.equal(0, r.exit_code, r.stderr)
+    local script = [[printf 'out \033]52;c;cHduZWQ=\007 \033[1;32mgreen\033[0m \033[2J\n'; ]]
+      .. [[printf 'err \033]0;t\007\n' >&2; echo x > x && git add x && ]]
+      .. [[git -c user.name=a -c user.email=a@x commit -qm "$(printf 'subj \033]0;t\007')"]]
+    local code, out, err = galley({ "run", "boot-and-run", "--repo", repo, "--branch", "galley/esc", "--command",
+      script, "--poll-ms", "200" })
+    assert.are.equal(0, code, err)
+    assert.truthy(out:find("out ^[]52;c;cHduZWQ=^G \27[1;32mgreen\27[0m ^[[2J\n", 1, true), out)
+    assert.truthy(err:find("err ^[]0;t^G\n", 1, true), err)
+    assert.truthy(out:find("subj ^[]0;t^G", 1, true), out)
+    assert.is_nil(out:find("\27]", 1, true), out)
+    assert.is_nil(err:find("\27]", 1, true), err)
+    code, out = galley({ "run", "boot-and-run", "--raw", "--command", script:match("^(.-); printf 'err"),
+      "--poll-ms", "200" })
+    assert.are.equal(0, code)
+    assert.truthy(out:find("out \27]52;c;cHduZWQ=\7", 1, true), out)
+    proc.run({ argv = { "rm", "-rf", "--", repo } })
+  end)
+
   it("exits with the session's exit code when it fails, after printing its output, and cleans up", function()
     local code, out, err = galley({ "run", "boot-and-run", "--command", "echo before-failing; echo to-stderr >&2; exit 3",
       "--poll-ms", "200" })
