@@ -47,6 +47,10 @@ M.MACHINE_INFO_PATH = "~/.machine.json"
 M.MACHINE_INFO_MODE = "640"
 M.DEFAULT_FOLLOW_INTERVAL_MS = 1000
 M.DEFAULT_FOLLOW_LINES = 1000
+--- The longest line follow passes on whole: a longer one (a process that never prints a newline)
+-- comes in pieces of this size, so what follow holds stays bounded (claude's stream-json lines
+-- are well under it).
+M.MAX_LINE_BYTES = 16 * 1024 * 1024
 
 --- Process statuses that mean "still running" (PM2's and generic ones).
 M.RUNNING_STATUSES = { online = true, launching = true, running = true, starting = true, stopping = true,
@@ -406,21 +410,38 @@ function M.new(opts)
     local offsets, partial = { out = 0, err = 0 }, { out = "", err = "" }
     local seen = { out = {}, err = {} }
 
+    -- on_line for each piece of at most MAX_LINE_BYTES of line; returns how many
+    local function emit_line(line, stream)
+      local max, n = M.MAX_LINE_BYTES, 0
+      while #line > max do
+        on_line(line:sub(1, max), stream)
+        line, n = line:sub(max + 1), n + 1
+      end
+      on_line(line, stream)
+      return n + 1
+    end
+
     local function emit_text(stream, text, final)
       local buf = partial[stream] .. text
       local fresh, pos = 0, 1
       while true do
         local nl = buf:find("\n", pos, true)
         if not nl then break end
-        on_line((buf:sub(pos, nl - 1):gsub("\r$", "")), stream)
-        fresh = fresh + 1
+        fresh = fresh + emit_line((buf:sub(pos, nl - 1):gsub("\r$", "")), stream)
         pos = nl + 1
       end
-      partial[stream] = buf:sub(pos)
-      if final and partial[stream] ~= "" then
-        on_line(partial[stream], stream)
+      local rest = buf:sub(pos)
+      -- a line with no end yet: what passed the bound goes on now (nothing held grows past it)
+      local max = M.MAX_LINE_BYTES
+      if #rest > max then
+        local keep = #rest - (#rest - 1) % max - 1 -- whole pieces out, 1..max bytes kept
+        fresh = fresh + emit_line(rest:sub(1, keep), stream)
+        rest = rest:sub(keep + 1)
+      end
+      partial[stream] = rest
+      if final and rest ~= "" then
+        fresh = fresh + emit_line(rest, stream)
         partial[stream] = ""
-        fresh = fresh + 1
       end
       return fresh
     end

@@ -246,6 +246,21 @@ describe("galley.orchestrator #orchestrator", function()
         assert.are.equal("tail", got[31]) -- the last line without a newline still arrives
       end)
 
+      it("passes a line longer than MAX_LINE_BYTES on in pieces (what it holds stays bounded)", function()
+        -- a process that never prints a newline made follow hold all it printed
+        local s = orch.start_session(m.instance_id, { session_name = "long",
+          command = "head -c 250000 /dev/zero | tr '\\0' a; sleep 1; printf 'b\\nend\\n'" })
+        local saved = orchestrator.MAX_LINE_BYTES
+        orchestrator.MAX_LINE_BYTES = 100000
+        local sizes = {}
+        local ok, res = pcall(orch.follow, m.instance_id, s.process_name, { interval_ms = 200,
+          on_line = function(line, stream) if stream == "out" then sizes[#sizes + 1] = #line .. line:sub(-1) end end })
+        orchestrator.MAX_LINE_BYTES = saved
+        assert(ok, res)
+        assert.are.equal(0, res.exit_code)
+        assert.are.same({ "100000a", "100000a", "50001b", "3d" }, sizes)
+      end)
+
       it("refuses a second session whose name maps to the same process #failure", function()
         orch.start_session(m.instance_id, { session_name = "a b", command = "sleep 1" })
         local err = raised(orch.start_session, m.instance_id, { session_name = "a-b", command = "echo other" })
