@@ -82,7 +82,8 @@ end
 
 -- Manifest of $d: a line "tools <names>" (which of zstd, gzip, python3 are installed), then
 -- base64 of NUL-separated records "<f|l> <mode> <size> ./path", "<symlink target>" (and
--- "g 0 0 ./path", "" for each .git left out), then
+-- "g 0 0 ./path", "" for each .git left out; dd passes the base64 text on and ends stderr with
+-- its length, "N bytes ... copied", so a service that cuts an exec's output short is caught), then
 -- "SUMS" (after "ERR" when find failed: a directory it could not read, so a tree with holes),
 -- then sha256sum -z lines (hashed by python3 where there is one: its hashlib uses the
 -- CPU's SHA instructions, twice sha256sum's speed on 10,000 files). $1 = "all" or "git" (prune
@@ -126,7 +127,7 @@ fi
     printf 'SUMS\0'
     find . -mindepth 1 \( -name "]] .. TMP .. [[*" -o "$@" \) -prune -o -type f -print0 | sums
   fi
-} | base64 -w0
+} | base64 -w0 | { dd bs=65536 2>&1 >&3 | tail -n 1 >&2; } 3>&1
 ]]
 
 -- Writes base64 chunk ($3...) at byte offset $2 of file $1 (relative to $d, created with $d).
@@ -676,15 +677,24 @@ M.ignore_matcher = ignore_matcher
 
 -- Parses SH_MANIFEST's output: nil when the directory is missing, else {rel = entry}; then the
 -- set of tools the other side has ({zstd = true, ...}).
-local function parse_manifest(out, where)
+local function parse_manifest(out, where, err)
   local tools = {}
   local line, rest = out:match("^tools([^\n]*)\n(.*)$")
   if line then
     for t in line:gmatch("%S+") do tools[t] = true end
     out = rest
   end
+  if out:gsub("%s+$", "") == "NONE" then return nil, tools end
+  -- the length the program wrote (dd's count, the last line of its stderr) against what came
+  local sent = math.tointeger(tonumber((err or ""):match("(%d+) bytes[^\n]*%s*$") or ""))
+  if sent and sent ~= #out then
+    raise("PROTOCOL_ERROR", ("the manifest of %s came cut short: %d of %d bytes"):format(where, #out, sent), {
+      operation = "workspace.manifest", resource = "file:" .. where,
+      details = { reason = "output_truncated", got = #out, sent = sent },
+      hint = "the service returns less of one exec's output than the tree's listing needs: copy a smaller "
+        .. "directory (or several), or use a provider with a byte channel" })
+  end
   out = out:gsub("%s+$", "")
-  if out == "NONE" then return nil, tools end
   local raw = codec.base64_decode(out)
   if not raw then
     raise("PROTOCOL_ERROR", "unreadable manifest from " .. where, { operation = "workspace.manifest" })
@@ -727,7 +737,7 @@ end
 -- deletion after an I/O error).
 local function check_complete(incomplete, stderr, where, operation)
   if not incomplete then return end
-  local detail = (stderr or ""):gsub("%s+$", "")
+  local detail = (stderr or ""):gsub("\n?%d+ bytes[^\n]*%s*$", ""):gsub("%s+$", "")
   raise("FILE_IO_ERROR", ("cannot list all of %s: %s"):format(where, detail ~= "" and detail:sub(-300)
     or "find failed"), { operation = operation, resource = "file:" .. where,
     details = { reason = "incomplete_listing", stderr = detail:sub(-2000) },
@@ -738,7 +748,7 @@ end
 local function remote_manifest(rem, dir, prune)
   local res = rem.run(SH_MANIFEST, dir, prune, "")
   if res.exit_code ~= 0 then rem.fail(res, "manifest", dir) end
-  local entries, tools, incomplete, gits = parse_manifest(res.stdout, dir)
+  local entries, tools, incomplete, gits = parse_manifest(res.stdout, rem.id .. ":" .. dir, res.stderr)
   check_complete(incomplete, res.stderr, rem.id .. ":" .. dir, "workspace.manifest")
   return entries, tools, gits
 end
@@ -763,7 +773,7 @@ local function local_manifest(dir, paths, prune)
     raise("FILE_IO_ERROR", ("cannot list %s: %s"):format(dir, (res.stderr or ""):gsub("%s+$", "")),
       { operation = "workspace.manifest", resource = "file:" .. dir })
   end
-  local entries, _, incomplete = parse_manifest(res.stdout, dir)
+  local entries, _, incomplete = parse_manifest(res.stdout, dir, res.stderr)
   check_complete(incomplete, res.stderr, dir, "workspace.manifest")
   return entries or {}
 end

@@ -457,6 +457,30 @@ io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details
       assert.are.equal("a\n", rexec(p, id, 'cat ~/holes/a'))
     end)
 
+    it("refuses a manifest the service cut short (PROTOCOL_ERROR output_truncated) and deletes nothing", function()
+      -- a service that keeps an exec's output's head and tail (galley emulate does past 64 MiB; a
+      -- tree of ~250,000 files lists that much) gave a manifest with files glued or missing
+      rexec(p, id, [[rm -rf ~/cut && mkdir -p ~/cut && cd ~/cut && for i in $(seq 1 300); do echo $i > f$i; done]])
+      local dest = work .. "/cut"
+      sh('mkdir -p "$1" && for i in $(seq 1 300); do echo $i > "$1/f$i"; done', dest)
+      local cutting = setmetatable({ exec = function(iid, spec, o)
+        local r = p.exec(iid, spec, o)
+        if #r.stdout > 8000 then
+          r = { exit_code = r.exit_code, stderr = r.stderr, stdout = r.stdout:sub(1, 3000) .. r.stdout:sub(-3000) }
+        end
+        return r
+      end }, { __index = p })
+      local ok, err = pcall(workspace.pull, cutting, id, "~/cut", dest, { delete = true, stream = false })
+      assert.is_false(ok)
+      assert.are.same({ "PROTOCOL_ERROR", "output_truncated" }, { err.code, err.details.reason })
+      assert.are.equal("300\n", sh('ls "$1" | wc -l', dest))
+      ok, err = pcall(workspace.push, cutting, id, dest, "~/cut", { delete = true, stream = false })
+      assert.is_false(ok)
+      assert.are.same({ "PROTOCOL_ERROR", "output_truncated" }, { err.code, err.details.reason })
+      -- whole, the same listing passes
+      assert.are.equal(0, workspace.pull(p, id, "~/cut", dest, { delete = true }).deleted)
+    end)
+
     it("refuses remote paths that leave the destination (VALIDATION_ERROR)", function()
       rexec(p, id, 'mkdir -p ~/t6 && echo x > ~/t6/ok && ln -s /etc/passwd ~/t6/abs')
       local ok, err = pcall(workspace.pull, p, id, "~/t6", work .. "/b1")
