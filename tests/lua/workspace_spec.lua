@@ -810,7 +810,10 @@ io.stdout:write(ok and "ok" or tostring(err.code), "\n")
         if head and rest:match("%S") and not rest:match("^NONE") then
           local raw = codec.base64_decode((rest:gsub("%s", "")))
           raw = raw:gsub("(f %d+ )%d+( %./a%.txt)", "%1100000000000000%2")
-          r = { exit_code = r.exit_code, stdout = head .. codec.base64_encode(raw) .. "\n", stderr = r.stderr }
+          -- (a consistent liar: the length it ends stderr with is that of what it sends)
+          local out = codec.base64_encode(raw)
+          r = { exit_code = r.exit_code, stdout = head .. out,
+            stderr = r.stderr:gsub("%d+ bytes[^\n]*%s*$", #out .. " bytes copied\n") }
         end
         return r
       end }, { __index = p })
