@@ -11,8 +11,15 @@
 -- CPU is the share of all CPUs busy over SAMPLE_MS (two reads of /proc/stat, `cpu` line); memory
 -- is MemTotal - MemAvailable; disk is `df -Pk` of the instance's $HOME (its /, when HOME is
 -- unset). Inside a container or sandbox these are what its /proc shows (often the host's CPU and
--- memory: a local sandbox shares the kernel). A value the instance cannot give is nil.
+-- memory: a local sandbox shares the kernel), so where the provider can say what the instance
+-- itself uses (`provider.usage(id)`: the local provider reads the instance's cgroup), CPU is its
+-- processes' CPU time over the exec, memory their memory (of memory.max when it is set), uptime
+-- the instance's age and `pids` its process count; `sources` says where each came from
+-- ({cpu = "cgroup"|"proc", mem = "cgroup"|"proc", uptime = "instance"|"proc"}: a cgroup without
+-- the memory controller gives CPU only).
+-- A value the instance cannot give is nil.
 local errors = require("galley.errors")
+local runtime = require("galley.core.runtime")
 
 local M = {}
 
@@ -116,9 +123,14 @@ function M.sample(provider, instance_id, opts)
     errors.raise("VALIDATION_ERROR", "health.sample: sample_ms must be an integer 0..10000",
       { field = "sample_ms", hint = "the default is " .. M.SAMPLE_MS })
   end
+  local usage = type(provider.usage) == "function" and provider.usage or nil
+  local u1 = usage and usage(instance_id)
+  local t0 = runtime.now_ms()
   local r = provider.exec(instance_id, { kind = "argv", command = "sh",
     args = { "-c", SCRIPT, "galley-health", ("%d.%03d"):format(ms // 1000, ms % 1000) } },
     { timeout_ms = opts.timeout_ms or M.TIMEOUT_MS })
+  local wall_ms = runtime.now_ms() - t0
+  local u2 = u1 and usage(instance_id)
   if type(r) ~= "table" or (r.exit_code ~= 0 and (r.stdout or "") == "") then
     errors.raise("PROCESS_ERROR", "health.sample: the probe failed on " .. instance_id, {
       operation = "health.sample", resource = "instance:" .. instance_id,
@@ -126,7 +138,31 @@ function M.sample(provider, instance_id, opts)
       hint = "the instance needs sh, /proc and df",
     })
   end
-  return M.parse(r.stdout or "")
+  local h = M.parse(r.stdout or "")
+  h.sources = { cpu = "proc", mem = "proc", uptime = "proc" }
+  if u1 and u2 then M.apply_usage(h, u1, u2, wall_ms) end
+  return h
+end
+
+
+--- Puts what the instance's own processes used between two `provider.usage` readings `wall_ms`
+-- apart over the /proc figures of sample `h` (exposed for specs).
+function M.apply_usage(h, u1, u2, wall_ms)
+  h.sources = h.sources or { cpu = "proc", mem = "proc", uptime = "proc" }
+  if wall_ms > 0 and u2.cpu_usec >= u1.cpu_usec then
+    local busy = (u2.cpu_usec - u1.cpu_usec) / (wall_ms * 1000 * (h.cpus or 1))
+    h.cpu_percent, h.sources.cpu = math.min(100, percent(busy, 1)), "cgroup"
+  end
+  if u2.mem_bytes then
+    h.mem_used, h.sources.mem = u2.mem_bytes, "cgroup"
+    if u2.mem_limit then h.mem_total = u2.mem_limit end
+    h.mem_percent = percent(h.mem_used, h.mem_total)
+  end
+  h.pids = u2.pids
+  if u2.started_at then
+    h.uptime_seconds, h.sources.uptime = math.max(0, os.time() - math.floor(u2.started_at)), "instance"
+  end
+  return h
 end
 
 

@@ -3,6 +3,7 @@
 local ansi = require("galley.dashboard.ansi")
 local health = require("galley.health")
 local http = require("galley.core.http")
+local proc = require("galley.core.proc")
 local runtime = require("galley.core.runtime")
 local cjson = require("cjson")
 local cli = require("support.cli")
@@ -89,6 +90,32 @@ describe("galley dashboard on local #dashboard", function()
     assert.truthy(h.disk_total > 0 and h.disk_percent >= 0)
     assert.truthy(h.uptime_seconds > 0)
     assert.are.equal(3, #h.load)
+  end)
+
+  it("health.sample on local counts the instance's own CPU (its cgroup), not the machine's", function()
+    -- a sandbox's /proc is the host's: every local instance showed the machine's CPU and memory
+    if not provider.usage(id) then return pending("no cgroup for local instances here") end
+    local task = require("galley.task")
+    local BUSY = "timeout 3 sh -c 'while :; do :; done'; true"
+    -- a core busy here, outside the instance, while it is sampled
+    local hog = task.spawn(function() return proc.run({ argv = { "sh", "-c", BUSY } }) end)
+    task.sleep(300)
+    local idle = health.sample(provider, id, { sample_ms = 1000 })
+    hog:wait()
+    assert.are.same({ cpu = "cgroup", uptime = "instance" }, { cpu = idle.sources.cpu, uptime = idle.sources.uptime })
+    assert.truthy(idle.cpu_percent < 10, cjson.encode(idle))
+    -- and inside it
+    local inside = task.spawn(function() return provider.exec(id, BUSY) end)
+    task.sleep(300)
+    local busy = health.sample(provider, id, { sample_ms = 1000 })
+    inside:wait()
+    assert.truthy(busy.cpu_percent >= 10, cjson.encode(busy))
+    -- the arithmetic: 0.5 s of CPU in 1 s on 2 CPUs, 100 of 1000 bytes, 3 processes, 10 s old
+    local h = health.apply_usage({ cpus = 2, mem_total = 5000 }, { cpu_usec = 0 },
+      { cpu_usec = 500000, mem_bytes = 100, mem_limit = 1000, pids = 3, started_at = os.time() - 10 }, 1000)
+    assert.are.same({ 25.0, 100, 1000, 10.0, 3, "cgroup" }, { h.cpu_percent, h.mem_used, h.mem_total, h.mem_percent,
+      h.pids, h.sources.mem })
+    assert.truthy(h.uptime_seconds >= 10 and h.uptime_seconds <= 12)
   end)
 
   it("answers 403 to every request without the access token", function()

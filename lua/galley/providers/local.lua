@@ -60,6 +60,7 @@ local paths = require("galley.paths")
 local proc = require("galley.core.proc")
 local run = require("galley.tracker")
 local runtime = require("galley.core.runtime")
+local task = require("galley.task")
 
 local M = {}
 
@@ -913,6 +914,53 @@ function M.new(opts)
     if dir and not fs.exists(dir) then fs_op("mkdir_p", "mkdir cgroup", dir) end
   end
 
+  -- Every exec and spawn runs in a cgroup of its own below the instance's (where it has one), so
+  -- that a command killed (its time limit, Ctrl-C, a spawned handle's kill or close while it runs)
+  -- takes everything it started with it: before, only its process group died, and what had left
+  -- it (a nested `timeout`, setsid) ran on in the instance, holding the command's pipes (its
+  -- exec waited for the backstop, a spawned handle's wait forever). What a command that ended by
+  -- itself leaves running (a daemon: PM2's) is left alone; its cgroup goes with the instance's.
+  local function command_cgroup(meta)
+    if not cgroup_dir(meta) then return nil end
+    ensure_cgroup(meta)
+    local dir = cgroup_dir(meta) .. "/cmd-" .. codec.random_hex(6)
+    if not fs.mkdir_p(dir) then return nil end -- (then the instance's, as before)
+    return dir
+  end
+
+  -- Kills what runs in a command's cgroup (`kill`), then removes it once empty; a cgroup that
+  -- still holds a daemon stays.
+  local function end_command_cgroup(dir, kill)
+    if not dir then return end
+    if kill and write_raw(dir .. "/cgroup.kill", "1") then
+      pcall(wait_for, function() return not cgroup_events(dir).populated end, 2000, "emptying " .. dir)
+    end
+    os.remove(dir)
+  end
+
+  -- A spawned process whose cgroup is its own: the same methods, and kill (or close while it
+  -- runs) ends everything in that cgroup too.
+  local function command_handle(h, dir)
+    local w, ended = {}, false
+    for _, m in ipairs({ "read", "write", "close_stdin", "wait", "pid" }) do
+      w[m] = function(_, ...) return h[m](h, ...) end
+    end
+    function w.kill(_, sig)
+      local ok, err = h:kill(sig)
+      write_raw(dir .. "/cgroup.kill", "1")
+      return ok, err
+    end
+    function w.close()
+      if ended then return end
+      ended = true
+      local running = not h:wait(0)
+      h:close()
+      end_command_cgroup(dir, running)
+    end
+    return setmetatable(w, { __gc = w.close, __close = w.close,
+      __tostring = function() return "galley.local.process(" .. tostring(h) .. ")" end })
+  end
+
   -- The instance's holder (isolation "userns"): the recorded one while it lives, else a new
   -- one (after a reboot of the instance or of this machine: the namespaces, and every process
   -- in them, were gone). Saves it in meta.json. Two galley processes that find the holder gone
@@ -1137,7 +1185,7 @@ function M.new(opts)
   -- The process options (argv wrapped in the sandbox and the cgroup, environment) that run
   -- argv in the instance. `env` adds variables; `cwd` is the directory as the instance sees it
   -- (default: its home).
-  local function process_options(meta, argv, env, cwd, operation)
+  local function process_options(meta, argv, env, cwd, operation, cgroup)
     if meta.status ~= "ready" or meta.paused then
       common.raise("CONFLICT", ("instance %s is %s, not ready"):format(meta.id, meta.status),
         { operation = operation, resource = "instance:" .. meta.id, hint = "resume it first" })
@@ -1154,21 +1202,22 @@ function M.new(opts)
     -- (isolation "userns"); otherwise a host-side sh joins the cgroup (ENTER), then the
     -- sandbox starts, where a second sh (INNER) changes directory and execs the command.
     if meta.cgroup then ensure_cgroup(meta) end
+    cgroup = cgroup or meta.cgroup
     local dir = inst_dir(meta.id)
     local cmd
     if sandbox and isolation == "userns" then
-      cmd = ns_exec_argv(ensure_holder(meta), meta.cgroup, network, cwd)
+      cmd = ns_exec_argv(ensure_holder(meta), cgroup, network, cwd)
       for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
       return { argv = cmd, env = full_env, env_mode = "replace", cwd = "/" }
     elseif sandbox then
-      cmd = { "/bin/sh", "-c", ENTER, "sh", meta.cgroup or "", bwrap }
+      cmd = { "/bin/sh", "-c", ENTER, "sh", cgroup or "", bwrap }
       if not network then cmd[#cmd + 1] = "--unshare-net" end
       for _, a in ipairs(mounts) do cmd[#cmd + 1] = a end
       for _, a in ipairs({ "--bind", dir .. "/home", home_dir, "--bind", dir .. "/tmp", "/tmp" }) do
         cmd[#cmd + 1] = a
       end
     else
-      cmd = { "/bin/sh", "-c", ENTER, "sh", meta.cgroup or "" }
+      cmd = { "/bin/sh", "-c", ENTER, "sh", cgroup or "" }
     end
     if sandbox and isolation ~= "userns" then
       for _, a in ipairs({ "--chdir", "/", "--" }) do cmd[#cmd + 1] = a end
@@ -1235,13 +1284,28 @@ function M.new(opts)
     local limit = eopts and (eopts.timeout_ms or opts.exec_timeout_ms)
     local wait_ms = limit and (limit + common.EXEC_BACKSTOP_MS) or opts.exec_timeout_ms
     local r = common.run_limited(meta.id, argv, limit, function(a)
-      local popts = process_options(meta, a, env, cwd, operation)
-      if eopts and (eopts.on_stdout or eopts.on_stderr) then
-        return run_streaming(meta, popts, wait_ms, opts.max_output, eopts, operation)
-      end
-      popts.timeout_ms, popts.max_output = wait_ms, opts.max_output
-      local res, err = proc.run(popts)
-      if not res then could_not_run(meta, err, operation) end
+      local cg = command_cgroup(meta)
+      local popts = process_options(meta, a, env, cwd, operation, cg)
+      -- past the limit and timeout(1)'s KILL, what left its process group dies with the cgroup
+      local watchdog = cg and limit and task.spawn(function()
+        task.sleep(limit + common.EXEC_KILL_AFTER_S * 1000 + 500)
+        write_raw(cg .. "/cgroup.kill", "1")
+      end)
+      local t0 = runtime.now_ms()
+      local ok, res = pcall(function()
+        if eopts and (eopts.on_stdout or eopts.on_stderr) then
+          return run_streaming(meta, popts, wait_ms, opts.max_output, eopts, operation)
+        end
+        popts.timeout_ms, popts.max_output = wait_ms, opts.max_output
+        local out, err = proc.run(popts)
+        if not out then could_not_run(meta, err, operation) end
+        return out
+      end)
+      if watchdog then watchdog:cancel() end
+      -- killed: interrupted, failed, or over its limit (then nothing it started may run on)
+      end_command_cgroup(cg, not ok or res.timed_out
+        or (limit and common.hit_time_limit(res, limit, runtime.now_ms() - t0)) or false)
+      if not ok then error(res, 0) end
       return res
     end)
     if r.timed_out then
@@ -1333,6 +1397,29 @@ function M.new(opts)
     return res
   end
 
+  --- What the instance's own processes use, read here from its cgroup (a sandbox's /proc shows
+  --- the host's CPU and memory): {cpu_usec, mem_bytes?, mem_limit?, pids?, started_at?}; nil when
+  --- the instance has no cgroup (no writable cgroup2 hierarchy here). galley.health uses it.
+  ---@param instance_id string
+  ---@return table|nil
+  ---@raise NOT_FOUND
+  function provider.usage(instance_id)
+    local meta = must_instance(instance_id, "usage")
+    local cg = cgroup_dir(meta)
+    if not cg then return nil end
+    local function int(name, pattern)
+      local f = io.open(cg .. "/" .. name, "rb")
+      if not f then return nil end
+      local text = f:read("a") or ""
+      f:close()
+      return math.tointeger(tonumber(text:match(pattern) or ""))
+    end
+    local usec = int("cpu.stat", "usage_usec (%d+)")
+    if not usec then return nil end
+    return { cpu_usec = usec, mem_bytes = int("memory.current", "^(%d+)"), mem_limit = int("memory.max", "^(%d+)"),
+      pids = int("pids.current", "^(%d+)"), started_at = meta.created_at }
+  end
+
   --- Starts a command in an instance without waiting: a galley.core.proc Process handle
   --- (`read`, `write`, `kill`, `wait`, `close`), for streaming output. Takes a CommandSpec (argv
   --- form) or a plain argv array; the process joins the instance (sandbox, cgroup) like exec.
@@ -1362,14 +1449,16 @@ function M.new(opts)
           { field = ("command[%d]"):format(i) })
       end
     end
-    local popts = process_options(meta, argv, env, cwd, "spawn")
+    local cg = command_cgroup(meta)
+    local popts = process_options(meta, argv, env, cwd, "spawn", cg)
     popts.stdin = sopts and sopts.stdin or "null"
     local h, err = proc.spawn(popts)
     if not h then
+      end_command_cgroup(cg, true)
       common.raise("PROCESS_ERROR", ("could not start a command in %s: %s"):format(meta.id, tostring(err)),
         { operation = "spawn", resource = "instance:" .. meta.id, cause = err })
     end
-    return h
+    return cg and command_handle(h, cg) or h
   end
 
   --- How `spawn` would start argv in an instance, without starting it: `{argv, env, env_mode,

@@ -1,6 +1,7 @@
 -- The local provider beyond the conformance suite: the sandbox, process tracking (cgroups and
 -- the environment fallback, with real PM2), TTLs, persistence across providers and processes.
 local proc = require("galley.core.proc")
+local runtime = require("galley.core.runtime")
 local support = require("support")
 local conformance = require("providers.conformance")
 local lp = require("galley.providers.local")
@@ -95,7 +96,6 @@ describe("the local provider #local", function()
 
   describe("launch directories", function()
     it("are removed by the next galley when the galley that made one was killed", function()
-      local runtime = require("galley.core.runtime")
       local fs = require("galley.core.fs")
       local dead = host("echo $$"):match("%d+") -- a shell that has exited
       assert.is_nil(fs.stat("/proc/" .. dead))
@@ -194,13 +194,42 @@ print("booted")
       local r = p.exec(i.id, sh('cat /proc/self/cgroup; readlink /proc/self/ns/cgroup /proc/1/ns/cgroup'))
       assert.are.equal(0, r.exit_code)
       local own, mine, holders = r.stdout:match("\n?0::(%S*)\n(%S+)\n(%S+)\n$") -- v1 lines first on hybrid hosts
-      assert.are.equal("/", own)
+      assert.matches("^/cmd%-%x+$", own) -- the exec's own cgroup below the instance's: no host path
       assert.are.equal(holders, mine)
       -- from the host: the exec's process is in the instance's cgroup, as the holder is
       local pid = assert(start_sleeper(p, i.id))
       local cg = host('cat "/proc/$1/cgroup"', pid):match("0::(%S+)")
       assert.truthy(cg:find("/galley/", 1, true))
       assert.truthy(cg:find(i.id, 1, true))
+      p.instances.terminate(i.id)
+      assert.is_false(alive(pid))
+    end)
+
+    it("kills everything a command started when it is killed, and leaves a finished command's daemon", function()
+      -- a nested timeout (a process group of its own) outlived an exec over its time limit, and
+      -- a spawned handle killed: the exec came back at the host's backstop, wait() never did
+      local i = p.instances.boot()
+      local LOOP = { "timeout", "300", "sh", "-c", "while :; do sleep 0.05; done" }
+      local function left() return p.exec(i.id, sh("pgrep -f 'timeou[t] 300' || true")).stdout end
+      local t0 = runtime.now_ms()
+      -- (under a shell: timeout(1) at the limit signals the shell's group and the shell, not a
+      -- process group the command made)
+      local ok, err = pcall(p.exec, i.id, sh("timeout 300 sh -c 'while :; do sleep 0.05; done'; true"),
+        { timeout_ms = 500 })
+      assert.is_false(ok)
+      assert.are.equal("TIMEOUT", err.code)
+      assert.truthy(runtime.now_ms() - t0 < 8000, runtime.now_ms() - t0) -- the backstop is 10 s more
+      assert.are.equal("", left())
+      local h = p.spawn(i.id, LOOP)
+      runtime.sleep_ms(200)
+      h:kill("KILL")
+      local res = h:wait(5000)
+      assert.truthy(res, "wait() came back")
+      h:close()
+      assert.are.equal("", left())
+      -- a daemon started by an exec that ended by itself lives on (PM2's does)
+      local pid = start_sleeper(p, i.id)
+      assert.is_true(alive(pid))
       p.instances.terminate(i.id)
       assert.is_false(alive(pid))
     end)
