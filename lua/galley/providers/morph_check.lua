@@ -181,7 +181,9 @@ end
 
 
 --- Checks an exec answer (blocking or assembled from SSE) and returns it normalized:
---- `{exit_code = integer, stdout = string, stderr = string}` (null or absent output reads "").
+--- `{exit_code = integer, stdout = string, stderr = string, truncated = true?}` (null or absent
+--- output reads ""; `truncated` only where the service says `"truncated": true`: the documented
+--- API has no such field, galley emulate sends it when it cut an output).
 function M.exec(ctx, v)
   object(ctx, v, "")
   local code = opt_int(ctx, v.exit_code, "exit_code", M.EXIT_CODE_MIN, M.EXIT_CODE_MAX)
@@ -194,6 +196,7 @@ function M.exec(ctx, v)
     out[k] = s
   end
   out.exit_code = code
+  if v.truncated == true then out.truncated = true end
   return out
 end
 

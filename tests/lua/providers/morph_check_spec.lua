@@ -117,6 +117,11 @@ describe("galley.providers.morph_check #morph", function()
     assert.are.same({ exit_code = 0, stdout = "", stderr = "" }, provider.exec(READY.id, spec))
     answers[path] = { body = '{"exit_code": -1, "stdout": "x"}' }
     assert.are.same({ exit_code = -1, stdout = "x", stderr = "" }, provider.exec(READY.id, spec))
+    -- a service that says it cut the output (galley emulate does) is believed; anything else ignored
+    answers[path] = { body = '{"exit_code": 0, "stdout": "x", "stderr": "", "truncated": true}' }
+    assert.are.same({ exit_code = 0, stdout = "x", stderr = "", truncated = true }, provider.exec(READY.id, spec))
+    answers[path] = { body = '{"exit_code": 0, "stdout": "x", "stderr": "", "truncated": "yes"}' }
+    assert.are.same({ exit_code = 0, stdout = "x", stderr = "" }, provider.exec(READY.id, spec))
     for _, bad in ipairs({
       { '{"exit_code": "0", "stdout": "", "stderr": ""}', "exit_code" },
       { '{"exit_code": 1e300, "stdout": "", "stderr": ""}', "exit_code" },
