@@ -88,7 +88,7 @@ describe("galley dashboard on local #dashboard", function()
     assert.truthy(h.cpu_percent and h.cpu_percent >= 0 and h.cpu_percent <= 100, cjson.encode(h))
     assert.truthy(h.mem_total > 0 and h.mem_used > 0)
     assert.truthy(h.disk_total > 0 and h.disk_percent >= 0)
-    assert.truthy(h.uptime_seconds > 0)
+    assert.truthy(h.uptime_seconds >= 0) -- (the instance's age: 0 s just after its boot)
     assert.are.equal(3, #h.load)
   end)
 

@@ -226,8 +226,14 @@ function Rt:start_sshd(key, addr, host_key, opts)
   self:stop_sshd(key)
   local lid = self.sb.instances[key]
   if not lid then errors.raise("EMULATOR_BACKEND", "no sandbox " .. key) end
-  local h = self.sb.provider.spawn(lid, { "/bin/sh", "-c", SSHD_LAUNCH, "sshd-launch", opts.run_dir or "/run/pve-ct",
-    addr .. ":" .. self.ssh_port, opts.extra_keys_file or "", opts.force or "" }, { stdin = "pipe" })
+  -- Started the way spawn would, but as a plain process: stopping the listener (stop_sshd, the
+  -- /sshd fault) must leave its connections' processes alone, as a real sshd's restart does
+  -- (a spawned handle's kill ends everything the command started).
+  local popts = self.sb.provider.spawn_options(lid, { "/bin/sh", "-c", SSHD_LAUNCH, "sshd-launch",
+    opts.run_dir or "/run/pve-ct", addr .. ":" .. self.ssh_port, opts.extra_keys_file or "", opts.force or "" })
+  popts.stdin = "pipe"
+  local h, serr = proc.spawn(popts)
+  if not h then errors.raise("EMULATOR_BACKEND", "cannot start sshd in " .. key .. ": " .. tostring(serr)) end
   h:write(host_key)
   h:close_stdin()
   local rec = { handle = h, lines = {}, listening = false, token = task.token(), addr = addr }
