@@ -187,11 +187,13 @@ M.AgentError = kind("AgentError", "AGENT_ERROR")
 M.CredentialsError = kind("CredentialsError", "CREDENTIALS_ERROR")
 M.OrchestrationError = kind("OrchestrationError", "ORCHESTRATION_ERROR")
 
---- Multi-line description for people: "CODE: message" then context lines.
+--- Multi-line description for people: "CODE: message" then context lines, redacted, and with
+-- control characters shown rather than sent to a terminal (galley.util.visible: an error can
+-- quote what an instance printed, escape sequences and all).
 ---@param err any
 ---@return string
 function M.format(err)
-  if not M.is(err) then return tostring(err) end
+  if not M.is(err) then return require("galley.util").visible(tostring(err)) end
   local lines = { tostring(err) }
   for _, k in ipairs({ "operation", "resource" }) do
     if err[k] then lines[#lines + 1] = ("  %s: %s"):format(k, tostring(err[k])) end
@@ -201,7 +203,7 @@ function M.format(err)
     lines[#lines + 1] = ("  attempt: %s%s"):format(err.attempt, err.max_attempts and ("/" .. err.max_attempts) or "")
   end
   if err.hint then lines[#lines + 1] = "  hint: " .. tostring(err.hint) end
-  return redact(table.concat(lines, "\n"))
+  return require("galley.util").visible(redact(table.concat(lines, "\n")))
 end
 
 

@@ -23,6 +23,9 @@ local runtime = require("galley.core.runtime")
 
 local M = {}
 
+-- Where each figure came from: the instance's /proc, until provider.usage says better.
+local function proc_sources() return { cpu = "proc", mem = "proc", uptime = "proc" } end
+
 --- Milliseconds between the two reads of /proc/stat.
 M.SAMPLE_MS = 200
 
@@ -139,7 +142,7 @@ function M.sample(provider, instance_id, opts)
     })
   end
   local h = M.parse(r.stdout or "")
-  h.sources = { cpu = "proc", mem = "proc", uptime = "proc" }
+  h.sources = proc_sources()
   if u1 and u2 then M.apply_usage(h, u1, u2, wall_ms) end
   return h
 end
@@ -148,7 +151,7 @@ end
 --- Puts what the instance's own processes used between two `provider.usage` readings `wall_ms`
 -- apart over the /proc figures of sample `h` (exposed for specs).
 function M.apply_usage(h, u1, u2, wall_ms)
-  h.sources = h.sources or { cpu = "proc", mem = "proc", uptime = "proc" }
+  h.sources = h.sources or proc_sources()
   if wall_ms > 0 and u2.cpu_usec >= u1.cpu_usec then
     local busy = (u2.cpu_usec - u1.cpu_usec) / (wall_ms * 1000 * (h.cpus or 1))
     h.cpu_percent, h.sources.cpu = math.min(100, percent(busy, 1)), "cgroup"

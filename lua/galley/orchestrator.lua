@@ -432,11 +432,9 @@ function M.new(opts)
       end
       local rest = buf:sub(pos)
       -- a line with no end yet: what passed the bound goes on now (nothing held grows past it)
-      local max = M.MAX_LINE_BYTES
-      if #rest > max then
-        local keep = #rest - (#rest - 1) % max - 1 -- whole pieces out, 1..max bytes kept
-        fresh = fresh + emit_line(rest:sub(1, keep), stream)
-        rest = rest:sub(keep + 1)
+      while #rest > M.MAX_LINE_BYTES do
+        fresh = fresh + emit_line(rest:sub(1, M.MAX_LINE_BYTES), stream)
+        rest = rest:sub(M.MAX_LINE_BYTES + 1)
       end
       partial[stream] = rest
       if final and rest ~= "" then

@@ -5,7 +5,6 @@ local errors = require("galley.errors")
 local progress = require("galley.progress")
 local run = require("galley.run")
 local runtime = require("galley.core.runtime")
-local util = require("galley.util")
 
 local M = {}
 
@@ -205,8 +204,7 @@ function M.call(chunk, path, args)
     if err.code == "RECIPE_EXIT" then
       code = err.exit_code or 0 -- recipe.exit(): --help and friends, nothing to print
     else
-      -- (shown, not obeyed: an error can quote what an instance said, control characters and all)
-      local text = util.visible(errors.format(err))
+      local text = errors.format(err)
       -- An embedded (shipped) recipe's own line means nothing to its user: shown under -v only.
       local where = failure.where
       if where and not verbose and runtime.resource(path) then where = nil end
@@ -456,7 +454,7 @@ function M.run(name, args, ropts)
     ttl_seconds = ropts.ttl_seconds })
   if not ok then
     if errors.is(err, "INTERRUPTED") then return err.signal == 15 and 143 or 130 end -- nothing began yet
-    io.stderr:write("galley: ", util.visible(errors.format(err)), "\n")
+    io.stderr:write("galley: ", errors.format(err), "\n")
     return M.EXIT_FAILED
   end
   return M.call(chunk, path_or_err, args)

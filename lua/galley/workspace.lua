@@ -675,8 +675,21 @@ M.ignore_matcher = ignore_matcher
 -- Manifests
 -- ---------------------------------------------------------------------------------------------
 
--- Parses SH_MANIFEST's output: nil when the directory is missing, else {rel = entry}; then the
--- set of tools the other side has ({zstd = true, ...}).
+-- A listing with holes (find could not read a directory) is an error: a copy would silently
+-- leave files out, and a delete would remove what the source still has (rsync's rule: no
+-- deletion after an I/O error).
+local function incomplete_listing(stderr, where)
+  local detail = (stderr or ""):gsub("\n?%d+ bytes[^\n]*%s*$", ""):gsub("%s+$", "")
+  raise("FILE_IO_ERROR", ("cannot list all of %s: %s"):format(where, detail ~= "" and detail:sub(-300)
+    or "find failed"), { operation = "workspace.manifest", resource = "file:" .. where,
+    details = { reason = "incomplete_listing", stderr = detail:sub(-2000) },
+    hint = "make every directory below it readable (to the user galley runs as there), then copy again" })
+end
+
+
+-- Parses SH_MANIFEST's output (`err`: its stderr) for the tree `where`: nil when the directory
+-- is missing, else {rel = entry}; then the set of tools the other side has ({zstd = true, ...})
+-- and the .git directories it left out. A listing cut short or with holes raises.
 local function parse_manifest(out, where, err)
   local tools = {}
   local line, rest = out:match("^tools([^\n]*)\n(.*)$")
@@ -699,7 +712,7 @@ local function parse_manifest(out, where, err)
   if not raw then
     raise("PROTOCOL_ERROR", "unreadable manifest from " .. where, { operation = "workspace.manifest" })
   end
-  local entries, incomplete, gits = {}, false, {}
+  local entries, gits = {}, {}
   local pos = 1
   while pos <= #raw do
     local z = raw:find("\0", pos, true)
@@ -711,7 +724,7 @@ local function parse_manifest(out, where, err)
     if not z2 then break end
     local target = raw:sub(pos, z2 - 1)
     pos = z2 + 1
-    if rec == "ERR" then incomplete = true end
+    if rec == "ERR" then incomplete_listing(err, where) end
     local y, mode, size, path = rec:match("^([fgl]) (%d+) (%d+) %./(.*)$")
     if y == "g" then
       gits[#gits + 1] = path
@@ -728,29 +741,14 @@ local function parse_manifest(out, where, err)
     if sum and entries[path] then entries[path].sha256 = sum end
   end
   table.sort(gits)
-  return entries, tools, incomplete, gits
-end
-
-
--- A listing with holes (find could not read a directory) is an error: a copy would silently
--- leave files out, and a delete would remove what the source still has (rsync's rule: no
--- deletion after an I/O error).
-local function check_complete(incomplete, stderr, where, operation)
-  if not incomplete then return end
-  local detail = (stderr or ""):gsub("\n?%d+ bytes[^\n]*%s*$", ""):gsub("%s+$", "")
-  raise("FILE_IO_ERROR", ("cannot list all of %s: %s"):format(where, detail ~= "" and detail:sub(-300)
-    or "find failed"), { operation = operation, resource = "file:" .. where,
-    details = { reason = "incomplete_listing", stderr = detail:sub(-2000) },
-    hint = "make every directory below it readable (to the user galley runs as there), then copy again" })
+  return entries, tools, gits
 end
 
 
 local function remote_manifest(rem, dir, prune)
   local res = rem.run(SH_MANIFEST, dir, prune, "")
   if res.exit_code ~= 0 then rem.fail(res, "manifest", dir) end
-  local entries, tools, incomplete, gits = parse_manifest(res.stdout, rem.id .. ":" .. dir, res.stderr)
-  check_complete(incomplete, res.stderr, rem.id .. ":" .. dir, "workspace.manifest")
-  return entries, tools, gits
+  return parse_manifest(res.stdout, rem.id .. ":" .. dir, res.stderr)
 end
 
 
@@ -773,9 +771,7 @@ local function local_manifest(dir, paths, prune)
     raise("FILE_IO_ERROR", ("cannot list %s: %s"):format(dir, (res.stderr or ""):gsub("%s+$", "")),
       { operation = "workspace.manifest", resource = "file:" .. dir })
   end
-  local entries, _, incomplete = parse_manifest(res.stdout, dir, res.stderr)
-  check_complete(incomplete, res.stderr, dir, "workspace.manifest")
-  return entries or {}
+  return (parse_manifest(res.stdout, dir, res.stderr)) or {}
 end
 
 

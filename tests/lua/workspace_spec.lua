@@ -109,6 +109,20 @@ local function suite(label, setup)
       for k, v in pairs(extra or {}) do e[k] = v end
       return e
     end
+    -- workspace.push(p, id, src, remote, opts) in a child galley with `bin` first on its PATH (a
+    -- tool of this machine replaced): "ok", else the error's "CODE reason"
+    local function push_in_child(bin, src, remote, opts_lua)
+      local child = support.script(([[
+local ws = require("galley.workspace")
+local p = %s
+local ok, err = pcall(ws.push, p, %q, %q, %q, %s)
+io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details and err.details.reason), "\n")
+]]):format(env.child_provider, id, src, remote, opts_lua or "nil"))
+      local r = assert(proc.run({ argv = { support.bin, child }, env = child_env_with(bin), env_mode = "extend",
+        timeout_ms = 60000 }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      return (r.stdout:gsub("\n$", ""))
+    end
 
     -- Each twice over a byte channel: small pushes go through exec; with NATIVE_MIN_BYTES = 0
     -- every push is packed by the real tar here (push_native).
@@ -442,18 +456,10 @@ echo a > ~/holes/a && echo s > ~/holes/sub/s]], home .. "/holes-bin", FIND)
       assert.are.equal("mine\ns\n", sh('cat "$1/mine" "$1/sub/s"', dest))
       assert.is_nil(fs.stat(dest .. "/a"))
       -- the same find here, for a push (a child galley with it first on PATH)
-      local bin = work .. "/holes-bin"
-      sh('mkdir -p "$1" && printf "%s" "$2" > "$1/find" && chmod 755 "$1/find"', bin, FIND)
-      local child = support.script(([[
-local ws = require("galley.workspace")
-local p = %s
-local ok, err = pcall(ws.push, p, %q, %q, "~/holes", { all = true, delete = true })
-io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details and err.details.reason), "\n")
-]]):format(env.child_provider, id, work .. "/holes"))
-      local r = assert(proc.run({ argv = { support.bin, child }, env = child_env_with(bin), env_mode = "extend",
-        timeout_ms = 60000 }))
-      assert.are.equal(0, r.exit_code, r.stderr)
-      assert.are.equal("FILE_IO_ERROR incomplete_listing\n", r.stdout)
+      local bin = require("support.toolbin").make({ tools = {}, wrappers = {
+        find = 'REAL "$@"\necho "find: ./sub: Permission denied" >&2\nexit 1' } })
+      assert.are.equal("FILE_IO_ERROR incomplete_listing",
+        push_in_child(bin, work .. "/holes", "~/holes", "{ all = true, delete = true }"))
       assert.are.equal("a\n", rexec(p, id, 'cat ~/holes/a'))
     end)
 
@@ -651,23 +657,8 @@ io.stdout:write(ok and "ok" or (tostring(err.code) .. " " .. tostring(err.hint ~
       local src = work .. "/src"
       fs.mkdir_p(src)
       make_tree(src)
-      local bin = work .. "/bin"
-      fs.mkdir_p(bin)
-      local f = assert(io.open(bin .. "/zstd", "wb"))
-      f:write("#!/bin/sh\necho 'zstd: broken' >&2\nexit 3\n")
-      f:close()
-      sh('chmod 755 "$1"', bin .. "/zstd")
-      local child = support.script(([[
-local ws = require("galley.workspace")
-local p = %s
-local ok, err = pcall(ws.push, p, %q, %q, "~/zfail", { compress = "zstd" })
-io.stdout:write(ok and "ok" or tostring(err.code), "\n")
-]]):format(env.child_provider, id, src))
-      local child_env = child_env_with(bin)
-      local r = assert(proc.run({ argv = { support.bin, child }, env = child_env, env_mode = "extend",
-        timeout_ms = 60000 }))
-      assert.are.equal(0, r.exit_code, r.stderr)
-      assert.are.equal("FILE_IO_ERROR\n", r.stdout)
+      local bin = require("support.toolbin").make({ tools = {}, wrappers = { zstd = "echo 'zstd: broken' >&2; exit 3" } })
+      assert.are.equal("FILE_IO_ERROR", push_in_child(bin, src, "~/zfail", '{ compress = "zstd" }'):match("^%S+"))
       assert.are.equal("", rexec(p, id, 'ls -A ~/zfail 2>/dev/null | grep -v "^\\.galley-tmp-" || true'))
     end)
 
@@ -865,17 +856,7 @@ echo 100000000000
       local src = work .. "/nat4"
       native_tree(src)
       local bin = require("support.toolbin").make({ tools = {}, wrappers = { zstd = "echo 'zstd: broken' >&2; exit 3" } })
-      local child = support.script(([[
-local ws = require("galley.workspace")
-local p = %s
-local ok, err = pcall(ws.push, p, %q, %q, "~/nat4", { compress = "zstd" })
-io.stdout:write(ok and "ok" or tostring(err.code), " ", ok and "" or tostring(err.message):gsub("\n", " "), "\n")
-]]):format(env.child_provider, id, src))
-      local child_env = child_env_with(bin)
-      local r = assert(proc.run({ argv = { support.bin, child }, env = child_env, env_mode = "extend",
-        timeout_ms = 60000 }))
-      assert.are.equal(0, r.exit_code, r.stderr)
-      assert.are.equal("FILE_IO_ERROR", r.stdout:match("^(%S+)"), r.stdout)
+      assert.are.equal("FILE_IO_ERROR", push_in_child(bin, src, "~/nat4", '{ compress = "zstd" }'):match("^%S+"))
       assert.are.equal("", rexec(p, id, 'ls -A ~/nat4 2>/dev/null || true'))
     end)
 

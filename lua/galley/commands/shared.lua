@@ -129,8 +129,7 @@ function M.fail(cmd, err, provider)
       suggested_base_url = e.suggested_base_url })
     return M.EXIT_FAILED
   end
-  -- (an error can quote what an instance said: its control characters are shown, not obeyed)
-  io.stderr:write("galley ", cmd, ": ", util.visible(errors.format(err)), "\n")
+  io.stderr:write("galley ", cmd, ": ", errors.format(err), "\n")
   if url and type(err) == "table" and NETWORK[err.code] then
     io.stderr:write("  base URL: ", url, "\n")
     if err.code == "AUTHENTICATION_ERROR" then

@@ -921,18 +921,20 @@ function M.new(opts)
   -- exec waited for the backstop, a spawned handle's wait forever). What a command that ended by
   -- itself leaves running (a daemon: PM2's) is left alone; its cgroup goes with the instance's.
   local function command_cgroup(meta)
-    if not cgroup_dir(meta) then return nil end
-    ensure_cgroup(meta)
-    local dir = cgroup_dir(meta) .. "/cmd-" .. codec.random_hex(6)
+    local parent = cgroup_dir(meta)
+    if not parent then return nil end
+    local dir = parent .. "/cmd-" .. codec.random_hex(6)
     if not fs.mkdir_p(dir) then return nil end -- (then the instance's, as before)
     return dir
   end
+
+  local function kill_cgroup(dir) return write_raw(dir .. "/cgroup.kill", "1") end
 
   -- Kills what runs in a command's cgroup (`kill`), then removes it once empty; a cgroup that
   -- still holds a daemon stays.
   local function end_command_cgroup(dir, kill)
     if not dir then return end
-    if kill and write_raw(dir .. "/cgroup.kill", "1") then
+    if kill and kill_cgroup(dir) then
       pcall(wait_for, function() return not cgroup_events(dir).populated end, 2000, "emptying " .. dir)
     end
     os.remove(dir)
@@ -947,7 +949,7 @@ function M.new(opts)
     end
     function w.kill(_, sig)
       local ok, err = h:kill(sig)
-      write_raw(dir .. "/cgroup.kill", "1")
+      kill_cgroup(dir)
       return ok, err
     end
     function w.close()
@@ -1283,31 +1285,27 @@ function M.new(opts)
     log.trace("exec", { instance = meta.id, operation = operation })
     local limit = eopts and (eopts.timeout_ms or opts.exec_timeout_ms)
     local wait_ms = limit and (limit + common.EXEC_BACKSTOP_MS) or opts.exec_timeout_ms
-    local r = common.run_limited(meta.id, argv, limit, function(a)
-      local cg = command_cgroup(meta)
+    local cg = command_cgroup(meta)
+    -- past the limit and timeout(1)'s KILL, what left its process group dies with the cgroup
+    local watchdog = cg and limit and task.spawn(function()
+      task.sleep(limit + common.EXEC_KILL_AFTER_S * 1000 + 500)
+      kill_cgroup(cg)
+    end)
+    local ok, r = pcall(common.run_limited, meta.id, argv, limit, function(a)
       local popts = process_options(meta, a, env, cwd, operation, cg)
-      -- past the limit and timeout(1)'s KILL, what left its process group dies with the cgroup
-      local watchdog = cg and limit and task.spawn(function()
-        task.sleep(limit + common.EXEC_KILL_AFTER_S * 1000 + 500)
-        write_raw(cg .. "/cgroup.kill", "1")
-      end)
-      local t0 = runtime.now_ms()
-      local ok, res = pcall(function()
-        if eopts and (eopts.on_stdout or eopts.on_stderr) then
-          return run_streaming(meta, popts, wait_ms, opts.max_output, eopts, operation)
-        end
-        popts.timeout_ms, popts.max_output = wait_ms, opts.max_output
-        local out, err = proc.run(popts)
-        if not out then could_not_run(meta, err, operation) end
-        return out
-      end)
-      if watchdog then watchdog:cancel() end
-      -- killed: interrupted, failed, or over its limit (then nothing it started may run on)
-      end_command_cgroup(cg, not ok or res.timed_out
-        or (limit and common.hit_time_limit(res, limit, runtime.now_ms() - t0)) or false)
-      if not ok then error(res, 0) end
+      if eopts and (eopts.on_stdout or eopts.on_stderr) then
+        return run_streaming(meta, popts, wait_ms, opts.max_output, eopts, operation)
+      end
+      popts.timeout_ms, popts.max_output = wait_ms, opts.max_output
+      local res, err = proc.run(popts)
+      if not res then could_not_run(meta, err, operation) end
       return res
     end)
+    if watchdog then watchdog:cancel() end
+    -- killed when it did not end by itself (over its limit: TIMEOUT; interrupted; the host gave
+    -- up waiting): nothing it started may run on
+    end_command_cgroup(cg, not ok or r.timed_out or false)
+    if not ok then error(r, 0) end
     if r.timed_out then
       common.raise("TIMEOUT", ("command in %s timed out"):format(meta.id),
         { operation = operation, resource = "instance:" .. meta.id })
@@ -1408,11 +1406,7 @@ function M.new(opts)
     local cg = cgroup_dir(meta)
     if not cg then return nil end
     local function int(name, pattern)
-      local f = io.open(cg .. "/" .. name, "rb")
-      if not f then return nil end
-      local text = f:read("a") or ""
-      f:close()
-      return math.tointeger(tonumber(text:match(pattern) or ""))
+      return math.tointeger(tonumber((read_all(cg .. "/" .. name) or ""):match(pattern) or ""))
     end
     local usec = int("cpu.stat", "usage_usec (%d+)")
     if not usec then return nil end
