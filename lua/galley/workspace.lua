@@ -86,9 +86,12 @@ end
 -- its length, "N bytes ... copied", so a service that cuts an exec's output short is caught), then
 -- "SUMS" (after "ERR" when find failed: a directory it could not read, so a tree with holes),
 -- then sha256sum -z lines (hashed by python3 where there is one: its hashlib uses the
--- CPU's SHA instructions, twice sha256sum's speed on 10,000 files). $1 = "all" or "git" (prune
--- .git), $2 = a list file of NUL-separated ./paths (local use) or "". Prints NONE when $d does
--- not exist.
+-- CPU's SHA instructions, twice sha256sum's speed on 10,000 files). $1 = "all", "git" (prune
+-- .git) or "ignored" (a pull's: prune .git, and where git is installed leave out what the
+-- tree's .gitignore files ignore, unhashed; records "i 0 0 ./path", "<base64>" give the
+-- .gitignore files listed, so that galley reads the same rules whether or not git is there),
+-- $2 = a list file of NUL-separated ./paths (local use) or "". Prints NONE when $d does not
+-- exist.
 local SH_MANIFEST = PRELUDE .. [[
 prune=$1 list=$2
 printf tools; for t in zstd gzip python3; do command -v $t >/dev/null 2>&1 && printf ' %s' $t; done; echo
@@ -122,10 +125,31 @@ fi
     xargs -0 -r -a "$list" sh -c 'find "$@" -maxdepth 0 -type f -print0' sh | sums
   else
     if [ "$prune" = all ]; then set -- -false; else set -- -name .git; fi
-    find . -mindepth 1 -name "]] .. TMP .. [[*" -prune -o "$@" -prune -printf 'g 0 0 %p\0\0' \
-      -o \( -type f -o -type l \) -printf '%y %m %s %p\0%l\0' || printf 'ERR\0\0'
-    printf 'SUMS\0'
-    find . -mindepth 1 \( -name "]] .. TMP .. [[*" -o "$@" \) -prune -o -type f -print0 | sums
+    if [ "$prune" = ignored ]; then
+      t=$(mktemp -d) || { printf 'ERR\0\0'; t=/nonexistent; }
+      find . -mindepth 1 -name "]] .. TMP .. [[*" -prune -o "$@" -prune -printf 'g 0 0 %p\0\0' \
+        -o \( -type f -o -type l \) -fprint0 "$t/all" || printf 'ERR\0\0'
+      : >"$t/ign"
+      if command -v git >/dev/null 2>&1 && git init -q --template= "$t/g" >/dev/null 2>&1; then
+        git -c core.excludesFile=/dev/null --git-dir="$t/g/.git" --work-tree=. check-ignore --no-index -z \
+          --stdin <"$t/all" >"$t/ign" 2>/dev/null
+        [ $? -le 1 ] || : >"$t/ign"
+      fi
+      LC_ALL=C sort -z -u "$t/all" >"$t/a" && LC_ALL=C sort -z -u "$t/ign" >"$t/i" &&
+        LC_ALL=C comm -z -23 "$t/a" "$t/i" >"$t/keep" || printf 'ERR\0\0'
+      set -- "$t/keep"
+      xargs -0 -r -a "$1" sh -c 'find "$@" -maxdepth 0 \( -type f -o -type l \) -printf "%y %m %s %p\0%l\0"' sh
+      xargs -0 -r -a "$1" sh -c 'find "$@" -maxdepth 0 -name .gitignore -type f -print0' sh |
+        xargs -0 -r sh -c 'for p; do printf "i 0 0 %s\0" "$p"; base64 -w0 <"$p"; printf "\0"; done' sh
+      printf 'SUMS\0'
+      xargs -0 -r -a "$1" sh -c 'find "$@" -maxdepth 0 -type f -print0' sh | sums
+      rm -rf -- "$t"
+    else
+      find . -mindepth 1 -name "]] .. TMP .. [[*" -prune -o "$@" -prune -printf 'g 0 0 %p\0\0' \
+        -o \( -type f -o -type l \) -printf '%y %m %s %p\0%l\0' || printf 'ERR\0\0'
+      printf 'SUMS\0'
+      find . -mindepth 1 \( -name "]] .. TMP .. [[*" -o "$@" \) -prune -o -type f -print0 | sums
+    fi
   fi
 } | base64 -w0 | { dd bs=65536 2>&1 >&3 | tail -n 1 >&2; } 3>&1
 ]]
@@ -443,7 +467,17 @@ end
 local function check_opts(opts, name)
   if opts == nil then return {} end
   if type(opts) ~= "table" then raise("VALIDATION_ERROR", name .. ": options must be a table", { field = "opts" }) end
+  if opts.gitignore ~= nil and type(opts.gitignore) ~= "boolean" then
+    raise("VALIDATION_ERROR", name .. ": gitignore must be true or false", { field = "gitignore",
+      hint = "gitignore = false takes what git ignores too (.git directories still stay)" })
+  end
   return opts
+end
+
+
+-- Whether a push or pull honours git's ignore rules (opts.all and opts.gitignore = false do not).
+local function honours_gitignore(opts)
+  return not opts.all and opts.gitignore ~= false
 end
 
 
@@ -688,8 +722,9 @@ end
 
 
 -- Parses SH_MANIFEST's output (`err`: its stderr) for the tree `where`: nil when the directory
--- is missing, else {rel = entry}; then the set of tools the other side has ({zstd = true, ...})
--- and the .git directories it left out. A listing cut short or with holes raises.
+-- is missing, else {rel = entry}; then the set of tools the other side has ({zstd = true, ...}),
+-- the .git directories it left out and its .gitignore files ({path, content}; "ignored" only).
+-- A listing cut short or with holes raises.
 local function parse_manifest(out, where, err)
   local tools = {}
   local line, rest = out:match("^tools([^\n]*)\n(.*)$")
@@ -712,7 +747,7 @@ local function parse_manifest(out, where, err)
   if not raw then
     raise("PROTOCOL_ERROR", "unreadable manifest from " .. where, { operation = "workspace.manifest" })
   end
-  local entries, gits = {}, {}
+  local entries, gits, rules = {}, {}, {}
   local pos = 1
   while pos <= #raw do
     local z = raw:find("\0", pos, true)
@@ -725,9 +760,11 @@ local function parse_manifest(out, where, err)
     local target = raw:sub(pos, z2 - 1)
     pos = z2 + 1
     if rec == "ERR" then incomplete_listing(err, where) end
-    local y, mode, size, path = rec:match("^([fgl]) (%d+) (%d+) %./(.*)$")
+    local y, mode, size, path = rec:match("^([fgil]) (%d+) (%d+) %./(.*)$")
     if y == "g" then
       gits[#gits + 1] = path
+    elseif y == "i" then
+      rules[#rules + 1] = { path = path, content = codec.base64_decode(target) or "" }
     elseif y then
       entries[path] = { type = y == "f" and "file" or "symlink", mode = tonumber(mode, 8) & 4095,
         size = tonumber(size), target = y == "l" and target or nil }
@@ -741,7 +778,7 @@ local function parse_manifest(out, where, err)
     if sum and entries[path] then entries[path].sha256 = sum end
   end
   table.sort(gits)
-  return entries, tools, gits
+  return entries, tools, gits, rules
 end
 
 
@@ -808,7 +845,7 @@ end
 local function local_tree(dir, opts)
   local ignored = ignore_matcher(opts.ignore)
   local entries
-  if not opts.all and git_toplevel(dir) then
+  if honours_gitignore(opts) and git_toplevel(dir) then
     local res = git(dir, { "ls-files", "--cached", "--others", "--exclude-standard", "-z" })
     if res.exit_code ~= 0 then
       raise("PROCESS_ERROR", "git ls-files failed in " .. dir, { resource = "file:" .. dir })
@@ -867,11 +904,61 @@ local function sorted(t)
 end
 
 
+-- The set of `rels` (paths relative to the work tree `repo_dir`) that git ignores there:
+-- `git check-ignore [extra]` (without --no-index a file tracked there is never ignored).
+local function git_ignored(repo_dir, rels, extra)
+  local set = {}
+  if #rels == 0 then return set end
+  local argv = { "check-ignore", "--stdin", "-z" }
+  if extra then table.insert(argv, 2, extra) end
+  local res = git(repo_dir, argv, { stdin = table.concat(rels, "\0") .. "\0" })
+  if res.exit_code > 1 then -- 1: nothing ignored
+    raise("PROCESS_ERROR", ("git check-ignore in %s failed: %s"):format(repo_dir, (res.stderr or ""):gsub("%s+$", "")),
+      { operation = "workspace.git", resource = "file:" .. repo_dir,
+        details = { exit_code = res.exit_code, stderr = (res.stderr or ""):sub(-2000) } })
+  end
+  for p in (res.stdout or ""):gmatch("([^%z]+)%z") do set[p] = true end
+  return set
+end
+
+
+-- The set of `rels` that a tree's own .gitignore files ignore (`rules`: {path, content}, as its
+-- manifest gave them): git check-ignore in a scratch repository holding only those files, and
+-- no global excludes, so a tree's rules mean the same whether or not the instance has git.
+local function tree_ignored(rules, rels)
+  if #rules == 0 or #rels == 0 then return {} end
+  local dir = make_tmpdir("ws")
+  local ok, set = pcall(function()
+    git_ok(dir, { "init", "-q", "--template=" }, "init")
+    git_ok(dir, { "config", "core.excludesFile", "/dev/null" }, "config")
+    for _, r in ipairs(rules) do
+      local parent = r.path:match("^(.*)/[^/]*$")
+      -- only a .gitignore inside the tree is written (an instance that lies about its rules
+      -- gets no file elsewhere, nor in the scratch repository's .git); one whose place is
+      -- taken, by a directory of the same name, is left out
+      if r.path:match("[^/]*$") == ".gitignore" and safe_rel(r.path) and not git_part(r.path)
+        and (not parent or fs.mkdir_p(dir .. "/" .. parent)) then
+        local f = io.open(dir .. "/" .. r.path, "wb")
+        if f then
+          f:write(r.content)
+          f:close()
+        end
+      end
+    end
+    return git_ignored(dir, rels, "--no-index")
+  end)
+  fs.remove_tree(dir)
+  if not ok then error(set, 0) end
+  return set
+end
+
+
 -- What opts.delete removes on the destination: its entries that the source lacks, sorted, except
--- those ignored (`ignored`, and git's rules in `repo_dir`, the local tree when it is a work tree:
--- `git check-ignore [extra]`) and those in a .git directory the source does not have. (all = true
--- lists .git directories: mirroring a tree without one must not empty the repository there.)
-local function deletions(source, dest, ignored, repo_dir, extra)
+-- those ignored (`ignored`; git's rules in `repo_dir`, the local tree when it is a work tree:
+-- `git check-ignore [extra]`; the source tree's .gitignore files `rules`, a pull's) and those in
+-- a .git directory the source does not have. (all = true lists .git directories: mirroring a
+-- tree without one must not empty the repository there.)
+local function deletions(source, dest, ignored, repo_dir, extra, rules)
   local source_git = {}
   for rel in pairs(source) do
     local part = git_part(rel)
@@ -884,12 +971,11 @@ local function deletions(source, dest, ignored, repo_dir, extra)
       deletes[#deletes + 1] = rel
     end
   end
-  if not repo_dir or #deletes == 0 then return deletes end
-  local argv = { "check-ignore", "--stdin", "-z" }
-  if extra then table.insert(argv, 2, extra) end
-  local res = git(repo_dir, argv, { stdin = table.concat(deletes, "\0") .. "\0" })
-  local skip, kept = {}, {}
-  for p in (res.stdout or ""):gmatch("([^%z]+)%z") do skip[p] = true end
+  local skip = tree_ignored(rules or {}, deletes)
+  if repo_dir then
+    for p in pairs(git_ignored(repo_dir, deletes, extra)) do skip[p] = true end
+  end
+  local kept = {}
   for _, rel in ipairs(deletes) do if not skip[rel] then kept[#kept + 1] = rel end end
   return kept
 end
@@ -1220,8 +1306,8 @@ local function both(remote_fn, local_fn)
     pcall(t.wait, t)
     error(mine, 0)
   end
-  local a, b, c = t:wait()
-  return a, { mine, b, c }
+  local a, b, c, d = t:wait()
+  return a, { mine, b, c, d }
 end
 
 
@@ -1660,8 +1746,8 @@ end
 ---@param id string instance id
 ---@param local_dir string
 ---@param remote_dir string absolute or ~/...
----@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer,
----  compress?: boolean|string, chunk_bytes?: integer, exec_timeout_ms?: integer}
+---@param opts? {ignore?: string[], all?: boolean, gitignore?: boolean, delete?: boolean, dry_run?: boolean,
+---  parallel?: integer, compress?: boolean|string, chunk_bytes?: integer, exec_timeout_ms?: integer}
 ---@return galley.WorkspaceResult
 function M.push(provider, id, local_dir, remote_dir, opts)
   opts = check_opts(opts, "workspace.push")
@@ -1716,7 +1802,8 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   end
   if opts.delete then
     -- files git would ignore here stay on the instance
-    deletes = deletions(mine, theirs, ignored, not opts.all and git_toplevel(local_dir) and local_dir, "--no-index")
+    deletes = deletions(mine, theirs, ignored, honours_gitignore(opts) and git_toplevel(local_dir) and local_dir,
+      "--no-index")
   end
   local bytes = 0
   for _, rel in ipairs(send) do bytes = bytes + (mine[rel].size or 0) end
@@ -1794,8 +1881,8 @@ end
 ---@param id string
 ---@param remote_dir string
 ---@param local_dir string
----@param opts? {ignore?: string[], all?: boolean, delete?: boolean, dry_run?: boolean, parallel?: integer,
----  compress?: boolean|string, exec_timeout_ms?: integer, max_bytes?: integer}
+---@param opts? {ignore?: string[], all?: boolean, gitignore?: boolean, delete?: boolean, dry_run?: boolean,
+---  parallel?: integer, compress?: boolean|string, exec_timeout_ms?: integer, max_bytes?: integer}
 ---@return galley.WorkspaceResult
 function M.pull(provider, id, remote_dir, local_dir, opts)
   opts = check_opts(opts, "workspace.pull")
@@ -1812,15 +1899,28 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       resource = "file:" .. local_dir, hint = "give a directory, or a path that does not exist yet (it is created)" })
   end
   -- both manifests at once: the remote one in a task while this one is computed here
-  local theirs, rest = both(function() return remote_manifest(rem, remote_dir, opts.all and "all" or "git") end,
+  local prune = opts.all and "all" or honours_gitignore(opts) and "ignored" or "git"
+  local theirs, rest = both(function() return remote_manifest(rem, remote_dir, prune) end,
     function() return st and local_manifest(local_dir, nil, opts.all and "all" or "git") or {} end)
-  local mine, tools, gits = rest[1], rest[2], rest[3]
+  local mine, tools, gits, rules = rest[1], rest[2], rest[3], rest[4]
   local z = pick_codec(opts, tools)
   local total = 0
   for _ in pairs(theirs or {}) do total = total + 1 end
   if not theirs then
     raise("NOT_FOUND", ("pull: %s does not exist on %s"):format(remote_dir, id),
       { operation = "workspace.pull", resource = "file:" .. remote_dir })
+  end
+  local repo_here = st and honours_gitignore(opts) and git_toplevel(local_dir) and local_dir
+  if honours_gitignore(opts) then
+    -- What git ignores stays there: what the tree's .gitignore files ignore (the instance left
+    -- it out where it has git; read here again, so that it is the same where it has not), and
+    -- what git ignores here (a file tracked here is never ignored by this side's rules).
+    local rels = sorted(theirs)
+    local drop = tree_ignored(rules, rels)
+    if repo_here then
+      for p in pairs(git_ignored(repo_here, rels)) do drop[p] = true end
+    end
+    for p in pairs(drop) do theirs[p] = nil end
   end
   for rel, e in pairs(theirs) do
     if ignored(rel) then
@@ -1860,7 +1960,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     end
   end
   if opts.delete then
-    deletes = deletions(theirs, mine, ignored, st and not opts.all and git_toplevel(local_dir) and local_dir)
+    deletes = deletions(theirs, mine, ignored, repo_here, nil, rules)
   end
   -- The sizes are the instance's word: they bound what is unpacked here, and are bounded first
   -- by max_bytes and by the room on this side.
@@ -1888,7 +1988,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     local function fetch_exec()
       local lname = TMP .. "list-" .. random_name()
       local res
-      if #fetch == total then
+      if opts.all and #fetch == total then
         -- everything: the instance lists it again itself (what appeared since is left in staging)
         res = rem.run(SH_PACK, remote_dir, lname, "0", z, opts.all and "all" or "git")
       else

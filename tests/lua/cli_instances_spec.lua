@@ -154,11 +154,15 @@ for _, target in ipairs(cli.TARGETS) do
       assert.are.equal(0, code)
       assert.are.same({ 0, 1 }, { cjson.decode(out).files, cjson.decode(out).execs })
       sh([[mkdir -p "$1/back" && echo stale > "$1/back/stale.txt"]])
+      -- everything comes back, what git ignores too (workspace.pull leaves that by default)
+      assert.are.equal(0, (t:galley("exec " .. q(id) .. " -- sh -c 'printf \"*.log\\n\" > ~/tree/.gitignore &&"
+        .. " echo l > ~/tree/x.log'")))
       code, out, err = t:galley("cp -r --delete " .. q(id .. ":~/tree") .. " " .. q(dir .. "/back") .. " --json")
       assert.are.equal(0, code, err)
       rec = cjson.decode(out)
       -- from an instance, its .git stays there unless --git-dirs (a hook in it would run here)
-      assert.are.same({ "from", 3, 1, { ".git" } }, { rec.direction, rec.files, rec.deleted, rec.git_dirs_left })
+      assert.are.same({ "from", 5, 1, { ".git" } }, { rec.direction, rec.files, rec.deleted, rec.git_dirs_left })
+      assert.are.equal("l\n", sh([[cat "$1/back/x.log"]]))
       assert.are.equal("751\na.txt\ntwo\nno\nno\n", sh([[cd "$1/back" && stat -c %a a.txt && readlink link &&
         cat "sub dir/b c.txt" && { [ -e .git ] && echo yes || echo no; } &&
         { [ -e stale.txt ] && echo yes || echo no; }]]))
@@ -168,7 +172,7 @@ for _, target in ipairs(cli.TARGETS) do
       code, out, err = t:galley("cp -r --git-dirs " .. q(id .. ":~/tree") .. " " .. q(dir .. "/back5") .. " --json")
       assert.are.equal(0, code, err)
       rec = cjson.decode(out)
-      assert.are.same({ 4, {} }, { rec.files, rec.git_dirs_left })
+      assert.are.same({ 6, {} }, { rec.files, rec.git_dirs_left })
       assert.are.equal("x\n", sh([[cat "$1/back5/.git/kept"]]))
       assert.are.equal(2, (t:galley("cp -r --git-dirs " .. q(dir .. "/src") .. " " .. q(id .. ":~/tree"))))
       -- --max-bytes bounds what a tree from an instance brings

@@ -206,6 +206,61 @@ io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details
         assert.are.equal("v2\n", sh('cat "$1/a.txt"', back))
       end)
 
+      variant("pulls what git ignores there only with all = true, and never deletes it here", function()
+        local src = work .. "/src"
+        fs.mkdir_p(src)
+        make_tree(src)
+        local t = "~/ign" .. (native and "n" or "")
+        workspace.push(p, id, src, t)
+        -- the agent installs packages, writes logs, and a .gitignore of its own below
+        rexec(p, id, [[cd "$HOME/$1" && mkdir -p node_modules/dep d/node_modules && echo dep > node_modules/dep/i.js &&
+          echo log > run.log && printf '*.tmp\n!keep.tmp\n' > "sub dir/.gitignore" && echo t > "sub dir/x.tmp" &&
+          echo k > "sub dir/keep.tmp" && echo n > d/node_modules/n && echo new > d/new.txt &&
+          head -c 1100000 /dev/urandom > d/big.bin]], t:sub(3))
+        local want = { "d/big.bin", "d/new.txt", "sub dir/.gitignore", "sub dir/keep.tmp" }
+        -- with git on the instance, and without it (galley reads the same rules here)
+        local home = rexec(p, id, 'printf %s "$HOME"')
+        local nogit = home .. "/nogit-bin"
+        rexec(p, id, [[mkdir -p "$1" && IFS=: && for d in $PATH; do for f in "$d"/*; do n=${f##*/}
+          case $n in git*) continue ;; esac
+          [ -e "$1/$n" ] || [ ! -x "$f" ] || ln -s "$f" "$1/$n"; done; done]], nogit)
+        for _, q in ipairs({ p, with_instance_path(nogit) }) do
+          local back = work .. "/back" .. (q == p and "" or "-nogit")
+          local r = workspace.pull(q, id, t, back)
+          local new = {}
+          for _, f in ipairs(r.files) do
+            if not sh('cd "$1" && git ls-files -- "$2"', src, f):find("%S") then new[#new + 1] = f end
+          end
+          assert.are.same(want, new)
+          assert.are.equal("", sh('cd "$1" && ls -d node_modules run.log "sub dir/x.tmp" d/node_modules 2>/dev/null || true',
+            back))
+          -- here, what the instance's rules ignore stays on delete; what is gone there goes
+          sh('cd "$1" && mkdir -p node_modules/mine && echo m > node_modules/mine/m.js && echo x > gone.txt'
+            .. ' && echo l > local.log', back)
+          local d = workspace.pull(q, id, t, back, { delete = true })
+          assert.are.same({ "gone.txt" }, d.deletes)
+          assert.are.equal("m\n", sh('cat "$1/node_modules/mine/m.js"', back))
+        end
+        -- this side's rules too: a pull into a work tree leaves what git ignores here
+        local repo = work .. "/repo"
+        sh('git init -q "$1" && printf "*.txt\n" > "$1/.git/info/exclude"', repo)
+        local r = workspace.pull(p, id, t, repo)
+        for _, f in ipairs(r.files) do assert.is_nil(f:find("%.txt$"), f) end
+        -- all = true takes everything, gitignore = false everything but .git
+        for _, o in ipairs({ { all = true }, { gitignore = false } }) do
+          rexec(p, id, 'mkdir -p "$HOME/$1/.git" && echo h > "$HOME/$1/.git/HEAD"', t:sub(3))
+          local all = workspace.pull(p, id, t, work .. "/all" .. tostring(o.all), o)
+          local names = {}
+          for _, f in ipairs(all.files) do names[f] = true end
+          for _, f in ipairs({ "node_modules/dep/i.js", "run.log", "sub dir/x.tmp", "d/node_modules/n" }) do
+            assert.is_true(names[f], f)
+          end
+          assert.are.equal(o.all or false, names[".git/HEAD"] or false)
+        end
+        local err = select(2, pcall(workspace.pull, p, id, t, work .. "/x", { gitignore = "no" }))
+        assert.are.same({ "VALIDATION_ERROR", "gitignore" }, { err.code, err.field })
+      end)
+
       variant("pulls no setuid, setgid or sticky bit (an instance could plant a setuid-root program)", function()
         local t = "~/suid" .. (native and "n" or "")
         rexec(p, id, [[mkdir -p "$HOME/$1/d" && cd "$HOME/$1" && cp /bin/true suid && chmod 4755 suid &&
@@ -369,6 +424,11 @@ io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details
       local names = {}
       for _, f in ipairs(all.files) do names[f] = true end
       assert.is_true(names["node_modules/pkg/index.js"] and names["build.log"] and names[".git/HEAD"])
+      local unignored = workspace.push(p, id, src, "~/t4", { gitignore = false, dry_run = true })
+      names = {}
+      for _, f in ipairs(unignored.files) do names[f] = true end
+      assert.is_true(names["node_modules/pkg/index.js"] and names["build.log"])
+      assert.is_nil(names[".git/HEAD"])
     end)
 
     it("refuses a .git path that a lying instance lists on pull (a hook would run here)", function()
@@ -410,6 +470,38 @@ chmod 755 "$2/.git/hooks/pre-commit"]], bin, liar)
         assert.are.same({ "VALIDATION_ERROR", "git_dir" }, { err.code, err.details.reason })
         assert.is_nil(fs.stat(repo .. "/lnk"))
       end
+    end)
+
+    it("writes no rule file but a .gitignore inside the tree when a lying instance forges its rules", function()
+      rexec(p, id, 'mkdir -p ~/forged && cd ~/forged && echo a > a.txt && echo b > b.md')
+      local mark = work .. "/pwned"
+      local forged = {
+        { "./.git/config", "[core]\n\tfsmonitor = touch " .. mark .. "\n\texcludesFile = " .. work .. "/star\n" },
+        { "./../../../.gitignore", "*\n" },
+        { "./notes.txt", "*\n" },
+        { "./sub/.gitignore/.gitignore", "*\n" },
+        { "./.gitignore", "*.md\n" }, -- (honest in form: the instance's own rule)
+      }
+      -- the manifest's answer with those "i" records added, its length fixed to match
+      local liar = setmetatable({ exec = function(iid, spec, o)
+        local res = p.exec(iid, spec, o)
+        if spec.kind == "argv" and spec.args and spec.args[2] == workspace._SH_MANIFEST and res.exit_code == 0 then
+          local tools, b64 = res.stdout:match("^(tools[^\n]*\n)(.*)$")
+          local raw = codec.base64_decode((b64:gsub("%s", "")))
+          local extra = {}
+          for _, f in ipairs(forged) do extra[#extra + 1] = "i 0 0 " .. f[1] .. "\0" .. codec.base64_encode(f[2]) .. "\0" end
+          raw = raw:gsub("SUMS%z", function() return table.concat(extra) .. "SUMS\0" end, 1)
+          local out = codec.base64_encode(raw)
+          res = { exit_code = 0, stdout = tools .. out, stderr = #out .. " bytes copied\n" }
+        end
+        return res
+      end }, { __index = p })
+      sh('echo "*" > "$1/star"', work) -- (what that config would make git ignore: everything)
+      local back = work .. "/forged"
+      local r = workspace.pull(liar, id, "~/forged", back)
+      assert.are.same({ "a.txt" }, r.files) -- only the rule of the tree's own .gitignore counted
+      assert.is_nil(fs.stat(mark))
+      assert.is_nil(fs.stat("/.gitignore")) -- (the scratch directory's ../../..)
     end)
 
     it("never empties a repository on delete with all = true when the source has no .git", function()
@@ -1062,6 +1154,35 @@ describe("galley.workspace's manifest program", function()
     end
     sh('rm -rf -- "$1"', dir)
     assert.are.equal(out[1], out[2])
+  end)
+
+  it("for a pull, leaves out unhashed what the tree's .gitignore files ignore where git is there", function()
+    local dir = mktemp()
+    make_tree(dir)
+    sh('cd "$1" && mkdir d && printf "x*\\n" > d/.gitignore && echo 1 > d/x1 && echo 2 > d/y2', dir)
+    local toolbin = require("support.toolbin")
+    local tools = { "xargs", "mktemp", "sort", "comm", "git" }
+    for _, t in ipairs(toolbin.TOOLS) do tools[#tools + 1] = t end
+    for _, with_git in ipairs({ true, false }) do
+      local bin = toolbin.make({ tools = tools, without = { with_git and "none" or "git" } })
+      local r = assert(proc.run({ argv = { bin .. "/sh", "-c", workspace._SH_MANIFEST, "sh", dir, "ignored", "" },
+        env = { PATH = bin }, env_mode = "extend" }))
+      assert.are.equal(0, r.exit_code, r.stderr)
+      local raw = codec.base64_decode((r.stdout:match("^tools[^\n]*\n(.*)$"):gsub("%s", "")))
+      local listing, sums = raw:match("^(.-)SUMS%z(.*)$")
+      for _, f in ipairs({ "./d/y2", "./a.txt" }) do
+        assert.is_truthy(listing:find(" " .. f .. "\0", 1, true), f)
+        assert.is_truthy(sums:find("  " .. f .. "\0", 1, true), f)
+      end
+      for _, f in ipairs({ "./d/x1", "./node_modules/pkg/index.js", "./build.log" }) do
+        assert.are.equal(not with_git, listing:find(" " .. f .. "\0", 1, true) ~= nil, f)
+        assert.are.equal(not with_git, sums:find("  " .. f .. "\0", 1, true) ~= nil, f)
+      end
+      -- the rules themselves, for galley to read here
+      assert.is_truthy(listing:find("i 0 0 ./d/.gitignore\0" .. codec.base64_encode("x*\n") .. "\0", 1, true))
+      assert.is_truthy(listing:find("i 0 0 ./.gitignore\0", 1, true))
+    end
+    sh('rm -rf -- "$1"', dir)
   end)
 end)
 

@@ -30,8 +30,9 @@ end
 
 local function copy_tree(provider, res, sid, spath, did, dpath)
   local workspace = require("galley.workspace")
-  -- to an instance everything goes; from one, .git only when asked (a hook there runs code here)
-  local o = { all = did and true or res.git_dirs or nil, delete = res.delete or nil,
+  -- to an instance everything goes; from one everything too (what git ignores included), but
+  -- .git only when asked (a hook there runs code here)
+  local o = { all = did and true or res.git_dirs or nil, gitignore = false, delete = res.delete or nil,
     max_bytes = res.max_bytes and math.tointeger(tonumber(res.max_bytes)) or nil }
   local r
   if did then
