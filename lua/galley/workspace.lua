@@ -1477,6 +1477,9 @@ local function compressed_stream(dir, next_bytes, z)
       st.stop = errors.new("INTERRUPTED", "the upload stopped", { operation = "workspace.push" })
       producer:cancel()
       pcall(producer.wait, producer)
+      -- a Ctrl-C ends that wait at once, before the producer has run its cleanup: its
+      -- compressors go here, or they would still write into `dir` while the caller removes it
+      for _, c in ipairs(pending) do c[2]() end
     end
     input:close()
     return st.written
