@@ -146,6 +146,26 @@ for spec in forms:gmatch("[^,]+") do
     local per = (runtime.now_ms() - t0) / #names
     print(("one exec per file: %.1f ms per file -> about %.0f s and %d requests for the tree"):format(per,
       per * nfiles / 1000, nfiles))
+    -- An agent's node_modules on the instance, ignored by the tree's .gitignore: the instance's
+    -- manifest (one exec) listing and hashing it (mode "git", what every push and pull did
+    -- before) and leaving it out (mode "ignored", what a push from a work tree and a pull do).
+    local n_ignored = 20000
+    p.exec(id, { kind = "argv", command = "sh", args = { "-c", [[mkdir -p ~/agent/node_modules/pkg && cd ~/agent &&
+      echo node_modules/ > .gitignore && echo src > main.c && head -c $(($1 * 2048)) /dev/urandom |
+      split -b 2048 -a 5 - node_modules/pkg/f]], "sh", tostring(n_ignored) } })
+    local function manifest(prune)
+      local res, mms = timed(function()
+        return p.exec(id, { kind = "argv", command = "/bin/sh", args = { "-c", workspace._SH_MANIFEST, "sh",
+          "~/agent", prune, "" } })
+      end)
+      assert(res.exit_code == 0, res.stderr)
+      return mms, #res.stdout
+    end
+    local gms, gbytes = manifest("git")
+    local ims, ibytes = manifest("ignored")
+    print(("an agent's node_modules on the instance (%d files, ignored): the manifest %d ms, %.2f MB; listing"
+      .. " and hashing it %d ms, %.1f MB (%.0fx the time)"):format(n_ignored, ims, ibytes / 1e6, gms, gbytes / 1e6,
+      gms / ims))
   end
   local ok, err = pcall(p.instances.terminate, id)
   if not ok then print("(terminate: " .. tostring(err):sub(1, 120) .. ")") end

@@ -89,11 +89,12 @@ end
 -- CPU's SHA instructions, twice sha256sum's speed on 10,000 files). $1 = "all", "git" (prune
 -- .git) or "ignored" (a pull's: prune .git, and where git is installed leave out what the
 -- tree's .gitignore files ignore, unhashed; records "i 0 0 ./path", "<base64>" give the
--- .gitignore files listed, so that galley reads the same rules whether or not git is there),
--- $2 = a list file of NUL-separated ./paths (local use) or "". Prints NONE when $d does not
--- exist.
+-- .gitignore files listed, so that galley reads the same rules whether or not git is there;
+-- the ./paths after $2 are listed whatever the rules say: a push's files tracked in a repository
+-- here that the rules ignore), $2 = a list file of NUL-separated ./paths (local use) or "".
+-- Prints NONE when $d does not exist.
 local SH_MANIFEST = PRELUDE .. [[
-prune=$1 list=$2
+prune=$1 list=$2; shift 2
 printf tools; for t in zstd gzip python3; do command -v $t >/dev/null 2>&1 && printf ' %s' $t; done; echo
 if [ ! -e "$d" ] && [ ! -L "$d" ]; then echo NONE; exit 0; fi
 [ -d "$d" ] || { echo "not a directory: $d" >&2; exit 43; }
@@ -124,9 +125,10 @@ fi
     printf 'SUMS\0'
     xargs -0 -r -a "$list" sh -c 'find "$@" -maxdepth 0 -type f -print0' sh | sums
   else
-    if [ "$prune" = all ]; then set -- -false; else set -- -name .git; fi
     if [ "$prune" = ignored ]; then
       t=$(mktemp -d) || { printf 'ERR\0\0'; t=/nonexistent; }
+      for p; do if [ -e "$p" ] || [ -L "$p" ]; then printf '%s\0' "$p"; fi; done >"$t/extra"
+      set -- -name .git
       find . -mindepth 1 -name "]] .. TMP .. [[*" -prune -o "$@" -prune -printf 'g 0 0 %p\0\0' \
         -o \( -type f -o -type l \) -fprint0 "$t/all" || printf 'ERR\0\0'
       : >"$t/ign"
@@ -136,7 +138,7 @@ fi
         [ $? -le 1 ] || : >"$t/ign"
       fi
       LC_ALL=C sort -z -u "$t/all" >"$t/a" && LC_ALL=C sort -z -u "$t/ign" >"$t/i" &&
-        LC_ALL=C comm -z -23 "$t/a" "$t/i" >"$t/keep" || printf 'ERR\0\0'
+        LC_ALL=C comm -z -23 "$t/a" "$t/i" | cat - "$t/extra" | LC_ALL=C sort -z -u >"$t/keep" || printf 'ERR\0\0'
       set -- "$t/keep"
       xargs -0 -r -a "$1" sh -c 'find "$@" -maxdepth 0 \( -type f -o -type l \) -printf "%y %m %s %p\0%l\0"' sh
       xargs -0 -r -a "$1" sh -c 'find "$@" -maxdepth 0 -name .gitignore -type f -print0' sh |
@@ -145,6 +147,7 @@ fi
       xargs -0 -r -a "$1" sh -c 'find "$@" -maxdepth 0 -type f -print0' sh | sums
       rm -rf -- "$t"
     else
+      if [ "$prune" = all ]; then set -- -false; else set -- -name .git; fi
       find . -mindepth 1 -name "]] .. TMP .. [[*" -prune -o "$@" -prune -printf 'g 0 0 %p\0\0' \
         -o \( -type f -o -type l \) -printf '%y %m %s %p\0%l\0' || printf 'ERR\0\0'
       printf 'SUMS\0'
@@ -782,8 +785,8 @@ local function parse_manifest(out, where, err)
 end
 
 
-local function remote_manifest(rem, dir, prune)
-  local res = rem.run(SH_MANIFEST, dir, prune, "")
+local function remote_manifest(rem, dir, prune, extra)
+  local res = rem.run(SH_MANIFEST, dir, prune, "", table.unpack(extra or {}))
   if res.exit_code ~= 0 then rem.fail(res, "manifest", dir) end
   return parse_manifest(res.stdout, rem.id .. ":" .. dir, res.stderr)
 end
@@ -1723,6 +1726,26 @@ local function check_remote_dir(dir, field)
 end
 
 
+-- How a push lists the instance's tree: "ignored" where the tree here is a git work tree (its
+-- ignored files are not sent, so the instance need not hash its own: an agent's node_modules),
+-- with the files tracked here that the rules ignore (force-added) listed by name, so that
+-- they are compared too; "git" when those names would not fit one exec (64 KiB) or there is
+-- no work tree here (then everything is sent, and compared); "all" with opts.all.
+local function push_prune(local_dir, opts)
+  if opts.all then return "all" end
+  if not honours_gitignore(opts) or not git_toplevel(local_dir) then return "git" end
+  local res = git(local_dir, { "ls-files", "-z", "--cached", "--ignored", "--exclude-standard" })
+  if res.exit_code ~= 0 then return "git" end
+  local extra, n = {}, 0
+  for p in res.stdout:gmatch("([^%z]+)%z") do
+    extra[#extra + 1] = "./" .. p
+    n = n + #p + 8
+    if n > 65536 then return "git" end
+  end
+  return "ignored", extra
+end
+
+
 ---@class galley.WorkspaceResult
 ---@field sent integer files sent (pull: fetched)
 ---@field bytes integer their size
@@ -1759,10 +1782,11 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   local stats = { execs = 0 }
   local rem = remote(provider, id, stats, opts)
   local ignored = ignore_matcher(opts.ignore)
+  local prune, extra = push_prune(local_dir, opts)
   -- both manifests at once: the remote one in a task while this one is computed here
   local remote_done = false
   local theirs, tools = both(function()
-    local a, b = remote_manifest(rem, remote_dir, opts.all and "all" or "git")
+    local a, b = remote_manifest(rem, remote_dir, prune, extra)
     remote_done = true
     return a, b
   end, function()

@@ -101,6 +101,15 @@ local function suite(label, setup)
         return p.exec(iid, spec, o)
       end }, { __index = p })
     end
+    -- a directory on the instance (below its home) of links to every program on its PATH but
+    -- those whose name matches `glob`: a PATH without them, for with_instance_path
+    local function instance_bin_without(glob, name)
+      local dir = rexec(p, id, 'printf %s "$HOME"') .. "/" .. name
+      rexec(p, id, [[mkdir -p "$1" && IFS=: && for d in $PATH; do for f in "$d"/*; do n=${f##*/}
+        case $n in $2) continue ;; esac
+        [ -e "$1/$n" ] || [ ! -x "$f" ] || ln -s "$f" "$1/$n"; done; done]], dir, glob)
+      return dir
+    end
     -- the suite's child environment with `bin` (if any) first on PATH, and `extra` variables
     local function child_env_with(bin, extra)
       local e = {}
@@ -219,11 +228,7 @@ io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details
           head -c 1100000 /dev/urandom > d/big.bin]], t:sub(3))
         local want = { "d/big.bin", "d/new.txt", "sub dir/.gitignore", "sub dir/keep.tmp" }
         -- with git on the instance, and without it (galley reads the same rules here)
-        local home = rexec(p, id, 'printf %s "$HOME"')
-        local nogit = home .. "/nogit-bin"
-        rexec(p, id, [[mkdir -p "$1" && IFS=: && for d in $PATH; do for f in "$d"/*; do n=${f##*/}
-          case $n in git*) continue ;; esac
-          [ -e "$1/$n" ] || [ ! -x "$f" ] || ln -s "$f" "$1/$n"; done; done]], nogit)
+        local nogit = instance_bin_without("git*", "nogit-bin")
         for _, q in ipairs({ p, with_instance_path(nogit) }) do
           local back = work .. "/back" .. (q == p and "" or "-nogit")
           local r = workspace.pull(q, id, t, back)
@@ -412,6 +417,39 @@ io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details
       assert.are.same({ 1, 2 }, { back.sent, tried })
       assert.is_true(back.execs >= 3, back.execs)
       sh('cmp "$1" "$2"', src .. "/blob.bin", work .. "/raw2-back/blob.bin")
+    end)
+
+    it("lists no file the instance's rules ignore on a re-push, but compares files force-added here", function()
+      local src = work .. "/src"
+      fs.mkdir_p(src)
+      make_tree(src)
+      sh('cd "$1" && mkdir -p dist && echo k > dist/keep.js && echo "dist/" >> .gitignore && git add -A &&'
+        .. ' git add -f dist/keep.js && git -c user.name=t -c user.email=t@t commit -qm dist', src)
+      local seen
+      local spy = setmetatable({ exec = function(iid, spec, o)
+        local res = p.exec(iid, spec, o)
+        if spec.kind == "argv" and spec.args and spec.args[2] == workspace._SH_MANIFEST and res.exit_code == 0 then
+          seen = codec.base64_decode((res.stdout:match("^tools[^\n]*\n(.*)$"):gsub("%s", "")))
+        end
+        return res
+      end }, { __index = p })
+      workspace.push(spy, id, src, "~/ri")
+      -- the agent installs packages and writes a log: a re-push neither lists nor deletes them
+      rexec(p, id, 'mkdir -p ~/ri/node_modules/dep && echo d > ~/ri/node_modules/dep/i.js && echo l > ~/ri/x.log')
+      local again = workspace.push(spy, id, src, "~/ri", { delete = true })
+      assert.are.same({ 0, 11, 1, 0 }, { again.sent, again.unchanged, again.execs, again.deleted })
+      assert.is_nil(seen:find("node_modules/dep", 1, true))
+      assert.is_nil(seen:find("x.log", 1, true))
+      assert.is_truthy(seen:find(" ./dist/keep.js\0", 1, true))
+      assert.are.equal("d\n", rexec(p, id, 'cat ~/ri/node_modules/dep/i.js'))
+      -- a plain directory here (no work tree) sends everything, so the instance lists everything
+      local plain = work .. "/plain"
+      sh('mkdir -p "$1/node_modules" && cd "$1" && echo "node_modules/" > .gitignore && echo n > node_modules/n.js',
+        plain)
+      workspace.push(spy, id, plain, "~/rp")
+      local twice = workspace.push(spy, id, plain, "~/rp")
+      assert.are.same({ 0, 2, 1 }, { twice.sent, twice.unchanged, twice.execs })
+      assert.is_truthy(seen:find(" ./node_modules/n.js\0", 1, true))
     end)
 
     it("honours opts.ignore and sends everything with opts.all", function()
@@ -685,11 +723,7 @@ io.stdout:write("finished\n")
     end)
 
     it("renames into place with a shell loop where the instance has no python3", function()
-      local home = rexec(p, id, 'printf %s "$HOME"')
-      local nopy = home .. "/nopy-bin"
-      rexec(p, id, [[mkdir -p "$1" && IFS=: && for d in $PATH; do for f in "$d"/*; do n=${f##*/}
-        case $n in python*) continue ;; esac
-        [ -e "$1/$n" ] || [ ! -x "$f" ] || ln -s "$f" "$1/$n"; done; done]], nopy)
+      local nopy = instance_bin_without("python*", "nopy-bin")
       -- every exec of the push runs with that PATH (no byte channel: all of it through exec)
       local hooked = with_instance_path(nopy)
       assert.are.equal("none\n", rexec(hooked, id, "command -v python3 || echo none"))
