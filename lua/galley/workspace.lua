@@ -844,11 +844,21 @@ local function git_toplevel(dir)
 end
 
 
+-- Whether git's ignore rules apply to the local tree `dir`: it is inside a work tree, and not
+-- in a part of it that git ignores (a build directory named on purpose is taken whole, as a
+-- directory outside any repository is: inside it git would list nothing at all).
+local function rules_apply(dir)
+  if not git_toplevel(dir) then return false end
+  local ok, res = pcall(git, dir, { "check-ignore", "-q", "--", "." })
+  return not (ok and res.exit_code == 0)
+end
+
+
 -- The files to consider below local `dir`: {rel = entry}.
 local function local_tree(dir, opts)
   local ignored = ignore_matcher(opts.ignore)
   local entries
-  if honours_gitignore(opts) and git_toplevel(dir) then
+  if honours_gitignore(opts) and rules_apply(dir) then
     local res = git(dir, { "ls-files", "--cached", "--others", "--exclude-standard", "-z" })
     if res.exit_code ~= 0 then
       raise("PROCESS_ERROR", "git ls-files failed in " .. dir, { resource = "file:" .. dir })
@@ -1733,7 +1743,7 @@ end
 -- no work tree here (then everything is sent, and compared); "all" with opts.all.
 local function push_prune(local_dir, opts)
   if opts.all then return "all" end
-  if not honours_gitignore(opts) or not git_toplevel(local_dir) then return "git" end
+  if not honours_gitignore(opts) or not rules_apply(local_dir) then return "git" end
   local res = git(local_dir, { "ls-files", "-z", "--cached", "--ignored", "--exclude-standard" })
   if res.exit_code ~= 0 then return "git" end
   local extra, n = {}, 0
@@ -1829,7 +1839,7 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   end
   if opts.delete then
     -- files git would ignore here stay on the instance
-    deletes = deletions(mine, theirs, ignored, honours_gitignore(opts) and git_toplevel(local_dir) and local_dir,
+    deletes = deletions(mine, theirs, ignored, honours_gitignore(opts) and rules_apply(local_dir) and local_dir,
       "--no-index")
   end
   local bytes = 0
@@ -1937,7 +1947,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     raise("NOT_FOUND", ("pull: %s does not exist on %s"):format(remote_dir, id),
       { operation = "workspace.pull", resource = "file:" .. remote_dir })
   end
-  local repo_here = st and honours_gitignore(opts) and git_toplevel(local_dir) and local_dir
+  local repo_here = st and honours_gitignore(opts) and rules_apply(local_dir) and local_dir
   if honours_gitignore(opts) then
     -- What git ignores stays there: what the tree's .gitignore files ignore (the instance left
     -- it out where it has git; read here again, so that it is the same where it has not), and

@@ -452,6 +452,23 @@ io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details
       assert.is_truthy(seen:find(" ./node_modules/n.js\0", 1, true))
     end)
 
+    it("takes a directory that git ignores here whole, both ways (a build directory named on purpose)", function()
+      local repo = work .. "/repo"
+      sh([[mkdir -p "$1/out/sub" && cd "$1" && git init -q . && printf 'out/\n*.log\n' > .gitignore &&
+        echo a > out/a.txt && echo b > out/sub/b.log && git add .gitignore &&
+        git -c user.name=t -c user.email=t@t commit -qm init]], repo)
+      -- (inside it git lists nothing: before, the push sent nothing and the pull took nothing)
+      local r = workspace.push(p, id, repo .. "/out", "~/whole")
+      assert.are.same({ "a.txt", "sub/b.log" }, r.files)
+      rexec(p, id, 'echo c > ~/whole/c.txt && rm ~/whole/a.txt')
+      local back = workspace.pull(p, id, "~/whole", repo .. "/out", { delete = true })
+      assert.are.same({ { "c.txt" }, { "a.txt" } }, { back.files, back.deletes })
+      -- the same directory not ignored keeps the repository's rules
+      sh('cd "$1" && printf "*.log\n" > .gitignore', repo)
+      r = workspace.push(p, id, repo .. "/out", "~/whole2")
+      assert.are.same({ "c.txt" }, r.files)
+    end)
+
     it("honours opts.ignore and sends everything with opts.all", function()
       local src = work .. "/src"
       fs.mkdir_p(src)
