@@ -1951,8 +1951,10 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
   if honours_gitignore(opts) then
     -- What git ignores stays there: what the tree's .gitignore files ignore (the instance left
     -- it out where it has git; read here again, so that it is the same where it has not), and
-    -- what git ignores here (a file tracked here is never ignored by this side's rules).
-    local rels = sorted(theirs)
+    -- what git ignores here (a file tracked here is never ignored by this side's rules). (A
+    -- path that leaves the tree is not asked about: the checks below refuse it.)
+    local rels = {}
+    for _, rel in ipairs(sorted(theirs)) do if safe_rel(rel) then rels[#rels + 1] = rel end end
     local drop = tree_ignored(rules, rels)
     if repo_here then
       for p in pairs(git_ignored(repo_here, rels)) do drop[p] = true end
@@ -2027,7 +2029,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       local res
       if opts.all and #fetch == total then
         -- everything: the instance lists it again itself (what appeared since is left in staging)
-        res = rem.run(SH_PACK, remote_dir, lname, "0", z, opts.all and "all" or "git")
+        res = rem.run(SH_PACK, remote_dir, lname, "0", z, "all")
       else
         local list = {}
         for _, rel in ipairs(fetch) do list[#list + 1] = "./" .. rel .. "\0" end

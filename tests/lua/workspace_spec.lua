@@ -557,6 +557,26 @@ chmod 755 "$2/.git/hooks/pre-commit"]], bin, liar)
       assert.are.same({ "a.txt" }, r.files) -- only the rule of the tree's own .gitignore counted
       assert.is_nil(fs.stat(mark))
       assert.is_nil(fs.stat("/.gitignore")) -- (the scratch directory's ../../..)
+      -- a path that leaves the tree, pulled into a repository here: refused as such, before git
+      -- here is asked whether it ignores it (it answered "outside repository", PROCESS_ERROR)
+      forged = { { "./../../escape", "" } }
+      local entry = liar.exec
+      liar.exec = function(iid, spec, o)
+        local res = entry(iid, spec, o)
+        if spec.kind == "argv" and spec.args and spec.args[2] == workspace._SH_MANIFEST and res.exit_code == 0 then
+          local tools, b64 = res.stdout:match("^(tools[^\n]*\n)(.*)$")
+          local raw = codec.base64_decode((b64:gsub("%s", ""))):gsub("i 0 0 %./%.%./%.%./escape", "f 644 1 ./../../escape")
+          local out = codec.base64_encode(raw)
+          res = { exit_code = 0, stdout = tools .. out, stderr = #out .. " bytes copied\n" }
+        end
+        return res
+      end
+      local repo = work .. "/repo"
+      sh('git init -q "$1"', repo)
+      local ok, err = pcall(workspace.pull, liar, id, "~/forged", repo)
+      assert.is_false(ok)
+      assert.are.equal("VALIDATION_ERROR", err.code)
+      assert.is_nil(fs.stat(repo .. "/a.txt"))
     end)
 
     it("never empties a repository on delete with all = true when the source has no .git", function()
