@@ -854,11 +854,12 @@ local function rules_apply(dir)
 end
 
 
--- The files to consider below local `dir`: {rel = entry}.
-local function local_tree(dir, opts)
+-- The files to consider below local `dir`: {rel = entry}; `git_rules`: git's ignore rules apply
+-- there (honours_gitignore and rules_apply).
+local function local_tree(dir, opts, git_rules)
   local ignored = ignore_matcher(opts.ignore)
   local entries
-  if honours_gitignore(opts) and rules_apply(dir) then
+  if git_rules then
     local res = git(dir, { "ls-files", "--cached", "--others", "--exclude-standard", "-z" })
     if res.exit_code ~= 0 then
       raise("PROCESS_ERROR", "git ls-files failed in " .. dir, { resource = "file:" .. dir })
@@ -1740,10 +1741,11 @@ end
 -- ignored files are not sent, so the instance need not hash its own: an agent's node_modules),
 -- with the files tracked here that the rules ignore (force-added) listed by name, so that
 -- they are compared too; "git" when those names would not fit one exec (64 KiB) or there is
--- no work tree here (then everything is sent, and compared); "all" with opts.all.
-local function push_prune(local_dir, opts)
+-- no work tree here (then everything is sent, and compared); "all" with opts.all. `git_rules`:
+-- as for local_tree.
+local function push_prune(local_dir, opts, git_rules)
   if opts.all then return "all" end
-  if not honours_gitignore(opts) or not rules_apply(local_dir) then return "git" end
+  if not git_rules then return "git" end
   local res = git(local_dir, { "ls-files", "-z", "--cached", "--ignored", "--exclude-standard" })
   if res.exit_code ~= 0 then return "git" end
   local extra, n = {}, 0
@@ -1792,7 +1794,9 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   local stats = { execs = 0 }
   local rem = remote(provider, id, stats, opts)
   local ignored = ignore_matcher(opts.ignore)
-  local prune, extra = push_prune(local_dir, opts)
+  -- (asked once: two git commands)
+  local git_rules = honours_gitignore(opts) and rules_apply(local_dir)
+  local prune, extra = push_prune(local_dir, opts, git_rules)
   -- both manifests at once: the remote one in a task while this one is computed here
   local remote_done = false
   local theirs, tools = both(function()
@@ -1800,7 +1804,7 @@ function M.push(provider, id, local_dir, remote_dir, opts)
     remote_done = true
     return a, b
   end, function()
-    local m = local_tree(local_dir, opts)
+    local m = local_tree(local_dir, opts, git_rules)
     -- While the instance still hashes its side (a re-push's wait), the files here are hashed
     -- too, a batch between two turns of the event loop; the rest only where needed, below.
     local batch = {}
@@ -1839,8 +1843,7 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   end
   if opts.delete then
     -- files git would ignore here stay on the instance
-    deletes = deletions(mine, theirs, ignored, honours_gitignore(opts) and rules_apply(local_dir) and local_dir,
-      "--no-index")
+    deletes = deletions(mine, theirs, ignored, git_rules and local_dir, "--no-index")
   end
   local bytes = 0
   for _, rel in ipairs(send) do bytes = bytes + (mine[rel].size or 0) end
