@@ -1,7 +1,11 @@
--- galley.workspace on the local provider (a real bubblewrap sandbox) and on the Morph provider
--- against `galley emulate` (every argv mode it has): trees with odd names, modes, symlinks and an
--- ignored directory both ways; incremental pushes; unsafe remote paths; a Ctrl-C in the middle
--- of a push; the repo round trip (push_repo, commits on the instance, pull_repo) with real git.
+-- The workspace specs' shared suite (tests/lua/workspace/*_spec.lua, one file per provider
+-- and transfer path, so ctest runs them side by side): galley.workspace on a provider, with trees
+-- of odd names, modes, symlinks and an ignored directory both ways; incremental pushes; unsafe
+-- remote paths; a Ctrl-C in the middle of a push; the repo round trip (push_repo, commits on the
+-- instance, pull_repo) with real git.
+--
+-- Loaded by each spec with its own environment (busted's describe/it are not globals of a
+-- required module): local W = assert(loadfile(<this file>, "t", _ENV))()
 local codec = require("galley.core.codec")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
@@ -1158,10 +1162,8 @@ local function local_setup(stream)
   end
 end
 
-suite("the local provider", local_setup(true))
-suite("the local provider without a byte channel (everything through exec)", local_setup(false))
-
-suite("galley emulate (argv mode join) through its SSH gateway", function()
+-- galley emulate in argv mode join, reached through its SSH gateway.
+local function gateway_setup()
   local em = emulator.start({ argv_mode = "join" })
   assert(em.ssh_port, "the emulator started no SSH gateway (is libssh installed?)")
   local provider = require("galley.providers.morph").new({ api_key = em.api_key, base_url = em.base_url,
@@ -1178,88 +1180,12 @@ suite("galley emulate (argv mode join) through its SSH gateway", function()
       em:stop()
     end,
   }
-end)
+end
 
-describe("galley.workspace's path check", function()
-  it("takes relative paths that stay inside, and nothing else", function()
-    for _, ok in ipairs({ "a", "a/b", "...", "a/..b", "..a/b.", " /x", "a b/c", "ü/✓" }) do
-      assert.is_true(workspace.safe_rel(ok), ok)
-    end
-    for _, bad in ipairs({ "", "/a", "a/", "a//b", ".", "..", "./a", "a/.", "a/..", "../a", "a/../b", "a/./b",
-      "a\0b", "//a" }) do
-      assert.is_false(workspace.safe_rel(bad), bad)
-    end
-  end)
-
-  it("takes symlinks whose target stays inside the root, and nothing else", function()
-    for _, c in ipairs({ { "l", "a" }, { "l", "." }, { "d/l", "../a" }, { "d/e/l", "../../a/b" }, { "d/l", "x/../../y" },
-      { "l", "a/./b//c" } }) do
-      assert.is_true(workspace.safe_link(c[1], c[2]), c[1] .. " -> " .. c[2])
-    end
-    for _, c in ipairs({ { "l", "" }, { "l", "/etc" }, { "l", ".." }, { "d/l", "../.." }, { "l", "a/../../b" },
-      { "d/e/l", "../../../x" } }) do
-      assert.is_false(workspace.safe_link(c[1], c[2]), c[1] .. " -> " .. c[2])
-    end
-  end)
-end)
-
-describe("galley.workspace's manifest program", function()
-  it("gives the same answer with python3 and with sha256sum alone", function()
-    local dir = mktemp()
-    make_tree(dir)
-    sh('cd "$1" && head -c 3000000 /dev/urandom > "big two.bin" && : > empty && chmod 000 empty', dir)
-    local toolbin = require("support.toolbin")
-    local tools = { "xargs" }
-    for _, t in ipairs(toolbin.TOOLS) do tools[#tools + 1] = t end
-    local out = {}
-    for _, py in ipairs({ true, false }) do
-      local bin = toolbin.make({ tools = tools, python = py })
-      local r = assert(proc.run({ argv = { bin .. "/sh", "-c", workspace._SH_MANIFEST, "sh", dir, "git", "" },
-        env = { PATH = bin }, env_mode = "extend" }))
-      assert.are.equal(0, r.exit_code, r.stderr)
-      local tools_line, rest = r.stdout:match("^(tools[^\n]*)\n(.*)$")
-      assert.are.equal(py, tools_line:find("python3", 1, true) ~= nil, tools_line)
-      local raw = codec.base64_decode((rest:gsub("%s", "")))
-      assert.is_truthy(raw:find("SUMS", 1, true))
-      out[#out + 1] = raw
-    end
-    sh('rm -rf -- "$1"', dir)
-    assert.are.equal(out[1], out[2])
-  end)
-
-  it("for a pull, leaves out unhashed what the tree's .gitignore files ignore where git is there", function()
-    local dir = mktemp()
-    make_tree(dir)
-    sh('cd "$1" && mkdir d && printf "x*\\n" > d/.gitignore && echo 1 > d/x1 && echo 2 > d/y2', dir)
-    local toolbin = require("support.toolbin")
-    local tools = { "xargs", "mktemp", "sort", "comm", "git" }
-    for _, t in ipairs(toolbin.TOOLS) do tools[#tools + 1] = t end
-    for _, with_git in ipairs({ true, false }) do
-      local bin = toolbin.make({ tools = tools, without = { with_git and "none" or "git" } })
-      local r = assert(proc.run({ argv = { bin .. "/sh", "-c", workspace._SH_MANIFEST, "sh", dir, "ignored", "" },
-        env = { PATH = bin }, env_mode = "extend" }))
-      assert.are.equal(0, r.exit_code, r.stderr)
-      local raw = codec.base64_decode((r.stdout:match("^tools[^\n]*\n(.*)$"):gsub("%s", "")))
-      local listing, sums = raw:match("^(.-)SUMS%z(.*)$")
-      for _, f in ipairs({ "./d/y2", "./a.txt" }) do
-        assert.is_truthy(listing:find(" " .. f .. "\0", 1, true), f)
-        assert.is_truthy(sums:find("  " .. f .. "\0", 1, true), f)
-      end
-      for _, f in ipairs({ "./d/x1", "./node_modules/pkg/index.js", "./build.log" }) do
-        assert.are.equal(not with_git, listing:find(" " .. f .. "\0", 1, true) ~= nil, f)
-        assert.are.equal(not with_git, sums:find("  " .. f .. "\0", 1, true) ~= nil, f)
-      end
-      -- the rules themselves, for galley to read here
-      assert.is_truthy(listing:find("i 0 0 ./d/.gitignore\0" .. codec.base64_encode("x*\n") .. "\0", 1, true))
-      assert.is_truthy(listing:find("i 0 0 ./.gitignore\0", 1, true))
-    end
-    sh('rm -rf -- "$1"', dir)
-  end)
-end)
-
-for _, mode in ipairs(emulator.ARGV_MODES or { "exec" }) do
-  suite("galley emulate (argv mode " .. mode .. ")", function()
-    local em = emulator.start({ argv_mode = emulator.ARGV_MODES and mode or nil })
+-- galley emulate in argv mode `mode` ("exec" or "join", emulator.ARGV_MODES).
+local function emulator_setup(mode)
+  return function()
+    local em = emulator.start({ argv_mode = mode })
     local provider = require("galley.providers.morph").new({ api_key = em.api_key, base_url = em.base_url })
     -- the emulator runs argv arrays in exec mode: the default exec_form "auto" finds it out and
     -- then carries 1.75 MiB a request; in join mode it keeps one-line execs
@@ -1274,5 +1200,15 @@ for _, mode in ipairs(emulator.ARGV_MODES or { "exec" }) do
         em:stop()
       end,
     }
-  end)
+  end
 end
+
+return {
+  suite = suite,
+  sh = sh,
+  mktemp = mktemp,
+  make_tree = make_tree,
+  local_setup = local_setup,
+  gateway_setup = gateway_setup,
+  emulator_setup = emulator_setup,
+}
