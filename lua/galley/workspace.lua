@@ -120,39 +120,41 @@ else
   sums() { xargs -0 -r sha256sum -z --; }
 fi
 {
+  t=
+  if [ -z "$list" ] && [ "$prune" = ignored ]; then
+    # the list: every file but what the tree's .gitignore files ignore (where git is here),
+    # and the paths given (files tracked in galley's repository that its rules ignore)
+    t=$(mktemp -d) || { printf 'ERR\0\0'; t=/nonexistent; }
+    for p; do if [ -e "$p" ] || [ -L "$p" ]; then printf '%s\0' "$p"; fi; done >"$t/extra"
+    set -- -name .git
+    find . -mindepth 1 -name "]] .. TMP .. [[*" -prune -o "$@" -prune -printf 'g 0 0 %p\0\0' \
+      -o \( -type f -o -type l \) -fprint0 "$t/all" || printf 'ERR\0\0'
+    : >"$t/ign"
+    if command -v git >/dev/null 2>&1 && git init -q --template= "$t/g" >/dev/null 2>&1; then
+      git -c core.excludesFile=/dev/null --git-dir="$t/g/.git" --work-tree=. check-ignore --no-index -z \
+        --stdin <"$t/all" >"$t/ign" 2>/dev/null
+      [ $? -le 1 ] || : >"$t/ign"
+    fi
+    LC_ALL=C sort -z -u "$t/all" >"$t/a" && LC_ALL=C sort -z -u "$t/ign" >"$t/i" &&
+      LC_ALL=C comm -z -23 "$t/a" "$t/i" | cat - "$t/extra" | LC_ALL=C sort -z -u >"$t/keep" || printf 'ERR\0\0'
+    list=$t/keep
+  fi
   if [ -n "$list" ]; then
     xargs -0 -r -a "$list" sh -c 'find "$@" -maxdepth 0 \( -type f -o -type l \) -printf "%y %m %s %p\0%l\0"' sh
+    if [ -n "$t" ]; then
+      # the rules themselves, for galley to read again (the same answer where git is not here)
+      xargs -0 -r -a "$list" sh -c 'find "$@" -maxdepth 0 -name .gitignore -type f -print0' sh |
+        xargs -0 -r sh -c 'for p; do printf "i 0 0 %s\0" "$p"; base64 -w0 <"$p"; printf "\0"; done' sh
+    fi
     printf 'SUMS\0'
     xargs -0 -r -a "$list" sh -c 'find "$@" -maxdepth 0 -type f -print0' sh | sums
+    [ -z "$t" ] || rm -rf -- "$t"
   else
-    if [ "$prune" = ignored ]; then
-      t=$(mktemp -d) || { printf 'ERR\0\0'; t=/nonexistent; }
-      for p; do if [ -e "$p" ] || [ -L "$p" ]; then printf '%s\0' "$p"; fi; done >"$t/extra"
-      set -- -name .git
-      find . -mindepth 1 -name "]] .. TMP .. [[*" -prune -o "$@" -prune -printf 'g 0 0 %p\0\0' \
-        -o \( -type f -o -type l \) -fprint0 "$t/all" || printf 'ERR\0\0'
-      : >"$t/ign"
-      if command -v git >/dev/null 2>&1 && git init -q --template= "$t/g" >/dev/null 2>&1; then
-        git -c core.excludesFile=/dev/null --git-dir="$t/g/.git" --work-tree=. check-ignore --no-index -z \
-          --stdin <"$t/all" >"$t/ign" 2>/dev/null
-        [ $? -le 1 ] || : >"$t/ign"
-      fi
-      LC_ALL=C sort -z -u "$t/all" >"$t/a" && LC_ALL=C sort -z -u "$t/ign" >"$t/i" &&
-        LC_ALL=C comm -z -23 "$t/a" "$t/i" | cat - "$t/extra" | LC_ALL=C sort -z -u >"$t/keep" || printf 'ERR\0\0'
-      set -- "$t/keep"
-      xargs -0 -r -a "$1" sh -c 'find "$@" -maxdepth 0 \( -type f -o -type l \) -printf "%y %m %s %p\0%l\0"' sh
-      xargs -0 -r -a "$1" sh -c 'find "$@" -maxdepth 0 -name .gitignore -type f -print0' sh |
-        xargs -0 -r sh -c 'for p; do printf "i 0 0 %s\0" "$p"; base64 -w0 <"$p"; printf "\0"; done' sh
-      printf 'SUMS\0'
-      xargs -0 -r -a "$1" sh -c 'find "$@" -maxdepth 0 -type f -print0' sh | sums
-      rm -rf -- "$t"
-    else
-      if [ "$prune" = all ]; then set -- -false; else set -- -name .git; fi
-      find . -mindepth 1 -name "]] .. TMP .. [[*" -prune -o "$@" -prune -printf 'g 0 0 %p\0\0' \
-        -o \( -type f -o -type l \) -printf '%y %m %s %p\0%l\0' || printf 'ERR\0\0'
-      printf 'SUMS\0'
-      find . -mindepth 1 \( -name "]] .. TMP .. [[*" -o "$@" \) -prune -o -type f -print0 | sums
-    fi
+    if [ "$prune" = all ]; then set -- -false; else set -- -name .git; fi
+    find . -mindepth 1 -name "]] .. TMP .. [[*" -prune -o "$@" -prune -printf 'g 0 0 %p\0\0' \
+      -o \( -type f -o -type l \) -printf '%y %m %s %p\0%l\0' || printf 'ERR\0\0'
+    printf 'SUMS\0'
+    find . -mindepth 1 \( -name "]] .. TMP .. [[*" -o "$@" \) -prune -o -type f -print0 | sums
   fi
 } | base64 -w0 | { dd bs=65536 2>&1 >&3 | tail -n 1 >&2; } 3>&1
 ]]
@@ -968,11 +970,10 @@ end
 
 
 -- What opts.delete removes on the destination: its entries that the source lacks, sorted, except
--- those ignored (`ignored`; git's rules in `repo_dir`, the local tree when it is a work tree:
--- `git check-ignore [extra]`; the source tree's .gitignore files `rules`, a pull's) and those in
--- a .git directory the source does not have. (all = true lists .git directories: mirroring a
--- tree without one must not empty the repository there.)
-local function deletions(source, dest, ignored, repo_dir, extra, rules)
+-- those ignored (`ignored`; `kept_by_git(candidates)`, the set of them that git's rules keep)
+-- and those in a .git directory the source does not have. (all = true lists .git directories:
+-- mirroring a tree without one must not empty the repository there.)
+local function deletions(source, dest, ignored, kept_by_git)
   local source_git = {}
   for rel in pairs(source) do
     local part = git_part(rel)
@@ -985,10 +986,7 @@ local function deletions(source, dest, ignored, repo_dir, extra, rules)
       deletes[#deletes + 1] = rel
     end
   end
-  local skip = tree_ignored(rules or {}, deletes)
-  if repo_dir then
-    for p in pairs(git_ignored(repo_dir, deletes, extra)) do skip[p] = true end
-  end
+  local skip = #deletes > 0 and kept_by_git and kept_by_git(deletes) or {}
   local kept = {}
   for _, rel in ipairs(deletes) do if not skip[rel] then kept[#kept + 1] = rel end end
   return kept
@@ -1843,7 +1841,8 @@ function M.push(provider, id, local_dir, remote_dir, opts)
   end
   if opts.delete then
     -- files git would ignore here stay on the instance
-    deletes = deletions(mine, theirs, ignored, git_rules and local_dir, "--no-index")
+    deletes = deletions(mine, theirs, ignored,
+      git_rules and function(rels) return git_ignored(local_dir, rels, "--no-index") end)
   end
   local bytes = 0
   for _, rel in ipairs(send) do bytes = bytes + (mine[rel].size or 0) end
@@ -1951,14 +1950,20 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       { operation = "workspace.pull", resource = "file:" .. remote_dir })
   end
   local repo_here = st and honours_gitignore(opts) and rules_apply(local_dir) and local_dir
+  local drop -- the set of paths (both sides') that git's rules keep where they are
   if honours_gitignore(opts) then
     -- What git ignores stays there: what the tree's .gitignore files ignore (the instance left
     -- it out where it has git; read here again, so that it is the same where it has not), and
     -- what git ignores here (a file tracked here is never ignored by this side's rules). (A
     -- path that leaves the tree is not asked about: the checks below refuse it.)
+    -- With delete, the files here that the instance lacks are asked about in the same two
+    -- commands: what either side's rules ignore is never deleted here.
     local rels = {}
     for _, rel in ipairs(sorted(theirs)) do if safe_rel(rel) then rels[#rels + 1] = rel end end
-    local drop = tree_ignored(rules, rels)
+    if opts.delete then
+      for _, rel in ipairs(sorted(mine)) do if not theirs[rel] then rels[#rels + 1] = rel end end
+    end
+    drop = tree_ignored(rules, rels)
     if repo_here then
       for p in pairs(git_ignored(repo_here, rels)) do drop[p] = true end
     end
@@ -2002,7 +2007,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     end
   end
   if opts.delete then
-    deletes = deletions(theirs, mine, ignored, repo_here, nil, rules)
+    deletes = deletions(theirs, mine, ignored, drop and function() return drop end)
   end
   -- The sizes are the instance's word: they bound what is unpacked here, and are bounded first
   -- by max_bytes and by the room on this side.
