@@ -12,10 +12,10 @@
 -- start(instance_id, spec, {name?}):
 --   1. writes every spec.files entry (galley.process.shell.upload_files; a failed write is a
 --      PROCESS_ERROR naming the path);
---   2. `pm2 ping` (starts the daemon with the instance's own environment) and reads $HOME, $PATH
---      and $PM2_HOME;
---   3. `pm2 flush NAME`, `pm2 delete NAME` (PM2 would otherwise add a second process of the same
---      name and append to its logs), truncates the log files the new process will use, then
+--   2. `pm2 ping` where the daemon is not running (it starts it with the instance's own
+--      environment; see ENSURE_DAEMON) and reads $HOME, $PATH and $PM2_HOME;
+--   3. `pm2 delete NAME` (PM2 would otherwise add a second process of the same name and append
+--      to its logs), truncates the log files the new process will use, then
 --      `env -i PATH=.. HOME=.. [PM2_HOME=..] pm2 start bash --name NAME --no-autorestart -- -lc
 --      <payload>` (galley.core.pm2.start_argv with env_clean) and `pm2 jlist`.
 --   cwd and env are set inside the payload (never PM2's --cwd or env flags); the app's stdin is
@@ -37,9 +37,9 @@
 -- characters, never all digits or "all"); pass the same name to stop/logs as to start. A
 -- ProcessSpec without a name (spec.command.name or opts.name) is a VALIDATION_ERROR.
 --
--- list() runs `pm2 ping` then `pm2 jlist` and returns {name, pm_id, pid, status, restarts,
--- uptime_ms, memory, cpu, exit_code?, out_log?, err_log?, cwd?} per process (nothing of the
--- processes' environments); output it cannot parse gives {} and a warning in the log.
+-- list() runs `pm2 jlist` (`pm2 ping` first where the daemon is not running) and returns {name,
+-- pm_id, pid, status, restarts, uptime_ms, memory, cpu, exit_code?, out_log?, err_log?, cwd?} per
+-- process (nothing of the processes' environments); output it cannot parse gives {} and a warning in the log.
 -- logs() reads the tails of the out/err files named by jlist: exact text, no prefixes.
 --
 -- Errors are ProcessError tables with `operation` ("pm2.start", "pm2.stop", ...) and `resource`
@@ -66,10 +66,21 @@ local MISSING_LINE = "galley: pm2 is not on PATH"
 
 local GUARD = "command -v pm2 >/dev/null 2>&1 || { echo '" .. MISSING_LINE .. "' >&2; exit 127; }\n"
 
+-- `pm2 ping` (which starts the daemon, with the instance's own environment, and keeps PM2's
+-- spawn messages off the jlist that follows) unless the daemon is running: the pid in
+-- $PM2_HOME/pm2.pid (no newline at its end) is a PM2 God Daemon (its title, cut to the length of its first argv, may
+-- not hold the whole home) and its rpc.sock is there. Each pm2 command is a node start (~0.2 s
+-- here); list() and every log poll paid two. (Were the pid another home's daemon, jlist would
+-- start this home's and print its spawn messages first, which the parser skips.)
+local ENSURE_DAEMON = [[
+pm2_dir=${PM2_HOME:-$HOME/.pm2} pm2_pid=
+{ read -r pm2_pid <"$pm2_dir/pm2.pid"; [ -n "$pm2_pid" ] && [ -S "$pm2_dir/rpc.sock" ] &&
+  grep -q 'God Daemon' "/proc/$pm2_pid/cmdline"; } 2>/dev/null || pm2 ping >&2 || exit $?
+]]
+
 -- Starts the daemon (with the instance's own environment), then prints HOME, PATH, PM2_HOME
 -- and, for each variable named in "$@" (checked identifiers), whether it is set and its value.
-local PROBE = GUARD .. [[
-pm2 ping >&2 || exit $?
+local PROBE = GUARD .. ENSURE_DAEMON .. [[
 printf '%s\0' "$HOME" "$PATH" "${PM2_HOME-}"
 for n in "$@"; do eval "s=\${$n+1} v=\${$n-}"; printf '%s\0%s\0' "$s" "$v"; done
 ]]
@@ -78,7 +89,6 @@ for n in "$@"; do eval "s=\${$n+1} v=\${$n-}"; printf '%s\0%s\0' "$s" "$v"; done
 local START = GUARD .. [[
 name=$1 out=$2 err=$3
 shift 3
-pm2 flush "$name" >/dev/null 2>&1
 pm2 delete "$name" >/dev/null 2>&1
 mkdir -p -- "$(dirname -- "$out")" "$(dirname -- "$err")" 2>/dev/null
 : >"$out" 2>/dev/null
@@ -97,8 +107,7 @@ local function run_clean(keep)
   return GUARD .. "exec env -i " .. table.concat(words, " ") .. ' "$@"\n'
 end
 
-local JLIST = GUARD .. [[
-pm2 ping >&2 || exit $?
+local JLIST = GUARD .. ENSURE_DAEMON .. [[
 exec pm2 jlist
 ]]
 

@@ -37,7 +37,10 @@ local function shell_spec(name, script, extra)
   return spec
 end
 
+-- (with the host provider: once where ctest runs this spec a provider at a time)
 describe("the PM2 process manager #pm2", function()
+  if not host.wants("host") then return end
+
   it("needs a provider", function()
     raises_code("VALIDATION_ERROR", pm2mod.new, {})
   end)
@@ -375,6 +378,49 @@ for _, target in ipairs(host.providers()) do
       assert.are.same({}, pm.list(inst.id))
       assert.is_true(pm.delete_all(inst.id))
       assert.is_true(pm.stop_all(inst.id))
+    end)
+
+    it("runs pm2 ping only where its daemon is not running, and no pm2 flush on start", function()
+      -- every pm2 command the manager runs goes through a wrapper that writes its subcommand down
+      local dir = sh('printf %s "$HOME/pm2-count"').stdout
+      assert.are.equal(0, sh(([[mkdir -p %s && real=$(command -v pm2) && printf '%%s\n' '#!/bin/sh' \
+        'printf "%%s\n" "$1" >> %s/log' "exec '$real' \"\$@\"" > %s/pm2 && chmod 755 %s/pm2]]):format(
+        dir, dir, dir, dir)).exit_code)
+      local path = sh('printf %s "$PATH"').stdout
+      local hooked = setmetatable({ exec = function(id, spec, o)
+        if spec.kind == "argv" and spec.command == "sh" then
+          spec = { kind = "argv", command = "/usr/bin/env",
+            args = { "PATH=" .. dir .. ":" .. path, "sh", table.unpack(spec.args) } }
+        end
+        return p.exec(id, spec, o)
+      end }, { __index = p })
+      local hpm = pm2mod.new(host.manager_opts(t, { provider = hooked, log = logmod.silent() }))
+      local function counted(fn, ...)
+        sh(": > ~/pm2-count/log")
+        fn(...)
+        return sh("cat ~/pm2-count/log").stdout
+      end
+      hpm.list(inst.id)
+      assert.are.equal("jlist\n", counted(hpm.list, inst.id))
+      local started = counted(hpm.start, inst.id, shell_spec("counted", "exec sleep 300"))
+      assert.is_nil(started:find("ping", 1, true), started)
+      assert.is_nil(started:find("flush", 1, true), started)
+      assert.is_truthy(started:find("start\n", 1, true), started)
+      local app = wait_for(function()
+        local item = find(hpm.list(inst.id), "counted")
+        return item and item.status == "online" and item.pid > 0 and item
+      end, "counted online")
+      -- the daemon dies and its pid file names another live process: ping starts a new one
+      assert.are.equal(0, sh(([[d=${PM2_HOME:-$HOME/.pm2}; kill -9 "$(cat "$d/pm2.pid")" &&
+        while kill -0 "$(cat "$d/pm2.pid")" 2>/dev/null; do sleep 0.05; done; printf %%s %d > "$d/pm2.pid"]]):format(
+        app.pid)).exit_code)
+      assert.are.equal("ping\njlist\n", counted(hpm.list, inst.id))
+      assert.is_nil(find(hpm.list(inst.id), "counted"))
+      sh("kill -9 " .. app.pid)
+      -- no daemon at all (pm2 kill removes the pid file): ping
+      hpm.kill(inst.id)
+      assert.are.equal("ping\njlist\n", counted(hpm.list, inst.id))
+      assert.are.equal("jlist\n", counted(hpm.list, inst.id))
     end)
   end)
 end

@@ -246,13 +246,11 @@ end
 -- - "local": galley.providers.local (bubblewrap sandboxes) when bwrap is installed.
 -- - "emulator": galley.providers.morph on `galley emulate` (support.emulator), when the morph
 --   provider loads: the whole Morph path (HTTP exec, execfiles over exec).
--- GALLEY_PROCESS_PROVIDERS="host,local" restricts the list.
+-- GALLEY_PROCESS_PROVIDERS="host,local" restricts the list (ctest runs some specs once per
+-- provider that way, CMakeLists.txt's GALLEY_PER_PROVIDER_SPECS).
 ---@return table[]
 function M.providers()
-  local wanted = os.getenv("GALLEY_PROCESS_PROVIDERS")
-  local function want(label)
-    return not wanted or ("," .. wanted .. ","):find("," .. label .. ",", 1, true) ~= nil
-  end
+  local want = M.wants
   local list = {}
   local secret = { GALLEY_TEST_SECRET = "sk-ant-host-secret-0123456789" }
   if want("host") then
@@ -310,6 +308,16 @@ function M.providers()
     }
   end
   return list
+end
+
+
+--- Whether GALLEY_PROCESS_PROVIDERS (unset: all) names the provider `label`. A spec's checks that
+-- need no provider of the list run with "host" (once, where ctest splits the spec by provider).
+---@param label string
+---@return boolean
+function M.wants(label)
+  local wanted = os.getenv("GALLEY_PROCESS_PROVIDERS")
+  return not wanted or ("," .. wanted .. ","):find("," .. label .. ",", 1, true) ~= nil
 end
 
 
