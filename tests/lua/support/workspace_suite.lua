@@ -42,6 +42,18 @@ cd -- "$1" && find . -mindepth 1 \( -name .git -o -name '.galley-tmp-*' \) -prun
   done | sort
 ]]
 
+-- What `pgrep -f -- pattern` finds, once it finds nothing or after 5 s: a process killed as its
+-- parent ends may still be listed for a moment after the parent's wait returns (a machine
+-- under load runs it late), so "nothing left" is asked until it holds.
+local function left_running(pattern)
+  local deadline = runtime.now_ms() + 5000
+  while true do
+    local out = sh('pgrep -f -- "$1" || true', pattern)
+    if out == "" or runtime.now_ms() > deadline then return out end
+    runtime.sleep_ms(50)
+  end
+end
+
 local function local_listing(dir) return sh("bash -c " .. support.q(LISTING) .. " bash " .. support.q(dir)) end
 
 -- dir: relative to the instance's home
@@ -749,7 +761,7 @@ io.stdout:write("finished\n")
         -- its temporary directories are gone and nothing runs on them (the compressors)
         for dir in out:gmatch("tmp (%S+)\n") do
           assert.is_false(fs.stat(dir) ~= nil, dir)
-          assert.are.equal("", sh('pgrep -f -- "[/]$1" || true', dir:sub(2))) -- ([/]: not this sh)
+          assert.are.equal("", left_running("[/]" .. dir:sub(2))) -- ([/]: not this sh)
         end
         local sums = rexec(p, id, 'cd ~/t7 && for f in f*; do printf "%s %s\n" "$f" "$(wc -c < "$f")"; done')
         local n = 0
@@ -1065,10 +1077,10 @@ io.stdout:write("finished\n")
       for dir in res.stdout:gmatch("tmp (%S+)\n") do
         dirs = dirs + 1
         assert.is_false(fs.stat(dir) ~= nil, dir)
-        assert.are.equal("", sh('pgrep -f -- "[/]$1" || true', dir:sub(2))) -- the producer, tar, zstd, ssh
+        assert.are.equal("", left_running("[/]" .. dir:sub(2))) -- the producer, tar, zstd, ssh
       end
       assert.is_true(dirs >= 1)
-      assert.are.equal("", sh('pgrep -f -- "[s]leep $1" || true', nap))
+      assert.are.equal("", left_running("[s]leep " .. nap))
       assert.are.equal("one\n", rexec(p, id, 'cat ~/nat5/a.txt'))
       local r = workspace.push(p, id, src, "~/nat5")
       assert.are.equal(2, r.sent)
