@@ -71,18 +71,20 @@ local GUARD = "command -v pm2 >/dev/null 2>&1 || { echo '" .. MISSING_LINE .. "'
 -- $PM2_HOME/pm2.pid (no newline at its end) is a PM2 God Daemon (its title, cut to the length of its first argv, may
 -- not hold the whole home) and its rpc.sock is there. Each pm2 command is a node start (~0.2 s
 -- here); list() and every log poll paid two. (Were the pid another home's daemon, jlist would
--- start this home's and print its spawn messages first, which the parser skips.)
+-- start this home's and print its spawn messages first, which the parser skips.) In a subshell:
+-- its variables never shadow the instance's (PROBE reads those the app keeps).
 local ENSURE_DAEMON = [[
-pm2_dir=${PM2_HOME:-$HOME/.pm2} pm2_pid=
-{ read -r pm2_pid <"$pm2_dir/pm2.pid"; [ -n "$pm2_pid" ] && [ -S "$pm2_dir/rpc.sock" ] &&
-  grep -q 'God Daemon' "/proc/$pm2_pid/cmdline"; } 2>/dev/null || pm2 ping >&2 || exit $?
+(pm2_dir=${PM2_HOME:-$HOME/.pm2} pm2_pid=
+  read -r pm2_pid <"$pm2_dir/pm2.pid"; [ -n "$pm2_pid" ] && [ -S "$pm2_dir/rpc.sock" ] &&
+  grep -q 'God Daemon' "/proc/$pm2_pid/cmdline") 2>/dev/null || pm2 ping >&2 || exit $?
 ]]
 
 -- Starts the daemon (with the instance's own environment), then prints HOME, PATH, PM2_HOME
--- and, for each variable named in "$@" (checked identifiers), whether it is set and its value.
+-- and, for each variable named in "$@" (checked identifiers), whether it is set and its value
+-- (no shell variable of its own: a kept variable named like one would read its value).
 local PROBE = GUARD .. ENSURE_DAEMON .. [[
 printf '%s\0' "$HOME" "$PATH" "${PM2_HOME-}"
-for n in "$@"; do eval "s=\${$n+1} v=\${$n-}"; printf '%s\0%s\0' "$s" "$v"; done
+while [ $# -gt 0 ]; do eval "printf '%s\\0%s\\0' \"\${$1+1}\" \"\${$1-}\""; shift; done
 ]]
 
 -- $1 name, $2 out log, $3 err log, then the `env -i ... pm2 start ...` argv.

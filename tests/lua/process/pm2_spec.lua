@@ -80,6 +80,24 @@ describe("the PM2 process manager #pm2", function()
     assert.falsy(out:find("UNSET_HERE", 1, true))
   end)
 
+  it("keeps variables named like the probe's own shell variables with the instance's values #host", function()
+    local names = { "n", "s", "v", "pm2_dir", "pm2_pid" }
+    local env = {}
+    for _, k in ipairs(names) do env[k] = "mine-" .. k end
+    local p = host.new({ env = env })
+    local inst = p.instances.boot()
+    finally(function() p.instances.terminate(inst.id) end)
+    local pm = pm2mod.new({ provider = p, log = logmod.silent(), keep_env = names })
+    pm.start(inst.id, { command = { kind = "shell", script = "env; echo end", name = "shadow" } })
+    local out = wait_for(function()
+      local text = pm.logs(inst.id, "shadow", 1000).out
+      return text:find("\nend\n") and text
+    end, "shadow's output")
+    for _, k in ipairs(names) do
+      assert.truthy(("\n" .. out):find("\n" .. k .. "=mine%-" .. k .. "\n"), k)
+    end
+  end)
+
   it("reports a missing pm2 with an install hint #host", function()
     -- A PATH holding only sh: `pm2` cannot be found.
     local bin = assert(proc.run({ argv = { "mktemp", "-d" } })).stdout:gsub("%s+$", "")
