@@ -18,7 +18,8 @@
 --   unless `argv_payloads(id)` (asked once per write that needs more than one line) says the
 --   provider sends such execs as argv arrays (the Morph provider's exec_form "auto").
 -- - A write whose content fits one exec is ONE exec: create the parent directories (create_dirs),
---   write a temporary file beside the target (mode 600 while it is written), fsync, chmod/chown,
+--   write a temporary file beside the target (with its final mode where no chmod is needed for
+--   it, else mode 600 while it is written), fsync, chmod/chown where needed,
 --   check its sha256 (the digest of exactly `size` bytes: a match checks the size too), rename
 --   over the target. Larger contents go one chunk per exec, each verified where it lands: a
 --   chunk exec writes its bytes at their offset of the temporary file, reads exactly that
@@ -41,8 +42,9 @@
 -- - Files above `size_limit` (default 256 MiB) fail with FILE_TOO_LARGE before anything moves.
 -- - Tools: coreutils first, python3 the fallback. coreutils start in a few ms each where python3
 --   takes 20-70 ms to start and import (a one-exec write with coreutils: sh, base64 -d, sync,
---   chmod, sha256sum, mv). Writes choose on the instance inside the same exec (coreutils when
---   all of base64, sha256sum, chmod, chown, mv, mkdir, rm, sync, tail, tee and wc are on PATH, else python3),
+--   the hash, mv, and chmod only where the mode needs it). Writes choose on the instance inside
+--   the same exec (coreutils when all of base64, sha256sum, chmod, chown, mv, mkdir, rm, sync,
+--   tail, tee and wc are on PATH, else python3),
 --   so a small write is one exec even on a fresh instance; the first read asks once per
 --   instance (SH_PROBE), and later writes and reads use its answer. GNU-only options have POSIX
 --   fallbacks (busybox): `sync FILE` -> `sync`, `chmod --reference` -> `stat -c %a`, `mv -T` ->
@@ -201,59 +203,62 @@ sha_run() {
 
 -- Scope "stdin" (a byte channel: SSH, the local provider's redirect): the content comes raw on
 -- stdin, read once, written (tee) and hashed in one pipeline (openssl, else sha256sum; an openssl
--- that fails is drained so tee sees no broken pipe, and the file written is then hashed).
+-- that fails is drained by cat so tee sees no broken pipe, and the file written is then hashed).
 -- (Comments stay out of the scripts: every byte of them travels in each one-line exec.)
 --
--- The same with POSIX sh and coreutils: sh, (a subshell creating and filling the temporary
--- file with `base64 -d`), sync (the fsync, in the background while chmod and sha256sum run;
--- waited for before the rename), chmod, sha256sum, mv. With scope "all" the sha256 alone is
--- checked: it is the digest of exactly `size` bytes, so a match means the size matches too (wc
--- runs only to say how much arrived when it does not). With "tail:N" (the last exec of a write
--- whose other chunks SH_CHUNK checked where they landed) wc checks the size first, then
--- `tail -c N | sha256sum` what this exec appended. GNU options have a POSIX fallback that keeps the same
--- guarantees, so busybox never leaves a wrong file: `sync FILE` falls back to a global sync,
--- `chmod --reference` to `stat -c %a`, `mv -T` to a plain mv after checking the target is no
--- directory.
+-- The same with POSIX sh and coreutils: sh, base64 -d into the temporary file, sync (the
+-- fsync, in the background while the hash runs; waited for before the rename), openssl (else
+-- sha256sum) over the file as written, mv: four programs for a write that fits one exec. With
+-- scope "all" the sha256 alone is checked: it is the digest of exactly `size` bytes, so a match
+-- means the size matches too (wc runs only to say how much arrived when it does not). With
+-- "tail:N" (the last exec of a write whose other chunks SH_CHUNK checked where they landed) wc
+-- checks the size first, then `tail -c N | sha256sum` what this exec appended.
+--
+-- The mode: a file this exec creates whole gets its final mode at creation where no chmod is
+-- needed for it (fork + exec is 1-4 ms a program): the umask is set to the mode's complement
+-- when the mode asks no bit outside 0666 and lets the owner read (0644 -> umask 133; the file
+-- is read back to hash it), and left as it is for a new
+-- file without a mode (what `chmod =rw` would give: 0666 & ~umask). Otherwise (an x bit, a
+-- replaced file keeping its old mode, a chunked write) the temporary file is 600 while it is
+-- written and chmod sets the mode before the rename.
+--
+-- GNU options have a POSIX fallback that keeps the same guarantees, so busybox never leaves a
+-- wrong file: `sync FILE` falls back to a global sync, `chmod --reference` to `stat -c %a`,
+-- `mv -T` to a plain mv after checking the target is no directory.
 local SH_WRITE = SH_SHA .. [[
 target=$1 tmp=$2 d=$3 mkdirs=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11} scope=${12}
 shift 12
 fail() { rm -f -- "$tmp"; printf '%s\n' "$2" >&2; exit "$1"; }
 if { [ "$first" = 1 ] || [ "$last" = 1 ]; } && [ -d "$target" ]; then fail 43 "the path is a directory"; fi
 IFS=
-whole=
+whole= cm=077 moded=
 if [ "$first" = 1 ]; then
   if [ "$mkdirs" = 1 ]; then mkdir -p -- "$d" || fail 1 "cannot create the directory"
   elif [ ! -d "$d" ]; then fail 1 "$d: No such file or directory"; fi
+  if [ "$last" = 1 ]; then
+    case $mode in
+    0[46][0246][0246]|[46][0246][0246])
+      r=${mode#"${mode%???}"}; a=${r%??}; b=${r#?}; b=${b%?}; c=${r#??}
+      cm=$((7 - a))$((7 - b))$((7 - c)) moded=1 ;;
+    '') if [ ! -e "$target" ]; then cm= moded=1; fi ;;
+    esac
+  fi
 fi
 if [ "$scope" = stdin ]; then
   whole=1
-  (set -C; umask 077; : > "$tmp") || fail 1 "cannot create the temporary file"
+  (set -C; if [ -n "$cm" ]; then umask "$cm"; fi; : > "$tmp") || fail 1 "cannot create the temporary file"
   h=$( { { tee -- "$tmp" || echo @fail >&3; } | {
-    if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r 2>/dev/null; cat > /dev/null
+    if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r 2>/dev/null || cat > /dev/null
     else sha256sum; fi; }; } 3>&1)
   case $h in *@fail*) fail 1 "the temporary file could not be written" ;; esac
   sha_ok || sha_of "$tmp" || fail 1 "sha256sum failed"
-elif [ "$first" = 1 ] && [ "$last" = 1 ] && [ "$scope" = all ]; then
-  # The whole file in this exec: decoded, written (tee) and hashed in one pipeline, so the hash
-  # is of exactly the bytes written and costs no second pass; base64 -d or tee failing says so
-  # on fd 3. openssl when it gives a digest, else the pipeline runs again with sha256sum. (Not
-  # through sha_run: dash takes ~20 ms to pass a MiB of arguments through two function calls.)
-  whole=1
-  (set -C; umask 077; : > "$tmp") || fail 1 "cannot create the temporary file"
-  for tool in openssl sha256sum; do
-    if [ "$tool" = openssl ] && ! command -v openssl >/dev/null 2>&1; then continue; fi
-    h=$( { { base64 -d || echo @fail >&3; } <<EOF | { tee -- "$tmp" || echo @fail >&3; } |
-$*
-EOF
-      { if [ "$tool" = openssl ]; then openssl dgst -sha256 -r 2>/dev/null; cat > /dev/null; else sha256sum; fi; }
-      } 3>&1)
-    case $h in *@fail*) fail 1 "base64 -d failed, or the temporary file could not be written" ;; esac
-    sha_ok && break
-  done
 elif [ "$first" = 1 ]; then
-  (set -C; umask 077; exec base64 -d > "$tmp") <<EOF || fail 1 "cannot create the temporary file, or base64 -d failed"
+  set -C
+  if [ -n "$cm" ]; then umask "$cm"; fi
+  base64 -d > "$tmp" <<EOF || fail 1 "cannot create the temporary file, or base64 -d failed"
 $*
 EOF
+  set +C
 elif [ $# -gt 0 ]; then
   base64 -d >> "$tmp" <<EOF || fail 1 "base64 -d failed"
 $*
@@ -262,14 +267,15 @@ fi
 unset IFS
 if [ "$last" = 1 ]; then
   sync -- "$tmp" 2>/dev/null & s=$!
-  if [ -n "$mode" ]; then chmod -- "$mode" "$tmp" || fail 1 "chmod failed"
+  if [ -n "$moded" ]; then :
+  elif [ -n "$mode" ]; then chmod -- "$mode" "$tmp" || fail 1 "chmod failed"
   elif [ -e "$target" ]; then
     chmod --reference="$target" -- "$tmp" 2>/dev/null ||
       { m=$(stat -c %a -- "$target") && chmod -- "$m" "$tmp"; } || fail 1 "chmod failed"
   else chmod =rw -- "$tmp" || fail 1 "chmod failed"; fi
   if [ -n "$owner$group" ]; then chown -- "$owner${group:+:$group}" "$tmp" || fail 1 "chown failed"; fi
   case $whole$scope in
-  1*) ;; # hashed as it was written
+  1*) ;;
   tail:*)
     n=$(wc -c < "$tmp") || fail 1 "wc failed"
     [ "$n" -eq "$size" ] 2>/dev/null ||

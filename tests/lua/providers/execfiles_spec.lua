@@ -390,11 +390,11 @@ describe("execfiles #files", function()
       assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
     end)
 
-    it("refuses a one-exec write whose tee or base64 -d fails, keeping the old file", function()
+    it("refuses a one-exec write whose base64 -d fails, keeping the old file", function()
       local opts = { max_request_bytes = 4096, max_arg_bytes = 1024 }
-      for _, wrapper in ipairs({ { tee = 'cat > /dev/null\nexit 1' },
-        { base64 = 'if [ "$1" = -d ]; then cat > /dev/null; exit 1; fi\nexec "REAL" "$@"' } }) do
-        local bin = make_bin({ wrappers = wrapper })
+      for _, body in ipairs({ 'if [ "$1" = -d ]; then cat > /dev/null; exit 1; fi\nexec "REAL" "$@"',
+        'if [ "$1" = -d ]; then "REAL" -d | head -c 3; exit 1; fi\nexec "REAL" "$@"' }) do
+        local bin = make_bin({ wrappers = { base64 = body } })
         local h = new_harness({ path = bin, files = opts })
         spit(h.root .. "/kept", "old")
         local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/kept", "new content")
@@ -402,6 +402,59 @@ describe("execfiles #files", function()
         assert.are.equal("old", slurp(h.root .. "/kept"))
         assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
       end
+    end)
+
+    -- Every program a write runs on the instance costs a fork and an exec (1-4 ms each on a
+    -- small VM): a file written whole runs base64, sync, the hash and mv, and chmod only where
+    -- the mode cannot be given at creation.
+    it("writes a file whole with four programs, chmod only where the mode needs it, modes exact", function()
+      local names = { "base64", "sync", "sha256sum", "mv", "chmod", "tee", "cat", "wc", "stat" }
+      local wrappers = {}
+      for _, n in ipairs(names) do wrappers[n] = 'echo ' .. n .. ' >> "LOG"\nexec "REAL" "$@"' end
+      local bin = make_bin({ wrappers = wrappers })
+      local h = new_harness({ path = bin })
+      local umask = tonumber(sh_out("umask"), 8)
+      local function ran(fn)
+        os.remove(bin .. "/log")
+        fn()
+        local f = io.open(bin .. "/log", "rb")
+        local out = f and f:read("a") or ""
+        if f then f:close() end
+        return (out:gsub("\n", " "))
+      end
+      local function mode_of(name) return sh_out('stat -c %a "$1"', h.root .. "/" .. name) end
+      local cases = {
+        -- path, mode, expected mode, programs
+        { "new-644", "644", "644\n", "base64 sync sha256sum mv " },
+        { "new-0400", "0400", "400\n", "base64 sync sha256sum mv " },
+        { "new-plain", nil, ("%o\n"):format(0x1b6 & ~umask), "base64 sync sha256sum mv " },
+        { "new-755", "755", "755\n", "base64 sync chmod sha256sum mv " },
+        { "new-200", "200", "200\n", "base64 sync chmod sha256sum mv " },
+        { "new-4644", "4644", "4644\n", "base64 sync chmod sha256sum mv " },
+      }
+      for _, c in ipairs(cases) do
+        local log = ran(function() h.files.write_file_atomic("inst-1", "~/" .. c[1], "content " .. c[1], { mode = c[2] }) end)
+        -- sync runs in the background: its place in the log varies
+        local sorted = function(s)
+          local t = {}
+          for w in s:gmatch("%S+") do t[#t + 1] = w end
+          table.sort(t)
+          return table.concat(t, " ")
+        end
+        assert.are.equal(sorted(c[4]), sorted(log), c[1])
+        assert.are.equal(c[3], mode_of(c[1]), c[1])
+        assert.are.equal("content " .. c[1], slurp(h.root .. "/" .. c[1]))
+      end
+      -- a replaced file without a mode keeps its mode (chmod --reference), with one: the new mode
+      sh_out('chmod 751 "$1"', h.root .. "/new-644")
+      local log = ran(function() h.files.write_file_atomic("inst-1", "~/new-644", "again") end)
+      assert.truthy(log:find("chmod", 1, true))
+      assert.are.equal("751\n", mode_of("new-644"))
+      log = ran(function() h.files.write_file_atomic("inst-1", "~/new-644", "again 2", { mode = "640" }) end)
+      assert.is_nil(log:find("chmod", 1, true))
+      assert.are.equal("640\n", mode_of("new-644"))
+      assert.are.equal("again 2", slurp(h.root .. "/new-644"))
+      assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
     end)
 
     it("falls back to python3 when coreutils are missing, writes and reads included", function()
