@@ -5,7 +5,7 @@ local proc = require("galley.core.proc")
 local workspace = require("galley.workspace")
 local W = assert(loadfile(require("support").source_dir .. "/tests/lua/support/workspace_suite.lua", "t", _ENV))()
 
-W.suite("the local provider", W.local_setup(true))
+W.suite("the local provider", W.local_setup(true), { logic = true })
 
 describe("galley.workspace's path check", function()
   it("takes relative paths that stay inside, and nothing else", function()
