@@ -524,6 +524,18 @@ static int l_process_pid(lua_State *L) {
 }
 
 
+/* Process:running() -> boolean: false once the child has exited (as the event loop has seen:
+ * it looks whenever something waits, so a poll that sleeps sees an exit within its period).
+ * Never waits; output not yet read stays readable. */
+static int l_process_running(lua_State *L) {
+  lprocess *lp = check_open_process(L);
+  galley_proc_status st;
+  galley_proc_get_status(lp->p, &st);
+  lua_pushboolean(L, !st.reaped);
+  return 1;
+}
+
+
 /* Process:close()   also __gc and __close: kills the group unless finished, reaps; idempotent.
  * A task waiting in read/wait meanwhile wakes up with nil, err(PROC_CLOSED). */
 static int l_process_close(lua_State *L) {
@@ -550,6 +562,7 @@ static const luaL_Reg process_methods[] = {
   { "kill",        l_process_kill        },
   { "wait",        l_process_wait        },
   { "pid",         l_process_pid         },
+  { "running",     l_process_running     },
   { "close",       l_process_close       },
   { NULL,          NULL                  }
 };

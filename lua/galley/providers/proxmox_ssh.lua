@@ -88,7 +88,7 @@ local exit_boxes = {}
 ---@return table
 function M.new(opts)
   local self = setmetatable({ dir = opts.dir, owned = opts.owned, cmd = M.command_argv(opts.ssh_command),
-    used = {}, key_path = opts.key_path, gates = {}, sessions = {} }, SSH)
+    used = {}, key_path = opts.key_path, gates = {}, sessions = {}, spawned = {} }, SSH)
   -- ssh_command's own ControlMaster/ControlPath win over galley's: then the connection sharing is
   -- the user's, and galley neither watches a socket nor counts sessions (see gate)
   for _, w in ipairs(self.cmd) do
@@ -332,13 +332,38 @@ function SSH:argv(t, argv, tty, own_connection)
 end
 
 
+-- Sessions in use on the connection at `path`: commands in flight (self.sessions) and spawned
+-- commands still running (a spawned ssh holds its session until it ends, whether or not anyone
+-- waits for it; weak keys: a Process dropped and collected is closed, its session with it).
+local function in_flight(self, path)
+  local n = self.sessions[path] or 0
+  for p in pairs(self.spawned[path] or {}) do
+    local ok, running = pcall(p.running, p)
+    if ok and running then n = n + 1 else self.spawned[path][p] = nil end
+  end
+  return n
+end
+
+
+-- Waits (without blocking other tasks) until t's connection has a session free, up to
+-- MASTER_WAIT_MS: its control path, or nil when the command should go over a connection of its
+-- own (none came free, or the connection sharing is the user's).
+local function session_for(self, t)
+  if self.own_mux then return nil end
+  local path = self:control_path(t)
+  if poll(M.MASTER_WAIT_MS, function() return in_flight(self, path) < M.MAX_MUX_SESSIONS end) then return path end
+  return nil
+end
+
+
 -- Runs fn(local_argv) with the argv of argv on t, then lets the target's gate go (see gate).
--- With MAX_MUX_SESSIONS commands in flight on t, a command waits for one to end (see there).
+-- With MAX_MUX_SESSIONS commands in flight on t (spawned ones included), a command waits for
+-- one to end (see there).
 local function gated(self, t, argv, own_connection, fn)
   local path
   if not own_connection and not self.own_mux then
-    path = self:control_path(t)
-    if poll(M.MASTER_WAIT_MS, function() return (self.sessions[path] or 0) < M.MAX_MUX_SESSIONS end) then
+    path = session_for(self, t)
+    if path then
       self.sessions[path] = (self.sessions[path] or 0) + 1
     else
       own_connection, path = true, nil
@@ -483,10 +508,19 @@ function SSH:stream(t, argv, on_stdout, on_stderr)
 end
 
 
---- Starts argv on the target without waiting: a galley.core.proc Process of the local ssh.
+--- Starts argv on the target without waiting: a galley.core.proc Process of the local ssh. Like
+--- a command, it takes a session of the target's multiplexed connection (waiting for one, as
+--- commands do, past MAX_MUX_SESSIONS) and holds it until it ends.
 function SSH:spawn(t, argv, opts)
   opts = opts or {}
-  return proc.spawn({ argv = self:argv(t, argv), stdin = opts.stdin or "null", env = { SSH_AUTH_SOCK = "" } })
+  local path = session_for(self, t)
+  local p, err = proc.spawn({ argv = self:argv(t, argv, false, (not path and not self.own_mux) or nil),
+    stdin = opts.stdin or "null", env = { SSH_AUTH_SOCK = "" } })
+  if p and path then
+    self.spawned[path] = self.spawned[path] or setmetatable({}, { __mode = "k" })
+    self.spawned[path][p] = true
+  end
+  return p, err
 end
 
 

@@ -277,6 +277,21 @@ io.stdout:write(ok and (err and err.code or "no error") or (type(r) == "table" a
       assert.has_error(function() p:pid() end)
     end)
 
+    it("says whether the child still runs without waiting for it or reading its output", function()
+      local runtime = require("galley.core.runtime")
+      local p = assert(proc.spawn{ argv = { "sh", "-c", "echo out; sleep 0.3" } })
+      assert.is_true(p:running())
+      local deadline = runtime.now_ms() + 10000
+      while p:running() and runtime.now_ms() < deadline do runtime.sleep_ms(20) end
+      assert.is_false(p:running())
+      -- what it printed is still there, and wait reports the exit
+      local r = p:wait()
+      assert.are.same({ 0, "out\n" }, { r.exit_code, r.stdout })
+      assert.is_false(p:running())
+      p:close()
+      assert.has_error(function() p:running() end)
+    end)
+
     it("fails with PROC_SPAWN like run", function()
       local p, err = proc.spawn{ argv = { "/nonexistent/program" } }
       assert.is_nil(p)

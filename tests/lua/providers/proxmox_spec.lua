@@ -177,6 +177,36 @@ describe("proxmox provider on galley emulate proxmox #proxmox #slow", function()
     end
   end)
 
+  it("counts spawned commands among the connection's sessions until they end", function()
+    local inst = p.instances.boot(TEMPLATE)
+    local pssh = require("galley.providers.proxmox_ssh")
+    local saved = pssh.MAX_MUX_SESSIONS
+    pssh.MAX_MUX_SESSIONS = 2
+    local handles = {}
+    finally(function()
+      pssh.MAX_MUX_SESSIONS = saved
+      for _, h in ipairs(handles) do pcall(h.close, h) end
+      pcall(p.instances.terminate, inst.id)
+    end)
+    assert.are.equal(0, p.exec(inst.id, { kind = "argv", command = "true" }).exit_code) -- connected
+    for i = 1, 2 do handles[i] = assert(p.spawn(inst.id, { "sleep", "1.5" })) end
+    assert.is_true(handles[1]:running() and handles[2]:running())
+    -- both sessions held by spawned commands nobody waits for: a command waits for one to end
+    -- (before: it ran at once, a third session; past sshd's MaxSessions "Session open refused")
+    local r = p.exec(inst.id, { kind = "argv", command = "echo", args = { "after" } })
+    assert.are.same({ 0, "after\n", "" }, { r.exit_code, r.stdout, r.stderr })
+    assert.is_true(not handles[1]:running() or not handles[2]:running())
+    -- a spawned command closed (killed) frees its session at once; a third spawn then starts
+    -- while the other two sessions are taken by one running spawn and one free
+    for _, h in ipairs(handles) do h:close() end
+    handles[3] = assert(p.spawn(inst.id, { "sleep", "30" }))
+    local t0 = require("galley.core.runtime").now_ms()
+    r = p.exec(inst.id, { kind = "argv", command = "echo", args = { "beside" } })
+    assert.are.equal("beside\n", r.stdout)
+    assert.is_true(handles[3]:running())
+    assert.is_true(require("galley.core.runtime").now_ms() - t0 < 10000) -- did not wait for the sleep
+  end)
+
   it("leaves connection sharing to an ssh_command that sets it (commands still run together)", function()
     local inst = p.instances.boot(TEMPLATE)
     p.disconnect(inst.id) -- no socket where galley would look for one
