@@ -68,6 +68,9 @@ M.NAME = "local"
 M.VERSION = "0.1.0"
 M.DEFAULT_SNAPSHOT = "snapshot_empty"
 M.IMAGE_ID = "local-host"
+--- After an exec's cgroup was killed at its time limit, how long the host still reads its output
+--- before answering TIMEOUT (a process outside the cgroup may hold its pipes open).
+M.CGROUP_PIPE_GRACE_MS = 1000
 
 local TOOL_TIMEOUT_MS = 10 * 60 * 1000
 local KILL_WAIT_MS = 15000
@@ -1287,16 +1290,24 @@ function M.new(opts)
     local wait_ms = limit and (limit + common.EXEC_BACKSTOP_MS) or opts.exec_timeout_ms
     local cg = command_cgroup(meta)
     -- past the limit and timeout(1)'s KILL, what left its process group dies with the cgroup
+    local cg_kill_ms = limit and limit + common.EXEC_KILL_AFTER_S * 1000 + 500
     local watchdog = cg and limit and task.spawn(function()
-      task.sleep(limit + common.EXEC_KILL_AFTER_S * 1000 + 500)
+      task.sleep(cg_kill_ms)
       kill_cgroup(cg)
     end)
+    -- Once the cgroup is killed nothing of the command runs, yet its pipes can stay open: a
+    -- process outside it holds them (a tmux client hands its stdout to the tmux server over the
+    -- server's socket; a stopped server never takes it, and the pipe never ends). The host
+    -- then waits CGROUP_PIPE_GRACE_MS for the output, not the whole backstop (TIMEOUT at the
+    -- limit + ~4 s instead of + 12 s).
+    local kill_grace_ms
+    if watchdog then wait_ms, kill_grace_ms = cg_kill_ms + M.CGROUP_PIPE_GRACE_MS, 200 end
     local ok, r = pcall(common.run_limited, meta.id, argv, limit, function(a)
       local popts = process_options(meta, a, env, cwd, operation, cg)
       if eopts and (eopts.on_stdout or eopts.on_stderr) then
         return run_streaming(meta, popts, wait_ms, opts.max_output, eopts, operation)
       end
-      popts.timeout_ms, popts.max_output = wait_ms, opts.max_output
+      popts.timeout_ms, popts.max_output, popts.kill_grace_ms = wait_ms, opts.max_output, kill_grace_ms
       local res, err = proc.run(popts)
       if not res then could_not_run(meta, err, operation) end
       return res

@@ -238,6 +238,31 @@ print("booted")
       assert.is_false(alive(pid))
     end)
 
+    it("answers TIMEOUT soon after a command's cgroup is killed, though a process outside holds its output",
+      function()
+      local i = p.instances.boot()
+      finally(function() p.instances.terminate(i.id) end)
+      if not p.usage(i.id) then
+        return pending("no cgroup for local instances here (as a plain user without a delegated one)")
+      end
+      if not proc.which("tmux") then return pending("no tmux here") end
+      -- a tmux server (started by an earlier exec: outside this one's cgroup), stopped: a tmux
+      -- client hands it its stdout over the server's socket, and the pipe stays open as long
+      -- as the stopped server does not take the message
+      assert.are.equal(0, p.exec(i.id, sh("tmux -L t new-session -d -s w 'exec sleep 300'")).exit_code)
+      local pid = p.exec(i.id, sh("tmux -L t display-message -p '#{pid}'")).stdout:match("%d+")
+      assert.are.equal(0, p.exec(i.id, sh("kill -STOP " .. pid)).exit_code)
+      local t0 = runtime.now_ms()
+      local ok, err = pcall(p.exec, i.id, sh("tmux -L t has-session -t =w"), { timeout_ms = 500 })
+      local took = runtime.now_ms() - t0
+      p.exec(i.id, sh("kill -CONT " .. pid))
+      assert.is_false(ok)
+      assert.are.equal("TIMEOUT", err.code)
+      -- the limit, timeout(1)'s KILL 2 s later, the cgroup's 0.5 s after, then 1 s for the
+      -- output: ~4 s (before: the limit + the 10 s backstop + 2 s, 12.5 s)
+      assert.truthy(took < 500 + require("galley.providers.common").EXEC_BACKSTOP_MS, took)
+    end)
+
     it("kills a paused instance's processes on terminate", function()
       local i = p.instances.boot()
       local pid = start_sleeper(p, i.id)

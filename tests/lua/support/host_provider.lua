@@ -288,8 +288,11 @@ function M.providers()
       new = function()
         local emulator = require("support.emulator")
         local em = emulator.start({ boot_delay_ms = 0 })
+        -- (exec_backstop_ms: the emulator on loopback answers at once; a command whose output a
+        -- process outside it holds open, as a stopped tmux server does, is given up sooner)
         local ok, p = pcall(morph_mod.new, { api_key = em.api_key, base_url = em.base_url, home_dir = false,
-          retry = { max_attempts = 3, base_delay_ms = 10, max_delay_ms = 100 }, boot_timeout_ms = 30000 })
+          retry = { max_attempts = 3, base_delay_ms = 10, max_delay_ms = 100 }, boot_timeout_ms = 30000,
+          exec_backstop_ms = 4000 })
         if not ok then
           em:stop()
           error(p, 0)
