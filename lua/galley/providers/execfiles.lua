@@ -220,7 +220,8 @@ sha_run() {
 -- is read back to hash it), and left as it is for a new
 -- file without a mode (what `chmod =rw` would give: 0666 & ~umask). Otherwise (an x bit, a
 -- replaced file keeping its old mode, a chunked write) the temporary file is 600 while it is
--- written and chmod sets the mode before the rename.
+-- written and chmod sets the mode after the hash (a mode such as 200 would keep a plain user
+-- from reading it back) and before the rename.
 --
 -- GNU options have a POSIX fallback that keeps the same guarantees, so busybox never leaves a
 -- wrong file: `sync FILE` falls back to a global sync, `chmod --reference` to `stat -c %a`,
@@ -253,12 +254,10 @@ if [ "$scope" = stdin ]; then
   case $h in *@fail*) fail 1 "the temporary file could not be written" ;; esac
   sha_ok || sha_of "$tmp" || fail 1 "sha256sum failed"
 elif [ "$first" = 1 ]; then
-  set -C
-  if [ -n "$cm" ]; then umask "$cm"; fi
-  base64 -d > "$tmp" <<EOF || fail 1 "cannot create the temporary file, or base64 -d failed"
+  (set -C; if [ -n "$cm" ]; then umask "$cm"; fi; exec base64 -d > "$tmp") <<EOF ||
 $*
 EOF
-  set +C
+    fail 1 "cannot create the temporary file, or base64 -d failed"
 elif [ $# -gt 0 ]; then
   base64 -d >> "$tmp" <<EOF || fail 1 "base64 -d failed"
 $*
@@ -267,13 +266,6 @@ fi
 unset IFS
 if [ "$last" = 1 ]; then
   sync -- "$tmp" 2>/dev/null & s=$!
-  if [ -n "$moded" ]; then :
-  elif [ -n "$mode" ]; then chmod -- "$mode" "$tmp" || fail 1 "chmod failed"
-  elif [ -e "$target" ]; then
-    chmod --reference="$target" -- "$tmp" 2>/dev/null ||
-      { m=$(stat -c %a -- "$target") && chmod -- "$m" "$tmp"; } || fail 1 "chmod failed"
-  else chmod =rw -- "$tmp" || fail 1 "chmod failed"; fi
-  if [ -n "$owner$group" ]; then chown -- "$owner${group:+:$group}" "$tmp" || fail 1 "chown failed"; fi
   case $whole$scope in
   1*) ;;
   tail:*)
@@ -283,6 +275,13 @@ if [ "$last" = 1 ]; then
     sha_run tail -c "${scope#tail:}" -- "$tmp" || fail 1 "sha256sum failed" ;;
   *) sha_of "$tmp" || fail 1 "sha256sum failed" ;;
   esac
+  if [ -n "$moded" ]; then :
+  elif [ -n "$mode" ]; then chmod -- "$mode" "$tmp" || fail 1 "chmod failed"
+  elif [ -e "$target" ]; then
+    chmod --reference="$target" -- "$tmp" 2>/dev/null ||
+      { m=$(stat -c %a -- "$target") && chmod -- "$m" "$tmp"; } || fail 1 "chmod failed"
+  else chmod =rw -- "$tmp" || fail 1 "chmod failed"; fi
+  if [ -n "$owner$group" ]; then chown -- "$owner${group:+:$group}" "$tmp" || fail 1 "chown failed"; fi
   wait "$s" || sync || fail 1 "sync failed"
   if [ "${h%% *}" != "$digest" ]; then
     n=$(wc -c < "$tmp" 2>/dev/null)
