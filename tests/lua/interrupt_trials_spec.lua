@@ -2,7 +2,8 @@
 -- SIGTERM at a random moment. Every run must leave 0 instances and 0 PM2 daemons, and exit with
 -- the code that matches its signal (130 for SIGINT, 143 for SIGTERM), or 0 when it had already
 -- finished. GALLEY_TRIALS_SEED replays a seed; GALLEY_TRIALS sets the count. It counts the PM2
--- daemons of its own emulator's instances only. #serial: its timings are random and short.
+-- daemons of its own emulator's instances only, and its own emulator's instances, so it runs
+-- beside other specs (it ran alone, one of two cores idle for its ~70 s).
 local support = require("support")
 local emulator = require("support.emulator")
 local proc = require("galley.core.proc")
@@ -20,7 +21,7 @@ done; true]], "sh", em.state_dir }, timeout_ms = 10000 })
   return n
 end
 
-describe("interrupt trials: boot-and-run on galley emulate #slow #serial #run", function()
+describe("interrupt trials: boot-and-run on galley emulate #slow #run", function()
   local em, state
 
   setup(function()

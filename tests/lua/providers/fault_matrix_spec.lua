@@ -16,8 +16,8 @@ local codec = require("galley.core.codec")
 local runtime = require("galley.core.runtime")
 
 -- Client time limits (per request and per exec) and the injected delay that outlasts them.
-local TIMEOUT_MS = 5000
-local DELAY_MS = 7500
+local TIMEOUT_MS = 2500
+local DELAY_MS = 4000
 local FILE_BYTES = 3 * 1024 * 1024
 
 local FAULTS = {
