@@ -27,8 +27,8 @@
 --
 -- Secrets: none are added. IS_SANDBOX=1 (not a secret) is set when running as root with
 -- skipped permissions, which claude requires as root. Anything in input.env is passed as given.
-local contracts = require("galley.contracts")
 local errors = require("galley.errors")
+local headless = require("galley.agents.headless")
 local util = require("galley.util")
 
 local M = {}
@@ -47,7 +47,7 @@ M.DEFAULTS = {
 }
 
 --- claude -p caps piped stdin at 10 MB (reference §3).
-M.MAX_PROMPT_BYTES = 10 * 1000 * 1000
+M.MAX_PROMPT_BYTES = headless.MAX_PROMPT_BYTES
 
 M.OUTPUT_FORMATS = { text = true, json = true, ["stream-json"] = true }
 
@@ -66,44 +66,7 @@ local INPUT_TYPES = {
 local UNSET = { "CLAUDECODE", "ANTHROPIC_API_KEY" }
 
 
-local function bad(path, message)
-  error(errors.AgentError("VALIDATION_ERROR", ("%s: %s"):format(path, message),
-    { field = path, details = { path = path } }), 0)
-end
-
-
-local function typename(v)
-  return math.type(v) == "integer" and "integer" or type(v)
-end
-
-
--- Checks t against {field = type}; unknown fields and wrong types raise.
-local function check_fields(path, t, types)
-  if type(t) ~= "table" then bad(path, "expected a table, got " .. type(t)) end
-  for _, k in ipairs(util.sorted_keys(t)) do
-    local want = types[k]
-    local where = path .. "." .. tostring(k)
-    if not want then bad(where, "unknown field") end
-    local got = typename(t[k])
-    if got ~= want and not (want == "integer" and math.tointeger(t[k])) then
-      bad(where, ("expected %s, got %s"):format(want, got))
-    end
-  end
-end
-
-
-local function check_text(path, v, allow_empty, allow_nul)
-  if type(v) ~= "string" then bad(path, "expected string, got " .. type(v)) end
-  if not allow_empty and v == "" then bad(path, "must not be empty") end
-  if not allow_nul and v:find("\0", 1, true) then bad(path, "must not contain a NUL byte") end
-end
-
-
--- A path as a shell word: "~/rest" keeps its tilde expandable, anything else is quoted whole.
-local function path_word(shell, path)
-  if path:sub(1, 2) == "~/" then return "~/" .. shell.quote(path:sub(3)) end
-  return shell.quote(path)
-end
+local bad, check_fields, check_text = headless.bad, headless.check_fields, headless.check_text
 
 
 --- Creates a Claude Code agent.
@@ -128,9 +91,7 @@ function M.new(opts)
   check_text("opts.prompt_dir", cfg.prompt_dir)
   cfg.inline_limit = math.tointeger(cfg.inline_limit)
   if cfg.inline_limit < 0 then bad("opts.inline_limit", "must not be negative") end
-  if opts.cwd and not pcall(contracts.check_command, { kind = "shell", script = ":", cwd = opts.cwd }) then
-    bad("opts.cwd", ("expected an absolute or ~-prefixed path, got %s"):format(errors.quote(opts.cwd)))
-  end
+  headless.check_cwd("opts.cwd", opts.cwd)
 
   local agent = { name = "claude" }
 
@@ -144,24 +105,14 @@ function M.new(opts)
     local shell = require("galley.core.shell")
     local pm2 = require("galley.core.pm2")
 
-    check_fields("input", input, INPUT_TYPES)
-    check_text("input.session_name", input.session_name)
-    if not input.session_name:find("%w") then bad("input.session_name", "needs at least one letter or digit") end
-    check_text("input.prompt", input.prompt, false, true) -- stdin is binary-safe
-    if #input.prompt > M.MAX_PROMPT_BYTES then
-      bad("input.prompt", ("%d bytes is more than claude accepts on stdin (%d)"):format(#input.prompt,
-        M.MAX_PROMPT_BYTES))
-    end
+    headless.check_input(input, INPUT_TYPES) -- the prompt may hold any byte: stdin is binary-safe
     if input.system_prompt ~= nil then check_text("input.system_prompt", input.system_prompt, true) end
     local model = input.model or cfg.model
-    check_text("input.model", model)
     local format = input.output_format or cfg.output_format
     if not M.OUTPUT_FORMATS[format] then
       bad("input.output_format", ('expected "text", "json" or "stream-json", got %s'):format(errors.quote(format)))
     end
     local extra = input.extra_args or {}
-    if not util.is_array(extra) then bad("input.extra_args", "expected an array of strings") end
-    for i, a in ipairs(extra) do check_text(("input.extra_args[%d]"):format(i), a, true) end
 
     local name = pm2.sanitize_name("cc-" .. input.session_name)
     local env = {}
@@ -197,7 +148,7 @@ function M.new(opts)
     if sp_file then
       local path = dir .. "/system-prompt.txt"
       files[#files + 1] = { path = path, content = sp, mode = "600" }
-      argv[#argv + 1] = "--append-system-prompt-file " .. path_word(shell, path)
+      argv[#argv + 1] = "--append-system-prompt-file " .. headless.path_word(shell, path)
     elseif sp_b64 then
       lines[#lines + 1] = ("galley_sp=$(printf %%s '%s' | base64 -d && printf x) || "
         .. "{ echo 'galley: cannot decode the system prompt' >&2; exit 1; }"):format(sp_b64)
@@ -210,25 +161,13 @@ function M.new(opts)
     if prompt_file then
       local path = dir .. "/prompt.txt"
       table.insert(files, 1, { path = path, content = input.prompt, mode = "600" })
-      lines[#lines + 1] = claude .. " < " .. path_word(shell, path)
+      lines[#lines + 1] = claude .. " < " .. headless.path_word(shell, path)
     else
       lines[#lines + 1] = ("printf %%s '%s' | base64 -d | %s"):format(prompt_b64, claude)
     end
 
-    local ok, spec = pcall(contracts.check_process, {
-      command = { kind = "shell", script = table.concat(lines, "\n") .. "\n", cwd = input.cwd or cfg.cwd,
-        env = next(env) and env or nil, name = name },
-      restart = "never",
-      files = #files > 0 and files or nil,
-    })
-    if not ok then
-      -- Field paths of the ProcessSpec map back to the input (cwd, env).
-      local path = errors.is(spec) and spec.details and spec.details.path or "input"
-      path = path:gsub("^command%.", "input.")
-      local message = tostring(spec.message or spec):gsub("^command%.", "input.")
-      error(errors.AgentError("VALIDATION_ERROR", message, { field = path, details = { path = path } }), 0)
-    end
-    return spec
+    return headless.checked_spec({ script = table.concat(lines, "\n") .. "\n", cwd = input.cwd or cfg.cwd,
+      env = env, name = name }, files)
   end
 
   return agent
@@ -243,7 +182,7 @@ end
 ---@return table[] steps
 function M.install_steps(o)
   o = o or {}
-  return require("galley.agents.headless").install_steps({
+  return headless.install_steps({
     package = M.PACKAGE, bin = "claude", version = o.version, global = o.global,
     post_install = 'claude --version >/dev/null 2>&1 || (cd "$root/@anthropic-ai/claude-code" && node install.cjs)',
   })

@@ -58,9 +58,32 @@ function M.check_strings(path, list)
 end
 
 
-local function path_word(shell, path)
+--- A path as a shell word: "~/rest" keeps its tilde expandable, anything else is quoted whole.
+function M.path_word(shell, path)
   if path:sub(1, 2) == "~/" then return "~/" .. shell.quote(path:sub(3)) end
   return shell.quote(path)
+end
+
+
+--- The ProcessSpec of an agent's bash script, checked; a bad cwd or env is named as the input's
+--- field (input.cwd, input.env.X), not the spec's.
+---@param command {script: string, cwd: string, env: table, name: string}
+---@param files? table[]
+---@return galley.ProcessSpec
+function M.checked_spec(command, files)
+  local ok, spec = pcall(contracts.check_process, {
+    command = { kind = "shell", script = command.script, cwd = command.cwd,
+      env = next(command.env) and command.env or nil, name = command.name },
+    restart = "never",
+    files = files and #files > 0 and files or nil,
+  })
+  if not ok then
+    local path = errors.is(spec) and spec.details and spec.details.path or "input"
+    path = path:gsub("^command%.", "input.")
+    local message = tostring(spec.message or spec):gsub("^command%.", "input.")
+    error(errors.AgentError("VALIDATION_ERROR", message, { field = path, details = { path = path } }), 0)
+  end
+  return spec
 end
 
 
@@ -91,23 +114,12 @@ function M.process_spec(b)
   if #b64 > b.inline_limit then
     local path = b.prompt_dir:gsub("/+$", "") .. "/" .. b.name .. "/prompt.txt"
     files = { { path = path, content = b.prompt, mode = "600" } }
-    lines[#lines + 1] = cli .. " < " .. path_word(shell, path)
+    lines[#lines + 1] = cli .. " < " .. M.path_word(shell, path)
   else
     lines[#lines + 1] = ("printf %%s '%s' | base64 -d | %s"):format(b64, cli)
   end
-  local ok, spec = pcall(contracts.check_process, {
-    command = { kind = "shell", script = table.concat(lines, "\n") .. "\n", cwd = b.cwd,
-      env = next(b.env) and b.env or nil, name = b.name },
-    restart = "never",
-    files = files,
-  })
-  if not ok then
-    local path = errors.is(spec) and spec.details and spec.details.path or "input"
-    path = path:gsub("^command%.", "input.")
-    local message = tostring(spec.message or spec):gsub("^command%.", "input.")
-    error(errors.AgentError("VALIDATION_ERROR", message, { field = path, details = { path = path } }), 0)
-  end
-  return spec
+  return M.checked_spec({ script = table.concat(lines, "\n") .. "\n", cwd = b.cwd, env = b.env, name = b.name },
+    files)
 end
 
 
