@@ -232,7 +232,7 @@ shift 12
 fail() { rm -f -- "$tmp"; printf '%s\n' "$2" >&2; exit "$1"; }
 if { [ "$first" = 1 ] || [ "$last" = 1 ]; } && [ -d "$target" ]; then fail 43 "the path is a directory"; fi
 IFS=
-whole= cm=077 moded=
+cm=077 moded=
 if [ "$first" = 1 ]; then
   if [ "$mkdirs" = 1 ]; then mkdir -p -- "$d" || fail 1 "cannot create the directory"
   elif [ ! -d "$d" ]; then fail 1 "$d: No such file or directory"; fi
@@ -246,7 +246,6 @@ if [ "$first" = 1 ]; then
   fi
 fi
 if [ "$scope" = stdin ]; then
-  whole=1
   (set -C; if [ -n "$cm" ]; then umask "$cm"; fi; : > "$tmp") || fail 1 "cannot create the temporary file"
   h=$( { { tee -- "$tmp" || echo @fail >&3; } | {
     if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r 2>/dev/null || cat > /dev/null
@@ -266,8 +265,8 @@ fi
 unset IFS
 if [ "$last" = 1 ]; then
   sync -- "$tmp" 2>/dev/null & s=$!
-  case $whole$scope in
-  1*) ;;
+  case $scope in
+  stdin) ;; # hashed in the pipe above
   tail:*)
     n=$(wc -c < "$tmp") || fail 1 "wc failed"
     [ "$n" -eq "$size" ] 2>/dev/null ||
