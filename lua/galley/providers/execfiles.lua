@@ -184,31 +184,37 @@ EOF
 
 local SH_PIPE_PY_WRITE = "py=$1; shift\n" .. SH_PY_BODY
 
--- sha256 in POSIX sh, put in $h as sha256sum prints it ("<hex> ..."). `openssl dgst -sha256`
--- when it works: it uses the CPU's SHA extensions (1.6 GB/s here against sha256sum's 250 MB/s,
--- about 2 ms less per 1.1 MiB chunk, start-up included), else sha256sum. sha_of FILE hashes a
--- file; sha_run CMD... what CMD prints (run a second time when openssl fails, so nothing is
--- verified against a half-read stream).
-local SH_SHA = [[
+-- sha256 in POSIX sh, put in $h as sha256sum prints it ("<hex> ..."). What it costs is mostly
+-- the program's start for what a write hashes (at most one exec's worth, ~1.1 MiB): sha256sum
+-- starts in 1-4.5 ms and hashes ~300 MB/s; `openssl dgst -sha256` uses the CPU's SHA extensions
+-- (1.6 GB/s) but loads libcrypto first (2.8 ms on one machine kind, 10.6 ms on a Firecracker VM
+-- like Morph's). So sha256sum below SHA_BIG bytes ($hb, set by the caller), openssl from there
+-- on (a read of a large file) or where sha256sum is missing; sha256sum again where openssl fails.
+-- sha_of FILE hashes a file; sha_run CMD... what CMD prints (run a second time when openssl
+-- fails, so nothing is verified against a half-read stream). sha_big says which to use.
+local SHA_BIG = 2 * 1024 * 1024
+local SH_SHA = ([[
 sha_ok() { x=${h%% *}; [ ${#x} -eq 64 ]; }
+sha_big() { { [ "$hb" -ge BIG ] || ! command -v sha256sum; } >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; }
 sha_of() {
-  if command -v openssl >/dev/null 2>&1; then h=$(openssl dgst -sha256 -r < "$1" 2>/dev/null) && sha_ok && return 0; fi
+  if sha_big; then h=$(openssl dgst -sha256 -r < "$1" 2>/dev/null) && sha_ok && return 0; fi
   h=$(sha256sum < "$1")
 }
 sha_run() {
-  if command -v openssl >/dev/null 2>&1; then h=$("$@" | openssl dgst -sha256 -r 2>/dev/null) && sha_ok && return 0; fi
+  if sha_big; then h=$("$@" | openssl dgst -sha256 -r 2>/dev/null) && sha_ok && return 0; fi
   h=$("$@" | sha256sum)
 }
-]]
+]]):gsub("BIG", tostring(SHA_BIG))
 
 -- Scope "stdin" (a byte channel: SSH, the local provider's redirect): the content comes raw on
--- stdin, read once, written (tee) and hashed in one pipeline (openssl, else sha256sum; an openssl
--- that fails is drained by cat so tee sees no broken pipe, and the file written is then hashed).
+-- stdin, read once, written (tee) and hashed in one pipeline (sha256sum or openssl, see sha_big; an
+-- openssl that fails is drained by cat so tee sees no broken pipe, and the file written is then
+-- hashed).
 -- (Comments stay out of the scripts: every byte of them travels in each one-line exec.)
 --
 -- The same with POSIX sh and coreutils: sh, base64 -d into the temporary file, sync (the
--- fsync, in the background while the hash runs; waited for before the rename), openssl (else
--- sha256sum) over the file as written, mv: four programs for a write that fits one exec. With
+-- fsync, in the background while the hash runs; waited for before the rename), sha256sum (or
+-- openssl, see sha_big) over the file as written, mv: four programs for a write that fits one exec. With
 -- scope "all" the sha256 alone is checked: it is the digest of exactly `size` bytes, so a match
 -- means the size matches too (wc runs only to say how much arrived when it does not). With
 -- "tail:N" (the last exec of a write whose other chunks SH_CHUNK checked where they landed) wc
@@ -229,6 +235,7 @@ sha_run() {
 local SH_WRITE = SH_SHA .. [[
 target=$1 tmp=$2 d=$3 mkdirs=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11} scope=${12}
 shift 12
+hb=$size
 fail() { rm -f -- "$tmp"; printf '%s\n' "$2" >&2; exit "$1"; }
 if { [ "$first" = 1 ] || [ "$last" = 1 ]; } && [ -d "$target" ]; then fail 43 "the path is a directory"; fi
 IFS=
@@ -248,7 +255,7 @@ fi
 if [ "$scope" = stdin ]; then
   (set -C; if [ -n "$cm" ]; then umask "$cm"; fi; : > "$tmp") || fail 1 "cannot create the temporary file"
   h=$( { { tee -- "$tmp" || echo @fail >&3; } | {
-    if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r 2>/dev/null || cat > /dev/null
+    if sha_big; then openssl dgst -sha256 -r 2>/dev/null || cat > /dev/null
     else sha256sum; fi; }; } 3>&1)
   case $h in *@fail*) fail 1 "the temporary file could not be written" ;; esac
   sha_ok || sha_of "$tmp" || fail 1 "sha256sum failed"
@@ -271,7 +278,7 @@ if [ "$last" = 1 ]; then
     n=$(wc -c < "$tmp") || fail 1 "wc failed"
     [ "$n" -eq "$size" ] 2>/dev/null ||
       fail 42 "verification failed: ${n:-?} bytes in the temporary file, $size expected"
-    sha_run tail -c "${scope#tail:}" -- "$tmp" || fail 1 "sha256sum failed" ;;
+    hb=${scope#tail:}; sha_run tail -c "$hb" -- "$tmp" || fail 1 "sha256sum failed" ;;
   *) sha_of "$tmp" || fail 1 "sha256sum failed" ;;
   esac
   if [ -n "$moded" ]; then :
@@ -356,7 +363,7 @@ if [ -d "$p" ]; then echo "is a directory" >&2; exit 43; fi
 if [ "$what" = head ]; then
   n=$(wc -c < "$p") || exit 1
   if [ "$n" -gt "$limit" ]; then echo "$n"; exit 41; fi
-  sha_of "$p" || exit 1
+  hb=$n; sha_of "$p" || exit 1
   printf '%s %s\n' "$n" "${h%% *}"
   if [ "$n" -le "$len" ]; then base64 -w 0 < "$p" 2>/dev/null || base64 < "$p" || exit 1
   else { head -c "$len" < "$p" | base64 -w 0; } 2>/dev/null || head -c "$len" < "$p" | base64 || exit 1; fi
@@ -408,7 +415,7 @@ if [ -d "$p" ]; then echo "is a directory" >&2; exit 43; fi
 [ -r "$p" ] || { echo "permission denied" >&2; exit 1; }
 n=$(wc -c < "$p") || exit 1
 if [ "$n" -gt "$limit" ]; then echo "@galley-size $n" >&2; exit 41; fi
-sha_of "$p" || exit 1
+hb=$n; sha_of "$p" || exit 1
 head -c "$n" < "$p" || exit 1
 printf '\n@galley-read %s %s\n' "$n" "${h%% *}" >&2
 ]]
@@ -422,7 +429,7 @@ printf '\n@galley-read %s %s\n' "$n" "${h%% *}" >&2
 -- no chunk failed for a reason of its own. The last exec then checks only what it appends and
 -- the size. coreutils (GNU dd) when present, else python3.
 local SH_CHUNK = SH_SHA .. [[
-tmp=$1 d=$2 mk=$3 off=$4 len=$5 digest=$6; shift 6
+tmp=$1 d=$2 mk=$3 off=$4 len=$5 digest=$6 hb=$5; shift 6
 umask 077
 gone() {
   [ -e "$tmp" ] && return 0
