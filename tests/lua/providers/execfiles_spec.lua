@@ -399,7 +399,7 @@ describe("execfiles #files", function()
       -- a hash that prints a well-formed wrong digest: the write is refused, the old file kept,
       -- chunked or in one exec; the read of a big file is refused
       local zeros = 'cat > /dev/null\necho "' .. ("0"):rep(64) .. ' *stdin"'
-      bin, h = counting({ sha256sum = zeros, openssl = zeros })
+      h = select(2, counting({ sha256sum = zeros, openssl = zeros }))
       spit(h.root .. "/kept", "old")
       local err = raises_code("FILE_IO_ERROR", h.files.write_file_atomic, "inst-1", "~/kept", small)
       assert.are.equal(42, err.details.exit_code)
@@ -407,7 +407,7 @@ describe("execfiles #files", function()
       assert.are.equal(42, err.details.exit_code)
       assert.are.equal("old", slurp(h.root .. "/kept"))
       assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
-      bin, h = counting({ openssl = zeros }, {})
+      h = select(2, counting({ openssl = zeros }, {}))
       spit(h.root .. "/big", big)
       raises_code("FILE_IO_ERROR", h.files.read_file, "inst-1", "~/big")
     end)
