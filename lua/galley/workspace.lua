@@ -70,6 +70,7 @@ local EXIT_NO_GIT, EXIT_NOT_EMPTY, EXIT_NOT_PUSHED = 44, 45, 46
 local PRELUDE = [[
 d=$1; shift
 case $d in "~") d=$HOME ;; "~/"*) d=$HOME/${d#"~/"} ;; esac
+PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 ]]
 
 -- Shell lines that decode the base64 in "$@" into `file` (a variable of the script, e.g. "$f")
@@ -101,7 +102,7 @@ if [ ! -e "$d" ] && [ ! -L "$d" ]; then echo NONE; exit 0; fi
 cd -- "$d" || exit 1
 find . -maxdepth 1 -name "]] .. TMP .. [[*" -mmin +60 -exec rm -rf -- {} + 2>/dev/null
 if command -v python3 >/dev/null 2>&1; then
-  sums() { python3 -I -S -c '
+  sums() { "$PY" -I -S -c '
 import sys, hashlib
 o = sys.stdout.buffer
 for p in sys.stdin.buffer.read().split(b"\0"):
@@ -272,7 +273,7 @@ case $z in
 esac || fail 1 "tar -x failed"
 rm -f -- "$blob"
 if command -v python3 >/dev/null 2>&1; then
-  python3 -I -S -c "$py" "$PWD" "$stage" || fail 1 "renaming into place failed"
+  "$PY" -I -S -c "$py" "$PWD" "$stage" || fail 1 "renaming into place failed"
 else
   ctl=$stage/.galley-tmp-ctl
   if [ -s "$ctl/skip" ]; then (cd -- "$stage" && xargs -0 -r -a "$ctl/skip" rm -f --); fi
@@ -342,7 +343,7 @@ case $z in
   gzip) gzip -d -c | tar -x -i -p --no-same-owner -f - -C "$stage" ;;
   *) tar -x -i -p --no-same-owner -f - -C "$stage" ;;
 esac || { rm -rf -- "$stage"; echo "tar -x failed" >&2; exit 1; }
-python3 -I -S -c "$py" "$PWD" "$stage" expect || { s=$?; rm -rf -- "$stage"; exit "$s"; }
+"$PY" -I -S -c "$py" "$PWD" "$stage" expect || { s=$?; rm -rf -- "$stage"; exit "$s"; }
 rm -rf -- "$stage"
 ]]
 

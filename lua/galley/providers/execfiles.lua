@@ -456,7 +456,8 @@ EOF
     exit 42
   fi
 else
-  python3 -I -S -c 'import os, sys, base64, hashlib
+  P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3
+  "$P" -I -S -c 'import os, sys, base64, hashlib
 data = base64.b64decode(sys.stdin.buffer.read().rstrip(b"\n"), validate=True)
 off, n = int(sys.argv[2]), int(sys.argv[3])
 try:
@@ -495,7 +496,8 @@ fi
 -- sends lines, which are stripped here.)
 local SH_PROBE = [[
 p=no c=yes
-if command -v python3 >/dev/null 2>&1 && python3 -I -S -c 'import base64, hashlib, shutil' >/dev/null 2>&1; then
+P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3
+if command -v python3 >/dev/null 2>&1 && "$P" -I -S -c 'import base64, hashlib, shutil' >/dev/null 2>&1; then
   p=yes
 fi
 for t in base64 sha256sum head tail wc chmod chown mv mkdir rm sync tee; do command -v $t >/dev/null 2>&1 || c=no; done

@@ -78,7 +78,7 @@ ln -s 'sub dir/deep' link-to-dir
 echo junk > node_modules/pkg/index.js
 printf 'node_modules/\n*.log\n' > .gitignore
 echo log > build.log
-head -c 300000 /dev/urandom > big.bin
+head -c 150000 /dev/urandom > big.bin
 git add -A && git -c user.name=t -c user.email=t@t commit -qm init
 ]], root)
 end
@@ -255,7 +255,7 @@ io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details
         rexec(p, id, [[cd "$HOME/$1" && mkdir -p node_modules/dep d/node_modules && echo dep > node_modules/dep/i.js &&
           echo log > run.log && printf '*.tmp\n!keep.tmp\n' > "sub dir/.gitignore" && echo t > "sub dir/x.tmp" &&
           echo k > "sub dir/keep.tmp" && echo n > d/node_modules/n && echo new > d/new.txt &&
-          head -c 1100000 /dev/urandom > d/big.bin]], t:sub(3))
+          head -c 200000 /dev/urandom > d/big.bin]], t:sub(3))
         local want = { "d/big.bin", "d/new.txt", "sub dir/.gitignore", "sub dir/keep.tmp" }
         -- with git on the instance, and without it (galley reads the same rules here)
         local nogit = instance_bin_without("git*", "nogit-bin")
@@ -300,7 +300,7 @@ io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details
         local t = "~/suid" .. (native and "n" or "")
         rexec(p, id, [[mkdir -p "$HOME/$1/d" && cd "$HOME/$1" && cp /bin/true suid && chmod 4755 suid &&
           cp /bin/true sgid && chmod 2711 sgid && echo s > sticky && chmod 1666 sticky && echo x > d/x &&
-          chmod 664 d/x && chmod 2775 d && head -c 1100000 /dev/urandom > big]], t:sub(3))
+          chmod 664 d/x && chmod 2775 d && head -c 200000 /dev/urandom > big]], t:sub(3))
         local back = work .. "/back"
         local r = workspace.pull(p, id, t, back)
         assert.are.equal(5, r.sent)
@@ -339,19 +339,19 @@ io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details
       local src = work .. "/seg"
       fs.mkdir_p(src)
       make_tree(src)
-      for i = 1, 6 do -- ~600 KB that compress badly: several 64 KiB segments
+      for i = 1, 6 do -- ~150 KB that compress badly: several 16 KiB segments
         local f = assert(io.open(("%s/blob%d.bin"):format(src, i), "wb"))
-        f:write(codec.random_bytes(100000))
+        f:write(codec.random_bytes(25000))
         f:close()
       end
       local saved = workspace.SEGMENT_BYTES
-      workspace.SEGMENT_BYTES = 65536
+      workspace.SEGMENT_BYTES = 16384
       local ok, err = pcall(function()
         for _, z in ipairs({ "zstd", "gzip", false }) do
           local dest = "~/seg-" .. tostring(z)
           local r = workspace.push(p, id, src, dest, { compress = z })
           assert.are.equal(z or "none", r.compress)
-          assert.is_true(r.wire_bytes > 4 * 65536, r.wire_bytes)
+          assert.is_true(r.wire_bytes > 4 * workspace.SEGMENT_BYTES, r.wire_bytes)
           local function files_only(s) return (s:gsub("d [^\n]*\n", "")) end
           local want = local_listing(src):gsub("[^\n]*\n", function(line)
             local name = codec.base64_decode(line:match("^%S+ %S+ (%S+)"))
