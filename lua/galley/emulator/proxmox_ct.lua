@@ -306,18 +306,23 @@ function Rt:start(key, addr, host_key, ssh_delay_ms)
   self.started[key] = true
 end
 
+-- The sandbox goes first, then sshd's handle. sshd runs in a session of its own, so killing the
+-- handle (the `galley __enter` that started it, outside the container) first left sshd to the
+-- host's pid 1, and the container's end waited until pid 1 reaped it: 1-2 s a stop on a
+-- machine whose init reaps late. Killed with the sandbox, sshd is reaped by its __enter.
+
 --- Stops a container: kills every process (sshd included), keeps the files.
 function Rt:stop(key)
   if self.started then self.started[key] = nil end
-  self:stop_sshd(key)
   self.sb:kill(key)
+  self:stop_sshd(key)
 end
 
 --- Removes a container's sandbox and files.
 function Rt:remove(key)
   if self.started then self.started[key] = nil end
-  self:stop_sshd(key)
   local ok, err = self.sb:remove_instance(key)
+  self:stop_sshd(key)
   if not ok then error(err, 0) end
 end
 
