@@ -174,28 +174,34 @@ F.jlist_fresh = jlist_info(fresh)
 local version = must(run("pm2 -v | tail -n 1"), "pm2 -v").stdout:match("(%d+%.%d+%.%d+)")
 report.pm2_version = version
 
--- Start every probe app at once, then wait for them.
+-- Start every probe app at once, then wait for them. The apps that report a value (cwd, env,
+-- stdin) also write it to a file of their own (tee): PM2 loses the output of an app that exits
+-- at once now and then (seen for the first app started, on a busy machine), and a lost log
+-- line must not read as "cd does not work". The log-shape app lives a moment longer for the
+-- same reason.
 must(run([=[
 pm2 ping >/dev/null 2>&1
-mkdir -p /tmp/recon-caller
+mkdir -p /tmp/recon-caller "$PM2_HOME/vals"
 start() { pm2 start bash --no-autorestart "$@" >/dev/null 2>&1; }
 # payload: cd and export inside the payload
 start --name recon-payload -- -lc 'cd /tmp && export RECON_VAR="with  spaces" &&
-  echo "pwd=$(pwd)" && echo "var=$RECON_VAR"'
+  { echo "pwd=$(pwd)" && echo "var=$RECON_VAR"; } | tee "$HOME/.pm2-recon/vals/recon-payload"'
 # PM2's own --cwd flag
-start --name recon-cwdflag --cwd /tmp -- -lc 'echo "pwd=$(pwd)"'
+start --name recon-cwdflag --cwd /tmp -- -lc 'echo "pwd=$(pwd)" | tee "$HOME/.pm2-recon/vals/recon-cwdflag"'
 # no cd: where does the app start?
-(cd /tmp/recon-caller && start --name recon-nocd -- -lc 'echo "pwd=$(pwd)"')
+(cd /tmp/recon-caller && start --name recon-nocd -- -lc 'echo "pwd=$(pwd)" | tee "$HOME/.pm2-recon/vals/recon-nocd"')
 # the caller's environment
-RECON_CALLER_VAR=from-the-caller start --name recon-env -- -lc 'echo "caller=${RECON_CALLER_VAR-unset}"'
+RECON_CALLER_VAR=from-the-caller start --name recon-env -- -lc \
+  'echo "caller=${RECON_CALLER_VAR-unset}" | tee "$HOME/.pm2-recon/vals/recon-env"'
 RECON_CALLER_VAR2=from-the-caller env -i PATH="$PATH" HOME="$HOME" PM2_HOME="$PM2_HOME" \
-  pm2 start bash --no-autorestart --name recon-envclean -- -lc 'echo "caller=${RECON_CALLER_VAR2-unset}"' \
-  >/dev/null 2>&1
+  pm2 start bash --no-autorestart --name recon-envclean -- -lc \
+  'echo "caller=${RECON_CALLER_VAR2-unset}" | tee "$HOME/.pm2-recon/vals/recon-envclean"' >/dev/null 2>&1
 # log shape: a long name, stdout and stderr lines
-start --name recon-a-very-long-name -- -lc 'echo "out line 1"; echo "out line 2"; echo "err line 1" >&2'
+start --name recon-a-very-long-name -- -lc 'echo "out line 1"; echo "out line 2"; echo "err line 1" >&2; sleep 1'
 # stdin
-start --name recon-stdin -- -lc 'if [ -t 0 ]; then echo "tty=yes"; else echo "tty=no"; fi
-  echo "fd0=$(readlink /proc/self/fd/0)"; timeout 2 cat >/dev/null; echo "cat_rc=$?"'
+start --name recon-stdin -- -lc '{ if [ -t 0 ]; then echo "tty=yes"; else echo "tty=no"; fi
+  echo "fd0=$(readlink /proc/self/fd/0)"; timeout 2 cat >/dev/null; echo "cat_rc=$?"; } |
+  tee "$HOME/.pm2-recon/vals/recon-stdin"'
 # exit code
 start --name recon-exit -- -lc 'echo bye; exit 3'
 # duplicate names
@@ -209,17 +215,18 @@ exit 0
 -- Out logs of the apps, and what pm2 shows.
 local logs = must(run([=[
 apps="recon-payload recon-cwdflag recon-nocd recon-env recon-envclean recon-stdin"
-# PM2 writes an app's log a moment after the app exits.
+# Each app's own file (its out log where there is none).
 i=0
 while [ $i -lt 50 ]; do
   all=1
-  for n in $apps; do [ -s "$PM2_HOME/logs/$n-out.log" ] || all=0; done
+  for n in $apps; do [ -s "$PM2_HOME/vals/$n" ] || all=0; done
   [ $all = 1 ] && break
   sleep 0.1
   i=$((i + 1))
 done
 for n in $apps; do
-  printf '%s\n' "$(cat "$PM2_HOME/logs/$n-out.log" 2>/dev/null | sed "s/^/$n./")"
+  f=$PM2_HOME/vals/$n; [ -s "$f" ] || f=$PM2_HOME/logs/$n-out.log
+  printf '%s\n' "$(cat "$f" 2>/dev/null | sed "s/^/$n./")"
 done
 ]=]), "read the logs").stdout
 local apps = app_values(logs)
@@ -349,6 +356,7 @@ out[#out + 1] = ("pm2 recon on %s (%s), pm2 %s, PM2_HOME %s"):format(id, provide
   report.pm2_home)
 local P = F.payload
 line("payload cd + export", P.cd_and_export_work and ("work (pwd %s, var %q)"):format(P.pwd, P.var)
+  or (P.pwd == nil and P.var == nil and "unknown: the probe app's output never arrived")
   or ("DO NOT work as expected (pwd %s, var %s)"):format(tostring(P.pwd), tostring(P.var)))
 line("--cwd flag", P.cwd_flag_honoured and "honoured here (pwd /tmp); galley still cds in the payload"
   or ("not honoured (pwd %s)"):format(tostring(P.cwd_flag_pwd)))
