@@ -166,11 +166,14 @@ except Exception as e:
 -- byte by byte) costs ~13 ms per MiB of base64, more than the decoding. The trailing newline
 -- is ignored by `base64 -d` and stripped by PY_WRITE.
 --
--- PY_WRITE under sh: the write arguments, then the chunks. The system python (/usr/bin/python3)
--- when there is one: version-manager shims on PATH (pyenv) cost 100+ ms per start, and the
--- program needs nothing but the standard library.
-local SH_PY_BODY = [[
-P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3
+-- $P for every python program here: the system python (/usr/bin/python3) when there is one,
+-- else python3 from PATH. Version-manager shims on PATH (pyenv's) cost 100-300 ms a start, and
+-- the programs need nothing but the standard library. (Whether there is a python at all is
+-- `command -v python3`'s answer.)
+local SH_PICK_PY = "P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3\n"
+
+-- PY_WRITE under sh: the write arguments, then the chunks, under $P (SH_PICK_PY).
+local SH_PY_BODY = SH_PICK_PY .. [[
 t=$1 tmp=$2 d=$3 mk=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11} scope=${12}
 shift 12
 if [ "$scope" = stdin ]; then
@@ -380,7 +383,7 @@ fi
 local SH_STREAM_READ = SH_SHA .. [[
 p=$1 limit=$2
 if ! command -v wc >/dev/null 2>&1 || ! command -v head >/dev/null 2>&1; then
-  P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3
+]] .. SH_PICK_PY .. [[
   exec "$P" -I -S -c 'import os, sys, stat, hashlib
 p, limit = sys.argv[1], int(sys.argv[2])
 try:
@@ -456,7 +459,7 @@ EOF
     exit 42
   fi
 else
-  P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3
+]] .. SH_PICK_PY .. [[
   "$P" -I -S -c 'import os, sys, base64, hashlib
 data = base64.b64decode(sys.stdin.buffer.read().rstrip(b"\n"), validate=True)
 off, n = int(sys.argv[2]), int(sys.argv[3])
@@ -496,7 +499,7 @@ fi
 -- sends lines, which are stripped here.)
 local SH_PROBE = [[
 p=no c=yes
-P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3
+]] .. SH_PICK_PY .. [[
 if command -v python3 >/dev/null 2>&1 && "$P" -I -S -c 'import base64, hashlib, shutil' >/dev/null 2>&1; then
   p=yes
 fi
@@ -558,9 +561,8 @@ local function sh(script, ...)
 end
 
 
--- A python program under the system python when there is one (as in SH_PY_BODY: PATH shims
--- such as pyenv's cost 100+ ms a start), else python3 from PATH.
-local SH_PY_RUN = [[P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3; exec "$P" -I -S -c "$0" "$@"]]
+-- A python program under $P (SH_PICK_PY).
+local SH_PY_RUN = SH_PICK_PY .. [[exec "$P" -I -S -c "$0" "$@"]]
 
 local function py(script, ...)
   return { "/bin/sh", "-c", SH_PY_RUN, script, ... }
