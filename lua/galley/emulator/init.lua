@@ -258,7 +258,7 @@ function Emulator:handle_api(req, path)
   end
   self:record({
     method = req.method, path = path, status = resp.reset and 0 or resp.status,
-    ms = runtime.now_ms() - t0, conn = req.conn, fault = fault and fault.action or nil, handled = handled,
+    at = t0, ms = runtime.now_ms() - t0, conn = req.conn, fault = fault and fault.action or nil, handled = handled,
   })
   return resp
 end
@@ -330,7 +330,7 @@ function Emulator:handle_control(req, path)
     -- too, as method "SSH", so a test or a bench counts SSH commands beside the API requests.
     if run == "/run" then
       self:record({ method = "SSH", path = "/instance/" .. id .. "/ssh", status = plan and 200 or bad.status,
-        ms = runtime.now_ms() - t0, conn = req.conn, handled = plan ~= nil })
+        at = t0, ms = runtime.now_ms() - t0, conn = req.conn, handled = plan ~= nil })
     end
     if not plan then return bad end
     return { status = 200, headers = { ["Content-Type"] = "application/octet-stream" }, body = M.encode_plan(plan) }

@@ -8,7 +8,7 @@
 --   -- r.status, r.headers, r.body, r.json (decoded body or nil)
 --   em:fault{method = "POST", path = "/instance/*/exec", action = "status", status = 503,
 --            retry_after = 1, count = 1}
---   em:log()     -> {{method, path, status, ms, conn, fault?}, ...}   (paths relative to /api)
+--   em:log()     -> {{method, path, status, at, ms, conn, fault?}, ...}   (paths relative to /api)
 --   em:stop()    (always: in `finally` or lazy_teardown)
 --
 -- The emulator gets a random API key through its environment (never argv) and its own
