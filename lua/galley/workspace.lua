@@ -1741,19 +1741,20 @@ end
 -- with the files tracked here that the rules ignore (force-added) listed by name, so that
 -- they are compared too; "git" when those names would not fit one exec (64 KiB) or there is
 -- no work tree here (then everything is sent, and compared); "all" with opts.all. `git_rules`:
--- as for local_tree.
+-- as for local_tree. Also returns the force-added names (a pull takes them too).
 local function push_prune(local_dir, opts, git_rules)
   if opts.all then return "all" end
   if not git_rules then return "git" end
   local res = git(local_dir, { "ls-files", "-z", "--cached", "--ignored", "--exclude-standard" })
   if res.exit_code ~= 0 then return "git" end
-  local extra, n = {}, 0
-  for p in res.stdout:gmatch("([^%z]+)%z") do
-    extra[#extra + 1] = "./" .. p
+  local names, extra, n = {}, {}, 0
+  for p in res.stdout:gmatch("([^%z]+)%z") do names[#names + 1] = p end
+  for i, p in ipairs(names) do
+    extra[i] = "./" .. p
     n = n + #p + 8
-    if n > 65536 then return "git" end
+    if n > 65536 then return "git", nil, names end
   end
-  return "ignored", extra
+  return "ignored", extra, names
 end
 
 
@@ -1938,9 +1939,16 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     raise("VALIDATION_ERROR", ("local_dir: %s is not a directory"):format(local_dir), { field = "local_dir",
       resource = "file:" .. local_dir, hint = "give a directory, or a path that does not exist yet (it is created)" })
   end
-  -- both manifests at once: the remote one in a task while this one is computed here
+  local repo_here = st and honours_gitignore(opts) and rules_apply(local_dir) and local_dir
+  -- The files tracked here that the rules ignore (force-added) are pulled like any other, as a
+  -- push sends them: the instance lists them by name (past 64 KiB of names it lists everything).
   local prune = opts.all and "all" or honours_gitignore(opts) and "ignored" or "git"
-  local theirs, rest = both(function() return remote_manifest(rem, remote_dir, prune) end,
+  local extra, names
+  if prune == "ignored" and repo_here then prune, extra, names = push_prune(local_dir, opts, true) end
+  local forced = {}
+  for _, p in ipairs(names or {}) do forced[p] = true end
+  -- both manifests at once: the remote one in a task while this one is computed here
+  local theirs, rest = both(function() return remote_manifest(rem, remote_dir, prune, extra) end,
     function() return st and local_manifest(local_dir, nil, opts.all and "all" or "git") or {} end)
   local mine, tools, gits, rules = rest[1], rest[2], rest[3], rest[4]
   local z = pick_codec(opts, tools)
@@ -1950,7 +1958,6 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
     raise("NOT_FOUND", ("pull: %s does not exist on %s"):format(remote_dir, id),
       { operation = "workspace.pull", resource = "file:" .. remote_dir })
   end
-  local repo_here = st and honours_gitignore(opts) and rules_apply(local_dir) and local_dir
   local drop -- the set of paths (both sides') that git's rules keep where they are
   if honours_gitignore(opts) then
     -- What git ignores stays there: what the tree's .gitignore files ignore (the instance left
@@ -1965,6 +1972,7 @@ function M.pull(provider, id, remote_dir, local_dir, opts)
       for _, rel in ipairs(sorted(mine)) do if not theirs[rel] then rels[#rels + 1] = rel end end
     end
     drop = tree_ignored(rules, rels)
+    for p in pairs(forced) do drop[p] = nil end
     if repo_here then
       for p in pairs(git_ignored(repo_here, rels)) do drop[p] = true end
     end

@@ -482,6 +482,24 @@ io.stdout:write(ok and "ok" or tostring(err.code) .. " " .. tostring(err.details
       assert.is_truthy(seen:find(" ./node_modules/n.js\0", 1, true))
     end)
 
+    logic_it("pulls the files force-added here that the tree's rules ignore, as a push sends them", function()
+      local src = work .. "/fa"
+      sh([[mkdir -p "$1/dist" && cd "$1" && git init -q . && printf 'dist/\n' > .gitignore && echo k > dist/keep.js &&
+        git add .gitignore && git add -f dist/keep.js && git -c user.name=t -c user.email=t@t commit -qm init]], src)
+      assert.are.same({ ".gitignore", "dist/keep.js" }, workspace.push(p, id, src, "~/fa").files)
+      -- the agent changes the tracked file and writes one the rules ignore beside it
+      rexec(p, id, 'echo changed > ~/fa/dist/keep.js && echo o > ~/fa/dist/other.js')
+      local back = workspace.pull(p, id, "~/fa", src)
+      assert.are.same({ "dist/keep.js" }, back.files)
+      assert.are.equal("changed\n", sh('cat "$1/dist/keep.js"', src))
+      assert.is_nil(fs.stat(src .. "/dist/other.js"))
+      -- gone there, deleted here with delete (as a push deletes there what is gone here)
+      rexec(p, id, 'rm ~/fa/dist/keep.js')
+      local gone = workspace.pull(p, id, "~/fa", src, { delete = true })
+      assert.are.same({ {}, { "dist/keep.js" } }, { gone.files, gone.deletes })
+      assert.is_nil(fs.stat(src .. "/dist/keep.js"))
+    end)
+
     logic_it("takes a directory that git ignores here whole, both ways (a build directory named on purpose)", function()
       local repo = work .. "/repo"
       sh([[mkdir -p "$1/out/sub" && cd "$1" && git init -q . && printf 'out/\n*.log\n' > .gitignore &&
