@@ -2,8 +2,6 @@
 -- POST /_emulator/shutdown.
 local emulator = require("galley.emulator")
 local faults = require("galley.emulator.faults")
-local proc = require("galley.core.proc")
-local runtime = require("galley.core.runtime")
 
 local M = {}
 
@@ -164,11 +162,6 @@ function M.parse(args)
   return opts
 end
 
-local function fail(err)
-  io.stderr:write("galley emulate: ", tostring(err), "\n")
-  return 1
-end
-
 --- The lines a user pastes to point galley (and Morph SDKs) at this emulator, on stderr: stdout's
 -- first line stays `listening on URL`. The key is printed only when it is the public development
 -- key or was given on the command line; a key from the environment is referred to, not shown.
@@ -188,42 +181,16 @@ function M.run(args)
   end
   local opts = M.parse(args)
   if not opts then return EXIT_USAGE end
-  local temp_dir
-  if not opts.state_dir then
-    local r, err = proc.run({ argv = { "mktemp", "-d", "-t", "galley-emulate.XXXXXX" }, timeout_ms = 10000 })
-    if not r or r.exit_code ~= 0 then return fail(err or r.stderr) end
-    temp_dir = r.stdout:gsub("%s+$", "")
-    opts.state_dir = temp_dir
-  end
-  opts.verbose = (runtime.options().verbose or 0) > 0
-  local function cleanup()
-    runtime.clear_signal() -- a pending Ctrl-C would cut the removal short
-    if temp_dir then proc.run({ argv = { "rm", "-rf", "--", temp_dir }, timeout_ms = 60000 }) end
-  end
-
-  local emu, err = emulator.new(opts)
-  if not emu then
-    cleanup()
-    return fail(err)
-  end
-  local port
-  port, err = emu:start()
-  if not port then
-    cleanup()
-    return fail(err)
-  end
-  io.stdout:write(("listening on http://127.0.0.1:%d/api\n"):format(port))
-  io.stdout:write(emu.ssh_port and ("ssh gateway on 127.0.0.1:%d\n"):format(emu.ssh_port) or "ssh gateway off\n")
-  io.stdout:flush()
-  if not opts.verbose then io.stderr:write("galley emulate: state in ", opts.state_dir, "\n") end
-  M.say_ready(port, opts, emu.ssh_port)
-
-  -- Ctrl-C raises INTERRUPTED through the signal hook, or ends the sleep: both stop the loop.
-  pcall(emu.wait, emu)
-  runtime.clear_signal()
-  emu:stop()
-  cleanup()
-  return 0
+  return require("galley.emulator.cli_run").run(opts, {
+    name = "galley emulate", temp_prefix = "galley-emulate", new = emulator.new,
+    announce = function(emu, port)
+      io.stdout:write(("listening on http://127.0.0.1:%d/api\n"):format(port))
+      io.stdout:write(emu.ssh_port and ("ssh gateway on 127.0.0.1:%d\n"):format(emu.ssh_port) or "ssh gateway off\n")
+      io.stdout:flush()
+      if not opts.verbose then io.stderr:write("galley emulate: state in ", opts.state_dir, "\n") end
+      M.say_ready(port, opts, emu.ssh_port)
+    end,
+  })
 end
 
 return M

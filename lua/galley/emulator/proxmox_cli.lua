@@ -1,9 +1,7 @@
 --- `galley emulate proxmox`: serve an offline Proxmox VE on 127.0.0.1 until Ctrl-C, SIGTERM or
 -- POST /_emulator/shutdown (docs/emulator.md, "galley emulate proxmox").
 local faults = require("galley.emulator.faults")
-local proc = require("galley.core.proc")
 local proxmox = require("galley.emulator.proxmox")
-local runtime = require("galley.core.runtime")
 
 local M = {}
 
@@ -113,51 +111,23 @@ function M.parse(args)
   return opts
 end
 
-local function fail(err)
-  io.stderr:write("galley emulate proxmox: ", tostring(err), "\n")
-  return 1
-end
-
 function M.run(args)
   local opts = M.parse(args)
   if not opts then return EXIT_USAGE end
-  local temp_dir
-  if not opts.state_dir then
-    local r, err = proc.run({ argv = { "mktemp", "-d", "-t", "galley-pve.XXXXXX" }, timeout_ms = 10000 })
-    if not r or r.exit_code ~= 0 then return fail(err or r.stderr) end
-    temp_dir = r.stdout:gsub("%s+$", "")
-    opts.state_dir = temp_dir
-  end
-  opts.verbose = (runtime.options().verbose or 0) > 0
-  local function cleanup()
-    runtime.clear_signal()
-    if temp_dir then proc.run({ argv = { "rm", "-rf", "--", temp_dir }, timeout_ms = 60000 }) end
-  end
-  local emu, err = proxmox.new(opts)
-  if not emu then
-    cleanup()
-    return fail(err)
-  end
-  local port
-  port, err = emu:start()
-  if not port then
-    emu:stop()
-    cleanup()
-    return fail(err)
-  end
-  io.stdout:write(("listening on http://127.0.0.1:%d/api2/json\n"):format(port))
-  io.stdout:flush()
-  local id = opts.token_id and '"$PVE_TOKEN_ID"' or ("'" .. proxmox.TOKEN_ID .. "'")
-  local secret = opts.token_secret and '"$PVE_TOKEN_SECRET"' or proxmox.TOKEN_SECRET
-  local st = emu:state()
-  io.stderr:write(("galley emulate proxmox: state in %s; ready; in another shell:\n  export PVE_URL=http://127.0.0.1:%d"
-    .. " PVE_TOKEN_ID=%s PVE_TOKEN_SECRET=%s\ngalley emulate proxmox: nodes pve1 %s, pve2 %s; sshd port %d\n")
-    :format(opts.state_dir, port, id, secret, st.nodes[1].addr, st.nodes[2].addr, emu.ssh_port))
-  pcall(emu.wait, emu)
-  runtime.clear_signal()
-  emu:stop()
-  cleanup()
-  return 0
+  return require("galley.emulator.cli_run").run(opts, {
+    name = "galley emulate proxmox", temp_prefix = "galley-pve", new = proxmox.new,
+    announce = function(emu, port)
+      io.stdout:write(("listening on http://127.0.0.1:%d/api2/json\n"):format(port))
+      io.stdout:flush()
+      local id = opts.token_id and '"$PVE_TOKEN_ID"' or ("'" .. proxmox.TOKEN_ID .. "'")
+      local secret = opts.token_secret and '"$PVE_TOKEN_SECRET"' or proxmox.TOKEN_SECRET
+      local st = emu:state()
+      io.stderr:write(("galley emulate proxmox: state in %s; ready; in another shell:\n"
+        .. "  export PVE_URL=http://127.0.0.1:%d PVE_TOKEN_ID=%s PVE_TOKEN_SECRET=%s\n"
+        .. "galley emulate proxmox: nodes pve1 %s, pve2 %s; sshd port %d\n")
+        :format(opts.state_dir, port, id, secret, st.nodes[1].addr, st.nodes[2].addr, emu.ssh_port))
+    end,
+  })
 end
 
 return M
