@@ -1,6 +1,7 @@
 --- galley.pretty: readable values for the REPL and `--json`-less command output.
 -- Tables print sorted and indented; instances and snapshots print as one line each.
 local errors = require("galley.errors")
+local util = require("galley.util")
 
 local M = {}
 
@@ -59,17 +60,7 @@ function M.record_line(v)
   return table.concat(parts, "  ")
 end
 
-local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b)
-    local ta, tb = type(a), type(b)
-    if ta ~= tb then return ta < tb end
-    if ta == "number" or ta == "string" then return a < b end
-    return tostring(a) < tostring(b)
-  end)
-  return keys
-end
+local sorted_keys = util.sorted_keys
 
 local function is_array(t)
   local n = #t
