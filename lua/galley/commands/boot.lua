@@ -3,7 +3,7 @@ local shared = require("galley.commands.shared")
 
 local M = {
   summary = "boot an instance from a snapshot, print its id: galley boot SNAPSHOT [--ttl 30m]",
-  usage = "galley boot [SNAPSHOT] [--ttl DURATION] [--json] [--provider local|morph]",
+  usage = "galley boot [SNAPSHOT] [--ttl DURATION] [--json] [--provider local|morph|proxmox]",
   help = "Boots an instance and prints its id on stdout once it is ready (--json: the instance record).\n"
     .. "Every instance galley boots has a TTL: --ttl (90, 90s, 10m, 2h; default 30m; 0: none).\n"
     .. "SNAPSHOT defaults to the local provider's empty snapshot; on Morph it is required.\n"

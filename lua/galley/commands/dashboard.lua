@@ -8,15 +8,15 @@ local M = {
   help = "Serves the dashboard on 127.0.0.1 until Ctrl-C and prints its URL, which carries a random\n"
     .. "access token (open it once: the token becomes a cookie). Requests without the token, from a\n"
     .. "Host other than 127.0.0.1/localhost, or POSTs without the page's CSRF token are refused (403).\n"
-    .. "--provider (repeatable; default: local, and morph when MORPH_API_KEY is set) picks what is\n"
-    .. "listed; --read-only hides and refuses every action (stop, restart, send keys); --open starts\n"
-    .. "your browser (xdg-open). See docs/dashboard.md.",
+    .. "--provider (repeatable; default: local, morph when MORPH_API_KEY is set, proxmox when PVE_URL\n"
+    .. "is set) picks what is listed; --read-only hides and refuses every action (stop, restart, send\n"
+    .. "keys); --open starts your browser (xdg-open). See docs/dashboard.md.",
 }
 
 --- Options for `galley completion` (the parser below has the same ones).
 function M.options(p)
   p:option("--port", "port to listen on (default 0: a free one)", "0"):convert(math.tointeger)
-  p:option("--provider", "a provider to show (repeatable)"):choices({ "local", "morph" }):count("*")
+  p:option("--provider", "a provider to show (repeatable)"):choices({ "local", "morph", "proxmox" }):count("*")
   p:flag("--read-only", "no actions: nothing can be stopped, restarted or typed")
   p:flag("--open", "open the page in the browser (xdg-open)")
 end

@@ -3,7 +3,7 @@ local shared = require("galley.commands.shared")
 
 local M = {
   summary = "list base images: galley images [--json]",
-  usage = "galley images [--json] [--provider local|morph]",
+  usage = "galley images [--json] [--provider local|morph|proxmox]",
   help = "Lists the base images of the provider (id, name, description). --json prints an array.",
 }
 

@@ -4,7 +4,7 @@ local util = require("galley.util")
 
 local M = {
   summary = "list instances: galley ls [--all] [--json]",
-  usage = "galley ls [--all] [--json] [--provider local|morph]",
+  usage = "galley ls [--all] [--json] [--provider local|morph|proxmox]",
   help = "Lists the instances galley booted (metadata galley_*) with their status, age, TTL left and the\n"
     .. "run and recipe that booted them; --all lists every instance of the provider.\n"
     .. "--json prints an array of instance records.",

@@ -3,7 +3,7 @@ local shared = require("galley.commands.shared")
 
 local M = {
   summary = "list snapshots: galley snapshots [--json]",
-  usage = "galley snapshots [--json] [--provider local|morph]",
+  usage = "galley snapshots [--json] [--provider local|morph|proxmox]",
   help = "Lists the snapshots instances can boot from (id, status, age, tags). --json prints an array.",
 }
 

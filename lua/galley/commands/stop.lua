@@ -4,7 +4,7 @@ local shared = require("galley.commands.shared")
 
 local M = {
   summary = "stop (delete) instances: galley stop ID...",
-  usage = "galley stop ID... [--json] [--provider local|morph]",
+  usage = "galley stop ID... [--json] [--provider local|morph|proxmox]",
   help = "Stops each instance (Morph's stop deletes it; so does the local provider's). Exit code 1 when\n"
     .. "any could not be stopped (NOT_FOUND: already gone, e.g. by its TTL). --json prints\n"
     .. "[{id, stopped, error?}].",

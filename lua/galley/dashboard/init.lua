@@ -675,14 +675,15 @@ function Dashboard:handle(req)
 end
 
 
---- The providers to show: names given (default every configured one: local, and morph when
---- MORPH_API_KEY is set).
+--- The providers to show: names given (default every configured one: local, morph when
+--- MORPH_API_KEY is set, proxmox when PVE_URL is set, as `galley gc` sweeps them).
 ---@param names string[]|nil
 ---@return {name: string, provider: table}[]
 function M.providers(names)
   if not names or #names == 0 then
     names = { "local" }
     if (os.getenv("MORPH_API_KEY") or "") ~= "" then names[#names + 1] = "morph" end
+    if (os.getenv("PVE_URL") or "") ~= "" then names[#names + 1] = "proxmox" end
   end
   local out = {}
   for _, n in ipairs(names) do

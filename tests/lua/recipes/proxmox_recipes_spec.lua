@@ -10,6 +10,7 @@
 local cjson = require("cjson")
 local cli = require("support.claude_cli")
 local codec = require("galley.core.codec")
+local dashboard = require("support.dashboard")
 local fake_api = require("support.fake_anthropic")
 local fs = require("galley.core.fs")
 local proc = require("galley.core.proc")
@@ -121,6 +122,45 @@ describe("recipes with --provider proxmox on galley emulate proxmox #recipes #pr
     assert.are.equal("ready", p.instances.get(young.id).status)
     p.instances.terminate(young.id)
     p.close()
+  end)
+
+  it("galley dashboard lists the containers by default when PVE_URL is set, with health, and stops one", function()
+    local code, out, err = galley({ "boot", "--provider", "proxmox" }, pve_env())
+    assert.are.equal(0, code, err)
+    local id = out:match("(%d+)%s*$")
+    local dash = dashboard.start(pve_env({ HOME = home, GALLEY_STATE_DIR = state, GALLEY_LOG = "error",
+      MORPH_API_KEY = "" }), {})
+    local ok, e = pcall(function()
+      local names, found = {}, nil
+      -- a health sample may arrive on a later listing (dashboard.HEALTH_WAIT_MS)
+      for _ = 1, 20 do
+        local r = dash:request("GET", "/api/instances")
+        assert.are.equal(200, r.status, r.body)
+        names, found = {}, nil
+        for _, entry in ipairs(r.json) do
+          names[#names + 1] = entry.provider
+          assert.is_nil(entry.error, r.body)
+          for _, inst in ipairs(entry.instances) do
+            if entry.provider == "proxmox" and tostring(inst.id) == id then found = inst end
+          end
+        end
+        if found and found.health and found.health.mem_percent then break end
+        task.sleep(500)
+      end
+      assert.are.same({ "local", "proxmox" }, names)
+      assert.truthy(found, "container " .. id .. " not listed")
+      assert.are.equal("ready", found.status)
+      assert.is_number(found.health and found.health.mem_percent)
+      local r = dash:request("POST", "/api/instance/stop", { body = { provider = "proxmox", id = id },
+        csrf = dash:csrf() })
+      assert.are.equal(200, r.status, r.body)
+    end)
+    dash:stop()
+    if not ok then
+      galley({ "stop", "--provider", "proxmox", id }, pve_env())
+      error(e, 0)
+    end
+    assert.are.equal(0, containers())
   end)
 
   it("galley shell opens the container's tmux through ssh -t on a real terminal", function()
