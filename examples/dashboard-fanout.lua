@@ -18,7 +18,7 @@ local opts = recipe.options({
   options = {
     { "count", type = "integer", default = 8, help = "how many agents (instances)" },
     { "seconds", type = "integer", default = 60, help = "how long each agent works" },
-    { "provider", choices = { "local", "morph" }, help = "default: morph with MORPH_API_KEY, else local" },
+    { "provider", choices = providers.names, help = "default: morph with MORPH_API_KEY, else local" },
     { "snapshot", metavar = "ID", help = "snapshot to boot (default: local's empty one; galley emulate's)" },
   },
 }, arg)

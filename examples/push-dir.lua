@@ -24,7 +24,7 @@ local opts = recipe.options({
   summary = "Copy a directory onto an instance with its file modes, then verify every file.",
   options = {
     { "dest", metavar = "PATH", default = "~/pushed", help = "destination directory (absolute or ~/...)" },
-    { "provider", choices = { "local", "morph" }, help = "default: morph with MORPH_API_KEY, else local" },
+    { "provider", choices = providers.names, help = "default: morph with MORPH_API_KEY, else local" },
     { "snapshot", metavar = "ID", help = "snapshot to boot (default: the provider's own, if it has one)" },
   },
 }, arg)

@@ -51,7 +51,7 @@ function M.parser()
       mod.options(c)
     elseif name == "gc" then
       c:flag("--dry-run", "list what would be stopped")
-      c:option("--provider", "which providers"):choices({ "morph", "local", "all" })
+      c:option("--provider", "which providers"):choices({ "morph", "local", "proxmox", "all" })
       c:flag("--all-hosts", "judge runs of other machines too")
       c:flag("--include-kept", "stop kept instances too")
       c:flag("--json", "JSON output")
