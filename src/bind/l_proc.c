@@ -509,7 +509,11 @@ static int l_process_wait(lua_State *L) {
   lua_settop(L, 2);                                                              // [proc, timeout]
   galley_proc_close_stdin(lp->p);
   galley_proc_capture(lp->p, GALLEY_PROC_DEFAULT_MAX_OUTPUT);
-  if (galley_proc_finished(lp->p) || timeout == 0) return wait_step(L, lp);
+  if (galley_proc_finished(lp->p)) return wait_step(L, lp);
+  if (timeout == 0) { /* a poll: what the event loop has seen (as running()), never a wait */
+    lua_pushnil(L);
+    return 1;
+  }
   push_busy(L, lp);                                                              // [proc, timeout, guard]
   galley_proc_deadline(lp->p, timeout);
   return wait_step(L, lp);

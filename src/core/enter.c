@@ -75,6 +75,35 @@ static int start_time(const char *pid, char *out, size_t cap) {
 }
 
 
+/* The signals a caller ends a command with. Caught here, they go on to the command's process
+ * group (it is a session leader once it runs): if this process died of them instead, its child
+ * (a process of the instance's pid namespace) would be left to this machine's pid 1 to reap, and
+ * the instance's stop would wait until pid 1 did. SIGKILL cannot be passed on: the local
+ * provider kills a command's cgroup first, and this process then ends by itself. */
+static const int FORWARDED[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
+static volatile sig_atomic_t forward_to = 0;  /* the child, once forked */
+static volatile sig_atomic_t forward_pending = 0;
+
+static void forward(int sig) {
+  pid_t child = (pid_t)forward_to;
+  if (child <= 0) {
+    forward_pending = sig;
+    return;
+  }
+  int saved = errno;
+  if (kill(-child, sig) != 0) kill(child, sig); /* before its setsid: the child alone */
+  errno = saved;
+}
+
+static void catch_forwarded(void (*handler)(int)) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = handler;
+  sigemptyset(&sa.sa_mask);
+  for (size_t i = 0; i < sizeof FORWARDED / sizeof FORWARDED[0]; i++) sigaction(FORWARDED[i], &sa, NULL);
+}
+
+
 /* Waits for the child and ends the same way (nsenter's behaviour). */
 static int relay(pid_t child) {
   int st;
@@ -181,15 +210,19 @@ int galley_enter_main(int argc, char **argv) {
   /* The child is made in the instance's cgroup while this process still has its own ids (the
    * cgroup files are the caller's), and it enters the cgroup namespace itself: with nsdelegate,
    * a process inside that namespace could not name the instance's cgroup. */
+  catch_forwarded(forward);
   pid_t child = fork_into(cgroup_fd, cgroup);
   if (child == -2) return EXIT_ENTER;
   if (child < 0) return fail("fork", NULL);
   if (child > 0) {
     if (cgroup_fd >= 0) close(cgroup_fd);
+    forward_to = child;
+    if (forward_pending) forward(forward_pending);
     return relay(child);
   }
 
   /* The child: pid 2 or more of the instance's pid namespace. */
+  catch_forwarded(SIG_DFL);
   if (cgroup_fd >= 0) close(cgroup_fd);
   for (size_t i = 0; i < count; i++) {
     if (ns[i].fd < 0) continue;

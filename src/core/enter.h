@@ -11,7 +11,9 @@
  *      5.7 it joins CGROUP itself through cgroup.procs, then forks): moving a running process
  *      costs an RCU grace period, 10-20 ms per exec here. A pid namespace applies to children.
  *      The parent waits and ends as the child ended (same exit code, or the same signal),
- *      stopping when it stops;
+ *      stopping when it stops; SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to it
+ *      go on to the child's process group (dying of them first would leave the child to this
+ *      machine's pid 1);
  *   5. the child enters the cgroup namespace, becomes uid and gid 0 with no supplementary groups,
  *      sets no_new_privs, drops CAP_SYS_RESOURCE and CAP_SYS_ADMIN from its bounding set (so
  *      nested user namespaces stay disabled and the read-only mounts stay read-only), asks for

@@ -74,6 +74,8 @@ M.CGROUP_PIPE_GRACE_MS = 1000
 
 local TOOL_TIMEOUT_MS = 10 * 60 * 1000
 local KILL_WAIT_MS = 15000
+-- How long a spawned command's `galley __enter` may take to end once its cgroup is killed.
+local ENTER_EXIT_MS = 2000
 local FREEZE_WAIT_MS = 5000
 local REAP_WAIT_MS = 5000
 
@@ -944,13 +946,22 @@ function M.new(opts)
   end
 
   -- A spawned process whose cgroup is its own: the same methods, and kill (or close while it
-  -- runs) ends everything in that cgroup too.
+  -- runs) ends everything in that cgroup too. The cgroup goes first: its command dies, and
+  -- `galley __enter` (h, outside the cgroup) reaps it and ends by itself. Killed first, __enter
+  -- would leave its child, a process of the instance's pid namespace, to this machine's pid 1,
+  -- and the instance's stop would wait until pid 1 reaped it (a second or more here; never where
+  -- pid 1 does not reap).
   local function command_handle(h, dir)
     local w, ended = {}, false
     for _, m in ipairs({ "read", "write", "close_stdin", "wait", "pid" }) do
       w[m] = function(_, ...) return h[m](h, ...) end
     end
+    local function ended_by_cgroup()
+      return kill_cgroup(dir) and pcall(wait_for, function() return not h:running() end, ENTER_EXIT_MS,
+        "galley __enter ending")
+    end
     function w.kill(_, sig)
+      if h:running() and ended_by_cgroup() then return true end
       local ok, err = h:kill(sig)
       kill_cgroup(dir)
       return ok, err
@@ -958,7 +969,8 @@ function M.new(opts)
     function w.close()
       if ended then return end
       ended = true
-      local running = not h:wait(0)
+      local running = h:running()
+      if running then ended_by_cgroup() end
       h:close()
       end_command_cgroup(dir, running)
     end

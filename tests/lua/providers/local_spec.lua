@@ -205,6 +205,37 @@ print("booted")
       assert.is_false(alive(pid))
     end)
 
+    it("ends a spawned command at once on close or kill, and its galley __enter reaps it", function()
+      -- close() waited for the command to end by itself (wait(0) waited); close and kill signalled
+      -- galley __enter before the cgroup, which left its child (a process of the instance's pid
+      -- namespace) to this machine's pid 1 to reap, and the instance's stop waited for that
+      local i = p.instances.boot()
+      if not p.usage(i.id) then
+        p.instances.terminate(i.id)
+        return pending("no cgroup for local instances here (as a plain user without a delegated one)")
+      end
+      for _, how in ipairs({ "close", "kill" }) do
+        local h = p.spawn(i.id, sh("trap '' TERM INT; echo up; sleep 20; echo " .. how .. " > ~/ended-" .. how))
+        assert.are.same({ "stdout", "up\n" }, { h:read(10000) })
+        -- __enter's child: the command, in the instance's pid namespace
+        local enter = tostring(h:pid())
+        local child = host('cat "/proc/$1/task/$1/children"', enter):match("(%d+)")
+        assert.is_truthy(child, "no child of galley __enter " .. enter)
+        if how == "close" then
+          h:close()
+        else
+          assert.is_true(h:kill("TERM"))
+          local res = assert(h:wait(5000), "wait() came back")
+          assert.are.equal(137, res.exit_code) -- the cgroup's SIGKILL, relayed by __enter
+          h:close()
+        end
+        assert.is_nil(proc_state(child), how .. ": the command is still there (state " .. tostring(proc_state(child)) .. ")")
+        assert.is_nil(proc_state(enter), how .. ": galley __enter is still there")
+        assert.are.equal("", p.exec(i.id, sh("cat ~/ended-" .. how .. " 2>/dev/null; true")).stdout)
+      end
+      p.instances.terminate(i.id)
+    end)
+
     it("kills everything a command started when it is killed, and leaves a finished command's daemon", function()
       -- a nested timeout (a process group of its own) outlived an exec over its time limit, and
       -- a spawned handle killed: the exec came back at the host's backstop, wait() never did
@@ -358,6 +389,26 @@ print("booted")
       e.instances.terminate(i.id)
       assert.is_false(alive(pid))
       assert.are.same({}, instance_pids(i.id))
+    end)
+
+    it("passes a signal sent to a spawned command's galley __enter on to the command, which it reaps", function()
+      -- __enter died of the signal: its child, killed by its parent-death signal, was left to
+      -- this machine's pid 1 to reap
+      local e = provider({ cgroups = false })
+      local i = e.instances.boot()
+      for _, sig in ipairs({ "TERM", "INT", "HUP" }) do
+        local h = e.spawn(i.id, sh("trap 'echo got-$1; exit 7' $1; echo up; while :; do sleep 0.1; done", sig))
+        assert.are.same({ "stdout", "up\n" }, { h:read(10000) })
+        local child = host('cat "/proc/$1/task/$1/children"', h:pid()):match("(%d+)")
+        assert.is_truthy(child)
+        assert.is_true(h:kill(sig))
+        local res = assert(h:wait(5000), "wait() came back")
+        h:close()
+        -- the command's own trap ran and chose the exit code: the signal reached it, not __enter
+        assert.are.same({ 7, "got-" .. sig .. "\n" }, { res.exit_code, res.stdout })
+        assert.is_nil(proc_state(child), sig .. ": the command is still there")
+      end
+      e.instances.terminate(i.id)
     end)
 
     it("names its marker in capabilities.keep_env, so PM2 apps and daemons die with the instance", function()
