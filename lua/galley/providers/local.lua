@@ -518,11 +518,26 @@ local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_di
 end
 
 
+-- The parent pid of `pid` (field 4 of /proc/PID/stat), or nil.
+local function proc_parent(pid)
+  local stat = read_all("/proc/" .. tostring(pid) .. "/stat")
+  local ppid = stat and stat:match("^.*%) %a (%d+)")
+  return ppid and math.tointeger(tonumber(ppid))
+end
+
+
 -- SIGKILLs a holder (pid 1 of the instance's pid namespace: the kernel then kills every process
--- in it) unless its pid now names another process; waits until it is gone.
+-- in it) unless its pid now names another process; waits until it is gone. Its parent, bwrap
+-- outside the namespace, reaps it; an instance paused without cgroups had bwrap stopped too
+-- (SIGSTOP to every process with the instance's marker), so it is continued: stopped, it never
+-- reaped the holder and stayed for good, a stopped bwrap and a zombie per terminated instance.
 local function kill_holder(holder)
   if not holder or proc_start(holder.pid) ~= holder.start then return end
+  local parent = proc_parent(holder.pid)
   runtime.kill(holder.pid, "KILL")
+  if parent and parent > 1 and (read_all("/proc/" .. parent .. "/comm") or ""):match("^bwrap") then
+    pcall(runtime.kill, parent, "CONT")
+  end
   local deadline = runtime.now_ms() + 10000
   while proc_start(holder.pid) == holder.start and runtime.now_ms() < deadline do
     local ok, err = runtime.sleep_ms(10)

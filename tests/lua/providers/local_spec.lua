@@ -407,6 +407,28 @@ print("booted")
       assert.are.same({}, instance_pids(i.id))
     end)
 
+    it("terminates a paused instance without leaving its bwrap stopped", function()
+      -- pause stops every process with the instance's marker, bwrap outside the namespace too:
+      -- terminate killed the holder, and the stopped bwrap never reaped it (a stopped bwrap and a
+      -- zombie left for good, per instance)
+      local e = provider({ cgroups = false })
+      local i = e.instances.boot()
+      local pids = instance_pids(i.id)
+      assert.is_true(#pids >= 2, "bwrap and the holder")
+      e.instances.pause(i.id)
+      e.instances.terminate(i.id)
+      local stopped
+      for _ = 1, 100 do
+        stopped = {}
+        for _, pid in ipairs(pids) do
+          if proc_state(pid) == "T" then stopped[#stopped + 1] = pid end
+        end
+        if #stopped == 0 then break end
+        runtime.sleep_ms(50)
+      end
+      assert.are.same({}, stopped)
+    end)
+
     it("passes a signal sent to a spawned command's galley __enter on to the command, which it reaps", function()
       -- __enter died of the signal: its child, killed by its parent-death signal, was left to
       -- this machine's pid 1 to reap
