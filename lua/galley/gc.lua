@@ -125,12 +125,10 @@ function M.default_providers(which)
       notes.unavailable = (notes.unavailable or 0) + 1
     end
   end
-  if which == nil or which == "all" or which == "local" then add("local") end
-  if which == "morph" or ((which == nil or which == "all") and (os.getenv("MORPH_API_KEY") or "") ~= "") then
-    add("morph")
-  end
-  if which == "proxmox" or ((which == nil or which == "all") and (os.getenv("PVE_URL") or "") ~= "") then
-    add("proxmox")
+  if which == nil or which == "all" then
+    for _, name in ipairs(require("galley.providers").configured()) do add(name) end
+  else
+    add(which)
   end
   return list, notes
 end

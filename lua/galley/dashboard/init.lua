@@ -681,9 +681,7 @@ end
 ---@return {name: string, provider: table}[]
 function M.providers(names)
   if not names or #names == 0 then
-    names = { "local" }
-    if (os.getenv("MORPH_API_KEY") or "") ~= "" then names[#names + 1] = "morph" end
-    if (os.getenv("PVE_URL") or "") ~= "" then names[#names + 1] = "proxmox" end
+    names = require("galley.providers").configured()
   end
   local out = {}
   for _, n in ipairs(names) do

@@ -33,4 +33,15 @@ function M.default(name, opts)
   return M.new("local", opts), "provider local (MORPH_API_KEY is not set)"
 end
 
+--- The providers this environment configures, in this order: `local` always, `morph` when
+--- MORPH_API_KEY is set, `proxmox` when PVE_URL is set (what `galley gc` sweeps and `galley
+--- dashboard` lists by default).
+---@return string[]
+function M.configured()
+  local names = { "local" }
+  if (os.getenv("MORPH_API_KEY") or "") ~= "" then names[#names + 1] = "morph" end
+  if (os.getenv("PVE_URL") or "") ~= "" then names[#names + 1] = "proxmox" end
+  return names
+end
+
 return M
