@@ -263,7 +263,8 @@ end
 
 
 -- The start time of process `pid` (field 22 of /proc/PID/stat, as a string), or nil when it
--- is gone or a zombie: with the pid, it names one process (pids are reused).
+-- is gone or a zombie: with the pid, it names one process (pids are reused). Also its parent's
+-- pid (field 4), from the same read.
 local function proc_start(pid)
   local stat = pid and read_all("/proc/" .. tostring(math.tointeger(pid) or pid) .. "/stat")
   if not stat then return nil end
@@ -272,7 +273,7 @@ local function proc_start(pid)
   local fields = {}
   for f in rest:gmatch("%S+") do fields[#fields + 1] = f end
   if fields[1] == "Z" or fields[1] == "X" then return nil end
-  return fields[20]
+  return fields[20], math.tointeger(tonumber(fields[2]))
 end
 
 
@@ -518,22 +519,14 @@ local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_di
 end
 
 
--- The parent pid of `pid` (field 4 of /proc/PID/stat), or nil.
-local function proc_parent(pid)
-  local stat = read_all("/proc/" .. tostring(pid) .. "/stat")
-  local ppid = stat and stat:match("^.*%) %a (%d+)")
-  return ppid and math.tointeger(tonumber(ppid))
-end
-
-
 -- SIGKILLs a holder (pid 1 of the instance's pid namespace: the kernel then kills every process
 -- in it) unless its pid now names another process; waits until it is gone. Its parent, bwrap
 -- outside the namespace, reaps it; an instance paused without cgroups had bwrap stopped too
 -- (SIGSTOP to every process with the instance's marker), so it is continued: stopped, it never
 -- reaped the holder and stayed for good, a stopped bwrap and a zombie per terminated instance.
 local function kill_holder(holder)
-  if not holder or proc_start(holder.pid) ~= holder.start then return end
-  local parent = proc_parent(holder.pid)
+  local start, parent = proc_start(holder and holder.pid)
+  if not holder or start ~= holder.start then return end
   runtime.kill(holder.pid, "KILL")
   if parent and parent > 1 and (read_all("/proc/" .. parent .. "/comm") or ""):match("^bwrap") then
     pcall(runtime.kill, parent, "CONT")
