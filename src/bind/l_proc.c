@@ -113,6 +113,13 @@ static void read_spec(lua_State *L, int opts, galley_proc_spec *spec, int spawn)
     lua_pop(L, 1);
   }
 
+  if (lua_getfield(L, opts, "cgroup") != LUA_TNIL) {
+    spec->cgroup = checked_cstring(L, "cgroup");
+    lua_setfield(L, anchor, "cgroup");
+  } else {
+    lua_pop(L, 1);
+  }
+
   spec->stdin_mode = GALLEY_PROC_STDIN_NULL;
   int t = lua_getfield(L, opts, "stdin");
   if (t != LUA_TNIL && t != LUA_TSTRING) bad_option(L, "stdin", spawn ? "\"pipe\", \"null\" or bytes expected" : "bytes expected");

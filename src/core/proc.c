@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -151,6 +152,7 @@ struct galley_proc {
   int nopen;
   int closing;                 /* close was called: free once nopen is 0 */
   pid_t pid;
+  char *cgroup_kill;           /* spec->cgroup's cgroup.kill, or NULL */
   int exited, exit_status, term_signal;
   int eof[2];                  /* stdout/stderr closed (EOF, error, or never open) */
   int reading[2];
@@ -193,6 +195,7 @@ static uv_handle_t *handle_of(galley_proc *p, int h) {
 
 
 static void proc_free(galley_proc *p) {
+  free(p->cgroup_kill);
   free(p->cap[0].data);
   free(p->cap[1].data);
   free(p->pend[0].data);
@@ -488,6 +491,12 @@ int galley_proc_spawn(uv_loop_t *loop, const galley_proc_spec *spec, galley_proc
   cap_reset(&p->cap[0], GALLEY_PROC_DEFAULT_MAX_OUTPUT);
   cap_reset(&p->cap[1], GALLEY_PROC_DEFAULT_MAX_OUTPUT);
   p->loop = loop;
+  if (spec->cgroup) {
+    size_t n = strlen(spec->cgroup) + sizeof "/cgroup.kill";
+    p->cgroup_kill = malloc(n);
+    if (!p->cgroup_kill) goto fail_early;
+    snprintf(p->cgroup_kill, n, "%s/cgroup.kill", spec->cgroup);
+  }
   if (spec->env || spec->env_replace) {
     envp = build_env(spec);
     if (!envp) goto fail_early;
@@ -666,8 +675,30 @@ int galley_proc_kill(galley_proc *p, int sig) {
 }
 
 
+/* Kills the child's cgroup (spec->cgroup) and waits up to GALLEY_PROC_CGROUP_WAIT_MS for the
+ * child to exit by itself: a supervisor outside the cgroup reaps what it ran there and ends,
+ * where killing it first would hand its children to this machine's pid 1. */
+static void kill_cgroup_first(galley_proc *p) {
+  int fd = open(p->cgroup_kill, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return; /* gone, or no cgroup.kill (before Linux 5.14): the group kill follows */
+  ssize_t w;
+  do w = write(fd, "1", 1);
+  while (w < 0 && errno == EINTR);
+  close(fd);
+  if (w != 1 || p->pidfd < 0) return;
+  struct pollfd pfd = {.fd = p->pidfd, .events = POLLIN};
+  int64_t left = GALLEY_PROC_CGROUP_WAIT_MS;
+  while (left > 0) {
+    uint64_t t0 = uv_hrtime();
+    if (poll(&pfd, 1, (int)left) >= 0 || errno != EINTR) return; /* exited, out of time, failed */
+    left -= (int64_t)((uv_hrtime() - t0) / 1000000);
+  }
+}
+
+
 void galley_proc_terminate(galley_proc *p) {
   if (p->pid <= 0) return;
+  if (!p->exited && p->cgroup_kill) kill_cgroup_first(p);
   if (!p->exited || !all_eof(p)) {
     kill(-p->pid, SIGKILL);
     if (!p->exited) kill(p->pid, SIGKILL); /* in case it left the group */

@@ -36,6 +36,7 @@ enum { GALLEY_PROC_EV_STDOUT = 1, GALLEY_PROC_EV_STDERR = 2, GALLEY_PROC_EV_EXIT
 
 #define GALLEY_PROC_DEFAULT_MAX_OUTPUT ((size_t)64 << 20)
 #define GALLEY_PROC_DEFAULT_GRACE_MS 2000
+#define GALLEY_PROC_CGROUP_WAIT_MS 2000
 
 typedef struct {
   const char *const *argv;  /* NULL-terminated; argv[0] without '/' is looked up in PATH */
@@ -45,6 +46,11 @@ typedef struct {
   int stdin_mode;           /* GALLEY_PROC_STDIN_* */
   const char *stdin_data;   /* STDIN_DATA: bytes fed to the child (copied), then stdin is closed */
   size_t stdin_len;
+  /* NULL, or a cgroup v2 directory holding the child's work (the child itself may be outside it:
+   * a supervisor such as `galley __enter`). Closing a child still running kills that cgroup
+   * first (its cgroup.kill) and gives the child up to GALLEY_PROC_CGROUP_WAIT_MS to end by
+   * itself (having reaped what it ran), before its process group is killed. */
+  const char *cgroup;
 } galley_proc_spec;
 
 typedef struct {

@@ -1324,6 +1324,9 @@ function M.new(opts)
     if watchdog then wait_ms, kill_grace_ms = cg_kill_ms + M.CGROUP_PIPE_GRACE_MS, 200 end
     local ok, r = pcall(common.run_limited, meta.id, argv, limit, function(a)
       local popts = process_options(meta, a, env, cwd, operation, cg)
+      -- interrupted (Ctrl-C, a cancelled task), the command's cgroup dies before galley __enter:
+      -- __enter reaps the command and ends, instead of leaving it to this machine's pid 1
+      popts.cgroup = cg
       if eopts and (eopts.on_stdout or eopts.on_stderr) then
         return run_streaming(meta, popts, wait_ms, opts.max_output, eopts, operation)
       end
@@ -1476,7 +1479,7 @@ function M.new(opts)
     end
     local cg = command_cgroup(meta)
     local popts = process_options(meta, argv, env, cwd, "spawn", cg)
-    popts.stdin = sopts and sopts.stdin or "null"
+    popts.stdin, popts.cgroup = sopts and sopts.stdin or "null", cg
     local h, err = proc.spawn(popts)
     if not h then
       end_command_cgroup(cg, true)

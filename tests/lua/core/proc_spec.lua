@@ -282,6 +282,40 @@ io.stdout:write(ok and (err and err.code or "no error") or (type(r) == "table" a
       assert.has_error(function() p:pid() end)
     end)
 
+    it("kills the child's cgroup first on close, so a supervisor outside it reaps its command and ends",
+      function()
+      -- a supervisor (sh, outside the cgroup) and its command (moved into the cgroup); closed
+      -- while both run, the cgroup dies first and the supervisor sees its command end
+      local mount = proc.run{ argv = { "sh", "-c", "awk '$3 == \"cgroup2\" {print $2; exit}' /proc/self/mounts" } }
+        .stdout:gsub("%s+$", "")
+      local fs = require("galley.core.fs")
+      local cg = mount ~= "" and mount .. "/galley-proc-spec-" .. require("galley.core.codec").random_hex(4)
+      if not (cg and fs.mkdir(cg, "0755")) then return pending("no cgroup v2 directory can be made here") end
+      finally(function() os.remove(cg) end)
+      local function procs_of(dir) return table.concat(lines_of(dir .. "/cgroup.procs"), " ") end
+      local out = support.tmpname()
+      for _, with in ipairs({ true, false }) do
+        os.remove(out)
+        local p = assert(proc.spawn{ argv = { "sh", "-c", [[
+sh -c 'echo $$ > "$1/cgroup.procs" && exec sleep 300' sh "$1" & c=$!
+echo started > "$2"; wait "$c"; echo "reaped $?" > "$2"]], "sh", cg, out }, cgroup = with and cg or nil })
+        assert.is_true(await_lines(out, 1), "the supervisor never started")
+        -- the command is in the cgroup before close
+        local deadline = loop.now_ms() + 5000
+        while procs_of(cg) == "" and loop.now_ms() < deadline do task.sleep(20) end
+        p:close()
+        if with then
+          assert.are.same({ "reaped 137" }, lines_of(out))
+        else -- without it, the group's SIGKILL ends the supervisor before it sees its command end
+          assert.are.same({ "started" }, lines_of(out))
+        end
+        deadline = loop.now_ms() + 5000
+        while procs_of(cg) ~= "" and loop.now_ms() < deadline do task.sleep(20) end
+        assert.are.equal("", procs_of(cg))
+      end
+      os.remove(out)
+    end)
+
     it("says whether the child still runs without waiting for it or reading its output", function()
       local runtime = require("galley.core.runtime")
       local p = assert(proc.spawn{ argv = { "sh", "-c", "echo out; sleep 0.3" } })

@@ -255,6 +255,62 @@ print("booted")
       p.instances.terminate(i.id)
     end)
 
+    it("leaves nothing to this machine's pid 1 when Ctrl-C stops an exec, with or without streamed output",
+      function()
+      -- proc.run killed galley __enter's process group before the command's cgroup: __enter died
+      -- first and its child, a process of the instance's pid namespace, went to this machine's
+      -- pid 1 to reap. Here a child galley runs under a subreaper (PR_SET_CHILD_SUBREAPER), which
+      -- such orphans go to instead: it counts those that end after the child galley got SIGINT.
+      if needs_cgroups(p) then return end
+      local i = p.instances.boot()
+      finally(function() p.instances.terminate(i.id) end)
+      local home = state .. "/instances/" .. i.id .. "/home"
+      local SUBREAPER = [[
+import ctypes, os, signal, subprocess, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+marker = sys.argv[1]
+child = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)
+orphans = 0  # the command (sleep) ended as an orphan; bwrap is a sandbox's, orphaned on purpose
+def reap():
+    global orphans
+    while True:
+        try:
+            r = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if r is None:
+            return
+        with open("/proc/%d/stat" % r.si_pid) as f:
+            if " (sleep) " in f.read():
+                orphans += 1
+        os.waitpid(r.si_pid, 0)
+deadline = time.time() + 30
+while not os.path.exists(marker) and time.time() < deadline:
+    reap()
+    time.sleep(0.02)
+child.send_signal(signal.SIGINT)
+code = child.wait()
+end = time.time() + 1.5
+while time.time() < end:
+    reap()
+    time.sleep(0.02)
+print(code, orphans)
+]]      for _, streamed in ipairs({ false, true }) do
+        local marker = home .. "/up-" .. tostring(streamed)
+        local child = support.script(([[
+local p = require("galley.providers.local").new({ state_dir = %q })
+p.exec(%q, { kind = "argv", command = "/bin/sh", args = { "-c", "echo up > ~/up-%s; exec sleep 300" } },
+  %s)
+]]):format(state, i.id, tostring(streamed), streamed and "{ on_stdout = function() end }" or "nil"))
+        local r = assert(proc.run({ argv = { "/usr/bin/python3", "-c", SUBREAPER, marker, support.bin, child },
+          timeout_ms = 60000 }))
+        os.remove(child)
+        assert.are.equal(0, r.exit_code, r.stderr)
+        assert.are.equal("130 0\n", r.stdout, streamed and "with on_stdout" or "without on_stdout")
+        assert.are.equal("", p.exec(i.id, sh("pgrep -f 'slee[p] 300' || true")).stdout)
+      end
+    end)
+
     it("kills everything a command started when it is killed, and leaves a finished command's daemon", function()
       -- a nested timeout (a process group of its own) outlived an exec over its time limit, and
       -- a spawned handle killed: the exec came back at the host's backstop, wait() never did
