@@ -73,10 +73,29 @@ local GUARD = "command -v pm2 >/dev/null 2>&1 || { echo '" .. MISSING_LINE .. "'
 -- here); list() and every log poll paid two. (Were the pid another home's daemon, jlist would
 -- start this home's and print its spawn messages first, which the parser skips.) In a subshell:
 -- its variables never shadow the instance's (PROBE reads those the app keeps).
+-- Several commands starting the daemon at once (a recipe starting agents on one instance from
+-- several tasks) started several: all but one CLI hung until the time limit. So the start is
+-- made under an flock(1) of $PM2_HOME/galley-start.lock (where flock exists), and the first to
+-- hold it starts the daemon; the others find it running.
 local ENSURE_DAEMON = [[
-(pm2_dir=${PM2_HOME:-$HOME/.pm2} pm2_pid=
-  read -r pm2_pid <"$pm2_dir/pm2.pid"; [ -n "$pm2_pid" ] && [ -S "$pm2_dir/rpc.sock" ] &&
-  grep -q 'God Daemon' "/proc/$pm2_pid/cmdline") 2>/dev/null || pm2 ping >&2 || exit $?
+galley_pm2_up() {
+  (pm2_dir=${PM2_HOME:-$HOME/.pm2} pm2_pid=
+    read -r pm2_pid <"$pm2_dir/pm2.pid"; [ -n "$pm2_pid" ] && [ -S "$pm2_dir/rpc.sock" ] &&
+    grep -q 'God Daemon' "/proc/$pm2_pid/cmdline") 2>/dev/null
+}
+if ! galley_pm2_up; then
+  # (in a subshell: no variable of its own; a failed redirection of `exec` would end sh, so
+  # another subshell tries it first; pm2 and the daemon it starts never get the lock's fd, and
+  # pm2 is not the subshell's last command: sh would exec it, and the lock would go with fd 9)
+  (lock=${PM2_HOME:-$HOME/.pm2}/galley-start.lock
+    if command -v flock >/dev/null 2>&1 && mkdir -p -- "${lock%/*}" 2>/dev/null &&
+      (: >>"$lock") 2>/dev/null; then
+      exec 9>>"$lock"
+      flock 9 2>/dev/null
+    fi
+    galley_pm2_up || pm2 ping 9>&- >&2 || exit $?
+    exit 0) || exit $?
+fi
 ]]
 
 -- Starts the daemon (with the instance's own environment), then prints HOME, PATH, PM2_HOME

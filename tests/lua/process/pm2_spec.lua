@@ -5,6 +5,7 @@ local host = require("support.host_provider")
 local logmod = require("galley.log")
 local pm2mod = require("galley.process.pm2")
 local proc = require("galley.core.proc")
+local task = require("galley.task")
 
 local wait_for, raises_code = host.wait_for, host.raises_code
 
@@ -276,20 +277,48 @@ for _, target in ipairs(host.providers()) do
       for j = 1, 22 do expected[j] = "line " .. j .. "\n" end
       expected = table.concat(expected)
       -- They all print and exit at once, when ~/go appears: a busy daemon is when it happens.
+      -- (started, read and deleted 12 at once, as a recipe driving PM2 from several tasks would:
+      -- one after another, their CLI runs took 30 s)
       sh("rm -f ~/go")
-      local names = {}
-      for i = 1, 12 do
-        names[i] = "burst-" .. i
-        pm.start(inst.id, shell_spec(names[i], 'while [ ! -e ~/go ]; do sleep 0.05; done; '
-          .. 'for j in $(seq 1 22); do echo "line $j"; done; echo done >&2'))
+      local function each(fn)
+        local ts = {}
+        for i = 1, 12 do ts[i] = task.spawn(fn, "burst-" .. i) end
+        for _, r in ipairs(task.join(ts)) do assert(r.ok, tostring(r.err)) end
       end
+      each(function(name)
+        pm.start(inst.id, shell_spec(name, 'while [ ! -e ~/go ]; do sleep 0.05; done; '
+          .. 'for j in $(seq 1 22); do echo "line $j"; done; echo done >&2'))
+      end)
       sh("touch ~/go")
-      for _, name in ipairs(names) do
+      each(function(name)
         wait_stopped(name)
         local got = pm.logs(inst.id, name, 1000)
         assert.are.same({ out = expected, err = "done\n" }, got, name)
         pm.delete(inst.id, name)
+      end)
+    end)
+
+    logic_it("starts several processes at once where no daemon runs yet, with one daemon", function()
+      -- each start's `pm2 ping` started a daemon of its own: all but one of the CLIs hung until
+      -- the time limit (TIMEOUT after 120 s)
+      pm.kill(inst.id)
+      local ts = {}
+      for i = 1, 4 do
+        ts[i] = task.spawn(pm.start, inst.id, shell_spec("together-" .. i, "exec sleep 300"))
       end
+      for i, r in ipairs(task.join(ts)) do
+        assert(r.ok, tostring(r.err))
+        assert.are.equal("together-" .. i, r.value.name)
+      end
+      for i = 1, 4 do assert.are.equal("online", status_of("together-" .. i)) end
+      if target.label == "local" then -- (a pid namespace of its own: every daemon seen is its)
+        local daemons = sh([[for p in /proc/[0-9]*; do
+          [ "$p" = "/proc/$$" ] && continue
+          case $(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) in *"God Daemon ("*) echo "$p" ;; esac
+        done]]).stdout
+        assert.are.equal(1, select(2, daemons:gsub("\n", "")), daemons)
+      end
+      for i = 1, 4 do pm.delete(inst.id, "together-" .. i) end
     end)
 
     logic_it("replaces a same-named process and starts it with fresh logs", function()
