@@ -521,9 +521,10 @@ end
 
 -- SIGKILLs a holder (pid 1 of the instance's pid namespace: the kernel then kills every process
 -- in it) unless its pid now names another process; waits until it is gone. Its parent, bwrap
--- outside the namespace, reaps it; an instance paused without cgroups had bwrap stopped too
--- (SIGSTOP to every process with the instance's marker), so it is continued: stopped, it never
--- reaped the holder and stayed for good, a stopped bwrap and a zombie per terminated instance.
+-- outside the namespace, reaps it; an instance paused without cgroups by an earlier galley had
+-- bwrap stopped too (SIGSTOP to every process with the instance's marker; pause now leaves it
+-- out), so it is continued: stopped, it never reaped the holder and stayed for good, a stopped
+-- bwrap and a zombie per terminated instance.
 local function kill_holder(holder)
   local start, parent = proc_start(holder and holder.pid)
   if not holder or start ~= holder.start then return end
@@ -1016,7 +1017,23 @@ function M.new(opts)
       wait_for(function() return cgroup_events(dir).frozen == on end, FREEZE_WAIT_MS,
         on and "freezing the instance" or "thawing the instance")
     else
-      local pids = environ_pids(meta.id)
+      -- The holder's parent, bwrap outside the instance's namespaces, carries the marker too: it
+      -- is not the instance's and is left running (stopped, it never reaps a killed holder).
+      local pids, bwrap_pid = environ_pids(meta.id), nil
+      if meta.holder then
+        local start, parent = proc_start(meta.holder.pid)
+        if start == meta.holder.start and parent and parent > 1
+          and (read_all("/proc/" .. parent .. "/comm") or ""):match("^bwrap") then
+          bwrap_pid = tostring(parent)
+        end
+      end
+      if bwrap_pid then
+        local kept = {}
+        for _, pid in ipairs(pids) do
+          if pid ~= bwrap_pid then kept[#kept + 1] = pid end
+        end
+        pids = kept
+      end
       signal_pids(pids, on and "STOP" or "CONT")
       -- A signal takes effect when its process next runs: pause returns once every process is
       -- stopped (resume once none is), as the cgroup freezer's "frozen" event says there.

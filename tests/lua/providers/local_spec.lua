@@ -485,6 +485,31 @@ p.exec(%q, { kind = "argv", command = "/bin/sh", args = { "-c", "echo up > ~/up-
       assert.are.same({}, stopped)
     end)
 
+    it("pauses the instance's processes but not its bwrap outside the instance", function()
+      -- bwrap (the holder's parent, outside the instance's namespaces) carries the marker and was
+      -- stopped with the instance's processes
+      local e = provider({ cgroups = false })
+      local i = e.instances.boot()
+      finally(function() e.instances.terminate(i.id) end)
+      local pids = instance_pids(i.id)
+      local marked, outer = {}, nil
+      for _, pid in ipairs(pids) do marked[pid] = true end
+      for _, pid in ipairs(pids) do
+        local comm, ppid = host('cat "/proc/$1/stat"', pid):match("^%d+ %((.-)%) %a (%d+)")
+        if comm == "bwrap" and not marked[ppid] then outer = pid end
+      end
+      assert.is_truthy(outer, "no bwrap outside the instance among " .. table.concat(pids, " "))
+      e.instances.pause(i.id)
+      local stopped = 0
+      for _, pid in ipairs(pids) do
+        if pid ~= outer and proc_state(pid) == "T" then stopped = stopped + 1 end
+      end
+      assert.are.equal(#pids - 1, stopped)
+      assert.are.equal("S", proc_state(outer))
+      e.instances.resume(i.id)
+      assert.are.equal("ok\n", e.exec(i.id, sh("echo ok")).stdout)
+    end)
+
     it("passes a signal sent to a spawned command's galley __enter on to the command, which it reaps", function()
       -- __enter died of the signal: its child, killed by its parent-death signal, was left to
       -- this machine's pid 1 to reap
