@@ -564,9 +564,35 @@ local probe_cache = {}
 --- under `state_dir`, runs a check in it and kills it (once per process, state dir and id map).
 ---@return boolean ok
 ---@return string|nil why
+-- What the probe's answer depends on, as one string: this boot (the kernel, and its settings
+-- as they were: a setting changed since is seen after PROBE_KEEP_S), the bwrap and galley
+-- binaries, the id maps, the staging directory and the mounts.
+local function probe_fingerprint(bwrap, ident, mounts)
+  local parts = { "galley isolation probe 1", read_all("/proc/sys/kernel/random/boot_id") or "no boot id",
+    ident.uid_map, ident.gid_map or "", ident.stage or "", table.concat(mounts, "\0") }
+  for _, file in ipairs({ bwrap, galley_exe() }) do
+    local st = fs.stat(file)
+    parts[#parts + 1] = file .. (st and (" %d %d %d"):format(st.size, st.mtime_ns or st.mtime, st.ino or 0) or " gone")
+  end
+  return codec.sha256(table.concat(parts, "\n")) .. "\n"
+end
+
+M.PROBE_KEEP_S = 3600
+
 function M.probe_isolation(bwrap, ident, state_dir, mounts)
   local key = state_dir .. "\0" .. ident.uid_map
   if probe_cache[key] ~= nil then return probe_cache[key][1], probe_cache[key][2] end
+  -- A success is also kept on disk for PROBE_KEEP_S, so that every galley command does not pay a
+  -- sandbox launch (~60 ms here) to learn it again: valid for this boot, these binaries
+  -- (size, mtime, inode), these id maps and mounts only. (The state directory is the caller's
+  -- own and no one else's to write: checked before this.)
+  local saved, fingerprint = state_dir .. "/.isolation-probe", probe_fingerprint(bwrap, ident, mounts)
+  local st = fs.stat(saved)
+  if st and os.time() - st.mtime >= 0 and os.time() - st.mtime < M.PROBE_KEEP_S
+    and read_all(saved) == fingerprint then
+    probe_cache[key] = { true }
+    return true
+  end
   local dir = state_dir .. "/.probe-" .. codec.random_hex(4)
   local ok, why = pcall(function()
     fs_op("mkdir", "create the probe directory", dir, "0700")
@@ -586,6 +612,7 @@ function M.probe_isolation(bwrap, ident, state_dir, mounts)
     end
   end)
   pcall(tool, { "rm", "-rf", "--", dir })
+  if ok then fs.write_atomic(saved, fingerprint, { mode = "600" }) else os.remove(saved) end
   probe_cache[key] = { ok, not ok and tostring(why) or nil }
   return probe_cache[key][1], probe_cache[key][2]
 end
@@ -1001,6 +1028,7 @@ function M.new(opts)
     local env = { PATH = SYSTEM_PATH, GALLEY_INSTANCE_ID = meta.id }
     local holder, err = launch_holder(bwrap, ident, inst_dir(meta.id), meta.cgroup, network, mounts, home_dir, env)
     if not holder then
+      os.remove(state_dir .. "/.isolation-probe") -- the next galley probes again
       common.raise("PROCESS_ERROR", ("instance %s: %s"):format(meta.id, tostring(err)),
         { resource = "instance:" .. meta.id, cause = err })
     end

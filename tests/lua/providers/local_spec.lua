@@ -575,6 +575,49 @@ p.exec(%q, { kind = "argv", command = "/bin/sh", args = { "-c", "echo up > ~/up-
     end)
   end)
 
+  describe("the isolation probe", function()
+    it("is kept on disk for the next galley while this boot, the binaries and the maps stay, for an hour at most",
+      function()
+      if p.capabilities.isolation ~= "userns" then
+        return pending("instances get no namespaces of their own here (isolation \"none\")")
+      end
+      local fs = require("galley.core.fs")
+      local dir = host("mktemp -d /tmp/galley-probe-XXXXXX"):gsub("%s+$", "")
+      finally(function() host('rm -rf -- "$1"', dir) end)
+      local saved = dir .. "/.isolation-probe"
+      local child = support.script(([[
+local p = require("galley.providers.local").new({ state_dir = %q })
+io.stdout:write(p.capabilities.isolation, "\n")
+]]):format(dir))
+      finally(function() os.remove(child) end)
+      local function new_galley()
+        local r = assert(proc.run({ argv = { support.bin, child }, timeout_ms = 60000 }))
+        assert.are.equal(0, r.exit_code, r.stderr)
+        assert.are.equal("userns\n", r.stdout)
+      end
+      local function mtime() return fs.stat(saved).mtime end
+      new_galley() -- probes, and keeps the answer
+      local fingerprint = support.slurp(saved)
+      assert.matches("^%x+\n$", fingerprint)
+      assert.are.equal(tonumber("600", 8), fs.stat(saved).mode)
+      -- ten minutes old: the next galley takes it as it is (probing would write it again)
+      host('touch -d "10 minutes ago" -- "$1"', saved)
+      local before = mtime()
+      new_galley()
+      assert.are.equal(before, mtime())
+      -- another fingerprint (another boot, binary or map): probed again
+      support.spit(saved, "0123\n")
+      host('touch -d "10 minutes ago" -- "$1"', saved)
+      new_galley()
+      assert.are.equal(fingerprint, support.slurp(saved))
+      -- over an hour old: probed again
+      host('touch -d "2 hours ago" -- "$1"', saved)
+      before = mtime()
+      new_galley()
+      assert.is_true(mtime() > before)
+    end)
+  end)
+
   describe("persistence", function()
     it("shows the same instances to another provider and another galley process", function()
       local i = p.instances.boot(nil, { metadata = { who = "persist" } })
