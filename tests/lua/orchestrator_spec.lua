@@ -332,7 +332,8 @@ describe("galley.orchestrator #orchestrator", function()
     it("makes exactly 2 requests for a ready boot with two small profiles", function()
       local emulator = require("support.emulator")
       local em = emulator.start({ boot_delay_ms = 0, latency_ms = 0 })
-      finally(function() em:stop() end)
+      local cleanup = support.cleanups(finally)
+      cleanup(function() em:stop() end)
       -- Emulator instances are sandboxes whose /root is their own home, as on a Morph VM.
       local provider = require("galley.providers.morph").new({ api_key = em.api_key, base_url = em.base_url,
         log = log.silent() })
@@ -346,7 +347,7 @@ describe("galley.orchestrator #orchestrator", function()
         machine_info = { purpose = "count" } })
       local requests = {}
       for i = before + 1, #em:log() do requests[#requests + 1] = em:log()[i] end
-      finally(function() pcall(provider.instances.terminate, m.instance_id) end)
+      cleanup(function() pcall(provider.instances.terminate, m.instance_id) end)
       assert.are.equal(2, #requests)
       assert.are.equal("POST", requests[1].method)
       assert.is_truthy(requests[2].path:find("/exec", 1, true))
@@ -364,7 +365,8 @@ describe("galley.orchestrator #orchestrator", function()
     it("says cleanup = failed when terminating after a failed install fails too #failure", function()
       local emulator = require("support.emulator")
       local em = emulator.start({ boot_delay_ms = 0, latency_ms = 0 })
-      finally(function() em:stop() end)
+      local cleanup = support.cleanups(finally)
+      cleanup(function() em:stop() end)
       local provider = require("galley.providers.morph").new({ api_key = em.api_key, base_url = em.base_url,
         log = log.silent() })
       local events = {}
@@ -376,7 +378,7 @@ describe("galley.orchestrator #orchestrator", function()
         credential_profiles = { { name = "clash", directories = { { path = "~/clash" } },
           files = { { path = "~/clash", content = "x" } } } } })
       local id = err.details.instance_id
-      finally(function() pcall(provider.instances.terminate, id) end)
+      cleanup(function() pcall(provider.instances.terminate, id) end)
       assert.are.equal("CREDENTIALS_ERROR", err.code)
       assert.are.equal("install", err.details.step)
       assert.are.equal("failed", err.details.cleanup)

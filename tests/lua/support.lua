@@ -66,6 +66,25 @@ function M.tmpname(suffix)
   return path
 end
 
+--- busted runs only the last function a test gives `finally`: `local cleanup =
+--- support.cleanups(finally)` registers one that runs every function later given to
+--- `cleanup(fn)`, the last added first, all of them even when one raises (the first error is
+--- raised after).
+---@param finally_fn fun(fn: function) the test's `finally`
+---@return fun(fn: function) cleanup
+function M.cleanups(finally_fn)
+  local fns = {}
+  finally_fn(function()
+    local first
+    for i = #fns, 1, -1 do
+      local ok, err = pcall(fns[i])
+      if not ok and first == nil then first = err end
+    end
+    if first ~= nil then error(first, 0) end
+  end)
+  return function(fn) fns[#fns + 1] = fn end
+end
+
 --- A local file's bytes (the spec fails when it cannot be read).
 ---@param path string
 ---@return string

@@ -61,9 +61,10 @@ describe("Ctrl-C during recipe.parallel #run", function()
 
   it("on galley emulate: SIGTERM exits 143 and leaves no instance", function()
     local em = emulator.start({ boot_delay_ms = 30 })
-    finally(function() em:stop() end)
+    local cleanup = support.cleanups(finally)
+    cleanup(function() em:stop() end)
     local state = recipes.mktemp_dir("task-emu")
-    finally(function() os.execute("rm -rf " .. support.q(state)) end)
+    cleanup(function() os.execute("rm -rf " .. support.q(state)) end)
     local env = { PATH = os.getenv("PATH"), HOME = state, GALLEY_STATE_DIR = state, GALLEY_LOG = "error",
       MORPH_API_KEY = em.api_key, MORPH_BASE_URL = em.base_url }
     local r = interrupt(env, "TERM")

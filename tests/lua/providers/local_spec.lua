@@ -583,13 +583,15 @@ p.exec(%q, { kind = "argv", command = "/bin/sh", args = { "-c", "echo up > ~/up-
       end
       local fs = require("galley.core.fs")
       local dir = host("mktemp -d /tmp/galley-probe-XXXXXX"):gsub("%s+$", "")
-      finally(function() host('rm -rf -- "$1"', dir) end)
       local saved = dir .. "/.isolation-probe"
       local child = support.script(([[
 local p = require("galley.providers.local").new({ state_dir = %q })
 io.stdout:write(p.capabilities.isolation, "\n")
 ]]):format(dir))
-      finally(function() os.remove(child) end)
+      finally(function() -- (busted keeps one finally per test: the last)
+        os.remove(child)
+        host('rm -rf -- "$1"', dir)
+      end)
       local function new_galley()
         local r = assert(proc.run({ argv = { support.bin, child }, timeout_ms = 60000 }))
         assert.are.equal(0, r.exit_code, r.stderr)
