@@ -1405,10 +1405,15 @@ function M.new(opts)
     expire()
     local meta = must_instance(id, "exec")
     log.trace("exec", { instance = meta.id, operation = "files.stream" })
-    local popts = process_options(meta, argv, nil, nil, "files.stream")
+    -- a cgroup of its own, as an exec's: interrupted, the transfer's program dies before its
+    -- galley __enter, which reaps it
+    local cg = command_cgroup(meta)
+    local popts = process_options(meta, argv, nil, nil, "files.stream", cg)
     popts.argv = common.redirected(popts.argv, sopts.stdin_file, sopts.stdout_file, sopts.max_stdout_bytes)
     popts.stdin, popts.timeout_ms, popts.max_output = sopts.stdin, opts.exec_timeout_ms, opts.max_output
+    popts.cgroup = cg
     local res, err = proc.run(popts)
+    end_command_cgroup(cg, not res or res.timed_out or false)
     if not res then could_not_run(meta, err, "files.stream") end
     if res.timed_out then
       common.raise("TIMEOUT", ("transfer in %s timed out"):format(meta.id),

@@ -255,7 +255,7 @@ print("booted")
       p.instances.terminate(i.id)
     end)
 
-    it("leaves nothing to this machine's pid 1 when Ctrl-C stops an exec, with or without streamed output",
+    it("leaves nothing to this machine's pid 1 when Ctrl-C stops an exec (output streamed or not) or a transfer",
       function()
       -- proc.run killed galley __enter's process group before the command's cgroup: __enter died
       -- first and its child, a process of the instance's pid namespace, went to this machine's
@@ -295,18 +295,24 @@ while time.time() < end:
     reap()
     time.sleep(0.02)
 print(code, orphans)
-]]      for _, streamed in ipairs({ false, true }) do
-        local marker = home .. "/up-" .. tostring(streamed)
+]]      local CALLS = {
+        exec = 'p.exec(ID, { kind = "argv", command = "/bin/sh", args = { "-c", CMD } })',
+        streamed = 'p.exec(ID, { kind = "argv", command = "/bin/sh", args = { "-c", CMD } }, { on_stdout = print })',
+        -- the byte channel's transfer program (files.stream)
+        transfer = 'p.files.stream(ID, { "/bin/sh", "-c", CMD }, { stdout_file = p.state_dir .. "/transfer-out" })',
+      }
+      for _, how in ipairs({ "exec", "streamed", "transfer" }) do
+        local marker = home .. "/up-" .. how
         local child = support.script(([[
 local p = require("galley.providers.local").new({ state_dir = %q })
-p.exec(%q, { kind = "argv", command = "/bin/sh", args = { "-c", "echo up > ~/up-%s; exec sleep 300" } },
-  %s)
-]]):format(state, i.id, tostring(streamed), streamed and "{ on_stdout = function() end }" or "nil"))
+local ID, CMD = %q, "echo up > ~/up-%s; exec sleep 300"
+%s
+]]):format(state, i.id, how, CALLS[how]))
         local r = assert(proc.run({ argv = { "/usr/bin/python3", "-c", SUBREAPER, marker, support.bin, child },
           timeout_ms = 60000 }))
         os.remove(child)
         assert.are.equal(0, r.exit_code, r.stderr)
-        assert.are.equal("130 0\n", r.stdout, streamed and "with on_stdout" or "without on_stdout")
+        assert.are.equal("130 0\n", r.stdout, how)
         assert.are.equal("", p.exec(i.id, sh("pgrep -f 'slee[p] 300' || true")).stdout)
       end
     end)
