@@ -76,7 +76,8 @@ local GUARD = "command -v pm2 >/dev/null 2>&1 || { echo '" .. MISSING_LINE .. "'
 -- Several commands starting the daemon at once (a recipe starting agents on one instance from
 -- several tasks) started several: all but one CLI hung until the time limit. So the start is
 -- made under an flock(1) of $PM2_HOME/galley-start.lock (where flock exists), and the first to
--- hold it starts the daemon; the others find it running.
+-- hold it starts the daemon; the others find it running (after 30 s without the lock, a start
+-- goes on as before: a process of the instance holding it cannot stop every start).
 local ENSURE_DAEMON = [[
 galley_pm2_up() {
   (pm2_dir=${PM2_HOME:-$HOME/.pm2} pm2_pid=
@@ -91,7 +92,7 @@ if ! galley_pm2_up; then
     if command -v flock >/dev/null 2>&1 && mkdir -p -- "${lock%/*}" 2>/dev/null &&
       (: >>"$lock") 2>/dev/null; then
       exec 9>>"$lock"
-      flock 9 2>/dev/null
+      flock -w 30 9 2>/dev/null # (held longer, by a stuck start or anyone: go on without it)
     fi
     galley_pm2_up || pm2 ping 9>&- >&2 || exit $?
     exit 0) || exit $?
