@@ -519,6 +519,18 @@ local function launch_holder(bwrap, ident, dir, cgroup, network, mounts, home_di
 end
 
 
+-- Whether `holder` still runs (its pid names the same process), and then its parent's pid when
+-- that is bwrap, outside the instance's namespaces (it carries the instance's marker too).
+local function holder_bwrap(holder)
+  local start, parent = proc_start(holder and holder.pid)
+  if not holder or start ~= holder.start then return false end
+  if parent and parent > 1 and (read_all("/proc/" .. parent .. "/comm") or ""):match("^bwrap") then
+    return true, parent
+  end
+  return true
+end
+
+
 -- SIGKILLs a holder (pid 1 of the instance's pid namespace: the kernel then kills every process
 -- in it) unless its pid now names another process; waits until it is gone. Its parent, bwrap
 -- outside the namespace, reaps it; an instance paused without cgroups by an earlier galley had
@@ -526,12 +538,10 @@ end
 -- out), so it is continued: stopped, it never reaped the holder and stayed for good, a stopped
 -- bwrap and a zombie per terminated instance.
 local function kill_holder(holder)
-  local start, parent = proc_start(holder and holder.pid)
-  if not holder or start ~= holder.start then return end
+  local live, bwrap_pid = holder_bwrap(holder)
+  if not live then return end
   runtime.kill(holder.pid, "KILL")
-  if parent and parent > 1 and (read_all("/proc/" .. parent .. "/comm") or ""):match("^bwrap") then
-    pcall(runtime.kill, parent, "CONT")
-  end
+  if bwrap_pid then pcall(runtime.kill, bwrap_pid, "CONT") end
   local deadline = runtime.now_ms() + 10000
   while proc_start(holder.pid) == holder.start and runtime.now_ms() < deadline do
     local ok, err = runtime.sleep_ms(10)
@@ -588,8 +598,8 @@ function M.probe_isolation(bwrap, ident, state_dir, mounts)
   -- own and no one else's to write: checked before this.)
   local saved, fingerprint = state_dir .. "/.isolation-probe", probe_fingerprint(bwrap, ident, mounts)
   local st = fs.stat(saved)
-  if st and os.time() - st.mtime >= 0 and os.time() - st.mtime < M.PROBE_KEEP_S
-    and read_all(saved) == fingerprint then
+  local age = st and os.time() - st.mtime
+  if age and age >= 0 and age < M.PROBE_KEEP_S and read_all(saved) == fingerprint then
     probe_cache[key] = { true }
     return true
   end
@@ -1047,18 +1057,11 @@ function M.new(opts)
     else
       -- The holder's parent, bwrap outside the instance's namespaces, carries the marker too: it
       -- is not the instance's and is left running (stopped, it never reaps a killed holder).
-      local pids, bwrap_pid = environ_pids(meta.id), nil
-      if meta.holder then
-        local start, parent = proc_start(meta.holder.pid)
-        if start == meta.holder.start and parent and parent > 1
-          and (read_all("/proc/" .. parent .. "/comm") or ""):match("^bwrap") then
-          bwrap_pid = tostring(parent)
-        end
-      end
+      local pids, bwrap_pid = environ_pids(meta.id), select(2, holder_bwrap(meta.holder))
       if bwrap_pid then
         local kept = {}
         for _, pid in ipairs(pids) do
-          if pid ~= bwrap_pid then kept[#kept + 1] = pid end
+          if pid ~= tostring(bwrap_pid) then kept[#kept + 1] = pid end
         end
         pids = kept
       end
@@ -1254,7 +1257,9 @@ function M.new(opts)
 
   -- The process options (argv wrapped in the sandbox and the cgroup, environment) that run
   -- argv in the instance. `env` adds variables; `cwd` is the directory as the instance sees it
-  -- (default: its home).
+  -- (default: its home). `cgroup`: the command's own (command_cgroup), also given to
+  -- galley.core.proc: closed while it runs (Ctrl-C, a cancelled task), the command dies before
+  -- its galley __enter, which reaps it instead of leaving it to this machine's pid 1.
   local function process_options(meta, argv, env, cwd, operation, cgroup)
     if meta.status ~= "ready" or meta.paused then
       common.raise("CONFLICT", ("instance %s is %s, not ready"):format(meta.id, meta.status),
@@ -1272,13 +1277,14 @@ function M.new(opts)
     -- (isolation "userns"); otherwise a host-side sh joins the cgroup (ENTER), then the
     -- sandbox starts, where a second sh (INNER) changes directory and execs the command.
     if meta.cgroup then ensure_cgroup(meta) end
+    local own_cgroup = cgroup
     cgroup = cgroup or meta.cgroup
     local dir = inst_dir(meta.id)
     local cmd
     if sandbox and isolation == "userns" then
       cmd = ns_exec_argv(ensure_holder(meta), cgroup, network, cwd)
       for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
-      return { argv = cmd, env = full_env, env_mode = "replace", cwd = "/" }
+      return { argv = cmd, env = full_env, env_mode = "replace", cwd = "/", cgroup = own_cgroup }
     elseif sandbox then
       cmd = { "/bin/sh", "-c", ENTER, "sh", cgroup or "", bwrap }
       if not network then cmd[#cmd + 1] = "--unshare-net" end
@@ -1294,7 +1300,7 @@ function M.new(opts)
     end
     for _, a in ipairs({ "/bin/sh", "-c", INNER, "sh", cwd }) do cmd[#cmd + 1] = a end
     for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
-    return { argv = cmd, env = full_env, env_mode = "replace", cwd = sandbox and "/" or nil }
+    return { argv = cmd, env = full_env, env_mode = "replace", cwd = sandbox and "/" or nil, cgroup = own_cgroup }
   end
 
   local function could_not_run(meta, err, operation)
@@ -1369,9 +1375,6 @@ function M.new(opts)
     if watchdog then wait_ms, kill_grace_ms = cg_kill_ms + M.CGROUP_PIPE_GRACE_MS, 200 end
     local ok, r = pcall(common.run_limited, meta.id, argv, limit, function(a)
       local popts = process_options(meta, a, env, cwd, operation, cg)
-      -- interrupted (Ctrl-C, a cancelled task), the command's cgroup dies before galley __enter:
-      -- __enter reaps the command and ends, instead of leaving it to this machine's pid 1
-      popts.cgroup = cg
       if eopts and (eopts.on_stdout or eopts.on_stderr) then
         return run_streaming(meta, popts, wait_ms, opts.max_output, eopts, operation)
       end
@@ -1405,13 +1408,10 @@ function M.new(opts)
     expire()
     local meta = must_instance(id, "exec")
     log.trace("exec", { instance = meta.id, operation = "files.stream" })
-    -- a cgroup of its own, as an exec's: interrupted, the transfer's program dies before its
-    -- galley __enter, which reaps it
-    local cg = command_cgroup(meta)
+    local cg = command_cgroup(meta) -- (as an exec's)
     local popts = process_options(meta, argv, nil, nil, "files.stream", cg)
     popts.argv = common.redirected(popts.argv, sopts.stdin_file, sopts.stdout_file, sopts.max_stdout_bytes)
     popts.stdin, popts.timeout_ms, popts.max_output = sopts.stdin, opts.exec_timeout_ms, opts.max_output
-    popts.cgroup = cg
     local res, err = proc.run(popts)
     end_command_cgroup(cg, not res or res.timed_out or false)
     if not res then could_not_run(meta, err, "files.stream") end
@@ -1529,7 +1529,7 @@ function M.new(opts)
     end
     local cg = command_cgroup(meta)
     local popts = process_options(meta, argv, env, cwd, "spawn", cg)
-    popts.stdin, popts.cgroup = sopts and sopts.stdin or "null", cg
+    popts.stdin = sopts and sopts.stdin or "null"
     local h, err = proc.spawn(popts)
     if not h then
       end_command_cgroup(cg, true)
