@@ -15,6 +15,10 @@
 --                    default exec_form "auto" picks for payloads on this service ("argv"/"string")
 --   shell            which program runs a one-element command ($0, /proc/$$/exe) and whether it
 --                    is a login shell; HOME, the user and the PATH an exec sees (pm2, claude found?)
+--   signal_exit_code the exit code the service reports for a command killed by TERM (`kill
+--                    -TERM $$`); `setsid`, where it is (spawned commands lead a process group of
+--                    their own with it); `spawn_kill`: a command spawned through the provider
+--                    gets kill("TERM"), its trap runs, and the handle reports the trap's exit 7
 --   boot             whether POST /snapshot/ID/boot answers `ready` or `pending`
 --   exec_on_pending  what an exec on a `pending` instance answers (when boot answered pending)
 --   start_from_pending_snapshot  what POST /instance?snapshot_id= answers for a snapshot that is
@@ -38,6 +42,7 @@ local errors = require("galley.errors")
 local json = require("galley.json")
 local logmod = require("galley.log")
 local morph = require("galley.providers.morph")
+local runtime = require("galley.core.runtime")
 
 local MORPH_SNAPSHOT = "snapshot_c1p8b6c2"
 local TTL = 300
@@ -164,6 +169,7 @@ printf 'user=%s\n' "$(id -un 2>/dev/null)"
 printf 'path=%s\n' "$PATH"
 printf 'pm2=%s\n' "$(command -v pm2)"
 printf 'claude=%s\n' "$(command -v claude)"
+printf 'setsid=%s\n' "$(command -v setsid)"
 ]]
 local sh = exec({ SHELL_PROBE })
 local facts = {}
@@ -175,6 +181,31 @@ report.user = opt(facts.user)
 report.path = facts.path
 report.pm2 = opt(facts.pm2)
 report.claude = opt(facts.claude)
+report.setsid = opt(facts.setsid)
+
+-- How the service reports a command that a signal ended (galley's spawn wrapper reports 128 + N
+-- itself), and a spawned command's kill through the provider: TERM reaches the command's trap,
+-- whose exit code the handle reports (7).
+report.signal_exit_code = math.tointeger(exec({ "kill -TERM $$" }).exit_code)
+say("spawning a command and sending it TERM ...")
+local sp_ok, sp = pcall(function()
+  local h = provider.spawn(id, { "/bin/sh", "-c",
+    "trap 'echo got-TERM; exit 7' TERM; echo up; while :; do sleep 0.1; done" })
+  local got, deadline = "", runtime.now_ms() + 30000
+  while not got:find("up\n", 1, true) do
+    local kind, data = h:read(math.max(1, deadline - runtime.now_ms()))
+    if kind == nil or kind == "exit" then break end
+    if kind == "stdout" then got = got .. data end
+  end
+  local killed = h:kill("TERM")
+  local r = h:wait(30000)
+  h:close()
+  return { started = got:find("up\n", 1, true) ~= nil, signalled = killed == true,
+    exit_code = r and math.tointeger(r.exit_code),
+    trap_ran = r ~= nil and (r.stdout or ""):find("got-TERM", 1, true) ~= nil }
+end)
+report.spawn_kill = sp_ok and sp or { failure = tostring(errors.is(sp) and sp.code or sp) }
+report.spawn_kill.ok = sp_ok and sp.exit_code == 7 and sp.trap_ran or false
 
 -- ---------------------------------------------------------------------------------------------
 -- Largest one-element command: "printf ok #xxx...", binary search
@@ -343,6 +374,11 @@ line("one-element shell", ("%s ($0 %s), login shell: %s"):format(tostring(report
 line("user, home", ("%s, %s"):format(tostring(report.user), tostring(report.home)))
 line("PATH", tostring(report.path))
 line("pm2, claude", ("%s, %s"):format(report.pm2 or "not found", report.claude or "not found"))
+line("killed by a signal", ("exit code %s (kill -TERM $$); setsid %s"):format(tostring(report.signal_exit_code),
+  report.setsid or "not found: a spawned command's kill reaches it alone, not what it started"))
+line("spawn kill", report.spawn_kill.ok and "TERM reached the command's trap, exit 7"
+  or ("FAILED (%s)"):format(report.spawn_kill.failure or ("exit code %s, trap %s"):format(
+    tostring(report.spawn_kill.exit_code), report.spawn_kill.trap_ran and "ran" or "did not run")))
 line("boot answers", tostring(report.boot.answer_status))
 line("exec on pending", answer(report.exec_on_pending))
 line("start from pending", answer(report.start_from_pending_snapshot))

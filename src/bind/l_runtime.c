@@ -13,6 +13,7 @@
 #include "bind.h"
 #include "embedded.h"
 #include "loader.h"
+#include "proc.h"
 #include "sig.h"
 
 
@@ -115,20 +116,19 @@ static int l_runtime_getpid(lua_State *L) {
 }
 
 
-/* runtime.kill(pid, signal) -> true | nil, errno_name   (signal: "KILL", "TERM", "STOP",
- * "CONT", "INT", "HUP" or a number; pid > 0 only: never a process group or every process) */
+/* runtime.kill(pid, signal) -> true | nil, errno_name   (signal: a name galley.core.proc's kill
+ * knows, "TERM" or "SIGTERM", or a number; pid > 0 only: never a process group or every process) */
 static int l_runtime_kill(lua_State *L) {
   lua_Integer pid = luaL_checkinteger(L, 1);
   luaL_argcheck(L, pid > 0 && pid <= 0x7fffffff, 1, "pid must be a positive process id");
-  static const char *const names[] = {"KILL", "TERM", "STOP", "CONT", "INT", "HUP", NULL};
-  static const int sigs[] = {SIGKILL, SIGTERM, SIGSTOP, SIGCONT, SIGINT, SIGHUP};
   int sig;
   if (lua_type(L, 2) == LUA_TNUMBER) {
     lua_Integer n = luaL_checkinteger(L, 2);
     luaL_argcheck(L, n >= 0 && n < 65, 2, "signal number out of range");
     sig = (int)n;
   } else {
-    sig = sigs[luaL_checkoption(L, 2, NULL, names)];
+    sig = galley_proc_signal_number(luaL_checkstring(L, 2));
+    luaL_argcheck(L, sig != 0, 2, "unknown signal name");
   }
   if (kill((pid_t)pid, sig) != 0) {
     lua_pushnil(L);

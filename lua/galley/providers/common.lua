@@ -1,6 +1,7 @@
 --- galley.providers.common: pieces every VM provider shares.
 -- Status mapping, `~` expansion and path checks, metadata filters, TTL tables, option checks and
 -- the provider error constructor. Pure Lua, no IO: the Morph and local providers both use it.
+local codec = require("galley.core.codec")
 local errors = require("galley.errors")
 
 local M = {}
@@ -275,6 +276,62 @@ function M.check_account(v, field)
     M.raise("VALIDATION_ERROR", field .. " must be a user/group name or a numeric id", { field = field })
   end
   return v
+end
+
+-- Spawned commands -----------------------------------------------------------------------------
+-- Where galley reaches an instance only through exec (Morph's API, Proxmox over SSH), a spawned
+-- command starts as `/bin/sh -c SPAWN_WRAPPER PIDFILE argv...`. The wrapper runs the command in
+-- the foreground (signals at their defaults: a background job would ignore INT and QUIT, for
+-- good), in a session of its own (setsid(1), where it exists), which writes its pid first; then
+-- exits with the command's status, 128 + N when signal N ended it (an SSH
+-- client reports a command that died of a signal as its own failure, 255, and services differ
+-- in how they say it). A signal goes, by another exec (SPAWN_SIGNAL), to the command's process
+-- group: the command and what it started, as Ctrl-C in a terminal, and the command's own traps
+-- decide how it ends. Without setsid the command leads no group of its own and gets it alone.
+
+--- Signals a spawned handle's kill() takes (default TERM).
+M.SPAWN_SIGNALS = { TERM = true, KILL = true, INT = true, HUP = true, QUIT = true, USR1 = true, USR2 = true }
+
+local SPAWN_WRAPPER = [[
+f=$0
+if command -v setsid >/dev/null 2>&1; then set -- setsid -- "$@"; fi
+/bin/sh -c 'echo $$ > "$0" || exit 125; exec "$@"' "$f" "$@"
+exit $?
+]]
+
+local SPAWN_SIGNAL = [[
+p=$(cat -- "$1" 2>/dev/null) || exit 0
+case $p in ''|*[!0-9]*) exit 0 ;; esac
+read -r s < "/proc/$p/stat" 2>/dev/null || exit 0
+s=${s##*) }; set -- "$2" "$p" $s
+if [ "$5" = "$2" ] && kill -s "$1" -- "-$2" 2>/dev/null; then exit 0; fi
+kill -s "$1" "$2" 2>/dev/null
+exit 0
+]]
+
+--- The argv that starts `argv` as a spawned command writing its pid to `pid_file`.
+---@param pid_file string
+---@param argv string[]
+---@return string[]
+function M.spawn_argv(pid_file, argv)
+  local cmd = { "/bin/sh", "-c", SPAWN_WRAPPER, pid_file }
+  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
+  return cmd
+end
+
+--- The argv that sends `sig` (a key of SPAWN_SIGNALS) to the spawned command of `pid_file` and
+--- its process group; exits 0 even when it has ended.
+---@param pid_file string
+---@param sig string
+---@return string[]
+function M.spawn_signal_argv(pid_file, sig)
+  return { "/bin/sh", "-c", SPAWN_SIGNAL, "galley-signal", pid_file, sig }
+end
+
+--- A fresh pid file name for a spawned command (in the instance's /tmp).
+---@return string
+function M.spawn_pid_file()
+  return "/tmp/.galley-spawn-" .. codec.random_hex(8) .. ".pid"
 end
 
 -- Exec options ---------------------------------------------------------------------------------

@@ -991,15 +991,39 @@ function M.new(opts)
     os.remove(dir)
   end
 
-  -- A spawned process whose cgroup is its own: the same methods, and kill (or close while it
-  -- runs) ends everything in that cgroup too. The cgroup goes first: its command dies, and
+  -- Sends `sig` to a spawned command. With isolation "userns" (or without the sandbox) h is the
+  -- command's `galley __enter` (or the command itself), which passes it on to the command's
+  -- process group. With isolation "none" h is bwrap, the command's parent, which would die of
+  -- it and report 128 + N whatever the command did: the signal goes to the rest of h's process
+  -- group (the command and what it started) instead, and bwrap ends as its command does.
+  local function signal_command(h, sig)
+    if not (sandbox and isolation ~= "userns") then return h:kill(sig) end
+    local group, sent = h:pid(), false
+    for _, name in ipairs(list_names("/proc")) do
+      local pid = math.tointeger(tonumber(name))
+      if pid and pid ~= group then
+        local stat = read_all("/proc/" .. name .. "/stat")
+        -- (fields after the command name, which may hold spaces and parentheses: state ppid pgrp)
+        local pgrp = stat and stat:match("%)%s+%S+%s+%d+%s+(%d+)")
+        if pgrp and math.tointeger(tonumber(pgrp)) == group and runtime.kill(pid, sig) then sent = true end
+      end
+    end
+    if sent then return true end
+    return h:kill(sig) -- (nothing left but bwrap)
+  end
+
+  local function is_kill(sig) return sig == "KILL" or sig == "SIGKILL" or sig == 9 end
+
+  -- A spawned command's handle: the methods of galley.core.proc's, with kill passing signals on
+  -- as signal_command does. With a cgroup of its own (dir), KILL (and close while it runs) ends
+  -- everything in that cgroup too. The cgroup goes first: its command dies, and
   -- `galley __enter` (h, outside the cgroup) reaps it and ends by itself. Killed first, __enter
   -- would leave its child, a process of the instance's pid namespace, to this machine's pid 1,
   -- and the instance's stop would wait until pid 1 reaped it (a second or more here; never where
   -- pid 1 does not reap).
   local function command_handle(h, dir)
     local w, ended = {}, false
-    for _, m in ipairs({ "read", "write", "close_stdin", "wait", "pid" }) do
+    for _, m in ipairs({ "read", "write", "close_stdin", "wait", "pid", "running" }) do
       w[m] = function(_, ...) return h[m](h, ...) end
     end
     local function ended_by_cgroup()
@@ -1007,16 +1031,19 @@ function M.new(opts)
         "galley __enter ending")
     end
     function w.kill(_, sig)
-      if h:running() and ended_by_cgroup() then return true end
+      sig = sig or "TERM"
+      if not h:running() then return h:kill(sig) end
+      if not is_kill(sig) then return signal_command(h, sig) end
+      if dir and ended_by_cgroup() then return true end
       local ok, err = h:kill(sig)
-      kill_cgroup(dir)
+      if dir then kill_cgroup(dir) end
       return ok, err
     end
     function w.close()
       if ended then return end
       ended = true
       local running = h:running()
-      if running then ended_by_cgroup() end
+      if running and dir then ended_by_cgroup() end
       h:close()
       end_command_cgroup(dir, running)
     end
@@ -1536,7 +1563,7 @@ function M.new(opts)
       common.raise("PROCESS_ERROR", ("could not start a command in %s: %s"):format(meta.id, tostring(err)),
         { operation = "spawn", resource = "instance:" .. meta.id, cause = err })
     end
-    return cg and command_handle(h, cg) or h
+    return command_handle(h, cg)
   end
 
   --- How `spawn` would start argv in an instance, without starting it: `{argv, env, env_mode,

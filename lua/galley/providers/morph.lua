@@ -698,7 +698,8 @@ function M.new(opts)
         fail("VALIDATION_ERROR", ("command[%d] must be a string"):format(i), { field = ("command[%d]"):format(i) })
       end
     end
-    return morph_process.spawn(client, instance_id, argv, { timeout_ms = exec_timeout_ms })
+    return morph_process.spawn(client, instance_id, argv, { timeout_ms = exec_timeout_ms,
+      exec_argv = function(a, eopts) return exec_argv(instance_id, a, eopts, "spawn") end })
   end
 
   -- A create whose answer was lost may still have created an instance: tell the run, which

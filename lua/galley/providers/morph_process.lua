@@ -12,16 +12,15 @@
 --
 -- The exec runs in a galley.task: its output is buffered as the stream delivers it and handed
 -- over by read/wait, which yield inside a task (other work runs meanwhile) and run the loop
--- elsewhere. The command is started through `/bin/sh -c 'echo $$ > PIDFILE; exec "$@"'` so that
--- kill() can signal it (one more exec: `kill -s SIG <pid>`); close() kills a command that is
--- still running, ends the stream and removes the pid file.
+-- elsewhere. The command is started through galley.providers.common's spawn wrapper (it writes
+-- its pid and leads a process group of its own) so that kill() can signal it and what it started
+-- (one more exec); close() kills a command that is still running (KILL to its group), ends the
+-- stream and removes the pid file.
 local task = require("galley.task")
-local codec = require("galley.core.codec")
+local common = require("galley.providers.common")
 local errors = require("galley.errors")
 
 local M = {}
-
-local WRAPPER = 'echo $$ > "$0"; exec "$@"'
 
 ---@class galley.MorphProcess
 ---@field instance_id string
@@ -30,7 +29,6 @@ local Process = {}
 Process.__index = Process
 Process.__name = "galley.MorphProcess"
 
-local SIGNALS = { TERM = true, KILL = true, INT = true, HUP = true, QUIT = true, USR1 = true, USR2 = true }
 
 
 local function wake(self)
@@ -61,42 +59,47 @@ local function wait_event(self, timeout_ms)
 end
 
 
---- Starts argv in the instance; returns at once.
+--- Starts argv in the instance; returns at once. `opts.exec_argv(argv, eopts)` runs an exec and
+--- returns its checked answer (raising on failure): the provider's, which sends the argv in the
+--- form the service runs (one quoted line where it joins arrays); without it, the client's
+--- instances_exec as given.
 ---@param client galley.MorphClient
 ---@param instance_id string
 ---@param argv string[]
----@param opts? {exec?: fun(id: string, spec: table): table, timeout_ms?: integer}
+---@param opts? {exec_argv?: fun(argv: string[], eopts: table): table, timeout_ms?: integer}
 ---@return galley.MorphProcess
 function M.spawn(client, instance_id, argv, opts)
   opts = opts or {}
+  local exec_argv = opts.exec_argv or function(a, eopts)
+    local res, err = client:instances_exec(instance_id, a, eopts)
+    if not res then error(err, 0) end
+    return res
+  end
   local self = setmetatable({
     instance_id = instance_id,
-    pid_file = "/tmp/.galley-spawn-" .. codec.random_hex(8) .. ".pid",
+    pid_file = common.spawn_pid_file(),
     events = {}, head = 1, tail = 0, -- queued {kind, data}: events[head..tail]
     out = {}, err = {},          -- everything not yet handed over by read()
     waiters = {},
-    exec = opts.exec,
-    client = client,
+    exec_argv = exec_argv,
   }, Process)
-  local cmd = { "/bin/sh", "-c", WRAPPER, self.pid_file }
-  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
+  local cmd = common.spawn_argv(self.pid_file, argv)
   local function push(kind, data)
     self.tail = self.tail + 1
     self.events[self.tail] = { kind, data }
     wake(self)
   end
   self.task = task.spawn(function()
-    local ok, res, err = pcall(client.instances_exec, client, instance_id, cmd, {
+    local ok, res = pcall(exec_argv, cmd, {
       timeout_ms = opts.timeout_ms,
       on_stdout = function(s) push("stdout", s) end,
       on_stderr = function(s) push("stderr", s) end,
     })
-    if not ok then res, err = nil, errors.wrap(res, { operation = "spawn", resource = "instance:" .. instance_id }) end
     self.finished = true
-    if res then
+    if ok then
       self.exit_code = math.tointeger(res.exit_code) or res.exit_code
     else
-      self.error = err
+      self.error = errors.wrap(res, { operation = "spawn", resource = "instance:" .. instance_id })
     end
     wake(self)
   end)
@@ -153,18 +156,16 @@ function Process:wait(timeout_ms)
 end
 
 
---- Sends a signal (default TERM) to the command: true | nil, err.
+--- Sends a signal (default TERM) to the command and its process group: true | nil, err.
 ---@param signal? string TERM, KILL, INT, HUP, QUIT, USR1, USR2
 function Process:kill(signal)
   signal = signal or "TERM"
-  if not SIGNALS[signal] then
+  if not common.SPAWN_SIGNALS[signal] then
     errors.raise("VALIDATION_ERROR", "unknown signal " .. tostring(signal), { field = "signal" })
   end
   if self.finished then return true end
-  local argv = { "/bin/sh", "-c", 'p=$(cat "$1" 2>/dev/null) && kill -s "$2" "$p" 2>/dev/null; true', "kill",
-    self.pid_file, signal }
-  local res, err = self.client:instances_exec(self.instance_id, argv, { timeout_ms = 30000 })
-  if not res then return nil, err end
+  local ok, err = pcall(self.exec_argv, common.spawn_signal_argv(self.pid_file, signal), { timeout_ms = 30000 })
+  if not ok then return nil, err end
   return true
 end
 
@@ -178,8 +179,7 @@ function Process:close()
   end
   self.closed = true
   wake(self)
-  pcall(self.client.instances_exec, self.client, self.instance_id, { "rm", "-f", "--", self.pid_file },
-    { timeout_ms = 30000 })
+  pcall(self.exec_argv, { "rm", "-f", "--", self.pid_file }, { timeout_ms = 30000 })
 end
 
 Process.__close = Process.close

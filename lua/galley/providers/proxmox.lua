@@ -679,8 +679,41 @@ function M.new(opts)
     return exec_argv(instance_id, argv, eopts)
   end
 
-  --- Starts a command without waiting: the local ssh as a galley.core.proc Process (read, wait,
-  --- kill, close). Killing it ends the connection; the remote command then gets SIGHUP/EPIPE.
+  -- A spawned command's handle over its local ssh (h): read, write, close_stdin, wait, pid and
+  -- running are h's. kill(sig) sends the signal inside the container, by another exec, to the
+  -- command's process group (see common.spawn_argv): killing the ssh would end the connection,
+  -- not the command (a command without a terminal gets no SIGHUP), and the handle would report
+  -- ssh's end instead of the command's. close() of a running command kills its group, then ends
+  -- the ssh.
+  local function spawned_handle(instance_id, h, pid_file)
+    local w, ended = {}, false
+    for _, m in ipairs({ "read", "write", "close_stdin", "wait", "pid", "running" }) do
+      w[m] = function(_, ...) return h[m](h, ...) end
+    end
+    function w.kill(_, sig)
+      sig = sig or "TERM"
+      if not common.SPAWN_SIGNALS[sig] then
+        fail("VALIDATION_ERROR", "unknown signal " .. tostring(sig), { field = "signal" })
+      end
+      if not h:running() then return true end
+      local ok, err = pcall(exec_argv, instance_id, common.spawn_signal_argv(pid_file, sig), { timeout_ms = 30000 })
+      if not ok then return nil, err end
+      return true
+    end
+    function w.close()
+      if ended then return end
+      ended = true
+      if h:running() and w.kill(w, "KILL") then h:wait(5000) end
+      h:close()
+      pcall(exec_argv, instance_id, { "rm", "-f", "--", pid_file }, { timeout_ms = 30000 })
+    end
+    return setmetatable(w, { __close = w.close, __gc = function() h:close() end,
+      __tostring = function() return "galley.proxmox.process(" .. tostring(h) .. ")" end })
+  end
+
+  --- Starts a command without waiting: a handle shaped like galley.core.proc's Process (read,
+  --- wait, kill, close) over the local ssh. kill(sig) signals the command's process group in
+  --- the container; close() kills it while it runs.
   function provider.spawn(instance_id, command)
     local vmid = check_vmid(instance_id, "instance_id")
     local argv = command
@@ -695,9 +728,16 @@ function M.new(opts)
     if type(argv) ~= "table" or #argv == 0 then
       fail("VALIDATION_ERROR", "spawn needs a CommandSpec or a non-empty argv array", { field = "command" })
     end
+    local pid_file = common.spawn_pid_file()
+    argv = common.spawn_argv(pid_file, argv)
     local ch, t, via_host = target(vmid)
     if via_host then argv = { "pct", "exec", tostring(vmid), "--", table.unpack(argv) } end
-    return ch:spawn(t, argv)
+    local h, err = ch:spawn(t, argv)
+    if not h then
+      fail("PROCESS_ERROR", ("could not start ssh for %s: %s"):format(instance_id, tostring(err)),
+        { operation = "spawn", resource = "ct:" .. vmid, cause = err })
+    end
+    return spawned_handle(instance_id, h, pid_file)
   end
 
   --- The argv of an interactive `ssh -t` into the container running `remote` (argv).

@@ -217,6 +217,13 @@ io.stdout:write(ok and (err and err.code or "no error") or (type(r) == "table" a
       assert.are.equal("ESRCH", why)
       assert.has_error(function() runtime.kill(0, "KILL") end)
       assert.has_error(function() runtime.kill(-1, "KILL") end)
+      assert.has_error(function() runtime.kill(p:pid(), "NOSUCH") end)
+      -- every name proc's kill knows (USR1 and QUIT among them), "SIG" prefix or not
+      for _, name in ipairs({ "USR1", "SIGQUIT" }) do
+        local q <close> = assert(proc.spawn{ argv = { "sleep", "30" } })
+        assert.is_true(runtime.kill(q:pid(), name))
+        assert.are.equal(name == "USR1" and 10 or 3, assert(q:wait(5000)).signal)
+      end
     end)
 
     it("starts every child with default signal handling and in a session of its own", function()

@@ -471,6 +471,79 @@ function M.run(label, factory)
       end)
     end)
 
+    -- spawn is an extra of the providers, not the contract: a recipe that fans long commands
+    -- out over instances uses it, so where a provider has it, it behaves the same.
+    describe("spawn", function()
+      -- Reads a spawned handle until its stdout holds `want` (10 s at most).
+      local function read_until(h, want)
+        local got = ""
+        local deadline = runtime.now_ms() + 10000
+        while not got:find(want, 1, true) do
+          local kind, data = h:read(math.max(1, deadline - runtime.now_ms()))
+          assert.is_truthy(kind, ("no %q from the spawned command (got %q)"):format(want, got))
+          assert.are_not.equal("exit", kind, ("the command ended before %q (got %q)"):format(want, got))
+          if kind == "stdout" then got = got .. data end
+        end
+        return got
+      end
+
+      -- Polls the instance until `check` (a script) exits 0, 10 s at most.
+      local function eventually(script, ...)
+        local deadline = runtime.now_ms() + 10000
+        repeat
+          if run(sh(script, ...)).exit_code == 0 then return true end
+          runtime.sleep_ms(100)
+        until runtime.now_ms() > deadline
+        return false
+      end
+
+      it("streams a spawned command's output and reports how it ended", function()
+        if not p.spawn then return pending("no spawn here") end
+        local h = p.spawn(inst.id, { "/bin/sh", "-c", 'echo "out $1"; echo err >&2; exit 3', "sh", "a b" })
+        local res = h:wait(30000)
+        h:close()
+        assert.is_table(res, "wait() came back")
+        assert.are.same({ 3, "out a b\n", "err\n" }, { res.exit_code, res.stdout, res.stderr })
+      end)
+
+      it("passes a signal to the command, whose own trap decides how it ends", function()
+        if not p.spawn then return pending("no spawn here") end
+        for _, sig in ipairs({ "TERM", "INT", "HUP" }) do
+          local h = p.spawn(inst.id, { "/bin/sh", "-c",
+            "trap 'echo got-$1; exit 7' $1; echo up; while :; do sleep 0.1; done", "sh", sig })
+          read_until(h, "up\n")
+          assert.is_true(h:kill(sig))
+          local res = h:wait(10000)
+          h:close()
+          assert.is_table(res, sig .. ": wait() came back")
+          assert.are.same({ 7, "got-" .. sig .. "\n" }, { res.exit_code, res.stdout }, sig)
+        end
+      end)
+
+      it("ends a command without a trap with 128 + the signal", function()
+        if not p.spawn then return pending("no spawn here") end
+        local h = p.spawn(inst.id, { "/bin/sh", "-c", "echo up; sleep 600; echo not-killed" })
+        read_until(h, "up\n")
+        assert.is_true(h:kill())
+        local res = h:wait(10000)
+        h:close()
+        assert.is_table(res, "wait() came back")
+        assert.are.same({ 143, "" }, { res.exit_code, res.stdout })
+      end)
+
+      it("ends a running command and what it started when closed", function()
+        if not p.spawn then return pending("no spawn here") end
+        local mark = "/tmp/galley-spawn-" .. codec.random_hex(6)
+        local h = p.spawn(inst.id, { "/bin/sh", "-c", 'sleep 600 & echo $! > "$1"; echo up; wait', "sh", mark })
+        read_until(h, "up\n")
+        assert.are.equal(0, run(sh('kill -0 "$(cat "$1")"', mark)).exit_code, "the background sleep runs")
+        h:close()
+        assert.is_true(eventually('! kill -0 "$(cat "$1")" 2>/dev/null', mark),
+          "the command's background sleep outlived close()")
+        run(sh('rm -f -- "$1"', mark))
+      end)
+    end)
+
     describe("errors", function()
       it("maps a missing instance to NOT_FOUND", function()
         local ghost = "morphvm_nosuch00"

@@ -239,7 +239,7 @@ print("booted")
       assert.is_false(alive(pid))
     end)
 
-    it("ends a spawned command at once on close or kill, and its galley __enter reaps it", function()
+    it("ends a spawned command at once on close or kill(\"KILL\"), and its galley __enter reaps it", function()
       -- close() waited for the command to end by itself (wait(0) waited); close and kill signalled
       -- galley __enter before the cgroup, which left its child (a process of the instance's pid
       -- namespace) to this machine's pid 1 to reap, and the instance's stop waited for that
@@ -252,7 +252,10 @@ print("booted")
         if how == "close" then
           h:close()
         else
+          -- TERM is the command's to handle (it ignores it here); KILL ends it
           assert.is_true(h:kill("TERM"))
+          assert.is_nil(h:wait(300), "the command ended of a TERM it ignores")
+          assert.is_true(h:kill("KILL"))
           local res = assert(h:wait(5000), "wait() came back")
           assert.are.equal(137, res.exit_code) -- the cgroup's SIGKILL, relayed by __enter
           h:close()
@@ -545,6 +548,27 @@ local ID, CMD = %q, "echo up > ~/up-%s; exec sleep 300"
         assert.is_nil(proc_state(child), sig .. ": the command is still there")
       end
       e.instances.terminate(i.id)
+    end)
+
+    it("passes a signal on to a spawned command under isolation \"none\" too, where bwrap is its parent", function()
+      -- bwrap died of the signal (the whole group got it) and the handle said 143, whatever the
+      -- command's trap chose
+      if not p.capabilities.sandbox then return pending("no sandbox here") end
+      for _, cgroups in ipairs({ false, true }) do
+        local e = provider({ isolation = "none", cgroups = cgroups, log = require("galley.log").silent() })
+        assert.are.equal("none", e.capabilities.isolation)
+        local i = e.instances.boot()
+        for _, sig in ipairs({ "TERM", "INT", "HUP", "USR1" }) do
+          local h = e.spawn(i.id, sh("trap 'echo got-$1; exit 7' $1; echo up; while :; do sleep 0.1; done", sig))
+          assert.are.same({ "stdout", "up\n" }, { h:read(10000) })
+          assert.is_true(h:kill(sig))
+          local res = assert(h:wait(5000), "wait() came back")
+          h:close()
+          assert.are.same({ 7, "got-" .. sig .. "\n" }, { res.exit_code, res.stdout },
+            sig .. (cgroups and " with cgroups" or " without cgroups"))
+        end
+        e.instances.terminate(i.id)
+      end
     end)
 
     it("names its marker in capabilities.keep_env, so PM2 apps and daemons die with the instance", function()

@@ -52,6 +52,10 @@ describe("recipe morph-recon #recipes", function()
       end
       assert.are.same({ "/usr/bin/dash", "/bin/sh", false }, { r.shell.exe, r.shell.arg0, r.shell.login })
       assert.are.same({ "/root", "root" }, { r.home, r.user })
+      -- the emulator reports a death by TERM as 143; a spawned command's trap gets kill("TERM")
+      assert.are.same({ 143, "/usr/bin/setsid" }, { r.signal_exit_code, r.setsid })
+      assert.are.same({ true, true, 7, true, true }, { r.spawn_kill.ok, r.spawn_kill.started, r.spawn_kill.exit_code,
+        r.spawn_kill.trap_ran, r.spawn_kill.signalled })
       assert.is_string(r.path)
       assert.are.equal("pending", r.boot.answer_status)
       assert.are.same({ 409, "CONFLICT", "string" },
@@ -88,6 +92,8 @@ describe("recipe morph-recon #recipes", function()
       "instance metadata:     replace",
       "DELETE twice:          204, then 404 NOT_FOUND, detail string",
       "largest command:       131071 bytes",
+      "killed by a signal:    exit code 143 (kill -TERM $$); setsid /usr/bin/setsid",
+      "spawn kill:            TERM reached the command's trap, exit 7",
       "large argv (~200 KiB): does not run (HTTP 503 SERVER_ERROR)",
       "auto exec form:        string (every exec one line, ~88 KiB of content a request)",
       "ssh gateway:           127.0.0.1:",
