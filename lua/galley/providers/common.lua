@@ -301,7 +301,7 @@ exit $?
 
 local SPAWN_SIGNAL = [[
 p=$(cat -- "$1" 2>/dev/null) || exit 0
-case $p in ''|*[!0-9]*) exit 0 ;; esac
+case $p in ''|*[!0-9]*|0*|1) exit 0 ;; esac
 read -r s < "/proc/$p/stat" 2>/dev/null || exit 0
 s=${s##*) }; set -- "$2" "$p" $s
 if [ "$5" = "$2" ] && kill -s "$1" -- "-$2" 2>/dev/null; then exit 0; fi
@@ -320,7 +320,9 @@ function M.spawn_argv(pid_file, argv)
 end
 
 --- The argv that sends `sig` (a key of SPAWN_SIGNALS) to the spawned command of `pid_file` and
---- its process group; exits 0 even when it has ended.
+--- its process group; exits 0 even when it has ended. A pid file holding anything but one
+--- process id of 2 or more (no leading zero) signals nothing: pid 1 leads group 1, and
+--- `kill -- -1` would reach every process of the instance.
 ---@param pid_file string
 ---@param sig string
 ---@return string[]

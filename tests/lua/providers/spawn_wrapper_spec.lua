@@ -8,12 +8,12 @@ local proc = require("galley.core.proc")
 local fs = require("galley.core.fs")
 local runtime = require("galley.core.runtime")
 
+local support = require("support")
+
+-- A file's bytes, or nil where it cannot be read (a process that has gone).
 local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
+  local ok, s = pcall(support.slurp, path)
+  return ok and s or nil
 end
 
 -- The fields of /proc/PID/stat after the command name: {state, ppid, pgrp, session, ...}.
@@ -96,11 +96,32 @@ describe("the spawn wrapper of exec-only providers", function()
 
   it("says nothing and succeeds for a pid file that is missing, empty or not a number", function()
     signal(dir .. "/missing.pid", "TERM")
-    for _, content in ipairs({ "", "abc\n", "-1\n", "1 2\n" }) do
+    for _, content in ipairs({ "", "abc\n", "1 2\n" }) do
       local f = assert(io.open(dir .. "/odd.pid", "wb"))
       f:write(content)
       f:close()
       signal(dir .. "/odd.pid", "KILL")
+    end
+  end)
+
+  -- (run inside a local sandbox with a pid namespace of its own: were the check broken, `kill
+  -- -- -1` would reach only the sandbox's processes, not this machine's)
+  it("never signals pid 1's group, which would be every process: a pid file of 1, 01 or 0", function()
+    local lp = require("galley.providers.local")
+    local p = lp.new({ state_dir = dir .. "/state", log = require("galley.log").silent() })
+    if p.capabilities.isolation ~= "userns" then return pending("no sandbox with a pid namespace here") end
+    local i = p.instances.boot()
+    local cleanup = require("support").cleanups(finally)
+    cleanup(function() p.instances.terminate(i.id) end)
+    local h = p.spawn(i.id, { "/bin/sh", "-c", "echo up; exec sleep 600" })
+    cleanup(function() h:close() end)
+    assert.are.same({ "stdout", "up\n" }, { h:read(10000) })
+    for _, content in ipairs({ "1", "01", "0", "001" }) do
+      local r = p.exec(i.id, { kind = "argv", command = "/bin/sh", args = { "-c",
+        'printf "%s\\n" "$1" > /tmp/odd.pid; shift; exec "$@"', "sh", content,
+        table.unpack(common.spawn_signal_argv("/tmp/odd.pid", "KILL")) } })
+      assert.are.equal(0, r.exit_code, r.stderr)
+      assert.is_nil(h:wait(100), content .. ": the instance's command was killed")
     end
   end)
 end)
