@@ -991,25 +991,43 @@ function M.new(opts)
     os.remove(dir)
   end
 
+  -- Sends `sig` to every process of process group `pgid` (as this machine sees it) but `except`;
+  -- true when one got it.
+  local function signal_group(pgid, sig, except)
+    local sent = false
+    for _, name in ipairs(list_names("/proc")) do
+      local pid = math.tointeger(tonumber(name))
+      if pid and pid ~= except then
+        local stat = read_all("/proc/" .. name .. "/stat")
+        -- (fields after the command name, which may hold spaces and parentheses: state ppid pgrp)
+        local pgrp = stat and stat:match("%)%s+%S+%s+%d+%s+(%d+)")
+        if pgrp and math.tointeger(tonumber(pgrp)) == pgid and runtime.kill(pid, sig) then sent = true end
+      end
+    end
+    return sent
+  end
+
   -- Sends `sig` to a spawned command. With isolation "userns" (or without the sandbox) h is the
   -- command's `galley __enter` (or the command itself), which passes it on to the command's
   -- process group. With isolation "none" h is bwrap, the command's parent, which would die of
   -- it and report 128 + N whatever the command did: the signal goes to the rest of h's process
   -- group (the command and what it started) instead, and bwrap ends as its command does.
   local function signal_command(h, sig)
-    if not (sandbox and isolation ~= "userns") then return h:kill(sig) end
-    local group, sent = h:pid(), false
-    for _, name in ipairs(list_names("/proc")) do
-      local pid = math.tointeger(tonumber(name))
-      if pid and pid ~= group then
-        local stat = read_all("/proc/" .. name .. "/stat")
-        -- (fields after the command name, which may hold spaces and parentheses: state ppid pgrp)
-        local pgrp = stat and stat:match("%)%s+%S+%s+%d+%s+(%d+)")
-        if pgrp and math.tointeger(tonumber(pgrp)) == group and runtime.kill(pid, sig) then sent = true end
-      end
+    if sandbox and isolation ~= "userns" and signal_group(h:pid(), sig, h:pid()) then return true end
+    return h:kill(sig)
+  end
+
+  -- KILL for a spawned command without a cgroup of its own, isolation "userns": `galley __enter`
+  -- cannot pass KILL on, and dying of it leaves only its child to the parent-death signal, not
+  -- what the child started: so the child's process group (a session of its own, in the
+  -- instance) gets it first, then __enter, which would die of it anyway.
+  local function kill_command(h)
+    if sandbox and isolation == "userns" and h:running() then
+      local child = math.tointeger(tonumber((read_all(("/proc/%d/task/%d/children"):format(h:pid(), h:pid())) or "")
+        :match("%d+") or ""))
+      if child then signal_group(child, "KILL") end
     end
-    if sent then return true end
-    return h:kill(sig) -- (nothing left but bwrap)
+    return h:kill("KILL")
   end
 
   local function is_kill(sig) return sig == "KILL" or sig == "SIGKILL" or sig == 9 end
@@ -1035,7 +1053,7 @@ function M.new(opts)
       if not h:running() then return h:kill(sig) end
       if not is_kill(sig) then return signal_command(h, sig) end
       if dir and ended_by_cgroup() then return true end
-      local ok, err = h:kill(sig)
+      local ok, err = kill_command(h)
       if dir then kill_cgroup(dir) end
       return ok, err
     end
@@ -1043,7 +1061,12 @@ function M.new(opts)
       if ended then return end
       ended = true
       local running = h:running()
-      if running and dir then ended_by_cgroup() end
+      if running and dir then
+        ended_by_cgroup()
+      elseif running then
+        kill_command(h)
+        pcall(wait_for, function() return not h:running() end, ENTER_EXIT_MS, "the command ending")
+      end
       h:close()
       end_command_cgroup(dir, running)
     end

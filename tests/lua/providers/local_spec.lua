@@ -550,6 +550,34 @@ local ID, CMD = %q, "echo up > ~/up-%s; exec sleep 300"
       e.instances.terminate(i.id)
     end)
 
+    it("ends what a spawned command started when it is closed or killed without a cgroup", function()
+      -- galley __enter died of the KILL and its child of the parent-death signal, but what the
+      -- child had started (its session, in the instance) ran on
+      local e = provider({ cgroups = false })
+      local i = e.instances.boot()
+      for _, how in ipairs({ "close", "kill" }) do
+        local h = e.spawn(i.id, sh('sleep 600 & echo $! > ~/bg; echo up; wait'))
+        assert.are.same({ "stdout", "up\n" }, { h:read(10000) })
+        local bg = e.exec(i.id, sh("cat ~/bg")).stdout:match("%d+")
+        assert.are.equal(0, e.exec(i.id, sh("kill -0 " .. bg)).exit_code)
+        if how == "close" then
+          h:close()
+        else
+          assert.is_true(h:kill("KILL"))
+          assert.are.equal(137, assert(h:wait(5000), "wait() came back").exit_code)
+          h:close()
+        end
+        local gone = false
+        for _ = 1, 50 do
+          gone = e.exec(i.id, sh("kill -0 " .. bg .. " 2>/dev/null")).exit_code ~= 0
+          if gone then break end
+          runtime.sleep_ms(100)
+        end
+        assert.is_true(gone, how .. ": the command's background sleep outlived it")
+      end
+      e.instances.terminate(i.id)
+    end)
+
     it("passes a signal on to a spawned command under isolation \"none\" too, where bwrap is its parent", function()
       -- bwrap died of the signal (the whole group got it) and the handle said 143, whatever the
       -- command's trap chose
