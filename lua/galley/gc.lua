@@ -19,7 +19,8 @@ local M = {}
 ---@field run string|nil run id
 ---@field recipe string|nil
 ---@field reason string why it is collected
----@field action string "stopped" | "would stop" | "deleted" | "would delete" | "failed"
+---@field action string "stopped" | "would stop" | "deleted" | "would delete" | "in use" (a snapshot that
+--- instances gc leaves still use: Proxmox linked clones; a later gc deletes it) | "failed"
 ---@field error? string
 
 local function expired(inst, now)
@@ -85,6 +86,11 @@ function M.collect(provider, opts)
       c.action = done
     elseif type(err) == "table" and err.code == "NOT_FOUND" then
       c.action = done -- gone meanwhile (its TTL or another gc)
+    elseif type(err) == "table" and err.code == "CONFLICT" and type(err.details) == "table"
+      and err.details.reason == "linked_clones" then
+      -- instances that gc does not collect still use it (Proxmox linked clones): a later gc, once
+      -- they are gone, deletes it
+      c.action, c.error = "in use", err.message
     else
       c.action, c.error = "failed", tostring(err)
     end

@@ -145,6 +145,9 @@ function M.code_for_message(msg)
     return "LOCKED"
   end
   if m:find("already exists", 1, true) then return "CONFLICT" end
+  -- a template whose linked clones still live (PVE::Storage's "still in use by linked clones",
+  -- qemu-server's "... linked cloned", ZFS's "has dependent clones")
+  if m:find("in use by linked clone", 1, true) or m:find("dependent clones", 1, true) then return "CONFLICT" end
   if m:find("does not exist", 1, true) or m:find("no such", 1, true) or m:find("not found", 1, true) then
     return "NOT_FOUND"
   end

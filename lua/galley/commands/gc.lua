@@ -20,6 +20,9 @@ options:
 It says what it skipped on stderr: kept instances, providers it could not use or reach. Once
 everything was swept, it removes the run files of finished runs ($GALLEY_STATE_DIR/runs).
 
+A snapshot that instances gc leaves alone still use (Proxmox linked clones on ZFS or directory
+storage) is reported "in use" and left for a later gc.
+
 exit status: 0 when everything found was stopped (or --dry-run), 1 when a stop failed or a
 provider asked for (--provider) is unavailable or unreachable, 2 on a usage error.]]
 

@@ -46,6 +46,8 @@ M.TEMPLATES = {
 M.STORAGES = {
   { storage = "local", type = "dir", content = "vztmpl,iso,backup", total = 100 * 2 ^ 30, used = 12 * 2 ^ 30 },
   { storage = "local-lvm", type = "lvmthin", content = "rootdir,images", total = 400 * 2 ^ 30, used = 40 * 2 ^ 30 },
+  -- (ZFS refuses to delete a base volume that linked clones still use; LVM-thin lets it go)
+  { storage = "local-zfs", type = "zfspool", content = "rootdir,images", total = 200 * 2 ^ 30, used = 10 * 2 ^ 30 },
 }
 
 M.NODES = {
@@ -489,6 +491,15 @@ function R.destroy(self, ctx, node, vmid)
   if ct.status == "running" and p.force ~= 1 then fail(500, ("CT %d is running - destroy failed"):format(vmid)) end
   ct.lock = "destroyed"
   local t = self:new_task(ctx, node.node, "vzdestroy", vmid, function(t)
+    -- PVE::Storage::vdisk_free refuses a base volume that linked clones still use, where the
+    -- storage can tell (ZFS, directories; not LVM-thin)
+    local base = ct.template and ct.conf.rootfs:match("^([^,]+)")
+    local st = base and storage_by_name(base:match("^([^:]+)"))
+    if st and st.type ~= "lvmthin" then
+      for _, other in pairs(self.cts) do
+        if other.linked_base == ct then error(("base volume '%s' is still in use by linked clones"):format(base), 0) end
+      end
+    end
     if ct.status == "running" then self:do_stop(ct) end
     self:remove_ct(ct)
     task_log(t, ("Logical volume \"vm-%d-disk-0\" successfully removed."):format(vmid))
@@ -610,6 +621,7 @@ function R.clone(self, ctx, node, vmid)
   self:apply_net(ct, net)
   ct.lock = "create"
   ct.lock_create = true
+  if src.template and p.full ~= 1 then ct.linked_base = src end
   self.cts[newid] = ct
   local t = self:new_task(ctx, node.node, "vzclone", vmid, function(t)
     task_log(t, ("create %s clone of CT %d"):format(src.template and p.full ~= 1 and "linked" or "full", vmid))

@@ -1259,11 +1259,24 @@ function M.new(opts)
 
   S.create = function(instance_id, sopts) return take_snapshot(instance_id, sopts, "snapshots.create") end
 
-  --- Deletes a template container.
+  --- Deletes a template container. CONFLICT (details.reason "linked_clones") while containers
+  --- booted or forked from it as linked clones still live, where the storage keeps their base
+  --- volume (ZFS, directories; LVM-thin lets it go).
   function S.delete(snapshot_id)
     S.get(snapshot_id)
     local vmid = check_vmid(snapshot_id, "snapshot_id")
-    destroy(vmid, "snapshots.delete")
+    local ok, err = pcall(destroy, vmid, "snapshots.delete")
+    if not ok then
+      local msg = tostring(type(err) == "table" and (err.exitstatus or err.message) or err)
+      local linked = msg:find("linked clone", 1, true) or msg:find("dependent clones", 1, true)
+      if errors.is(err, "CONFLICT") and linked then
+        fail("CONFLICT", ("snapshot %s: containers booted from it (linked clones) still use it"):format(snapshot_id), {
+          operation = "snapshots.delete", resource = "snapshot:" .. snapshot_id, cause = err,
+          details = { reason = "linked_clones", exitstatus = msg },
+          hint = "terminate the instances booted or forked from it first, then delete it" })
+      end
+      error(err, 0)
+    end
     return true
   end
 

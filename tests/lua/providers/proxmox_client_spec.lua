@@ -89,6 +89,12 @@ describe("galley.proxmox_client #proxmox", function()
       assert.are.same({ false, nil, "SERVER_ERROR" }, { pc.task_result("injected failure") })
       assert.are.same({ false, nil, "CONFLICT" }, { pc.task_result("CT 101 already exists on node 'pve1'") })
       assert.are.same({ false, nil, "SERVER_ERROR" }, { pc.task_result(nil) })
+      -- a template that linked clones still use, in the words of pve-storage, qemu-server and ZFS
+      for _, msg in ipairs({ "base volume 'local-zfs:base-100-disk-0' is still in use by linked clones",
+        "base volume 'local:100/base-100-disk-0.qcow2' is still in use by linked cloned",
+        "zfs error: cannot destroy 'rpool/data/base-100-disk-0': filesystem has dependent clones" }) do
+        assert.are.same({ false, nil, "CONFLICT" }, { pc.task_result(msg) }, msg)
+      end
     end)
   end)
 
