@@ -497,13 +497,16 @@ function M.run(label, factory)
         return false
       end
 
-      it("streams a spawned command's output and reports how it ended", function()
+      it("streams a spawned command's output and reports how it ended, its argv untouched", function()
         if not p.spawn then return pending("no spawn here") end
-        local h = p.spawn(inst.id, { "/bin/sh", "-c", 'echo "out $1"; echo err >&2; exit 3', "sh", "a b" })
+        local args = { "it's", 'say "hi"', "$HOME", "`id`", "$(id)", "a\nb", "--leading", "-n", "", "  spaces  ",
+          "back\\slash", "*", "semi; colon && | pipe > out", "%s%d%%" }
+        local h = p.spawn(inst.id, { "/bin/sh", "-c",
+          'for a in "$@"; do printf "%s<END>" "$a"; done; echo err >&2; exit 3', "sh", table.unpack(args) })
         local res = h:wait(30000)
         h:close()
         assert.is_table(res, "wait() came back")
-        assert.are.same({ 3, "out a b\n", "err\n" }, { res.exit_code, res.stdout, res.stderr })
+        assert.are.same({ 3, table.concat(args, "<END>") .. "<END>", "err\n" }, { res.exit_code, res.stdout, res.stderr })
       end)
 
       it("passes a signal to the command, whose own trap decides how it ends", function()
