@@ -1030,7 +1030,9 @@ function M.new(opts)
     return h:kill("KILL")
   end
 
-  local function is_kill(sig) return sig == "KILL" or sig == "SIGKILL" or sig == 9 end
+  local function is_kill(sig)
+    return sig == 9 or (type(sig) == "string" and sig:upper():gsub("^SIG", "") == "KILL")
+  end
 
   -- A spawned command's handle: the methods of galley.core.proc's, with kill passing signals on
   -- as signal_command does. With a cgroup of its own (dir), KILL (and close while it runs) ends
