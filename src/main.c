@@ -64,6 +64,13 @@ static int msghandler(lua_State *L) {
 }
 
 
+/* The text of an error value (error tables through their __tostring). */
+static int describe_error(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+
 /* Calls the function below `narg` arguments; on error prints "galley: <msg>" and returns it. */
 static int docall(lua_State *L, int narg, int nres) {
   int base = lua_gettop(L) - narg;
@@ -350,7 +357,16 @@ int main(int argc, char **argv) {
   lua_pushlightuserdata(L, argv);
   int status = lua_pcall(L, 2, 1, 0);
   int code = status == LUA_OK ? (int)lua_tointeger(L, -1) : 1;
-  if (status != LUA_OK) fprintf(stderr, "galley: %s\n", lua_tostring(L, -1));
+  if (status != LUA_OK) {
+    /* An error outside docall: a Ctrl-C or SIGTERM that landed while galley itself was being
+     * set up raises an error table here (it printed "(null)" and exited 1). */
+    lua_sethook(L, NULL, 0, 0);
+    lua_pushcfunction(L, describe_error);
+    lua_insert(L, -2);
+    const char *msg = lua_pcall(L, 1, 1, 0) == LUA_OK ? lua_tostring(L, -1) : NULL;
+    fprintf(stderr, "galley: %s\n", msg ? msg : "(an error that cannot be shown)");
+    code = failure_code();
+  }
   globalL = NULL;
   lua_close(L);
   return code;

@@ -32,6 +32,13 @@ void galley_sig_install(void (*notify)(int sig)) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+  /* Handled from here on even where the parent started galley with them blocked (inherited
+   * across exec): a Ctrl-C or SIGTERM sent meanwhile arrives now. */
+  sigset_t handled;
+  sigemptyset(&handled);
+  sigaddset(&handled, SIGINT);
+  sigaddset(&handled, SIGTERM);
+  sigprocmask(SIG_UNBLOCK, &handled, NULL);
   /* A peer that closes its end (curl, a child's pipe) must not kill the whole run. */
   signal(SIGPIPE, SIG_IGN);
 }
