@@ -330,6 +330,31 @@ function M.spawn_signal_argv(pid_file, sig)
   return { "/bin/sh", "-c", SPAWN_SIGNAL, "galley-signal", pid_file, sig }
 end
 
+--- A spawned command's handle over galley.core.proc's Process `h` (the local ssh, galley
+--- __enter, bwrap): h's read, write, close_stdin, wait, pid and running, with the provider's own
+--- `kill(sig)` (sig defaults to TERM) and `close()` (run once). The garbage collector runs
+--- `gc` where given (a close that must not exec there), else close. `name` shows in tostring.
+---@param h userdata
+---@param name string
+---@param kill fun(sig: string|integer): boolean|nil, any
+---@param close fun()
+---@param gc? fun()
+---@return table
+function M.process_handle(h, name, kill, close, gc)
+  local w, closed = {}, false
+  for _, m in ipairs({ "read", "write", "close_stdin", "wait", "pid", "running" }) do
+    w[m] = function(_, ...) return h[m](h, ...) end
+  end
+  function w.kill(_, sig) return kill(sig or "TERM") end
+  function w.close()
+    if closed then return end
+    closed = true
+    close()
+  end
+  return setmetatable(w, { __close = w.close, __gc = gc or w.close,
+    __tostring = function() return name .. "(" .. tostring(h) .. ")" end })
+end
+
 --- A fresh pid file name for a spawned command (in the instance's /tmp).
 ---@return string
 function M.spawn_pid_file()

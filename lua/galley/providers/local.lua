@@ -262,10 +262,9 @@ local function detect_cgroup_root(explicit)
 end
 
 
--- The start time of process `pid` (field 22 of /proc/PID/stat, as a string), or nil when it
--- is gone or a zombie: with the pid, it names one process (pids are reused). Also its parent's
--- pid (field 4), from the same read.
-local function proc_start(pid)
+-- The fields of /proc/PID/stat after the command name (which may hold spaces and parentheses):
+-- [1] state, [2] ppid, [3] pgrp, ... [20] start time; nil when the process is gone or a zombie.
+local function proc_stat(pid)
   local stat = pid and read_all("/proc/" .. tostring(math.tointeger(pid) or pid) .. "/stat")
   if not stat then return nil end
   local rest = stat:match("^.*%) (.*)$")
@@ -273,6 +272,15 @@ local function proc_start(pid)
   local fields = {}
   for f in rest:gmatch("%S+") do fields[#fields + 1] = f end
   if fields[1] == "Z" or fields[1] == "X" then return nil end
+  return fields
+end
+
+-- The start time of process `pid` (field 22 of /proc/PID/stat, as a string), or nil when it
+-- is gone or a zombie: with the pid, it names one process (pids are reused). Also its parent's
+-- pid (field 4), from the same read.
+local function proc_start(pid)
+  local fields = proc_stat(pid)
+  if not fields then return nil end
   return fields[20], math.tointeger(tonumber(fields[2]))
 end
 
@@ -997,12 +1005,8 @@ function M.new(opts)
     local sent = false
     for _, name in ipairs(list_names("/proc")) do
       local pid = math.tointeger(tonumber(name))
-      if pid and pid ~= except then
-        local stat = read_all("/proc/" .. name .. "/stat")
-        -- (fields after the command name, which may hold spaces and parentheses: state ppid pgrp)
-        local pgrp = stat and stat:match("%)%s+%S+%s+%d+%s+(%d+)")
-        if pgrp and math.tointeger(tonumber(pgrp)) == pgid and runtime.kill(pid, sig) then sent = true end
-      end
+      local fields = pid and pid ~= except and proc_stat(pid)
+      if fields and math.tointeger(tonumber(fields[3])) == pgid and runtime.kill(pid, sig) then sent = true end
     end
     return sent
   end
@@ -1042,16 +1046,11 @@ function M.new(opts)
   -- and the instance's stop would wait until pid 1 reaped it (a second or more here; never where
   -- pid 1 does not reap).
   local function command_handle(h, dir)
-    local w, ended = {}, false
-    for _, m in ipairs({ "read", "write", "close_stdin", "wait", "pid", "running" }) do
-      w[m] = function(_, ...) return h[m](h, ...) end
-    end
     local function ended_by_cgroup()
       return kill_cgroup(dir) and pcall(wait_for, function() return not h:running() end, ENTER_EXIT_MS,
         "galley __enter ending")
     end
-    function w.kill(_, sig)
-      sig = sig or "TERM"
+    local function kill(sig)
       if not h:running() then return h:kill(sig) end
       if not is_kill(sig) then return signal_command(h, sig) end
       if dir and ended_by_cgroup() then return true end
@@ -1059,9 +1058,7 @@ function M.new(opts)
       if dir then kill_cgroup(dir) end
       return ok, err
     end
-    function w.close()
-      if ended then return end
-      ended = true
+    local function close()
       local running = h:running()
       if running and dir then
         ended_by_cgroup()
@@ -1072,8 +1069,7 @@ function M.new(opts)
       h:close()
       end_command_cgroup(dir, running)
     end
-    return setmetatable(w, { __gc = w.close, __close = w.close,
-      __tostring = function() return "galley.local.process(" .. tostring(h) .. ")" end })
+    return common.process_handle(h, "galley.local.process", kill, close)
   end
 
   -- The instance's holder (isolation "userns"): the recorded one while it lives, else a new

@@ -686,12 +686,7 @@ function M.new(opts)
   -- ssh's end instead of the command's. close() of a running command kills its group, then ends
   -- the ssh.
   local function spawned_handle(instance_id, h, pid_file)
-    local w, ended = {}, false
-    for _, m in ipairs({ "read", "write", "close_stdin", "wait", "pid", "running" }) do
-      w[m] = function(_, ...) return h[m](h, ...) end
-    end
-    function w.kill(_, sig)
-      sig = sig or "TERM"
+    local function kill(sig)
       if not common.SPAWN_SIGNALS[sig] then
         fail("VALIDATION_ERROR", "unknown signal " .. tostring(sig), { field = "signal" })
       end
@@ -700,15 +695,12 @@ function M.new(opts)
       if not ok then return nil, err end
       return true
     end
-    function w.close()
-      if ended then return end
-      ended = true
-      if h:running() and w.kill(w, "KILL") then h:wait(5000) end
+    local function close()
+      if h:running() and kill("KILL") then h:wait(5000) end
       h:close()
       pcall(exec_argv, instance_id, { "rm", "-f", "--", pid_file }, { timeout_ms = 30000 })
     end
-    return setmetatable(w, { __close = w.close, __gc = function() h:close() end,
-      __tostring = function() return "galley.proxmox.process(" .. tostring(h) .. ")" end })
+    return common.process_handle(h, "galley.proxmox.process", kill, close, function() h:close() end)
   end
 
   --- Starts a command without waiting: a handle shaped like galley.core.proc's Process (read,
