@@ -136,6 +136,18 @@ function M.task_result(exitstatus)
 end
 
 
+--- What a PVE failure message says beyond its code, as `details.reason` of a failed task's
+--- error: "linked_clones" for a template whose linked clones still live (PVE::Storage's "still in
+--- use by linked clones", qemu-server's "... linked cloned", ZFS's "has dependent clones"); nil.
+---@param msg string
+---@return string|nil
+function M.reason_for_message(msg)
+  local m = msg:lower()
+  if m:find("in use by linked clone", 1, true) or m:find("dependent clones", 1, true) then return "linked_clones" end
+  return nil
+end
+
+
 --- The code a PVE failure message implies (nil when it says nothing specific).
 ---@param msg string
 ---@return string|nil
@@ -145,9 +157,7 @@ function M.code_for_message(msg)
     return "LOCKED"
   end
   if m:find("already exists", 1, true) then return "CONFLICT" end
-  -- a template whose linked clones still live (PVE::Storage's "still in use by linked clones",
-  -- qemu-server's "... linked cloned", ZFS's "has dependent clones")
-  if m:find("in use by linked clone", 1, true) or m:find("dependent clones", 1, true) then return "CONFLICT" end
+  if M.reason_for_message(msg) == "linked_clones" then return "CONFLICT" end
   if m:find("does not exist", 1, true) or m:find("no such", 1, true) or m:find("not found", 1, true) then
     return "NOT_FOUND"
   end
@@ -411,7 +421,8 @@ function Client:wait_task(upid, opts)
         local lines = self:task_log_tail(t.node, upid)
         local e = self:_error(code, ("%s: task %s failed: %s"):format(operation, t.type, tostring(exit)),
           { operation = operation, upid = upid, exitstatus = exit, log = lines,
-            resource = t.id ~= "" and ("ct:" .. t.id) or nil })
+            resource = t.id ~= "" and ("ct:" .. t.id) or nil,
+            details = { reason = M.reason_for_message(tostring(exit)) } })
         return nil, e
       end
     elseif err.code == "INTERRUPTED" or err.code == "AUTHENTICATION_ERROR" or err.code == "PERMISSION_DENIED"

@@ -1259,12 +1259,10 @@ function M.new(opts)
     local vmid = check_vmid(snapshot_id, "snapshot_id")
     local ok, err = pcall(destroy, vmid, "snapshots.delete")
     if not ok then
-      local msg = tostring(type(err) == "table" and (err.exitstatus or err.message) or err)
-      local linked = msg:find("linked clone", 1, true) or msg:find("dependent clones", 1, true)
-      if errors.is(err, "CONFLICT") and linked then
+      if errors.is(err, "CONFLICT") and type(err.details) == "table" and err.details.reason == "linked_clones" then
         fail("CONFLICT", ("snapshot %s: containers booted from it (linked clones) still use it"):format(snapshot_id), {
           operation = "snapshots.delete", resource = "snapshot:" .. snapshot_id, cause = err,
-          details = { reason = "linked_clones", exitstatus = msg },
+          details = { reason = "linked_clones", exitstatus = err.exitstatus },
           hint = "terminate the instances booted or forked from it first, then delete it" })
       end
       error(err, 0)
