@@ -48,14 +48,20 @@ describe("the spawn wrapper of exec-only providers", function()
     assert.are.equal(0, r.exit_code, r.stderr)
   end
 
+  -- Signals the command of `h`, waits for its end and closes the handle: the result.
+  local function ended_by(h, pid_file, sig)
+    signal(pid_file, sig)
+    local res = assert(h:wait(10000), sig .. ": wait() came back")
+    h:close()
+    return res
+  end
+
   it("runs the command in a session of its own, under the pid it writes, and signals its group", function()
     local h, pid_file, pid = start("trap 'echo got-TERM; exit 7' TERM; echo up; while :; do sleep 0.1; done")
     local st = stat_of(pid)
     assert.are.same({ pid, pid }, { st[3], st[4] }) -- its own process group and session
     assert.are_not.equal(tostring(h:pid()), pid)   -- the wrapper waits for it
-    signal(pid_file, "TERM")
-    local res = assert(h:wait(10000), "wait() came back")
-    h:close()
+    local res = ended_by(h, pid_file, "TERM")
     assert.are.same({ 7, "got-TERM\n" }, { res.exit_code, res.stdout })
   end)
 
@@ -64,9 +70,7 @@ describe("the spawn wrapper of exec-only providers", function()
     local h, pid_file = start('sleep 600 & echo $! > "' .. mark .. '"; echo up; wait')
     local bg = read_file(mark):match("%d+")
     assert.is_table(stat_of(bg), "the background sleep runs")
-    signal(pid_file, "TERM")
-    local res = assert(h:wait(10000), "wait() came back")
-    h:close()
+    local res = ended_by(h, pid_file, "TERM")
     assert.are.equal(143, res.exit_code)
     local deadline = runtime.now_ms() + 5000
     while stat_of(bg) and stat_of(bg)[1] ~= "Z" and runtime.now_ms() < deadline do runtime.sleep_ms(20) end
@@ -77,9 +81,7 @@ describe("the spawn wrapper of exec-only providers", function()
   it("passes INT and QUIT on too (a background job would ignore them for good)", function()
     for _, sig in ipairs({ "INT", "QUIT" }) do
       local h, pid_file = start("trap 'echo got-" .. sig .. "; exit 5' " .. sig .. "; echo up; while :; do sleep 0.1; done")
-      signal(pid_file, sig)
-      local res = assert(h:wait(10000), sig .. ": wait() came back")
-      h:close()
+      local res = ended_by(h, pid_file, sig)
       assert.are.same({ 5, "got-" .. sig .. "\n" }, { res.exit_code, res.stdout })
     end
   end)
@@ -88,9 +90,7 @@ describe("the spawn wrapper of exec-only providers", function()
     local h, pid_file, pid = start("trap 'echo got-HUP; exit 9' HUP; echo up; while :; do sleep 0.1; done",
       "/nonexistent")
     assert.are_not.equal(pid, stat_of(pid)[3]) -- no group of its own
-    signal(pid_file, "HUP")
-    local res = assert(h:wait(10000), "wait() came back")
-    h:close()
+    local res = ended_by(h, pid_file, "HUP")
     assert.are.same({ 9, "got-HUP\n" }, { res.exit_code, res.stdout })
   end)
 
