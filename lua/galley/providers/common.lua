@@ -2,6 +2,7 @@
 -- Status mapping, `~` expansion and path checks, metadata filters, TTL tables, option checks and
 -- the provider error constructor. Pure Lua, no IO: the Morph and local providers both use it.
 local codec = require("galley.core.codec")
+local contracts = require("galley.contracts")
 local errors = require("galley.errors")
 
 local M = {}
@@ -308,6 +309,30 @@ if [ "$5" = "$2" ] && kill -s "$1" -- "-$2" 2>/dev/null; then exit 0; fi
 kill -s "$1" "$2" 2>/dev/null
 exit 0
 ]]
+
+--- The command of a spawn (a CommandSpec of the argv form, a shell line, or a plain argv array),
+--- checked as exec checks a CommandSpec (strings without NUL, valid UTF-8, each within one
+--- argument's size), before anything starts: argv, env, cwd. VALIDATION_ERROR naming the field
+--- otherwise; without `with_env` (a provider that cannot set them for a spawn) cwd and env are
+--- refused too.
+---@param command galley.CommandSpec|string|string[]
+---@param with_env? boolean
+---@return string[] argv, table|nil env, string|nil cwd
+function M.spawn_command(command, with_env)
+  local spec
+  if type(command) == "string" or (type(command) == "table" and command.kind ~= nil) then
+    spec = contracts.check_command(command)
+    if spec.kind ~= "argv" or (not with_env and (spec.cwd or spec.env)) then
+      M.raise("VALIDATION_ERROR", with_env and "spawn takes the argv form (or a plain argv array)"
+        or "spawn takes the argv form without cwd/env (or a plain argv array)", { field = "command.kind" })
+    end
+  elseif type(command) == "table" and #command > 0 then
+    spec = contracts.check_command({ kind = "argv", command = command[1], args = { table.unpack(command, 2) } })
+  else
+    M.raise("VALIDATION_ERROR", "spawn needs a CommandSpec or a non-empty argv array", { field = "command" })
+  end
+  return { spec.command, table.unpack(spec.args) }, spec.env, spec.cwd
+end
 
 --- The argv that starts `argv` as a spawned command writing its pid to `pid_file`.
 ---@param pid_file string

@@ -1557,24 +1557,7 @@ function M.new(opts)
   function provider.spawn(instance_id, command, sopts)
     expire()
     local meta = must_instance(instance_id, "spawn")
-    local argv, env, cwd = command, nil, nil
-    if type(command) == "string" or (type(command) == "table" and command.kind ~= nil) then
-      local spec = contracts.check_command(command)
-      if spec.kind ~= "argv" then
-        common.raise("VALIDATION_ERROR", "spawn takes the argv form (or a plain argv array)",
-          { field = "command.kind" })
-      end
-      argv = { spec.command, table.unpack(spec.args) }
-      env, cwd = spec.env, spec.cwd
-    elseif type(command) ~= "table" or #command == 0 then
-      common.raise("VALIDATION_ERROR", "spawn needs a CommandSpec or a non-empty argv array", { field = "command" })
-    end
-    for i, a in ipairs(argv) do
-      if type(a) ~= "string" or a:find("\0", 1, true) then
-        common.raise("VALIDATION_ERROR", ("command[%d] must be a string without NUL bytes"):format(i),
-          { field = ("command[%d]"):format(i) })
-      end
-    end
+    local argv, env, cwd = common.spawn_command(command, true)
     local cg = command_cgroup(meta)
     local popts = process_options(meta, argv, env, cwd, "spawn", cg)
     popts.stdin = sopts and sopts.stdin or "null"

@@ -681,23 +681,7 @@ function M.new(opts)
   ---@raise VALIDATION_ERROR (bad command, before any request)
   function provider.spawn(instance_id, command)
     check_id(instance_id, "instance_id")
-    local argv = command
-    if type(command) == "string" or (type(command) == "table" and command.kind ~= nil) then
-      local spec = contracts.check_command(command)
-      if spec.kind ~= "argv" or spec.cwd or spec.env then
-        fail("VALIDATION_ERROR", "spawn takes the argv form without cwd/env (or a plain argv array)",
-          { field = "command.kind" })
-      end
-      argv = { spec.command, table.unpack(spec.args or {}) }
-    end
-    if type(argv) ~= "table" or #argv == 0 then
-      fail("VALIDATION_ERROR", "spawn needs a CommandSpec or a non-empty argv array", { field = "command" })
-    end
-    for i, a in ipairs(argv) do
-      if type(a) ~= "string" then
-        fail("VALIDATION_ERROR", ("command[%d] must be a string"):format(i), { field = ("command[%d]"):format(i) })
-      end
-    end
+    local argv = common.spawn_command(command)
     return morph_process.spawn(client, instance_id, argv, { timeout_ms = exec_timeout_ms,
       exec_argv = function(a, eopts) return exec_argv(instance_id, a, eopts, "spawn") end })
   end

@@ -708,18 +708,7 @@ function M.new(opts)
   --- the container; close() kills it while it runs.
   function provider.spawn(instance_id, command)
     local vmid = check_vmid(instance_id, "instance_id")
-    local argv = command
-    if type(command) == "table" and command.kind ~= nil then
-      local spec = contracts.check_command(command)
-      if spec.kind ~= "argv" or spec.cwd or spec.env then
-        fail("VALIDATION_ERROR", "spawn takes the argv form without cwd/env (or a plain argv array)",
-          { field = "command.kind" })
-      end
-      argv = { spec.command, table.unpack(spec.args or {}) }
-    end
-    if type(argv) ~= "table" or #argv == 0 then
-      fail("VALIDATION_ERROR", "spawn needs a CommandSpec or a non-empty argv array", { field = "command" })
-    end
+    local argv = common.spawn_command(command)
     local pid_file = common.spawn_pid_file()
     argv = common.spawn_argv(pid_file, argv)
     local ch, t, via_host = target(vmid)

@@ -509,6 +509,19 @@ function M.run(label, factory)
         assert.are.same({ 3, table.concat(args, "<END>") .. "<END>", "err\n" }, { res.exit_code, res.stdout, res.stderr })
       end)
 
+      it("refuses NUL, invalid UTF-8 and an oversized argument with VALIDATION_ERROR before starting #hardening",
+        function()
+        -- (Morph and Proxmox took them: a NUL cut the command short, a 200 KiB argument went out)
+        if not p.spawn then return pending("no spawn here") end
+        for _, case in ipairs({ { { "/bin/echo", "a\0b" }, "command.args[1]" },
+          { { "/bin/echo", "\255\254" }, "command.args[1]" },
+          { { "/bin/echo", ("x"):rep(200 * 1024) }, "command.args[1]" },
+          { { "/bin/ec\0ho" }, "command.command" }, { {}, "command" } }) do
+          local err = M.raises_code("VALIDATION_ERROR", p.spawn, inst.id, case[1])
+          assert.are.equal(case[2], err.field)
+        end
+      end)
+
       it("passes a signal to the command, whose own trap decides how it ends", function()
         if not p.spawn then return pending("no spawn here") end
         for _, sig in ipairs({ "TERM", "INT", "HUP" }) do
