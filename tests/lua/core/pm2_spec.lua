@@ -235,9 +235,12 @@ describe("galley.core.pm2 against the real pm2 #pm2 #slow", function()
     error(("process %s never got %s"):format(name, what))
   end
 
+  -- PM2 updates an ended app's status and its pid in two steps (a jlist between them says
+  -- "stopped" with the old pid): done is both.
   local function wait_done(name)
     return wait_for(name, function(item)
       return item.status ~= "online" and item.status ~= "launching" and item.status ~= "waiting restart"
+        and item.pid == 0
     end, "done")
   end
 
