@@ -6,8 +6,9 @@
  *         carrying CHUNK_B64 bytes of base64 (split into PIECE-byte argv elements), freshly
  *         encoded from pseudo-random bytes, until MIB MiB of raw bytes went out;
  *   decode  the same as up, but the instance decodes each request's base64 into REMOTE_PATH
- *         (`base64 -d > PATH` from a here-document of the arguments): the least work any write
- *         through exec does there (no check, no fsync, no rename), so its rate bounds galley's;
+ *         (`base64 -d -i > PATH` reading the pieces back from the shell's /proc/$$/cmdline, as
+ *         galley's one-exec writes do): the least work any write through exec does there (no
+ *         check, no fsync, no rename), so its rate bounds galley's;
  *   down  each request asks the instance for CHUNK_B64 bytes of base64 of REMOTE_PATH
  *         (tail -c +OFF | head -c LEN | base64 -w0) until MIB MiB of raw bytes came back.
  * Prints "raw: up|down N MiB in MS ms (X MB/s), R requests, C connections". Exit 1 on any
@@ -135,10 +136,12 @@ int main(int argc, char **argv) {
       size_t elen = 4 * (((size_t)n + 2) / 3);
       b64(raw, (size_t)n, enc);
       if (decode) {
-        /* the here-document's expansion joins the pieces with an empty IFS */
-        puts_(&body, "{\"command\":[\"/bin/sh\",\"-c\",\"IFS=; base64 -d > \\\"$0\\\" <<EOF\\n$*\\nEOF\",\"");
+        /* base64 -d -i reads the pieces back from the shell's own argv (/proc/$$/cmdline, NULs
+         * ignored), past the script and $0: `read` stops at the line break that is $1 (galley's
+         * writes skip their longer script with one dd instead) */
+        puts_(&body, "{\"command\":[\"/bin/sh\",\"-c\",\"{ read -r _; exec base64 -d -i; } < /proc/$$/cmdline > \\\"$0\\\"\",\"");
         puts_(&body, remote);  /* a plain path: no JSON escaping needed for the bench's paths */
-        puts_(&body, "\"");
+        puts_(&body, "\",\"\\n\"");
       } else {
         puts_(&body, "{\"command\":[\"/bin/true\"");
       }

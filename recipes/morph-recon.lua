@@ -19,6 +19,9 @@
 --                    -TERM $$`); `setsid`, where it is (spawned commands lead a process group of
 --                    their own with it); `spawn_kill`: a command spawned through the provider
 --                    gets kill("TERM"), its trap runs, and the handle reports the trap's exit 7
+--   file_write       a 60 KiB write through the files API: whether it arrived whole, and
+--                    `argv_readback`: whether the instance read the base64 back from its own
+--                    argv (/proc/PID/cmdline; else the slower here-document did it)
 --   boot             whether POST /snapshot/ID/boot answers `ready` or `pending`
 --   exec_on_pending  what an exec on a `pending` instance answers (when boot answered pending)
 --   start_from_pending_snapshot  what POST /instance?snapshot_id= answers for a snapshot that is
@@ -207,6 +210,21 @@ end)
 report.spawn_kill = sp_ok and sp or { failure = tostring(errors.is(sp) and sp.code or sp) }
 report.spawn_kill.ok = sp_ok and sp.exit_code == 7 and sp.trap_ran or false
 
+-- A file write of one exec (60 KiB: one exec line even where the service joins): whether the
+-- instance could read its base64 back from its own argv (/proc/PID/cmdline: execfiles' fast
+-- path; else the here-document, in the same exec).
+say("writing 60 KiB through the files API ...")
+local fw_ok, fw = pcall(function()
+  local codec = require("galley.core.codec")
+  local data = codec.random_bytes(60 * 1024)
+  local before = provider.files.stats().argv_reads
+  provider.files.write_file_atomic(id, "/tmp/.galley-recon-write", data)
+  local back = provider.files.read_file(id, "/tmp/.galley-recon-write")
+  provider.files.delete_file(id, "/tmp/.galley-recon-write")
+  return { content_ok = back == data, argv_readback = provider.files.stats().argv_reads > before }
+end)
+report.file_write = fw_ok and fw or { failure = tostring(errors.is(fw) and fw.code or fw) }
+
 -- ---------------------------------------------------------------------------------------------
 -- Largest one-element command: "printf ok #xxx...", binary search
 -- ---------------------------------------------------------------------------------------------
@@ -379,6 +397,10 @@ line("killed by a signal", ("exit code %s (kill -TERM $$); setsid %s"):format(to
 line("spawn kill", report.spawn_kill.ok and "TERM reached the command's trap, exit 7"
   or ("FAILED (%s)"):format(report.spawn_kill.failure or ("exit code %s, trap %s"):format(
     tostring(report.spawn_kill.exit_code), report.spawn_kill.trap_ran and "ran" or "did not run")))
+local fw_r = report.file_write
+line("file write (60 KiB)", fw_r.failure and ("FAILED (%s)"):format(fw_r.failure)
+  or ("%s; base64 %s"):format(fw_r.content_ok and "arrived whole" or "DAMAGED", fw_r.argv_readback
+    and "read back from the instance's argv (/proc)" or "through the here-document (no argv read-back)"))
 line("boot answers", tostring(report.boot.answer_status))
 line("exec on pending", answer(report.exec_on_pending))
 line("start from pending", answer(report.start_from_pending_snapshot))

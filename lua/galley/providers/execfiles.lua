@@ -54,9 +54,10 @@
 --   writes send their chunks (`parallel` at once) with `base64 -d | dd` at their offsets, read
 --   back with `dd | sha256sum` (python when GNU dd or sha256sum is missing); reads bring
 --   chunks with `tail | head | base64`. The base64 reaches the decoder through a here-document,
---   not `printf %s "$@"` (dash's printf costs ~13 ms per MiB). Pass `decoder = "coreutils"`,
---   "python" (python3 writes and read heads, coreutils for chunks) or "python-only" to skip
---   detection.
+--   not `printf %s "$@"` (dash's printf costs ~13 ms per MiB), or, in a one-exec write of 64 KiB
+--   of base64 or more, read back from the remote sh's own /proc/$$/cmdline (see set_skip).
+--   Pass `decoder = "coreutils"`, "python" (python3 writes and read heads, coreutils for chunks)
+--   or "python-only" to skip detection.
 -- - Without a mode, a replaced file keeps the old file's mode; a new file gets 0666 & ~umask.
 --   Owner and group change only when asked (a replaced file otherwise belongs to the exec user).
 --
@@ -175,7 +176,7 @@ local SH_PICK_PY = "P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3\n"
 -- PY_WRITE under sh: the write arguments, then the chunks, under $P (SH_PICK_PY).
 local SH_PY_BODY = SH_PICK_PY .. [[
 t=$1 tmp=$2 d=$3 mk=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11} scope=${12}
-shift 12
+shift 14
 if [ "$scope" = stdin ]; then
   exec "$P" -I -S -c "$py" "$t" "$tmp" "$d" "$mk" "$first" "$last" "$mode" "$owner" "$group" "$size" "$digest" "$scope"
 fi
@@ -235,11 +236,23 @@ sha_run() {
 -- GNU options have a POSIX fallback that keeps the same guarantees, so busybox never leaves a
 -- wrong file: `sync FILE` falls back to a global sync, `chmod --reference` to `stat -c %a`,
 -- `mv -T` to a plain mv after checking the target is no directory.
-local SH_WRITE = SH_SHA .. [[
+local SH_WRITE = "\n" .. SH_SHA .. [[
 target=$1 tmp=$2 d=$3 mkdirs=$4 first=$5 last=$6 mode=$7 owner=$8 group=$9 size=${10} digest=${11} scope=${12}
-shift 12
+skip=${13}
+shift 14
 hb=$size
 fail() { rm -f -- "$tmp"; printf '%s\n' "$2" >&2; exit "$1"; }
+put_new() {
+  (set -C; if [ -n "$cm" ]; then umask "$cm"; fi; exec base64 -d > "$tmp") <<EOF
+$*
+EOF
+}
+put_proc() {
+  (set -C; if [ -n "$cm" ]; then umask "$cm"; fi; exec > "$tmp" || exit 1
+    { read -r _ && dd bs="$skip" skip=1 count=0 && IFS= read -r m && [ "$m" = @galley-b64 ] &&
+      exec base64 -d -i; } < /proc/$$/cmdline) 2>/dev/null && return 0
+  rm -f -- "$tmp"; return 1
+}
 if { [ "$first" = 1 ] || [ "$last" = 1 ]; } && [ -d "$target" ]; then fail 43 "the path is a directory"; fi
 IFS=
 cm=077 moded=
@@ -263,10 +276,9 @@ if [ "$scope" = stdin ]; then
   case $h in *@fail*) fail 1 "the temporary file could not be written" ;; esac
   sha_ok || sha_of "$tmp" || fail 1 "sha256sum failed"
 elif [ "$first" = 1 ]; then
-  (set -C; if [ -n "$cm" ]; then umask "$cm"; fi; exec base64 -d > "$tmp") <<EOF ||
-$*
-EOF
-    fail 1 "cannot create the temporary file, or base64 -d failed"
+  via=
+  if [ "$last" = 1 ] && [ "$skip" -gt 0 ] 2>/dev/null && put_proc; then via=proc
+  else put_new "$@" || fail 1 "cannot create the temporary file, or base64 -d failed"; fi
 elif [ $# -gt 0 ]; then
   base64 -d >> "$tmp" <<EOF || fail 1 "base64 -d failed"
 $*
@@ -282,7 +294,13 @@ if [ "$last" = 1 ]; then
     [ "$n" -eq "$size" ] 2>/dev/null ||
       fail 42 "verification failed: ${n:-?} bytes in the temporary file, $size expected"
     hb=${scope#tail:}; sha_run tail -c "$hb" -- "$tmp" || fail 1 "sha256sum failed" ;;
-  *) sha_of "$tmp" || fail 1 "sha256sum failed" ;;
+  *) sha_of "$tmp" || fail 1 "sha256sum failed"
+    if [ "$via" = proc ] && [ "${h%% *}" != "$digest" ]; then
+      wait "$s"; rm -f -- "$tmp"; IFS= via=
+      put_new "$@" || fail 1 "cannot create the temporary file, or base64 -d failed"
+      unset IFS; sync -- "$tmp" 2>/dev/null & s=$!
+      sha_of "$tmp" || fail 1 "sha256sum failed"
+    fi ;;
   esac
   if [ -n "$moded" ]; then :
   elif [ -n "$mode" ]; then chmod -- "$mode" "$tmp" || fail 1 "chmod failed"
@@ -298,6 +316,7 @@ if [ "$last" = 1 ]; then
   fi
   mv -f -T -- "$tmp" "$target" 2>/dev/null ||
     { [ ! -d "$target" ] && mv -f -- "$tmp" "$target"; } || fail 1 "rename failed"
+  if [ "$via" = proc ]; then echo @galley-via-argv >&2; fi
 fi
 exit 0
 ]]
@@ -306,7 +325,7 @@ exit 0
 -- when every tool SH_WRITE runs is on PATH (`command -v` is a builtin: this costs no process),
 -- else python3, else SH_WRITE again (it fails naming what is missing). argv: py_program, then
 -- SH_WRITE's arguments.
-local SH_AUTO_WRITE = "py=$1; shift\n"
+local SH_AUTO_WRITE = "\npy=$1; shift\n"
   .. "cu=1; for t in base64 sha256sum chmod chown mv mkdir rm sync tail tee wc; do\n"
   .. "  command -v $t >/dev/null 2>&1 || cu=\ndone\n"
   .. "if [ -z \"$cu\" ] && command -v python3 >/dev/null 2>&1; then\n" .. SH_PY_BODY .. "exit\nfi\n"
@@ -560,6 +579,38 @@ local function sh(script, ...)
   return { "/bin/sh", "-c", script, "sh", ... }
 end
 
+-- A write's base64 reaches base64 -d through the here-document of "$*" (put_new in SH_WRITE) or,
+-- from PROC_MIN_B64 bytes of it in a write of one exec, straight from the argv the kernel keeps
+-- (put_proc): /proc/$$/cmdline holds the remote sh's argv, NUL-separated; the script starts with
+-- a line break, so `read` takes argv[0] and "-c" up to it (a few bytes: whatever argv[0] the
+-- service gave), `dd skip` passes the rest of the script and the arguments (the count below,
+-- `skip`, the 13th argument), `read` checks the marker (the 14th, B64_MARK and a line break) and
+-- `base64 -d -i` reads the pieces, skipping the NULs between them. dash's expansion of a large
+-- "$*" and the here-document's pipe cost ~15 ms per MiB of base64 on this machine kind; this
+-- costs one dd. Anything unexpected (no /proc, no dd, a base64 without -i, a marker not where
+-- it should be, a content that does not hash right) falls back to the here-document in the
+-- same exec: the content is checked either way.
+local B64_MARK = "@galley-b64"
+local PROC_MIN_B64 = 64 * 1024
+
+-- Sets the skip argument of a write argv (argv[#argv - 1], before the marker, before the pieces
+-- are added): the bytes of the cmdline from the script's second byte through the skip argument's
+-- NUL. The number's own digits count, so it is settled by iteration.
+local function set_skip(argv)
+  argv[#argv] = B64_MARK .. "\n"
+  local n = #argv[3]
+  for i = 4, #argv - 2 do n = n + #argv[i] + 1 end
+  local digits = 1
+  while true do
+    local s = tostring(n + digits + 1)
+    if #s == digits then
+      argv[#argv - 1] = s
+      return argv
+    end
+    digits = #s
+  end
+end
+
 
 -- A python program under $P (SH_PICK_PY).
 local SH_PY_RUN = SH_PICK_PY .. [[exec "$P" -I -S -c "$0" "$@"]]
@@ -597,6 +648,8 @@ end
 ---@field parallel? integer chunk execs in flight at once for a large file (default 4)
 ---@field stream? fun(instance_id: string, argv: string[], sopts: table): table|nil, table|nil a byte channel
 ---@field stream_min_bytes? integer with `stream`: writes over this size take it even when one exec would do
+---@field argv_readback? boolean false: a write's base64 always goes through the here-document (see
+---  set_skip); default true
 ---@field log? galley.Logger
 
 --- Creates a files API bound to one exec function. The table has read_file, write_file,
@@ -625,7 +678,8 @@ function M.new(opts)
   local parallel = opts.parallel or M.DEFAULT_PARALLEL
   assert(math.type(parallel) == "integer" and parallel >= 1, "execfiles.new: parallel must be a positive integer")
   local decoders = {}
-  local counters = { execs = 0, streams = 0 }
+  local counters = { execs = 0, streams = 0, argv_reads = 0 }
+  local readback = opts.argv_readback ~= false
   -- Writes over this many bytes take the byte channel even when one exec could carry them.
   local stream_min = opts.stream_min_bytes or math.huge
 
@@ -762,7 +816,7 @@ function M.new(opts)
         -- scope; or a chunk's), then the base64 that fits beside it (each piece costs a space
         -- and maybe two quotes).
         local bare = math.max(#shell.join(argv_of({ path, tmp, dir, "1", "1", "1", mode, owner, group,
-          tostring(size), ("0"):rep(64), "tail:" .. size })),
+          tostring(size), ("0"):rep(64), "tail:" .. size, "99999999", B64_MARK })),
           #shell.join(sh(SH_CHUNK, tmp, dir, "1", tostring(size), tostring(size), ("0"):rep(64))))
         local room = max_command - bare - 16
         room = room - 3 * ((room + max_arg - 1) // max_arg)
@@ -802,7 +856,7 @@ function M.new(opts)
         end
         counters.streams = counters.streams + 1
         local res, serr = opts.stream(instance_id, argv_of({ path, tmp, dir, wopts.create_dirs and "1" or "0", "1",
-          "1", mode, owner, group, tostring(size), digest, "stdin" }),
+          "1", mode, owner, group, tostring(size), digest, "stdin", "0", B64_MARK }),
           { stdin = not from and content or nil, stdin_file = from })
         if not res and errors.is(serr, "STREAM_UNAVAILABLE") then
           -- No channel after all: the chunked execs below do it (what a broken channel may have
@@ -879,13 +933,19 @@ function M.new(opts)
               digest = hasher:hex()
             end
             local args = { path, tmp, dir, wopts.create_dirs and "1" or "0", first and "1" or "0",
-              last and "1" or "0", mode, owner, group, tostring(size), digest, scope }
+              last and "1" or "0", mode, owner, group, tostring(size), digest, scope, "0", B64_MARK }
             local argv = argv_of(args)
-            pieces(codec.base64_encode(raw), argv)
+            local b64 = codec.base64_encode(raw)
+            local sh_tools = decoder == "auto" or decoder == "coreutils"
+            if readback and first and last and #b64 >= PROC_MIN_B64 and sh_tools then set_skip(argv) end
+            pieces(b64, argv)
             local res = run(instance_id, argv)
             if res.exit_code ~= 0 then
               remote_cleaned = true
               error(failed(res), 0)
+            end
+            if (res.stderr or ""):find("@galley-via-argv", 1, true) then
+              counters.argv_reads = counters.argv_reads + 1
             end
           end
           first = false
@@ -1267,9 +1327,12 @@ function M.new(opts)
   ---@param instance_id string
   function files.forget_instance(instance_id) decoders[instance_id] = nil end
 
-  --- Counters for tests and benchmarks: `{execs = n}` (exec_argv calls so far).
-  ---@return {execs: integer}
-  function files.stats() return { execs = counters.execs, streams = counters.streams } end
+  --- Counters for tests and benchmarks: exec_argv calls so far, writes over the byte channel, and
+  --- one-exec writes whose content the instance read back from its own argv (set_skip).
+  ---@return {execs: integer, streams: integer, argv_reads: integer}
+  function files.stats()
+    return { execs = counters.execs, streams = counters.streams, argv_reads = counters.argv_reads }
+  end
 
   --- The byte channel, when the provider has one (see `stream` in the options): runs argv with
   --- stdin from `stdin_file`/`stdin` and stdout into `stdout_file`; nil, STREAM_UNAVAILABLE when

@@ -335,6 +335,8 @@ end
 ---@field max_request_bytes? integer base64 bytes per file-transfer exec (execfiles default 1.5 MiB)
 ---@field max_arg_bytes? integer bytes per argv element of a transfer (execfiles default 120 KiB)
 ---@field decoder? "python"|"coreutils" skip execfiles' decoder detection
+---@field file_argv_readback? boolean false: one-exec writes never read their base64 back from the
+---  instance's /proc (execfiles' argv_readback; default true, with a fallback in the same exec)
 ---@field exec_form? "auto"|"string"|"argv" how an exec's argv is sent (default "auto": one element, and argv
 ---  arrays for payloads once the service proved it runs them; see the header)
 ---@field max_command_bytes? integer largest exec line with exec_form "string"/"auto" (default 120 KiB, < 128 KiB)
@@ -585,6 +587,7 @@ function M.new(opts)
     max_command_bytes = one_line and max_command or nil,
     argv_payloads = exec_form == "auto" and function(id) return payload_form(id) == "argv" end or nil,
     decoder = opts.decoder,
+    argv_readback = opts.file_argv_readback,
     log = log,
   })
   if home_fixed then

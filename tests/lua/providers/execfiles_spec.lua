@@ -67,6 +67,13 @@ local function checks_tail(argv)
   return false
 end
 
+-- The scope argument of a write exec: two before the base64 marker (after it, the pieces).
+local function scope_of(argv)
+  for i, a in ipairs(argv) do
+    if a:match("^@galley%-b64\n?$") then return argv[i - 2] end
+  end
+end
+
 local function binary(n)
   local t = {}
   for i = 0, 255 do t[#t + 1] = string.char(i) end
@@ -203,9 +210,9 @@ describe("execfiles #files", function()
         local final = h.calls[5]
         local piece = #data - 4 * 3 * (64 * 1024 // 4)
         if decoder == "python-only" then
-          assert.are.equal("all", final[#final - 1])
+          assert.are.equal("all", scope_of(final))
         else
-          assert.are.equal("tail:" .. piece, final[#final - 1])
+          assert.are.equal("tail:" .. piece, scope_of(final))
           -- each chunk exec carried its length and sha256
           for i = 1, 4 do
             local raw = data:sub((i - 1) * 49152 + 1, i * 49152)
@@ -618,6 +625,98 @@ tail -c +2 "LOG.out"]] } })
       assert.are.equal(42, err.details.exit_code)
       assert.are.equal(data, slurp(h.root .. "/kept"))
       assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root))
+    end)
+
+    -- A one-exec write from 64 KiB of base64 on: the instance reads the pieces back from its own
+    -- /proc/PID/cmdline (execfiles' set_skip) instead of expanding "$*" into a here-document.
+    describe("reading a write's base64 back from the instance's argv", function()
+      local data = binary(100 * 1024 + 5)
+
+      local function skip_index(argv)
+        for i, a in ipairs(argv) do
+          if a:match("^@galley%-b64\n?$") then return i - 1 end
+        end
+      end
+
+      it("is how a large one-exec write travels, whatever argv[0] the service runs sh by", function()
+        local h = new_harness({ path = make_bin({}) })
+        h.files.write_file_atomic("inst-1", "~/big", data, { mode = "640" })
+        assert.are.equal(1, #h.calls)
+        assert.are.equal(data, slurp(h.root .. "/big"))
+        assert.are.equal("640\n", sh_out('stat -c %a "$1"', h.root .. "/big"))
+        assert.are.equal(1, h.files.stats().argv_reads)
+        local argv = h.calls[1]
+        assert.are.equal("@galley-b64\n", argv[skip_index(argv) + 1])
+        -- the service gives sh another argv[0], and an option before -c: the line break that
+        -- opens the script still finds where the script starts
+        h.before = function(_, a)
+          a[1] = "/bin/../bin/sh"
+          table.insert(a, 2, "-u")
+        end
+        local other = binary(90 * 1024)
+        h.files.write_file_atomic("inst-1", "~/big", other)
+        h.before = nil
+        assert.are.equal(other, slurp(h.root .. "/big"))
+        assert.are.equal("640\n", sh_out('stat -c %a "$1"', h.root .. "/big"))
+        assert.are.equal(2, h.files.stats().argv_reads)
+        -- a small write keeps the here-document (a dd costs more than it saves)
+        h.files.write_file_atomic("inst-1", "~/small", "small")
+        assert.are.equal("0", h.calls[#h.calls][skip_index(h.calls[#h.calls])])
+        assert.are.equal(2, h.files.stats().argv_reads)
+      end)
+
+      it("falls back to the here-document in the same exec when the read-back cannot work", function()
+        local variants = {
+          { "no dd", { without = { "dd" } } },
+          { "a dd that fails", { wrappers = { dd = "exit 1" } } },
+          { "a base64 without -i (busybox-like)",
+            { wrappers = { base64 = 'for a; do [ "$a" = -i ] && { echo "base64: invalid option" >&2; exit 1; }; done\n'
+              .. 'exec "REAL" "$@"' } } },
+          -- decodes wrong without a word: the sha256 catches it, the here-document writes it again
+          { "a base64 whose -i output is wrong",
+            { wrappers = { base64 = 'for a; do [ "$a" = -i ] && { "REAL" "$@" | tail -c +2; exit 0; }; done\n'
+              .. 'exec "REAL" "$@"' } } },
+        }
+        for _, v in ipairs(variants) do
+          local h = new_harness({ path = make_bin(v[2]) })
+          spit(h.root .. "/kept", "old")
+          sh_out('chmod 604 "$1"', h.root .. "/kept")
+          h.files.write_file_atomic("inst-1", "~/kept", data)
+          assert.are.equal(1, #h.calls, v[1])
+          assert.are.equal(data, slurp(h.root .. "/kept"), v[1])
+          assert.are.equal("604\n", sh_out('stat -c %a "$1"', h.root .. "/kept"), v[1])
+          assert.are.equal(0, h.files.stats().argv_reads, v[1])
+          assert.are.equal("", sh_out('ls -A -- "$1" | grep galley-tmp || true', h.root), v[1])
+        end
+      end)
+
+      it("checks the marker: a skip count off either way falls back, never a wrong file", function()
+        -- (-1 lands on the NUL before the marker, which read drops: that one reads back fine)
+        for _, delta in ipairs({ -2, 1, 7 }) do
+          local h = new_harness({ path = make_bin({}) })
+          h.before = function(_, a)
+            local i = skip_index(a)
+            a[i] = tostring(tonumber(a[i]) + delta)
+          end
+          h.files.write_file_atomic("inst-1", "~/f", data)
+          assert.are.equal(data, slurp(h.root .. "/f"), delta)
+          assert.are.equal(0, h.files.stats().argv_reads, delta)
+        end
+      end)
+
+      it("is off with argv_readback = false, and for odd paths the count still lands on the marker", function()
+        local h = new_harness({ path = make_bin({}), files = { argv_readback = false } })
+        h.files.write_file_atomic("inst-1", "~/f", data)
+        assert.are.equal("0", h.calls[1][skip_index(h.calls[1])])
+        assert.are.equal(0, h.files.stats().argv_reads)
+        assert.are.equal(data, slurp(h.root .. "/f"))
+        -- multibyte UTF-8, a line break and quotes in the name: the count is in bytes
+        local g = new_harness({ path = make_bin({}) })
+        local name = "~/ünï\ncode 'q' \"d\" $x"
+        g.files.write_file_atomic("inst-1", name, data)
+        assert.are.equal(data, slurp(g.root .. "/ünï\ncode 'q' \"d\" $x"))
+        assert.are.equal(1, g.files.stats().argv_reads)
+      end)
     end)
 
     it("says where a missing parent directory is, with the create_dirs hint", function()

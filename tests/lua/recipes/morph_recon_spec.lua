@@ -56,6 +56,9 @@ describe("recipe morph-recon #recipes", function()
       assert.are.same({ 143, "/usr/bin/setsid" }, { r.signal_exit_code, r.setsid })
       assert.are.same({ true, true, 7, true, true }, { r.spawn_kill.ok, r.spawn_kill.started, r.spawn_kill.exit_code,
         r.spawn_kill.trap_ran, r.spawn_kill.signalled })
+      -- a one-exec write: the instance reads its base64 back from its own argv (in join mode the
+      -- line the service's shell runs execs /bin/sh with the same argv)
+      assert.are.same({ true, true }, { r.file_write.content_ok, r.file_write.argv_readback })
       assert.is_string(r.path)
       assert.are.equal("pending", r.boot.answer_status)
       assert.are.same({ 409, "CONFLICT", "string" },
@@ -94,6 +97,7 @@ describe("recipe morph-recon #recipes", function()
       "largest command:       131071 bytes",
       "killed by a signal:    exit code 143 (kill -TERM $$); setsid /usr/bin/setsid",
       "spawn kill:            TERM reached the command's trap, exit 7",
+      "file write (60 KiB):   arrived whole; base64 read back from the instance's argv (/proc)",
       "large argv (~200 KiB): does not run (HTTP 503 SERVER_ERROR)",
       "auto exec form:        string (every exec one line, ~88 KiB of content a request)",
       "ssh gateway:           127.0.0.1:",
