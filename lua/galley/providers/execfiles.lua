@@ -54,8 +54,9 @@
 --   writes send their chunks (`parallel` at once) with `base64 -d | dd` at their offsets, read
 --   back with `dd | sha256sum` (python when GNU dd or sha256sum is missing); reads bring
 --   chunks with `tail | head | base64`. The base64 reaches the decoder through a here-document,
---   not `printf %s "$@"` (dash's printf costs ~13 ms per MiB), or, in a one-exec write of 64 KiB
---   of base64 or more, read back from the remote sh's own /proc/$$/cmdline (see set_skip).
+--   not `printf %s "$@"` (dash's printf costs ~13 ms per MiB), or, in a one-exec write or a
+--   chunk of 64 KiB of base64 or more, read back from the remote sh's own /proc/$$/cmdline (see
+--   set_skip).
 --   Pass `decoder = "coreutils"`, "python" (python3 writes and read heads, coreutils for chunks)
 --   or "python-only" to skip detection.
 -- - Without a mode, a replaced file keeps the old file's mode; a new file gets 0666 & ~umask.
@@ -450,8 +451,8 @@ printf '\n@galley-read %s %s\n' "$n" "${h%% *}" >&2
 -- file (they never create it) and exit 44: a consequence, which the caller reports only when
 -- no chunk failed for a reason of its own. The last exec then checks only what it appends and
 -- the size. coreutils (GNU dd) when present, else python3.
-local SH_CHUNK = SH_SHA .. [[
-tmp=$1 d=$2 mk=$3 off=$4 len=$5 digest=$6 hb=$5; shift 6
+local SH_CHUNK = "\n" .. SH_SHA .. [[
+tmp=$1 d=$2 mk=$3 off=$4 len=$5 digest=$6 hb=$5 skip=$7; shift 8
 umask 077
 gone() {
   [ -e "$tmp" ] && return 0
@@ -464,19 +465,31 @@ if [ "$off" = 0 ]; then
 fi
 IFS=
 if command -v dd >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1 && command -v sha256sum >/dev/null 2>&1; then
-  base64 -d <<EOF |
+  via=
+  if [ "$skip" -gt 0 ] 2>/dev/null; then via=proc; fi
+  put() {
+    if [ -n "$via" ]; then
+      { read -r _ && dd bs="$skip" skip=1 count=0 && IFS= read -r m && [ "$m" = @galley-b64 ] &&
+        exec base64 -d -i; } < /proc/$$/cmdline 2>/dev/null
+    else
+      base64 -d <<EOF
 $*
 EOF
-    dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc,nocreat iflag=fullblock status=none ||
-    { gone; exit 1; }
+    fi | dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc,nocreat iflag=fullblock,count_bytes \
+      count="$len" status=none
+  }
   region() { dd if="$tmp" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes status=none; }
-  sha_run region || { gone; exit 1; }
-  if [ "${h%% *}" != "$digest" ]; then
+  while :; do
+    put "$@" || { gone; exit 1; }
+    sha_run region || { gone; exit 1; }
+    [ "${h%% *}" = "$digest" ] && break
+    if [ -n "$via" ]; then via=; continue; fi
     gone # (the region read found no file: its digest is that of nothing)
     rm -f -- "$tmp"
     echo "verification failed: the $len bytes at offset $off differ once written" >&2
     exit 42
-  fi
+  done
+  if [ -n "$via" ]; then echo @galley-via-argv >&2; fi
 else
 ]] .. SH_PICK_PY .. [[
   "$P" -I -S -c 'import os, sys, base64, hashlib
@@ -580,11 +593,12 @@ local function sh(script, ...)
 end
 
 -- A write's base64 reaches base64 -d through the here-document of "$*" (put_new in SH_WRITE) or,
--- from PROC_MIN_B64 bytes of it in a write of one exec, straight from the argv the kernel keeps
--- (put_proc): /proc/$$/cmdline holds the remote sh's argv, NUL-separated; the script starts with
--- a line break, so `read` takes argv[0] and "-c" up to it (a few bytes: whatever argv[0] the
--- service gave), `dd skip` passes the rest of the script and the arguments (the count below,
--- `skip`, the 13th argument), `read` checks the marker (the 14th, B64_MARK and a line break) and
+-- from PROC_MIN_B64 bytes of it in a write of one exec or a chunk (SH_CHUNK's put), straight
+-- from the argv the kernel keeps (put_proc): /proc/$$/cmdline holds the remote sh's argv,
+-- NUL-separated. The script starts with a line break, so `read` takes argv[0] and "-c" up to it
+-- (a few bytes, whatever argv[0] the service gave); `dd skip` passes the rest of the script and
+-- the arguments (the count set_skip puts in `skip`, the 13th argument of SH_WRITE, the 7th of
+-- SH_CHUNK); `read` checks the marker (the next argument: B64_MARK and a line break); and
 -- `base64 -d -i` reads the pieces, skipping the NULs between them. dash's expansion of a large
 -- "$*" and the here-document's pipe cost ~15 ms per MiB of base64 on this machine kind; this
 -- costs one dd. Anything unexpected (no /proc, no dd, a base64 without -i, a marker not where
@@ -817,7 +831,8 @@ function M.new(opts)
         -- and maybe two quotes).
         local bare = math.max(#shell.join(argv_of({ path, tmp, dir, "1", "1", "1", mode, owner, group,
           tostring(size), ("0"):rep(64), "tail:" .. size, "99999999", B64_MARK })),
-          #shell.join(sh(SH_CHUNK, tmp, dir, "1", tostring(size), tostring(size), ("0"):rep(64))))
+          #shell.join(sh(SH_CHUNK, tmp, dir, "1", tostring(size), tostring(size), ("0"):rep(64), "99999999",
+            B64_MARK)))
         local room = max_command - bare - 16
         room = room - 3 * ((room + max_arg - 1) // max_arg)
         if room < 1024 then
@@ -904,9 +919,11 @@ function M.new(opts)
           end
           if chunks and not last then
             local argv = sh(SH_CHUNK, tmp, dir, wopts.create_dirs and "1" or "0", tostring(off), tostring(#raw),
-              codec.sha256(raw))
-            pieces(codec.base64_encode(raw), argv)
-            raw = nil -- luacheck: ignore
+              codec.sha256(raw), "0", B64_MARK)
+            local b64 = codec.base64_encode(raw)
+            if readback and #b64 >= PROC_MIN_B64 then set_skip(argv) end
+            pieces(b64, argv)
+            raw, b64 = nil, nil -- luacheck: ignore
             local function send()
               local res = run(instance_id, argv)
               -- No temporary file: the effect of another chunk's failure (whose answer may come
@@ -915,6 +932,8 @@ function M.new(opts)
                 gone = gone or res
               elseif res.exit_code ~= 0 then
                 error(failed(res), 0)
+              elseif (res.stderr or ""):find("@galley-via-argv", 1, true) then
+                counters.argv_reads = counters.argv_reads + 1
               end
             end
             -- The first chunk creates the temporary file, alone; the others never create it, so

@@ -665,6 +665,17 @@ tail -c +2 "LOG.out"]] } })
         assert.are.equal(2, h.files.stats().argv_reads)
       end)
 
+      it("is how the chunks of a large write travel too, checked where they land", function()
+        local h = new_harness({ path = make_bin({}),
+          files = { max_request_bytes = 128 * 1024, max_arg_bytes = 16 * 1024 } })
+        local big = binary(400 * 1024 + 11)
+        h.files.write_file_atomic("inst-1", "~/chunked", big)
+        assert.are.equal(big, slurp(h.root .. "/chunked"))
+        -- every chunk exec but the last (which appends the rest, checked by size and its sha256)
+        assert.are.equal(#h.calls - 1, h.files.stats().argv_reads)
+        assert.is_true(#h.calls >= 4)
+      end)
+
       it("falls back to the here-document in the same exec when the read-back cannot work", function()
         local variants = {
           { "no dd", { without = { "dd" } } },
@@ -678,6 +689,17 @@ tail -c +2 "LOG.out"]] } })
               .. 'exec "REAL" "$@"' } } },
         }
         for _, v in ipairs(variants) do
+          -- chunks first (GNU dd writes them, python3 where there is no dd: a dd that fails
+          -- fails a chunked write whatever the base64's way)
+          if v[1] ~= "a dd that fails" then
+            local opts = v[1] == "no dd" and { without = { "dd" }, python = true } or v[2]
+            local c = new_harness({ path = make_bin(opts),
+              files = { max_request_bytes = 128 * 1024, max_arg_bytes = 16 * 1024 } })
+            local big = binary(300 * 1024 + 1)
+            c.files.write_file_atomic("inst-1", "~/chunked", big)
+            assert.are.equal(big, slurp(c.root .. "/chunked"), v[1])
+            assert.are.equal(0, c.files.stats().argv_reads, v[1])
+          end
           local h = new_harness({ path = make_bin(v[2]) })
           spit(h.root .. "/kept", "old")
           sh_out('chmod 604 "$1"', h.root .. "/kept")
@@ -701,6 +723,13 @@ tail -c +2 "LOG.out"]] } })
           h.files.write_file_atomic("inst-1", "~/f", data)
           assert.are.equal(data, slurp(h.root .. "/f"), delta)
           assert.are.equal(0, h.files.stats().argv_reads, delta)
+          local c = new_harness({ path = make_bin({}),
+            files = { max_request_bytes = 128 * 1024, max_arg_bytes = 16 * 1024 } })
+          c.before = h.before
+          local big = binary(300 * 1024 + 1)
+          c.files.write_file_atomic("inst-1", "~/chunked", big)
+          assert.are.equal(big, slurp(c.root .. "/chunked"), delta)
+          assert.are.equal(0, c.files.stats().argv_reads, delta)
         end
       end)
 
