@@ -467,20 +467,20 @@ IFS=
 if command -v dd >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1 && command -v sha256sum >/dev/null 2>&1; then
   via=
   if [ "$skip" -gt 0 ] 2>/dev/null; then via=proc; fi
-  put() {
-    if [ -n "$via" ]; then
-      { read -r _ && dd bs="$skip" skip=1 count=0 && IFS= read -r m && [ "$m" = @galley-b64 ] &&
-        exec base64 -d -i; } < /proc/$$/cmdline 2>/dev/null
-    else
-      base64 -d <<EOF
-$*
-EOF
-    fi | dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc,nocreat iflag=fullblock,count_bytes \
+  sink() {
+    dd of="$tmp" bs=65536 seek="$off" oflag=seek_bytes conv=notrunc,nocreat iflag=fullblock,count_bytes \
       count="$len" status=none
   }
   region() { dd if="$tmp" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes status=none; }
   while :; do
-    put "$@" || { gone; exit 1; }
+    if [ -n "$via" ]; then
+      { read -r _ && dd bs="$skip" skip=1 count=0 && IFS= read -r m && [ "$m" = @galley-b64 ] &&
+        exec base64 -d -i; } < /proc/$$/cmdline 2>/dev/null | sink || { gone; exit 1; }
+    else
+      base64 -d <<EOF | sink || { gone; exit 1; }
+$*
+EOF
+    fi
     sha_run region || { gone; exit 1; }
     [ "${h%% *}" = "$digest" ] && break
     if [ -n "$via" ]; then via=; continue; fi
