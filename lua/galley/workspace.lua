@@ -76,9 +76,12 @@ PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 -- Shell lines that decode the base64 in "$@" into `file` (a variable of the script, e.g. "$f")
 -- at byte offset $off, or exit 1. The base64 reaches base64 -d through a here-document of "$*" with an
 -- empty IFS (dash's printf goes byte by byte; see galley.providers.execfiles).
+-- (bash joins an unquoted $* in a here-document with spaces even when IFS is empty: under bash
+-- the arguments are joined first; see galley.providers.execfiles, BASH_JOIN.)
 local function sh_decode_at(file)
-  return "IFS=\nbase64 -d <<EOF | dd of=\"" .. file .. "\" bs=65536 seek=\"$off\" oflag=seek_bytes conv=notrunc"
-    .. " iflag=fullblock status=none || exit 1\n$*\nEOF\nunset IFS\n"
+  return "IFS=\n[ -n \"${BASH_VERSION-}\" ] && b64p=\"$*\"\n"
+    .. "base64 -d <<EOF | dd of=\"" .. file .. "\" bs=65536 seek=\"$off\" oflag=seek_bytes conv=notrunc"
+    .. " iflag=fullblock status=none || exit 1\n${b64p-$*}\nEOF\nunset IFS\n"
 end
 
 -- Manifest of $d: a line "tools <names>" (which of zstd, gzip, python3 are installed), then

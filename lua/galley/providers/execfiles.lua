@@ -168,6 +168,12 @@ except Exception as e:
 -- byte by byte) costs ~13 ms per MiB of base64, more than the decoding. The trailing newline
 -- is ignored by `base64 -d` and stripped by PY_WRITE.
 --
+-- bash (what /bin/sh is on Fedora, RHEL, Arch) joins an unquoted $* in a here-document with
+-- spaces even when IFS is empty (dash, busybox ash: no separator, as "$*" does), and base64 -d
+-- refuses the spaces: under bash the arguments are joined first (`p="$*"`, one more copy, bash
+-- only) and the here-documents expand ${b64p-$*}. (IFS is empty wherever this runs.)
+local BASH_JOIN = '[ -n "${BASH_VERSION-}" ] && b64p="$*"\n'
+
 -- $P for every python program here: the system python (/usr/bin/python3) when there is one,
 -- else python3 from PATH. Version-manager shims on PATH (pyenv's) cost 100-300 ms a start, and
 -- the programs need nothing but the standard library. (Whether there is a python at all is
@@ -181,9 +187,9 @@ shift 14
 if [ "$scope" = stdin ]; then
   exec "$P" -I -S -c "$py" "$t" "$tmp" "$d" "$mk" "$first" "$last" "$mode" "$owner" "$group" "$size" "$digest" "$scope"
 fi
-IFS=
+IFS=; ]] .. BASH_JOIN .. [[
 "$P" -I -S -c "$py" "$t" "$tmp" "$d" "$mk" "$first" "$last" "$mode" "$owner" "$group" "$size" "$digest" "$scope" <<EOF
-$*
+${b64p-$*}
 EOF
 ]]
 
@@ -244,8 +250,9 @@ shift 14
 hb=$size
 fail() { rm -f -- "$tmp"; printf '%s\n' "$2" >&2; exit "$1"; }
 put_new() {
+  ]] .. BASH_JOIN .. [[
   (set -C; if [ -n "$cm" ]; then umask "$cm"; fi; exec base64 -d > "$tmp") <<EOF
-$*
+${b64p-$*}
 EOF
 }
 put_proc() {
@@ -281,8 +288,9 @@ elif [ "$first" = 1 ]; then
   if [ "$last" = 1 ] && [ "$skip" -gt 0 ] 2>/dev/null && put_proc; then via=proc
   else put_new "$@" || fail 1 "cannot create the temporary file, or base64 -d failed"; fi
 elif [ $# -gt 0 ]; then
+  ]] .. BASH_JOIN .. [[
   base64 -d >> "$tmp" <<EOF || fail 1 "base64 -d failed"
-$*
+${b64p-$*}
 EOF
 fi
 unset IFS
@@ -477,8 +485,9 @@ if command -v dd >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1 && command
       { read -r _ && dd bs="$skip" skip=1 count=0 && IFS= read -r m && [ "$m" = @galley-b64 ] &&
         exec base64 -d -i; } < /proc/$$/cmdline 2>/dev/null | sink || { gone; exit 1; }
     else
+      ]] .. BASH_JOIN .. [[
       base64 -d <<EOF | sink || { gone; exit 1; }
-$*
+${b64p-$*}
 EOF
     fi
     sha_run region || { gone; exit 1; }
@@ -491,7 +500,7 @@ EOF
   done
   if [ -n "$via" ]; then echo @galley-via-argv >&2; fi
 else
-]] .. SH_PICK_PY .. [[
+]] .. SH_PICK_PY .. BASH_JOIN .. [[
   "$P" -I -S -c 'import os, sys, base64, hashlib
 data = base64.b64decode(sys.stdin.buffer.read().rstrip(b"\n"), validate=True)
 off, n = int(sys.argv[2]), int(sys.argv[3])
@@ -521,7 +530,7 @@ if h.hexdigest() != sys.argv[4]:
         pass
     sys.stderr.write("verification failed: the %d bytes at offset %d differ once written\n" % (n, off))
     sys.exit(42)' "$tmp" "$off" "$len" "$digest" <<EOF
-$*
+${b64p-$*}
 EOF
 fi
 ]]
@@ -593,7 +602,7 @@ local function sh(script, ...)
 end
 
 -- A write's base64 reaches base64 -d through the here-document of "$*" (put_new in SH_WRITE) or,
--- from PROC_MIN_B64 bytes of it in a write of one exec or a chunk (SH_CHUNK's put), straight
+-- from PROC_MIN_B64 bytes of it in a write of one exec or a chunk (SH_CHUNK's loop), straight
 -- from the argv the kernel keeps (put_proc): /proc/$$/cmdline holds the remote sh's argv,
 -- NUL-separated. The script starts with a line break, so `read` takes argv[0] and "-c" up to it
 -- (a few bytes, whatever argv[0] the service gave); `dd skip` passes the rest of the script and
@@ -1347,7 +1356,8 @@ function M.new(opts)
   function files.forget_instance(instance_id) decoders[instance_id] = nil end
 
   --- Counters for tests and benchmarks: exec_argv calls so far, writes over the byte channel, and
-  --- one-exec writes whose content the instance read back from its own argv (set_skip).
+  --- write execs (one-exec writes, chunks) whose base64 the instance read back from its own argv
+  --- (set_skip).
   ---@return {execs: integer, streams: integer, argv_reads: integer}
   function files.stats()
     return { execs = counters.execs, streams = counters.streams, argv_reads = counters.argv_reads }
