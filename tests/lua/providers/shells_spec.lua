@@ -43,7 +43,7 @@ for _, shell in ipairs({ { "bash", "/bin/bash" }, { "busybox ash", "/usr/bin/bus
     end
 
     it("writes and reads files of every shape", function()
-      local small, mid, big = "hello", codec.random_bytes(100 * 1024), codec.random_bytes(700 * 1024 + 3)
+      local small, mid, big = "hello", codec.random_bytes(100 * 1024), codec.random_bytes(400 * 1024 + 3)
       local shapes = {
         { "defaults", {} },
         { "chunks at their offsets", { max_request_bytes = 256 * 1024, max_arg_bytes = 16 * 1024 } },
@@ -75,7 +75,7 @@ for _, shell in ipairs({ { "bash", "/bin/bash" }, { "busybox ash", "/usr/bin/bus
         return p.exec(id, spec, eopts)
       end, files = false }, { __index = p })
       local src, back = dir .. "/src", dir .. "/back"
-      sh('mkdir -p "$1/sub" && printf one > "$1/a.txt" && head -c 900000 /dev/urandom > "$1/sub/big.bin"', src)
+      sh('mkdir -p "$1/sub" && printf one > "$1/a.txt" && head -c 600000 /dev/urandom > "$1/sub/big.bin"', src)
       local ok, err = pcall(function()
         workspace.push(bash_p, inst.id, src, "~/w", { all = true, chunk_bytes = 256 * 1024 })
         assert.are.equal("", sh('diff -r "$1" "$2/w" && echo -n', src, inst.home))
