@@ -631,6 +631,8 @@ tail -c +2 "LOG.out"]] } })
     -- /proc/PID/cmdline (execfiles' set_skip) instead of expanding "$*" into a here-document.
     describe("reading a write's base64 back from the instance's argv", function()
       local data = binary(100 * 1024 + 5)
+      local plain -- one PATH of the usual tools for the tests that need nothing else
+      setup(function() plain = make_bin({}) end)
 
       local function skip_index(argv)
         for i, a in ipairs(argv) do
@@ -639,7 +641,7 @@ tail -c +2 "LOG.out"]] } })
       end
 
       it("is how a large one-exec write travels, whatever argv[0] the service runs sh by", function()
-        local h = new_harness({ path = make_bin({}) })
+        local h = new_harness({ path = plain })
         h.files.write_file_atomic("inst-1", "~/big", data, { mode = "640" })
         assert.are.equal(1, #h.calls)
         assert.are.equal(data, slurp(h.root .. "/big"))
@@ -666,7 +668,7 @@ tail -c +2 "LOG.out"]] } })
       end)
 
       it("is how the chunks of a large write travel too, checked where they land", function()
-        local h = new_harness({ path = make_bin({}),
+        local h = new_harness({ path = plain,
           files = { max_request_bytes = 128 * 1024, max_arg_bytes = 16 * 1024 } })
         local big = binary(400 * 1024 + 11)
         h.files.write_file_atomic("inst-1", "~/chunked", big)
@@ -691,16 +693,16 @@ tail -c +2 "LOG.out"]] } })
         for _, v in ipairs(variants) do
           -- chunks first (GNU dd writes them, python3 where there is no dd: a dd that fails
           -- fails a chunked write whatever the base64's way)
+          local bin = make_bin(v[1] == "no dd" and { without = { "dd" }, python = true } or v[2])
           if v[1] ~= "a dd that fails" then
-            local opts = v[1] == "no dd" and { without = { "dd" }, python = true } or v[2]
-            local c = new_harness({ path = make_bin(opts),
+            local c = new_harness({ path = bin,
               files = { max_request_bytes = 128 * 1024, max_arg_bytes = 16 * 1024 } })
             local big = binary(300 * 1024 + 1)
             c.files.write_file_atomic("inst-1", "~/chunked", big)
             assert.are.equal(big, slurp(c.root .. "/chunked"), v[1])
             assert.are.equal(0, c.files.stats().argv_reads, v[1])
           end
-          local h = new_harness({ path = make_bin(v[2]) })
+          local h = new_harness({ path = bin })
           spit(h.root .. "/kept", "old")
           sh_out('chmod 604 "$1"', h.root .. "/kept")
           h.files.write_file_atomic("inst-1", "~/kept", data)
@@ -715,7 +717,7 @@ tail -c +2 "LOG.out"]] } })
       it("checks the marker: a skip count off either way falls back, never a wrong file", function()
         -- (-1 lands on the NUL before the marker, which read drops: that one reads back fine)
         for _, delta in ipairs({ -2, 1, 7 }) do
-          local h = new_harness({ path = make_bin({}) })
+          local h = new_harness({ path = plain })
           h.before = function(_, a)
             local i = skip_index(a)
             a[i] = tostring(tonumber(a[i]) + delta)
@@ -723,7 +725,7 @@ tail -c +2 "LOG.out"]] } })
           h.files.write_file_atomic("inst-1", "~/f", data)
           assert.are.equal(data, slurp(h.root .. "/f"), delta)
           assert.are.equal(0, h.files.stats().argv_reads, delta)
-          local c = new_harness({ path = make_bin({}),
+          local c = new_harness({ path = plain,
             files = { max_request_bytes = 128 * 1024, max_arg_bytes = 16 * 1024 } })
           c.before = h.before
           local big = binary(300 * 1024 + 1)
@@ -734,13 +736,13 @@ tail -c +2 "LOG.out"]] } })
       end)
 
       it("is off with argv_readback = false, and for odd paths the count still lands on the marker", function()
-        local h = new_harness({ path = make_bin({}), files = { argv_readback = false } })
+        local h = new_harness({ path = plain, files = { argv_readback = false } })
         h.files.write_file_atomic("inst-1", "~/f", data)
         assert.are.equal("0", h.calls[1][skip_index(h.calls[1])])
         assert.are.equal(0, h.files.stats().argv_reads)
         assert.are.equal(data, slurp(h.root .. "/f"))
         -- multibyte UTF-8, a line break and quotes in the name: the count is in bytes
-        local g = new_harness({ path = make_bin({}) })
+        local g = new_harness({ path = plain })
         local name = "~/ünï\ncode 'q' \"d\" $x"
         g.files.write_file_atomic("inst-1", name, data)
         assert.are.equal(data, slurp(g.root .. "/ünï\ncode 'q' \"d\" $x"))

@@ -48,7 +48,6 @@ for _, shell in ipairs({ { "bash", "/bin/bash" }, { "busybox ash", "/usr/bin/bus
         { "defaults", {} },
         { "chunks at their offsets", { max_request_bytes = 256 * 1024, max_arg_bytes = 16 * 1024 } },
         { "appended chunks", { max_request_bytes = 256 * 1024, max_arg_bytes = 16 * 1024, parallel = 1 } },
-        { "no read-back", { max_request_bytes = 256 * 1024, max_arg_bytes = 16 * 1024, argv_readback = false } },
         { "python3 writes", { decoder = "python", max_request_bytes = 256 * 1024, max_arg_bytes = 16 * 1024 } },
       }
       for _, shape in ipairs(shapes) do
