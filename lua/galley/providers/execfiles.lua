@@ -174,6 +174,13 @@ except Exception as e:
 -- only) and the here-documents expand ${b64p-$*}. (IFS is empty wherever this runs.)
 local BASH_JOIN = '[ -n "${BASH_VERSION-}" ] && b64p="$*"\n'
 
+-- The base64 read back from the remote sh's own argv (see set_skip, below): a command group for
+-- a redirection or a pipe; what a write exec says on stderr when its base64 came that way.
+local B64_MARK = "@galley-b64"
+local VIA_ARGV = "@galley-via-argv"
+local ARGV_B64 = '{ read -r _ && dd bs="$skip" skip=1 count=0 && IFS= read -r m && [ "$m" = ' .. B64_MARK
+  .. ' ] &&\n  exec base64 -d -i; } < /proc/$$/cmdline'
+
 -- $P for every python program here: the system python (/usr/bin/python3) when there is one,
 -- else python3 from PATH. Version-manager shims on PATH (pyenv's) cost 100-300 ms a start, and
 -- the programs need nothing but the standard library. (Whether there is a python at all is
@@ -257,8 +264,7 @@ EOF
 }
 put_proc() {
   (set -C; if [ -n "$cm" ]; then umask "$cm"; fi; exec > "$tmp" || exit 1
-    { read -r _ && dd bs="$skip" skip=1 count=0 && IFS= read -r m && [ "$m" = @galley-b64 ] &&
-      exec base64 -d -i; } < /proc/$$/cmdline) 2>/dev/null && return 0
+    ]] .. ARGV_B64 .. [[) 2>/dev/null && return 0
   rm -f -- "$tmp"; return 1
 }
 if { [ "$first" = 1 ] || [ "$last" = 1 ]; } && [ -d "$target" ]; then fail 43 "the path is a directory"; fi
@@ -325,7 +331,7 @@ if [ "$last" = 1 ]; then
   fi
   mv -f -T -- "$tmp" "$target" 2>/dev/null ||
     { [ ! -d "$target" ] && mv -f -- "$tmp" "$target"; } || fail 1 "rename failed"
-  if [ "$via" = proc ]; then echo @galley-via-argv >&2; fi
+  if [ "$via" = proc ]; then echo ]] .. VIA_ARGV .. [[ >&2; fi
 fi
 exit 0
 ]]
@@ -482,8 +488,7 @@ if command -v dd >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1 && command
   region() { dd if="$tmp" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes status=none; }
   while :; do
     if [ -n "$via" ]; then
-      { read -r _ && dd bs="$skip" skip=1 count=0 && IFS= read -r m && [ "$m" = @galley-b64 ] &&
-        exec base64 -d -i; } < /proc/$$/cmdline 2>/dev/null | sink || { gone; exit 1; }
+      ]] .. ARGV_B64 .. [[ 2>/dev/null | sink || { gone; exit 1; }
     else
       ]] .. BASH_JOIN .. [[
       base64 -d <<EOF | sink || { gone; exit 1; }
@@ -498,7 +503,7 @@ EOF
     echo "verification failed: the $len bytes at offset $off differ once written" >&2
     exit 42
   done
-  if [ -n "$via" ]; then echo @galley-via-argv >&2; fi
+  if [ -n "$via" ]; then echo ]] .. VIA_ARGV .. [[ >&2; fi
 else
 ]] .. SH_PICK_PY .. BASH_JOIN .. [[
   "$P" -I -S -c 'import os, sys, base64, hashlib
@@ -613,7 +618,6 @@ end
 -- costs one dd. Anything unexpected (no /proc, no dd, a base64 without -i, a marker not where
 -- it should be, a content that does not hash right) falls back to the here-document in the
 -- same exec: the content is checked either way.
-local B64_MARK = "@galley-b64"
 local PROC_MIN_B64 = 64 * 1024
 
 -- Sets the skip argument of a write argv (argv[#argv - 1], before the marker, before the pieces
@@ -703,6 +707,10 @@ function M.new(opts)
   local decoders = {}
   local counters = { execs = 0, streams = 0, argv_reads = 0 }
   local readback = opts.argv_readback ~= false
+  -- A write exec that succeeded: counts it when its base64 came back from the instance's argv.
+  local function count_readback(res)
+    if (res.stderr or ""):find(VIA_ARGV, 1, true) then counters.argv_reads = counters.argv_reads + 1 end
+  end
   -- Writes over this many bytes take the byte channel even when one exec could carry them.
   local stream_min = opts.stream_min_bytes or math.huge
 
@@ -941,8 +949,8 @@ function M.new(opts)
                 gone = gone or res
               elseif res.exit_code ~= 0 then
                 error(failed(res), 0)
-              elseif (res.stderr or ""):find("@galley-via-argv", 1, true) then
-                counters.argv_reads = counters.argv_reads + 1
+              else
+                count_readback(res)
               end
             end
             -- The first chunk creates the temporary file, alone; the others never create it, so
@@ -972,9 +980,7 @@ function M.new(opts)
               remote_cleaned = true
               error(failed(res), 0)
             end
-            if (res.stderr or ""):find("@galley-via-argv", 1, true) then
-              counters.argv_reads = counters.argv_reads + 1
-            end
+            count_readback(res)
           end
           first = false
           -- Chunks are megabytes each: collect them now so memory stays near the chunks in

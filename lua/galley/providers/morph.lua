@@ -335,7 +335,7 @@ end
 ---@field max_request_bytes? integer base64 bytes per file-transfer exec (execfiles default 1.5 MiB)
 ---@field max_arg_bytes? integer bytes per argv element of a transfer (execfiles default 120 KiB)
 ---@field decoder? "python"|"coreutils" skip execfiles' decoder detection
----@field file_argv_readback? boolean false: one-exec writes never read their base64 back from the
+---@field file_argv_readback? boolean false: writes never read their base64 back from the
 ---  instance's /proc (execfiles' argv_readback; default true, with a fallback in the same exec)
 ---@field exec_form? "auto"|"string"|"argv" how an exec's argv is sent (default "auto": one element, and argv
 ---  arrays for payloads once the service proved it runs them; see the header)
