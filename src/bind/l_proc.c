@@ -535,15 +535,18 @@ static int l_process_pid(lua_State *L) {
 }
 
 
-/* Process:running() -> boolean: false once the child has exited (as the event loop has seen:
- * it looks whenever something waits, so a poll that sleeps sees an exit within its period).
- * Never waits; output not yet read stays readable. */
+/* Process:running() -> boolean[, exit_code]: false once the child has exited (as the event loop
+ * has seen: it looks whenever something waits, so a poll that sleeps sees an exit within its
+ * period), then with how it ended (128 + N for signal N). Never waits; output not yet read stays
+ * readable, and wait() still returns it. */
 static int l_process_running(lua_State *L) {
   lprocess *lp = check_open_process(L);
   galley_proc_status st;
   galley_proc_get_status(lp->p, &st);
   lua_pushboolean(L, !st.reaped);
-  return 1;
+  if (!st.reaped) return 1;
+  lua_pushinteger(L, st.exit_code);
+  return 2;
 }
 
 

@@ -289,6 +289,12 @@ end
 -- in how they say it). A signal goes, by another exec (SPAWN_SIGNAL), to the command's process
 -- group: the command and what it started, as Ctrl-C in a terminal, and the command's own traps
 -- decide how it ends. Without setsid the command leads no group of its own and gets it alone.
+-- SPAWN_SIGNAL also writes the signal's name to PIDFILE.sig: when the command then dies of it,
+-- the wrapper sends it to the members of the group still alive that neither catch, ignore nor
+-- have it pending. A shell blocks signals while it forks (dash, around vfork), and a child made
+-- then never gets what arrived meanwhile: `sh -c 'echo up; sleep 600'` killed right after "up"
+-- ended, and the sleep ran on, holding the spawned command's output open (as galley __enter does
+-- on the local provider: src/core/enter.c).
 
 --- Signals a spawned handle's kill() takes (default TERM).
 M.SPAWN_SIGNALS = { TERM = true, KILL = true, INT = true, HUP = true, QUIT = true, USR1 = true, USR2 = true }
@@ -297,12 +303,30 @@ local SPAWN_WRAPPER = [[
 f=$0
 if command -v setsid >/dev/null 2>&1; then set -- setsid -- "$@"; fi
 /bin/sh -c 'echo $$ > "$0" || exit 125; exec "$@"' "$f" "$@"
-exit $?
+s=$?
+if [ $s -gt 128 ] && read -r g 2>/dev/null < "$f.sig" && [ "$g" = "$(kill -l $s)" ] && read -r p < "$f"; then
+  n=$((s - 128))
+  for d in /proc/[1-9]*; do
+    read -r t 2>/dev/null < "$d/stat" || continue
+    t=${t##*) }; set -- $t
+    [ "$3" = "$p" ] || continue
+    case $1 in Z|X) continue ;; esac
+    m=0
+    while read -r k v; do
+      case $k in SigPnd:|ShdPnd:|SigIgn:|SigCgt:) v=${v#"${v%????}"}
+        case $v in *[!0-9a-f]*|'') m=1 ;; *) m=$((m | (0x$v >> (n - 1) & 1))) ;; esac ;;
+      esac
+    done 2>/dev/null < "$d/status" || continue
+    [ $m = 0 ] && kill -s "$g" "${d#/proc/}" 2>/dev/null
+  done
+fi
+exit $s
 ]]
 
 local SPAWN_SIGNAL = [[
 p=$(cat -- "$1" 2>/dev/null) || exit 0
 case $p in ''|*[!0-9]*|0*|1) exit 0 ;; esac
+[ "$2" = KILL ] || echo "$2" 2>/dev/null > "$1.sig"
 read -r s < "/proc/$p/stat" 2>/dev/null || exit 0
 s=${s##*) }; set -- "$2" "$p" $s
 if [ "$5" = "$2" ] && kill -s "$1" -- "-$2" 2>/dev/null; then exit 0; fi

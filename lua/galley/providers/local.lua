@@ -1011,13 +1011,73 @@ function M.new(opts)
     return sent
   end
 
+  -- The Linux numbers of the signals a spawned command's kill() passes on.
+  local SIGNUM = { HUP = 1, INT = 2, QUIT = 3, USR1 = 10, USR2 = 12, TERM = 15 }
+
+  -- True when the hex mask after `key` in a /proc/PID/status text holds signal n.
+  local function mask_has(status, key, n)
+    local hex = status:match("\n" .. key .. ":%s*(%x+)")
+    local low = hex and tonumber(hex:sub(-4), 16) -- signals 1-16
+    return low ~= nil and (low >> (n - 1)) & 1 == 1
+  end
+
+  -- The members of process group `pgid` still alive that neither catch, ignore nor have signal
+  -- `sig` (name; number n) pending get it: what galley __enter's sweep() does with isolation
+  -- "userns" (src/core/enter.c; a shell holds signals back while it forks, and a child made then
+  -- was never sent it). A few passes, for what they made in turn.
+  local function sweep_group(pgid, sig, n)
+    for _ = 1, 3 do
+      local sent = false
+      for _, name in ipairs(list_names("/proc")) do
+        local pid = math.tointeger(tonumber(name))
+        local fields = pid and proc_stat(pid)
+        local member = fields and math.tointeger(tonumber(fields[3])) == pgid
+        local status = member and read_all("/proc/" .. name .. "/status")
+        if status and not (mask_has(status, "SigCgt", n) or mask_has(status, "SigIgn", n)
+            or mask_has(status, "SigPnd", n) or mask_has(status, "ShdPnd", n)) and runtime.kill(pid, sig) then
+          sent = true
+        end
+      end
+      if not sent then return end
+    end
+  end
+
+  -- How long after passing a signal on (isolation "none") the command may take to die of it for
+  -- the rest of its group to be swept: past that, it caught the signal and decides.
+  local SWEEP_WATCH_MS = 60000
+
+  -- With isolation "none": once bwrap (h) ends with 128 + the signal passed on (its command
+  -- died of it), sweeps h's process group, where the command ran.
+  local function sweep_after(h, sig)
+    local name = type(sig) == "string" and sig:upper():gsub("^SIG", "") or nil
+    local n = name and SIGNUM[name]
+    if not n then return end
+    local pgid = h:pid()
+    task.spawn(function()
+      local deadline, pause = runtime.now_ms() + SWEEP_WATCH_MS, 10
+      while true do
+        local ok, running, code = pcall(h.running, h)
+        if not ok then return end -- closed
+        if not running then
+          if code == 128 + n then sweep_group(pgid, name, n) end
+          return
+        end
+        if runtime.now_ms() > deadline or not runtime.sleep_ms(pause) then return end
+        pause = math.min(pause * 2, 500)
+      end
+    end)
+  end
+
   -- Sends `sig` to a spawned command. With isolation "userns" (or without the sandbox) h is the
   -- command's `galley __enter` (or the command itself), which passes it on to the command's
   -- process group. With isolation "none" h is bwrap, the command's parent, which would die of
   -- it and report 128 + N whatever the command did: the signal goes to the rest of h's process
   -- group (the command and what it started) instead, and bwrap ends as its command does.
   local function signal_command(h, sig)
-    if sandbox and isolation ~= "userns" and signal_group(h:pid(), sig, h:pid()) then return true end
+    if sandbox and isolation ~= "userns" and signal_group(h:pid(), sig, h:pid()) then
+      sweep_after(h, sig)
+      return true
+    end
     return h:kill(sig)
   end
 

@@ -325,17 +325,23 @@ echo started > "$2"; wait "$c"; echo "reaped $?" > "$2"]], "sh", cg, out }, cgro
 
     it("says whether the child still runs without waiting for it or reading its output", function()
       local runtime = require("galley.core.runtime")
-      local p = assert(proc.spawn{ argv = { "sh", "-c", "echo out; sleep 0.3" } })
-      assert.is_true(p:running())
+      local p = assert(proc.spawn{ argv = { "sh", "-c", "echo out; sleep 0.3; exit 3" } })
+      assert.are.same({ true }, { p:running() })
       local deadline = runtime.now_ms() + 10000
       while p:running() and runtime.now_ms() < deadline do runtime.sleep_ms(20) end
-      assert.is_false(p:running())
+      assert.are.same({ false, 3 }, { p:running() }) -- and how it ended
       -- what it printed is still there, and wait reports the exit
       local r = p:wait()
-      assert.are.same({ 0, "out\n" }, { r.exit_code, r.stdout })
-      assert.is_false(p:running())
+      assert.are.same({ 3, "out\n" }, { r.exit_code, r.stdout })
+      assert.are.same({ false, 3 }, { p:running() })
       p:close()
       assert.has_error(function() p:running() end)
+      local k = assert(proc.spawn{ argv = { "sleep", "600" } })
+      assert.is_true(k:kill("TERM"))
+      deadline = runtime.now_ms() + 10000
+      while k:running() and runtime.now_ms() < deadline do runtime.sleep_ms(20) end
+      assert.are.same({ false, 143 }, { k:running() })
+      k:close()
     end)
 
     it("fails with PROC_SPAWN like run", function()

@@ -62,6 +62,31 @@ local function sh(script, ...)
   return { kind = "argv", command = "/bin/sh", args = { "-c", script, "sh", ... } }
 end
 
+-- A command that holds TERM back until it is pending (as a shell does while it forks), then makes
+-- a child that catches TERM (prints "left-alone" 0.3 s later unless it gets it) and one that does
+-- not (sleep 600), lets TERM in and dies of it, having printed "up" and then "forked". A kill()
+-- after "up" must end it with 143, "forked\nleft-alone\n" left to read, and wait() come back.
+local HELD_BACK = [=[
+  my $t = POSIX::SigSet->new(SIGTERM);
+  sigprocmask(SIG_BLOCK, $t);
+  $| = 1; print "up\n";
+  my $p = POSIX::SigSet->new;
+  until (sigpending($p) && $p->ismember(SIGTERM)) { select(undef, undef, undef, 0.01) }
+  pipe(my $r, my $w);
+  if (!fork()) {
+    close $r; $SIG{TERM} = sub { print "got-term\n"; POSIX::_exit(5) };
+    sigprocmask(SIG_UNBLOCK, $t); close $w; select(undef, undef, undef, 0.3); print "left-alone\n";
+    POSIX::_exit(0);
+  }
+  close $w; sysread($r, my $x, 1);
+  if (!fork()) { sigprocmask(SIG_UNBLOCK, $t); exec("sleep", "600"); POSIX::_exit(127) }
+  print "forked\n";
+  sigprocmask(SIG_UNBLOCK, $t);
+  sleep 5; print "not-killed\n";]=]
+
+---@return string[]
+function M.held_back_argv() return { "perl", "-MPOSIX", "-e", HELD_BACK } end
+
 --- Runs the suite against a provider.
 ---@param label string
 ---@param factory fun(): table `{provider, snapshot_id, cleanup?, size_limit?, big_file_mib?}`
@@ -545,6 +570,20 @@ function M.run(label, factory)
         h:close()
         assert.is_table(res, "wait() came back")
         assert.are.same({ 143, "" }, { res.exit_code, res.stdout })
+      end)
+
+      it("ends what a dying command made while it held the signal back, and leaves catchers alone", function()
+        -- A shell blocks signals while it forks (dash, around vfork): a child made then is not
+        -- sent what arrived meanwhile, and ran on after the shell died of it, holding the
+        -- command's output open (wait never came back). See held_back_argv.
+        if not p.spawn then return pending("no spawn here") end
+        local h = p.spawn(inst.id, M.held_back_argv())
+        read_until(h, "up\n")
+        assert.is_true(h:kill())
+        local res = h:wait(10000)
+        h:close()
+        assert.is_table(res, "wait() came back")
+        assert.are.same({ 143, "forked\nleft-alone\n" }, { res.exit_code, res.stdout })
       end)
 
       it("ends a running command and what it started when closed", function()

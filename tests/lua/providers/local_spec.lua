@@ -579,8 +579,8 @@ local ID, CMD = %q, "echo up > ~/up-%s; exec sleep 300"
     end)
 
     it("passes a signal on to a spawned command under isolation \"none\" too, where bwrap is its parent", function()
-      -- bwrap died of the signal (the whole group got it) and the handle said 143, whatever the
-      -- command's trap chose
+      -- (bwrap died of the signal, the whole group got it, and the handle said 143, whatever
+      -- the command's trap chose)
       if not p.capabilities.sandbox then return pending("no sandbox here") end
       for _, cgroups in ipairs({ false, true }) do
         local e = provider({ isolation = "none", cgroups = cgroups, log = require("galley.log").silent() })
@@ -595,6 +595,13 @@ local ID, CMD = %q, "echo up > ~/up-%s; exec sleep 300"
           assert.are.same({ 7, "got-" .. sig .. "\n" }, { res.exit_code, res.stdout },
             sig .. (cgroups and " with cgroups" or " without cgroups"))
         end
+        -- what the command made while it held the signal back gets it once the command dies of it
+        local h = e.spawn(i.id, conformance.held_back_argv())
+        assert.are.same({ "stdout", "up\n" }, { h:read(10000) })
+        assert.is_true(h:kill())
+        local res = assert(h:wait(10000), "wait() came back")
+        h:close()
+        assert.are.same({ 143, "forked\nleft-alone\n" }, { res.exit_code, res.stdout })
         e.instances.terminate(i.id)
       end
     end)
