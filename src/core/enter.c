@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <dirent.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -131,9 +132,16 @@ static int mask_has(const char *status, const char *key, int sig) {
 }
 
 
+/* The instance's pid namespace (sweep() signals nothing outside it). */
+static struct stat instance_pidns;
+
 /* A process that catches, ignores or already has `sig` pending got it, or decides about it. */
 static int sweep_one(int proc_fd, const char *pid, pid_t pgid, int sig) {
   char buf[4096];
+  struct stat ns;
+  snprintf(buf, sizeof buf, "%s/ns/pid", pid);
+  if (fstatat(proc_fd, buf, &ns, 0) != 0 || ns.st_dev != instance_pidns.st_dev || ns.st_ino != instance_pidns.st_ino)
+    return 0;
   if (read_proc(proc_fd, pid, "stat", buf, sizeof buf) <= 0) return 0;
   char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
   char state = 0;
@@ -156,7 +164,8 @@ static int sweep_one(int proc_fd, const char *pid, pid_t pgid, int sig) {
  * back). Such members get the signal now, as if they had been in the group when it was sent;
  * those that catch it are left to decide for themselves (a second TERM may mean "force"). A few
  * passes, for what they made in turn. proc_fd: this machine's procfs, where the group's pid is
- * `pgid`. */
+ * `pgid`; only processes of the instance's pid namespace (the group's leader is gone, and once
+ * the group is empty its number may be a new process's). */
 static void sweep(int proc_fd, pid_t pgid, int sig) {
   if (proc_fd < 0 || kill(-pgid, 0) != 0) return;
   for (int pass = 0; pass < 3; pass++) {
@@ -269,6 +278,11 @@ int galley_enter_main(int argc, char **argv) {
 
   /* This machine's procfs, for sweep() once the mount namespace is the instance's. */
   int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  for (size_t i = 0; i < count; i++)
+    if (ns[i].type == CLONE_NEWPID && fstat(ns[i].fd, &instance_pidns) != 0 && proc_fd >= 0) {
+      close(proc_fd);
+      proc_fd = -1;
+    }
 
   /* As root on the host every namespace but the user one can be entered first; a caller
    * without privileges needs the user namespace (where it has them) before the others. */

@@ -1024,11 +1024,13 @@ function M.new(opts)
   -- The members of process group `pgid` still alive that neither catch, ignore nor have signal
   -- `sig` (name; number n) pending get it: what galley __enter's sweep() does with isolation
   -- "userns" (src/core/enter.c; a shell holds signals back while it forks, and a child made then
-  -- was never sent it). A few passes, for what they made in turn.
-  local function sweep_group(pgid, sig, n)
+  -- was never sent it). Only processes of instance `id` (their environment says so): the group's
+  -- leader is gone, and once the group is empty its number may be a new process's. A few passes,
+  -- for what they made in turn.
+  local function sweep_group(pgid, sig, n, id)
     for _ = 1, 3 do
       local sent = false
-      for _, name in ipairs(list_names("/proc")) do
+      for _, name in ipairs(environ_pids(id)) do
         local pid = math.tointeger(tonumber(name))
         local fields = pid and proc_stat(pid)
         local member = fields and math.tointeger(tonumber(fields[3])) == pgid
@@ -1048,7 +1050,7 @@ function M.new(opts)
 
   -- With isolation "none": once bwrap (h) ends with 128 + the signal passed on (its command
   -- died of it), sweeps h's process group, where the command ran.
-  local function sweep_after(h, sig)
+  local function sweep_after(h, sig, id)
     local name = type(sig) == "string" and sig:upper():gsub("^SIG", "") or nil
     local n = name and SIGNUM[name]
     if not n then return end
@@ -1059,7 +1061,7 @@ function M.new(opts)
         local ok, running, code = pcall(h.running, h)
         if not ok then return end -- closed
         if not running then
-          if code == 128 + n then sweep_group(pgid, name, n) end
+          if code == 128 + n then sweep_group(pgid, name, n, id) end
           return
         end
         if runtime.now_ms() > deadline or not runtime.sleep_ms(pause) then return end
@@ -1073,9 +1075,9 @@ function M.new(opts)
   -- process group. With isolation "none" h is bwrap, the command's parent, which would die of
   -- it and report 128 + N whatever the command did: the signal goes to the rest of h's process
   -- group (the command and what it started) instead, and bwrap ends as its command does.
-  local function signal_command(h, sig)
+  local function signal_command(h, sig, id)
     if sandbox and isolation ~= "userns" and signal_group(h:pid(), sig, h:pid()) then
-      sweep_after(h, sig)
+      sweep_after(h, sig, id)
       return true
     end
     return h:kill(sig)
@@ -1105,14 +1107,14 @@ function M.new(opts)
   -- would leave its child, a process of the instance's pid namespace, to this machine's pid 1,
   -- and the instance's stop would wait until pid 1 reaped it (a second or more here; never where
   -- pid 1 does not reap).
-  local function command_handle(h, dir)
+  local function command_handle(h, dir, id)
     local function ended_by_cgroup()
       return kill_cgroup(dir) and pcall(wait_for, function() return not h:running() end, ENTER_EXIT_MS,
         "galley __enter ending")
     end
     local function kill(sig)
       if not h:running() then return h:kill(sig) end
-      if not is_kill(sig) then return signal_command(h, sig) end
+      if not is_kill(sig) then return signal_command(h, sig, id) end
       if dir and ended_by_cgroup() then return true end
       local ok, err = kill_command(h)
       if dir then kill_cgroup(dir) end
@@ -1627,7 +1629,7 @@ function M.new(opts)
       common.raise("PROCESS_ERROR", ("could not start a command in %s: %s"):format(meta.id, tostring(err)),
         { operation = "spawn", resource = "instance:" .. meta.id, cause = err })
     end
-    return command_handle(h, cg)
+    return command_handle(h, cg, meta.id)
   end
 
   --- How `spawn` would start argv in an instance, without starting it: `{argv, env, env_mode,
