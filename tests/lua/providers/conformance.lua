@@ -561,14 +561,20 @@ function M.run(label, factory)
         end
       end)
 
-      it("ends a command without a trap with 128 + the signal", function()
-        if not p.spawn then return pending("no spawn here") end
-        local h = p.spawn(inst.id, { "/bin/sh", "-c", "echo up; sleep 600; echo not-killed" })
+      -- Spawns argv, kill()s it (TERM) once it printed "up", and returns what wait() says.
+      local function killed_after_up(argv)
+        local h = p.spawn(inst.id, argv)
         read_until(h, "up\n")
         assert.is_true(h:kill())
         local res = h:wait(10000)
         h:close()
         assert.is_table(res, "wait() came back")
+        return res
+      end
+
+      it("ends a command without a trap with 128 + the signal", function()
+        if not p.spawn then return pending("no spawn here") end
+        local res = killed_after_up({ "/bin/sh", "-c", "echo up; sleep 600; echo not-killed" })
         assert.are.same({ 143, "" }, { res.exit_code, res.stdout })
       end)
 
@@ -577,12 +583,7 @@ function M.run(label, factory)
         -- sent what arrived meanwhile, and ran on after the shell died of it, holding the
         -- command's output open (wait never came back). See held_back_argv.
         if not p.spawn then return pending("no spawn here") end
-        local h = p.spawn(inst.id, M.held_back_argv())
-        read_until(h, "up\n")
-        assert.is_true(h:kill())
-        local res = h:wait(10000)
-        h:close()
-        assert.is_table(res, "wait() came back")
+        local res = killed_after_up(M.held_back_argv())
         assert.are.same({ 143, "forked\nleft-alone\n" }, { res.exit_code, res.stdout })
       end)
 
