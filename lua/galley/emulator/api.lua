@@ -467,6 +467,17 @@ function Api:by_digest(digest)
   end
 end
 
+--- The snapshot or instance a handler acts on (`find` of the path's id) and the request's body
+--- (`required` or not): obj, body; or nil and the error response (a missing object first).
+local function target_and_body(self, find, req, p, required)
+  local obj, bad = find(self, p.id)
+  if not obj then return nil, bad end
+  local body
+  body, bad = body_of(req, required)
+  if not body then return nil, bad end
+  return obj, body
+end
+
 function H.create_snapshot(self, req)
   local body, bad = body_of(req, false)
   if not body then return bad end
@@ -515,29 +526,29 @@ function H.delete_snapshot(self, _, p)
   return no_content()
 end
 
-function H.snapshot_metadata(self, req, p)
-  local snap, bad = find_snapshot(self, p.id)
-  if not snap then return bad end
-  local body
-  body, bad = body_of(req, true)
-  if not body then return bad end
-  local c = check()
-  local metadata = c:map(body, { "body" })
-  bad = c:response()
-  if bad then return bad end
-  snap.metadata = metadata
-  return reply(200, self:snapshot_json(snap))
+--- The handler replacing the metadata of the snapshot or instance `find` names, answering
+--- `to_json` of it.
+local function set_metadata(find, to_json)
+  return function(self, req, p)
+    local obj, body = target_and_body(self, find, req, p, true)
+    if not obj then return body end
+    local c = check()
+    local metadata = c:map(body, { "body" })
+    local bad = c:response()
+    if bad then return bad end
+    obj.metadata = metadata
+    return reply(200, to_json(self, obj))
+  end
 end
 
+H.snapshot_metadata = set_metadata(find_snapshot, function(self, snap) return self:snapshot_json(snap) end)
+
 function H.snapshot_ttl(self, req, p)
-  local snap, bad = find_snapshot(self, p.id)
-  if not snap then return bad end
-  local body
-  body, bad = body_of(req, true)
-  if not body then return bad end
+  local snap, body = target_and_body(self, find_snapshot, req, p, true)
+  if not snap then return body end
   local c = check()
   local seconds = c:int(body.ttl_seconds, { "body", "ttl_seconds" }, 1)
-  bad = c:response()
+  local bad = c:response()
   if bad then return bad end
   snap.ttl.seconds = seconds
   arm_ttl(snap.ttl)
@@ -569,14 +580,11 @@ local function start_from(self, snap, opts)
 end
 
 function H.boot_snapshot(self, req, p)
-  local snap, bad = find_snapshot(self, p.id)
-  if not snap then return bad end
-  local body
-  body, bad = body_of(req, false)
-  if not body then return bad end
+  local snap, body = target_and_body(self, find_snapshot, req, p, false)
+  if not snap then return body end
   local c = check()
   local opts = boot_options(c, body, true)
-  bad = c:response()
+  local bad = c:response()
   if bad then return bad end
   return start_from(self, snap, opts)
 end
@@ -672,14 +680,11 @@ function Api:ssh_plan(id)
 end
 
 function H.reboot_instance(self, req, p)
-  local inst, bad = find_instance(self, p.id)
-  if not inst then return bad end
-  local body
-  body, bad = body_of(req, false)
-  if not body then return bad end
+  local inst, body = target_and_body(self, find_instance, req, p, false)
+  if not inst then return body end
   local c = check()
   local o = boot_options(c, body, true)
-  bad = c:response()
+  local bad = c:response()
   if bad then return bad end
   self.backend:resume(inst.id)
   self.backend:kill(inst.id)
@@ -722,15 +727,12 @@ function Api:snapshot_of(inst, digest, metadata, ttl_seconds)
 end
 
 function H.snapshot_instance(self, req, p)
-  local inst, bad = find_instance(self, p.id)
-  if not inst then return bad end
-  local body
-  body, bad = body_of(req, false)
-  if not body then return bad end
+  local inst, body = target_and_body(self, find_instance, req, p, false)
+  if not inst then return body end
   local c = check()
   local metadata = c:map(body.metadata, { "body", "metadata" })
   local ttl_seconds = c:int(body.ttl_seconds, { "body", "ttl_seconds" }, 1)
-  bad = c:response()
+  local bad = c:response()
   if bad then return bad end
   if inst.status == "pending" then return not_ready(inst) end
   local snap, err = self:snapshot_of(inst, req.query.digest, metadata, ttl_seconds)
@@ -739,11 +741,8 @@ function H.snapshot_instance(self, req, p)
 end
 
 function H.branch_instance(self, req, p)
-  local inst, bad = find_instance(self, p.id)
-  if not inst then return bad end
-  local body
-  body, bad = body_of(req, false)
-  if not body then return bad end
+  local inst, body = target_and_body(self, find_instance, req, p, false)
+  if not inst then return body end
   local c = check()
   local count = c:int(req.query.count, { "query", "count" }, 1, 64) or 1
   local snap_meta = c:map(body.snapshot_metadata, { "body", "snapshot_metadata" })
@@ -757,7 +756,7 @@ function H.branch_instance(self, req, p)
       for i = 1, count do inst_meta[i] = copy(m) end
     end
   end
-  bad = c:response()
+  local bad = c:response()
   if bad then return bad end
   if inst.status == "pending" then return not_ready(inst) end
   local snap, err = self:snapshot_of(inst, req.query.digest, snap_meta, nil)
@@ -893,30 +892,15 @@ function H.exec_sse(self, req, p)
   return { status = 200, headers = headers, stream = stream, close = close }
 end
 
-function H.instance_metadata(self, req, p)
-  local inst, bad = find_instance(self, p.id)
-  if not inst then return bad end
-  local body
-  body, bad = body_of(req, true)
-  if not body then return bad end
-  local c = check()
-  local metadata = c:map(body, { "body" })
-  bad = c:response()
-  if bad then return bad end
-  inst.metadata = metadata
-  return reply(200, self:instance_json(inst))
-end
+H.instance_metadata = set_metadata(find_instance, function(self, inst) return self:instance_json(inst) end)
 
 function H.instance_ttl(self, req, p)
-  local inst, bad = find_instance(self, p.id)
-  if not inst then return bad end
-  local body
-  body, bad = body_of(req, true)
-  if not body then return bad end
+  local inst, body = target_and_body(self, find_instance, req, p, true)
+  if not inst then return body end
   local c = check()
   local seconds = c:int(body.ttl_seconds, { "body", "ttl_seconds" }, 1)
   local action = c:enum(body.ttl_action, { "body", "ttl_action" }, { "stop", "pause" })
-  bad = c:response()
+  local bad = c:response()
   if bad then return bad end
   inst.ttl.seconds = seconds
   if action then inst.ttl.action = action end
@@ -925,15 +909,12 @@ function H.instance_ttl(self, req, p)
 end
 
 function H.wake_on(self, req, p)
-  local inst, bad = find_instance(self, p.id)
-  if not inst then return bad end
-  local body
-  body, bad = body_of(req, false)
-  if not body then return bad end
+  local inst, body = target_and_body(self, find_instance, req, p, false)
+  if not inst then return body end
   local c = check()
   local ssh = c:bool(body.wake_on_ssh, { "body", "wake_on_ssh" })
   local http = c:bool(body.wake_on_http, { "body", "wake_on_http" })
-  bad = c:response()
+  local bad = c:response()
   if bad then return bad end
   if ssh ~= nil then inst.wake_on.ssh = ssh end
   if http ~= nil then inst.wake_on.http = http end
@@ -947,11 +928,8 @@ local function valid_service_name(name)
 end
 
 function H.expose_http(self, req, p)
-  local inst, bad = find_instance(self, p.id)
-  if not inst then return bad end
-  local body
-  body, bad = body_of(req, true)
-  if not body then return bad end
+  local inst, body = target_and_body(self, find_instance, req, p, true)
+  if not inst then return body end
   local c = check()
   local name = c:str(body.name, { "body", "name" })
   if absent(body.name) then c:fail({ "body", "name" }, "Field required", "missing") end
@@ -962,7 +940,7 @@ function H.expose_http(self, req, p)
   local port = c:int(body.port, { "body", "port" }, 1, 65535)
   if absent(body.port) then c:fail({ "body", "port" }, "Field required", "missing") end
   local auth_mode = c:enum(body.auth_mode, { "body", "auth_mode" }, { "none", "api_key" }) or "none"
-  bad = c:response()
+  local bad = c:response()
   if bad then return bad end
   local svc = {
     name = name, port = port, auth_mode = auth_mode,
