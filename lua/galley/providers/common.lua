@@ -289,12 +289,13 @@ end
 -- in how they say it). A signal goes, by another exec (SPAWN_SIGNAL), to the command's process
 -- group: the command and what it started, as Ctrl-C in a terminal, and the command's own traps
 -- decide how it ends. Without setsid the command leads no group of its own and gets it alone.
--- SPAWN_SIGNAL also writes the signal's name to PIDFILE.sig: when the command then dies of it,
--- the wrapper sends it to the members of the group still alive that neither catch, ignore nor
--- have it pending. A shell blocks signals while it forks (dash, around vfork), and a child made
--- then never gets what arrived meanwhile: `sh -c 'echo up; sleep 600'` killed right after "up"
--- ended, and the sleep ran on, holding the spawned command's output open (as galley __enter does
--- on the local provider: src/core/enter.c).
+-- SPAWN_SIGNAL also makes a directory PIDFILE.sig.<NAME> (mkdir: it follows no link another user
+-- of the instance put there, and the wrapper believes only one of its own user): when the
+-- command then dies of that signal, the wrapper sends it to the members of the group still
+-- alive that neither catch, ignore nor have it pending. A shell blocks signals while it forks
+-- (dash, around vfork), and a child made then never gets what arrived meanwhile: `sh -c 'echo
+-- up; sleep 600'` killed right after "up" ended, and the sleep ran on, holding the spawned
+-- command's output open (galley __enter does the same on the local provider: src/core/enter.c).
 
 --- Signals a spawned handle's kill() takes (default TERM).
 M.SPAWN_SIGNALS = { TERM = true, KILL = true, INT = true, HUP = true, QUIT = true, USR1 = true, USR2 = true }
@@ -304,7 +305,7 @@ f=$0
 if command -v setsid >/dev/null 2>&1; then set -- setsid -- "$@"; fi
 /bin/sh -c 'echo $$ > "$0" || exit 125; exec "$@"' "$f" "$@"
 s=$?
-if [ $s -gt 128 ] && read -r g 2>/dev/null < "$f.sig" && [ "$g" = "$(kill -l $s)" ] && read -r p < "$f"; then
+if [ $s -gt 128 ] && g=$(kill -l $s) && [ -d "$f.sig.$g" ] && [ -O "$f.sig.$g" ] && read -r p < "$f"; then
   n=$((s - 128))
   for d in /proc/[1-9]*; do
     read -r t 2>/dev/null < "$d/stat" || continue
@@ -326,7 +327,7 @@ exit $s
 local SPAWN_SIGNAL = [[
 p=$(cat -- "$1" 2>/dev/null) || exit 0
 case $p in ''|*[!0-9]*|0*|1) exit 0 ;; esac
-[ "$2" = KILL ] || echo "$2" 2>/dev/null > "$1.sig"
+[ "$2" = KILL ] || mkdir -- "$1.sig.$2" 2>/dev/null
 read -r s < "/proc/$p/stat" 2>/dev/null || exit 0
 s=${s##*) }; set -- "$2" "$p" $s
 if [ "$5" = "$2" ] && kill -s "$1" -- "-$2" 2>/dev/null; then exit 0; fi
@@ -402,6 +403,17 @@ function M.process_handle(h, name, kill, close, gc)
   end
   return setmetatable(w, { __close = w.close, __gc = gc or w.close,
     __tostring = function() return name .. "(" .. tostring(h) .. ")" end })
+end
+
+--- The argv that removes a spawned command's pid file and the marks its kill() left beside it.
+---@param pid_file string
+---@return string[]
+function M.spawn_cleanup_argv(pid_file)
+  local argv = { "rm", "-rf", "--", pid_file }
+  for _, name in ipairs({ "TERM", "INT", "HUP", "QUIT", "USR1", "USR2" }) do
+    argv[#argv + 1] = pid_file .. ".sig." .. name
+  end
+  return argv
 end
 
 --- A fresh pid file name for a spawned command (in the instance's /tmp).

@@ -179,7 +179,7 @@ function Process:close()
   end
   self.closed = true
   wake(self)
-  pcall(self.exec_argv, { "rm", "-f", "--", self.pid_file, self.pid_file .. ".sig" }, { timeout_ms = 30000 })
+  pcall(self.exec_argv, common.spawn_cleanup_argv(self.pid_file), { timeout_ms = 30000 })
 end
 
 Process.__close = Process.close

@@ -698,7 +698,7 @@ function M.new(opts)
     local function close()
       if h:running() and kill("KILL") then h:wait(5000) end
       h:close()
-      pcall(exec_argv, instance_id, { "rm", "-f", "--", pid_file, pid_file .. ".sig" }, { timeout_ms = 30000 })
+      pcall(exec_argv, instance_id, common.spawn_cleanup_argv(pid_file), { timeout_ms = 30000 })
     end
     return common.process_handle(h, "galley.proxmox.process", kill, close, function() h:close() end)
   end
