@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdint.h>
-#include <dirent.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -17,6 +16,7 @@
 #include <linux/capability.h>
 #include <linux/sched.h> /* struct clone_args, CLONE_INTO_CGROUP */
 #include "enter.h"
+#include "sweep.h"
 
 #define EXIT_ENTER 125
 
@@ -108,82 +108,8 @@ static void catch_forwarded(void (*handler)(int)) {
 }
 
 
-/* Reads `name` of process `pid` (a directory of the procfs open as proc_fd) into buf; its length
- * or -1. */
-static ssize_t read_proc(int proc_fd, const char *pid, const char *name, char *buf, size_t cap) {
-  char path[64];
-  snprintf(path, sizeof path, "%s/%s", pid, name);
-  int fd = openat(proc_fd, path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  ssize_t n = read(fd, buf, cap - 1);
-  close(fd);
-  if (n < 0) return -1;
-  buf[n] = '\0';
-  return n;
-}
-
-
-/* The bit of signal `sig` in the hex mask after `key` in a /proc/PID/status text. */
-static int mask_has(const char *status, const char *key, int sig) {
-  const char *p = strstr(status, key);
-  if (!p) return 0;
-  unsigned long long mask = strtoull(p + strlen(key), NULL, 16);
-  return (int)((mask >> (sig - 1)) & 1u);
-}
-
-
-/* The instance's pid namespace (sweep() signals nothing outside it). */
+/* The instance's pid namespace: the sweep signals nothing outside it. */
 static struct stat instance_pidns;
-
-/* A process that catches, ignores or already has `sig` pending got it, or decides about it. */
-static int sweep_one(int proc_fd, const char *pid, pid_t pgid, int sig) {
-  char buf[4096];
-  struct stat ns;
-  snprintf(buf, sizeof buf, "%s/ns/pid", pid);
-  if (fstatat(proc_fd, buf, &ns, 0) != 0 || ns.st_dev != instance_pidns.st_dev || ns.st_ino != instance_pidns.st_ino)
-    return 0;
-  if (read_proc(proc_fd, pid, "stat", buf, sizeof buf) <= 0) return 0;
-  char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
-  char state = 0;
-  long group = 0;
-  if (!p || sscanf(p + 1, " %c %*d %ld", &state, &group) != 2) return 0;
-  if (group != (long)pgid || state == 'Z' || state == 'X') return 0;
-  if (read_proc(proc_fd, pid, "status", buf, sizeof buf) <= 0) return 0;
-  if (mask_has(buf, "\nSigCgt:", sig) || mask_has(buf, "\nSigIgn:", sig) || mask_has(buf, "\nSigPnd:", sig) ||
-      mask_has(buf, "\nShdPnd:", sig))
-    return 0;
-  return kill((pid_t)atol(pid), sig) == 0;
-}
-
-
-/* After the child died of a signal passed on to its process group: the members of that group
- * that neither catch nor ignore it and are still alive never got it. A shell blocks signals while
- * it forks (dash, around vfork): what arrives then is delivered to the shell once the child
- * exists, and the child, made without it, runs on (`sh -c 'echo up; sleep 600'` killed right after
- * "up" left the sleep holding the command's output open: a spawned handle's wait never came
- * back). Such members get the signal now, as if they had been in the group when it was sent;
- * those that catch it are left to decide for themselves (a second TERM may mean "force"). A few
- * passes, for what they made in turn. proc_fd: this machine's procfs, where the group's pid is
- * `pgid`; only processes of the instance's pid namespace (the group's leader is gone, and once
- * the group is empty its number may be a new process's). */
-static void sweep(int proc_fd, pid_t pgid, int sig) {
-  if (proc_fd < 0 || kill(-pgid, 0) != 0) return;
-  for (int pass = 0; pass < 3; pass++) {
-    int dup_fd = dup(proc_fd);
-    DIR *dir = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
-    if (!dir) {
-      if (dup_fd >= 0) close(dup_fd);
-      return;
-    }
-    int sent = 0;
-    for (struct dirent *e; (e = readdir(dir)) != NULL;) {
-      if (e->d_name[0] < '1' || e->d_name[0] > '9' || strspn(e->d_name, "0123456789") != strlen(e->d_name)) continue;
-      sent += sweep_one(proc_fd, e->d_name, pgid, sig);
-    }
-    closedir(dir);
-    if (!sent) return;
-  }
-}
 
 
 /* Waits for the child and ends the same way (nsenter's behaviour). */
@@ -203,7 +129,8 @@ static int relay(pid_t child, int proc_fd) {
   if (WIFEXITED(st)) return WEXITSTATUS(st);
   if (WIFSIGNALED(st)) {
     int sig = WTERMSIG(st);
-    if (sig == forwarded) sweep(proc_fd, child, sig);
+    /* (the leader is reaped: the sweep keeps to the instance's pid namespace) */
+    if (sig == forwarded && proc_fd >= 0) galley_sweep_group(proc_fd, child, sig, &instance_pidns);
     signal(sig, SIG_DFL);
     sigset_t one;
     sigemptyset(&one);
@@ -276,7 +203,7 @@ int galley_enter_main(int argc, char **argv) {
     return EXIT_ENTER;
   }
 
-  /* This machine's procfs, for sweep() once the mount namespace is the instance's. */
+  /* This machine's procfs, for the sweep (sweep.h) once the mount namespace is the instance's. */
   int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   for (size_t i = 0; i < count; i++)
     if (ns[i].type == CLONE_NEWPID && fstat(ns[i].fd, &instance_pidns) != 0 && proc_fd >= 0) {

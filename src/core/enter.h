@@ -15,7 +15,7 @@
  *      go on to the child's process group (dying of them first would leave the child to this
  *      machine's pid 1); when the child dies of one, the members of its group still alive that
  *      neither catch, ignore nor have it pending get it too (they were made while a shell held
- *      it back: see sweep() in enter.c);
+ *      it back: see sweep.h);
  *   5. the child enters the cgroup namespace, becomes uid and gid 0 with no supplementary groups,
  *      sets no_new_privs, drops CAP_SYS_RESOURCE and CAP_SYS_ADMIN from its bounding set (so
  *      nested user namespaces stay disabled and the read-only mounts stay read-only), asks for

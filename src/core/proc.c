@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include "loop.h"
 #include "proc.h"
+#include "sweep.h"
 #include "sig.h"
 
 extern char **environ;
@@ -154,6 +155,7 @@ struct galley_proc {
   pid_t pid;
   char *cgroup_kill;           /* spec->cgroup's cgroup.kill, or NULL */
   int exited, exit_status, term_signal;
+  int signalled;               /* the last signal galley_proc_kill sent the group (0: none) */
   int eof[2];                  /* stdout/stderr closed (EOF, error, or never open) */
   int reading[2];
   int capturing;               /* output goes to cap (run, wait) rather than pend (read) */
@@ -445,6 +447,13 @@ static void on_child_cb(uv_poll_t *h, int status, int events) {
   galley_proc *p = h->data;
   int st;
   pid_t r;
+  /* Died of the signal kill() sent its group: the group's stragglers get it too (sweep.h),
+   * while the child is a zombie still (its number stays its own). */
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  if (p->signalled && waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == p->pid &&
+      (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED) && si.si_status == p->signalled)
+    galley_sweep_group(-1, p->pid, p->signalled, NULL);
   do r = waitpid(p->pid, &st, WNOHANG);
   while (r < 0 && errno == EINTR);
   if (r == 0) return; /* not yet (spurious wake-up) */
@@ -671,6 +680,7 @@ int galley_proc_kill(galley_proc *p, int sig) {
     errno = ESRCH; /* gone: do not signal a group id that may have been reused */
     return -1;
   }
+  if (sig != 0 && sig != SIGKILL) p->signalled = sig;
   return kill(-p->pid, sig);
 }
 

@@ -344,6 +344,17 @@ echo started > "$2"; wait "$c"; echo "reaped $?" > "$2"]], "sh", cg, out }, cgro
       k:close()
     end)
 
+    it("sends kill()'s signal to what the child made while holding it back, once the child died of it", function()
+      -- (a shell blocks signals while it forks: see src/core/sweep.h and conformance's held_back_argv)
+      local p = assert(proc.spawn{ argv = require("providers.conformance").held_back_argv() })
+      assert.are.same({ "stdout", "up\n" }, { p:read(10000) })
+      assert.is_true(p:kill("TERM"))
+      local r = p:wait(10000)
+      p:close()
+      assert.is_table(r, "wait() came back")
+      assert.are.same({ 143, "forked\nleft-alone\n" }, { r.exit_code, r.stdout })
+    end)
+
     it("fails with PROC_SPAWN like run", function()
       local p, err = proc.spawn{ argv = { "/nonexistent/program" } }
       assert.is_nil(p)
