@@ -630,6 +630,7 @@ static void on_limit(uv_timer_t *t) {
   galley_proc *p = t->data;
   if (p->stage == 0) {
     p->timed_out = 1;
+    p->signalled = SIGTERM;
     kill(-p->pid, SIGTERM);
     p->stage = 1;
     uv_timer_start(&p->limit, on_limit, (uint64_t)(p->grace_ms > 0 ? p->grace_ms : 0), 0);

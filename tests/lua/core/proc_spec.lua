@@ -355,6 +355,21 @@ echo started > "$2"; wait "$c"; echo "reaped $?" > "$2"]], "sh", cg, out }, cgro
       assert.are.same({ 143, "forked\nleft-alone\n" }, { r.exit_code, r.stdout })
     end)
 
+    it("at a time limit, sends its TERM to what the child made while holding it back, before the KILL", function()
+      local runtime = require("galley.core.runtime")
+      local task = require("galley.task")
+      local t = task.spawn(function()
+        return proc.run{ argv = require("providers.conformance").held_back_argv(), timeout_ms = 300,
+          kill_grace_ms = 60000 }
+      end)
+      local deadline = runtime.now_ms() + 15000
+      while not t.done and runtime.now_ms() < deadline do runtime.sleep_ms(50) end
+      if not t.done then t:cancel() end
+      assert.is_true(t.done, "the run waited for the KILL, 60 s after the TERM")
+      local r = t:wait()
+      assert.are.same({ true, 143, "up\nforked\nleft-alone\n" }, { r.timed_out, r.exit_code, r.stdout })
+    end)
+
     it("fails with PROC_SPAWN like run", function()
       local p, err = proc.spawn{ argv = { "/nonexistent/program" } }
       assert.is_nil(p)
