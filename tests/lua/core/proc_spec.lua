@@ -357,7 +357,6 @@ echo started > "$2"; wait "$c"; echo "reaped $?" > "$2"]], "sh", cg, out }, cgro
 
     it("at a time limit, sends its TERM to what the child made while holding it back, before the KILL", function()
       local runtime = require("galley.core.runtime")
-      local task = require("galley.task")
       local t = task.spawn(function()
         return proc.run{ argv = require("providers.conformance").held_back_argv(), timeout_ms = 300,
           kill_grace_ms = 60000 }
