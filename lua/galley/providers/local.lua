@@ -1022,19 +1022,24 @@ function M.new(opts)
   end
 
   -- The members of process group `pgid` still alive that neither catch, ignore nor have signal
-  -- `sig` (name; number n) pending get it: what galley __enter's sweep() does with isolation
-  -- "userns" (src/core/enter.c; a shell holds signals back while it forks, and a child made then
-  -- was never sent it). Only processes of instance `id` (their environment says so): the group's
-  -- leader is gone, and once the group is empty its number may be a new process's. A few passes,
-  -- for what they made in turn.
+  -- `sig` (name; number n) pending get it: what galley __enter and galley.core.proc do in C
+  -- (src/core/sweep.h; a shell holds signals back while it forks, and a child made then was
+  -- never sent it). The group's leader (pid `pgid`) is gone and reaped, and once the group is
+  -- empty its number may be a new process's: a member must not be that number, and its
+  -- environment must carry instance `id`'s marker, unless it reads empty (a process in the
+  -- middle of an exec shows none: the straggler often is one). A few passes, for what they made
+  -- in turn.
   local function sweep_group(pgid, sig, n, id)
+    local needle = "\0GALLEY_INSTANCE_ID=" .. id .. "\0"
     for _ = 1, 3 do
       local sent = false
-      for _, name in ipairs(environ_pids(id)) do
+      for _, name in ipairs(list_names("/proc")) do
         local pid = math.tointeger(tonumber(name))
-        local fields = pid and proc_stat(pid)
+        local fields = pid and pid ~= pgid and proc_stat(pid)
         local member = fields and math.tointeger(tonumber(fields[3])) == pgid
-        local status = member and read_all("/proc/" .. name .. "/status")
+        local env = member and (read_all("/proc/" .. name .. "/environ") or "")
+        local ours = env and (env == "" or ("\0" .. env):find(needle, 1, true) ~= nil)
+        local status = ours and read_all("/proc/" .. name .. "/status")
         if status and not (mask_has(status, "SigCgt", n) or mask_has(status, "SigIgn", n)
             or mask_has(status, "SigPnd", n) or mask_has(status, "ShdPnd", n)) and runtime.kill(pid, sig) then
           sent = true
