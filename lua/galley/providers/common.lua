@@ -410,8 +410,8 @@ end
 ---@return string[]
 function M.spawn_cleanup_argv(pid_file)
   local argv = { "rm", "-rf", "--", pid_file }
-  for _, name in ipairs({ "TERM", "INT", "HUP", "QUIT", "USR1", "USR2" }) do
-    argv[#argv + 1] = pid_file .. ".sig." .. name
+  for name in pairs(M.SPAWN_SIGNALS) do
+    if name ~= "KILL" then argv[#argv + 1] = pid_file .. ".sig." .. name end -- (KILL leaves none)
   end
   return argv
 end
